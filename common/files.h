@@ -1,0 +1,35 @@
+// File helpers: whole-file reads, atomic writes (temp + fsync + rename) and content hashes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace rlhf {
+
+// Reads a whole file; throws rlhf::Error naming the path when it cannot be read.
+std::string read_file(const std::string& path);
+
+// Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename, fsync of the
+// folder. Readers see either the old or the new content, never a partial file.
+void write_file_atomic(const std::string& path, const std::string& data);
+
+// Renames `from` to `to` atomically and fsyncs the parent folder (for folders written in place
+// under a temp name, e.g. checkpoints).
+void rename_atomic(const std::string& from, const std::string& to);
+
+// Lowercase hex SHA-256 of a byte string / of a file's content (OpenSSL).
+std::string sha256_hex(const std::string& data);
+std::string sha256_file(const std::string& path);
+
+bool file_exists(const std::string& path);
+
+// Creates the folder and its parents (like mkdir -p); throws on failure.
+void make_dirs(const std::string& path);
+
+// Folder containing the running executable (from /proc/self/exe).
+std::string executable_dir();
+
+// Current UTC time as ISO 8601 ("2026-11-28T08:09:10Z").
+std::string utc_now_iso8601();
+
+}  // namespace rlhf

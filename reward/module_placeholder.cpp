@@ -1,0 +1,1 @@
+// Placeholder so the module library has a translation unit; remove once real sources exist.

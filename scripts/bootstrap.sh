@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every Debian package the project needs. Idempotent: safe to run twice.
+# Usage: scripts/bootstrap.sh   (as root, or with sudo available)
+set -euo pipefail
+
+PACKAGES=(
+  cmake g++ make ninja-build ccache pkg-config git
+  libtorch-dev
+  libopenblas0-pthread          # without it libtorch matmuls run ~40x slower (reference BLAS)
+  libsentencepiece-dev sentencepiece
+  libprotobuf-dev protobuf-compiler
+  libboost-dev libboost-system-dev
+  libsqlite3-dev sqlite3
+  libssl-dev                    # SHA-256 for annotator tokens
+  libgtest-dev libgmock-dev
+  zlib1g-dev                    # reading .jsonl.gz
+  nlohmann-json3-dev            # JSON lines, HF config.json, safetensors headers
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "bootstrap: all ${#PACKAGES[@]} packages already installed"
+else
+  echo "bootstrap: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Make sure OpenBLAS (pthread flavour) is the BLAS libtorch picks up.
+if command -v update-alternatives >/dev/null; then
+  for alt in libblas.so.3-x86_64-linux-gnu liblapack.so.3-x86_64-linux-gnu; do
+    target=$(update-alternatives --list "$alt" 2>/dev/null | grep openblas-pthread | head -1 || true)
+    if [ -n "$target" ]; then $SUDO update-alternatives --set "$alt" "$target" >/dev/null; fi
+  done
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs dependencies, configures, builds from scratch (into build/) and runs the test suite.
+# This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+GEN=""
+if command -v ninja >/dev/null; then GEN="-G Ninja"; fi
+cmake -S . -B build $GEN -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+cd build
+RLHF_NO_PROGRESS=1 ctest --output-on-failure -j"$(nproc)" "$@"
