@@ -1,0 +1,108 @@
+// LLaMA-style decoder-only transformer (the student policy, and the backbone of the reward model).
+//
+// Pre-norm RMSNorm, rotary position embeddings in the Hugging Face rotate-half convention,
+// SwiGLU MLP, grouped-query attention (n_kv_heads divides n_heads), optional tied embeddings,
+// optional scalar value head. Shapes: B = batch, T = time, D = dim, V = vocab.
+//
+// Padding: sequences are left-padded for prompts. An attention_mask [B, T] (1 = real token,
+// 0 = pad) drives both the attention mask and the positions: position of a token = number of
+// real tokens before it, so a left-padded prompt gets the same positions as the unpadded one.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace rlhf::proto {
+class ModelConfig;
+}
+
+namespace rlhf::policy {
+
+struct ModelConfig {
+  int vocab_size = 4096;
+  int dim = 256;
+  int n_layers = 4;
+  int n_heads = 8;
+  int n_kv_heads = 8;          // grouped-query attention when < n_heads
+  int hidden_dim = 0;          // SwiGLU inner size; 0 = LLaMA rule (2/3 * 4 * dim, multiple of 32)
+  int max_seq_len = 512;
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  bool tie_embeddings = false;
+  bool value_head = false;     // adds a Linear(dim, 1) head read by values()
+  int bos_id = 1;
+  int eos_id = 2;
+  int pad_id = 0;
+
+  int head_dim() const { return dim / n_heads; }
+  int resolved_hidden_dim() const;
+  // Throws rlhf::Error naming the field when the configuration is inconsistent.
+  void validate() const;
+  int64_t num_parameters() const;  // excluding the value head
+
+  void to_proto(proto::ModelConfig* out) const;
+  static ModelConfig from_proto(const proto::ModelConfig& p);
+};
+
+// Per-layer key/value cache for incremental decoding.
+// keys/values[l]: [B, n_kv_heads, capacity, head_dim]; length = number of filled positions.
+struct KVCache {
+  std::vector<torch::Tensor> keys, values;
+  int64_t length = 0;
+  torch::Tensor attention_mask;  // [B, length] mask of all tokens seen so far (1 = real)
+  torch::Tensor next_position;   // [B] int64: position id the next token gets
+};
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  explicit TransformerImpl(const ModelConfig& config);
+
+  // Final-norm hidden states [B, T, D] for ids [B, T] (int64).
+  // attention_mask: [B, T] (1 real / 0 pad) or undefined for "all real".
+  // With a cache: ids are the new tokens, attention_mask covers only the new tokens, and the cache
+  // is extended in place (allocated on first use with capacity max_seq_len).
+  torch::Tensor hidden_states(const torch::Tensor& ids, const torch::Tensor& attention_mask = {},
+                              KVCache* cache = nullptr);
+
+  // Logits [B, T, V] (float32) from hidden states [B, T, D] (or a slice of them).
+  torch::Tensor logits_from_hidden(const torch::Tensor& hidden);
+  // Values [B, T] from hidden states; requires config.value_head.
+  torch::Tensor values_from_hidden(const torch::Tensor& hidden);
+
+  // Convenience: logits [B, T, V].
+  torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& attention_mask = {});
+
+  const ModelConfig& config() const { return config_; }
+
+  // Adds a freshly initialised value head (e.g. for PPO or a reward model) if absent.
+  void add_value_head();
+
+  // Parameters by Hugging Face LLaMA name ("model.layers.0.self_attn.q_proj.weight", ...,
+  // "lm_head.weight" unless tied, "value_head.weight"/"value_head.bias" when present).
+  std::vector<std::pair<std::string, torch::Tensor>> hf_named_parameters();
+
+  // Module pieces (public so LoRA can wrap projections).
+  torch::nn::Embedding tok_embeddings{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  torch::Tensor norm_weight;
+  torch::nn::Linear lm_head{nullptr};     // null when tie_embeddings
+  torch::nn::Linear value_head{nullptr};  // null unless value head
+
+ private:
+  ModelConfig config_;
+  torch::Tensor rope_inv_freq_;  // [head_dim/2]
+};
+TORCH_MODULE(Transformer);
+
+// Position ids [B, T] from an attention mask [B, T]: cumulative count of real tokens - 1, clamped
+// at 0 for pads. `offset` [B] (optional) is added (positions already consumed, with a cache).
+torch::Tensor positions_from_mask(const torch::Tensor& attention_mask,
+                                  const torch::Tensor& offset = {});
+
+// Initialises all weights the GPT-2/LLaMA way (normal(0, 0.02), residual projections scaled by
+// 1/sqrt(2 * n_layers)), deterministic given the torch seed.
+void init_weights(Transformer& model);
+
+}  // namespace rlhf::policy
