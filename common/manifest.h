@@ -1,0 +1,34 @@
+// Stage manifests (proto/manifest.proto): every stage writes <out_dir>/manifest.pb (binary, the
+// source of truth) and <out_dir>/manifest.json (a readable view), both atomically.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "proto/manifest.pb.h"
+
+namespace rlhf {
+
+// Describes a file: path as given, SHA-256 of its content, size. Throws if it cannot be read.
+proto::FileRef file_ref(const std::string& path);
+
+// Starts a manifest for `stage` (schema_version, started_at, code_version filled in).
+proto::StageManifest begin_manifest(const std::string& stage);
+
+// Sets finished_at and complete = true, then writes manifest.pb + manifest.json into dir.
+void finish_manifest(proto::StageManifest& m, const std::string& dir, double wall_seconds);
+
+// Writes as is (e.g. complete = false while a stage runs).
+void write_manifest(const proto::StageManifest& m, const std::string& dir);
+
+// Reads <dir>/manifest.pb; nullopt when absent; throws naming the file when it is corrupt.
+std::optional<proto::StageManifest> read_manifest(const std::string& dir);
+
+// Reads and checks that the stage is complete; throws a clear error otherwise
+// ("<dir>: stage 'sft' has no manifest (did it run?)" / "... is not finished").
+proto::StageManifest require_complete_manifest(const std::string& dir, const std::string& stage);
+
+// Code version baked in at build time (git describe), "unknown" otherwise.
+std::string code_version();
+
+}  // namespace rlhf
