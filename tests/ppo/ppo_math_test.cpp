@@ -1,0 +1,149 @@
+// PPO numerics against values computed by hand (the arithmetic is in the comments).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "policy/ppo_math.h"
+
+using namespace rlhf::policy::ppo;
+
+namespace {
+torch::Tensor t2(std::vector<std::vector<double>> rows) {
+  std::vector<torch::Tensor> r;
+  for (auto& row : rows) r.push_back(torch::tensor(row, torch::kFloat64));
+  return torch::stack(r);
+}
+void expect_near(const torch::Tensor& got, const std::vector<std::vector<double>>& want,
+                 double tol = 1e-9) {
+  auto g = got.to(torch::kFloat64).contiguous();
+  ASSERT_EQ(g.size(0), (int64_t)want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    for (size_t j = 0; j < want[i].size(); ++j)
+      EXPECT_NEAR(g[i][j].item<double>(), want[i][j], tol) << "at [" << i << "," << j << "]";
+}
+}  // namespace
+
+TEST(PpoMath, PerTokenKlZeroAtPads) {
+  auto kl = per_token_kl(t2({{-1, -2, -3}}), t2({{-1.5, -1, 0}}), t2({{1, 1, 0}}));
+  expect_near(kl, {{0.5, -1.0, 0.0}});
+}
+
+TEST(PpoMath, RewardsAddScoreAtLastRealToken) {
+  // row 0: -0.5 * [0.1, -0.2, 0.3] = [-0.05, 0.1, -0.15], + score 2 at t=2 -> 1.85
+  // row 1 (length 2): -0.5 * [0.4, 0.2] = [-0.2, -0.1], + score -1 at t=1 -> -1.1; pad stays 0
+  auto kl = t2({{0.1, -0.2, 0.3}, {0.4, 0.2, 5.0}});
+  auto mask = t2({{1, 1, 1}, {1, 1, 0}});
+  auto r = compute_rewards(kl, torch::tensor({2.0, -1.0}, torch::kFloat64), mask, 0.5);
+  expect_near(r, {{-0.05, 0.1, 1.85}, {-0.2, -1.1, 0.0}});
+}
+
+TEST(PpoMath, GaeMatchesHandComputation) {
+  // gamma 0.9, lam 0.8 (gamma*lam = 0.72), V_T = 0.
+  // row 0: d2 = 1.0 - 0.3 = 0.7, A2 = 0.7
+  //        d1 = -0.2 + 0.9*0.3 - 0.4 = -0.33, A1 = -0.33 + 0.72*0.7 = 0.174
+  //        d0 = 0.1 + 0.9*0.4 - 0.5 = -0.04, A0 = -0.04 + 0.72*0.174 = 0.08528
+  // row 1 (length 2; pad values are garbage that must be ignored):
+  //        d1 = 2.0 - 0.5 = 1.5, A1 = 1.5; d0 = 0.5 + 0.9*0.5 - 1.0 = -0.05, A0 = 1.03
+  auto rewards = t2({{0.1, -0.2, 1.0}, {0.5, 2.0, 9.0}});
+  auto values = t2({{0.5, 0.4, 0.3}, {1.0, 0.5, 7.0}});
+  auto mask = t2({{1, 1, 1}, {1, 1, 0}});
+  auto g = compute_gae(rewards, values, mask, 0.9, 0.8);
+  expect_near(g.advantages, {{0.08528, 0.174, 0.7}, {1.03, 1.5, 0.0}});
+  expect_near(g.returns, {{0.58528, 0.574, 1.0}, {2.03, 2.0, 0.0}});
+}
+
+TEST(PpoMath, GaeDefaultsGammaOneLambda095) {
+  // d2 = 0.7, A2 = 0.7; d1 = -0.2 + 0.3 - 0.4 = -0.3, A1 = -0.3 + 0.95*0.7 = 0.365
+  // d0 = 0.1 + 0.4 - 0.5 = 0, A0 = 0.95*0.365 = 0.34675
+  auto g = compute_gae(t2({{0.1, -0.2, 1.0}}), t2({{0.5, 0.4, 0.3}}), t2({{1, 1, 1}}), 1.0, 0.95);
+  expect_near(g.advantages, {{0.34675, 0.365, 0.7}});
+  // lam = 1, gamma = 1: A_t = sum of future rewards - V_t (Monte Carlo): [0.9-0.5, 0.8-0.4, 1-0.3]
+  auto mc = compute_gae(t2({{0.1, -0.2, 1.0}}), t2({{0.5, 0.4, 0.3}}), t2({{1, 1, 1}}), 1.0, 1.0);
+  expect_near(mc.advantages, {{0.4, 0.4, 0.7}});
+}
+
+TEST(PpoMath, GaeFloat32EqualsRowByRow) {
+  // Batch composition must not change a row's numbers (replay recomputes one row at a time).
+  auto rewards = torch::randn({4, 7});
+  auto values = torch::randn({4, 7});
+  auto mask = torch::ones({4, 7});
+  mask.index_put_({1, torch::indexing::Slice(3)}, 0);
+  mask.index_put_({3, torch::indexing::Slice(6)}, 0);
+  auto g = compute_gae(rewards, values, mask, 1.0, 0.95);
+  for (int i = 0; i < 4; ++i) {
+    int64_t n = mask[i].sum().item<int64_t>();
+    auto s = torch::indexing::Slice(0, n);
+    auto gi = compute_gae(rewards[i].index({s}).unsqueeze(0), values[i].index({s}).unsqueeze(0),
+                          torch::ones({1, n}), 1.0, 0.95);
+    EXPECT_TRUE(torch::equal(gi.advantages[0], g.advantages[i].index({s})));
+  }
+}
+
+TEST(PpoMath, WhitenMaskedUnbiased) {
+  // [1,2,3,4]: mean 2.5, unbiased var 5/3, std 1.2909944; the pad value 100 is ignored.
+  auto x = t2({{1, 2}, {3, 100}, {4, 0}});
+  auto mask = t2({{1, 1}, {1, 0}, {1, 0}});
+  auto w = whiten(x, mask);
+  double s = std::sqrt(5.0 / 3.0 + 1e-8);
+  expect_near(w, {{-1.5 / s, -0.5 / s}, {0.5 / s, 0}, {1.5 / s, 0}}, 1e-7);
+  auto w2 = whiten(x, mask, /*shift_mean=*/false);
+  expect_near(w2, {{-1.5 / s + 2.5, -0.5 / s + 2.5}, {0.5 / s + 2.5, 0}, {1.5 / s + 2.5, 0}}, 1e-7);
+}
+
+TEST(PpoMath, ClippedPolicyLossValuesAndGradient) {
+  // ratio = [1.5, 0.5, 1.1], A = [1, 1, -2], clip 0.2
+  // -A*r = [-1.5, -0.5, 2.2]; -A*clip(r) = [-1.2, -0.8, 2.2]; max = [-1.2, -0.5, 2.2]; mean 0.5/3
+  auto logp = torch::tensor({std::log(1.5), std::log(0.5), std::log(1.1)}, torch::kFloat64)
+                  .unsqueeze(0)
+                  .requires_grad_(true);
+  auto old = torch::zeros({1, 3}, torch::kFloat64);
+  auto adv = t2({{1, 1, -2}});
+  auto mask = t2({{1, 1, 1}});
+  auto r = clipped_policy_loss(logp, old, adv, mask, 0.2);
+  EXPECT_NEAR(r.loss.item<double>(), 0.5 / 3, 1e-12);
+  EXPECT_NEAR(r.clipfrac, 1.0 / 3, 1e-12);  // only token 0 is clipped
+  double l0 = std::log(1.5), l1 = std::log(0.5), l2 = std::log(1.1);
+  EXPECT_NEAR(r.approx_kl, 0.5 * (l0 * l0 + l1 * l1 + l2 * l2) / 3, 1e-12);
+  EXPECT_NEAR(r.ratio_mean, 3.1 / 3, 1e-12);
+  EXPECT_NEAR(r.ratio_max_dev, 0.5, 1e-12);
+  r.loss.backward();
+  // d/dlogp: clipped token 0 -> 0; token 1: -A*r/3 = -0.5/3; token 2: 2.2/3
+  expect_near(logp.grad(), {{0.0, -0.5 / 3, 2.2 / 3}}, 1e-12);
+}
+
+TEST(PpoMath, PolicyLossIgnoresPads) {
+  auto logp = t2({{0.0, 3.0}});
+  auto r = clipped_policy_loss(logp, torch::zeros({1, 2}, torch::kFloat64), t2({{2, 5}}),
+                               t2({{1, 0}}), 0.2);
+  EXPECT_NEAR(r.loss.item<double>(), -2.0, 1e-12);
+  EXPECT_EQ(r.ratio_max_dev, 0.0);
+  EXPECT_EQ(r.clipfrac, 0.0);
+}
+
+TEST(PpoMath, ClippedValueLoss) {
+  // v = [1, 0, 2], old = [0.5, 0, 2.5], R = [2, 1, 0], clip 0.2 -> v_clip = [0.7, 0, 2.3]
+  // (v-R)^2 = [1, 1, 4]; (v_clip-R)^2 = [1.69, 1, 5.29]; 0.5 * mean(max) = 0.5 * 7.98/3 = 1.33
+  auto v = t2({{1, 0, 2}});
+  auto r = clipped_value_loss(v, t2({{0.5, 0, 2.5}}), t2({{2, 1, 0}}), t2({{1, 1, 1}}), 0.2);
+  EXPECT_NEAR(r.loss.item<double>(), 1.33, 1e-12);
+  EXPECT_NEAR(r.clipfrac, 2.0 / 3, 1e-12);
+}
+
+TEST(PpoMath, AdaptiveKlController) {
+  // Ziegler et al.: e = clip(kl/target - 1, +-0.2); beta *= 1 + e * n / horizon
+  AdaptiveKLController c(0.1, 6.0, 10000.0);
+  c.update(9.0, 64);  // e = clip(0.5) = 0.2 -> * 1.00128
+  EXPECT_NEAR(c.value(), 0.100128, 1e-12);
+  c.update(5.4, 100);  // e = -0.1 -> * 0.999
+  EXPECT_NEAR(c.value(), 0.100128 * 0.999, 1e-12);
+  c.update(0.0, 1000);  // e = clip(-1) = -0.2 -> * 0.98
+  EXPECT_NEAR(c.value(), 0.100128 * 0.999 * 0.98, 1e-12);
+  EXPECT_THROW(AdaptiveKLController(0.1, 0.0, 10.0), std::exception);
+}
+
+TEST(PpoMath, FixedKlController) {
+  FixedKLController c(0.05);
+  c.update(100.0, 64);
+  EXPECT_EQ(c.value(), 0.05);
+}
