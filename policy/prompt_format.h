@@ -1,0 +1,45 @@
+// How a (prompt, response) pair becomes token ids — one convention shared by SFT, sampling,
+// the reward model and PPO, so the student is scored on exactly what it was trained to produce:
+//
+//   prompt ids   = [bos] + encode(prompt)          (bos left out when the tokenizer has none)
+//   response ids = encode(response) + [eos]
+//
+// The two parts are encoded separately (SentencePiece adds its word-boundary marker at the start
+// of each), so a generated response decodes back to the text the reward model reads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "policy/tokenizer.h"
+
+namespace rlhf::policy {
+
+inline std::vector<int64_t> encode_prompt(const Tokenizer& tok, const std::string& prompt) {
+  std::vector<int64_t> ids;
+  if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
+  for (int id : tok.encode(prompt)) ids.push_back(id);
+  return ids;
+}
+
+inline std::vector<int64_t> encode_response(const Tokenizer& tok, const std::string& response,
+                                            bool add_eos = true) {
+  std::vector<int64_t> ids;
+  for (int id : tok.encode(response)) ids.push_back(id);
+  if (add_eos && tok.eos_id() >= 0) ids.push_back(tok.eos_id());
+  return ids;
+}
+
+// Decodes generated response ids (EOS and anything after it dropped, pads skipped).
+inline std::string decode_response(const Tokenizer& tok, const std::vector<int64_t>& ids) {
+  std::vector<int> out;
+  for (int64_t id : ids) {
+    if (id == tok.eos_id()) break;
+    if (id == tok.pad_id() || id == tok.bos_id()) continue;
+    out.push_back(static_cast<int>(id));
+  }
+  return tok.decode(out);
+}
+
+}  // namespace rlhf::policy
