@@ -1,0 +1,212 @@
+#include "annotation/import_export.h"
+
+#include <zlib.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "annotation/ranking.h"
+#include "common/error.h"
+
+namespace rlhf::annotation {
+
+using nlohmann::json;
+
+std::string read_maybe_gzip(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files transparently
+  if (!f) throw Error("cannot open " + path);
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    int n = gzread(f, buf, sizeof buf);
+    if (n < 0) {
+      int err = 0;
+      std::string msg = gzerror(f, &err);
+      gzclose(f);
+      throw Error("cannot read " + path + ": " + msg);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  gzclose(f);
+  return out;
+}
+
+namespace {
+
+// Calls fn(line_number, parsed_object) for each non-blank line.
+template <typename Fn>
+void for_each_json_line(const std::string& path, Fn fn) {
+  std::string data = read_maybe_gzip(path);
+  std::istringstream in(data);
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const std::exception& e) {
+      throw Error(path + ":" + std::to_string(lineno) + ": not valid JSON: " + e.what());
+    }
+    if (!j.is_object())
+      throw Error(path + ":" + std::to_string(lineno) + ": expected a JSON object");
+    try {
+      fn(lineno, j);
+    } catch (const Error& e) {
+      throw Error(path + ":" + std::to_string(lineno) + ": " + e.what());
+    }
+  }
+}
+
+std::string string_field(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end()) throw Error(std::string("missing field \"") + name + "\"");
+  if (!it->is_string()) throw Error(std::string("field \"") + name + "\" must be a string");
+  return it->get<std::string>();
+}
+
+}  // namespace
+
+int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
+  if (overlap < 1) throw Error("--overlap must be >= 1, got " + std::to_string(overlap));
+  Store::Transaction txn(store);
+  int64_t added = 0;
+  for_each_json_line(path, [&](int64_t, const json& j) {
+    TaskInput t;
+    t.prompt = string_field(j, "prompt");
+    auto a = j.find("answers");
+    if (a == j.end() || !a->is_array()) throw Error("field \"answers\" must be a list of strings");
+    for (const auto& x : *a) {
+      if (!x.is_string()) throw Error("field \"answers\" must be a list of strings");
+      t.answers.push_back(x.get<std::string>());
+    }
+    if (j.contains("model")) t.model = string_field(j, "model");
+    if (j.contains("sampling")) t.sampling_json = j["sampling"].dump();
+    t.source = "add-tasks";
+    int o = overlap;
+    if (j.contains("overlap")) {
+      if (!j["overlap"].is_number_integer()) throw Error("field \"overlap\" must be an integer");
+      o = j["overlap"].get<int>();
+    }
+    store.add_task(t, o);
+    ++added;
+  });
+  txn.commit();
+  return added;
+}
+
+bool split_hh(const std::string& chosen, const std::string& rejected, std::string* prompt,
+              std::string* chosen_answer, std::string* rejected_answer) {
+  static const std::string kMarker = "\n\nAssistant:";
+  size_t c = chosen.rfind(kMarker), r = rejected.rfind(kMarker);
+  if (c == std::string::npos || r == std::string::npos) return false;
+  if (c != r || chosen.compare(0, c, rejected, 0, r) != 0) return false;
+  *prompt = chosen.substr(0, c + kMarker.size());
+  auto strip = [](std::string s) {
+    size_t b = s.find_first_not_of(" \n");
+    size_t e = s.find_last_not_of(" \n");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+  };
+  *chosen_answer = strip(chosen.substr(c + kMarker.size()));
+  *rejected_answer = strip(rejected.substr(r + kMarker.size()));
+  return true;
+}
+
+ImportResult import_preferences(Store& store, const std::string& path, const std::string& format) {
+  if (format != "pairs" && format != "hh")
+    throw Error("--format: expected pairs or hh, got '" + format + "'");
+  Store::Transaction txn(store);
+  ImportResult result;
+  std::map<std::string, int64_t> authors;
+  auto author = [&](const std::string& name) {
+    auto it = authors.find(name);
+    if (it != authors.end()) return it->second;
+    int64_t id = store.import_annotator(name);
+    authors[name] = id;
+    return id;
+  };
+  for_each_json_line(path, [&](int64_t, const json& j) {
+    TaskInput t;
+    std::string who;
+    std::string chosen, rejected;
+    if (format == "pairs") {
+      t.prompt = string_field(j, "prompt");
+      chosen = string_field(j, "chosen");
+      rejected = string_field(j, "rejected");
+      who = j.contains("annotator") ? string_field(j, "annotator") : "import:pairs";
+    } else {
+      if (!split_hh(string_field(j, "chosen"), string_field(j, "rejected"), &t.prompt, &chosen,
+                    &rejected)) {
+        ++result.skipped;
+        return;
+      }
+      who = "import:hh";
+    }
+    if (chosen == rejected) {  // no preference to learn from
+      ++result.skipped;
+      return;
+    }
+    t.answers = {chosen, rejected};
+    t.source = "import:" + format;
+    int64_t task_id = store.add_task(t, 1);
+    RankingRecord r;
+    r.task_id = task_id;
+    r.annotator_id = author(who);
+    r.groups = {{0}, {1}};
+    store.insert_ranking(r);
+    ++result.imported;
+  });
+  txn.commit();
+  return result;
+}
+
+int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out) {
+  if (format != "pairs" && format != "rankings")
+    throw Error("--format: expected pairs or rankings, got '" + format + "'");
+  std::map<int64_t, TaskView> tasks;
+  auto task = [&](int64_t id) -> const TaskView& {
+    auto it = tasks.find(id);
+    if (it != tasks.end()) return it->second;
+    auto t = store.task(id);
+    if (!t) throw Error("ranking refers to missing task " + std::to_string(id));
+    return tasks.emplace(id, std::move(*t)).first->second;
+  };
+  int64_t lines = 0;
+  for (const auto& r : store.all_rankings()) {
+    const TaskView& t = task(r.task_id);
+    if (format == "rankings") {
+      json j = {{"schema_version", kExportSchemaVersion},
+                {"task_id", r.task_id},
+                {"annotator", r.annotator},
+                {"prompt", t.prompt},
+                {"answers", t.answers},
+                {"groups", r.groups},
+                {"none_acceptable", r.none_acceptable},
+                {"skipped", r.skipped},
+                {"flag", r.flag},
+                {"seconds", r.seconds},
+                {"created_at", r.created_at}};
+      out << j.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+      ++lines;
+    } else {
+      if (!r.counts() || r.none_acceptable) continue;
+      for (auto [better, worse] : ranking_pairs(r.groups)) {
+        json j = {{"schema_version", kExportSchemaVersion},
+                  {"prompt", t.prompt},
+                  {"chosen", t.answers.at(better)},
+                  {"rejected", t.answers.at(worse)},
+                  {"task_id", r.task_id},
+                  {"annotator", r.annotator}};
+        out << j.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+        ++lines;
+      }
+    }
+  }
+  if (!out) throw Error("writing the export failed");
+  return lines;
+}
+
+}  // namespace rlhf::annotation

@@ -1,0 +1,33 @@
+// Rankings: ordered groups of answer indices, best first, ties inside a group (`B > A = C > D`).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace rlhf::annotation {
+
+// Groups of answer indices, best first; e.g. {{1}, {0, 2}, {3}} is `B > A = C > D`.
+using Groups = std::vector<std::vector<int>>;
+
+// True when `groups` has no empty group and holds every index 0..num_answers-1 exactly once.
+// On false, `why` (when given) says what is wrong, e.g. "answer index 4 is out of range 0..3".
+bool is_permutation(const Groups& groups, int num_answers, std::string* why = nullptr);
+
+// Parses the terminal client's notation: letters A..Z (case-insensitive) joined by '>' (better)
+// and '=' (tie), spaces ignored, e.g. "B>A=C>D". Throws rlhf::Error explaining the problem,
+// including when the result is not a permutation of num_answers answers.
+Groups parse_ranking(const std::string& text, int num_answers);
+
+// The inverse of parse_ranking: {{1}, {0, 2}, {3}} -> "B>A=C>D".
+std::string format_ranking(const Groups& groups);
+
+// Every ordered pair (better, worse) across groups, InstructGPT-style: K answers in distinct
+// groups give K*(K-1)/2 pairs. Order: by the better answer's group, then the worse one's.
+std::vector<std::pair<int, int>> ranking_pairs(const Groups& groups);
+
+// Groups <-> compact JSON text ("[[1],[0,2],[3]]"), the form stored in SQLite and exported.
+std::string groups_to_json(const Groups& groups);
+Groups groups_from_json(const std::string& json);
+
+}  // namespace rlhf::annotation

@@ -1,0 +1,200 @@
+#include "annotation/request_handler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "common/error.h"
+
+namespace rlhf::annotation {
+
+double unix_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+proto::Response error_response(proto::Error::Code code, const std::string& message,
+                               uint64_t request_id) {
+  proto::Response r;
+  r.set_schema_version(kProtocolVersion);
+  r.set_request_id(request_id);
+  r.mutable_error()->set_code(code);
+  r.mutable_error()->set_message(message);
+  return r;
+}
+
+RequestHandler::RequestHandler(Store& store, HandlerOptions options, std::function<double()> clock)
+    : store_(store), options_(options), clock_(std::move(clock)) {}
+
+proto::Response RequestHandler::handle(const proto::Request& request, SessionState& session) {
+  proto::Response response;
+  if (request.schema_version() > kProtocolVersion) {
+    response = error_response(proto::Error::UNSUPPORTED_VERSION,
+                              "request schema_version " + std::to_string(request.schema_version()) +
+                                  " is newer than the server's " +
+                                  std::to_string(kProtocolVersion));
+  } else if (request.body_case() == proto::Request::kHello) {
+    auto a = store_.annotator_by_token(request.hello().token());
+    if (!a || !a->active) {
+      session = SessionState{};
+      response = error_response(proto::Error::UNAUTHENTICATED,
+                                a ? "the token of annotator '" + a->name + "' was revoked"
+                                  : "unknown token (get one from rlhf annotate add-annotator)");
+    } else {
+      session.annotator_id = a->id;
+      session.annotator_name = a->name;
+      auto* h = response.mutable_hello();
+      h->set_annotator(a->name);
+      h->set_role(a->role);
+      h->set_lease_seconds(options_.lease_seconds);
+    }
+  } else if (!session.annotator_id) {
+    response = error_response(proto::Error::UNAUTHENTICATED,
+                              "send Hello with a token before any other request");
+  } else {
+    auto a = store_.annotator_by_id(*session.annotator_id);
+    if (!a || !a->active) {
+      std::string name = session.annotator_name;
+      session = SessionState{};
+      response = error_response(proto::Error::UNAUTHENTICATED,
+                                "the token of annotator '" + name + "' was revoked");
+    } else {
+      switch (request.body_case()) {
+        case proto::Request::kGetTask:
+          response = get_task(a->id);
+          break;
+        case proto::Request::kSubmit:
+          response = submit(request.submit(), a->id);
+          break;
+        case proto::Request::kUndo:
+          response = undo(a->id);
+          break;
+        case proto::Request::kGetProgress:
+          response = progress(a->id);
+          break;
+        default:
+          response = error_response(proto::Error::BAD_MESSAGE, "the Request has no body");
+      }
+    }
+  }
+  response.set_schema_version(kProtocolVersion);
+  response.set_request_id(request.request_id());
+  return response;
+}
+
+proto::Response RequestHandler::task_response(int64_t task_id, double expires_at) {
+  auto t = store_.task(task_id);
+  if (!t) throw Error("task " + std::to_string(task_id) + " vanished");
+  proto::Response r;
+  auto* task = r.mutable_task();
+  task->set_task_id(t->id);
+  task->set_prompt(t->prompt);
+  for (auto& a : t->answers) task->add_answers(a);
+  task->set_lease_seconds_left(std::max(0.0, expires_at - clock_()));
+  return r;
+}
+
+proto::Response RequestHandler::get_task(int64_t annotator_id) {
+  double now = clock_();
+  if (now - last_cleanup_ > 60) {  // keep the leases table small
+    store_.drop_expired_leases(now);
+    last_cleanup_ = now;
+  }
+  double expires = now + options_.lease_seconds;
+  if (auto held = store_.held_lease(annotator_id, now)) {
+    store_.put_lease(*held, annotator_id, expires);  // renew
+    return task_response(*held, expires);
+  }
+  if (auto next = store_.next_open_task(annotator_id, now)) {
+    store_.put_lease(*next, annotator_id, expires);
+    return task_response(*next, expires);
+  }
+  proto::Response r;
+  auto blocking = store_.earliest_blocking_lease(annotator_id, now);
+  r.mutable_no_task()->set_retry_after_seconds(blocking ? std::max(0.1, *blocking - now) : 0.0);
+  return r;
+}
+
+proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t annotator_id) {
+  auto task = store_.task(s.task_id());
+  if (!task)
+    return error_response(proto::Error::UNKNOWN_TASK,
+                          "there is no task " + std::to_string(s.task_id()));
+  int kinds = (s.groups_size() > 0) + s.none_acceptable() + s.skip() + !s.flag().empty();
+  if (kinds != 1)
+    return error_response(proto::Error::BAD_MESSAGE,
+                          "a submission needs exactly one of: groups, none_acceptable, skip, flag "
+                          "(got " + std::to_string(kinds) + ")");
+  if (!std::isfinite(s.seconds()) || s.seconds() < 0)
+    return error_response(proto::Error::BAD_MESSAGE, "seconds must be a finite number >= 0");
+  RankingRecord rec;
+  rec.task_id = task->id;
+  rec.annotator_id = annotator_id;
+  rec.none_acceptable = s.none_acceptable();
+  rec.skipped = s.skip();
+  rec.flag = s.flag();
+  rec.seconds = s.seconds();
+  if (s.groups_size() > 0) {
+    int n = static_cast<int>(task->answers.size());
+    for (const auto& g : s.groups()) {
+      rec.groups.emplace_back();
+      for (uint32_t i : g.answers())
+        rec.groups.back().push_back(i > 1000 ? 1000 : static_cast<int>(i));
+    }
+    std::string why;
+    if (!is_permutation(rec.groups, n, &why))
+      return error_response(proto::Error::NOT_PERMUTATION,
+                            "task " + std::to_string(task->id) + " has " + std::to_string(n) +
+                                " answers; the ranking " + why);
+  }
+  if (store_.ranking_of(task->id, annotator_id))
+    return error_response(proto::Error::ALREADY_SUBMITTED,
+                          "you already submitted task " + std::to_string(task->id));
+  if (rec.counts() && task->done_count >= task->overlap) {
+    store_.drop_lease(task->id, annotator_id);
+    return error_response(proto::Error::TASK_FULL,
+                          "task " + std::to_string(task->id) + " already has its " +
+                              std::to_string(task->overlap) +
+                              " ranking(s); your lease had expired and was given to others");
+  }
+  rec.created_unix = clock_();
+  int64_t id = store_.insert_ranking(rec);
+  store_.drop_lease(task->id, annotator_id);
+  proto::Response r;
+  r.mutable_submitted()->set_task_id(task->id);
+  r.mutable_submitted()->set_ranking_id(id);
+  return r;
+}
+
+proto::Response RequestHandler::undo(int64_t annotator_id) {
+  auto last = store_.latest_ranking_of(annotator_id);
+  double now = clock_();
+  if (!last)
+    return error_response(proto::Error::NOTHING_TO_UNDO, "you have not submitted anything yet");
+  if (now - last->created_unix > options_.lease_seconds)
+    return error_response(proto::Error::NOTHING_TO_UNDO,
+                          "your last submission (task " + std::to_string(last->task_id) +
+                              ") is older than the lease time of " +
+                              std::to_string(static_cast<int>(options_.lease_seconds)) + " s");
+  store_.delete_ranking(*last);
+  store_.put_lease(last->task_id, annotator_id, now + options_.lease_seconds);
+  proto::Response r;
+  r.mutable_undone()->set_task_id(last->task_id);
+  return r;
+}
+
+proto::Response RequestHandler::progress(int64_t annotator_id) {
+  auto secs = store_.seconds_of(annotator_id);
+  proto::Response r;
+  auto* p = r.mutable_progress();
+  p->set_done(static_cast<int64_t>(secs.size()));
+  p->set_remaining(store_.remaining_for(annotator_id));
+  if (!secs.empty()) {
+    std::sort(secs.begin(), secs.end());
+    size_t n = secs.size();
+    p->set_median_seconds(n % 2 ? secs[n / 2] : 0.5 * (secs[n / 2 - 1] + secs[n / 2]));
+  }
+  return r;
+}
+
+}  // namespace rlhf::annotation

@@ -1,0 +1,74 @@
+// The annotation protocol's logic as a pure function of (request, session state, store): no
+// sockets, no threads. The server runs it on its store thread inside a group-commit transaction;
+// tests call it directly.
+//
+// Rules it enforces:
+//  - every request but Hello needs an authenticated session whose annotator is still active
+//    (revocation takes effect on the next request);
+//  - GetTask returns the task the annotator already leases, else leases the first open task the
+//    annotator has not judged whose remaining slots are not all leased by others; an annotator
+//    never gets a task twice and a task never gets more counted rankings than its overlap;
+//  - SubmitRanking is accepted while the task still needs rankings, even if the lease expired;
+//    otherwise TASK_FULL. Skips and flags are stored but do not count toward overlap;
+//  - Undo removes the annotator's latest submission while it is "still open": younger than the
+//    lease time (the window in which the task would still be reserved for them). The task is
+//    leased to them again so they can re-rank it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "annotation/sqlite_store.h"
+#include "proto/annotation.pb.h"
+
+namespace rlhf::annotation {
+
+constexpr uint32_t kProtocolVersion = 1;
+
+// Per-connection state the handler reads and updates (Hello sets it).
+struct SessionState {
+  std::optional<int64_t> annotator_id;
+  std::string annotator_name;
+};
+
+struct HandlerOptions {
+  double lease_seconds = 600;  // how long a leased task is reserved for its annotator
+};
+
+// Unix time in seconds (the default clock).
+double unix_seconds();
+
+class RequestHandler {
+ public:
+  // `store` must outlive the handler. `clock` returns Unix seconds (tests pass a fake one).
+  RequestHandler(Store& store, HandlerOptions options,
+                 std::function<double()> clock = unix_seconds);
+
+  // Answers one request. Client mistakes become an Error response; the store is changed only
+  // for successful requests. Store failures throw rlhf::Error: the caller must roll back what the
+  // request did (Store::Savepoint) and answer INTERNAL. Call inside a Store::Transaction.
+  proto::Response handle(const proto::Request& request, SessionState& session);
+
+  Store& store() { return store_; }
+  const HandlerOptions& options() const { return options_; }
+
+ private:
+  proto::Response get_task(int64_t annotator_id);
+  proto::Response submit(const proto::SubmitRanking& s, int64_t annotator_id);
+  proto::Response undo(int64_t annotator_id);
+  proto::Response progress(int64_t annotator_id);
+  proto::Response task_response(int64_t task_id, double expires_at);
+
+  Store& store_;
+  HandlerOptions options_;
+  std::function<double()> clock_;
+  double last_cleanup_ = 0;
+};
+
+// Helper: a Response holding an Error.
+proto::Response error_response(proto::Error::Code code, const std::string& message,
+                               uint64_t request_id = 0);
+
+}  // namespace rlhf::annotation

@@ -1,0 +1,48 @@
+// Progress and agreement statistics over an annotation store (`rlhf annotate stats`).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "annotation/sqlite_store.h"
+
+namespace rlhf::annotation {
+
+struct AnnotatorStats {
+  std::string name;
+  bool active = false;
+  int64_t submissions = 0;  // every stored judgement
+  int64_t rankings = 0;     // judgements with groups
+  int64_t skips = 0;
+  int64_t flags = 0;
+  int64_t none_acceptable = 0;
+  double median_seconds = 0;
+};
+
+struct Stats {
+  int64_t tasks = 0;
+  int64_t done_tasks = 0;     // tasks with all the rankings their overlap asks for
+  int64_t pending_tasks = 0;  // tasks that still need rankings
+  int64_t judgements = 0;     // stored rows (rankings, skips, flags, none-acceptable)
+  std::vector<AnnotatorStats> annotators;
+  // Agreement on tasks ranked by two or more annotators, over every annotator pair and every
+  // answer pair: the fraction where both give the same relation (<, =, >).
+  int64_t overlap_tasks = 0;
+  int64_t compared_answer_pairs = 0;
+  double pairwise_agreement = 0;  // NaN-free: 0 when nothing was compared
+  // Mean Kendall tau-b between two annotators' rankings of the same task (pairs with a defined
+  // tau only; 0 when none). 1 = identical orders, -1 = reversed.
+  int64_t tau_pairs = 0;
+  double mean_kendall_tau = 0;
+};
+
+Stats compute_stats(Store& store);
+std::string stats_to_json(const Stats& stats);  // one JSON object, pretty-printed
+std::string stats_to_text(const Stats& stats);  // a short human-readable table
+
+// Kendall tau-b of two rank vectors (rank[i] = group index of answer i; equal = tie). Returns
+// false when it is undefined (one side all ties).
+bool kendall_tau_b(const std::vector<int>& a, const std::vector<int>& b, double* tau);
+
+}  // namespace rlhf::annotation
