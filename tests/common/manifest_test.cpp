@@ -34,3 +34,20 @@ TEST(Manifest, MissingManifestNamesFolder) {
     EXPECT_NE(std::string(e.what()).find(dir.path()), std::string::npos);
   }
 }
+
+#include "common/text_config.h"
+
+TEST(TextConfig, ErrorNamesFileLineAndField) {
+  rlhf::proto::StageManifest m;
+  try {
+    rlhf::parse_text_config("stage: \"sft\"\nno_such_field: 3\n", "cfg.pbtxt", &m);
+    FAIL();
+  } catch (const rlhf::Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("cfg.pbtxt:2:"), std::string::npos) << what;
+    EXPECT_NE(what.find("no_such_field"), std::string::npos) << what;
+  }
+  rlhf::parse_text_config("stage: \"sft\" wall_seconds: 2.5", "ok.pbtxt", &m);
+  EXPECT_EQ(m.stage(), "sft");
+  EXPECT_NE(rlhf::to_text_format(m).find("wall_seconds: 2.5"), std::string::npos);
+}

@@ -1,1 +1,0 @@
-// Placeholder so the module library has a translation unit; remove once real sources exist.
