@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rlhf::proto {
@@ -47,13 +48,38 @@ struct ModelConfig {
 };
 
 // Per-layer key/value cache for incremental decoding.
-// keys/values[l]: [B, n_kv_heads, capacity, head_dim]; length = number of filled positions.
+// keys/values[l]: [B, n_kv_heads, capacity, head_dim] preallocated buffers; positions
+// [0, length) are filled. Set `capacity` before the first call to size the buffers (0 = the
+// model's max_seq_len); a cache that runs out of room grows (doubling), which copies.
 struct KVCache {
   std::vector<torch::Tensor> keys, values;
   int64_t length = 0;
-  torch::Tensor attention_mask;  // [B, length] mask of all tokens seen so far (1 = real)
+  int64_t capacity = 0;
+  torch::Tensor attention_mask;  // [B, length] mask of all tokens seen so far (1 = real); a view
   torch::Tensor next_position;   // [B] int64: position id the next token gets
+  torch::Tensor mask_buffer;     // [B, capacity] backing store of attention_mask (internal)
 };
+
+// One pre-norm decoder block: x + attn(rmsnorm(x)), then h + mlp(rmsnorm(h)).
+// Projections are bias-free Linear layers named after the Hugging Face tensors.
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const ModelConfig& config);
+
+  // x [B, T, D]; cos/sin [B, 1, T, head_dim]; bias [B, 1, T, L] additive attention bias (0 or a
+  // large negative), or undefined for "attend to everything" (L = cached + T keys).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& bias, KVCache* cache, int64_t layer_index);
+
+  torch::Tensor input_layernorm, post_attention_layernorm;  // RMSNorm weights [D]
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  int64_t n_heads_, n_kv_heads_, head_dim_;
+  double eps_;
+};
+TORCH_MODULE(DecoderLayer);
 
 class TransformerImpl : public torch::nn::Module {
  public:
@@ -85,7 +111,7 @@ class TransformerImpl : public torch::nn::Module {
 
   // Module pieces (public so LoRA can wrap projections).
   torch::nn::Embedding tok_embeddings{nullptr};
-  torch::nn::ModuleList layers{nullptr};
+  torch::nn::ModuleList layers{nullptr};   // DecoderLayer each
   torch::Tensor norm_weight;
   torch::nn::Linear lm_head{nullptr};     // null when tie_embeddings
   torch::nn::Linear value_head{nullptr};  // null unless value head

@@ -1,0 +1,155 @@
+#include "policy/generation.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "common/error.h"
+
+namespace rlhf::policy {
+
+namespace {
+
+// Keeps the k largest logits per row; the rest become -inf. logits [B, V].
+torch::Tensor filter_top_k(const torch::Tensor& logits, int64_t k) {
+  if (k <= 0 || k >= logits.size(-1)) return logits;
+  auto kth = std::get<0>(logits.topk(k, -1)).narrow(-1, k - 1, 1);  // [B, 1]
+  return logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
+}
+
+// Nucleus filter (Holtzman et al. 2019): keeps the smallest set of most likely tokens whose
+// probability mass reaches top_p (always at least one). probs [B, V] -> renormalised later.
+torch::Tensor filter_top_p(const torch::Tensor& probs, double top_p) {
+  if (top_p >= 1.0) return probs;
+  auto sorted = probs.sort(-1, /*descending=*/true);
+  auto sorted_probs = std::get<0>(sorted), order = std::get<1>(sorted);
+  auto mass_before = sorted_probs.cumsum(-1) - sorted_probs;
+  auto kept = sorted_probs.masked_fill(mass_before > top_p, 0.0);
+  return torch::zeros_like(probs).scatter_(-1, order, kept);
+}
+
+}  // namespace
+
+GenerationOutput generate(Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
+                          const SamplingOptions& options) {
+  const auto& cfg = model->config();
+  if (prompts.empty()) throw Error("generate: no prompts");
+  if (options.max_new_tokens < 0)
+    throw Error("generate: max_new_tokens = " + std::to_string(options.max_new_tokens) +
+                ", expected >= 0");
+  if (options.temperature < 0) throw Error("generate: temperature must be >= 0");
+  if (!(options.top_p > 0 && options.top_p <= 1))
+    throw Error("generate: top_p = " + std::to_string(options.top_p) + ", expected in (0, 1]");
+  const int64_t B = prompts.size();
+  int64_t P = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i].empty()) throw Error("generate: prompt " + std::to_string(i) + " is empty");
+    for (auto id : prompts[i])
+      if (id < 0 || id >= cfg.vocab_size)
+        throw Error("generate: prompt " + std::to_string(i) + " has id " + std::to_string(id) +
+                    ", expected 0 <= id < vocab_size = " + std::to_string(cfg.vocab_size));
+    P = std::max<int64_t>(P, prompts[i].size());
+  }
+  const int64_t N = options.max_new_tokens;
+  if (P + N > cfg.max_seq_len)
+    throw Error("generate: prompt length " + std::to_string(P) + " + max_new_tokens " +
+                std::to_string(N) + " exceeds max_seq_len " + std::to_string(cfg.max_seq_len));
+  const int64_t eos = options.eos_id == -2 ? cfg.eos_id : options.eos_id;
+  const int64_t pad = cfg.pad_id >= 0 ? cfg.pad_id : 0;
+  const bool greedy = options.temperature == 0;
+  const double temperature = greedy ? 1.0 : options.temperature;
+  const auto device = model->tok_embeddings->weight.device();
+  auto t_start = std::chrono::steady_clock::now();
+
+  // Left-padded prompts.
+  auto prompt_ids = torch::full({B, P}, pad, torch::kLong);
+  auto prompt_mask = torch::zeros({B, P}, torch::kLong);
+  {
+    auto ids_a = prompt_ids.accessor<int64_t, 2>();
+    auto mask_a = prompt_mask.accessor<int64_t, 2>();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t off = P - int64_t(prompts[b].size());
+      for (size_t t = 0; t < prompts[b].size(); ++t) {
+        ids_a[b][off + t] = prompts[b][t];
+        mask_a[b][off + t] = 1;
+      }
+    }
+  }
+
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  std::vector<torch::Tensor> tokens, logprobs, masks;
+  {
+    torch::InferenceMode inference;
+    auto ids_dev = prompt_ids.to(device), mask_dev = prompt_mask.to(device);
+    KVCache cache;
+    cache.capacity = P + std::max<int64_t>(N, 1);
+    // Full sequence so far, for the no-cache path.
+    torch::Tensor seq = ids_dev, seq_mask = mask_dev;
+    torch::Tensor hidden = options.use_cache ? model->hidden_states(ids_dev, mask_dev, &cache)
+                                             : model->hidden_states(ids_dev, mask_dev);
+    auto finished = torch::zeros({B}, torch::TensorOptions().dtype(torch::kBool).device(device));
+    auto ones_col = torch::ones({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    for (int64_t step = 0; step < N; ++step) {
+      auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
+      if (temperature != 1.0) logits = logits / temperature;
+      auto logp = torch::log_softmax(logits, -1);
+      torch::Tensor next;
+      if (greedy) {
+        next = logits.argmax(-1);
+      } else {
+        auto filtered = filter_top_k(logits, options.top_k);
+        auto probs = torch::softmax(filtered, -1);
+        probs = filter_top_p(probs, options.top_p);
+        // Sampled on the CPU with our own generator: the same seed gives the same samples.
+        next = torch::multinomial(probs.to(torch::kCPU), 1, /*replacement=*/false, gen)
+                   .squeeze(-1)
+                   .to(device);
+      }
+      auto lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
+      auto alive = finished.logical_not();
+      next = next.masked_fill(finished, pad);
+      tokens.push_back(next);
+      logprobs.push_back(lp.masked_fill(finished, 0.0));
+      masks.push_back(alive.to(torch::kLong));
+      if (eos >= 0) {
+        finished = finished.logical_or(next == eos);
+        if (finished.all().item<bool>()) break;
+      }
+      if (step + 1 == N) break;
+      auto next_col = next.unsqueeze(1);
+      if (options.use_cache) {
+        hidden = model->hidden_states(next_col, ones_col, &cache);
+      } else {
+        seq = torch::cat({seq, next_col}, 1);
+        seq_mask = torch::cat({seq_mask, ones_col}, 1);
+        hidden = model->hidden_states(seq, seq_mask);
+      }
+    }
+  }
+
+  // Clone outside inference mode: callers may feed these into autograd (e.g. PPO).
+  GenerationOutput out;
+  out.prompt_ids = prompt_ids;
+  out.prompt_mask = prompt_mask;
+  if (tokens.empty()) {
+    out.response_ids = torch::zeros({B, 0}, torch::kLong);
+    out.response_logprobs = torch::zeros({B, 0}, torch::kFloat);
+    out.response_mask = torch::zeros({B, 0}, torch::kLong);
+  } else {
+    out.response_ids = torch::stack(tokens, 1).to(torch::kCPU).clone();
+    out.response_logprobs = torch::stack(logprobs, 1).to(torch::kCPU).clone();
+    out.response_mask = torch::stack(masks, 1).to(torch::kCPU).clone();
+  }
+  out.responses.resize(B);
+  auto ids_a = out.response_ids.accessor<int64_t, 2>();
+  auto mask_a = out.response_mask.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < out.response_ids.size(1); ++t)
+      if (mask_a[b][t]) out.responses[b].push_back(ids_a[b][t]);
+  out.generated_tokens = out.response_mask.sum().item<int64_t>();
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return out;
+}
+
+}  // namespace rlhf::policy
