@@ -1,0 +1,35 @@
+// The ranking tool for people (`rlhf annotate client`): shows a task, reads a ranking, submits it.
+// Works the same on a terminal and with piped stdin, so it can be scripted and tested.
+//
+// Commands at the prompt: a ranking like `B>A=C>D` (ties with '='), `n` none acceptable, `s` skip,
+// `f [reason]` flag (asks for the reason when missing), `u` undo the last submission while it is
+// still open, `?` help, `q` quit. Invalid input is explained and asked again. End of input quits.
+#pragma once
+
+#include <istream>
+#include <ostream>
+#include <string>
+
+#include "annotation/client.h"
+
+namespace rlhf::annotation {
+
+struct TerminalClientOptions {
+  int width = 80;            // wrap text to this many columns
+  double idle_poll_seconds = 2;  // wait between polls while other annotators hold the last tasks
+};
+
+struct TerminalClientResult {
+  int64_t submitted = 0;  // acknowledged submissions (rankings, none, skips, flags)
+  int64_t undone = 0;
+  bool finished = false;  // the queue ran out (as opposed to q / end of input)
+};
+
+TerminalClientResult run_terminal_client(AnnotationClient& client, std::istream& in,
+                                         std::ostream& out, const TerminalClientOptions& options);
+
+// Word-wraps `text` to `width` columns, prefixing every line with `indent`; keeps the text's own
+// line breaks.
+std::string wrap_text(const std::string& text, int width, const std::string& indent);
+
+}  // namespace rlhf::annotation

@@ -1,0 +1,183 @@
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "annotation/import_export.h"
+#include "annotation/stats.h"
+#include "common/error.h"
+#include "tests/test_support.h"
+
+namespace ann = rlhf::annotation;
+using nlohmann::json;
+using rlhf::testing::TempDir;
+
+namespace {
+void write(const std::string& path, const std::string& s) { std::ofstream(path) << s; }
+
+std::vector<json> lines_of(const std::string& s) {
+  std::vector<json> out;
+  std::istringstream in(s);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(json::parse(line));
+  return out;
+}
+
+void rank(ann::Store& store, int64_t task, const std::string& who, ann::Groups g) {
+  ann::Store::Transaction txn(store);
+  ann::RankingRecord r;
+  r.task_id = task;
+  auto a = store.annotator_by_name(who);
+  r.annotator_id = a ? a->id : (store.add_annotator(who, "annotator"), store.annotator_by_name(who)->id);
+  r.groups = std::move(g);
+  r.seconds = 3;
+  store.insert_ranking(r);
+  txn.commit();
+}
+}  // namespace
+
+TEST(ImportExport, AddTasksReadsJsonLinesAllOrNothing) {
+  TempDir dir("io");
+  ann::Store store(dir / "a.db");
+  write(dir / "tasks.jsonl",
+        "{\"prompt\": \"p1\", \"answers\": [\"a\", \"b\", \"c\"], \"model\": \"sft\", "
+        "\"sampling\": {\"temperature\": 1.0}}\n\n"
+        "{\"prompt\": \"p2\", \"answers\": [\"x\", \"y\"], \"overlap\": 3}\n");
+  EXPECT_EQ(ann::add_tasks_jsonl(store, dir / "tasks.jsonl", 2), 2);
+  EXPECT_EQ(store.task(1)->overlap, 2);
+  EXPECT_EQ(store.task(2)->overlap, 3);
+  write(dir / "bad.jsonl", "{\"prompt\": \"p3\", \"answers\": [\"x\", \"y\"]}\n{\"prompt\": 5}\n");
+  try {
+    ann::add_tasks_jsonl(store, dir / "bad.jsonl", 1);
+    FAIL();
+  } catch (const rlhf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:2"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(store.task_count(), 2);  // the good first line was rolled back too
+}
+
+TEST(ImportExport, ExportsEveryCrossGroupPairAndRankings) {
+  TempDir dir("io");
+  ann::Store store(dir / "a.db");
+  {
+    ann::Store::Transaction txn(store);
+    store.add_task({"Q", {"a0", "a1", "a2", "a3"}, "", "", "t"}, 2);
+    txn.commit();
+  }
+  rank(store, 1, "alice", {{1}, {0, 2}, {3}});  // B > A = C > D
+  std::ostringstream pairs;
+  EXPECT_EQ(ann::export_jsonl(store, "pairs", pairs), 5);
+  auto p = lines_of(pairs.str());
+  ASSERT_EQ(p.size(), 5u);
+  EXPECT_EQ(p[0]["schema_version"], ann::kExportSchemaVersion);
+  EXPECT_EQ(p[0]["prompt"], "Q");
+  EXPECT_EQ(p[0]["chosen"], "a1");
+  EXPECT_EQ(p[0]["rejected"], "a0");
+  EXPECT_EQ(p[0]["task_id"], 1);
+  EXPECT_EQ(p[0]["annotator"], "alice");
+  EXPECT_EQ(p[4]["chosen"], "a2");
+  EXPECT_EQ(p[4]["rejected"], "a3");
+  std::ostringstream rankings;
+  EXPECT_EQ(ann::export_jsonl(store, "rankings", rankings), 1);
+  auto r = lines_of(rankings.str())[0];
+  for (const char* k : {"schema_version", "task_id", "annotator", "prompt", "answers", "groups",
+                        "none_acceptable", "skipped", "flag", "seconds", "created_at"})
+    EXPECT_TRUE(r.contains(k)) << k;
+  EXPECT_EQ(r["groups"], json::parse("[[1],[0,2],[3]]"));
+  EXPECT_EQ(r["answers"].size(), 4u);
+  std::ostringstream bad;
+  EXPECT_THROW(ann::export_jsonl(store, "csv", bad), rlhf::Error);
+
+  // Round trip: our own pairs export imports as 5 ranked 2-answer tasks.
+  write(dir / "pairs.jsonl", pairs.str());
+  ann::Store other(dir / "b.db");
+  auto res = ann::import_preferences(other, dir / "pairs.jsonl", "pairs");
+  EXPECT_EQ(res.imported, 5);
+  std::ostringstream again;
+  ann::export_jsonl(other, "pairs", again);
+  auto q = lines_of(again.str());
+  ASSERT_EQ(q.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(q[i]["chosen"], p[i]["chosen"]);
+    EXPECT_EQ(q[i]["rejected"], p[i]["rejected"]);
+    EXPECT_EQ(q[i]["annotator"], "alice");
+  }
+}
+
+TEST(ImportExport, SplitsHhDialogues) {
+  std::string prompt, c, r;
+  ASSERT_TRUE(ann::split_hh("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao",
+                            "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: go away",
+                            &prompt, &c, &r));
+  EXPECT_EQ(prompt, "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant:");
+  EXPECT_EQ(c, "ciao");
+  EXPECT_EQ(r, "go away");
+  EXPECT_FALSE(ann::split_hh("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y",
+                             &prompt, &c, &r));
+}
+
+TEST(ImportExport, ImportsRealHhRlhfGzip) {
+  RLHF_REQUIRE_DATA(hh, "hh-rlhf/harmless-base-test.jsonl.gz");
+  TempDir dir("io");
+  ann::Store store(dir / "a.db");
+  auto res = ann::import_preferences(store, hh, "hh");
+  EXPECT_EQ(res.imported + res.skipped, 2312);
+  EXPECT_GT(res.imported, 2250);
+  std::ostringstream out;
+  EXPECT_EQ(ann::export_jsonl(store, "pairs", out), res.imported);
+  auto p = lines_of(out.str());
+  int shorter_chosen = 0, strict = 0;
+  for (auto& j : p) {
+    std::string prompt = j["prompt"];
+    ASSERT_GE(prompt.size(), 12u);
+    EXPECT_EQ(prompt.substr(prompt.size() - 12), "\n\nAssistant:");
+    EXPECT_EQ(j["annotator"], "import:hh");
+    std::string c = j["chosen"], r = j["rejected"];
+    if (c.size() != r.size()) {
+      ++strict;
+      shorter_chosen += c.size() < r.size();
+    }
+  }
+  // The data's README: preferring the shorter final answer agrees with the label on ~55%.
+  double rate = static_cast<double>(shorter_chosen) / strict;
+  EXPECT_GT(rate, 0.50);
+  EXPECT_LT(rate, 0.60);
+  // Imported tasks are complete: nothing is queued for annotators.
+  auto st = ann::compute_stats(store);
+  EXPECT_EQ(st.pending_tasks, 0);
+  EXPECT_EQ(st.done_tasks, res.imported);
+}
+
+TEST(Stats, AgreementAndKendallTau) {
+  TempDir dir("io");
+  ann::Store store(dir / "a.db");
+  {
+    ann::Store::Transaction txn(store);
+    for (int i = 0; i < 3; ++i) store.add_task({"Q" + std::to_string(i), {"a", "b", "c"}, "", "", ""}, 2);
+    txn.commit();
+  }
+  rank(store, 1, "u", {{0}, {1}, {2}});
+  rank(store, 1, "v", {{0}, {1}, {2}});  // identical: agreement 3/3, tau 1
+  rank(store, 2, "u", {{0}, {1}, {2}});
+  rank(store, 2, "v", {{2}, {1}, {0}});  // reversed: agreement 0/3, tau -1
+  rank(store, 3, "u", {{0}, {1}, {2}});  // single ranking: no agreement data
+  auto s = ann::compute_stats(store);
+  EXPECT_EQ(s.tasks, 3);
+  EXPECT_EQ(s.done_tasks, 2);
+  EXPECT_EQ(s.pending_tasks, 1);
+  EXPECT_EQ(s.overlap_tasks, 2);
+  EXPECT_EQ(s.compared_answer_pairs, 6);
+  EXPECT_DOUBLE_EQ(s.pairwise_agreement, 0.5);
+  EXPECT_DOUBLE_EQ(s.mean_kendall_tau, 0.0);
+  EXPECT_EQ(s.tau_pairs, 2);
+  double tau;
+  ASSERT_TRUE(ann::kendall_tau_b({0, 1, 1}, {0, 1, 2}, &tau));
+  EXPECT_NEAR(tau, 2.0 / std::sqrt(2.0 * 3.0), 1e-12);  // C=2, D=0, ties_a=1
+  EXPECT_FALSE(ann::kendall_tau_b({0, 0}, {0, 1}, &tau));
+  auto j = json::parse(ann::stats_to_json(s));
+  EXPECT_EQ(j["annotators"].size(), 2u);
+  EXPECT_EQ(j["annotators"][0]["median_seconds"], 3.0);
+  EXPECT_NE(ann::stats_to_text(s).find("agreement"), std::string::npos);
+}

@@ -1,0 +1,140 @@
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include "annotation/sqlite_store.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "tests/test_support.h"
+
+namespace ann = rlhf::annotation;
+using rlhf::testing::TempDir;
+
+namespace {
+std::string pragma(const std::string& db, const std::string& sql) {
+  sqlite3* h = nullptr;
+  sqlite3_open(db.c_str(), &h);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(h, sql.c_str(), -1, &s, nullptr);
+  std::string out;
+  if (sqlite3_step(s) == SQLITE_ROW) out = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+  sqlite3_finalize(s);
+  sqlite3_close(h);
+  return out;
+}
+}  // namespace
+
+TEST(Store, CreatesCurrentSchemaWithWalAndForeignKeys) {
+  TempDir dir("store");
+  std::string path = dir / "a.db";
+  {
+    ann::Store store(path);
+    EXPECT_EQ(store.schema_version(), ann::Store::kSchemaVersion);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(store.db(), "PRAGMA foreign_keys", -1, &s, nullptr);
+    ASSERT_EQ(sqlite3_step(s), SQLITE_ROW);
+    EXPECT_EQ(sqlite3_column_int(s, 0), 1);
+    sqlite3_finalize(s);
+    sqlite3_prepare_v2(store.db(), "PRAGMA synchronous", -1, &s, nullptr);
+    ASSERT_EQ(sqlite3_step(s), SQLITE_ROW);
+    EXPECT_EQ(sqlite3_column_int(s, 0), 2);  // FULL
+    sqlite3_finalize(s);
+    // A foreign key violation is refused.
+    EXPECT_NE(sqlite3_exec(store.db(),
+                           "INSERT INTO tasks(prompt_id, overlap, created_at) VALUES(999, 1, 'x')",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+  }
+  EXPECT_EQ(pragma(path, "PRAGMA journal_mode"), "wal");
+  EXPECT_EQ(pragma(path, "PRAGMA user_version"), std::to_string(ann::Store::kSchemaVersion));
+}
+
+TEST(Store, MigratesAnOlderSchemaAndRefusesANewerOne) {
+  TempDir dir("store");
+  std::string old_db = dir / "old.db";
+  {  // a version-0 database (an empty SQLite file someone created)
+    sqlite3* h = nullptr;
+    sqlite3_open(old_db.c_str(), &h);
+    sqlite3_exec(h, "CREATE TABLE unrelated(x); PRAGMA user_version=0;", nullptr, nullptr, nullptr);
+    sqlite3_close(h);
+  }
+  {
+    ann::Store store(old_db);
+    EXPECT_EQ(store.schema_version(), ann::Store::kSchemaVersion);
+    EXPECT_EQ(store.task_count(), 0);
+  }
+  std::string new_db = dir / "new.db";
+  {
+    sqlite3* h = nullptr;
+    sqlite3_open(new_db.c_str(), &h);
+    sqlite3_exec(h, "PRAGMA user_version=99;", nullptr, nullptr, nullptr);
+    sqlite3_close(h);
+  }
+  try {
+    ann::Store store(new_db);
+    FAIL() << "a newer schema must be refused";
+  } catch (const rlhf::Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("newer"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(new_db), std::string::npos) << msg;
+  }
+  ann::StoreOptions no_create;
+  no_create.create = false;
+  EXPECT_THROW(ann::Store(dir / "missing.db", no_create), rlhf::Error);
+  EXPECT_FALSE(rlhf::file_exists(dir / "missing.db"));
+}
+
+TEST(Store, TokensAreRandomAndStoredOnlyAsSha256) {
+  TempDir dir("store");
+  std::string path = dir / "a.db";
+  ann::Store store(path);
+  std::string t1 = store.add_annotator("alice", "annotator");
+  std::string t2 = store.add_annotator("bob", "expert");
+  EXPECT_EQ(t1.size(), 64u);
+  EXPECT_NE(t1, t2);
+  EXPECT_THROW(store.add_annotator("alice", "annotator"), rlhf::Error);
+  auto a = store.annotator_by_token(t1);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->name, "alice");
+  EXPECT_FALSE(store.annotator_by_token("not-a-token"));
+  EXPECT_EQ(pragma(path, "SELECT token_sha256 FROM annotators WHERE name='alice'"),
+            rlhf::sha256_hex(t1));
+  EXPECT_EQ(pragma(path, "SELECT count(*) FROM annotators WHERE token_sha256='" + t1 + "'"), "0");
+  store.set_annotator_active("alice", false);
+  EXPECT_FALSE(store.annotator_by_token(t1)->active);
+  EXPECT_THROW(store.set_annotator_active("carol", false), rlhf::Error);
+}
+
+TEST(Store, TasksKeepAnswersInOrderWithTheirOrigin) {
+  TempDir dir("store");
+  ann::Store store(dir / "a.db");
+  ann::TaskInput t{"What is 2+2?", {"4", "5", "four"}, "sft-v1", "{\"temperature\":0.7}", "test"};
+  int64_t id;
+  {
+    ann::Store::Transaction txn(store);
+    id = store.add_task(t, 2);
+    store.add_task({"What is 2+2?", {"x", "y"}, "", "", "test"}, 1);  // same prompt, shared row
+    txn.commit();
+  }
+  auto v = store.task(id);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->prompt, "What is 2+2?");
+  EXPECT_EQ(v->answers, (std::vector<std::string>{"4", "5", "four"}));
+  EXPECT_EQ(v->overlap, 2);
+  EXPECT_EQ(pragma(dir / "a.db", "SELECT count(*) FROM prompts"), "1");
+  EXPECT_EQ(pragma(dir / "a.db", "SELECT model || sampling FROM answers LIMIT 1"),
+            "sft-v1{\"temperature\":0.7}");
+  EXPECT_THROW(store.add_task({"p", {"only one"}, "", "", ""}, 1), rlhf::Error);
+  EXPECT_THROW(store.add_task({"p", {"a", "b"}, "", "", ""}, 0), rlhf::Error);
+  EXPECT_FALSE(store.task(12345));
+}
+
+TEST(Store, TransactionRollsBackUnlessCommitted) {
+  TempDir dir("store");
+  ann::Store store(dir / "a.db");
+  {
+    ann::Store::Transaction txn(store);
+    store.add_task({"p", {"a", "b"}, "", "", ""}, 1);
+  }
+  EXPECT_EQ(store.task_count(), 0);
+  EXPECT_EQ(store.integrity_check(), "ok");
+}

@@ -1,0 +1,83 @@
+// `rlhf annotate client` (the terminal ranking tool) and `rlhf annotate simulate` (a programmatic
+// annotator that ranks with a registered teacher).
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "annotation/client.h"
+#include "annotation/simulator.h"
+#include "annotation/terminal_client.h"
+#include "common/error.h"
+#include "tools/cli.h"
+
+namespace {
+
+using rlhf::cli::Args;
+using rlhf::cli::Register;
+namespace ann = rlhf::annotation;
+
+std::string token_from(const Args& a) {
+  if (a.has("token")) return a.get("token");
+  if (const char* t = std::getenv("RLHF_TOKEN")) return t;
+  throw rlhf::UsageError("no token: pass --token or set RLHF_TOKEN");
+}
+
+int terminal_width() {
+  winsize ws{};
+  if (::isatty(STDOUT_FILENO) && ::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    return ws.ws_col;
+  if (const char* c = std::getenv("COLUMNS")) {
+    int w = std::atoi(c);
+    if (w > 0) return w;
+  }
+  return 80;
+}
+
+Register client({"annotate client", "rank tasks in the terminal (also works with piped stdin)",
+                 "--socket PATH [--token T]   (token also from RLHF_TOKEN)",
+                 {{"socket", "server's Unix socket", "", false, true},
+                  {"token", "annotator token (default: $RLHF_TOKEN)", ""}},
+                 [](const Args& a) {
+                   ann::ClientOptions o;
+                   o.socket_path = a.get("socket");
+                   o.token = token_from(a);
+                   ann::AnnotationClient c(o);
+                   ann::TerminalClientOptions t;
+                   t.width = terminal_width();
+                   ann::run_terminal_client(c, std::cin, std::cout, t);
+                   return 0;
+                 }});
+
+Register simulate({"annotate simulate",
+                   "rank tasks with a programmatic teacher through the protocol; exits 0 when no "
+                   "tasks are left",
+                   "--socket PATH --token T --teacher NAME [--noise P] [--max-tasks N] [--seed S]",
+                   {{"socket", "server's Unix socket", "", false, true},
+                    {"token", "annotator token (default: $RLHF_TOKEN)", ""},
+                    {"teacher", "teacher name (length, or one registered by a module)", "length"},
+                    {"noise", "probability of a random ranking instead of the teacher's", "0"},
+                    {"max-tasks", "stop after N acknowledged submissions (-1: all)", "-1"},
+                    {"seed", "random seed", "0"},
+                    {"retry-seconds", "keep reconnecting this long when the server is gone", "30"}},
+                   [](const Args& a) {
+                     ann::SimulateOptions o;
+                     o.socket_path = a.get("socket");
+                     o.token = token_from(a);
+                     o.teacher = a.get("teacher");
+                     o.noise = a.get_double("noise");
+                     if (o.noise < 0 || o.noise > 1)
+                       throw rlhf::UsageError("--noise must be in [0, 1]");
+                     o.max_tasks = a.get_int("max-tasks");
+                     o.seed = static_cast<uint64_t>(a.get_int("seed"));
+                     o.retry_seconds = a.get_double("retry-seconds");
+                     auto r = ann::simulate(o);
+                     std::printf("submitted %lld rankings (%lld rejected, %d reconnects)\n",
+                                 static_cast<long long>(r.acknowledged),
+                                 static_cast<long long>(r.rejected), r.reconnects);
+                     return 0;
+                   }});
+
+}  // namespace
