@@ -1,0 +1,124 @@
+// `rlhf replay FILE`: show, recompute and check PPO rollout records (policy/ppo_replay.h).
+#include <cstdio>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "policy/ppo_replay.h"
+#include "policy/rollout_file.h"
+#include "tools/cli.h"
+
+namespace {
+
+using rlhf::cli::Args;
+
+std::optional<double> opt_double(const Args& a, const std::string& name) {
+  if (!a.has(name)) return std::nullopt;
+  return a.get_double(name);
+}
+
+int run_replay(const Args& a);
+
+rlhf::cli::Register reg({
+    "replay",
+    "show / recompute / check saved PPO rollouts (iter-NNNN.pb or hand-made JSON lines)",
+    "FILE [--sample I] [--json] [--sort score|-score] | FILE --recompute [--gamma G --lam L "
+    "--kl-coef B] [--json] | FILE --policy DIR",
+    {
+        {"sample", "only the sample with this index", ""},
+        {"json", "machine-readable output: one JSON object per sample per line", "", true},
+        {"sort", "order samples by teacher score: score (ascending) or -score (descending)", ""},
+        {"min-score", "only samples with score >= this", ""},
+        {"max-score", "only samples with score <= this", ""},
+        {"recompute",
+         "recompute kl, rewards, advantages, returns (unwhitened) from logprobs, ref_logprobs, "
+         "values and score; report mismatches with stored values (exit 3 if any)",
+         "", true},
+        {"gamma", "discount for --recompute (default: the record's)", ""},
+        {"lam", "GAE lambda for --recompute (default: the record's)", ""},
+        {"kl-coef", "KL coefficient beta for --recompute (default: the record's)", ""},
+        {"policy", "checkpoint folder: recompute log-probs and print max |diff| per sample", ""},
+        {"device", "device for --policy", "cpu"},
+    },
+    run_replay,
+});
+
+int run_replay(const Args& a) {
+  if (a.positional().size() != 1)
+    throw rlhf::UsageError("replay: expected exactly one FILE argument");
+  const std::string path = a.positional()[0];
+  auto records = rlhf::policy::read_rollouts(path);
+  rlhf::policy::ReplayViewOptions view;
+  if (a.has("sample")) view.sample = a.get_int("sample");
+  view.sort = a.get("sort");
+  view.min_score = opt_double(a, "min-score");
+  view.max_score = opt_double(a, "max-score");
+  auto selected = rlhf::policy::select_samples(records, view);
+  const bool json = a.get_bool("json");
+
+  if (a.has("policy")) {
+    std::vector<rlhf::proto::RolloutRecord> subset;
+    for (auto* r : selected) subset.push_back(*r);
+    double worst = 0;
+    for (const auto& c : rlhf::policy::recompute_logprobs(subset, a.get("policy"), a.get("device"))) {
+      worst = std::max(worst, c.max_abs_diff);
+      if (json)
+        std::cout << nlohmann::json{{"index", c.index}, {"max_abs_logprob_diff", c.max_abs_diff}}
+                  << "\n";
+      else
+        std::printf("sample %lld: max |logp diff| = %.3g\n", (long long)c.index, c.max_abs_diff);
+    }
+    if (!json) std::printf("max over %zu samples: %.3g\n", subset.size(), worst);
+    return 0;
+  }
+
+  if (a.get_bool("recompute")) {
+    rlhf::policy::RecomputeParams p;
+    p.gamma = opt_double(a, "gamma");
+    p.lam = opt_double(a, "lam");
+    p.kl_coef = opt_double(a, "kl-coef");
+    int64_t compared = 0, differing = 0;
+    double worst = 0;
+    for (auto* r : selected) {
+      auto s = rlhf::policy::recompute_sample(*r, p);
+      if (s.compared) ++compared;
+      if (s.mismatches > 0) ++differing;
+      worst = std::max(worst, s.max_abs_diff);
+      if (json) {
+        std::cout << nlohmann::json{{"index", s.index},
+                                    {"kl", s.kl},
+                                    {"rewards", s.rewards},
+                                    {"advantages", s.advantages},
+                                    {"returns", s.returns}}
+                  << "\n";
+      } else if (s.compared) {
+        std::printf("sample %lld: %s (max |diff| %.3g, %lld entries differ)\n", (long long)s.index,
+                    s.mismatches ? "MISMATCH" : "matches", s.max_abs_diff,
+                    (long long)s.mismatches);
+      } else {
+        std::printf("sample %lld: recomputed (no stored values to compare)\n", (long long)s.index);
+      }
+    }
+    if (!json)
+      std::printf("%lld of %lld compared samples differ from the stored values (max |diff| %.3g)\n",
+                  (long long)differing, (long long)compared, worst);
+    if (differing > 0) {
+      std::fprintf(stderr, "replay --recompute: %lld samples differ from %s\n",
+                   (long long)differing, path.c_str());
+      return 3;
+    }
+    return 0;
+  }
+
+  for (auto* r : selected) {
+    if (json)
+      std::cout << rlhf::policy::rollout_to_json(*r) << "\n";
+    else
+      rlhf::policy::print_sample(std::cout, *r);
+  }
+  if (!json) std::printf("%zu of %zu samples shown\n", selected.size(), records.size());
+  return 0;
+}
+
+}  // namespace
