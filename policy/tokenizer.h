@@ -4,7 +4,10 @@
 // into one process, SentencePiece's Load() aborts. So SentencePiece lives in our own shared library
 // (librlhf_spm.so, policy/spm_shim/) with a plain C API, opened with
 // dlopen(RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND). It is searched in $RLHF_SPM_SHIM, next to the
-// executable, and in the build tree.
+// executable, its parent folder, and in the build tree.
+// A second trap of RTLD_DEEPBIND: an executable that copy-relocates std::cerr (gtest mains do)
+// leaves libstdc++'s own std::cerr unconstructed, and SentencePiece logs through it. So the shim
+// runs with SentencePiece's minloglevel at ERROR; its messages reach us through status strings.
 #pragma once
 
 #include <memory>
@@ -25,6 +28,7 @@ class Tokenizer {
   // Decodes ids to text; BOS/EOS/pad ids are skipped.
   std::string decode(const std::vector<int>& ids) const;
   std::string id_to_piece(int id) const;
+  float score(int id) const;  // the piece's SentencePiece score (0 when out of range)
 
   int vocab_size() const;
   int bos_id() const;   // -1 when the model has none
@@ -53,8 +57,10 @@ struct TokenizerTrainOptions {
   int max_sentence_length = 16384;
 };
 
-// Trains a SentencePiece model (BPE, byte fallback, bos=1 eos=2 unk=0 pad=3 by default).
-// Returns the path of tokenizer.model. Throws rlhf::Error with SentencePiece's message on failure.
+// Trains a SentencePiece model (BPE, byte fallback, bos=1 eos=2 unk=0 pad=3, identity
+// normalisation and kept whitespace so decode(encode(s)) == s). Writes tokenizer.model and
+// tokenizer.vocab atomically; the same input text + options + seed give byte-identical files
+// (the input path is not recorded in the model). Returns the path of tokenizer.model. Throws rlhf::Error with SentencePiece's message on failure.
 std::string train_tokenizer(const TokenizerTrainOptions& options);
 
 }  // namespace rlhf::policy
