@@ -57,8 +57,18 @@ void GroupCommitter::loop() {
   }
 }
 
+namespace {
+// Whether the response may only be sent after the batch committed.
+bool waits_for_commit(const proto::Request& request, const proto::Response& response) {
+  if (response.has_error()) return false;
+  return request.body_case() == proto::Request::kSubmit ||
+         request.body_case() == proto::Request::kUndo;
+}
+}  // namespace
+
 void GroupCommitter::run_batch(std::deque<Job>& batch) {
   std::vector<proto::Response> responses(batch.size());
+  std::vector<char> answered(batch.size(), 0);
   Store& store = handler_.store();
   bool committed = false;
   std::string failure;
@@ -69,6 +79,10 @@ void GroupCommitter::run_batch(std::deque<Job>& batch) {
       try {
         responses[i] = handler_.handle(batch[i].request, *batch[i].session);
         sp.release();
+        if (!waits_for_commit(batch[i].request, responses[i])) {
+          answered[i] = 1;
+          batch[i].done(std::move(responses[i]));
+        }
       } catch (const std::exception& e) {
         // `sp` rolls this request back; the rest of the batch goes on.
         responses[i] = error_response(proto::Error::INTERNAL,
@@ -85,7 +99,8 @@ void GroupCommitter::run_batch(std::deque<Job>& batch) {
   }
   if (!committed) {
     for (size_t i = 0; i < batch.size(); ++i)
-      responses[i] = error_response(proto::Error::INTERNAL,
+      if (!answered[i])
+        responses[i] = error_response(proto::Error::INTERNAL,
                                     "the commit failed, nothing was stored: " + failure,
                                     batch[i].request.request_id());
   }
@@ -95,7 +110,8 @@ void GroupCommitter::run_batch(std::deque<Job>& batch) {
     stats_.requests += static_cast<int64_t>(batch.size());
     stats_.max_batch = std::max<int64_t>(stats_.max_batch, static_cast<int64_t>(batch.size()));
   }
-  for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(responses[i]));
+  for (size_t i = 0; i < batch.size(); ++i)
+    if (!answered[i]) batch[i].done(std::move(responses[i]));
 }
 
 }  // namespace rlhf::annotation

@@ -163,6 +163,14 @@ proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t an
   proto::Response r;
   r.mutable_submitted()->set_task_id(task->id);
   r.mutable_submitted()->set_ranking_id(id);
+  if (s.want_next_task()) {
+    proto::Response next = get_task(annotator_id);
+    if (next.has_task()) {
+      r.mutable_submitted()->mutable_next_task()->Swap(next.mutable_task());
+    } else {
+      r.mutable_submitted()->mutable_no_task()->Swap(next.mutable_no_task());
+    }
+  }
   return r;
 }
 

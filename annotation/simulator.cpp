@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -24,18 +25,25 @@ SimulateResult simulate(const SimulateOptions& o,
   co.client_name = "rlhf-simulate/" + o.teacher;
   AnnotationClient client(co);
   SimulateResult result;
+  std::optional<proto::Task> next;  // from the last SubmitOk (want_next_task)
   while (o.max_tasks < 0 || result.acknowledged < o.max_tasks) {
-    proto::Request get;
-    get.mutable_get_task();
-    proto::Response r = client.call(get);
-    if (r.has_error()) throw Error("get_task: " + r.error().message());
-    if (r.has_no_task()) {
-      double wait = r.no_task().retry_after_seconds();
-      if (wait <= 0) break;
-      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(wait, 1.0)));
-      continue;
+    proto::Task task;
+    if (next) {
+      task = std::move(*next);
+      next.reset();
+    } else {
+      proto::Request get;
+      get.mutable_get_task();
+      proto::Response r = client.call(get);
+      if (r.has_error()) throw Error("get_task: " + r.error().message());
+      if (r.has_no_task()) {
+        double wait = r.no_task().retry_after_seconds();
+        if (wait <= 0) break;
+        std::this_thread::sleep_for(std::chrono::duration<double>(std::min(wait, 1.0)));
+        continue;
+      }
+      task = r.task();
     }
-    const proto::Task& task = r.task();
     std::vector<std::string> answers(task.answers().begin(), task.answers().end());
     auto start = std::chrono::steady_clock::now();
     Groups groups;
@@ -59,10 +67,12 @@ SimulateResult simulate(const SimulateOptions& o,
       for (int i : g) pg->add_answers(static_cast<uint32_t>(i));
     }
     s->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    s->set_want_next_task(o.max_tasks < 0 || result.acknowledged + 1 < o.max_tasks);
     proto::Response ack = client.call(sub);
     if (ack.has_submitted()) {
       ++result.acknowledged;
       if (on_ack) on_ack(ack.submitted().task_id(), ack.submitted().ranking_id());
+      if (ack.submitted().has_next_task()) next = ack.submitted().next_task();
     } else if (ack.has_error()) {
       // ALREADY_SUBMITTED after a resend (the first attempt committed but its answer was lost),
       // TASK_FULL after a lost lease: move on to the next task.
