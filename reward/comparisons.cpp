@@ -1,0 +1,239 @@
+#include "reward/comparisons.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/files.h"
+
+namespace rlhf::reward {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Calls fn(line_number, line) for every line of the file (1-based).
+template <typename Fn>
+void for_each_line(const std::string& path, Fn fn) {
+  std::string text = read_text_maybe_gz(path);
+  int64_t line_no = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string::npos) nl = text.size();
+    ++line_no;
+    std::string line = text.substr(start, nl - start);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    fn(line_no, line);
+    start = nl + 1;
+  }
+}
+
+bool is_blank(const std::string& s) {
+  return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
+}
+
+nlohmann::json parse_object(const std::string& path, int64_t line_no, const std::string& line) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const std::exception& e) {
+    throw Error(path + ":" + std::to_string(line_no) + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.is_object())
+    throw Error(path + ":" + std::to_string(line_no) + ": expected a JSON object");
+  return j;
+}
+
+std::string string_field(const nlohmann::json& j, const char* name, const std::string& path,
+                         int64_t line_no) {
+  auto it = j.find(name);
+  if (it == j.end())
+    throw Error(path + ":" + std::to_string(line_no) + ": missing field \"" + name + "\"");
+  if (!it->is_string())
+    throw Error(path + ":" + std::to_string(line_no) + ": field \"" + name +
+                "\" must be a string, got " + it->type_name());
+  return it->get<std::string>();
+}
+
+}  // namespace
+
+std::string read_text_maybe_gz(const std::string& path) {
+  if (!ends_with(path, ".gz")) return read_file(path);
+  std::unique_ptr<gzFile_s, int (*)(gzFile)> f(gzopen(path.c_str(), "rb"), gzclose);
+  if (!f) throw Error(path + ": cannot open (gzip)");
+  std::string out;
+  char buf[1 << 16];
+  int n;
+  while ((n = gzread(f.get(), buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  if (n < 0) {
+    int err = 0;
+    const char* msg = gzerror(f.get(), &err);
+    throw Error(path + ": gzip read error: " + (msg ? msg : "unknown"));
+  }
+  return out;
+}
+
+std::vector<Comparison> ranking_to_comparisons(const Ranking& ranking) {
+  std::vector<Comparison> out;
+  for (size_t i = 0; i < ranking.tiers.size(); ++i)
+    for (size_t j = i + 1; j < ranking.tiers.size(); ++j)
+      for (const auto& better : ranking.tiers[i])
+        for (const auto& worse : ranking.tiers[j]) {
+          if (better == worse) continue;  // the same text on both sides carries no preference
+          out.push_back({ranking.prompt, better, worse,
+                         ranking.group.empty() ? ranking.prompt : ranking.group, 0});
+        }
+  return out;
+}
+
+std::vector<Comparison> read_pairs_jsonl(const std::string& path) {
+  std::vector<Comparison> out;
+  for_each_line(path, [&](int64_t line_no, const std::string& line) {
+    if (is_blank(line)) return;
+    nlohmann::json j = parse_object(path, line_no, line);
+    auto sv = j.find("schema_version");
+    if (sv != j.end() && !(sv->is_number_integer() && sv->get<int64_t>() == 1))
+      throw Error(path + ":" + std::to_string(line_no) + ": unsupported schema_version " +
+                  sv->dump() + " (expected 1)");
+    Comparison c;
+    c.prompt = string_field(j, "prompt", path, line_no);
+    c.chosen = string_field(j, "chosen", path, line_no);
+    c.rejected = string_field(j, "rejected", path, line_no);
+    c.line = line_no;
+    auto task = j.find("task_id");
+    if (task != j.end() && !task->is_null())
+      c.group = "task:" + (task->is_string() ? task->get<std::string>() : task->dump());
+    else
+      c.group = "prompt:" + c.prompt;
+    if (c.chosen == c.rejected) return;  // a tie: no preference to learn
+    out.push_back(std::move(c));
+  });
+  return out;
+}
+
+void split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
+                        std::string* prompt, std::string* chosen, std::string* rejected) {
+  static const std::string kAssistant = "\n\nAssistant:";
+  size_t common = 0, n = std::min(chosen_dialogue.size(), rejected_dialogue.size());
+  while (common < n && chosen_dialogue[common] == rejected_dialogue[common]) ++common;
+  // The last assistant turn that starts inside the shared prefix.
+  size_t cut = 0;
+  if (common >= kAssistant.size()) {
+    size_t k = chosen_dialogue.rfind(kAssistant, common - kAssistant.size());
+    if (k != std::string::npos) cut = k + kAssistant.size();
+  }
+  *prompt = chosen_dialogue.substr(0, cut);
+  *chosen = chosen_dialogue.substr(cut);
+  *rejected = rejected_dialogue.substr(cut);
+}
+
+std::vector<Comparison> read_hh_jsonl(const std::string& path) {
+  std::vector<Comparison> out;
+  for_each_line(path, [&](int64_t line_no, const std::string& line) {
+    if (is_blank(line)) return;
+    nlohmann::json j = parse_object(path, line_no, line);
+    Comparison c;
+    split_hh_dialogues(string_field(j, "chosen", path, line_no),
+                       string_field(j, "rejected", path, line_no), &c.prompt, &c.chosen,
+                       &c.rejected);
+    c.line = line_no;
+    c.group = "prompt:" + c.prompt;
+    if (c.chosen == c.rejected) return;
+    out.push_back(std::move(c));
+  });
+  return out;
+}
+
+std::vector<Comparison> read_comparisons(const std::string& path, const std::string& format) {
+  if (format.empty() || format == "pairs") return read_pairs_jsonl(path);
+  if (format == "hh") return read_hh_jsonl(path);
+  throw Error("unknown comparison format '" + format + "' for " + path +
+              " (expected \"pairs\" or \"hh\")");
+}
+
+namespace {
+
+// Groups in order of first appearance: group -> indices.
+std::vector<std::vector<size_t>> group_indices(const std::vector<Comparison>& cs) {
+  std::map<std::string, size_t> slot;
+  std::vector<std::vector<size_t>> groups;
+  for (size_t i = 0; i < cs.size(); ++i) {
+    auto [it, inserted] = slot.emplace(cs[i].group, groups.size());
+    if (inserted) groups.emplace_back();
+    groups[it->second].push_back(i);
+  }
+  return groups;
+}
+
+}  // namespace
+
+void split_heldout(const std::vector<Comparison>& all, double fraction, uint64_t seed,
+                   std::vector<Comparison>* train, std::vector<Comparison>* heldout) {
+  auto groups = group_indices(all);
+  std::vector<size_t> order(groups.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::mt19937_64 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  size_t n_held = static_cast<size_t>(fraction * static_cast<double>(groups.size()) + 0.5);
+  if (fraction > 0 && n_held == 0 && groups.size() > 1) n_held = 1;
+  std::vector<char> is_held(all.size(), 0);
+  for (size_t k = 0; k < n_held && k < order.size(); ++k)
+    for (size_t i : groups[order[k]]) is_held[i] = 1;
+  train->clear();
+  heldout->clear();
+  for (size_t i = 0; i < all.size(); ++i) (is_held[i] ? heldout : train)->push_back(all[i]);
+}
+
+std::vector<std::vector<size_t>> make_batches(const std::vector<Comparison>& comparisons,
+                                              int batch_pairs, uint64_t seed) {
+  auto groups = group_indices(comparisons);
+  if (seed != UINT64_MAX) {
+    std::mt19937_64 rng(seed);
+    std::shuffle(groups.begin(), groups.end(), rng);
+  }
+  std::vector<std::vector<size_t>> batches;
+  std::vector<size_t> cur;
+  for (const auto& g : groups) {
+    cur.insert(cur.end(), g.begin(), g.end());
+    if (static_cast<int>(cur.size()) >= std::max(1, batch_pairs)) {
+      batches.push_back(std::move(cur));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) batches.push_back(std::move(cur));
+  return batches;
+}
+
+int64_t write_text_corpus(const std::vector<Comparison>& comparisons, const std::string& path) {
+  std::set<std::string> seen;
+  std::string out;
+  int64_t lines = 0;
+  auto add = [&](const std::string& text) {
+    if (text.empty() || !seen.insert(text).second) return;
+    std::string line = text;
+    for (char& ch : line)
+      if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
+    out += line;
+    out += '\n';
+    ++lines;
+  };
+  for (const auto& c : comparisons) {
+    add(c.prompt);
+    add(c.chosen);
+    add(c.rejected);
+  }
+  write_file_atomic(path, out);
+  return lines;
+}
+
+}  // namespace rlhf::reward

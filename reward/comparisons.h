@@ -1,0 +1,69 @@
+// Pairwise comparisons: the training data of the reward model.
+//
+// Sources: the annotation export's pairs JSONL ({"schema_version","prompt","chosen","rejected",
+// "task_id","annotator"}), Anthropic HH-RLHF JSONL ({"chosen","rejected"} whole dialogues), and
+// rankings (ordered groups of answers with ties) expanded into every ordered pair across groups.
+// Torch-free. Files may be gzip-compressed (.gz).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rlhf::reward {
+
+// One comparison: `chosen` was preferred over `rejected` as answers to `prompt`.
+struct Comparison {
+  std::string prompt;
+  std::string chosen;
+  std::string rejected;
+  std::string group;    // ranking group: pairs of one ranking share it (task_id, else the prompt)
+  int64_t line = 0;     // 1-based source line (0 when not from a file)
+};
+
+// A ranking of answers to one prompt: tiers[0] is best; answers within a tier are tied.
+struct Ranking {
+  std::string prompt;
+  std::string group;
+  std::vector<std::vector<std::string>> tiers;
+};
+
+// Every ordered pair (better tier, worse tier); tied answers produce no pair.
+// A ranking of K answers in K distinct tiers yields K(K-1)/2 comparisons.
+std::vector<Comparison> ranking_to_comparisons(const Ranking& ranking);
+
+// Reads the pairs JSONL export. Blank lines are skipped; a line that is not a JSON object with
+// string "prompt"/"chosen"/"rejected" fields (or with an unsupported schema_version) throws
+// rlhf::Error "<path>:<line>: ...". Pairs with chosen == rejected (ties) are dropped.
+std::vector<Comparison> read_pairs_jsonl(const std::string& path);
+
+// Reads HH-RLHF JSONL: each side is a whole dialogue; the shared prefix up to and including the
+// last "\n\nAssistant:" both sides share is the prompt, the rest the answers.
+std::vector<Comparison> read_hh_jsonl(const std::string& path);
+
+// Splits an HH pair of dialogues into (prompt, chosen answer, rejected answer).
+void split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
+                        std::string* prompt, std::string* chosen, std::string* rejected);
+
+// Dispatches on format: "pairs" or "hh"; throws naming the format otherwise.
+std::vector<Comparison> read_comparisons(const std::string& path, const std::string& format);
+
+// Deterministic split by group (all pairs of one ranking stay on one side): about `fraction`
+// of the groups go to heldout. Order within each side follows the input.
+void split_heldout(const std::vector<Comparison>& all, double fraction, uint64_t seed,
+                   std::vector<Comparison>* train, std::vector<Comparison>* heldout);
+
+// Batches of indices into `comparisons`: groups are kept whole (InstructGPT: all pairs of one
+// ranking in one batch) and packed until a batch holds >= batch_pairs comparisons. The group order
+// is shuffled with `seed` (no shuffle when seed == UINT64_MAX).
+std::vector<std::vector<size_t>> make_batches(const std::vector<Comparison>& comparisons,
+                                              int batch_pairs, uint64_t seed);
+
+// Writes every distinct prompt and answer of `comparisons` as one line of `path` (newlines and
+// tabs become spaces), e.g. the training text of a tokenizer. Returns the lines written.
+int64_t write_text_corpus(const std::vector<Comparison>& comparisons, const std::string& path);
+
+// Reads a whole text file, decompressing gzip when the name ends in ".gz".
+std::string read_text_maybe_gz(const std::string& path);
+
+}  // namespace rlhf::reward

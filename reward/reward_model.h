@@ -1,0 +1,79 @@
+// The reward model: the policy's decoder backbone (policy::Transformer) plus a scalar head
+// (the model's value head, Linear(D, 1)) read at the last non-pad token of prompt + answer.
+//
+// Input layout of one (prompt, answer): [bos] + last max_prompt_tokens of the prompt + first
+// max_answer_tokens of the answer + [eos]; prompt and answer are tokenized separately, so the
+// answer's tokens do not depend on the prompt. The score is read at the final [eos].
+//
+// A reward model folder is a policy checkpoint (policy/checkpoint.h, kind "reward", with a value
+// head) plus tokenizer.model (a copy of the tokenizer) and reward.pb (proto::RewardModelMeta).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "policy/model.h"
+#include "policy/tokenizer.h"
+#include "proto/reward.pb.h"
+
+namespace rlhf::reward {
+
+struct EncodeOptions {
+  int max_prompt_tokens = 192;  // keep the last N tokens of the prompt (its end matters most)
+  int max_answer_tokens = 192;  // keep the first N tokens of the answer
+};
+
+// Ids for one (prompt, answer) from already tokenized parts (see the layout above).
+// bos/eos < 0 are left out.
+std::vector<int64_t> build_sequence(const std::vector<int>& prompt_ids,
+                                    const std::vector<int>& answer_ids, int bos_id, int eos_id,
+                                    const EncodeOptions& options);
+
+// A padded batch: ids [N, T] int64, mask [N, T] int64 (1 real, 0 pad).
+struct PaddedBatch {
+  torch::Tensor ids, mask;
+};
+PaddedBatch pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t pad_id,
+                      bool left_pad = false);
+
+// Scalar scores [N] (float32) read at each row's last real token. ids/mask: [N, T] on the model's
+// device; rows may be left- or right-padded. Requires model->config().value_head.
+// Grad mode follows the caller.
+torch::Tensor score_batch(policy::Transformer& model, const torch::Tensor& ids,
+                          const torch::Tensor& mask);
+
+// Scores sequences in chunks of batch_size under NoGradGuard (eval mode), sorted by length so
+// that padding stays small; results are in input order, minus score_offset.
+std::vector<float> score_sequences(policy::Transformer& model,
+                                   const std::vector<std::vector<int64_t>>& sequences,
+                                   int batch_size, const torch::Device& device,
+                                   float score_offset = 0.0f);
+
+// A loaded reward model.
+struct RewardModel {
+  policy::Transformer model{nullptr};
+  policy::Tokenizer tokenizer;
+  proto::RewardModelMeta meta;
+  std::string dir;  // the resolved model folder
+
+  EncodeOptions encode_options() const;
+  std::vector<int64_t> encode(const std::string& prompt, const std::string& answer) const;
+  // What score_sequences must still subtract (0 when the offset is folded into the head bias).
+  float pending_offset() const { return meta.offset_folded() ? 0.0f : meta.score_offset(); }
+};
+
+// Resolves a model folder: DIR itself when it holds checkpoint.pb, else DIR/model (the layout of
+// `rlhf reward train --out DIR`). Throws naming DIR when neither is a checkpoint.
+std::string resolve_model_dir(const std::string& dir);
+
+// Loads a reward model folder (see resolve_model_dir); errors name the folder and file.
+RewardModel load_reward_model(const std::string& dir);
+
+// Writes a reward model folder: the checkpoint, a copy of the tokenizer file, reward.pb.
+// Replaces `dir` as a whole (written under a temporary name, then renamed).
+void save_reward_model(policy::Transformer& model, const std::string& tokenizer_path,
+                       const proto::RewardModelMeta& meta, const std::string& dir, int64_t step);
+
+}  // namespace rlhf::reward

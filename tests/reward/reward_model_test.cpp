@@ -1,0 +1,91 @@
+// Reward model scoring: read at the last real token, independent of padding side and batch.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <random>
+
+#include "policy/model.h"
+#include "reward/reward_model.h"
+
+namespace rlhf::reward {
+namespace {
+
+policy::Transformer tiny_model() {
+  torch::manual_seed(7);
+  policy::ModelConfig c;
+  c.vocab_size = 64;
+  c.dim = 32;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.max_seq_len = 64;
+  c.value_head = true;
+  c.pad_id = 0;
+  policy::Transformer m(c);
+  policy::init_weights(m);
+  m->eval();
+  return m;
+}
+
+std::vector<std::vector<int64_t>> random_sequences(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<int64_t>> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int64_t> s(3 + rng() % 25);
+    for (auto& t : s) t = 1 + rng() % 63;
+    out.push_back(s);
+  }
+  return out;
+}
+
+TEST(RewardModel, BuildSequenceKeepsPromptEndAndAnswerStart) {
+  EncodeOptions o;
+  o.max_prompt_tokens = 2;
+  o.max_answer_tokens = 3;
+  auto s = build_sequence({10, 11, 12, 13}, {20, 21, 22, 23, 24}, 1, 2, o);
+  EXPECT_EQ(s, (std::vector<int64_t>{1, 12, 13, 20, 21, 22, 2}));
+  s = build_sequence({}, {20}, -1, 2, o);
+  EXPECT_EQ(s, (std::vector<int64_t>{20, 2}));
+}
+
+TEST(RewardModel, ScoresDoNotDependOnPaddingSideOrBatch) {
+  auto model = tiny_model();
+  torch::NoGradGuard ng;
+  auto seqs = random_sequences(9, 3);
+  // Alone: no padding at all.
+  std::vector<float> alone;
+  for (const auto& s : seqs) {
+    auto b = pad_batch({s}, 0);
+    alone.push_back(score_batch(model, b.ids, b.mask).item<float>());
+  }
+  for (bool left : {false, true}) {
+    auto b = pad_batch(seqs, 0, left);
+    auto s = score_batch(model, b.ids, b.mask);
+    ASSERT_EQ(s.size(0), 9);
+    for (int i = 0; i < 9; ++i)
+      EXPECT_LT(std::fabs(s[i].item<float>() - alone[static_cast<size_t>(i)]), 1e-4)
+          << "row " << i << (left ? " left" : " right") << "-padded";
+  }
+  // Different batch company: the same sequence among other, longer sequences, chunked.
+  auto others = random_sequences(7, 11);
+  std::vector<std::vector<int64_t>> mixed = others;
+  mixed.insert(mixed.begin() + 3, seqs.begin(), seqs.end());
+  auto got = score_sequences(model, mixed, 4, torch::kCPU);
+  for (int i = 0; i < 9; ++i)
+    EXPECT_LT(std::fabs(got[static_cast<size_t>(3 + i)] - alone[static_cast<size_t>(i)]), 1e-4) << i;
+  // The score really is read at the last real token: changing an earlier token changes it,
+  // changing padding content does not.
+  auto b = pad_batch({seqs[0], seqs[1]}, 0);
+  auto ids2 = b.ids.clone();
+  int64_t len0 = static_cast<int64_t>(seqs[0].size()), len1 = static_cast<int64_t>(seqs[1].size());
+  int64_t shorter = len0 < len1 ? 0 : 1, pad_from = std::min(len0, len1);
+  ids2.index_put_({shorter, torch::indexing::Slice(pad_from, torch::indexing::None)}, 5);
+  auto s1 = score_batch(model, b.ids, b.mask), s2 = score_batch(model, ids2, b.mask);
+  EXPECT_LT((s1 - s2).abs().max().item<float>(), 1e-4);
+  ids2[shorter][0] = (ids2[shorter][0].item<int64_t>() % 62) + 1;
+  auto s3 = score_batch(model, ids2, b.mask);
+  EXPECT_GT(std::fabs(s3[shorter].item<float>() - s1[shorter].item<float>()), 1e-6);
+}
+
+}  // namespace
+}  // namespace rlhf::reward
