@@ -1,0 +1,127 @@
+// `rlhf generate`: sample a continuation from a checkpoint (native or Hugging Face folder).
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <optional>
+#include <sstream>
+
+#include "common/error.h"
+#include "policy/checkpoint.h"
+#include "policy/generation.h"
+#include "policy/tokenizer.h"
+#include "tools/cli.h"
+
+namespace {
+
+using rlhf::cli::Args;
+
+std::vector<int64_t> parse_ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::istringstream in(text);
+  std::string word;
+  while (in >> word) {
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoll(word, &used));
+      if (used != word.size()) throw std::invalid_argument(word);
+    } catch (const std::exception&) {
+      throw rlhf::UsageError("--prompt-ids: '" + word + "' is not an integer id");
+    }
+  }
+  if (ids.empty()) throw rlhf::UsageError("--prompt-ids: no ids given");
+  return ids;
+}
+
+int run(const Args& args) {
+  if (args.has("prompt") == args.has("prompt-ids"))
+    throw rlhf::UsageError("give exactly one of --prompt TEXT or --prompt-ids \"1 2 3\"");
+  const std::string device_name = args.get("device");
+  if (device_name != "cpu" && device_name != "cuda")
+    throw rlhf::UsageError("--device: expected cpu or cuda, got '" + device_name + "'");
+  if (device_name == "cuda" && !torch::cuda::is_available())
+    throw rlhf::Error("--device cuda: this libtorch build has no usable CUDA device");
+
+  rlhf::policy::LoadedModel loaded;
+  try {
+    loaded = rlhf::policy::load_checkpoint(args.get("model"));
+  } catch (...) {
+    rlhf::rethrow_with_context("loading model");
+  }
+  auto& model = loaded.model;
+  model->to(torch::Device(device_name));
+
+  std::optional<rlhf::policy::Tokenizer> tokenizer;
+  if (args.has("tokenizer")) {
+    tokenizer = rlhf::policy::Tokenizer::load(args.get("tokenizer"));
+    if (tokenizer->vocab_size() > model->config().vocab_size)
+      throw rlhf::Error("tokenizer " + args.get("tokenizer") + " has " +
+                        std::to_string(tokenizer->vocab_size()) + " pieces but the model's vocab_size is " +
+                        std::to_string(model->config().vocab_size));
+    if (!loaded.info.tokenizer_sha256.empty() && loaded.info.tokenizer_sha256 != tokenizer->sha256())
+      std::fprintf(stderr, "warning: tokenizer %s (sha256 %s) is not the one the checkpoint was trained with (%s)\n",
+                   args.get("tokenizer").c_str(), tokenizer->sha256().c_str(),
+                   loaded.info.tokenizer_sha256.c_str());
+  }
+
+  std::vector<int64_t> prompt;
+  if (args.has("prompt-ids")) {
+    prompt = parse_ids(args.get("prompt-ids"));
+  } else {
+    if (!tokenizer) throw rlhf::UsageError("--prompt TEXT needs --tokenizer FILE (or use --prompt-ids)");
+    int bos = tokenizer->bos_id() >= 0 ? tokenizer->bos_id() : model->config().bos_id;
+    if (bos >= 0) prompt.push_back(bos);
+    for (int id : tokenizer->encode(args.get("prompt"))) prompt.push_back(id);
+  }
+
+  rlhf::policy::SamplingOptions o;
+  o.max_new_tokens = static_cast<int>(args.get_int("max-new-tokens"));
+  o.temperature = static_cast<float>(args.get_double("temperature"));
+  o.top_k = static_cast<int>(args.get_int("top-k"));
+  o.top_p = static_cast<float>(args.get_double("top-p"));
+  o.seed = static_cast<uint64_t>(args.get_int("seed"));
+  if (o.max_new_tokens < 0) throw rlhf::UsageError("--max-new-tokens must be >= 0");
+  if (o.temperature < 0) throw rlhf::UsageError("--temperature must be >= 0 (0 = greedy)");
+  if (!(o.top_p > 0 && o.top_p <= 1)) throw rlhf::UsageError("--top-p must be in (0, 1]");
+  if (args.get_bool("ignore-eos")) o.eos_id = -1;
+
+  auto out = rlhf::policy::generate(model, {prompt}, o);
+  const auto& ids = out.responses[0];
+  if (args.get_bool("ids") || !tokenizer) {
+    std::string line;
+    for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+    std::printf("%s\n", line.c_str());
+  } else {
+    std::vector<int> as_int(ids.begin(), ids.end());
+    std::printf("%s\n", tokenizer->decode(as_int).c_str());
+  }
+  if (args.get_bool("stats"))
+    std::fprintf(stderr, "%lld tokens in %.3f s (%.1f tokens/s)\n",
+                 static_cast<long long>(out.generated_tokens), out.seconds,
+                 out.seconds > 0 ? out.generated_tokens / out.seconds : 0.0);
+  return 0;
+}
+
+rlhf::cli::Register reg({
+    "generate",
+    "sample a continuation from a model checkpoint (native or Hugging Face folder)",
+    "--model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids \"1 2 3\") --max-new-tokens N "
+    "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--ids]",
+    {
+        {"model", "checkpoint folder (config.json + model.safetensors [+ checkpoint.pb])", "", false, true},
+        {"tokenizer", "SentencePiece .model file (needed for --prompt and text output)", ""},
+        {"prompt", "prompt text (encoded with --tokenizer, BOS prepended)", ""},
+        {"prompt-ids", "prompt as space-separated token ids (used as given)", ""},
+        {"max-new-tokens", "number of tokens to generate at most", "64"},
+        {"temperature", "sampling temperature; 0 = greedy", "1.0"},
+        {"top-k", "keep only the K most likely tokens; 0 = off", "0"},
+        {"top-p", "nucleus sampling mass; 1 = off", "1.0"},
+        {"seed", "random seed (same seed, same output on CPU)", "0"},
+        {"ids", "print only the generated ids, space-separated, on one line", "", true},
+        {"ignore-eos", "do not stop at the end-of-sequence token", "", true},
+        {"stats", "print tokens/s to stderr", "", true},
+        {"device", "cpu or cuda", "cpu"},
+    },
+    run,
+});
+
+}  // namespace
