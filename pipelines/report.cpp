@@ -164,6 +164,16 @@ std::string rel(const std::string& run_dir, const std::string& path) {
   return ec ? path : r.string();
 }
 
+ChartSpec make_chart(const std::string& title, const std::string& x_label = "step",
+                     const std::string& left_label = "", const std::string& right_label = "") {
+  ChartSpec c;
+  c.title = title;
+  c.x_label = x_label;
+  c.left_label = left_label;
+  c.right_label = right_label;
+  return c;
+}
+
 // ---- Sections ---------------------------------------------------------------------------------
 
 std::string metrics_note(const MetricsFile& m, const std::string& run_dir) {
@@ -185,7 +195,7 @@ ChartSeries series_of(const MetricsFile& m, const std::string& key, int max_poin
 std::string generic_charts(const MetricsFile& m, const std::string& stage, int max_points,
                            std::set<std::string> used) {
   std::string h;
-  ChartSpec losses{stage + ": losses"}, accs{stage + ": accuracy"};
+  ChartSpec losses = make_chart(stage + ": losses"), accs = make_chart(stage + ": accuracy");
   for (const auto& k : m.order) {
     if (used.count(k)) continue;
     if (k.find("loss") != std::string::npos && stage != "PPO") {
@@ -201,7 +211,7 @@ std::string generic_charts(const MetricsFile& m, const std::string& stage, int m
   if (!accs.series.empty()) h += svg_line_chart(accs);
   for (const auto& k : m.order) {
     if (used.count(k)) continue;
-    ChartSpec c{k};
+    ChartSpec c = make_chart(k);
     c.series.push_back(series_of(m, k, max_points));
     grid += svg_line_chart(c, 420, 220);
   }
@@ -214,8 +224,8 @@ std::string ppo_section(const MetricsFile& m, const std::string& run_dir, int ma
   if (!m.found) return h + note("No ppo/metrics.jsonl in the run folder: PPO section skipped.");
   h += metrics_note(m, run_dir);
   std::set<std::string> used;
-  ChartSpec gold{"Teacher score (proxy) vs gold accuracy per PPO iteration", "iteration",
-                 "teacher score", "gold accuracy"};
+  ChartSpec gold = make_chart("Teacher score (proxy) vs gold accuracy per PPO iteration",
+                              "iteration", "teacher score", "gold accuracy");
   for (const char* k : {"score/mean"})
     if (m.series.count(k)) gold.series.push_back(series_of(m, k, max_points)), used.insert(k);
   for (const char* k : {"gold/accuracy"})
@@ -227,7 +237,8 @@ std::string ppo_section(const MetricsFile& m, const std::string& run_dir, int ma
   } else {
     h += note("No score/mean or gold/accuracy in ppo/metrics.jsonl.");
   }
-  ChartSpec kl{"KL to the reference per PPO iteration", "iteration", "KL (per sequence)", "KL coefficient"};
+  ChartSpec kl = make_chart("KL to the reference per PPO iteration", "iteration",
+                            "KL (per sequence)", "KL coefficient");
   if (m.series.count("kl/mean")) kl.series.push_back(series_of(m, "kl/mean", max_points)), used.insert("kl/mean");
   if (m.series.count("kl/coef")) kl.series.push_back(series_of(m, "kl/coef", max_points, true)), used.insert("kl/coef");
   if (!kl.series.empty()) h += svg_line_chart(kl);

@@ -138,7 +138,8 @@ TEST(Report, MissingSectionsAreSkippedWithANote) {
 }
 
 TEST(Report, SvgChartBasics) {
-  rlhf::report::ChartSpec c{"a <chart>"};
+  rlhf::report::ChartSpec c;
+  c.title = "a <chart>";
   c.series.push_back({"up", {{0, 0}, {1, 1}, {2, 4}}});
   c.series.push_back({"empty", {}});
   std::string svg = rlhf::report::svg_line_chart(c);
@@ -146,6 +147,7 @@ TEST(Report, SvgChartBasics) {
   EXPECT_NE(svg.find("a &lt;chart&gt;"), std::string::npos);
   EXPECT_EQ(count_of(svg, "<polyline"), 1u);
   EXPECT_EQ(svg.find("empty"), std::string::npos);
-  rlhf::report::ChartSpec none{"nothing"};
+  rlhf::report::ChartSpec none;
+  none.title = "nothing";
   EXPECT_EQ(rlhf::report::svg_line_chart(none).find("<svg"), std::string::npos);
 }
