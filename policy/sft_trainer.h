@@ -1,0 +1,61 @@
+// Supervised fine-tuning of the policy (`rlhf sft`).
+//
+// Data: JSON lines {"prompt": ..., "response": ...} (ids as in policy/prompt_format.h; loss on the
+// response tokens, EOS included) or raw text (one document per line, [bos] text [eos], loss on
+// every token). Rows of at most seq_len + 1 tokens: packed (examples concatenated and cut into
+// full rows; attention crosses example boundaries, as in nanoGPT/llm.c) or padded (one example per
+// row, truncated, right-padded to the longest row of the micro-batch).
+//
+// Optimisation: AdamW (weight decay on parameters with >= 2 dims only: matrices and embeddings,
+// not norms or biases), linear warm-up then cosine decay, global-norm gradient clipping, gradient
+// accumulation (the step's loss is the mean over all its target tokens), fixed seed.
+//
+// Output folder:
+//   model/             final native checkpoint (config, weights, tokenizer hash) + tokenizer.model
+//   adapter/           LoRA only: the adapters alone (model/ then holds the merged weights)
+//   state/LATEST, state/step-N/  resumable state: model, AdamW state, torch RNG, data position
+//   metrics.jsonl, events.out.tfevents.*   per-step loss/lr/grad norm/tokens per second and
+//                      eval_loss/eval_ppl
+//   manifest.pb, manifest.json             StageManifest, written when training has finished
+//
+// Resume: starting again with the same config and output folder continues from state/LATEST (the
+// config must match, except stop_after/out_dir/threads) and, on CPU, ends with the same weights
+// bit for bit as an uninterrupted run. A folder whose manifest is complete for the same config is
+// left as it is.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "proto/sft.pb.h"
+
+namespace rlhf::policy {
+
+// Parses a .pbtxt file: syntax errors and unknown fields throw "<path>:<line>:<col>: <message>",
+// bad values "<path>:<line>: field '<name>': <what>".
+proto::SftConfig load_sft_config(const std::string& path);
+proto::SftConfig parse_sft_config(const std::string& text, const std::string& source);
+// Throws "<source>: field '<name>': <what>" for out-of-range values.
+void validate_sft_config(const proto::SftConfig& config, const std::string& source);
+// Fills documented defaults into fields left 0 / "" (see proto/sft.proto).
+void apply_sft_defaults(proto::SftConfig* config);
+
+struct SftResult {
+  std::string out_dir, model_dir;
+  int64_t steps = 0;               // optimizer steps done in total
+  int64_t resumed_from = -1;       // step the run resumed from (-1: fresh start)
+  double first_eval_loss = 0.0;    // held-out loss of the initial model (step 0)
+  double final_eval_loss = 0.0;
+  double final_eval_ppl = 0.0;
+  double final_train_loss = 0.0;
+  bool early_stopped = false;
+  bool interrupted = false;        // stopped by stop_after: no model, no manifest
+  bool already_complete = false;   // the folder held a finished run of this config
+  double tokens_per_second = 0.0;
+  double wall_seconds = 0.0;
+};
+
+// Runs (or resumes) SFT as configured. Errors name the config field / data file and line.
+SftResult train_sft(const proto::SftConfig& config);
+
+}  // namespace rlhf::policy
