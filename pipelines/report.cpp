@@ -226,6 +226,8 @@ std::string ppo_section(const MetricsFile& m, const std::string& run_dir, int ma
   std::set<std::string> used;
   ChartSpec gold = make_chart("Teacher score (proxy) vs gold accuracy per PPO iteration",
                               "iteration", "teacher score", "gold accuracy");
+  gold.right_lo = 0;  // accuracy on its full 0..1 scale
+  gold.right_hi = 1;
   for (const char* k : {"score/mean"})
     if (m.series.count(k)) gold.series.push_back(series_of(m, k, max_points)), used.insert(k);
   for (const char* k : {"gold/accuracy"})
@@ -408,7 +410,12 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
   if (!xr.any) return note(chart.title + ": no finite data.");
   if (xr.hi - xr.lo < 1e-12) xr.lo -= 0.5, xr.hi += 0.5;
   yl.pad();
-  yr.pad();
+  if (chart.right_lo < chart.right_hi && yr.lo >= chart.right_lo && yr.hi <= chart.right_hi) {
+    yr.lo = chart.right_lo;
+    yr.hi = chart.right_hi;
+  } else {
+    yr.pad();
+  }
   auto X = [&](double x) { return ml + (x - xr.lo) / (xr.hi - xr.lo) * pw; };
   auto Y = [&](double y, const Range& r) { return mt + ph - (y - r.lo) / (r.hi - r.lo) * ph; };
   char buf[256];

@@ -61,6 +61,8 @@ struct ChartSpec {
   std::string x_label = "step";
   std::string left_label, right_label;  // axis captions ("" = none)
   std::vector<ChartSeries> series;
+  // Fixed right-axis range (e.g. 0..1 for an accuracy); used when lo < hi, else fitted to data.
+  double right_lo = 0, right_hi = 0;
 };
 
 // An inline <svg> line chart (axes, ticks, legend, one polyline per series). Series without
