@@ -127,6 +127,7 @@ struct PpoTrainer::Impl {
   PpoModels m;
   TeacherFn teacher;
   DecodeFn decode;
+  ExtraStatsFn extra_stats;
   std::vector<std::vector<int64_t>> prompts;  // in the fixed shuffled order
   std::string out_dir;
   torch::Device device{torch::kCPU};
@@ -218,6 +219,8 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
 }
 
 PpoTrainer::~PpoTrainer() = default;
+
+void PpoTrainer::set_extra_stats(ExtraStatsFn fn) { impl_->extra_stats = std::move(fn); }
 
 double PpoTrainer::kl_coef() const { return impl_->kl_ctl->value(); }
 std::string PpoTrainer::checkpoint_dir() const { return impl_->last_checkpoint; }
@@ -545,6 +548,8 @@ std::map<std::string, double> PpoTrainer::step() {
   stats["speed/gen_tokens_per_s"] = gen.seconds > 0 ? gen.generated_tokens / gen.seconds : 0.0;
   stats["speed/train_tokens_per_s"] = train_s > 0 ? train_tokens / train_s : 0.0;
   stats["time/iteration_s"] = std::chrono::duration<double>(t_end - t_start).count();
+  if (I.extra_stats)
+    for (auto& kv : I.extra_stats(batch_prompts, gen.responses)) stats[kv.first] = kv.second;
   for (auto& kv : stats)
     if (!finite(kv.second) && kv.first.rfind("speed/", 0) != 0)
       throw Error(at + ": " + kv.first + " is non-finite; stopped, last good checkpoint: " +

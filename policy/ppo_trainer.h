@@ -44,6 +44,12 @@ using TeacherFn = std::function<std::vector<float>(
 // Optional: ids -> text, for the prompt_text/response_text fields of rollout records.
 using DecodeFn = std::function<std::string(const std::vector<int64_t>&)>;
 
+// Optional: extra per-iteration stats computed on the rollout batch (e.g. a gold teacher's
+// accuracy, "gold/accuracy"); merged into the iteration's stats and metrics.
+using ExtraStatsFn = std::function<std::map<std::string, double>(
+    const std::vector<std::vector<int64_t>>& prompts,
+    const std::vector<std::vector<int64_t>>& responses)>;
+
 struct PpoModels {
   Transformer policy{nullptr};     // trained
   Transformer reference{nullptr};  // frozen (never updated); may not be the same object
@@ -80,6 +86,8 @@ class PpoTrainer {
   double kl_coef() const;
   // Stats of every iteration run by this object, in order.
   const std::vector<std::map<std::string, double>>& history() const { return history_; }
+
+  void set_extra_stats(ExtraStatsFn fn);
 
   // Writes a checkpoint now (also done every checkpoint_every iterations and at the end of run()).
   void save_checkpoint_now();

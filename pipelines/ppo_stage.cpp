@@ -1,0 +1,197 @@
+#include "pipelines/ppo_stage.h"
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/manifest.h"
+#include "common/text_config.h"
+#include "pipelines/policy_sampling.h"
+#include "pipelines/quickstart_task.h"
+#include "policy/checkpoint.h"
+#include "policy/ppo_trainer.h"
+#include "policy/prompt_format.h"
+#include "policy/tokenizer.h"
+#include "reward/reward_model.h"
+#include "reward/scorer.h"
+
+namespace rlhf::pipelines {
+
+namespace {
+
+// {"prompt": "text"} (needs the tokenizer) or {"prompt_ids": [...]} per line.
+std::vector<std::vector<int64_t>> read_prompts(const std::string& path,
+                                               const std::optional<policy::Tokenizer>& tok,
+                                               std::vector<std::string>* texts) {
+  std::ifstream in(path);
+  if (!in) throw Error(path + ": cannot open the prompts file");
+  std::vector<std::vector<int64_t>> out;
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(n);
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw Error(where + ": expected a JSON object");
+    if (j.contains("prompt_ids")) {
+      std::vector<int64_t> ids;
+      for (auto& v : j["prompt_ids"]) {
+        if (!v.is_number_integer()) throw Error(where + ": prompt_ids must be integers");
+        ids.push_back(v.get<int64_t>());
+      }
+      out.push_back(ids);
+      texts->push_back("");
+    } else if (j.contains("prompt") && j["prompt"].is_string()) {
+      if (!tok)
+        throw Error(where + ": text prompts need PpoConfig.tokenizer (or give prompt_ids)");
+      out.push_back(policy::encode_prompt(*tok, j["prompt"].get<std::string>()));
+      texts->push_back(j["prompt"].get<std::string>());
+    } else {
+      throw Error(where + ": expected a field \"prompt\" (text) or \"prompt_ids\" (list of ids)");
+    }
+  }
+  if (out.empty()) throw Error(path + ": no prompts");
+  return out;
+}
+
+policy::LoadedModel load_model(const std::string& dir, const std::string& what) {
+  try {
+    return policy::load_checkpoint(dir);
+  } catch (...) {
+    rethrow_with_context("ppo: loading the " + what + " (" + dir + ")");
+  }
+}
+
+}  // namespace
+
+std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  proto::PpoConfig cfg = policy::load_ppo_config(o.config_path);
+  if (!o.out_dir.empty()) cfg.set_out_dir(o.out_dir);
+  if (cfg.out_dir().empty()) cfg.set_out_dir("ppo");
+  if (o.iterations) cfg.set_iterations(*o.iterations);
+  if (!o.device.empty()) cfg.set_device(o.device);
+  for (auto [field, value] : {std::pair{"policy", cfg.policy()}, {"reward_model", cfg.reward_model()},
+                              {"prompts", cfg.prompts()}})
+    if (value.empty()) throw Error(o.config_path + ": PpoConfig." + field + " is required");
+  policy::validate_ppo_config(cfg);
+  const std::string out = cfg.out_dir();
+  make_dirs(out);
+
+  proto::StageManifest manifest = begin_manifest("ppo");
+  manifest.set_resolved_config(to_text_format(cfg));
+  *manifest.add_inputs() = file_ref(cfg.prompts());
+  write_manifest(manifest, out);  // complete = false while running
+
+  std::optional<policy::Tokenizer> tok;
+  if (!cfg.tokenizer().empty()) tok = policy::Tokenizer::load(cfg.tokenizer());
+
+  auto loaded = load_model(cfg.policy(), "policy");
+  const std::string tok_sha = loaded.info.tokenizer_sha256;
+  if (tok && !tok_sha.empty() && tok_sha != tok->sha256())
+    throw Error("ppo: tokenizer " + cfg.tokenizer() + " (sha256 " + tok->sha256() +
+                ") is not the one the policy " + cfg.policy() + " was trained with (" + tok_sha + ")");
+  if (tok) manifest.set_tokenizer_sha256(tok->sha256());
+  manifest.set_vocab_size(loaded.model->config().vocab_size);
+
+  policy::PpoModels models;
+  models.policy = loaded.model;
+  models.reference = cfg.reference().empty() ? policy::clone_model(loaded.model)
+                                             : load_model(cfg.reference(), "reference").model;
+  torch::manual_seed(cfg.seed());  // the fresh value head's initialisation
+  if (cfg.value_model().empty()) {
+    models.critic = policy::clone_model(loaded.model);
+  } else {
+    // E.g. the reward model (InstructGPT initialises the value function from it).
+    models.critic = load_model(reward::resolve_model_dir(cfg.value_model()), "value model").model;
+  }
+  if (!models.critic->config().value_head) models.critic->add_value_head();
+
+  reward::ScorerOptions so;
+  so.device = cfg.device();
+  reward::RewardScorer scorer(cfg.reward_model(), so);
+  if (tok && scorer.tokenizer_sha256() != tok->sha256())
+    throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
+                scorer.tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
+  const int64_t bos = loaded.model->config().bos_id;
+  policy::TeacherFn teacher = [&](const std::vector<std::vector<int64_t>>& prompts,
+                                  const std::vector<std::vector<int64_t>>& responses) {
+    // The scorer wants prompt ids without BOS and answer ids without EOS (it drops a trailing one).
+    std::vector<std::vector<int>> p, r;
+    for (const auto& ids : prompts)
+      p.emplace_back(ids.begin() + (!ids.empty() && ids[0] == bos ? 1 : 0), ids.end());
+    for (const auto& ids : responses) r.emplace_back(ids.begin(), ids.end());
+    return scorer.score_ids(p, r);
+  };
+
+  std::vector<std::string> prompt_texts;
+  auto prompts = read_prompts(cfg.prompts(), tok, &prompt_texts);
+  policy::DecodeFn decode;
+  if (tok) decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
+
+  std::map<std::string, double> result;
+  std::vector<quickstart::Problem> held;
+  if (!o.gold_task.empty() && o.gold_task != "quickstart")
+    throw Error("ppo --gold-task: only \"quickstart\" is known, got \"" + o.gold_task + "\"");
+  if (!o.gold_task.empty() && !tok) throw Error("ppo --gold-task needs PpoConfig.tokenizer");
+  if (!o.gold_prompts.empty()) {
+    if (o.gold_task.empty()) throw Error("ppo --gold-prompts needs --gold-task");
+    std::vector<std::string> texts;
+    read_prompts(o.gold_prompts, tok, &texts);
+    for (const auto& t : texts)
+      if (auto p = quickstart::parse_prompt(t)) held.push_back(*p);
+  }
+
+  policy::PpoTrainer trainer(cfg, models, teacher, prompts, out, decode);
+  if (!o.gold_task.empty()) {
+    trainer.set_extra_stats([&](const std::vector<std::vector<int64_t>>& ps,
+                                const std::vector<std::vector<int64_t>>& rs) {
+      int64_t n = 0, correct = 0;
+      for (size_t i = 0; i < ps.size(); ++i) {
+        std::vector<int64_t> body(ps[i].begin() + (!ps[i].empty() && ps[i][0] == bos ? 1 : 0),
+                                  ps[i].end());
+        std::vector<int> ib(body.begin(), body.end());
+        auto problem = quickstart::parse_prompt(tok->decode(ib));
+        if (!problem) continue;
+        ++n;
+        if (quickstart::is_correct(*problem, policy::decode_response(*tok, rs[i]))) ++correct;
+      }
+      return std::map<std::string, double>{{"gold/accuracy", n ? double(correct) / n : 0.0}};
+    });
+  }
+  if (!held.empty() && trainer.completed_iterations() == 0) {
+    auto g = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens());
+    result["gold/heldout_accuracy_before"] = g.accuracy;
+    std::fprintf(stderr, "ppo: held-out gold accuracy before: %.1f%% (%zu problems)\n",
+                 100 * g.accuracy, held.size());
+  }
+  trainer.run();
+  if (!trainer.history().empty())
+    for (auto& kv : trainer.history().back()) result[kv.first] = kv.second;
+  if (!held.empty()) {
+    auto g = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens());
+    result["gold/heldout_accuracy_after"] = g.accuracy;
+    std::fprintf(stderr, "ppo: held-out gold accuracy after: %.1f%%\n", 100 * g.accuracy);
+  }
+
+  policy::CheckpointInfo info;
+  info.tokenizer_sha256 = tok ? tok->sha256() : tok_sha;
+  info.kind = "policy";
+  info.created_by = "ppo";
+  info.step = trainer.completed_iterations();
+  policy::save_checkpoint(models.policy, out + "/model", info);
+  *manifest.add_outputs() = file_ref(out + "/model/model.safetensors");
+  for (auto& kv : result) (*manifest.mutable_metrics())[kv.first] = kv.second;
+  (*manifest.mutable_metrics())["iterations"] = trainer.completed_iterations();
+  finish_manifest(manifest, out,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return result;
+}
+
+}  // namespace rlhf::pipelines

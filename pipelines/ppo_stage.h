@@ -1,0 +1,29 @@
+// The `ppo` stage: loads the inputs a PpoConfig names (policy, reference, critic initialisation,
+// teacher = reward model, prompts), runs policy::PpoTrainer and writes <out>/model (the final
+// policy checkpoint), <out>/manifest.pb/.json, metrics.jsonl, rollouts/ and checkpoints/.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "proto/ppo.pb.h"
+
+namespace rlhf::pipelines {
+
+struct PpoStageOptions {
+  std::string config_path;            // PpoConfig text format
+  std::string out_dir;                // overrides config.out_dir ("ppo" when both are empty)
+  std::optional<int> iterations;      // overrides config.iterations
+  std::string device;                 // overrides config.device when not empty
+  // Gold teacher for monitoring (not training): "quickstart" logs gold/accuracy of each
+  // iteration's rollouts; with gold_prompts (JSON lines {"prompt": ...}) the greedy held-out gold
+  // accuracy before and after training goes into the manifest metrics.
+  std::string gold_task;
+  std::string gold_prompts;
+};
+
+// Runs (or resumes) the stage; returns the last iteration's stats plus gold numbers.
+std::map<std::string, double> run_ppo_stage(const PpoStageOptions& options);
+
+}  // namespace rlhf::pipelines

@@ -1,0 +1,39 @@
+// `rlhf ppo --config FILE.pbtxt [--out DIR]`: the PPO stage (pipelines/ppo_stage.h).
+#include <cstdio>
+
+#include "pipelines/ppo_stage.h"
+#include "tools/cli.h"
+
+namespace {
+
+int run_ppo(const rlhf::cli::Args& a) {
+  rlhf::pipelines::PpoStageOptions o;
+  o.config_path = a.get("config");
+  o.out_dir = a.get("out");
+  if (a.has("iterations")) o.iterations = static_cast<int>(a.get_int("iterations"));
+  o.device = a.get("device");
+  o.gold_task = a.get("gold-task");
+  o.gold_prompts = a.get("gold-prompts");
+  auto stats = rlhf::pipelines::run_ppo_stage(o);
+  auto get = [&](const char* k) { return stats.count(k) ? stats.at(k) : 0.0; };
+  std::printf("ppo: done; score/mean %.4f, kl/mean %.4f, kl/coef %.4g\n", get("score/mean"),
+              get("kl/mean"), get("kl/coef"));
+  return 0;
+}
+
+rlhf::cli::Register reg({
+    "ppo",
+    "improve the policy with PPO against the teacher (reward model); resumes from checkpoints",
+    "--config FILE.pbtxt [--out DIR]",
+    {
+        {"config", "PpoConfig in protobuf text format (see proto/ppo.proto)", "", false, true},
+        {"out", "output folder (overrides out_dir; default ppo)", ""},
+        {"iterations", "override PpoConfig.iterations", ""},
+        {"device", "override PpoConfig.device (cpu | cuda)", ""},
+        {"gold-task", "monitor a gold teacher on the rollouts: quickstart", ""},
+        {"gold-prompts", "JSON lines {\"prompt\": ...}: held-out gold accuracy before/after", ""},
+    },
+    run_ppo,
+});
+
+}  // namespace
