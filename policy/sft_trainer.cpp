@@ -620,6 +620,7 @@ SftResult train_sft(const proto::SftConfig& config_in) {
   if (res.resumed_from < 0 && !eval_rows.empty()) {
     const double l0 = evaluate(model, lora.get(), eval_rows, cfg.batch_size(), eval_batches, pad_id, dev);
     res.first_eval_loss = l0;
+    st.set_best_eval_loss(static_cast<float>(l0));  // early stop: must improve on the start
     metrics.write(0, {{"eval_loss", l0}, {"eval_ppl", std::exp(l0)}});
   }
 

@@ -83,6 +83,36 @@ TEST_F(SftTest, LowersHeldOutLossAndWritesOutputs) {
   EXPECT_TRUE(train_sft(cfg).already_complete);
 }
 
+TEST_F(SftTest, TextFormatPackedRows) {
+  TempDir tmp("sft_text");
+  rlhf::testing::write_text_corpus(tmp / "text.txt", 400);
+  auto cfg = base_config(tmp / "out", "steps: 30\neval_every: 30\npacked: true\nseq_len: 16\n");
+  cfg.set_train_file(tmp / "text.txt");  // not .jsonl: raw text, loss on every token
+  const SftResult r = train_sft(cfg);
+  EXPECT_LT(r.final_eval_loss, r.first_eval_loss - 1.0)
+      << "first " << r.first_eval_loss << " final " << r.final_eval_loss;
+  const auto m = require_complete_manifest(tmp / "out", "sft");
+  EXPECT_NE(m.resolved_config().find("format: \"text\""), std::string::npos) << m.resolved_config();
+  // Packed rows are full (16 input tokens) except the last row of the data and the micro-batch
+  // at the end of a pass, which never spans two passes.
+  EXPECT_LE(m.metrics().at("tokens_seen"), 30 * 8 * 16);
+  EXPECT_GT(m.metrics().at("tokens_seen"), 0.9 * 30 * 8 * 16);
+}
+
+TEST_F(SftTest, EarlyStopWhenEvalLossStopsImproving) {
+  TempDir tmp("sft_early");
+  // A learning rate far too high: the held-out loss gets worse than at the start.
+  auto cfg = base_config(tmp / "out", "steps: 40\neval_every: 5\nearly_stop_patience: 2\n");
+  cfg.set_lr(3.0f);
+  cfg.set_warmup_steps(-1);
+  const SftResult r = train_sft(cfg);
+  EXPECT_TRUE(r.early_stopped);
+  EXPECT_EQ(r.steps, 10);
+  const auto m = require_complete_manifest(tmp / "out", "sft");
+  EXPECT_EQ(m.metrics().at("early_stopped"), 1.0);
+  EXPECT_TRUE(file_exists(tmp / "out/model/model.safetensors"));
+}
+
 // Runs `cfg` straight, and again killed after `kill_at` steps then resumed; compares weights.
 void expect_bit_identical_resume(proto::SftConfig cfg, const TempDir& tmp, int64_t kill_at) {
   cfg.set_out_dir(tmp / "straight");
