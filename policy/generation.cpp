@@ -11,22 +11,33 @@ namespace rlhf::policy {
 
 namespace {
 
-// Keeps the k largest logits per row; the rest become -inf. logits [B, V].
-torch::Tensor filter_top_k(const torch::Tensor& logits, int64_t k) {
-  if (k <= 0 || k >= logits.size(-1)) return logits;
-  auto kth = std::get<0>(logits.topk(k, -1)).narrow(-1, k - 1, 1);  // [B, 1]
-  return logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
+// Nucleus threshold (Holtzman et al. 2019): the smallest set of most likely tokens whose mass
+// reaches top_p is kept (always at least one token). Returns [B, 1] probabilities: a token is kept
+// when its probability is >= the row's threshold. probs [B, V], rows sum to 1.
+torch::Tensor top_p_threshold(const torch::Tensor& probs, double top_p) {
+  // Most rows concentrate their nucleus in a few tokens: try the top 64 before a full sort.
+  const int64_t V = probs.size(-1);
+  for (int64_t k : {std::min<int64_t>(64, V), V}) {
+    auto top = k == V ? std::get<0>(probs.sort(-1, /*descending=*/true)) : std::get<0>(probs.topk(k, -1));
+    auto mass_before = top.cumsum(-1) - top;
+    // Number of kept tokens = count of positions whose preceding mass is still below top_p.
+    auto kept = (mass_before < top_p).sum(-1, /*keepdim=*/true).clamp_min(1);  // [B, 1]
+    bool complete = k == V || (kept < k).all().item<bool>();
+    if (complete) return top.gather(-1, kept - 1);
+  }
+  return {};  // unreachable
 }
 
-// Nucleus filter (Holtzman et al. 2019): keeps the smallest set of most likely tokens whose
-// probability mass reaches top_p (always at least one). probs [B, V] -> renormalised later.
-torch::Tensor filter_top_p(const torch::Tensor& probs, double top_p) {
-  if (top_p >= 1.0) return probs;
-  auto sorted = probs.sort(-1, /*descending=*/true);
-  auto sorted_probs = std::get<0>(sorted), order = std::get<1>(sorted);
-  auto mass_before = sorted_probs.cumsum(-1) - sorted_probs;
-  auto kept = sorted_probs.masked_fill(mass_before > top_p, 0.0);
-  return torch::zeros_like(probs).scatter_(-1, order, kept);
+// Samples one id per row from unnormalised non-negative weights [B, V] by inverting the CDF with
+// one uniform number per row from `gen` (CPU): cheap, and reproducible for a seed.
+torch::Tensor sample_rows(const torch::Tensor& weights, at::Generator& gen) {
+  auto w = weights.to(torch::kCPU, torch::kDouble);
+  auto cdf = w.cumsum(-1);
+  auto total = cdf.narrow(-1, cdf.size(-1) - 1, 1);
+  auto u = torch::rand({w.size(0), 1}, gen, torch::TensorOptions().dtype(torch::kDouble)) * total;
+  // First index whose cumulative weight exceeds u (zero-weight tokens are never chosen).
+  auto idx = torch::searchsorted(cdf, u, /*out_int32=*/false, /*right=*/true).squeeze(-1);
+  return idx.clamp_max(w.size(-1) - 1);
 }
 
 }  // namespace
@@ -98,13 +109,17 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
       if (greedy) {
         next = logits.argmax(-1);
       } else {
-        auto filtered = filter_top_k(logits, options.top_k);
-        auto probs = torch::softmax(filtered, -1);
-        probs = filter_top_p(probs, options.top_p);
+        auto probs = logp.exp();
+        // Top-k then top-p, both as a per-row probability threshold (ties at it are kept).
+        torch::Tensor threshold;
+        if (options.top_k > 0 && options.top_k < cfg.vocab_size) {
+          threshold = std::get<0>(probs.topk(options.top_k, -1)).narrow(-1, options.top_k - 1, 1);
+          probs = probs.masked_fill(probs < threshold, 0.0);
+          probs = probs / probs.sum(-1, true);
+        }
+        if (options.top_p < 1.0f) probs = probs.masked_fill(probs < top_p_threshold(probs, options.top_p), 0.0);
         // Sampled on the CPU with our own generator: the same seed gives the same samples.
-        next = torch::multinomial(probs.to(torch::kCPU), 1, /*replacement=*/false, gen)
-                   .squeeze(-1)
-                   .to(device);
+        next = sample_rows(probs, gen).to(device);
       }
       auto lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
       auto alive = finished.logical_not();

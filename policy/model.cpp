@@ -178,10 +178,16 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
   // Grouped-query attention without repeating keys: query heads h = j * G + i share kv head j
   // (Hugging Face repeat_kv order), so [B, H, T, hd] -> [B, KV, G * T, hd].
   auto qg = (q * (1.0 / std::sqrt(double(hd)))).reshape({B, KV, G * T, hd});
-  auto scores = torch::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]
+  // Decoding (few query rows per kv head, many batch*head pairs): at::matmul would run one tiny
+  // GEMM per (batch, head) on CPU; a broadcast multiply + sum is one vectorised op instead.
+  const bool small_rows = G * T <= 4 && B * KV > 16 && B * KV * G * T * L * hd <= (int64_t(1) << 24);
+  auto scores = small_rows ? (qg.unsqueeze(3) * keys.unsqueeze(2)).sum(-1)
+                           : torch::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]
   if (bias.defined()) scores = (scores.view({B, H, T, L}) + bias).view({B, KV, G * T, L});
   auto probs = torch::softmax(scores, -1);
-  auto attn = torch::matmul(probs, values)  // [B, KV, G*T, hd]
+  auto ctx = small_rows ? (probs.unsqueeze(-1) * values.unsqueeze(2)).sum(3)
+                        : torch::matmul(probs, values);
+  auto attn = ctx  // [B, KV, G*T, hd]
                   .view({B, H, T, hd})
                   .transpose(1, 2)
                   .reshape({B, T, H * hd});

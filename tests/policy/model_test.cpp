@@ -207,8 +207,16 @@ TEST(GenerationTest, CacheGrowsWhenFull) {
 
 TEST(GenerationTest, BatchOfDifferentLengthsEqualsEachAlone) {
   auto m = random_model(small_config(2), 21);
+  // 10 prompts x 2 kv heads also takes the decoding attention path for many (batch, head) pairs.
   std::vector<std::vector<int64_t>> prompts = {{1, 3}, {1, 8, 9, 10, 11, 12, 13}, {1, 20, 21, 22}};
+  for (int i = 0; i < 7; ++i) prompts.push_back(std::vector<int64_t>(1 + i % 4, 30 + i));
   auto o = greedy(30);
+  {
+    auto cached = generate(m, prompts, o);
+    auto no_cache = o;
+    no_cache.use_cache = false;
+    EXPECT_TRUE(torch::equal(cached.response_ids, generate(m, prompts, no_cache).response_ids));
+  }
   auto batch = generate(m, prompts, o);
   for (size_t i = 0; i < prompts.size(); ++i) {
     auto alone = generate(m, {prompts[i]}, o);
