@@ -19,8 +19,10 @@ mkdir -p "$run_dir"
 start=$(date +%s)
 
 # 1. Split: first 1,850 lines train, last 462 test.
-gzip -dc "$hh" | head -n 1850 > "$run_dir/train.jsonl"
-gzip -dc "$hh" | tail -n 462 > "$run_dir/test.jsonl"
+gzip -dc "$hh" > "$run_dir/all.jsonl"
+head -n 1850 "$run_dir/all.jsonl" > "$run_dir/train.jsonl"
+tail -n 462 "$run_dir/all.jsonl" > "$run_dir/test.jsonl"
+rm -f "$run_dir/all.jsonl"
 
 # 2. Tokenizer on the training text only (prompts + answers).
 "$rlhf" reward corpus --pairs "$run_dir/train.jsonl" --format hh --out "$run_dir/corpus.txt"
