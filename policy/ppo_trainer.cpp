@@ -7,7 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
+
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -120,6 +123,33 @@ std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
 
 bool finite(double x) { return std::isfinite(x); }
 
+// One rollout batch as the update sees it: [B, P + N] ids/mask (prompts left-padded, responses
+// right-padded), [B, N] response mask, old log-probs, values, advantages as used (whitened when
+// configured) and returns.
+struct UpdateBatch {
+  torch::Tensor ids, full_mask, rmask, old_logp, values, adv_train, returns;
+  int64_t P = 0, N = 0, B = 0;
+};
+
+struct UpdateTotals {
+  double sum_pl = 0, sum_clip = 0, sum_akl = 0, sum_ratio = 0, sum_vl = 0, sum_vclip = 0;
+  int64_t n_pol = 0, n_val = 0, train_tokens = 0;
+  double ratio_first_dev = 0;
+};
+
+using MinibatchFn = std::function<void(const std::map<std::string, double>&)>;
+
+std::string minibatch_json(const std::map<std::string, double>& mb) {
+  nlohmann::json j;
+  for (auto& kv : mb) {
+    if (kv.first == "iteration" || kv.first == "epoch" || kv.first == "minibatch")
+      j[kv.first] = (int64_t)kv.second;
+    else
+      j[kv.first] = kv.second;
+  }
+  return j.dump();
+}
+
 }  // namespace
 
 struct PpoTrainer::Impl {
@@ -138,7 +168,116 @@ struct PpoTrainer::Impl {
   std::string last_checkpoint;
 
   std::string ckpt_root() const { return out_dir + "/checkpoints"; }
+
+  // ppo_epochs epochs of shuffled minibatches on one rollout batch (the live loop and
+  // `replay --update` share it, so both give the same numbers).
+  UpdateTotals update(const UpdateBatch& batch, int64_t iteration, const LogprobOptions& lo,
+                      const MinibatchFn& on_minibatch);
 };
+
+UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const LogprobOptions& lo,
+                                      const MinibatchFn& on_minibatch) {
+  auto& I = *this;
+  const auto& c = cfg;
+  const std::string at = "ppo iteration " + std::to_string(it);
+  const int64_t B = u.B, P = u.P, N = u.N;
+  const auto &ids = u.ids, &full_mask = u.full_mask, &rmask = u.rmask, &old_logp = u.old_logp,
+             &values = u.values, &adv_train = u.adv_train, &returns = u.returns;
+  const bool train_policy = it > c.critic_warmup_iterations();
+  const int64_t MB = c.minibatch_size();
+  double sum_pl = 0, sum_clip = 0, sum_akl = 0, sum_ratio = 0, sum_vl = 0, sum_vclip = 0;
+  int64_t n_pol = 0, n_val = 0, train_tokens = 0;
+  double ratio_first_dev = 0;
+  const double grad_cap = c.max_grad_norm() > 0 ? c.max_grad_norm() : 1e30;
+  for (int epoch = 0; epoch < c.ppo_epochs(); ++epoch) {
+    auto perm = permutation(B, mix_seed(c.seed(), (uint64_t)it, (uint64_t)epoch + 1));
+    for (int64_t s = 0; s < B; s += MB) {
+      int64_t e = std::min(B, s + MB);
+      auto idx = torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
+                     .to(I.device);
+      auto ids_mb = ids.index_select(0, idx);
+      auto mask_mb = full_mask.index_select(0, idx);
+      auto rmask_mb = rmask.index_select(0, idx);
+      const bool first = epoch == 0 && s == 0;
+      std::map<std::string, double> mb{{"iteration", (double)it}, {"epoch", (double)epoch},
+                                       {"minibatch", (double)(s / MB)}};
+      train_tokens += (e - s) * (P + N);
+
+      if (train_policy || first) {
+        I.m.policy->train();
+        std::unique_ptr<torch::NoGradGuard> ng;
+        if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
+        LogprobOptions tlo = lo;
+        tlo.entropy = c.entropy_coef() > 0;
+        auto tl = token_logprobs(I.m.policy, ids_mb, mask_mb, tlo);
+        auto new_lp = tl.logprobs.narrow(1, P - 1, N);
+        auto pl = ppo::clipped_policy_loss(new_lp, old_logp.index_select(0, idx),
+                                           adv_train.index_select(0, idx), rmask_mb, c.clip_range());
+        // The policy has not moved before the first minibatch: the ratio must be 1.
+        if (first) ratio_first_dev = pl.ratio_max_dev;
+        if (train_policy) {
+          mb["loss/policy"] = pl.loss.item<double>();
+          mb["policy/clipfrac"] = pl.clipfrac;
+          mb["policy/approx_kl"] = pl.approx_kl;
+          mb["policy/ratio_mean"] = pl.ratio_mean;
+          mb["policy/ratio_max_dev"] = pl.ratio_max_dev;
+          auto loss = pl.loss;
+          if (c.entropy_coef() > 0)
+            loss = loss - c.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, P - 1, N), rmask_mb);
+          const double lv = loss.item<double>();
+          if (!finite(lv))
+            throw Error(at + ": loss/policy is non-finite (" + std::to_string(lv) +
+                        "); stopped, last good checkpoint: " +
+                        (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
+          I.policy_opt->zero_grad();
+          loss.backward();
+          double gn = torch::nn::utils::clip_grad_norm_(I.m.policy->parameters(), grad_cap);
+          if (!finite(gn))
+            throw Error(at + ": policy gradient norm is non-finite; stopped, last good checkpoint: " +
+                        (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
+          mb["grad_norm/policy"] = gn;
+          I.policy_opt->step();
+          sum_pl += pl.loss.item<double>();
+          sum_clip += pl.clipfrac;
+          sum_akl += pl.approx_kl;
+          sum_ratio += pl.ratio_mean;
+          ++n_pol;
+        }
+      }
+
+      I.m.critic->train();
+      auto h = I.m.critic->hidden_states(ids_mb, mask_mb);
+      auto v = I.m.critic->values_from_hidden(h.narrow(1, P - 1, N)).to(torch::kFloat);
+      auto vl = ppo::clipped_value_loss(v, values.index_select(0, idx),
+                                        returns.index_select(0, idx), rmask_mb,
+                                        c.value_clip_range());
+      const double vlv = vl.loss.item<double>();
+      if (!finite(vlv))
+        throw Error(at + ": loss/value is non-finite (" + std::to_string(vlv) +
+                    "); stopped, last good checkpoint: " +
+                    (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
+      I.critic_opt->zero_grad();
+      vl.loss.backward();
+      double gn = torch::nn::utils::clip_grad_norm_(I.m.critic->parameters(), grad_cap);
+      if (!finite(gn))
+        throw Error(at + ": critic gradient norm is non-finite; stopped, last good checkpoint: " +
+                    (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
+      mb["loss/value"] = vlv;
+      mb["value/clipfrac"] = vl.clipfrac;
+      mb["grad_norm/value"] = gn;
+      I.critic_opt->step();
+      if (on_minibatch) on_minibatch(mb);
+      sum_vl += vlv;
+      sum_vclip += vl.clipfrac;
+      ++n_val;
+    }
+  }
+  I.m.policy->eval();
+  I.m.critic->eval();
+
+  return {sum_pl, sum_clip, sum_akl, sum_ratio, sum_vl, sum_vclip, n_pol, n_val, train_tokens,
+          ratio_first_dev};
+}
 
 PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, TeacherFn teacher,
                        std::vector<std::vector<int64_t>> prompts, std::string out_dir,
@@ -226,6 +365,9 @@ double PpoTrainer::kl_coef() const { return impl_->kl_ctl->value(); }
 std::string PpoTrainer::checkpoint_dir() const { return impl_->last_checkpoint; }
 
 void PpoTrainer::run() {
+  // The start state, so that `replay --update` can re-run iteration 1 too.
+  if (completed_ == 0 && impl_->cfg.checkpoint_every() > 0 && impl_->last_checkpoint.empty())
+    save_checkpoint_now();
   while (completed_ < impl_->cfg.iterations()) {
     step();
     const int every = impl_->cfg.checkpoint_every();
@@ -255,6 +397,8 @@ void PpoTrainer::save_checkpoint_now() {
     info.created_by = "ppo";
     info.step = completed_;
     save_checkpoint(I.m.policy, tmp + "/policy", info);
+    info.kind = "critic";
+    save_checkpoint(I.m.critic, tmp + "/critic", info);
   } catch (const c10::Error& e) {
     throw Error("ppo: writing checkpoint " + tmp + ": " + e.what_without_backtrace());
   }
@@ -271,9 +415,100 @@ void PpoTrainer::save_checkpoint_now() {
   fs::remove_all(dir);
   rename_atomic(tmp, dir);
   write_file_atomic(root + "/latest", name + "\n");  // the switch to the new checkpoint
-  for (auto& e : fs::directory_iterator(root))        // older checkpoints are no longer needed
-    if (e.is_directory() && e.path().filename().string() != name) fs::remove_all(e.path());
+  std::vector<std::string> dirs;  // retention: the newest keep_checkpoints folders
+  for (auto& e : fs::directory_iterator(root)) {
+    auto n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("iter-", 0) == 0 && n <= name) dirs.push_back(e.path().string());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  const size_t keep = std::max(1, I.cfg.keep_checkpoints());
+  for (size_t i = 0; i + keep < dirs.size(); ++i) fs::remove_all(dirs[i]);
   I.last_checkpoint = dir;
+}
+
+std::vector<std::map<std::string, double>> PpoTrainer::replay_update(const std::string& run_dir,
+                                                                     const std::string& rollout_file,
+                                                                     const std::string& device) {
+  auto recs = read_rollouts(rollout_file);
+  if (recs.empty()) throw Error(rollout_file + ": no rollout records");
+  std::sort(recs.begin(), recs.end(), [](auto& a, auto& b) { return a.index() < b.index(); });
+  const int64_t it = recs[0].iteration();
+  for (const auto& r : recs)
+    if (r.iteration() != it)
+      throw Error(rollout_file + ": records of iterations " + std::to_string(it) + " and " +
+                  std::to_string(r.iteration()) + " are mixed");
+  const std::string ck = run_dir + "/checkpoints/" + iter_name(it - 1);
+  if (!file_exists(ck + "/state.pb"))
+    throw Error("replay --update: " + ck + " does not exist: iteration " + std::to_string(it) +
+                " needs the checkpoint written after iteration " + std::to_string(it - 1) +
+                " (run with checkpoint_every: 1 and keep_checkpoints large enough)");
+  proto::PpoState st;
+  if (!st.ParseFromString(read_file(ck + "/state.pb"))) throw Error(ck + "/state.pb: cannot parse");
+  Impl I;
+  parse_text_config(st.config_text(), ck + "/state.pb config_text", &I.cfg);
+  if (!device.empty()) I.cfg.set_device(device);
+  const auto& c = I.cfg;
+  I.device = torch::Device(c.device());
+  I.out_dir = run_dir;
+  I.last_checkpoint = ck;
+  try {
+    I.m.policy = load_checkpoint(ck + "/policy").model;
+    I.m.critic = load_checkpoint(ck + "/critic").model;
+    I.m.policy->to(I.device);
+    I.m.critic->to(I.device);
+    torch::load(I.m.policy, ck + "/policy.pt", I.device);
+    torch::load(I.m.critic, ck + "/critic.pt", I.device);
+    auto opts = [&](double lr) {
+      return torch::optim::AdamWOptions(lr).eps(c.adam_eps()).weight_decay(c.weight_decay());
+    };
+    I.policy_opt = std::make_unique<torch::optim::AdamW>(I.m.policy->parameters(), opts(c.policy_lr()));
+    I.critic_opt = std::make_unique<torch::optim::AdamW>(I.m.critic->parameters(), opts(c.value_lr()));
+    torch::load(*I.policy_opt, ck + "/policy_optimizer.pt", I.device);
+    torch::load(*I.critic_opt, ck + "/critic_optimizer.pt", I.device);
+  } catch (const c10::Error& e) {
+    throw Error("replay --update: loading " + ck + ": " + e.what_without_backtrace());
+  }
+  // Rebuild the padded batch exactly as the live iteration had it.
+  const int64_t B = (int64_t)recs.size();
+  int64_t P = 0, N = 0;
+  for (const auto& r : recs) {
+    P = std::max<int64_t>(P, r.prompt_ids_size());
+    N = std::max<int64_t>(N, r.response_ids_size());
+  }
+  if (P == 0 || N == 0) throw Error(rollout_file + ": empty prompts or responses");
+  const int64_t pad = I.m.policy->config().pad_id;
+  auto ids = torch::full({B, P + N}, pad, torch::kLong);
+  auto full_mask = torch::zeros({B, P + N});
+  auto old_logp = torch::zeros({B, N}), values = torch::zeros({B, N}), adv = torch::zeros({B, N}),
+       returns = torch::zeros({B, N});
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& r = recs[b];
+    const int64_t p = r.prompt_ids_size(), n = r.response_ids_size();
+    if (r.advantages_size() != n || r.returns_size() != n)
+      throw Error(rollout_file + ": record " + std::to_string(b) + " has no stored advantages/returns");
+    for (int64_t t = 0; t < p; ++t) {
+      ids[b][P - p + t] = r.prompt_ids(t);
+      full_mask[b][P - p + t] = 1;
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      ids[b][P + t] = r.response_ids(t);
+      full_mask[b][P + t] = 1;
+      old_logp[b][t] = r.logprobs(t);
+      values[b][t] = r.values(t);
+      adv[b][t] = r.advantages(t);
+      returns[b][t] = r.returns(t);
+    }
+  }
+  auto rmask = full_mask.narrow(1, P, N).contiguous();
+  auto dev = [&](const torch::Tensor& t) { return t.to(I.device); };
+  auto adv_train = c.whiten_advantages() ? ppo::whiten(adv, rmask) : adv;
+  UpdateBatch ub{dev(ids), dev(full_mask), dev(rmask), dev(old_logp), dev(values), dev(adv_train),
+                 dev(returns), P, N, B};
+  LogprobOptions lo;
+  lo.temperature = c.temperature() > 0 ? c.temperature() : 1.0f;
+  std::vector<std::map<std::string, double>> out;
+  I.update(ub, it, lo, [&](const std::map<std::string, double>& mb) { out.push_back(mb); });
+  return out;
 }
 
 std::map<std::string, double> PpoTrainer::step() {
@@ -436,85 +671,16 @@ std::map<std::string, double> PpoTrainer::step() {
 
   // 6. PPO epochs over minibatches.
   auto t_train = std::chrono::steady_clock::now();
-  const bool train_policy = it > c.critic_warmup_iterations();
-  const int64_t MB = c.minibatch_size();
-  double sum_pl = 0, sum_clip = 0, sum_akl = 0, sum_ratio = 0, sum_vl = 0, sum_vclip = 0;
-  int64_t n_pol = 0, n_val = 0, train_tokens = 0;
-  double ratio_first_dev = 0;
-  const double grad_cap = c.max_grad_norm() > 0 ? c.max_grad_norm() : 1e30;
-  for (int epoch = 0; epoch < c.ppo_epochs(); ++epoch) {
-    auto perm = permutation(B, mix_seed(c.seed(), (uint64_t)it, (uint64_t)epoch + 1));
-    for (int64_t s = 0; s < B; s += MB) {
-      int64_t e = std::min(B, s + MB);
-      auto idx = torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
-                     .to(I.device);
-      auto ids_mb = ids.index_select(0, idx);
-      auto mask_mb = full_mask.index_select(0, idx);
-      auto rmask_mb = rmask.index_select(0, idx);
-      const bool first = epoch == 0 && s == 0;
-      train_tokens += (e - s) * (P + N);
-
-      if (train_policy || first) {
-        I.m.policy->train();
-        std::unique_ptr<torch::NoGradGuard> ng;
-        if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
-        LogprobOptions tlo = lo;
-        tlo.entropy = c.entropy_coef() > 0;
-        auto tl = token_logprobs(I.m.policy, ids_mb, mask_mb, tlo);
-        auto new_lp = tl.logprobs.narrow(1, P - 1, N);
-        auto pl = ppo::clipped_policy_loss(new_lp, old_logp.index_select(0, idx),
-                                           adv_train.index_select(0, idx), rmask_mb, c.clip_range());
-        // The policy has not moved before the first minibatch: the ratio must be 1.
-        if (first) ratio_first_dev = pl.ratio_max_dev;
-        if (train_policy) {
-          auto loss = pl.loss;
-          if (c.entropy_coef() > 0)
-            loss = loss - c.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, P - 1, N), rmask_mb);
-          const double lv = loss.item<double>();
-          if (!finite(lv))
-            throw Error(at + ": loss/policy is non-finite (" + std::to_string(lv) +
-                        "); stopped, last good checkpoint: " +
-                        (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-          I.policy_opt->zero_grad();
-          loss.backward();
-          double gn = torch::nn::utils::clip_grad_norm_(I.m.policy->parameters(), grad_cap);
-          if (!finite(gn))
-            throw Error(at + ": policy gradient norm is non-finite; stopped, last good checkpoint: " +
-                        (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-          I.policy_opt->step();
-          sum_pl += pl.loss.item<double>();
-          sum_clip += pl.clipfrac;
-          sum_akl += pl.approx_kl;
-          sum_ratio += pl.ratio_mean;
-          ++n_pol;
-        }
-      }
-
-      I.m.critic->train();
-      auto h = I.m.critic->hidden_states(ids_mb, mask_mb);
-      auto v = I.m.critic->values_from_hidden(h.narrow(1, P - 1, N)).to(torch::kFloat);
-      auto vl = ppo::clipped_value_loss(v, values.index_select(0, idx),
-                                        gae.returns.index_select(0, idx), rmask_mb,
-                                        c.value_clip_range());
-      const double vlv = vl.loss.item<double>();
-      if (!finite(vlv))
-        throw Error(at + ": loss/value is non-finite (" + std::to_string(vlv) +
-                    "); stopped, last good checkpoint: " +
-                    (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-      I.critic_opt->zero_grad();
-      vl.loss.backward();
-      double gn = torch::nn::utils::clip_grad_norm_(I.m.critic->parameters(), grad_cap);
-      if (!finite(gn))
-        throw Error(at + ": critic gradient norm is non-finite; stopped, last good checkpoint: " +
-                    (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-      I.critic_opt->step();
-      sum_vl += vlv;
-      sum_vclip += vl.clipfrac;
-      ++n_val;
-    }
-  }
-  I.m.policy->eval();
-  I.m.critic->eval();
+  UpdateBatch ub{ids, full_mask, rmask, old_logp, values, adv_train, gae.returns, P, N, B};
+  std::ofstream mb_log(I.out_dir + "/minibatches.jsonl", std::ios::app);
+  UpdateTotals tot = I.update(ub, it, lo, [&](const std::map<std::string, double>& mb) {
+    mb_log << minibatch_json(mb) << "\n";
+  });
+  mb_log.flush();
+  const double sum_pl = tot.sum_pl, sum_clip = tot.sum_clip, sum_akl = tot.sum_akl,
+               sum_ratio = tot.sum_ratio, sum_vl = tot.sum_vl, sum_vclip = tot.sum_vclip;
+  const int64_t n_pol = tot.n_pol, n_val = tot.n_val, train_tokens = tot.train_tokens;
+  const double ratio_first_dev = tot.ratio_first_dev;
   auto t_end = std::chrono::steady_clock::now();
   const double train_s = std::chrono::duration<double>(t_end - t_train).count();
 

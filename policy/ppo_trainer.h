@@ -16,8 +16,9 @@
 //   7. KL controller update from the mean per-sequence KL sum; stats to <out>/metrics.jsonl and
 //      TensorBoard; a progress line on stderr; checkpoint every checkpoint_every iterations.
 //
+// Per-minibatch stats go to <out>/minibatches.jsonl (what `rlhf replay --update` reproduces).
 // Checkpoints: <out>/checkpoints/iter-NNNN/ (policy.pt, critic.pt, the two optimizer states,
-// state.pb, and policy/ as a regular checkpoint folder), written under a temp name and renamed;
+// state.pb, and policy/ + critic/ as regular checkpoint folders; iter-0000 is the start state), written under a temp name and renamed;
 // <out>/checkpoints/latest names the newest complete one (written atomically). A new PpoTrainer
 // on the same out folder resumes from it and, on CPU, reproduces the numbers of an uninterrupted run.
 // Not thread-safe.
@@ -88,6 +89,14 @@ class PpoTrainer {
   const std::vector<std::map<std::string, double>>& history() const { return history_; }
 
   void set_extra_stats(ExtraStatsFn fn);
+
+  // `rlhf replay --update`: re-runs the PPO update of the iteration whose rollouts are in
+  // `rollout_file`, starting from <run_dir>/checkpoints/iter-(k-1) (weights, optimizer states and
+  // the run's resolved config), and returns the per-minibatch stats, which on CPU equal the live
+  // run's lines in <run_dir>/minibatches.jsonl. Touches no file. device "" = the config's.
+  static std::vector<std::map<std::string, double>> replay_update(const std::string& run_dir,
+                                                                  const std::string& rollout_file,
+                                                                  const std::string& device = "");
 
   // Writes a checkpoint now (also done every checkpoint_every iterations and at the end of run()).
   void save_checkpoint_now();

@@ -1,4 +1,5 @@
 // `rlhf replay FILE`: show, recompute and check PPO rollout records (policy/ppo_replay.h).
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -6,6 +7,7 @@
 
 #include "common/error.h"
 #include "policy/ppo_replay.h"
+#include "policy/ppo_trainer.h"
 #include "policy/rollout_file.h"
 #include "tools/cli.h"
 
@@ -24,7 +26,7 @@ rlhf::cli::Register reg({
     "replay",
     "show / recompute / check saved PPO rollouts (iter-NNNN.pb or hand-made JSON lines)",
     "FILE [--sample I] [--json] [--sort score|-score] | FILE --recompute [--gamma G --lam L "
-    "--kl-coef B] [--json] | FILE --policy DIR",
+    "--kl-coef B] [--json] | FILE --policy DIR | FILE --update --run DIR [--json]",
     {
         {"sample", "only the sample with this index", ""},
         {"json", "machine-readable output: one JSON object per sample per line", "", true},
@@ -39,7 +41,12 @@ rlhf::cli::Register reg({
         {"lam", "GAE lambda for --recompute (default: the record's)", ""},
         {"kl-coef", "KL coefficient beta for --recompute (default: the record's)", ""},
         {"policy", "checkpoint folder: recompute log-probs and print max |diff| per sample", ""},
-        {"device", "device for --policy", "cpu"},
+        {"device", "device for --policy / --update", "cpu"},
+        {"update",
+         "re-run this iteration's PPO update from the run's checkpoint before it; prints the "
+         "per-minibatch stats (the lines of RUN/minibatches.jsonl)",
+         "", true},
+        {"run", "the PPO output folder (with checkpoints/) for --update", ""},
     },
     run_replay,
 });
@@ -56,6 +63,31 @@ int run_replay(const Args& a) {
   view.max_score = opt_double(a, "max-score");
   auto selected = rlhf::policy::select_samples(records, view);
   const bool json = a.get_bool("json");
+
+  if (a.get_bool("update")) {
+    if (!a.has("run")) throw rlhf::UsageError("replay --update needs --run DIR (the ppo folder)");
+    auto mbs = rlhf::policy::PpoTrainer::replay_update(a.get("run"), path, a.get("device"));
+    for (const auto& mb : mbs) {
+      if (json) {
+        nlohmann::json j;
+        for (auto& kv : mb) {
+          if (kv.first == "iteration" || kv.first == "epoch" || kv.first == "minibatch")
+            j[kv.first] = static_cast<int64_t>(kv.second);
+          else
+            j[kv.first] = kv.second;
+        }
+        std::cout << j.dump() << "\n";
+        continue;
+      }
+      auto g = [&](const char* k) { return mb.count(k) ? mb.at(k) : NAN; };
+      std::printf("iter %lld epoch %lld mb %lld  loss/policy %.6f  loss/value %.6f  clipfrac %.4f  "
+                  "approx_kl %.6f  ratio_mean %.6f  grad p %.4f v %.4f\n",
+                  (long long)g("iteration"), (long long)g("epoch"), (long long)g("minibatch"),
+                  g("loss/policy"), g("loss/value"), g("policy/clipfrac"), g("policy/approx_kl"),
+                  g("policy/ratio_mean"), g("grad_norm/policy"), g("grad_norm/value"));
+    }
+    return 0;
+  }
 
   if (a.has("policy")) {
     std::vector<rlhf::proto::RolloutRecord> subset;
