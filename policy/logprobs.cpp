@@ -5,6 +5,65 @@
 
 namespace rlhf::policy {
 
+namespace {
+
+// log p(target) and entropy for one time chunk, with a backward pass that recomputes the
+// [B, n, V] logits instead of keeping them: with autograd on, only the hidden chunk (a view) and
+// the output matrix are saved, so memory stays O(B * chunk * V) for the whole sequence.
+// Inputs: hidden [B, n, D], weight [V, D] (lm_head or tied embeddings), targets [B, n].
+class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch::Tensor& hidden, const torch::Tensor& weight,
+                                                const torch::Tensor& targets, double temperature) {
+    ctx->save_for_backward({hidden, weight, targets});
+    ctx->saved_data["temperature"] = temperature;
+    torch::NoGradGuard no_grad;
+    auto logp = torch::log_softmax(logits(hidden, weight, temperature), -1);
+    auto lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1);
+    auto ent = -(logp.exp() * logp).sum(-1);
+    return {lp, ent};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &hidden = saved[0], &weight = saved[1], &targets = saved[2];
+    const double temperature = ctx->saved_data["temperature"].toDouble();
+    torch::NoGradGuard no_grad;
+    auto logp = torch::log_softmax(logits(hidden, weight, temperature), -1);  // [B, n, V]
+    auto p = logp.exp();
+    // d lp / dz = onehot - p;  d H / dz = -p * (log p + H)   (z = logits / temperature)
+    auto g = torch::zeros_like(p);
+    if (grads[0].defined()) {
+      auto g_lp = grads[0].unsqueeze(-1);
+      g = g - p * g_lp;
+      g.scatter_add_(-1, targets.unsqueeze(-1), grads[0].unsqueeze(-1).to(g.scalar_type()));
+    }
+    if (grads[1].defined()) {
+      auto ent = -(p * logp).sum(-1, true);
+      g = g - grads[1].unsqueeze(-1) * p * (logp + ent);
+    }
+    g = g / temperature;
+    auto g_w = g.to(weight.scalar_type());
+    torch::Tensor grad_hidden, grad_weight;
+    if (ctx->needs_input_grad(0)) grad_hidden = torch::matmul(g_w, weight);  // [B, n, D]
+    if (ctx->needs_input_grad(1))
+      grad_weight = torch::matmul(g_w.reshape({-1, g_w.size(-1)}).t(),
+                                  hidden.reshape({-1, hidden.size(-1)}));  // [V, D]
+    return {grad_hidden, grad_weight, torch::Tensor(), torch::Tensor()};
+  }
+
+ private:
+  static torch::Tensor logits(const torch::Tensor& hidden, const torch::Tensor& weight, double temperature) {
+    auto z = torch::matmul(hidden, weight.t());
+    if (z.scalar_type() != torch::kFloat) z = z.to(torch::kFloat);
+    return temperature == 1.0 ? z : z / temperature;
+  }
+};
+
+}  // namespace
+
 TokenLogprobs token_logprobs(Transformer& model, const torch::Tensor& ids,
                              const torch::Tensor& attention_mask, const LogprobOptions& options) {
   TORCH_CHECK(ids.dim() == 2 && ids.size(1) >= 2, "token_logprobs: ids must be [B, T] with T >= 2, got ",
@@ -16,16 +75,27 @@ TokenLogprobs token_logprobs(Transformer& model, const torch::Tensor& ids,
   TokenLogprobs out;
   auto hidden = model->hidden_states(ids, attention_mask);  // [B, T, D]
   auto targets = ids.narrow(1, 1, T - 1);                   // [B, T-1]
+  const auto& weight = model->lm_head ? model->lm_head->weight : model->tok_embeddings->weight;
+  const bool recompute = torch::GradMode::is_enabled() &&
+                         (hidden.requires_grad() || weight.requires_grad());
 
-  // The [B, chunk, V] logits of one chunk are the largest buffer (under no-grad; with autograd
-  // each chunk's log-softmax is kept for the backward pass).
   std::vector<torch::Tensor> lps, ents;
   for (int64_t t0 = 0; t0 < T - 1; t0 += chunk) {
     int64_t n = std::min(chunk, T - 1 - t0);
-    auto logits = model->logits_from_hidden(hidden.narrow(1, t0, n));
+    auto h = hidden.narrow(1, t0, n);
+    auto tgt = targets.narrow(1, t0, n);
+    if (recompute) {
+      // Autograd: logits are recomputed in backward (see ChunkLogprobs).
+      auto r = ChunkLogprobs::apply(h, weight, tgt, temperature);
+      lps.push_back(r[0]);
+      if (options.entropy) ents.push_back(r[1]);
+      continue;
+    }
+    // No autograd: the [B, chunk, V] logits of one chunk are the largest buffer.
+    auto logits = model->logits_from_hidden(h);
     if (temperature != 1.0) logits = logits / temperature;
     auto logp = torch::log_softmax(logits, -1);  // [B, n, V]
-    lps.push_back(logp.gather(-1, targets.narrow(1, t0, n).unsqueeze(-1)).squeeze(-1));
+    lps.push_back(logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1));
     if (options.entropy) ents.push_back(-(logp.exp() * logp).sum(-1));
   }
   out.logprobs = lps.size() == 1 ? lps[0] : torch::cat(lps, 1);
