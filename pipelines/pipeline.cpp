@@ -1,0 +1,539 @@
+#include "pipelines/pipeline.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/manifest.h"
+#include "common/text_config.h"
+#include "pipelines/internal/subprocess.h"
+#include "pipelines/policy_sampling.h"
+#include "pipelines/quickstart_task.h"
+#include "pipelines/report.h"
+#include "policy/checkpoint.h"
+#include "policy/tokenizer.h"
+
+namespace rlhf::pipelines {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::vector<std::string>& stage_names() {
+  static const std::vector<std::string> names = {"tokenizer", "sft",    "sample", "annotate",
+                                                 "reward",    "ppo",    "report"};
+  return names;
+}
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+template <typename T>
+void set_default(T* field_value, T def) {
+  if (*field_value == T{}) *field_value = def;
+}
+
+// Everything a stage needs to know about the run.
+struct Run {
+  proto::PipelineConfig config;
+  std::string dir;
+  std::string exe;
+  json state;  // pipeline_state.json: {"stages": {name: {"fingerprint": ..., "seconds": ...}}}
+
+  std::string path(const std::string& rel) const { return dir + "/" + rel; }
+  std::string tokenizer_model() const { return path("tokenizer/tokenizer.model"); }
+  void save_state() const { write_file_atomic(path("pipeline_state.json"), state.dump(2)); }
+};
+
+std::string hash_inputs(const std::string& config_text, const std::vector<std::string>& files) {
+  std::string all = config_text;
+  for (const auto& f : files) {
+    all += "\n" + f + " ";
+    all += file_exists(f) && fs::is_regular_file(f) ? sha256_file(f) : "-";
+  }
+  return sha256_hex(all);
+}
+
+void run_or_throw(const std::vector<std::string>& argv, const std::string& stage) {
+  int code = run_child(argv);
+  if (code != 0)
+    throw Error("stage '" + stage + "' failed (exit " + std::to_string(code) +
+                "): " + join_command(argv));
+}
+
+std::vector<quickstart::Problem> heldout_problems(const Run& run) {
+  return quickstart::generate_problems(quickstart::Split::kHeldOut,
+                                       run.config.quickstart().heldout_problems(),
+                                       run.config.seed() + 1000);
+}
+
+std::vector<quickstart::Problem> train_problems(const Run& run, int n, uint64_t salt) {
+  return quickstart::generate_problems(quickstart::Split::kTrain, n, run.config.seed() + salt);
+}
+
+// ---- stages -----------------------------------------------------------------------------------
+
+// tokenizer: the quickstart's generated data (SFT corpus, prompts) and the SentencePiece model.
+json stage_tokenizer(Run& run) {
+  const auto& qs = run.config.quickstart();
+  std::string data = run.path("data");
+  make_dirs(data);
+  quickstart::write_sft_corpus(data + "/sft.jsonl", qs.sft_examples(), run.config.seed());
+  quickstart::write_tokenizer_corpus(data + "/tokenizer_corpus.txt", qs.tokenizer_problems(),
+                                     run.config.seed());
+  quickstart::write_prompts(data + "/ppo_prompts.jsonl", train_problems(run, qs.ppo_prompts(), 7));
+  quickstart::write_prompts(data + "/heldout_prompts.jsonl", heldout_problems(run));
+  run_or_throw({run.exe, "tokenizer", "train", "--input", data + "/tokenizer_corpus.txt",
+                "--vocab-size", std::to_string(run.config.tokenizer().vocab_size()), "--out",
+                run.path("tokenizer"), "--seed", std::to_string(run.config.seed())},
+               "tokenizer");
+  auto tok = policy::Tokenizer::load(run.tokenizer_model());
+  return {{"vocab_size", tok.vocab_size()}};
+}
+
+json stage_sft(Run& run) {
+  proto::SftConfig cfg = run.config.sft();
+  cfg.set_train_file(run.path("data/sft.jsonl"));
+  cfg.set_tokenizer(run.tokenizer_model());
+  cfg.set_seed(run.config.seed());
+  std::string dir = run.path("sft");
+  make_dirs(dir);
+  write_file_atomic(dir + "/sft.pbtxt", to_text_format(cfg));
+  run_or_throw({run.exe, "sft", "--config", dir + "/sft.pbtxt", "--out", dir}, "sft");
+  return {};
+}
+
+// Loads the SFT policy and checks it belongs to this run's tokenizer.
+policy::LoadedModel load_sft(const Run& run, const policy::Tokenizer& tok) {
+  auto loaded = policy::load_checkpoint(run.path("sft/model"));
+  if (!loaded.info.tokenizer_sha256.empty() && loaded.info.tokenizer_sha256 != tok.sha256())
+    throw Error(run.path("sft/model") + ": trained with tokenizer " +
+                loaded.info.tokenizer_sha256.substr(0, 12) + " but the run's tokenizer is " +
+                tok.sha256().substr(0, 12) + " (rerun from the sft stage)");
+  if (loaded.model->config().vocab_size != tok.vocab_size())
+    throw Error(run.path("sft/model") + ": vocab_size " +
+                std::to_string(loaded.model->config().vocab_size) + " but the tokenizer has " +
+                std::to_string(tok.vocab_size()));
+  return loaded;
+}
+
+// sample: K answers per train prompt from the SFT policy into the annotation DB, the SFT gold
+// accuracy on held-out problems, and gold-ranked held-out pairs for checking the reward model.
+json stage_sample(Run& run) {
+  const auto& sc = run.config.sample();
+  auto tok = policy::Tokenizer::load(run.tokenizer_model());
+  auto loaded = load_sft(run, tok);
+  auto& model = loaded.model;
+  model->eval();
+  std::string dir = run.path("sample");
+  make_dirs(dir);
+
+  policy::SamplingOptions so;
+  so.temperature = sc.temperature();
+  so.top_p = sc.top_p();
+  so.max_new_tokens = sc.max_new_tokens();
+  so.seed = run.config.seed() + 11;
+
+  // Annotation tasks from train prompts.
+  auto problems = train_problems(run, run.config.quickstart().sample_prompts(), 3);
+  std::vector<std::string> prompts;
+  for (const auto& p : problems) prompts.push_back(p.prompt());
+  auto answers = sample_answers(model, tok, prompts, sc.answers_per_prompt(), so, sc.batch_size());
+  quickstart::write_annotation_tasks(dir + "/tasks.jsonl", prompts, answers);
+
+  // Held-out: gold accuracy (greedy) and gold-ranked sampled pairs.
+  auto held = heldout_problems(run);
+  auto gold = evaluate_gold(model, tok, held, sc.max_new_tokens(), sc.batch_size());
+  std::vector<std::string> held_prompts = gold.prompts;
+  so.seed = run.config.seed() + 12;
+  auto held_answers = sample_answers(model, tok, held_prompts, sc.answers_per_prompt(), so,
+                                     sc.batch_size());
+  std::ofstream pairs(dir + "/heldout_pairs.jsonl.tmp");
+  int64_t n_pairs = 0;
+  for (size_t i = 0; i < held.size(); ++i) {
+    auto groups = quickstart::gold_ranking(held[i], held_answers[i]);
+    for (size_t g = 0; g < groups.size(); ++g)
+      for (size_t h = g + 1; h < groups.size(); ++h)
+        for (int a : groups[g])
+          for (int b : groups[h]) {
+            if (held_answers[i][a] == held_answers[i][b]) continue;
+            pairs << json{{"schema_version", 1},
+                          {"prompt", held_prompts[i]},
+                          {"chosen", held_answers[i][a]},
+                          {"rejected", held_answers[i][b]},
+                          {"task_id", static_cast<int64_t>(i)}}
+                         .dump()
+                  << "\n";
+            ++n_pairs;
+          }
+  }
+  pairs.close();
+  rename_atomic(dir + "/heldout_pairs.jsonl.tmp", dir + "/heldout_pairs.jsonl");
+
+  json before = json::array();
+  for (size_t i = 0; i < gold.prompts.size(); ++i)
+    before.push_back({{"prompt", gold.prompts[i]},
+                      {"gold", gold.golds[i]},
+                      {"answer", gold.answers[i]},
+                      {"correct", static_cast<bool>(gold.correct[i])}});
+  write_file_atomic(dir + "/heldout_sft.json", before.dump(1));
+
+  // Load the tasks into the annotation DB (a fresh one: the stage owns it).
+  std::string db = run.path("annotation.db");
+  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
+  run_or_throw({run.exe, "annotate", "add-tasks", "--db", db, "--input", dir + "/tasks.jsonl",
+                "--overlap", std::to_string(run.config.annotate().overlap())},
+               "sample");
+  std::printf("sample: SFT gold accuracy on %zu held-out problems: %.1f%%\n", held.size(),
+              100.0 * gold.accuracy);
+  return {{"sft_gold_accuracy", gold.accuracy},
+          {"tasks", static_cast<int64_t>(prompts.size())},
+          {"heldout_pairs", n_pairs}};
+}
+
+std::string last_line(const std::string& text) {
+  std::string s = text;
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  auto nl = s.rfind('\n');
+  return nl == std::string::npos ? s : s.substr(nl + 1);
+}
+
+// annotate: the annotation server on a socket in the run folder, with simulated annotators as
+// clients over that socket (or people: print how to connect and wait until all tasks are ranked).
+json stage_annotate(Run& run) {
+  const auto& ac = run.config.annotate();
+  std::string dir = run.path("annotate");
+  make_dirs(dir);
+  std::string db = run.path("annotation.db");
+  std::string sock = dir + "/annotate.sock";
+  BackgroundChild server({run.exe, "annotate", "serve", "--db", db, "--socket", sock},
+                         dir + "/server.log");
+  for (int i = 0; i < 200 && !file_exists(sock); ++i) {
+    if (!server.running()) throw Error("annotate: the server exited at start (see " + dir + "/server.log)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!file_exists(sock)) throw Error("annotate: the server did not create " + sock);
+
+  if (ac.mode() == "people") {
+    std::string token = last_line(run_child_capture(
+        {run.exe, "annotate", "add-annotator", "--db", db, "--name",
+         "annotator-" + std::to_string(::getpid())}));
+    std::printf(
+        "annotate: waiting for people. Annotators connect with\n"
+        "  rlhf annotate client --socket %s --token <TOKEN>\n"
+        "(tokens: rlhf annotate add-annotator --db %s --name NAME). One token: %s\n",
+        sock.c_str(), db.c_str(), token.c_str());
+    while (true) {
+      json stats = json::parse(
+          last_line(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"})));
+      int64_t pending = stats.value("pending_tasks", int64_t{0});
+      std::fprintf(stderr, "\rannotate: %lld tasks done, %lld pending   ",
+                   static_cast<long long>(stats.value("done_tasks", int64_t{0})),
+                   static_cast<long long>(pending));
+      if (pending == 0) break;
+      std::this_thread::sleep_for(std::chrono::seconds(5));
+    }
+    std::fprintf(stderr, "\n");
+  } else {
+    std::vector<std::unique_ptr<BackgroundChild>> clients;
+    for (int i = 0; i < ac.annotators(); ++i) {
+      std::string name = "sim-" + ac.teacher() + "-" + std::to_string(i) + "-" +
+                         std::to_string(::getpid());
+      std::string token = last_line(
+          run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name", name}));
+      clients.push_back(std::make_unique<BackgroundChild>(
+          std::vector<std::string>{run.exe, "annotate", "simulate", "--socket", sock, "--token",
+                                   token, "--teacher", ac.teacher(), "--noise",
+                                   std::to_string(ac.noise()), "--seed",
+                                   std::to_string(run.config.seed() + i)},
+          dir + "/simulate-" + std::to_string(i) + ".log"));
+    }
+    for (auto& c : clients) {
+      while (c->running()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (c->stop() != 0)
+        throw Error("annotate: a simulated annotator failed (see " + dir + "/simulate-*.log)");
+    }
+  }
+  server.stop();
+  run_or_throw({run.exe, "annotate", "export", "--db", db, "--format", "pairs", "--output",
+                dir + "/pairs.jsonl"},
+               "annotate");
+  run_or_throw({run.exe, "annotate", "export", "--db", db, "--format", "rankings", "--output",
+                dir + "/rankings.jsonl"},
+               "annotate");
+  std::string stats_text =
+      last_line(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}));
+  write_file_atomic(dir + "/stats.json", stats_text);
+  int64_t pairs = 0;
+  {
+    std::ifstream in(dir + "/pairs.jsonl");
+    std::string line;
+    while (std::getline(in, line)) pairs += line.empty() ? 0 : 1;
+  }
+  if (pairs == 0) throw Error("annotate: no comparisons came out of the rankings (" + dir + ")");
+  return {{"pairs", pairs}, {"stats", json::parse(stats_text)}};
+}
+
+json stage_reward(Run& run) {
+  proto::RewardTrainConfig cfg = run.config.reward();
+  cfg.set_train_file(run.path("annotate/pairs.jsonl"));
+  cfg.set_format("pairs");
+  cfg.set_init_from(run.path("sft/model"));
+  cfg.set_tokenizer(run.tokenizer_model());
+  cfg.set_seed(run.config.seed());
+  if (run.config.threads() > 0) cfg.set_threads(run.config.threads());
+  std::string dir = run.path("reward");
+  make_dirs(dir);
+  write_file_atomic(dir + "/reward.pbtxt", to_text_format(cfg));
+  run_or_throw({run.exe, "reward", "train", "--config", dir + "/reward.pbtxt", "--out", dir},
+               "reward");
+  // Agreement with the gold teacher on held-out answer pairs the reward model never saw.
+  std::string out = run_child_capture({run.exe, "reward", "eval", "--model", dir, "--pairs",
+                                       run.path("sample/heldout_pairs.jsonl"), "--json"});
+  json eval = json::parse(last_line(out));
+  write_file_atomic(dir + "/gold_agreement.json", eval.dump(2));
+  std::printf("reward: agreement with the gold teacher on %lld held-out pairs: %.1f%%\n",
+              static_cast<long long>(eval.value("n", int64_t{0})),
+              100.0 * eval.value("accuracy", 0.0));
+  json r = {{"reward_gold_agreement", eval.value("accuracy", 0.0)}};
+  if (auto m = read_manifest(dir)) {
+    auto it = m->metrics().find("heldout_accuracy");
+    if (it != m->metrics().end()) r["reward_heldout_accuracy"] = it->second;
+  }
+  return r;
+}
+
+json stage_ppo(Run& run) {
+  proto::PpoConfig cfg = run.config.ppo();
+  cfg.set_policy(run.path("sft/model"));
+  cfg.set_reward_model(run.path("reward"));
+  cfg.set_prompts(run.path("data/ppo_prompts.jsonl"));
+  cfg.set_tokenizer(run.tokenizer_model());
+  cfg.set_seed(run.config.seed() + 1);
+  std::string dir = run.path("ppo");
+  make_dirs(dir);
+  cfg.set_out_dir(dir);
+  write_file_atomic(dir + "/ppo.pbtxt", to_text_format(cfg));
+  std::vector<std::string> argv = {run.exe, "ppo", "--config", dir + "/ppo.pbtxt", "--out", dir};
+  if (run.config.task() == "quickstart")
+    argv.insert(argv.end(), {"--gold-task", "quickstart", "--gold-prompts",
+                             run.path("data/heldout_prompts.jsonl")});
+  run_or_throw(argv, "ppo");
+
+  // Final gold accuracy of the PPO policy on the same held-out problems as the SFT number.
+  auto tok = policy::Tokenizer::load(run.tokenizer_model());
+  auto loaded = policy::load_checkpoint(dir + "/model");
+  loaded.model->eval();
+  auto held = heldout_problems(run);
+  auto gold = evaluate_gold(loaded.model, tok, held, run.config.sample().max_new_tokens(),
+                            run.config.sample().batch_size());
+  json after = json::array();
+  for (size_t i = 0; i < gold.prompts.size(); ++i)
+    after.push_back({{"prompt", gold.prompts[i]},
+                     {"gold", gold.golds[i]},
+                     {"answer", gold.answers[i]},
+                     {"correct", static_cast<bool>(gold.correct[i])}});
+  write_file_atomic(dir + "/heldout_ppo.json", after.dump(1));
+  std::printf("ppo: gold accuracy on %zu held-out problems: %.1f%%\n", held.size(),
+              100.0 * gold.accuracy);
+  json r = {{"ppo_gold_accuracy", gold.accuracy}};
+  // Final KL from the last metrics line.
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  if (!last.empty()) {
+    json m = json::parse(last, nullptr, false);
+    if (m.is_object() && m.contains("kl/mean") && m["kl/mean"].is_number())
+      r["ppo_final_kl"] = m["kl/mean"];
+  }
+  return r;
+}
+
+// Fingerprint inputs of each stage (files whose content decides its outputs).
+std::vector<std::string> stage_inputs(const Run& run, const std::string& stage) {
+  if (stage == "tokenizer") return {};
+  if (stage == "sft") return {run.path("data/sft.jsonl"), run.tokenizer_model()};
+  if (stage == "sample")
+    return {run.path("sft/model/model.safetensors"), run.tokenizer_model()};
+  if (stage == "annotate") return {run.path("sample/tasks.jsonl")};
+  if (stage == "reward")
+    return {run.path("annotate/pairs.jsonl"), run.path("sft/model/model.safetensors"),
+            run.path("sample/heldout_pairs.jsonl")};
+  if (stage == "ppo")
+    return {run.path("sft/model/model.safetensors"), run.path("reward/model/model.safetensors"),
+            run.path("data/ppo_prompts.jsonl")};
+  return {};
+}
+
+std::string stage_config_text(const Run& run, const std::string& stage) {
+  const auto& c = run.config;
+  std::string common = "seed " + std::to_string(c.seed()) + " task " + c.task() + "\n";
+  if (stage == "tokenizer") return common + to_text_format(c.quickstart()) + to_text_format(c.tokenizer());
+  if (stage == "sft") return common + to_text_format(c.sft());
+  if (stage == "sample") return common + to_text_format(c.sample()) + to_text_format(c.quickstart());
+  if (stage == "annotate") return common + to_text_format(c.annotate());
+  if (stage == "reward") return common + to_text_format(c.reward());
+  if (stage == "ppo") return common + to_text_format(c.ppo());
+  return common;
+}
+
+void write_summary(Run& run, double wall_seconds) {
+  json summary;
+  json stages = json::object();
+  for (const auto& name : stage_names()) {
+    if (!run.state["stages"].contains(name)) continue;
+    const auto& s = run.state["stages"][name];
+    stages[name + "_seconds"] = s.value("seconds", 0.0);
+    if (s.contains("metrics"))
+      for (auto& [k, v] : s["metrics"].items())
+        if (v.is_number()) summary[k] = v;
+  }
+  summary["stage_seconds"] = stages;
+  double total = 0;
+  for (auto& [k, v] : stages.items()) total += v.get<double>();
+  summary["wall_seconds"] = total;
+  summary["this_invocation_seconds"] = wall_seconds;
+  if (summary.contains("sft_gold_accuracy") && summary.contains("ppo_gold_accuracy")) {
+    double sft = summary["sft_gold_accuracy"].get<double>();
+    summary["ppo_over_sft"] = sft > 0 ? summary["ppo_gold_accuracy"].get<double>() / sft : 0.0;
+  }
+  summary["run_dir"] = run.dir;
+  summary["seed"] = run.config.seed();
+  summary["schema_version"] = 1;
+  write_file_atomic(run.path("summary.json"), summary.dump(2));
+}
+
+}  // namespace
+
+void apply_pipeline_defaults(proto::PipelineConfig* c) {
+  if (c->schema_version() == 0) c->set_schema_version(1);
+  if (c->name().empty()) c->set_name("quickstart");
+  if (c->task().empty()) c->set_task("quickstart");
+  auto* q = c->mutable_quickstart();
+  if (q->sft_examples() == 0) q->set_sft_examples(6000);
+  if (q->tokenizer_problems() == 0) q->set_tokenizer_problems(3000);
+  if (q->heldout_problems() == 0) q->set_heldout_problems(200);
+  if (q->sample_prompts() == 0) q->set_sample_prompts(300);
+  if (q->ppo_prompts() == 0) q->set_ppo_prompts(2000);
+  if (c->tokenizer().vocab_size() == 0) c->mutable_tokenizer()->set_vocab_size(512);
+  auto* s = c->mutable_sample();
+  if (s->answers_per_prompt() == 0) s->set_answers_per_prompt(4);
+  if (s->temperature() == 0) s->set_temperature(1.0f);
+  if (s->top_p() == 0) s->set_top_p(1.0f);
+  if (s->max_new_tokens() == 0) s->set_max_new_tokens(24);
+  if (s->batch_size() == 0) s->set_batch_size(64);
+  auto* a = c->mutable_annotate();
+  if (a->mode().empty()) a->set_mode("simulate");
+  if (a->teacher().empty()) a->set_teacher("arithmetic");
+  if (a->overlap() == 0) a->set_overlap(1);
+  if (a->annotators() == 0) a->set_annotators(1);
+}
+
+proto::PipelineConfig load_pipeline_config(const std::string& path) {
+  proto::PipelineConfig c;
+  parse_text_config_file(path, &c);
+  if (c.task() != "" && c.task() != "quickstart")
+    throw Error(path + ": field 'task': only \"quickstart\" (the built-in task) is supported, got \"" +
+                c.task() + "\"");
+  if (c.annotate().mode() != "" && c.annotate().mode() != "simulate" &&
+      c.annotate().mode() != "people")
+    throw Error(path + ": field 'annotate.mode': expected \"simulate\" or \"people\", got \"" +
+                c.annotate().mode() + "\"");
+  apply_pipeline_defaults(&c);
+  return c;
+}
+
+std::string run_pipeline(const RunOptions& options) {
+  double t0 = now_s();
+  Run run;
+  run.config = load_pipeline_config(options.config_path);
+  run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
+  run.exe = self_executable();
+  make_dirs(run.dir);
+  run.dir = fs::canonical(run.dir).string();
+  const auto& names = stage_names();
+  for (const auto* s : {&options.from_stage, &options.only_stage})
+    if (!s->empty() && std::find(names.begin(), names.end(), *s) == names.end())
+      throw UsageError("unknown stage '" + *s +
+                       "' (stages: tokenizer, sft, sample, annotate, reward, ppo, report)");
+  write_file_atomic(run.path("pipeline.pbtxt"), to_text_format(run.config));
+  if (file_exists(run.path("pipeline_state.json")))
+    run.state = json::parse(read_file(run.path("pipeline_state.json")), nullptr, false);
+  if (!run.state.is_object()) run.state = json::object();
+  if (!run.state.contains("stages")) run.state["stages"] = json::object();
+
+  bool started = options.from_stage.empty();
+  for (const auto& stage : names) {
+    if (!started && stage == options.from_stage) started = true;
+    if (!options.only_stage.empty() && stage != options.only_stage) continue;
+    if (options.only_stage.empty() && !started) continue;
+    bool forced = options.force || stage == options.from_stage || stage == options.only_stage;
+
+    if (stage == "report") {
+      write_summary(run, now_s() - t0);
+      report::write_report(run.dir);
+      std::printf("report: %s\n", run.path("report.html").c_str());
+      continue;
+    }
+    std::string fp = hash_inputs(stage_config_text(run, stage), stage_inputs(run, stage));
+    auto& entry = run.state["stages"][stage];
+    std::string stage_dir = stage == "tokenizer" ? run.path("tokenizer") : run.path(stage);
+    auto manifest = read_manifest(stage_dir);
+    bool done = manifest && manifest->complete() && entry.value("fingerprint", "") == fp;
+    if (done && !forced) {
+      std::printf("== %s: unchanged, skipped\n", stage.c_str());
+      continue;
+    }
+    std::printf("== %s\n", stage.c_str());
+    std::fflush(stdout);
+    entry["fingerprint"] = "";
+    entry["complete"] = false;
+    run.save_state();
+    double t = now_s();
+    json metrics;
+    try {
+      if (stage == "tokenizer") metrics = stage_tokenizer(run);
+      else if (stage == "sft") metrics = stage_sft(run);
+      else if (stage == "sample") metrics = stage_sample(run);
+      else if (stage == "annotate") metrics = stage_annotate(run);
+      else if (stage == "reward") metrics = stage_reward(run);
+      else if (stage == "ppo") metrics = stage_ppo(run);
+    } catch (...) {
+      rethrow_with_context("pipeline stage '" + stage + "'");
+    }
+    double secs = now_s() - t;
+    // Stages run in-process (sample, annotate) or by commands that may not write a manifest get
+    // one here; an existing complete manifest from the stage command is kept.
+    auto m = read_manifest(stage_dir);
+    if (!m || !m->complete() || m->stage() != stage) {
+      auto mm = begin_manifest(stage);
+      for (const auto& f : stage_inputs(run, stage))
+        if (file_exists(f)) *mm.add_inputs() = file_ref(f);
+      mm.set_resolved_config(stage_config_text(run, stage));
+      for (auto& [k, v] : metrics.items())
+        if (v.is_number()) (*mm.mutable_metrics())[k] = v.get<double>();
+      finish_manifest(mm, stage_dir, secs);
+    }
+    entry["fingerprint"] = fp;
+    entry["complete"] = true;
+    entry["seconds"] = secs;
+    entry["metrics"] = metrics;
+    run.save_state();
+    std::printf("== %s done in %.1f s\n", stage.c_str(), secs);
+  }
+  if (options.only_stage.empty() || options.only_stage == "report") {
+    write_summary(run, now_s() - t0);
+  }
+  return run.dir;
+}
+
+}  // namespace rlhf::pipelines

@@ -1,0 +1,40 @@
+// The staged pipeline: tokenizer -> sft -> sample -> annotate -> reward -> ppo -> report.
+//
+// Each stage writes its output folder and manifest (manifest.pb + manifest.json) into the run
+// folder. A rerun skips a stage whose manifest is complete and whose fingerprint (the stage's
+// resolved config plus the content hashes of its inputs, recorded in pipeline_state.json) is
+// unchanged; an interrupted stage is rerun with the same command, and the stages that checkpoint
+// (sft, reward, ppo) resume from their last checkpoint. Inputs are checked across stages: a
+// policy and a reward model must share the tokenizer (content hash) and vocabulary size.
+//
+// Training stages run as child processes of the same executable (`rlhf sft ...`), so their
+// memory is returned when they end; the annotate stage starts the annotation server on a Unix
+// socket in the run folder and runs the simulated teacher over it (or waits for people).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "proto/pipeline.pb.h"
+
+namespace rlhf::pipelines {
+
+// Stage names in execution order.
+const std::vector<std::string>& stage_names();
+
+struct RunOptions {
+  std::string config_path;  // PipelineConfig in text format
+  std::string run_dir;      // "" = runs/<name>
+  std::string from_stage;   // "" = first stage; rerun this stage and all after it
+  std::string only_stage;   // "" = all; run just this stage (its inputs must be complete)
+  bool force = false;       // rerun stages even when their fingerprint is unchanged
+};
+
+// Loads and checks a pipeline config (errors name file, line and field) and fills defaults.
+proto::PipelineConfig load_pipeline_config(const std::string& path);
+void apply_pipeline_defaults(proto::PipelineConfig* config);
+
+// Runs the pipeline; returns the run folder. Throws rlhf::Error naming the stage on failure.
+std::string run_pipeline(const RunOptions& options);
+
+}  // namespace rlhf::pipelines

@@ -1,0 +1,40 @@
+// Text-level helpers over policy generation used by the pipeline stages: answering prompts
+// greedily (gold evaluation) and sampling K answers per prompt (annotation tasks).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "pipelines/quickstart_task.h"
+#include "policy/generation.h"
+#include "policy/model.h"
+#include "policy/tokenizer.h"
+
+namespace rlhf::pipelines {
+
+// Answers each prompt once (ids formatted with policy/prompt_format.h), in batches of `batch`.
+// options.seed is offset per batch so results do not depend on the batch size only through it.
+std::vector<std::string> answer_prompts(policy::Transformer& model, const policy::Tokenizer& tok,
+                                        const std::vector<std::string>& prompts,
+                                        const policy::SamplingOptions& options, int batch = 64);
+
+// K sampled answers per prompt: result[i][k].
+std::vector<std::vector<std::string>> sample_answers(policy::Transformer& model,
+                                                     const policy::Tokenizer& tok,
+                                                     const std::vector<std::string>& prompts, int k,
+                                                     const policy::SamplingOptions& options,
+                                                     int batch = 64);
+
+struct GoldEval {
+  double accuracy = 0;
+  std::vector<std::string> prompts, answers;
+  std::vector<int> golds;
+  std::vector<bool> correct;
+};
+
+// Greedy answers to the problems and the share that is correct (the quickstart's gold accuracy).
+GoldEval evaluate_gold(policy::Transformer& model, const policy::Tokenizer& tok,
+                       const std::vector<quickstart::Problem>& problems, int max_new_tokens = 24,
+                       int batch = 64);
+
+}  // namespace rlhf::pipelines

@@ -1,0 +1,34 @@
+// `rlhf pipeline run FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force]`.
+#include <cstdio>
+
+#include "common/error.h"
+#include "pipelines/pipeline.h"
+#include "tools/cli.h"
+
+namespace {
+
+int run_pipeline_cmd(const rlhf::cli::Args& args) {
+  if (args.positional().size() != 1)
+    throw rlhf::UsageError("expected one pipeline config file (FILE.pbtxt)");
+  rlhf::pipelines::RunOptions o;
+  o.config_path = args.positional()[0];
+  o.run_dir = args.get("run-dir");
+  o.from_stage = args.get("from");
+  o.only_stage = args.get("only");
+  o.force = args.get_bool("force");
+  std::string dir = rlhf::pipelines::run_pipeline(o);
+  std::printf("pipeline finished: %s/summary.json\n", dir.c_str());
+  return 0;
+}
+
+rlhf::cli::Register reg(
+    {"pipeline run",
+     "run the staged pipeline (tokenizer, sft, sample, annotate, reward, ppo, report)",
+     "FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force]",
+     {{"run-dir", "run folder (default runs/<name>)"},
+      {"from", "rerun this stage and every stage after it"},
+      {"only", "run only this stage (its inputs must be complete)"},
+      {"force", "rerun stages even when their inputs did not change", "", true}},
+     run_pipeline_cmd});
+
+}  // namespace
