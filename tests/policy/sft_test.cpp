@@ -13,6 +13,7 @@
 #include "common/manifest.h"
 #include "policy/checkpoint.h"
 #include "policy/lora.h"
+#include "policy/lr_schedule.h"
 #include "tests/policy/sft_fixtures.h"
 #include "tests/test_support.h"
 
@@ -200,6 +201,23 @@ TEST_F(SftTest, HuggingFaceInit) {
   auto loaded = load_checkpoint(out / "model");
   EXPECT_EQ(loaded.model->config().vocab_size, 512);
   EXPECT_EQ(loaded.model->config().dim, 64);
+}
+
+TEST(LrScheduleTest, LinearWarmupThenCosine) {
+  WarmupCosine s;
+  s.peak_lr = 1.0;
+  s.min_lr = 0.1;
+  s.warmup_steps = 4;
+  s.total_steps = 14;  // cosine over steps 4..13 (9 intervals)
+  EXPECT_DOUBLE_EQ(s.at(0), 0.25);
+  EXPECT_DOUBLE_EQ(s.at(3), 1.0);
+  EXPECT_DOUBLE_EQ(s.at(4), 1.0);
+  EXPECT_NEAR(s.at(7), 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * 3 / 9)), 1e-12);
+  EXPECT_DOUBLE_EQ(s.at(13), 0.1);
+  EXPECT_DOUBLE_EQ(s.at(20), 0.1);  // past the end: the floor
+  for (int t = 4; t < 13; ++t) EXPECT_GT(s.at(t), s.at(t + 1));
+  s.warmup_steps = 0;
+  EXPECT_DOUBLE_EQ(s.at(0), 1.0);
 }
 
 TEST_F(SftTest, ConfigErrorsNameFileLineAndField) {
