@@ -237,4 +237,24 @@ TEST(PpoTrainer, ReplayUpdateReproducesLiveMinibatchStats) {
     }
   // Iteration 1 replays from the start state (iter-0000).
   EXPECT_EQ(policy::PpoTrainer::replay_update(dir.path(), dir / "rollouts/iter-0001.pb").size(), 8u);
+
+  // The command prints the same lines (when the rlhf binary is built).
+  if (file_exists(rlhf::testing::rlhf_binary())) {
+    std::string out;
+    int rc = rlhf::testing::run_command(rlhf::testing::rlhf_binary() + " replay " +
+                                            (dir / "rollouts/iter-0003.pb") + " --update --run " +
+                                            dir.path() + " --json",
+                                        &out, /*merge_stderr=*/false);
+    ASSERT_EQ(rc, 0) << out;
+    std::istringstream lines(out);
+    size_t i = 0;
+    while (std::getline(lines, line)) {
+      ASSERT_LT(i, live.size());
+      auto j = nlohmann::json::parse(line);
+      EXPECT_EQ(j["loss/policy"].get<double>(), live[i]["loss/policy"].get<double>()) << i;
+      EXPECT_EQ(j["loss/value"].get<double>(), live[i]["loss/value"].get<double>()) << i;
+      ++i;
+    }
+    EXPECT_EQ(i, live.size());
+  }
 }
