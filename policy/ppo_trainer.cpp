@@ -354,6 +354,24 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     std::fprintf(stderr, "ppo: resuming from %s (iteration %lld done, kl_coef %.5g)\n",
                  dir.c_str(), (long long)completed_, I.kl_ctl->value());
   }
+  if (completed_ > 0) {
+    // Lines of iterations after the checkpoint (run before an interruption) are re-run: drop them.
+    auto prune = [&](const std::string& path, const char* key) {
+      if (!file_exists(path)) return;
+      std::ifstream in(path);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_object() && j.contains(key) && j[key].is_number() &&
+            j[key].get<int64_t>() > completed_)
+          continue;
+        kept += line + "\n";
+      }
+      write_file_atomic(path, kept);
+    };
+    prune(I.out_dir + "/metrics.jsonl", "step");
+    prune(I.out_dir + "/minibatches.jsonl", "iteration");
+  }
   I.metrics = std::make_unique<MetricsWriter>(I.out_dir, /*append=*/completed_ > 0);
 }
 

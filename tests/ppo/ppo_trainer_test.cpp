@@ -188,28 +188,40 @@ TEST(PpoTrainer, SameSeedSameStatsAndResume) {
   EXPECT_EQ(ta.kl_coef(), tc.kl_coef());
 }
 
-TEST(PpoTrainer, NonFiniteScoreStopsNamingIteration) {
+TEST(PpoTrainer, NonFiniteScoreStopsNamingIterationAndResumes) {
   TempDir dir("ppo_nan");
   auto cfg = toy_config(5);
-  cfg.set_checkpoint_every(1);
+  cfg.set_checkpoint_every(2);
   int calls = 0;
   auto teacher = [&](const std::vector<std::vector<int64_t>>& p,
                      const std::vector<std::vector<int64_t>>& r) {
     auto s = count_teacher(p, r);
-    if (++calls == 3) s[4] = std::nanf("");
+    if (++calls == 4) s[4] = std::nanf("");
     return s;
   };
-  policy::PpoTrainer t(cfg, make_models(2), teacher, make_prompts(), dir.path());
-  try {
-    t.run();
-    FAIL() << "expected an error";
-  } catch (const Error& e) {
-    std::string m = e.what();
-    EXPECT_NE(m.find("iteration 3"), std::string::npos) << m;
-    EXPECT_NE(m.find("teacher score"), std::string::npos) << m;
-    EXPECT_NE(m.find("iter-0002"), std::string::npos) << m;  // the last good checkpoint
+  {
+    policy::PpoTrainer t(cfg, make_models(2), teacher, make_prompts(), dir.path());
+    try {
+      t.run();
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      std::string m = e.what();
+      EXPECT_NE(m.find("iteration 4"), std::string::npos) << m;
+      EXPECT_NE(m.find("teacher score"), std::string::npos) << m;
+      EXPECT_NE(m.find("iter-0002"), std::string::npos) << m;  // the last good checkpoint
+    }
   }
   EXPECT_EQ(read_file(dir / "checkpoints/latest"), "iter-0002\n");
+  // Resuming re-runs iteration 3 (logged before the failure) without duplicating its line.
+  cfg.set_iterations(4);
+  policy::PpoTrainer t2(cfg, make_models(2), count_teacher, make_prompts(), dir.path());
+  EXPECT_EQ(t2.completed_iterations(), 2);
+  t2.run();
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  std::vector<int> steps;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line)["step"].get<int>());
+  EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4}));
 }
 
 TEST(PpoTrainer, ReplayUpdateReproducesLiveMinibatchStats) {
