@@ -295,13 +295,40 @@ std::string annotation_section(const std::string& run_dir, const json& summary, 
   return h + note("No annotation statistics (annotate/stats.json) in the run folder: section skipped.");
 }
 
-std::string cell_mark(const json& s, const char* field, const std::string& answer,
+std::string cell_mark(const json& s, const char* answer_field, const char* field,
                       const std::optional<quickstart::Problem>& problem) {
   std::optional<bool> ok;
   if (s.contains(field) && s[field].is_boolean()) ok = s[field].get<bool>();
-  else if (problem) ok = quickstart::is_correct(*problem, answer);
+  else if (problem && s.contains(answer_field) && s[answer_field].is_string())
+    ok = quickstart::is_correct(*problem, s[answer_field].get<std::string>());
   if (!ok) return "<td></td>";
   return *ok ? "<td class=\"ok\">&#10003;</td>" : "<td class=\"bad\">&#10007;</td>";
+}
+
+// The pipeline's per-stage evaluation files, [{"prompt", "gold", "answer", "correct"}], merged by
+// prompt into samples {"prompt", "gold", "before", "before_correct", "after", "after_correct"}.
+json merge_stage_samples(const json& before, const json& after) {
+  json out = json::array();
+  std::map<std::string, size_t> index;
+  auto add = [&](const json& list, const char* answer_key, const char* correct_key) {
+    if (!list.is_array()) return;
+    for (const json& e : list) {
+      if (!e.is_object() || !e.contains("prompt") || !e["prompt"].is_string()) continue;
+      std::string prompt = e["prompt"].get<std::string>();
+      auto it = index.find(prompt);
+      if (it == index.end()) {
+        it = index.emplace(prompt, out.size()).first;
+        out.push_back({{"prompt", prompt}});
+      }
+      json& s = out[it->second];
+      if (e.contains("gold")) s["gold"] = e["gold"];
+      if (e.contains("answer")) s[answer_key] = e["answer"];
+      if (e.contains("correct")) s[correct_key] = e["correct"];
+    }
+  };
+  add(before, "before", "before_correct");
+  add(after, "after", "after_correct");
+  return out;
 }
 
 std::string samples_section(const std::string& run_dir, const ReportOptions& o) {
@@ -316,16 +343,31 @@ std::string samples_section(const std::string& run_dir, const ReportOptions& o) 
   std::string err, used;
   for (const auto& c : candidates) {
     if (read_json_file(c, &j, &err)) {
-      used = c;
+      used = rel(run_dir, c);
       break;
     }
     if (!err.empty()) return h + note("Samples file unreadable: " + err);
   }
-  if (used.empty()) return h + note("No samples.json in the run folder: before/after table skipped.");
+  if (used.empty() && o.samples_path.empty()) {
+    json before, after;
+    bool hb = read_json_file((fs::path(run_dir) / "sample" / "heldout_sft.json").string(), &before, &err);
+    if (!err.empty()) return h + note("Samples file unreadable: " + err);
+    bool ha = read_json_file((fs::path(run_dir) / "ppo" / "heldout_ppo.json").string(), &after, &err);
+    if (!err.empty()) return h + note("Samples file unreadable: " + err);
+    if (hb || ha) {
+      j = merge_stage_samples(before, after);
+      used = std::string(hb ? "sample/heldout_sft.json" : "") + (hb && ha ? " + " : "") +
+             (ha ? "ppo/heldout_ppo.json" : "");
+    }
+  }
+  if (used.empty())
+    return h + note("No samples.json (or sample/heldout_sft.json, ppo/heldout_ppo.json) in the run "
+                    "folder: before/after table skipped.");
   const json& list = j.is_object() && j.contains("samples") ? j["samples"] : j;
-  if (!list.is_array()) return h + note(rel(run_dir, used) + ": expected an array of samples.");
+  if (!list.is_array()) return h + note(used + ": expected an array of samples.");
   auto str = [](const json& s, const char* k) {
-    return s.contains(k) && s[k].is_string() ? s[k].get<std::string>() : std::string();
+    if (!s.contains(k) || s[k].is_null()) return std::string();
+    return s[k].is_string() ? s[k].get<std::string>() : s[k].dump();
   };
   std::string rows;
   int n = 0, before_ok = 0, after_ok = 0, judged = 0;
@@ -335,8 +377,8 @@ std::string samples_section(const std::string& run_dir, const ReportOptions& o) 
     std::string gold = str(s, "gold");
     auto problem = quickstart::parse_prompt(prompt);
     if (gold.empty() && problem) gold = quickstart::gold_answer(*problem);
-    std::string mb = cell_mark(s, "before_correct", before, problem);
-    std::string ma = cell_mark(s, "after_correct", after, problem);
+    std::string mb = cell_mark(s, "before", "before_correct", problem);
+    std::string ma = cell_mark(s, "after", "after_correct", problem);
     if (mb.find("class") != std::string::npos && ma.find("class") != std::string::npos) {
       ++judged;
       before_ok += mb.find("ok") != std::string::npos;
@@ -348,7 +390,7 @@ std::string samples_section(const std::string& run_dir, const ReportOptions& o) 
               html_escape(after) + "</td>" + ma + "</tr>\n";
     ++n;
   }
-  h += note(rel(run_dir, used) + ": " + std::to_string(n) + " prompts" +
+  h += note(used + ": " + std::to_string(n) + " prompts" +
             (n > o.max_sample_rows ? " (first " + std::to_string(o.max_sample_rows) + " shown)" : "") +
             (judged ? "; correct before: " + std::to_string(before_ok) + "/" + std::to_string(judged) +
                           ", after: " + std::to_string(after_ok) + "/" + std::to_string(judged)

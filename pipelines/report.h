@@ -24,7 +24,10 @@
 //                                "after_correct": bool (optional)}
 //                             Correctness missing from the file is computed with the quickstart
 //                             task's checker when the prompt is a quickstart problem.
-//                             Also looked for at ppo/samples.json.
+//                             Also looked for at ppo/samples.json. Without either, the
+//                             pipeline's evaluation files sample/heldout_sft.json (before) and
+//                             ppo/heldout_ppo.json (after), arrays of
+//                             {"prompt", "gold", "answer", "correct"}, are merged by prompt.
 #pragma once
 
 #include <string>

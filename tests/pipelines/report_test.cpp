@@ -137,6 +137,32 @@ TEST(Report, MissingSectionsAreSkippedWithANote) {
   EXPECT_THROW(rlhf::report::render_report(dir / "nope"), rlhf::Error);
 }
 
+// The pipeline's own evaluation files: before (sample stage) and after (ppo stage), merged by prompt.
+TEST(Report, PipelineHeldOutFilesMergeIntoTheTable) {
+  rlhf::testing::TempDir dir("report");
+  auto problems = q::generate_problems(q::Split::kHeldOut, 4, 2);
+  json before = json::array(), after = json::array();
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const auto& p = problems[i];
+    before.push_back({{"prompt", p.prompt()}, {"gold", p.gold()},
+                      {"answer", q::answer_text(p, q::systematic_wrong(p))}, {"correct", false}});
+    if (i < 3)  // the last prompt has no PPO answer: its cell stays empty
+      after.push_back({{"prompt", p.prompt()}, {"gold", p.gold()}, {"answer", q::gold_answer(p)},
+                       {"correct", true}});
+  }
+  rlhf::make_dirs(dir / "sample");
+  rlhf::make_dirs(dir / "ppo");
+  rlhf::write_file_atomic(dir / "sample/heldout_sft.json", before.dump(1));
+  rlhf::write_file_atomic(dir / "ppo/heldout_ppo.json", after.dump(1));
+  std::string html = rlhf::report::render_report(dir.path());
+  EXPECT_NE(html.find("sample/heldout_sft.json + ppo/heldout_ppo.json: 4 prompts; correct before: 0/3, after: 3/3"),
+            std::string::npos);
+  EXPECT_EQ(count_of(html, "<td class=\"ok\">"), 3u);
+  EXPECT_EQ(count_of(html, "<td class=\"bad\">"), 4u);
+  EXPECT_NE(html.find("<td>" + std::to_string(problems[0].gold()) + "</td>"), std::string::npos);
+  EXPECT_NE(html.find(rlhf::report::html_escape(q::gold_answer(problems[1]))), std::string::npos);
+}
+
 TEST(Report, SvgChartBasics) {
   rlhf::report::ChartSpec c;
   c.title = "a <chart>";
