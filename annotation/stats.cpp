@@ -89,13 +89,9 @@ Stats compute_stats(Store& store) {
   for (const auto& [task_id, rs] : by_task) {
     if (rs.size() < 2) continue;
     ++s.overlap_tasks;
-    size_t n = 0;
-    for (int x : [&] {
-           std::vector<int> all;
-           for (auto& g : rs[0]->groups) all.insert(all.end(), g.begin(), g.end());
-           return all;
-         }())
-      n = std::max(n, static_cast<size_t>(x) + 1);
+    size_t n = 0;  // answers in the task (every ranking is a permutation of them)
+    for (const auto& g : rs[0]->groups)
+      for (int x : g) n = std::max(n, static_cast<size_t>(x) + 1);
     for (size_t p = 0; p < rs.size(); ++p)
       for (size_t q = p + 1; q < rs.size(); ++q) {
         auto a = rank_vector(rs[p]->groups, n), b = rank_vector(rs[q]->groups, n);
