@@ -70,6 +70,8 @@ void validate_impl(const proto::RewardTrainConfig& c, const std::string& source,
   if (c.time_limit_seconds() < 0) fail("time_limit_seconds", "expected >= 0");
   if (!c.device().empty() && c.device() != "cpu" && c.device().rfind("cuda", 0) != 0)
     fail("device", "expected \"cpu\" or \"cuda[:N]\", got \"" + c.device() + "\"");
+  if (!c.annotation_db().empty() && !c.train_file().empty())
+    fail("annotation_db", "give either annotation_db or train_file, not both");
   if (!c.init_from().empty() && c.has_model())
     fail("model", "give either init_from (an SFT checkpoint) or model (from scratch), not both");
 }

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 #include <unordered_map>
 
+#include "annotation/import_export.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
@@ -119,9 +121,25 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
   apply_defaults(&cfg);
   validate_config(cfg, "reward config");
   if (cfg.out_dir().empty()) throw Error("reward config: out_dir is empty (give --out DIR)");
-  if (cfg.train_file().empty()) throw Error("reward config: field 'train_file' is required");
   const std::string out = cfg.out_dir();
   make_dirs(out);
+  if (!cfg.annotation_db().empty()) {
+    // Rankings -> pairs through the annotation module's export (ties give no pairs).
+    try {
+      annotation::StoreOptions so;
+      so.create = false;
+      annotation::Store store(cfg.annotation_db(), so);
+      std::ostringstream pairs;
+      annotation::export_jsonl(store, "pairs", pairs);
+      write_file_atomic(out + "/comparisons.jsonl", pairs.str());
+    } catch (...) {
+      rethrow_with_context("exporting comparisons from " + cfg.annotation_db());
+    }
+    cfg.set_train_file(out + "/comparisons.jsonl");
+    cfg.set_format("pairs");
+  }
+  if (cfg.train_file().empty())
+    throw Error("reward config: field 'train_file' (or 'annotation_db') is required");
   const std::string state_dir = out + "/state", best_dir = out + "/best";
   if (cfg.threads() > 0) torch::set_num_threads(cfg.threads());
   torch::manual_seed(cfg.seed());

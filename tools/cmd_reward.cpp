@@ -20,6 +20,7 @@ int run_train(const Args& a) {
   if (auto v = a.get_opt("out")) cfg.set_out_dir(*v);
   if (auto v = a.get_opt("train-file")) cfg.set_train_file(*v);
   if (auto v = a.get_opt("eval-file")) cfg.set_eval_file(*v);
+  if (auto v = a.get_opt("annotation-db")) cfg.set_annotation_db(*v);
   if (auto v = a.get_opt("format")) cfg.set_format(*v);
   if (auto v = a.get_opt("init-from")) cfg.set_init_from(*v);
   if (auto v = a.get_opt("tokenizer")) cfg.set_tokenizer(*v);
@@ -94,6 +95,7 @@ rlhf::cli::Register reg_train({
      {"resume", "continue from DIR/state when present", "", true},
      {"train-file", "comparisons file (overrides train_file)"},
      {"eval-file", "held-out comparisons file (overrides eval_file)"},
+     {"annotation-db", "annotation SQLite DB to export pairs from (overrides annotation_db)"},
      {"format", "pairs | hh (overrides format)"},
      {"init-from", "SFT checkpoint folder, native or Hugging Face (overrides init_from)"},
      {"tokenizer", "tokenizer .model (overrides tokenizer)"},

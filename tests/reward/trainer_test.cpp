@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "annotation/import_export.h"
+#include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
 #include "policy/tokenizer.h"
@@ -147,6 +149,31 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   // A changed config is refused.
   cfg.set_lr(1e-3f);
   EXPECT_THROW(train_reward_model(cfg, true), rlhf::Error);
+}
+
+}  // namespace
+}  // namespace rlhf::reward
+
+namespace rlhf::reward {
+namespace {
+
+TEST_F(SyntheticTraining, TrainsFromAnAnnotationDatabase) {
+  std::string db = *dir_ / "annotation.db";
+  {
+    annotation::Store store(db);
+    auto imported = annotation::import_preferences(store, *dir_ / "train.jsonl", "pairs");
+    (void)imported;
+  }
+  std::string out = *dir_ / "fromdb";
+  auto cfg = config(out);
+  cfg.clear_train_file();
+  cfg.set_annotation_db(db);
+  cfg.set_steps(3);
+  cfg.set_eval_every(3);
+  auto r = train_reward_model(cfg);
+  EXPECT_EQ(r.steps, 3);
+  auto exported = read_pairs_jsonl(out + "/comparisons.jsonl");
+  EXPECT_EQ(exported.size(), read_pairs_jsonl(*dir_ / "train.jsonl").size());
 }
 
 }  // namespace
