@@ -7,6 +7,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sqlite3.h>
+
+#include <memory>
+
+#include "annotation/sqlite_store.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
@@ -24,10 +29,41 @@ namespace rlhf::pipelines {
 
 namespace {
 
-// {"prompt": "text"} (needs the tokenizer) or {"prompt_ids": [...]} per line.
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The prompt texts of an annotation database (table prompts, in id order).
+std::vector<std::string> annotation_db_prompts(const std::string& path) {
+  annotation::StoreOptions so;
+  so.create = false;
+  annotation::Store store(path, so);
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(store.db(), "SELECT text FROM prompts ORDER BY id", -1, &raw, nullptr) !=
+      SQLITE_OK)
+    throw Error(path + ": cannot read the prompts table: " + sqlite3_errmsg(store.db()));
+  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
+  std::vector<std::string> out;
+  while (sqlite3_step(stmt.get()) == SQLITE_ROW)
+    out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt.get(), 0)));
+  return out;
+}
+
+// {"prompt": "text"} (needs the tokenizer) or {"prompt_ids": [...]} per line; or an annotation
+// database (*.db, *.sqlite): its prompt texts.
 std::vector<std::vector<int64_t>> read_prompts(const std::string& path,
                                                const std::optional<policy::Tokenizer>& tok,
                                                std::vector<std::string>* texts) {
+  if (ends_with(path, ".db") || ends_with(path, ".sqlite")) {
+    if (!tok) throw Error(path + ": prompts from an annotation database need PpoConfig.tokenizer");
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& t : annotation_db_prompts(path)) {
+      out.push_back(policy::encode_prompt(*tok, t));
+      texts->push_back(t);
+    }
+    if (out.empty()) throw Error(path + ": the annotation database has no prompts");
+    return out;
+  }
   std::ifstream in(path);
   if (!in) throw Error(path + ": cannot open the prompts file");
   std::vector<std::vector<int64_t>> out;

@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "annotation/sqlite_store.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
@@ -112,6 +113,30 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
   pipelines::run_ppo_stage(o);
   EXPECT_EQ(require_complete_manifest(dir / "ppo", "ppo").metrics().at("iterations"), 4.0);
   EXPECT_TRUE(file_exists(dir / "ppo/rollouts/iter-0004.pb"));
+
+  // Prompts straight from an annotation database.
+  {
+    annotation::Store store(dir / "annotation.db");
+    for (int i = 0; i < 3; ++i) {
+      annotation::TaskInput task;
+      task.prompt = "tom has " + std::to_string(i) + " apples";
+      task.answers = {"he has 1 apples", "he has 2 apples"};
+      store.add_task(task, 1);
+    }
+  }
+  {
+    std::string text = read_file(dir / "ppo.pbtxt");
+    text.replace(text.find("prompts.jsonl"), 13, "annotation.db");
+    write_file_atomic(dir / "ppo_db.pbtxt", text);
+  }
+  pipelines::PpoStageOptions odb;
+  odb.config_path = dir / "ppo_db.pbtxt";
+  odb.out_dir = dir / "ppo_db";
+  odb.iterations = 1;
+  pipelines::run_ppo_stage(odb);
+  auto db_recs = policy::read_rollouts(dir / "ppo_db/rollouts/iter-0001.pb");
+  ASSERT_EQ(db_recs.size(), 8u);
+  EXPECT_EQ(db_recs[0].prompt_text().rfind("tom has ", 0), 0u) << db_recs[0].prompt_text();
 
   // A config error names the file and line.
   std::ofstream(dir / "bad.pbtxt") << "policy: \"x\"\nbatch_sise: 3\n";
