@@ -1,5 +1,7 @@
 #include "policy/model.h"
 
+#include <torch/version.h>
+
 #include <cmath>
 
 #include "common/error.h"
@@ -174,6 +176,19 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
     values = vc.narrow(2, 0, start + T);
   }
   const int64_t L = keys.size(2);
+
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
+  // libtorch >= 2 on a GPU: the fused kernel (keys repeated for GQA, additive float mask).
+  if (x.is_cuda()) {
+    auto k_rep = G == 1 ? keys : keys.repeat_interleave(G, 1);
+    auto v_rep = G == 1 ? values : values.repeat_interleave(G, 1);
+    auto ctx = bias.defined() ? at::scaled_dot_product_attention(q, k_rep, v_rep, bias)
+                              : at::scaled_dot_product_attention(q, k_rep, v_rep);
+    auto out = x + o_proj(ctx.transpose(1, 2).reshape({B, T, H * hd}));
+    auto h2 = rms_norm(out, post_attention_layernorm, eps_);
+    return out + down_proj(torch::silu(gate_proj(h2)) * up_proj(h2));
+  }
+#endif
 
   // Grouped-query attention without repeating keys: query heads h = j * G + i share kv head j
   // (Hugging Face repeat_kv order), so [B, H, T, hd] -> [B, KV, G * T, hd].
