@@ -206,6 +206,16 @@ std::string last_line(const std::string& text) {
   return nl == std::string::npos ? s : s.substr(nl + 1);
 }
 
+// JSON printed by a command: the whole output, or else its last line (commands print a JSON
+// object either on its own or as the last line after progress text).
+json parse_json_output(const std::string& text, const std::string& what) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_discarded()) return j;
+  j = json::parse(last_line(text), nullptr, false);
+  if (j.is_discarded()) throw Error(what + ": expected JSON output, got: " + last_line(text));
+  return j;
+}
+
 // annotate: the annotation server on a socket in the run folder, with simulated annotators as
 // clients over that socket (or people: print how to connect and wait until all tasks are ranked).
 json stage_annotate(Run& run) {
@@ -232,8 +242,8 @@ json stage_annotate(Run& run) {
         "(tokens: rlhf annotate add-annotator --db %s --name NAME). One token: %s\n",
         sock.c_str(), db.c_str(), token.c_str());
     while (true) {
-      json stats = json::parse(
-          last_line(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"})));
+      json stats = parse_json_output(
+          run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}), "annotate stats");
       int64_t pending = stats.value("pending_tasks", int64_t{0});
       std::fprintf(stderr, "\rannotate: %lld tasks done, %lld pending   ",
                    static_cast<long long>(stats.value("done_tasks", int64_t{0})),
@@ -269,9 +279,9 @@ json stage_annotate(Run& run) {
   run_or_throw({run.exe, "annotate", "export", "--db", db, "--format", "rankings", "--output",
                 dir + "/rankings.jsonl"},
                "annotate");
-  std::string stats_text =
-      last_line(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}));
-  write_file_atomic(dir + "/stats.json", stats_text);
+  json stats = parse_json_output(
+      run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}), "annotate stats");
+  write_file_atomic(dir + "/stats.json", stats.dump(2));
   int64_t pairs = 0;
   {
     std::ifstream in(dir + "/pairs.jsonl");
@@ -279,7 +289,7 @@ json stage_annotate(Run& run) {
     while (std::getline(in, line)) pairs += line.empty() ? 0 : 1;
   }
   if (pairs == 0) throw Error("annotate: no comparisons came out of the rankings (" + dir + ")");
-  return {{"pairs", pairs}, {"stats", json::parse(stats_text)}};
+  return {{"pairs", pairs}, {"annotation_done_tasks", stats.value("done_tasks", 0)}};
 }
 
 json stage_reward(Run& run) {
@@ -298,7 +308,7 @@ json stage_reward(Run& run) {
   // Agreement with the gold teacher on held-out answer pairs the reward model never saw.
   std::string out = run_child_capture({run.exe, "reward", "eval", "--model", dir, "--pairs",
                                        run.path("sample/heldout_pairs.jsonl"), "--json"});
-  json eval = json::parse(last_line(out));
+  json eval = parse_json_output(out, "reward eval");
   write_file_atomic(dir + "/gold_agreement.json", eval.dump(2));
   std::printf("reward: agreement with the gold teacher on %lld held-out pairs: %.1f%%\n",
               static_cast<long long>(eval.value("n", int64_t{0})),
