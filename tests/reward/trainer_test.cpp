@@ -56,8 +56,8 @@ class SyntheticTraining : public ::testing::Test {
         "tokenizer: \"" + *tokenizer_ + "\"\n"
         "model { dim: 48 n_layers: 2 n_heads: 4 n_kv_heads: 2 }\n"
         "max_prompt_tokens: 24  max_answer_tokens: 32\n"
-        "steps: 120  batch_pairs: 16  lr: 3e-3  warmup_steps: 10  eval_every: 40\n"
-        "heldout_fraction: 0.15  seed: 5  threads: 2\n",
+        "steps: 40  batch_pairs: 16  lr: 3e-3  warmup_steps: 5  eval_every: 20\n"
+        "heldout_fraction: 0.15  seed: 5  threads: 1\n",
         "synthetic.pbtxt");
     cfg.set_out_dir(out);
     return cfg;
@@ -126,15 +126,15 @@ TEST_F(SyntheticTraining, LearnsTheMarkerPreference) {
 TEST_F(SyntheticTraining, ResumesFromSavedState) {
   std::string out = *dir_ / "resume";
   auto cfg = config(out);
-  cfg.set_steps(30);
+  cfg.set_steps(20);
   cfg.set_eval_every(10);
   cfg.set_time_limit_seconds(1e-6f);  // stops after the first step, state saved
   auto first = train_reward_model(cfg);
   EXPECT_EQ(first.steps, 1);
   cfg.set_time_limit_seconds(0);
   auto second = train_reward_model(cfg, /*resume=*/true);
-  EXPECT_EQ(second.steps, 30);
-  // The resumed run logged steps 2..30 only (step 1 came from the first run).
+  EXPECT_EQ(second.steps, 20);
+  // The resumed run logged steps 2..20 only (step 1 came from the first run).
   std::ifstream in(out + "/metrics.jsonl");
   std::string line;
   int step1 = 0, train_lines = 0;
@@ -145,7 +145,7 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
     if (j["step"] == 1) ++step1;
   }
   EXPECT_EQ(step1, 1);
-  EXPECT_EQ(train_lines, 30);
+  EXPECT_EQ(train_lines, 20);
   // A changed config is refused.
   cfg.set_lr(1e-3f);
   EXPECT_THROW(train_reward_model(cfg, true), rlhf::Error);
