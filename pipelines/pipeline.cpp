@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -464,17 +465,17 @@ proto::PipelineConfig load_pipeline_config(const std::string& path) {
 
 std::string run_pipeline(const RunOptions& options) {
   double t0 = now_s();
+  const auto& names = stage_names();
+  for (const auto* s : {&options.from_stage, &options.only_stage})
+    if (!s->empty() && std::find(names.begin(), names.end(), *s) == names.end())
+      throw UsageError("unknown stage '" + *s +
+                       "' (stages: tokenizer, sft, sample, annotate, reward, ppo, report)");
   Run run;
   run.config = load_pipeline_config(options.config_path);
   run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
   run.exe = self_executable();
   make_dirs(run.dir);
   run.dir = fs::canonical(run.dir).string();
-  const auto& names = stage_names();
-  for (const auto* s : {&options.from_stage, &options.only_stage})
-    if (!s->empty() && std::find(names.begin(), names.end(), *s) == names.end())
-      throw UsageError("unknown stage '" + *s +
-                       "' (stages: tokenizer, sft, sample, annotate, reward, ppo, report)");
   write_file_atomic(run.path("pipeline.pbtxt"), to_text_format(run.config));
   if (file_exists(run.path("pipeline_state.json")))
     run.state = json::parse(read_file(run.path("pipeline_state.json")), nullptr, false);

@@ -1,0 +1,103 @@
+// The staged pipeline end to end through the real `rlhf` binary, on a tiny configuration:
+// every stage runs (real SentencePiece, real training, real SQLite + socket annotation), a rerun
+// skips finished stages, and mismatched or bad inputs stop with a clear message.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "tests/test_support.h"
+
+namespace {
+
+using rlhf::testing::rlhf_binary;
+using rlhf::testing::run_command;
+
+const char* kTinyConfig = R"(
+name: "tiny"
+seed: 3
+quickstart { sft_examples: 400 tokenizer_problems: 300 heldout_problems: 24 sample_prompts: 24 ppo_prompts: 64 }
+tokenizer { vocab_size: 160 }
+sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 48 } seq_len: 48 steps: 30 batch_size: 16 lr: 3e-3 eval_every: 30 }
+sample { answers_per_prompt: 3 max_new_tokens: 10 batch_size: 32 }
+annotate { teacher: "arithmetic" annotators: 2 }
+reward { max_prompt_tokens: 30 max_answer_tokens: 14 steps: 10 batch_pairs: 16 eval_every: 10 }
+ppo { iterations: 2 batch_size: 8 minibatch_size: 4 ppo_epochs: 1 max_new_tokens: 10 checkpoint_every: 1 }
+)";
+
+nlohmann::json read_json(const std::string& path) {
+  return nlohmann::json::parse(rlhf::read_file(path));
+}
+
+TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
+  rlhf::testing::TempDir dir("pipeline");
+  rlhf::write_file_atomic(dir / "p.pbtxt", kTinyConfig);
+  std::string run = dir / "run";
+  std::string out;
+  int code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run,
+                         &out);
+  ASSERT_EQ(code, 0) << out;
+
+  for (const char* stage : {"tokenizer", "sft", "sample", "annotate", "reward", "ppo"}) {
+    auto m = nlohmann::json::parse(rlhf::read_file(run + "/" + stage + "/manifest.json"));
+    EXPECT_EQ(m["stage"], stage);
+    EXPECT_EQ(m["complete"], true) << stage;
+  }
+  auto summary = read_json(run + "/summary.json");
+  for (const char* key : {"sft_gold_accuracy", "ppo_gold_accuracy", "reward_gold_agreement",
+                          "reward_heldout_accuracy", "ppo_final_kl", "wall_seconds"})
+    EXPECT_TRUE(summary.contains(key)) << key << " missing in " << summary.dump();
+  EXPECT_GE(summary["sft_gold_accuracy"].get<double>(), 0.0);
+  EXPECT_LE(summary["sft_gold_accuracy"].get<double>(), 1.0);
+  EXPECT_TRUE(summary["stage_seconds"].contains("sft_seconds"));
+  std::string html = rlhf::read_file(run + "/report.html");
+  EXPECT_NE(html.find("<svg"), std::string::npos);
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  // The annotate stage ranked every sampled task through the server.
+  auto stats = read_json(run + "/annotate/stats.json");
+  EXPECT_EQ(stats["pending_tasks"], 0);
+  EXPECT_EQ(stats["done_tasks"], 24);
+
+  // A rerun with the same inputs skips every stage.
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run, &out);
+  ASSERT_EQ(code, 0) << out;
+  for (const char* stage : {"tokenizer", "sft", "sample", "annotate", "reward", "ppo"})
+    EXPECT_NE(out.find(std::string("== ") + stage + ": unchanged, skipped"), std::string::npos)
+        << stage << "\n" << out;
+
+  // A tokenizer that no longer matches the trained policy stops the sample stage by name.
+  code = run_command(rlhf_binary() + " tokenizer train --input " + run +
+                         "/data/tokenizer_corpus.txt --vocab-size 150 --out " + run + "/tokenizer",
+                     &out);
+  ASSERT_EQ(code, 0) << out;
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run +
+                         " --only sample",
+                     &out);
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("tokenizer"), std::string::npos) << out;
+  EXPECT_NE(out.find("sample"), std::string::npos) << out;
+}
+
+TEST(Pipeline, BadConfigNamesFileLineAndField) {
+  rlhf::testing::TempDir dir("pipeline_bad");
+  rlhf::write_file_atomic(dir / "bad.pbtxt", "name: \"x\"\nsft { stepz: 3 }\n");
+  std::string out;
+  int code = run_command(rlhf_binary() + " pipeline run " + dir / "bad.pbtxt" + " --run-dir " +
+                             dir / "run",
+                         &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("bad.pbtxt:2"), std::string::npos) << out;
+  EXPECT_NE(out.find("stepz"), std::string::npos) << out;
+
+  rlhf::write_file_atomic(dir / "bad2.pbtxt", "annotate { mode: \"robots\" }\n");
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad2.pbtxt", &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("annotate.mode"), std::string::npos) << out;
+
+  rlhf::write_file_atomic(dir / "ok.pbtxt", "name: \"x\"\n");
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "ok.pbtxt" + " --only nonsense", &out);
+  EXPECT_EQ(code, 2) << out;
+}
+
+}  // namespace
