@@ -18,11 +18,11 @@ const char* kTinyConfig = R"(
 name: "tiny"
 seed: 3
 quickstart { sft_examples: 400 tokenizer_problems: 300 heldout_problems: 24 sample_prompts: 24 ppo_prompts: 64 }
-tokenizer { vocab_size: 160 }
-sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 48 } seq_len: 48 steps: 30 batch_size: 16 lr: 3e-3 eval_every: 30 }
+tokenizer { vocab_size: 384 }
+sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 64 } seq_len: 64 steps: 30 batch_size: 16 lr: 3e-3 eval_every: 30 }
 sample { answers_per_prompt: 3 max_new_tokens: 10 batch_size: 32 }
 annotate { teacher: "arithmetic" annotators: 2 }
-reward { max_prompt_tokens: 30 max_answer_tokens: 14 steps: 10 batch_pairs: 16 eval_every: 10 }
+reward { max_prompt_tokens: 46 max_answer_tokens: 16 steps: 10 batch_pairs: 16 eval_every: 10 }
 ppo { iterations: 2 batch_size: 8 minibatch_size: 4 ppo_epochs: 1 max_new_tokens: 10 checkpoint_every: 1 }
 )";
 
@@ -68,7 +68,7 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
 
   // A tokenizer that no longer matches the trained policy stops the sample stage by name.
   code = run_command(rlhf_binary() + " tokenizer train --input " + run +
-                         "/data/tokenizer_corpus.txt --vocab-size 150 --out " + run + "/tokenizer",
+                         "/data/tokenizer_corpus.txt --vocab-size 400 --out " + run + "/tokenizer",
                      &out);
   ASSERT_EQ(code, 0) << out;
   code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run +
