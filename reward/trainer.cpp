@@ -15,6 +15,7 @@
 #include "common/metrics.h"
 #include "common/progress.h"
 #include "policy/checkpoint.h"
+#include "policy/lora.h"
 #include "policy/tokenizer.h"
 #include "reward/comparisons.h"
 #include "reward/reward_model.h"
@@ -238,11 +239,38 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
     if (state.config_sha256() != fingerprint)
       throw Error(out + ": cannot resume: the config differs from the one the run started with "
                         "(only out_dir, threads, device and time_limit_seconds may change)");
-    model = policy::load_checkpoint(state_dir + "/model").model;
+    auto saved = policy::load_checkpoint(state_dir + "/model").model;
+    if (cfg.has_lora() && cfg.lora().rank() > 0) {
+      torch::NoGradGuard ng;
+      model->value_head->weight.copy_(saved->value_head->weight);
+      if (model->value_head->bias.defined()) model->value_head->bias.copy_(saved->value_head->bias);
+    } else {
+      model = saved;
+    }
     resumed = true;
   }
   model->to(device);
   model->train();
+
+  // ---- LoRA: frozen backbone, trainable adapters + scalar head ----
+  // Checkpoints written while adapters are attached hold the effective weights W + scale * B A
+  // (merged); the adapters also go to <checkpoint>/adapter. Resuming rebuilds the frozen base
+  // exactly as the run started (init_from, or the seeded init) and takes the head and the
+  // adapters from the state.
+  std::unique_ptr<policy::LoraAdapters> lora;
+  const bool use_lora = cfg.has_lora() && cfg.lora().rank() > 0;
+  policy::LoraOptions lora_opts;
+  if (use_lora) {
+    lora_opts = policy::LoraOptions::from_proto(cfg.lora());
+    try {
+      lora_opts.validate();
+    } catch (const Error& e) {
+      throw Error(std::string("reward config: field 'lora': ") + e.what());
+    }
+    lora = std::make_unique<policy::LoraAdapters>(model, lora_opts);  // freezes every parameter
+    for (auto& p : model->value_head->parameters()) p.set_requires_grad(true);
+    if (resumed) lora->load(state_dir + "/adapter");
+  }
 
   // ---- optimizer: AdamW, decay on matrices only ----
   std::vector<torch::Tensor> decay, no_decay, embed;
@@ -255,6 +283,8 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
     else
       no_decay.push_back(np.value());
   }
+  if (lora)
+    for (auto& p : lora->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   auto make_opts = [&](double wd) {
     auto o = std::make_unique<torch::optim::AdamWOptions>(cfg.lr());
     o->betas({cfg.beta1(), cfg.beta2()}).weight_decay(wd).eps(1e-8);
@@ -267,7 +297,9 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
   if (!embed.empty()) { groups.emplace_back(embed, make_opts(cfg.weight_decay())); lr_scale.push_back(cfg.embedding_lr_scale()); }
   torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(cfg.lr()));
   if (resumed) torch::load(optimizer, state_dir + "/optimizer.pt");
-  std::vector<torch::Tensor> all_params = model->parameters();
+  std::vector<torch::Tensor> all_params;  // the trainable ones (grad clipping)
+  for (auto& g : groups)
+    for (auto& p : g.params()) all_params.push_back(p);
 
   // ---- encode ----
   int bos = model->config().bos_id, eos = model->config().eos_id;
@@ -279,10 +311,14 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
   int64_t warmup = cfg.warmup_steps() > 0 ? cfg.warmup_steps() : total / 20;
   std::fprintf(stderr,
                "reward train: %zu train / %zu held-out comparisons, %zu + %zu sequences, "
-               "%lld steps, %.2fM parameters%s\n",
+               "%lld steps, %.2fM parameters%s%s\n",
                train.size(), heldout.size(), enc_train.sequences.size(), enc_held.sequences.size(),
                static_cast<long long>(total), model->config().num_parameters() / 1e6,
-               resumed ? " (resumed)" : "");
+               resumed ? " (resumed)" : "",
+               lora ? (", LoRA rank " + std::to_string(lora_opts.rank) + ": " +
+                       std::to_string(lora->num_parameters()) + " adapter parameters")
+                          .c_str()
+                    : "");
 
   MetricsWriter metrics(out, /*append=*/resumed);
   Progress progress("reward train", total, "step");
@@ -295,12 +331,14 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
 
   auto save_state = [&] {
     make_dirs(state_dir);
+    if (lora) lora->refresh(false);
     policy::CheckpointInfo info;
     info.kind = "reward";
     info.created_by = "rlhf reward train (state)";
     info.step = state.step();
     info.tokenizer_sha256 = tok.sha256();
     policy::save_checkpoint(model, state_dir + "/model", info);
+    if (lora) lora->save(state_dir + "/adapter");
     torch::save(optimizer, state_dir + "/optimizer.pt.tmp");
     rename_atomic(state_dir + "/optimizer.pt.tmp", state_dir + "/optimizer.pt");
     state.set_config_sha256(fingerprint);
@@ -309,6 +347,7 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
   };
 
   auto evaluate_now = [&] {
+    if (lora) lora->refresh(false);  // the weights after the last optimizer step
     PairMetrics m = heldout.empty() ? PairMetrics{} : evaluate_encoded(model, enc_held, device, cfg.margin());
     metrics.write(state.step(), {{"eval/accuracy", m.accuracy}, {"eval/loss", m.loss},
                                  {"eval/mean_margin", m.mean_margin}, {"eval/ece", m.ece}});
@@ -324,6 +363,7 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
       info.step = state.step();
       info.tokenizer_sha256 = tok.sha256();
       policy::save_checkpoint(model, best_dir, info);
+      if (lora) lora->save(best_dir + "/adapter");
     }
   };
 
@@ -348,6 +388,7 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
       for (size_t g = 0; g < optimizer.param_groups().size(); ++g)
         static_cast<torch::optim::AdamWOptions&>(optimizer.param_groups()[g].options()).lr(lr * lr_scale[g]);
       auto pb = pad_batch(seqs, pad);
+      if (lora) lora->refresh(true);  // fresh graph through the adapters
       auto scores = score_batch(model, pb.ids.to(device), pb.mask.to(device));
       auto d = scores.index_select(0, torch::tensor(ci).to(device)) -
                scores.index_select(0, torch::tensor(ri).to(device));
@@ -393,6 +434,9 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
                  static_cast<long long>(total));
 
   // ---- keep the best, shift scores to mean 0 over the training answers ----
+  // With LoRA, checkpoints hold the effective (merged) weights already (save_checkpoint writes
+  // the projections' current weights, W + scale * B A), so `best` is a plain model.
+  lora.reset();
   policy::Transformer best = policy::load_checkpoint(best_dir).model;
   best->to(device);
   auto train_scores = score_sequences(best, enc_train.sequences, 32, device);
