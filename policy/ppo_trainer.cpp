@@ -19,6 +19,7 @@
 #include "policy/checkpoint.h"
 #include "policy/generation.h"
 #include "policy/logprobs.h"
+#include "policy/lora.h"
 #include "policy/ppo_math.h"
 #include "policy/rollout_file.h"
 
@@ -62,6 +63,13 @@ void validate_ppo_config(const proto::PpoConfig& c) {
   require(c.score_clip() >= 0, "score_clip", "must be >= 0 (0 = off)");
   require(c.checkpoint_every() >= 0, "checkpoint_every", "must be >= 0");
   require(c.keep_rollouts() >= 0, "keep_rollouts", "must be >= 0");
+  if (c.has_lora() && c.lora().rank() != 0) {
+    try {
+      LoraOptions::from_proto(c.lora()).validate();
+    } catch (const Error& e) {
+      require(false, "lora", e.what());
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,6 +174,19 @@ struct PpoTrainer::Impl {
   double score_count = 0, score_mean = 0, score_m2 = 0;  // Welford moments of shaped scores
   std::unique_ptr<MetricsWriter> metrics;
   std::string last_checkpoint;
+  // LoRA (cfg.lora.rank > 0): adapters on the policy, whose base weights stay frozen; the policy
+  // optimizer holds policy_params: the adapters with LoRA, else all policy parameters.
+  std::unique_ptr<LoraAdapters> lora;
+  std::vector<torch::Tensor> policy_params;
+
+  void attach_lora() {
+    if (cfg.has_lora() && cfg.lora().rank() > 0) {
+      lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
+      policy_params = lora->parameters();
+    } else {
+      policy_params = m.policy->parameters();
+    }
+  }
 
   std::string ckpt_root() const { return out_dir + "/checkpoints"; }
 
@@ -205,6 +226,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
 
       if (train_policy || first) {
         I.m.policy->train();
+        if (I.lora) I.lora->refresh(train_policy);  // a fresh graph through the adapters
         std::unique_ptr<torch::NoGradGuard> ng;
         if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
         LogprobOptions tlo = lo;
@@ -231,7 +253,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
                         (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
           I.policy_opt->zero_grad();
           loss.backward();
-          double gn = torch::nn::utils::clip_grad_norm_(I.m.policy->parameters(), grad_cap);
+          double gn = torch::nn::utils::clip_grad_norm_(I.policy_params, grad_cap);
           if (!finite(gn))
             throw Error(at + ": policy gradient norm is non-finite; stopped, last good checkpoint: " +
                         (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
@@ -274,6 +296,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   }
   I.m.policy->eval();
   I.m.critic->eval();
+  if (I.lora) I.lora->refresh(false);  // the weights after the last optimizer step
 
   return {sum_pl, sum_clip, sum_akl, sum_ratio, sum_vl, sum_vclip, n_pol, n_val, train_tokens,
           ratio_first_dev};
@@ -312,12 +335,13 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   I.m.critic->to(I.device);
   I.m.reference->eval();
   for (auto& p : I.m.reference->parameters()) p.set_requires_grad(false);
+  I.attach_lora();
 
   // N implementation details #3: Adam epsilon 1e-5; TRL/OpenRLHF: no weight decay by default.
   auto opts = [&](double lr) {
     return torch::optim::AdamWOptions(lr).eps(config.adam_eps()).weight_decay(config.weight_decay());
   };
-  I.policy_opt = std::make_unique<torch::optim::AdamW>(I.m.policy->parameters(), opts(config.policy_lr()));
+  I.policy_opt = std::make_unique<torch::optim::AdamW>(I.policy_params, opts(config.policy_lr()));
   I.critic_opt = std::make_unique<torch::optim::AdamW>(I.m.critic->parameters(), opts(config.value_lr()));
   if (config.adaptive_kl())
     I.kl_ctl = std::make_unique<ppo::AdaptiveKLController>(config.kl_coef(), config.kl_target(),
@@ -337,6 +361,7 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
       if (!st.ParseFromString(read_file(dir + "/state.pb")))
         throw Error(dir + "/state.pb: cannot parse PpoState");
       torch::load(I.m.policy, dir + "/policy.pt", I.device);
+      if (I.lora) I.lora->load(dir + "/adapter");
       torch::load(I.m.critic, dir + "/critic.pt", I.device);
       torch::load(*I.policy_opt, dir + "/policy_optimizer.pt", I.device);
       torch::load(*I.critic_opt, dir + "/critic_optimizer.pt", I.device);
@@ -394,6 +419,12 @@ void PpoTrainer::run() {
   if (impl_->last_checkpoint.empty() || impl_->last_checkpoint.find(iter_name(completed_)) ==
                                             std::string::npos)
     save_checkpoint_now();
+  if (impl_->lora) {
+    // The caller's policy becomes the merged plain model (what the stage saves as <out>/model).
+    impl_->lora->merge();
+    impl_->lora.reset();
+    impl_->policy_params.clear();
+  }
 }
 
 void PpoTrainer::save_checkpoint_now() {
@@ -406,7 +437,8 @@ void PpoTrainer::save_checkpoint_now() {
   fs::remove_all(tmp);
   make_dirs(tmp);
   try {
-    torch::save(I.m.policy, tmp + "/policy.pt");
+    torch::save(I.m.policy, tmp + "/policy.pt");  // with LoRA: the frozen base weights
+    if (I.lora) I.lora->save(tmp + "/adapter");
     torch::save(I.m.critic, tmp + "/critic.pt");
     torch::save(*I.policy_opt, tmp + "/policy_optimizer.pt");
     torch::save(*I.critic_opt, tmp + "/critic_optimizer.pt");
@@ -476,10 +508,12 @@ std::vector<std::map<std::string, double>> PpoTrainer::replay_update(const std::
     I.m.critic->to(I.device);
     torch::load(I.m.policy, ck + "/policy.pt", I.device);
     torch::load(I.m.critic, ck + "/critic.pt", I.device);
+    I.attach_lora();
+    if (I.lora) I.lora->load(ck + "/adapter");
     auto opts = [&](double lr) {
       return torch::optim::AdamWOptions(lr).eps(c.adam_eps()).weight_decay(c.weight_decay());
     };
-    I.policy_opt = std::make_unique<torch::optim::AdamW>(I.m.policy->parameters(), opts(c.policy_lr()));
+    I.policy_opt = std::make_unique<torch::optim::AdamW>(I.policy_params, opts(c.policy_lr()));
     I.critic_opt = std::make_unique<torch::optim::AdamW>(I.m.critic->parameters(), opts(c.value_lr()));
     torch::load(*I.policy_opt, ck + "/policy_optimizer.pt", I.device);
     torch::load(*I.critic_opt, ck + "/critic_optimizer.pt", I.device);
@@ -551,6 +585,7 @@ std::map<std::string, double> PpoTrainer::step() {
   so.top_p = c.top_p();
   so.seed = mix_seed(c.seed(), (uint64_t)it, 0x9e4);
   I.m.policy->eval();
+  if (I.lora) I.lora->refresh(false);
   GenerationOutput gen = generate(I.m.policy, batch_prompts, so);
   const int64_t eos_id = I.m.policy->config().eos_id;
   const int64_t P = gen.prompt_ids.size(1);

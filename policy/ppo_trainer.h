@@ -21,6 +21,13 @@
 // state.pb, and policy/ + critic/ as regular checkpoint folders; iter-0000 is the start state), written under a temp name and renamed;
 // <out>/checkpoints/latest names the newest complete one (written atomically). A new PpoTrainer
 // on the same out folder resumes from it and, on CPU, reproduces the numbers of an uninterrupted run.
+//
+// LoRA (config.lora.rank > 0, policy/lora.h): the policy's base weights are frozen and only its
+// adapters train (the critic trains in full). The reference stays the separate model given in
+// PpoModels (lora.h re-parametrises the policy's projections, it cannot switch them off, so the
+// base weights cannot double as the reference). Checkpoints: policy.pt = the frozen base,
+// adapter/ = the adapters (PEFT layout), policy/ = the merged weights. run() ends by folding the
+// adapters into the policy (the caller's PpoModels::policy is then the merged plain model).
 // Not thread-safe.
 #pragma once
 
