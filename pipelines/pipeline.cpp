@@ -506,7 +506,16 @@ std::string run_pipeline(const RunOptions& options) {
     }
     std::printf("== %s\n", stage.c_str());
     std::fflush(stdout);
+    // An interrupted attempt with the same inputs resumes from what it left (sft, reward and ppo
+    // continue from their last checkpoint); new inputs or --force start the stage afresh, so a
+    // stale checkpoint can never be resumed against a different reward model or data.
+    bool resume = !forced && entry.value("attempt_fingerprint", "") == fp && !done;
+    if (!resume && stage != "tokenizer") {
+      std::error_code ec;
+      fs::remove_all(stage_dir, ec);
+    }
     entry["fingerprint"] = "";
+    entry["attempt_fingerprint"] = fp;
     entry["complete"] = false;
     run.save_state();
     double t = now_s();
