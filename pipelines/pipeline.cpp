@@ -497,6 +497,7 @@ std::string run_pipeline(const RunOptions& options) {
     }
     std::string fp = hash_inputs(stage_config_text(run, stage), stage_inputs(run, stage));
     auto& entry = run.state["stages"][stage];
+    if (!entry.is_object()) entry = json::object();
     std::string stage_dir = stage == "tokenizer" ? run.path("tokenizer") : run.path(stage);
     auto manifest = read_manifest(stage_dir);
     bool done = manifest && manifest->complete() && entry.value("fingerprint", "") == fp;
