@@ -27,15 +27,14 @@ class Collector : public google::protobuf::io::ErrorCollector {
 }  // namespace
 
 void parse_text_config(const std::string& text, const std::string& source,
-                       google::protobuf::Message* msg) {
+                       google::protobuf::Message* msg,
+                       google::protobuf::TextFormat::ParseInfoTree* locations) {
   google::protobuf::TextFormat::Parser parser;
   Collector collector(source);
   parser.RecordErrorsTo(&collector);
-  if (!parser.MergeFromString(text, msg)) {
-    throw Error(collector.first().empty() ? source + ": cannot parse " + msg->GetTypeName()
-                                          : collector.first() + " (in a " +
-                                                msg->GetDescriptor()->name() + ")");
-  }
+  if (locations) parser.WriteLocationsTo(locations);
+  if (!parser.MergeFromString(text, msg))
+    throw Error(collector.first().empty() ? source + ":parse error" : collector.first());
 }
 
 void parse_text_config_file(const std::string& path, google::protobuf::Message* msg) {

@@ -36,19 +36,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class FirstError : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, google::protobuf::io::ColumnNumber column,
-                const std::string& message) override {
-    if (message_.empty())
-      message_ = std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + message;
-  }
-  const std::string& message() const { return message_; }
-
- private:
-  std::string message_;
-};
-
 void validate_impl(const proto::SftConfig& c, const std::string& source,
                    const google::protobuf::TextFormat::ParseInfoTree* tree) {
   auto fail = [&](const std::string& field, const std::string& what) {
@@ -107,13 +94,8 @@ void validate_impl(const proto::SftConfig& c, const std::string& source,
 
 proto::SftConfig parse_sft_config(const std::string& text, const std::string& source) {
   proto::SftConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  FirstError errors;
   google::protobuf::TextFormat::ParseInfoTree tree;
-  parser.RecordErrorsTo(&errors);
-  parser.WriteLocationsTo(&tree);
-  if (!parser.ParseFromString(text, &config))
-    throw Error(source + ":" + (errors.message().empty() ? std::string("parse error") : errors.message()));
+  parse_text_config(text, source, &config, &tree);
   validate_impl(config, source, &tree);
   return config;
 }

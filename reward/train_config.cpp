@@ -4,24 +4,12 @@
 #include <google/protobuf/text_format.h>
 
 #include "common/error.h"
+#include "common/text_config.h"
 #include "common/files.h"
 
 namespace rlhf::reward {
 
 namespace {
-
-class CollectFirstError : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, google::protobuf::io::ColumnNumber column,
-                const std::string& message) override {
-    if (message_.empty())
-      message_ = std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + message;
-  }
-  const std::string& message() const { return message_; }
-
- private:
-  std::string message_;
-};
 
 // "<source>:<line>: field '<name>': <what>" with the line where the field was set, if known.
 [[noreturn]] void field_error(const std::string& source,
@@ -80,13 +68,8 @@ void validate_impl(const proto::RewardTrainConfig& c, const std::string& source,
 
 proto::RewardTrainConfig parse_train_config(const std::string& text, const std::string& name) {
   proto::RewardTrainConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  CollectFirstError errors;
   google::protobuf::TextFormat::ParseInfoTree tree;
-  parser.RecordErrorsTo(&errors);
-  parser.WriteLocationsTo(&tree);
-  if (!parser.ParseFromString(text, &config))
-    throw Error(name + ":" + (errors.message().empty() ? std::string("parse error") : errors.message()));
+  parse_text_config(text, name, &config, &tree);
   validate_impl(config, name, &tree);
   return config;
 }
