@@ -73,11 +73,13 @@ void run_or_throw(const std::vector<std::string>& argv, const std::string& stage
 std::vector<quickstart::Problem> heldout_problems(const Run& run) {
   return quickstart::generate_problems(quickstart::Split::kHeldOut,
                                        run.config.quickstart().heldout_problems(),
-                                       run.config.seed() + 1000);
+                                       run.config.seed() + 1000,
+                                       run.config.quickstart().max_operand());
 }
 
 std::vector<quickstart::Problem> train_problems(const Run& run, int n, uint64_t salt) {
-  return quickstart::generate_problems(quickstart::Split::kTrain, n, run.config.seed() + salt);
+  return quickstart::generate_problems(quickstart::Split::kTrain, n, run.config.seed() + salt,
+                                       run.config.quickstart().max_operand());
 }
 
 // ---- stages -----------------------------------------------------------------------------------
@@ -87,9 +89,10 @@ json stage_tokenizer(Run& run) {
   const auto& qs = run.config.quickstart();
   std::string data = run.path("data");
   make_dirs(data);
-  quickstart::write_sft_corpus(data + "/sft.jsonl", qs.sft_examples(), run.config.seed());
+  quickstart::write_sft_corpus(data + "/sft.jsonl", qs.sft_examples(), run.config.seed(), {},
+                               qs.max_operand());
   quickstart::write_tokenizer_corpus(data + "/tokenizer_corpus.txt", qs.tokenizer_problems(),
-                                     run.config.seed());
+                                     run.config.seed(), qs.max_operand());
   quickstart::write_prompts(data + "/ppo_prompts.jsonl", train_problems(run, qs.ppo_prompts(), 7));
   quickstart::write_prompts(data + "/heldout_prompts.jsonl", heldout_problems(run));
   run_or_throw({run.exe, "tokenizer", "train", "--input", data + "/tokenizer_corpus.txt",
@@ -326,6 +329,9 @@ json stage_ppo(Run& run) {
   proto::PpoConfig cfg = run.config.ppo();
   cfg.set_policy(run.path("sft/model"));
   cfg.set_reward_model(run.path("reward"));
+  // `value_model: "reward"` in a pipeline config: the critic starts from this run's reward model
+  // (InstructGPT); any other non-empty value is a checkpoint folder used as given.
+  if (cfg.value_model() == "reward") cfg.set_value_model(run.path("reward/model"));
   cfg.set_prompts(run.path("data/ppo_prompts.jsonl"));
   cfg.set_tokenizer(run.tokenizer_model());
   cfg.set_seed(run.config.seed() + 1);
@@ -435,6 +441,7 @@ void apply_pipeline_defaults(proto::PipelineConfig* c) {
   if (q->heldout_problems() == 0) q->set_heldout_problems(200);
   if (q->sample_prompts() == 0) q->set_sample_prompts(300);
   if (q->ppo_prompts() == 0) q->set_ppo_prompts(2000);
+  if (q->max_operand() == 0) q->set_max_operand(quickstart::kDefaultMaxOperand);
   if (c->tokenizer().vocab_size() == 0) c->mutable_tokenizer()->set_vocab_size(512);
   auto* s = c->mutable_sample();
   if (s->answers_per_prompt() == 0) s->set_answers_per_prompt(4);
@@ -459,6 +466,11 @@ proto::PipelineConfig load_pipeline_config(const std::string& path) {
       c.annotate().mode() != "people")
     throw Error(path + ": field 'annotate.mode': expected \"simulate\" or \"people\", got \"" +
                 c.annotate().mode() + "\"");
+  int m = c.quickstart().max_operand();
+  if (m != 0 && (m < quickstart::kMinOperandLimit || m > quickstart::kMaxOperandLimit))
+    throw Error(path + ": field 'quickstart.max_operand': expected " +
+                std::to_string(quickstart::kMinOperandLimit) + ".." +
+                std::to_string(quickstart::kMaxOperandLimit) + ", got " + std::to_string(m));
   apply_pipeline_defaults(&c);
   return c;
 }

@@ -71,7 +71,7 @@ int word_count(const std::string& s) {
   return n;
 }
 
-Problem draw_problem(std::mt19937_64& rng) {
+Problem draw_problem(std::mt19937_64& rng, int max_operand) {
   Problem p;
   p.kind = static_cast<Template>(uniform(rng, kNumTemplates));
   p.female = uniform(rng, 2) == 1;
@@ -91,10 +91,10 @@ Problem draw_problem(std::mt19937_64& rng) {
     p.other = others[uniform(rng, others.size())];
   }
   if (p.additive()) {
-    p.a = uniform_in(rng, 2, 20);
-    p.b = uniform_in(rng, 1, 20);
+    p.a = uniform_in(rng, 2, max_operand);
+    p.b = uniform_in(rng, 1, max_operand);
   } else {
-    p.a = uniform_in(rng, 3, 20);
+    p.a = uniform_in(rng, 3, max_operand);
     p.b = uniform_in(rng, 1, p.a - 1);
   }
   return p;
@@ -151,7 +151,10 @@ Split split_of(const Problem& p) {
   return fnv1a(p.prompt()) % 1000 < 100 ? Split::kHeldOut : Split::kTrain;
 }
 
-std::vector<Problem> generate_problems(Split split, int n, uint64_t seed) {
+std::vector<Problem> generate_problems(Split split, int n, uint64_t seed, int max_operand) {
+  if (max_operand < kMinOperandLimit || max_operand > kMaxOperandLimit)
+    throw Error("quickstart task: max_operand " + std::to_string(max_operand) + " is outside " +
+                std::to_string(kMinOperandLimit) + ".." + std::to_string(kMaxOperandLimit));
   // Distinct streams for the two splits, so train seed 1 and held-out seed 1 differ.
   std::mt19937_64 rng(seed * 2 + (split == Split::kHeldOut ? 1 : 0));
   std::vector<Problem> out;
@@ -162,7 +165,7 @@ std::vector<Problem> generate_problems(Split split, int n, uint64_t seed) {
       throw Error("quickstart task: could not draw " + std::to_string(n) + " distinct " +
                   (split == Split::kHeldOut ? "held-out" : "train") + " problems (got " +
                   std::to_string(out.size()) + ")");
-    Problem p = draw_problem(rng);
+    Problem p = draw_problem(rng, max_operand);
     if (split_of(p) != split) continue;
     if (!seen.insert(p.prompt()).second) continue;
     out.push_back(std::move(p));
@@ -234,11 +237,12 @@ std::string sample_sft_answer(const Problem& p, const SftMix& mix, std::mt19937_
   return answer_text(p, noise[uniform(rng, noise.size())]);
 }
 
-void write_sft_corpus(const std::string& path, int n, uint64_t seed, const SftMix& mix) {
+void write_sft_corpus(const std::string& path, int n, uint64_t seed, const SftMix& mix,
+                      int max_operand) {
   // Problems may repeat across lines (the same prompt with different answers is the point), so
   // draw from a pool of distinct train problems.
   const int pool_size = std::min(n, 20000);
-  std::vector<Problem> pool = generate_problems(Split::kTrain, pool_size, seed);
+  std::vector<Problem> pool = generate_problems(Split::kTrain, pool_size, seed, max_operand);
   std::mt19937_64 rng(seed ^ 0x5f7a1c3e9d2b4a61ull);
   std::string out;
   for (int i = 0; i < n; ++i) {
@@ -249,15 +253,16 @@ void write_sft_corpus(const std::string& path, int n, uint64_t seed, const SftMi
   write_file_atomic(path, out);
 }
 
-void write_tokenizer_corpus(const std::string& path, int n, uint64_t seed) {
-  std::vector<Problem> problems = generate_problems(Split::kTrain, n, seed);
+void write_tokenizer_corpus(const std::string& path, int n, uint64_t seed, int max_operand) {
+  std::vector<Problem> problems = generate_problems(Split::kTrain, n, seed, max_operand);
   std::string out;
   for (const Problem& p : problems) {
     out += p.prompt() + "\n";
     out += gold_answer(p) + "\n";
     out += answer_text(p, systematic_wrong(p)) + "\n";
   }
-  for (int k = 0; k <= 45; ++k) out += std::to_string(k) + "\n";
+  // Noise answers reach gold + 5 and the systematic ones a + b + 1.
+  for (int k = 0; k <= std::max(45, 2 * max_operand + 5); ++k) out += std::to_string(k) + "\n";
   write_file_atomic(path, out);
 }
 

@@ -39,7 +39,14 @@ const char* template_name(Template t);  // "buys", "finds", ...
 
 enum class Split { kTrain, kHeldOut };
 
-// One word problem. Operands are 1..20; for subtractive stories b < a, so answers are >= 1.
+// Operands are drawn from 1..max_operand (the first from 2 or 3); sums then reach 2*max_operand.
+// A smaller range means fewer facts for a small student to learn (20: 590 operand pairs per
+// operation mix; 12: 198). Valid range: kMinOperandLimit..kMaxOperandLimit.
+constexpr int kDefaultMaxOperand = 20;
+constexpr int kMinOperandLimit = 3;
+constexpr int kMaxOperandLimit = 40;
+
+// One word problem. Operands are 1..max_operand; for subtractive stories b < a, so answers are >= 1.
 struct Problem {
   Template kind = Template::kBuys;
   std::string name;   // the protagonist, e.g. "Tom"
@@ -64,8 +71,9 @@ Split split_of(const Problem& p);
 
 // `n` distinct problems of `split`, drawn with `seed`. Deterministic for (split, n, seed) on every
 // platform (own integer sampling, not std::uniform_int_distribution). Throws rlhf::Error when n is
-// larger than the split can supply.
-std::vector<Problem> generate_problems(Split split, int n, uint64_t seed);
+// larger than the split can supply, or max_operand is outside kMinOperandLimit..kMaxOperandLimit.
+std::vector<Problem> generate_problems(Split split, int n, uint64_t seed,
+                                       int max_operand = kDefaultMaxOperand);
 
 // Parses a prompt produced by Problem::prompt() back into the problem; nullopt for other text.
 std::optional<Problem> parse_prompt(const std::string& prompt);
@@ -96,11 +104,14 @@ std::string sample_sft_answer(const Problem& p, const SftMix& mix, std::mt19937_
 
 // Writes `n` lines {"prompt": ..., "response": ...} of TRAIN problems (answers from the mix) to
 // `path` (atomically). Deterministic for (n, seed, mix).
-void write_sft_corpus(const std::string& path, int n, uint64_t seed, const SftMix& mix = {});
+void write_sft_corpus(const std::string& path, int n, uint64_t seed, const SftMix& mix = {},
+                      int max_operand = kDefaultMaxOperand);
 
 // Plain text for tokenizer training: one prompt or answer per line (`n` train problems, their
-// gold and systematic answers, and every number 0..45 once so small numbers stay whole tokens).
-void write_tokenizer_corpus(const std::string& path, int n, uint64_t seed);
+// gold and systematic answers, and every number 0..max(45, 2*max_operand+5) once so every answer
+// number stays a whole token).
+void write_tokenizer_corpus(const std::string& path, int n, uint64_t seed,
+                            int max_operand = kDefaultMaxOperand);
 
 // Writes {"prompt": ...} per line (e.g. held-out prompts for PPO or evaluation).
 void write_prompts(const std::string& path, const std::vector<Problem>& problems);

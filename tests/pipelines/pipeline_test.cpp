@@ -95,6 +95,12 @@ TEST(Pipeline, BadConfigNamesFileLineAndField) {
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("annotate.mode"), std::string::npos) << out;
 
+  rlhf::write_file_atomic(dir / "bad3.pbtxt", "quickstart { max_operand: 99 }\n");
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad3.pbtxt", &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("quickstart.max_operand"), std::string::npos) << out;
+  EXPECT_NE(out.find("99"), std::string::npos) << out;
+
   rlhf::write_file_atomic(dir / "ok.pbtxt", "name: \"x\"\n");
   code = run_command(rlhf_binary() + " pipeline run " + dir / "ok.pbtxt" + " --only nonsense", &out);
   EXPECT_EQ(code, 2) << out;

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
@@ -69,6 +70,28 @@ TEST(QuickstartTask, DeterministicForTheSameSeed) {
   q::write_sft_corpus(dir / "c.jsonl", 2000, 4);
   EXPECT_EQ(rlhf::sha256_file(dir / "a.jsonl"), rlhf::sha256_file(dir / "b.jsonl"));
   EXPECT_NE(rlhf::sha256_file(dir / "a.jsonl"), rlhf::sha256_file(dir / "c.jsonl"));
+}
+
+TEST(QuickstartTask, OperandRangeIsConfigurable) {
+  int max_a = 0, max_b = 0, min_b = 100;
+  for (const auto& p : q::generate_problems(q::Split::kTrain, 3000, 5, 10)) {
+    max_a = std::max(max_a, p.a);
+    max_b = std::max(max_b, p.b);
+    min_b = std::min(min_b, p.b);
+    EXPECT_GE(p.gold(), 1) << p.prompt();
+  }
+  EXPECT_EQ(max_a, 10);  // 3,000 draws reach both ends of the range
+  EXPECT_EQ(max_b, 10);
+  EXPECT_EQ(min_b, 1);
+  for (int bad : {2, 41}) {
+    try {
+      q::generate_problems(q::Split::kTrain, 10, 1, bad);
+      ADD_FAILURE() << "max_operand " << bad << " was accepted";
+    } catch (const rlhf::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("max_operand " + std::to_string(bad)), std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 TEST(QuickstartTask, TrainAndHeldOutAreDisjoint) {
