@@ -150,7 +150,6 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
 
   proto::StageManifest manifest = begin_manifest("reward");
   manifest.set_resolved_config(to_text(cfg));
-  write_manifest(manifest, out);
 
   // ---- data ----
   std::vector<Comparison> train, heldout;
@@ -249,6 +248,9 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
     }
     resumed = true;
   }
+  // Written only now: a refused resume (above) or bad data/config must leave the manifest of a
+  // finished run as it was; from here on the folder holds an unfinished run.
+  write_manifest(manifest, out);
   model->to(device);
   model->train();
 

@@ -149,9 +149,13 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   }
   EXPECT_EQ(step1, 1);
   EXPECT_EQ(train_lines, 20);
-  // A changed config is refused.
+  // A changed config is refused, and the refusal leaves the finished run's manifest as it was.
+  const std::string manifest_before = rlhf::read_file(out + "/manifest.pb");
+  require_complete_manifest(out, "reward");
   cfg.set_lr(1e-3f);
   EXPECT_THROW(train_reward_model(cfg, true), rlhf::Error);
+  EXPECT_EQ(rlhf::read_file(out + "/manifest.pb"), manifest_before);
+  require_complete_manifest(out, "reward");
 }
 
 // LoRA: the backbone stays frozen (bit-identical), only the adapters and the scalar head train,
