@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace rlhf::policy {
 
@@ -22,10 +23,14 @@ struct PerfOptions {
   int gemm_size = 2048;
   uint64_t seed = 0;
   bool quick = false;        // smaller settings for smoke tests
+  // Only this measurement (a key below, e.g. "gen_b32_cache", or "train" for the training pair);
+  // "" = all. For profilers: `perf record rlhf bench --only gen_b32_cache --repeat 20`.
+  std::string only;
+  int repeat = 1;            // generation runs per measurement; the median is reported
 };
 
 // Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s), train_tokens_per_s,
-// train_gflops, train_peak_fraction, threads, params.
+// train_gflops, train_peak_fraction, threads, params. Throws rlhf::Error for an unknown `only`.
 std::map<std::string, double> run_perf_harness(const PerfOptions& options,
                                                bool print_progress = true);
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "policy/perf_harness.h"
 #include "tools/cli.h"
 
@@ -13,6 +14,9 @@ int run_bench(const rlhf::cli::Args& args) {
   rlhf::policy::PerfOptions o;
   o.quick = args.get_bool("quick");
   o.seed = static_cast<uint64_t>(args.get_int("seed"));
+  o.only = args.get("only");
+  o.repeat = static_cast<int>(args.get_int("repeat"));
+  if (o.repeat < 1) throw rlhf::UsageError("--repeat: expected >= 1, got " + args.get("repeat"));
   if (args.has("threads")) torch::set_num_threads(static_cast<int>(args.get_int("threads")));
   auto r = rlhf::policy::run_perf_harness(o, true);
   nlohmann::json j;
@@ -22,20 +26,24 @@ int run_bench(const rlhf::cli::Args& args) {
   } else {
     std::printf("%-22s %12s\n", "metric", "value");
     for (const auto& [k, v] : r) std::printf("%-22s %12.2f\n", k.c_str(), v);
-    std::printf("\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%\n",
-                r["gen_b1_cache"] / r["gen_b1_nocache"], r["gen_b32_cache"] / r["gen_b1_cache"],
-                100.0 * r["train_peak_fraction"]);
+    if (o.only.empty())
+      std::printf("\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%\n",
+                  r["gen_b1_cache"] / r["gen_b1_nocache"], r["gen_b32_cache"] / r["gen_b1_cache"],
+                  100.0 * r["train_peak_fraction"]);
   }
   return 0;
 }
 
 rlhf::cli::Register reg({"bench",
                          "measure GEMM peak, generation and training throughput (d=256, 4 layers)",
-                         "[--json] [--quick] [--threads N]",
+                         "[--json] [--quick] [--threads N] [--only NAME] [--repeat N]",
                          {{"json", "print one JSON object as the last stdout line", "", true},
                           {"quick", "tiny settings (smoke test, seconds)", "", true},
                           {"threads", "libtorch intra-op threads (default: libtorch's choice)"},
-                          {"seed", "random seed", "0"}},
+                          {"seed", "random seed", "0"},
+                          {"only", "one measurement: gemm, gen_b1_cache, gen_b1_nocache, "
+                                   "gen_b32_cache or train (for profilers)", ""},
+                          {"repeat", "generation runs per measurement (median reported)", "1"}},
                          run_bench});
 
 }  // namespace

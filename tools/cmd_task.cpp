@@ -29,13 +29,19 @@ int run_task(const rlhf::cli::Args& a) {
     if (v < 0 || v > 10000000)
       throw rlhf::UsageError(std::string("--") + name + " must be between 0 and 10000000, got " +
                              std::to_string(v));
+  const int64_t max_operand = a.get_int("max-operand");
+  if (max_operand < q::kMinOperandLimit || max_operand > q::kMaxOperandLimit)
+    throw rlhf::UsageError("--max-operand must be between " + std::to_string(q::kMinOperandLimit) +
+                           " and " + std::to_string(q::kMaxOperandLimit) + ", got " +
+                           std::to_string(max_operand));
+  const int m = static_cast<int>(max_operand);
   rlhf::make_dirs(out);
-  q::write_sft_corpus(out + "/sft.jsonl", static_cast<int>(sft), seed);
-  q::write_tokenizer_corpus(out + "/tokenizer_corpus.txt", static_cast<int>(tok), seed);
+  q::write_sft_corpus(out + "/sft.jsonl", static_cast<int>(sft), seed, {}, m);
+  q::write_tokenizer_corpus(out + "/tokenizer_corpus.txt", static_cast<int>(tok), seed, m);
   q::write_prompts(out + "/train_prompts.jsonl",
-                   q::generate_problems(q::Split::kTrain, static_cast<int>(train), seed + 1));
+                   q::generate_problems(q::Split::kTrain, static_cast<int>(train), seed + 1, m));
   q::write_prompts(out + "/heldout_prompts.jsonl",
-                   q::generate_problems(q::Split::kHeldOut, static_cast<int>(held), seed));
+                   q::generate_problems(q::Split::kHeldOut, static_cast<int>(held), seed, m));
   std::printf("wrote %s/{sft.jsonl,tokenizer_corpus.txt,train_prompts.jsonl,heldout_prompts.jsonl}\n",
               out.c_str());
   return 0;
@@ -50,7 +56,8 @@ rlhf::cli::Register reg({"task arithmetic",
                           {"sft-examples", "lines of sft.jsonl ({prompt, response})", "20000"},
                           {"train-prompts", "lines of train_prompts.jsonl ({prompt})", "2000"},
                           {"heldout-prompts", "lines of heldout_prompts.jsonl ({prompt})", "200"},
-                          {"tokenizer-problems", "problems in tokenizer_corpus.txt", "5000"}},
+                          {"tokenizer-problems", "problems in tokenizer_corpus.txt", "5000"},
+                          {"max-operand", "operands are drawn from 1..N (3..40)", "20"}},
                          run_task});
 
 }  // namespace
