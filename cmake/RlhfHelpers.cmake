@@ -32,7 +32,7 @@ function(rlhf_add_test name)
   cmake_parse_arguments(ARG "TORCH;SLOW" "TIMEOUT" "SOURCES;DEPS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR})
-  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main Threads::Threads)
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} rlhf_test_main Threads::Threads)
   target_compile_definitions(${name} PRIVATE
       RLHF_SHARED_DATA_DIR="${RLHF_SHARED_DATA_DIR}"
       RLHF_BINARY_DIR="${CMAKE_BINARY_DIR}"

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "common/blas_tuning.h"
 #include "common/error.h"
 #include "policy/perf_harness.h"
 #include "tools/cli.h"
@@ -21,11 +22,15 @@ int run_bench(const rlhf::cli::Args& args) {
   auto r = rlhf::policy::run_perf_harness(o, true);
   nlohmann::json j;
   for (const auto& [k, v] : r) j[k] = v;
+  // Which OpenBLAS kernels ran (see common/blas_tuning.h): "Prescott" means generic SSE3 ones.
+  const std::string core = rlhf::openblas_core_name();
+  j["openblas_core"] = core.empty() ? "none" : core;
   if (args.get_bool("json")) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%-22s %12s\n", "metric", "value");
     for (const auto& [k, v] : r) std::printf("%-22s %12.2f\n", k.c_str(), v);
+    std::printf("%-22s %12s\n", "openblas_core", j["openblas_core"].get<std::string>().c_str());
     if (o.only.empty())
       std::printf("\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%\n",
                   r["gen_b1_cache"] / r["gen_b1_nocache"], r["gen_b32_cache"] / r["gen_b1_cache"],

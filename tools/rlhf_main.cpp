@@ -1,4 +1,8 @@
 // The `rlhf` executable: every subcommand registers itself from tools/cmd_*.cpp.
+#include "common/blas_tuning.h"
 #include "tools/cli.h"
 
-int main(int argc, char** argv) { return rlhf::cli::dispatch(argc, argv); }
+int main(int argc, char** argv) {
+  rlhf::tune_blas_or_reexec(argc, argv);  // OpenBLAS on an unrecognised CPU: see the header
+  return rlhf::cli::dispatch(argc, argv);
+}
