@@ -45,6 +45,7 @@ void set_default(T* field_value, T def) {
 // Everything a stage needs to know about the run.
 struct Run {
   proto::PipelineConfig config;
+  std::string config_path;  // for error messages
   std::string dir;
   std::string exe;
   json state;  // pipeline_state.json: {"stages": {name: {"fingerprint": ..., "seconds": ...}}}
@@ -82,6 +83,40 @@ std::vector<quickstart::Problem> train_problems(const Run& run, int n, uint64_t 
                                        run.config.quickstart().max_operand());
 }
 
+// The SFT answer mix of a pipeline config (defaults where fields are 0 / empty); throws naming the
+// field when a share is outside 0..1, a pair sums above 1, or a template name is unknown.
+quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q, const std::string& path) {
+  quickstart::SftMix mix;
+  auto share = [&](float v, double* dst, const char* field) {
+    if (v == 0) return;
+    if (!(v > 0 && v <= 1))
+      throw Error(path + ": field 'quickstart." + field + "': expected a share in (0, 1], got " +
+                  std::to_string(v));
+    *dst = v;
+  };
+  share(q.p_gold_wrong_mode(), &mix.p_gold_wrong_mode, "p_gold_wrong_mode");
+  share(q.p_wrong_wrong_mode(), &mix.p_wrong_wrong_mode, "p_wrong_wrong_mode");
+  share(q.p_gold_right_mode(), &mix.p_gold_right_mode, "p_gold_right_mode");
+  share(q.p_wrong_right_mode(), &mix.p_wrong_right_mode, "p_wrong_right_mode");
+  if (mix.p_gold_wrong_mode + mix.p_wrong_wrong_mode > 1 + 1e-6 ||
+      mix.p_gold_right_mode + mix.p_wrong_right_mode > 1 + 1e-6)
+    throw Error(path + ": fields 'quickstart.p_gold_*' + 'quickstart.p_wrong_*' of one mode must "
+                       "sum to at most 1 (the rest is noise)");
+  if (q.wrong_mode_templates_size() > 0) {
+    for (bool& w : mix.wrong_mode) w = false;
+    for (const auto& name : q.wrong_mode_templates()) {
+      int found = -1;
+      for (int t = 0; t < quickstart::kNumTemplates; ++t)
+        if (name == quickstart::template_name(static_cast<quickstart::Template>(t))) found = t;
+      if (found < 0)
+        throw Error(path + ": field 'quickstart.wrong_mode_templates': unknown template '" + name +
+                    "' (expected buys, finds, gets, loses, gives or eats)");
+      mix.wrong_mode[found] = true;
+    }
+  }
+  return mix;
+}
+
 // ---- stages -----------------------------------------------------------------------------------
 
 // tokenizer: the quickstart's generated data (SFT corpus, prompts) and the SentencePiece model.
@@ -89,8 +124,8 @@ json stage_tokenizer(Run& run) {
   const auto& qs = run.config.quickstart();
   std::string data = run.path("data");
   make_dirs(data);
-  quickstart::write_sft_corpus(data + "/sft.jsonl", qs.sft_examples(), run.config.seed(), {},
-                               qs.max_operand());
+  quickstart::write_sft_corpus(data + "/sft.jsonl", qs.sft_examples(), run.config.seed(),
+                               sft_mix_from_config(qs, run.config_path), qs.max_operand());
   quickstart::write_tokenizer_corpus(data + "/tokenizer_corpus.txt", qs.tokenizer_problems(),
                                      run.config.seed(), qs.max_operand());
   quickstart::write_prompts(data + "/ppo_prompts.jsonl", train_problems(run, qs.ppo_prompts(), 7));
@@ -471,6 +506,7 @@ proto::PipelineConfig load_pipeline_config(const std::string& path) {
     throw Error(path + ": field 'quickstart.max_operand': expected " +
                 std::to_string(quickstart::kMinOperandLimit) + ".." +
                 std::to_string(quickstart::kMaxOperandLimit) + ", got " + std::to_string(m));
+  sft_mix_from_config(c.quickstart(), path);  // validates the mix fields
   apply_pipeline_defaults(&c);
   return c;
 }
@@ -484,6 +520,7 @@ std::string run_pipeline(const RunOptions& options) {
                        "' (stages: tokenizer, sft, sample, annotate, reward, ppo, report)");
   Run run;
   run.config = load_pipeline_config(options.config_path);
+  run.config_path = options.config_path;
   run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
   run.exe = self_executable();
   make_dirs(run.dir);

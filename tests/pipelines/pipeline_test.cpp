@@ -101,6 +101,18 @@ TEST(Pipeline, BadConfigNamesFileLineAndField) {
   EXPECT_NE(out.find("quickstart.max_operand"), std::string::npos) << out;
   EXPECT_NE(out.find("99"), std::string::npos) << out;
 
+  rlhf::write_file_atomic(dir / "bad4.pbtxt", "quickstart { wrong_mode_templates: \"jumps\" }\n");
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad4.pbtxt", &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("quickstart.wrong_mode_templates"), std::string::npos) << out;
+  EXPECT_NE(out.find("jumps"), std::string::npos) << out;
+
+  rlhf::write_file_atomic(dir / "bad5.pbtxt",
+                          "quickstart { p_gold_wrong_mode: 0.6 p_wrong_wrong_mode: 0.6 }\n");
+  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad5.pbtxt", &out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("at most 1"), std::string::npos) << out;
+
   rlhf::write_file_atomic(dir / "ok.pbtxt", "name: \"x\"\n");
   code = run_command(rlhf_binary() + " pipeline run " + dir / "ok.pbtxt" + " --only nonsense", &out);
   EXPECT_EQ(code, 2) << out;
