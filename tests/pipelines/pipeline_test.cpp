@@ -90,28 +90,21 @@ TEST(Pipeline, BadConfigNamesFileLineAndField) {
   EXPECT_NE(out.find("bad.pbtxt:2"), std::string::npos) << out;
   EXPECT_NE(out.find("stepz"), std::string::npos) << out;
 
-  rlhf::write_file_atomic(dir / "bad2.pbtxt", "annotate { mode: \"robots\" }\n");
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad2.pbtxt", &out);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(out.find("annotate.mode"), std::string::npos) << out;
-
-  rlhf::write_file_atomic(dir / "bad3.pbtxt", "quickstart { max_operand: 99 }\n");
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad3.pbtxt", &out);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(out.find("quickstart.max_operand"), std::string::npos) << out;
-  EXPECT_NE(out.find("99"), std::string::npos) << out;
-
-  rlhf::write_file_atomic(dir / "bad4.pbtxt", "quickstart { wrong_mode_templates: \"jumps\" }\n");
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad4.pbtxt", &out);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(out.find("quickstart.wrong_mode_templates"), std::string::npos) << out;
-  EXPECT_NE(out.find("jumps"), std::string::npos) << out;
-
-  rlhf::write_file_atomic(dir / "bad5.pbtxt",
-                          "quickstart { p_gold_wrong_mode: 0.6 p_wrong_wrong_mode: 0.6 }\n");
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "bad5.pbtxt", &out);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(out.find("at most 1"), std::string::npos) << out;
+  // A config with one bad field fails (exit != 0) with a message holding every needle.
+  auto expect_rejected = [&](const std::string& name, const std::string& text,
+                             std::initializer_list<const char*> needles) {
+    rlhf::write_file_atomic(dir / name, text);
+    std::string msg;
+    EXPECT_NE(run_command(rlhf_binary() + " pipeline run " + dir / name, &msg), 0) << text;
+    for (const char* needle : needles) EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+  };
+  expect_rejected("bad2.pbtxt", "annotate { mode: \"robots\" }\n", {"annotate.mode"});
+  expect_rejected("bad3.pbtxt", "quickstart { max_operand: 99 }\n",
+                  {"quickstart.max_operand", "99"});
+  expect_rejected("bad4.pbtxt", "quickstart { wrong_mode_templates: \"jumps\" }\n",
+                  {"quickstart.wrong_mode_templates", "jumps"});
+  expect_rejected("bad5.pbtxt", "quickstart { p_gold_wrong_mode: 0.6 p_wrong_wrong_mode: 0.6 }\n",
+                  {"at most 1"});
 
   rlhf::write_file_atomic(dir / "ok.pbtxt", "name: \"x\"\n");
   code = run_command(rlhf_binary() + " pipeline run " + dir / "ok.pbtxt" + " --only nonsense", &out);
