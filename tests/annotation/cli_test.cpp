@@ -20,6 +20,7 @@ extern char** environ;
 using nlohmann::json;
 using rlhf::testing::rlhf_binary;
 using rlhf::testing::run_command;
+using rlhf::testing::ServeProcess;
 using rlhf::testing::TempDir;
 
 namespace {
@@ -39,34 +40,6 @@ std::vector<json> json_lines(const std::string& s) {
     if (!line.empty() && line[0] == '{') out.push_back(json::parse(line));
   return out;
 }
-
-// `rlhf annotate serve` as a child process.
-struct ServeProcess {
-  ServeProcess(const std::string& db, const std::string& socket) : socket(socket) {
-    std::vector<std::string> args = {rlhf_binary(), "annotate", "serve", "--db", db, "--socket",
-                                     socket};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ), 0);
-    for (int i = 0; i < 1000 && !rlhf::file_exists(socket); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    EXPECT_TRUE(rlhf::file_exists(socket)) << "server did not start";
-  }
-  int stop() {
-    if (pid <= 0) return -1;
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  ~ServeProcess() {
-    if (pid > 0) stop();
-  }
-  pid_t pid = -1;
-  std::string socket;
-};
 
 }  // namespace
 

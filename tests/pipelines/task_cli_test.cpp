@@ -23,6 +23,7 @@ namespace q = rlhf::quickstart;
 using nlohmann::json;
 using rlhf::testing::rlhf_binary;
 using rlhf::testing::run_command;
+using rlhf::testing::ServeProcess;
 using rlhf::testing::TempDir;
 
 namespace {
@@ -35,28 +36,6 @@ std::vector<std::string> lines_of(const std::string& text) {
     if (!line.empty()) out.push_back(line);
   return out;
 }
-
-// `rlhf annotate serve` as a child process, stopped with SIGTERM.
-struct ServeProcess {
-  ServeProcess(const std::string& db, const std::string& socket) {
-    std::vector<std::string> args = {rlhf_binary(), "annotate", "serve", "--db", db, "--socket", socket};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ), 0);
-    for (int i = 0; i < 1000 && !rlhf::file_exists(socket); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    EXPECT_TRUE(rlhf::file_exists(socket)) << "server did not start";
-  }
-  ~ServeProcess() {
-    if (pid > 0) {
-      ::kill(pid, SIGTERM);
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-    }
-  }
-  pid_t pid = -1;
-};
 
 }  // namespace
 
