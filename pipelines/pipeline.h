@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "pipelines/pipeline_config.h"
 #include "proto/pipeline.pb.h"
 
 namespace rlhf::pipelines {
@@ -29,10 +30,6 @@ struct RunOptions {
   std::string only_stage;   // "" = all; run just this stage (its inputs must be complete)
   bool force = false;       // rerun stages even when their fingerprint is unchanged
 };
-
-// Loads and checks a pipeline config (errors name file, line and field) and fills defaults.
-proto::PipelineConfig load_pipeline_config(const std::string& path);
-void apply_pipeline_defaults(proto::PipelineConfig* config);
 
 // Runs the pipeline; returns the run folder. Throws rlhf::Error naming the stage on failure.
 std::string run_pipeline(const RunOptions& options);

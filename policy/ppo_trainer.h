@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "policy/model.h"
+#include "policy/ppo_config.h"
 #include "proto/ppo.pb.h"
 
 namespace rlhf::policy {
@@ -115,11 +116,5 @@ class PpoTrainer {
   int64_t completed_ = 0;
   std::vector<std::map<std::string, double>> history_;
 };
-
-// Loads <dir> with protobuf TextFormat into a PpoConfig; unknown fields and bad values are errors
-// naming the file, line and column.
-proto::PpoConfig load_ppo_config(const std::string& path);
-// Checks ranges (batch sizes, clip ranges, ...) and throws rlhf::Error naming the field.
-void validate_ppo_config(const proto::PpoConfig& config);
 
 }  // namespace rlhf::policy
