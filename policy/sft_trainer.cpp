@@ -27,6 +27,7 @@
 #include "policy/model.h"
 #include "policy/prompt_format.h"
 #include "policy/tokenizer.h"
+#include "policy/training.h"
 
 namespace rlhf::policy {
 
@@ -188,127 +189,6 @@ std::vector<size_t> epoch_order(size_t n, uint64_t seed, int64_t epoch) {
   return order;
 }
 
-// ---- resumable state ---------------------------------------------------------------------------
-
-std::string config_identity(proto::SftConfig c) {
-  c.clear_stop_after();
-  c.clear_out_dir();
-  c.clear_threads();
-  return sha256_hex(to_text_format(c));
-}
-
-std::string step_dir_name(int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
-  return buf;
-}
-
-torch::Tensor cpu_rng_state() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
-}
-
-void set_cpu_rng_state(const torch::Tensor& state) {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-}
-
-void save_state(const std::string& out_dir, Transformer& model, torch::optim::Optimizer& opt,
-                const std::vector<std::pair<std::string, torch::Tensor>>& adapters,
-                const proto::SftTrainState& st) {
-  const std::string root = out_dir + "/state";
-  make_dirs(root);
-  const std::string name = step_dir_name(st.step());
-  const std::string tmp = root + "/" + name + ".tmp";
-  fs::remove_all(tmp);
-  make_dirs(tmp);
-  {
-    torch::serialize::OutputArchive ar;
-    for (const auto& p : model->named_parameters()) ar.write(p.key(), p.value());
-    for (const auto& b : model->named_buffers()) ar.write(b.key(), b.value(), /*is_buffer=*/true);
-    for (const auto& [k, t] : adapters) ar.write("lora." + k, t);
-    ar.save_to(tmp + "/model.pt");
-  }
-  torch::save(opt, tmp + "/optimizer.pt");
-  torch::save(cpu_rng_state(), tmp + "/rng.pt");
-  write_file_atomic(tmp + "/train_state.pb", st.SerializeAsString());
-  const std::string final_dir = root + "/" + name;
-  fs::remove_all(final_dir);
-  rename_atomic(tmp, final_dir);
-  write_file_atomic(root + "/LATEST", name + "\n");
-  // Keep only the newest state.
-  for (const auto& e : fs::directory_iterator(root))
-    if (e.is_directory() && e.path().filename().string() != name)
-      fs::remove_all(e.path());
-}
-
-std::optional<std::string> latest_state(const std::string& out_dir) {
-  const std::string latest = out_dir + "/state/LATEST";
-  if (!file_exists(latest)) return std::nullopt;
-  std::string name = read_file(latest);
-  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-  const std::string dir = out_dir + "/state/" + name;
-  if (!file_exists(dir + "/train_state.pb"))
-    throw Error(latest + ": names " + dir + ", which has no train_state.pb (delete the state folder)");
-  return dir;
-}
-
-void load_state(const std::string& dir, Transformer& model, torch::optim::Optimizer& opt,
-                std::vector<std::pair<std::string, torch::Tensor>>& adapters,
-                proto::SftTrainState* st) {
-  try {
-    torch::serialize::InputArchive ar;
-    ar.load_from(dir + "/model.pt");
-    torch::NoGradGuard no_grad;
-    for (auto& p : model->named_parameters()) {
-      torch::Tensor t = p.value();
-      ar.read(p.key(), t);
-    }
-    for (auto& b : model->named_buffers()) {
-      torch::Tensor t = b.value();
-      ar.read(b.key(), t, /*is_buffer=*/true);
-    }
-    for (auto& [k, t] : adapters) ar.read("lora." + k, t);
-    torch::load(opt, dir + "/optimizer.pt");
-    torch::Tensor rng;
-    torch::load(rng, dir + "/rng.pt");
-    set_cpu_rng_state(rng);
-  } catch (const c10::Error& e) {
-    throw Error(dir + ": cannot read the saved state (" + e.what_without_backtrace() + ")");
-  }
-  if (!st->ParseFromString(read_file(dir + "/train_state.pb")))
-    throw Error(dir + "/train_state.pb: not a SftTrainState message");
-}
-
-// ---- model set-up ------------------------------------------------------------------------------
-
-ModelConfig scratch_config(const proto::SftConfig& c, const Tokenizer& tok) {
-  ModelConfig m;
-  const auto& p = c.model();
-  if (p.dim()) m.dim = p.dim();
-  if (p.n_layers()) m.n_layers = p.n_layers();
-  if (p.n_heads()) m.n_heads = p.n_heads();
-  m.n_kv_heads = p.n_kv_heads() ? p.n_kv_heads() : m.n_heads;
-  if (p.hidden_dim()) m.hidden_dim = p.hidden_dim();
-  if (p.max_seq_len()) m.max_seq_len = p.max_seq_len();
-  if (p.norm_eps() != 0) m.norm_eps = p.norm_eps();
-  if (p.rope_theta() != 0) m.rope_theta = p.rope_theta();
-  m.tie_embeddings = p.tie_embeddings();
-  m.vocab_size = tok.vocab_size();
-  m.bos_id = tok.bos_id();
-  m.eos_id = tok.eos_id();
-  m.pad_id = tok.pad_id() >= 0 ? tok.pad_id() : 0;
-  if (c.seq_len() > m.max_seq_len) m.max_seq_len = c.seq_len();
-  try {
-    m.validate();
-  } catch (const Error&) {
-    rethrow_with_context("model");
-  }
-  return m;
-}
-
 double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& rows,
                 int batch_size, int max_batches, int64_t pad_id, const torch::Device& dev) {
   if (rows.empty()) return std::nan("");
@@ -331,84 +211,44 @@ double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& 
   return n > 0 ? sum / static_cast<double>(n) : std::nan("");
 }
 
-}  // namespace
+// ---- the run -----------------------------------------------------------------------------------
 
-// ---- training ----------------------------------------------------------------------------------
-
-SftResult train_sft(const proto::SftConfig& config_in) {
-  const auto t_start = std::chrono::steady_clock::now();
-  proto::SftConfig cfg = config_in;
-  apply_sft_defaults(&cfg);
-  validate_sft_config(cfg, "sft config");
-  if (cfg.out_dir().empty()) throw Error("sft config: field 'out_dir': no output folder given");
-  if (cfg.train_file().empty()) throw Error("sft config: field 'train_file': no training data given");
-  if (cfg.threads() > 0) torch::set_num_threads(cfg.threads());
-  const torch::Device dev(cfg.device());
-  const std::string out = cfg.out_dir();
-  make_dirs(out);
-
-  SftResult res;
-  res.out_dir = out;
-  res.model_dir = out + "/model";
-  const std::string identity = config_identity(cfg);
-
-  // A finished run of this same config: nothing to do.
-  if (auto m = read_manifest(out); m && m->complete()) {
-    proto::SftConfig done;
-    if (google::protobuf::TextFormat::ParseFromString(m->resolved_config(), &done) &&
-        config_identity(done) == identity) {
-      res.already_complete = true;
-      res.steps = static_cast<int64_t>(m->metrics().count("steps") ? m->metrics().at("steps") : 0);
-      if (m->metrics().count("final_eval_loss")) res.final_eval_loss = m->metrics().at("final_eval_loss");
-      if (m->metrics().count("first_eval_loss")) res.first_eval_loss = m->metrics().at("first_eval_loss");
-      return res;
-    }
-  }
-
-  // Tokenizer.
-  std::string tok_path = cfg.tokenizer();
-  if (tok_path.empty() && !cfg.init_from().empty() && file_exists(cfg.init_from() + "/tokenizer.model"))
-    tok_path = cfg.init_from() + "/tokenizer.model";
-  if (tok_path.empty()) throw Error("sft config: field 'tokenizer': no tokenizer .model given");
-  const Tokenizer tok = Tokenizer::load(tok_path);
-
-  // Model (seeded: from-scratch init and LoRA init are reproducible).
-  torch::manual_seed(cfg.seed());
+// Everything one SFT run holds; the phases below read and advance it.
+struct SftRun {
+  proto::SftConfig cfg;
+  torch::Device dev{torch::kCPU};
+  std::string out;
+  training::InitialModel init;
   Transformer model{nullptr};
-  CheckpointInfo base_info;
-  if (cfg.init_from().empty()) {
-    model = Transformer(scratch_config(cfg, tok));
-    init_weights(model);
-  } else {
-    LoadedModel loaded = load_checkpoint(cfg.init_from());
-    model = loaded.model;
-    base_info = loaded.info;
-    if (!base_info.tokenizer_sha256.empty() && base_info.tokenizer_sha256 != tok.sha256())
-      throw Error(cfg.init_from() + ": trained with tokenizer " + base_info.tokenizer_sha256.substr(0, 12) +
-                  " but " + tok_path + " is " + tok.sha256().substr(0, 12));
-    if (model->config().vocab_size < tok.vocab_size())
-      throw Error(cfg.init_from() + ": vocab_size " + std::to_string(model->config().vocab_size) +
-                  " is smaller than the tokenizer's " + std::to_string(tok.vocab_size()) + " (" +
-                  tok_path + ")");
-  }
-  const ModelConfig mc = model->config();
-  const int64_t seq_len = cfg.seq_len() > 0 ? std::min<int64_t>(cfg.seq_len(), mc.max_seq_len) : mc.max_seq_len;
-  const int64_t pad_id = mc.pad_id >= 0 ? mc.pad_id : 0;
-  model->to(dev);
-  model->train();
-
   std::unique_ptr<LoraAdapters> lora;
-  if (cfg.has_lora() && cfg.lora().rank() > 0)
-    lora = std::make_unique<LoraAdapters>(model, LoraOptions::from_proto(cfg.lora()));
+  std::vector<Row> train_rows, eval_rows;
+  int64_t seq_len = 0, pad_id = 0, total_steps = 0;
+  WarmupCosine schedule;
+  std::unique_ptr<training::Optimizer> opt;
+  std::unique_ptr<training::StateFolder> states;
+  std::string fingerprint;
+  proto::SftTrainState st;          // step, data position, early-stop counters
+  std::vector<size_t> order;        // row order of the current pass
+  proto::StageManifest manifest;
+  std::unique_ptr<MetricsWriter> metrics;
+  std::chrono::steady_clock::time_point t_start;
+  std::chrono::steady_clock::time_point t_session;  // start of this process's training
+  std::chrono::steady_clock::time_point t_train;    // since the last elapsed_seconds update
+  int64_t tokens_this_session = 0;
+};
 
-  // Data: held-out split by a seeded permutation of examples.
-  std::vector<Example> train_ex = read_examples(cfg.train_file(), cfg.format(), tok);
+const std::vector<std::string> kSftRunOnlyFields = {"out_dir", "threads", "device", "stop_after"};
+
+// Held-out split by a seeded permutation of examples (or the eval file), then rows.
+void load_data(SftRun& r) {
+  const auto& c = r.cfg;
+  std::vector<Example> train_ex = read_examples(c.train_file(), c.format(), r.init.tokenizer);
   std::vector<Example> eval_ex;
-  if (!cfg.eval_file().empty()) {
-    eval_ex = read_examples(cfg.eval_file(), cfg.format(), tok);
-  } else if (cfg.heldout_fraction() > 0 && train_ex.size() >= 2) {
-    auto order = epoch_order(train_ex.size(), cfg.seed() ^ 0x5eedULL, -1);
-    size_t n_eval = std::max<size_t>(1, static_cast<size_t>(cfg.heldout_fraction() * train_ex.size()));
+  if (!c.eval_file().empty()) {
+    eval_ex = read_examples(c.eval_file(), c.format(), r.init.tokenizer);
+  } else if (c.heldout_fraction() > 0 && train_ex.size() >= 2) {
+    auto order = epoch_order(train_ex.size(), c.seed() ^ 0x5eedULL, -1);
+    size_t n_eval = std::max<size_t>(1, static_cast<size_t>(c.heldout_fraction() * train_ex.size()));
     std::vector<uint8_t> is_eval(train_ex.size(), 0);
     for (size_t i = 0; i < n_eval; ++i) is_eval[order[i]] = 1;
     std::vector<Example> keep;
@@ -416,221 +256,288 @@ SftResult train_sft(const proto::SftConfig& config_in) {
       (is_eval[i] ? eval_ex : keep).push_back(std::move(train_ex[i]));
     train_ex = std::move(keep);
   }
-  const std::vector<Row> train_rows = make_rows(train_ex, seq_len, cfg.packed());
-  const std::vector<Row> eval_rows = make_rows(eval_ex, seq_len, cfg.packed());
-  if (train_rows.empty())
-    throw Error(cfg.train_file() + ": no training rows with target tokens (seq_len " +
-                std::to_string(seq_len) + ")");
-  const int64_t rows_per_step = static_cast<int64_t>(cfg.batch_size()) * cfg.grad_accum();
-  const int64_t total_steps =
-      cfg.steps() > 0 ? cfg.steps()
-                      : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
-                                                 cfg.epochs() * train_rows.size() / rows_per_step)));
+  r.train_rows = make_rows(train_ex, r.seq_len, c.packed());
+  r.eval_rows = make_rows(eval_ex, r.seq_len, c.packed());
+  if (r.train_rows.empty())
+    throw Error(c.train_file() + ": no training rows with target tokens (seq_len " +
+                std::to_string(r.seq_len) + ")");
+}
 
-  // Optimiser: AdamW, decay on >= 2-dim parameters only.
-  std::vector<torch::Tensor> decay, no_decay;
-  if (lora) {
-    for (auto& p : lora->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+// Config, model (seeded), LoRA, data, optimizer and schedule.
+void prepare(SftRun& r, const proto::SftConfig& config_in) {
+  r.t_start = std::chrono::steady_clock::now();
+  r.cfg = config_in;
+  apply_sft_defaults(&r.cfg);
+  const auto& c = r.cfg;
+  validate_sft_config(c, "sft config");
+  if (c.out_dir().empty()) throw Error("sft config: field 'out_dir': no output folder given");
+  if (c.train_file().empty()) throw Error("sft config: field 'train_file': no training data given");
+  if (c.threads() > 0) torch::set_num_threads(c.threads());
+  r.dev = torch::Device(c.device());
+  r.out = c.out_dir();
+
+  torch::manual_seed(c.seed());  // from-scratch and LoRA init are reproducible
+  training::ModelSource src;
+  src.init_from = c.init_from();
+  src.tokenizer = c.tokenizer();
+  src.scratch = c.model();
+  src.seq_len = c.seq_len();
+  src.what = "sft config";
+  r.init = training::init_model(src);
+  r.model = r.init.model;
+  const ModelConfig mc = r.model->config();
+  r.seq_len = c.seq_len() > 0 ? std::min<int64_t>(c.seq_len(), mc.max_seq_len) : mc.max_seq_len;
+  r.pad_id = mc.pad_id >= 0 ? mc.pad_id : 0;
+  r.model->to(r.dev);
+  r.model->train();
+  if (c.has_lora() && c.lora().rank() > 0)
+    r.lora = std::make_unique<LoraAdapters>(r.model, LoraOptions::from_proto(c.lora()));
+
+  load_data(r);
+  const int64_t rows_per_step = static_cast<int64_t>(c.batch_size()) * c.grad_accum();
+  r.total_steps = c.steps() > 0 ? c.steps()
+                                : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
+                                                           c.epochs() * r.train_rows.size() / rows_per_step)));
+  training::AdamWOptions ao;
+  ao.beta1 = c.beta1();
+  ao.beta2 = c.beta2();
+  ao.weight_decay = c.weight_decay();
+  training::NamedTensors trainable;
+  if (r.lora) {
+    trainable = r.lora->named_parameters();
   } else {
-    for (auto& p : model->parameters())
-      if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+    for (const auto& p : r.model->named_parameters())
+      if (p.value().requires_grad()) trainable.emplace_back(p.key(), p.value());
   }
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  auto adamw_opts = [&](double wd) {
-    auto o = std::make_unique<torch::optim::AdamWOptions>(cfg.lr());
-    o->betas({cfg.beta1(), cfg.beta2()}).weight_decay(wd).eps(1e-8);
-    return o;
-  };
-  if (!decay.empty()) groups.emplace_back(decay, adamw_opts(cfg.weight_decay()));
-  if (!no_decay.empty()) groups.emplace_back(no_decay, adamw_opts(0.0));
-  torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(cfg.lr()));
-  std::vector<torch::Tensor> trainable = decay;
-  trainable.insert(trainable.end(), no_decay.begin(), no_decay.end());
-
-  WarmupCosine schedule;
-  schedule.peak_lr = cfg.lr();
-  schedule.min_lr = cfg.lr() * cfg.min_lr_ratio();
-  schedule.total_steps = total_steps;
-  schedule.warmup_steps = cfg.warmup_steps() > 0    ? cfg.warmup_steps()
-                          : cfg.warmup_steps() == 0 ? total_steps / 20
+  r.opt = std::make_unique<training::Optimizer>(trainable, ao);
+  r.schedule.peak_lr = c.lr();
+  r.schedule.min_lr = c.lr() * c.min_lr_ratio();
+  r.schedule.total_steps = r.total_steps;
+  r.schedule.warmup_steps = c.warmup_steps() > 0    ? c.warmup_steps()
+                            : c.warmup_steps() == 0 ? r.total_steps / 20
                                                     : 0;
+}
 
-  // Resume.
-  proto::SftTrainState st;
-  st.set_schema_version(1);
-  st.set_best_eval_loss(std::numeric_limits<float>::infinity());
-  st.set_config_sha256(identity);
-  std::vector<std::pair<std::string, torch::Tensor>> adapter_params;
-  if (lora) adapter_params = lora->named_parameters();
-  if (auto dir = latest_state(out)) {
-    proto::SftTrainState saved;
-    load_state(*dir, model, opt, adapter_params, &saved);
-    if (saved.config_sha256() != identity)
-      throw Error(*dir + ": saved by a run with a different config; use another output folder or "
-                  "delete " + out + "/state to start over");
-    st = saved;
-    res.resumed_from = st.step();
+// Tensors of the resumable state: the model's parameters and buffers, and the LoRA adapters.
+training::NamedTensors state_tensors(SftRun& r) {
+  training::NamedTensors t = training::module_tensors(*r.model);
+  if (r.lora)
+    for (auto& [k, v] : r.lora->named_parameters()) t.emplace_back("lora." + k, v);
+  return t;
+}
+
+void save_state(SftRun& r) {
+  r.st.set_elapsed_seconds(
+      r.st.elapsed_seconds() +
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_train).count());
+  r.t_train = std::chrono::steady_clock::now();
+  r.states->save(training::step_name(r.st.step()), r.fingerprint, [&](const std::string& dir) {
+    training::save_tensors(state_tensors(r), dir + "/model.pt");
+    r.opt->save(dir + "/optimizer.pt");
+    training::save_cpu_rng(dir + "/rng.pt");
+    write_file_atomic(dir + "/train_state.pb", r.st.SerializeAsString());
+  });
+}
+
+// The resume rule (policy/training.h). Returns true when the folder already holds the finished
+// run of this config (nothing to do).
+bool resume_or_start(SftRun& r, SftResult& res) {
+  std::vector<std::string> inputs = r.init.files;
+  inputs.push_back(r.cfg.train_file());
+  if (!r.cfg.eval_file().empty()) inputs.push_back(r.cfg.eval_file());
+  r.fingerprint = training::config_fingerprint(r.cfg, kSftRunOnlyFields, inputs);
+  r.states = std::make_unique<training::StateFolder>(r.out + "/state");
+  r.st.set_schema_version(1);
+  r.st.set_best_eval_loss(std::numeric_limits<float>::infinity());
+  r.st.set_config_sha256(r.fingerprint);
+  if (auto dir = r.states->resume_dir(r.fingerprint)) {
+    if (!r.st.ParseFromString(read_file(*dir + "/train_state.pb")))
+      throw Error(*dir + "/train_state.pb: not a SftTrainState message");
+    const bool early_stopped = r.cfg.early_stop_patience() > 0 &&
+                               r.st.evals_without_improvement() >= r.cfg.early_stop_patience();
+    auto m = read_manifest(r.out);
+    if (m && m->complete() && (r.st.step() >= r.total_steps || early_stopped)) {
+      res.already_complete = true;
+      res.steps = static_cast<int64_t>(m->metrics().count("steps") ? m->metrics().at("steps") : 0);
+      if (m->metrics().count("final_eval_loss")) res.final_eval_loss = m->metrics().at("final_eval_loss");
+      if (m->metrics().count("first_eval_loss")) res.first_eval_loss = m->metrics().at("first_eval_loss");
+      return true;
+    }
+    training::load_tensors(state_tensors(r), *dir + "/model.pt");
+    r.opt->load(*dir + "/optimizer.pt", r.dev);
+    training::load_cpu_rng(*dir + "/rng.pt");
+    res.resumed_from = r.st.step();
     std::fprintf(stderr, "sft: resuming from %s (step %lld)\n", dir->c_str(),
-                 static_cast<long long>(st.step()));
+                 static_cast<long long>(r.st.step()));
   }
+  r.manifest = begin_manifest("sft");
+  r.manifest.set_complete(false);
+  r.manifest.set_resolved_config(to_text_format(r.cfg));
+  r.manifest.set_tokenizer_sha256(r.init.tokenizer.sha256());
+  r.manifest.set_vocab_size(r.init.tokenizer.vocab_size());
+  for (const auto& f : inputs) *r.manifest.add_inputs() = file_ref(f);
+  write_manifest(r.manifest, r.out);
+  r.metrics = std::make_unique<MetricsWriter>(r.out, /*append=*/res.resumed_from >= 0);
+  return false;
+}
 
-  proto::StageManifest manifest = begin_manifest("sft");
-  manifest.set_complete(false);
-  manifest.set_resolved_config(to_text_format(cfg));
-  manifest.set_tokenizer_sha256(tok.sha256());
-  manifest.set_vocab_size(tok.vocab_size());
-  *manifest.add_inputs() = file_ref(cfg.train_file());
-  if (!cfg.eval_file().empty()) *manifest.add_inputs() = file_ref(cfg.eval_file());
-  *manifest.add_inputs() = file_ref(tok_path);
-  if (!cfg.init_from().empty()) {
-    for (const char* f : {"/model.safetensors", "/checkpoint.pb", "/config.json"})
-      if (file_exists(cfg.init_from() + f)) *manifest.add_inputs() = file_ref(cfg.init_from() + f);
-  }
-  write_manifest(manifest, out);
-
-  MetricsWriter metrics(out, /*append=*/res.resumed_from >= 0);
-  const int eval_batches = cfg.eval_batches();
-  if (res.resumed_from < 0 && !eval_rows.empty()) {
-    const double l0 = evaluate(model, lora.get(), eval_rows, cfg.batch_size(), eval_batches, pad_id, dev);
-    res.first_eval_loss = l0;
-    st.set_best_eval_loss(static_cast<float>(l0));  // early stop: must improve on the start
-    metrics.write(0, {{"eval_loss", l0}, {"eval_ppl", std::exp(l0)}});
-  }
-
-  Progress progress("sft", total_steps, "step", 30.0);
-  std::vector<size_t> order = epoch_order(train_rows.size(), cfg.seed(), st.epoch());
-  const auto t_train = std::chrono::steady_clock::now();
-  const double elapsed_before = st.elapsed_seconds();
-  bool evaluated_at_end = false;
-  int64_t tokens_this_session = 0;
-  double last_loss = 0.0;
-  while (st.step() < total_steps) {
-    // The step's micro-batches (the data position advances with them).
-    std::vector<Batch> micro;
-    for (int m = 0; m < cfg.grad_accum(); ++m) {
-      std::vector<const Row*> rs;
-      while (static_cast<int64_t>(rs.size()) < cfg.batch_size()) {
-        if (st.row_in_epoch() >= static_cast<int64_t>(order.size())) {
-          if (!rs.empty()) break;  // a micro-batch never spans two passes
-          st.set_epoch(st.epoch() + 1);
-          st.set_row_in_epoch(0);
-          order = epoch_order(train_rows.size(), cfg.seed(), st.epoch());
-        }
-        rs.push_back(&train_rows[order[st.row_in_epoch()]]);
-        st.set_row_in_epoch(st.row_in_epoch() + 1);
+// The micro-batches of the next optimizer step; the data position advances with them.
+std::vector<Batch> next_micro_batches(SftRun& r) {
+  std::vector<Batch> micro;
+  for (int m = 0; m < r.cfg.grad_accum(); ++m) {
+    std::vector<const Row*> rows;
+    while (static_cast<int64_t>(rows.size()) < r.cfg.batch_size()) {
+      if (r.st.row_in_epoch() >= static_cast<int64_t>(r.order.size())) {
+        if (!rows.empty()) break;  // a micro-batch never spans two passes
+        r.st.set_epoch(r.st.epoch() + 1);
+        r.st.set_row_in_epoch(0);
+        r.order = epoch_order(r.train_rows.size(), r.cfg.seed(), r.st.epoch());
       }
-      micro.push_back(make_batch(rs, pad_id, dev));
+      rows.push_back(&r.train_rows[r.order[r.st.row_in_epoch()]]);
+      r.st.set_row_in_epoch(r.st.row_in_epoch() + 1);
     }
-    int64_t n_targets = 0, n_tokens = 0;
-    for (const auto& b : micro) {
-      n_targets += b.n_targets;
-      n_tokens += b.n_tokens;
-    }
-    const double lr = schedule.at(st.step());
-    for (auto& g : opt.param_groups())
-      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    opt.zero_grad();
-    double loss_sum = 0.0;
-    for (const auto& b : micro) {
-      if (lora) lora->refresh(true);
-      auto loss = batch_loss_sum(model, b) / static_cast<double>(std::max<int64_t>(1, n_targets));
-      loss.backward();
-      loss_sum += loss.item<double>();
-    }
-    double grad_norm = 0.0;
-    if (cfg.grad_clip() > 0)
-      grad_norm = torch::nn::utils::clip_grad_norm_(trainable, cfg.grad_clip());
-    opt.step();
-    st.set_step(st.step() + 1);
-    st.set_tokens_seen(st.tokens_seen() + n_tokens);
-    tokens_this_session += n_tokens;
-    last_loss = loss_sum;
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
-    const double tps = elapsed > 0 ? tokens_this_session / elapsed : 0.0;
-    metrics.write(st.step(), {{"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
-                              {"tokens_per_s", tps}});
-    char extra[96];
-    std::snprintf(extra, sizeof extra, "loss %.4f  %.0f tok/s", loss_sum, tps);
-    progress.update(st.step(), extra);
-
-    bool stop = false;
-    const bool last = st.step() == total_steps;
-    evaluated_at_end = false;
-    if (!eval_rows.empty() && (st.step() % cfg.eval_every() == 0 || last)) {
-      const double el = evaluate(model, lora.get(), eval_rows, cfg.batch_size(), eval_batches, pad_id, dev);
-      metrics.write(st.step(), {{"eval_loss", el}, {"eval_ppl", std::exp(el)}});
-      res.final_eval_loss = el;
-      evaluated_at_end = true;
-      if (el < st.best_eval_loss()) {
-        st.set_best_eval_loss(static_cast<float>(el));
-        st.set_evals_without_improvement(0);
-      } else {
-        st.set_evals_without_improvement(st.evals_without_improvement() + 1);
-        if (cfg.early_stop_patience() > 0 &&
-            st.evals_without_improvement() >= cfg.early_stop_patience()) {
-          stop = true;
-          res.early_stopped = true;
-        }
-      }
-    }
-    if (cfg.stop_after() > 0 && st.step() >= cfg.stop_after() && !last) {
-      // Simulated kill: leave without saving anything more.
-      res.interrupted = true;
-      res.steps = st.step();
-      progress.finish("stopped (stop_after)");
-      return res;
-    }
-    if (st.step() % cfg.save_every() == 0 || last || stop) {
-      st.set_elapsed_seconds(elapsed_before + elapsed);
-      save_state(out, model, opt, adapter_params, st);
-    }
-    if (stop) break;
+    micro.push_back(make_batch(rows, r.pad_id, r.dev));
   }
-  progress.finish();
-  const double train_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
-  res.steps = st.step();
-  res.final_train_loss = last_loss;
-  res.tokens_per_second = train_seconds > 0 ? tokens_this_session / train_seconds : 0.0;
-  if (!eval_rows.empty() && !evaluated_at_end)  // e.g. resumed from the final state
-    res.final_eval_loss = evaluate(model, lora.get(), eval_rows, cfg.batch_size(), eval_batches, pad_id, dev);
-  res.final_eval_ppl = std::exp(res.final_eval_loss);
+  return micro;
+}
 
-  // Outputs.
+double tokens_per_second(const SftRun& r) {
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
+  return s > 0 ? r.tokens_this_session / s : 0.0;
+}
+
+// Forward/backward over the micro-batches (the loss is the mean over all the step's target
+// tokens), then one AdamW update. Returns the step's loss.
+double train_step(SftRun& r, const std::vector<Batch>& micro) {
+  int64_t n_targets = 0, n_tokens = 0;
+  for (const auto& b : micro) {
+    n_targets += b.n_targets;
+    n_tokens += b.n_tokens;
+  }
+  const double lr = r.schedule.at(r.st.step());
+  r.opt->zero_grad();
+  double loss_sum = 0.0;
+  for (const auto& b : micro) {
+    if (r.lora) r.lora->refresh(true);
+    auto loss = batch_loss_sum(r.model, b) / static_cast<double>(std::max<int64_t>(1, n_targets));
+    loss.backward();
+    loss_sum += loss.item<double>();
+  }
+  const double grad_norm = r.opt->step(lr, r.cfg.grad_clip());
+  r.st.set_step(r.st.step() + 1);
+  r.st.set_tokens_seen(r.st.tokens_seen() + n_tokens);
+  r.tokens_this_session += n_tokens;
+  r.metrics->write(r.st.step(), {{"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
+                                 {"tokens_per_s", tokens_per_second(r)}});
+  return loss_sum;
+}
+
+double evaluate_now(SftRun& r) {
+  return evaluate(r.model, r.lora.get(), r.eval_rows, r.cfg.batch_size(), r.cfg.eval_batches(),
+                  r.pad_id, r.dev);
+}
+
+// Held-out loss after a step; returns true when early stopping says to stop.
+bool evaluate_step(SftRun& r, SftResult& res) {
+  const double loss = evaluate_now(r);
+  r.metrics->write(r.st.step(), {{"eval_loss", loss}, {"eval_ppl", std::exp(loss)}});
+  res.final_eval_loss = loss;
+  if (loss < r.st.best_eval_loss()) {
+    r.st.set_best_eval_loss(static_cast<float>(loss));
+    r.st.set_evals_without_improvement(0);
+    return false;
+  }
+  r.st.set_evals_without_improvement(r.st.evals_without_improvement() + 1);
+  return r.cfg.early_stop_patience() > 0 &&
+         r.st.evals_without_improvement() >= r.cfg.early_stop_patience();
+}
+
+// model/ (merged with LoRA), adapter/, tokenizer.model, and the finished manifest.
+void write_outputs(SftRun& r, SftResult& res) {
   CheckpointInfo info;
-  info.tokenizer_sha256 = tok.sha256();
+  info.tokenizer_sha256 = r.init.tokenizer.sha256();
   info.kind = "policy";
   info.created_by = "sft";
-  info.step = st.step();
-  model->to(torch::kCPU);
-  if (lora) {
-    lora->save(out + "/adapter");
-    lora->merge();
-    lora.reset();
+  info.step = r.st.step();
+  r.model->to(torch::kCPU);
+  if (r.lora) {
+    r.lora->save(r.out + "/adapter");
+    r.lora->merge();
+    r.lora.reset();
   }
-  save_checkpoint(model, res.model_dir, info);
-  write_file_atomic(res.model_dir + "/tokenizer.model", read_file(tok_path));
+  save_checkpoint(r.model, res.model_dir, info);
+  write_file_atomic(res.model_dir + "/tokenizer.model", read_file(r.init.tokenizer_path));
 
-  res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  manifest.clear_outputs();
-  *manifest.add_outputs() = file_ref(res.model_dir + "/model.safetensors");
-  *manifest.add_outputs() = file_ref(res.model_dir + "/checkpoint.pb");
-  if (file_exists(out + "/adapter/adapter_model.safetensors"))
-    *manifest.add_outputs() = file_ref(out + "/adapter/adapter_model.safetensors");
-  auto& mm = *manifest.mutable_metrics();
+  res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_start).count();
+  auto& m = r.manifest;
+  m.clear_outputs();
+  *m.add_outputs() = file_ref(res.model_dir + "/model.safetensors");
+  *m.add_outputs() = file_ref(res.model_dir + "/checkpoint.pb");
+  if (file_exists(r.out + "/adapter/adapter_model.safetensors"))
+    *m.add_outputs() = file_ref(r.out + "/adapter/adapter_model.safetensors");
+  auto& mm = *m.mutable_metrics();
   mm["steps"] = static_cast<double>(res.steps);
   mm["final_train_loss"] = res.final_train_loss;
-  if (!eval_rows.empty()) {
+  if (!r.eval_rows.empty()) {
     if (res.resumed_from < 0) mm["first_eval_loss"] = res.first_eval_loss;
     mm["final_eval_loss"] = res.final_eval_loss;
     mm["final_eval_ppl"] = res.final_eval_ppl;
-    mm["best_eval_loss"] = st.best_eval_loss();
+    mm["best_eval_loss"] = r.st.best_eval_loss();
   }
-  mm["tokens_seen"] = static_cast<double>(st.tokens_seen());
+  mm["tokens_seen"] = static_cast<double>(r.st.tokens_seen());
   mm["tokens_per_second"] = res.tokens_per_second;
   mm["early_stopped"] = res.early_stopped ? 1.0 : 0.0;
-  finish_manifest(manifest, out, res.wall_seconds);
+  finish_manifest(m, r.out, res.wall_seconds);
+}
+
+}  // namespace
+
+// ---- training ----------------------------------------------------------------------------------
+
+SftResult train_sft(const proto::SftConfig& config) {
+  SftRun r;
+  prepare(r, config);
+  SftResult res;
+  res.out_dir = r.out;
+  res.model_dir = r.out + "/model";
+  make_dirs(r.out);
+  if (resume_or_start(r, res)) return res;
+  if (res.resumed_from < 0 && !r.eval_rows.empty()) {
+    res.first_eval_loss = evaluate_now(r);
+    r.st.set_best_eval_loss(static_cast<float>(res.first_eval_loss));  // must improve on the start
+    r.metrics->write(0, {{"eval_loss", res.first_eval_loss}, {"eval_ppl", std::exp(res.first_eval_loss)}});
+  }
+
+  Progress progress("sft", r.total_steps, "step", 30.0);
+  r.order = epoch_order(r.train_rows.size(), r.cfg.seed(), r.st.epoch());
+  r.t_session = r.t_train = std::chrono::steady_clock::now();
+  bool evaluated_at_end = false;
+  while (r.st.step() < r.total_steps) {
+    res.final_train_loss = train_step(r, next_micro_batches(r));
+    char extra[96];
+    std::snprintf(extra, sizeof extra, "loss %.4f  %.0f tok/s", res.final_train_loss, tokens_per_second(r));
+    progress.update(r.st.step(), extra);
+
+    const bool last = r.st.step() == r.total_steps;
+    evaluated_at_end = !r.eval_rows.empty() && (r.st.step() % r.cfg.eval_every() == 0 || last);
+    const bool stop = evaluated_at_end && evaluate_step(r, res);
+    res.early_stopped = stop;
+    if (r.cfg.stop_after() > 0 && r.st.step() >= r.cfg.stop_after() && !last) {
+      res.interrupted = true;  // simulated kill: leave without saving anything more
+      res.steps = r.st.step();
+      progress.finish("stopped (stop_after)");
+      return res;
+    }
+    if (r.st.step() % r.cfg.save_every() == 0 || last || stop) save_state(r);
+    if (stop) break;
+  }
+  progress.finish();
+  const double session_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
+  res.steps = r.st.step();
+  res.tokens_per_second = session_s > 0 ? r.tokens_this_session / session_s : 0.0;
+  if (!r.eval_rows.empty() && !evaluated_at_end) res.final_eval_loss = evaluate_now(r);  // resumed at the end
+  res.final_eval_ppl = std::exp(res.final_eval_loss);
+  write_outputs(r, res);
   return res;
 }
 

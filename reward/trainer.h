@@ -8,7 +8,8 @@
 // Output folder (--out):
 //   model/        the kept reward model (best held-out accuracy), scores shifted so that the mean
 //                 over the training answers is 0 (offset folded into the head bias, in reward.pb)
-//   best/         best checkpoint before the shift;  state/  resumable state (weights, AdamW, step)
+//   best/         best checkpoint before the shift (with no held-out comparisons: the final one)
+//   state/        resumable state (policy/training.h: weights, AdamW, RNG, step; `latest`)
 //   metrics.jsonl + TensorBoard events;  manifest.pb / manifest.json (StageManifest "reward")
 #pragma once
 
@@ -26,15 +27,13 @@ struct TrainResult {
   double score_offset = 0;   // subtracted from raw scores
   double wall_seconds = 0;
   std::string model_dir;
+  bool already_complete = false;  // the folder held this finished run; nothing was trained
 };
 
-// Runs (or with resume=true continues) training as configured; `config` must have out_dir set.
-// Defaults are applied here. Throws rlhf::Error with context on bad inputs.
-TrainResult train_reward_model(proto::RewardTrainConfig config, bool resume = false);
-
-// Learning rate at `step` (0-based): linear warm-up over warmup steps, then cosine to
-// lr * min_ratio at total_steps.
-double warmup_cosine_lr(int64_t step, int64_t total_steps, int64_t warmup, double lr,
-                        double min_ratio);
+// Runs training as configured (`config` must have out_dir and train_file set; defaults are
+// applied here). Resumes by the one rule of policy/training.h: an out_dir whose state/ holds a
+// checkpoint of the same config fingerprint continues from it (a finished run returns its numbers
+// with already_complete), one of another config is refused. Throws rlhf::Error with context.
+TrainResult train_reward_model(const proto::RewardTrainConfig& config);
 
 }  // namespace rlhf::reward

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "pipelines/annotation_pairs.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
@@ -34,7 +35,9 @@ int run_train(const Args& a) {
   if (a.has("time-limit")) cfg.set_time_limit_seconds(static_cast<float>(a.get_double("time-limit")));
   rlhf::reward::validate_config(cfg, path + " (after command-line overrides)");
   if (cfg.out_dir().empty()) throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
-  auto r = rlhf::reward::train_reward_model(cfg, a.get_bool("resume"));
+  rlhf::pipelines::export_annotation_pairs(&cfg);
+  auto r = rlhf::reward::train_reward_model(cfg);
+  if (r.already_complete) std::printf("reward model: %s already holds this finished run\n", cfg.out_dir().c_str());
   std::printf("reward model: %s\nheld-out: %s\nbest step %lld of %lld, score offset %.4f, %.1fs\n",
               r.model_dir.c_str(), rlhf::reward::to_json(r.heldout).c_str(),
               static_cast<long long>(r.best_step), static_cast<long long>(r.steps), r.score_offset,
@@ -88,11 +91,10 @@ rlhf::cli::Register reg_corpus({
 
 rlhf::cli::Register reg_train({
     "reward train",
-    "train the reward model (teacher) on pairwise comparisons",
-    "--config FILE.pbtxt [--out DIR] [--resume] [overrides]",
+    "train the reward model (teacher) on pairwise comparisons (resumes from DIR/state when restarted)",
+    "--config FILE.pbtxt [--out DIR] [overrides]",
     {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true},
      {"out", "output folder (overrides out_dir)"},
-     {"resume", "continue from DIR/state when present", "", true},
      {"train-file", "comparisons file (overrides train_file)"},
      {"eval-file", "held-out comparisons file (overrides eval_file)"},
      {"annotation-db", "annotation SQLite DB to export pairs from (overrides annotation_db)"},

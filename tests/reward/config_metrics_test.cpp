@@ -53,13 +53,6 @@ TEST(PairMetrics, HandComputed) {
   EXPECT_EQ(to_json(m).find("{\"accuracy\":"), 0u) << to_json(m);
 }
 
-TEST(Schedule, WarmupThenCosine) {
-  EXPECT_NEAR(warmup_cosine_lr(0, 100, 10, 1.0, 0.1), 0.1, 1e-12);
-  EXPECT_NEAR(warmup_cosine_lr(9, 100, 10, 1.0, 0.1), 1.0, 1e-12);
-  EXPECT_NEAR(warmup_cosine_lr(10, 100, 10, 1.0, 0.1), 1.0, 1e-12);
-  EXPECT_NEAR(warmup_cosine_lr(55, 100, 10, 1.0, 0.1), 0.55, 1e-9);
-  EXPECT_NEAR(warmup_cosine_lr(100, 100, 10, 1.0, 0.1), 0.1, 1e-12);
-}
 
 }  // namespace
 }  // namespace rlhf::reward

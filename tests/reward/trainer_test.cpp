@@ -15,6 +15,7 @@
 #include "policy/model.h"
 #include "policy/safetensors.h"
 #include "policy/tokenizer.h"
+#include "pipelines/annotation_pairs.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
@@ -135,7 +136,7 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   auto first = train_reward_model(cfg);
   EXPECT_EQ(first.steps, 1);
   cfg.set_time_limit_seconds(0);
-  auto second = train_reward_model(cfg, /*resume=*/true);
+  auto second = train_reward_model(cfg);
   EXPECT_EQ(second.steps, 20);
   // The resumed run logged steps 2..20 only (step 1 came from the first run).
   std::ifstream in(out + "/metrics.jsonl");
@@ -153,7 +154,7 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   const std::string manifest_before = rlhf::read_file(out + "/manifest.pb");
   require_complete_manifest(out, "reward");
   cfg.set_lr(1e-3f);
-  EXPECT_THROW(train_reward_model(cfg, true), rlhf::Error);
+  EXPECT_THROW(train_reward_model(cfg), rlhf::Error);
   EXPECT_EQ(rlhf::read_file(out + "/manifest.pb"), manifest_before);
   require_complete_manifest(out, "reward");
 }
@@ -275,9 +276,9 @@ TEST_F(SyntheticTraining, LoraResumesFromSavedState) {
   auto cfg = lora_cfg(*dir_ / "lora_resume");
   cfg.set_time_limit_seconds(1e-6f);  // stops after the first step, state saved
   EXPECT_EQ(train_reward_model(cfg).steps, 1);
-  EXPECT_TRUE(file_exists(*dir_ / "lora_resume/state/adapter/adapter_model.safetensors"));
+  EXPECT_TRUE(file_exists(*dir_ / "lora_resume/state/latest"));
   cfg.set_time_limit_seconds(0);
-  auto second = train_reward_model(cfg, /*resume=*/true);
+  auto second = train_reward_model(cfg);
   EXPECT_EQ(second.steps, 12);
   std::printf("LoRA reward resume: held-out loss %.6f (uninterrupted %.6f), accuracy %.4f\n",
               second.heldout.loss, full.heldout.loss, second.heldout.accuracy);
@@ -298,10 +299,71 @@ TEST_F(SyntheticTraining, TrainsFromAnAnnotationDatabase) {
   cfg.set_annotation_db(db);
   cfg.set_steps(3);
   cfg.set_eval_every(3);
+  pipelines::export_annotation_pairs(&cfg);  // the CLI / pipeline layer; reward/ reads files only
   auto r = train_reward_model(cfg);
   EXPECT_EQ(r.steps, 3);
   auto exported = read_pairs_jsonl(out + "/comparisons.jsonl");
   EXPECT_EQ(exported.size(), read_pairs_jsonl(*dir_ / "train.jsonl").size());
+}
+
+}  // namespace
+}  // namespace rlhf::reward
+
+namespace rlhf::reward {
+namespace {
+
+// A finished run of the same config is not trained again; the same folder with another config is
+// refused with a message that says how to start afresh.
+TEST_F(SyntheticTraining, FinishedRunIsKeptAndAnotherConfigRefused) {
+  std::string out = *dir_ / "finished";
+  auto cfg = config(out);
+  cfg.set_steps(4);
+  cfg.set_eval_every(2);
+  auto first = train_reward_model(cfg);
+  EXPECT_FALSE(first.already_complete);
+  const std::string weights = read_file(out + "/model/model.safetensors");
+  auto again = train_reward_model(cfg);
+  EXPECT_TRUE(again.already_complete);
+  EXPECT_EQ(again.steps, 4);
+  EXPECT_DOUBLE_EQ(again.heldout.accuracy, first.heldout.accuracy);
+  EXPECT_EQ(read_file(out + "/model/model.safetensors"), weights);
+  cfg.set_steps(5);
+  try {
+    train_reward_model(cfg);
+    FAIL() << "a different config was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("to start afresh delete " + out + "/state"), std::string::npos)
+        << e.what();
+  }
+}
+
+// One ranking group: nothing can be held out, so the final model (not the first evaluation's) is
+// the one kept.
+TEST_F(SyntheticTraining, EmptyHeldOutKeepsTheFinalModel) {
+  std::ifstream in(*dir_ / "train.jsonl");
+  std::ofstream one(*dir_ / "one_group.jsonl");
+  std::string line;
+  int n = 0;
+  std::string prompt;
+  while (std::getline(in, line) && n < 40) {
+    auto j = nlohmann::json::parse(line);
+    if (prompt.empty()) prompt = j["prompt"].get<std::string>();
+    j["prompt"] = prompt;
+    j["task_id"] = 7;
+    one << j.dump() << "\n";
+    ++n;
+  }
+  one.close();
+  std::string out = *dir_ / "one_group";
+  auto cfg = config(out);
+  cfg.set_train_file(*dir_ / "one_group.jsonl");
+  cfg.set_steps(6);
+  cfg.set_eval_every(2);
+  auto r = train_reward_model(cfg);
+  EXPECT_EQ(r.heldout.n, 0);
+  EXPECT_EQ(r.best_step, 6);
+  auto meta = policy::load_checkpoint(out + "/model").info;
+  EXPECT_EQ(meta.step, 6);
 }
 
 }  // namespace

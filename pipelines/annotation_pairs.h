@@ -1,0 +1,16 @@
+// Reward training from an annotation database. reward/ reads comparison files only; this layer
+// (the CLI and the pipeline) turns a database into one: every ordered pair across the tie groups
+// of every stored ranking (annotation/import_export.h, format "pairs").
+#pragma once
+
+#include "proto/reward.pb.h"
+
+namespace rlhf::pipelines {
+
+// When config->annotation_db() is set: exports its pairs to <out_dir>/comparisons.jsonl
+// (atomically; the same database gives the same bytes, so a rerun resumes), points train_file at
+// that file with format "pairs", and clears annotation_db. Otherwise leaves the config as it is.
+// Throws rlhf::Error naming the database when it cannot be read.
+void export_annotation_pairs(proto::RewardTrainConfig* config);
+
+}  // namespace rlhf::pipelines
