@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -25,12 +26,6 @@
 namespace rlhf::pipelines {
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-const std::vector<std::string>& stage_names() {
-  static const std::vector<std::string> names = {"tokenizer", "sft",    "sample", "annotate",
-                                                 "reward",    "ppo",    "report"};
-  return names;
-}
 
 namespace {
 
@@ -230,6 +225,7 @@ json stage_annotate(Run& run) {
   make_dirs(dir);
   std::string db = run.path("annotation.db");
   std::string sock = dir + "/annotate.sock";
+  fs::remove(sock);  // a socket left by an interrupted attempt: wait for the new server's own
   BackgroundChild server({run.exe, "annotate", "serve", "--db", db, "--socket", sock},
                          dir + "/server.log");
   for (int i = 0; i < 200 && !file_exists(sock); ++i) {
@@ -377,38 +373,65 @@ json stage_ppo(Run& run) {
   return r;
 }
 
-// Fingerprint inputs of each stage (files whose content decides its outputs).
-std::vector<std::string> stage_inputs(const Run& run, const std::string& stage) {
-  if (stage == "tokenizer") return {};
-  if (stage == "sft") return {run.path("data/sft.jsonl"), run.tokenizer_model()};
-  if (stage == "sample")
-    return {run.path("sft/model/model.safetensors"), run.tokenizer_model()};
-  if (stage == "annotate") return {run.path("sample/tasks.jsonl")};
-  if (stage == "reward")
-    return {run.path("annotate/pairs.jsonl"), run.path("sft/model/model.safetensors"),
-            run.path("sample/heldout_pairs.jsonl")};
-  if (stage == "ppo")
-    return {run.path("sft/model/model.safetensors"), run.path("reward/model/model.safetensors"),
-            run.path("data/ppo_prompts.jsonl")};
-  return {};
+// ---- the stage table ----------------------------------------------------------------------------
+
+// One row per stage, in execution order. `inputs` are the files whose content decides the stage's
+// outputs and `config` the config text: together they are the stage's fingerprint (a rerun skips a
+// finished stage whose fingerprint is unchanged). Stages whose command records itself (the
+// trainers: their manifest lists every input and output) have own_manifest; the pipeline records
+// the others when they finish.
+struct Stage {
+  std::string name;
+  std::string folder;  // in the run folder
+  std::function<std::vector<std::string>(const Run&)> inputs;
+  std::function<std::string(const proto::PipelineConfig&)> config;
+  std::function<json(Run&)> run;
+  bool own_manifest = false;
+};
+
+std::string common_config(const proto::PipelineConfig& c) {
+  return "seed " + std::to_string(c.seed()) + " task " + c.task() + "\n";
 }
 
-std::string stage_config_text(const Run& run, const std::string& stage) {
-  const auto& c = run.config;
-  std::string common = "seed " + std::to_string(c.seed()) + " task " + c.task() + "\n";
-  if (stage == "tokenizer") return common + to_text_format(c.quickstart()) + to_text_format(c.tokenizer());
-  if (stage == "sft") return common + to_text_format(c.sft());
-  if (stage == "sample") return common + to_text_format(c.sample()) + to_text_format(c.quickstart());
-  if (stage == "annotate") return common + to_text_format(c.annotate());
-  if (stage == "reward") return common + to_text_format(c.reward());
-  if (stage == "ppo") return common + to_text_format(c.ppo());
-  return common;
+const std::vector<Stage>& stage_table() {
+  using C = proto::PipelineConfig;
+  static const std::vector<Stage> table = {
+      {"tokenizer", "tokenizer", [](const Run&) { return std::vector<std::string>{}; },
+       [](const C& c) { return common_config(c) + to_text_format(c.quickstart()) + to_text_format(c.tokenizer()); },
+       stage_tokenizer},
+      {"sft", "sft",
+       [](const Run& r) { return std::vector<std::string>{r.path("data/sft.jsonl"), r.tokenizer_model()}; },
+       [](const C& c) { return common_config(c) + to_text_format(c.sft()); }, stage_sft, true},
+      {"sample", "sample",
+       [](const Run& r) {
+         return std::vector<std::string>{r.path("sft/model/model.safetensors"), r.tokenizer_model()};
+       },
+       [](const C& c) { return common_config(c) + to_text_format(c.sample()) + to_text_format(c.quickstart()); },
+       stage_sample},
+      {"annotate", "annotate", [](const Run& r) { return std::vector<std::string>{r.path("sample/tasks.jsonl")}; },
+       [](const C& c) { return common_config(c) + to_text_format(c.annotate()); }, stage_annotate},
+      {"reward", "reward",
+       [](const Run& r) {
+         return std::vector<std::string>{r.path("annotate/pairs.jsonl"), r.path("sft/model/model.safetensors"),
+                                         r.path("sample/heldout_pairs.jsonl")};
+       },
+       [](const C& c) { return common_config(c) + to_text_format(c.reward()); }, stage_reward, true},
+      {"ppo", "ppo",
+       [](const Run& r) {
+         return std::vector<std::string>{r.path("sft/model/model.safetensors"),
+                                         r.path("reward/model/model.safetensors"), r.path("data/ppo_prompts.jsonl")};
+       },
+       [](const C& c) { return common_config(c) + to_text_format(c.ppo()); }, stage_ppo, true},
+      {"report", "", nullptr, nullptr, nullptr},
+  };
+  return table;
 }
 
 void write_summary(Run& run, double wall_seconds) {
   json summary;
   json stages = json::object();
-  for (const auto& name : stage_names()) {
+  for (const auto& stage : stage_table()) {
+    const std::string& name = stage.name;
     if (!run.state["stages"].contains(name)) continue;
     const auto& s = run.state["stages"][name];
     stages[name + "_seconds"] = s.value("seconds", 0.0);
@@ -431,15 +454,61 @@ void write_summary(Run& run, double wall_seconds) {
   write_file_atomic(run.path("summary.json"), summary.dump(2));
 }
 
-}  // namespace
+// The finished-stage record of a stage run in-process (the trainers record themselves).
+void record_stage(const Run& run, const Stage& stage, const json& metrics, double seconds) {
+  auto m = begin_manifest(stage.name);
+  for (const auto& f : stage.inputs(run))
+    if (file_exists(f)) *m.add_inputs() = file_ref(f);
+  m.set_resolved_config(stage.config(run.config));
+  for (auto& [k, v] : metrics.items())
+    if (v.is_number()) (*m.mutable_metrics())[k] = v.get<double>();
+  finish_manifest(m, run.path(stage.folder), seconds);
+}
 
-std::string run_pipeline(const RunOptions& options) {
-  double t0 = now_s();
-  const auto& names = stage_names();
-  for (const auto* s : {&options.from_stage, &options.only_stage})
-    if (!s->empty() && std::find(names.begin(), names.end(), *s) == names.end())
-      throw UsageError("unknown stage '" + *s +
-                       "' (stages: tokenizer, sft, sample, annotate, reward, ppo, report)");
+// Runs one stage unless it is finished with the same fingerprint (and not forced).
+void run_stage(Run& run, const Stage& stage, bool forced) {
+  const std::string fp = hash_inputs(stage.config(run.config), stage.inputs(run));
+  auto& entry = run.state["stages"][stage.name];
+  if (!entry.is_object()) entry = json::object();
+  const std::string dir = run.path(stage.folder);
+  auto manifest = read_manifest(dir);
+  const bool done = manifest && manifest->complete() && entry.value("fingerprint", "") == fp;
+  if (done && !forced) {
+    std::printf("== %s: unchanged, skipped\n", stage.name.c_str());
+    return;
+  }
+  std::printf("== %s\n", stage.name.c_str());
+  std::fflush(stdout);
+  // An interrupted attempt with the same inputs resumes from what it left (the trainers continue
+  // from their last checkpoint by the rule of policy/training.h); new inputs or --force start the
+  // stage afresh, so a stale checkpoint can never be resumed against other data.
+  const bool resume = !forced && entry.value("attempt_fingerprint", "") == fp && !done;
+  if (!resume && stage.name != "tokenizer") {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  entry["fingerprint"] = "";
+  entry["attempt_fingerprint"] = fp;
+  entry["complete"] = false;
+  run.save_state();
+  const double t = now_s();
+  json metrics;
+  try {
+    metrics = stage.run(run);
+  } catch (...) {
+    rethrow_with_context("pipeline stage '" + stage.name + "'");
+  }
+  const double secs = now_s() - t;
+  if (!stage.own_manifest) record_stage(run, stage, metrics, secs);
+  entry["fingerprint"] = fp;
+  entry["complete"] = true;
+  entry["seconds"] = secs;
+  entry["metrics"] = metrics;
+  run.save_state();
+  std::printf("== %s done in %.1f s\n", stage.name.c_str(), secs);
+}
+
+Run open_run(const RunOptions& options) {
   Run run;
   run.config = load_pipeline_config(options.config_path);
   run.config_path = options.config_path;
@@ -452,79 +521,44 @@ std::string run_pipeline(const RunOptions& options) {
     run.state = json::parse(read_file(run.path("pipeline_state.json")), nullptr, false);
   if (!run.state.is_object()) run.state = json::object();
   if (!run.state.contains("stages")) run.state["stages"] = json::object();
+  return run;
+}
 
+}  // namespace
+
+const std::vector<std::string>& stage_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& s : stage_table()) n.push_back(s.name);
+    return n;
+  }();
+  return names;
+}
+
+std::string run_pipeline(const RunOptions& options) {
+  const double t0 = now_s();
+  const auto& names = stage_names();
+  for (const auto* s : {&options.from_stage, &options.only_stage}) {
+    if (s->empty() || std::find(names.begin(), names.end(), *s) != names.end()) continue;
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw UsageError("unknown stage '" + *s + "' (stages: " + list + ")");
+  }
+  Run run = open_run(options);
   bool started = options.from_stage.empty();
-  for (const auto& stage : names) {
-    if (!started && stage == options.from_stage) started = true;
-    if (!options.only_stage.empty() && stage != options.only_stage) continue;
+  for (const auto& stage : stage_table()) {
+    if (!started && stage.name == options.from_stage) started = true;
+    if (!options.only_stage.empty() && stage.name != options.only_stage) continue;
     if (options.only_stage.empty() && !started) continue;
-    bool forced = options.force || stage == options.from_stage || stage == options.only_stage;
-
-    if (stage == "report") {
+    if (!stage.run) {  // report
       write_summary(run, now_s() - t0);
       report::write_report(run.dir);
       std::printf("report: %s\n", run.path("report.html").c_str());
       continue;
     }
-    std::string fp = hash_inputs(stage_config_text(run, stage), stage_inputs(run, stage));
-    auto& entry = run.state["stages"][stage];
-    if (!entry.is_object()) entry = json::object();
-    std::string stage_dir = stage == "tokenizer" ? run.path("tokenizer") : run.path(stage);
-    auto manifest = read_manifest(stage_dir);
-    bool done = manifest && manifest->complete() && entry.value("fingerprint", "") == fp;
-    if (done && !forced) {
-      std::printf("== %s: unchanged, skipped\n", stage.c_str());
-      continue;
-    }
-    std::printf("== %s\n", stage.c_str());
-    std::fflush(stdout);
-    // An interrupted attempt with the same inputs resumes from what it left (sft, reward and ppo
-    // continue from their last checkpoint); new inputs or --force start the stage afresh, so a
-    // stale checkpoint can never be resumed against a different reward model or data.
-    bool resume = !forced && entry.value("attempt_fingerprint", "") == fp && !done;
-    if (!resume && stage != "tokenizer") {
-      std::error_code ec;
-      fs::remove_all(stage_dir, ec);
-    }
-    entry["fingerprint"] = "";
-    entry["attempt_fingerprint"] = fp;
-    entry["complete"] = false;
-    run.save_state();
-    double t = now_s();
-    json metrics;
-    try {
-      if (stage == "tokenizer") metrics = stage_tokenizer(run);
-      else if (stage == "sft") metrics = stage_sft(run);
-      else if (stage == "sample") metrics = stage_sample(run);
-      else if (stage == "annotate") metrics = stage_annotate(run);
-      else if (stage == "reward") metrics = stage_reward(run);
-      else if (stage == "ppo") metrics = stage_ppo(run);
-    } catch (...) {
-      rethrow_with_context("pipeline stage '" + stage + "'");
-    }
-    double secs = now_s() - t;
-    // Stages run in-process (sample, annotate) or by commands that may not write a manifest get
-    // one here; an existing complete manifest from the stage command is kept.
-    auto m = read_manifest(stage_dir);
-    if (!m || !m->complete() || m->stage() != stage) {
-      auto mm = begin_manifest(stage);
-      for (const auto& f : stage_inputs(run, stage))
-        if (file_exists(f)) *mm.add_inputs() = file_ref(f);
-      mm.set_resolved_config(stage_config_text(run, stage));
-      for (auto& [k, v] : metrics.items())
-        if (v.is_number()) (*mm.mutable_metrics())[k] = v.get<double>();
-      finish_manifest(mm, stage_dir, secs);
-    }
-    entry["fingerprint"] = fp;
-    entry["complete"] = true;
-    entry["seconds"] = secs;
-    entry["metrics"] = metrics;
-    run.save_state();
-    std::printf("== %s done in %.1f s\n", stage.c_str(), secs);
+    run_stage(run, stage, options.force || stage.name == options.from_stage || stage.name == options.only_stage);
   }
-  if (options.only_stage.empty() || options.only_stage == "report") {
-    write_summary(run, now_s() - t0);
-  }
+  if (options.only_stage.empty() || options.only_stage == "report") write_summary(run, now_s() - t0);
   return run.dir;
 }
 

@@ -261,8 +261,8 @@ bool resume_or_start(RewardRun& r) {
 }
 
 // One optimizer step on the batch's comparisons: every answer scored once, loss
-// -log sigmoid(r_chosen - r_rejected - margin) averaged over the pairs.
-void train_step(RewardRun& r, const std::vector<size_t>& batch) {
+// -log sigmoid(r_chosen - r_rejected - margin) averaged over the pairs. Returns the progress text.
+std::string train_step(RewardRun& r, const std::vector<size_t>& batch) {
   std::unordered_map<size_t, int64_t> local;
   std::vector<std::vector<int64_t>> seqs;
   std::vector<int64_t> ci, ri;
@@ -285,11 +285,15 @@ void train_step(RewardRun& r, const std::vector<size_t>& batch) {
   loss.backward();
   const double gnorm = r.opt->step(lr, r.cfg.grad_clip());
   r.state.set_step(r.state.step() + 1);
-  r.metrics->write(r.state.step(), {{"train/loss", loss.item<double>()},
-                                    {"train/accuracy", (d > 0).to(torch::kFloat).mean().item<double>()},
+  const double loss_v = loss.item<double>(), acc = (d > 0).to(torch::kFloat).mean().item<double>();
+  r.metrics->write(r.state.step(), {{"train/loss", loss_v},
+                                    {"train/accuracy", acc},
                                     {"train/mean_margin", d.mean().item<double>()},
                                     {"train/lr", lr}, {"train/grad_norm", gnorm},
                                     {"train/pairs", static_cast<double>(batch.size())}});
+  char extra[64];
+  std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f", loss_v, acc);
+  return extra;
 }
 
 // Held-out metrics now; best/ keeps the checkpoint of the best accuracy so far (with no
@@ -404,9 +408,9 @@ TrainResult train_reward_model(const proto::RewardTrainConfig& config) {
   while (r.state.step() < r.total_steps && !time_up) {
     const auto batches = make_batches(r.train, r.cfg.batch_pairs(), r.cfg.seed() + static_cast<uint64_t>(r.state.epoch()));
     for (auto bi = r.state.batch_in_epoch(); bi < static_cast<int64_t>(batches.size()); ++bi) {
-      train_step(r, batches[static_cast<size_t>(bi)]);
+      const std::string extra = train_step(r, batches[static_cast<size_t>(bi)]);
       r.state.set_batch_in_epoch(bi + 1);
-      progress.update(r.state.step());
+      progress.update(r.state.step(), extra);
       const bool last = r.state.step() == r.total_steps;
       time_up = r.cfg.time_limit_seconds() > 0 && r.elapsed() >= r.cfg.time_limit_seconds();
       if (r.state.step() % r.cfg.eval_every() == 0 || last || time_up) evaluate_and_keep_best(r);

@@ -1,0 +1,118 @@
+// Interrupted by SIGKILL and rerun equals the uninterrupted run, bit for bit on CPU: the tiny
+// pipeline is killed (the whole process group: the pipeline, its stage child and the annotation
+// server and simulated annotators) once inside every stage, rerun after each kill, and its outputs
+// are compared with those of a straight run of the same config. This exercises the one resume
+// rule (policy/training.h) of the sft, reward and ppo trainers through their commands, and the
+// pipeline's own rerun of an interrupted stage.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/files.h"
+#include "tests/test_support.h"
+
+namespace {
+
+using rlhf::testing::rlhf_binary;
+using rlhf::testing::run_command;
+
+// Checkpoints often (sft every 5 steps, reward every 2, ppo every iteration) so every kill lands
+// between two of them.
+const char* kConfig = R"(
+name: "kill"
+seed: 5
+quickstart { sft_examples: 400 tokenizer_problems: 300 heldout_problems: 24 sample_prompts: 24 ppo_prompts: 64 }
+tokenizer { vocab_size: 384 }
+sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 64 } seq_len: 64 steps: 40 batch_size: 16 lr: 3e-3 eval_every: 20 save_every: 5 threads: 1 }
+sample { answers_per_prompt: 3 max_new_tokens: 10 batch_size: 32 }
+annotate { teacher: "arithmetic" annotators: 2 }
+reward { max_prompt_tokens: 46 max_answer_tokens: 16 steps: 12 batch_pairs: 16 eval_every: 4 save_every: 2 threads: 1 }
+ppo { iterations: 4 batch_size: 8 minibatch_size: 4 ppo_epochs: 1 max_new_tokens: 10 checkpoint_every: 1 }
+)";
+
+// Starts `rlhf pipeline run` in its own process group, waits until `ready()` holds, then SIGKILLs
+// the group. Returns true when the kill hit a running pipeline (false: it finished first).
+bool run_and_kill_when(const std::string& config, const std::string& run_dir,
+                       const std::function<bool()>& ready) {
+  std::vector<std::string> args = {rlhf_binary(), "pipeline", "run", config, "--run-dir", run_dir};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawn_file_actions_t files;
+  posix_spawn_file_actions_init(&files);
+  posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = -1;
+  EXPECT_EQ(posix_spawn(&pid, args[0].c_str(), &files, &attr, argv.data(), environ), 0);
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&files);
+  int status = 0;
+  while (true) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return false;  // finished before the trigger
+    if (ready()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(-pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  // Let the group's other members (stage child, server, annotators) go too.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
+
+bool exists(const std::string& p) { return std::filesystem::exists(p); }
+
+// The newest checkpoint named by <dir>/latest is past the first one.
+bool latest_past_first(const std::string& pointer, const std::string& first) {
+  if (!exists(pointer)) return false;
+  std::string name = rlhf::read_file(pointer);
+  return name.rfind(first, 0) != 0;
+}
+
+TEST(KillResume, EveryStageKilledOnceEqualsTheStraightRun) {
+  rlhf::testing::TempDir dir("killresume");
+  const std::string config = dir / "p.pbtxt";
+  rlhf::write_file_atomic(config, kConfig);
+  const std::string straight = dir / "straight", killed = dir / "killed";
+  std::string out;
+  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + straight, &out), 0)
+      << out;
+
+  struct Kill {
+    const char* stage;
+    std::function<bool()> ready;
+  };
+  const std::vector<Kill> kills = {
+      {"tokenizer", [&] { return exists(killed + "/data/sft.jsonl"); }},
+      {"sft", [&] { return latest_past_first(killed + "/sft/state/latest", "step-00000005"); }},
+      {"sample", [&] { return exists(killed + "/sample"); }},
+      {"annotate", [&] { return exists(killed + "/annotate/annotate.sock"); }},
+      {"reward", [&] { return latest_past_first(killed + "/reward/state/latest", "step-00000002"); }},
+      {"ppo", [&] { return latest_past_first(killed + "/ppo/checkpoints/latest", "iter-0000"); }},
+  };
+  for (const auto& k : kills)
+    EXPECT_TRUE(run_and_kill_when(config, killed, k.ready)) << "the run ended before the kill in " << k.stage;
+  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + killed, &out), 0)
+      << out;
+
+  for (const char* file : {"sft/model/model.safetensors", "sample/tasks.jsonl",
+                           "reward/model/model.safetensors", "ppo/model/model.safetensors"})
+    EXPECT_EQ(rlhf::sha256_file(killed + "/" + file), rlhf::sha256_file(straight + "/" + file)) << file;
+  auto a = nlohmann::json::parse(rlhf::read_file(straight + "/summary.json"));
+  auto b = nlohmann::json::parse(rlhf::read_file(killed + "/summary.json"));
+  for (const char* key : {"sft_gold_accuracy", "reward_gold_agreement", "ppo_gold_accuracy", "ppo_final_kl"})
+    EXPECT_EQ(a[key], b[key]) << key;
+}
+
+}  // namespace
