@@ -474,7 +474,9 @@ TEST(PpoTrainer, ObjectiveStatsMatchRollouts) {
   TempDir dir("ppo_objective");
   auto cfg = toy_config(1);
   cfg.set_missing_eos_penalty(0.5);  // the shaped score differs from the raw one
-  policy::PpoTrainer t(cfg, make_models(7), count_teacher, make_prompts(), dir.path());
+  auto models = make_models(7);
+  models.reference = make_models(70).policy;  // another model: the KL term is not 0
+  policy::PpoTrainer t(cfg, models, count_teacher, make_prompts(), dir.path());
   auto s = t.step();
   auto recs = policy::read_rollouts(dir / "rollouts/iter-0001.pb");
   ASSERT_EQ(recs.size(), 32u);
