@@ -1,5 +1,6 @@
-// Learning-rate schedule: linear warm-up, then cosine decay to a floor (the schedule of GPT-3,
-// LLaMA and nanoGPT's train.py).
+// Learning-rate schedules: linear warm-up, then cosine decay to a floor (the schedule of GPT-3,
+// LLaMA and nanoGPT's train.py), or linear decay to a floor (lm-human-preferences anneals the PPO
+// learning rate linearly).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,17 @@ struct WarmupCosine {
 
   // Learning rate for optimizer step `step` (0-based): (step+1)/warmup * peak during warm-up,
   // then min + (peak - min) * (1 + cos(pi * progress)) / 2 with progress in [0, 1].
+  double at(int64_t step) const;
+};
+
+// Same warm-up and fields as WarmupCosine, then a straight line from peak_lr (first step after
+// the warm-up) to min_lr (step total_steps - 1 and after): min + (peak - min) * (1 - progress).
+struct WarmupLinear {
+  double peak_lr = 3e-4;
+  double min_lr = 3e-5;     // floor reached at total_steps
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;
+
   double at(int64_t step) const;
 };
 

@@ -28,6 +28,13 @@ void validate_ppo_config(const proto::PpoConfig& c) {
           "must be in [1, batch_size]");
   require(c.ppo_epochs() >= 1, "ppo_epochs", "must be >= 1");
   require(c.policy_lr() >= 0 && c.value_lr() >= 0, "policy_lr/value_lr", "must be >= 0");
+  require(c.lr_schedule() == "cosine" || c.lr_schedule() == "linear" ||
+              c.lr_schedule() == "constant",
+          "lr_schedule", "must be \"cosine\", \"linear\" or \"constant\", got \"" +
+                             c.lr_schedule() + "\"");
+  require(c.lr_warmup_iterations() >= 0, "lr_warmup_iterations", "must be >= 0");
+  require(c.min_lr_ratio() >= 0 && c.min_lr_ratio() <= 1, "min_lr_ratio", "must be in [0, 1]");
+  require(c.target_kl() >= 0, "target_kl", "must be >= 0 (0 = off)");
   require(c.gamma() >= 0 && c.gamma() <= 1, "gamma", "must be in [0, 1]");
   require(c.lam() >= 0 && c.lam() <= 1, "lam", "must be in [0, 1]");
   require(c.clip_range() > 0, "clip_range", "must be > 0");

@@ -67,6 +67,18 @@ torch::Tensor compute_rewards(const torch::Tensor& kl, const torch::Tensor& scor
   return rewards.scatter_add(1, idx, add);
 }
 
+ObjectiveStats objective_stats(const torch::Tensor& kl, const torch::Tensor& scores,
+                               double kl_coef) {
+  TORCH_CHECK(kl.dim() == 2, "objective_stats: kl must be [B, T], got ", kl.sizes());
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == kl.size(0),
+              "objective_stats: scores must be [B] = [", kl.size(0), "], got ", scores.sizes());
+  ObjectiveStats o;
+  o.non_score_reward = (-kl_coef * kl.to(torch::kDouble)).sum(1).mean().item<double>();
+  o.scores = scores.to(torch::kDouble).mean().item<double>();
+  o.rlhf_reward = o.scores + o.non_score_reward;
+  return o;
+}
+
 GaeResult compute_gae(const torch::Tensor& rewards, const torch::Tensor& values,
                       const torch::Tensor& mask, double gamma, double lam) {
   check_same_shape(rewards, mask, "compute_gae rewards");

@@ -38,6 +38,19 @@ torch::Tensor last_token_index(const torch::Tensor& mask);
 torch::Tensor compute_rewards(const torch::Tensor& kl, const torch::Tensor& scores,
                               const torch::Tensor& mask, double kl_coef);
 
+// TRL's objective/* stats of one rollout batch (kl [B, T] from per_token_kl, 0 at pads; scores
+// [B], the scores that entered the rewards):
+//   non_score_reward = mean over rows of sum_t (-kl_coef * kl_t)
+//   scores           = mean score
+//   rlhf_reward      = scores + non_score_reward
+struct ObjectiveStats {
+  double non_score_reward = 0;
+  double rlhf_reward = 0;
+  double scores = 0;
+};
+ObjectiveStats objective_stats(const torch::Tensor& kl, const torch::Tensor& scores,
+                               double kl_coef);
+
 struct GaeResult {
   torch::Tensor advantages;  // [B, T], 0 at pads
   torch::Tensor returns;     // [B, T] = advantages + values, 0 at pads

@@ -20,7 +20,9 @@
 #include "policy/generation.h"
 #include "policy/logprobs.h"
 #include "policy/lora.h"
+#include "policy/lr_schedule.h"
 #include "policy/ppo_math.h"
+#include "policy/prompt_format.h"
 #include "policy/rollout_file.h"
 
 namespace rlhf::policy {
@@ -53,6 +55,21 @@ Transformer clone_model(Transformer& model) {
   copy->to(device);
   copy_weights(model, copy);
   return copy;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Learning rate
+
+double ppo_learning_rate(const proto::PpoConfig& c, double peak_lr, int64_t iteration) {
+  const int64_t step = std::max<int64_t>(0, iteration - 1);
+  const double min_lr = peak_lr * c.min_lr_ratio();
+  const int64_t warmup = c.lr_warmup_iterations(), total = std::max(1, c.iterations());
+  if (c.lr_schedule() == "cosine") return WarmupCosine{peak_lr, min_lr, warmup, total}.at(step);
+  if (c.lr_schedule() == "linear") return WarmupLinear{peak_lr, min_lr, warmup, total}.at(step);
+  if (c.lr_schedule() == "constant")  // the warm-up still applies
+    return WarmupLinear{peak_lr, peak_lr, warmup, total}.at(step);
+  throw Error("PpoConfig.lr_schedule: \"" + c.lr_schedule() +
+              "\" is not one of \"cosine\", \"linear\", \"constant\"");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,6 +116,9 @@ struct UpdateTotals {
   double sum_pl = 0, sum_clip = 0, sum_akl = 0, sum_ratio = 0, sum_vl = 0, sum_vclip = 0;
   int64_t n_pol = 0, n_val = 0, train_tokens = 0;
   double ratio_first_dev = 0;
+  int64_t minibatches = 0;     // minibatches run (fewer than epochs x batches after an early stop)
+  bool early_stopped = false;  // target_kl stopped the epochs
+  double policy_lr = 0, value_lr = 0;  // the lr of this iteration (ppo_learning_rate)
 };
 
 using MinibatchFn = std::function<void(const std::map<std::string, double>&)>;
@@ -166,9 +186,20 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   int64_t n_pol = 0, n_val = 0, train_tokens = 0;
   double ratio_first_dev = 0;
   const double grad_cap = c.max_grad_norm() > 0 ? c.max_grad_norm() : 1e30;
-  for (int epoch = 0; epoch < c.ppo_epochs(); ++epoch) {
+  // The lr of this iteration: a function of `it` only, so replay and resume set the same one.
+  const double policy_lr = ppo_learning_rate(c, c.policy_lr(), it);
+  const double value_lr = ppo_learning_rate(c, c.value_lr(), it);
+  for (auto& g : I.policy_opt->param_groups())
+    static_cast<torch::optim::AdamWOptions&>(g.options()).lr(policy_lr);
+  for (auto& g : I.critic_opt->param_groups())
+    static_cast<torch::optim::AdamWOptions&>(g.options()).lr(value_lr);
+  int64_t minibatches = 0;
+  bool stop = false;  // target_kl early stop
+  for (int epoch = 0; epoch < c.ppo_epochs() && !stop; ++epoch) {
     auto perm = permutation(B, mix_seed(c.seed(), (uint64_t)it, (uint64_t)epoch + 1));
-    for (int64_t s = 0; s < B; s += MB) {
+    double epoch_akl = 0;  // running sum of approx_kl over this epoch's policy minibatches
+    int64_t epoch_pol = 0;
+    for (int64_t s = 0; s < B && !stop; s += MB) {
       int64_t e = std::min(B, s + MB);
       auto idx = torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
                      .to(I.device);
@@ -220,6 +251,8 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
           sum_akl += pl.approx_kl;
           sum_ratio += pl.ratio_mean;
           ++n_pol;
+          epoch_akl += pl.approx_kl;
+          ++epoch_pol;
         }
       }
 
@@ -244,6 +277,12 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
       mb["value/clipfrac"] = vl.clipfrac;
       mb["grad_norm/value"] = gn;
       I.critic_opt->step();
+      ++minibatches;
+      const bool last = epoch + 1 == c.ppo_epochs() && e == B;  // nothing left to skip
+      if (c.target_kl() > 0 && !last && epoch_pol > 0 && epoch_akl / epoch_pol > c.target_kl()) {
+        stop = true;  // skip the rest of this iteration's minibatches and epochs (SB3/CleanRL)
+        mb["policy/early_stopped"] = 1;
+      }
       if (on_minibatch) on_minibatch(mb);
       sum_vl += vlv;
       sum_vclip += vl.clipfrac;
@@ -255,7 +294,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   if (I.lora) I.lora->refresh(false);  // the weights after the last optimizer step
 
   return {sum_pl, sum_clip, sum_akl, sum_ratio, sum_vl, sum_vclip, n_pol, n_val, train_tokens,
-          ratio_first_dev};
+          ratio_first_dev, minibatches, stop, policy_lr, value_lr};
 }
 
 PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, TeacherFn teacher,
@@ -280,8 +319,9 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   if (prompts.empty()) throw Error("ppo: no prompts");
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw Error("ppo: prompt " + std::to_string(i) + " has no tokens");
-    if ((int64_t)prompts[i].size() > config.max_prompt_tokens())  // keep the end of long prompts
-      prompts[i].erase(prompts[i].begin(), prompts[i].end() - config.max_prompt_tokens());
+    // Long prompts keep their end, and their BOS: [bos] + the last max_prompt_tokens - 1 tokens.
+    prompts[i] = truncate_prompt(std::move(prompts[i]), config.max_prompt_tokens(),
+                                 I.m.policy->config().bos_id);
   }
   for (auto i : permutation((int64_t)prompts.size(), mix_seed(config.seed(), 0x5eed)))
     I.prompts.push_back(prompts[i]);
@@ -716,6 +756,14 @@ std::map<std::string, double> PpoTrainer::step() {
   stats["policy/ratio_first_dev"] = ratio_first_dev;
   stats["policy/gen_logprob_dev"] = gen_dev;
   stats["value/clipfrac"] = n_val ? sum_vclip / n_val : 0.0;
+  stats["policy/early_stopped"] = tot.early_stopped ? 1.0 : 0.0;
+  stats["policy/minibatches"] = (double)tot.minibatches;
+  stats["lr/policy"] = tot.policy_lr;
+  stats["lr/value"] = tot.value_lr;
+  const auto objective = ppo::objective_stats(kl, scores, beta);  // TRL's objective/*
+  stats["objective/non_score_reward"] = objective.non_score_reward;
+  stats["objective/rlhf_reward"] = objective.rlhf_reward;
+  stats["objective/scores"] = objective.scores;
   stats["advantages/mean"] = ppo::masked_mean(gae.advantages, rmask).item<double>();
   stats["returns/mean"] = ppo::masked_mean(gae.returns, rmask).item<double>();
   stats["response/length_mean"] = len_sum / B;

@@ -13,6 +13,8 @@
 //   6. ppo_epochs epochs over shuffled minibatches: clipped ratio loss (+ entropy bonus) on the
 //      policy, clipped value loss on the critic (a separate model, InstructGPT/OpenRLHF style),
 //      AdamW, gradient clipping; only the critic trains during the critic warm-up iterations;
+//      both optimizers' lr follow config.lr_schedule per iteration (ppo_learning_rate); with
+//      target_kl > 0 the epochs stop early once the epoch's mean approx_kl exceeds it;
 //   7. KL controller update from the mean per-sequence KL sum; stats to <out>/metrics.jsonl and
 //      TensorBoard; a progress line on stderr; checkpoint every checkpoint_every iterations.
 //
@@ -71,6 +73,13 @@ void copy_weights(Transformer& src, Transformer& dst);
 
 // A deep copy of `model` (same config, same weights).
 Transformer clone_model(Transformer& model);
+
+// The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (policy_lr or
+// value_lr) under config.lr_schedule / lr_warmup_iterations / min_lr_ratio, over `iterations`
+// iterations (policy/lr_schedule.h with step = iteration - 1). A pure function of the iteration:
+// the live update, a resumed run and `replay --update` set the same lr for the same iteration.
+// Throws rlhf::Error on an unknown lr_schedule.
+double ppo_learning_rate(const proto::PpoConfig& config, double peak_lr, int64_t iteration);
 
 class PpoTrainer {
  public:

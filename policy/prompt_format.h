@@ -31,6 +31,18 @@ inline std::vector<int64_t> encode_response(const Tokenizer& tok, const std::str
   return ids;
 }
 
+// Shortens prompt ids to at most max_tokens (>= 1) by dropping tokens from the left (the end of
+// a prompt matters most), keeping a leading bos_id: [bos] + the last max_tokens - 1 tokens.
+// Prompts without a leading BOS (or bos_id < 0) keep their last max_tokens tokens.
+inline std::vector<int64_t> truncate_prompt(std::vector<int64_t> ids, int64_t max_tokens,
+                                            int64_t bos_id) {
+  if (max_tokens < 1 || static_cast<int64_t>(ids.size()) <= max_tokens) return ids;
+  const bool keep_bos = bos_id >= 0 && ids.front() == bos_id;
+  const int64_t tail = keep_bos ? max_tokens - 1 : max_tokens;
+  ids.erase(ids.begin() + (keep_bos ? 1 : 0), ids.end() - tail);
+  return ids;
+}
+
 // Decodes generated response ids (EOS and anything after it dropped, pads skipped).
 inline std::string decode_response(const Tokenizer& tok, const std::vector<int64_t>& ids) {
   std::vector<int> out;

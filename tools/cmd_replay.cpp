@@ -85,6 +85,8 @@ int run_replay(const Args& a) {
                   (long long)g("iteration"), (long long)g("epoch"), (long long)g("minibatch"),
                   g("loss/policy"), g("loss/value"), g("policy/clipfrac"), g("policy/approx_kl"),
                   g("policy/ratio_mean"), g("grad_norm/policy"), g("grad_norm/value"));
+      if (mb.count("policy/early_stopped"))
+        std::printf("  target_kl: the epoch's mean approx_kl exceeded it; the update stopped here\n");
     }
     return 0;
   }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "policy/lr_schedule.h"
 #include "policy/ppo_math.h"
 
 using namespace rlhf::policy::ppo;
@@ -146,4 +147,35 @@ TEST(PpoMath, FixedKlController) {
   FixedKLController c(0.05);
   c.update(100.0, 64);
   EXPECT_EQ(c.value(), 0.05);
+}
+
+TEST(PpoMath, ObjectiveStatsAsTrl) {
+  // kl rows: [0.5, -1.0, (pad)] and [0.2, 0.3, 0.1]; sums -0.5 and 0.6; beta 0.1:
+  // -beta * sums = [0.05, -0.06], mean -0.005 = non_score_reward; scores [1, 2], mean 1.5;
+  // rlhf_reward = 1.5 - 0.005 = 1.495.
+  auto kl = per_token_kl(t2({{-1, -2, -3}, {-1, -1, -1}}), t2({{-1.5, -1, 0}, {-1.2, -1.3, -1.1}}),
+                         t2({{1, 1, 0}, {1, 1, 1}}));
+  auto o = objective_stats(kl, torch::tensor({1.0, 2.0}, torch::kFloat64), 0.1);
+  EXPECT_NEAR(o.non_score_reward, -0.005, 1e-12);
+  EXPECT_NEAR(o.scores, 1.5, 1e-12);
+  EXPECT_NEAR(o.rlhf_reward, 1.495, 1e-12);
+  // beta = 0: no KL term.
+  auto z = objective_stats(kl, torch::tensor({1.0, 2.0}, torch::kFloat64), 0.0);
+  EXPECT_EQ(z.non_score_reward, 0.0);
+  EXPECT_EQ(z.rlhf_reward, 1.5);
+  EXPECT_THROW(objective_stats(kl, torch::tensor({1.0}, torch::kFloat64), 0.1), c10::Error);
+}
+
+TEST(PpoMath, LearningRateSchedulesByHand) {
+  // peak 1, floor 0.1, warm-up 2 steps, 6 steps: steps 0, 1 warm up to 0.5, 1.0; the decay runs
+  // over steps 2..5 (progress 0, 1/3, 2/3, 1) and stays at the floor after.
+  rlhf::policy::WarmupLinear lin{1.0, 0.1, 2, 6};
+  const double want_lin[] = {0.5, 1.0, 1.0, 0.7, 0.4, 0.1, 0.1, 0.1};
+  for (int s = 0; s < 8; ++s) EXPECT_NEAR(lin.at(s), want_lin[s], 1e-12) << "step " << s;
+  // Cosine: 0.1 + 0.45 * (1 + cos(pi * progress)): progress 1/3 -> 0.775, 2/3 -> 0.325.
+  rlhf::policy::WarmupCosine cos{1.0, 0.1, 2, 6};
+  const double want_cos[] = {0.5, 1.0, 1.0, 0.775, 0.325, 0.1, 0.1, 0.1};
+  for (int s = 0; s < 8; ++s) EXPECT_NEAR(cos.at(s), want_cos[s], 1e-12) << "step " << s;
+  // No warm-up, a single step: the peak.
+  EXPECT_EQ((rlhf::policy::WarmupLinear{2.0, 0.2, 0, 1}.at(0)), 2.0);
 }

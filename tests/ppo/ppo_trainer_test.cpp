@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,7 @@
 #include "common/files.h"
 #include "policy/checkpoint.h"
 #include "policy/model.h"
+#include "policy/prompt_format.h"
 #include "policy/ppo_replay.h"
 #include "policy/ppo_trainer.h"
 #include "policy/rollout_file.h"
@@ -167,11 +169,12 @@ TEST(PpoTrainer, SameSeedSameStatsAndResume) {
   auto full = ta.history();
   ASSERT_EQ(full.size(), 6u);
 
-  auto half = cfg;
-  half.set_iterations(3);
   {
-    policy::PpoTrainer tb(half, make_models(5), count_teacher, make_prompts(), b.path());
-    tb.run();
+    // Interrupted after 3 iterations (same config: the lr schedule depends on `iterations`).
+    policy::PpoTrainer tb(cfg, make_models(5), count_teacher, make_prompts(), b.path());
+    tb.save_checkpoint_now();
+    for (int i = 0; i < 3; ++i) tb.step();
+    tb.save_checkpoint_now();
     ASSERT_EQ(tb.history().size(), 3u);
     for (int i = 0; i < 3; ++i) EXPECT_TRUE(same_stats(full[i], tb.history()[i])) << "iter " << i + 1;
   }
@@ -334,20 +337,207 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
   // Resume: 2 iterations, then a new trainer (other starting weights) continues from the
   // checkpoint's base + adapters and reproduces iteration 3 of the uninterrupted run.
   TempDir b("ppo_lora_b");
-  auto half = cfg;
-  half.set_iterations(2);
-  half.set_checkpoint_every(1);
+  auto full_cfg = cfg;
+  full_cfg.set_checkpoint_every(1);
   {
-    policy::PpoTrainer tb(half, make_models(3), count_teacher, make_prompts(), b.path());
-    tb.run();
+    // Interrupted after 2 iterations (same config: the lr schedule depends on `iterations`).
+    policy::PpoTrainer tb(full_cfg, make_models(3), count_teacher, make_prompts(), b.path());
+    tb.step();
+    tb.step();
+    tb.save_checkpoint_now();
   }
   auto resumed_models = make_models(3);
   resumed_models.policy = make_models(77).policy;
-  auto full_cfg = cfg;
-  full_cfg.set_checkpoint_every(1);
   policy::PpoTrainer tc(full_cfg, resumed_models, count_teacher, make_prompts(), b.path());
   EXPECT_EQ(tc.completed_iterations(), 2);
   tc.run();
   ASSERT_EQ(tc.history().size(), 1u);
   EXPECT_TRUE(same_stats(trainer.history()[2], tc.history()[0]));
+}
+
+// The lr of an iteration (ppo_learning_rate) by hand, and the trainer applies it: with a linear
+// decay to 0 over 2 iterations, iteration 2 runs at lr 0 and leaves the weights bit-identical.
+TEST(PpoTrainer, LearningRateScheduleByIteration) {
+  proto::PpoConfig c;
+  c.set_iterations(5);
+  // Default: cosine, no warm-up, floor 0.1 * peak; progress (iteration - 1) / 4.
+  EXPECT_EQ(c.lr_schedule(), "cosine");
+  EXPECT_DOUBLE_EQ(policy::ppo_learning_rate(c, 1e-3, 1), 1e-3);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 3), 1e-4 + 9e-4 * 0.5, 1e-15);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 5), 1e-4, 1e-15);
+  // Linear with 1 warm-up iteration: the decay runs over iterations 2..5 (progress 0, 1/3, ..).
+  c.set_lr_schedule("linear");
+  c.set_lr_warmup_iterations(1);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 1), 1e-3, 1e-15);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 2), 1e-3, 1e-15);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 3), 7e-4, 1e-15);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 5), 1e-4, 1e-15);
+  // Constant with 2 warm-up iterations: 1/2 then the peak.
+  c.set_lr_schedule("constant");
+  c.set_lr_warmup_iterations(2);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 1), 5e-4, 1e-15);
+  EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 4), 1e-3, 1e-15);
+  c.set_lr_schedule("step");
+  EXPECT_THROW(policy::ppo_learning_rate(c, 1e-3, 1), Error);
+  EXPECT_THROW(policy::validate_ppo_config(c), Error);
+
+  TempDir dir("ppo_lr");
+  auto cfg = toy_config(2);
+  cfg.set_lr_schedule("linear");
+  cfg.set_min_lr_ratio(0.0);
+  auto models = make_models(4);  // handles: the trainer trains these very modules
+  auto snapshot = [&] {
+    std::vector<torch::Tensor> out;
+    for (auto& p : models.policy->parameters()) out.push_back(p.detach().clone());
+    for (auto& p : models.critic->parameters()) out.push_back(p.detach().clone());
+    return out;
+  };
+  auto start = snapshot();
+  policy::PpoTrainer t(cfg, models, count_teacher, make_prompts(), dir.path());
+  auto s1 = t.step();
+  EXPECT_EQ(s1.at("lr/policy"), 3e-3);
+  EXPECT_EQ(s1.at("lr/value"), 3e-3);
+  auto a = snapshot();
+  auto s2 = t.step();
+  EXPECT_EQ(s2.at("lr/policy"), 0.0);
+  EXPECT_EQ(s2.at("lr/value"), 0.0);
+  auto b = snapshot();
+  ASSERT_EQ(a.size(), b.size());
+  int moved_in_1 = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i << " moved at lr 0";
+    moved_in_1 += !torch::equal(a[i], start[i]);
+  }
+  EXPECT_GT(moved_in_1, 0);  // iteration 1 (lr 3e-3) did train
+}
+
+// target_kl: a tiny target stops the epochs after the first minibatches; the iteration reports
+// it, minibatches.jsonl has only the minibatches run, and `replay --update` stops at the same one.
+TEST(PpoTrainer, TargetKlStopsEpochsEarlyAndReplayReproducesIt) {
+  TempDir dir("ppo_target_kl");
+  auto cfg = toy_config(2);
+  cfg.set_checkpoint_every(1);
+  cfg.set_keep_checkpoints(10);
+  cfg.set_target_kl(1e-9);
+  policy::PpoTrainer t(cfg, make_models(6), count_teacher, make_prompts(), dir.path());
+  t.run();
+  ASSERT_EQ(t.history().size(), 2u);
+  for (int it = 1; it <= 2; ++it) {
+    const auto& s = t.history()[it - 1];
+    EXPECT_EQ(s.at("policy/early_stopped"), 1.0) << "iteration " << it;
+    const int ran = (int)s.at("policy/minibatches");
+    EXPECT_GE(ran, 1);
+    EXPECT_LT(ran, 8);  // 4 epochs x 2 minibatches without the stop
+    std::vector<nlohmann::json> live;
+    std::ifstream in(dir / "minibatches.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["iteration"].get<int>() == it) live.push_back(j);
+    }
+    ASSERT_EQ((int)live.size(), ran);
+    // The stop came after the first minibatch whose epoch's running mean approx_kl exceeded the
+    // target, and not before.
+    EXPECT_TRUE(live.back().contains("policy/early_stopped"));
+    double sum = 0;
+    int n = 0;
+    for (size_t i = 0; i < live.size(); ++i) {
+      if (live[i]["epoch"] != live.back()["epoch"]) continue;
+      sum += live[i]["policy/approx_kl"].get<double>();
+      ++n;
+      if (i + 1 < live.size()) EXPECT_LE(sum / n, 1e-9) << "should have stopped at " << i;
+      EXPECT_EQ(live[i].contains("policy/early_stopped"), i + 1 == live.size());
+    }
+    EXPECT_GT(sum / n, 1e-9);
+
+    auto replayed = policy::PpoTrainer::replay_update(
+        dir.path(), dir / ("rollouts/iter-000" + std::to_string(it) + ".pb"));
+    ASSERT_EQ(replayed.size(), live.size()) << "iteration " << it;
+    for (size_t i = 0; i < live.size(); ++i)
+      for (auto& kv : replayed[i]) {
+        ASSERT_TRUE(live[i].contains(kv.first)) << kv.first;
+        EXPECT_EQ(live[i][kv.first].get<double>(), kv.second) << kv.first << " minibatch " << i;
+      }
+  }
+  // Off (the default): every minibatch runs.
+  TempDir off("ppo_target_kl_off");
+  auto cfg_off = toy_config(1);
+  policy::PpoTrainer t_off(cfg_off, make_models(6), count_teacher, make_prompts(), off.path());
+  auto s = t_off.step();
+  EXPECT_EQ(s.at("policy/early_stopped"), 0.0);
+  EXPECT_EQ(s.at("policy/minibatches"), 8.0);
+}
+
+// TRL's objective stats, recomputed from the iteration's rollout records: non_score_reward is the
+// mean over samples of sum_t -beta * kl_t, scores the mean shaped score.
+TEST(PpoTrainer, ObjectiveStatsMatchRollouts) {
+  TempDir dir("ppo_objective");
+  auto cfg = toy_config(1);
+  cfg.set_missing_eos_penalty(0.5);  // the shaped score differs from the raw one
+  auto models = make_models(7);
+  models.reference = make_models(70).policy;  // another model: the KL term is not 0
+  policy::PpoTrainer t(cfg, models, count_teacher, make_prompts(), dir.path());
+  auto s = t.step();
+  auto recs = policy::read_rollouts(dir / "rollouts/iter-0001.pb");
+  ASSERT_EQ(recs.size(), 32u);
+  double nsr = 0, score = 0;
+  for (const auto& r : recs) {
+    double kl_sum = 0;
+    for (float k : r.kl()) kl_sum += k;
+    nsr += -r.kl_coef() * kl_sum;
+    score += r.score();
+  }
+  nsr /= recs.size();
+  score /= recs.size();
+  EXPECT_NEAR(s.at("objective/non_score_reward"), nsr, 1e-5);
+  EXPECT_NEAR(s.at("objective/scores"), score, 1e-5);
+  EXPECT_NEAR(s.at("objective/rlhf_reward"), score + nsr, 1e-5);
+  EXPECT_NE(s.at("objective/non_score_reward"), 0.0);
+}
+
+// Prompts longer than max_prompt_tokens keep BOS and their last max_prompt_tokens - 1 tokens.
+TEST(PpoTrainer, TruncatedPromptsKeepBos) {
+  using policy::truncate_prompt;
+  EXPECT_EQ(truncate_prompt({1, 3, 4, 5, 6}, 3, 1), (std::vector<int64_t>{1, 5, 6}));
+  EXPECT_EQ(truncate_prompt({3, 4, 5, 6}, 3, 1), (std::vector<int64_t>{4, 5, 6}));  // no BOS
+  EXPECT_EQ(truncate_prompt({1, 3, 4}, 3, 1), (std::vector<int64_t>{1, 3, 4}));      // fits
+  EXPECT_EQ(truncate_prompt({1, 3, 4}, 1, 1), (std::vector<int64_t>{1}));
+  EXPECT_EQ(truncate_prompt({1, 3, 4, 5}, 2, -1), (std::vector<int64_t>{4, 5}));  // no BOS id
+
+  TempDir dir("ppo_bos");
+  auto cfg = toy_config(1);
+  cfg.set_batch_size(4);
+  cfg.set_minibatch_size(4);
+  cfg.set_max_prompt_tokens(3);
+  std::vector<std::vector<int64_t>> prompts{{1, 3, 4, 5, 6}, {1, 8, 9, 10, 11, 12}, {1, 4}, {5, 6, 7, 8}};
+  policy::PpoTrainer t(cfg, make_models(9), count_teacher, prompts, dir.path());
+  t.step();
+  std::set<std::vector<int64_t>> got;
+  for (const auto& r : policy::read_rollouts(dir / "rollouts/iter-0001.pb"))
+    got.insert(std::vector<int64_t>(r.prompt_ids().begin(), r.prompt_ids().end()));
+  EXPECT_EQ(got, (std::set<std::vector<int64_t>>{{1, 5, 6}, {1, 11, 12}, {1, 4}, {6, 7, 8}}));
+}
+
+// value_coef was removed (never read): a config that still sets it is an error naming the file,
+// the line and the field.
+TEST(PpoTrainer, ValueCoefInConfigIsAnErrorNamingTheLine) {
+  TempDir dir("ppo_value_coef");
+  write_file_atomic(dir / "ppo.pbtxt", "iterations: 2\nvalue_coef: 0.1\n");
+  try {
+    policy::load_ppo_config(dir / "ppo.pbtxt");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("ppo.pbtxt:2:"), std::string::npos) << m;
+    EXPECT_NE(m.find("value_coef"), std::string::npos) << m;
+  }
+  // The new fields parse.
+  write_file_atomic(dir / "ok.pbtxt",
+                    "lr_schedule: \"linear\" lr_warmup_iterations: 2 min_lr_ratio: 0 target_kl: 0.02\n");
+  auto c = policy::load_ppo_config(dir / "ok.pbtxt");
+  EXPECT_EQ(c.lr_schedule(), "linear");
+  EXPECT_EQ(c.lr_warmup_iterations(), 2);
+  EXPECT_EQ(c.target_kl(), 0.02);
+  c.set_min_lr_ratio(1.5);
+  EXPECT_THROW(policy::validate_ppo_config(c), Error);
 }
