@@ -24,6 +24,7 @@
 #include "policy/ppo_math.h"
 #include "policy/prompt_format.h"
 #include "policy/rollout_file.h"
+#include "policy/training.h"
 
 namespace rlhf::policy {
 
@@ -134,6 +135,68 @@ std::string minibatch_json(const std::map<std::string, double>& mb) {
   return j.dump();
 }
 
+// The padded update batch of a saved iteration, exactly as the live iteration had it: prompts
+// left-padded to P, responses right-padded to N, advantages whitened as configured. On the CPU.
+UpdateBatch update_batch_from_records(const std::vector<proto::RolloutRecord>& recs, int64_t pad,
+                                      const proto::PpoConfig& c, const std::string& file) {
+  UpdateBatch u;
+  u.B = (int64_t)recs.size();
+  for (const auto& r : recs) {
+    u.P = std::max<int64_t>(u.P, r.prompt_ids_size());
+    u.N = std::max<int64_t>(u.N, r.response_ids_size());
+  }
+  if (u.P == 0 || u.N == 0) throw Error(file + ": empty prompts or responses");
+  const int64_t B = u.B, P = u.P, N = u.N;
+  u.ids = torch::full({B, P + N}, pad, torch::kLong);
+  u.full_mask = torch::zeros({B, P + N});
+  auto adv = torch::zeros({B, N});
+  u.old_logp = torch::zeros({B, N});
+  u.values = torch::zeros({B, N});
+  u.returns = torch::zeros({B, N});
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& r = recs[b];
+    const int64_t p = r.prompt_ids_size(), n = r.response_ids_size();
+    if (r.advantages_size() != n || r.returns_size() != n)
+      throw Error(file + ": record " + std::to_string(b) + " has no stored advantages/returns");
+    for (int64_t t = 0; t < p; ++t) {
+      u.ids[b][P - p + t] = r.prompt_ids(t);
+      u.full_mask[b][P - p + t] = 1;
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      u.ids[b][P + t] = r.response_ids(t);
+      u.full_mask[b][P + t] = 1;
+      u.old_logp[b][t] = r.logprobs(t);
+      u.values[b][t] = r.values(t);
+      adv[b][t] = r.advantages(t);
+      u.returns[b][t] = r.returns(t);
+    }
+  }
+  u.rmask = u.full_mask.narrow(1, P, N).contiguous();
+  u.adv_train = c.whiten_advantages() ? ppo::whiten(adv, u.rmask) : adv;
+  return u;
+}
+
+// Everything one iteration produces before the update, filled phase by phase in step().
+struct Rollout {
+  int64_t iteration = 0;
+  std::vector<std::vector<int64_t>> prompts;   // this iteration's prompt ids
+  GenerationOutput gen;
+  uint64_t seed = 0;                           // generation seed
+  torch::Tensor ids, full_mask, rmask;         // [B, P + N], [B, P + N], [B, N]
+  int64_t B = 0, P = 0, N = 0;
+  std::vector<int64_t> lengths;
+  std::vector<bool> has_eos;
+  std::vector<float> raw;                      // teacher scores
+  std::vector<float> shaped;                   // after penalties, normalisation, clipping
+  torch::Tensor scores;                        // [B] shaped, on the device
+  torch::Tensor old_logp, ref_logp, values, entropy;  // [B, N], under no-grad
+  double gen_logprob_dev = 0;
+  double beta = 0;                             // KL coefficient used
+  torch::Tensor kl, rewards, adv_train;         // [B, N]
+  ppo::GaeResult gae;
+  double kl_mean = 0;
+};
+
 }  // namespace
 
 struct PpoTrainer::Impl {
@@ -144,158 +207,509 @@ struct PpoTrainer::Impl {
   ExtraStatsFn extra_stats;
   std::vector<std::vector<int64_t>> prompts;  // in the fixed shuffled order
   std::string out_dir;
+  std::string fingerprint;
   torch::Device device{torch::kCPU};
-  std::unique_ptr<torch::optim::AdamW> policy_opt, critic_opt;
+  std::unique_ptr<training::Optimizer> policy_opt, critic_opt;
   std::unique_ptr<ppo::KLController> kl_ctl;
   double score_count = 0, score_mean = 0, score_m2 = 0;  // Welford moments of shaped scores
   std::unique_ptr<MetricsWriter> metrics;
   std::string last_checkpoint;
   // LoRA (cfg.lora.rank > 0): adapters on the policy, whose base weights stay frozen; the policy
-  // optimizer holds policy_params: the adapters with LoRA, else all policy parameters.
+  // optimizer holds the adapters then, else all policy parameters.
   std::unique_ptr<LoraAdapters> lora;
-  std::vector<torch::Tensor> policy_params;
 
-  void attach_lora() {
-    if (cfg.has_lora() && cfg.lora().rank() > 0) {
-      lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
-      policy_params = lora->parameters();
-    } else {
-      policy_params = m.policy->parameters();
-    }
+  std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
+  std::string last_good() const {
+    return "; stopped, last good checkpoint: " + (last_checkpoint.empty() ? "none" : last_checkpoint);
+  }
+  training::StateFolder checkpoints() const {
+    return training::StateFolder(out_dir + "/checkpoints", cfg.keep_checkpoints());
   }
 
-  std::string ckpt_root() const { return out_dir + "/checkpoints"; }
+  // The construction path shared by the live trainer and `replay --update`.
+  void setup(const proto::PpoConfig& config, PpoModels models);
+  training::NamedTensors policy_tensors();
+  void load_checkpoint(const std::string& dir);
+  void save_checkpoint(int64_t completed);
 
+  // The phases of one iteration, in order.
+  Rollout sample(int64_t it);
+  void score(Rollout& r);
+  void shape_scores(Rollout& r);
+  void evaluate(Rollout& r);
+  void advantages(Rollout& r);
+  void write_rollouts(const Rollout& r);
   // ppo_epochs epochs of shuffled minibatches on one rollout batch (the live loop and
   // `replay --update` share it, so both give the same numbers).
   UpdateTotals update(const UpdateBatch& batch, int64_t iteration, const LogprobOptions& lo,
                       const MinibatchFn& on_minibatch);
+  std::map<std::string, double> log(const Rollout& r, const UpdateTotals& tot, double train_s,
+                                    double iteration_s);
+
+ private:
+  void policy_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it, bool first,
+                        const LogprobOptions& lo, double lr, std::map<std::string, double>& mb,
+                        UpdateTotals& tot);
+  void critic_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it, double lr,
+                        std::map<std::string, double>& mb, UpdateTotals& tot);
 };
 
+LogprobOptions logprob_options(const proto::PpoConfig& c) {
+  LogprobOptions lo;
+  lo.temperature = c.temperature() > 0 ? c.temperature() : 1.0f;
+  return lo;
+}
+
+// ---- construction and checkpoints ---------------------------------------------------------------
+
+void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
+  cfg = config;
+  m = std::move(models);
+  device = torch::Device(cfg.device());
+  if (!m.critic->config().value_head) m.critic->add_value_head();
+  m.policy->to(device);
+  m.critic->to(device);
+  if (m.reference) {
+    m.reference->to(device);
+    m.reference->eval();
+    for (auto& p : m.reference->parameters()) p.set_requires_grad(false);
+  }
+  training::NamedTensors policy_params;
+  if (cfg.has_lora() && cfg.lora().rank() > 0) {
+    lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
+    policy_params = lora->named_parameters();
+  } else {
+    for (const auto& p : m.policy->named_parameters()) policy_params.emplace_back(p.key(), p.value());
+  }
+  training::NamedTensors critic_params;
+  for (const auto& p : m.critic->named_parameters()) critic_params.emplace_back(p.key(), p.value());
+  // N implementation details #3: Adam epsilon 1e-5; TRL/OpenRLHF: Adam betas (0.9, 0.999), no
+  // weight decay by default.
+  training::AdamWOptions ao;
+  ao.beta2 = 0.999;
+  ao.eps = cfg.adam_eps();
+  ao.weight_decay = cfg.weight_decay();
+  policy_opt = std::make_unique<training::Optimizer>(policy_params, ao);
+  critic_opt = std::make_unique<training::Optimizer>(critic_params, ao);
+  if (cfg.adaptive_kl())
+    kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(), cfg.kl_horizon());
+  else
+    kl_ctl = std::make_unique<ppo::FixedKLController>(cfg.kl_coef());
+}
+
+// The policy's trained state: with LoRA the frozen base and the adapters.
+training::NamedTensors PpoTrainer::Impl::policy_tensors() {
+  auto t = training::module_tensors(*m.policy);
+  if (lora)
+    for (auto& [k, v] : lora->named_parameters()) t.emplace_back("lora." + k, v);
+  return t;
+}
+
+void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
+  proto::PpoState st;
+  if (!st.ParseFromString(read_file(dir + "/state.pb")))
+    throw Error(dir + "/state.pb: cannot parse PpoState");
+  training::load_tensors(policy_tensors(), dir + "/policy.pt");
+  training::load_tensors(training::module_tensors(*m.critic), dir + "/critic.pt");
+  policy_opt->load(dir + "/policy_optimizer.pt", device);
+  critic_opt->load(dir + "/critic_optimizer.pt", device);
+  training::load_cpu_rng(dir + "/rng.pt");
+  kl_ctl->set_value(st.kl_coef());
+  score_count = st.score_count();
+  score_mean = st.score_mean();
+  score_m2 = st.score_m2();
+  last_checkpoint = dir;
+}
+
+void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
+  proto::PpoState st;
+  st.set_iteration(completed);
+  st.set_kl_coef(kl_ctl->value());
+  st.set_score_count(score_count);
+  st.set_score_mean(score_mean);
+  st.set_score_m2(score_m2);
+  std::string cfg_text;
+  google::protobuf::TextFormat::PrintToString(cfg, &cfg_text);
+  st.set_config_text(cfg_text);
+  last_checkpoint = checkpoints().save(iter_name(completed), fingerprint, [&](const std::string& tmp) {
+    training::save_tensors(policy_tensors(), tmp + "/policy.pt");  // with LoRA: base + adapters
+    training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
+    policy_opt->save(tmp + "/policy_optimizer.pt");
+    critic_opt->save(tmp + "/critic_optimizer.pt");
+    training::save_cpu_rng(tmp + "/rng.pt");
+    if (lora) lora->save(tmp + "/adapter");
+    CheckpointInfo info;  // readable checkpoint folders (merged weights with LoRA)
+    info.kind = "policy";
+    info.created_by = "ppo";
+    info.step = completed;
+    policy::save_checkpoint(m.policy, tmp + "/policy", info);
+    info.kind = "critic";
+    policy::save_checkpoint(m.critic, tmp + "/critic", info);
+    write_file_atomic(tmp + "/state.pb", st.SerializeAsString());
+  });
+}
+
+// ---- the phases of one iteration ------------------------------------------------------------------
+
+// 1-2. This iteration's prompts (the shuffled list, cycled) and their sampled responses.
+Rollout PpoTrainer::Impl::sample(int64_t it) {
+  Rollout r;
+  r.iteration = it;
+  r.B = cfg.batch_size();
+  for (int64_t j = 0; j < r.B; ++j)
+    r.prompts.push_back(prompts[((it - 1) * r.B + j) % (int64_t)prompts.size()]);
+  SamplingOptions so;
+  so.max_new_tokens = cfg.max_new_tokens();
+  so.temperature = cfg.temperature();
+  so.top_k = cfg.top_k();
+  so.top_p = cfg.top_p();
+  so.seed = r.seed = mix_seed(cfg.seed(), (uint64_t)it, 0x9e4);
+  m.policy->eval();
+  if (lora) lora->refresh(false);
+  r.gen = generate(m.policy, r.prompts, so);
+  r.P = r.gen.prompt_ids.size(1);
+  r.N = r.gen.response_ids.size(1);
+  if (r.N == 0) throw Error(at(it) + ": generation produced no tokens");
+  r.ids = torch::cat({r.gen.prompt_ids, r.gen.response_ids}, 1).to(torch::kLong).to(device);
+  r.full_mask = torch::cat({r.gen.prompt_mask.to(torch::kFloat), r.gen.response_mask.to(torch::kFloat)}, 1)
+                    .to(device);
+  r.rmask = r.gen.response_mask.to(torch::kFloat).to(device);
+  const int64_t eos_id = m.policy->config().eos_id;
+  for (const auto& resp : r.gen.responses) {
+    r.lengths.push_back((int64_t)resp.size());
+    r.has_eos.push_back(!resp.empty() && resp.back() == eos_id);
+  }
+  return r;
+}
+
+// 3. The teacher's scores.
+void PpoTrainer::Impl::score(Rollout& r) {
+  r.raw = teacher(r.prompts, r.gen.responses);
+  if ((int64_t)r.raw.size() != r.B)
+    throw Error(at(r.iteration) + ": teacher returned " + std::to_string(r.raw.size()) +
+                " scores for " + std::to_string(r.B) + " samples");
+  for (int64_t b = 0; b < r.B; ++b)
+    if (!finite(r.raw[b]))
+      throw Error(at(r.iteration) + ": teacher score of sample " + std::to_string(b) + " is " +
+                  std::to_string(r.raw[b]) + " (non-finite)" + last_good());
+}
+
+// Penalties (missing EOS, short response: TRL), running normalisation (OpenRLHF), clipping.
+void PpoTrainer::Impl::shape_scores(Rollout& r) {
+  std::vector<double> shaped(r.B);
+  for (int64_t b = 0; b < r.B; ++b) {
+    double s = r.raw[b];
+    if (!r.has_eos[b]) s -= cfg.missing_eos_penalty();
+    if (r.lengths[b] < cfg.min_new_tokens()) s -= cfg.short_response_penalty();
+    shaped[b] = s;
+  }
+  if (cfg.normalize_scores()) {
+    // Running mean/std over all scores seen so far, batch included (Welford).
+    for (double s : shaped) {
+      score_count += 1;
+      const double d = s - score_mean;
+      score_mean += d / score_count;
+      score_m2 += d * (s - score_mean);
+    }
+    const double var = score_count > 1 ? score_m2 / (score_count - 1) : 1.0;
+    const double sd = std::sqrt(std::max(var, 1e-8));
+    for (auto& s : shaped) s = (s - score_mean) / sd;
+  }
+  if (cfg.score_clip() > 0)
+    for (auto& s : shaped) s = std::clamp(s, -cfg.score_clip(), cfg.score_clip());
+  r.shaped.assign(shaped.begin(), shaped.end());
+  r.scores = torch::tensor(r.shaped, torch::kFloat).to(device);
+}
+
+// 4. Log-probs under policy and reference, entropy, critic values (teacher forcing, no grad).
+void PpoTrainer::Impl::evaluate(Rollout& r) {
+  torch::NoGradGuard no_grad;
+  LogprobOptions lo = logprob_options(cfg);
+  lo.entropy = true;
+  auto pol = token_logprobs(m.policy, r.ids, r.full_mask, lo);
+  r.old_logp = pol.logprobs.narrow(1, r.P - 1, r.N) * r.rmask;
+  r.entropy = pol.entropy.narrow(1, r.P - 1, r.N);
+  lo.entropy = false;
+  r.ref_logp = token_logprobs(m.reference, r.ids, r.full_mask, lo).logprobs.narrow(1, r.P - 1, r.N) * r.rmask;
+  m.critic->eval();
+  auto h = m.critic->hidden_states(r.ids, r.full_mask);
+  r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
+  r.gen_logprob_dev =
+      ((r.gen.response_logprobs.to(device).to(torch::kFloat) - r.old_logp).abs() * r.rmask).max().item<double>();
+}
+
+// 5. Per-token KL, rewards, GAE (unwhitened in the rollouts; whitened for the update).
+void PpoTrainer::Impl::advantages(Rollout& r) {
+  r.beta = kl_ctl->value();
+  r.kl = ppo::per_token_kl(r.old_logp, r.ref_logp, r.rmask);
+  r.rewards = ppo::compute_rewards(r.kl, r.scores, r.rmask, r.beta);
+  if (cfg.whiten_rewards()) r.rewards = ppo::whiten(r.rewards, r.rmask, /*shift_mean=*/false);
+  r.gae = ppo::compute_gae(r.rewards, r.values, r.rmask, cfg.gamma(), cfg.lam());
+  r.adv_train = cfg.whiten_advantages() ? ppo::whiten(r.gae.advantages, r.rmask) : r.gae.advantages;
+  r.kl_mean = r.kl.sum(1).mean().item<double>();  // per-sequence KL sum (Ziegler et al.)
+  if (!finite(r.kl_mean)) throw Error(at(r.iteration) + ": kl/mean is non-finite" + last_good());
+}
+
+// <out>/rollouts/iter-NNNN.pb, with retention (keep_rollouts newest).
+void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
+  auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); };
+  auto lp_c = cpu(r.old_logp), ref_c = cpu(r.ref_logp), v_c = cpu(r.values), kl_c = cpu(r.kl),
+       r_c = cpu(r.rewards), a_c = cpu(r.gae.advantages), ret_c = cpu(r.gae.returns);
+  std::vector<proto::RolloutRecord> recs;
+  for (int64_t b = 0; b < r.B; ++b) {
+    proto::RolloutRecord rec;
+    rec.set_schema_version(1);
+    rec.set_iteration(r.iteration);
+    rec.set_index(b);
+    for (auto id : r.prompts[b]) rec.add_prompt_ids(id);
+    for (auto id : r.gen.responses[b]) rec.add_response_ids(id);
+    if (decode) {
+      rec.set_prompt_text(decode(r.prompts[b]));
+      rec.set_response_text(decode(r.gen.responses[b]));
+    }
+    auto put = [&](const torch::Tensor& t, google::protobuf::RepeatedField<float>* f) {
+      const float* p = t.data_ptr<float>() + b * r.N;
+      f->Add(p, p + r.lengths[b]);
+    };
+    put(lp_c, rec.mutable_logprobs());
+    put(ref_c, rec.mutable_ref_logprobs());
+    put(v_c, rec.mutable_values());
+    put(kl_c, rec.mutable_kl());
+    put(r_c, rec.mutable_rewards());
+    put(a_c, rec.mutable_advantages());
+    put(ret_c, rec.mutable_returns());
+    rec.set_score(r.shaped[b]);
+    rec.set_raw_score(r.raw[b]);
+    rec.set_ended_with_eos(r.has_eos[b]);
+    rec.set_kl_coef(r.beta);
+    rec.set_gamma(cfg.gamma());
+    rec.set_lam(cfg.lam());
+    auto* g = rec.mutable_generation();
+    g->set_temperature(cfg.temperature());
+    g->set_top_k(cfg.top_k());
+    g->set_top_p(cfg.top_p());
+    g->set_max_new_tokens(cfg.max_new_tokens());
+    g->set_eos_id(m.policy->config().eos_id);
+    g->set_seed(r.seed);
+    recs.push_back(std::move(rec));
+  }
+  const std::string dir = out_dir + "/rollouts";
+  policy::write_rollouts(dir + "/" + iter_name(r.iteration) + ".pb", recs);
+  if (cfg.keep_rollouts() <= 0) return;
+  std::vector<std::string> files;
+  for (auto& e : fs::directory_iterator(dir)) {
+    auto n = e.path().filename().string();
+    if (n.rfind("iter-", 0) == 0 && e.path().extension() == ".pb") files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  for (size_t i = 0; i + cfg.keep_rollouts() < files.size(); ++i) fs::remove(files[i]);
+}
+
+// The clipped-ratio policy step on one minibatch (or, in the critic warm-up, only the first
+// minibatch's ratio check without a step).
+void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it,
+                                        bool first, const LogprobOptions& lo, double lr,
+                                        std::map<std::string, double>& mb, UpdateTotals& tot) {
+  const bool train_policy = it > cfg.critic_warmup_iterations();
+  m.policy->train();
+  if (lora) lora->refresh(train_policy);  // a fresh graph through the adapters
+  std::unique_ptr<torch::NoGradGuard> ng;
+  if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
+  LogprobOptions tlo = lo;
+  tlo.entropy = cfg.entropy_coef() > 0;
+  const auto rmask = u.rmask.index_select(0, idx);
+  auto tl = token_logprobs(m.policy, u.ids.index_select(0, idx), u.full_mask.index_select(0, idx), tlo);
+  auto new_lp = tl.logprobs.narrow(1, u.P - 1, u.N);
+  auto pl = ppo::clipped_policy_loss(new_lp, u.old_logp.index_select(0, idx),
+                                     u.adv_train.index_select(0, idx), rmask, cfg.clip_range());
+  if (first) tot.ratio_first_dev = pl.ratio_max_dev;  // the policy has not moved: ratio 1
+  if (!train_policy) return;
+  mb["loss/policy"] = pl.loss.item<double>();
+  mb["policy/clipfrac"] = pl.clipfrac;
+  mb["policy/approx_kl"] = pl.approx_kl;
+  mb["policy/ratio_mean"] = pl.ratio_mean;
+  mb["policy/ratio_max_dev"] = pl.ratio_max_dev;
+  auto loss = pl.loss;
+  if (cfg.entropy_coef() > 0)
+    loss = loss - cfg.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, u.P - 1, u.N), rmask);
+  const double lv = loss.item<double>();
+  if (!finite(lv))
+    throw Error(at(it) + ": loss/policy is non-finite (" + std::to_string(lv) + ")" + last_good());
+  policy_opt->zero_grad();
+  loss.backward();
+  const double gn = policy_opt->step(lr, cfg.max_grad_norm());
+  if (!finite(gn)) throw Error(at(it) + ": policy gradient norm is non-finite" + last_good());
+  mb["grad_norm/policy"] = gn;
+  tot.sum_pl += mb["loss/policy"];
+  tot.sum_clip += pl.clipfrac;
+  tot.sum_akl += pl.approx_kl;
+  tot.sum_ratio += pl.ratio_mean;
+  ++tot.n_pol;
+}
+
+// The clipped value-loss step of the critic on one minibatch.
+void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it,
+                                        double lr, std::map<std::string, double>& mb,
+                                        UpdateTotals& tot) {
+  m.critic->train();
+  auto h = m.critic->hidden_states(u.ids.index_select(0, idx), u.full_mask.index_select(0, idx));
+  auto v = m.critic->values_from_hidden(h.narrow(1, u.P - 1, u.N)).to(torch::kFloat);
+  auto vl = ppo::clipped_value_loss(v, u.values.index_select(0, idx), u.returns.index_select(0, idx),
+                                    u.rmask.index_select(0, idx), cfg.value_clip_range());
+  const double vlv = vl.loss.item<double>();
+  if (!finite(vlv))
+    throw Error(at(it) + ": loss/value is non-finite (" + std::to_string(vlv) + ")" + last_good());
+  critic_opt->zero_grad();
+  vl.loss.backward();
+  const double gn = critic_opt->step(lr, cfg.max_grad_norm());
+  if (!finite(gn)) throw Error(at(it) + ": critic gradient norm is non-finite" + last_good());
+  mb["loss/value"] = vlv;
+  mb["value/clipfrac"] = vl.clipfrac;
+  mb["grad_norm/value"] = gn;
+  tot.sum_vl += vlv;
+  tot.sum_vclip += vl.clipfrac;
+  ++tot.n_val;
+}
+
+// 6. PPO epochs over shuffled minibatches, with the optional target-KL early stop (SB3/CleanRL):
+// after a minibatch whose epoch's running mean approx_kl exceeds target_kl, the rest is skipped.
 UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const LogprobOptions& lo,
                                       const MinibatchFn& on_minibatch) {
-  auto& I = *this;
-  const auto& c = cfg;
-  const std::string at = "ppo iteration " + std::to_string(it);
-  const int64_t B = u.B, P = u.P, N = u.N;
-  const auto &ids = u.ids, &full_mask = u.full_mask, &rmask = u.rmask, &old_logp = u.old_logp,
-             &values = u.values, &adv_train = u.adv_train, &returns = u.returns;
-  const bool train_policy = it > c.critic_warmup_iterations();
-  const int64_t MB = c.minibatch_size();
-  double sum_pl = 0, sum_clip = 0, sum_akl = 0, sum_ratio = 0, sum_vl = 0, sum_vclip = 0;
-  int64_t n_pol = 0, n_val = 0, train_tokens = 0;
-  double ratio_first_dev = 0;
-  const double grad_cap = c.max_grad_norm() > 0 ? c.max_grad_norm() : 1e30;
-  // The lr of this iteration: a function of `it` only, so replay and resume set the same one.
-  const double policy_lr = ppo_learning_rate(c, c.policy_lr(), it);
-  const double value_lr = ppo_learning_rate(c, c.value_lr(), it);
-  for (auto& g : I.policy_opt->param_groups())
-    static_cast<torch::optim::AdamWOptions&>(g.options()).lr(policy_lr);
-  for (auto& g : I.critic_opt->param_groups())
-    static_cast<torch::optim::AdamWOptions&>(g.options()).lr(value_lr);
-  int64_t minibatches = 0;
-  bool stop = false;  // target_kl early stop
-  for (int epoch = 0; epoch < c.ppo_epochs() && !stop; ++epoch) {
-    auto perm = permutation(B, mix_seed(c.seed(), (uint64_t)it, (uint64_t)epoch + 1));
-    double epoch_akl = 0;  // running sum of approx_kl over this epoch's policy minibatches
-    int64_t epoch_pol = 0;
-    for (int64_t s = 0; s < B && !stop; s += MB) {
-      int64_t e = std::min(B, s + MB);
+  UpdateTotals tot;
+  // The lr of this iteration: a function of `it` only, so replay and resume use the same one.
+  tot.policy_lr = ppo_learning_rate(cfg, cfg.policy_lr(), it);
+  tot.value_lr = ppo_learning_rate(cfg, cfg.value_lr(), it);
+  const int64_t MB = cfg.minibatch_size();
+  for (int epoch = 0; epoch < cfg.ppo_epochs() && !tot.early_stopped; ++epoch) {
+    auto perm = permutation(u.B, mix_seed(cfg.seed(), (uint64_t)it, (uint64_t)epoch + 1));
+    const double akl_before = tot.sum_akl;
+    const int64_t pol_before = tot.n_pol;
+    for (int64_t s = 0; s < u.B && !tot.early_stopped; s += MB) {
+      const int64_t e = std::min(u.B, s + MB);
       auto idx = torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
-                     .to(I.device);
-      auto ids_mb = ids.index_select(0, idx);
-      auto mask_mb = full_mask.index_select(0, idx);
-      auto rmask_mb = rmask.index_select(0, idx);
-      const bool first = epoch == 0 && s == 0;
+                     .to(device);
       std::map<std::string, double> mb{{"iteration", (double)it}, {"epoch", (double)epoch},
                                        {"minibatch", (double)(s / MB)}};
-      train_tokens += (e - s) * (P + N);
-
-      if (train_policy || first) {
-        I.m.policy->train();
-        if (I.lora) I.lora->refresh(train_policy);  // a fresh graph through the adapters
-        std::unique_ptr<torch::NoGradGuard> ng;
-        if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
-        LogprobOptions tlo = lo;
-        tlo.entropy = c.entropy_coef() > 0;
-        auto tl = token_logprobs(I.m.policy, ids_mb, mask_mb, tlo);
-        auto new_lp = tl.logprobs.narrow(1, P - 1, N);
-        auto pl = ppo::clipped_policy_loss(new_lp, old_logp.index_select(0, idx),
-                                           adv_train.index_select(0, idx), rmask_mb, c.clip_range());
-        // The policy has not moved before the first minibatch: the ratio must be 1.
-        if (first) ratio_first_dev = pl.ratio_max_dev;
-        if (train_policy) {
-          mb["loss/policy"] = pl.loss.item<double>();
-          mb["policy/clipfrac"] = pl.clipfrac;
-          mb["policy/approx_kl"] = pl.approx_kl;
-          mb["policy/ratio_mean"] = pl.ratio_mean;
-          mb["policy/ratio_max_dev"] = pl.ratio_max_dev;
-          auto loss = pl.loss;
-          if (c.entropy_coef() > 0)
-            loss = loss - c.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, P - 1, N), rmask_mb);
-          const double lv = loss.item<double>();
-          if (!finite(lv))
-            throw Error(at + ": loss/policy is non-finite (" + std::to_string(lv) +
-                        "); stopped, last good checkpoint: " +
-                        (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-          I.policy_opt->zero_grad();
-          loss.backward();
-          double gn = torch::nn::utils::clip_grad_norm_(I.policy_params, grad_cap);
-          if (!finite(gn))
-            throw Error(at + ": policy gradient norm is non-finite; stopped, last good checkpoint: " +
-                        (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-          mb["grad_norm/policy"] = gn;
-          I.policy_opt->step();
-          sum_pl += pl.loss.item<double>();
-          sum_clip += pl.clipfrac;
-          sum_akl += pl.approx_kl;
-          sum_ratio += pl.ratio_mean;
-          ++n_pol;
-          epoch_akl += pl.approx_kl;
-          ++epoch_pol;
-        }
-      }
-
-      I.m.critic->train();
-      auto h = I.m.critic->hidden_states(ids_mb, mask_mb);
-      auto v = I.m.critic->values_from_hidden(h.narrow(1, P - 1, N)).to(torch::kFloat);
-      auto vl = ppo::clipped_value_loss(v, values.index_select(0, idx),
-                                        returns.index_select(0, idx), rmask_mb,
-                                        c.value_clip_range());
-      const double vlv = vl.loss.item<double>();
-      if (!finite(vlv))
-        throw Error(at + ": loss/value is non-finite (" + std::to_string(vlv) +
-                    "); stopped, last good checkpoint: " +
-                    (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-      I.critic_opt->zero_grad();
-      vl.loss.backward();
-      double gn = torch::nn::utils::clip_grad_norm_(I.m.critic->parameters(), grad_cap);
-      if (!finite(gn))
-        throw Error(at + ": critic gradient norm is non-finite; stopped, last good checkpoint: " +
-                    (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-      mb["loss/value"] = vlv;
-      mb["value/clipfrac"] = vl.clipfrac;
-      mb["grad_norm/value"] = gn;
-      I.critic_opt->step();
-      ++minibatches;
-      const bool last = epoch + 1 == c.ppo_epochs() && e == B;  // nothing left to skip
-      if (c.target_kl() > 0 && !last && epoch_pol > 0 && epoch_akl / epoch_pol > c.target_kl()) {
-        stop = true;  // skip the rest of this iteration's minibatches and epochs (SB3/CleanRL)
+      tot.train_tokens += (e - s) * (u.P + u.N);
+      const bool first = epoch == 0 && s == 0;
+      if (it > cfg.critic_warmup_iterations() || first)
+        policy_minibatch(u, idx, it, first, lo, tot.policy_lr, mb, tot);
+      critic_minibatch(u, idx, it, tot.value_lr, mb, tot);
+      ++tot.minibatches;
+      const bool last = epoch + 1 == cfg.ppo_epochs() && e == u.B;  // nothing left to skip
+      const int64_t epoch_pol = tot.n_pol - pol_before;
+      if (cfg.target_kl() > 0 && !last && epoch_pol > 0 &&
+          (tot.sum_akl - akl_before) / epoch_pol > cfg.target_kl()) {
+        tot.early_stopped = true;
         mb["policy/early_stopped"] = 1;
       }
       if (on_minibatch) on_minibatch(mb);
-      sum_vl += vlv;
-      sum_vclip += vl.clipfrac;
-      ++n_val;
     }
   }
-  I.m.policy->eval();
-  I.m.critic->eval();
-  if (I.lora) I.lora->refresh(false);  // the weights after the last optimizer step
-
-  return {sum_pl, sum_clip, sum_akl, sum_ratio, sum_vl, sum_vclip, n_pol, n_val, train_tokens,
-          ratio_first_dev, minibatches, stop, policy_lr, value_lr};
+  m.policy->eval();
+  m.critic->eval();
+  if (lora) lora->refresh(false);  // the weights after the last optimizer step
+  return tot;
 }
+
+// 7. The iteration's stats (metrics.jsonl, TensorBoard, the progress line, warnings).
+std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const UpdateTotals& tot,
+                                                    double train_s, double iteration_s) {
+  std::map<std::string, double> stats;
+  auto raw_t = torch::tensor(r.raw, torch::kFloat);
+  double len_sum = 0, eos_sum = 0;
+  for (int64_t b = 0; b < r.B; ++b) {
+    len_sum += r.lengths[b];
+    eos_sum += r.has_eos[b] ? 1 : 0;
+  }
+  auto mean_of = [](double sum, int64_t n, double none) { return n ? sum / n : none; };
+  stats["score/mean"] = raw_t.mean().item<double>();
+  stats["score/std"] = r.B > 1 ? raw_t.std().item<double>() : 0.0;
+  stats["score/shaped_mean"] = r.scores.mean().item<double>();
+  stats["kl/mean"] = r.kl_mean;
+  stats["kl/coef"] = r.beta;
+  stats["kl/coef_next"] = kl_ctl->value();
+  stats["entropy/mean"] = ppo::masked_mean(r.entropy, r.rmask).item<double>();
+  stats["loss/policy"] = mean_of(tot.sum_pl, tot.n_pol, 0.0);
+  stats["loss/value"] = mean_of(tot.sum_vl, tot.n_val, 0.0);
+  stats["policy/clipfrac"] = mean_of(tot.sum_clip, tot.n_pol, 0.0);
+  stats["policy/approx_kl"] = mean_of(tot.sum_akl, tot.n_pol, 0.0);
+  stats["policy/ratio_mean"] = mean_of(tot.sum_ratio, tot.n_pol, 1.0);
+  stats["policy/ratio_first_dev"] = tot.ratio_first_dev;
+  stats["policy/gen_logprob_dev"] = r.gen_logprob_dev;
+  stats["value/clipfrac"] = mean_of(tot.sum_vclip, tot.n_val, 0.0);
+  stats["policy/early_stopped"] = tot.early_stopped ? 1.0 : 0.0;
+  stats["policy/minibatches"] = (double)tot.minibatches;
+  stats["lr/policy"] = tot.policy_lr;
+  stats["lr/value"] = tot.value_lr;
+  const auto objective = ppo::objective_stats(r.kl, r.scores, r.beta);  // TRL's objective/*
+  stats["objective/non_score_reward"] = objective.non_score_reward;
+  stats["objective/rlhf_reward"] = objective.rlhf_reward;
+  stats["objective/scores"] = objective.scores;
+  stats["advantages/mean"] = ppo::masked_mean(r.gae.advantages, r.rmask).item<double>();
+  stats["returns/mean"] = ppo::masked_mean(r.gae.returns, r.rmask).item<double>();
+  stats["response/length_mean"] = len_sum / r.B;
+  stats["response/eos_frac"] = eos_sum / r.B;
+  stats["speed/gen_tokens_per_s"] = r.gen.seconds > 0 ? r.gen.generated_tokens / r.gen.seconds : 0.0;
+  stats["speed/train_tokens_per_s"] = train_s > 0 ? tot.train_tokens / train_s : 0.0;
+  stats["time/iteration_s"] = iteration_s;
+  if (extra_stats)
+    for (auto& kv : extra_stats(r.prompts, r.gen.responses)) stats[kv.first] = kv.second;
+  for (auto& kv : stats)
+    if (!finite(kv.second) && kv.first.rfind("speed/", 0) != 0)
+      throw Error(at(r.iteration) + ": " + kv.first + " is non-finite" + last_good());
+  if (tot.ratio_first_dev > cfg.ratio_warn())
+    std::fprintf(stderr,
+                 "ppo: warning: iteration %lld: policy/ratio_first_dev %.3g > %.3g: train/inference "
+                 "mismatch (padding, positions, dropout, or temperature not applied to log-probs)\n",
+                 (long long)r.iteration, tot.ratio_first_dev, cfg.ratio_warn());
+  if (r.kl_mean > cfg.kl_warn_bound())
+    std::fprintf(stderr, "ppo: warning: iteration %lld: kl/mean %.3f above kl_warn_bound %.3f\n",
+                 (long long)r.iteration, r.kl_mean, cfg.kl_warn_bound());
+  metrics->write(r.iteration, stats);
+  std::fprintf(stderr,
+               "ppo %lld/%d  score %.3f  kl %.3f  beta %.4f  loss p %.4f v %.4f  len %.1f  eos %.2f"
+               "  %.0f gen tok/s  %.1fs\n",
+               (long long)r.iteration, cfg.iterations(), stats["score/mean"], r.kl_mean, r.beta,
+               stats["loss/policy"], stats["loss/value"], stats["response/length_mean"],
+               stats["response/eos_frac"], stats["speed/gen_tokens_per_s"], iteration_s);
+  return stats;
+}
+
+// ---- the trainer ------------------------------------------------------------------------------------
+
+namespace {
+
+// Lines of iterations after the resumed checkpoint (run before an interruption) are re-run:
+// drop them from a JSON-lines log.
+void prune_log(const std::string& path, const char* key, int64_t completed) {
+  if (!file_exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains(key) && j[key].is_number() && j[key].get<int64_t>() > completed)
+      continue;
+    kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+// The run's identity for the resume rule (policy/training.h): the config without out_dir, device
+// and iterations (a finished run can be extended; the lr schedule then stretches from there on),
+// and the prompt ids (the models are named by paths in the config).
+std::string ppo_fingerprint(const proto::PpoConfig& c, const std::vector<std::vector<int64_t>>& prompts) {
+  std::string ids;
+  for (const auto& p : prompts) {
+    for (auto id : p) ids += std::to_string(id) + " ";
+    ids += "\n";
+  }
+  proto::PpoConfig copy = c;
+  copy.set_prompts(c.prompts() + " sha256:" + sha256_hex(ids));
+  return training::config_fingerprint(copy, {"out_dir", "device", "iterations"}, {});
+}
+
+}  // namespace
 
 PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, TeacherFn teacher,
                        std::vector<std::vector<int64_t>> prompts, std::string out_dir,
@@ -303,95 +717,39 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     : impl_(std::make_unique<Impl>()) {
   validate_ppo_config(config);
   auto& I = *impl_;
-  I.cfg = config;
-  I.m = std::move(models);
-  I.teacher = std::move(teacher);
-  I.decode = std::move(decode);
-  I.out_dir = std::move(out_dir);
-  I.device = torch::Device(config.device());
-  if (!I.m.policy || !I.m.reference || !I.m.critic)
+  if (!models.policy || !models.reference || !models.critic)
     throw Error("ppo: policy, reference and critic models are all required");
-  if (!I.m.critic->config().value_head) I.m.critic->add_value_head();
-  if (I.m.policy->config().vocab_size != I.m.reference->config().vocab_size)
-    throw Error("ppo: policy vocab_size " + std::to_string(I.m.policy->config().vocab_size) +
-                " differs from the reference's " +
-                std::to_string(I.m.reference->config().vocab_size));
+  if (models.policy->config().vocab_size != models.reference->config().vocab_size)
+    throw Error("ppo: policy vocab_size " + std::to_string(models.policy->config().vocab_size) +
+                " differs from the reference's " + std::to_string(models.reference->config().vocab_size));
   if (prompts.empty()) throw Error("ppo: no prompts");
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw Error("ppo: prompt " + std::to_string(i) + " has no tokens");
     // Long prompts keep their end, and their BOS: [bos] + the last max_prompt_tokens - 1 tokens.
     prompts[i] = truncate_prompt(std::move(prompts[i]), config.max_prompt_tokens(),
-                                 I.m.policy->config().bos_id);
+                                 models.policy->config().bos_id);
   }
   for (auto i : permutation((int64_t)prompts.size(), mix_seed(config.seed(), 0x5eed)))
     I.prompts.push_back(prompts[i]);
-
-  I.m.policy->to(I.device);
-  I.m.reference->to(I.device);
-  I.m.critic->to(I.device);
-  I.m.reference->eval();
-  for (auto& p : I.m.reference->parameters()) p.set_requires_grad(false);
-  I.attach_lora();
-
-  // N implementation details #3: Adam epsilon 1e-5; TRL/OpenRLHF: no weight decay by default.
-  auto opts = [&](double lr) {
-    return torch::optim::AdamWOptions(lr).eps(config.adam_eps()).weight_decay(config.weight_decay());
-  };
-  I.policy_opt = std::make_unique<torch::optim::AdamW>(I.policy_params, opts(config.policy_lr()));
-  I.critic_opt = std::make_unique<torch::optim::AdamW>(I.m.critic->parameters(), opts(config.value_lr()));
-  if (config.adaptive_kl())
-    I.kl_ctl = std::make_unique<ppo::AdaptiveKLController>(config.kl_coef(), config.kl_target(),
-                                                           config.kl_horizon());
-  else
-    I.kl_ctl = std::make_unique<ppo::FixedKLController>(config.kl_coef());
-
+  I.teacher = std::move(teacher);
+  I.decode = std::move(decode);
+  I.out_dir = std::move(out_dir);
+  I.setup(config, std::move(models));
+  I.fingerprint = ppo_fingerprint(config, I.prompts);
   make_dirs(I.out_dir + "/rollouts");
-  // Resume from the newest complete checkpoint.
-  const std::string latest = I.ckpt_root() + "/latest";
-  if (file_exists(latest)) {
-    std::string name = read_file(latest);
-    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    const std::string dir = I.ckpt_root() + "/" + name;
+  if (auto dir = I.checkpoints().resume_dir(I.fingerprint)) {
     try {
+      I.load_checkpoint(*dir);
       proto::PpoState st;
-      if (!st.ParseFromString(read_file(dir + "/state.pb")))
-        throw Error(dir + "/state.pb: cannot parse PpoState");
-      torch::load(I.m.policy, dir + "/policy.pt", I.device);
-      if (I.lora) I.lora->load(dir + "/adapter");
-      torch::load(I.m.critic, dir + "/critic.pt", I.device);
-      torch::load(*I.policy_opt, dir + "/policy_optimizer.pt", I.device);
-      torch::load(*I.critic_opt, dir + "/critic_optimizer.pt", I.device);
+      st.ParseFromString(read_file(*dir + "/state.pb"));
       completed_ = st.iteration();
-      I.kl_ctl->set_value(st.kl_coef());
-      I.score_count = st.score_count();
-      I.score_mean = st.score_mean();
-      I.score_m2 = st.score_m2();
-      I.last_checkpoint = dir;
-    } catch (const c10::Error& e) {
-      throw Error("ppo: resuming from " + dir + ": " + e.what_without_backtrace());
     } catch (...) {
-      rethrow_with_context("ppo: resuming from " + dir);
+      rethrow_with_context("ppo: resuming from " + *dir);
     }
     std::fprintf(stderr, "ppo: resuming from %s (iteration %lld done, kl_coef %.5g)\n",
-                 dir.c_str(), (long long)completed_, I.kl_ctl->value());
-  }
-  if (completed_ > 0) {
-    // Lines of iterations after the checkpoint (run before an interruption) are re-run: drop them.
-    auto prune = [&](const std::string& path, const char* key) {
-      if (!file_exists(path)) return;
-      std::ifstream in(path);
-      std::string line, kept;
-      while (std::getline(in, line)) {
-        auto j = nlohmann::json::parse(line, nullptr, false);
-        if (j.is_object() && j.contains(key) && j[key].is_number() &&
-            j[key].get<int64_t>() > completed_)
-          continue;
-        kept += line + "\n";
-      }
-      write_file_atomic(path, kept);
-    };
-    prune(I.out_dir + "/metrics.jsonl", "step");
-    prune(I.out_dir + "/minibatches.jsonl", "iteration");
+                 dir->c_str(), (long long)completed_, I.kl_ctl->value());
+    prune_log(I.out_dir + "/metrics.jsonl", "step", completed_);
+    prune_log(I.out_dir + "/minibatches.jsonl", "iteration", completed_);
   }
   I.metrics = std::make_unique<MetricsWriter>(I.out_dir, /*append=*/completed_ > 0);
 }
@@ -412,64 +770,42 @@ void PpoTrainer::run() {
     const int every = impl_->cfg.checkpoint_every();
     if (every > 0 && completed_ % every == 0) save_checkpoint_now();
   }
-  if (impl_->last_checkpoint.empty() || impl_->last_checkpoint.find(iter_name(completed_)) ==
-                                            std::string::npos)
+  if (impl_->last_checkpoint.empty() ||
+      impl_->last_checkpoint.find(iter_name(completed_)) == std::string::npos)
     save_checkpoint_now();
   if (impl_->lora) {
     // The caller's policy becomes the merged plain model (what the stage saves as <out>/model).
     impl_->lora->merge();
     impl_->lora.reset();
-    impl_->policy_params.clear();
   }
 }
 
-void PpoTrainer::save_checkpoint_now() {
+void PpoTrainer::save_checkpoint_now() { impl_->save_checkpoint(completed_); }
+
+std::map<std::string, double> PpoTrainer::step() {
   auto& I = *impl_;
-  const std::string root = I.ckpt_root();
-  make_dirs(root);
-  const std::string name = iter_name(completed_);
-  const std::string tmp = root + "/.tmp-" + name;
-  const std::string dir = root + "/" + name;
-  fs::remove_all(tmp);
-  make_dirs(tmp);
-  try {
-    torch::save(I.m.policy, tmp + "/policy.pt");  // with LoRA: the frozen base weights
-    if (I.lora) I.lora->save(tmp + "/adapter");
-    torch::save(I.m.critic, tmp + "/critic.pt");
-    torch::save(*I.policy_opt, tmp + "/policy_optimizer.pt");
-    torch::save(*I.critic_opt, tmp + "/critic_optimizer.pt");
-    CheckpointInfo info;
-    info.kind = "policy";
-    info.created_by = "ppo";
-    info.step = completed_;
-    save_checkpoint(I.m.policy, tmp + "/policy", info);
-    info.kind = "critic";
-    save_checkpoint(I.m.critic, tmp + "/critic", info);
-  } catch (const c10::Error& e) {
-    throw Error("ppo: writing checkpoint " + tmp + ": " + e.what_without_backtrace());
-  }
-  proto::PpoState st;
-  st.set_iteration(completed_);
-  st.set_kl_coef(I.kl_ctl->value());
-  st.set_score_count(I.score_count);
-  st.set_score_mean(I.score_mean);
-  st.set_score_m2(I.score_m2);
-  std::string cfg_text;
-  google::protobuf::TextFormat::PrintToString(I.cfg, &cfg_text);
-  st.set_config_text(cfg_text);
-  write_file_atomic(tmp + "/state.pb", st.SerializeAsString());
-  fs::remove_all(dir);
-  rename_atomic(tmp, dir);
-  write_file_atomic(root + "/latest", name + "\n");  // the switch to the new checkpoint
-  std::vector<std::string> dirs;  // retention: the newest keep_checkpoints folders
-  for (auto& e : fs::directory_iterator(root)) {
-    auto n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("iter-", 0) == 0 && n <= name) dirs.push_back(e.path().string());
-  }
-  std::sort(dirs.begin(), dirs.end());
-  const size_t keep = std::max(1, I.cfg.keep_checkpoints());
-  for (size_t i = 0; i + keep < dirs.size(); ++i) fs::remove_all(dirs[i]);
-  I.last_checkpoint = dir;
+  const auto t_start = std::chrono::steady_clock::now();
+  Rollout r = I.sample(completed_ + 1);
+  I.score(r);
+  I.shape_scores(r);
+  I.evaluate(r);
+  I.advantages(r);
+  I.write_rollouts(r);
+
+  const auto t_train = std::chrono::steady_clock::now();
+  UpdateBatch ub{r.ids, r.full_mask, r.rmask, r.old_logp, r.values, r.adv_train, r.gae.returns, r.P, r.N, r.B};
+  std::ofstream mb_log(I.out_dir + "/minibatches.jsonl", std::ios::app);
+  UpdateTotals tot = I.update(ub, r.iteration, logprob_options(I.cfg),
+                              [&](const std::map<std::string, double>& mb) { mb_log << minibatch_json(mb) << "\n"; });
+  mb_log.flush();
+  const auto t_end = std::chrono::steady_clock::now();
+
+  I.kl_ctl->update(r.kl_mean, r.B);  // per-sequence KL sum (Ziegler et al.)
+  auto stats = I.log(r, tot, std::chrono::duration<double>(t_end - t_train).count(),
+                     std::chrono::duration<double>(t_end - t_start).count());
+  completed_ = r.iteration;
+  history_.push_back(stats);
+  return stats;
 }
 
 std::vector<std::map<std::string, double>> PpoTrainer::replay_update(const std::string& run_dir,
@@ -490,312 +826,28 @@ std::vector<std::map<std::string, double>> PpoTrainer::replay_update(const std::
                 " (run with checkpoint_every: 1 and keep_checkpoints large enough)");
   proto::PpoState st;
   if (!st.ParseFromString(read_file(ck + "/state.pb"))) throw Error(ck + "/state.pb: cannot parse");
+  proto::PpoConfig cfg;
+  parse_text_config(st.config_text(), ck + "/state.pb config_text", &cfg);
+  if (!device.empty()) cfg.set_device(device);
+  // The trainer as the live run built it: the same setup, then the checkpoint's state.
   Impl I;
-  parse_text_config(st.config_text(), ck + "/state.pb config_text", &I.cfg);
-  if (!device.empty()) I.cfg.set_device(device);
-  const auto& c = I.cfg;
-  I.device = torch::Device(c.device());
   I.out_dir = run_dir;
-  I.last_checkpoint = ck;
   try {
-    I.m.policy = load_checkpoint(ck + "/policy").model;
-    I.m.critic = load_checkpoint(ck + "/critic").model;
-    I.m.policy->to(I.device);
-    I.m.critic->to(I.device);
-    torch::load(I.m.policy, ck + "/policy.pt", I.device);
-    torch::load(I.m.critic, ck + "/critic.pt", I.device);
-    I.attach_lora();
-    if (I.lora) I.lora->load(ck + "/adapter");
-    auto opts = [&](double lr) {
-      return torch::optim::AdamWOptions(lr).eps(c.adam_eps()).weight_decay(c.weight_decay());
-    };
-    I.policy_opt = std::make_unique<torch::optim::AdamW>(I.policy_params, opts(c.policy_lr()));
-    I.critic_opt = std::make_unique<torch::optim::AdamW>(I.m.critic->parameters(), opts(c.value_lr()));
-    torch::load(*I.policy_opt, ck + "/policy_optimizer.pt", I.device);
-    torch::load(*I.critic_opt, ck + "/critic_optimizer.pt", I.device);
-  } catch (const c10::Error& e) {
-    throw Error("replay --update: loading " + ck + ": " + e.what_without_backtrace());
+    PpoModels models;
+    models.policy = policy::load_checkpoint(ck + "/policy").model;
+    models.critic = policy::load_checkpoint(ck + "/critic").model;
+    I.setup(cfg, std::move(models));
+    I.load_checkpoint(ck);
+  } catch (...) {
+    rethrow_with_context("replay --update: loading " + ck);
   }
-  // Rebuild the padded batch exactly as the live iteration had it.
-  const int64_t B = (int64_t)recs.size();
-  int64_t P = 0, N = 0;
-  for (const auto& r : recs) {
-    P = std::max<int64_t>(P, r.prompt_ids_size());
-    N = std::max<int64_t>(N, r.response_ids_size());
-  }
-  if (P == 0 || N == 0) throw Error(rollout_file + ": empty prompts or responses");
-  const int64_t pad = I.m.policy->config().pad_id;
-  auto ids = torch::full({B, P + N}, pad, torch::kLong);
-  auto full_mask = torch::zeros({B, P + N});
-  auto old_logp = torch::zeros({B, N}), values = torch::zeros({B, N}), adv = torch::zeros({B, N}),
-       returns = torch::zeros({B, N});
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& r = recs[b];
-    const int64_t p = r.prompt_ids_size(), n = r.response_ids_size();
-    if (r.advantages_size() != n || r.returns_size() != n)
-      throw Error(rollout_file + ": record " + std::to_string(b) + " has no stored advantages/returns");
-    for (int64_t t = 0; t < p; ++t) {
-      ids[b][P - p + t] = r.prompt_ids(t);
-      full_mask[b][P - p + t] = 1;
-    }
-    for (int64_t t = 0; t < n; ++t) {
-      ids[b][P + t] = r.response_ids(t);
-      full_mask[b][P + t] = 1;
-      old_logp[b][t] = r.logprobs(t);
-      values[b][t] = r.values(t);
-      adv[b][t] = r.advantages(t);
-      returns[b][t] = r.returns(t);
-    }
-  }
-  auto rmask = full_mask.narrow(1, P, N).contiguous();
+  UpdateBatch ub = update_batch_from_records(recs, I.m.policy->config().pad_id, cfg, rollout_file);
   auto dev = [&](const torch::Tensor& t) { return t.to(I.device); };
-  auto adv_train = c.whiten_advantages() ? ppo::whiten(adv, rmask) : adv;
-  UpdateBatch ub{dev(ids), dev(full_mask), dev(rmask), dev(old_logp), dev(values), dev(adv_train),
-                 dev(returns), P, N, B};
-  LogprobOptions lo;
-  lo.temperature = c.temperature() > 0 ? c.temperature() : 1.0f;
+  for (auto* t : {&ub.ids, &ub.full_mask, &ub.rmask, &ub.old_logp, &ub.values, &ub.adv_train, &ub.returns})
+    *t = dev(*t);
   std::vector<std::map<std::string, double>> out;
-  I.update(ub, it, lo, [&](const std::map<std::string, double>& mb) { out.push_back(mb); });
+  I.update(ub, it, logprob_options(cfg), [&](const std::map<std::string, double>& mb) { out.push_back(mb); });
   return out;
-}
-
-std::map<std::string, double> PpoTrainer::step() {
-  auto& I = *impl_;
-  const auto& c = I.cfg;
-  const int64_t it = completed_ + 1;
-  const std::string at = "ppo iteration " + std::to_string(it);
-  const int64_t B = c.batch_size();
-  std::map<std::string, double> stats;
-  auto t_start = std::chrono::steady_clock::now();
-
-  // 1. prompts of this iteration.
-  std::vector<std::vector<int64_t>> batch_prompts;
-  for (int64_t j = 0; j < B; ++j)
-    batch_prompts.push_back(I.prompts[((it - 1) * B + j) % (int64_t)I.prompts.size()]);
-
-  // 2. generate.
-  SamplingOptions so;
-  so.max_new_tokens = c.max_new_tokens();
-  so.temperature = c.temperature();
-  so.top_k = c.top_k();
-  so.top_p = c.top_p();
-  so.seed = mix_seed(c.seed(), (uint64_t)it, 0x9e4);
-  I.m.policy->eval();
-  if (I.lora) I.lora->refresh(false);
-  GenerationOutput gen = generate(I.m.policy, batch_prompts, so);
-  const int64_t eos_id = I.m.policy->config().eos_id;
-  const int64_t P = gen.prompt_ids.size(1);
-  const int64_t N = gen.response_ids.size(1);
-  if (N == 0) throw Error(at + ": generation produced no tokens");
-  auto ids = torch::cat({gen.prompt_ids, gen.response_ids}, 1).to(torch::kLong).to(I.device);
-  auto full_mask = torch::cat({gen.prompt_mask.to(torch::kFloat), gen.response_mask.to(torch::kFloat)}, 1)
-                       .to(I.device);
-  auto rmask = gen.response_mask.to(torch::kFloat).to(I.device);  // [B, N]
-  std::vector<int64_t> lengths(B);
-  std::vector<bool> has_eos(B);
-  for (int64_t b = 0; b < B; ++b) {
-    lengths[b] = (int64_t)gen.responses[b].size();
-    has_eos[b] = lengths[b] > 0 && gen.responses[b].back() == eos_id;
-  }
-
-  // 3. teacher scores and shaping.
-  std::vector<float> raw = I.teacher(batch_prompts, gen.responses);
-  if ((int64_t)raw.size() != B)
-    throw Error(at + ": teacher returned " + std::to_string(raw.size()) + " scores for " +
-                std::to_string(B) + " samples");
-  for (int64_t b = 0; b < B; ++b)
-    if (!finite(raw[b]))
-      throw Error(at + ": teacher score of sample " + std::to_string(b) + " is " +
-                  std::to_string(raw[b]) + " (non-finite); stopped, last good checkpoint: " +
-                  (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-  std::vector<double> shaped(B);
-  for (int64_t b = 0; b < B; ++b) {
-    double s = raw[b];
-    if (!has_eos[b]) s -= c.missing_eos_penalty();  // TRL missing_eos_penalty
-    if (lengths[b] < c.min_new_tokens()) s -= c.short_response_penalty();
-    shaped[b] = s;
-  }
-  if (c.normalize_scores()) {
-    // Running mean/std over all scores seen so far (OpenRLHF normalize_reward), batch included.
-    for (double s : shaped) {
-      I.score_count += 1;
-      double d = s - I.score_mean;
-      I.score_mean += d / I.score_count;
-      I.score_m2 += d * (s - I.score_mean);
-    }
-    double var = I.score_count > 1 ? I.score_m2 / (I.score_count - 1) : 1.0;
-    double sd = std::sqrt(std::max(var, 1e-8));
-    for (auto& s : shaped) s = (s - I.score_mean) / sd;
-  }
-  if (c.score_clip() > 0)
-    for (auto& s : shaped) s = std::clamp(s, -c.score_clip(), c.score_clip());
-  std::vector<float> shaped_f(shaped.begin(), shaped.end());
-  auto scores = torch::tensor(shaped_f, torch::kFloat).to(I.device);
-
-  // 4. log-probs, entropy, values under teacher forcing (no grad).
-  LogprobOptions lo;
-  lo.temperature = c.temperature() > 0 ? c.temperature() : 1.0f;
-  torch::Tensor old_logp, ref_logp, values, entropy;
-  {
-    torch::NoGradGuard no_grad;
-    lo.entropy = true;
-    auto pol = token_logprobs(I.m.policy, ids, full_mask, lo);
-    old_logp = pol.logprobs.narrow(1, P - 1, N) * rmask;
-    entropy = pol.entropy.narrow(1, P - 1, N);
-    lo.entropy = false;
-    ref_logp = token_logprobs(I.m.reference, ids, full_mask, lo).logprobs.narrow(1, P - 1, N) * rmask;
-    I.m.critic->eval();
-    auto h = I.m.critic->hidden_states(ids, full_mask);
-    values = I.m.critic->values_from_hidden(h.narrow(1, P - 1, N)).to(torch::kFloat) * rmask;
-  }
-  const double gen_dev =
-      ((gen.response_logprobs.to(I.device).to(torch::kFloat) - old_logp).abs() * rmask).max().item<double>();
-
-  // 5. KL, rewards, GAE (unwhitened; whitening below is for the update only).
-  const double beta = I.kl_ctl->value();
-  auto kl = ppo::per_token_kl(old_logp, ref_logp, rmask);
-  auto rewards = ppo::compute_rewards(kl, scores, rmask, beta);
-  if (c.whiten_rewards()) rewards = ppo::whiten(rewards, rmask, /*shift_mean=*/false);
-  auto gae = ppo::compute_gae(rewards, values, rmask, c.gamma(), c.lam());
-  auto adv_train = c.whiten_advantages() ? ppo::whiten(gae.advantages, rmask) : gae.advantages;
-  auto kl_seq = kl.sum(1);  // per-sequence KL sum (Ziegler et al.)
-  const double kl_mean = kl_seq.mean().item<double>();
-  if (!finite(kl_mean)) throw Error(at + ": kl/mean is non-finite");
-
-  // Rollout records.
-  {
-    auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); };
-    auto lp_c = cpu(old_logp), ref_c = cpu(ref_logp), v_c = cpu(values), kl_c = cpu(kl),
-         r_c = cpu(rewards), a_c = cpu(gae.advantages), ret_c = cpu(gae.returns);
-    std::vector<proto::RolloutRecord> recs;
-    for (int64_t b = 0; b < B; ++b) {
-      proto::RolloutRecord r;
-      r.set_schema_version(1);
-      r.set_iteration(it);
-      r.set_index(b);
-      for (auto id : batch_prompts[b]) r.add_prompt_ids(id);
-      for (auto id : gen.responses[b]) r.add_response_ids(id);
-      if (I.decode) {
-        r.set_prompt_text(I.decode(batch_prompts[b]));
-        r.set_response_text(I.decode(gen.responses[b]));
-      }
-      auto put = [&](const torch::Tensor& t, google::protobuf::RepeatedField<float>* f) {
-        const float* p = t.data_ptr<float>() + b * N;
-        f->Add(p, p + lengths[b]);
-      };
-      put(lp_c, r.mutable_logprobs());
-      put(ref_c, r.mutable_ref_logprobs());
-      put(v_c, r.mutable_values());
-      put(kl_c, r.mutable_kl());
-      put(r_c, r.mutable_rewards());
-      put(a_c, r.mutable_advantages());
-      put(ret_c, r.mutable_returns());
-      r.set_score(shaped_f[b]);
-      r.set_raw_score(raw[b]);
-      r.set_ended_with_eos(has_eos[b]);
-      r.set_kl_coef(beta);
-      r.set_gamma(c.gamma());
-      r.set_lam(c.lam());
-      auto* g = r.mutable_generation();
-      g->set_temperature(c.temperature());
-      g->set_top_k(c.top_k());
-      g->set_top_p(c.top_p());
-      g->set_max_new_tokens(c.max_new_tokens());
-      g->set_eos_id(eos_id);
-      g->set_seed(so.seed);
-      recs.push_back(std::move(r));
-    }
-    const std::string dir = I.out_dir + "/rollouts";
-    write_rollouts(dir + "/" + iter_name(it) + ".pb", recs);
-    if (c.keep_rollouts() > 0) {  // retention: keep the newest keep_rollouts files
-      std::vector<std::string> files;
-      for (auto& e : fs::directory_iterator(dir)) {
-        auto n = e.path().filename().string();
-        if (n.rfind("iter-", 0) == 0 && e.path().extension() == ".pb") files.push_back(e.path().string());
-      }
-      std::sort(files.begin(), files.end());
-      for (size_t i = 0; i + c.keep_rollouts() < files.size(); ++i) fs::remove(files[i]);
-    }
-  }
-
-  // 6. PPO epochs over minibatches.
-  auto t_train = std::chrono::steady_clock::now();
-  UpdateBatch ub{ids, full_mask, rmask, old_logp, values, adv_train, gae.returns, P, N, B};
-  std::ofstream mb_log(I.out_dir + "/minibatches.jsonl", std::ios::app);
-  UpdateTotals tot = I.update(ub, it, lo, [&](const std::map<std::string, double>& mb) {
-    mb_log << minibatch_json(mb) << "\n";
-  });
-  mb_log.flush();
-  const double sum_pl = tot.sum_pl, sum_clip = tot.sum_clip, sum_akl = tot.sum_akl,
-               sum_ratio = tot.sum_ratio, sum_vl = tot.sum_vl, sum_vclip = tot.sum_vclip;
-  const int64_t n_pol = tot.n_pol, n_val = tot.n_val, train_tokens = tot.train_tokens;
-  const double ratio_first_dev = tot.ratio_first_dev;
-  auto t_end = std::chrono::steady_clock::now();
-  const double train_s = std::chrono::duration<double>(t_end - t_train).count();
-
-  // 7. KL controller (per-sequence KL sum, Ziegler et al.), stats.
-  I.kl_ctl->update(kl_mean, B);
-  auto raw_t = torch::tensor(std::vector<float>(raw.begin(), raw.end()), torch::kFloat);
-  double len_sum = 0, eos_sum = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    len_sum += lengths[b];
-    eos_sum += has_eos[b] ? 1 : 0;
-  }
-  stats["score/mean"] = raw_t.mean().item<double>();
-  stats["score/std"] = B > 1 ? raw_t.std().item<double>() : 0.0;
-  stats["score/shaped_mean"] = scores.mean().item<double>();
-  stats["kl/mean"] = kl_mean;
-  stats["kl/coef"] = beta;
-  stats["kl/coef_next"] = I.kl_ctl->value();
-  stats["entropy/mean"] = ppo::masked_mean(entropy, rmask).item<double>();
-  stats["loss/policy"] = n_pol ? sum_pl / n_pol : 0.0;
-  stats["loss/value"] = n_val ? sum_vl / n_val : 0.0;
-  stats["policy/clipfrac"] = n_pol ? sum_clip / n_pol : 0.0;
-  stats["policy/approx_kl"] = n_pol ? sum_akl / n_pol : 0.0;
-  stats["policy/ratio_mean"] = n_pol ? sum_ratio / n_pol : 1.0;
-  stats["policy/ratio_first_dev"] = ratio_first_dev;
-  stats["policy/gen_logprob_dev"] = gen_dev;
-  stats["value/clipfrac"] = n_val ? sum_vclip / n_val : 0.0;
-  stats["policy/early_stopped"] = tot.early_stopped ? 1.0 : 0.0;
-  stats["policy/minibatches"] = (double)tot.minibatches;
-  stats["lr/policy"] = tot.policy_lr;
-  stats["lr/value"] = tot.value_lr;
-  const auto objective = ppo::objective_stats(kl, scores, beta);  // TRL's objective/*
-  stats["objective/non_score_reward"] = objective.non_score_reward;
-  stats["objective/rlhf_reward"] = objective.rlhf_reward;
-  stats["objective/scores"] = objective.scores;
-  stats["advantages/mean"] = ppo::masked_mean(gae.advantages, rmask).item<double>();
-  stats["returns/mean"] = ppo::masked_mean(gae.returns, rmask).item<double>();
-  stats["response/length_mean"] = len_sum / B;
-  stats["response/eos_frac"] = eos_sum / B;
-  stats["speed/gen_tokens_per_s"] = gen.seconds > 0 ? gen.generated_tokens / gen.seconds : 0.0;
-  stats["speed/train_tokens_per_s"] = train_s > 0 ? train_tokens / train_s : 0.0;
-  stats["time/iteration_s"] = std::chrono::duration<double>(t_end - t_start).count();
-  if (I.extra_stats)
-    for (auto& kv : I.extra_stats(batch_prompts, gen.responses)) stats[kv.first] = kv.second;
-  for (auto& kv : stats)
-    if (!finite(kv.second) && kv.first.rfind("speed/", 0) != 0)
-      throw Error(at + ": " + kv.first + " is non-finite; stopped, last good checkpoint: " +
-                  (I.last_checkpoint.empty() ? "none" : I.last_checkpoint));
-
-  if (ratio_first_dev > c.ratio_warn())
-    std::fprintf(stderr,
-                 "ppo: warning: iteration %lld: policy/ratio_first_dev %.3g > %.3g: train/inference "
-                 "mismatch (padding, positions, dropout, or temperature not applied to log-probs)\n",
-                 (long long)it, ratio_first_dev, c.ratio_warn());
-  if (kl_mean > c.kl_warn_bound())
-    std::fprintf(stderr, "ppo: warning: iteration %lld: kl/mean %.3f above kl_warn_bound %.3f\n",
-                 (long long)it, kl_mean, c.kl_warn_bound());
-  I.metrics->write(it, stats);
-  std::fprintf(stderr,
-               "ppo %lld/%d  score %.3f  kl %.3f  beta %.4f  loss p %.4f v %.4f  len %.1f  eos %.2f"
-               "  %.0f gen tok/s  %.1fs\n",
-               (long long)it, c.iterations(), stats["score/mean"], kl_mean, beta,
-               stats["loss/policy"], stats["loss/value"], stats["response/length_mean"],
-               stats["response/eos_frac"], stats["speed/gen_tokens_per_s"], stats["time/iteration_s"]);
-  completed_ = it;
-  history_.push_back(stats);
-  return stats;
 }
 
 }  // namespace rlhf::policy
