@@ -15,6 +15,7 @@
 #include "policy/prompt_format.h"
 #include "policy/ppo_replay.h"
 #include "policy/ppo_trainer.h"
+#include "policy/training.h"
 #include "policy/rollout_file.h"
 #include "tests/test_support.h"
 
@@ -301,7 +302,7 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
   // The checkpoint's base weights (policy.pt, what a resume loads before the adapters) are
   // bit-identical to the start: nothing but the adapters trained.
   policy::Transformer saved_base(tiny_config());
-  torch::load(saved_base, ck + "/policy.pt");
+  policy::training::load_tensors(policy::training::module_tensors(*saved_base), ck + "/policy.pt");
   for (auto& [name, t] : snapshot(saved_base))
     EXPECT_TRUE(torch::equal(t, base.at(name))) << name << " changed in the frozen base";
   for (auto& [name, t] : snapshot(models.reference))
