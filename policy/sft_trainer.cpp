@@ -338,7 +338,7 @@ double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& 
 SftResult train_sft(const proto::SftConfig& config_in) {
   const auto t_start = std::chrono::steady_clock::now();
   proto::SftConfig cfg = config_in;
-  apply_sft_defaults(&cfg);
+  cfg = resolved_sft_config(cfg);
   validate_sft_config(cfg, "sft config");
   if (cfg.out_dir().empty()) throw Error("sft config: field 'out_dir': no output folder given");
   if (cfg.train_file().empty()) throw Error("sft config: field 'train_file': no training data given");
@@ -451,9 +451,7 @@ SftResult train_sft(const proto::SftConfig& config_in) {
   schedule.peak_lr = cfg.lr();
   schedule.min_lr = cfg.lr() * cfg.min_lr_ratio();
   schedule.total_steps = total_steps;
-  schedule.warmup_steps = cfg.warmup_steps() > 0    ? cfg.warmup_steps()
-                          : cfg.warmup_steps() == 0 ? total_steps / 20
-                                                    : 0;
+  schedule.warmup_steps = resolved_warmup_steps(cfg, total_steps);
 
   // Resume.
   proto::SftTrainState st;

@@ -119,7 +119,7 @@ void save_text_proto(const google::protobuf::Message& m, const std::string& path
 
 TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
   auto t0 = std::chrono::steady_clock::now();
-  apply_defaults(&cfg);
+  cfg = resolved_train_config(cfg);
   validate_config(cfg, "reward config");
   if (cfg.out_dir().empty()) throw Error("reward config: out_dir is empty (give --out DIR)");
   const std::string out = cfg.out_dir();
@@ -310,7 +310,7 @@ TrainResult train_reward_model(proto::RewardTrainConfig cfg, bool resume) {
   int64_t n_batches = static_cast<int64_t>(make_batches(train, cfg.batch_pairs(), cfg.seed()).size());
   int64_t total = cfg.steps() > 0 ? cfg.steps()
                                   : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.epochs() * n_batches)));
-  int64_t warmup = cfg.warmup_steps() > 0 ? cfg.warmup_steps() : total / 20;
+  int64_t warmup = resolved_warmup_steps(cfg, total);
   std::fprintf(stderr,
                "reward train: %zu train / %zu held-out comparisons, %zu + %zu sequences, "
                "%lld steps, %.2fM parameters%s%s\n",
