@@ -143,7 +143,7 @@ TEST(Pipeline, BadValuesReadFileLineFieldExpectedAndGot) {
 }
 
 // A config with no fields resolves to the documented defaults: the run folder's pipeline.pbtxt
-// shows each of them (the run then stops: --only report has no finished stages to report on).
+// shows each of them (--only report runs no training stage).
 TEST(Pipeline, EmptyConfigResolvesToDocumentedDefaults) {
   rlhf::testing::TempDir dir("pipeline_defaults");
   rlhf::write_file_atomic(dir / "empty.pbtxt", "");
