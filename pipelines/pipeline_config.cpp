@@ -3,29 +3,34 @@
 #include <string>
 
 #include "common/error.h"
-#include "common/text_config.h"
+#include "policy/ppo_config.h"
+#include "policy/sft_config.h"
+#include "reward/train_config.h"
 
 namespace rlhf::pipelines {
 
-// The SFT answer mix of a pipeline config (defaults where fields are 0 / empty); throws naming the
-// field when a share is outside 0..1, a pair sums above 1, or a template name is unknown.
-quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q, const std::string& path) {
+quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q,
+                                       const ConfigErrors& errors) {
   quickstart::SftMix mix;
+  // The proto [default]s are SftMix's defaults (as floats: 0.55f differs from 0.55 by 1e-8).
   auto share = [&](float v, double* dst, const char* field) {
-    if (v == 0) return;
-    if (!(v > 0 && v <= 1))
-      throw Error(path + ": field 'quickstart." + field + "': expected a share in (0, 1], got " +
-                  std::to_string(v));
+    if (!(v >= 0 && v <= 1)) errors.fail(field, "expected a share in [0, 1]", config_number(v));
     *dst = v;
   };
   share(q.p_gold_wrong_mode(), &mix.p_gold_wrong_mode, "p_gold_wrong_mode");
   share(q.p_wrong_wrong_mode(), &mix.p_wrong_wrong_mode, "p_wrong_wrong_mode");
   share(q.p_gold_right_mode(), &mix.p_gold_right_mode, "p_gold_right_mode");
   share(q.p_wrong_right_mode(), &mix.p_wrong_right_mode, "p_wrong_right_mode");
-  if (mix.p_gold_wrong_mode + mix.p_wrong_wrong_mode > 1 + 1e-6 ||
-      mix.p_gold_right_mode + mix.p_wrong_right_mode > 1 + 1e-6)
-    throw Error(path + ": fields 'quickstart.p_gold_*' + 'quickstart.p_wrong_*' of one mode must "
-                       "sum to at most 1 (the rest is noise)");
+  if (mix.p_gold_wrong_mode + mix.p_wrong_wrong_mode > 1 + 1e-6)
+    errors.fail("p_wrong_wrong_mode",
+                "expected p_gold_wrong_mode + p_wrong_wrong_mode to sum to at most 1 (the rest is "
+                "noise)",
+                config_number(mix.p_gold_wrong_mode) + " + " + config_number(mix.p_wrong_wrong_mode));
+  if (mix.p_gold_right_mode + mix.p_wrong_right_mode > 1 + 1e-6)
+    errors.fail("p_wrong_right_mode",
+                "expected p_gold_right_mode + p_wrong_right_mode to sum to at most 1 (the rest is "
+                "noise)",
+                config_number(mix.p_gold_right_mode) + " + " + config_number(mix.p_wrong_right_mode));
   if (q.wrong_mode_templates_size() > 0) {
     for (bool& w : mix.wrong_mode) w = false;
     for (const auto& name : q.wrong_mode_templates()) {
@@ -33,56 +38,83 @@ quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q, con
       for (int t = 0; t < quickstart::kNumTemplates; ++t)
         if (name == quickstart::template_name(static_cast<quickstart::Template>(t))) found = t;
       if (found < 0)
-        throw Error(path + ": field 'quickstart.wrong_mode_templates': unknown template '" + name +
-                    "' (expected buys, finds, gets, loses, gives or eats)");
+        errors.fail("wrong_mode_templates",
+                    "expected template names of buys, finds, gets, loses, gives, eats",
+                    config_quoted(name));
       mix.wrong_mode[found] = true;
     }
   }
   return mix;
 }
 
-void apply_pipeline_defaults(proto::PipelineConfig* c) {
-  if (c->schema_version() == 0) c->set_schema_version(1);
-  if (c->name().empty()) c->set_name("quickstart");
-  if (c->task().empty()) c->set_task("quickstart");
-  auto* q = c->mutable_quickstart();
-  if (q->sft_examples() == 0) q->set_sft_examples(6000);
-  if (q->tokenizer_problems() == 0) q->set_tokenizer_problems(3000);
-  if (q->heldout_problems() == 0) q->set_heldout_problems(200);
-  if (q->sample_prompts() == 0) q->set_sample_prompts(300);
-  if (q->ppo_prompts() == 0) q->set_ppo_prompts(2000);
-  if (q->max_operand() == 0) q->set_max_operand(quickstart::kDefaultMaxOperand);
-  if (c->tokenizer().vocab_size() == 0) c->mutable_tokenizer()->set_vocab_size(512);
-  auto* s = c->mutable_sample();
-  if (s->answers_per_prompt() == 0) s->set_answers_per_prompt(4);
-  if (s->temperature() == 0) s->set_temperature(1.0f);
-  if (s->top_p() == 0) s->set_top_p(1.0f);
-  if (s->max_new_tokens() == 0) s->set_max_new_tokens(24);
-  if (s->batch_size() == 0) s->set_batch_size(64);
-  auto* a = c->mutable_annotate();
-  if (a->mode().empty()) a->set_mode("simulate");
-  if (a->teacher().empty()) a->set_teacher("arithmetic");
-  if (a->overlap() == 0) a->set_overlap(1);
-  if (a->annotators() == 0) a->set_annotators(1);
+quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q, const std::string& path) {
+  proto::PipelineConfig root;  // only for the field paths "quickstart.*"
+  return sft_mix_from_config(q, ConfigErrors(root, path).nested("quickstart"));
+}
+
+void validate_pipeline_config(const proto::PipelineConfig& c, const ConfigErrors& errors) {
+  auto at_least = [](const ConfigErrors& e, const char* field, int64_t v, int64_t min) {
+    if (v < min) e.fail(field, "expected >= " + std::to_string(min), std::to_string(v));
+  };
+  if (c.schema_version() != 1)
+    errors.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
+  if (c.task() != "quickstart")
+    errors.fail("task", "expected \"quickstart\" (the built-in task; the only one)",
+                config_quoted(c.task()));
+  if (c.name().empty()) errors.fail("name", "expected a run name", "\"\"");
+  at_least(errors, "threads", c.threads(), 0);
+
+  const ConfigErrors qe = errors.nested("quickstart");
+  const auto& q = c.quickstart();
+  at_least(qe, "sft_examples", q.sft_examples(), 1);
+  at_least(qe, "tokenizer_problems", q.tokenizer_problems(), 1);
+  at_least(qe, "heldout_problems", q.heldout_problems(), 1);
+  at_least(qe, "sample_prompts", q.sample_prompts(), 1);
+  at_least(qe, "ppo_prompts", q.ppo_prompts(), 1);
+  if (q.max_operand() < quickstart::kMinOperandLimit || q.max_operand() > quickstart::kMaxOperandLimit)
+    qe.fail("max_operand",
+            "expected " + std::to_string(quickstart::kMinOperandLimit) + ".." +
+                std::to_string(quickstart::kMaxOperandLimit),
+            std::to_string(q.max_operand()));
+  sft_mix_from_config(q, qe);
+
+  at_least(errors.nested("tokenizer"), "vocab_size", c.tokenizer().vocab_size(), 1);
+
+  const ConfigErrors se = errors.nested("sample");
+  const auto& s = c.sample();
+  at_least(se, "answers_per_prompt", s.answers_per_prompt(), 1);
+  if (!(s.temperature() > 0)) se.fail("temperature", "expected > 0", config_number(s.temperature()));
+  if (!(s.top_p() > 0 && s.top_p() <= 1))
+    se.fail("top_p", "expected a value in (0, 1]", config_number(s.top_p()));
+  at_least(se, "max_new_tokens", s.max_new_tokens(), 1);
+  at_least(se, "batch_size", s.batch_size(), 1);
+
+  const ConfigErrors ae = errors.nested("annotate");
+  const auto& a = c.annotate();
+  if (a.mode() != "simulate" && a.mode() != "people")
+    ae.fail("mode", "expected \"simulate\" or \"people\"", config_quoted(a.mode()));
+  if (!(a.noise() >= 0 && a.noise() <= 1))
+    ae.fail("noise", "expected a value in [0, 1]", config_number(a.noise()));
+  at_least(ae, "overlap", a.overlap(), 1);
+  at_least(ae, "annotators", a.annotators(), 1);
+
+  // The stage sections, with the lines of this file (the pipeline fills in data files, checkpoints
+  // and output folders later; the stages check those).
+  if (c.has_sft()) policy::validate_sft_config(c.sft(), errors.nested("sft"));
+  if (c.has_reward()) reward::validate_config(c.reward(), errors.nested("reward"));
+  if (c.has_ppo()) policy::validate_ppo_config(c.ppo(), errors.nested("ppo"));
 }
 
 proto::PipelineConfig load_pipeline_config(const std::string& path) {
   proto::PipelineConfig c;
-  parse_text_config_file(path, &c);
-  if (c.task() != "" && c.task() != "quickstart")
-    throw Error(path + ": field 'task': only \"quickstart\" (the built-in task) is supported, got \"" +
-                c.task() + "\"");
-  if (c.annotate().mode() != "" && c.annotate().mode() != "simulate" &&
-      c.annotate().mode() != "people")
-    throw Error(path + ": field 'annotate.mode': expected \"simulate\" or \"people\", got \"" +
-                c.annotate().mode() + "\"");
-  int m = c.quickstart().max_operand();
-  if (m != 0 && (m < quickstart::kMinOperandLimit || m > quickstart::kMaxOperandLimit))
-    throw Error(path + ": field 'quickstart.max_operand': expected " +
-                std::to_string(quickstart::kMinOperandLimit) + ".." +
-                std::to_string(quickstart::kMaxOperandLimit) + ", got " + std::to_string(m));
-  sft_mix_from_config(c.quickstart(), path);  // validates the mix fields
-  apply_pipeline_defaults(&c);
+  google::protobuf::TextFormat::ParseInfoTree tree;
+  parse_text_config_file(path, &c, &tree);
+  validate_pipeline_config(c, ConfigErrors(c, path, &tree));
+  fill_defaults(&c, /*recurse=*/false);
+  fill_defaults(c.mutable_quickstart());
+  fill_defaults(c.mutable_tokenizer());
+  fill_defaults(c.mutable_sample());
+  fill_defaults(c.mutable_annotate());
   return c;
 }
 

@@ -113,10 +113,13 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   if (cfg.out_dir().empty()) cfg.set_out_dir("ppo");
   if (o.iterations) cfg.set_iterations(*o.iterations);
   if (!o.device.empty()) cfg.set_device(o.device);
+  // Values from the file were checked with their lines by load_ppo_config; the overrides above
+  // are checked here, before any model or data file is read.
+  const ConfigErrors errors(cfg, o.config_path);
   for (auto [field, value] : {std::pair{"policy", cfg.policy()}, {"reward_model", cfg.reward_model()},
                               {"prompts", cfg.prompts()}})
-    if (value.empty()) throw Error(o.config_path + ": PpoConfig." + field + " is required");
-  policy::validate_ppo_config(cfg);
+    if (value.empty()) errors.fail(field, "expected a path (required)", "\"\"");
+  policy::validate_ppo_config(cfg, errors);
   const std::string out = cfg.out_dir();
   make_dirs(out);
 

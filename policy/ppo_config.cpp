@@ -1,60 +1,96 @@
 #include "policy/ppo_config.h"
 
+#include <google/protobuf/text_format.h>
+
 #include "common/error.h"
-#include "common/text_config.h"
-#include "policy/lora.h"
+#include "common/files.h"
+#include "policy/sft_config.h"
 
 namespace rlhf::policy {
 
-// ---------------------------------------------------------------------------------------------
-// Config
-
-namespace {
-void require(bool ok, const std::string& field, const std::string& what) {
-  if (!ok) throw Error("PpoConfig." + field + ": " + what);
-}
-}  // namespace
-
-proto::PpoConfig load_ppo_config(const std::string& path) {
+proto::PpoConfig parse_ppo_config(const std::string& text, const std::string& source) {
   proto::PpoConfig config;
-  parse_text_config_file(path, &config);
+  google::protobuf::TextFormat::ParseInfoTree tree;
+  parse_text_config(text, source, &config, &tree);
+  validate_ppo_config(config, ConfigErrors(config, source, &tree));
   return config;
 }
 
-void validate_ppo_config(const proto::PpoConfig& c) {
-  require(c.iterations() >= 0, "iterations", "must be >= 0");
-  require(c.batch_size() >= 1, "batch_size", "must be >= 1");
-  require(c.minibatch_size() >= 1 && c.minibatch_size() <= c.batch_size(), "minibatch_size",
-          "must be in [1, batch_size]");
-  require(c.ppo_epochs() >= 1, "ppo_epochs", "must be >= 1");
-  require(c.policy_lr() >= 0 && c.value_lr() >= 0, "policy_lr/value_lr", "must be >= 0");
-  require(c.lr_schedule() == "cosine" || c.lr_schedule() == "linear" ||
-              c.lr_schedule() == "constant",
-          "lr_schedule", "must be \"cosine\", \"linear\" or \"constant\", got \"" +
-                             c.lr_schedule() + "\"");
-  require(c.lr_warmup_iterations() >= 0, "lr_warmup_iterations", "must be >= 0");
-  require(c.min_lr_ratio() >= 0 && c.min_lr_ratio() <= 1, "min_lr_ratio", "must be in [0, 1]");
-  require(c.target_kl() >= 0, "target_kl", "must be >= 0 (0 = off)");
-  require(c.gamma() >= 0 && c.gamma() <= 1, "gamma", "must be in [0, 1]");
-  require(c.lam() >= 0 && c.lam() <= 1, "lam", "must be in [0, 1]");
-  require(c.clip_range() > 0, "clip_range", "must be > 0");
-  require(c.value_clip_range() > 0, "value_clip_range", "must be > 0");
-  require(c.kl_coef() >= 0, "kl_coef", "must be >= 0");
-  require(!c.adaptive_kl() || c.kl_target() > 0, "kl_target", "must be > 0 with adaptive_kl");
-  require(!c.adaptive_kl() || c.kl_horizon() > 0, "kl_horizon", "must be > 0 with adaptive_kl");
-  require(c.max_new_tokens() >= 1, "max_new_tokens", "must be >= 1");
-  require(c.max_prompt_tokens() >= 1, "max_prompt_tokens", "must be >= 1");
-  require(c.temperature() >= 0, "temperature", "must be >= 0 (0 = greedy)");
-  require(c.score_clip() >= 0, "score_clip", "must be >= 0 (0 = off)");
-  require(c.checkpoint_every() >= 0, "checkpoint_every", "must be >= 0");
-  require(c.keep_rollouts() >= 0, "keep_rollouts", "must be >= 0");
-  if (c.has_lora() && c.lora().rank() != 0) {
-    try {
-      LoraOptions::from_proto(c.lora()).validate();
-    } catch (const Error& e) {
-      require(false, "lora", e.what());
-    }
+proto::PpoConfig load_ppo_config(const std::string& path) {
+  if (!file_exists(path)) throw Error(path + ": config file not found");
+  return parse_ppo_config(read_file(path), path);
+}
+
+void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
+  auto num = [](double v) { return config_number(v); };
+  auto at_least = [&](const char* field, int64_t v, int64_t min) {
+    if (v < min) e.fail(field, "expected >= " + std::to_string(min), std::to_string(v));
+  };
+  auto in_unit = [&](const char* field, double v) {
+    if (!(v >= 0 && v <= 1)) e.fail(field, "expected a value in [0, 1]", num(v));
+  };
+  if (c.schema_version() != 1) e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
+  if (c.device() != "cpu" && c.device().rfind("cuda", 0) != 0)
+    e.fail("device", "expected \"cpu\" or \"cuda[:N]\"", config_quoted(c.device()));
+  at_least("iterations", c.iterations(), 0);
+  at_least("batch_size", c.batch_size(), 1);
+  if (c.minibatch_size() < 1 || c.minibatch_size() > c.batch_size())
+    e.fail("minibatch_size", "expected a value in [1, batch_size = " + std::to_string(c.batch_size()) + "]",
+           std::to_string(c.minibatch_size()));
+  at_least("ppo_epochs", c.ppo_epochs(), 1);
+  if (!(c.policy_lr() >= 0)) e.fail("policy_lr", "expected >= 0", num(c.policy_lr()));
+  if (!(c.value_lr() >= 0)) e.fail("value_lr", "expected >= 0", num(c.value_lr()));
+  if (!(c.weight_decay() >= 0)) e.fail("weight_decay", "expected >= 0", num(c.weight_decay()));
+  if (!(c.max_grad_norm() >= 0)) e.fail("max_grad_norm", "expected >= 0", num(c.max_grad_norm()));
+  if (!(c.adam_eps() > 0)) e.fail("adam_eps", "expected > 0", num(c.adam_eps()));
+  at_least("critic_warmup_iterations", c.critic_warmup_iterations(), 0);
+  if (c.lr_schedule() != "cosine" && c.lr_schedule() != "linear" && c.lr_schedule() != "constant")
+    e.fail("lr_schedule", "expected \"cosine\", \"linear\" or \"constant\"", config_quoted(c.lr_schedule()));
+  at_least("lr_warmup_iterations", c.lr_warmup_iterations(), 0);
+  in_unit("min_lr_ratio", c.min_lr_ratio());
+  if (!(c.target_kl() >= 0)) e.fail("target_kl", "expected >= 0 (0 = off)", num(c.target_kl()));
+  in_unit("gamma", c.gamma());
+  in_unit("lam", c.lam());
+  if (!(c.clip_range() > 0)) e.fail("clip_range", "expected > 0", num(c.clip_range()));
+  if (!(c.value_clip_range() > 0)) e.fail("value_clip_range", "expected > 0", num(c.value_clip_range()));
+  if (!(c.kl_coef() >= 0)) e.fail("kl_coef", "expected >= 0", num(c.kl_coef()));
+  if (c.adaptive_kl() && !(c.kl_target() > 0))
+    e.fail("kl_target", "expected > 0 with adaptive_kl", num(c.kl_target()));
+  if (c.adaptive_kl() && !(c.kl_horizon() > 0))
+    e.fail("kl_horizon", "expected > 0 with adaptive_kl", num(c.kl_horizon()));
+  at_least("max_prompt_tokens", c.max_prompt_tokens(), 1);
+  at_least("max_new_tokens", c.max_new_tokens(), 1);
+  at_least("min_new_tokens", c.min_new_tokens(), 0);
+  // Sampling: the ratio and KL use the full softmax at this temperature (see the header).
+  if (!(c.temperature() > 0))
+    e.fail("temperature",
+           "expected > 0 (PPO log-probs and KL use the full softmax at this temperature; greedy "
+           "sampling is not supported)",
+           num(c.temperature()));
+  if (c.top_k() != 0)
+    e.fail("top_k", "expected 0 (PPO samples from the full softmax; top-k would bias the ratio and KL)",
+           std::to_string(c.top_k()));
+  if (c.top_p() != 1)
+    e.fail("top_p", "expected 1 (PPO samples from the full softmax; nucleus sampling would bias the "
+                    "ratio and KL)",
+           num(c.top_p()));
+  if (!(c.score_clip() >= 0)) e.fail("score_clip", "expected >= 0 (0 = off)", num(c.score_clip()));
+  at_least("checkpoint_every", c.checkpoint_every(), 0);
+  at_least("keep_rollouts", c.keep_rollouts(), 0);
+  at_least("keep_checkpoints", c.keep_checkpoints(), 1);
+  if (c.has_lora()) {
+    const ConfigErrors le = e.nested("lora");
+    validate_lora_config(c.lora(), le);
+    if (c.lora().rank() > 0 && c.lora().dropout() > 0)
+      le.fail("dropout",
+              "expected 0 for PPO (rollout log-probs are computed without dropout, so the first "
+              "minibatch's ratio would not be 1)",
+              num(c.lora().dropout()));
   }
+}
+
+void validate_ppo_config(const proto::PpoConfig& config, const std::string& source) {
+  validate_ppo_config(config, ConfigErrors(config, source));
 }
 
 }  // namespace rlhf::policy

@@ -2,122 +2,122 @@
 
 #include <google/protobuf/text_format.h>
 
-#include <sstream>
+#include <algorithm>
+#include <cmath>
 
 #include "common/error.h"
 #include "common/files.h"
-#include "common/text_config.h"
-#include "policy/lora.h"
 
 namespace rlhf::policy {
 
-// ---- config ------------------------------------------------------------------------------------
-
 namespace {
 
-void validate_impl(const proto::SftConfig& c, const std::string& source,
-                   const google::protobuf::TextFormat::ParseInfoTree* tree) {
-  auto fail = [&](const std::string& field, const std::string& what) {
-    std::string where = source;
-    if (tree) {
-      const auto* fd = c.GetDescriptor()->FindFieldByName(field);
-      if (fd) {
-        auto loc = tree->GetLocation(fd, fd->is_repeated() ? 0 : -1);
-        if (loc.line >= 0) where += ":" + std::to_string(loc.line + 1);
-      }
-    }
-    throw Error(where + ": field '" + field + "': " + what);
-  };
-  auto num = [](double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
-  };
-  if (c.schema_version() > 1)
-    fail("schema_version", "unsupported value " + std::to_string(c.schema_version()) + " (expected 1)");
-  if (!c.format().empty() && c.format() != "jsonl" && c.format() != "text")
-    fail("format", "expected \"jsonl\" or \"text\", got \"" + c.format() + "\"");
-  if (c.heldout_fraction() < 0 || c.heldout_fraction() >= 1)
-    fail("heldout_fraction", "expected a value in [0, 1), got " + num(c.heldout_fraction()));
-  if (c.seq_len() < 0 || c.seq_len() == 1) fail("seq_len", "expected >= 2, got " + std::to_string(c.seq_len()));
-  if (c.steps() < 0) fail("steps", "expected >= 0, got " + std::to_string(c.steps()));
-  if (c.epochs() < 0) fail("epochs", "expected >= 0, got " + num(c.epochs()));
-  if (c.batch_size() < 0) fail("batch_size", "expected > 0, got " + std::to_string(c.batch_size()));
-  if (c.grad_accum() < 0) fail("grad_accum", "expected > 0, got " + std::to_string(c.grad_accum()));
-  if (c.lr() < 0) fail("lr", "expected > 0, got " + num(c.lr()));
-  if (c.min_lr_ratio() < 0 || c.min_lr_ratio() > 1)
-    fail("min_lr_ratio", "expected a value in [0, 1], got " + num(c.min_lr_ratio()));
-  if (c.beta1() < 0 || c.beta1() >= 1) fail("beta1", "expected a value in [0, 1), got " + num(c.beta1()));
-  if (c.beta2() < 0 || c.beta2() >= 1) fail("beta2", "expected a value in [0, 1), got " + num(c.beta2()));
-  if (c.eval_every() < 0) fail("eval_every", "expected >= 0");
-  if (c.eval_batches() < 0) fail("eval_batches", "expected >= 0");
-  if (c.save_every() < 0) fail("save_every", "expected >= 0");
-  if (c.early_stop_patience() < 0) fail("early_stop_patience", "expected >= 0");
-  if (c.threads() < 0) fail("threads", "expected >= 0");
-  if (c.stop_after() < 0) fail("stop_after", "expected >= 0");
-  if (!c.device().empty() && c.device() != "cpu" && c.device().rfind("cuda", 0) != 0)
-    fail("device", "expected \"cpu\" or \"cuda[:N]\", got \"" + c.device() + "\"");
-  if (!c.init_from().empty() && c.has_model())
-    fail("model", "give either init_from (a checkpoint) or model (from scratch), not both");
-  if (c.has_lora() && c.lora().rank() != 0) {
-    LoraOptions o = LoraOptions::from_proto(c.lora());
-    try {
-      o.validate();
-    } catch (const Error& e) {
-      fail("lora", e.what());
-    }
-  }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string device_error(const std::string& device) {
+  return device == "cpu" || device.rfind("cuda", 0) == 0 ? "" : config_quoted(device);
 }
 
 }  // namespace
+
+void validate_lora_config(const proto::LoraConfig& l, const ConfigErrors& e) {
+  if (l.rank() < 0) e.fail("rank", "expected >= 0 (0 = LoRA off)", std::to_string(l.rank()));
+  if (l.rank() == 0) return;
+  if (l.schema_version() != 1) e.fail("schema_version", "expected 1", std::to_string(l.schema_version()));
+  if (l.has_alpha() && !(l.alpha() > 0))
+    e.fail("alpha", "expected > 0 (unset: alpha = rank)", config_number(l.alpha()));
+  if (!(l.dropout() >= 0 && l.dropout() < 1))
+    e.fail("dropout", "expected a value in [0, 1)", config_number(l.dropout()));
+  static const char* kTargets[] = {"q", "k", "v", "o", "gate", "up", "down"};
+  for (const auto& t : l.targets())
+    if (std::find_if(std::begin(kTargets), std::end(kTargets), [&](const char* k) { return t == k; }) ==
+        std::end(kTargets))
+      e.fail("targets", "expected projections of q, k, v, o, gate, up, down", config_quoted(t));
+}
+
+void validate_sft_config(const proto::SftConfig& c, const ConfigErrors& e) {
+  auto num = [](double v) { return config_number(v); };
+  if (c.schema_version() != 1) e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
+  if (c.format() != "auto" && c.format() != "jsonl" && c.format() != "text")
+    e.fail("format", "expected \"auto\", \"jsonl\" or \"text\"", config_quoted(c.format()));
+  if (!(c.heldout_fraction() >= 0 && c.heldout_fraction() < 1))
+    e.fail("heldout_fraction", "expected a value in [0, 1)", num(c.heldout_fraction()));
+  if (c.has_seq_len() && c.seq_len() < 2)
+    e.fail("seq_len", "expected >= 2 (unset: the model's max_seq_len)", std::to_string(c.seq_len()));
+  if (c.has_steps() && c.steps() < 1)
+    e.fail("steps", "expected >= 1 (unset: derived from epochs)", std::to_string(c.steps()));
+  if (!c.has_steps() && !(c.epochs() > 0)) e.fail("epochs", "expected > 0", num(c.epochs()));
+  if (c.batch_size() < 1) e.fail("batch_size", "expected >= 1", std::to_string(c.batch_size()));
+  if (c.grad_accum() < 1) e.fail("grad_accum", "expected >= 1", std::to_string(c.grad_accum()));
+  if (!(c.lr() > 0)) e.fail("lr", "expected > 0", num(c.lr()));
+  if (!(c.min_lr_ratio() >= 0 && c.min_lr_ratio() <= 1))
+    e.fail("min_lr_ratio", "expected a value in [0, 1]", num(c.min_lr_ratio()));
+  if (c.has_warmup_steps() && c.warmup_steps() < 0)
+    e.fail("warmup_steps", "expected >= 0 (0 = no warm-up)", std::to_string(c.warmup_steps()));
+  if (!(c.warmup_ratio() >= 0 && c.warmup_ratio() <= 1))
+    e.fail("warmup_ratio", "expected a value in [0, 1]", num(c.warmup_ratio()));
+  if (!(c.weight_decay() >= 0)) e.fail("weight_decay", "expected >= 0 (0 = none)", num(c.weight_decay()));
+  if (!(c.grad_clip() >= 0)) e.fail("grad_clip", "expected >= 0 (0 = no clipping)", num(c.grad_clip()));
+  if (!(c.beta1() >= 0 && c.beta1() < 1)) e.fail("beta1", "expected a value in [0, 1)", num(c.beta1()));
+  if (!(c.beta2() >= 0 && c.beta2() < 1)) e.fail("beta2", "expected a value in [0, 1)", num(c.beta2()));
+  if (c.eval_every() < 1) e.fail("eval_every", "expected >= 1", std::to_string(c.eval_every()));
+  if (c.eval_batches() < 0)
+    e.fail("eval_batches", "expected >= 0 (0 = all)", std::to_string(c.eval_batches()));
+  if (c.has_save_every() && c.save_every() < 1)
+    e.fail("save_every", "expected >= 1 (unset: eval_every)", std::to_string(c.save_every()));
+  if (c.early_stop_patience() < 0)
+    e.fail("early_stop_patience", "expected >= 0 (0 = never)", std::to_string(c.early_stop_patience()));
+  if (c.threads() < 0) e.fail("threads", "expected >= 0 (0 = torch's choice)", std::to_string(c.threads()));
+  if (c.stop_after() < 0) e.fail("stop_after", "expected >= 0 (0 = off)", std::to_string(c.stop_after()));
+  if (const std::string bad = device_error(c.device()); !bad.empty())
+    e.fail("device", "expected \"cpu\" or \"cuda[:N]\"", bad);
+  if (c.has_init_from() && !c.init_from().empty() && c.has_model())
+    e.fail("model", "expected either init_from (a checkpoint) or model (from scratch), not both",
+           "both");
+  if (c.has_lora()) validate_lora_config(c.lora(), e.nested("lora"));
+}
+
+void validate_sft_config(const proto::SftConfig& config, const std::string& source) {
+  validate_sft_config(config, ConfigErrors(config, source));
+}
 
 proto::SftConfig parse_sft_config(const std::string& text, const std::string& source) {
   proto::SftConfig config;
   google::protobuf::TextFormat::ParseInfoTree tree;
   parse_text_config(text, source, &config, &tree);
-  validate_impl(config, source, &tree);
+  validate_sft_config(config, ConfigErrors(config, source, &tree));
   return config;
 }
 
 proto::SftConfig load_sft_config(const std::string& path) {
+  if (!file_exists(path)) throw Error(path + ": config file not found");
   return parse_sft_config(read_file(path), path);
 }
 
-void validate_sft_config(const proto::SftConfig& config, const std::string& source) {
-  validate_impl(config, source, nullptr);
-}
-
-void apply_sft_defaults(proto::SftConfig* c) {
-  c->set_schema_version(1);
-  if (c->format().empty()) {
-    const std::string& f = c->train_file();
-    const bool json = (f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl") ||
-                      (f.size() >= 5 && f.substr(f.size() - 5) == ".json");
-    c->set_format(json ? "jsonl" : "text");
+proto::SftConfig resolved_sft_config(const proto::SftConfig& config) {
+  proto::SftConfig c = config;
+  fill_defaults(&c);
+  if (c.format() == "auto") {
+    const std::string& f = c.train_file();
+    c.set_format(ends_with(f, ".jsonl") || ends_with(f, ".json") ? "jsonl" : "text");
   }
-  if (c->heldout_fraction() == 0 && c->eval_file().empty()) c->set_heldout_fraction(0.05f);
-  if (c->steps() == 0 && c->epochs() == 0) c->set_epochs(1);
-  if (c->batch_size() == 0) c->set_batch_size(8);
-  if (c->grad_accum() == 0) c->set_grad_accum(1);
-  if (c->lr() == 0) c->set_lr(3e-4f);
-  if (c->min_lr_ratio() == 0) c->set_min_lr_ratio(0.1f);
-  if (c->weight_decay() == 0) c->set_weight_decay(0.1f);
-  if (c->weight_decay() < 0) c->set_weight_decay(0.0f);
-  if (c->grad_clip() == 0) c->set_grad_clip(1.0f);
-  if (c->beta1() == 0) c->set_beta1(0.9f);
-  if (c->beta2() == 0) c->set_beta2(0.95f);
-  if (c->eval_every() == 0) c->set_eval_every(50);
-  if (c->save_every() == 0) c->set_save_every(c->eval_every());
-  if (c->device().empty()) c->set_device("cpu");
-  if (c->has_lora() && c->lora().rank() > 0) {
-    auto* l = c->mutable_lora();
-    l->set_schema_version(1);
-    if (l->alpha() == 0) l->set_alpha(static_cast<float>(l->rank()));
+  if (!c.has_save_every()) c.set_save_every(c.eval_every());
+  if (c.has_lora() && c.lora().rank() > 0) {
+    auto* l = c.mutable_lora();
+    if (!l->has_alpha()) l->set_alpha(static_cast<float>(l->rank()));
     if (l->targets_size() == 0) {
       l->add_targets("q");
       l->add_targets("v");
     }
   }
+  return c;
+}
+
+int64_t resolved_warmup_steps(const proto::SftConfig& c, int64_t total_steps) {
+  if (c.has_warmup_steps()) return c.warmup_steps();
+  return static_cast<int64_t>(std::floor(static_cast<double>(c.warmup_ratio()) * total_steps));
 }
 
 }  // namespace rlhf::policy

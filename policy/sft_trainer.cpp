@@ -267,7 +267,7 @@ void load_data(SftRun& r) {
 void prepare(SftRun& r, const proto::SftConfig& config_in) {
   r.t_start = std::chrono::steady_clock::now();
   r.cfg = config_in;
-  apply_sft_defaults(&r.cfg);
+  r.cfg = resolved_sft_config(r.cfg);
   const auto& c = r.cfg;
   validate_sft_config(c, "sft config");
   if (c.out_dir().empty()) throw Error("sft config: field 'out_dir': no output folder given");
@@ -313,9 +313,7 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   r.schedule.peak_lr = c.lr();
   r.schedule.min_lr = c.lr() * c.min_lr_ratio();
   r.schedule.total_steps = r.total_steps;
-  r.schedule.warmup_steps = c.warmup_steps() > 0    ? c.warmup_steps()
-                            : c.warmup_steps() == 0 ? r.total_steps / 20
-                                                    : 0;
+  r.schedule.warmup_steps = resolved_warmup_steps(c, r.total_steps);
 }
 
 // Tensors of the resumable state: the model's parameters and buffers, and the LoRA adapters.

@@ -158,7 +158,7 @@ void init_reward_model(RewardRun& r) {
 void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.t0 = std::chrono::steady_clock::now();
   r.cfg = config;
-  apply_defaults(&r.cfg);
+  r.cfg = resolved_train_config(r.cfg);
   const auto& c = r.cfg;
   validate_config(c, "reward config");
   if (c.out_dir().empty()) throw Error("reward config: out_dir is empty (give --out DIR)");
@@ -196,7 +196,7 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.schedule.peak_lr = c.lr();
   r.schedule.min_lr = c.lr() * c.min_lr_ratio();
   r.schedule.total_steps = r.total_steps;
-  r.schedule.warmup_steps = c.warmup_steps() > 0 ? c.warmup_steps() : r.total_steps / 20;
+  r.schedule.warmup_steps = resolved_warmup_steps(c, r.total_steps);
 }
 
 policy::training::NamedTensors state_tensors(RewardRun& r) {

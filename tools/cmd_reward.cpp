@@ -33,7 +33,7 @@ int run_train(const Args& a) {
   if (a.has("seed")) cfg.set_seed(static_cast<uint64_t>(a.get_int("seed")));
   if (a.has("threads")) cfg.set_threads(static_cast<int32_t>(a.get_int("threads")));
   if (a.has("time-limit")) cfg.set_time_limit_seconds(static_cast<float>(a.get_double("time-limit")));
-  rlhf::reward::validate_config(cfg, path + " (after command-line overrides)");
+  rlhf::reward::validate_config(cfg, path);
   if (cfg.out_dir().empty()) throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   rlhf::pipelines::export_annotation_pairs(&cfg);
   auto r = rlhf::reward::train_reward_model(cfg);

@@ -38,7 +38,7 @@ int run_sft(const Args& a) {
   if (a.has("threads")) cfg.set_threads(static_cast<int32_t>(a.get_int("threads")));
   if (a.has("stop-after")) cfg.set_stop_after(a.get_int("stop-after"));
   if (a.has("lora-rank")) cfg.mutable_lora()->set_rank(static_cast<int32_t>(a.get_int("lora-rank")));
-  rlhf::policy::validate_sft_config(cfg, path + " (after command-line overrides)");
+  rlhf::policy::validate_sft_config(cfg, path);
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   const auto r = rlhf::policy::train_sft(cfg);
@@ -84,7 +84,7 @@ rlhf::cli::Register reg_sft({
      {"out", "output folder (overrides out_dir)"},
      {"train-file", "JSONL {prompt,response} or text (overrides train_file)"},
      {"eval-file", "held-out file (overrides eval_file)"},
-     {"format", "jsonl | text (overrides format)"},
+     {"format", "auto | jsonl | text (overrides format)"},
      {"init-from", "native checkpoint or Hugging Face folder (overrides init_from)"},
      {"tokenizer", "SentencePiece .model (overrides tokenizer)"},
      {"device", "cpu | cuda[:N] (overrides device)"},

@@ -111,4 +111,55 @@ TEST(Pipeline, BadConfigNamesFileLineAndField) {
   EXPECT_EQ(code, 2) << out;
 }
 
+// The standard message, whole: "<file>:<line>: field '<name>': <expected>, got <value>", for the
+// pipeline's own sections and for a stage section (its nested field path and line).
+TEST(Pipeline, BadValuesReadFileLineFieldExpectedAndGot) {
+  rlhf::testing::TempDir dir("pipeline_values");
+  auto error_line = [&](const std::string& text) {
+    const std::string path = dir / "bad.pbtxt";
+    rlhf::write_file_atomic(path, text);
+    std::string out;
+    EXPECT_NE(run_command(rlhf_binary() + " pipeline run " + path + " --run-dir " + dir / "run",
+                          &out),
+              0);
+    return out;
+  };
+  const std::string path = dir / "bad.pbtxt";
+  std::string out = error_line("name: \"x\"\nquickstart {\n  sft_examples: 10\n  max_operand: 99\n}\n");
+  EXPECT_NE(out.find("error: " + path + ":4: field 'quickstart.max_operand': expected 3..40, got 99\n"),
+            std::string::npos) << out;
+  out = error_line("sample { temperature: 0 }\n");
+  EXPECT_NE(out.find("error: " + path + ":1: field 'sample.temperature': expected > 0, got 0\n"),
+            std::string::npos) << out;
+  out = error_line("name: \"x\"\nsft {\n  steps: 10\n  lr: -2\n}\n");
+  EXPECT_NE(out.find("error: " + path + ":4: field 'sft.lr': expected > 0, got -2\n"),
+            std::string::npos) << out;
+  out = error_line("reward {\n  lora { rank: 2\n    alpha: -1 }\n}\n");
+  EXPECT_NE(out.find("error: " + path + ":3: field 'reward.lora.alpha': expected > 0 (unset: alpha = "
+                     "rank), got -1\n"),
+            std::string::npos) << out;
+  out = error_line("ppo { top_k: 40 }\n");
+  EXPECT_NE(out.find("error: " + path + ":1: field 'ppo.top_k': expected 0"), std::string::npos) << out;
+}
+
+// A config with no fields resolves to the documented defaults: the run folder's pipeline.pbtxt
+// shows each of them (--only report runs no training stage).
+TEST(Pipeline, EmptyConfigResolvesToDocumentedDefaults) {
+  rlhf::testing::TempDir dir("pipeline_defaults");
+  rlhf::write_file_atomic(dir / "empty.pbtxt", "");
+  std::string out;
+  run_command(rlhf_binary() + " pipeline run " + dir / "empty.pbtxt" + " --run-dir " + dir / "run" +
+                  " --only report",
+              &out);
+  ASSERT_TRUE(rlhf::file_exists(dir / "run/pipeline.pbtxt")) << out;
+  const std::string text = rlhf::read_file(dir / "run/pipeline.pbtxt");
+  for (const char* needle :
+       {"name: \"quickstart\"", "task: \"quickstart\"", "sft_examples: 6000", "tokenizer_problems: 3000",
+        "heldout_problems: 200", "sample_prompts: 300", "ppo_prompts: 2000", "max_operand: 20",
+        "p_gold_wrong_mode: 0.38", "p_wrong_right_mode: 0.35", "vocab_size: 512",
+        "answers_per_prompt: 4", "temperature: 1", "top_p: 1", "max_new_tokens: 24", "batch_size: 64",
+        "mode: \"simulate\"", "teacher: \"arithmetic\"", "overlap: 1", "annotators: 1"})
+    EXPECT_NE(text.find(needle), std::string::npos) << needle << " missing in\n" << text;
+}
+
 }  // namespace

@@ -105,7 +105,7 @@ TEST_F(SftTest, EarlyStopWhenEvalLossStopsImproving) {
   // A learning rate far too high: the held-out loss gets worse than at the start.
   auto cfg = base_config(tmp / "out", "steps: 40\neval_every: 5\nearly_stop_patience: 2\n");
   cfg.set_lr(3.0f);
-  cfg.set_warmup_steps(-1);
+  cfg.set_warmup_steps(0);  // no warm-up
   const SftResult r = train_sft(cfg);
   EXPECT_TRUE(r.early_stopped);
   EXPECT_EQ(r.steps, 10);
@@ -249,6 +249,85 @@ TEST_F(SftTest, ConfigErrorsNameFileLineAndField) {
     EXPECT_NE(std::string(e.what()).find("qq"), std::string::npos) << e.what();
   }
   EXPECT_THROW(parse_sft_config("steps: \"many\"\n", "cfg.pbtxt"), Error);
+}
+
+// The standard message shape, read from a real file: "<file>:<line>: field '<name>': <expected>,
+// got <value>", for a top-level field, a nested one, and a value set after parsing (no line).
+TEST(SftConfigTest, BadValuesReadFileLineFieldExpectedAndGot) {
+  TempDir tmp("sft_cfg");
+  const std::string path = tmp / "bad.pbtxt";
+  auto error_of = [&](const std::string& text) {
+    write_file_atomic(path, text);
+    try {
+      load_sft_config(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of("steps: 3\n\nlr: -0.1\n"), path + ":3: field 'lr': expected > 0, got -0.1");
+  EXPECT_EQ(error_of("steps: 3\nlora {\n  rank: 4\n  dropout: 1.5\n}\n"),
+            path + ":4: field 'lora.dropout': expected a value in [0, 1), got 1.5");
+  EXPECT_EQ(error_of("# comment\nweight_decay: -1\n"),
+            path + ":2: field 'weight_decay': expected >= 0 (0 = none), got -1");
+  EXPECT_EQ(error_of("format: \"csv\"\n"),
+            path + ":1: field 'format': expected \"auto\", \"jsonl\" or \"text\", got \"csv\"");
+  proto::SftConfig c;
+  c.set_batch_size(0);  // e.g. from a command-line flag: not in the file, so no line
+  try {
+    validate_sft_config(c, path);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": field 'batch_size': expected >= 1, got 0");
+  }
+}
+
+// An empty config resolves to the defaults documented in proto/sft.proto.
+TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
+  const proto::SftConfig c = resolved_sft_config(parse_sft_config("", "empty.pbtxt"));
+  EXPECT_EQ(c.schema_version(), 1u);
+  EXPECT_EQ(c.format(), "text");  // "auto" and no .jsonl file name
+  EXPECT_FLOAT_EQ(c.heldout_fraction(), 0.05f);
+  EXPECT_FALSE(c.has_seq_len());  // the model's max_seq_len
+  EXPECT_FALSE(c.packed());
+  EXPECT_FALSE(c.has_steps());    // from epochs
+  EXPECT_FLOAT_EQ(c.epochs(), 1.0f);
+  EXPECT_EQ(c.batch_size(), 8);
+  EXPECT_EQ(c.grad_accum(), 1);
+  EXPECT_FLOAT_EQ(c.lr(), 3e-4f);
+  EXPECT_FLOAT_EQ(c.min_lr_ratio(), 0.1f);
+  EXPECT_FLOAT_EQ(c.weight_decay(), 0.1f);
+  EXPECT_FLOAT_EQ(c.grad_clip(), 1.0f);
+  EXPECT_FLOAT_EQ(c.beta1(), 0.9f);
+  EXPECT_FLOAT_EQ(c.beta2(), 0.95f);
+  EXPECT_EQ(c.eval_every(), 50);
+  EXPECT_EQ(c.save_every(), 50);  // = eval_every
+  EXPECT_EQ(c.eval_batches(), 0);
+  EXPECT_EQ(c.early_stop_patience(), 0);
+  EXPECT_EQ(c.device(), "cpu");
+  EXPECT_FALSE(c.has_lora());
+  EXPECT_FALSE(c.has_model());
+  EXPECT_EQ(resolved_warmup_steps(c, 100), 5);  // 5% of the steps, rounded down
+  EXPECT_EQ(resolved_warmup_steps(c, 39), 1);
+  // Every resolved value is visible in the text written to manifests.
+  const std::string text = to_text_format(c);
+  for (const char* needle : {"lr: 0.0003", "weight_decay: 0.1", "save_every: 50", "device: \"cpu\""})
+    EXPECT_NE(text.find(needle), std::string::npos) << needle << " in\n" << text;
+
+  // Values that depend on other fields, and zeros that now mean zero.
+  const proto::SftConfig d = resolved_sft_config(parse_sft_config(
+      "train_file: \"x.jsonl\"\neval_every: 20\nweight_decay: 0\nwarmup_steps: 0\n"
+      "min_lr_ratio: 0\nlora { rank: 4 }\n",
+      "d.pbtxt"));
+  EXPECT_EQ(d.format(), "jsonl");
+  EXPECT_EQ(d.save_every(), 20);
+  EXPECT_FLOAT_EQ(d.weight_decay(), 0.0f);
+  EXPECT_FLOAT_EQ(d.min_lr_ratio(), 0.0f);
+  EXPECT_EQ(resolved_warmup_steps(d, 100), 0);
+  EXPECT_FLOAT_EQ(d.lora().alpha(), 4.0f);  // alpha = rank
+  ASSERT_EQ(d.lora().targets_size(), 2);
+  EXPECT_EQ(d.lora().targets(0), "q");
+  EXPECT_EQ(d.lora().targets(1), "v");
 }
 
 TEST_F(SftTest, DataErrorsNameFileAndLine) {

@@ -10,7 +10,9 @@
 #include "common/files.h"
 #include "common/manifest.h"
 #include "pipelines/ppo_stage.h"
+#include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/ppo_config.h"
 #include "policy/ppo_replay.h"
 #include "policy/rollout_file.h"
 #include "policy/tokenizer.h"
@@ -149,4 +151,71 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
     EXPECT_NE(msg.find("bad.pbtxt"), std::string::npos) << msg;
     EXPECT_NE(msg.find("batch_sise"), std::string::npos) << msg;
   }
+}
+
+// Bad values stop the stage with "<file>:<line>: field '<name>': <expected>, got <value>" before
+// any model, tokenizer or prompt file is read (the paths below do not exist).
+TEST(PpoStage, BadConfigValuesStopBeforeAnyModelIsRead) {
+  TempDir dir("ppo_bad_values");
+  const std::string path = dir / "ppo.pbtxt";
+  const std::string inputs = "policy: \"" + dir / "no_policy" + "\"\nreward_model: \"" +
+                             dir / "no_reward" + "\"\nprompts: \"" + dir / "no_prompts.jsonl" +
+                             "\"\n";  // lines 1-3
+  auto error_of = [&](const std::string& extra) {
+    write_file_atomic(path, inputs + extra);
+    pipelines::PpoStageOptions o;
+    o.config_path = path;
+    o.out_dir = dir / "out";
+    try {
+      pipelines::run_ppo_stage(o);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of("top_k: 5\n"),
+            path + ":4: field 'top_k': expected 0 (PPO samples from the full softmax; top-k would "
+                   "bias the ratio and KL), got 5");
+  EXPECT_EQ(error_of("\ntop_p: 0.9\n"),
+            path + ":5: field 'top_p': expected 1 (PPO samples from the full softmax; nucleus "
+                   "sampling would bias the ratio and KL), got 0.9");
+  EXPECT_EQ(error_of("temperature: 0\n"),
+            path + ":4: field 'temperature': expected > 0 (PPO log-probs and KL use the full "
+                   "softmax at this temperature; greedy sampling is not supported), got 0");
+  EXPECT_EQ(error_of("lora {\n  rank: 4\n  dropout: 0.1\n}\n"),
+            path + ":6: field 'lora.dropout': expected 0 for PPO (rollout log-probs are computed "
+                   "without dropout, so the first minibatch's ratio would not be 1), got 0.1");
+  EXPECT_EQ(error_of("batch_size: 8\nminibatch_size: 16\n"),
+            path + ":5: field 'minibatch_size': expected a value in [1, batch_size = 8], got 16");
+  // A required input missing (not in the file: no line).
+  write_file_atomic(path, "prompts: \"p.jsonl\"\nreward_model: \"r\"\n");
+  pipelines::PpoStageOptions o;
+  o.config_path = path;
+  try {
+    pipelines::run_ppo_stage(o);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": field 'policy': expected a path (required), got \"\"");
+  }
+  EXPECT_FALSE(file_exists(dir / "out"));  // nothing was started
+}
+
+// An empty PPO config resolves to the defaults documented in proto/ppo.proto, and they pass
+// validation (the sampling settings included).
+TEST(PpoConfig, EmptyConfigHasDocumentedDefaults) {
+  proto::PpoConfig c = policy::parse_ppo_config("", "empty.pbtxt");
+  fill_defaults(&c);
+  EXPECT_EQ(c.device(), "cpu");
+  EXPECT_EQ(c.iterations(), 100);
+  EXPECT_EQ(c.batch_size(), 64);
+  EXPECT_EQ(c.minibatch_size(), 16);
+  EXPECT_DOUBLE_EQ(c.policy_lr(), 1e-5);
+  EXPECT_DOUBLE_EQ(c.clip_range(), 0.2);
+  EXPECT_FLOAT_EQ(c.temperature(), 1.0f);
+  EXPECT_EQ(c.top_k(), 0);
+  EXPECT_FLOAT_EQ(c.top_p(), 1.0f);
+  EXPECT_EQ(c.keep_checkpoints(), 1);
+  const std::string text = to_text_format(c);
+  EXPECT_NE(text.find("kl_coef: 0.05"), std::string::npos) << text;
+  EXPECT_NO_THROW(policy::validate_ppo_config(c, "empty.pbtxt"));
 }

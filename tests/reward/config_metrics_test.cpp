@@ -4,9 +4,11 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "reward/evaluation.h"
 #include "reward/train_config.h"
 #include "reward/trainer.h"
+#include "tests/test_support.h"
 
 namespace rlhf::reward {
 namespace {
@@ -32,9 +34,71 @@ TEST(RewardConfig, ErrorsNameFileLineAndField) {
   EXPECT_NE(e.find("cfg.pbtxt:1:"), std::string::npos) << e;
   auto ok = parse_train_config("train_file: \"x\"\nmodel { dim: 64 n_layers: 2 }\n", "ok");
   EXPECT_EQ(ok.model().dim(), 64);
-  apply_defaults(&ok);
+  ok = resolved_train_config(ok);
   EXPECT_FLOAT_EQ(ok.lr(), 3e-4f);
   EXPECT_EQ(ok.batch_pairs(), 16);
+}
+
+// The standard message shape, read from a real file: "<file>:<line>: field '<name>': <expected>,
+// got <value>", for a top-level field, a nested one, and a value set after parsing (no line).
+TEST(RewardConfig, BadValuesReadFileLineFieldExpectedAndGot) {
+  rlhf::testing::TempDir tmp("reward_cfg");
+  const std::string path = tmp / "bad.pbtxt";
+  auto error_of_file = [&](const std::string& text) {
+    rlhf::write_file_atomic(path, text);
+    try {
+      load_train_config(path);
+    } catch (const rlhf::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of_file("train_file: \"x.jsonl\"\nbatch_pairs: 0\n"),
+            path + ":2: field 'batch_pairs': expected >= 1, got 0");
+  EXPECT_EQ(error_of_file("steps: 5\n\n\nheldout_fraction: 1.5\n"),
+            path + ":4: field 'heldout_fraction': expected a value in [0, 1), got 1.5");
+  EXPECT_EQ(error_of_file("steps: 5\nlora {\n  rank: 2\n  targets: \"zz\"\n}\n"),
+            path + ":4: field 'lora.targets': expected projections of q, k, v, o, gate, up, down, "
+                   "got \"zz\"");
+  proto::RewardTrainConfig c;
+  c.set_lr(-1);  // e.g. a command-line flag: not in the file, so no line
+  try {
+    validate_config(c, path);
+    FAIL();
+  } catch (const rlhf::Error& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": field 'lr': expected > 0, got -1");
+  }
+}
+
+// An empty config resolves to the defaults documented in proto/reward.proto.
+TEST(RewardConfig, EmptyConfigResolvesToDocumentedDefaults) {
+  const proto::RewardTrainConfig c = resolved_train_config(parse_train_config("", "empty.pbtxt"));
+  EXPECT_EQ(c.schema_version(), 1u);
+  EXPECT_EQ(c.format(), "pairs");
+  EXPECT_FLOAT_EQ(c.heldout_fraction(), 0.1f);
+  EXPECT_EQ(c.max_pairs(), 0);
+  EXPECT_EQ(c.max_prompt_tokens(), 192);
+  EXPECT_EQ(c.max_answer_tokens(), 192);
+  EXPECT_FALSE(c.has_steps());
+  EXPECT_FLOAT_EQ(c.epochs(), 1.0f);
+  EXPECT_EQ(c.batch_pairs(), 16);
+  EXPECT_FLOAT_EQ(c.lr(), 3e-4f);
+  EXPECT_FLOAT_EQ(c.min_lr_ratio(), 0.1f);
+  EXPECT_FLOAT_EQ(c.weight_decay(), 0.1f);
+  EXPECT_FLOAT_EQ(c.grad_clip(), 1.0f);
+  EXPECT_FLOAT_EQ(c.margin(), 0.0f);
+  EXPECT_FLOAT_EQ(c.beta1(), 0.9f);
+  EXPECT_FLOAT_EQ(c.beta2(), 0.95f);
+  EXPECT_FLOAT_EQ(c.embedding_lr_scale(), 1.0f);
+  EXPECT_EQ(c.eval_every(), 50);
+  EXPECT_EQ(c.save_every(), 50);
+  EXPECT_EQ(c.device(), "cpu");
+  EXPECT_EQ(resolved_warmup_steps(c, 900), 45);
+  EXPECT_NE(to_text(c).find("max_prompt_tokens: 192"), std::string::npos) << to_text(c);
+  // weight_decay: 0 now means no decay (it used to mean "the default").
+  const auto d = resolved_train_config(parse_train_config("weight_decay: 0\nwarmup_steps: 0\n", "d"));
+  EXPECT_FLOAT_EQ(d.weight_decay(), 0.0f);
+  EXPECT_EQ(resolved_warmup_steps(d, 900), 0);
 }
 
 TEST(PairMetrics, HandComputed) {
