@@ -6,8 +6,8 @@
 // Files may be gzip-compressed (detected from the content).
 //
 // Torch-free on purpose: this file is its own library (rlhf_comparisons) that both rlhf_reward and
-// rlhf_annotation link, so the HH splitter and rankings -> pairs exist once. annotation/ may
-// include this header; reward/ must never include annotation/.
+// rlhf_annotation link, so the HH splitter and rankings -> pairs exist once. The annotation
+// module may include this header; nothing in reward/ may include an annotation header.
 #pragma once
 
 #include <cstdint>
