@@ -66,6 +66,11 @@ std::string read_file_maybe_gzip(const std::string& path) {
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
   }
+  // gzread reports a stream cut short only through the error state (Z_BUF_ERROR), after
+  // returning the bytes it could decompress: check it, so a truncated file is not read as short.
+  int err = Z_OK;
+  gzerror(f.get(), &err);
+  if (err == Z_BUF_ERROR) throw Error("cannot read " + path + ": the gzip data is truncated");
   return out;
 }
 
