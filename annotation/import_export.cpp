@@ -1,44 +1,23 @@
 #include "annotation/import_export.h"
 
-#include <zlib.h>
-
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "annotation/ranking.h"
 #include "common/error.h"
+#include "common/files.h"
+#include "reward/comparisons.h"
 
 namespace rlhf::annotation {
 
 using nlohmann::json;
-
-std::string read_maybe_gzip(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files transparently
-  if (!f) throw Error("cannot open " + path);
-  std::string out;
-  char buf[1 << 16];
-  for (;;) {
-    int n = gzread(f, buf, sizeof buf);
-    if (n < 0) {
-      int err = 0;
-      std::string msg = gzerror(f, &err);
-      gzclose(f);
-      throw Error("cannot read " + path + ": " + msg);
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  gzclose(f);
-  return out;
-}
 
 namespace {
 
 // Calls fn(line_number, parsed_object) for each non-blank line.
 template <typename Fn>
 void for_each_json_line(const std::string& path, Fn fn) {
-  std::string data = read_maybe_gzip(path);
+  std::string data = read_file_maybe_gzip(path);
   std::istringstream in(data);
   std::string line;
   int64_t lineno = 0;
@@ -98,23 +77,6 @@ int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
   return added;
 }
 
-bool split_hh(const std::string& chosen, const std::string& rejected, std::string* prompt,
-              std::string* chosen_answer, std::string* rejected_answer) {
-  static const std::string kMarker = "\n\nAssistant:";
-  size_t c = chosen.rfind(kMarker), r = rejected.rfind(kMarker);
-  if (c == std::string::npos || r == std::string::npos) return false;
-  if (c != r || chosen.compare(0, c, rejected, 0, r) != 0) return false;
-  *prompt = chosen.substr(0, c + kMarker.size());
-  auto strip = [](std::string s) {
-    size_t b = s.find_first_not_of(" \n");
-    size_t e = s.find_last_not_of(" \n");
-    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-  };
-  *chosen_answer = strip(chosen.substr(c + kMarker.size()));
-  *rejected_answer = strip(rejected.substr(r + kMarker.size()));
-  return true;
-}
-
 ImportResult import_preferences(Store& store, const std::string& path, const std::string& format) {
   if (format != "pairs" && format != "hh")
     throw Error("--format: expected pairs or hh, got '" + format + "'");
@@ -138,8 +100,8 @@ ImportResult import_preferences(Store& store, const std::string& path, const std
       rejected = string_field(j, "rejected");
       who = j.contains("annotator") ? string_field(j, "annotator") : "import:pairs";
     } else {
-      if (!split_hh(string_field(j, "chosen"), string_field(j, "rejected"), &t.prompt, &chosen,
-                    &rejected)) {
+      if (!reward::split_hh_dialogues(string_field(j, "chosen"), string_field(j, "rejected"),
+                                      &t.prompt, &chosen, &rejected)) {
         ++result.skipped;
         return;
       }
@@ -193,11 +155,16 @@ int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out)
       ++lines;
     } else {
       if (!r.counts() || r.none_acceptable) continue;
-      for (auto [better, worse] : ranking_pairs(r.groups)) {
+      reward::Ranking ranking{t.prompt, "", {}};
+      for (const auto& group : r.groups) {
+        ranking.tiers.emplace_back();
+        for (int index : group) ranking.tiers.back().push_back(t.answers.at(index));
+      }
+      for (const auto& c : reward::ranking_to_comparisons(ranking)) {
         json j = {{"schema_version", kExportSchemaVersion},
-                  {"prompt", t.prompt},
-                  {"chosen", t.answers.at(better)},
-                  {"rejected", t.answers.at(worse)},
+                  {"prompt", c.prompt},
+                  {"chosen", c.chosen},
+                  {"rejected", c.rejected},
                   {"task_id", r.task_id},
                   {"annotator", r.annotator}};
         out << j.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';

@@ -3,7 +3,8 @@
 //
 // Export formats (one JSON object per line, UTF-8; `schema_version` is kExportSchemaVersion):
 //   pairs:    {"schema_version","prompt","chosen","rejected","task_id","annotator"}: every ordered
-//             pair across tie groups of every ranking (skips, flags and none-acceptable give none).
+//             pair across tie groups of every ranking (reward::ranking_to_comparisons; skips,
+//             flags and none-acceptable give none, nor do two answers with the same text).
 //   rankings: {"schema_version","task_id","annotator","prompt","answers","groups",
 //             "none_acceptable","skipped","flag","seconds","created_at"}: one line per judgement;
 //             groups are answer indices, best first, ties in one inner list.
@@ -20,9 +21,6 @@ namespace rlhf::annotation {
 
 constexpr int kExportSchemaVersion = 1;
 
-// Reads a whole file, gunzipping it when it is gzip-compressed (any name). Throws rlhf::Error.
-std::string read_maybe_gzip(const std::string& path);
-
 // Adds one task per line `{"prompt": "...", "answers": ["...", ...]}` (optional: "model",
 // "sampling" (object), "overlap" (overrides `overlap`)). All lines or none are added (one
 // transaction). Blank lines are skipped. Errors name the file and line. Returns tasks added.
@@ -36,18 +34,13 @@ struct ImportResult {
 // Imports preference data as completed tasks (overlap 1) ranked by an inactive annotator:
 //   "pairs": lines {"prompt","chosen","rejected"[,"annotator"]} (our own export is accepted);
 //            the author is "import:pairs" unless the line names one.
-//   "hh":    Anthropic HH-RLHF lines {"chosen","rejected"}, whole dialogues that share everything
-//            up to the final "\n\nAssistant:"; that prefix is the prompt, the final assistant
-//            turns are the answers; author "import:hh".
-// One transaction. Files may be gzip-compressed.
+//   "hh":    Anthropic HH-RLHF lines {"chosen","rejected"}, split by
+//            reward::split_hh_dialogues (the shared text up to the final "\n\nAssistant:" is the
+//            prompt, the final assistant turns are the answers); author "import:hh".
+// One transaction. Files may be gzip-compressed (rlhf::read_file_maybe_gzip).
 ImportResult import_preferences(Store& store, const std::string& path, const std::string& format);
 
 // Writes the export (see above) to `out`; returns the lines written.
 int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out);
-
-// Splits an HH dialogue pair into (prompt, chosen answer, rejected answer); false when the two
-// dialogues do not share the prefix up to their final "\n\nAssistant:".
-bool split_hh(const std::string& chosen, const std::string& rejected, std::string* prompt,
-              std::string* chosen_answer, std::string* rejected_answer);
 
 }  // namespace rlhf::annotation

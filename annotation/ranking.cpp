@@ -78,15 +78,6 @@ std::string format_ranking(const Groups& groups) {
   return out;
 }
 
-std::vector<std::pair<int, int>> ranking_pairs(const Groups& groups) {
-  std::vector<std::pair<int, int>> pairs;
-  for (size_t g = 0; g < groups.size(); ++g)
-    for (size_t h = g + 1; h < groups.size(); ++h)
-      for (int better : groups[g])
-        for (int worse : groups[h]) pairs.emplace_back(better, worse);
-  return pairs;
-}
-
 std::string groups_to_json(const Groups& groups) { return nlohmann::json(groups).dump(); }
 
 Groups groups_from_json(const std::string& json) {

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace rlhf::annotation {
@@ -22,9 +21,8 @@ Groups parse_ranking(const std::string& text, int num_answers);
 // The inverse of parse_ranking: {{1}, {0, 2}, {3}} -> "B>A=C>D".
 std::string format_ranking(const Groups& groups);
 
-// Every ordered pair (better, worse) across groups, InstructGPT-style: K answers in distinct
-// groups give K*(K-1)/2 pairs. Order: by the better answer's group, then the worse one's.
-std::vector<std::pair<int, int>> ranking_pairs(const Groups& groups);
+// Rankings become training pairs through reward::ranking_to_comparisons (reward/comparisons.h,
+// torch-free), the one implementation shared with the reward trainer.
 
 // Groups <-> compact JSON text ("[[1],[0,2],[3]]"), the form stored in SQLite and exported.
 std::string groups_to_json(const Groups& groups);

@@ -333,6 +333,14 @@ int64_t Store::task_count() {
   return n;
 }
 
+std::vector<std::string> Store::prompts() {
+  auto& s = stmt("SELECT text FROM prompts ORDER BY id");
+  std::vector<std::string> out;
+  while (s.step()) out.push_back(s.text(0));
+  s.reset();
+  return out;
+}
+
 // ---------------- queue ----------------
 
 std::optional<int64_t> Store::held_lease(int64_t annotator_id, double now) {

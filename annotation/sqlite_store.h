@@ -139,6 +139,8 @@ class Store {
   int64_t add_task(const TaskInput& task, int overlap);
   std::optional<TaskView> task(int64_t task_id);
   int64_t task_count();
+  // Every distinct prompt text (table prompts), in id order (the order they were first added).
+  std::vector<std::string> prompts();
 
   // --- queue and leases (times are Unix seconds) ---
   // The task this annotator holds an unexpired lease on, if any (the lowest id).

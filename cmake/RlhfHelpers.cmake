@@ -1,4 +1,5 @@
-# Small helpers shared by every module's CMakeLists.txt.
+# Small helpers shared by every module's CMakeLists.txt. Warning flags (-Wall -Wextra, -Werror
+# with RLHF_WERROR) are set for every target in the top-level CMakeLists.txt.
 
 # One precompiled-header carrier for <torch/torch.h>; torch targets reuse it so the
 # ~30 s header parse happens once per build, not once per target.
@@ -20,7 +21,6 @@ function(rlhf_add_module name)
   add_library(${name} STATIC ${ARG_SOURCES})
   target_include_directories(${name} PUBLIC ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR})
   target_link_libraries(${name} PUBLIC ${ARG_DEPS})
-  target_compile_options(${name} PRIVATE -Wall -Wextra -Wno-unused-parameter)
   if(ARG_TORCH)
     rlhf_use_torch(${name})
   endif()

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <cstring>
@@ -46,6 +47,31 @@ std::string read_file(const std::string& path) {
   ss << in.rdbuf();
   if (in.bad()) throw Error("error while reading " + path);
   return ss.str();
+}
+
+std::string read_file_maybe_gzip(const std::string& path) {
+  errno = 0;
+  std::unique_ptr<gzFile_s, int (*)(gzFile)> f(gzopen(path.c_str(), "rb"), gzclose);
+  if (!f) throw Error("cannot read " + path + ": " + (errno ? errno_text() : "gzopen failed"));
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    int n = gzread(f.get(), buf, sizeof buf);
+    if (n < 0) {
+      int err = 0;
+      const char* msg = gzerror(f.get(), &err);
+      throw Error("cannot read " + path + ": " +
+                  (err == Z_ERRNO ? errno_text() : std::string(msg ? msg : "gzip error")));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  // gzread reports a stream cut short only through the error state (Z_BUF_ERROR), after
+  // returning the bytes it could decompress: check it, so a truncated file is not read as short.
+  int err = Z_OK;
+  gzerror(f.get(), &err);
+  if (err == Z_BUF_ERROR) throw Error("cannot read " + path + ": the gzip data is truncated");
+  return out;
 }
 
 void write_file_atomic(const std::string& path, const std::string& data) {

@@ -1,4 +1,4 @@
-// File helpers: whole-file reads, atomic writes (temp + fsync + rename) and content hashes.
+// File helpers: whole-file reads (plain or gzip), atomic writes (temp + fsync + rename) and content hashes.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +8,11 @@ namespace rlhf {
 
 // Reads a whole file; throws rlhf::Error naming the path when it cannot be read.
 std::string read_file(const std::string& path);
+
+// Reads a whole file, gunzipping it when its content is gzip-compressed (detected from the gzip
+// magic bytes, whatever the name; plain files are returned as they are). Throws rlhf::Error
+// naming the path when it cannot be opened or is a damaged gzip stream.
+std::string read_file_maybe_gzip(const std::string& path);
 
 // Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename, fsync of the
 // folder. Readers see either the old or the new content, never a partial file.

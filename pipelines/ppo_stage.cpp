@@ -7,10 +7,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <sqlite3.h>
-
-#include <memory>
-
 #include "annotation/sqlite_store.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -38,15 +34,7 @@ std::vector<std::string> annotation_db_prompts(const std::string& path) {
   annotation::StoreOptions so;
   so.create = false;
   annotation::Store store(path, so);
-  sqlite3_stmt* raw = nullptr;
-  if (sqlite3_prepare_v2(store.db(), "SELECT text FROM prompts ORDER BY id", -1, &raw, nullptr) !=
-      SQLITE_OK)
-    throw Error(path + ": cannot read the prompts table: " + sqlite3_errmsg(store.db()));
-  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
-  std::vector<std::string> out;
-  while (sqlite3_step(stmt.get()) == SQLITE_ROW)
-    out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(stmt.get(), 0)));
-  return out;
+  return store.prompts();
 }
 
 // {"prompt": "text"} (needs the tokenizer) or {"prompt_ids": [...]} per line; or an annotation

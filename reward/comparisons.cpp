@@ -1,7 +1,5 @@
 #include "reward/comparisons.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -17,14 +15,10 @@ namespace rlhf::reward {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // Calls fn(line_number, line) for every line of the file (1-based).
 template <typename Fn>
 void for_each_line(const std::string& path, Fn fn) {
-  std::string text = read_text_maybe_gz(path);
+  std::string text = read_file_maybe_gzip(path);
   int64_t line_no = 0;
   size_t start = 0;
   while (start < text.size()) {
@@ -67,22 +61,6 @@ std::string string_field(const nlohmann::json& j, const char* name, const std::s
 
 }  // namespace
 
-std::string read_text_maybe_gz(const std::string& path) {
-  if (!ends_with(path, ".gz")) return read_file(path);
-  std::unique_ptr<gzFile_s, int (*)(gzFile)> f(gzopen(path.c_str(), "rb"), gzclose);
-  if (!f) throw Error(path + ": cannot open (gzip)");
-  std::string out;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f.get(), buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  if (n < 0) {
-    int err = 0;
-    const char* msg = gzerror(f.get(), &err);
-    throw Error(path + ": gzip read error: " + (msg ? msg : "unknown"));
-  }
-  return out;
-}
-
 std::vector<Comparison> ranking_to_comparisons(const Ranking& ranking) {
   std::vector<Comparison> out;
   for (size_t i = 0; i < ranking.tiers.size(); ++i)
@@ -121,36 +99,43 @@ std::vector<Comparison> read_pairs_jsonl(const std::string& path) {
   return out;
 }
 
-void split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
+bool split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
                         std::string* prompt, std::string* chosen, std::string* rejected) {
   static const std::string kAssistant = "\n\nAssistant:";
-  size_t common = 0, n = std::min(chosen_dialogue.size(), rejected_dialogue.size());
-  while (common < n && chosen_dialogue[common] == rejected_dialogue[common]) ++common;
-  // The last assistant turn that starts inside the shared prefix.
-  size_t cut = 0;
-  if (common >= kAssistant.size()) {
-    size_t k = chosen_dialogue.rfind(kAssistant, common - kAssistant.size());
-    if (k != std::string::npos) cut = k + kAssistant.size();
-  }
+  size_t c = chosen_dialogue.rfind(kAssistant), r = rejected_dialogue.rfind(kAssistant);
+  if (c == std::string::npos || c != r) return false;
+  if (chosen_dialogue.compare(0, c, rejected_dialogue, 0, r) != 0) return false;
+  auto strip = [](const std::string& s) {
+    size_t b = s.find_first_not_of(" \n");
+    size_t e = s.find_last_not_of(" \n");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+  };
+  const size_t cut = c + kAssistant.size();
   *prompt = chosen_dialogue.substr(0, cut);
-  *chosen = chosen_dialogue.substr(cut);
-  *rejected = rejected_dialogue.substr(cut);
+  *chosen = strip(chosen_dialogue.substr(cut));
+  *rejected = strip(rejected_dialogue.substr(cut));
+  return true;
 }
 
-std::vector<Comparison> read_hh_jsonl(const std::string& path) {
+std::vector<Comparison> read_hh_jsonl(const std::string& path, int64_t* skipped) {
   std::vector<Comparison> out;
+  int64_t left_out = 0;
   for_each_line(path, [&](int64_t line_no, const std::string& line) {
     if (is_blank(line)) return;
     nlohmann::json j = parse_object(path, line_no, line);
     Comparison c;
-    split_hh_dialogues(string_field(j, "chosen", path, line_no),
-                       string_field(j, "rejected", path, line_no), &c.prompt, &c.chosen,
-                       &c.rejected);
+    if (!split_hh_dialogues(string_field(j, "chosen", path, line_no),
+                            string_field(j, "rejected", path, line_no), &c.prompt, &c.chosen,
+                            &c.rejected) ||
+        c.chosen == c.rejected) {
+      ++left_out;
+      return;
+    }
     c.line = line_no;
     c.group = "prompt:" + c.prompt;
-    if (c.chosen == c.rejected) return;
     out.push_back(std::move(c));
   });
+  if (skipped) *skipped = left_out;
   return out;
 }
 

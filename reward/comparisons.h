@@ -3,7 +3,11 @@
 // Sources: the annotation export's pairs JSONL ({"schema_version","prompt","chosen","rejected",
 // "task_id","annotator"}), Anthropic HH-RLHF JSONL ({"chosen","rejected"} whole dialogues), and
 // rankings (ordered groups of answers with ties) expanded into every ordered pair across groups.
-// Torch-free. Files may be gzip-compressed (.gz).
+// Files may be gzip-compressed (detected from the content).
+//
+// Torch-free on purpose: this file is its own library (rlhf_comparisons) that both rlhf_reward and
+// rlhf_annotation link, so the HH splitter and rankings -> pairs exist once. The annotation
+// module may include this header; nothing in reward/ may include an annotation header.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +32,10 @@ struct Ranking {
   std::vector<std::vector<std::string>> tiers;
 };
 
-// Every ordered pair (better tier, worse tier); tied answers produce no pair.
-// A ranking of K answers in K distinct tiers yields K(K-1)/2 comparisons.
+// Every ordered pair (better tier, worse tier); tied answers produce no pair, nor does the same
+// text on both sides. A ranking of K distinct answers in K distinct tiers yields K(K-1)/2
+// comparisons. Order: by the better answer's tier, then the worse one's, then position in tier.
+// `group` of each comparison is ranking.group (the prompt when that is empty).
 std::vector<Comparison> ranking_to_comparisons(const Ranking& ranking);
 
 // Reads the pairs JSONL export. Blank lines are skipped; a line that is not a JSON object with
@@ -37,12 +43,18 @@ std::vector<Comparison> ranking_to_comparisons(const Ranking& ranking);
 // rlhf::Error "<path>:<line>: ...". Pairs with chosen == rejected (ties) are dropped.
 std::vector<Comparison> read_pairs_jsonl(const std::string& path);
 
-// Reads HH-RLHF JSONL: each side is a whole dialogue; the shared prefix up to and including the
-// last "\n\nAssistant:" both sides share is the prompt, the rest the answers.
-std::vector<Comparison> read_hh_jsonl(const std::string& path);
+// Reads HH-RLHF JSONL {"chosen","rejected"}: each side is a whole dialogue, split with
+// split_hh_dialogues. Lines that cannot be split, or whose two answers are equal, are left out
+// and counted in *skipped (when given). A line that is not a JSON object with string
+// "chosen"/"rejected" fields throws rlhf::Error "<path>:<line>: ...".
+std::vector<Comparison> read_hh_jsonl(const std::string& path, int64_t* skipped = nullptr);
 
-// Splits an HH pair of dialogues into (prompt, chosen answer, rejected answer).
-void split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
+// Splits an HH pair of dialogues into (prompt, chosen answer, rejected answer). Both dialogues
+// must have their final "\n\nAssistant:" at the same offset with identical text before it;
+// the prompt is that shared text including the marker, the answers are the final assistant
+// turns with leading/trailing spaces and newlines removed. Returns false (outputs untouched)
+// when the dialogues do not have that shape (e.g. they diverge in an earlier turn).
+bool split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
                         std::string* prompt, std::string* chosen, std::string* rejected);
 
 // Dispatches on format: "pairs" or "hh"; throws naming the format otherwise.
@@ -62,8 +74,5 @@ std::vector<std::vector<size_t>> make_batches(const std::vector<Comparison>& com
 // Writes every distinct prompt and answer of `comparisons` as one line of `path` (newlines and
 // tabs become spaces), e.g. the training text of a tokenizer. Returns the lines written.
 int64_t write_text_corpus(const std::vector<Comparison>& comparisons, const std::string& path);
-
-// Reads a whole text file, decompressing gzip when the name ends in ".gz".
-std::string read_text_maybe_gz(const std::string& path);
 
 }  // namespace rlhf::reward

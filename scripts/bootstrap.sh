@@ -15,6 +15,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   zlib1g-dev                    # reading .jsonl.gz
   nlohmann-json3-dev            # JSON lines, HF config.json, safetensors headers
+  clang-format                  # scripts/check_format.sh (.clang-format)
 )
 
 SUDO=""

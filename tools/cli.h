@@ -10,11 +10,21 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rlhf::cli {
 
 struct FlagSpec {
+  // {"name", "help"} or with the later fields too: the table entries in tools/cmd_*.cpp.
+  FlagSpec(std::string name_, std::string help_, std::string default_value_ = "",
+           bool is_bool_ = false, bool required_ = false)
+      : name(std::move(name_)),
+        help(std::move(help_)),
+        default_value(std::move(default_value_)),
+        is_bool(is_bool_),
+        required(required_) {}
+
   std::string name;           // without leading dashes, e.g. "max-new-tokens"
   std::string help;
   std::string default_value;  // shown in --help; "" means none

@@ -77,8 +77,11 @@ TEST(ImportExport, ExportsEveryCrossGroupPairAndRankings) {
   EXPECT_EQ(p[0]["rejected"], "a0");
   EXPECT_EQ(p[0]["task_id"], 1);
   EXPECT_EQ(p[0]["annotator"], "alice");
-  EXPECT_EQ(p[4]["chosen"], "a2");
-  EXPECT_EQ(p[4]["rejected"], "a3");
+  // Order: by the better answer's group, then the worse one's; A = C gives no pair.
+  std::vector<std::pair<std::string, std::string>> got, want = {
+      {"a1", "a0"}, {"a1", "a2"}, {"a1", "a3"}, {"a0", "a3"}, {"a2", "a3"}};
+  for (auto& j : p) got.emplace_back(j["chosen"], j["rejected"]);
+  EXPECT_EQ(got, want);
   std::ostringstream rankings;
   EXPECT_EQ(ann::export_jsonl(store, "rankings", rankings), 1);
   auto r = lines_of(rankings.str())[0];
@@ -106,16 +109,26 @@ TEST(ImportExport, ExportsEveryCrossGroupPairAndRankings) {
   }
 }
 
-TEST(ImportExport, SplitsHhDialogues) {
-  std::string prompt, c, r;
-  ASSERT_TRUE(ann::split_hh("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao",
-                            "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: go away",
-                            &prompt, &c, &r));
-  EXPECT_EQ(prompt, "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant:");
-  EXPECT_EQ(c, "ciao");
-  EXPECT_EQ(r, "go away");
-  EXPECT_FALSE(ann::split_hh("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y",
-                             &prompt, &c, &r));
+TEST(ImportExport, ImportsHhLinesThatSplitAndCountsTheRest) {
+  TempDir dir("io");
+  ann::Store store(dir / "a.db");
+  auto line = [](const std::string& c, const std::string& r) {
+    return json{{"chosen", c}, {"rejected", r}}.dump() + "\n";
+  };
+  write(dir / "hh.jsonl",
+        line("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao ",
+             "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: go away") +
+            // diverges in an earlier turn: no single shared prompt
+            line("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y") +
+            // the same final answer: nothing to learn
+            line("\n\nHuman: q\n\nAssistant: same", "\n\nHuman: q\n\nAssistant:  same\n"));
+  auto res = ann::import_preferences(store, dir / "hh.jsonl", "hh");
+  EXPECT_EQ(res.imported, 1);
+  EXPECT_EQ(res.skipped, 2);
+  auto t = store.task(1);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->prompt, "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant:");
+  EXPECT_EQ(t->answers, (std::vector<std::string>{"ciao", "go away"}));
 }
 
 TEST(ImportExport, ImportsRealHhRlhfGzip) {

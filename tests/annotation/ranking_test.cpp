@@ -34,16 +34,6 @@ TEST(Ranking, RejectsNonPermutationsWithAReason) {
   EXPECT_TRUE(ann::is_permutation({{1, 0}}, 2, &why));
 }
 
-TEST(Ranking, PairsCrossGroupsOnly) {
-  // B > A = C > D: B beats A, C, D; A and C beat D; A vs C is a tie (no pair).
-  auto pairs = ann::ranking_pairs({{1}, {0, 2}, {3}});
-  std::vector<std::pair<int, int>> want = {{1, 0}, {1, 2}, {1, 3}, {0, 3}, {2, 3}};
-  EXPECT_EQ(pairs, want);
-  // K answers in distinct groups: K*(K-1)/2 pairs.
-  EXPECT_EQ(ann::ranking_pairs({{0}, {1}, {2}, {3}, {4}}).size(), 10u);
-  EXPECT_TRUE(ann::ranking_pairs({{0, 1, 2}}).empty());
-}
-
 TEST(Ranking, JsonRoundTrip) {
   ann::Groups g{{2}, {0, 1}};
   EXPECT_EQ(ann::groups_to_json(g), "[[2],[0,1]]");

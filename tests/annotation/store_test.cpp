@@ -128,6 +128,27 @@ TEST(Store, TasksKeepAnswersInOrderWithTheirOrigin) {
   EXPECT_FALSE(store.task(12345));
 }
 
+TEST(Store, PromptsAreDistinctAndInTheOrderFirstAdded) {
+  TempDir dir("store");
+  ann::Store store(dir / "a.db");
+  EXPECT_TRUE(store.prompts().empty());
+  {
+    ann::Store::Transaction txn(store);
+    store.add_task({"zebra?", {"a", "b"}, "", "", "test"}, 1);
+    store.add_task({"apple?", {"a", "b"}, "", "", "test"}, 1);
+    store.add_task({"zebra?", {"c", "d"}, "", "", "test"}, 1);  // shares the first prompt row
+    store.add_task({"line one\nline two", {"a", "b"}, "", "", "test"}, 1);
+    txn.commit();
+  }
+  EXPECT_EQ(store.prompts(),
+            (std::vector<std::string>{"zebra?", "apple?", "line one\nline two"}));
+  // A second connection (read-only use, as the ppo stage opens it) sees the same list.
+  ann::StoreOptions so;
+  so.create = false;
+  ann::Store reader(dir / "a.db", so);
+  EXPECT_EQ(reader.prompts().size(), 3u);
+}
+
 TEST(Store, TransactionRollsBackUnlessCommitted) {
   TempDir dir("store");
   ann::Store store(dir / "a.db");

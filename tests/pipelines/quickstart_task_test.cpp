@@ -281,7 +281,9 @@ TEST(QuickstartTask, GoldTeacherOrdersCorrectCloseWellFormedThenMalformed) {
     ASSERT_EQ(seen, (std::vector<int>{0, 1, 2, 3}));
     bool any_correct = false;
     for (const auto& a : k4) any_correct |= q::is_correct(h, a);
-    if (any_correct) EXPECT_TRUE(q::is_correct(h, k4[groups[0][0]]));
+    if (any_correct) {
+      EXPECT_TRUE(q::is_correct(h, k4[groups[0][0]]));
+    }
     // Distances never decrease down the ranking.
     int last = -1;
     for (const auto& g : groups) {

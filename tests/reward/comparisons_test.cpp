@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/error.h"
@@ -28,7 +29,13 @@ TEST(Comparisons, RankingWithTiesYieldsOnlyCrossTierPairs) {
   std::set<std::pair<std::string, std::string>> want{
       {"B", "A"}, {"B", "C"}, {"B", "D"}, {"A", "D"}, {"C", "D"}};
   EXPECT_EQ(got, want);
-  EXPECT_EQ(cs.size(), 5u);
+  ASSERT_EQ(cs.size(), 5u);
+  // Order: by the better answer's tier, then the worse one's (the annotation export's order).
+  EXPECT_EQ(cs[0].chosen + cs[0].rejected, "BA");
+  EXPECT_EQ(cs[1].chosen + cs[1].rejected, "BC");
+  EXPECT_EQ(cs[2].chosen + cs[2].rejected, "BD");
+  EXPECT_EQ(cs[3].chosen + cs[3].rejected, "AD");
+  EXPECT_EQ(cs[4].chosen + cs[4].rejected, "CD");
 }
 
 TEST(Comparisons, AllTiedRankingYieldsNoPairs) {
@@ -79,14 +86,54 @@ TEST(Comparisons, BadLineIsNamedByNumber) {
   }
 }
 
-TEST(Comparisons, HhDialoguesSplitAtTheLastSharedAssistantTurn) {
+TEST(Comparisons, HhDialoguesSplitAtTheFinalAssistantTurn) {
   std::string p, c, r;
-  split_hh_dialogues("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: No.",
-                     "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: Nope, sorry.",
-                     &p, &c, &r);
+  ASSERT_TRUE(split_hh_dialogues(
+      "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: No.",
+      "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: Nope, sorry.\n", &p, &c,
+      &r));
   EXPECT_EQ(p, "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant:");
-  EXPECT_EQ(c, " No.");
-  EXPECT_EQ(r, " Nope, sorry.");
+  EXPECT_EQ(c, "No.");  // leading/trailing spaces and newlines removed
+  EXPECT_EQ(r, "Nope, sorry.");
+  // Answers that share a beginning still split at the final marker, not inside the answer.
+  ASSERT_TRUE(split_hh_dialogues("\n\nHuman: q\n\nAssistant: Yes, 4.",
+                                 "\n\nHuman: q\n\nAssistant: Yes, 5.", &p, &c, &r));
+  EXPECT_EQ(p, "\n\nHuman: q\n\nAssistant:");
+  EXPECT_EQ(c, "Yes, 4.");
+}
+
+TEST(Comparisons, HhDialoguesThatDoNotShareTheFinalPromptAreRefused) {
+  std::string p = "untouched", c, r;
+  // Diverging in an earlier turn (the final markers sit at different offsets).
+  EXPECT_FALSE(split_hh_dialogues("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y",
+                                  &p, &c, &r));
+  // Same offsets, different text before the final marker.
+  EXPECT_FALSE(split_hh_dialogues("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: x",
+                                  &p, &c, &r));
+  // One side has an extra exchange.
+  EXPECT_FALSE(split_hh_dialogues("\n\nHuman: a\n\nAssistant: x",
+                                  "\n\nHuman: a\n\nAssistant: x\n\nHuman: more\n\nAssistant: y",
+                                  &p, &c, &r));
+  EXPECT_FALSE(split_hh_dialogues("no markers", "at all", &p, &c, &r));
+  EXPECT_EQ(p, "untouched");
+}
+
+TEST(Comparisons, HhFileLeavesOutLinesThatCannotBeSplit) {
+  rlhf::testing::TempDir dir("cmp");
+  auto line = [](const std::string& c, const std::string& r) {
+    return nlohmann::json{{"chosen", c}, {"rejected", r}}.dump() + "\n";
+  };
+  write(dir / "hh.jsonl", line("\n\nHuman: q\n\nAssistant: good", "\n\nHuman: q\n\nAssistant: bad") +
+                              "\n" + line("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y") +
+                              line("\n\nHuman: q\n\nAssistant: tie", "\n\nHuman: q\n\nAssistant: tie "));
+  int64_t skipped = -1;
+  auto cs = read_hh_jsonl(dir / "hh.jsonl", &skipped);
+  ASSERT_EQ(cs.size(), 1u);
+  EXPECT_EQ(skipped, 2);
+  EXPECT_EQ(cs[0].chosen, "good");
+  EXPECT_EQ(cs[0].rejected, "bad");
+  EXPECT_EQ(cs[0].line, 1);
+  EXPECT_EQ(read_comparisons(dir / "hh.jsonl", "hh").size(), 1u);
 }
 
 TEST(Comparisons, SplitAndBatchesKeepGroupsWhole) {
