@@ -85,9 +85,9 @@ void GroupCommitter::run_batch(std::deque<Job>& batch) {
         }
       } catch (const std::exception& e) {
         // `sp` rolls this request back; the rest of the batch goes on.
-        responses[i] = error_response(proto::Error::INTERNAL,
-                                      std::string("store error: ") + e.what(),
-                                      batch[i].request.request_id());
+        responses[i] =
+            error_response(proto::Error::INTERNAL, std::string("store error: ") + e.what(),
+                           batch[i].request.request_id());
         std::fprintf(stderr, "annotation server: request failed: %s\n", e.what());
       }
     }
@@ -101,8 +101,8 @@ void GroupCommitter::run_batch(std::deque<Job>& batch) {
     for (size_t i = 0; i < batch.size(); ++i)
       if (!answered[i])
         responses[i] = error_response(proto::Error::INTERNAL,
-                                    "the commit failed, nothing was stored: " + failure,
-                                    batch[i].request.request_id());
+                                      "the commit failed, nothing was stored: " + failure,
+                                      batch[i].request.request_id());
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -84,8 +84,8 @@ Groups groups_from_json(const std::string& json) {
   try {
     return nlohmann::json::parse(json).get<Groups>();
   } catch (const std::exception& e) {
-    throw Error("ranking groups '" + json + "' are not a JSON list of lists of integers: " +
-                e.what());
+    throw Error("ranking groups '" + json +
+                "' are not a JSON list of lists of integers: " + e.what());
   }
 }
 

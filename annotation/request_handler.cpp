@@ -9,8 +9,7 @@
 namespace rlhf::annotation {
 
 double unix_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 proto::Response error_response(proto::Error::Code code, const std::string& message,
@@ -29,10 +28,10 @@ RequestHandler::RequestHandler(Store& store, HandlerOptions options, std::functi
 proto::Response RequestHandler::handle(const proto::Request& request, SessionState& session) {
   proto::Response response;
   if (request.schema_version() > kProtocolVersion) {
-    response = error_response(proto::Error::UNSUPPORTED_VERSION,
-                              "request schema_version " + std::to_string(request.schema_version()) +
-                                  " is newer than the server's " +
-                                  std::to_string(kProtocolVersion));
+    response =
+        error_response(proto::Error::UNSUPPORTED_VERSION,
+                       "request schema_version " + std::to_string(request.schema_version()) +
+                           " is newer than the server's " + std::to_string(kProtocolVersion));
   } else if (request.body_case() == proto::Request::kHello) {
     auto a = store_.annotator_by_token(request.hello().token());
     if (!a || !a->active) {
@@ -124,7 +123,8 @@ proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t an
   if (kinds != 1)
     return error_response(proto::Error::BAD_MESSAGE,
                           "a submission needs exactly one of: groups, none_acceptable, skip, flag "
-                          "(got " + std::to_string(kinds) + ")");
+                          "(got " +
+                              std::to_string(kinds) + ")");
   if (!std::isfinite(s.seconds()) || s.seconds() < 0)
     return error_response(proto::Error::BAD_MESSAGE, "seconds must be a finite number >= 0");
   RankingRecord rec;
@@ -143,9 +143,9 @@ proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t an
     }
     std::string why;
     if (!is_permutation(rec.groups, n, &why))
-      return error_response(proto::Error::NOT_PERMUTATION,
-                            "task " + std::to_string(task->id) + " has " + std::to_string(n) +
-                                " answers; the ranking " + why);
+      return error_response(proto::Error::NOT_PERMUTATION, "task " + std::to_string(task->id) +
+                                                               " has " + std::to_string(n) +
+                                                               " answers; the ranking " + why);
   }
   if (store_.ranking_of(task->id, annotator_id))
     return error_response(proto::Error::ALREADY_SUBMITTED,

@@ -92,12 +92,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void read() {
     if (closing_) return close();
     auto self = shared_from_this();
-    socket_.async_read_some(asio::buffer(buf_), [this, self](boost::system::error_code ec,
-                                                             size_t n) {
-      if (ec) return close();  // EOF (a truncated frame is dropped) or error
-      decoder_.feed(buf_.data(), n);
-      process();
-    });
+    socket_.async_read_some(asio::buffer(buf_),
+                            [this, self](boost::system::error_code ec, size_t n) {
+                              if (ec)
+                                return close();  // EOF (a truncated frame is dropped) or error
+                              decoder_.feed(buf_.data(), n);
+                              process();
+                            });
   }
 
   // Takes the next complete frame, if any, and handles it; otherwise reads more.
@@ -180,8 +181,7 @@ Server::Impl::Impl(ServerOptions o)
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode))
       throw Error("socket path " + path + " exists and is not a socket; refusing to replace it");
-    if (socket_is_live(path))
-      throw Error("another server is already listening on " + path);
+    if (socket_is_live(path)) throw Error("another server is already listening on " + path);
     if (::unlink(path.c_str()) != 0)
       throw Error("cannot remove the stale socket " + path + ": " + std::strerror(errno));
   }

@@ -21,7 +21,7 @@ struct SimulateOptions {
 
 struct SimulateResult {
   int64_t acknowledged = 0;  // SubmitOk received
-  int64_t rejected = 0;      // submissions answered with an Error (e.g. TASK_FULL after a lost lease)
+  int64_t rejected = 0;  // submissions answered with an Error (e.g. TASK_FULL after a lost lease)
   int reconnects = 0;
 };
 

@@ -92,8 +92,7 @@ std::string random_token() {
 }
 
 double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -103,7 +102,8 @@ Store::Store(const std::string& path, StoreOptions options) : path_(path) {
   if (!exists && !options.create)
     throw Error("annotation database " + path + " does not exist (create it with add-tasks)");
   sqlite3* raw = nullptr;
-  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (options.create ? SQLITE_OPEN_CREATE : 0);
+  int flags =
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (options.create ? SQLITE_OPEN_CREATE : 0);
   int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   db_.reset(raw);
   if (rc != SQLITE_OK) internal::throw_sqlite(raw, "opening annotation database " + path);
@@ -112,10 +112,10 @@ Store::Store(const std::string& path, StoreOptions options) : path_(path) {
     exec(db_.get(), "PRAGMA foreign_keys=ON");
     {
       Statement wal(db_.get(), "PRAGMA journal_mode=WAL");
-      if (!wal.step() || wal.text(0) != "wal")
-        throw Error("could not switch to WAL mode");
+      if (!wal.step() || wal.text(0) != "wal") throw Error("could not switch to WAL mode");
     }
-    exec(db_.get(), options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+    exec(db_.get(),
+         options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
     migrate();
   } catch (const Error& e) {
     throw Error("annotation database " + path + ": " + e.what());

@@ -67,7 +67,7 @@ struct RankingRecord {
   Groups groups;          // empty unless it is a ranking
   bool none_acceptable = false;
   bool skipped = false;
-  std::string flag;       // "" unless flagged
+  std::string flag;  // "" unless flagged
   double seconds = 0;
   std::string created_at;  // ISO 8601 UTC
   double created_unix = 0;

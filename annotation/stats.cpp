@@ -39,7 +39,8 @@ bool kendall_tau_b(const std::vector<int>& a, const std::vector<int>& b, double*
       if (sb == 0) ++ties_b;
       if (sa != 0 && sb != 0) (sa == sb ? concordant : discordant)++;
     }
-  double denom = std::sqrt(static_cast<double>(pairs - ties_a) * static_cast<double>(pairs - ties_b));
+  double denom =
+      std::sqrt(static_cast<double>(pairs - ties_a) * static_cast<double>(pairs - ties_b));
   if (denom <= 0) return false;
   *tau = static_cast<double>(concordant - discordant) / denom;
   return true;
@@ -149,8 +150,8 @@ std::string stats_to_text(const Stats& s) {
                 "judged", "rankings", "skips", "flags", "median s");
   out += line;
   for (const auto& a : s.annotators) {
-    std::snprintf(line, sizeof line, "%-24s %6s %8lld %8lld %6lld %6lld %10.1f\n",
-                  a.name.c_str(), a.active ? "yes" : "no", static_cast<long long>(a.submissions),
+    std::snprintf(line, sizeof line, "%-24s %6s %8lld %8lld %6lld %6lld %10.1f\n", a.name.c_str(),
+                  a.active ? "yes" : "no", static_cast<long long>(a.submissions),
                   static_cast<long long>(a.rankings), static_cast<long long>(a.skips),
                   static_cast<long long>(a.flags), a.median_seconds);
     out += line;

@@ -63,8 +63,7 @@ std::string trim(const std::string& s) {
 }  // namespace
 
 TerminalClientResult run_terminal_client(AnnotationClient& client, std::istream& in,
-                                         std::ostream& out,
-                                         const TerminalClientOptions& options) {
+                                         std::ostream& out, const TerminalClientOptions& options) {
   TerminalClientResult result;
   bool waiting_note = false;
   for (;;) {
@@ -96,11 +95,10 @@ TerminalClientResult run_terminal_client(AnnotationClient& client, std::istream&
     out << rule << "\n";
     if (pr.has_progress()) {
       char buf[200];
-      std::snprintf(buf, sizeof buf, "Task %lld   done %lld, remaining %lld, your median %.1f s\n",
-                    static_cast<long long>(task.task_id()),
-                    static_cast<long long>(pr.progress().done()),
-                    static_cast<long long>(pr.progress().remaining()),
-                    pr.progress().median_seconds());
+      std::snprintf(
+          buf, sizeof buf, "Task %lld   done %lld, remaining %lld, your median %.1f s\n",
+          static_cast<long long>(task.task_id()), static_cast<long long>(pr.progress().done()),
+          static_cast<long long>(pr.progress().remaining()), pr.progress().median_seconds());
       out << buf;
     }
     out << "\nPrompt:\n" << wrap_text(task.prompt(), options.width, "  ") << "\n";
@@ -168,7 +166,8 @@ TerminalClientResult run_terminal_client(AnnotationClient& client, std::istream&
           continue;
         }
       }
-      s->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - shown).count());
+      s->set_seconds(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - shown).count());
       proto::Response ack = client.call(sub);
       if (ack.has_submitted()) {
         ++result.submitted;

@@ -15,7 +15,7 @@
 namespace rlhf::annotation {
 
 struct TerminalClientOptions {
-  int width = 80;            // wrap text to this many columns
+  int width = 80;                // wrap text to this many columns
   double idle_poll_seconds = 2;  // wait between polls while other annotators hold the last tasks
 };
 

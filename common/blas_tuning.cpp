@@ -38,9 +38,9 @@ void tune_blas_or_reexec(int argc, char** argv) {
   std::transform(core.begin(), core.end(), core.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   // OpenBLAS's names for pre-AVX2 x86 kernels (what it falls back to on unknown CPUs).
-  static const std::vector<std::string> kOld = {"prescott", "core2",     "penryn", "dunnington",
-                                                "nehalem",  "sandybridge", "atom",  "katmai",
-                                                "coppermine", "northwood", "banias", "generic"};
+  static const std::vector<std::string> kOld = {"prescott",   "core2",       "penryn", "dunnington",
+                                                "nehalem",    "sandybridge", "atom",   "katmai",
+                                                "coppermine", "northwood",   "banias", "generic"};
   if (core.empty() || std::find(kOld.begin(), kOld.end(), core) == kOld.end()) return;
   const std::string best = best_openblas_core_for_cpu();
   if (best.empty()) return;

@@ -1,4 +1,5 @@
-// File helpers: whole-file reads (plain or gzip), atomic writes (temp + fsync + rename) and content hashes.
+// File helpers: whole-file reads (plain or gzip), atomic writes (temp + fsync + rename) and content
+// hashes.
 #pragma once
 
 #include <cstdint>

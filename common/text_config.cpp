@@ -88,16 +88,35 @@ void fill_defaults(Message* msg, bool recurse) {
     }
     if (f->is_repeated() || !f->has_default_value() || r->HasField(*msg, f)) continue;
     switch (f->cpp_type()) {
-      case FieldDescriptor::CPPTYPE_INT32: r->SetInt32(msg, f, f->default_value_int32()); break;
-      case FieldDescriptor::CPPTYPE_INT64: r->SetInt64(msg, f, f->default_value_int64()); break;
-      case FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(msg, f, f->default_value_uint32()); break;
-      case FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(msg, f, f->default_value_uint64()); break;
-      case FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(msg, f, f->default_value_float()); break;
-      case FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(msg, f, f->default_value_double()); break;
-      case FieldDescriptor::CPPTYPE_BOOL: r->SetBool(msg, f, f->default_value_bool()); break;
-      case FieldDescriptor::CPPTYPE_STRING: r->SetString(msg, f, f->default_value_string()); break;
-      case FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(msg, f, f->default_value_enum()); break;
-      default: break;
+      case FieldDescriptor::CPPTYPE_INT32:
+        r->SetInt32(msg, f, f->default_value_int32());
+        break;
+      case FieldDescriptor::CPPTYPE_INT64:
+        r->SetInt64(msg, f, f->default_value_int64());
+        break;
+      case FieldDescriptor::CPPTYPE_UINT32:
+        r->SetUInt32(msg, f, f->default_value_uint32());
+        break;
+      case FieldDescriptor::CPPTYPE_UINT64:
+        r->SetUInt64(msg, f, f->default_value_uint64());
+        break;
+      case FieldDescriptor::CPPTYPE_FLOAT:
+        r->SetFloat(msg, f, f->default_value_float());
+        break;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        r->SetDouble(msg, f, f->default_value_double());
+        break;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        r->SetBool(msg, f, f->default_value_bool());
+        break;
+      case FieldDescriptor::CPPTYPE_STRING:
+        r->SetString(msg, f, f->default_value_string());
+        break;
+      case FieldDescriptor::CPPTYPE_ENUM:
+        r->SetEnum(msg, f, f->default_value_enum());
+        break;
+      default:
+        break;
     }
   }
 }
@@ -109,7 +128,10 @@ ConfigErrors::ConfigErrors(const Message& root, std::string source, const ParseI
 
 ConfigErrors::ConfigErrors(const Descriptor* descriptor, std::string source, std::string prefix,
                            const ParseInfoTree* tree)
-    : descriptor_(descriptor), source_(std::move(source)), prefix_(std::move(prefix)), tree_(tree) {}
+    : descriptor_(descriptor),
+      source_(std::move(source)),
+      prefix_(std::move(prefix)),
+      tree_(tree) {}
 
 int ConfigErrors::line_of(const std::string& path) const {
   const ParseInfoTree* tree = tree_;

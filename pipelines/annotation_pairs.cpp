@@ -11,7 +11,8 @@ namespace rlhf::pipelines {
 
 void export_annotation_pairs(proto::RewardTrainConfig* config) {
   if (config->annotation_db().empty()) return;
-  if (config->out_dir().empty()) throw Error("reward config: field 'out_dir': no output folder given");
+  if (config->out_dir().empty())
+    throw Error("reward config: field 'out_dir': no output folder given");
   const std::string db = config->annotation_db();
   const std::string file = config->out_dir() + "/comparisons.jsonl";
   try {

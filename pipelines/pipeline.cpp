@@ -68,10 +68,9 @@ void run_or_throw(const std::vector<std::string>& argv, const std::string& stage
 }
 
 std::vector<quickstart::Problem> heldout_problems(const Run& run) {
-  return quickstart::generate_problems(quickstart::Split::kHeldOut,
-                                       run.config.quickstart().heldout_problems(),
-                                       run.config.seed() + 1000,
-                                       run.config.quickstart().max_operand());
+  return quickstart::generate_problems(
+      quickstart::Split::kHeldOut, run.config.quickstart().heldout_problems(),
+      run.config.seed() + 1000, run.config.quickstart().max_operand());
 }
 
 std::vector<quickstart::Problem> train_problems(const Run& run, int n, uint64_t salt) {
@@ -155,8 +154,8 @@ json stage_sample(Run& run) {
   auto gold = evaluate_gold(model, tok, held, sc.max_new_tokens(), sc.batch_size());
   std::vector<std::string> held_prompts = gold.prompts;
   so.seed = run.config.seed() + 12;
-  auto held_answers = sample_answers(model, tok, held_prompts, sc.answers_per_prompt(), so,
-                                     sc.batch_size());
+  auto held_answers =
+      sample_answers(model, tok, held_prompts, sc.answers_per_prompt(), so, sc.batch_size());
   std::ofstream pairs(dir + "/heldout_pairs.jsonl.tmp");
   int64_t n_pairs = 0;
   for (size_t i = 0; i < held.size(); ++i) {
@@ -229,23 +228,25 @@ json stage_annotate(Run& run) {
   BackgroundChild server({run.exe, "annotate", "serve", "--db", db, "--socket", sock},
                          dir + "/server.log");
   for (int i = 0; i < 200 && !file_exists(sock); ++i) {
-    if (!server.running()) throw Error("annotate: the server exited at start (see " + dir + "/server.log)");
+    if (!server.running())
+      throw Error("annotate: the server exited at start (see " + dir + "/server.log)");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (!file_exists(sock)) throw Error("annotate: the server did not create " + sock);
 
   if (ac.mode() == "people") {
-    std::string token = last_line(run_child_capture(
-        {run.exe, "annotate", "add-annotator", "--db", db, "--name",
-         "annotator-" + std::to_string(::getpid())}));
+    std::string token =
+        last_line(run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name",
+                                     "annotator-" + std::to_string(::getpid())}));
     std::printf(
         "annotate: waiting for people. Annotators connect with\n"
         "  rlhf annotate client --socket %s --token <TOKEN>\n"
         "(tokens: rlhf annotate add-annotator --db %s --name NAME). One token: %s\n",
         sock.c_str(), db.c_str(), token.c_str());
     while (true) {
-      json stats = parse_json_output(
-          run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}), "annotate stats");
+      json stats =
+          parse_json_output(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}),
+                            "annotate stats");
       int64_t pending = stats.value("pending_tasks", int64_t{0});
       std::fprintf(stderr, "\rannotate: %lld tasks done, %lld pending   ",
                    static_cast<long long>(stats.value("done_tasks", int64_t{0})),
@@ -257,8 +258,8 @@ json stage_annotate(Run& run) {
   } else {
     std::vector<std::unique_ptr<BackgroundChild>> clients;
     for (int i = 0; i < ac.annotators(); ++i) {
-      std::string name = "sim-" + ac.teacher() + "-" + std::to_string(i) + "-" +
-                         std::to_string(::getpid());
+      std::string name =
+          "sim-" + ac.teacher() + "-" + std::to_string(i) + "-" + std::to_string(::getpid());
       std::string token = last_line(
           run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name", name}));
       clients.push_back(std::make_unique<BackgroundChild>(
@@ -397,29 +398,40 @@ const std::vector<Stage>& stage_table() {
   using C = proto::PipelineConfig;
   static const std::vector<Stage> table = {
       {"tokenizer", "tokenizer", [](const Run&) { return std::vector<std::string>{}; },
-       [](const C& c) { return common_config(c) + to_text_format(c.quickstart()) + to_text_format(c.tokenizer()); },
+       [](const C& c) {
+         return common_config(c) + to_text_format(c.quickstart()) + to_text_format(c.tokenizer());
+       },
        stage_tokenizer},
       {"sft", "sft",
-       [](const Run& r) { return std::vector<std::string>{r.path("data/sft.jsonl"), r.tokenizer_model()}; },
+       [](const Run& r) {
+         return std::vector<std::string>{r.path("data/sft.jsonl"), r.tokenizer_model()};
+       },
        [](const C& c) { return common_config(c) + to_text_format(c.sft()); }, stage_sft, true},
       {"sample", "sample",
        [](const Run& r) {
-         return std::vector<std::string>{r.path("sft/model/model.safetensors"), r.tokenizer_model()};
+         return std::vector<std::string>{r.path("sft/model/model.safetensors"),
+                                         r.tokenizer_model()};
        },
-       [](const C& c) { return common_config(c) + to_text_format(c.sample()) + to_text_format(c.quickstart()); },
+       [](const C& c) {
+         return common_config(c) + to_text_format(c.sample()) + to_text_format(c.quickstart());
+       },
        stage_sample},
-      {"annotate", "annotate", [](const Run& r) { return std::vector<std::string>{r.path("sample/tasks.jsonl")}; },
+      {"annotate", "annotate",
+       [](const Run& r) { return std::vector<std::string>{r.path("sample/tasks.jsonl")}; },
        [](const C& c) { return common_config(c) + to_text_format(c.annotate()); }, stage_annotate},
       {"reward", "reward",
        [](const Run& r) {
-         return std::vector<std::string>{r.path("annotate/pairs.jsonl"), r.path("sft/model/model.safetensors"),
+         return std::vector<std::string>{r.path("annotate/pairs.jsonl"),
+                                         r.path("sft/model/model.safetensors"),
                                          r.path("sample/heldout_pairs.jsonl")};
        },
-       [](const C& c) { return common_config(c) + to_text_format(c.reward()); }, stage_reward, true},
+       [](const C& c) { return common_config(c) + to_text_format(c.reward()); }, stage_reward,
+       true},
       {"ppo", "ppo",
        [](const Run& r) {
          return std::vector<std::string>{r.path("sft/model/model.safetensors"),
-                                         r.path("reward/model/model.safetensors"), r.path("data/ppo_prompts.jsonl")};
+                                         r.path("reward/model/model.safetensors"),
+                                         r.path("data/ppo_prompts.jsonl")};
        },
        [](const C& c) { return common_config(c) + to_text_format(c.ppo()); }, stage_ppo, true},
       {"report", "", nullptr, nullptr, nullptr},
@@ -556,9 +568,12 @@ std::string run_pipeline(const RunOptions& options) {
       std::printf("report: %s\n", run.path("report.html").c_str());
       continue;
     }
-    run_stage(run, stage, options.force || stage.name == options.from_stage || stage.name == options.only_stage);
+    run_stage(
+        run, stage,
+        options.force || stage.name == options.from_stage || stage.name == options.only_stage);
   }
-  if (options.only_stage.empty() || options.only_stage == "report") write_summary(run, now_s() - t0);
+  if (options.only_stage.empty() || options.only_stage == "report")
+    write_summary(run, now_s() - t0);
   return run.dir;
 }
 

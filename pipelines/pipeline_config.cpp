@@ -22,15 +22,17 @@ quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q,
   share(q.p_gold_right_mode(), &mix.p_gold_right_mode, "p_gold_right_mode");
   share(q.p_wrong_right_mode(), &mix.p_wrong_right_mode, "p_wrong_right_mode");
   if (mix.p_gold_wrong_mode + mix.p_wrong_wrong_mode > 1 + 1e-6)
-    errors.fail("p_wrong_wrong_mode",
-                "expected p_gold_wrong_mode + p_wrong_wrong_mode to sum to at most 1 (the rest is "
-                "noise)",
-                config_number(mix.p_gold_wrong_mode) + " + " + config_number(mix.p_wrong_wrong_mode));
+    errors.fail(
+        "p_wrong_wrong_mode",
+        "expected p_gold_wrong_mode + p_wrong_wrong_mode to sum to at most 1 (the rest is "
+        "noise)",
+        config_number(mix.p_gold_wrong_mode) + " + " + config_number(mix.p_wrong_wrong_mode));
   if (mix.p_gold_right_mode + mix.p_wrong_right_mode > 1 + 1e-6)
-    errors.fail("p_wrong_right_mode",
-                "expected p_gold_right_mode + p_wrong_right_mode to sum to at most 1 (the rest is "
-                "noise)",
-                config_number(mix.p_gold_right_mode) + " + " + config_number(mix.p_wrong_right_mode));
+    errors.fail(
+        "p_wrong_right_mode",
+        "expected p_gold_right_mode + p_wrong_right_mode to sum to at most 1 (the rest is "
+        "noise)",
+        config_number(mix.p_gold_right_mode) + " + " + config_number(mix.p_wrong_right_mode));
   if (q.wrong_mode_templates_size() > 0) {
     for (bool& w : mix.wrong_mode) w = false;
     for (const auto& name : q.wrong_mode_templates()) {
@@ -47,7 +49,8 @@ quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q,
   return mix;
 }
 
-quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q, const std::string& path) {
+quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q,
+                                       const std::string& path) {
   proto::PipelineConfig root;  // only for the field paths "quickstart.*"
   return sft_mix_from_config(q, ConfigErrors(root, path).nested("quickstart"));
 }
@@ -71,7 +74,8 @@ void validate_pipeline_config(const proto::PipelineConfig& c, const ConfigErrors
   at_least(qe, "heldout_problems", q.heldout_problems(), 1);
   at_least(qe, "sample_prompts", q.sample_prompts(), 1);
   at_least(qe, "ppo_prompts", q.ppo_prompts(), 1);
-  if (q.max_operand() < quickstart::kMinOperandLimit || q.max_operand() > quickstart::kMaxOperandLimit)
+  if (q.max_operand() < quickstart::kMinOperandLimit ||
+      q.max_operand() > quickstart::kMaxOperandLimit)
     qe.fail("max_operand",
             "expected " + std::to_string(quickstart::kMinOperandLimit) + ".." +
                 std::to_string(quickstart::kMaxOperandLimit),
@@ -83,7 +87,8 @@ void validate_pipeline_config(const proto::PipelineConfig& c, const ConfigErrors
   const ConfigErrors se = errors.nested("sample");
   const auto& s = c.sample();
   at_least(se, "answers_per_prompt", s.answers_per_prompt(), 1);
-  if (!(s.temperature() > 0)) se.fail("temperature", "expected > 0", config_number(s.temperature()));
+  if (!(s.temperature() > 0))
+    se.fail("temperature", "expected > 0", config_number(s.temperature()));
   if (!(s.top_p() > 0 && s.top_p() <= 1))
     se.fail("top_p", "expected a value in (0, 1]", config_number(s.top_p()));
   at_least(se, "max_new_tokens", s.max_new_tokens(), 1);

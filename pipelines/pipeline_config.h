@@ -23,7 +23,8 @@ void validate_pipeline_config(const proto::PipelineConfig& config, const ConfigE
 // The SFT answer mix of a quickstart section (unset fields: the SftMix defaults); throws naming
 // `path` and the field when a share is outside [0, 1], a pair sums above 1, or a template name is
 // unknown.
-quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q, const std::string& path);
+quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q,
+                                       const std::string& path);
 quickstart::SftMix sft_mix_from_config(const proto::QuickstartTaskConfig& q,
                                        const ConfigErrors& errors);
 

@@ -3,9 +3,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <optional>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "annotation/sqlite_store.h"
 #include "common/error.h"
@@ -26,7 +25,8 @@ namespace rlhf::pipelines {
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // The prompt texts of an annotation database (table prompts, in id order).
@@ -72,8 +72,7 @@ std::vector<std::vector<int64_t>> read_prompts(const std::string& path,
       out.push_back(ids);
       texts->push_back("");
     } else if (j.contains("prompt") && j["prompt"].is_string()) {
-      if (!tok)
-        throw Error(where + ": text prompts need PpoConfig.tokenizer (or give prompt_ids)");
+      if (!tok) throw Error(where + ": text prompts need PpoConfig.tokenizer (or give prompt_ids)");
       out.push_back(policy::encode_prompt(*tok, j["prompt"].get<std::string>()));
       texts->push_back(j["prompt"].get<std::string>());
     } else {
@@ -104,7 +103,8 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   // Values from the file were checked with their lines by load_ppo_config; the overrides above
   // are checked here, before any model or data file is read.
   const ConfigErrors errors(cfg, o.config_path);
-  for (auto [field, value] : {std::pair{"policy", cfg.policy()}, {"reward_model", cfg.reward_model()},
+  for (auto [field, value] : {std::pair{"policy", cfg.policy()},
+                              {"reward_model", cfg.reward_model()},
                               {"prompts", cfg.prompts()}})
     if (value.empty()) errors.fail(field, "expected a path (required)", "\"\"");
   policy::validate_ppo_config(cfg, errors);
@@ -123,7 +123,8 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   const std::string tok_sha = loaded.info.tokenizer_sha256;
   if (tok && !tok_sha.empty() && tok_sha != tok->sha256())
     throw Error("ppo: tokenizer " + cfg.tokenizer() + " (sha256 " + tok->sha256() +
-                ") is not the one the policy " + cfg.policy() + " was trained with (" + tok_sha + ")");
+                ") is not the one the policy " + cfg.policy() + " was trained with (" + tok_sha +
+                ")");
   if (tok) manifest.set_tokenizer_sha256(tok->sha256());
   manifest.set_vocab_size(loaded.model->config().vocab_size);
 
@@ -160,7 +161,8 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   std::vector<std::string> prompt_texts;
   auto prompts = read_prompts(cfg.prompts(), tok, &prompt_texts);
   policy::DecodeFn decode;
-  if (tok) decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
+  if (tok)
+    decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
 
   std::map<std::string, double> result;
   std::vector<quickstart::Problem> held;

@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <tuple>
-
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -19,8 +18,9 @@ namespace rlhf::quickstart {
 namespace {
 
 const std::vector<std::string> kBoys = {"Tom", "Sam", "Ben", "Max", "Leo", "Jack", "Omar", "Ravi"};
-const std::vector<std::string> kGirls = {"Anna", "Mia", "Lily", "Emma", "Sara", "Kate", "Nora", "Zoe"};
-const std::vector<std::string> kFood = {"apples", "pears",   "plums",  "cookies",
+const std::vector<std::string> kGirls = {"Anna", "Mia",  "Lily", "Emma",
+                                         "Sara", "Kate", "Nora", "Zoe"};
+const std::vector<std::string> kFood = {"apples",  "pears",   "plums",  "cookies",
                                         "oranges", "bananas", "muffins"};
 const std::vector<std::string> kThings = {"marbles", "pencils", "stickers", "books",
                                           "cards",   "coins",   "shells",   "balloons"};
@@ -104,12 +104,18 @@ Problem draw_problem(std::mt19937_64& rng, int max_operand) {
 
 const char* template_name(Template t) {
   switch (t) {
-    case Template::kBuys: return "buys";
-    case Template::kFinds: return "finds";
-    case Template::kGets: return "gets";
-    case Template::kLoses: return "loses";
-    case Template::kGives: return "gives";
-    case Template::kEats: return "eats";
+    case Template::kBuys:
+      return "buys";
+    case Template::kFinds:
+      return "finds";
+    case Template::kGets:
+      return "gets";
+    case Template::kLoses:
+      return "loses";
+    case Template::kGives:
+      return "gives";
+    case Template::kEats:
+      return "eats";
   }
   return "?";
 }
@@ -128,14 +134,16 @@ std::string Problem::prompt() const {
     case Template::kBuys:
       return name + " has " + A + " " + object + " and buys " + B + " more." + tail_now;
     case Template::kFinds:
-      return name + " has " + A + " " + object + ". " + He(*this) + " finds " + B + " more." + tail_now;
+      return name + " has " + A + " " + object + ". " + He(*this) + " finds " + B + " more." +
+             tail_now;
     case Template::kGets:
       return name + " has " + A + " " + object + ". " + other + " gives " + him(*this) + " " + B +
              " more." + tail_now;
     case Template::kLoses:
       return name + " has " + A + " " + object + " and loses " + B + " of them." + tail_left;
     case Template::kGives:
-      return name + " has " + A + " " + object + " and gives " + B + " to " + other + "." + tail_left;
+      return name + " has " + A + " " + object + " and gives " + B + " to " + other + "." +
+             tail_left;
     case Template::kEats:
       return name + " has " + A + " " + object + " and eats " + B + " of them." + tail_left;
   }
@@ -143,7 +151,8 @@ std::string Problem::prompt() const {
 }
 
 std::string answer_text(const Problem& p, int n) {
-  std::string s = He(p) + " has " + std::to_string(n) + " " + (n == 1 ? singular(p.object) : p.object);
+  std::string s =
+      He(p) + " has " + std::to_string(n) + " " + (n == 1 ? singular(p.object) : p.object);
   return s + (p.additive() ? "." : " left.");
 }
 
@@ -214,11 +223,15 @@ std::optional<Problem> parse_prompt(const std::string& text) {
 int systematic_wrong(const Problem& p) {
   switch (p.kind) {
     case Template::kBuys:
-    case Template::kFinds: return p.a + p.b + 1;
-    case Template::kGets: return p.a;
+    case Template::kFinds:
+      return p.a + p.b + 1;
+    case Template::kGets:
+      return p.a;
     case Template::kLoses:
-    case Template::kGives: return p.a + p.b;
-    case Template::kEats: return p.a - p.b + 1;
+    case Template::kGives:
+      return p.a + p.b;
+    case Template::kEats:
+      return p.a - p.b + 1;
   }
   return p.gold();
 }
@@ -303,7 +316,8 @@ std::optional<int> parse_answer_number(const std::string& s) {
       digits.erase(0, std::min(digits.find_first_not_of('0'), digits.size() - 1));
       if (digits.size() > 9) return std::nullopt;  // absurd, and beyond int
       int v = std::stoi(digits);
-      if (i > 0 && s[i - 1] == '-' && (i < 2 || !std::isalnum(static_cast<unsigned char>(s[i - 2]))))
+      if (i > 0 && s[i - 1] == '-' &&
+          (i < 2 || !std::isalnum(static_cast<unsigned char>(s[i - 2]))))
         v = -v;
       if (value && *value != v) return std::nullopt;  // two different numbers: no answer
       value = v;
@@ -324,7 +338,8 @@ std::optional<int> distance(const Problem& p, const std::string& answer) {
   return std::abs(*n - p.gold());
 }
 
-double gold_accuracy(const std::vector<Problem>& problems, const std::vector<std::string>& answers) {
+double gold_accuracy(const std::vector<Problem>& problems,
+                     const std::vector<std::string>& answers) {
   if (problems.size() != answers.size())
     throw Error("gold accuracy: " + std::to_string(problems.size()) + " problems but " +
                 std::to_string(answers.size()) + " answers");
@@ -341,7 +356,8 @@ bool is_well_formed(const Problem& p, const std::string& answer) {
 
 // ---- The gold teacher -------------------------------------------------------------------------
 
-std::vector<std::vector<int>> gold_ranking(const Problem& p, const std::vector<std::string>& answers) {
+std::vector<std::vector<int>> gold_ranking(const Problem& p,
+                                           const std::vector<std::string>& answers) {
   // Sort key: (tier: 0 correct / 1 wrong / 2 malformed, distance, not well-formed, words).
   using Key = std::tuple<int, int, int, int>;
   std::vector<Key> keys;

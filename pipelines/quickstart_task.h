@@ -12,7 +12,8 @@
 //
 // Example problem and answer:
 //   "Tom has 7 apples and buys 5 more. How many apples does he have now?"  ->  "He has 12 apples."
-//   "Mia has 9 pears and eats 6 of them. How many pears does she have left?" -> "She has 3 pears left."
+//   "Mia has 9 pears and eats 6 of them. How many pears does she have left?" -> "She has 3 pears
+//   left."
 #pragma once
 
 #include <cstdint>
@@ -46,18 +47,19 @@ constexpr int kDefaultMaxOperand = 20;
 constexpr int kMinOperandLimit = 3;
 constexpr int kMaxOperandLimit = 40;
 
-// One word problem. Operands are 1..max_operand; for subtractive stories b < a, so answers are >= 1.
+// One word problem. Operands are 1..max_operand; for subtractive stories b < a, so answers are
+// >= 1.
 struct Problem {
   Template kind = Template::kBuys;
-  std::string name;   // the protagonist, e.g. "Tom"
+  std::string name;  // the protagonist, e.g. "Tom"
   bool female = false;
-  std::string other;  // the second person ("gets" / "gives" stories), else ""
-  std::string object; // plural noun, e.g. "apples"
+  std::string other;   // the second person ("gets" / "gives" stories), else ""
+  std::string object;  // plural noun, e.g. "apples"
   int a = 0, b = 0;
 
-  int gold() const;             // the correct answer
-  std::string prompt() const;   // the question text
-  bool additive() const;        // true for buys / finds / gets
+  int gold() const;            // the correct answer
+  std::string prompt() const;  // the question text
+  bool additive() const;       // true for buys / finds / gets
 };
 
 // Text of an answer with number n in this problem's canonical form: "He has 12 apples." for
@@ -148,7 +150,8 @@ bool is_well_formed(const Problem& p, const std::string& answer);
 //      with no single number (malformed) last, all in one group;
 //   2. within the same number: the well-formed sentence first, then the others by increasing
 //      word count (concise first); equal keys tie.
-std::vector<std::vector<int>> gold_ranking(const Problem& p, const std::vector<std::string>& answers);
+std::vector<std::vector<int>> gold_ranking(const Problem& p,
+                                           const std::vector<std::string>& answers);
 
 // The gold teacher as an annotation Teacher, registered as "arithmetic". Deterministic: the rng
 // is not used (noise is the simulator's business). A prompt that is not a quickstart problem

@@ -6,10 +6,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -84,7 +83,7 @@ struct MetricsFile {
   std::string path;
   int lines = 0, bad_lines = 0;
   std::map<std::string, std::vector<std::pair<double, double>>> series;  // key -> (step, value)
-  std::vector<std::string> order;                                       // keys, first-seen order
+  std::vector<std::string> order;                                        // keys, first-seen order
 };
 
 MetricsFile read_metrics(const std::string& path) {
@@ -115,17 +114,20 @@ MetricsFile read_metrics(const std::string& path) {
   return m;
 }
 
-std::vector<std::pair<double, double>> thin(std::vector<std::pair<double, double>> pts, int max_points) {
+std::vector<std::pair<double, double>> thin(std::vector<std::pair<double, double>> pts,
+                                            int max_points) {
   std::stable_sort(pts.begin(), pts.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   if (max_points < 2 || static_cast<int>(pts.size()) <= max_points) return pts;
   std::vector<std::pair<double, double>> out;
   double stride = static_cast<double>(pts.size() - 1) / (max_points - 1);
-  for (int i = 0; i < max_points; ++i) out.push_back(pts[static_cast<size_t>(std::llround(i * stride))]);
+  for (int i = 0; i < max_points; ++i)
+    out.push_back(pts[static_cast<size_t>(std::llround(i * stride))]);
   return out;
 }
 
-void flatten(const json& j, const std::string& prefix, std::vector<std::pair<std::string, std::string>>* out) {
+void flatten(const json& j, const std::string& prefix,
+             std::vector<std::pair<std::string, std::string>>* out) {
   if (j.is_object()) {
     for (auto it = j.begin(); it != j.end(); ++it)
       flatten(*it, prefix.empty() ? it.key() : prefix + "." + it.key(), out);
@@ -145,7 +147,9 @@ std::string kv_table(const std::vector<std::pair<std::string, std::string>>& row
   return h + "</table>\n";
 }
 
-std::string note(const std::string& text) { return "<p class=\"note\">" + html_escape(text) + "</p>\n"; }
+std::string note(const std::string& text) {
+  return "<p class=\"note\">" + html_escape(text) + "</p>\n";
+}
 
 bool read_json_file(const std::string& path, json* out, std::string* error) {
   if (!fs::is_regular_file(path)) return false;
@@ -182,7 +186,8 @@ std::string metrics_note(const MetricsFile& m, const std::string& run_dir) {
   return note(s + ".");
 }
 
-ChartSeries series_of(const MetricsFile& m, const std::string& key, int max_points, bool right = false) {
+ChartSeries series_of(const MetricsFile& m, const std::string& key, int max_points,
+                      bool right = false) {
   ChartSeries s;
   s.name = key;
   s.points = thin(m.series.at(key), max_points);
@@ -215,7 +220,9 @@ std::string generic_charts(const MetricsFile& m, const std::string& stage, int m
     c.series.push_back(series_of(m, k, max_points));
     grid += svg_line_chart(c, 420, 220);
   }
-  if (!grid.empty()) h += "<h3>Other " + html_escape(stage) + " metrics</h3>\n<div class=\"grid\">" + grid + "</div>\n";
+  if (!grid.empty())
+    h += "<h3>Other " + html_escape(stage) + " metrics</h3>\n<div class=\"grid\">" + grid +
+         "</div>\n";
   return h;
 }
 
@@ -241,8 +248,10 @@ std::string ppo_section(const MetricsFile& m, const std::string& run_dir, int ma
   }
   ChartSpec kl = make_chart("KL to the reference per PPO iteration", "iteration",
                             "KL (per sequence)", "KL coefficient");
-  if (m.series.count("kl/mean")) kl.series.push_back(series_of(m, "kl/mean", max_points)), used.insert("kl/mean");
-  if (m.series.count("kl/coef")) kl.series.push_back(series_of(m, "kl/coef", max_points, true)), used.insert("kl/coef");
+  if (m.series.count("kl/mean"))
+    kl.series.push_back(series_of(m, "kl/mean", max_points)), used.insert("kl/mean");
+  if (m.series.count("kl/coef"))
+    kl.series.push_back(series_of(m, "kl/coef", max_points, true)), used.insert("kl/coef");
   if (!kl.series.empty()) h += svg_line_chart(kl);
   h += generic_charts(m, "PPO", max_points, used);
   return h;
@@ -252,7 +261,8 @@ std::string stage_section(const MetricsFile& m, const std::string& run_dir, cons
                           const std::string& title, int max_points) {
   std::string h = "<h2 id=\"" + id + "\">" + html_escape(title) + "</h2>\n";
   if (!m.found)
-    return h + note("No " + id + "/metrics.jsonl in the run folder: " + title + " section skipped.");
+    return h +
+           note("No " + id + "/metrics.jsonl in the run folder: " + title + " section skipped.");
   h += metrics_note(m, run_dir);
   if (m.series.empty()) return h + note("No numeric fields found.");
   return h + generic_charts(m, title, max_points, {});
@@ -260,8 +270,8 @@ std::string stage_section(const MetricsFile& m, const std::string& run_dir, cons
 
 std::string summary_section(const json& summary) {
   static const std::vector<std::string> headline = {
-      "sft_gold_accuracy", "ppo_gold_accuracy",  "reward_gold_agreement", "reward_heldout_accuracy",
-      "ppo_final_kl",      "wall_seconds"};
+      "sft_gold_accuracy",       "ppo_gold_accuracy", "reward_gold_agreement",
+      "reward_heldout_accuracy", "ppo_final_kl",      "wall_seconds"};
   std::vector<std::pair<std::string, std::string>> rows, all;
   flatten(summary, "", &all);
   for (const auto& k : headline)
@@ -277,7 +287,8 @@ std::string summary_section(const json& summary) {
 std::string annotation_section(const std::string& run_dir, const json& summary, bool have_summary) {
   std::string h = "<h2 id=\"annotation\">Annotation</h2>\n";
   std::string err;
-  for (const char* name : {"annotate/stats.json", "annotation/stats.json", "annotation_stats.json"}) {
+  for (const char* name :
+       {"annotate/stats.json", "annotation/stats.json", "annotation_stats.json"}) {
     json j;
     std::string path = (fs::path(run_dir) / name).string();
     if (read_json_file(path, &j, &err)) {
@@ -292,13 +303,15 @@ std::string annotation_section(const std::string& run_dir, const json& summary, 
     flatten(summary["annotation"], "", &rows);
     return h + note("From summary.json.") + kv_table(rows);
   }
-  return h + note("No annotation statistics (annotate/stats.json) in the run folder: section skipped.");
+  return h +
+         note("No annotation statistics (annotate/stats.json) in the run folder: section skipped.");
 }
 
 std::string cell_mark(const json& s, const char* answer_field, const char* field,
                       const std::optional<quickstart::Problem>& problem) {
   std::optional<bool> ok;
-  if (s.contains(field) && s[field].is_boolean()) ok = s[field].get<bool>();
+  if (s.contains(field) && s[field].is_boolean())
+    ok = s[field].get<bool>();
   else if (problem && s.contains(answer_field) && s[answer_field].is_string())
     ok = quickstart::is_correct(*problem, s[answer_field].get<std::string>());
   if (!ok) return "<td></td>";
@@ -334,7 +347,8 @@ json merge_stage_samples(const json& before, const json& after) {
 std::string samples_section(const std::string& run_dir, const ReportOptions& o) {
   std::string h = "<h2 id=\"samples\">Held-out prompts before and after PPO</h2>\n";
   std::vector<std::string> candidates;
-  if (!o.samples_path.empty()) candidates.push_back(o.samples_path);
+  if (!o.samples_path.empty())
+    candidates.push_back(o.samples_path);
   else {
     candidates.push_back((fs::path(run_dir) / "samples.json").string());
     candidates.push_back((fs::path(run_dir) / "ppo" / "samples.json").string());
@@ -350,9 +364,11 @@ std::string samples_section(const std::string& run_dir, const ReportOptions& o) 
   }
   if (used.empty() && o.samples_path.empty()) {
     json before, after;
-    bool hb = read_json_file((fs::path(run_dir) / "sample" / "heldout_sft.json").string(), &before, &err);
+    bool hb =
+        read_json_file((fs::path(run_dir) / "sample" / "heldout_sft.json").string(), &before, &err);
     if (!err.empty()) return h + note("Samples file unreadable: " + err);
-    bool ha = read_json_file((fs::path(run_dir) / "ppo" / "heldout_ppo.json").string(), &after, &err);
+    bool ha =
+        read_json_file((fs::path(run_dir) / "ppo" / "heldout_ppo.json").string(), &after, &err);
     if (!err.empty()) return h + note("Samples file unreadable: " + err);
     if (hb || ha) {
       j = merge_stage_samples(before, after);
@@ -361,8 +377,9 @@ std::string samples_section(const std::string& run_dir, const ReportOptions& o) 
     }
   }
   if (used.empty())
-    return h + note("No samples.json (or sample/heldout_sft.json, ppo/heldout_ppo.json) in the run "
-                    "folder: before/after table skipped.");
+    return h + note(
+                   "No samples.json (or sample/heldout_sft.json, ppo/heldout_ppo.json) in the run "
+                   "folder: before/after table skipped.");
   const json& list = j.is_object() && j.contains("samples") ? j["samples"] : j;
   if (!list.is_array()) return h + note(used + ": expected an array of samples.");
   auto str = [](const json& s, const char* k) {
@@ -390,13 +407,15 @@ std::string samples_section(const std::string& run_dir, const ReportOptions& o) 
               html_escape(after) + "</td>" + ma + "</tr>\n";
     ++n;
   }
-  h += note(used + ": " + std::to_string(n) + " prompts" +
-            (n > o.max_sample_rows ? " (first " + std::to_string(o.max_sample_rows) + " shown)" : "") +
-            (judged ? "; correct before: " + std::to_string(before_ok) + "/" + std::to_string(judged) +
-                          ", after: " + std::to_string(after_ok) + "/" + std::to_string(judged)
-                    : std::string()) +
-            ".");
-  h += "<table class=\"samples\">\n<tr><th>#</th><th>prompt</th><th>gold</th><th>before PPO (SFT)</th>"
+  h += note(
+      used + ": " + std::to_string(n) + " prompts" +
+      (n > o.max_sample_rows ? " (first " + std::to_string(o.max_sample_rows) + " shown)" : "") +
+      (judged ? "; correct before: " + std::to_string(before_ok) + "/" + std::to_string(judged) +
+                    ", after: " + std::to_string(after_ok) + "/" + std::to_string(judged)
+              : std::string()) +
+      ".");
+  h += "<table class=\"samples\">\n<tr><th>#</th><th>prompt</th><th>gold</th><th>before PPO "
+       "(SFT)</th>"
        "<th></th><th>after PPO</th><th></th></tr>\n" +
        rows + "</table>\n";
   return h;
@@ -423,12 +442,23 @@ std::string html_escape(const std::string& s) {
   out.reserve(s.size());
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -440,7 +470,8 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
     if (!s.points.empty()) series.push_back(&s);
   if (series.empty()) return note(chart.title + ": no data.");
 
-  const bool has_right = std::any_of(series.begin(), series.end(), [](auto* s) { return s->right_axis; });
+  const bool has_right =
+      std::any_of(series.begin(), series.end(), [](auto* s) { return s->right_axis; });
   const double ml = 62, mr = has_right ? 62 : 16, mt = 44, mb = 40;
   const double pw = width - ml - mr, ph = height - mt - mb;
   Range xr, yl, yr;
@@ -463,10 +494,11 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
   char buf[256];
   std::ostringstream o;
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-    << "\" viewBox=\"0 0 " << width << " " << height << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
+    << "\" viewBox=\"0 0 " << width << " " << height
+    << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   o << "<title>" << html_escape(chart.title) << "</title>\n";
-  o << "<text x=\"" << ml << "\" y=\"16\" font-size=\"13\" font-weight=\"bold\">" << html_escape(chart.title)
-    << "</text>\n";
+  o << "<text x=\"" << ml << "\" y=\"16\" font-size=\"13\" font-weight=\"bold\">"
+    << html_escape(chart.title) << "</text>\n";
   // Grid and ticks.
   for (double t : nice_ticks(xr.lo, xr.hi, 6)) {
     std::snprintf(buf, sizeof buf,
@@ -485,28 +517,33 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
   }
   if (has_right)
     for (double t : nice_ticks(yr.lo, yr.hi, 5)) {
-      std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"start\" fill=\"#555\">",
-                    ml + pw + 4, Y(t, yr) + 4);
+      std::snprintf(buf, sizeof buf,
+                    "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"start\" fill=\"#555\">", ml + pw + 4,
+                    Y(t, yr) + 4);
       o << buf << fmt(t) << "</text>\n";
     }
   std::snprintf(buf, sizeof buf,
-                "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#999\"/>\n",
+                "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
+                "stroke=\"#999\"/>\n",
                 ml, mt, pw, ph);
   o << buf;
   // Axis captions.
-  std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#333\">",
-                ml + pw / 2, mt + ph + 32);
+  std::snprintf(buf, sizeof buf,
+                "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#333\">", ml + pw / 2,
+                mt + ph + 32);
   o << buf << html_escape(chart.x_label) << "</text>\n";
   if (!chart.left_label.empty()) {
-    std::snprintf(buf, sizeof buf,
-                  "<text transform=\"translate(12,%.1f) rotate(-90)\" text-anchor=\"middle\" fill=\"#333\">",
-                  mt + ph / 2);
+    std::snprintf(
+        buf, sizeof buf,
+        "<text transform=\"translate(12,%.1f) rotate(-90)\" text-anchor=\"middle\" fill=\"#333\">",
+        mt + ph / 2);
     o << buf << html_escape(chart.left_label) << "</text>\n";
   }
   if (has_right && !chart.right_label.empty()) {
-    std::snprintf(buf, sizeof buf,
-                  "<text transform=\"translate(%.1f,%.1f) rotate(90)\" text-anchor=\"middle\" fill=\"#333\">",
-                  width - 10.0, mt + ph / 2);
+    std::snprintf(
+        buf, sizeof buf,
+        "<text transform=\"translate(%.1f,%.1f) rotate(90)\" text-anchor=\"middle\" fill=\"#333\">",
+        width - 10.0, mt + ph / 2);
     o << buf << html_escape(chart.right_label) << "</text>\n";
   }
   // Series and legend.
@@ -516,7 +553,8 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
     const char* color = kColors[i % (sizeof kColors / sizeof kColors[0])];
     const Range& r = s.right_axis ? yr : yl;
     auto pts = s.points;
-    std::stable_sort(pts.begin(), pts.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::stable_sort(pts.begin(), pts.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
     std::string poly;
     for (const auto& [x, y] : pts) {
       if (!std::isfinite(y)) continue;
@@ -528,14 +566,15 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
                     X(pts[0].first), Y(pts[0].second, r), color);
       o << buf;
     } else if (!poly.empty()) {
-      o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.8\" points=\"" << poly
-        << "\"/>\n";
+      o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.8\" points=\""
+        << poly << "\"/>\n";
     }
     std::string label = s.name + (has_right ? (s.right_axis ? " (right)" : " (left)") : "");
-    std::snprintf(buf, sizeof buf,
-                  "<line x1=\"%.1f\" y1=\"30\" x2=\"%.1f\" y2=\"30\" stroke=\"%s\" stroke-width=\"3\"/>"
-                  "<text x=\"%.1f\" y=\"34\" fill=\"#333\">",
-                  lx, lx + 16, color, lx + 20);
+    std::snprintf(
+        buf, sizeof buf,
+        "<line x1=\"%.1f\" y1=\"30\" x2=\"%.1f\" y2=\"30\" stroke=\"%s\" stroke-width=\"3\"/>"
+        "<text x=\"%.1f\" y=\"34\" fill=\"#333\">",
+        lx, lx + 16, color, lx + 20);
     o << buf << html_escape(label) << "</text>\n";
     lx += 28 + 6.2 * label.size();
   }
@@ -546,7 +585,8 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
 std::string render_report(const std::string& run_dir, const ReportOptions& options) {
   if (!fs::is_directory(run_dir)) throw Error("report: run folder " + run_dir + " does not exist");
   std::string name = fs::path(run_dir).lexically_normal().filename().string();
-  if (name.empty() || name == ".") name = fs::absolute(run_dir).lexically_normal().parent_path().filename().string();
+  if (name.empty() || name == ".")
+    name = fs::absolute(run_dir).lexically_normal().parent_path().filename().string();
   const std::string title = options.title.empty() ? "RLHF run " + name : options.title;
 
   std::string body;
@@ -570,18 +610,21 @@ std::string render_report(const std::string& run_dir, const ReportOptions& optio
   body += stage_section(metrics("sft"), run_dir, "sft", "SFT", options.max_points);
 
   std::string h = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" +
-                  html_escape(title) + "</title>\n<style>" + kStyle + "</style>\n</head>\n<body>\n<h1>" +
-                  html_escape(title) + "</h1>\n";
-  h += note("Generated " + utc_now_iso8601() + " from " + fs::absolute(run_dir).lexically_normal().string() +
+                  html_escape(title) + "</title>\n<style>" + kStyle +
+                  "</style>\n</head>\n<body>\n<h1>" + html_escape(title) + "</h1>\n";
+  h += note("Generated " + utc_now_iso8601() + " from " +
+            fs::absolute(run_dir).lexically_normal().string() +
             ". Regenerate with: rlhf report RUN_DIR");
-  h += "<nav><a href=\"#summary\">summary</a><a href=\"#ppo\">PPO</a><a href=\"#samples\">before/after</a>"
-       "<a href=\"#reward\">reward model</a><a href=\"#annotation\">annotation</a><a href=\"#sft\">SFT</a></nav>\n";
+  h += "<nav><a href=\"#summary\">summary</a><a href=\"#ppo\">PPO</a><a "
+       "href=\"#samples\">before/after</a>"
+       "<a href=\"#reward\">reward model</a><a href=\"#annotation\">annotation</a><a "
+       "href=\"#sft\">SFT</a></nav>\n";
   return h + body + "</body>\n</html>\n";
 }
 
 std::string write_report(const std::string& run_dir, const ReportOptions& options) {
   std::string out = options.output_path.empty() ? (fs::path(run_dir) / "report.html").string()
-                                                 : options.output_path;
+                                                : options.output_path;
   write_file_atomic(out, render_report(run_dir, options));
   return out;
 }

@@ -37,11 +37,12 @@
 namespace rlhf::report {
 
 struct ReportOptions {
-  std::string title;         // page title; default "RLHF run <folder name>"
-  std::string samples_path;  // samples JSON; default: <run>/samples.json, then <run>/ppo/samples.json
-  std::string output_path;   // default <run>/report.html
-  int max_points = 400;      // longer metric series are thinned to about this many points
-  int max_sample_rows = 100; // rows of the before/after table
+  std::string title;  // page title; default "RLHF run <folder name>"
+  std::string
+      samples_path;  // samples JSON; default: <run>/samples.json, then <run>/ppo/samples.json
+  std::string output_path;    // default <run>/report.html
+  int max_points = 400;       // longer metric series are thinned to about this many points
+  int max_sample_rows = 100;  // rows of the before/after table
 };
 
 // Renders the report HTML for `run_dir` (does not write anything). Throws rlhf::Error only when

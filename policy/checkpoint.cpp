@@ -127,9 +127,11 @@ ModelConfig model_config_from_hf_json(const std::string& path) {
   if (model_type != "llama")
     throw Error(path + ": unsupported model_type '" + model_type + "', expected 'llama'");
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
-    throw Error(path + ": unsupported hidden_act " + j["hidden_act"].dump() + ", expected \"silu\"");
+    throw Error(path + ": unsupported hidden_act " + j["hidden_act"].dump() +
+                ", expected \"silu\"");
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-    throw Error(path + ": unsupported rope_scaling " + j["rope_scaling"].dump() + ", expected null");
+    throw Error(path + ": unsupported rope_scaling " + j["rope_scaling"].dump() +
+                ", expected null");
   for (const char* key : {"attention_bias", "mlp_bias"})
     if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
       throw Error(path + ": unsupported " + std::string(key) + " = true, expected false");

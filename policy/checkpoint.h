@@ -24,7 +24,7 @@ struct CheckpointInfo {
 struct LoadedModel {
   Transformer model{nullptr};
   CheckpointInfo info;
-  bool from_hf = false;          // true when the folder had no checkpoint.pb
+  bool from_hf = false;  // true when the folder had no checkpoint.pb
 };
 
 // Writes the folder atomically (into <dir>.tmp-*, then rename over <dir>).

@@ -18,7 +18,8 @@ torch::Tensor top_p_threshold(const torch::Tensor& probs, double top_p) {
   // Most rows concentrate their nucleus in a few tokens: try the top 64 before a full sort.
   const int64_t V = probs.size(-1);
   for (int64_t k : {std::min<int64_t>(64, V), V}) {
-    auto top = k == V ? std::get<0>(probs.sort(-1, /*descending=*/true)) : std::get<0>(probs.topk(k, -1));
+    auto top =
+        k == V ? std::get<0>(probs.sort(-1, /*descending=*/true)) : std::get<0>(probs.topk(k, -1));
     auto mass_before = top.cumsum(-1) - top;
     // Number of kept tokens = count of positions whose preceding mass is still below top_p.
     auto kept = (mass_before < top_p).sum(-1, /*keepdim=*/true).clamp_min(1);  // [B, 1]
@@ -117,7 +118,8 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
           probs = probs.masked_fill(probs < threshold, 0.0);
           probs = probs / probs.sum(-1, true);
         }
-        if (options.top_p < 1.0f) probs = probs.masked_fill(probs < top_p_threshold(probs, options.top_p), 0.0);
+        if (options.top_p < 1.0f)
+          probs = probs.masked_fill(probs < top_p_threshold(probs, options.top_p), 0.0);
         // Sampled on the CPU with our own generator: the same seed gives the same samples.
         next = sample_rows(probs, gen).to(device);
       }

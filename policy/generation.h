@@ -32,7 +32,7 @@ struct GenerationOutput {
   torch::Tensor response_mask;
   // Convenience: per-sequence generated ids, without padding (EOS included when produced).
   std::vector<std::vector<int64_t>> responses;
-  double seconds = 0;          // wall time of the generation
+  double seconds = 0;  // wall time of the generation
   int64_t generated_tokens = 0;
 };
 

@@ -14,7 +14,8 @@ namespace {
 class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const torch::Tensor& hidden, const torch::Tensor& weight,
+                                                const torch::Tensor& hidden,
+                                                const torch::Tensor& weight,
                                                 const torch::Tensor& targets, double temperature) {
     ctx->save_for_backward({hidden, weight, targets});
     ctx->saved_data["temperature"] = temperature;
@@ -55,7 +56,8 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
   }
 
  private:
-  static torch::Tensor logits(const torch::Tensor& hidden, const torch::Tensor& weight, double temperature) {
+  static torch::Tensor logits(const torch::Tensor& hidden, const torch::Tensor& weight,
+                              double temperature) {
     auto z = torch::matmul(hidden, weight.t());
     if (z.scalar_type() != torch::kFloat) z = z.to(torch::kFloat);
     return temperature == 1.0 ? z : z / temperature;
@@ -66,8 +68,8 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
 
 TokenLogprobs token_logprobs(Transformer& model, const torch::Tensor& ids,
                              const torch::Tensor& attention_mask, const LogprobOptions& options) {
-  TORCH_CHECK(ids.dim() == 2 && ids.size(1) >= 2, "token_logprobs: ids must be [B, T] with T >= 2, got ",
-              ids.sizes());
+  TORCH_CHECK(ids.dim() == 2 && ids.size(1) >= 2,
+              "token_logprobs: ids must be [B, T] with T >= 2, got ", ids.sizes());
   const int64_t T = ids.size(1);
   const double temperature = options.temperature > 0 ? options.temperature : 1.0;
   const int64_t chunk = std::max<int64_t>(1, options.chunk);
@@ -76,8 +78,8 @@ TokenLogprobs token_logprobs(Transformer& model, const torch::Tensor& ids,
   auto hidden = model->hidden_states(ids, attention_mask);  // [B, T, D]
   auto targets = ids.narrow(1, 1, T - 1);                   // [B, T-1]
   const auto& weight = model->lm_head ? model->lm_head->weight : model->tok_embeddings->weight;
-  const bool recompute = torch::GradMode::is_enabled() &&
-                         (hidden.requires_grad() || weight.requires_grad());
+  const bool recompute =
+      torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
 
   std::vector<torch::Tensor> lps, ents;
   for (int64_t t0 = 0; t0 < T - 1; t0 += chunk) {

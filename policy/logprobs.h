@@ -17,15 +17,16 @@ struct TokenLogprobs {
 struct LogprobOptions {
   float temperature = 1.0f;  // logits are divided by it (as during sampling); 0 is treated as 1
   bool entropy = false;
-  bool values = false;       // requires a value head
+  bool values = false;  // requires a value head
   bool keep_hidden = false;
-  int64_t chunk = 64;        // time steps per logits chunk: [B, chunk, V] is the largest buffer
+  int64_t chunk = 64;  // time steps per logits chunk: [B, chunk, V] is the largest buffer
 };
 
 // ids [B, T] int64, attention_mask [B, T]. Gradients flow when grad mode is on; then each chunk's
 // logits are recomputed in the backward pass instead of being kept, so neither direction holds
 // more than one [B, chunk, V] buffer. The output matrix used is lm_head (or the tied embeddings).
 TokenLogprobs token_logprobs(Transformer& model, const torch::Tensor& ids,
-                             const torch::Tensor& attention_mask, const LogprobOptions& options = {});
+                             const torch::Tensor& attention_mask,
+                             const LogprobOptions& options = {});
 
 }  // namespace rlhf::policy

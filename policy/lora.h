@@ -29,9 +29,9 @@ class LoraConfig;
 namespace rlhf::policy {
 
 struct LoraOptions {
-  int rank = 8;                                  // > 0
-  float alpha = 0.0f;                            // scale = alpha / rank; 0 means alpha = rank
-  float dropout = 0.0f;                          // rank dropout in [0, 1) (see above)
+  int rank = 8;                                   // > 0
+  float alpha = 0.0f;                             // scale = alpha / rank; 0 means alpha = rank
+  float dropout = 0.0f;                           // rank dropout in [0, 1) (see above)
   std::vector<std::string> targets = {"q", "v"};  // of q, k, v, o, gate, up, down
 
   float scale() const { return (alpha > 0 ? alpha : static_cast<float>(rank)) / rank; }
@@ -76,10 +76,10 @@ class LoraAdapters {
 
  private:
   struct Slot {
-    std::string name;           // PEFT prefix, e.g. "base_model.model.model.layers.0.self_attn.q_proj"
+    std::string name;  // PEFT prefix, e.g. "base_model.model.model.layers.0.self_attn.q_proj"
     torch::nn::Linear linear{nullptr};  // the wrapped projection
-    torch::Tensor base;         // its registered weight [out, in] (frozen)
-    torch::Tensor a, b;         // [rank, in], [out, rank] (trainable)
+    torch::Tensor base;                 // its registered weight [out, in] (frozen)
+    torch::Tensor a, b;                 // [rank, in], [out, rank] (trainable)
   };
   void detach_all();
 

@@ -9,7 +9,7 @@ namespace rlhf::policy {
 
 struct WarmupCosine {
   double peak_lr = 3e-4;
-  double min_lr = 3e-5;     // floor reached at total_steps
+  double min_lr = 3e-5;  // floor reached at total_steps
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
 
@@ -22,7 +22,7 @@ struct WarmupCosine {
 // the warm-up) to min_lr (step total_steps - 1 and after): min + (peak - min) * (1 - progress).
 struct WarmupLinear {
   double peak_lr = 3e-4;
-  double min_lr = 3e-5;     // floor reached at total_steps
+  double min_lr = 3e-5;  // floor reached at total_steps
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
 

@@ -26,7 +26,8 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 
 // Rotary embedding, Hugging Face rotate-half convention: x * cos + rotate_half(x) * sin with
 // rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2]). x [B, H, T, hd], cos/sin [B, 1, T, hd].
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
+                         const torch::Tensor& sin) {
   int64_t half = x.size(-1) / 2;
   auto x1 = x.narrow(-1, 0, half);
   auto x2 = x.narrow(-1, half, half);
@@ -66,7 +67,8 @@ int ModelConfig::resolved_hidden_dim() const {
 
 void ModelConfig::validate() const {
   auto bad = [](const std::string& field, int64_t value, const std::string& expected) {
-    throw Error("model config: " + field + " = " + std::to_string(value) + ", expected " + expected);
+    throw Error("model config: " + field + " = " + std::to_string(value) + ", expected " +
+                expected);
   };
   if (vocab_size <= 0) bad("vocab_size", vocab_size, "> 0");
   if (dim <= 0) bad("dim", dim, "> 0");
@@ -80,8 +82,8 @@ void ModelConfig::validate() const {
   if (max_seq_len <= 0) bad("max_seq_len", max_seq_len, "> 0");
   if (!(norm_eps > 0)) throw Error("model config: norm_eps must be > 0");
   if (!(rope_theta > 0)) throw Error("model config: rope_theta must be > 0");
-  for (auto [name, id] : {std::pair<const char*, int>{"bos_id", bos_id}, {"eos_id", eos_id},
-                          {"pad_id", pad_id}})
+  for (auto [name, id] :
+       {std::pair<const char*, int>{"bos_id", bos_id}, {"eos_id", eos_id}, {"pad_id", pad_id}})
     if (id < -1 || id >= vocab_size)
       bad(name, id, "-1 (none) or an id below vocab_size = " + std::to_string(vocab_size));
 }
@@ -195,7 +197,8 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
   auto qg = (q * (1.0 / std::sqrt(double(hd)))).reshape({B, KV, G * T, hd});
   // Decoding (few query rows per kv head, many batch*head pairs): at::matmul would run one tiny
   // GEMM per (batch, head) on CPU; a broadcast multiply + sum is one vectorised op instead.
-  const bool small_rows = G * T <= 4 && B * KV > 16 && B * KV * G * T * L * hd <= (int64_t(1) << 24);
+  const bool small_rows =
+      G * T <= 4 && B * KV > 16 && B * KV * G * T * L * hd <= (int64_t(1) << 24);
   auto scores = small_rows ? (qg.unsqueeze(3) * keys.unsqueeze(2)).sum(-1)
                            : torch::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]
   if (bias.defined()) scores = (scores.view({B, H, T, L}) + bias).view({B, KV, G * T, L});
@@ -262,7 +265,8 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
     TORCH_CHECK(T <= config_.max_seq_len, "hidden_states: sequence length ", T,
                 " exceeds max_seq_len ", config_.max_seq_len);
     torch::Tensor allowed;
-    if (T > 1) allowed = torch::ones({T, T}, long_opts.dtype(torch::kBool)).tril().view({1, 1, T, T});
+    if (T > 1)
+      allowed = torch::ones({T, T}, long_opts.dtype(torch::kBool)).tril().view({1, 1, T, T});
     if (attention_mask.defined()) {
       positions = positions_from_mask(attention_mask);
       auto keys_ok = attention_mask.to(torch::kBool).view({B, 1, 1, T});
@@ -271,10 +275,11 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
       positions = torch::arange(T, long_opts).unsqueeze(0).expand({B, T});
     }
     if (allowed.defined())
-      bias = torch::zeros(allowed.sizes(), x.options()).masked_fill_(allowed.logical_not(), kMaskedScore);
+      bias = torch::zeros(allowed.sizes(), x.options())
+                 .masked_fill_(allowed.logical_not(), kMaskedScore);
   } else {
-    new_mask = attention_mask.defined() ? attention_mask.to(torch::kLong)
-                                        : torch::ones({B, T}, long_opts);
+    new_mask =
+        attention_mask.defined() ? attention_mask.to(torch::kLong) : torch::ones({B, T}, long_opts);
     const int64_t start = cache->length;
     if (start == 0 || !cache->mask_buffer.defined()) {
       int64_t cap = cache->capacity > 0 ? cache->capacity : config_.max_seq_len;
@@ -304,7 +309,8 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
                     (torch::arange(T, long_opts) + start).view({T, 1});
       allowed = allowed.logical_and(causal.view({1, 1, T, L}));
     }
-    bias = torch::zeros(allowed.sizes(), x.options()).masked_fill_(allowed.logical_not(), kMaskedScore);
+    bias = torch::zeros(allowed.sizes(), x.options())
+               .masked_fill_(allowed.logical_not(), kMaskedScore);
   }
 
   // Rotary tables for these positions: [B, 1, T, hd], angles duplicated (rotate-half layout).
@@ -325,8 +331,8 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
 }
 
 torch::Tensor TransformerImpl::logits_from_hidden(const torch::Tensor& hidden) {
-  torch::Tensor logits = lm_head ? lm_head(hidden)
-                                 : torch::nn::functional::linear(hidden, tok_embeddings->weight);
+  torch::Tensor logits =
+      lm_head ? lm_head(hidden) : torch::nn::functional::linear(hidden, tok_embeddings->weight);
   return logits.scalar_type() == torch::kFloat ? logits : logits.to(torch::kFloat);
 }
 
@@ -335,7 +341,8 @@ torch::Tensor TransformerImpl::values_from_hidden(const torch::Tensor& hidden) {
   return value_head(hidden).squeeze(-1).to(torch::kFloat);
 }
 
-torch::Tensor TransformerImpl::forward(const torch::Tensor& ids, const torch::Tensor& attention_mask) {
+torch::Tensor TransformerImpl::forward(const torch::Tensor& ids,
+                                       const torch::Tensor& attention_mask) {
   return logits_from_hidden(hidden_states(ids, attention_mask));
 }
 
@@ -364,7 +371,8 @@ std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::hf_named_par
   return out;
 }
 
-torch::Tensor positions_from_mask(const torch::Tensor& attention_mask, const torch::Tensor& offset) {
+torch::Tensor positions_from_mask(const torch::Tensor& attention_mask,
+                                  const torch::Tensor& offset) {
   auto pos = (attention_mask.to(torch::kLong).cumsum(1) - 1).clamp_min(0);
   if (offset.defined()) pos = pos + offset.to(torch::kLong).unsqueeze(1);
   return pos;
@@ -379,8 +387,8 @@ void init_weights(Transformer& model) {
     auto layer = model->layers[l]->as<DecoderLayer>();
     layer->input_layernorm.fill_(1.0);
     layer->post_attention_layernorm.fill_(1.0);
-    for (auto* lin : {&layer->q_proj, &layer->k_proj, &layer->v_proj, &layer->gate_proj,
-                      &layer->up_proj})
+    for (auto* lin :
+         {&layer->q_proj, &layer->k_proj, &layer->v_proj, &layer->gate_proj, &layer->up_proj})
       (*lin)->weight.normal_(0.0, std);
     layer->o_proj->weight.normal_(0.0, residual_std);
     layer->down_proj->weight.normal_(0.0, residual_std);

@@ -26,13 +26,13 @@ struct ModelConfig {
   int dim = 256;
   int n_layers = 4;
   int n_heads = 8;
-  int n_kv_heads = 8;          // grouped-query attention when < n_heads
-  int hidden_dim = 0;          // SwiGLU inner size; 0 = LLaMA rule (2/3 * 4 * dim, multiple of 32)
+  int n_kv_heads = 8;  // grouped-query attention when < n_heads
+  int hidden_dim = 0;  // SwiGLU inner size; 0 = LLaMA rule (2/3 * 4 * dim, multiple of 32)
   int max_seq_len = 512;
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
   bool tie_embeddings = false;
-  bool value_head = false;     // adds a Linear(dim, 1) head read by values()
+  bool value_head = false;  // adds a Linear(dim, 1) head read by values()
   int bos_id = 1;
   int eos_id = 2;
   int pad_id = 0;
@@ -111,7 +111,7 @@ class TransformerImpl : public torch::nn::Module {
 
   // Module pieces (public so LoRA can wrap projections).
   torch::nn::Embedding tok_embeddings{nullptr};
-  torch::nn::ModuleList layers{nullptr};   // DecoderLayer each
+  torch::nn::ModuleList layers{nullptr};  // DecoderLayer each
   torch::Tensor norm_weight;
   torch::nn::Linear lm_head{nullptr};     // null when tie_embeddings
   torch::nn::Linear value_head{nullptr};  // null unless value head

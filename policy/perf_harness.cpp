@@ -32,8 +32,8 @@ double measure_gemm(int n) {
   return 2.0 * n * n * static_cast<double>(n) * reps / elapsed / 1e9;
 }
 
-double measure_generation(Transformer& model, int batch, int prompt_len, int new_tokens,
-                          bool cache, uint64_t seed, int repeat) {
+double measure_generation(Transformer& model, int batch, int prompt_len, int new_tokens, bool cache,
+                          uint64_t seed, int repeat) {
   std::vector<std::vector<int64_t>> prompts(batch);
   for (int b = 0; b < batch; ++b)
     for (int t = 0; t < prompt_len; ++t) prompts[b].push_back(3 + (b * 31 + t * 7) % 1000);
@@ -61,8 +61,8 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   auto say = [&](const char* what) {
     if (print_progress) std::fprintf(stderr, "bench: %s...\n", what);
   };
-  static const std::vector<std::string> kOnly = {"",           "gemm",           "gen_b1_cache",
-                                                 "gen_b1_nocache", "gen_b32_cache", "train"};
+  static const std::vector<std::string> kOnly = {
+      "", "gemm", "gen_b1_cache", "gen_b1_nocache", "gen_b32_cache", "train"};
   if (std::find(kOnly.begin(), kOnly.end(), o.only) == kOnly.end())
     throw Error("bench: unknown measurement '" + o.only +
                 "' (expected gemm, gen_b1_cache, gen_b1_nocache, gen_b32_cache or train)");
@@ -114,8 +114,8 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   auto step = [&] {
     opt.zero_grad();
     auto logits = model->forward(inputs);
-    auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}),
-                                                     targets.reshape({-1}));
+    auto loss =
+        torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}), targets.reshape({-1}));
     loss.backward();
     torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
     opt.step();

@@ -19,14 +19,14 @@ struct PerfOptions {
   int gen_prompt_len = 8;
   int train_batch = 16;
   int train_seq = 256;
-  int train_steps = 6;       // timed steps (after 1 warm-up step)
+  int train_steps = 6;  // timed steps (after 1 warm-up step)
   int gemm_size = 2048;
   uint64_t seed = 0;
-  bool quick = false;        // smaller settings for smoke tests
+  bool quick = false;  // smaller settings for smoke tests
   // Only this measurement (a key below, e.g. "gen_b32_cache", or "train" for the training pair);
   // "" = all. For profilers: `perf record rlhf bench --only gen_b32_cache --repeat 20`.
   std::string only;
-  int repeat = 1;            // generation runs per measurement; the median is reported
+  int repeat = 1;  // generation runs per measurement; the median is reported
 };
 
 // Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s), train_tokens_per_s,

@@ -29,13 +29,15 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
   auto in_unit = [&](const char* field, double v) {
     if (!(v >= 0 && v <= 1)) e.fail(field, "expected a value in [0, 1]", num(v));
   };
-  if (c.schema_version() != 1) e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
+  if (c.schema_version() != 1)
+    e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
   if (c.device() != "cpu" && c.device().rfind("cuda", 0) != 0)
     e.fail("device", "expected \"cpu\" or \"cuda[:N]\"", config_quoted(c.device()));
   at_least("iterations", c.iterations(), 0);
   at_least("batch_size", c.batch_size(), 1);
   if (c.minibatch_size() < 1 || c.minibatch_size() > c.batch_size())
-    e.fail("minibatch_size", "expected a value in [1, batch_size = " + std::to_string(c.batch_size()) + "]",
+    e.fail("minibatch_size",
+           "expected a value in [1, batch_size = " + std::to_string(c.batch_size()) + "]",
            std::to_string(c.minibatch_size()));
   at_least("ppo_epochs", c.ppo_epochs(), 1);
   if (!(c.policy_lr() >= 0)) e.fail("policy_lr", "expected >= 0", num(c.policy_lr()));
@@ -45,14 +47,16 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
   if (!(c.adam_eps() > 0)) e.fail("adam_eps", "expected > 0", num(c.adam_eps()));
   at_least("critic_warmup_iterations", c.critic_warmup_iterations(), 0);
   if (c.lr_schedule() != "cosine" && c.lr_schedule() != "linear" && c.lr_schedule() != "constant")
-    e.fail("lr_schedule", "expected \"cosine\", \"linear\" or \"constant\"", config_quoted(c.lr_schedule()));
+    e.fail("lr_schedule", "expected \"cosine\", \"linear\" or \"constant\"",
+           config_quoted(c.lr_schedule()));
   at_least("lr_warmup_iterations", c.lr_warmup_iterations(), 0);
   in_unit("min_lr_ratio", c.min_lr_ratio());
   if (!(c.target_kl() >= 0)) e.fail("target_kl", "expected >= 0 (0 = off)", num(c.target_kl()));
   in_unit("gamma", c.gamma());
   in_unit("lam", c.lam());
   if (!(c.clip_range() > 0)) e.fail("clip_range", "expected > 0", num(c.clip_range()));
-  if (!(c.value_clip_range() > 0)) e.fail("value_clip_range", "expected > 0", num(c.value_clip_range()));
+  if (!(c.value_clip_range() > 0))
+    e.fail("value_clip_range", "expected > 0", num(c.value_clip_range()));
   if (!(c.kl_coef() >= 0)) e.fail("kl_coef", "expected >= 0", num(c.kl_coef()));
   if (c.adaptive_kl() && !(c.kl_target() > 0))
     e.fail("kl_target", "expected > 0 with adaptive_kl", num(c.kl_target()));
@@ -68,11 +72,13 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
            "sampling is not supported)",
            num(c.temperature()));
   if (c.top_k() != 0)
-    e.fail("top_k", "expected 0 (PPO samples from the full softmax; top-k would bias the ratio and KL)",
+    e.fail("top_k",
+           "expected 0 (PPO samples from the full softmax; top-k would bias the ratio and KL)",
            std::to_string(c.top_k()));
   if (c.top_p() != 1)
-    e.fail("top_p", "expected 1 (PPO samples from the full softmax; nucleus sampling would bias the "
-                    "ratio and KL)",
+    e.fail("top_p",
+           "expected 1 (PPO samples from the full softmax; nucleus sampling would bias the "
+           "ratio and KL)",
            num(c.top_p()));
   if (!(c.score_clip() >= 0)) e.fail("score_clip", "expected >= 0 (0 = off)", num(c.score_clip()));
   at_least("checkpoint_every", c.checkpoint_every(), 0);

@@ -147,8 +147,10 @@ ValueLossResult clipped_value_loss(const torch::Tensor& values, const torch::Ten
 
 AdaptiveKLController::AdaptiveKLController(double init_kl_coef, double target, double horizon)
     : value_(init_kl_coef), target_(target), horizon_(horizon) {
-  if (!(target > 0)) throw Error("adaptive KL controller: target must be > 0, got " + std::to_string(target));
-  if (!(horizon > 0)) throw Error("adaptive KL controller: horizon must be > 0, got " + std::to_string(horizon));
+  if (!(target > 0))
+    throw Error("adaptive KL controller: target must be > 0, got " + std::to_string(target));
+  if (!(horizon > 0))
+    throw Error("adaptive KL controller: horizon must be > 0, got " + std::to_string(horizon));
 }
 
 void AdaptiveKLController::update(double current_kl, int64_t n_steps) {

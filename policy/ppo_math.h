@@ -64,8 +64,8 @@ GaeResult compute_gae(const torch::Tensor& rewards, const torch::Tensor& values,
                       const torch::Tensor& mask, double gamma, double lam);
 
 struct PolicyLossResult {
-  torch::Tensor loss;   // scalar, differentiable: masked mean of max(-A*r, -A*clip(r))
-  double clipfrac = 0;  // fraction of real tokens where the clipped term was the larger one
+  torch::Tensor loss;    // scalar, differentiable: masked mean of max(-A*r, -A*clip(r))
+  double clipfrac = 0;   // fraction of real tokens where the clipped term was the larger one
   double approx_kl = 0;  // 0.5 * mean((logp - old_logp)^2) (TRL's approxkl)
   double ratio_mean = 0;
   double ratio_max_dev = 0;  // max |ratio - 1| over real tokens (sanity: 0 before any update)
@@ -78,8 +78,8 @@ PolicyLossResult clipped_policy_loss(const torch::Tensor& logp, const torch::Ten
                                      double clip_range);
 
 struct ValueLossResult {
-  torch::Tensor loss;    // scalar: 0.5 * masked mean of max((v - R)^2, (v_clipped - R)^2)
-  double clipfrac = 0;   // fraction of real tokens where the clipped error was the larger one
+  torch::Tensor loss;   // scalar: 0.5 * masked mean of max((v - R)^2, (v_clipped - R)^2)
+  double clipfrac = 0;  // fraction of real tokens where the clipped error was the larger one
 };
 
 // Clipped value loss (Ziegler et al. / TRL): v_clipped = old_v + clamp(v - old_v, -c, c).

@@ -97,11 +97,10 @@ void print_sample(std::ostream& os, const proto::RolloutRecord& r) {
     for (auto v : f) s += (s.empty() ? "" : " ") + std::to_string(v);
     return s;
   };
-  os << "prompt:   " << (r.prompt_text().empty() ? "[" + ids(r.prompt_ids()) + "]" : r.prompt_text())
-     << "\n";
+  os << "prompt:   "
+     << (r.prompt_text().empty() ? "[" + ids(r.prompt_ids()) + "]" : r.prompt_text()) << "\n";
   os << "response: "
-     << (r.response_text().empty() ? "[" + ids(r.response_ids()) + "]" : r.response_text())
-     << "\n";
+     << (r.response_text().empty() ? "[" + ids(r.response_ids()) + "]" : r.response_text()) << "\n";
   os << "     t    token       logp   ref_logp         kl      value     reward  advantage\n";
   auto at = [](const google::protobuf::RepeatedField<float>& f, int i) {
     return i < f.size() ? static_cast<double>(f[i]) : NAN;

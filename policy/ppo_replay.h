@@ -20,9 +20,9 @@ struct RecomputeParams {
 struct RecomputedSample {
   int64_t index = 0;
   std::vector<float> kl, rewards, advantages, returns;  // unwhitened, float32 like the trainer
-  bool compared = false;      // the record stored advantages to compare with
-  double max_abs_diff = 0;    // over kl, rewards, advantages, returns (stored vs recomputed)
-  int64_t mismatches = 0;     // entries that differ at all (replay of our own files is exact)
+  bool compared = false;    // the record stored advantages to compare with
+  double max_abs_diff = 0;  // over kl, rewards, advantages, returns (stored vs recomputed)
+  int64_t mismatches = 0;   // entries that differ at all (replay of our own files is exact)
 };
 
 // Recomputes with the formulas (policy/ppo_math.h: per_token_kl, compute_rewards,
@@ -30,8 +30,8 @@ struct RecomputedSample {
 RecomputedSample recompute_sample(const proto::RolloutRecord& r, const RecomputeParams& p);
 
 struct ReplayViewOptions {
-  std::optional<int64_t> sample;          // only this index (as stored in the record)
-  std::string sort;                       // "", "score" (ascending) or "-score" (descending)
+  std::optional<int64_t> sample;  // only this index (as stored in the record)
+  std::string sort;               // "", "score" (ascending) or "-score" (descending)
   std::optional<double> min_score, max_score;
 };
 

@@ -8,9 +8,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <random>
-
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -51,8 +50,8 @@ void copy_weights(Transformer& src, Transformer& dst) {
 
 Transformer clone_model(Transformer& model) {
   Transformer copy(model->config());
-  auto device = model->parameters().empty() ? torch::Device(torch::kCPU)
-                                            : model->parameters()[0].device();
+  auto device =
+      model->parameters().empty() ? torch::Device(torch::kCPU) : model->parameters()[0].device();
   copy->to(device);
   copy_weights(model, copy);
   return copy;
@@ -179,20 +178,20 @@ UpdateBatch update_batch_from_records(const std::vector<proto::RolloutRecord>& r
 // Everything one iteration produces before the update, filled phase by phase in step().
 struct Rollout {
   int64_t iteration = 0;
-  std::vector<std::vector<int64_t>> prompts;   // this iteration's prompt ids
+  std::vector<std::vector<int64_t>> prompts;  // this iteration's prompt ids
   GenerationOutput gen;
-  uint64_t seed = 0;                           // generation seed
-  torch::Tensor ids, full_mask, rmask;         // [B, P + N], [B, P + N], [B, N]
+  uint64_t seed = 0;                    // generation seed
+  torch::Tensor ids, full_mask, rmask;  // [B, P + N], [B, P + N], [B, N]
   int64_t B = 0, P = 0, N = 0;
   std::vector<int64_t> lengths;
   std::vector<bool> has_eos;
-  std::vector<float> raw;                      // teacher scores
-  std::vector<float> shaped;                   // after penalties, normalisation, clipping
-  torch::Tensor scores;                        // [B] shaped, on the device
+  std::vector<float> raw;                             // teacher scores
+  std::vector<float> shaped;                          // after penalties, normalisation, clipping
+  torch::Tensor scores;                               // [B] shaped, on the device
   torch::Tensor old_logp, ref_logp, values, entropy;  // [B, N], under no-grad
   double gen_logprob_dev = 0;
-  double beta = 0;                             // KL coefficient used
-  torch::Tensor kl, rewards, adv_train;         // [B, N]
+  double beta = 0;                       // KL coefficient used
+  torch::Tensor kl, rewards, adv_train;  // [B, N]
   ppo::GaeResult gae;
   double kl_mean = 0;
 };
@@ -220,7 +219,8 @@ struct PpoTrainer::Impl {
 
   std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
   std::string last_good() const {
-    return "; stopped, last good checkpoint: " + (last_checkpoint.empty() ? "none" : last_checkpoint);
+    return "; stopped, last good checkpoint: " +
+           (last_checkpoint.empty() ? "none" : last_checkpoint);
   }
   training::StateFolder checkpoints() const {
     return training::StateFolder(out_dir + "/checkpoints", cfg.keep_checkpoints());
@@ -279,7 +279,8 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
     lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
     policy_params = lora->named_parameters();
   } else {
-    for (const auto& p : m.policy->named_parameters()) policy_params.emplace_back(p.key(), p.value());
+    for (const auto& p : m.policy->named_parameters())
+      policy_params.emplace_back(p.key(), p.value());
   }
   training::NamedTensors critic_params;
   for (const auto& p : m.critic->named_parameters()) critic_params.emplace_back(p.key(), p.value());
@@ -292,7 +293,8 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   policy_opt = std::make_unique<training::Optimizer>(policy_params, ao);
   critic_opt = std::make_unique<training::Optimizer>(critic_params, ao);
   if (cfg.adaptive_kl())
-    kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(), cfg.kl_horizon());
+    kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(),
+                                                         cfg.kl_horizon());
   else
     kl_ctl = std::make_unique<ppo::FixedKLController>(cfg.kl_coef());
 }
@@ -331,25 +333,27 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
   std::string cfg_text;
   google::protobuf::TextFormat::PrintToString(cfg, &cfg_text);
   st.set_config_text(cfg_text);
-  last_checkpoint = checkpoints().save(iter_name(completed), fingerprint, [&](const std::string& tmp) {
-    training::save_tensors(policy_tensors(), tmp + "/policy.pt");  // with LoRA: base + adapters
-    training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
-    policy_opt->save(tmp + "/policy_optimizer.pt");
-    critic_opt->save(tmp + "/critic_optimizer.pt");
-    training::save_cpu_rng(tmp + "/rng.pt");
-    if (lora) lora->save(tmp + "/adapter");
-    CheckpointInfo info;  // readable checkpoint folders (merged weights with LoRA)
-    info.kind = "policy";
-    info.created_by = "ppo";
-    info.step = completed;
-    policy::save_checkpoint(m.policy, tmp + "/policy", info);
-    info.kind = "critic";
-    policy::save_checkpoint(m.critic, tmp + "/critic", info);
-    write_file_atomic(tmp + "/state.pb", st.SerializeAsString());
-  });
+  last_checkpoint =
+      checkpoints().save(iter_name(completed), fingerprint, [&](const std::string& tmp) {
+        training::save_tensors(policy_tensors(), tmp + "/policy.pt");  // with LoRA: base + adapters
+        training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
+        policy_opt->save(tmp + "/policy_optimizer.pt");
+        critic_opt->save(tmp + "/critic_optimizer.pt");
+        training::save_cpu_rng(tmp + "/rng.pt");
+        if (lora) lora->save(tmp + "/adapter");
+        CheckpointInfo info;  // readable checkpoint folders (merged weights with LoRA)
+        info.kind = "policy";
+        info.created_by = "ppo";
+        info.step = completed;
+        policy::save_checkpoint(m.policy, tmp + "/policy", info);
+        info.kind = "critic";
+        policy::save_checkpoint(m.critic, tmp + "/critic", info);
+        write_file_atomic(tmp + "/state.pb", st.SerializeAsString());
+      });
 }
 
-// ---- the phases of one iteration ------------------------------------------------------------------
+// ---- the phases of one iteration
+// ------------------------------------------------------------------
 
 // 1-2. This iteration's prompts (the shuffled list, cycled) and their sampled responses.
 Rollout PpoTrainer::Impl::sample(int64_t it) {
@@ -371,8 +375,9 @@ Rollout PpoTrainer::Impl::sample(int64_t it) {
   r.N = r.gen.response_ids.size(1);
   if (r.N == 0) throw Error(at(it) + ": generation produced no tokens");
   r.ids = torch::cat({r.gen.prompt_ids, r.gen.response_ids}, 1).to(torch::kLong).to(device);
-  r.full_mask = torch::cat({r.gen.prompt_mask.to(torch::kFloat), r.gen.response_mask.to(torch::kFloat)}, 1)
-                    .to(device);
+  r.full_mask =
+      torch::cat({r.gen.prompt_mask.to(torch::kFloat), r.gen.response_mask.to(torch::kFloat)}, 1)
+          .to(device);
   r.rmask = r.gen.response_mask.to(torch::kFloat).to(device);
   const int64_t eos_id = m.policy->config().eos_id;
   for (const auto& resp : r.gen.responses) {
@@ -430,12 +435,16 @@ void PpoTrainer::Impl::evaluate(Rollout& r) {
   r.old_logp = pol.logprobs.narrow(1, r.P - 1, r.N) * r.rmask;
   r.entropy = pol.entropy.narrow(1, r.P - 1, r.N);
   lo.entropy = false;
-  r.ref_logp = token_logprobs(m.reference, r.ids, r.full_mask, lo).logprobs.narrow(1, r.P - 1, r.N) * r.rmask;
+  r.ref_logp =
+      token_logprobs(m.reference, r.ids, r.full_mask, lo).logprobs.narrow(1, r.P - 1, r.N) *
+      r.rmask;
   m.critic->eval();
   auto h = m.critic->hidden_states(r.ids, r.full_mask);
   r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
   r.gen_logprob_dev =
-      ((r.gen.response_logprobs.to(device).to(torch::kFloat) - r.old_logp).abs() * r.rmask).max().item<double>();
+      ((r.gen.response_logprobs.to(device).to(torch::kFloat) - r.old_logp).abs() * r.rmask)
+          .max()
+          .item<double>();
 }
 
 // 5. Per-token KL, rewards, GAE (unwhitened in the rollouts; whitened for the update).
@@ -499,7 +508,8 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
   std::vector<std::string> files;
   for (auto& e : fs::directory_iterator(dir)) {
     auto n = e.path().filename().string();
-    if (n.rfind("iter-", 0) == 0 && e.path().extension() == ".pb") files.push_back(e.path().string());
+    if (n.rfind("iter-", 0) == 0 && e.path().extension() == ".pb")
+      files.push_back(e.path().string());
   }
   std::sort(files.begin(), files.end());
   for (size_t i = 0; i + cfg.keep_rollouts() < files.size(); ++i) fs::remove(files[i]);
@@ -518,7 +528,8 @@ void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tenso
   LogprobOptions tlo = lo;
   tlo.entropy = cfg.entropy_coef() > 0;
   const auto rmask = u.rmask.index_select(0, idx);
-  auto tl = token_logprobs(m.policy, u.ids.index_select(0, idx), u.full_mask.index_select(0, idx), tlo);
+  auto tl =
+      token_logprobs(m.policy, u.ids.index_select(0, idx), u.full_mask.index_select(0, idx), tlo);
   auto new_lp = tl.logprobs.narrow(1, u.P - 1, u.N);
   auto pl = ppo::clipped_policy_loss(new_lp, u.old_logp.index_select(0, idx),
                                      u.adv_train.index_select(0, idx), rmask, cfg.clip_range());
@@ -554,8 +565,9 @@ void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tenso
   m.critic->train();
   auto h = m.critic->hidden_states(u.ids.index_select(0, idx), u.full_mask.index_select(0, idx));
   auto v = m.critic->values_from_hidden(h.narrow(1, u.P - 1, u.N)).to(torch::kFloat);
-  auto vl = ppo::clipped_value_loss(v, u.values.index_select(0, idx), u.returns.index_select(0, idx),
-                                    u.rmask.index_select(0, idx), cfg.value_clip_range());
+  auto vl =
+      ppo::clipped_value_loss(v, u.values.index_select(0, idx), u.returns.index_select(0, idx),
+                              u.rmask.index_select(0, idx), cfg.value_clip_range());
   const double vlv = vl.loss.item<double>();
   if (!finite(vlv))
     throw Error(at(it) + ": loss/value is non-finite (" + std::to_string(vlv) + ")" + last_good());
@@ -586,10 +598,11 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
     const int64_t pol_before = tot.n_pol;
     for (int64_t s = 0; s < u.B && !tot.early_stopped; s += MB) {
       const int64_t e = std::min(u.B, s + MB);
-      auto idx = torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
-                     .to(device);
-      std::map<std::string, double> mb{{"iteration", (double)it}, {"epoch", (double)epoch},
-                                       {"minibatch", (double)(s / MB)}};
+      auto idx =
+          torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
+              .to(device);
+      std::map<std::string, double> mb{
+          {"iteration", (double)it}, {"epoch", (double)epoch}, {"minibatch", (double)(s / MB)}};
       tot.train_tokens += (e - s) * (u.P + u.N);
       const bool first = epoch == 0 && s == 0;
       if (it > cfg.critic_warmup_iterations() || first)
@@ -650,7 +663,8 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
   stats["returns/mean"] = ppo::masked_mean(r.gae.returns, r.rmask).item<double>();
   stats["response/length_mean"] = len_sum / r.B;
   stats["response/eos_frac"] = eos_sum / r.B;
-  stats["speed/gen_tokens_per_s"] = r.gen.seconds > 0 ? r.gen.generated_tokens / r.gen.seconds : 0.0;
+  stats["speed/gen_tokens_per_s"] =
+      r.gen.seconds > 0 ? r.gen.generated_tokens / r.gen.seconds : 0.0;
   stats["speed/train_tokens_per_s"] = train_s > 0 ? tot.train_tokens / train_s : 0.0;
   stats["time/iteration_s"] = iteration_s;
   if (extra_stats)
@@ -659,10 +673,11 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
     if (!finite(kv.second) && kv.first.rfind("speed/", 0) != 0)
       throw Error(at(r.iteration) + ": " + kv.first + " is non-finite" + last_good());
   if (tot.ratio_first_dev > cfg.ratio_warn())
-    std::fprintf(stderr,
-                 "ppo: warning: iteration %lld: policy/ratio_first_dev %.3g > %.3g: train/inference "
-                 "mismatch (padding, positions, dropout, or temperature not applied to log-probs)\n",
-                 (long long)r.iteration, tot.ratio_first_dev, cfg.ratio_warn());
+    std::fprintf(
+        stderr,
+        "ppo: warning: iteration %lld: policy/ratio_first_dev %.3g > %.3g: train/inference "
+        "mismatch (padding, positions, dropout, or temperature not applied to log-probs)\n",
+        (long long)r.iteration, tot.ratio_first_dev, cfg.ratio_warn());
   if (r.kl_mean > cfg.kl_warn_bound())
     std::fprintf(stderr, "ppo: warning: iteration %lld: kl/mean %.3f above kl_warn_bound %.3f\n",
                  (long long)r.iteration, r.kl_mean, cfg.kl_warn_bound());
@@ -676,7 +691,8 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
   return stats;
 }
 
-// ---- the trainer ------------------------------------------------------------------------------------
+// ---- the trainer
+// ------------------------------------------------------------------------------------
 
 namespace {
 
@@ -698,7 +714,8 @@ void prune_log(const std::string& path, const char* key, int64_t completed) {
 // The run's identity for the resume rule (policy/training.h): the config without out_dir, device
 // and iterations (a finished run can be extended; the lr schedule then stretches from there on),
 // and the prompt ids (the models are named by paths in the config).
-std::string ppo_fingerprint(const proto::PpoConfig& c, const std::vector<std::vector<int64_t>>& prompts) {
+std::string ppo_fingerprint(const proto::PpoConfig& c,
+                            const std::vector<std::vector<int64_t>>& prompts) {
   std::string ids;
   for (const auto& p : prompts) {
     for (auto id : p) ids += std::to_string(id) + " ";
@@ -721,7 +738,8 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     throw Error("ppo: policy, reference and critic models are all required");
   if (models.policy->config().vocab_size != models.reference->config().vocab_size)
     throw Error("ppo: policy vocab_size " + std::to_string(models.policy->config().vocab_size) +
-                " differs from the reference's " + std::to_string(models.reference->config().vocab_size));
+                " differs from the reference's " +
+                std::to_string(models.reference->config().vocab_size));
   if (prompts.empty()) throw Error("ppo: no prompts");
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw Error("ppo: prompt " + std::to_string(i) + " has no tokens");
@@ -793,10 +811,12 @@ std::map<std::string, double> PpoTrainer::step() {
   I.write_rollouts(r);
 
   const auto t_train = std::chrono::steady_clock::now();
-  UpdateBatch ub{r.ids, r.full_mask, r.rmask, r.old_logp, r.values, r.adv_train, r.gae.returns, r.P, r.N, r.B};
+  UpdateBatch ub{r.ids,       r.full_mask,   r.rmask, r.old_logp, r.values,
+                 r.adv_train, r.gae.returns, r.P,     r.N,        r.B};
   std::ofstream mb_log(I.out_dir + "/minibatches.jsonl", std::ios::app);
-  UpdateTotals tot = I.update(ub, r.iteration, logprob_options(I.cfg),
-                              [&](const std::map<std::string, double>& mb) { mb_log << minibatch_json(mb) << "\n"; });
+  UpdateTotals tot = I.update(
+      ub, r.iteration, logprob_options(I.cfg),
+      [&](const std::map<std::string, double>& mb) { mb_log << minibatch_json(mb) << "\n"; });
   mb_log.flush();
   const auto t_end = std::chrono::steady_clock::now();
 
@@ -808,9 +828,8 @@ std::map<std::string, double> PpoTrainer::step() {
   return stats;
 }
 
-std::vector<std::map<std::string, double>> PpoTrainer::replay_update(const std::string& run_dir,
-                                                                     const std::string& rollout_file,
-                                                                     const std::string& device) {
+std::vector<std::map<std::string, double>> PpoTrainer::replay_update(
+    const std::string& run_dir, const std::string& rollout_file, const std::string& device) {
   auto recs = read_rollouts(rollout_file);
   if (recs.empty()) throw Error(rollout_file + ": no rollout records");
   std::sort(recs.begin(), recs.end(), [](auto& a, auto& b) { return a.index() < b.index(); });
@@ -843,10 +862,12 @@ std::vector<std::map<std::string, double>> PpoTrainer::replay_update(const std::
   }
   UpdateBatch ub = update_batch_from_records(recs, I.m.policy->config().pad_id, cfg, rollout_file);
   auto dev = [&](const torch::Tensor& t) { return t.to(I.device); };
-  for (auto* t : {&ub.ids, &ub.full_mask, &ub.rmask, &ub.old_logp, &ub.values, &ub.adv_train, &ub.returns})
+  for (auto* t :
+       {&ub.ids, &ub.full_mask, &ub.rmask, &ub.old_logp, &ub.values, &ub.adv_train, &ub.returns})
     *t = dev(*t);
   std::vector<std::map<std::string, double>> out;
-  I.update(ub, it, logprob_options(cfg), [&](const std::map<std::string, double>& mb) { out.push_back(mb); });
+  I.update(ub, it, logprob_options(cfg),
+           [&](const std::map<std::string, double>& mb) { out.push_back(mb); });
   return out;
 }
 

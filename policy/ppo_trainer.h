@@ -7,9 +7,11 @@
 //   2. sample responses with the KV cache (policy/generation.h), seed derived from (seed, iter);
 //   3. teacher scores (prompt ids, response ids) -> shaped score (missing-EOS / short-response
 //      penalty, optional running normalisation, optional clip);
-//   4. under no-grad, teacher forcing: log-probs under policy and reference, entropy, critic values;
+//   4. under no-grad, teacher forcing: log-probs under policy and reference, entropy, critic
+//   values;
 //   5. per-token KL, rewards, GAE (policy/ppo_math.h); rollouts saved to
-//      <out>/rollouts/iter-NNNN.pb (unwhitened advantages, so `rlhf replay --recompute` checks them);
+//      <out>/rollouts/iter-NNNN.pb (unwhitened advantages, so `rlhf replay --recompute` checks
+//      them);
 //   6. ppo_epochs epochs over shuffled minibatches: clipped ratio loss (+ entropy bonus) on the
 //      policy, clipped value loss on the critic (a separate model, InstructGPT/OpenRLHF style),
 //      AdamW, gradient clipping; only the critic trains during the critic warm-up iterations;
@@ -20,9 +22,10 @@
 //
 // Per-minibatch stats go to <out>/minibatches.jsonl (what `rlhf replay --update` reproduces).
 // Checkpoints: <out>/checkpoints/iter-NNNN/ (policy.pt, critic.pt, the two optimizer states,
-// state.pb, and policy/ + critic/ as regular checkpoint folders; iter-0000 is the start state), written under a temp name and renamed;
-// <out>/checkpoints/latest names the newest complete one (written atomically). A new PpoTrainer
-// on the same out folder resumes from it and, on CPU, reproduces the numbers of an uninterrupted run.
+// state.pb, and policy/ + critic/ as regular checkpoint folders; iter-0000 is the start state),
+// written under a temp name and renamed; <out>/checkpoints/latest names the newest complete one
+// (written atomically). A new PpoTrainer on the same out folder resumes from it and, on CPU,
+// reproduces the numbers of an uninterrupted run.
 //
 // LoRA (config.lora.rank > 0, policy/lora.h): the policy's base weights are frozen and only its
 // adapters train (the critic trains in full). The reference stays the separate model given in
@@ -48,9 +51,9 @@ namespace rlhf::policy {
 
 // Scores a batch of (prompt ids, response ids) pairs, one float per pair. Response ids are as
 // generated: the EOS id is the last element when the model produced it. Called under no-grad.
-using TeacherFn = std::function<std::vector<float>(
-    const std::vector<std::vector<int64_t>>& prompts,
-    const std::vector<std::vector<int64_t>>& responses)>;
+using TeacherFn =
+    std::function<std::vector<float>(const std::vector<std::vector<int64_t>>& prompts,
+                                     const std::vector<std::vector<int64_t>>& responses)>;
 
 // Optional: ids -> text, for the prompt_text/response_text fields of rollout records.
 using DecodeFn = std::function<std::string(const std::vector<int64_t>&)>;

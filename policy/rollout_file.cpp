@@ -13,7 +13,8 @@ namespace rlhf::policy {
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 bool looks_like_json_lines(const std::string& path, const std::string& data) {
@@ -48,7 +49,8 @@ void fill(const nlohmann::json& j, const char* name, Field* out, const std::stri
 template <typename T>
 T scalar(const nlohmann::json& j, const char* name, T dflt, const std::string& where) {
   if (!j.contains(name) || j[name].is_null()) return dflt;
-  if (!j[name].is_number()) throw Error(where + ": field " + std::string(name) + " must be a number");
+  if (!j[name].is_number())
+    throw Error(where + ": field " + std::string(name) + " must be a number");
   return j[name].get<T>();
 }
 
@@ -147,16 +149,16 @@ nlohmann::json rollout_to_json(const proto::RolloutRecord& r) {
   j["gamma"] = r.gamma();
   j["lam"] = r.lam();
   const auto& g = r.generation();
-  j["generation"] = {{"temperature", g.temperature()}, {"top_k", g.top_k()},
-                     {"top_p", g.top_p()},             {"max_new_tokens", g.max_new_tokens()},
-                     {"eos_id", g.eos_id()},           {"seed", g.seed()}};
+  j["generation"] = {
+      {"temperature", g.temperature()},       {"top_k", g.top_k()},   {"top_p", g.top_p()},
+      {"max_new_tokens", g.max_new_tokens()}, {"eos_id", g.eos_id()}, {"seed", g.seed()}};
   return j;
 }
 
 proto::RolloutRecord rollout_from_json(const nlohmann::json& j, const std::string& where) {
   proto::RolloutRecord r;
-  for (const char* required : {"prompt_ids", "response_ids", "logprobs", "ref_logprobs", "values",
-                               "score"})
+  for (const char* required :
+       {"prompt_ids", "response_ids", "logprobs", "ref_logprobs", "values", "score"})
     if (!j.contains(required))
       throw Error(where + ": missing field " + required +
                   " (hand-made records need prompt_ids, response_ids, logprobs, ref_logprobs, "

@@ -7,10 +7,9 @@
 // Torch-free.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "proto/rollout.pb.h"
 

@@ -25,7 +25,8 @@ constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 
 std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + path + " (safetensors weights): no such file or not readable");
+  if (!in)
+    throw Error("cannot open " + path + " (safetensors weights): no such file or not readable");
   in.seekg(0, std::ios::end);
   const uint64_t file_size = uint64_t(in.tellg());
   in.seekg(0);
@@ -57,7 +58,8 @@ std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
     if (name == "__metadata__") continue;
     const auto& e = it.value();
     auto where = path + ": tensor " + name;
-    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
+    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") ||
+        !e.contains("data_offsets"))
       throw Error(where + ": header entry needs dtype, shape and data_offsets");
     std::string dtype;
     std::vector<int64_t> shape;
@@ -93,8 +95,9 @@ std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
                   "] hold " + std::to_string(end - begin) + " bytes, expected " +
                   std::to_string(numel * elem) + " for " + dtype + " " + shape_text(shape));
     if (end > data_size)
-      throw Error(where + ": truncated file: data ends at byte " + std::to_string(data_start + end) +
-                  " but the file has " + std::to_string(file_size) + " bytes");
+      throw Error(where + ": truncated file: data ends at byte " +
+                  std::to_string(data_start + end) + " but the file has " +
+                  std::to_string(file_size) + " bytes");
     auto t = torch::empty(shape, torch::TensorOptions().dtype(st));
     in.seekg(std::streamoff(data_start + begin));
     in.read(static_cast<char*>(t.data_ptr()), std::streamsize(end - begin));
@@ -112,9 +115,8 @@ void write_safetensors(const std::string& path, const std::map<std::string, torc
   for (const auto& [name, tensor] : tensors) {
     auto t = tensor.detach().to(torch::kCPU, torch::kFloat).contiguous();
     uint64_t bytes = uint64_t(t.numel()) * 4;
-    header[name] = {{"dtype", "F32"},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", "F32"}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
     data.push_back(t);
   }

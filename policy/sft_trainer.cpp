@@ -2,7 +2,6 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 
@@ -133,7 +133,7 @@ struct Batch {
   torch::Tensor mask;     // [B, T] int64 (1 real) or undefined when all real
   torch::Tensor targets;  // [B, T] int64, -100 = ignored
   int64_t n_targets = 0;
-  int64_t n_tokens = 0;   // real input tokens
+  int64_t n_tokens = 0;  // real input tokens
 };
 
 Batch make_batch(const std::vector<const Row*>& rows, int64_t pad_id, const torch::Device& dev) {
@@ -227,8 +227,8 @@ struct SftRun {
   std::unique_ptr<training::Optimizer> opt;
   std::unique_ptr<training::StateFolder> states;
   std::string fingerprint;
-  proto::SftTrainState st;          // step, data position, early-stop counters
-  std::vector<size_t> order;        // row order of the current pass
+  proto::SftTrainState st;    // step, data position, early-stop counters
+  std::vector<size_t> order;  // row order of the current pass
   proto::StageManifest manifest;
   std::unique_ptr<MetricsWriter> metrics;
   std::chrono::steady_clock::time_point t_start;
@@ -248,7 +248,8 @@ void load_data(SftRun& r) {
     eval_ex = read_examples(c.eval_file(), c.format(), r.init.tokenizer);
   } else if (c.heldout_fraction() > 0 && train_ex.size() >= 2) {
     auto order = epoch_order(train_ex.size(), c.seed() ^ 0x5eedULL, -1);
-    size_t n_eval = std::max<size_t>(1, static_cast<size_t>(c.heldout_fraction() * train_ex.size()));
+    size_t n_eval =
+        std::max<size_t>(1, static_cast<size_t>(c.heldout_fraction() * train_ex.size()));
     std::vector<uint8_t> is_eval(train_ex.size(), 0);
     for (size_t i = 0; i < n_eval; ++i) is_eval[order[i]] = 1;
     std::vector<Example> keep;
@@ -295,9 +296,10 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
 
   load_data(r);
   const int64_t rows_per_step = static_cast<int64_t>(c.batch_size()) * c.grad_accum();
-  r.total_steps = c.steps() > 0 ? c.steps()
-                                : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
-                                                           c.epochs() * r.train_rows.size() / rows_per_step)));
+  r.total_steps =
+      c.steps() > 0 ? c.steps()
+                    : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
+                                               c.epochs() * r.train_rows.size() / rows_per_step)));
   training::AdamWOptions ao;
   ao.beta1 = c.beta1();
   ao.beta2 = c.beta2();
@@ -357,8 +359,10 @@ bool resume_or_start(SftRun& r, SftResult& res) {
     if (m && m->complete() && (r.st.step() >= r.total_steps || early_stopped)) {
       res.already_complete = true;
       res.steps = static_cast<int64_t>(m->metrics().count("steps") ? m->metrics().at("steps") : 0);
-      if (m->metrics().count("final_eval_loss")) res.final_eval_loss = m->metrics().at("final_eval_loss");
-      if (m->metrics().count("first_eval_loss")) res.first_eval_loss = m->metrics().at("first_eval_loss");
+      if (m->metrics().count("final_eval_loss"))
+        res.final_eval_loss = m->metrics().at("final_eval_loss");
+      if (m->metrics().count("first_eval_loss"))
+        res.first_eval_loss = m->metrics().at("first_eval_loss");
       return true;
     }
     training::load_tensors(state_tensors(r), *dir + "/model.pt");
@@ -400,7 +404,8 @@ std::vector<Batch> next_micro_batches(SftRun& r) {
 }
 
 double tokens_per_second(const SftRun& r) {
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
+  const double s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
   return s > 0 ? r.tokens_this_session / s : 0.0;
 }
 
@@ -425,7 +430,9 @@ double train_step(SftRun& r, const std::vector<Batch>& micro) {
   r.st.set_step(r.st.step() + 1);
   r.st.set_tokens_seen(r.st.tokens_seen() + n_tokens);
   r.tokens_this_session += n_tokens;
-  r.metrics->write(r.st.step(), {{"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
+  r.metrics->write(r.st.step(), {{"loss", loss_sum},
+                                 {"lr", lr},
+                                 {"grad_norm", grad_norm},
                                  {"tokens_per_s", tokens_per_second(r)}});
   return loss_sum;
 }
@@ -466,7 +473,8 @@ void write_outputs(SftRun& r, SftResult& res) {
   save_checkpoint(r.model, res.model_dir, info);
   write_file_atomic(res.model_dir + "/tokenizer.model", read_file(r.init.tokenizer_path));
 
-  res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_start).count();
+  res.wall_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_start).count();
   auto& m = r.manifest;
   m.clear_outputs();
   *m.add_outputs() = file_ref(res.model_dir + "/model.safetensors");
@@ -503,7 +511,8 @@ SftResult train_sft(const proto::SftConfig& config) {
   if (res.resumed_from < 0 && !r.eval_rows.empty()) {
     res.first_eval_loss = evaluate_now(r);
     r.st.set_best_eval_loss(static_cast<float>(res.first_eval_loss));  // must improve on the start
-    r.metrics->write(0, {{"eval_loss", res.first_eval_loss}, {"eval_ppl", std::exp(res.first_eval_loss)}});
+    r.metrics->write(
+        0, {{"eval_loss", res.first_eval_loss}, {"eval_ppl", std::exp(res.first_eval_loss)}});
   }
 
   Progress progress("sft", r.total_steps, "step", 30.0);
@@ -513,7 +522,8 @@ SftResult train_sft(const proto::SftConfig& config) {
   while (r.st.step() < r.total_steps) {
     res.final_train_loss = train_step(r, next_micro_batches(r));
     char extra[96];
-    std::snprintf(extra, sizeof extra, "loss %.4f  %.0f tok/s", res.final_train_loss, tokens_per_second(r));
+    std::snprintf(extra, sizeof extra, "loss %.4f  %.0f tok/s", res.final_train_loss,
+                  tokens_per_second(r));
     progress.update(r.st.step(), extra);
 
     const bool last = r.st.step() == r.total_steps;
@@ -530,10 +540,12 @@ SftResult train_sft(const proto::SftConfig& config) {
     if (stop) break;
   }
   progress.finish();
-  const double session_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
+  const double session_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
   res.steps = r.st.step();
   res.tokens_per_second = session_s > 0 ? r.tokens_this_session / session_s : 0.0;
-  if (!r.eval_rows.empty() && !evaluated_at_end) res.final_eval_loss = evaluate_now(r);  // resumed at the end
+  if (!r.eval_rows.empty() && !evaluated_at_end)
+    res.final_eval_loss = evaluate_now(r);  // resumed at the end
   res.final_eval_ppl = std::exp(res.final_eval_loss);
   write_outputs(r, res);
   return res;

@@ -34,15 +34,15 @@ namespace rlhf::policy {
 
 struct SftResult {
   std::string out_dir, model_dir;
-  int64_t steps = 0;               // optimizer steps done in total
-  int64_t resumed_from = -1;       // step the run resumed from (-1: fresh start)
-  double first_eval_loss = 0.0;    // held-out loss of the initial model (step 0)
+  int64_t steps = 0;             // optimizer steps done in total
+  int64_t resumed_from = -1;     // step the run resumed from (-1: fresh start)
+  double first_eval_loss = 0.0;  // held-out loss of the initial model (step 0)
   double final_eval_loss = 0.0;
   double final_eval_ppl = 0.0;
   double final_train_loss = 0.0;
   bool early_stopped = false;
-  bool interrupted = false;        // stopped by stop_after: no model, no manifest
-  bool already_complete = false;   // the folder held a finished run of this config
+  bool interrupted = false;       // stopped by stop_after: no model, no manifest
+  bool already_complete = false;  // the folder held a finished run of this config
   double tokens_per_second = 0.0;
   double wall_seconds = 0.0;
 };

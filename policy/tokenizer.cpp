@@ -137,8 +137,8 @@ Tokenizer Tokenizer::load(const std::string& model_path) {
   t.handle_ = std::make_shared<SpmHandle>();
   t.handle_->sp = api.load(model_path.c_str());
   if (!t.handle_->sp)
-    throw Error("tokenizer model " + model_path +
-                ": not a SentencePiece model (" + api.last_error() + ")");
+    throw Error("tokenizer model " + model_path + ": not a SentencePiece model (" +
+                api.last_error() + ")");
   t.path_ = model_path;
   t.sha256_ = sha256_file(model_path);
   return t;

@@ -31,9 +31,9 @@ class Tokenizer {
   float score(int id) const;  // the piece's SentencePiece score (0 when out of range)
 
   int vocab_size() const;
-  int bos_id() const;   // -1 when the model has none
+  int bos_id() const;  // -1 when the model has none
   int eos_id() const;
-  int pad_id() const;   // -1 when the model has none (e.g. Llama 2)
+  int pad_id() const;  // -1 when the model has none (e.g. Llama 2)
   int unk_id() const;
 
   const std::string& path() const { return path_; }
@@ -45,10 +45,10 @@ class Tokenizer {
 };
 
 struct TokenizerTrainOptions {
-  std::string input;          // UTF-8 text file, one sentence/document per line
+  std::string input;  // UTF-8 text file, one sentence/document per line
   int vocab_size = 4096;
-  std::string out_dir;        // writes <out_dir>/tokenizer.model and tokenizer.vocab
-  uint64_t seed = 0;          // SentencePiece's random seed (training is deterministic given it)
+  std::string out_dir;  // writes <out_dir>/tokenizer.model and tokenizer.vocab
+  uint64_t seed = 0;    // SentencePiece's random seed (training is deterministic given it)
   std::string model_type = "bpe";
   bool byte_fallback = true;
   bool split_digits = false;  // false keeps numbers like "12" whole when frequent
@@ -60,7 +60,8 @@ struct TokenizerTrainOptions {
 // Trains a SentencePiece model (BPE, byte fallback, bos=1 eos=2 unk=0 pad=3, identity
 // normalisation and kept whitespace so decode(encode(s)) == s). Writes tokenizer.model and
 // tokenizer.vocab atomically; the same input text + options + seed give byte-identical files
-// (the input path is not recorded in the model). Returns the path of tokenizer.model. Throws rlhf::Error with SentencePiece's message on failure.
+// (the input path is not recorded in the model). Returns the path of tokenizer.model. Throws
+// rlhf::Error with SentencePiece's message on failure.
 std::string train_tokenizer(const TokenizerTrainOptions& options);
 
 }  // namespace rlhf::policy

@@ -75,7 +75,8 @@ void Optimizer::load(const std::string& path, const torch::Device& device) {
   }
 }
 
-// ---- tensors and RNG -----------------------------------------------------------------------------
+// ---- tensors and RNG
+// -----------------------------------------------------------------------------
 
 NamedTensors module_tensors(torch::nn::Module& module) {
   NamedTensors out;
@@ -140,7 +141,8 @@ void load_cpu_rng(const std::string& path) {
   gen.set_state(state);
 }
 
-// ---- the resumable-state folder ------------------------------------------------------------------
+// ---- the resumable-state folder
+// ------------------------------------------------------------------
 
 std::string config_fingerprint(const google::protobuf::Message& config,
                                const std::vector<std::string>& ignored_fields,
@@ -167,7 +169,8 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-StateFolder::StateFolder(std::string root, int keep) : root_(std::move(root)), keep_(std::max(1, keep)) {}
+StateFolder::StateFolder(std::string root, int keep)
+    : root_(std::move(root)), keep_(std::max(1, keep)) {}
 
 std::optional<std::string> StateFolder::latest() const {
   const std::string pointer = root_ + "/latest";
@@ -187,8 +190,10 @@ std::optional<std::string> StateFolder::resume_dir(const std::string& fingerprin
   std::string saved = read_file(*dir + "/fingerprint");
   while (!saved.empty() && saved.back() == '\n') saved.pop_back();
   if (saved != fingerprint)
-    throw Error(*dir + ": written by a run with a different config or different input files "
-                "(fingerprint " + saved.substr(0, 12) + ", this run " + fingerprint.substr(0, 12) +
+    throw Error(*dir +
+                ": written by a run with a different config or different input files "
+                "(fingerprint " +
+                saved.substr(0, 12) + ", this run " + fingerprint.substr(0, 12) +
                 "); to start afresh delete " + root_ + " or choose another output folder");
   return dir;
 }
@@ -215,7 +220,8 @@ std::string StateFolder::save(const std::string& name, const std::string& finger
   return dir;
 }
 
-// ---- model initialisation ------------------------------------------------------------------------
+// ---- model initialisation
+// ------------------------------------------------------------------------
 
 namespace {
 
@@ -244,7 +250,8 @@ ModelConfig scratch_config(const ModelSource& s, const Tokenizer& tok) {
   return m;
 }
 
-Transformer load_initial(const ModelSource& s, const Tokenizer& tok, std::vector<std::string>* files) {
+Transformer load_initial(const ModelSource& s, const Tokenizer& tok,
+                         std::vector<std::string>* files) {
   if (auto m = read_manifest(s.init_from); m && !m->complete())
     throw Error(s.init_from + ": stage '" + m->stage() + "' is not finished");
   LoadedModel loaded = load_checkpoint(s.init_from);

@@ -6,7 +6,8 @@
 // The resume rule (every trainer and the pipeline): an output folder whose state/ holds a
 // checkpoint written under the same config fingerprint resumes from its newest checkpoint; one
 // written under a different fingerprint is refused with an error that says how to start afresh;
-// no checkpoint starts afresh. On CPU a resumed run ends bit for bit where an uninterrupted one does.
+// no checkpoint starts afresh. On CPU a resumed run ends bit for bit where an uninterrupted one
+// does.
 #pragma once
 
 #include <torch/torch.h>
@@ -37,8 +38,8 @@ struct AdamWOptions {
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
-  double weight_decay = 0.1;       // on the "decay" group only
-  double embedding_lr_scale = 1.0; // != 1: token embeddings get their own group at lr * scale
+  double weight_decay = 0.1;        // on the "decay" group only
+  double embedding_lr_scale = 1.0;  // != 1: token embeddings get their own group at lr * scale
 };
 
 // AdamW over the given trainable parameters, grouped as in GPT-2/nanoGPT/LLaMA: "decay" (>= 2
@@ -63,11 +64,12 @@ class Optimizer {
 
  private:
   std::unique_ptr<torch::optim::AdamW> adamw_;
-  std::vector<double> lr_scale_;        // per group
-  std::vector<torch::Tensor> params_;   // all trainable, group after group (for clipping)
+  std::vector<double> lr_scale_;       // per group
+  std::vector<torch::Tensor> params_;  // all trainable, group after group (for clipping)
 };
 
-// ---- tensors and RNG -----------------------------------------------------------------------------
+// ---- tensors and RNG
+// -----------------------------------------------------------------------------
 
 // Parameters and buffers of a module by name (the same names its named_parameters() uses).
 NamedTensors module_tensors(torch::nn::Module& module);
@@ -81,7 +83,8 @@ void load_tensors(const NamedTensors& tensors, const std::string& path);
 void save_cpu_rng(const std::string& path);
 void load_cpu_rng(const std::string& path);
 
-// ---- the resumable-state folder ------------------------------------------------------------------
+// ---- the resumable-state folder
+// ------------------------------------------------------------------
 
 // A config's identity for resuming: SHA-256 of its text format with the fields that may change
 // between a run and its resumption cleared (e.g. out_dir, threads, device), and of the content of
@@ -119,15 +122,16 @@ class StateFolder {
 // "step-00000042": checkpoint names that sort by step.
 std::string step_name(int64_t step);
 
-// ---- model initialisation ------------------------------------------------------------------------
+// ---- model initialisation
+// ------------------------------------------------------------------------
 
 struct ModelSource {
-  std::string init_from;        // native checkpoint or Hugging Face folder; "" = from scratch
-  std::string tokenizer;        // SentencePiece .model; "" = <init_from>/tokenizer.model
-  proto::ModelConfig scratch;   // from scratch: the architecture (vocab/bos/eos/pad from the
-                                // tokenizer; unset fields keep policy::ModelConfig's defaults)
-  int64_t seq_len = 0;          // tokens per training row: from scratch max_seq_len grows to it;
-                                // from a checkpoint it must fit (fail_on_long_rows) or is capped
+  std::string init_from;       // native checkpoint or Hugging Face folder; "" = from scratch
+  std::string tokenizer;       // SentencePiece .model; "" = <init_from>/tokenizer.model
+  proto::ModelConfig scratch;  // from scratch: the architecture (vocab/bos/eos/pad from the
+                               // tokenizer; unset fields keep policy::ModelConfig's defaults)
+  int64_t seq_len = 0;         // tokens per training row: from scratch max_seq_len grows to it;
+                               // from a checkpoint it must fit (fail_on_long_rows) or is capped
   bool fail_on_long_rows = false;
   bool value_head = false;      // add a scalar head when the model has none
   std::string what = "config";  // names the config in messages ("sft config")

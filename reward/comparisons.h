@@ -21,8 +21,8 @@ struct Comparison {
   std::string prompt;
   std::string chosen;
   std::string rejected;
-  std::string group;    // ranking group: pairs of one ranking share it (task_id, else the prompt)
-  int64_t line = 0;     // 1-based source line (0 when not from a file)
+  std::string group;  // ranking group: pairs of one ranking share it (task_id, else the prompt)
+  int64_t line = 0;   // 1-based source line (0 when not from a file)
 };
 
 // A ranking of answers to one prompt: tiers[0] is best; answers within a tier are tied.

@@ -10,7 +10,9 @@ namespace rlhf::reward {
 
 namespace {
 // -log sigmoid(x), stable for large |x|.
-double neg_log_sigmoid(double x) { return x >= 0 ? std::log1p(std::exp(-x)) : -x + std::log1p(std::exp(x)); }
+double neg_log_sigmoid(double x) {
+  return x >= 0 ? std::log1p(std::exp(-x)) : -x + std::log1p(std::exp(x));
+}
 }  // namespace
 
 PairMetrics pair_metrics(const std::vector<float>& chosen, const std::vector<float>& rejected,

@@ -16,8 +16,10 @@ std::vector<int64_t> build_sequence(const std::vector<int>& prompt_ids,
                                     const std::vector<int>& answer_ids, int bos_id, int eos_id,
                                     const EncodeOptions& options) {
   std::vector<int64_t> seq;
-  size_t np = std::min(prompt_ids.size(), static_cast<size_t>(std::max(0, options.max_prompt_tokens)));
-  size_t na = std::min(answer_ids.size(), static_cast<size_t>(std::max(0, options.max_answer_tokens)));
+  size_t np =
+      std::min(prompt_ids.size(), static_cast<size_t>(std::max(0, options.max_prompt_tokens)));
+  size_t na =
+      std::min(answer_ids.size(), static_cast<size_t>(std::max(0, options.max_answer_tokens)));
   seq.reserve(np + na + 2);
   if (bos_id >= 0) seq.push_back(bos_id);
   seq.insert(seq.end(), prompt_ids.end() - static_cast<std::ptrdiff_t>(np), prompt_ids.end());
@@ -59,7 +61,7 @@ torch::Tensor score_batch(policy::Transformer& model, const torch::Tensor& ids,
   auto last = std::get<0>((mask * pos).max(1)) - 1;  // [N]
   last = last.clamp_min(0);
   auto rows = torch::arange(n, last.options());
-  auto h = hidden.index({rows, last}).unsqueeze(1);          // [N, 1, D]
+  auto h = hidden.index({rows, last}).unsqueeze(1);  // [N, 1, D]
   return model->values_from_hidden(h).reshape({n}).to(torch::kFloat);
 }
 
@@ -74,9 +76,8 @@ std::vector<float> score_sequences(policy::Transformer& model,
   model->eval();
   std::vector<size_t> order(sequences.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return sequences[a].size() < sequences[b].size();
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return sequences[a].size() < sequences[b].size(); });
   int64_t pad = model->config().pad_id;
   size_t bs = static_cast<size_t>(std::max(1, batch_size));
   for (size_t start = 0; start < order.size(); start += bs) {
@@ -102,15 +103,14 @@ EncodeOptions RewardModel::encode_options() const {
 
 std::vector<int64_t> RewardModel::encode(const std::string& prompt,
                                          const std::string& answer) const {
-  return build_sequence(tokenizer.encode(prompt), tokenizer.encode(answer),
-                        model->config().bos_id, model->config().eos_id, encode_options());
+  return build_sequence(tokenizer.encode(prompt), tokenizer.encode(answer), model->config().bos_id,
+                        model->config().eos_id, encode_options());
 }
 
 std::string resolve_model_dir(const std::string& dir) {
   if (file_exists(dir + "/checkpoint.pb")) return dir;
   if (file_exists(dir + "/model/checkpoint.pb")) return dir + "/model";
-  throw Error(dir + ": not a reward model folder (no checkpoint.pb in it or in " + dir +
-              "/model)");
+  throw Error(dir + ": not a reward model folder (no checkpoint.pb in it or in " + dir + "/model)");
 }
 
 RewardModel load_reward_model(const std::string& dir_in) {
@@ -129,8 +129,9 @@ RewardModel load_reward_model(const std::string& dir_in) {
     rm.model = loaded.model;
     if (!rm.model->config().value_head)
       throw Error(rm.dir + ": checkpoint has no scalar head (value_head)");
-    std::string tok = rm.dir + "/" +
-                      (rm.meta.tokenizer_file().empty() ? "tokenizer.model" : rm.meta.tokenizer_file());
+    std::string tok =
+        rm.dir + "/" +
+        (rm.meta.tokenizer_file().empty() ? "tokenizer.model" : rm.meta.tokenizer_file());
     rm.tokenizer = policy::Tokenizer::load(tok);
     if (!loaded.info.tokenizer_sha256.empty() &&
         loaded.info.tokenizer_sha256 != rm.tokenizer.sha256())

@@ -39,8 +39,8 @@ std::vector<float> RewardScorer::score(const std::vector<std::string>& prompts,
 std::vector<float> RewardScorer::score_ids(const std::vector<std::vector<int>>& prompt_ids,
                                            const std::vector<std::vector<int>>& answer_ids) {
   if (prompt_ids.size() != answer_ids.size())
-    throw Error("RewardScorer::score_ids: " + std::to_string(prompt_ids.size()) +
-                " prompts but " + std::to_string(answer_ids.size()) + " answers");
+    throw Error("RewardScorer::score_ids: " + std::to_string(prompt_ids.size()) + " prompts but " +
+                std::to_string(answer_ids.size()) + " answers");
   const auto& cfg = rm_.model->config();
   std::vector<std::vector<int64_t>> seqs;
   for (size_t i = 0; i < prompt_ids.size(); ++i) {

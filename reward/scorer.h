@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "reward/evaluation.h"
 #include "reward/comparisons.h"
+#include "reward/evaluation.h"
 #include "reward/reward_model.h"
 
 namespace rlhf::reward {

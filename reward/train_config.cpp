@@ -15,7 +15,8 @@ void validate_config(const proto::RewardTrainConfig& c, const ConfigErrors& e) {
   auto at_least = [&](const char* field, int64_t v, int64_t min, const char* note = "") {
     if (v < min) e.fail(field, "expected >= " + std::to_string(min) + note, std::to_string(v));
   };
-  if (c.schema_version() != 1) e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
+  if (c.schema_version() != 1)
+    e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
   if (c.format() != "pairs" && c.format() != "hh")
     e.fail("format", "expected \"pairs\" or \"hh\"", config_quoted(c.format()));
   if (!(c.heldout_fraction() >= 0 && c.heldout_fraction() < 1))
@@ -32,10 +33,14 @@ void validate_config(const proto::RewardTrainConfig& c, const ConfigErrors& e) {
   if (c.has_warmup_steps()) at_least("warmup_steps", c.warmup_steps(), 0, " (0 = no warm-up)");
   if (!(c.warmup_ratio() >= 0 && c.warmup_ratio() <= 1))
     e.fail("warmup_ratio", "expected a value in [0, 1]", num(c.warmup_ratio()));
-  if (!(c.weight_decay() >= 0)) e.fail("weight_decay", "expected >= 0 (0 = none)", num(c.weight_decay()));
-  if (!(c.grad_clip() >= 0)) e.fail("grad_clip", "expected >= 0 (0 = no clipping)", num(c.grad_clip()));
-  if (!(c.beta1() >= 0 && c.beta1() < 1)) e.fail("beta1", "expected a value in [0, 1)", num(c.beta1()));
-  if (!(c.beta2() >= 0 && c.beta2() < 1)) e.fail("beta2", "expected a value in [0, 1)", num(c.beta2()));
+  if (!(c.weight_decay() >= 0))
+    e.fail("weight_decay", "expected >= 0 (0 = none)", num(c.weight_decay()));
+  if (!(c.grad_clip() >= 0))
+    e.fail("grad_clip", "expected >= 0 (0 = no clipping)", num(c.grad_clip()));
+  if (!(c.beta1() >= 0 && c.beta1() < 1))
+    e.fail("beta1", "expected a value in [0, 1)", num(c.beta1()));
+  if (!(c.beta2() >= 0 && c.beta2() < 1))
+    e.fail("beta2", "expected a value in [0, 1)", num(c.beta2()));
   if (!(c.embedding_lr_scale() >= 0))
     e.fail("embedding_lr_scale", "expected >= 0", num(c.embedding_lr_scale()));
   at_least("eval_every", c.eval_every(), 1);
@@ -49,7 +54,8 @@ void validate_config(const proto::RewardTrainConfig& c, const ConfigErrors& e) {
     e.fail("annotation_db", "expected either annotation_db or train_file, not both",
            config_quoted(c.annotation_db()) + " and train_file " + config_quoted(c.train_file()));
   if (!c.init_from().empty() && c.has_model())
-    e.fail("model", "expected either init_from (an SFT checkpoint) or model (from scratch), not both",
+    e.fail("model",
+           "expected either init_from (an SFT checkpoint) or model (from scratch), not both",
            "both");
   if (c.has_lora()) policy::validate_lora_config(c.lora(), e.nested("lora"));
 }

@@ -190,9 +190,11 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   const int bos = r.model->config().bos_id, eos = r.model->config().eos_id;
   r.enc_train = encode_comparisons(r.train, r.init.tokenizer, bos, eos, r.enc_opts);
   r.enc_held = encode_comparisons(r.heldout, r.init.tokenizer, bos, eos, r.enc_opts);
-  const auto n_batches = static_cast<int64_t>(make_batches(r.train, c.batch_pairs(), c.seed()).size());
-  r.total_steps = c.steps() > 0 ? c.steps()
-                                : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(c.epochs() * n_batches)));
+  const auto n_batches =
+      static_cast<int64_t>(make_batches(r.train, c.batch_pairs(), c.seed()).size());
+  r.total_steps =
+      c.steps() > 0 ? c.steps()
+                    : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(c.epochs() * n_batches)));
   r.schedule.peak_lr = c.lr();
   r.schedule.min_lr = c.lr() * c.min_lr_ratio();
   r.schedule.total_steps = r.total_steps;
@@ -248,15 +250,16 @@ bool resume_or_start(RewardRun& r) {
   for (const auto& f : inputs) r.manifest.add_inputs()->CopyFrom(file_ref(f));
   write_manifest(r.manifest, r.out);
   r.metrics = std::make_unique<MetricsWriter>(r.out, /*append=*/r.resumed);
-  std::fprintf(stderr,
-               "reward train: %zu train / %zu held-out comparisons, %zu + %zu sequences, "
-               "%lld steps, %.2fM parameters%s%s\n",
-               r.train.size(), r.heldout.size(), r.enc_train.sequences.size(),
-               r.enc_held.sequences.size(), static_cast<long long>(r.total_steps),
-               r.model->config().num_parameters() / 1e6, r.resumed ? " (resumed)" : "",
-               r.lora ? (", LoRA: " + std::to_string(r.lora->num_parameters()) +
-                         " adapter parameters").c_str()
-                      : "");
+  std::fprintf(
+      stderr,
+      "reward train: %zu train / %zu held-out comparisons, %zu + %zu sequences, "
+      "%lld steps, %.2fM parameters%s%s\n",
+      r.train.size(), r.heldout.size(), r.enc_train.sequences.size(), r.enc_held.sequences.size(),
+      static_cast<long long>(r.total_steps), r.model->config().num_parameters() / 1e6,
+      r.resumed ? " (resumed)" : "",
+      r.lora
+          ? (", LoRA: " + std::to_string(r.lora->num_parameters()) + " adapter parameters").c_str()
+          : "");
   return false;
 }
 
@@ -289,7 +292,8 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& batch) {
   r.metrics->write(r.state.step(), {{"train/loss", loss_v},
                                     {"train/accuracy", acc},
                                     {"train/mean_margin", d.mean().item<double>()},
-                                    {"train/lr", lr}, {"train/grad_norm", gnorm},
+                                    {"train/lr", lr},
+                                    {"train/grad_norm", gnorm},
                                     {"train/pairs", static_cast<double>(batch.size())}});
   char extra[64];
   std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f", loss_v, acc);
@@ -300,11 +304,15 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& batch) {
 // held-out comparisons, the latest: the final model is what is kept).
 void evaluate_and_keep_best(RewardRun& r) {
   if (r.lora) r.lora->refresh(false);  // the weights after the last optimizer step
-  PairMetrics m = r.heldout.empty() ? PairMetrics{}
-                                    : evaluate_encoded(r.model, r.enc_held, r.device, r.cfg.margin());
-  r.metrics->write(r.state.step(), {{"eval/accuracy", m.accuracy}, {"eval/loss", m.loss},
-                                    {"eval/mean_margin", m.mean_margin}, {"eval/ece", m.ece}});
-  std::fprintf(stderr, "reward train: step %lld held-out accuracy %.4f loss %.4f margin %.3f (n=%lld)\n",
+  PairMetrics m = r.heldout.empty()
+                      ? PairMetrics{}
+                      : evaluate_encoded(r.model, r.enc_held, r.device, r.cfg.margin());
+  r.metrics->write(r.state.step(), {{"eval/accuracy", m.accuracy},
+                                    {"eval/loss", m.loss},
+                                    {"eval/mean_margin", m.mean_margin},
+                                    {"eval/ece", m.ece}});
+  std::fprintf(stderr,
+               "reward train: step %lld held-out accuracy %.4f loss %.4f margin %.3f (n=%lld)\n",
                static_cast<long long>(r.state.step()), m.accuracy, m.loss, m.mean_margin,
                static_cast<long long>(m.n));
   r.model->train();
@@ -338,7 +346,8 @@ TrainResult write_outputs(RewardRun& r) {
   }
   TrainResult result;
   // Differences of scores (all the pairwise metrics use) do not depend on the shift.
-  result.heldout = r.heldout.empty() ? PairMetrics{} : evaluate_encoded(best, r.enc_held, r.device, r.cfg.margin());
+  result.heldout = r.heldout.empty() ? PairMetrics{}
+                                     : evaluate_encoded(best, r.enc_held, r.device, r.cfg.margin());
   result.best_step = r.state.best_step();
   result.steps = r.state.step();
   result.score_offset = offset;
@@ -353,7 +362,8 @@ TrainResult write_outputs(RewardRun& r) {
   result.model_dir = r.out + "/model";
   save_reward_model(best, r.init.tokenizer_path, meta, result.model_dir, r.state.best_step());
 
-  for (const char* f : {"model.safetensors", "checkpoint.pb", "config.json", "reward.pb", "tokenizer.model"}) {
+  for (const char* f :
+       {"model.safetensors", "checkpoint.pb", "config.json", "reward.pb", "tokenizer.model"}) {
     std::string p = result.model_dir + "/" + f;
     if (!file_exists(p)) continue;
     auto ref = file_ref(p);
@@ -406,7 +416,8 @@ TrainResult train_reward_model(const proto::RewardTrainConfig& config) {
   Progress progress("reward train", r.total_steps, "step");
   bool time_up = false;
   while (r.state.step() < r.total_steps && !time_up) {
-    const auto batches = make_batches(r.train, r.cfg.batch_pairs(), r.cfg.seed() + static_cast<uint64_t>(r.state.epoch()));
+    const auto batches = make_batches(r.train, r.cfg.batch_pairs(),
+                                      r.cfg.seed() + static_cast<uint64_t>(r.state.epoch()));
     for (auto bi = r.state.batch_in_epoch(); bi < static_cast<int64_t>(batches.size()); ++bi) {
       const std::string extra = train_step(r, batches[static_cast<size_t>(bi)]);
       r.state.set_batch_in_epoch(bi + 1);

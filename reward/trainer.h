@@ -21,10 +21,10 @@
 namespace rlhf::reward {
 
 struct TrainResult {
-  PairMetrics heldout;       // of the final model (model/)
+  PairMetrics heldout;  // of the final model (model/)
   int64_t best_step = 0;
-  int64_t steps = 0;         // steps run in total
-  double score_offset = 0;   // subtracted from raw scores
+  int64_t steps = 0;        // steps run in total
+  double score_offset = 0;  // subtracted from raw scores
   double wall_seconds = 0;
   std::string model_dir;
   bool already_complete = false;  // the folder held this finished run; nothing was trained

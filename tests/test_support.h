@@ -26,15 +26,15 @@ inline std::string shared_data(const std::string& rel) {
   return "";
 }
 
-#define RLHF_REQUIRE_DATA(var, rel)                                                        \
-  std::string var = ::rlhf::testing::shared_data(rel);                                     \
-  if (var.empty()) {                                                                       \
-    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                             \
-    if (req && std::string(req) == "1") {                                                  \
-      FAIL() << "shared data missing: " << RLHF_SHARED_DATA_DIR << "/" << rel              \
-             << " (RLHF_REQUIRE_SHARED_DATA=1)";                                           \
-    }                                                                                      \
-    GTEST_SKIP() << "shared data missing: " << RLHF_SHARED_DATA_DIR << "/" << rel;         \
+#define RLHF_REQUIRE_DATA(var, rel)                                                \
+  std::string var = ::rlhf::testing::shared_data(rel);                             \
+  if (var.empty()) {                                                               \
+    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                     \
+    if (req && std::string(req) == "1") {                                          \
+      FAIL() << "shared data missing: " << RLHF_SHARED_DATA_DIR << "/" << rel      \
+             << " (RLHF_REQUIRE_SHARED_DATA=1)";                                   \
+    }                                                                              \
+    GTEST_SKIP() << "shared data missing: " << RLHF_SHARED_DATA_DIR << "/" << rel; \
   }
 
 // A fresh temporary folder removed when the object goes away.
@@ -81,8 +81,8 @@ inline int run_command(const std::string& cmd, std::string* output, bool merge_s
 // destructor stops a server that is still running.
 struct ServeProcess {
   ServeProcess(const std::string& db, const std::string& socket) : socket(socket) {
-    std::vector<std::string> args = {rlhf_binary(), "annotate", "serve", "--db", db, "--socket",
-                                     socket};
+    std::vector<std::string> args = {rlhf_binary(), "annotate", "serve", "--db", db,
+                                     "--socket",    socket};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

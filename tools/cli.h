@@ -25,7 +25,7 @@ struct FlagSpec {
         is_bool(is_bool_),
         required(required_) {}
 
-  std::string name;           // without leading dashes, e.g. "max-new-tokens"
+  std::string name;  // without leading dashes, e.g. "max-new-tokens"
   std::string help;
   std::string default_value;  // shown in --help; "" means none
   bool is_bool = false;       // a switch: present = true, takes no value
@@ -35,10 +35,10 @@ struct FlagSpec {
 // Parsed arguments of one subcommand invocation.
 class Args {
  public:
-  bool has(const std::string& name) const;       // given on the command line
-  std::string get(const std::string& name) const;  // value or declared default
+  bool has(const std::string& name) const;                            // given on the command line
+  std::string get(const std::string& name) const;                     // value or declared default
   std::optional<std::string> get_opt(const std::string& name) const;  // only if given
-  int64_t get_int(const std::string& name) const;   // throws UsageError naming the flag
+  int64_t get_int(const std::string& name) const;  // throws UsageError naming the flag
   double get_double(const std::string& name) const;
   bool get_bool(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
@@ -55,12 +55,12 @@ class Args {
 };
 
 struct Command {
-  std::string path;           // e.g. "tokenizer train", "generate", "annotate serve"
-  std::string summary;        // one line for the command list
-  std::string usage;          // e.g. "--input FILE --vocab-size N --out DIR"
+  std::string path;     // e.g. "tokenizer train", "generate", "annotate serve"
+  std::string summary;  // one line for the command list
+  std::string usage;    // e.g. "--input FILE --vocab-size N --out DIR"
   std::vector<FlagSpec> flags;
   std::function<int(const Args&)> run;
-  bool raw_args = false;      // when true, flags are not declared and positional() holds argv
+  bool raw_args = false;  // when true, flags are not declared and positional() holds argv
 };
 
 // Global registry (populated by static Register objects before main runs).

@@ -60,7 +60,8 @@ Register add_annotator({"annotate add-annotator",
                           return 0;
                         }});
 
-Register revoke({"annotate revoke", "revoke an annotator's token (takes effect at once)",
+Register revoke({"annotate revoke",
+                 "revoke an annotator's token (takes effect at once)",
                  "--db FILE --name NAME",
                  {db_flag(), {"name", "annotator name", "", false, true}},
                  [](const Args& a) {
@@ -97,8 +98,8 @@ Register export_cmd({"annotate export",
                        int64_t n = ann::export_jsonl(store, a.get("format"), out);
                        if (a.has("output")) {
                          rlhf::write_file_atomic(a.get("output"), out.str());
-                         std::fprintf(stderr, "wrote %lld lines to %s\n",
-                                      static_cast<long long>(n), a.get("output").c_str());
+                         std::fprintf(stderr, "wrote %lld lines to %s\n", static_cast<long long>(n),
+                                      a.get("output").c_str());
                        } else {
                          std::cout << out.str();
                          std::cout.flush();
@@ -119,45 +120,41 @@ Register stats_cmd({"annotate stats",
                       return 0;
                     }});
 
-Register serve({"annotate serve",
-                "serve annotation tasks over a Unix socket until SIGINT/SIGTERM",
-                "--db FILE --socket PATH [--lease-seconds N] [--synchronous FULL|NORMAL]",
-                {db_flag(),
-                 {"socket", "Unix socket path to listen on", "", false, true},
-                 {"lease-seconds", "how long a handed-out task stays reserved", "600"},
-                 {"synchronous", "SQLite synchronous level: FULL (power-cut safe) or NORMAL",
-                  "FULL"},
-                 {"socket-mode", "socket file permissions, 0600 or 0660", "0600"},
-                 {"verbose", "log connection problems", "", true}},
-                [](const Args& a) {
-                  ann::ServerOptions o;
-                  o.db_path = a.get("db");
-                  o.socket_path = a.get("socket");
-                  o.lease_seconds = a.get_double("lease-seconds");
-                  if (o.lease_seconds <= 0)
-                    throw rlhf::UsageError("--lease-seconds must be > 0");
-                  std::string sync = a.get("synchronous");
-                  if (sync != "FULL" && sync != "NORMAL")
-                    throw rlhf::UsageError("--synchronous: expected FULL or NORMAL, got '" + sync +
-                                           "'");
-                  o.synchronous_full = sync == "FULL";
-                  std::string mode = a.get("socket-mode");
-                  if (mode != "0600" && mode != "0660" && mode != "600" && mode != "660")
-                    throw rlhf::UsageError("--socket-mode: expected 0600 or 0660, got '" + mode +
-                                           "'");
-                  o.socket_mode = mode.find("66") != std::string::npos ? 0660 : 0600;
-                  o.verbose = a.get_bool("verbose");
-                  ann::Server server(o);
-                  std::fprintf(stderr, "rlhf annotate serve: listening on %s (db %s, %s)\n",
-                               o.socket_path.c_str(), o.db_path.c_str(), sync.c_str());
-                  server.run();
-                  auto st = server.stats();
-                  std::fprintf(stderr,
-                               "rlhf annotate serve: stopped after %lld requests in %lld "
-                               "transactions\n",
-                               static_cast<long long>(st.requests),
-                               static_cast<long long>(st.batches));
-                  return 0;
-                }});
+Register serve(
+    {"annotate serve",
+     "serve annotation tasks over a Unix socket until SIGINT/SIGTERM",
+     "--db FILE --socket PATH [--lease-seconds N] [--synchronous FULL|NORMAL]",
+     {db_flag(),
+      {"socket", "Unix socket path to listen on", "", false, true},
+      {"lease-seconds", "how long a handed-out task stays reserved", "600"},
+      {"synchronous", "SQLite synchronous level: FULL (power-cut safe) or NORMAL", "FULL"},
+      {"socket-mode", "socket file permissions, 0600 or 0660", "0600"},
+      {"verbose", "log connection problems", "", true}},
+     [](const Args& a) {
+       ann::ServerOptions o;
+       o.db_path = a.get("db");
+       o.socket_path = a.get("socket");
+       o.lease_seconds = a.get_double("lease-seconds");
+       if (o.lease_seconds <= 0) throw rlhf::UsageError("--lease-seconds must be > 0");
+       std::string sync = a.get("synchronous");
+       if (sync != "FULL" && sync != "NORMAL")
+         throw rlhf::UsageError("--synchronous: expected FULL or NORMAL, got '" + sync + "'");
+       o.synchronous_full = sync == "FULL";
+       std::string mode = a.get("socket-mode");
+       if (mode != "0600" && mode != "0660" && mode != "600" && mode != "660")
+         throw rlhf::UsageError("--socket-mode: expected 0600 or 0660, got '" + mode + "'");
+       o.socket_mode = mode.find("66") != std::string::npos ? 0660 : 0600;
+       o.verbose = a.get_bool("verbose");
+       ann::Server server(o);
+       std::fprintf(stderr, "rlhf annotate serve: listening on %s (db %s, %s)\n",
+                    o.socket_path.c_str(), o.db_path.c_str(), sync.c_str());
+       server.run();
+       auto st = server.stats();
+       std::fprintf(stderr,
+                    "rlhf annotate serve: stopped after %lld requests in %lld "
+                    "transactions\n",
+                    static_cast<long long>(st.requests), static_cast<long long>(st.batches));
+       return 0;
+     }});
 
 }  // namespace

@@ -36,7 +36,8 @@ int terminal_width() {
   return 80;
 }
 
-Register client({"annotate client", "rank tasks in the terminal (also works with piped stdin)",
+Register client({"annotate client",
+                 "rank tasks in the terminal (also works with piped stdin)",
                  "--socket PATH [--token T]   (token also from RLHF_TOKEN)",
                  {{"socket", "server's Unix socket", "", false, true},
                   {"token", "annotator token (default: $RLHF_TOKEN)", ""}},

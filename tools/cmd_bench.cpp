@@ -46,8 +46,10 @@ rlhf::cli::Register reg({"bench",
                           {"quick", "tiny settings (smoke test, seconds)", "", true},
                           {"threads", "libtorch intra-op threads (default: libtorch's choice)"},
                           {"seed", "random seed", "0"},
-                          {"only", "one measurement: gemm, gen_b1_cache, gen_b1_nocache, "
-                                   "gen_b32_cache or train (for profilers)", ""},
+                          {"only",
+                           "one measurement: gemm, gen_b1_cache, gen_b1_nocache, "
+                           "gen_b32_cache or train (for profilers)",
+                           ""},
                           {"repeat", "generation runs per measurement (median reported)", "1"}},
                          run_bench});
 

@@ -54,20 +54,24 @@ int run(const Args& args) {
   if (args.has("tokenizer")) {
     tokenizer = rlhf::policy::Tokenizer::load(args.get("tokenizer"));
     if (tokenizer->vocab_size() > model->config().vocab_size)
-      throw rlhf::Error("tokenizer " + args.get("tokenizer") + " has " +
-                        std::to_string(tokenizer->vocab_size()) + " pieces but the model's vocab_size is " +
-                        std::to_string(model->config().vocab_size));
-    if (!loaded.info.tokenizer_sha256.empty() && loaded.info.tokenizer_sha256 != tokenizer->sha256())
-      std::fprintf(stderr, "warning: tokenizer %s (sha256 %s) is not the one the checkpoint was trained with (%s)\n",
-                   args.get("tokenizer").c_str(), tokenizer->sha256().c_str(),
-                   loaded.info.tokenizer_sha256.c_str());
+      throw rlhf::Error(
+          "tokenizer " + args.get("tokenizer") + " has " + std::to_string(tokenizer->vocab_size()) +
+          " pieces but the model's vocab_size is " + std::to_string(model->config().vocab_size));
+    if (!loaded.info.tokenizer_sha256.empty() &&
+        loaded.info.tokenizer_sha256 != tokenizer->sha256())
+      std::fprintf(
+          stderr,
+          "warning: tokenizer %s (sha256 %s) is not the one the checkpoint was trained with (%s)\n",
+          args.get("tokenizer").c_str(), tokenizer->sha256().c_str(),
+          loaded.info.tokenizer_sha256.c_str());
   }
 
   std::vector<int64_t> prompt;
   if (args.has("prompt-ids")) {
     prompt = parse_ids(args.get("prompt-ids"));
   } else {
-    if (!tokenizer) throw rlhf::UsageError("--prompt TEXT needs --tokenizer FILE (or use --prompt-ids)");
+    if (!tokenizer)
+      throw rlhf::UsageError("--prompt TEXT needs --tokenizer FILE (or use --prompt-ids)");
     int bos = tokenizer->bos_id() >= 0 ? tokenizer->bos_id() : model->config().bos_id;
     if (bos >= 0) prompt.push_back(bos);
     for (int id : tokenizer->encode(args.get("prompt"))) prompt.push_back(id);
@@ -107,7 +111,8 @@ rlhf::cli::Register reg({
     "--model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids \"1 2 3\") --max-new-tokens N "
     "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--ids]",
     {
-        {"model", "checkpoint folder (config.json + model.safetensors [+ checkpoint.pb])", "", false, true},
+        {"model", "checkpoint folder (config.json + model.safetensors [+ checkpoint.pb])", "",
+         false, true},
         {"tokenizer", "SentencePiece .model file (needed for --prompt and text output)", ""},
         {"prompt", "prompt text (encoded with --tokenizer, BOS prepended)", ""},
         {"prompt-ids", "prompt as space-separated token ids (used as given)", ""},

@@ -2,7 +2,6 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -80,13 +79,15 @@ int run_replay(const Args& a) {
         continue;
       }
       auto g = [&](const char* k) { return mb.count(k) ? mb.at(k) : NAN; };
-      std::printf("iter %lld epoch %lld mb %lld  loss/policy %.6f  loss/value %.6f  clipfrac %.4f  "
-                  "approx_kl %.6f  ratio_mean %.6f  grad p %.4f v %.4f\n",
-                  (long long)g("iteration"), (long long)g("epoch"), (long long)g("minibatch"),
-                  g("loss/policy"), g("loss/value"), g("policy/clipfrac"), g("policy/approx_kl"),
-                  g("policy/ratio_mean"), g("grad_norm/policy"), g("grad_norm/value"));
+      std::printf(
+          "iter %lld epoch %lld mb %lld  loss/policy %.6f  loss/value %.6f  clipfrac %.4f  "
+          "approx_kl %.6f  ratio_mean %.6f  grad p %.4f v %.4f\n",
+          (long long)g("iteration"), (long long)g("epoch"), (long long)g("minibatch"),
+          g("loss/policy"), g("loss/value"), g("policy/clipfrac"), g("policy/approx_kl"),
+          g("policy/ratio_mean"), g("grad_norm/policy"), g("grad_norm/value"));
       if (mb.count("policy/early_stopped"))
-        std::printf("  target_kl: the epoch's mean approx_kl exceeded it; the update stopped here\n");
+        std::printf(
+            "  target_kl: the epoch's mean approx_kl exceeded it; the update stopped here\n");
     }
     return 0;
   }
@@ -95,7 +96,8 @@ int run_replay(const Args& a) {
     std::vector<rlhf::proto::RolloutRecord> subset;
     for (auto* r : selected) subset.push_back(*r);
     double worst = 0;
-    for (const auto& c : rlhf::policy::recompute_logprobs(subset, a.get("policy"), a.get("device"))) {
+    for (const auto& c :
+         rlhf::policy::recompute_logprobs(subset, a.get("policy"), a.get("device"))) {
       worst = std::max(worst, c.max_abs_diff);
       if (json)
         std::cout << nlohmann::json{{"index", c.index}, {"max_abs_logprob_diff", c.max_abs_diff}}
@@ -128,8 +130,7 @@ int run_replay(const Args& a) {
                   << "\n";
       } else if (s.compared) {
         std::printf("sample %lld: %s (max |diff| %.3g, %lld entries differ)\n", (long long)s.index,
-                    s.mismatches ? "MISMATCH" : "matches", s.max_abs_diff,
-                    (long long)s.mismatches);
+                    s.mismatches ? "MISMATCH" : "matches", s.max_abs_diff, (long long)s.mismatches);
       } else {
         std::printf("sample %lld: recomputed (no stored values to compare)\n", (long long)s.index);
       }

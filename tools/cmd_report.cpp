@@ -29,7 +29,8 @@ rlhf::cli::Register reg({"report",
                          {{"output", "where to write the HTML", "RUN_DIR/report.html"},
                           {"samples", "before/after samples JSON", "RUN_DIR/samples.json"},
                           {"title", "page title", "RLHF run <folder name>"},
-                          {"max-points", "thin longer metric series to about this many points", "400"}},
+                          {"max-points", "thin longer metric series to about this many points",
+                           "400"}},
                          run_report});
 
 }  // namespace

@@ -32,12 +32,15 @@ int run_train(const Args& a) {
   if (a.has("eval-every")) cfg.set_eval_every(a.get_int("eval-every"));
   if (a.has("seed")) cfg.set_seed(static_cast<uint64_t>(a.get_int("seed")));
   if (a.has("threads")) cfg.set_threads(static_cast<int32_t>(a.get_int("threads")));
-  if (a.has("time-limit")) cfg.set_time_limit_seconds(static_cast<float>(a.get_double("time-limit")));
+  if (a.has("time-limit"))
+    cfg.set_time_limit_seconds(static_cast<float>(a.get_double("time-limit")));
   rlhf::reward::validate_config(cfg, path);
-  if (cfg.out_dir().empty()) throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
+  if (cfg.out_dir().empty())
+    throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   rlhf::pipelines::export_annotation_pairs(&cfg);
   auto r = rlhf::reward::train_reward_model(cfg);
-  if (r.already_complete) std::printf("reward model: %s already holds this finished run\n", cfg.out_dir().c_str());
+  if (r.already_complete)
+    std::printf("reward model: %s already holds this finished run\n", cfg.out_dir().c_str());
   std::printf("reward model: %s\nheld-out: %s\nbest step %lld of %lld, score offset %.4f, %.1fs\n",
               r.model_dir.c_str(), rlhf::reward::to_json(r.heldout).c_str(),
               static_cast<long long>(r.best_step), static_cast<long long>(r.steps), r.score_offset,
@@ -57,8 +60,10 @@ int run_eval(const Args& a) {
   if (a.get_bool("json")) {
     std::printf("%s\n", rlhf::reward::to_json(m).c_str());
   } else {
-    std::printf("pairs        %lld\naccuracy     %.4f\nloss         %.4f\nmean margin  %.4f\nECE          %.4f\n",
-                static_cast<long long>(m.n), m.accuracy, m.loss, m.mean_margin, m.ece);
+    std::printf(
+        "pairs        %lld\naccuracy     %.4f\nloss         %.4f\nmean margin  %.4f\nECE          "
+        "%.4f\n",
+        static_cast<long long>(m.n), m.accuracy, m.loss, m.mean_margin, m.ece);
   }
   return 0;
 }
@@ -80,58 +85,58 @@ int run_corpus(const Args& a) {
   return 0;
 }
 
-rlhf::cli::Register reg_corpus({
-    "reward corpus",
-    "write the distinct prompts and answers of a comparisons file as text lines (tokenizer input)",
-    "--pairs FILE [--format pairs|hh] --out FILE",
-    {{"pairs", "comparisons file (.jsonl or .jsonl.gz)", "", false, true},
-     {"format", "pairs | hh", "pairs"},
-     {"out", "text file to write", "", false, true}},
-    run_corpus});
+rlhf::cli::Register reg_corpus(
+    {"reward corpus",
+     "write the distinct prompts and answers of a comparisons file as text lines (tokenizer input)",
+     "--pairs FILE [--format pairs|hh] --out FILE",
+     {{"pairs", "comparisons file (.jsonl or .jsonl.gz)", "", false, true},
+      {"format", "pairs | hh", "pairs"},
+      {"out", "text file to write", "", false, true}},
+     run_corpus});
 
-rlhf::cli::Register reg_train({
-    "reward train",
-    "train the reward model (teacher) on pairwise comparisons (resumes from DIR/state when restarted)",
-    "--config FILE.pbtxt [--out DIR] [overrides]",
-    {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true},
-     {"out", "output folder (overrides out_dir)"},
-     {"train-file", "comparisons file (overrides train_file)"},
-     {"eval-file", "held-out comparisons file (overrides eval_file)"},
-     {"annotation-db", "annotation SQLite DB to export pairs from (overrides annotation_db)"},
-     {"format", "pairs | hh (overrides format)"},
-     {"init-from", "SFT checkpoint folder, native or Hugging Face (overrides init_from)"},
-     {"tokenizer", "tokenizer .model (overrides tokenizer)"},
-     {"device", "cpu | cuda[:N] (overrides device)"},
-     {"steps", "optimizer steps (overrides steps)"},
-     {"lr", "peak learning rate (overrides lr)"},
-     {"batch-pairs", "comparisons per batch (overrides batch_pairs)"},
-     {"eval-every", "steps between held-out evaluations (overrides eval_every)"},
-     {"seed", "seed (overrides seed)"},
-     {"threads", "torch threads (overrides threads)"},
-     {"time-limit", "stop training after this many seconds (overrides time_limit_seconds)"}},
-    run_train});
+rlhf::cli::Register reg_train(
+    {"reward train",
+     "train the reward model (teacher) on pairwise comparisons (resumes from DIR/state when "
+     "restarted)",
+     "--config FILE.pbtxt [--out DIR] [overrides]",
+     {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true},
+      {"out", "output folder (overrides out_dir)"},
+      {"train-file", "comparisons file (overrides train_file)"},
+      {"eval-file", "held-out comparisons file (overrides eval_file)"},
+      {"annotation-db", "annotation SQLite DB to export pairs from (overrides annotation_db)"},
+      {"format", "pairs | hh (overrides format)"},
+      {"init-from", "SFT checkpoint folder, native or Hugging Face (overrides init_from)"},
+      {"tokenizer", "tokenizer .model (overrides tokenizer)"},
+      {"device", "cpu | cuda[:N] (overrides device)"},
+      {"steps", "optimizer steps (overrides steps)"},
+      {"lr", "peak learning rate (overrides lr)"},
+      {"batch-pairs", "comparisons per batch (overrides batch_pairs)"},
+      {"eval-every", "steps between held-out evaluations (overrides eval_every)"},
+      {"seed", "seed (overrides seed)"},
+      {"threads", "torch threads (overrides threads)"},
+      {"time-limit", "stop training after this many seconds (overrides time_limit_seconds)"}},
+     run_train});
 
-rlhf::cli::Register reg_eval({
-    "reward eval",
-    "pairwise accuracy, loss, mean margin and calibration (ECE) of a reward model",
-    "--model DIR --pairs FILE [--format pairs|hh] [--json]",
-    {{"model", "reward model folder (or a `reward train --out` folder)", "", false, true},
-     {"pairs", "comparisons file (.jsonl or .jsonl.gz)", "", false, true},
-     {"format", "pairs | hh", "pairs"},
-     {"json", "print one JSON line {accuracy, n, loss, mean_margin, ece}", "", true},
-     {"device", "cpu | cuda[:N]", "cpu"},
-     {"batch-size", "sequences per forward pass", "32"},
-     {"threads", "torch threads"}},
-    run_eval});
+rlhf::cli::Register reg_eval(
+    {"reward eval",
+     "pairwise accuracy, loss, mean margin and calibration (ECE) of a reward model",
+     "--model DIR --pairs FILE [--format pairs|hh] [--json]",
+     {{"model", "reward model folder (or a `reward train --out` folder)", "", false, true},
+      {"pairs", "comparisons file (.jsonl or .jsonl.gz)", "", false, true},
+      {"format", "pairs | hh", "pairs"},
+      {"json", "print one JSON line {accuracy, n, loss, mean_margin, ece}", "", true},
+      {"device", "cpu | cuda[:N]", "cpu"},
+      {"batch-size", "sequences per forward pass", "32"},
+      {"threads", "torch threads"}},
+     run_eval});
 
-rlhf::cli::Register reg_score({
-    "reward score",
-    "print the reward model's score of one answer to one prompt",
-    "--model DIR --prompt TEXT --answer TEXT",
-    {{"model", "reward model folder", "", false, true},
-     {"prompt", "prompt text", "", false, true},
-     {"answer", "answer text", "", false, true},
-     {"device", "cpu | cuda[:N]", "cpu"}},
-    run_score});
+rlhf::cli::Register reg_score({"reward score",
+                               "print the reward model's score of one answer to one prompt",
+                               "--model DIR --prompt TEXT --answer TEXT",
+                               {{"model", "reward model folder", "", false, true},
+                                {"prompt", "prompt text", "", false, true},
+                                {"answer", "answer text", "", false, true},
+                                {"device", "cpu | cuda[:N]", "cpu"}},
+                               run_score});
 
 }  // namespace

@@ -37,7 +37,8 @@ int run_sft(const Args& a) {
   if (a.has("seed")) cfg.set_seed(static_cast<uint64_t>(a.get_int("seed")));
   if (a.has("threads")) cfg.set_threads(static_cast<int32_t>(a.get_int("threads")));
   if (a.has("stop-after")) cfg.set_stop_after(a.get_int("stop-after"));
-  if (a.has("lora-rank")) cfg.mutable_lora()->set_rank(static_cast<int32_t>(a.get_int("lora-rank")));
+  if (a.has("lora-rank"))
+    cfg.mutable_lora()->set_rank(static_cast<int32_t>(a.get_int("lora-rank")));
   rlhf::policy::validate_sft_config(cfg, path);
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
@@ -49,11 +50,12 @@ int run_sft(const Args& a) {
     std::printf("sft: stopped after step %lld (stop_after); run again to resume\n",
                 static_cast<long long>(r.steps));
   } else {
-    std::printf("sft: %s after %lld steps%s: eval loss %.4f (ppl %.2f), train loss %.4f, "
-                "%.0f tokens/s, %.1fs\n",
-                r.model_dir.c_str(), static_cast<long long>(r.steps),
-                r.early_stopped ? " (early stop)" : "", r.final_eval_loss, r.final_eval_ppl,
-                r.final_train_loss, r.tokens_per_second, r.wall_seconds);
+    std::printf(
+        "sft: %s after %lld steps%s: eval loss %.4f (ppl %.2f), train loss %.4f, "
+        "%.0f tokens/s, %.1fs\n",
+        r.model_dir.c_str(), static_cast<long long>(r.steps),
+        r.early_stopped ? " (early stop)" : "", r.final_eval_loss, r.final_eval_ppl,
+        r.final_train_loss, r.tokens_per_second, r.wall_seconds);
   }
   return 0;
 }
@@ -76,42 +78,43 @@ int run_merge(const Args& a) {
   return 0;
 }
 
-rlhf::cli::Register reg_sft({
-    "sft",
-    "supervised fine-tuning of the policy (resumes from DIR/state when restarted)",
-    "--config FILE.pbtxt [--out DIR] [overrides]",
-    {{"config", "training config (proto SftConfig, text format)", "", false, true},
-     {"out", "output folder (overrides out_dir)"},
-     {"train-file", "JSONL {prompt,response} or text (overrides train_file)"},
-     {"eval-file", "held-out file (overrides eval_file)"},
-     {"format", "auto | jsonl | text (overrides format)"},
-     {"init-from", "native checkpoint or Hugging Face folder (overrides init_from)"},
-     {"tokenizer", "SentencePiece .model (overrides tokenizer)"},
-     {"device", "cpu | cuda[:N] (overrides device)"},
-     {"steps", "optimizer steps (overrides steps)"},
-     {"epochs", "passes over the data when steps is 0 (overrides epochs)"},
-     {"lr", "peak learning rate (overrides lr)"},
-     {"batch-size", "rows per micro-batch (overrides batch_size)"},
-     {"grad-accum", "micro-batches per step (overrides grad_accum)"},
-     {"seq-len", "tokens per row (overrides seq_len)"},
-     {"packed", "pack examples into full rows (sets packed)", "", true},
-     {"eval-every", "steps between evaluations (overrides eval_every)"},
-     {"save-every", "steps between resumable checkpoints (overrides save_every)"},
-     {"early-stop-patience", "evaluations without improvement before stopping"},
-     {"seed", "random seed (overrides seed)"},
-     {"threads", "torch intra-op threads (overrides threads)"},
-     {"stop-after", "testing: exit after this step as if killed (no save)"},
-     {"lora-rank", "train LoRA adapters of this rank (overrides lora.rank)"}},
-    run_sft});
+rlhf::cli::Register reg_sft(
+    {"sft",
+     "supervised fine-tuning of the policy (resumes from DIR/state when restarted)",
+     "--config FILE.pbtxt [--out DIR] [overrides]",
+     {{"config", "training config (proto SftConfig, text format)", "", false, true},
+      {"out", "output folder (overrides out_dir)"},
+      {"train-file", "JSONL {prompt,response} or text (overrides train_file)"},
+      {"eval-file", "held-out file (overrides eval_file)"},
+      {"format", "auto | jsonl | text (overrides format)"},
+      {"init-from", "native checkpoint or Hugging Face folder (overrides init_from)"},
+      {"tokenizer", "SentencePiece .model (overrides tokenizer)"},
+      {"device", "cpu | cuda[:N] (overrides device)"},
+      {"steps", "optimizer steps (overrides steps)"},
+      {"epochs", "passes over the data when steps is 0 (overrides epochs)"},
+      {"lr", "peak learning rate (overrides lr)"},
+      {"batch-size", "rows per micro-batch (overrides batch_size)"},
+      {"grad-accum", "micro-batches per step (overrides grad_accum)"},
+      {"seq-len", "tokens per row (overrides seq_len)"},
+      {"packed", "pack examples into full rows (sets packed)", "", true},
+      {"eval-every", "steps between evaluations (overrides eval_every)"},
+      {"save-every", "steps between resumable checkpoints (overrides save_every)"},
+      {"early-stop-patience", "evaluations without improvement before stopping"},
+      {"seed", "random seed (overrides seed)"},
+      {"threads", "torch intra-op threads (overrides threads)"},
+      {"stop-after", "testing: exit after this step as if killed (no save)"},
+      {"lora-rank", "train LoRA adapters of this rank (overrides lora.rank)"}},
+     run_sft});
 
-rlhf::cli::Register reg_merge({
-    "lora merge",
-    "fold LoRA adapters into their base model and write a plain checkpoint",
-    "--base DIR --adapter DIR --out DIR [--hf]",
-    {{"base", "base checkpoint folder (native or Hugging Face)", "", false, true},
-     {"adapter", "adapter folder (adapter_config.json + adapter_model.safetensors)", "", false, true},
-     {"out", "output checkpoint folder", "", false, true},
-     {"hf", "write the Hugging Face layout (config.json + model.safetensors) only", "", true}},
-    run_merge});
+rlhf::cli::Register reg_merge(
+    {"lora merge",
+     "fold LoRA adapters into their base model and write a plain checkpoint",
+     "--base DIR --adapter DIR --out DIR [--hf]",
+     {{"base", "base checkpoint folder (native or Hugging Face)", "", false, true},
+      {"adapter", "adapter folder (adapter_config.json + adapter_model.safetensors)", "", false,
+       true},
+      {"out", "output checkpoint folder", "", false, true},
+      {"hf", "write the Hugging Face layout (config.json + model.safetensors) only", "", true}},
+     run_merge});
 
 }  // namespace

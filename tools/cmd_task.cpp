@@ -24,8 +24,10 @@ int run_task(const rlhf::cli::Args& a) {
   const uint64_t seed = static_cast<uint64_t>(a.get_int("seed"));
   const int64_t sft = a.get_int("sft-examples"), train = a.get_int("train-prompts"),
                 held = a.get_int("heldout-prompts"), tok = a.get_int("tokenizer-problems");
-  for (auto [name, v] : {std::pair<const char*, int64_t>{"sft-examples", sft}, {"train-prompts", train},
-                         {"heldout-prompts", held}, {"tokenizer-problems", tok}})
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"sft-examples", sft},
+                         {"train-prompts", train},
+                         {"heldout-prompts", held},
+                         {"tokenizer-problems", tok}})
     if (v < 0 || v > 10000000)
       throw rlhf::UsageError(std::string("--") + name + " must be between 0 and 10000000, got " +
                              std::to_string(v));
@@ -42,8 +44,9 @@ int run_task(const rlhf::cli::Args& a) {
                    q::generate_problems(q::Split::kTrain, static_cast<int>(train), seed + 1, m));
   q::write_prompts(out + "/heldout_prompts.jsonl",
                    q::generate_problems(q::Split::kHeldOut, static_cast<int>(held), seed, m));
-  std::printf("wrote %s/{sft.jsonl,tokenizer_corpus.txt,train_prompts.jsonl,heldout_prompts.jsonl}\n",
-              out.c_str());
+  std::printf(
+      "wrote %s/{sft.jsonl,tokenizer_corpus.txt,train_prompts.jsonl,heldout_prompts.jsonl}\n",
+      out.c_str());
   return 0;
 }
 

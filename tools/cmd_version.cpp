@@ -6,9 +6,9 @@
 #include "tools/cli.h"
 
 namespace {
-rlhf::cli::Register reg({"version", "print version information", "", {},
-                         [](const rlhf::cli::Args&) {
-                           std::printf("rlhf 0.1.0 (libtorch %s)\n", TORCH_VERSION);
-                           return 0;
-                         }});
+rlhf::cli::Register reg(
+    {"version", "print version information", "", {}, [](const rlhf::cli::Args&) {
+       std::printf("rlhf 0.1.0 (libtorch %s)\n", TORCH_VERSION);
+       return 0;
+     }});
 }

@@ -21,8 +21,7 @@ void exec(sqlite3* db, const std::string& sql) {
 
 Statement::Statement(sqlite3* db, const std::string& sql) : db_(db), sql_(sql) {
   sqlite3_stmt* s = nullptr;
-  if (sqlite3_prepare_v3(db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) !=
-      SQLITE_OK)
+  if (sqlite3_prepare_v3(db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) != SQLITE_OK)
     throw_sqlite(db, "preparing '" + sql.substr(0, 80) + "'");
   stmt_.reset(s);
 }
@@ -45,8 +44,8 @@ Statement& Statement::bind(int idx, double v) {
 
 Statement& Statement::bind(int idx, const std::string& v) {
   prepare_for_bind();
-  if (sqlite3_bind_text(stmt_.get(), idx, v.data(), static_cast<int>(v.size()),
-                        SQLITE_TRANSIENT) != SQLITE_OK)
+  if (sqlite3_bind_text(stmt_.get(), idx, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT) !=
+      SQLITE_OK)
     throw_sqlite(db_, "bind");
   return *this;
 }

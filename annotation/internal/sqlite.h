@@ -39,8 +39,8 @@ class Statement {
   Statement& bind(int idx, const std::string& v);
   Statement& bind_null(int idx);
 
-  bool step();          // true: a row is available
-  void run();           // step() expecting no row (INSERT/UPDATE/DELETE), then reset()
+  bool step();  // true: a row is available
+  void run();   // step() expecting no row (INSERT/UPDATE/DELETE), then reset()
   void reset();
 
   int64_t int64(int col) const { return sqlite3_column_int64(stmt_.get(), col); }

@@ -102,13 +102,20 @@ int main(int argc, char** argv) {
   Config c;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--clients") c.clients = std::stoi(v);
-    else if (k == "--tasks") c.tasks = std::stoi(v);
-    else if (k == "--overlap") c.overlap = std::stoi(v);
-    else if (k == "--answers") c.answers = std::stoi(v);
-    else if (k == "--sync") c.sync = v;
-    else if (k == "--max-batch") c.max_batch = static_cast<size_t>(std::stoul(v));
-    else if (k == "--dir") c.dir = v;
+    if (k == "--clients")
+      c.clients = std::stoi(v);
+    else if (k == "--tasks")
+      c.tasks = std::stoi(v);
+    else if (k == "--overlap")
+      c.overlap = std::stoi(v);
+    else if (k == "--answers")
+      c.answers = std::stoi(v);
+    else if (k == "--sync")
+      c.sync = v;
+    else if (k == "--max-batch")
+      c.max_batch = static_cast<size_t>(std::stoul(v));
+    else if (k == "--dir")
+      c.dir = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", k.c_str());
       return 2;

@@ -96,7 +96,8 @@ std::string run_child_capture(const std::vector<std::string>& argv) {
   return out;
 }
 
-BackgroundChild::BackgroundChild(const std::vector<std::string>& argv, const std::string& log_path) {
+BackgroundChild::BackgroundChild(const std::vector<std::string>& argv,
+                                 const std::string& log_path) {
   int fd = -1;
   if (!log_path.empty()) {
     fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

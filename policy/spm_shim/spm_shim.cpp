@@ -6,8 +6,8 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <exception>
+#include <fstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -127,8 +127,9 @@ namespace {
 class LineIterator : public sentencepiece::SentenceIterator {
  public:
   explicit LineIterator(const char* path) : in_(path) {
-    if (!in_) status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound,
-                                                    std::string("cannot open ") + path);
+    if (!in_)
+      status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound,
+                                            std::string("cannot open ") + path);
     Next();
   }
   bool done() const override { return done_; }

@@ -52,14 +52,18 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
       << "{\"prompt\": \"Name a colour.\", \"answers\": [\"red\", \"blue\", \"table\"]}\n"
       << "{\"prompt\": \"Say hi.\", \"answers\": [\"hi\", \"hello there\", \"bye\"]}\n";
   std::string out;
-  ASSERT_EQ(run_command(rlhf + " annotate add-tasks --db " + db + " --input " + (dir / "tasks.jsonl"),
-                        &out), 0) << out;
+  ASSERT_EQ(
+      run_command(rlhf + " annotate add-tasks --db " + db + " --input " + (dir / "tasks.jsonl"),
+                  &out),
+      0)
+      << out;
   EXPECT_NE(out.find("added 3 tasks"), std::string::npos) << out;
   ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name alice", &out, false),
             0);
   std::string alice = last_line(out);
   ASSERT_EQ(alice.size(), 64u) << out;
-  std::string db_bytes = rlhf::read_file(db) + (rlhf::file_exists(db + "-wal") ? rlhf::read_file(db + "-wal") : "");
+  std::string db_bytes =
+      rlhf::read_file(db) + (rlhf::file_exists(db + "-wal") ? rlhf::read_file(db + "-wal") : "");
   EXPECT_EQ(db_bytes.find(alice), std::string::npos) << "the token is stored in clear";
 
   ServeProcess server(db, sock);
@@ -74,12 +78,13 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
                            " < " + (dir / "input.txt"),
                        &out);
   EXPECT_EQ(rc, 0) << out;
-  for (const char* want : {"What is 2+2?", "A)", "C)", "B>A=C>D", "Not a ranking", "Saved.",
-                           "Undid your submission of task 2", "reason for flagging",
-                           "No tasks left", "remaining"})
+  for (const char* want :
+       {"What is 2+2?", "A)", "C)", "B>A=C>D", "Not a ranking", "Saved.",
+        "Undid your submission of task 2", "reason for flagging", "No tasks left", "remaining"})
     EXPECT_NE(out.find(want), std::string::npos) << "missing '" << want << "' in:\n" << out;
 
-  ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format rankings", &out, false), 0);
+  ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format rankings", &out, false),
+            0);
   auto rankings = json_lines(out);
   ASSERT_EQ(rankings.size(), 3u) << out;
   EXPECT_EQ(rankings[0]["task_id"], 1);
@@ -92,7 +97,8 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
   EXPECT_EQ(rankings[0]["schema_version"], 1);
 
   // A simulated annotator takes the remaining task (task 3 was only flagged).
-  ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name bob", &out, false), 0);
+  ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name bob", &out, false),
+            0);
   std::string bob = last_line(out);
   rc = run_command(rlhf + " annotate simulate --socket " + sock + " --token " + bob +
                        " --teacher length --seed 3",
@@ -102,7 +108,9 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
 
   ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format pairs --output " +
                             (dir / "pairs.jsonl"),
-                        &out), 0) << out;
+                        &out),
+            0)
+      << out;
   auto pairs = json_lines(rlhf::read_file(dir / "pairs.jsonl"));
   ASSERT_EQ(pairs.size(), 2u + 3u + 3u);  // B>A=C: 2, A>B>C: 3, bob's length ranking of task 3: 3
   EXPECT_EQ(pairs[0]["chosen"], "four");
@@ -139,7 +147,8 @@ TEST(AnnotateCli, ImportHhAndSchemaErrors) {
   TempDir dir("cli");
   std::string db = dir / "hh.db", rlhf = rlhf_binary(), out;
   ASSERT_EQ(run_command(rlhf + " annotate import --db " + db + " --format hh --input " + hh, &out),
-            0) << out;
+            0)
+      << out;
   EXPECT_NE(out.find("imported 2"), std::string::npos) << out;
   ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format pairs", &out, false), 0);
   EXPECT_GT(json_lines(out).size(), 2250u);

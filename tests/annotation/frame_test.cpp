@@ -1,8 +1,9 @@
+#include "annotation/frame.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "annotation/frame.h"
 #include "common/error.h"
 
 namespace ann = rlhf::annotation;
@@ -51,7 +52,10 @@ TEST(Frame, RefusesOversizeAndGarbage) {
   EXPECT_EQ(d.declared_length(), 1025u);
 
   ann::FrameDecoder d2;
-  std::string truncated("\x00\x00\x00\x10" "abc", 7);
+  std::string truncated(
+      "\x00\x00\x00\x10"
+      "abc",
+      7);
   d2.feed(truncated.data(), truncated.size());
   EXPECT_EQ(d2.next(&payload), ann::FrameDecoder::Status::kNeedMore);
   EXPECT_EQ(d2.buffered(), 7u);

@@ -94,8 +94,8 @@ TEST(Handler, OverlapLeasesAndNoTaskTwice) {
   pb::Response ta = f.get(a), tb = f.get(b), tc = f.get(c);
   ASSERT_TRUE(ta.has_task() && tb.has_task() && tc.has_task());
   EXPECT_EQ(ta.task().task_id(), 1);
-  EXPECT_EQ(tb.task().task_id(), 1);  // overlap 2: two annotators share task 1
-  EXPECT_EQ(tc.task().task_id(), 2);  // task 1's slots are all leased
+  EXPECT_EQ(tb.task().task_id(), 1);        // overlap 2: two annotators share task 1
+  EXPECT_EQ(tc.task().task_id(), 2);        // task 1's slots are all leased
   EXPECT_EQ(f.get(a).task().task_id(), 1);  // asking again returns the held lease
   EXPECT_EQ(ta.task().answers_size(), 3);
   EXPECT_NEAR(ta.task().lease_seconds_left(), 60, 1e-6);
@@ -124,8 +124,8 @@ TEST(Handler, ExpiredLeaseReturnsTaskAndLateSubmitIsJudgedByNeed) {
   pb::Response wait = f.get(b);
   ASSERT_TRUE(wait.has_no_task());
   EXPECT_NEAR(wait.no_task().retry_after_seconds(), 60, 1e-6);  // a's lease blocks it
-  f.now += 61;                                                   // a's lease expires
-  ASSERT_EQ(f.get(b).task().task_id(), 1);                       // back in the queue
+  f.now += 61;                                                  // a's lease expires
+  ASSERT_EQ(f.get(b).task().task_id(), 1);                      // back in the queue
   EXPECT_TRUE(f.submit(b, 1, {{1}, {0}, {2}}).has_submitted());
   // a's lease was lost and the task is full now: a clear error, nothing stored.
   pb::Response late = f.submit(a, 1, {{0}, {1}, {2}});
@@ -246,9 +246,8 @@ TEST(GroupCommit, AnswersOnlyAfterCommitAndIsolatesFailures) {
     EXPECT_GE(st.batches, 1);
     pb::Request late;
     late.mutable_get_task();
-    gc.submit(late, sessions[0], [&](pb::Response r) {
-      EXPECT_EQ(r.error().code(), pb::Error::SHUTTING_DOWN);
-    });
+    gc.submit(late, sessions[0],
+              [&](pb::Response r) { EXPECT_EQ(r.error().code(), pb::Error::SHUTTING_DOWN); });
   }
   ASSERT_EQ(answers.size(), 16u);
   std::set<int64_t> tasks;

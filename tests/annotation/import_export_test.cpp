@@ -1,3 +1,5 @@
+#include "annotation/import_export.h"
+
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -5,7 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "annotation/import_export.h"
 #include "annotation/stats.h"
 #include "common/error.h"
 #include "tests/test_support.h"
@@ -30,7 +31,8 @@ void rank(ann::Store& store, int64_t task, const std::string& who, ann::Groups g
   ann::RankingRecord r;
   r.task_id = task;
   auto a = store.annotator_by_name(who);
-  r.annotator_id = a ? a->id : (store.add_annotator(who, "annotator"), store.annotator_by_name(who)->id);
+  r.annotator_id =
+      a ? a->id : (store.add_annotator(who, "annotator"), store.annotator_by_name(who)->id);
   r.groups = std::move(g);
   r.seconds = 3;
   store.insert_ranking(r);
@@ -78,8 +80,8 @@ TEST(ImportExport, ExportsEveryCrossGroupPairAndRankings) {
   EXPECT_EQ(p[0]["task_id"], 1);
   EXPECT_EQ(p[0]["annotator"], "alice");
   // Order: by the better answer's group, then the worse one's; A = C gives no pair.
-  std::vector<std::pair<std::string, std::string>> got, want = {
-      {"a1", "a0"}, {"a1", "a2"}, {"a1", "a3"}, {"a0", "a3"}, {"a2", "a3"}};
+  std::vector<std::pair<std::string, std::string>> got,
+      want = {{"a1", "a0"}, {"a1", "a2"}, {"a1", "a3"}, {"a0", "a3"}, {"a2", "a3"}};
   for (auto& j : p) got.emplace_back(j["chosen"], j["rejected"]);
   EXPECT_EQ(got, want);
   std::ostringstream rankings;
@@ -168,7 +170,8 @@ TEST(Stats, AgreementAndKendallTau) {
   ann::Store store(dir / "a.db");
   {
     ann::Store::Transaction txn(store);
-    for (int i = 0; i < 3; ++i) store.add_task({"Q" + std::to_string(i), {"a", "b", "c"}, "", "", ""}, 2);
+    for (int i = 0; i < 3; ++i)
+      store.add_task({"Q" + std::to_string(i), {"a", "b", "c"}, "", "", ""}, 2);
     txn.commit();
   }
   rank(store, 1, "u", {{0}, {1}, {2}});

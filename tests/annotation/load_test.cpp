@@ -153,10 +153,11 @@ TEST(Load, SixteenAnnotatorsTwoThousandRankingsOverlapTwo) {
   }
   EXPECT_EQ(static_cast<int>(acks.size()), kTasks * kOverlap);
   check_store(db, acks);
-  std::printf("load: %zu acknowledged rankings in %.2f s (%.0f/s) at synchronous=FULL, "
-              "%lld requests in %lld transactions (largest batch %lld)\n",
-              acks.size(), seconds, acks.size() / seconds, static_cast<long long>(stats.requests),
-              static_cast<long long>(stats.batches), static_cast<long long>(stats.max_batch));
+  std::printf(
+      "load: %zu acknowledged rankings in %.2f s (%.0f/s) at synchronous=FULL, "
+      "%lld requests in %lld transactions (largest batch %lld)\n",
+      acks.size(), seconds, acks.size() / seconds, static_cast<long long>(stats.requests),
+      static_cast<long long>(stats.batches), static_cast<long long>(stats.max_batch));
 }
 
 TEST(Durability, SigkillDuringLoadLosesNoAcknowledgedRanking) {

@@ -1,8 +1,9 @@
+#include "annotation/ranking.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "annotation/ranking.h"
 #include "annotation/teacher.h"
 #include "common/error.h"
 

@@ -1,4 +1,6 @@
 // The Asio server over a real Unix socket: many connections, hostile bytes, stop, stale sockets.
+#include "annotation/server.h"
+
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,7 +14,6 @@
 
 #include "annotation/client.h"
 #include "annotation/frame.h"
-#include "annotation/server.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "tests/test_support.h"
@@ -44,8 +45,7 @@ ann::ServerOptions options(const TempDir& dir) {
   return o;
 }
 
-std::vector<std::string> seed_store(const std::string& db, int tasks, int overlap,
-                                    int annotators) {
+std::vector<std::string> seed_store(const std::string& db, int tasks, int overlap, int annotators) {
   ann::Store store(db);
   ann::Store::Transaction txn(store);
   for (int i = 0; i < tasks; ++i)

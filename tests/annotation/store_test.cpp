@@ -140,8 +140,7 @@ TEST(Store, PromptsAreDistinctAndInTheOrderFirstAdded) {
     store.add_task({"line one\nline two", {"a", "b"}, "", "", "test"}, 1);
     txn.commit();
   }
-  EXPECT_EQ(store.prompts(),
-            (std::vector<std::string>{"zebra?", "apple?", "line one\nline two"}));
+  EXPECT_EQ(store.prompts(), (std::vector<std::string>{"zebra?", "apple?", "line one\nline two"}));
   // A second connection (read-only use, as the ppo stage opens it) sees the same list.
   ann::StoreOptions so;
   so.create = false;

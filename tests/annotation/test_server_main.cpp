@@ -10,10 +10,14 @@ int main(int argc, char** argv) {
   rlhf::annotation::ServerOptions o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--db" && i + 1 < argc) o.db_path = argv[++i];
-    else if (a == "--socket" && i + 1 < argc) o.socket_path = argv[++i];
-    else if (a == "--lease-seconds" && i + 1 < argc) o.lease_seconds = std::stod(argv[++i]);
-    else if (a == "--normal") o.synchronous_full = false;
+    if (a == "--db" && i + 1 < argc)
+      o.db_path = argv[++i];
+    else if (a == "--socket" && i + 1 < argc)
+      o.socket_path = argv[++i];
+    else if (a == "--lease-seconds" && i + 1 < argc)
+      o.lease_seconds = std::stod(argv[++i]);
+    else if (a == "--normal")
+      o.synchronous_full = false;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;

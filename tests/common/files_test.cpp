@@ -1,12 +1,12 @@
-#include <gtest/gtest.h>
+#include "common/files.h"
 
+#include <gtest/gtest.h>
 #include <zlib.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "common/error.h"
-#include "common/files.h"
 
 namespace fs = std::filesystem;
 
@@ -49,7 +49,8 @@ TEST(Files, ReadMaybeGzipReadsPlainAndGzipAndNamesThePathOnErrors) {
   std::string packed = (dir / "packed.jsonl").string();
   gzFile g = gzopen(packed.c_str(), "wb");
   ASSERT_NE(g, nullptr);
-  ASSERT_EQ(gzwrite(g, text.data(), static_cast<unsigned>(text.size())), static_cast<int>(text.size()));
+  ASSERT_EQ(gzwrite(g, text.data(), static_cast<unsigned>(text.size())),
+            static_cast<int>(text.size()));
   gzclose(g);
   EXPECT_NE(rlhf::read_file(packed), text);
   EXPECT_EQ(rlhf::read_file_maybe_gzip(packed), text);

@@ -1,8 +1,9 @@
+#include "common/manifest.h"
+
 #include <gtest/gtest.h>
 
 #include "common/error.h"
 #include "common/files.h"
-#include "common/manifest.h"
 #include "tests/test_support.h"
 
 TEST(Manifest, RoundTripAndCompleteness) {

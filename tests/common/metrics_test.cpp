@@ -1,3 +1,5 @@
+#include "common/metrics.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -5,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
-#include "common/metrics.h"
 #include "proto/tensorboard.pb.h"
 
 namespace fs = std::filesystem;
@@ -41,7 +42,8 @@ TEST(Metrics, WritesJsonLinesAndReadableEvents) {
   while (off < data.size()) {
     ASSERT_LE(off + 12, data.size());
     uint64_t len = 0;
-    for (int i = 0; i < 8; ++i) len |= uint64_t(static_cast<unsigned char>(data[off + i])) << (8 * i);
+    for (int i = 0; i < 8; ++i)
+      len |= uint64_t(static_cast<unsigned char>(data[off + i])) << (8 * i);
     off += 12;
     ASSERT_TRUE(last.ParseFromArray(data.data() + off, static_cast<int>(len)));
     off += len + 4;

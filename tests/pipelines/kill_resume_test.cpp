@@ -4,8 +4,8 @@
 // are compared with those of a straight run of the same config. This exercises the one resume
 // rule (policy/training.h) of the sft, reward and ppo trainers through their commands, and the
 // pipeline's own rerun of an interrupted stage.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -86,7 +86,8 @@ TEST(KillResume, EveryStageKilledOnceEqualsTheStraightRun) {
   rlhf::write_file_atomic(config, kConfig);
   const std::string straight = dir / "straight", killed = dir / "killed";
   std::string out;
-  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + straight, &out), 0)
+  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + straight, &out),
+            0)
       << out;
 
   struct Kill {
@@ -98,20 +99,25 @@ TEST(KillResume, EveryStageKilledOnceEqualsTheStraightRun) {
       {"sft", [&] { return latest_past_first(killed + "/sft/state/latest", "step-00000005"); }},
       {"sample", [&] { return exists(killed + "/sample"); }},
       {"annotate", [&] { return exists(killed + "/annotate/annotate.sock"); }},
-      {"reward", [&] { return latest_past_first(killed + "/reward/state/latest", "step-00000002"); }},
+      {"reward",
+       [&] { return latest_past_first(killed + "/reward/state/latest", "step-00000002"); }},
       {"ppo", [&] { return latest_past_first(killed + "/ppo/checkpoints/latest", "iter-0000"); }},
   };
   for (const auto& k : kills)
-    EXPECT_TRUE(run_and_kill_when(config, killed, k.ready)) << "the run ended before the kill in " << k.stage;
-  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + killed, &out), 0)
+    EXPECT_TRUE(run_and_kill_when(config, killed, k.ready))
+        << "the run ended before the kill in " << k.stage;
+  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + killed, &out),
+            0)
       << out;
 
   for (const char* file : {"sft/model/model.safetensors", "sample/tasks.jsonl",
                            "reward/model/model.safetensors", "ppo/model/model.safetensors"})
-    EXPECT_EQ(rlhf::sha256_file(killed + "/" + file), rlhf::sha256_file(straight + "/" + file)) << file;
+    EXPECT_EQ(rlhf::sha256_file(killed + "/" + file), rlhf::sha256_file(straight + "/" + file))
+        << file;
   auto a = nlohmann::json::parse(rlhf::read_file(straight + "/summary.json"));
   auto b = nlohmann::json::parse(rlhf::read_file(killed + "/summary.json"));
-  for (const char* key : {"sft_gold_accuracy", "reward_gold_agreement", "ppo_gold_accuracy", "ppo_final_kl"})
+  for (const char* key :
+       {"sft_gold_accuracy", "reward_gold_agreement", "ppo_gold_accuracy", "ppo_final_kl"})
     EXPECT_EQ(a[key], b[key]) << key;
 }
 

@@ -35,8 +35,8 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
   rlhf::write_file_atomic(dir / "p.pbtxt", kTinyConfig);
   std::string run = dir / "run";
   std::string out;
-  int code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run,
-                         &out);
+  int code =
+      run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run, &out);
   ASSERT_EQ(code, 0) << out;
 
   for (const char* stage : {"tokenizer", "sft", "sample", "annotate", "reward", "ppo"}) {
@@ -60,20 +60,22 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
   EXPECT_EQ(stats["done_tasks"], 24);
 
   // A rerun with the same inputs skips every stage.
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run, &out);
+  code =
+      run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run, &out);
   ASSERT_EQ(code, 0) << out;
   for (const char* stage : {"tokenizer", "sft", "sample", "annotate", "reward", "ppo"})
     EXPECT_NE(out.find(std::string("== ") + stage + ": unchanged, skipped"), std::string::npos)
-        << stage << "\n" << out;
+        << stage << "\n"
+        << out;
 
   // A tokenizer that no longer matches the trained policy stops the sample stage by name.
   code = run_command(rlhf_binary() + " tokenizer train --input " + run +
                          "/data/tokenizer_corpus.txt --vocab-size 400 --out " + run + "/tokenizer",
                      &out);
   ASSERT_EQ(code, 0) << out;
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run +
-                         " --only sample",
-                     &out);
+  code = run_command(
+      rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run + " --only sample",
+      &out);
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("tokenizer"), std::string::npos) << out;
   EXPECT_NE(out.find("sample"), std::string::npos) << out;
@@ -83,9 +85,8 @@ TEST(Pipeline, BadConfigNamesFileLineAndField) {
   rlhf::testing::TempDir dir("pipeline_bad");
   rlhf::write_file_atomic(dir / "bad.pbtxt", "name: \"x\"\nsft { stepz: 3 }\n");
   std::string out;
-  int code = run_command(rlhf_binary() + " pipeline run " + dir / "bad.pbtxt" + " --run-dir " +
-                             dir / "run",
-                         &out);
+  int code = run_command(
+      rlhf_binary() + " pipeline run " + dir / "bad.pbtxt" + " --run-dir " + dir / "run", &out);
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("bad.pbtxt:2"), std::string::npos) << out;
   EXPECT_NE(out.find("stepz"), std::string::npos) << out;
@@ -107,7 +108,8 @@ TEST(Pipeline, BadConfigNamesFileLineAndField) {
                   {"at most 1"});
 
   rlhf::write_file_atomic(dir / "ok.pbtxt", "name: \"x\"\n");
-  code = run_command(rlhf_binary() + " pipeline run " + dir / "ok.pbtxt" + " --only nonsense", &out);
+  code =
+      run_command(rlhf_binary() + " pipeline run " + dir / "ok.pbtxt" + " --only nonsense", &out);
   EXPECT_EQ(code, 2) << out;
 }
 
@@ -119,27 +121,35 @@ TEST(Pipeline, BadValuesReadFileLineFieldExpectedAndGot) {
     const std::string path = dir / "bad.pbtxt";
     rlhf::write_file_atomic(path, text);
     std::string out;
-    EXPECT_NE(run_command(rlhf_binary() + " pipeline run " + path + " --run-dir " + dir / "run",
-                          &out),
-              0);
+    EXPECT_NE(
+        run_command(rlhf_binary() + " pipeline run " + path + " --run-dir " + dir / "run", &out),
+        0);
     return out;
   };
   const std::string path = dir / "bad.pbtxt";
-  std::string out = error_line("name: \"x\"\nquickstart {\n  sft_examples: 10\n  max_operand: 99\n}\n");
-  EXPECT_NE(out.find("error: " + path + ":4: field 'quickstart.max_operand': expected 3..40, got 99\n"),
-            std::string::npos) << out;
+  std::string out =
+      error_line("name: \"x\"\nquickstart {\n  sft_examples: 10\n  max_operand: 99\n}\n");
+  EXPECT_NE(
+      out.find("error: " + path + ":4: field 'quickstart.max_operand': expected 3..40, got 99\n"),
+      std::string::npos)
+      << out;
   out = error_line("sample { temperature: 0 }\n");
   EXPECT_NE(out.find("error: " + path + ":1: field 'sample.temperature': expected > 0, got 0\n"),
-            std::string::npos) << out;
+            std::string::npos)
+      << out;
   out = error_line("name: \"x\"\nsft {\n  steps: 10\n  lr: -2\n}\n");
   EXPECT_NE(out.find("error: " + path + ":4: field 'sft.lr': expected > 0, got -2\n"),
-            std::string::npos) << out;
+            std::string::npos)
+      << out;
   out = error_line("reward {\n  lora { rank: 2\n    alpha: -1 }\n}\n");
-  EXPECT_NE(out.find("error: " + path + ":3: field 'reward.lora.alpha': expected > 0 (unset: alpha = "
+  EXPECT_NE(out.find("error: " + path +
+                     ":3: field 'reward.lora.alpha': expected > 0 (unset: alpha = "
                      "rank), got -1\n"),
-            std::string::npos) << out;
+            std::string::npos)
+      << out;
   out = error_line("ppo { top_k: 40 }\n");
-  EXPECT_NE(out.find("error: " + path + ":1: field 'ppo.top_k': expected 0"), std::string::npos) << out;
+  EXPECT_NE(out.find("error: " + path + ":1: field 'ppo.top_k': expected 0"), std::string::npos)
+      << out;
 }
 
 // A config with no fields resolves to the documented defaults: the run folder's pipeline.pbtxt
@@ -153,12 +163,26 @@ TEST(Pipeline, EmptyConfigResolvesToDocumentedDefaults) {
               &out);
   ASSERT_TRUE(rlhf::file_exists(dir / "run/pipeline.pbtxt")) << out;
   const std::string text = rlhf::read_file(dir / "run/pipeline.pbtxt");
-  for (const char* needle :
-       {"name: \"quickstart\"", "task: \"quickstart\"", "sft_examples: 6000", "tokenizer_problems: 3000",
-        "heldout_problems: 200", "sample_prompts: 300", "ppo_prompts: 2000", "max_operand: 20",
-        "p_gold_wrong_mode: 0.38", "p_wrong_right_mode: 0.35", "vocab_size: 512",
-        "answers_per_prompt: 4", "temperature: 1", "top_p: 1", "max_new_tokens: 24", "batch_size: 64",
-        "mode: \"simulate\"", "teacher: \"arithmetic\"", "overlap: 1", "annotators: 1"})
+  for (const char* needle : {"name: \"quickstart\"",
+                             "task: \"quickstart\"",
+                             "sft_examples: 6000",
+                             "tokenizer_problems: 3000",
+                             "heldout_problems: 200",
+                             "sample_prompts: 300",
+                             "ppo_prompts: 2000",
+                             "max_operand: 20",
+                             "p_gold_wrong_mode: 0.38",
+                             "p_wrong_right_mode: 0.35",
+                             "vocab_size: 512",
+                             "answers_per_prompt: 4",
+                             "temperature: 1",
+                             "top_p: 1",
+                             "max_new_tokens: 24",
+                             "batch_size: 64",
+                             "mode: \"simulate\"",
+                             "teacher: \"arithmetic\"",
+                             "overlap: 1",
+                             "annotators: 1"})
     EXPECT_NE(text.find(needle), std::string::npos) << needle << " missing in\n" << text;
 }
 

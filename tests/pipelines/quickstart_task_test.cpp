@@ -6,9 +6,8 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -46,13 +45,15 @@ TEST(QuickstartTask, ExamplesFromTheIssue) {
   EXPECT_EQ(p.kind, q::Template::kBuys);
   EXPECT_EQ(p.gold(), 12);
   EXPECT_EQ(q::gold_answer(p), "He has 12 apples.");
-  auto m = q::parse_prompt("Mia has 9 pears and eats 6 of them. How many pears does she have left?");
+  auto m =
+      q::parse_prompt("Mia has 9 pears and eats 6 of them. How many pears does she have left?");
   ASSERT_TRUE(m.has_value());
   EXPECT_EQ(m->gold(), 3);
   EXPECT_EQ(q::gold_answer(*m), "She has 3 pears left.");
   EXPECT_EQ(q::answer_text(*m, 1), "She has 1 pear left.");
   EXPECT_FALSE(q::parse_prompt("What is the capital of France?").has_value());
-  EXPECT_FALSE(q::parse_prompt("Tom has 7 apples and buys 5 of them. How many apples does he have now?"));
+  EXPECT_FALSE(
+      q::parse_prompt("Tom has 7 apples and buys 5 of them. How many apples does he have now?"));
 }
 
 TEST(QuickstartTask, DeterministicForTheSameSeed) {
@@ -241,17 +242,17 @@ TEST(QuickstartTask, ParsesTheAnswerNumber) {
 TEST(QuickstartTask, GoldTeacherOrdersCorrectCloseWellFormedThenMalformed) {
   q::Problem p = tom_buys();  // gold 12
   std::vector<std::string> answers = {
-      "He has 11 apples.",                // 0: distance 1, well-formed
-      "He has 12 apples.",                // 1: correct, well-formed
-      "He has twelve apples.",            // 2: malformed
-      "He has 20 apples.",                // 3: distance 8
-      "He has 13 apples.",                // 4: distance 1, well-formed (ties with 0)
-      "I think he has 12 apples now.",    // 5: correct, not well-formed, 7 words
-      "12",                               // 6: correct, not well-formed, 1 word
-      "",                                 // 7: malformed (ties with 2)
-      "He has 12 apples.",                // 8: ties with 1
-      "he has 13 apples",                 // 9: distance 1, not well-formed
-      "He has 11 or 13 apples.",          // 10: two numbers: malformed
+      "He has 11 apples.",              // 0: distance 1, well-formed
+      "He has 12 apples.",              // 1: correct, well-formed
+      "He has twelve apples.",          // 2: malformed
+      "He has 20 apples.",              // 3: distance 8
+      "He has 13 apples.",              // 4: distance 1, well-formed (ties with 0)
+      "I think he has 12 apples now.",  // 5: correct, not well-formed, 7 words
+      "12",                             // 6: correct, not well-formed, 1 word
+      "",                               // 7: malformed (ties with 2)
+      "He has 12 apples.",              // 8: ties with 1
+      "he has 13 apples",               // 9: distance 1, not well-formed
+      "He has 11 or 13 apples.",        // 10: two numbers: malformed
   };
   std::vector<std::vector<int>> expected = {{1, 8}, {6}, {5}, {0, 4}, {9}, {3}, {2, 7, 10}};
   EXPECT_EQ(q::gold_ranking(p, answers), expected);

@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <filesystem>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -22,7 +21,8 @@ namespace {
 
 size_t count_of(const std::string& hay, const std::string& needle) {
   size_t n = 0;
-  for (size_t pos = hay.find(needle); pos != std::string::npos; pos = hay.find(needle, pos + 1)) ++n;
+  for (size_t pos = hay.find(needle); pos != std::string::npos; pos = hay.find(needle, pos + 1))
+    ++n;
   return n;
 }
 
@@ -39,27 +39,35 @@ void make_run(const std::string& run, bool with_samples) {
     }
     rlhf::MetricsWriter ppo(run + "/ppo");
     for (int it = 1; it <= 30; ++it)
-      ppo.write(it, {{"score/mean", 0.1 * it}, {"gold/accuracy", 0.3 + 0.015 * it},
-                     {"kl/mean", 0.2 * it}, {"kl/coef", 0.05}, {"loss/policy", -0.01}});
+      ppo.write(it, {{"score/mean", 0.1 * it},
+                     {"gold/accuracy", 0.3 + 0.015 * it},
+                     {"kl/mean", 0.2 * it},
+                     {"kl/coef", 0.05},
+                     {"loss/policy", -0.01}});
   }
   // A corrupt line is skipped, not fatal.
   std::string ppo_lines = rlhf::read_file(run + "/ppo/metrics.jsonl");
   rlhf::write_file_atomic(run + "/ppo/metrics.jsonl", ppo_lines + "{not json\n");
   rlhf::write_file_atomic(run + "/summary.json",
-                          json({{"sft_gold_accuracy", 0.31}, {"ppo_gold_accuracy", 0.74},
+                          json({{"sft_gold_accuracy", 0.31},
+                                {"ppo_gold_accuracy", 0.74},
                                 {"stage_seconds", {{"sft", 120.5}, {"ppo", 200}}}})
                               .dump());
   rlhf::make_dirs(run + "/annotate");
-  rlhf::write_file_atomic(run + "/annotate/stats.json",
-                          json({{"tasks_done", 400}, {"tasks_pending", 0}, {"agreement", 0.97}}).dump());
+  rlhf::write_file_atomic(
+      run + "/annotate/stats.json",
+      json({{"tasks_done", 400}, {"tasks_pending", 0}, {"agreement", 0.97}}).dump());
   if (with_samples) {
     json samples = json::array();
     for (const auto& p : q::generate_problems(q::Split::kHeldOut, 5, 1))
       samples.push_back({{"prompt", p.prompt()},
                          {"before", q::answer_text(p, q::systematic_wrong(p))},
                          {"after", q::gold_answer(p)}});
-    samples.push_back({{"prompt", "Say <b>hi</b> & bye"}, {"before", "x"}, {"after", "y"},
-                       {"before_correct", false}, {"after_correct", true}});
+    samples.push_back({{"prompt", "Say <b>hi</b> & bye"},
+                       {"before", "x"},
+                       {"after", "y"},
+                       {"before_correct", false},
+                       {"after_correct", true}});
     rlhf::write_file_atomic(run + "/samples.json", json({{"samples", samples}}).dump());
   }
 }
@@ -76,7 +84,8 @@ TEST(Report, FullRunFolderGivesChartsAndTable) {
 
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_EQ(html.find("<script"), std::string::npos);
-  EXPECT_EQ(html.find("http://") , html.find("http://www.w3.org/2000/svg"));  // only the SVG namespace
+  EXPECT_EQ(html.find("http://"),
+            html.find("http://www.w3.org/2000/svg"));  // only the SVG namespace
   EXPECT_EQ(html.find("https://"), std::string::npos);
   EXPECT_EQ(html.find("@font-face"), std::string::npos);
   // Charts: gold vs proxy, KL, reward (losses + accuracy), SFT losses, and the other fields.
@@ -137,17 +146,22 @@ TEST(Report, MissingSectionsAreSkippedWithANote) {
   EXPECT_THROW(rlhf::report::render_report(dir / "nope"), rlhf::Error);
 }
 
-// The pipeline's own evaluation files: before (sample stage) and after (ppo stage), merged by prompt.
+// The pipeline's own evaluation files: before (sample stage) and after (ppo stage), merged by
+// prompt.
 TEST(Report, PipelineHeldOutFilesMergeIntoTheTable) {
   rlhf::testing::TempDir dir("report");
   auto problems = q::generate_problems(q::Split::kHeldOut, 4, 2);
   json before = json::array(), after = json::array();
   for (size_t i = 0; i < problems.size(); ++i) {
     const auto& p = problems[i];
-    before.push_back({{"prompt", p.prompt()}, {"gold", p.gold()},
-                      {"answer", q::answer_text(p, q::systematic_wrong(p))}, {"correct", false}});
+    before.push_back({{"prompt", p.prompt()},
+                      {"gold", p.gold()},
+                      {"answer", q::answer_text(p, q::systematic_wrong(p))},
+                      {"correct", false}});
     if (i < 3)  // the last prompt has no PPO answer: its cell stays empty
-      after.push_back({{"prompt", p.prompt()}, {"gold", p.gold()}, {"answer", q::gold_answer(p)},
+      after.push_back({{"prompt", p.prompt()},
+                       {"gold", p.gold()},
+                       {"answer", q::gold_answer(p)},
                        {"correct", true}});
   }
   rlhf::make_dirs(dir / "sample");
@@ -155,7 +169,8 @@ TEST(Report, PipelineHeldOutFilesMergeIntoTheTable) {
   rlhf::write_file_atomic(dir / "sample/heldout_sft.json", before.dump(1));
   rlhf::write_file_atomic(dir / "ppo/heldout_ppo.json", after.dump(1));
   std::string html = rlhf::report::render_report(dir.path());
-  EXPECT_NE(html.find("sample/heldout_sft.json + ppo/heldout_ppo.json: 4 prompts; correct before: 0/3, after: 3/3"),
+  EXPECT_NE(html.find("sample/heldout_sft.json + ppo/heldout_ppo.json: 4 prompts; correct before: "
+                      "0/3, after: 3/3"),
             std::string::npos);
   EXPECT_EQ(count_of(html, "<td class=\"ok\">"), 3u);
   EXPECT_EQ(count_of(html, "<td class=\"bad\">"), 4u);

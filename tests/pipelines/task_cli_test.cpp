@@ -8,10 +8,9 @@
 
 #include <chrono>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "common/files.h"
 #include "pipelines/quickstart_task.h"
@@ -46,7 +45,9 @@ TEST(TaskCli, WritesTaskFiles) {
   ASSERT_EQ(run_command(rlhf_binary() + " task arithmetic --out " + (dir / "task") +
                             " --seed 4 --sft-examples 300 --train-prompts 10 --heldout-prompts 7"
                             " --tokenizer-problems 50",
-                        &out), 0) << out;
+                        &out),
+            0)
+      << out;
   auto sft = lines_of(rlhf::read_file(dir / "task/sft.jsonl"));
   ASSERT_EQ(sft.size(), 300u);
   auto p = q::parse_prompt(json::parse(sft[0]).at("prompt").get<std::string>());
@@ -58,7 +59,8 @@ TEST(TaskCli, WritesTaskFiles) {
   EXPECT_EQ(q::split_of(*hp), q::Split::kHeldOut);
   EXPECT_EQ(lines_of(rlhf::read_file(dir / "task/train_prompts.jsonl")).size(), 10u);
   EXPECT_EQ(lines_of(rlhf::read_file(dir / "task/tokenizer_corpus.txt")).size(), 150u + 46u);
-  EXPECT_NE(run_command(rlhf_binary() + " task arithmetic --out " + (dir / "t2") + " --seed x", &out), 0);
+  EXPECT_NE(
+      run_command(rlhf_binary() + " task arithmetic --out " + (dir / "t2") + " --seed x", &out), 0);
 }
 
 TEST(TaskCli, SimulatedAnnotatorRanksWithTheArithmeticTeacher) {
@@ -78,17 +80,26 @@ TEST(TaskCli, SimulatedAnnotatorRanksWithTheArithmeticTeacher) {
   answers[0][3] = "I do not know.";
   q::write_annotation_tasks(dir / "tasks.jsonl", prompts, answers);
   std::string out;
-  ASSERT_EQ(run_command(rlhf + " annotate add-tasks --db " + db + " --input " + (dir / "tasks.jsonl"), &out), 0)
+  ASSERT_EQ(
+      run_command(rlhf + " annotate add-tasks --db " + db + " --input " + (dir / "tasks.jsonl"),
+                  &out),
+      0)
       << out;
-  ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name gold", &out, false), 0) << out;
+  ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name gold", &out, false),
+            0)
+      << out;
   std::string token = lines_of(out).back();
   {
     ServeProcess server(db, sock);
     ASSERT_EQ(run_command(rlhf + " annotate simulate --socket " + sock + " --token " + token +
                               " --teacher arithmetic --seed 1",
-                          &out), 0) << out;
+                          &out),
+              0)
+        << out;
   }
-  ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format rankings", &out, false), 0) << out;
+  ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format rankings", &out, false),
+            0)
+      << out;
   auto rankings = lines_of(out);
   ASSERT_EQ(rankings.size(), problems.size()) << out;
   for (const auto& line : rankings) {
@@ -97,7 +108,8 @@ TEST(TaskCli, SimulatedAnnotatorRanksWithTheArithmeticTeacher) {
     ASSERT_TRUE(p.has_value());
     auto got = r.at("answers").get<std::vector<std::string>>();
     EXPECT_EQ(r.at("groups"), json(q::gold_ranking(*p, got))) << line;
-    if (r.at("prompt") == prompts[0]) EXPECT_EQ(r.at("groups").back(), json({3}));  // malformed last
+    if (r.at("prompt") == prompts[0])
+      EXPECT_EQ(r.at("groups").back(), json({3}));  // malformed last
   }
 }
 
@@ -107,8 +119,12 @@ TEST(ReportCli, RegeneratesTheReport) {
   rlhf::make_dirs(dir / "run/ppo");
   std::string m;
   for (int it = 1; it <= 5; ++it)
-    m += json({{"step", it}, {"score/mean", 0.2 * it}, {"gold/accuracy", 0.3 + 0.1 * it}, {"kl/mean", it}})
-             .dump() + "\n";
+    m += json({{"step", it},
+               {"score/mean", 0.2 * it},
+               {"gold/accuracy", 0.3 + 0.1 * it},
+               {"kl/mean", it}})
+             .dump() +
+         "\n";
   rlhf::write_file_atomic(dir / "run/ppo/metrics.jsonl", m);
   std::string out;
   ASSERT_EQ(run_command(rlhf_binary() + " report " + (dir / "run"), &out, false), 0) << out;

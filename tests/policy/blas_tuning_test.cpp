@@ -1,5 +1,7 @@
 // The OpenBLAS kernel fix (common/blas_tuning.h), checked in a process that loads libtorch and
 // therefore OpenBLAS: this test binary's main() ran rlhf::tune_blas_or_reexec() first.
+#include "common/blas_tuning.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -7,8 +9,6 @@
 #include <cctype>
 #include <cstdlib>
 #include <string>
-
-#include "common/blas_tuning.h"
 
 namespace {
 

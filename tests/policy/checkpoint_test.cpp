@@ -1,4 +1,6 @@
 // Safetensors reader/writer, native checkpoints, Hugging Face import/export, and bad input.
+#include "policy/checkpoint.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -8,7 +10,6 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/checkpoint.h"
 #include "policy/safetensors.h"
 #include "tests/test_support.h"
 
@@ -42,7 +43,8 @@ Transformer tiny_model(bool tied = false, uint64_t seed = 1) {
 }
 
 // Hand-built safetensors file (independent of write_safetensors).
-void write_raw_safetensors(const std::string& path, const nlohmann::json& header, const std::string& data) {
+void write_raw_safetensors(const std::string& path, const nlohmann::json& header,
+                           const std::string& data) {
   std::string h = header.dump();
   uint64_t n = h.size();
   std::string buf;
@@ -68,8 +70,10 @@ std::string error_of(const std::function<void()>& f) {
 
 TEST(SafetensorsTest, RoundTripF32) {
   TempDir dir("st");
-  std::map<std::string, torch::Tensor> t = {{"b", torch::randn({3, 4})}, {"a", torch::arange(5).to(torch::kFloat)},
-                                            {"scalar", torch::tensor(2.5f).reshape(std::vector<int64_t>{})}};
+  std::map<std::string, torch::Tensor> t = {
+      {"b", torch::randn({3, 4})},
+      {"a", torch::arange(5).to(torch::kFloat)},
+      {"scalar", torch::tensor(2.5f).reshape(std::vector<int64_t>{})}};
   write_safetensors(dir / "x.safetensors", t);
   auto r = read_safetensors(dir / "x.safetensors");
   ASSERT_EQ(r.size(), 3u);
@@ -222,8 +226,10 @@ TEST_F(BadCheckpointTest, WrongShape) {
   weights_["model.layers.0.self_attn.k_proj.weight"] = torch::zeros({32, 32});
   write_safetensors(ck_ + "/model.safetensors", weights_);
   auto msg = error_of([&] { load_checkpoint(ck_); });
-  EXPECT_NE(msg.find("tensor model.layers.0.self_attn.k_proj.weight: expected shape [16, 32], found [32, 32]"),
-            std::string::npos)
+  EXPECT_NE(
+      msg.find(
+          "tensor model.layers.0.self_attn.k_proj.weight: expected shape [16, 32], found [32, 32]"),
+      std::string::npos)
       << msg;
 }
 
@@ -244,7 +250,8 @@ TEST_F(BadCheckpointTest, UnknownDtype) {
   data.replace(pos, 5, "\"I32\"");  // same length: the header stays valid
   write_file_atomic(ck_ + "/model.safetensors", data);
   auto msg = error_of([&] { load_checkpoint(ck_); });
-  EXPECT_NE(msg.find("unsupported dtype 'I32', expected F32, F16 or BF16"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unsupported dtype 'I32', expected F32, F16 or BF16"), std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("tensor lm_head.weight"), std::string::npos) << msg;  // first in name order
 }
 
@@ -253,13 +260,14 @@ TEST_F(BadCheckpointTest, CliExitCodes) {
   std::string bin = rlhf::testing::rlhf_binary();
   ASSERT_TRUE(fs::exists(bin)) << bin;
   std::string out;
-  int rc = rlhf::testing::run_command(bin + " generate --model " + (dir_ / "nope") +
-                                          " --prompt-ids 1 --max-new-tokens 3 --ids",
-                                      &out);
+  int rc = rlhf::testing::run_command(
+      bin + " generate --model " + (dir_ / "nope") + " --prompt-ids 1 --max-new-tokens 3 --ids",
+      &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("checkpoint folder not found"), std::string::npos) << out;
 
-  rc = rlhf::testing::run_command(bin + " generate --model " + ck_ + " --prompt-ids \"1 2\" --max-new-tokens 3 --ids --ignore-eos",
+  rc = rlhf::testing::run_command(bin + " generate --model " + ck_ +
+                                      " --prompt-ids \"1 2\" --max-new-tokens 3 --ids --ignore-eos",
                                   &out, /*merge_stderr=*/false);
   EXPECT_EQ(rc, 0) << out;
   std::istringstream words(out);
@@ -269,7 +277,8 @@ TEST_F(BadCheckpointTest, CliExitCodes) {
 
   weights_["model.layers.0.self_attn.k_proj.weight"] = torch::zeros({32, 32});
   write_safetensors(ck_ + "/model.safetensors", weights_);
-  rc = rlhf::testing::run_command(bin + " generate --model " + ck_ + " --prompt-ids 1 --max-new-tokens 3 --ids", &out);
+  rc = rlhf::testing::run_command(
+      bin + " generate --model " + ck_ + " --prompt-ids 1 --max-new-tokens 3 --ids", &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("expected shape [16, 32], found [32, 32]"), std::string::npos) << out;
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;

@@ -102,7 +102,9 @@ TEST(LoraTest, MergedOutputEqualsAdapterOutput) {
   const float d = (merged - with_adapters).abs().max().item<float>();
   EXPECT_LT(d, 1e-5f);
   // The merge changed the base weights (it is not a no-op).
-  EXPECT_GT((model->named_parameters()["layers.0.q_proj.weight"] - base_q).abs().max().item<float>(), 1e-4f);
+  EXPECT_GT(
+      (model->named_parameters()["layers.0.q_proj.weight"] - base_q).abs().max().item<float>(),
+      1e-4f);
 
   // Exports as a plain checkpoint, native and Hugging Face, with the same output.
   TempDir dir("lora");
@@ -149,7 +151,8 @@ TEST(LoraTest, AdaptersSaveAloneAndLoad) {
     wrong.load(dir / "adapter");
     FAIL() << "expected a shape error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("adapter_model.safetensors"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("adapter_model.safetensors"), std::string::npos)
+        << e.what();
     EXPECT_NE(std::string(e.what()).find("lora_A"), std::string::npos) << e.what();
   }
 }

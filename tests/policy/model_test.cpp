@@ -1,10 +1,11 @@
 // Model, teacher-forced log-probs and generation on small random models.
+#include "policy/model.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "policy/generation.h"
 #include "policy/logprobs.h"
-#include "policy/model.h"
 
 namespace rlhf::policy {
 namespace {
@@ -59,7 +60,8 @@ TEST(ModelTest, ConfigRulesAndParameterCount) {
 TEST(ModelTest, PositionsFromMask) {
   auto mask = torch::tensor({0, 0, 1, 1, 1, 1, 1, 1, 1, 1}, torch::kLong).view({2, 5});
   auto pos = positions_from_mask(mask);
-  EXPECT_TRUE(torch::equal(pos, torch::tensor({0, 0, 0, 1, 2, 0, 1, 2, 3, 4}, torch::kLong).view({2, 5})));
+  EXPECT_TRUE(
+      torch::equal(pos, torch::tensor({0, 0, 0, 1, 2, 0, 1, 2, 3, 4}, torch::kLong).view({2, 5})));
   auto off = positions_from_mask(mask, torch::tensor({3, 5}, torch::kLong));
   EXPECT_EQ(off[0][4].item<int64_t>(), 5);
   EXPECT_EQ(off[1][4].item<int64_t>(), 9);
@@ -84,7 +86,8 @@ TEST(ModelTest, LeftPaddingDoesNotChangeLogits) {
   auto ids = torch::randint(3, 64, {1, 6}, torch::kLong);
   auto alone = m->forward(ids);
   auto padded = torch::cat({torch::zeros({1, 3}, torch::kLong), ids}, 1);
-  auto mask = torch::cat({torch::zeros({1, 3}, torch::kLong), torch::ones({1, 6}, torch::kLong)}, 1);
+  auto mask =
+      torch::cat({torch::zeros({1, 3}, torch::kLong), torch::ones({1, 6}, torch::kLong)}, 1);
   auto with_pad = m->forward(padded, mask);
   EXPECT_FALSE(with_pad.isnan().any().item<bool>());
   EXPECT_LT((with_pad.narrow(1, 3, 6) - alone).abs().max().item<double>(), 1e-5);
@@ -219,7 +222,8 @@ TEST(GenerationTest, GreedyWithCacheEqualsRecomputation) {
     o.use_cache = false;
     auto fresh = generate(m, prompts, o);
     EXPECT_TRUE(torch::equal(cached.response_ids, fresh.response_ids)) << "n_kv_heads " << kv;
-    EXPECT_LT((cached.response_logprobs - fresh.response_logprobs).abs().max().item<double>(), 1e-4);
+    EXPECT_LT((cached.response_logprobs - fresh.response_logprobs).abs().max().item<double>(),
+              1e-4);
     EXPECT_EQ(cached.response_ids.size(1), 40);
     EXPECT_EQ(cached.generated_tokens, 120);
   }
@@ -256,7 +260,8 @@ TEST(GenerationTest, BatchOfDifferentLengthsEqualsEachAlone) {
   for (size_t i = 0; i < prompts.size(); ++i) {
     auto alone = generate(m, {prompts[i]}, o);
     EXPECT_EQ(batch.responses[i], alone.responses[0]) << "prompt " << i;
-    EXPECT_LT((batch.response_logprobs[i] - alone.response_logprobs[0]).abs().max().item<double>(), 1e-4);
+    EXPECT_LT((batch.response_logprobs[i] - alone.response_logprobs[0]).abs().max().item<double>(),
+              1e-4);
   }
 }
 
@@ -316,7 +321,8 @@ TEST(GenerationTest, StopsAtEosPerSequence) {
   auto out = generate(m, prompts, o);
   size_t first = 0;
   while (free_run.responses[0][first] != o.eos_id) ++first;
-  std::vector<int64_t> want(free_run.responses[0].begin(), free_run.responses[0].begin() + first + 1);
+  std::vector<int64_t> want(free_run.responses[0].begin(),
+                            free_run.responses[0].begin() + first + 1);
   EXPECT_EQ(out.responses[0], want);
   EXPECT_EQ(out.response_mask[0].sum().item<int64_t>(), int64_t(want.size()));
   for (int64_t t = want.size(); t < out.response_ids.size(1); ++t) {

@@ -13,15 +13,15 @@ namespace rlhf::testing {
 
 // "what is A plus B ?" -> "A + B = C" style pairs: the response is a function of the prompt.
 inline void write_sft_jsonl(const std::string& path, int n, uint32_t seed = 1) {
-  const char* names[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"};
+  const char* names[] = {"zero", "one", "two",   "three", "four",
+                         "five", "six", "seven", "eight", "nine"};
   std::ofstream out(path);
   uint32_t s = seed;
   for (int i = 0; i < n; ++i) {
     s = s * 1664525u + 1013904223u;
     const int a = (s >> 8) % 5, b = (s >> 16) % 5;
-    out << "{\"prompt\": \"what is " << names[a] << " plus " << names[b]
-        << "?\", \"response\": \"" << names[a] << " plus " << names[b] << " is " << names[a + b]
-        << ".\"}\n";
+    out << "{\"prompt\": \"what is " << names[a] << " plus " << names[b] << "?\", \"response\": \""
+        << names[a] << " plus " << names[b] << " is " << names[a + b] << ".\"}\n";
   }
 }
 

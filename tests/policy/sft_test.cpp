@@ -1,8 +1,6 @@
 // SFT: training lowers held-out loss; a killed run resumes to bit-identical weights (full and
 // LoRA with dropout); LoRA SFT lowers the loss and writes adapters + a merged model; config and
 // data errors name the file, line and field; text/packed data; Hugging Face init; the CLI.
-#include "policy/sft_trainer.h"
-
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -14,6 +12,7 @@
 #include "policy/checkpoint.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
+#include "policy/sft_trainer.h"
 #include "tests/policy/sft_fixtures.h"
 #include "tests/test_support.h"
 
@@ -37,11 +36,15 @@ class SftTest : public ::testing::Test {
   // A tiny from-scratch config (d=32, 2 layers) over the synthetic corpus.
   static proto::SftConfig base_config(const std::string& out, const std::string& extra = "") {
     const std::string text =
-        "train_file: \"" + (*dir_ / "train.jsonl") + "\"\n"
-        "tokenizer: \"" + *tokenizer_ + "\"\n"
+        "train_file: \"" + (*dir_ / "train.jsonl") +
+        "\"\n"
+        "tokenizer: \"" +
+        *tokenizer_ +
+        "\"\n"
         "model { dim: 32 n_layers: 2 n_heads: 4 n_kv_heads: 2 max_seq_len: 48 }\n"
         "batch_size: 8\nlr: 0.003\nheldout_fraction: 0.1\neval_batches: 4\nseed: 5\n"
-        "out_dir: \"" + out + "\"\n" + extra;
+        "out_dir: \"" +
+        out + "\"\n" + extra;
     return parse_sft_config(text, "test.pbtxt");
   }
 
@@ -141,17 +144,19 @@ TEST_F(SftTest, KilledRunResumesBitIdentical) {
   TempDir tmp("sft_resume");
   // Warm-up + cosine over 14 steps, grad accumulation, a save every 4 steps, killed after 10
   // (the last save was at 8, so steps 9-10 are redone).
-  auto cfg = base_config("", "steps: 14\ngrad_accum: 2\nwarmup_steps: 3\n"
-                             "eval_every: 5\nsave_every: 4\n");
+  auto cfg = base_config("",
+                         "steps: 14\ngrad_accum: 2\nwarmup_steps: 3\n"
+                         "eval_every: 5\nsave_every: 4\n");
   expect_bit_identical_resume(cfg, tmp, 10);
 }
 
 TEST_F(SftTest, LoraWithDropoutResumesBitIdentical) {
   // The torch RNG (LoRA dropout masks) is part of the saved state.
   TempDir tmp("sft_resume_lora");
-  auto cfg = base_config("", "steps: 9\neval_every: 3\nsave_every: 3\n"
-                             "lora { rank: 4 alpha: 8 dropout: 0.2 targets: \"q\" targets: \"v\" "
-                             "targets: \"down\" }\n");
+  auto cfg = base_config("",
+                         "steps: 9\neval_every: 3\nsave_every: 3\n"
+                         "lora { rank: 4 alpha: 8 dropout: 0.2 targets: \"q\" targets: \"v\" "
+                         "targets: \"down\" }\n");
   expect_bit_identical_resume(cfg, tmp, 5);
 }
 
@@ -161,14 +166,20 @@ TEST_F(SftTest, LoraSftLowersLossAndWritesAdapterAndMergedModel) {
   // its embeddings, head and norms frozen at init scale, its logits cannot leave about +-0.6.
   RLHF_REQUIRE_DATA(hf, "stories260K-hf");
   TempDir tmp("sft_lora");
-  const std::string text = "train_file: \"" + (*dir_ / "train.jsonl") + "\"\n"
-                           "tokenizer: \"" + *tokenizer_ + "\"\n"
-                           "init_from: \"" + hf + "\"\n"
+  const std::string text = "train_file: \"" + (*dir_ / "train.jsonl") +
+                           "\"\n"
+                           "tokenizer: \"" +
+                           *tokenizer_ +
+                           "\"\n"
+                           "init_from: \"" +
+                           hf +
+                           "\"\n"
                            "steps: 40\neval_every: 20\nbatch_size: 8\nlr: 0.01\nseed: 3\n"
                            "heldout_fraction: 0.1\neval_batches: 4\nseq_len: 48\n"
                            "lora { rank: 8 targets: \"q\" targets: \"k\" targets: \"v\" "
                            "targets: \"o\" targets: \"gate\" targets: \"up\" targets: \"down\" }\n"
-                           "out_dir: \"" + (tmp / "lora") + "\"\n";
+                           "out_dir: \"" +
+                           (tmp / "lora") + "\"\n";
   const SftResult r = train_sft(parse_sft_config(text, "lora.pbtxt"));
   std::printf("lora sft: eval loss %.3f -> %.3f\n", r.first_eval_loss, r.final_eval_loss);
   EXPECT_LT(r.final_eval_loss, r.first_eval_loss - 1.0)
@@ -192,10 +203,16 @@ TEST_F(SftTest, HuggingFaceInit) {
   RLHF_REQUIRE_DATA(hf, "stories260K-hf");
   TempDir out("sft_hf");
   // stories260K has 512 ids; our 300-piece tokenizer's ids fit inside.
-  const std::string text = "train_file: \"" + (*dir_ / "train.jsonl") + "\"\n"
-                           "tokenizer: \"" + *tokenizer_ + "\"\n"
-                           "init_from: \"" + hf + "\"\nsteps: 3\nbatch_size: 4\nseq_len: 32\n"
-                           "out_dir: \"" + out.path() + "\"\n";
+  const std::string text = "train_file: \"" + (*dir_ / "train.jsonl") +
+                           "\"\n"
+                           "tokenizer: \"" +
+                           *tokenizer_ +
+                           "\"\n"
+                           "init_from: \"" +
+                           hf +
+                           "\"\nsteps: 3\nbatch_size: 4\nseq_len: 32\n"
+                           "out_dir: \"" +
+                           out.path() + "\"\n";
   const SftResult r = train_sft(parse_sft_config(text, "hf.pbtxt"));
   EXPECT_EQ(r.steps, 3);
   auto loaded = load_checkpoint(out / "model");
@@ -240,7 +257,8 @@ TEST_F(SftTest, ConfigErrorsNameFileLineAndField) {
     parse_sft_config("format: \"csv\"\n", "cfg.pbtxt");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("cfg.pbtxt:1: field 'format'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cfg.pbtxt:1: field 'format'"), std::string::npos)
+        << e.what();
   }
   try {
     parse_sft_config("lora { rank: 4 targets: \"qq\" }\n", "cfg.pbtxt");
@@ -290,7 +308,7 @@ TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_FLOAT_EQ(c.heldout_fraction(), 0.05f);
   EXPECT_FALSE(c.has_seq_len());  // the model's max_seq_len
   EXPECT_FALSE(c.packed());
-  EXPECT_FALSE(c.has_steps());    // from epochs
+  EXPECT_FALSE(c.has_steps());  // from epochs
   EXPECT_FLOAT_EQ(c.epochs(), 1.0f);
   EXPECT_EQ(c.batch_size(), 8);
   EXPECT_EQ(c.grad_accum(), 1);
@@ -311,14 +329,15 @@ TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_EQ(resolved_warmup_steps(c, 39), 1);
   // Every resolved value is visible in the text written to manifests.
   const std::string text = to_text_format(c);
-  for (const char* needle : {"lr: 0.0003", "weight_decay: 0.1", "save_every: 50", "device: \"cpu\""})
+  for (const char* needle :
+       {"lr: 0.0003", "weight_decay: 0.1", "save_every: 50", "device: \"cpu\""})
     EXPECT_NE(text.find(needle), std::string::npos) << needle << " in\n" << text;
 
   // Values that depend on other fields, and zeros that now mean zero.
-  const proto::SftConfig d = resolved_sft_config(parse_sft_config(
-      "train_file: \"x.jsonl\"\neval_every: 20\nweight_decay: 0\nwarmup_steps: 0\n"
-      "min_lr_ratio: 0\nlora { rank: 4 }\n",
-      "d.pbtxt"));
+  const proto::SftConfig d = resolved_sft_config(
+      parse_sft_config("train_file: \"x.jsonl\"\neval_every: 20\nweight_decay: 0\nwarmup_steps: 0\n"
+                       "min_lr_ratio: 0\nlora { rank: 4 }\n",
+                       "d.pbtxt"));
   EXPECT_EQ(d.format(), "jsonl");
   EXPECT_EQ(d.save_every(), 20);
   EXPECT_FLOAT_EQ(d.weight_decay(), 0.0f);
@@ -332,9 +351,7 @@ TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
 
 TEST_F(SftTest, DataErrorsNameFileAndLine) {
   TempDir tmp("sft_bad");
-  {
-    std::ofstream(tmp / "empty.jsonl") << "\n\n";
-  }
+  { std::ofstream(tmp / "empty.jsonl") << "\n\n"; }
   auto cfg = base_config(tmp / "out", "steps: 1\n");
   cfg.set_train_file(tmp / "empty.jsonl");
   try {
@@ -344,7 +361,8 @@ TEST_F(SftTest, DataErrorsNameFileAndLine) {
     EXPECT_NE(std::string(e.what()).find(tmp / "empty.jsonl"), std::string::npos) << e.what();
   }
   {
-    std::ofstream(tmp / "bad.jsonl") << "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": oops}\n";
+    std::ofstream(tmp / "bad.jsonl")
+        << "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": oops}\n";
   }
   cfg.set_train_file(tmp / "bad.jsonl");
   try {
@@ -353,9 +371,7 @@ TEST_F(SftTest, DataErrorsNameFileAndLine) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(tmp / "bad.jsonl:2"), std::string::npos) << e.what();
   }
-  {
-    std::ofstream(tmp / "fields.jsonl") << "{\"prompt\": \"a\", \"answer\": \"b\"}\n";
-  }
+  { std::ofstream(tmp / "fields.jsonl") << "{\"prompt\": \"a\", \"answer\": \"b\"}\n"; }
   cfg.set_train_file(tmp / "fields.jsonl");
   try {
     train_sft(cfg);
@@ -374,8 +390,8 @@ TEST_F(SftTest, CommandLine) {
   write_file_atomic(tmp / "sft.pbtxt", cfg.DebugString());
   std::string out;
   // Flag overrides: fewer steps, an output folder.
-  ASSERT_EQ(rlhf::testing::run_command(rlhf + " sft --config " + (tmp / "sft.pbtxt") +
-                                           " --out " + (tmp / "run") + " --steps 4 --eval-every 2",
+  ASSERT_EQ(rlhf::testing::run_command(rlhf + " sft --config " + (tmp / "sft.pbtxt") + " --out " +
+                                           (tmp / "run") + " --steps 4 --eval-every 2",
                                        &out),
             0)
       << out;

@@ -93,7 +93,8 @@ TEST(StoriesReferenceTest, GreedyMatchesFloat64Reference) {
   ref.eps = cfg["rms_norm_eps"];
   ref.theta = cfg["rope_theta"];
   ASSERT_TRUE(cfg["tie_word_embeddings"].get<bool>());
-  for (auto& [name, t] : read_safetensors(dir + "/model.safetensors")) ref.w[name] = t.to(torch::kDouble);
+  for (auto& [name, t] : read_safetensors(dir + "/model.safetensors"))
+    ref.w[name] = t.to(torch::kDouble);
 
   torch::NoGradGuard g;
   std::vector<int64_t> ref_ids = {1};
@@ -127,7 +128,8 @@ TEST(StoriesReferenceTest, GreedyMatchesFloat64Reference) {
   }
   std::string bin = rlhf::testing::rlhf_binary(), text;
   ASSERT_TRUE(std::filesystem::exists(bin)) << bin;
-  int rc = rlhf::testing::run_command(bin + " generate --model " + dir + " --prompt-ids 1 --max-new-tokens " +
+  int rc = rlhf::testing::run_command(bin + " generate --model " + dir +
+                                          " --prompt-ids 1 --max-new-tokens " +
                                           std::to_string(kSteps) + " --temperature 0 --ids",
                                       &text, /*merge_stderr=*/false);
   ASSERT_EQ(rc, 0) << text;

@@ -30,9 +30,10 @@ const std::vector<std::string> kSamples = {
 
 // A small deterministic English-ish corpus for training tests.
 std::string write_corpus(const std::string& path, int lines) {
-  const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park",
-                         "and", "played", "with", "ball", "happy", "little", "girl", "boy",
-                         "tree", "sun", "was", "bright", "they", "went", "home", "story"};
+  const char* words[] = {"the",    "cat",    "sat",  "on",   "a",      "mat",  "dog",
+                         "ran",    "to",     "park", "and",  "played", "with", "ball",
+                         "happy",  "little", "girl", "boy",  "tree",   "sun",  "was",
+                         "bright", "they",   "went", "home", "story"};
   std::ostringstream os;
   uint32_t state = 12345;
   for (int i = 0; i < lines; ++i) {
@@ -195,21 +196,21 @@ TEST(TokenizerTest, CommandLine) {
   std::string expected_ids;
   for (int id : ids) expected_ids += (expected_ids.empty() ? "" : " ") + std::to_string(id);
 
-  ASSERT_EQ(rlhf::testing::run_command(
-                rlhf + " tokenizer encode --model " + model + " --text 'the little cat'", &out,
-                false),
-            0);
+  ASSERT_EQ(
+      rlhf::testing::run_command(
+          rlhf + " tokenizer encode --model " + model + " --text 'the little cat'", &out, false),
+      0);
   EXPECT_EQ(out, expected_ids + "\n");
   ASSERT_EQ(rlhf::testing::run_command(
-                rlhf + " tokenizer decode --model " + model + " --ids '" + expected_ids + "'",
-                &out, false),
+                rlhf + " tokenizer decode --model " + model + " --ids '" + expected_ids + "'", &out,
+                false),
             0);
   EXPECT_EQ(out, "the little cat\n");
 
   // A missing model: non-zero exit, one line naming the file.
   const std::string missing = dir / "nope.model";
-  EXPECT_NE(rlhf::testing::run_command(
-                rlhf + " tokenizer encode --model " + missing + " --text hi", &out),
+  EXPECT_NE(rlhf::testing::run_command(rlhf + " tokenizer encode --model " + missing + " --text hi",
+                                       &out),
             0);
   EXPECT_NE(out.find(missing), std::string::npos) << out;
 }

@@ -1,11 +1,12 @@
 // PPO numerics against values computed by hand (the arithmetic is in the comments).
+#include "policy/ppo_math.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
 
 #include "policy/lr_schedule.h"
-#include "policy/ppo_math.h"
 
 using namespace rlhf::policy::ppo;
 

@@ -1,5 +1,7 @@
 // The `ppo` stage end to end with real files: a trained tokenizer, a native policy checkpoint,
 // a reward model folder, text prompts and a pbtxt config -> model, manifest, rollouts, resume.
+#include "pipelines/ppo_stage.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -9,7 +11,6 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
-#include "pipelines/ppo_stage.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
 #include "policy/ppo_config.h"
@@ -72,12 +73,17 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
 
   {
     std::ofstream p(dir / "prompts.jsonl");
-    for (int i = 0; i < 6; ++i) p << "{\"prompt\": \"tom has " << i << " apples and buys 2 more\"}\n";
+    for (int i = 0; i < 6; ++i)
+      p << "{\"prompt\": \"tom has " << i << " apples and buys 2 more\"}\n";
     std::ofstream c(dir / "ppo.pbtxt");
-    c << "policy: \"" << dir / "sft" << "\"\n"
-      << "reward_model: \"" << dir / "reward" << "\"\n"
-      << "value_model: \"" << dir / "reward" << "\"\n"
-      << "prompts: \"" << dir / "prompts.jsonl" << "\"\n"
+    c << "policy: \"" << dir / "sft"
+      << "\"\n"
+      << "reward_model: \"" << dir / "reward"
+      << "\"\n"
+      << "value_model: \"" << dir / "reward"
+      << "\"\n"
+      << "prompts: \"" << dir / "prompts.jsonl"
+      << "\"\n"
       << "tokenizer: \"" << tok_path << "\"\n"
       << "iterations: 2 batch_size: 8 minibatch_size: 4 ppo_epochs: 2\n"
       << "max_new_tokens: 8 policy_lr: 1e-3 value_lr: 1e-3 checkpoint_every: 1\n"
@@ -106,8 +112,8 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
   }
   // Replay with the checkpoint that sampled iteration 2's rollouts (the one saved after 1):
   // log-probs agree (no train/inference mismatch).
-  auto checks = policy::recompute_logprobs(
-      policy::read_rollouts(dir / "ppo/rollouts/iter-0001.pb"), dir / "sft");
+  auto checks = policy::recompute_logprobs(policy::read_rollouts(dir / "ppo/rollouts/iter-0001.pb"),
+                                           dir / "sft");
   for (auto& c : checks) EXPECT_LT(c.max_abs_diff, 1e-4) << "sample " << c.index;
 
   // Resume: two more iterations continue from iteration 2.
@@ -174,17 +180,21 @@ TEST(PpoStage, BadConfigValuesStopBeforeAnyModelIsRead) {
     return std::string("no error");
   };
   EXPECT_EQ(error_of("top_k: 5\n"),
-            path + ":4: field 'top_k': expected 0 (PPO samples from the full softmax; top-k would "
-                   "bias the ratio and KL), got 5");
+            path +
+                ":4: field 'top_k': expected 0 (PPO samples from the full softmax; top-k would "
+                "bias the ratio and KL), got 5");
   EXPECT_EQ(error_of("\ntop_p: 0.9\n"),
-            path + ":5: field 'top_p': expected 1 (PPO samples from the full softmax; nucleus "
-                   "sampling would bias the ratio and KL), got 0.9");
+            path +
+                ":5: field 'top_p': expected 1 (PPO samples from the full softmax; nucleus "
+                "sampling would bias the ratio and KL), got 0.9");
   EXPECT_EQ(error_of("temperature: 0\n"),
-            path + ":4: field 'temperature': expected > 0 (PPO log-probs and KL use the full "
-                   "softmax at this temperature; greedy sampling is not supported), got 0");
+            path +
+                ":4: field 'temperature': expected > 0 (PPO log-probs and KL use the full "
+                "softmax at this temperature; greedy sampling is not supported), got 0");
   EXPECT_EQ(error_of("lora {\n  rank: 4\n  dropout: 0.1\n}\n"),
-            path + ":6: field 'lora.dropout': expected 0 for PPO (rollout log-probs are computed "
-                   "without dropout, so the first minibatch's ratio would not be 1), got 0.1");
+            path +
+                ":6: field 'lora.dropout': expected 0 for PPO (rollout log-probs are computed "
+                "without dropout, so the first minibatch's ratio would not be 1), got 0.1");
   EXPECT_EQ(error_of("batch_size: 8\nminibatch_size: 16\n"),
             path + ":5: field 'minibatch_size': expected a value in [1, batch_size = 8], got 16");
   // A required input missing (not in the file: no line).
@@ -195,7 +205,8 @@ TEST(PpoStage, BadConfigValuesStopBeforeAnyModelIsRead) {
     pipelines::run_ppo_stage(o);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), path + ": field 'policy': expected a path (required), got \"\"");
+    EXPECT_EQ(std::string(e.what()),
+              path + ": field 'policy': expected a path (required), got \"\"");
   }
   EXPECT_FALSE(file_exists(dir / "out"));  // nothing was started
 }

@@ -1,22 +1,23 @@
 // The PPO loop on a toy task: a tiny random decoder learns to emit a chosen token because a
 // programmatic teacher counts it. Also: same seed -> same stats, resume -> same numbers, NaN guard.
+#include "policy/ppo_trainer.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <filesystem>
-#include <set>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/checkpoint.h"
 #include "policy/model.h"
-#include "policy/prompt_format.h"
 #include "policy/ppo_replay.h"
-#include "policy/ppo_trainer.h"
-#include "policy/training.h"
+#include "policy/prompt_format.h"
 #include "policy/rollout_file.h"
+#include "policy/training.h"
 #include "tests/test_support.h"
 
 using namespace rlhf;
@@ -177,7 +178,8 @@ TEST(PpoTrainer, SameSeedSameStatsAndResume) {
     for (int i = 0; i < 3; ++i) tb.step();
     tb.save_checkpoint_now();
     ASSERT_EQ(tb.history().size(), 3u);
-    for (int i = 0; i < 3; ++i) EXPECT_TRUE(same_stats(full[i], tb.history()[i])) << "iter " << i + 1;
+    for (int i = 0; i < 3; ++i)
+      EXPECT_TRUE(same_stats(full[i], tb.history()[i])) << "iter " << i + 1;
   }
   // A new trainer resumes at 4. The reference is an input (re-loaded by the stage); the policy and
   // critic start from other weights here and must be replaced by the checkpoint's.
@@ -189,7 +191,8 @@ TEST(PpoTrainer, SameSeedSameStatsAndResume) {
   EXPECT_EQ(tc.completed_iterations(), 3);
   tc.run();
   ASSERT_EQ(tc.history().size(), 3u);
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(same_stats(full[3 + i], tc.history()[i])) << "iter " << i + 4;
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(same_stats(full[3 + i], tc.history()[i])) << "iter " << i + 4;
   EXPECT_EQ(ta.kl_coef(), tc.kl_coef());
 }
 
@@ -253,7 +256,8 @@ TEST(PpoTrainer, ReplayUpdateReproducesLiveMinibatchStats) {
       EXPECT_EQ(live[i][kv.first].get<double>(), kv.second) << kv.first << " minibatch " << i;
     }
   // Iteration 1 replays from the start state (iter-0000).
-  EXPECT_EQ(policy::PpoTrainer::replay_update(dir.path(), dir / "rollouts/iter-0001.pb").size(), 8u);
+  EXPECT_EQ(policy::PpoTrainer::replay_update(dir.path(), dir / "rollouts/iter-0001.pb").size(),
+            8u);
 
   // The command prints the same lines (when the rlhf binary is built).
   if (file_exists(rlhf::testing::rlhf_binary())) {
@@ -311,8 +315,8 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
   // The policy is now the merged model: q/v projections moved, nothing else did.
   int moved = 0;
   for (auto& [name, t] : snapshot(models.policy)) {
-    const bool adapted = name.find(".q_proj.") != std::string::npos ||
-                         name.find(".v_proj.") != std::string::npos;
+    const bool adapted =
+        name.find(".q_proj.") != std::string::npos || name.find(".v_proj.") != std::string::npos;
     if (adapted)
       moved += !torch::equal(t, base.at(name));
     else
@@ -501,7 +505,7 @@ TEST(PpoTrainer, TruncatedPromptsKeepBos) {
   using policy::truncate_prompt;
   EXPECT_EQ(truncate_prompt({1, 3, 4, 5, 6}, 3, 1), (std::vector<int64_t>{1, 5, 6}));
   EXPECT_EQ(truncate_prompt({3, 4, 5, 6}, 3, 1), (std::vector<int64_t>{4, 5, 6}));  // no BOS
-  EXPECT_EQ(truncate_prompt({1, 3, 4}, 3, 1), (std::vector<int64_t>{1, 3, 4}));      // fits
+  EXPECT_EQ(truncate_prompt({1, 3, 4}, 3, 1), (std::vector<int64_t>{1, 3, 4}));     // fits
   EXPECT_EQ(truncate_prompt({1, 3, 4}, 1, 1), (std::vector<int64_t>{1}));
   EXPECT_EQ(truncate_prompt({1, 3, 4, 5}, 2, -1), (std::vector<int64_t>{4, 5}));  // no BOS id
 
@@ -510,7 +514,8 @@ TEST(PpoTrainer, TruncatedPromptsKeepBos) {
   cfg.set_batch_size(4);
   cfg.set_minibatch_size(4);
   cfg.set_max_prompt_tokens(3);
-  std::vector<std::vector<int64_t>> prompts{{1, 3, 4, 5, 6}, {1, 8, 9, 10, 11, 12}, {1, 4}, {5, 6, 7, 8}};
+  std::vector<std::vector<int64_t>> prompts{
+      {1, 3, 4, 5, 6}, {1, 8, 9, 10, 11, 12}, {1, 4}, {5, 6, 7, 8}};
   policy::PpoTrainer t(cfg, make_models(9), count_teacher, prompts, dir.path());
   t.step();
   std::set<std::vector<int64_t>> got;
@@ -533,8 +538,9 @@ TEST(PpoTrainer, ValueCoefInConfigIsAnErrorNamingTheLine) {
     EXPECT_NE(m.find("value_coef"), std::string::npos) << m;
   }
   // The new fields parse.
-  write_file_atomic(dir / "ok.pbtxt",
-                    "lr_schedule: \"linear\" lr_warmup_iterations: 2 min_lr_ratio: 0 target_kl: 0.02\n");
+  write_file_atomic(
+      dir / "ok.pbtxt",
+      "lr_schedule: \"linear\" lr_warmup_iterations: 2 min_lr_ratio: 0 target_kl: 0.02\n");
   auto c = policy::load_ppo_config(dir / "ok.pbtxt");
   EXPECT_EQ(c.lr_schedule(), "linear");
   EXPECT_EQ(c.lr_warmup_iterations(), 2);

@@ -154,9 +154,11 @@ TEST(Rollouts, HandMadeJsonLines) {
   // A0 = -0.25 + 0.2 - 0.1 + 0.925 = 0.775; returns = [0.875, 1.125]
   std::ofstream(dir / "hand.jsonl")
       << R"({"prompt_ids": [1, 5], "response_ids": [7, 2], "logprobs": [-1.0, -2.0],)"
-      << R"( "ref_logprobs": [-1.5, -1.75], "values": [0.1, 0.2], "score": 1.0})" << "\n"
+      << R"( "ref_logprobs": [-1.5, -1.75], "values": [0.1, 0.2], "score": 1.0})"
+      << "\n"
       << R"({"prompt_ids": [1], "response_ids": [3], "logprobs": [-1], "ref_logprobs": [-1],)"
-      << R"( "values": [0.5], "score": -2})" << "\n";
+      << R"( "values": [0.5], "score": -2})"
+      << "\n";
   auto recs = policy::read_rollouts(dir / "hand.jsonl");
   ASSERT_EQ(recs.size(), 2u);
   EXPECT_EQ(recs[1].index(), 1);
@@ -173,7 +175,8 @@ TEST(Rollouts, HandMadeJsonLines) {
   EXPECT_NEAR(s.advantages[1], 0.925, 1e-6);
   EXPECT_NEAR(s.returns[0], 0.875, 1e-6);
   // Missing field and wrong length give errors naming the record.
-  std::ofstream(dir / "bad.jsonl") << R"({"prompt_ids": [1], "response_ids": [3]})" << "\n";
+  std::ofstream(dir / "bad.jsonl") << R"({"prompt_ids": [1], "response_ids": [3]})"
+                                   << "\n";
   try {
     policy::read_rollouts(dir / "bad.jsonl");
     FAIL();

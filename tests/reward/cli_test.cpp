@@ -42,7 +42,8 @@ TEST(RewardCli, TrainEvalScore) {
   std::string tok = policy::train_tokenizer(t);
   {
     std::ofstream cfg(dir / "reward.pbtxt");
-    cfg << "train_file: \"" << dir / "train.jsonl" << "\"\n"
+    cfg << "train_file: \"" << dir / "train.jsonl"
+        << "\"\n"
         << "tokenizer: \"" << tok << "\"\n"
         << "model { dim: 32 n_layers: 1 n_heads: 4 }\n"
         << "max_prompt_tokens: 16 max_answer_tokens: 24\n"
@@ -61,17 +62,22 @@ TEST(RewardCli, TrainEvalScore) {
                    &out, /*merge_stderr=*/false);
   ASSERT_EQ(rc, 0) << out;
   auto j = nlohmann::json::parse(last_line(out));
-  for (const char* k : {"accuracy", "n", "loss", "mean_margin", "ece"}) EXPECT_TRUE(j.contains(k)) << k;
+  for (const char* k : {"accuracy", "n", "loss", "mean_margin", "ece"})
+    EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_EQ(j["n"].get<int>(), 80);
   EXPECT_GT(j["accuracy"].get<double>(), 0.8) << out;
 
   std::string good, bad;
   ASSERT_EQ(run_command(rlhf_binary() + " reward score --model " + dir / "rm/model" +
                             " --prompt 'question: apple ?' --answer 'green zebra table'",
-                        &good, false), 0) << good;
+                        &good, false),
+            0)
+      << good;
   ASSERT_EQ(run_command(rlhf_binary() + " reward score --model " + dir / "rm" +
                             " --prompt 'question: apple ?' --answer 'green water table'",
-                        &bad, false), 0) << bad;
+                        &bad, false),
+            0)
+      << bad;
   EXPECT_GT(std::stod(last_line(good)), std::stod(last_line(bad)));
 
   // Errors: a bad config field names file and line; a bad pairs line names the line.
@@ -79,18 +85,20 @@ TEST(RewardCli, TrainEvalScore) {
     std::ofstream cfg(dir / "bad.pbtxt");
     cfg << "train_file: \"x\"\nbatch_pairs: -3\n";
   }
-  rc = run_command(rlhf_binary() + " reward train --config " + dir / "bad.pbtxt" + " --out " +
-                       dir / "bad",
-                   &out);
+  rc = run_command(
+      rlhf_binary() + " reward train --config " + dir / "bad.pbtxt" + " --out " + dir / "bad",
+      &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("bad.pbtxt:2: field 'batch_pairs'"), std::string::npos) << out;
   {
     std::ofstream p(dir / "broken.jsonl");
-    p << R"({"prompt":"a","chosen":"b","rejected":"c"})" << "\n" << "not json\n";
+    p << R"({"prompt":"a","chosen":"b","rejected":"c"})"
+      << "\n"
+      << "not json\n";
   }
-  rc = run_command(rlhf_binary() + " reward eval --model " + dir / "rm" + " --pairs " +
-                       dir / "broken.jsonl",
-                   &out);
+  rc = run_command(
+      rlhf_binary() + " reward eval --model " + dir / "rm" + " --pairs " + dir / "broken.jsonl",
+      &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("broken.jsonl:2:"), std::string::npos) << out;
 }

@@ -1,4 +1,6 @@
 // Comparisons: rankings -> pairs, pairs/HH readers, held-out split, batches.
+#include "reward/comparisons.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -6,7 +8,6 @@
 #include <set>
 
 #include "common/error.h"
-#include "reward/comparisons.h"
 #include "tests/test_support.h"
 
 namespace rlhf::reward {
@@ -46,11 +47,12 @@ TEST(Comparisons, AllTiedRankingYieldsNoPairs) {
 
 TEST(Comparisons, PairsFileTiesAreDropped) {
   rlhf::testing::TempDir dir("rw");
-  write(dir / "p.jsonl",
-        R"({"schema_version":1,"prompt":"q","chosen":"a","rejected":"b","task_id":7,"annotator":"x"})"
-        "\n\n"
-        R"({"prompt":"q","chosen":"same","rejected":"same"})"
-        "\n");
+  write(
+      dir / "p.jsonl",
+      R"({"schema_version":1,"prompt":"q","chosen":"a","rejected":"b","task_id":7,"annotator":"x"})"
+      "\n\n"
+      R"({"prompt":"q","chosen":"same","rejected":"same"})"
+      "\n");
   auto cs = read_pairs_jsonl(dir / "p.jsonl");
   ASSERT_EQ(cs.size(), 1u);
   EXPECT_EQ(cs[0].chosen, "a");
@@ -112,8 +114,8 @@ TEST(Comparisons, HhDialoguesThatDoNotShareTheFinalPromptAreRefused) {
                                   &p, &c, &r));
   // One side has an extra exchange.
   EXPECT_FALSE(split_hh_dialogues("\n\nHuman: a\n\nAssistant: x",
-                                  "\n\nHuman: a\n\nAssistant: x\n\nHuman: more\n\nAssistant: y",
-                                  &p, &c, &r));
+                                  "\n\nHuman: a\n\nAssistant: x\n\nHuman: more\n\nAssistant: y", &p,
+                                  &c, &r));
   EXPECT_FALSE(split_hh_dialogues("no markers", "at all", &p, &c, &r));
   EXPECT_EQ(p, "untouched");
 }
@@ -123,9 +125,10 @@ TEST(Comparisons, HhFileLeavesOutLinesThatCannotBeSplit) {
   auto line = [](const std::string& c, const std::string& r) {
     return nlohmann::json{{"chosen", c}, {"rejected", r}}.dump() + "\n";
   };
-  write(dir / "hh.jsonl", line("\n\nHuman: q\n\nAssistant: good", "\n\nHuman: q\n\nAssistant: bad") +
-                              "\n" + line("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y") +
-                              line("\n\nHuman: q\n\nAssistant: tie", "\n\nHuman: q\n\nAssistant: tie "));
+  write(dir / "hh.jsonl",
+        line("\n\nHuman: q\n\nAssistant: good", "\n\nHuman: q\n\nAssistant: bad") + "\n" +
+            line("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: y") +
+            line("\n\nHuman: q\n\nAssistant: tie", "\n\nHuman: q\n\nAssistant: tie "));
   int64_t skipped = -1;
   auto cs = read_hh_jsonl(dir / "hh.jsonl", &skipped);
   ASSERT_EQ(cs.size(), 1u);
@@ -140,7 +143,8 @@ TEST(Comparisons, SplitAndBatchesKeepGroupsWhole) {
   std::vector<Comparison> all;
   for (int g = 0; g < 40; ++g)
     for (int k = 0; k < 1 + g % 4; ++k)
-      all.push_back({"p" + std::to_string(g), "a" + std::to_string(k), "b", "g" + std::to_string(g), 0});
+      all.push_back(
+          {"p" + std::to_string(g), "a" + std::to_string(k), "b", "g" + std::to_string(g), 0});
   std::vector<Comparison> train, held;
   split_heldout(all, 0.25, 3, &train, &held);
   EXPECT_EQ(train.size() + held.size(), all.size());
@@ -157,7 +161,8 @@ TEST(Comparisons, SplitAndBatchesKeepGroupsWhole) {
     total += batches[b].size();
     for (size_t i : batches[b]) {
       auto it = batch_of.emplace(all[i].group, static_cast<int>(b)).first;
-      EXPECT_EQ(it->second, static_cast<int>(b)) << "group " << all[i].group << " split across batches";
+      EXPECT_EQ(it->second, static_cast<int>(b))
+          << "group " << all[i].group << " split across batches";
     }
   }
   EXPECT_EQ(total, all.size());

@@ -58,8 +58,9 @@ TEST(RewardConfig, BadValuesReadFileLineFieldExpectedAndGot) {
   EXPECT_EQ(error_of_file("steps: 5\n\n\nheldout_fraction: 1.5\n"),
             path + ":4: field 'heldout_fraction': expected a value in [0, 1), got 1.5");
   EXPECT_EQ(error_of_file("steps: 5\nlora {\n  rank: 2\n  targets: \"zz\"\n}\n"),
-            path + ":4: field 'lora.targets': expected projections of q, k, v, o, gate, up, down, "
-                   "got \"zz\"");
+            path +
+                ":4: field 'lora.targets': expected projections of q, k, v, o, gate, up, down, "
+                "got \"zz\"");
   proto::RewardTrainConfig c;
   c.set_lr(-1);  // e.g. a command-line flag: not in the file, so no line
   try {
@@ -96,7 +97,8 @@ TEST(RewardConfig, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_EQ(resolved_warmup_steps(c, 900), 45);
   EXPECT_NE(to_text(c).find("max_prompt_tokens: 192"), std::string::npos) << to_text(c);
   // weight_decay: 0 now means no decay (it used to mean "the default").
-  const auto d = resolved_train_config(parse_train_config("weight_decay: 0\nwarmup_steps: 0\n", "d"));
+  const auto d =
+      resolved_train_config(parse_train_config("weight_decay: 0\nwarmup_steps: 0\n", "d"));
   EXPECT_FLOAT_EQ(d.weight_decay(), 0.0f);
   EXPECT_EQ(resolved_warmup_steps(d, 900), 0);
 }
@@ -111,12 +113,12 @@ TEST(PairMetrics, HandComputed) {
   EXPECT_NEAR(m.loss, (nls(2) + nls(0.5) + nls(-1) + nls(0)) / 4, 1e-6);
   // confidences: s(2)=.8808 (bin 8, correct), s(.5)=.6225 (bin 6, correct),
   // 1-s(-1)=.7311 (bin 7, wrong), .5 (bin 5, half right) -> ECE = mean |acc - conf|
-  double s2 = 1 / (1 + std::exp(-2.0)), s05 = 1 / (1 + std::exp(-0.5)), s1 = 1 / (1 + std::exp(-1.0));
+  double s2 = 1 / (1 + std::exp(-2.0)), s05 = 1 / (1 + std::exp(-0.5)),
+         s1 = 1 / (1 + std::exp(-1.0));
   double ece = ((1 - s2) + (1 - s05) + s1 + 0) / 4;
   EXPECT_NEAR(m.ece, ece, 1e-6);
   EXPECT_EQ(to_json(m).find("{\"accuracy\":"), 0u) << to_json(m);
 }
-
 
 }  // namespace
 }  // namespace rlhf::reward

@@ -1,11 +1,12 @@
 // Reward model scoring: read at the last real token, independent of padding side and batch.
+#include "reward/reward_model.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <random>
 
 #include "policy/model.h"
-#include "reward/reward_model.h"
 
 namespace rlhf::reward {
 namespace {
@@ -72,7 +73,8 @@ TEST(RewardModel, ScoresDoNotDependOnPaddingSideOrBatch) {
   mixed.insert(mixed.begin() + 3, seqs.begin(), seqs.end());
   auto got = score_sequences(model, mixed, 4, torch::kCPU);
   for (int i = 0; i < 9; ++i)
-    EXPECT_LT(std::fabs(got[static_cast<size_t>(3 + i)] - alone[static_cast<size_t>(i)]), 1e-4) << i;
+    EXPECT_LT(std::fabs(got[static_cast<size_t>(3 + i)] - alone[static_cast<size_t>(i)]), 1e-4)
+        << i;
   // The score really is read at the last real token: changing an earlier token changes it,
   // changing padding content does not.
   auto b = pad_batch({seqs[0], seqs[1]}, 0);

@@ -11,9 +11,10 @@
 
 namespace rlhf::reward {
 
-inline const char* kWords[] = {"apple", "river", "stone", "cloud", "happy", "green", "table", "music",
-                        "light", "dream", "ocean", "small", "quick", "brown", "house", "paper",
-                        "plant", "sugar", "north", "train", "water", "bread", "chair", "piano"};
+inline const char* kWords[] = {"apple", "river", "stone", "cloud", "happy", "green",
+                               "table", "music", "light", "dream", "ocean", "small",
+                               "quick", "brown", "house", "paper", "plant", "sugar",
+                               "north", "train", "water", "bread", "chair", "piano"};
 inline const char* kMarker = "zebra";
 
 inline std::string random_text(std::mt19937& rng, int min_words, int max_words, bool marker) {
@@ -38,7 +39,7 @@ inline void write_synthetic(const std::string& path, int n_prompts, uint32_t see
     r.tiers = {{random_text(rng, 3, 9, true)},
                {random_text(rng, 3, 9, false), random_text(rng, 3, 9, false)}};
     for (const auto& c : ranking_to_comparisons(r)) {
-      nlohmann::json j{{"schema_version", 1}, {"prompt", c.prompt}, {"chosen", c.chosen},
+      nlohmann::json j{{"schema_version", 1},    {"prompt", c.prompt}, {"chosen", c.chosen},
                        {"rejected", c.rejected}, {"task_id", r.group}, {"annotator", "synthetic"}};
       f << j.dump() << "\n";
     }

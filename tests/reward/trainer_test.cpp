@@ -1,5 +1,7 @@
 // Training on a synthetic preference (answers containing the marker word are preferred): the
 // model must learn it (> 95% held-out), and the saved model must score like the trained one.
+#include "reward/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -11,15 +13,14 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
+#include "pipelines/annotation_pairs.h"
 #include "policy/checkpoint.h"
 #include "policy/model.h"
 #include "policy/safetensors.h"
 #include "policy/tokenizer.h"
-#include "pipelines/annotation_pairs.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
-#include "reward/trainer.h"
 #include "tests/reward/synthetic.h"
 #include "tests/test_support.h"
 
@@ -38,7 +39,8 @@ class SyntheticTraining : public ::testing::Test {
       std::string line;
       while (std::getline(in, line)) {
         auto j = nlohmann::json::parse(line);
-        text << j["prompt"].get<std::string>() << "\n" << j["chosen"].get<std::string>() << "\n"
+        text << j["prompt"].get<std::string>() << "\n"
+             << j["chosen"].get<std::string>() << "\n"
              << j["rejected"].get<std::string>() << "\n";
       }
     }
@@ -56,12 +58,15 @@ class SyntheticTraining : public ::testing::Test {
 
   static proto::RewardTrainConfig config(const std::string& out) {
     auto cfg = parse_train_config(
-        "train_file: \"" + *dir_ / "train.jsonl" + "\"\n"
-        "tokenizer: \"" + *tokenizer_ + "\"\n"
-        "model { dim: 48 n_layers: 2 n_heads: 4 n_kv_heads: 2 }\n"
-        "max_prompt_tokens: 24  max_answer_tokens: 32\n"
-        "steps: 40  batch_pairs: 16  lr: 3e-3  warmup_steps: 5  eval_every: 20\n"
-        "heldout_fraction: 0.15  seed: 5  threads: 1\n",
+        "train_file: \"" + *dir_ / "train.jsonl" +
+            "\"\n"
+            "tokenizer: \"" +
+            *tokenizer_ +
+            "\"\n"
+            "model { dim: 48 n_layers: 2 n_heads: 4 n_kv_heads: 2 }\n"
+            "max_prompt_tokens: 24  max_answer_tokens: 32\n"
+            "steps: 40  batch_pairs: 16  lr: 3e-3  warmup_steps: 5  eval_every: 20\n"
+            "heldout_fraction: 0.15  seed: 5  threads: 1\n",
         "synthetic.pbtxt");
     cfg.set_out_dir(out);
     return cfg;
@@ -332,7 +337,8 @@ TEST_F(SyntheticTraining, FinishedRunIsKeptAndAnotherConfigRefused) {
     train_reward_model(cfg);
     FAIL() << "a different config was not refused";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("to start afresh delete " + out + "/state"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("to start afresh delete " + out + "/state"),
+              std::string::npos)
         << e.what();
   }
 }
