@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -91,126 +92,145 @@ policy::LoadedModel load_model(const std::string& dir, const std::string& what) 
   }
 }
 
-}  // namespace
-
-std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
-  const auto t0 = std::chrono::steady_clock::now();
+// The config file with the command's overrides, checked before any model or data file is read
+// (values from the file were checked with their lines by load_ppo_config).
+proto::PpoConfig resolved_config(const PpoStageOptions& o) {
   proto::PpoConfig cfg = policy::load_ppo_config(o.config_path);
   if (!o.out_dir.empty()) cfg.set_out_dir(o.out_dir);
   if (cfg.out_dir().empty()) cfg.set_out_dir("ppo");
   if (o.iterations) cfg.set_iterations(*o.iterations);
   if (!o.device.empty()) cfg.set_device(o.device);
-  // Values from the file were checked with their lines by load_ppo_config; the overrides above
-  // are checked here, before any model or data file is read.
   const ConfigErrors errors(cfg, o.config_path);
   for (auto [field, value] : {std::pair{"policy", cfg.policy()},
                               {"reward_model", cfg.reward_model()},
                               {"prompts", cfg.prompts()}})
     if (value.empty()) errors.fail(field, "expected a path (required)", "\"\"");
   policy::validate_ppo_config(cfg, errors);
-  const std::string out = cfg.out_dir();
-  make_dirs(out);
+  if (!o.gold_task.empty() && o.gold_task != "quickstart")
+    throw Error("ppo --gold-task: only \"quickstart\" is known, got \"" + o.gold_task + "\"");
+  if (!o.gold_task.empty() && cfg.tokenizer().empty())
+    throw Error("ppo --gold-task needs PpoConfig.tokenizer");
+  if (!o.gold_prompts.empty() && o.gold_task.empty())
+    throw Error("ppo --gold-prompts needs --gold-task");
+  return cfg;
+}
 
-  proto::StageManifest manifest = begin_manifest("ppo");
-  manifest.set_resolved_config(to_text_format(cfg));
-  *manifest.add_inputs() = file_ref(cfg.prompts());
-  write_manifest(manifest, out);  // complete = false while running
-
-  std::optional<policy::Tokenizer> tok;
-  if (!cfg.tokenizer().empty()) tok = policy::Tokenizer::load(cfg.tokenizer());
-
+// Policy, reference (a copy of the policy unless given) and critic (a copy of the policy, or
+// e.g. the reward model as in InstructGPT), checked against the tokenizer.
+policy::PpoModels load_models(const proto::PpoConfig& cfg,
+                              const std::optional<policy::Tokenizer>& tok,
+                              std::string* tokenizer_sha) {
   auto loaded = load_model(cfg.policy(), "policy");
-  const std::string tok_sha = loaded.info.tokenizer_sha256;
-  if (tok && !tok_sha.empty() && tok_sha != tok->sha256())
+  *tokenizer_sha = loaded.info.tokenizer_sha256;
+  if (tok && !tokenizer_sha->empty() && *tokenizer_sha != tok->sha256())
     throw Error("ppo: tokenizer " + cfg.tokenizer() + " (sha256 " + tok->sha256() +
-                ") is not the one the policy " + cfg.policy() + " was trained with (" + tok_sha +
-                ")");
-  if (tok) manifest.set_tokenizer_sha256(tok->sha256());
-  manifest.set_vocab_size(loaded.model->config().vocab_size);
-
+                ") is not the one the policy " + cfg.policy() + " was trained with (" +
+                *tokenizer_sha + ")");
+  if (tok) *tokenizer_sha = tok->sha256();
   policy::PpoModels models;
   models.policy = loaded.model;
   models.reference = cfg.reference().empty() ? policy::clone_model(loaded.model)
                                              : load_model(cfg.reference(), "reference").model;
   torch::manual_seed(cfg.seed());  // the fresh value head's initialisation
-  if (cfg.value_model().empty()) {
-    models.critic = policy::clone_model(loaded.model);
-  } else {
-    // E.g. the reward model (InstructGPT initialises the value function from it).
-    models.critic = load_model(reward::resolve_model_dir(cfg.value_model()), "value model").model;
-  }
+  models.critic =
+      cfg.value_model().empty()
+          ? policy::clone_model(loaded.model)
+          : load_model(reward::resolve_model_dir(cfg.value_model()), "value model").model;
   if (!models.critic->config().value_head) models.critic->add_value_head();
+  return models;
+}
 
-  reward::ScorerOptions so;
-  so.device = cfg.device();
-  reward::RewardScorer scorer(cfg.reward_model(), so);
-  if (tok && scorer.tokenizer_sha256() != tok->sha256())
-    throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
-                scorer.tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
-  const int64_t bos = loaded.model->config().bos_id;
-  policy::TeacherFn teacher = [&](const std::vector<std::vector<int64_t>>& prompts,
-                                  const std::vector<std::vector<int64_t>>& responses) {
+// The teacher: the reward model scoring (prompt ids without BOS, response ids).
+policy::TeacherFn make_teacher(std::shared_ptr<reward::RewardScorer> scorer, int64_t bos) {
+  return [scorer, bos](const std::vector<std::vector<int64_t>>& prompts,
+                       const std::vector<std::vector<int64_t>>& responses) {
     // The scorer wants prompt ids without BOS and answer ids without EOS (it drops a trailing one).
     std::vector<std::vector<int>> p, r;
     for (const auto& ids : prompts)
       p.emplace_back(ids.begin() + (!ids.empty() && ids[0] == bos ? 1 : 0), ids.end());
     for (const auto& ids : responses) r.emplace_back(ids.begin(), ids.end());
-    return scorer.score_ids(p, r);
+    return scorer->score_ids(p, r);
   };
+}
 
+// The quickstart gold teacher as a monitor (not a reward): gold/accuracy of each iteration's
+// rollouts.
+policy::ExtraStatsFn gold_monitor(const policy::Tokenizer& tok, int64_t bos) {
+  return [&tok, bos](const std::vector<std::vector<int64_t>>& ps,
+                     const std::vector<std::vector<int64_t>>& rs) {
+    int64_t n = 0, correct = 0;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      std::vector<int> body(ps[i].begin() + (!ps[i].empty() && ps[i][0] == bos ? 1 : 0),
+                            ps[i].end());
+      auto problem = quickstart::parse_prompt(tok.decode(body));
+      if (!problem) continue;
+      ++n;
+      if (quickstart::is_correct(*problem, policy::decode_response(tok, rs[i]))) ++correct;
+    }
+    return std::map<std::string, double>{{"gold/accuracy", n ? double(correct) / n : 0.0}};
+  };
+}
+
+std::vector<quickstart::Problem> gold_problems(const PpoStageOptions& o,
+                                               const std::optional<policy::Tokenizer>& tok) {
+  std::vector<quickstart::Problem> held;
+  if (o.gold_prompts.empty()) return held;
+  std::vector<std::string> texts;
+  read_prompts(o.gold_prompts, tok, &texts);
+  for (const auto& t : texts)
+    if (auto p = quickstart::parse_prompt(t)) held.push_back(*p);
+  return held;
+}
+
+}  // namespace
+
+std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const proto::PpoConfig cfg = resolved_config(o);
+  const std::string out = cfg.out_dir();
+  make_dirs(out);
+  std::optional<policy::Tokenizer> tok;
+  if (!cfg.tokenizer().empty()) tok = policy::Tokenizer::load(cfg.tokenizer());
+  std::string tok_sha;
+  policy::PpoModels models = load_models(cfg, tok, &tok_sha);
+  reward::ScorerOptions so;
+  so.device = cfg.device();
+  auto scorer = std::make_shared<reward::RewardScorer>(cfg.reward_model(), so);
+  if (tok && scorer->tokenizer_sha256() != tok->sha256())
+    throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
+                scorer->tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
+  const int64_t bos = models.policy->config().bos_id;
   std::vector<std::string> prompt_texts;
   auto prompts = read_prompts(cfg.prompts(), tok, &prompt_texts);
   policy::DecodeFn decode;
   if (tok)
     decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
+  const auto held = gold_problems(o, tok);
+
+  // Constructing the trainer applies the resume rule; only then is the folder marked unfinished.
+  policy::PpoTrainer trainer(cfg, models, make_teacher(scorer, bos), prompts, out, decode);
+  if (!o.gold_task.empty()) trainer.set_extra_stats(gold_monitor(*tok, bos));
+  proto::StageManifest manifest = begin_manifest("ppo");
+  manifest.set_resolved_config(to_text_format(cfg));
+  *manifest.add_inputs() = file_ref(cfg.prompts());
+  manifest.set_tokenizer_sha256(tok_sha);
+  manifest.set_vocab_size(models.policy->config().vocab_size);
+  write_manifest(manifest, out);  // complete = false while running
 
   std::map<std::string, double> result;
-  std::vector<quickstart::Problem> held;
-  if (!o.gold_task.empty() && o.gold_task != "quickstart")
-    throw Error("ppo --gold-task: only \"quickstart\" is known, got \"" + o.gold_task + "\"");
-  if (!o.gold_task.empty() && !tok) throw Error("ppo --gold-task needs PpoConfig.tokenizer");
-  if (!o.gold_prompts.empty()) {
-    if (o.gold_task.empty()) throw Error("ppo --gold-prompts needs --gold-task");
-    std::vector<std::string> texts;
-    read_prompts(o.gold_prompts, tok, &texts);
-    for (const auto& t : texts)
-      if (auto p = quickstart::parse_prompt(t)) held.push_back(*p);
-  }
-
-  policy::PpoTrainer trainer(cfg, models, teacher, prompts, out, decode);
-  if (!o.gold_task.empty()) {
-    trainer.set_extra_stats([&](const std::vector<std::vector<int64_t>>& ps,
-                                const std::vector<std::vector<int64_t>>& rs) {
-      int64_t n = 0, correct = 0;
-      for (size_t i = 0; i < ps.size(); ++i) {
-        std::vector<int64_t> body(ps[i].begin() + (!ps[i].empty() && ps[i][0] == bos ? 1 : 0),
-                                  ps[i].end());
-        std::vector<int> ib(body.begin(), body.end());
-        auto problem = quickstart::parse_prompt(tok->decode(ib));
-        if (!problem) continue;
-        ++n;
-        if (quickstart::is_correct(*problem, policy::decode_response(*tok, rs[i]))) ++correct;
-      }
-      return std::map<std::string, double>{{"gold/accuracy", n ? double(correct) / n : 0.0}};
-    });
-  }
-  if (!held.empty() && trainer.completed_iterations() == 0) {
-    auto g = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens());
-    result["gold/heldout_accuracy_before"] = g.accuracy;
-    std::fprintf(stderr, "ppo: held-out gold accuracy before: %.1f%% (%zu problems)\n",
-                 100 * g.accuracy, held.size());
-  }
+  auto gold = [&](const char* key) {
+    const double acc = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens()).accuracy;
+    result[key] = acc;
+    std::fprintf(stderr, "ppo: %s: %.1f%% (%zu problems)\n", key, 100 * acc, held.size());
+  };
+  if (!held.empty() && trainer.completed_iterations() == 0) gold("gold/heldout_accuracy_before");
   trainer.run();
   if (!trainer.history().empty())
     for (auto& kv : trainer.history().back()) result[kv.first] = kv.second;
-  if (!held.empty()) {
-    auto g = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens());
-    result["gold/heldout_accuracy_after"] = g.accuracy;
-    std::fprintf(stderr, "ppo: held-out gold accuracy after: %.1f%%\n", 100 * g.accuracy);
-  }
+  if (!held.empty()) gold("gold/heldout_accuracy_after");
 
   policy::CheckpointInfo info;
-  info.tokenizer_sha256 = tok ? tok->sha256() : tok_sha;
+  info.tokenizer_sha256 = tok_sha;
   info.kind = "policy";
   info.created_by = "ppo";
   info.step = trainer.completed_iterations();
