@@ -2,12 +2,18 @@
 // source of truth) and <out_dir>/manifest.json (a readable view), both atomically.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 
 #include "proto/manifest.pb.h"
 
 namespace rlhf {
+
+// Trainers (policy/, reward/) fill a stage record but never write it: they hand the unfinished
+// record to this callback when they start training, and return the finished one. The stage layer
+// (pipelines/stage_record.h) is the one writer of stage manifests.
+using StageStarted = std::function<void(const proto::StageManifest&)>;
 
 // Describes a file: path as given, SHA-256 of its content, size. Throws if it cannot be read.
 proto::FileRef file_ref(const std::string& path);

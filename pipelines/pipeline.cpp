@@ -20,6 +20,7 @@
 #include "pipelines/policy_sampling.h"
 #include "pipelines/quickstart_task.h"
 #include "pipelines/report.h"
+#include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
 #include "policy/tokenizer.h"
 
@@ -474,7 +475,7 @@ void record_stage(const Run& run, const Stage& stage, const json& metrics, doubl
   m.set_resolved_config(stage.config(run.config));
   for (auto& [k, v] : metrics.items())
     if (v.is_number()) (*m.mutable_metrics())[k] = v.get<double>();
-  finish_manifest(m, run.path(stage.folder), seconds);
+  finish_stage(m, run.path(stage.folder), seconds);
 }
 
 // Runs one stage unless it is finished with the same fingerprint (and not forced).

@@ -14,6 +14,7 @@
 #include "common/text_config.h"
 #include "pipelines/policy_sampling.h"
 #include "pipelines/quickstart_task.h"
+#include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
 #include "policy/ppo_trainer.h"
 #include "policy/prompt_format.h"
@@ -215,7 +216,7 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   *manifest.add_inputs() = file_ref(cfg.prompts());
   manifest.set_tokenizer_sha256(tok_sha);
   manifest.set_vocab_size(models.policy->config().vocab_size);
-  write_manifest(manifest, out);  // complete = false while running
+  mark_stage_running(manifest, out);
 
   std::map<std::string, double> result;
   auto gold = [&](const char* key) {
@@ -238,8 +239,8 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   *manifest.add_outputs() = file_ref(out + "/model/model.safetensors");
   for (auto& kv : result) (*manifest.mutable_metrics())[kv.first] = kv.second;
   (*manifest.mutable_metrics())["iterations"] = trainer.completed_iterations();
-  finish_manifest(manifest, out,
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  finish_stage(manifest, out,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return result;
 }
 

@@ -227,9 +227,10 @@ struct SftRun {
   std::unique_ptr<training::Optimizer> opt;
   std::unique_ptr<training::StateFolder> states;
   std::string fingerprint;
-  proto::SftTrainState st;    // step, data position, early-stop counters
-  std::vector<size_t> order;  // row order of the current pass
-  proto::StageManifest manifest;
+  proto::SftTrainState st;        // step, data position, early-stop counters
+  std::vector<size_t> order;      // row order of the current pass
+  proto::StageManifest manifest;  // the stage record's content (pipelines/ writes it)
+  StageStarted on_start;
   std::unique_ptr<MetricsWriter> metrics;
   std::chrono::steady_clock::time_point t_start;
   std::chrono::steady_clock::time_point t_session;  // start of this process's training
@@ -378,7 +379,7 @@ bool resume_or_start(SftRun& r, SftResult& res) {
   r.manifest.set_tokenizer_sha256(r.init.tokenizer.sha256());
   r.manifest.set_vocab_size(r.init.tokenizer.vocab_size());
   for (const auto& f : inputs) *r.manifest.add_inputs() = file_ref(f);
-  write_manifest(r.manifest, r.out);
+  if (r.on_start) r.on_start(r.manifest);  // the stage marks its folder unfinished
   r.metrics = std::make_unique<MetricsWriter>(r.out, /*append=*/res.resumed_from >= 0);
   return false;
 }
@@ -457,7 +458,7 @@ bool evaluate_step(SftRun& r, SftResult& res) {
          r.st.evals_without_improvement() >= r.cfg.early_stop_patience();
 }
 
-// model/ (merged with LoRA), adapter/, tokenizer.model, and the finished manifest.
+// model/ (merged with LoRA), adapter/, tokenizer.model, and the stage record's content.
 void write_outputs(SftRun& r, SftResult& res) {
   CheckpointInfo info;
   info.tokenizer_sha256 = r.init.tokenizer.sha256();
@@ -493,15 +494,16 @@ void write_outputs(SftRun& r, SftResult& res) {
   mm["tokens_seen"] = static_cast<double>(r.st.tokens_seen());
   mm["tokens_per_second"] = res.tokens_per_second;
   mm["early_stopped"] = res.early_stopped ? 1.0 : 0.0;
-  finish_manifest(m, r.out, res.wall_seconds);
+  res.manifest = m;  // the stage layer writes it (pipelines/stage_record.h)
 }
 
 }  // namespace
 
 // ---- training ----------------------------------------------------------------------------------
 
-SftResult train_sft(const proto::SftConfig& config) {
+SftResult train_sft(const proto::SftConfig& config, const StageStarted& on_start) {
   SftRun r;
+  r.on_start = on_start;
   prepare(r, config);
   SftResult res;
   res.out_dir = r.out;

@@ -16,7 +16,9 @@
 //   state/LATEST, state/step-N/  resumable state: model, AdamW state, torch RNG, data position
 //   metrics.jsonl, events.out.tfevents.*   per-step loss/lr/grad norm/tokens per second and
 //                      eval_loss/eval_ppl
-//   manifest.pb, manifest.json             StageManifest, written when training has finished
+//   manifest.pb, manifest.json             StageManifest: the trainer fills SftResult::manifest;
+//   the
+//                      stage layer (pipelines/stage_record.h, `rlhf sft`) writes it
 //
 // Resume: starting again with the same config and output folder continues from state/LATEST (the
 // config must match, except stop_after/out_dir/threads) and, on CPU, ends with the same weights
@@ -27,6 +29,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/manifest.h"
 #include "policy/sft_config.h"
 #include "proto/sft.pb.h"
 
@@ -45,9 +48,12 @@ struct SftResult {
   bool already_complete = false;  // the folder held a finished run of this config
   double tokens_per_second = 0.0;
   double wall_seconds = 0.0;
+  proto::StageManifest manifest;  // the finished stage record (not written here)
 };
 
 // Runs (or resumes) SFT as configured. Errors name the config field / data file and line.
-SftResult train_sft(const proto::SftConfig& config);
+// on_start (optional) receives the unfinished stage record once the run has passed the resume
+// check and will train (not for a finished run, not for a refused one).
+SftResult train_sft(const proto::SftConfig& config, const StageStarted& on_start = nullptr);
 
 }  // namespace rlhf::policy

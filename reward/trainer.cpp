@@ -92,7 +92,8 @@ struct RewardRun {
   std::string fingerprint;
   proto::RewardTrainState state;
   bool resumed = false;
-  proto::StageManifest manifest;
+  proto::StageManifest manifest;  // the stage record's content (pipelines/ writes it)
+  StageStarted on_start;
   std::unique_ptr<MetricsWriter> metrics;
   std::chrono::steady_clock::time_point t0;
   double elapsed() const {
@@ -248,7 +249,7 @@ bool resume_or_start(RewardRun& r) {
   r.manifest.set_tokenizer_sha256(r.init.tokenizer.sha256());
   r.manifest.set_vocab_size(r.model->config().vocab_size);
   for (const auto& f : inputs) r.manifest.add_inputs()->CopyFrom(file_ref(f));
-  write_manifest(r.manifest, r.out);
+  if (r.on_start) r.on_start(r.manifest);  // the stage marks its folder unfinished
   r.metrics = std::make_unique<MetricsWriter>(r.out, /*append=*/r.resumed);
   std::fprintf(
       stderr,
@@ -329,7 +330,7 @@ void evaluate_and_keep_best(RewardRun& r) {
 }
 
 // Keeps best/, shifts its scores to mean 0 over the training answers (offset folded into the
-// head bias), saves model/ and finishes the manifest.
+// head bias), saves model/ and completes the stage record's content.
 TrainResult write_outputs(RewardRun& r) {
   // With LoRA, checkpoints hold the effective (merged) weights already, so `best` is a plain model.
   r.lora.reset();
@@ -381,7 +382,7 @@ TrainResult write_outputs(RewardRun& r) {
   mm["steps"] = static_cast<double>(result.steps);
   mm["score_offset"] = offset;
   result.wall_seconds = r.elapsed();
-  finish_manifest(r.manifest, r.out, result.wall_seconds);
+  result.manifest = r.manifest;  // the stage layer writes it (pipelines/stage_record.h)
   r.metrics->write(r.state.step(), {{"final/heldout_accuracy", result.heldout.accuracy},
                                     {"final/score_offset", offset}});
   return result;
@@ -407,8 +408,10 @@ TrainResult finished_result(const RewardRun& r) {
 
 }  // namespace
 
-TrainResult train_reward_model(const proto::RewardTrainConfig& config) {
+TrainResult train_reward_model(const proto::RewardTrainConfig& config,
+                               const StageStarted& on_start) {
   RewardRun r;
+  r.on_start = on_start;
   prepare(r, config);
   make_dirs(r.out);
   if (resume_or_start(r)) return finished_result(r);

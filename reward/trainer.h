@@ -10,11 +10,13 @@
 //                 over the training answers is 0 (offset folded into the head bias, in reward.pb)
 //   best/         best checkpoint before the shift (with no held-out comparisons: the final one)
 //   state/        resumable state (policy/training.h: weights, AdamW, RNG, step; `latest`)
-//   metrics.jsonl + TensorBoard events;  manifest.pb / manifest.json (StageManifest "reward")
+//   metrics.jsonl + TensorBoard events;  manifest.pb / manifest.json (StageManifest "reward": the
+//                 trainer fills TrainResult::manifest, pipelines/stage_record.h writes it)
 #pragma once
 
 #include <string>
 
+#include "common/manifest.h"
 #include "proto/reward.pb.h"
 #include "reward/evaluation.h"
 
@@ -28,12 +30,15 @@ struct TrainResult {
   double wall_seconds = 0;
   std::string model_dir;
   bool already_complete = false;  // the folder held this finished run; nothing was trained
+  proto::StageManifest manifest;  // the finished stage record (written by pipelines/stage_record.h)
 };
 
 // Runs training as configured (`config` must have out_dir and train_file set; defaults are
 // applied here). Resumes by the one rule of policy/training.h: an out_dir whose state/ holds a
 // checkpoint of the same config fingerprint continues from it (a finished run returns its numbers
 // with already_complete), one of another config is refused. Throws rlhf::Error with context.
-TrainResult train_reward_model(const proto::RewardTrainConfig& config);
+// on_start (optional) receives the unfinished stage record once the run will train.
+TrainResult train_reward_model(const proto::RewardTrainConfig& config,
+                               const StageStarted& on_start = nullptr);
 
 }  // namespace rlhf::reward

@@ -3,7 +3,7 @@
 #include <string>
 
 #include "common/error.h"
-#include "pipelines/annotation_pairs.h"
+#include "pipelines/stage_record.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
@@ -37,8 +37,7 @@ int run_train(const Args& a) {
   rlhf::reward::validate_config(cfg, path);
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
-  rlhf::pipelines::export_annotation_pairs(&cfg);
-  auto r = rlhf::reward::train_reward_model(cfg);
+  auto r = rlhf::pipelines::run_reward_stage(cfg);
   if (r.already_complete)
     std::printf("reward model: %s already holds this finished run\n", cfg.out_dir().c_str());
   std::printf("reward model: %s\nheld-out: %s\nbest step %lld of %lld, score offset %.4f, %.1fs\n",

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
 #include "policy/lora.h"
 #include "policy/sft_trainer.h"
@@ -42,7 +43,7 @@ int run_sft(const Args& a) {
   rlhf::policy::validate_sft_config(cfg, path);
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
-  const auto r = rlhf::policy::train_sft(cfg);
+  const auto r = rlhf::pipelines::run_sft_stage(cfg);
   if (r.already_complete) {
     std::printf("sft: %s already holds a finished run of this config (%lld steps)\n",
                 r.out_dir.c_str(), static_cast<long long>(r.steps));

@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
+#include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
@@ -57,7 +58,7 @@ std::string* SftTest::tokenizer_ = nullptr;
 TEST_F(SftTest, LowersHeldOutLossAndWritesOutputs) {
   TempDir out("sft_run");
   auto cfg = base_config(out.path(), "steps: 60\neval_every: 20\n");
-  const SftResult r = train_sft(cfg);
+  const SftResult r = rlhf::pipelines::run_sft_stage(cfg);
   EXPECT_EQ(r.steps, 60);
   EXPECT_LT(r.final_eval_loss, r.first_eval_loss - 1.0)
       << "first " << r.first_eval_loss << " final " << r.final_eval_loss;
@@ -84,7 +85,7 @@ TEST_F(SftTest, LowersHeldOutLossAndWritesOutputs) {
   EXPECT_EQ(evals, 4);
 
   // Running the same config again finds the finished run.
-  EXPECT_TRUE(train_sft(cfg).already_complete);
+  EXPECT_TRUE(rlhf::pipelines::run_sft_stage(cfg).already_complete);
 }
 
 TEST_F(SftTest, TextFormatPackedRows) {
@@ -92,7 +93,7 @@ TEST_F(SftTest, TextFormatPackedRows) {
   rlhf::testing::write_text_corpus(tmp / "text.txt", 400);
   auto cfg = base_config(tmp / "out", "steps: 30\neval_every: 30\npacked: true\nseq_len: 16\n");
   cfg.set_train_file(tmp / "text.txt");  // not .jsonl: raw text, loss on every token
-  const SftResult r = train_sft(cfg);
+  const SftResult r = rlhf::pipelines::run_sft_stage(cfg);
   EXPECT_LT(r.final_eval_loss, r.first_eval_loss - 1.0)
       << "first " << r.first_eval_loss << " final " << r.final_eval_loss;
   const auto m = require_complete_manifest(tmp / "out", "sft");
@@ -109,7 +110,7 @@ TEST_F(SftTest, EarlyStopWhenEvalLossStopsImproving) {
   auto cfg = base_config(tmp / "out", "steps: 40\neval_every: 5\nearly_stop_patience: 2\n");
   cfg.set_lr(3.0f);
   cfg.set_warmup_steps(0);  // no warm-up
-  const SftResult r = train_sft(cfg);
+  const SftResult r = rlhf::pipelines::run_sft_stage(cfg);
   EXPECT_TRUE(r.early_stopped);
   EXPECT_EQ(r.steps, 10);
   const auto m = require_complete_manifest(tmp / "out", "sft");
@@ -120,18 +121,18 @@ TEST_F(SftTest, EarlyStopWhenEvalLossStopsImproving) {
 // Runs `cfg` straight, and again killed after `kill_at` steps then resumed; compares weights.
 void expect_bit_identical_resume(proto::SftConfig cfg, const TempDir& tmp, int64_t kill_at) {
   cfg.set_out_dir(tmp / "straight");
-  const SftResult straight = train_sft(cfg);
+  const SftResult straight = rlhf::pipelines::run_sft_stage(cfg);
   ASSERT_FALSE(straight.interrupted);
 
   cfg.set_out_dir(tmp / "killed");
   cfg.set_stop_after(kill_at);
-  const SftResult first = train_sft(cfg);
+  const SftResult first = rlhf::pipelines::run_sft_stage(cfg);
   ASSERT_TRUE(first.interrupted);
   EXPECT_FALSE(file_exists(tmp / "killed/model/model.safetensors"));
   EXPECT_FALSE(read_manifest(tmp / "killed").value().complete());
 
   cfg.clear_stop_after();  // "the same command" (stop_after is not part of the run's identity)
-  const SftResult resumed = train_sft(cfg);
+  const SftResult resumed = rlhf::pipelines::run_sft_stage(cfg);
   EXPECT_GT(resumed.resumed_from, 0);
   EXPECT_LT(resumed.resumed_from, kill_at);
   EXPECT_EQ(resumed.steps, straight.steps);
@@ -180,7 +181,7 @@ TEST_F(SftTest, LoraSftLowersLossAndWritesAdapterAndMergedModel) {
                            "targets: \"o\" targets: \"gate\" targets: \"up\" targets: \"down\" }\n"
                            "out_dir: \"" +
                            (tmp / "lora") + "\"\n";
-  const SftResult r = train_sft(parse_sft_config(text, "lora.pbtxt"));
+  const SftResult r = rlhf::pipelines::run_sft_stage(parse_sft_config(text, "lora.pbtxt"));
   std::printf("lora sft: eval loss %.3f -> %.3f\n", r.first_eval_loss, r.final_eval_loss);
   EXPECT_LT(r.final_eval_loss, r.first_eval_loss - 1.0)
       << "first " << r.first_eval_loss << " final " << r.final_eval_loss;
@@ -213,7 +214,7 @@ TEST_F(SftTest, HuggingFaceInit) {
                            "\"\nsteps: 3\nbatch_size: 4\nseq_len: 32\n"
                            "out_dir: \"" +
                            out.path() + "\"\n";
-  const SftResult r = train_sft(parse_sft_config(text, "hf.pbtxt"));
+  const SftResult r = rlhf::pipelines::run_sft_stage(parse_sft_config(text, "hf.pbtxt"));
   EXPECT_EQ(r.steps, 3);
   auto loaded = load_checkpoint(out / "model");
   EXPECT_EQ(loaded.model->config().vocab_size, 512);
@@ -355,7 +356,7 @@ TEST_F(SftTest, DataErrorsNameFileAndLine) {
   auto cfg = base_config(tmp / "out", "steps: 1\n");
   cfg.set_train_file(tmp / "empty.jsonl");
   try {
-    train_sft(cfg);
+    rlhf::pipelines::run_sft_stage(cfg);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(tmp / "empty.jsonl"), std::string::npos) << e.what();
@@ -366,7 +367,7 @@ TEST_F(SftTest, DataErrorsNameFileAndLine) {
   }
   cfg.set_train_file(tmp / "bad.jsonl");
   try {
-    train_sft(cfg);
+    rlhf::pipelines::run_sft_stage(cfg);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(tmp / "bad.jsonl:2"), std::string::npos) << e.what();
@@ -374,7 +375,7 @@ TEST_F(SftTest, DataErrorsNameFileAndLine) {
   { std::ofstream(tmp / "fields.jsonl") << "{\"prompt\": \"a\", \"answer\": \"b\"}\n"; }
   cfg.set_train_file(tmp / "fields.jsonl");
   try {
-    train_sft(cfg);
+    rlhf::pipelines::run_sft_stage(cfg);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(tmp / "fields.jsonl:1"), std::string::npos) << e.what();

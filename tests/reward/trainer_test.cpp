@@ -14,6 +14,7 @@
 #include "common/files.h"
 #include "common/manifest.h"
 #include "pipelines/annotation_pairs.h"
+#include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
 #include "policy/model.h"
 #include "policy/safetensors.h"
@@ -80,7 +81,7 @@ std::string* SyntheticTraining::tokenizer_ = nullptr;
 
 TEST_F(SyntheticTraining, LearnsTheMarkerPreference) {
   std::string out = *dir_ / "run";
-  auto result = train_reward_model(config(out));
+  auto result = pipelines::run_reward_stage(config(out));
   EXPECT_GT(result.heldout.accuracy, 0.95) << to_json(result.heldout);
   EXPECT_GT(result.heldout.n, 50);
 
@@ -138,10 +139,10 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   cfg.set_steps(20);
   cfg.set_eval_every(10);
   cfg.set_time_limit_seconds(1e-6f);  // stops after the first step, state saved
-  auto first = train_reward_model(cfg);
+  auto first = pipelines::run_reward_stage(cfg);
   EXPECT_EQ(first.steps, 1);
   cfg.set_time_limit_seconds(0);
-  auto second = train_reward_model(cfg);
+  auto second = pipelines::run_reward_stage(cfg);
   EXPECT_EQ(second.steps, 20);
   // The resumed run logged steps 2..20 only (step 1 came from the first run).
   std::ifstream in(out + "/metrics.jsonl");
@@ -159,7 +160,7 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   const std::string manifest_before = rlhf::read_file(out + "/manifest.pb");
   require_complete_manifest(out, "reward");
   cfg.set_lr(1e-3f);
-  EXPECT_THROW(train_reward_model(cfg), rlhf::Error);
+  EXPECT_THROW(pipelines::run_reward_stage(cfg), rlhf::Error);
   EXPECT_EQ(rlhf::read_file(out + "/manifest.pb"), manifest_before);
   require_complete_manifest(out, "reward");
 }
@@ -197,7 +198,7 @@ TEST_F(SyntheticTraining, LoraTrainsOnlyAdaptersAndHead) {
   cfg.mutable_lora()->add_targets("k");
   cfg.mutable_lora()->add_targets("v");
   cfg.mutable_lora()->add_targets("o");
-  auto result = train_reward_model(cfg);
+  auto result = pipelines::run_reward_stage(cfg);
   EXPECT_GT(result.heldout.accuracy, 0.85) << to_json(result.heldout);
 
   // Training loss went down (mean of the first vs the last 5 steps).
@@ -277,13 +278,13 @@ TEST_F(SyntheticTraining, LoraResumesFromSavedState) {
     cfg.mutable_lora()->set_rank(4);
     return cfg;
   };
-  auto full = train_reward_model(lora_cfg(*dir_ / "lora_full"));
+  auto full = pipelines::run_reward_stage(lora_cfg(*dir_ / "lora_full"));
   auto cfg = lora_cfg(*dir_ / "lora_resume");
   cfg.set_time_limit_seconds(1e-6f);  // stops after the first step, state saved
-  EXPECT_EQ(train_reward_model(cfg).steps, 1);
+  EXPECT_EQ(pipelines::run_reward_stage(cfg).steps, 1);
   EXPECT_TRUE(file_exists(*dir_ / "lora_resume/state/latest"));
   cfg.set_time_limit_seconds(0);
-  auto second = train_reward_model(cfg);
+  auto second = pipelines::run_reward_stage(cfg);
   EXPECT_EQ(second.steps, 12);
   std::printf("LoRA reward resume: held-out loss %.6f (uninterrupted %.6f), accuracy %.4f\n",
               second.heldout.loss, full.heldout.loss, second.heldout.accuracy);
@@ -305,7 +306,7 @@ TEST_F(SyntheticTraining, TrainsFromAnAnnotationDatabase) {
   cfg.set_steps(3);
   cfg.set_eval_every(3);
   pipelines::export_annotation_pairs(&cfg);  // the CLI / pipeline layer; reward/ reads files only
-  auto r = train_reward_model(cfg);
+  auto r = pipelines::run_reward_stage(cfg);
   EXPECT_EQ(r.steps, 3);
   auto exported = read_pairs_jsonl(out + "/comparisons.jsonl");
   EXPECT_EQ(exported.size(), read_pairs_jsonl(*dir_ / "train.jsonl").size());
@@ -324,17 +325,17 @@ TEST_F(SyntheticTraining, FinishedRunIsKeptAndAnotherConfigRefused) {
   auto cfg = config(out);
   cfg.set_steps(4);
   cfg.set_eval_every(2);
-  auto first = train_reward_model(cfg);
+  auto first = pipelines::run_reward_stage(cfg);
   EXPECT_FALSE(first.already_complete);
   const std::string weights = read_file(out + "/model/model.safetensors");
-  auto again = train_reward_model(cfg);
+  auto again = pipelines::run_reward_stage(cfg);
   EXPECT_TRUE(again.already_complete);
   EXPECT_EQ(again.steps, 4);
   EXPECT_DOUBLE_EQ(again.heldout.accuracy, first.heldout.accuracy);
   EXPECT_EQ(read_file(out + "/model/model.safetensors"), weights);
   cfg.set_steps(5);
   try {
-    train_reward_model(cfg);
+    pipelines::run_reward_stage(cfg);
     FAIL() << "a different config was not refused";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("to start afresh delete " + out + "/state"),
@@ -365,7 +366,7 @@ TEST_F(SyntheticTraining, EmptyHeldOutKeepsTheFinalModel) {
   cfg.set_train_file(*dir_ / "one_group.jsonl");
   cfg.set_steps(6);
   cfg.set_eval_every(2);
-  auto r = train_reward_model(cfg);
+  auto r = pipelines::run_reward_stage(cfg);
   EXPECT_EQ(r.heldout.n, 0);
   EXPECT_EQ(r.best_step, 6);
   auto meta = policy::load_checkpoint(out + "/model").info;
