@@ -108,8 +108,9 @@ TEST(TaskCli, SimulatedAnnotatorRanksWithTheArithmeticTeacher) {
     ASSERT_TRUE(p.has_value());
     auto got = r.at("answers").get<std::vector<std::string>>();
     EXPECT_EQ(r.at("groups"), json(q::gold_ranking(*p, got))) << line;
-    if (r.at("prompt") == prompts[0])
+    if (r.at("prompt") == prompts[0]) {
       EXPECT_EQ(r.at("groups").back(), json({3}));  // malformed last
+    }
   }
 }
 

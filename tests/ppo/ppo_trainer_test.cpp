@@ -450,7 +450,9 @@ TEST(PpoTrainer, TargetKlStopsEpochsEarlyAndReplayReproducesIt) {
       if (live[i]["epoch"] != live.back()["epoch"]) continue;
       sum += live[i]["policy/approx_kl"].get<double>();
       ++n;
-      if (i + 1 < live.size()) EXPECT_LE(sum / n, 1e-9) << "should have stopped at " << i;
+      if (i + 1 < live.size()) {
+        EXPECT_LE(sum / n, 1e-9) << "should have stopped at " << i;
+      }
       EXPECT_EQ(live[i].contains("policy/early_stopped"), i + 1 == live.size());
     }
     EXPECT_GT(sum / n, 1e-9);
