@@ -177,4 +177,9 @@ std::string config_number(double v) {
 
 std::string config_quoted(const std::string& s) { return "\"" + s + "\""; }
 
+std::string read_config_file(const std::string& path) {
+  if (!file_exists(path)) throw Error(path + ": config file not found");
+  return read_file(path);
+}
+
 }  // namespace rlhf

@@ -9,6 +9,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <string>
+#include <utility>
 
 namespace rlhf {
 
@@ -71,5 +72,23 @@ class ConfigErrors {
 // "1e-05"), strings in double quotes.
 std::string config_number(double v);
 std::string config_quoted(const std::string& s);
+
+// Every stage's config loader: parses `text` (`source` names it in messages) into an M and checks
+// it with `validate(config, errors)`, where the errors know the line of every field.
+template <typename M, typename Validate>
+M parse_checked_config(const std::string& text, const std::string& source, Validate&& validate) {
+  M config;
+  google::protobuf::TextFormat::ParseInfoTree tree;
+  parse_text_config(text, source, &config, &tree);
+  std::forward<Validate>(validate)(config, ConfigErrors(config, source, &tree));
+  return config;
+}
+
+// The same from a file; a missing file is "<path>: config file not found".
+std::string read_config_file(const std::string& path);
+template <typename M, typename Validate>
+M load_checked_config(const std::string& path, Validate&& validate) {
+  return parse_checked_config<M>(read_config_file(path), path, std::forward<Validate>(validate));
+}
 
 }  // namespace rlhf

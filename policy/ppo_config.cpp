@@ -9,16 +9,12 @@
 namespace rlhf::policy {
 
 proto::PpoConfig parse_ppo_config(const std::string& text, const std::string& source) {
-  proto::PpoConfig config;
-  google::protobuf::TextFormat::ParseInfoTree tree;
-  parse_text_config(text, source, &config, &tree);
-  validate_ppo_config(config, ConfigErrors(config, source, &tree));
-  return config;
+  return parse_checked_config<proto::PpoConfig>(
+      text, source, [](const auto& c, const ConfigErrors& e) { validate_ppo_config(c, e); });
 }
 
 proto::PpoConfig load_ppo_config(const std::string& path) {
-  if (!file_exists(path)) throw Error(path + ": config file not found");
-  return parse_ppo_config(read_file(path), path);
+  return parse_ppo_config(read_config_file(path), path);
 }
 
 void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {

@@ -95,16 +95,21 @@ void validate_sft_config(const proto::SftConfig& config, const std::string& sour
 }
 
 proto::SftConfig parse_sft_config(const std::string& text, const std::string& source) {
-  proto::SftConfig config;
-  google::protobuf::TextFormat::ParseInfoTree tree;
-  parse_text_config(text, source, &config, &tree);
-  validate_sft_config(config, ConfigErrors(config, source, &tree));
-  return config;
+  return parse_checked_config<proto::SftConfig>(
+      text, source, [](const auto& c, const ConfigErrors& e) { validate_sft_config(c, e); });
 }
 
 proto::SftConfig load_sft_config(const std::string& path) {
-  if (!file_exists(path)) throw Error(path + ": config file not found");
-  return parse_sft_config(read_file(path), path);
+  return parse_sft_config(read_config_file(path), path);
+}
+
+void resolve_lora_config(proto::LoraConfig* l) {
+  if (l->rank() <= 0) return;
+  if (!l->has_alpha()) l->set_alpha(static_cast<float>(l->rank()));
+  if (l->targets_size() == 0) {
+    l->add_targets("q");
+    l->add_targets("v");
+  }
 }
 
 proto::SftConfig resolved_sft_config(const proto::SftConfig& config) {
@@ -115,14 +120,7 @@ proto::SftConfig resolved_sft_config(const proto::SftConfig& config) {
     c.set_format(ends_with(f, ".jsonl") || ends_with(f, ".json") ? "jsonl" : "text");
   }
   if (!c.has_save_every()) c.set_save_every(c.eval_every());
-  if (c.has_lora() && c.lora().rank() > 0) {
-    auto* l = c.mutable_lora();
-    if (!l->has_alpha()) l->set_alpha(static_cast<float>(l->rank()));
-    if (l->targets_size() == 0) {
-      l->add_targets("q");
-      l->add_targets("v");
-    }
-  }
+  if (c.has_lora()) resolve_lora_config(c.mutable_lora());
   return c;
 }
 

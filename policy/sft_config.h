@@ -22,6 +22,8 @@ void validate_sft_config(const proto::SftConfig& config, const std::string& sour
 
 // Checks a LoRA section (rank 0 = off: nothing else is checked); paths are "<errors' prefix>...".
 void validate_lora_config(const proto::LoraConfig& lora, const ConfigErrors& errors);
+// LoRA defaults that depend on other fields (rank > 0 only): alpha = rank, targets q and v.
+void resolve_lora_config(proto::LoraConfig* lora);
 
 // The config the trainer runs with: every field with a constant default filled in
 // (fill_defaults), plus the defaults that depend on other fields: format "auto" by the train

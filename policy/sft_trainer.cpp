@@ -272,8 +272,9 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   r.cfg = resolved_sft_config(r.cfg);
   const auto& c = r.cfg;
   validate_sft_config(c, "sft config");
-  if (c.out_dir().empty()) throw Error("sft config: field 'out_dir': no output folder given");
-  if (c.train_file().empty()) throw Error("sft config: field 'train_file': no training data given");
+  const ConfigErrors errors(c, "sft config");
+  if (c.out_dir().empty()) errors.fail("out_dir", "expected an output folder", "\"\"");
+  if (c.train_file().empty()) errors.fail("train_file", "expected a training data file", "\"\"");
   if (c.threads() > 0) torch::set_num_threads(c.threads());
   r.dev = torch::Device(c.device());
   r.out = c.out_dir();

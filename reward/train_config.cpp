@@ -65,30 +65,19 @@ void validate_config(const proto::RewardTrainConfig& config, const std::string& 
 }
 
 proto::RewardTrainConfig parse_train_config(const std::string& text, const std::string& name) {
-  proto::RewardTrainConfig config;
-  google::protobuf::TextFormat::ParseInfoTree tree;
-  parse_text_config(text, name, &config, &tree);
-  validate_config(config, ConfigErrors(config, name, &tree));
-  return config;
+  return parse_checked_config<proto::RewardTrainConfig>(
+      text, name, [](const auto& c, const ConfigErrors& e) { validate_config(c, e); });
 }
 
 proto::RewardTrainConfig load_train_config(const std::string& path) {
-  if (!file_exists(path)) throw Error(path + ": config file not found");
-  return parse_train_config(read_file(path), path);
+  return parse_train_config(read_config_file(path), path);
 }
 
 proto::RewardTrainConfig resolved_train_config(const proto::RewardTrainConfig& config) {
   proto::RewardTrainConfig c = config;
   fill_defaults(&c);
   if (!c.has_save_every()) c.set_save_every(c.eval_every());
-  if (c.has_lora() && c.lora().rank() > 0) {
-    auto* l = c.mutable_lora();
-    if (!l->has_alpha()) l->set_alpha(static_cast<float>(l->rank()));
-    if (l->targets_size() == 0) {
-      l->add_targets("q");
-      l->add_targets("v");
-    }
-  }
+  if (c.has_lora()) policy::resolve_lora_config(c.mutable_lora());
   return c;
 }
 

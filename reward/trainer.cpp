@@ -13,6 +13,7 @@
 #include "common/manifest.h"
 #include "common/metrics.h"
 #include "common/progress.h"
+#include "common/text_config.h"
 #include "policy/checkpoint.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
@@ -162,8 +163,11 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.cfg = resolved_train_config(r.cfg);
   const auto& c = r.cfg;
   validate_config(c, "reward config");
-  if (c.out_dir().empty()) throw Error("reward config: out_dir is empty (give --out DIR)");
-  if (c.train_file().empty()) throw Error("reward config: field 'train_file' is required");
+  const ConfigErrors errors(c, "reward config");
+  if (c.out_dir().empty())
+    errors.fail("out_dir", "expected an output folder (or --out DIR)", "\"\"");
+  if (c.train_file().empty())
+    errors.fail("train_file", "expected a comparisons file (or annotation_db)", "\"\"");
   r.out = c.out_dir();
   r.best_dir = r.out + "/best";
   if (c.threads() > 0) torch::set_num_threads(c.threads());
