@@ -3,6 +3,7 @@
 #include <google/protobuf/message.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
@@ -54,7 +55,7 @@ double Optimizer::step(double lr, double max_grad_norm) {
     static_cast<torch::optim::AdamWOptions&>(groups[g].options()).lr(lr * lr_scale_[g]);
   const double cap = max_grad_norm > 0 ? max_grad_norm : std::numeric_limits<double>::infinity();
   const double norm = torch::nn::utils::clip_grad_norm_(params_, cap);
-  adamw_->step();
+  if (std::isfinite(norm)) adamw_->step();  // a NaN/inf gradient must not reach the weights
   return norm;
 }
 

@@ -51,7 +51,9 @@ class Optimizer {
   Optimizer(const NamedTensors& params, const AdamWOptions& options);
 
   // One update: sets every group's lr (times its scale), clips the global L2 norm of the
-  // gradients to max_grad_norm (<= 0: no clipping), steps. Returns the norm before clipping.
+  // gradients to max_grad_norm (<= 0: no clipping), steps. Returns the norm before clipping; when
+  // it is not finite the weights and moments are left as they were (the caller decides: PPO stops
+  // with a named error, SFT and reward log the norm).
   double step(double lr, double max_grad_norm);
   void zero_grad();
 
