@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "policy/generation.h"
 #include "policy/model.h"
+#include "policy/training.h"
 
 namespace rlhf::policy {
 namespace {
@@ -108,7 +109,10 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   say("training throughput");
   model->train();
   int B = o.quick ? 4 : o.train_batch, T = o.quick ? 64 : o.train_seq;
-  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(3e-4).weight_decay(0.1));
+  // The trainers' optimizer (policy/training.h): decay / no-decay groups, clipping at 1.0.
+  training::NamedTensors params;
+  for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
+  training::Optimizer opt(params, training::AdamWOptions{});
   auto data = torch::randint(3, o.vocab, {B, T + 1}, torch::kLong);
   auto inputs = data.slice(1, 0, T), targets = data.slice(1, 1, T + 1);
   auto step = [&] {
@@ -117,8 +121,7 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
     auto loss =
         torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}), targets.reshape({-1}));
     loss.backward();
-    torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
-    opt.step();
+    opt.step(3e-4, 1.0);
   };
   step();  // warm-up
   int steps = o.quick ? 2 : o.train_steps;
