@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   cmake g++ make ninja-build ccache pkg-config git
   libtorch-dev
+  libgloo-dev                   # c10d Gloo backend headers (data-parallel ranks, rlhf launch)
   libopenblas0-pthread          # without it libtorch matmuls run ~40x slower (reference BLAS)
   libsentencepiece-dev sentencepiece
   libprotobuf-dev protobuf-compiler
