@@ -10,7 +10,8 @@ namespace rlhf::pipelines {
 // When config->annotation_db() is set: exports its pairs to <out_dir>/comparisons.jsonl
 // (atomically; the same database gives the same bytes, so a rerun resumes), points train_file at
 // that file with format "pairs", and clears annotation_db. Otherwise leaves the config as it is.
-// Throws rlhf::Error naming the database when it cannot be read.
-void export_annotation_pairs(proto::RewardTrainConfig* config);
+// Throws rlhf::Error naming the database when it cannot be read. write = false changes the config
+// only (data-parallel ranks other than 0 read the file rank 0 wrote).
+void export_annotation_pairs(proto::RewardTrainConfig* config, bool write = true);
 
 }  // namespace rlhf::pipelines

@@ -2,6 +2,7 @@
 
 #include "common/manifest.h"
 #include "pipelines/annotation_pairs.h"
+#include "policy/distributed.h"
 
 namespace rlhf::pipelines {
 
@@ -19,17 +20,22 @@ policy::SftResult run_sft_stage(const proto::SftConfig& config) {
   const std::string dir = config.out_dir();
   auto result =
       policy::train_sft(config, [&](const proto::StageManifest& m) { mark_stage_running(m, dir); });
-  if (!result.already_complete && !result.interrupted)
+  const bool writer = policy::dist::world().is_root();  // data-parallel: rank 0 records
+  if (writer && !result.already_complete && !result.interrupted)
     finish_stage(result.manifest, dir, result.wall_seconds);
   return result;
 }
 
 reward::TrainResult run_reward_stage(proto::RewardTrainConfig config) {
-  export_annotation_pairs(&config);
+  auto& comm = policy::dist::world(torch::Device(config.device()));
+  if (comm.is_root()) export_annotation_pairs(&config);
+  comm.barrier();  // the other ranks read the pairs rank 0 exported
+  if (!comm.is_root()) export_annotation_pairs(&config, /*write=*/false);
   const std::string dir = config.out_dir();
   auto result = reward::train_reward_model(
       config, [&](const proto::StageManifest& m) { mark_stage_running(m, dir); });
-  if (!result.already_complete) finish_stage(result.manifest, dir, result.wall_seconds);
+  if (comm.is_root() && !result.already_complete)
+    finish_stage(result.manifest, dir, result.wall_seconds);
   return result;
 }
 

@@ -22,6 +22,7 @@
 #include "common/progress.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/distributed.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
 #include "policy/model.h"
@@ -189,8 +190,17 @@ std::vector<size_t> epoch_order(size_t n, uint64_t seed, int64_t epoch) {
   return order;
 }
 
+// This rank's share of a global batch of rows (all of it when alone).
+std::vector<const Row*> my_share(const std::vector<const Row*>& rows, const dist::Comm& comm) {
+  auto [begin, end] =
+      dist::shard_range(static_cast<int64_t>(rows.size()), comm.rank(), comm.size());
+  return {rows.begin() + begin, rows.begin() + end};
+}
+
+// Mean held-out token loss; each rank evaluates its share of every batch, the sums are reduced.
 double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& rows,
-                int batch_size, int max_batches, int64_t pad_id, const torch::Device& dev) {
+                int batch_size, int max_batches, int64_t pad_id, const torch::Device& dev,
+                dist::Comm& comm) {
   if (rows.empty()) return std::nan("");
   torch::NoGradGuard no_grad;
   model->eval();
@@ -202,13 +212,16 @@ double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& 
     if (max_batches > 0 && batches >= max_batches) break;
     std::vector<const Row*> rs;
     for (size_t j = i; j < std::min(rows.size(), i + batch_size); ++j) rs.push_back(&rows[j]);
+    rs = my_share(rs, comm);
+    ++batches;
+    if (rs.empty()) continue;
     Batch b = make_batch(rs, pad_id, dev);
     sum += batch_loss_sum(model, b).item<double>();
     n += b.n_targets;
-    ++batches;
   }
   model->train();
-  return n > 0 ? sum / static_cast<double>(n) : std::nan("");
+  const auto total = comm.sum({sum, static_cast<double>(n)});
+  return total[1] > 0 ? total[0] / total[1] : std::nan("");
 }
 
 // ---- the run -----------------------------------------------------------------------------------
@@ -217,6 +230,7 @@ double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& 
 struct SftRun {
   proto::SftConfig cfg;
   torch::Device dev{torch::kCPU};
+  dist::Comm* comm = nullptr;  // the ranks sharing each global batch (one when alone)
   std::string out;
   training::InitialModel init;
   Transformer model{nullptr};
@@ -275,9 +289,17 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   const ConfigErrors errors(c, "sft config");
   if (c.out_dir().empty()) errors.fail("out_dir", "expected an output folder", "\"\"");
   if (c.train_file().empty()) errors.fail("train_file", "expected a training data file", "\"\"");
-  if (c.threads() > 0) torch::set_num_threads(c.threads());
   r.dev = torch::Device(c.device());
   r.out = c.out_dir();
+  r.comm = &dist::world(r.dev);
+  if (c.threads() > 0)
+    torch::set_num_threads(c.threads());
+  else if (!r.comm->alone() && !std::getenv("OMP_NUM_THREADS"))
+    torch::set_num_threads(dist::threads_per_rank(r.comm->env().local_world_size));
+  if (c.batch_size() < r.comm->size())
+    errors.fail("batch_size",
+                "expected at least one row per rank (" + std::to_string(r.comm->size()) + " ranks)",
+                std::to_string(c.batch_size()));
 
   torch::manual_seed(c.seed());  // from-scratch and LoRA init are reproducible
   training::ModelSource src;
@@ -329,6 +351,7 @@ training::NamedTensors state_tensors(SftRun& r) {
 }
 
 void save_state(SftRun& r) {
+  if (!r.comm->is_root()) return;
   r.st.set_elapsed_seconds(
       r.st.elapsed_seconds() +
       std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_train).count());
@@ -371,8 +394,9 @@ bool resume_or_start(SftRun& r, SftResult& res) {
     r.opt->load(*dir + "/optimizer.pt", r.dev);
     training::load_cpu_rng(*dir + "/rng.pt");
     res.resumed_from = r.st.step();
-    std::fprintf(stderr, "sft: resuming from %s (step %lld)\n", dir->c_str(),
-                 static_cast<long long>(r.st.step()));
+    if (r.comm->is_root())
+      std::fprintf(stderr, "sft: resuming from %s (step %lld)\n", dir->c_str(),
+                   static_cast<long long>(r.st.step()));
   }
   r.manifest = begin_manifest("sft");
   r.manifest.set_complete(false);
@@ -380,14 +404,23 @@ bool resume_or_start(SftRun& r, SftResult& res) {
   r.manifest.set_tokenizer_sha256(r.init.tokenizer.sha256());
   r.manifest.set_vocab_size(r.init.tokenizer.vocab_size());
   for (const auto& f : inputs) *r.manifest.add_inputs() = file_ref(f);
+  if (!r.comm->is_root()) return false;    // rank 0 alone writes records and metrics
   if (r.on_start) r.on_start(r.manifest);  // the stage marks its folder unfinished
   r.metrics = std::make_unique<MetricsWriter>(r.out, /*append=*/res.resumed_from >= 0);
   return false;
 }
 
-// The micro-batches of the next optimizer step; the data position advances with them.
-std::vector<Batch> next_micro_batches(SftRun& r) {
-  std::vector<Batch> micro;
+// One optimizer step's data: this rank's share of each micro-batch, and the counts of the whole
+// global batch (every rank computes them from the same rows, so the loss normaliser is global).
+struct StepData {
+  std::vector<Batch> micro;  // this rank's shares (a share may be empty: skipped)
+  int64_t n_targets = 0;     // target tokens of the global batch
+  int64_t n_tokens = 0;      // real input tokens of the global batch
+};
+
+// The next optimizer step's micro-batches; the data position advances with them.
+StepData next_micro_batches(SftRun& r) {
+  StepData step;
   for (int m = 0; m < r.cfg.grad_accum(); ++m) {
     std::vector<const Row*> rows;
     while (static_cast<int64_t>(rows.size()) < r.cfg.batch_size()) {
@@ -400,9 +433,14 @@ std::vector<Batch> next_micro_batches(SftRun& r) {
       rows.push_back(&r.train_rows[r.order[r.st.row_in_epoch()]]);
       r.st.set_row_in_epoch(r.st.row_in_epoch() + 1);
     }
-    micro.push_back(make_batch(rows, r.pad_id, r.dev));
+    for (const Row* row : rows) {
+      step.n_tokens += static_cast<int64_t>(row->ids.size()) - 1;
+      step.n_targets += std::count(row->target.begin() + 1, row->target.end(), 1);
+    }
+    rows = my_share(rows, *r.comm);
+    if (!rows.empty()) step.micro.push_back(make_batch(rows, r.pad_id, r.dev));
   }
-  return micro;
+  return step;
 }
 
 double tokens_per_second(const SftRun& r) {
@@ -411,43 +449,44 @@ double tokens_per_second(const SftRun& r) {
   return s > 0 ? r.tokens_this_session / s : 0.0;
 }
 
-// Forward/backward over the micro-batches (the loss is the mean over all the step's target
-// tokens), then one AdamW update. Returns the step's loss.
-double train_step(SftRun& r, const std::vector<Batch>& micro) {
-  int64_t n_targets = 0, n_tokens = 0;
-  for (const auto& b : micro) {
-    n_targets += b.n_targets;
-    n_tokens += b.n_tokens;
-  }
+// Forward/backward over this rank's micro-batches (the loss is the mean over all the global
+// step's target tokens, so N ranks sum to what one process computes), the gradients summed over
+// ranks, then one AdamW update (clipping sees the global norm). Returns the step's loss.
+double train_step(SftRun& r, const StepData& data) {
+  const int64_t n_tokens = data.n_tokens;
   const double lr = r.schedule.at(r.st.step());
   r.opt->zero_grad();
   double loss_sum = 0.0;
-  for (const auto& b : micro) {
+  for (const auto& b : data.micro) {
     if (r.lora) r.lora->refresh(true);
-    auto loss = batch_loss_sum(r.model, b) / static_cast<double>(std::max<int64_t>(1, n_targets));
+    auto loss =
+        batch_loss_sum(r.model, b) / static_cast<double>(std::max<int64_t>(1, data.n_targets));
     loss.backward();
     loss_sum += loss.item<double>();
   }
+  dist::all_reduce_gradients(*r.comm, r.opt->parameters());
+  loss_sum = r.comm->sum(loss_sum);
   const double grad_norm = r.opt->step(lr, r.cfg.grad_clip());
   r.st.set_step(r.st.step() + 1);
   r.st.set_tokens_seen(r.st.tokens_seen() + n_tokens);
   r.tokens_this_session += n_tokens;
-  r.metrics->write(r.st.step(), {{"loss", loss_sum},
-                                 {"lr", lr},
-                                 {"grad_norm", grad_norm},
-                                 {"tokens_per_s", tokens_per_second(r)}});
+  if (r.metrics)
+    r.metrics->write(r.st.step(), {{"loss", loss_sum},
+                                   {"lr", lr},
+                                   {"grad_norm", grad_norm},
+                                   {"tokens_per_s", tokens_per_second(r)}});
   return loss_sum;
 }
 
 double evaluate_now(SftRun& r) {
   return evaluate(r.model, r.lora.get(), r.eval_rows, r.cfg.batch_size(), r.cfg.eval_batches(),
-                  r.pad_id, r.dev);
+                  r.pad_id, r.dev, *r.comm);
 }
 
 // Held-out loss after a step; returns true when early stopping says to stop.
 bool evaluate_step(SftRun& r, SftResult& res) {
   const double loss = evaluate_now(r);
-  r.metrics->write(r.st.step(), {{"eval_loss", loss}, {"eval_ppl", std::exp(loss)}});
+  if (r.metrics) r.metrics->write(r.st.step(), {{"eval_loss", loss}, {"eval_ppl", std::exp(loss)}});
   res.final_eval_loss = loss;
   if (loss < r.st.best_eval_loss()) {
     r.st.set_best_eval_loss(static_cast<float>(loss));
@@ -514,11 +553,13 @@ SftResult train_sft(const proto::SftConfig& config, const StageStarted& on_start
   if (res.resumed_from < 0 && !r.eval_rows.empty()) {
     res.first_eval_loss = evaluate_now(r);
     r.st.set_best_eval_loss(static_cast<float>(res.first_eval_loss));  // must improve on the start
-    r.metrics->write(
-        0, {{"eval_loss", res.first_eval_loss}, {"eval_ppl", std::exp(res.first_eval_loss)}});
+    if (r.metrics)
+      r.metrics->write(
+          0, {{"eval_loss", res.first_eval_loss}, {"eval_ppl", std::exp(res.first_eval_loss)}});
   }
 
-  Progress progress("sft", r.total_steps, "step", 30.0);
+  std::optional<Progress> progress;
+  if (r.comm->is_root()) progress.emplace("sft", r.total_steps, "step", 30.0);
   r.order = epoch_order(r.train_rows.size(), r.cfg.seed(), r.st.epoch());
   r.t_session = r.t_train = std::chrono::steady_clock::now();
   bool evaluated_at_end = false;
@@ -527,7 +568,7 @@ SftResult train_sft(const proto::SftConfig& config, const StageStarted& on_start
     char extra[96];
     std::snprintf(extra, sizeof extra, "loss %.4f  %.0f tok/s", res.final_train_loss,
                   tokens_per_second(r));
-    progress.update(r.st.step(), extra);
+    if (progress) progress->update(r.st.step(), extra);
 
     const bool last = r.st.step() == r.total_steps;
     evaluated_at_end = !r.eval_rows.empty() && (r.st.step() % r.cfg.eval_every() == 0 || last);
@@ -536,13 +577,13 @@ SftResult train_sft(const proto::SftConfig& config, const StageStarted& on_start
     if (r.cfg.stop_after() > 0 && r.st.step() >= r.cfg.stop_after() && !last) {
       res.interrupted = true;  // simulated kill: leave without saving anything more
       res.steps = r.st.step();
-      progress.finish("stopped (stop_after)");
+      if (progress) progress->finish("stopped (stop_after)");
       return res;
     }
     if (r.st.step() % r.cfg.save_every() == 0 || last || stop) save_state(r);
     if (stop) break;
   }
-  progress.finish();
+  if (progress) progress->finish();
   const double session_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_session).count();
   res.steps = r.st.step();
@@ -550,7 +591,7 @@ SftResult train_sft(const proto::SftConfig& config, const StageStarted& on_start
   if (!r.eval_rows.empty() && !evaluated_at_end)
     res.final_eval_loss = evaluate_now(r);  // resumed at the end
   res.final_eval_ppl = std::exp(res.final_eval_loss);
-  write_outputs(r, res);
+  if (r.comm->is_root()) write_outputs(r, res);
   return res;
 }
 

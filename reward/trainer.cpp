@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 
@@ -15,6 +16,7 @@
 #include "common/progress.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/distributed.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
 #include "policy/tokenizer.h"
@@ -62,9 +64,28 @@ EncodedComparisons encode_comparisons(const std::vector<Comparison>& cs,
   return out;
 }
 
+// Scores of all sequences, each rank scoring its contiguous share (all of them when alone).
+std::vector<float> sharded_scores(policy::Transformer& model,
+                                  const std::vector<std::vector<int64_t>>& sequences,
+                                  const torch::Device& device, policy::dist::Comm& comm) {
+  if (comm.alone()) return score_sequences(model, sequences, 32, device);
+  auto [begin, end] =
+      policy::dist::shard_range(static_cast<int64_t>(sequences.size()), comm.rank(), comm.size());
+  const std::vector<std::vector<int64_t>> mine(sequences.begin() + begin, sequences.begin() + end);
+  const auto scores = score_sequences(model, mine, 32, device);
+  const auto parts = comm.all_gather_bytes(
+      std::string(reinterpret_cast<const char*>(scores.data()), scores.size() * sizeof(float)));
+  std::vector<float> all;
+  for (const auto& p : parts) {
+    const auto* f = reinterpret_cast<const float*>(p.data());
+    all.insert(all.end(), f, f + p.size() / sizeof(float));
+  }
+  return all;
+}
+
 PairMetrics evaluate_encoded(policy::Transformer& model, const EncodedComparisons& enc,
-                             const torch::Device& device, double margin) {
-  auto scores = score_sequences(model, enc.sequences, 32, device);
+                             const torch::Device& device, double margin, policy::dist::Comm& comm) {
+  auto scores = sharded_scores(model, enc.sequences, device, comm);
   std::vector<float> ch, rj;
   for (const auto& [a, b] : enc.pairs) {
     ch.push_back(scores[a]);
@@ -80,6 +101,7 @@ struct RewardRun {
   proto::RewardTrainConfig cfg;
   std::string out, best_dir;
   torch::Device device{torch::kCPU};
+  policy::dist::Comm* comm = nullptr;  // the ranks sharing each batch of pairs (one when alone)
   std::vector<Comparison> train, heldout;
   EncodeOptions enc_opts;
   policy::training::InitialModel init;
@@ -170,9 +192,18 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
     errors.fail("train_file", "expected a comparisons file (or annotation_db)", "\"\"");
   r.out = c.out_dir();
   r.best_dir = r.out + "/best";
-  if (c.threads() > 0) torch::set_num_threads(c.threads());
   torch::manual_seed(c.seed());
   r.device = torch::Device(c.device());
+  r.comm = &policy::dist::world(r.device);
+  if (c.threads() > 0)
+    torch::set_num_threads(c.threads());
+  else if (!r.comm->alone() && !std::getenv("OMP_NUM_THREADS"))
+    torch::set_num_threads(policy::dist::threads_per_rank(r.comm->env().local_world_size));
+  if (c.batch_pairs() < r.comm->size())
+    errors.fail(
+        "batch_pairs",
+        "expected at least one pair per rank (" + std::to_string(r.comm->size()) + " ranks)",
+        std::to_string(c.batch_pairs()));
   if (r.device.is_cuda() && !torch::cuda::is_available())
     throw Error("reward config: device '" + c.device() + "' but CUDA is not available");
   load_comparisons(r);
@@ -214,6 +245,7 @@ policy::training::NamedTensors state_tensors(RewardRun& r) {
 }
 
 void save_state(RewardRun& r) {
+  if (!r.comm->is_root()) return;  // rank 0 alone writes
   r.state.set_config_sha256(r.fingerprint);
   r.state.set_elapsed_seconds(r.elapsed());
   r.t0 = std::chrono::steady_clock::now();
@@ -253,24 +285,31 @@ bool resume_or_start(RewardRun& r) {
   r.manifest.set_tokenizer_sha256(r.init.tokenizer.sha256());
   r.manifest.set_vocab_size(r.model->config().vocab_size);
   for (const auto& f : inputs) r.manifest.add_inputs()->CopyFrom(file_ref(f));
+  if (!r.comm->is_root()) return false;    // rank 0 alone writes records, metrics and logs
   if (r.on_start) r.on_start(r.manifest);  // the stage marks its folder unfinished
   r.metrics = std::make_unique<MetricsWriter>(r.out, /*append=*/r.resumed);
   std::fprintf(
       stderr,
       "reward train: %zu train / %zu held-out comparisons, %zu + %zu sequences, "
-      "%lld steps, %.2fM parameters%s%s\n",
+      "%lld steps, %.2fM parameters%s%s%s\n",
       r.train.size(), r.heldout.size(), r.enc_train.sequences.size(), r.enc_held.sequences.size(),
       static_cast<long long>(r.total_steps), r.model->config().num_parameters() / 1e6,
       r.resumed ? " (resumed)" : "",
       r.lora
           ? (", LoRA: " + std::to_string(r.lora->num_parameters()) + " adapter parameters").c_str()
-          : "");
+          : "",
+      r.comm->alone() ? "" : (", " + std::to_string(r.comm->size()) + " ranks").c_str());
   return false;
 }
 
 // One optimizer step on the batch's comparisons: every answer scored once, loss
-// -log sigmoid(r_chosen - r_rejected - margin) averaged over the pairs. Returns the progress text.
-std::string train_step(RewardRun& r, const std::vector<size_t>& batch) {
+// -log sigmoid(r_chosen - r_rejected - margin) averaged over the pairs. Each rank takes its share
+// of the pairs and divides by the global count, and the gradients are summed over ranks, so N
+// ranks step as one process does. Returns the progress text.
+std::string train_step(RewardRun& r, const std::vector<size_t>& global_batch) {
+  auto [begin, end] = policy::dist::shard_range(static_cast<int64_t>(global_batch.size()),
+                                                r.comm->rank(), r.comm->size());
+  const std::vector<size_t> batch(global_batch.begin() + begin, global_batch.begin() + end);
   std::unordered_map<size_t, int64_t> local;
   std::vector<std::vector<int64_t>> seqs;
   std::vector<int64_t> ci, ri;
@@ -288,18 +327,23 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& batch) {
   auto scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
   auto d = scores.index_select(0, torch::tensor(ci).to(r.device)) -
            scores.index_select(0, torch::tensor(ri).to(r.device));
-  auto loss = -torch::log_sigmoid(d - r.cfg.margin()).mean();
+  const double n_global = static_cast<double>(global_batch.size());
+  auto loss = -torch::log_sigmoid(d - r.cfg.margin()).sum() / n_global;
   r.opt->zero_grad();
   loss.backward();
+  policy::dist::all_reduce_gradients(*r.comm, r.opt->parameters());
   const double gnorm = r.opt->step(lr, r.cfg.grad_clip());
   r.state.set_step(r.state.step() + 1);
-  const double loss_v = loss.item<double>(), acc = (d > 0).to(torch::kFloat).mean().item<double>();
-  r.metrics->write(r.state.step(), {{"train/loss", loss_v},
-                                    {"train/accuracy", acc},
-                                    {"train/mean_margin", d.mean().item<double>()},
-                                    {"train/lr", lr},
-                                    {"train/grad_norm", gnorm},
-                                    {"train/pairs", static_cast<double>(batch.size())}});
+  const auto sums =
+      r.comm->sum({loss.item<double>(), (d > 0).sum().item<double>(), d.sum().item<double>()});
+  const double loss_v = sums[0], acc = sums[1] / n_global;
+  if (r.metrics)
+    r.metrics->write(r.state.step(), {{"train/loss", loss_v},
+                                      {"train/accuracy", acc},
+                                      {"train/mean_margin", sums[2] / n_global},
+                                      {"train/lr", lr},
+                                      {"train/grad_norm", gnorm},
+                                      {"train/pairs", n_global}});
   char extra[64];
   std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f", loss_v, acc);
   return extra;
@@ -311,7 +355,9 @@ void evaluate_and_keep_best(RewardRun& r) {
   if (r.lora) r.lora->refresh(false);  // the weights after the last optimizer step
   PairMetrics m = r.heldout.empty()
                       ? PairMetrics{}
-                      : evaluate_encoded(r.model, r.enc_held, r.device, r.cfg.margin());
+                      : evaluate_encoded(r.model, r.enc_held, r.device, r.cfg.margin(), *r.comm);
+  r.model->train();
+  if (!r.comm->is_root()) return;  // the same metrics on every rank; rank 0 logs and keeps best/
   r.metrics->write(r.state.step(), {{"eval/accuracy", m.accuracy},
                                     {"eval/loss", m.loss},
                                     {"eval/mean_margin", m.mean_margin},
@@ -320,7 +366,6 @@ void evaluate_and_keep_best(RewardRun& r) {
                "reward train: step %lld held-out accuracy %.4f loss %.4f margin %.3f (n=%lld)\n",
                static_cast<long long>(r.state.step()), m.accuracy, m.loss, m.mean_margin,
                static_cast<long long>(m.n));
-  r.model->train();
   if (!r.heldout.empty() && m.accuracy <= r.state.best_accuracy() && fs::exists(r.best_dir)) return;
   r.state.set_best_accuracy(static_cast<float>(m.accuracy));
   r.state.set_best_step(r.state.step());
@@ -338,9 +383,10 @@ void evaluate_and_keep_best(RewardRun& r) {
 TrainResult write_outputs(RewardRun& r) {
   // With LoRA, checkpoints hold the effective (merged) weights already, so `best` is a plain model.
   r.lora.reset();
+  r.comm->barrier();  // rank 0 has written best/
   policy::Transformer best = policy::load_checkpoint(r.best_dir).model;
   best->to(r.device);
-  auto train_scores = score_sequences(best, r.enc_train.sequences, 32, r.device);
+  auto train_scores = sharded_scores(best, r.enc_train.sequences, r.device, *r.comm);
   double offset = 0;
   for (float s : train_scores) offset += s;
   offset /= std::max<size_t>(1, train_scores.size());
@@ -351,11 +397,14 @@ TrainResult write_outputs(RewardRun& r) {
   }
   TrainResult result;
   // Differences of scores (all the pairwise metrics use) do not depend on the shift.
-  result.heldout = r.heldout.empty() ? PairMetrics{}
-                                     : evaluate_encoded(best, r.enc_held, r.device, r.cfg.margin());
+  result.heldout = r.heldout.empty()
+                       ? PairMetrics{}
+                       : evaluate_encoded(best, r.enc_held, r.device, r.cfg.margin(), *r.comm);
   result.best_step = r.state.best_step();
   result.steps = r.state.step();
   result.score_offset = offset;
+  result.model_dir = r.out + "/model";
+  if (!r.comm->is_root()) return result;  // rank 0 alone writes the model and the record
   proto::RewardModelMeta meta;
   meta.set_score_offset(static_cast<float>(offset));
   meta.set_offset_folded(folded);
@@ -364,7 +413,6 @@ TrainResult write_outputs(RewardRun& r) {
   meta.set_heldout_accuracy(static_cast<float>(result.heldout.accuracy));
   meta.set_offset_answers(static_cast<int32_t>(train_scores.size()));
   best->to(torch::kCPU);
-  result.model_dir = r.out + "/model";
   save_reward_model(best, r.init.tokenizer_path, meta, result.model_dir, r.state.best_step());
 
   for (const char* f :
@@ -420,7 +468,8 @@ TrainResult train_reward_model(const proto::RewardTrainConfig& config,
   make_dirs(r.out);
   if (resume_or_start(r)) return finished_result(r);
 
-  Progress progress("reward train", r.total_steps, "step");
+  std::optional<Progress> progress;
+  if (r.comm->is_root()) progress.emplace("reward train", r.total_steps, "step");
   bool time_up = false;
   while (r.state.step() < r.total_steps && !time_up) {
     const auto batches = make_batches(r.train, r.cfg.batch_pairs(),
@@ -428,9 +477,10 @@ TrainResult train_reward_model(const proto::RewardTrainConfig& config,
     for (auto bi = r.state.batch_in_epoch(); bi < static_cast<int64_t>(batches.size()); ++bi) {
       const std::string extra = train_step(r, batches[static_cast<size_t>(bi)]);
       r.state.set_batch_in_epoch(bi + 1);
-      progress.update(r.state.step(), extra);
+      if (progress) progress->update(r.state.step(), extra);
       const bool last = r.state.step() == r.total_steps;
-      time_up = r.cfg.time_limit_seconds() > 0 && r.elapsed() >= r.cfg.time_limit_seconds();
+      time_up = r.cfg.time_limit_seconds() > 0 &&
+                r.comm->sum(r.elapsed() >= r.cfg.time_limit_seconds() ? 1.0 : 0.0) > 0;
       if (r.state.step() % r.cfg.eval_every() == 0 || last || time_up) evaluate_and_keep_best(r);
       if (r.state.step() % r.cfg.save_every() == 0 || last || time_up) save_state(r);
       if (last || time_up) break;
@@ -440,12 +490,14 @@ TrainResult train_reward_model(const proto::RewardTrainConfig& config,
       r.state.set_batch_in_epoch(0);
     }
   }
-  progress.finish();
-  if (time_up)
+  if (progress) progress->finish();
+  if (time_up && r.comm->is_root())
     std::fprintf(stderr, "reward train: time limit %.0fs reached at step %lld of %lld\n",
                  r.cfg.time_limit_seconds(), static_cast<long long>(r.state.step()),
                  static_cast<long long>(r.total_steps));
-  if (!fs::exists(r.best_dir)) evaluate_and_keep_best(r);
+  // Rank 0's view decides (it writes best/), so every rank makes the same collective calls.
+  if (r.comm->sum(r.comm->is_root() && !fs::exists(r.best_dir) ? 1.0 : 0.0) > 0)
+    evaluate_and_keep_best(r);
   return write_outputs(r);
 }
 
