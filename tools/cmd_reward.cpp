@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "pipelines/stage_record.h"
+#include "policy/distributed.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
@@ -38,6 +39,7 @@ int run_train(const Args& a) {
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   auto r = rlhf::pipelines::run_reward_stage(cfg);
+  if (!rlhf::policy::dist::world().is_root()) return 0;  // rank 0 reports
   if (r.already_complete)
     std::printf("reward model: %s already holds this finished run\n", cfg.out_dir().c_str());
   std::printf("reward model: %s\nheld-out: %s\nbest step %lld of %lld, score offset %.4f, %.1fs\n",

@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
+#include "policy/distributed.h"
 #include "policy/lora.h"
 #include "policy/sft_trainer.h"
 #include "tools/cli.h"
@@ -44,6 +45,7 @@ int run_sft(const Args& a) {
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   const auto r = rlhf::pipelines::run_sft_stage(cfg);
+  if (!rlhf::policy::dist::world().is_root()) return 0;  // rank 0 reports
   if (r.already_complete) {
     std::printf("sft: %s already holds a finished run of this config (%lld steps)\n",
                 r.out_dir.c_str(), static_cast<long long>(r.steps));
