@@ -16,6 +16,7 @@
 #include "pipelines/quickstart_task.h"
 #include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
+#include "policy/distributed.h"
 #include "policy/ppo_trainer.h"
 #include "policy/prompt_format.h"
 #include "policy/tokenizer.h"
@@ -211,12 +212,14 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   // Constructing the trainer applies the resume rule; only then is the folder marked unfinished.
   policy::PpoTrainer trainer(cfg, models, make_teacher(scorer, bos), prompts, out, decode);
   if (!o.gold_task.empty()) trainer.set_extra_stats(gold_monitor(*tok, bos));
+  // Data parallelism: every rank trains; rank 0 alone evaluates, saves and records the stage.
+  const bool root = policy::dist::world(torch::Device(cfg.device())).is_root();
   proto::StageManifest manifest = begin_manifest("ppo");
   manifest.set_resolved_config(to_text_format(cfg));
   *manifest.add_inputs() = file_ref(cfg.prompts());
   manifest.set_tokenizer_sha256(tok_sha);
   manifest.set_vocab_size(models.policy->config().vocab_size);
-  mark_stage_running(manifest, out);
+  if (root) mark_stage_running(manifest, out);
 
   std::map<std::string, double> result;
   auto gold = [&](const char* key) {
@@ -224,10 +227,12 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
     result[key] = acc;
     std::fprintf(stderr, "ppo: %s: %.1f%% (%zu problems)\n", key, 100 * acc, held.size());
   };
-  if (!held.empty() && trainer.completed_iterations() == 0) gold("gold/heldout_accuracy_before");
+  if (root && !held.empty() && trainer.completed_iterations() == 0)
+    gold("gold/heldout_accuracy_before");
   trainer.run();
   if (!trainer.history().empty())
     for (auto& kv : trainer.history().back()) result[kv.first] = kv.second;
+  if (!root) return result;
   if (!held.empty()) gold("gold/heldout_accuracy_after");
 
   policy::CheckpointInfo info;

@@ -78,7 +78,7 @@ WorldEnv parse_world_env(const std::function<const char*(const char*)>& get) {
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual void all_reduce_sum(std::vector<at::Tensor>& tensors) = 0;
+  virtual void all_reduce(std::vector<at::Tensor>& tensors, c10d::ReduceOp op) = 0;
   virtual void broadcast(std::vector<at::Tensor>& tensors, int root) = 0;
   virtual void all_gather(std::vector<at::Tensor>& out, at::Tensor& in) = 0;
   virtual void barrier() = 0;
@@ -95,11 +95,11 @@ class BackendOf : public Backend {
   BackendOf(c10::intrusive_ptr<PG> pg, torch::Device device, std::chrono::milliseconds timeout)
       : pg_(std::move(pg)), device_(device), timeout_(timeout) {}
 
-  void all_reduce_sum(std::vector<at::Tensor>& tensors) override {
+  void all_reduce(std::vector<at::Tensor>& tensors, c10d::ReduceOp op) override {
     for (auto& t : tensors) {  // one tensor per call: c10d's multi-tensor form means multi-device
       std::vector<at::Tensor> one{t};
       c10d::AllreduceOptions o;
-      o.reduceOp = c10d::ReduceOp::SUM;
+      o.reduceOp = op;
       pg_->allreduce(one, o)->wait(timeout_);
     }
   }
@@ -190,16 +190,28 @@ std::unique_ptr<Comm> Comm::join(const WorldEnv& env, const torch::Device& devic
 
 void Comm::all_reduce_sum(std::vector<torch::Tensor>& tensors) {
   if (alone() || tensors.empty()) return;
-  backend_->all_reduce_sum(tensors);
+  backend_->all_reduce(tensors, c10d::ReduceOp::SUM);
 }
+
+namespace {
+std::vector<double> reduce_values(Backend& backend, const std::vector<double>& values,
+                                  c10d::ReduceOp op) {
+  auto t = torch::tensor(values, torch::kFloat64).to(backend.device());
+  std::vector<torch::Tensor> ts{t};
+  backend.all_reduce(ts, op);
+  auto host = ts[0].cpu();
+  return std::vector<double>(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+}
+}  // namespace
 
 std::vector<double> Comm::sum(const std::vector<double>& values) {
   if (alone() || values.empty()) return values;
-  auto t = torch::tensor(values, torch::kFloat64).to(backend_->device());
-  std::vector<torch::Tensor> ts{t};
-  backend_->all_reduce_sum(ts);
-  auto host = ts[0].cpu();
-  return std::vector<double>(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  return reduce_values(*backend_, values, c10d::ReduceOp::SUM);
+}
+
+std::vector<double> Comm::max(const std::vector<double>& values) {
+  if (alone() || values.empty()) return values;
+  return reduce_values(*backend_, values, c10d::ReduceOp::MAX);
 }
 
 std::vector<std::string> Comm::all_gather_bytes(const std::string& mine) {

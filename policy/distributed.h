@@ -70,6 +70,9 @@ class Comm {
   // Sums of small host values (statistics: counts, loss sums), in float64.
   std::vector<double> sum(const std::vector<double>& values);
   double sum(double value) { return sum(std::vector<double>{value})[0]; }
+  // Elementwise maxima of small host values.
+  std::vector<double> max(const std::vector<double>& values);
+  double max(double value) { return max(std::vector<double>{value})[0]; }
 
   // Every rank's bytes, in rank order (rollout records, error texts).
   std::vector<std::string> all_gather_bytes(const std::string& mine);

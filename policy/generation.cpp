@@ -31,11 +31,16 @@ torch::Tensor top_p_threshold(const torch::Tensor& probs, double top_p) {
 
 // Samples one id per row from unnormalised non-negative weights [B, V] by inverting the CDF with
 // one uniform number per row from `gen` (CPU): cheap, and reproducible for a seed.
-torch::Tensor sample_rows(const torch::Tensor& weights, at::Generator& gen) {
+// The uniforms are drawn for all total_rows rows of the global batch; these weights are rows
+// [row_offset, row_offset + B) of it.
+torch::Tensor sample_rows(const torch::Tensor& weights, at::Generator& gen, int64_t row_offset,
+                          int64_t total_rows) {
   auto w = weights.to(torch::kCPU, torch::kDouble);
   auto cdf = w.cumsum(-1);
   auto total = cdf.narrow(-1, cdf.size(-1) - 1, 1);
-  auto u = torch::rand({w.size(0), 1}, gen, torch::TensorOptions().dtype(torch::kDouble)) * total;
+  auto u = torch::rand({total_rows, 1}, gen, torch::TensorOptions().dtype(torch::kDouble))
+               .narrow(0, row_offset, w.size(0)) *
+           total;
   // First index whose cumulative weight exceeds u (zero-weight tokens are never chosen).
   auto idx = torch::searchsorted(cdf, u, /*out_int32=*/false, /*right=*/true).squeeze(-1);
   return idx.clamp_max(w.size(-1) - 1);
@@ -54,6 +59,11 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
   if (!(options.top_p > 0 && options.top_p <= 1))
     throw Error("generate: top_p = " + std::to_string(options.top_p) + ", expected in (0, 1]");
   const int64_t B = prompts.size();
+  const int64_t total_rows = options.total_rows > 0 ? options.total_rows : B;
+  if (options.row_offset < 0 || options.row_offset + B > total_rows)
+    throw Error("generate: rows " + std::to_string(options.row_offset) + ".." +
+                std::to_string(options.row_offset + B) + " do not fit a batch of " +
+                std::to_string(total_rows));
   int64_t P = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) throw Error("generate: prompt " + std::to_string(i) + " is empty");
@@ -121,7 +131,7 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
         if (options.top_p < 1.0f)
           probs = probs.masked_fill(probs < top_p_threshold(probs, options.top_p), 0.0);
         // Sampled on the CPU with our own generator: the same seed gives the same samples.
-        next = sample_rows(probs, gen).to(device);
+        next = sample_rows(probs, gen, options.row_offset, total_rows).to(device);
       }
       auto lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
       auto alive = finished.logical_not();

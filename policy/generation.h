@@ -18,6 +18,11 @@ struct SamplingOptions {
   uint64_t seed = 0;         // the same seed and prompts give the same samples on CPU
   int eos_id = -2;           // -2 = model config's eos_id; -1 = never stop at EOS
   bool use_cache = true;     // false recomputes the whole prefix every step (for tests/bench)
+  // Data parallelism: these prompts are rows [row_offset, row_offset + B) of a global batch of
+  // total_rows (0 = B). Each step draws the whole batch's random numbers and uses its own rows, so
+  // a row's sample does not depend on how the batch is split across ranks.
+  int64_t row_offset = 0;
+  int64_t total_rows = 0;
 };
 
 struct GenerationOutput {

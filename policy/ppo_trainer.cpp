@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -16,6 +17,7 @@
 #include "common/metrics.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/distributed.h"
 #include "policy/generation.h"
 #include "policy/logprobs.h"
 #include "policy/lora.h"
@@ -107,9 +109,12 @@ bool finite(double x) { return std::isfinite(x); }
 // One rollout batch as the update sees it: [B, P + N] ids/mask (prompts left-padded, responses
 // right-padded), [B, N] response mask, old log-probs, values, advantages as used (whitened when
 // configured) and returns.
+// Data parallelism: a rank holds rows [row0, row0 + B) of the global batch of B_global rows.
 struct UpdateBatch {
   torch::Tensor ids, full_mask, rmask, old_logp, values, adv_train, returns;
   int64_t P = 0, N = 0, B = 0;
+  int64_t row0 = 0, B_global = 0;  // B_global 0: B (one process)
+  int64_t global_rows() const { return B_global > 0 ? B_global : B; }
 };
 
 struct UpdateTotals {
@@ -176,17 +181,23 @@ UpdateBatch update_batch_from_records(const std::vector<proto::RolloutRecord>& r
 }
 
 // Everything one iteration produces before the update, filled phase by phase in step().
+// Data parallelism: tensors and per-sample vectors hold this rank's rows [row0, row0 + B) of the
+// global batch of B_global; the *_all vectors hold every rank's samples in global order.
 struct Rollout {
   int64_t iteration = 0;
-  std::vector<std::vector<int64_t>> prompts;  // this iteration's prompt ids
+  int64_t row0 = 0, B_global = 0;
+  std::vector<std::vector<int64_t>> prompts;  // this iteration's prompt ids (this rank's rows)
   GenerationOutput gen;
   uint64_t seed = 0;                    // generation seed
   torch::Tensor ids, full_mask, rmask;  // [B, P + N], [B, P + N], [B, N]
   int64_t B = 0, P = 0, N = 0;
   std::vector<int64_t> lengths;
   std::vector<bool> has_eos;
-  std::vector<float> raw;                             // teacher scores
-  std::vector<float> shaped;                          // after penalties, normalisation, clipping
+  std::vector<float> raw;                  // teacher scores
+  std::vector<float> shaped;               // after penalties, normalisation, clipping
+  std::vector<float> raw_all, shaped_all;  // the global batch's
+  std::vector<int64_t> lengths_all;
+  std::vector<bool> has_eos_all;
   torch::Tensor scores;                               // [B] shaped, on the device
   torch::Tensor old_logp, ref_logp, values, entropy;  // [B, N], under no-grad
   double gen_logprob_dev = 0;
@@ -208,6 +219,7 @@ struct PpoTrainer::Impl {
   std::string out_dir;
   std::string fingerprint;
   torch::Device device{torch::kCPU};
+  dist::Comm* comm = nullptr;  // the ranks sharing each iteration's batch (one when alone)
   std::unique_ptr<training::Optimizer> policy_opt, critic_opt;
   std::unique_ptr<ppo::KLController> kl_ctl;
   double score_count = 0, score_mean = 0, score_m2 = 0;  // Welford moments of shaped scores
@@ -239,6 +251,9 @@ struct PpoTrainer::Impl {
   void evaluate(Rollout& r);
   void advantages(Rollout& r);
   void write_rollouts(const Rollout& r);
+  torch::Tensor whiten(const torch::Tensor& x, const torch::Tensor& mask, bool shift_mean = true);
+  // Sum over ranks of (masked sum, mask count) pairs -> global masked means.
+  std::vector<double> masked_means(const std::vector<std::pair<torch::Tensor, torch::Tensor>>& xs);
   // ppo_epochs epochs of shuffled minibatches on one rollout batch (the live loop and
   // `replay --update` share it, so both give the same numbers).
   UpdateTotals update(const UpdateBatch& batch, int64_t iteration, const LogprobOptions& lo,
@@ -266,6 +281,7 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   cfg = config;
   m = std::move(models);
   device = torch::Device(cfg.device());
+  comm = &dist::world(device);
   if (!m.critic->config().value_head) m.critic->add_value_head();
   m.policy->to(device);
   m.critic->to(device);
@@ -324,6 +340,10 @@ void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
 }
 
 void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
+  if (!comm->is_root()) {  // rank 0 alone writes; every rank holds the same state
+    last_checkpoint = checkpoints().root() + "/" + iter_name(completed);
+    return;
+  }
   proto::PpoState st;
   st.set_iteration(completed);
   st.set_kl_coef(kl_ctl->value());
@@ -359,21 +379,25 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
 Rollout PpoTrainer::Impl::sample(int64_t it) {
   Rollout r;
   r.iteration = it;
-  r.B = cfg.batch_size();
-  for (int64_t j = 0; j < r.B; ++j)
-    r.prompts.push_back(prompts[((it - 1) * r.B + j) % (int64_t)prompts.size()]);
+  r.B_global = cfg.batch_size();
+  const auto [row0, row1] = dist::shard_range(r.B_global, comm->rank(), comm->size());
+  r.row0 = row0;
+  r.B = row1 - row0;
+  for (int64_t j = row0; j < row1; ++j)
+    r.prompts.push_back(prompts[((it - 1) * r.B_global + j) % (int64_t)prompts.size()]);
   SamplingOptions so;
   so.max_new_tokens = cfg.max_new_tokens();
   so.temperature = cfg.temperature();
   so.top_k = cfg.top_k();
   so.top_p = cfg.top_p();
   so.seed = r.seed = mix_seed(cfg.seed(), (uint64_t)it, 0x9e4);
+  so.row_offset = r.row0;
+  so.total_rows = r.B_global;
   m.policy->eval();
   if (lora) lora->refresh(false);
   r.gen = generate(m.policy, r.prompts, so);
   r.P = r.gen.prompt_ids.size(1);
   r.N = r.gen.response_ids.size(1);
-  if (r.N == 0) throw Error(at(it) + ": generation produced no tokens");
   r.ids = torch::cat({r.gen.prompt_ids, r.gen.response_ids}, 1).to(torch::kLong).to(device);
   r.full_mask =
       torch::cat({r.gen.prompt_mask.to(torch::kFloat), r.gen.response_mask.to(torch::kFloat)}, 1)
@@ -384,6 +408,8 @@ Rollout PpoTrainer::Impl::sample(int64_t it) {
     r.lengths.push_back((int64_t)resp.size());
     r.has_eos.push_back(!resp.empty() && resp.back() == eos_id);
   }
+  if (comm->max(r.N == 0 ? 1.0 : 0.0) > 0)
+    throw Error(at(it) + ": generation produced no tokens on a rank");
   return r;
 }
 
@@ -395,17 +421,32 @@ void PpoTrainer::Impl::score(Rollout& r) {
                 " scores for " + std::to_string(r.B) + " samples");
   for (int64_t b = 0; b < r.B; ++b)
     if (!finite(r.raw[b]))
-      throw Error(at(r.iteration) + ": teacher score of sample " + std::to_string(b) + " is " +
-                  std::to_string(r.raw[b]) + " (non-finite)" + last_good());
+      throw Error(at(r.iteration) + ": teacher score of sample " + std::to_string(r.row0 + b) +
+                  " is " + std::to_string(r.raw[b]) + " (non-finite)" + last_good());
+  // Every rank's (score, length, eos) in global order: shaping and statistics see the whole batch.
+  std::string mine;
+  for (int64_t b = 0; b < r.B; ++b) {
+    const double rec[3] = {r.raw[b], (double)r.lengths[b], r.has_eos[b] ? 1.0 : 0.0};
+    mine.append(reinterpret_cast<const char*>(rec), sizeof rec);
+  }
+  for (const auto& part : comm->all_gather_bytes(mine)) {
+    const auto* rec = reinterpret_cast<const double*>(part.data());
+    for (size_t k = 0; k + 3 <= part.size() / sizeof(double); k += 3) {
+      r.raw_all.push_back((float)rec[k]);
+      r.lengths_all.push_back((int64_t)rec[k + 1]);
+      r.has_eos_all.push_back(rec[k + 2] != 0);
+    }
+  }
 }
 
 // Penalties (missing EOS, short response: TRL), running normalisation (OpenRLHF), clipping.
+// Computed over the global batch (every rank the same), then this rank's rows are taken.
 void PpoTrainer::Impl::shape_scores(Rollout& r) {
-  std::vector<double> shaped(r.B);
-  for (int64_t b = 0; b < r.B; ++b) {
-    double s = r.raw[b];
-    if (!r.has_eos[b]) s -= cfg.missing_eos_penalty();
-    if (r.lengths[b] < cfg.min_new_tokens()) s -= cfg.short_response_penalty();
+  std::vector<double> shaped(r.B_global);
+  for (int64_t b = 0; b < r.B_global; ++b) {
+    double s = r.raw_all[b];
+    if (!r.has_eos_all[b]) s -= cfg.missing_eos_penalty();
+    if (r.lengths_all[b] < cfg.min_new_tokens()) s -= cfg.short_response_penalty();
     shaped[b] = s;
   }
   if (cfg.normalize_scores()) {
@@ -422,7 +463,8 @@ void PpoTrainer::Impl::shape_scores(Rollout& r) {
   }
   if (cfg.score_clip() > 0)
     for (auto& s : shaped) s = std::clamp(s, -cfg.score_clip(), cfg.score_clip());
-  r.shaped.assign(shaped.begin(), shaped.end());
+  r.shaped_all.assign(shaped.begin(), shaped.end());
+  r.shaped.assign(shaped.begin() + r.row0, shaped.begin() + r.row0 + r.B);
   r.scores = torch::tensor(r.shaped, torch::kFloat).to(device);
 }
 
@@ -441,10 +483,10 @@ void PpoTrainer::Impl::evaluate(Rollout& r) {
   m.critic->eval();
   auto h = m.critic->hidden_states(r.ids, r.full_mask);
   r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
-  r.gen_logprob_dev =
+  r.gen_logprob_dev = comm->max(
       ((r.gen.response_logprobs.to(device).to(torch::kFloat) - r.old_logp).abs() * r.rmask)
           .max()
-          .item<double>();
+          .item<double>());
 }
 
 // 5. Per-token KL, rewards, GAE (unwhitened in the rollouts; whitened for the update).
@@ -452,14 +494,46 @@ void PpoTrainer::Impl::advantages(Rollout& r) {
   r.beta = kl_ctl->value();
   r.kl = ppo::per_token_kl(r.old_logp, r.ref_logp, r.rmask);
   r.rewards = ppo::compute_rewards(r.kl, r.scores, r.rmask, r.beta);
-  if (cfg.whiten_rewards()) r.rewards = ppo::whiten(r.rewards, r.rmask, /*shift_mean=*/false);
+  if (cfg.whiten_rewards()) r.rewards = whiten(r.rewards, r.rmask, /*shift_mean=*/false);
   r.gae = ppo::compute_gae(r.rewards, r.values, r.rmask, cfg.gamma(), cfg.lam());
-  r.adv_train = cfg.whiten_advantages() ? ppo::whiten(r.gae.advantages, r.rmask) : r.gae.advantages;
-  r.kl_mean = r.kl.sum(1).mean().item<double>();  // per-sequence KL sum (Ziegler et al.)
+  r.adv_train = cfg.whiten_advantages() ? whiten(r.gae.advantages, r.rmask) : r.gae.advantages;
+  // The mean over the global batch of the per-sequence KL sum (Ziegler et al.).
+  r.kl_mean = comm->alone() ? r.kl.sum(1).mean().item<double>()
+                            : comm->sum(r.kl.sum().item<double>()) / (double)r.B_global;
   if (!finite(r.kl_mean)) throw Error(at(r.iteration) + ": kl/mean is non-finite" + last_good());
 }
 
-// <out>/rollouts/iter-NNNN.pb, with retention (keep_rollouts newest).
+// ppo::whiten over the global batch: the masked mean and variance (Bessel) of all ranks' rows.
+torch::Tensor PpoTrainer::Impl::whiten(const torch::Tensor& x, const torch::Tensor& mask,
+                                       bool shift_mean) {
+  if (comm->alone()) return ppo::whiten(x, mask, shift_mean);
+  auto m = mask.to(x.scalar_type());
+  const auto s = comm->sum({(x * m).sum().item<double>(), m.sum().item<double>()});
+  const double mean = s[0] / s[1];
+  const double ss = comm->sum(((x - mean).pow(2) * m).sum().item<double>());
+  const double var = s[1] > 1 ? ss / (s[1] - 1) : 0.0;
+  auto w = (x - mean) * (1.0 / std::sqrt(var + 1e-8));
+  if (!shift_mean) w = w + mean;
+  return w * m;
+}
+
+std::vector<double> PpoTrainer::Impl::masked_means(
+    const std::vector<std::pair<torch::Tensor, torch::Tensor>>& xs) {
+  std::vector<double> sums;
+  for (const auto& [x, mask] : xs) {
+    auto m = mask.to(x.scalar_type());
+    sums.push_back((x * m).sum().item<double>());
+    sums.push_back(m.sum().item<double>());
+  }
+  sums = comm->sum(sums);
+  std::vector<double> means;
+  for (size_t i = 0; i < sums.size(); i += 2)
+    means.push_back(sums[i + 1] > 0 ? sums[i] / sums[i + 1] : 0.0);
+  return means;
+}
+
+// <out>/rollouts/iter-NNNN.pb, with retention (keep_rollouts newest). Data-parallel ranks send
+// their records to every rank; rank 0 writes one file in global order.
 void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
   auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); };
   auto lp_c = cpu(r.old_logp), ref_c = cpu(r.ref_logp), v_c = cpu(r.values), kl_c = cpu(r.kl),
@@ -469,7 +543,7 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
     proto::RolloutRecord rec;
     rec.set_schema_version(1);
     rec.set_iteration(r.iteration);
-    rec.set_index(b);
+    rec.set_index(r.row0 + b);
     for (auto id : r.prompts[b]) rec.add_prompt_ids(id);
     for (auto id : r.gen.responses[b]) rec.add_response_ids(id);
     if (decode) {
@@ -502,6 +576,25 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
     g->set_seed(r.seed);
     recs.push_back(std::move(rec));
   }
+  if (!comm->alone()) {
+    std::string mine;
+    for (const auto& rec : recs) {
+      const std::string bytes = rec.SerializeAsString();
+      const uint64_t n = bytes.size();
+      mine.append(reinterpret_cast<const char*>(&n), sizeof n).append(bytes);
+    }
+    recs.clear();
+    for (const auto& part : comm->all_gather_bytes(mine)) {
+      for (size_t off = 0; off + sizeof(uint64_t) <= part.size();) {
+        uint64_t n = 0;
+        std::memcpy(&n, part.data() + off, sizeof n);
+        off += sizeof n;
+        recs.emplace_back().ParseFromString(part.substr(off, n));
+        off += n;
+      }
+    }
+    if (!comm->is_root()) return;
+  }
   const std::string dir = out_dir + "/rollouts";
   policy::write_rollouts(dir + "/" + iter_name(r.iteration) + ".pb", recs);
   if (cfg.keep_rollouts() <= 0) return;
@@ -516,7 +609,9 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
 }
 
 // The clipped-ratio policy step on one minibatch (or, in the critic warm-up, only the first
-// minibatch's ratio check without a step).
+// minibatch's ratio check without a step). Data parallelism: idx holds this rank's rows of the
+// global minibatch (maybe none); its token-mean loss is weighted by its share of the minibatch's
+// tokens, so the gradients summed over ranks are those of the global token mean.
 void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it,
                                         bool first, const LogprobOptions& lo, double lr,
                                         std::map<std::string, double>& mb, UpdateTotals& tot) {
@@ -525,61 +620,90 @@ void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tenso
   if (lora) lora->refresh(train_policy);  // a fresh graph through the adapters
   std::unique_ptr<torch::NoGradGuard> ng;
   if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
-  LogprobOptions tlo = lo;
-  tlo.entropy = cfg.entropy_coef() > 0;
-  const auto rmask = u.rmask.index_select(0, idx);
-  auto tl =
-      token_logprobs(m.policy, u.ids.index_select(0, idx), u.full_mask.index_select(0, idx), tlo);
-  auto new_lp = tl.logprobs.narrow(1, u.P - 1, u.N);
-  auto pl = ppo::clipped_policy_loss(new_lp, u.old_logp.index_select(0, idx),
-                                     u.adv_train.index_select(0, idx), rmask, cfg.clip_range());
-  if (first) tot.ratio_first_dev = pl.ratio_max_dev;  // the policy has not moved: ratio 1
+  const bool rows = idx.numel() > 0;
+  ppo::PolicyLossResult pl;
+  torch::Tensor loss;
+  double share = 0;
+  if (rows) {
+    LogprobOptions tlo = lo;
+    tlo.entropy = cfg.entropy_coef() > 0;
+    const auto rmask = u.rmask.index_select(0, idx);
+    auto tl =
+        token_logprobs(m.policy, u.ids.index_select(0, idx), u.full_mask.index_select(0, idx), tlo);
+    auto new_lp = tl.logprobs.narrow(1, u.P - 1, u.N);
+    pl = ppo::clipped_policy_loss(new_lp, u.old_logp.index_select(0, idx),
+                                  u.adv_train.index_select(0, idx), rmask, cfg.clip_range());
+    loss = pl.loss;
+    if (cfg.entropy_coef() > 0)
+      loss =
+          loss - cfg.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, u.P - 1, u.N), rmask);
+    share = rmask.sum().item<double>();
+  }
+  if (!comm->alone())
+    share /= comm->sum(share);
+  else
+    share = 1.0;
+  if (first) tot.ratio_first_dev = comm->max(pl.ratio_max_dev);  // unmoved policy: ratio 1
   if (!train_policy) return;
-  mb["loss/policy"] = pl.loss.item<double>();
-  mb["policy/clipfrac"] = pl.clipfrac;
-  mb["policy/approx_kl"] = pl.approx_kl;
-  mb["policy/ratio_mean"] = pl.ratio_mean;
-  mb["policy/ratio_max_dev"] = pl.ratio_max_dev;
-  auto loss = pl.loss;
-  if (cfg.entropy_coef() > 0)
-    loss = loss - cfg.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, u.P - 1, u.N), rmask);
-  const double lv = loss.item<double>();
-  if (!finite(lv))
-    throw Error(at(it) + ": loss/policy is non-finite (" + std::to_string(lv) + ")" + last_good());
+  const auto g = comm->sum({rows ? pl.loss.item<double>() * share : 0.0, pl.clipfrac * share,
+                            pl.approx_kl * share, pl.ratio_mean * share,
+                            rows ? loss.item<double>() * share : 0.0});
+  mb["loss/policy"] = g[0];
+  mb["policy/clipfrac"] = g[1];
+  mb["policy/approx_kl"] = g[2];
+  mb["policy/ratio_mean"] = g[3];
+  mb["policy/ratio_max_dev"] = comm->max(pl.ratio_max_dev);
+  if (!finite(g[4]))
+    throw Error(at(it) + ": loss/policy is non-finite (" + std::to_string(g[4]) + ")" +
+                last_good());
   policy_opt->zero_grad();
-  loss.backward();
+  if (rows) (share == 1.0 ? loss : loss * share).backward();
+  dist::all_reduce_gradients(*comm, policy_opt->parameters());
   const double gn = policy_opt->step(lr, cfg.max_grad_norm());
   if (!finite(gn)) throw Error(at(it) + ": policy gradient norm is non-finite" + last_good());
   mb["grad_norm/policy"] = gn;
   tot.sum_pl += mb["loss/policy"];
-  tot.sum_clip += pl.clipfrac;
-  tot.sum_akl += pl.approx_kl;
-  tot.sum_ratio += pl.ratio_mean;
+  tot.sum_clip += mb["policy/clipfrac"];
+  tot.sum_akl += mb["policy/approx_kl"];
+  tot.sum_ratio += mb["policy/ratio_mean"];
   ++tot.n_pol;
 }
 
-// The clipped value-loss step of the critic on one minibatch.
+// The clipped value-loss step of the critic on one minibatch (this rank's rows of it, weighted as
+// in policy_minibatch).
 void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it,
                                         double lr, std::map<std::string, double>& mb,
                                         UpdateTotals& tot) {
   m.critic->train();
-  auto h = m.critic->hidden_states(u.ids.index_select(0, idx), u.full_mask.index_select(0, idx));
-  auto v = m.critic->values_from_hidden(h.narrow(1, u.P - 1, u.N)).to(torch::kFloat);
-  auto vl =
-      ppo::clipped_value_loss(v, u.values.index_select(0, idx), u.returns.index_select(0, idx),
-                              u.rmask.index_select(0, idx), cfg.value_clip_range());
-  const double vlv = vl.loss.item<double>();
+  const bool rows = idx.numel() > 0;
+  ppo::ValueLossResult vl;
+  double share = 0;
+  if (rows) {
+    auto h = m.critic->hidden_states(u.ids.index_select(0, idx), u.full_mask.index_select(0, idx));
+    auto v = m.critic->values_from_hidden(h.narrow(1, u.P - 1, u.N)).to(torch::kFloat);
+    const auto rmask = u.rmask.index_select(0, idx);
+    vl = ppo::clipped_value_loss(v, u.values.index_select(0, idx), u.returns.index_select(0, idx),
+                                 rmask, cfg.value_clip_range());
+    share = rmask.sum().item<double>();
+  }
+  if (!comm->alone())
+    share /= comm->sum(share);
+  else
+    share = 1.0;
+  const auto g = comm->sum({rows ? vl.loss.item<double>() * share : 0.0, vl.clipfrac * share});
+  const double vlv = g[0];
   if (!finite(vlv))
     throw Error(at(it) + ": loss/value is non-finite (" + std::to_string(vlv) + ")" + last_good());
   critic_opt->zero_grad();
-  vl.loss.backward();
+  if (rows) (share == 1.0 ? vl.loss : vl.loss * share).backward();
+  dist::all_reduce_gradients(*comm, critic_opt->parameters());
   const double gn = critic_opt->step(lr, cfg.max_grad_norm());
   if (!finite(gn)) throw Error(at(it) + ": critic gradient norm is non-finite" + last_good());
   mb["loss/value"] = vlv;
-  mb["value/clipfrac"] = vl.clipfrac;
+  mb["value/clipfrac"] = g[1];
   mb["grad_norm/value"] = gn;
   tot.sum_vl += vlv;
-  tot.sum_vclip += vl.clipfrac;
+  tot.sum_vclip += g[1];
   ++tot.n_val;
 }
 
@@ -592,24 +716,26 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   tot.policy_lr = ppo_learning_rate(cfg, cfg.policy_lr(), it);
   tot.value_lr = ppo_learning_rate(cfg, cfg.value_lr(), it);
   const int64_t MB = cfg.minibatch_size();
+  const int64_t B = u.global_rows();  // minibatches are drawn from the global batch
   for (int epoch = 0; epoch < cfg.ppo_epochs() && !tot.early_stopped; ++epoch) {
-    auto perm = permutation(u.B, mix_seed(cfg.seed(), (uint64_t)it, (uint64_t)epoch + 1));
+    auto perm = permutation(B, mix_seed(cfg.seed(), (uint64_t)it, (uint64_t)epoch + 1));
     const double akl_before = tot.sum_akl;
     const int64_t pol_before = tot.n_pol;
-    for (int64_t s = 0; s < u.B && !tot.early_stopped; s += MB) {
-      const int64_t e = std::min(u.B, s + MB);
-      auto idx =
-          torch::tensor(std::vector<int64_t>(perm.begin() + s, perm.begin() + e), torch::kLong)
-              .to(device);
+    for (int64_t s = 0; s < B && !tot.early_stopped; s += MB) {
+      const int64_t e = std::min(B, s + MB);
+      std::vector<int64_t> mine;  // this rank's rows of the minibatch, as local indices
+      for (int64_t k = s; k < e; ++k)
+        if (perm[k] >= u.row0 && perm[k] < u.row0 + u.B) mine.push_back(perm[k] - u.row0);
+      auto idx = torch::tensor(mine, torch::kLong).to(device);
       std::map<std::string, double> mb{
           {"iteration", (double)it}, {"epoch", (double)epoch}, {"minibatch", (double)(s / MB)}};
-      tot.train_tokens += (e - s) * (u.P + u.N);
+      tot.train_tokens += (int64_t)mine.size() * (u.P + u.N);
       const bool first = epoch == 0 && s == 0;
       if (it > cfg.critic_warmup_iterations() || first)
         policy_minibatch(u, idx, it, first, lo, tot.policy_lr, mb, tot);
       critic_minibatch(u, idx, it, tot.value_lr, mb, tot);
       ++tot.minibatches;
-      const bool last = epoch + 1 == cfg.ppo_epochs() && e == u.B;  // nothing left to skip
+      const bool last = epoch + 1 == cfg.ppo_epochs() && e == B;  // nothing left to skip
       const int64_t epoch_pol = tot.n_pol - pol_before;
       if (cfg.target_kl() > 0 && !last && epoch_pol > 0 &&
           (tot.sum_akl - akl_before) / epoch_pol > cfg.target_kl()) {
@@ -628,21 +754,26 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
 // 7. The iteration's stats (metrics.jsonl, TensorBoard, the progress line, warnings).
 std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const UpdateTotals& tot,
                                                     double train_s, double iteration_s) {
+  // Over the global batch: per-sample vectors are global already; masked means and rates are
+  // summed over ranks (every rank makes the same collective calls; rank 0 writes).
   std::map<std::string, double> stats;
-  auto raw_t = torch::tensor(r.raw, torch::kFloat);
+  const int64_t B = r.B_global;
+  auto raw_t = torch::tensor(r.raw_all, torch::kFloat);
   double len_sum = 0, eos_sum = 0;
-  for (int64_t b = 0; b < r.B; ++b) {
-    len_sum += r.lengths[b];
-    eos_sum += r.has_eos[b] ? 1 : 0;
+  for (int64_t b = 0; b < B; ++b) {
+    len_sum += r.lengths_all[b];
+    eos_sum += r.has_eos_all[b] ? 1 : 0;
   }
   auto mean_of = [](double sum, int64_t n, double none) { return n ? sum / n : none; };
   stats["score/mean"] = raw_t.mean().item<double>();
-  stats["score/std"] = r.B > 1 ? raw_t.std().item<double>() : 0.0;
-  stats["score/shaped_mean"] = r.scores.mean().item<double>();
+  stats["score/std"] = B > 1 ? raw_t.std().item<double>() : 0.0;
+  stats["score/shaped_mean"] = torch::tensor(r.shaped_all, torch::kFloat).mean().item<double>();
   stats["kl/mean"] = r.kl_mean;
   stats["kl/coef"] = r.beta;
   stats["kl/coef_next"] = kl_ctl->value();
-  stats["entropy/mean"] = ppo::masked_mean(r.entropy, r.rmask).item<double>();
+  const auto means =
+      masked_means({{r.entropy, r.rmask}, {r.gae.advantages, r.rmask}, {r.gae.returns, r.rmask}});
+  stats["entropy/mean"] = means[0];
   stats["loss/policy"] = mean_of(tot.sum_pl, tot.n_pol, 0.0);
   stats["loss/value"] = mean_of(tot.sum_vl, tot.n_val, 0.0);
   stats["policy/clipfrac"] = mean_of(tot.sum_clip, tot.n_pol, 0.0);
@@ -655,23 +786,37 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
   stats["policy/minibatches"] = (double)tot.minibatches;
   stats["lr/policy"] = tot.policy_lr;
   stats["lr/value"] = tot.value_lr;
-  const auto objective = ppo::objective_stats(r.kl, r.scores, r.beta);  // TRL's objective/*
-  stats["objective/non_score_reward"] = objective.non_score_reward;
-  stats["objective/rlhf_reward"] = objective.rlhf_reward;
-  stats["objective/scores"] = objective.scores;
-  stats["advantages/mean"] = ppo::masked_mean(r.gae.advantages, r.rmask).item<double>();
-  stats["returns/mean"] = ppo::masked_mean(r.gae.returns, r.rmask).item<double>();
-  stats["response/length_mean"] = len_sum / r.B;
-  stats["response/eos_frac"] = eos_sum / r.B;
-  stats["speed/gen_tokens_per_s"] =
-      r.gen.seconds > 0 ? r.gen.generated_tokens / r.gen.seconds : 0.0;
-  stats["speed/train_tokens_per_s"] = train_s > 0 ? tot.train_tokens / train_s : 0.0;
-  stats["time/iteration_s"] = iteration_s;
-  if (extra_stats)
-    for (auto& kv : extra_stats(r.prompts, r.gen.responses)) stats[kv.first] = kv.second;
+  // TRL's objective/*: per-sample means, each rank's weighted by its share of the batch.
+  const double weight = (double)r.B / (double)B;
+  const auto objective = ppo::objective_stats(r.kl, r.scores, r.beta);
+  const auto obj = comm->sum({objective.non_score_reward * weight, objective.rlhf_reward * weight,
+                              objective.scores * weight});
+  stats["objective/non_score_reward"] = obj[0];
+  stats["objective/rlhf_reward"] = obj[1];
+  stats["objective/scores"] = obj[2];
+  stats["advantages/mean"] = means[1];
+  stats["returns/mean"] = means[2];
+  stats["response/length_mean"] = len_sum / B;
+  stats["response/eos_frac"] = eos_sum / B;
+  const auto rates =
+      comm->sum({r.gen.seconds > 0 ? r.gen.generated_tokens / r.gen.seconds : 0.0,
+                 train_s > 0 ? tot.train_tokens / train_s : 0.0});  // ranks run side by side
+  stats["speed/gen_tokens_per_s"] = rates[0];
+  stats["speed/train_tokens_per_s"] = rates[1];
+  stats["time/iteration_s"] = comm->max(iteration_s);
+  if (extra_stats) {
+    // Extra stats are means over samples (e.g. the gold monitor): weighted like objective/*.
+    auto extra = extra_stats(r.prompts, r.gen.responses);
+    std::vector<double> v;
+    for (auto& kv : extra) v.push_back(kv.second * weight);
+    v = comm->sum(v);
+    size_t k = 0;
+    for (auto& kv : extra) stats[kv.first] = v[k++];
+  }
   for (auto& kv : stats)
     if (!finite(kv.second) && kv.first.rfind("speed/", 0) != 0)
       throw Error(at(r.iteration) + ": " + kv.first + " is non-finite" + last_good());
+  if (!comm->is_root()) return stats;
   if (tot.ratio_first_dev > cfg.ratio_warn())
     std::fprintf(
         stderr,
@@ -753,6 +898,10 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   I.decode = std::move(decode);
   I.out_dir = std::move(out_dir);
   I.setup(config, std::move(models));
+  if (config.batch_size() < I.comm->size())
+    throw Error("ppo config: field 'batch_size': expected at least one prompt per rank (" +
+                std::to_string(I.comm->size()) + " ranks), got " +
+                std::to_string(config.batch_size()));
   I.fingerprint = ppo_fingerprint(config, I.prompts);
   make_dirs(I.out_dir + "/rollouts");
   if (auto dir = I.checkpoints().resume_dir(I.fingerprint)) {
@@ -764,12 +913,15 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     } catch (...) {
       rethrow_with_context("ppo: resuming from " + *dir);
     }
-    std::fprintf(stderr, "ppo: resuming from %s (iteration %lld done, kl_coef %.5g)\n",
-                 dir->c_str(), (long long)completed_, I.kl_ctl->value());
-    prune_log(I.out_dir + "/metrics.jsonl", "step", completed_);
-    prune_log(I.out_dir + "/minibatches.jsonl", "iteration", completed_);
+    if (I.comm->is_root()) {
+      std::fprintf(stderr, "ppo: resuming from %s (iteration %lld done, kl_coef %.5g)\n",
+                   dir->c_str(), (long long)completed_, I.kl_ctl->value());
+      prune_log(I.out_dir + "/metrics.jsonl", "step", completed_);
+      prune_log(I.out_dir + "/minibatches.jsonl", "iteration", completed_);
+    }
   }
-  I.metrics = std::make_unique<MetricsWriter>(I.out_dir, /*append=*/completed_ > 0);
+  if (I.comm->is_root())
+    I.metrics = std::make_unique<MetricsWriter>(I.out_dir, /*append=*/completed_ > 0);
 }
 
 PpoTrainer::~PpoTrainer() = default;
@@ -811,16 +963,18 @@ std::map<std::string, double> PpoTrainer::step() {
   I.write_rollouts(r);
 
   const auto t_train = std::chrono::steady_clock::now();
-  UpdateBatch ub{r.ids,       r.full_mask,   r.rmask, r.old_logp, r.values,
-                 r.adv_train, r.gae.returns, r.P,     r.N,        r.B};
-  std::ofstream mb_log(I.out_dir + "/minibatches.jsonl", std::ios::app);
-  UpdateTotals tot = I.update(
-      ub, r.iteration, logprob_options(I.cfg),
-      [&](const std::map<std::string, double>& mb) { mb_log << minibatch_json(mb) << "\n"; });
-  mb_log.flush();
+  UpdateBatch ub{r.ids,         r.full_mask, r.rmask, r.old_logp, r.values, r.adv_train,
+                 r.gae.returns, r.P,         r.N,     r.B,        r.row0,   r.B_global};
+  std::ofstream mb_log;
+  if (I.comm->is_root()) mb_log.open(I.out_dir + "/minibatches.jsonl", std::ios::app);
+  UpdateTotals tot = I.update(ub, r.iteration, logprob_options(I.cfg),
+                              [&](const std::map<std::string, double>& mb) {
+                                if (mb_log.is_open()) mb_log << minibatch_json(mb) << "\n";
+                              });
+  mb_log.close();
   const auto t_end = std::chrono::steady_clock::now();
 
-  I.kl_ctl->update(r.kl_mean, r.B);  // per-sequence KL sum (Ziegler et al.)
+  I.kl_ctl->update(r.kl_mean, r.B_global);  // per-sequence KL sum (Ziegler et al.)
   auto stats = I.log(r, tot, std::chrono::duration<double>(t_end - t_train).count(),
                      std::chrono::duration<double>(t_end - t_start).count());
   completed_ = r.iteration;

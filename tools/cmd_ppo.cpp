@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "pipelines/ppo_stage.h"
+#include "policy/distributed.h"
 #include "tools/cli.h"
 
 namespace {
@@ -15,6 +16,7 @@ int run_ppo(const rlhf::cli::Args& a) {
   o.gold_task = a.get("gold-task");
   o.gold_prompts = a.get("gold-prompts");
   auto stats = rlhf::pipelines::run_ppo_stage(o);
+  if (!rlhf::policy::dist::world().is_root()) return 0;  // rank 0 reports
   auto get = [&](const char* k) { return stats.count(k) ? stats.at(k) : 0.0; };
   std::printf("ppo: done; score/mean %.4f, kl/mean %.4f, kl/coef %.4g\n", get("score/mean"),
               get("kl/mean"), get("kl/coef"));

@@ -153,6 +153,7 @@ TEST(Comm, TwoRanksSumGatherAndBucketGradients) {
     EXPECT_NE(got.find("gather rank0|rank1-xx"), std::string::npos) << f << ": " << got;
     EXPECT_NE(got.find("grads 1 3 5 7 9 | 4 4"), std::string::npos) << f << ": " << got;
     EXPECT_NE(got.find("broadcast 42"), std::string::npos) << f << ": " << got;
+    EXPECT_NE(got.find("max 2\n"), std::string::npos) << f << ": " << got;
   }
 }
 
@@ -182,6 +183,7 @@ TEST(DistributedWorker, Collectives) {
   const int r = c.rank();
   auto s = c.sum(std::vector<double>{1.0 + r, 10.0 * (1 + r)});
   out << "sum " << s[0] << " " << s[1] << "\n";
+  out << "max " << c.max(-5.0 + 7 * r) << "\n";
   auto g = c.all_gather_bytes(r == 0 ? "rank0" : "rank1-xx");
   out << "gather " << g[0] << "|" << g[1] << "\n";
   // Two parameters: [5] with gradient 0..4 (rank 0) / 1..5 (rank 1), and [2] with none on rank 0.
