@@ -61,6 +61,26 @@ std::string hash_inputs(const std::string& config_text, const std::vector<std::s
   return sha256_hex(all);
 }
 
+// A trainer command line, under `rlhf launch` when the stage runs on more than one process
+// (the rendezvous port is a free loopback port, so concurrent pipelines do not collide).
+std::vector<std::string> trainer_argv(const std::string& exe, int processes,
+                                      std::vector<std::string> command) {
+  if (processes <= 1) {
+    command.insert(command.begin(), exe);
+    return command;
+  }
+  std::vector<std::string> argv = {exe,
+                                   "launch",
+                                   "--nproc-per-node",
+                                   std::to_string(processes),
+                                   "--master-port",
+                                   std::to_string(free_loopback_port()),
+                                   "--",
+                                   "rlhf"};
+  argv.insert(argv.end(), command.begin(), command.end());
+  return argv;
+}
+
 void run_or_throw(const std::vector<std::string>& argv, const std::string& stage) {
   int code = run_child(argv);
   if (code != 0)
@@ -108,7 +128,9 @@ json stage_sft(Run& run) {
   std::string dir = run.path("sft");
   make_dirs(dir);
   write_file_atomic(dir + "/sft.pbtxt", to_text_format(cfg));
-  run_or_throw({run.exe, "sft", "--config", dir + "/sft.pbtxt", "--out", dir}, "sft");
+  run_or_throw(trainer_argv(run.exe, run.config.processes().sft(),
+                            {"sft", "--config", dir + "/sft.pbtxt", "--out", dir}),
+               "sft");
   return {};
 }
 
@@ -307,7 +329,8 @@ json stage_reward(Run& run) {
   std::string dir = run.path("reward");
   make_dirs(dir);
   write_file_atomic(dir + "/reward.pbtxt", to_text_format(cfg));
-  run_or_throw({run.exe, "reward", "train", "--config", dir + "/reward.pbtxt", "--out", dir},
+  run_or_throw(trainer_argv(run.exe, run.config.processes().reward(),
+                            {"reward", "train", "--config", dir + "/reward.pbtxt", "--out", dir}),
                "reward");
   // Agreement with the gold teacher on held-out answer pairs the reward model never saw.
   std::string out = run_child_capture({run.exe, "reward", "eval", "--model", dir, "--pairs",
@@ -339,11 +362,11 @@ json stage_ppo(Run& run) {
   make_dirs(dir);
   cfg.set_out_dir(dir);
   write_file_atomic(dir + "/ppo.pbtxt", to_text_format(cfg));
-  std::vector<std::string> argv = {run.exe, "ppo", "--config", dir + "/ppo.pbtxt", "--out", dir};
+  std::vector<std::string> command = {"ppo", "--config", dir + "/ppo.pbtxt", "--out", dir};
   if (run.config.task() == "quickstart")
-    argv.insert(argv.end(), {"--gold-task", "quickstart", "--gold-prompts",
-                             run.path("data/heldout_prompts.jsonl")});
-  run_or_throw(argv, "ppo");
+    command.insert(command.end(), {"--gold-task", "quickstart", "--gold-prompts",
+                                   run.path("data/heldout_prompts.jsonl")});
+  run_or_throw(trainer_argv(run.exe, run.config.processes().ppo(), command), "ppo");
 
   // Final gold accuracy of the PPO policy on the same held-out problems as the SFT number.
   auto tok = policy::Tokenizer::load(run.tokenizer_model());

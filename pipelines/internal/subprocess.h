@@ -39,6 +39,10 @@ class BackgroundChild {
   int status_ = 0;
 };
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0): a rendezvous port for
+// data-parallel ranks.
+int free_loopback_port();
+
 // "a b 'c d'" for messages.
 std::string join_command(const std::vector<std::string>& argv);
 

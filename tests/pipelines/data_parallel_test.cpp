@@ -1,0 +1,310 @@
+// Data parallelism through the rlhf binary (`rlhf launch`, c10d Gloo over loopback): N ranks x
+// B/N rows equal 1 rank x B rows for SFT, reward and PPO; an interrupted 2-rank run resumes to the
+// uninterrupted result; a killed rank stops every rank quickly and is named; two "nodes" (two
+// launchers, one rank each) train as one 2-rank job.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/files.h"
+#include "tests/test_support.h"
+
+namespace {
+
+using rlhf::testing::rlhf_binary;
+using rlhf::testing::run_command;
+using rlhf::testing::TempDir;
+using json = nlohmann::json;
+
+const char* kNames[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight"};
+
+// Shared inputs: a tokenizer, SFT data, preference pairs, prompts (made once per process).
+struct Fixture {
+  TempDir dir{"dp"};
+  std::string tok, sft, pairs, prompts;
+  Fixture() {
+    sft = dir / "sft.jsonl";
+    pairs = dir / "pairs.jsonl";
+    prompts = dir / "prompts.jsonl";
+    std::ofstream s(sft), p(pairs), q(prompts);
+    uint32_t x = 7;
+    for (int i = 0; i < 240; ++i) {
+      x = x * 1664525u + 1013904223u;
+      const int a = (x >> 8) % 4, b = (x >> 16) % 4, w = (a + b + 1 + (x >> 24) % 3) % 9;
+      const std::string prompt = std::string("what is ") + kNames[a] + " plus " + kNames[b] + "?";
+      const std::string good =
+          std::string(kNames[a]) + " plus " + kNames[b] + " is " + kNames[a + b] + ".";
+      const std::string bad =
+          std::string(kNames[a]) + " plus " + kNames[b] + " is " + kNames[w] + ".";
+      s << json{{"prompt", prompt}, {"response", good}}.dump() << "\n";
+      p << json{{"prompt", prompt}, {"chosen", good}, {"rejected", bad}}.dump() << "\n";
+      if (i < 32) q << json{{"prompt", prompt}}.dump() << "\n";
+    }
+    s.close();
+    std::string out;
+    EXPECT_EQ(run_command(rlhf_binary() + " tokenizer train --input " + sft +
+                              " --vocab-size 200 --out " + (dir / "tok"),
+                          &out),
+              0)
+        << out;
+    tok = dir / "tok/tokenizer.model";
+  }
+};
+
+Fixture& fixture() {
+  static Fixture f;
+  return f;
+}
+
+std::string write_config(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string sft_config(const Fixture& f, int steps) {
+  return "train_file: \"" + f.sft + "\"\ntokenizer: \"" + f.tok +
+         "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 max_seq_len: 48 }\n"
+         "steps: " +
+         std::to_string(steps) +
+         " batch_size: 8 grad_accum: 2 lr: 3e-3 eval_every: 10 save_every: 5 seed: 3\n";
+}
+
+// `rlhf launch --nproc-per-node n -- rlhf <args>` (n = 0: plain `rlhf <args>`); returns the exit
+// code, output in *out.
+int launch(int n, const std::string& args, std::string* out, const std::string& extra = "") {
+  const std::string cmd = n == 0 ? rlhf_binary() + " " + args
+                                 : "RLHF_DIST_TIMEOUT_S=60 " + rlhf_binary() +
+                                       " launch --nproc-per-node " + std::to_string(n) +
+                                       " --master-port " + std::to_string(29700 + getpid() % 200) +
+                                       " " + extra + " -- rlhf " + args;
+  return run_command(cmd, out);
+}
+
+std::vector<json> metrics(const std::string& dir) {
+  std::vector<json> rows;
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) rows.push_back(json::parse(line));
+  return rows;
+}
+
+// Relative agreement, with an absolute floor for values near zero.
+void expect_close(double a, double b, const std::string& what, double rel = 1e-4) {
+  EXPECT_LE(std::fabs(a - b), rel * std::max(1e-3, std::fabs(a)))
+      << what << ": " << a << " vs " << b;
+}
+
+// Every key of `keys` in every row of both logs agrees.
+void expect_same_curves(const std::string& one, const std::string& two,
+                        const std::vector<std::string>& keys) {
+  auto a = metrics(one), b = metrics(two);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  int compared = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const auto& k : keys)
+      if (a[i].contains(k)) {
+        ASSERT_TRUE(b[i].contains(k)) << k << " row " << i;
+        expect_close(a[i][k].get<double>(), b[i][k].get<double>(),
+                     k + " at step " + std::to_string(a[i]["step"].get<int64_t>()));
+        ++compared;
+      }
+  EXPECT_GT(compared, 10);
+}
+
+TEST(DataParallel, SftTwoRanksEqualOneRank) {
+  auto& f = fixture();
+  TempDir d("dp_sft");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 20));
+  std::string out;
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "two"), &out), 0) << out;
+  expect_same_curves(d / "one", d / "two", {"loss", "grad_norm", "eval_loss"});
+  EXPECT_TRUE(std::filesystem::exists(d / "two/manifest.pb"));
+  EXPECT_NE(out.find("[rank 0] sft: "), std::string::npos) << out;  // rank 0 reports
+  EXPECT_EQ(out.find("[rank 1] sft: "), std::string::npos) << out;  // the others stay quiet
+}
+
+TEST(DataParallel, RewardTwoRanksEqualOneRank) {
+  auto& f = fixture();
+  TempDir d("dp_reward");
+  const auto cfg = write_config(
+      d / "reward.pbtxt",
+      "format: \"pairs\"\ntrain_file: \"" + f.pairs + "\"\ntokenizer: \"" + f.tok +
+          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
+          "max_answer_tokens: 16\nsteps: 20 batch_pairs: 16 lr: 1e-3 eval_every: 10\n");
+  std::string out;
+  ASSERT_EQ(launch(0, "reward train --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "reward train --config " + cfg + " --out " + (d / "two"), &out), 0) << out;
+  expect_same_curves(
+      d / "one", d / "two",
+      {"train/loss", "train/accuracy", "train/grad_norm", "eval/accuracy", "eval/loss"});
+}
+
+TEST(DataParallel, PpoFirstIterationTwoRanksEqualOneRank) {
+  auto& f = fixture();
+  TempDir d("dp_ppo");
+  std::string out;
+  ASSERT_EQ(launch(0,
+                   "sft --config " + write_config(d / "sft.pbtxt", sft_config(f, 10)) + " --out " +
+                       (d / "sft"),
+                   &out),
+            0)
+      << out;
+  ASSERT_EQ(launch(0,
+                   "reward train --config " +
+                       write_config(d / "rw.pbtxt",
+                                    "format: \"pairs\"\ntrain_file: \"" + f.pairs +
+                                        "\"\ninit_from: \"" + (d / "sft/model") +
+                                        "\"\nmax_prompt_tokens: 16 max_answer_tokens: 16\n"
+                                        "steps: 5 batch_pairs: 16\n") +
+                       " --out " + (d / "rw"),
+                   &out),
+            0)
+      << out;
+  const auto cfg = write_config(
+      d / "ppo.pbtxt", "policy: \"" + (d / "sft/model") + "\"\nreward_model: \"" + (d / "rw") +
+                           "\"\nvalue_model: \"" + (d / "rw/model") + "\"\nprompts: \"" +
+                           f.prompts + "\"\ntokenizer: \"" + f.tok +
+                           "\"\niterations: 2 batch_size: 12 minibatch_size: 5 ppo_epochs: 2\n"
+                           "max_new_tokens: 8 checkpoint_every: 1 keep_checkpoints: 5\n"
+                           "normalize_scores: true whiten_rewards: true adaptive_kl: true\n");
+  ASSERT_EQ(launch(0, "ppo --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "ppo --config " + cfg + " --out " + (d / "two"), &out), 0) << out;
+  auto a = metrics(d / "one"), b = metrics(d / "two");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (const char* k : {"score/mean", "kl/mean", "loss/policy", "loss/value", "kl/coef_next",
+                        "advantages/mean", "response/length_mean"})
+    for (size_t i = 0; i < 2; ++i)
+      expect_close(a[i][k].get<double>(), b[i][k].get<double>(),
+                   std::string(k) + " iteration " + std::to_string(i + 1));
+  // One merged rollout file per iteration; replaying iteration 2's update in one process gives
+  // the 2-rank run's minibatch numbers.
+  ASSERT_EQ(launch(0,
+                   "replay " + (d / "two/rollouts/iter-0002.pb") + " --update --run " +
+                       (d / "two") + " --json",
+                   &out),
+            0)
+      << out;
+  std::vector<json> replayed, live;
+  std::istringstream rs(out);
+  for (std::string line; std::getline(rs, line);)
+    if (!line.empty() && line[0] == '{') replayed.push_back(json::parse(line));
+  std::ifstream ml(d / "two/minibatches.jsonl");
+  for (std::string line; std::getline(ml, line);)
+    if (json j = json::parse(line); j["iteration"] == 2) live.push_back(j);
+  ASSERT_EQ(replayed.size(), live.size());
+  for (size_t i = 0; i < live.size(); ++i)
+    for (const char* k : {"loss/policy", "loss/value", "policy/approx_kl"})
+      expect_close(live[i][k].get<double>(), replayed[i][k].get<double>(),
+                   std::string("replayed ") + k, 1e-3);
+}
+
+TEST(DataParallel, InterruptedTwoRankRunResumesToTheSameModel) {
+  auto& f = fixture();
+  TempDir d("dp_resume");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 20));
+  std::string out;
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "straight"), &out), 0) << out;
+  ASSERT_EQ(
+      launch(2, "sft --config " + cfg + " --out " + (d / "resumed") + " --stop-after 12", &out), 0)
+      << out;
+  EXPECT_FALSE(std::filesystem::exists(d / "resumed/model/model.safetensors"));
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "resumed"), &out), 0) << out;
+  EXPECT_NE(out.find("resuming from"), std::string::npos) << out;
+  EXPECT_EQ(rlhf::read_file(d / "straight/model/model.safetensors"),
+            rlhf::read_file(d / "resumed/model/model.safetensors"));
+}
+
+// The launcher's children (the ranks), from /proc.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> kids;
+  std::ifstream in("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) +
+                   "/children");
+  for (pid_t p; in >> p;) kids.push_back(p);
+  return kids;
+}
+
+std::string environ_of(pid_t pid) {
+  std::string env = rlhf::read_file("/proc/" + std::to_string(pid) + "/environ");
+  std::replace(env.begin(), env.end(), '\0', '\n');
+  return "\n" + env;
+}
+
+TEST(DataParallel, KilledRankStopsEveryRankAndIsNamed) {
+  auto& f = fixture();
+  TempDir d("dp_kill");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 100000));
+  const std::string log = d / "launch.log";
+  const std::string cmd = rlhf_binary() + " launch --nproc-per-node 2 --master-port " +
+                          std::to_string(29900 + getpid() % 90) + " -- rlhf sft --config " + cfg +
+                          " --out " + (d / "out") + " > " + log + " 2>&1";
+  std::vector<std::string> args = {"/bin/sh", "-c", "exec " + cmd};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t launcher = -1;
+  ASSERT_EQ(posix_spawn(&launcher, "/bin/sh", nullptr, nullptr, argv.data(), environ), 0);
+  // Wait until both ranks train (rank 0 has written metrics).
+  std::vector<pid_t> ranks;
+  for (int i = 0; i < 600; ++i) {
+    ranks = children_of(launcher);
+    if (ranks.size() == 2 && std::filesystem::exists(d / "out/metrics.jsonl")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(ranks.size(), 2u) << rlhf::read_file(log);
+  pid_t rank1 = -1;
+  for (pid_t p : ranks)
+    if (environ_of(p).find("\nRANK=1\n") != std::string::npos) rank1 = p;
+  ASSERT_GT(rank1, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  ::kill(rank1, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 30.0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  for (pid_t p : ranks) EXPECT_NE(::kill(p, 0), 0) << "rank pid " << p << " still runs";
+  const std::string text = rlhf::read_file(log);
+  EXPECT_NE(text.find("rank 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("SIGKILL"), std::string::npos) << text;
+}
+
+TEST(DataParallel, TwoNodesOnLoopbackTrainAsOneJob) {
+  auto& f = fixture();
+  TempDir d("dp_nodes");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 10));
+  std::string out;
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
+  const std::string port = std::to_string(29600 + getpid() % 90);
+  auto node = [&](int rank) {
+    return "RLHF_DIST_TIMEOUT_S=60 " + rlhf_binary() +
+           " launch --nnodes 2 --nproc-per-node 1 --node-rank " + std::to_string(rank) +
+           " --master-addr 127.0.0.1 --master-port " + port + " -- rlhf sft --config " + cfg +
+           " --out " + (d / "two") + " > " + (d / ("node" + std::to_string(rank) + ".log")) +
+           " 2>&1";
+  };
+  std::string both;
+  ASSERT_EQ(
+      run_command("(" + node(1) + ") & " + node(0) + "; a=$?; wait $!; b=$?; exit $((a+b))", &both),
+      0)
+      << both << rlhf::read_file(d / "node0.log") << rlhf::read_file(d / "node1.log");
+  expect_same_curves(d / "one", d / "two", {"loss", "eval_loss"});
+}
+
+}  // namespace
