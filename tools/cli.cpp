@@ -173,6 +173,7 @@ int dispatch(int argc, char** argv) {
   }
   std::vector<std::string> rest(args.begin() + best_words, args.end());
   for (const auto& a : rest) {
+    if (a == "--") break;  // what follows belongs to another program (`rlhf launch -- ...`)
     if (a == "--help" || a == "-h") {
       print_command_help(*best);
       return 0;

@@ -60,7 +60,7 @@ struct Command {
   std::string usage;    // e.g. "--input FILE --vocab-size N --out DIR"
   std::vector<FlagSpec> flags;
   std::function<int(const Args&)> run;
-  bool raw_args = false;  // when true, flags are not declared and positional() holds argv
+  bool raw_args = false;  // when true, positional() holds argv and `flags` only feed --help
 };
 
 // Global registry (populated by static Register objects before main runs).

@@ -1,0 +1,585 @@
+#include "common/launch.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <tuple>
+#include <utility>
+
+#include "common/error.h"
+
+extern char** environ;
+
+namespace rlhf::launch {
+
+namespace {
+
+const std::string kUsage =
+    "usage: rlhf launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A "
+    "--master-port P --timeout S] -- PROGRAM [ARGS...]";
+
+[[noreturn]] void bad_value(const std::string& flag, const std::string& value,
+                            const std::string& expected) {
+  throw UsageError("--" + flag + ": expected " + expected + ", got '" + value + "'");
+}
+
+int parse_int(const std::string& flag, const std::string& value, int min, int max,
+              const std::string& expected) {
+  int x = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), x);
+  if (ec != std::errc() || end != value.data() + value.size() || x < min || x > max)
+    bad_value(flag, value, expected);
+  return x;
+}
+
+double parse_seconds(const std::string& flag, const std::string& value) {
+  char* end = nullptr;
+  double x = value.empty() ? NAN : std::strtod(value.c_str(), &end);
+  if (std::isnan(x) || end != value.c_str() + value.size() || !std::isfinite(x) || x < 0)
+    bad_value(flag, value, "a number of seconds >= 0");
+  return x;
+}
+
+using FlagSetter = std::function<void(LaunchOptions&, const std::string&)>;
+
+// The launcher's flags, by name without dashes.
+const std::vector<std::pair<std::string, FlagSetter>>& launch_flags() {
+  const int kMax = 1 << 20;
+  static const std::vector<std::pair<std::string, FlagSetter>> flags = {
+      {"nproc-per-node",
+       [](LaunchOptions& o, const std::string& v) {
+         o.nproc_per_node = parse_int("nproc-per-node", v, 1, kMax, "an integer >= 1");
+       }},
+      {"nnodes",
+       [](LaunchOptions& o, const std::string& v) {
+         o.nnodes = parse_int("nnodes", v, 1, kMax, "an integer >= 1");
+       }},
+      {"node-rank",
+       [](LaunchOptions& o, const std::string& v) {
+         o.node_rank = parse_int("node-rank", v, 0, kMax, "an integer >= 0");
+       }},
+      {"master-addr",
+       [](LaunchOptions& o, const std::string& v) {
+         if (v.empty()) bad_value("master-addr", v, "a host name or address");
+         o.master_addr = v;
+       }},
+      {"master-port",
+       [](LaunchOptions& o, const std::string& v) {
+         o.master_port = parse_int("master-port", v, 1, 65535, "a port number in 1..65535");
+       }},
+      {"timeout",
+       [](LaunchOptions& o, const std::string& v) { o.timeout_s = parse_seconds("timeout", v); }},
+      {"stop-grace", [](LaunchOptions& o,
+                        const std::string& v) { o.stop_grace_s = parse_seconds("stop-grace", v); }},
+  };
+  return flags;
+}
+
+const FlagSetter* find_flag(const std::string& name) {
+  for (const auto& [flag, setter] : launch_flags())
+    if (flag == name) return &setter;
+  return nullptr;
+}
+
+}  // namespace
+
+LaunchOptions parse_launch_args(const std::vector<std::string>& argv) {
+  LaunchOptions o;
+  bool has_nproc = false;
+  size_t i = 0;
+  for (; i < argv.size() && argv[i] != "--"; ++i) {
+    const std::string& arg = argv[i];
+    if (arg.size() <= 2 || arg.compare(0, 2, "--") != 0)
+      throw UsageError("missing '--' before the program, got '" + arg + "' (" + kUsage + ")");
+    std::string name = arg.substr(2), value;
+    const auto eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    }
+    std::replace(name.begin(), name.end(), '_', '-');  // torchrun's --nproc_per_node
+    const FlagSetter* setter = find_flag(name);
+    if (!setter) throw UsageError("unknown flag --" + name + " (" + kUsage + ")");
+    if (eq == std::string::npos) {
+      if (i + 1 >= argv.size() || argv[i + 1] == "--")
+        throw UsageError("flag --" + name + " needs a value");
+      value = argv[++i];
+    }
+    (*setter)(o, value);
+    has_nproc = has_nproc || name == "nproc-per-node";
+  }
+  if (i == argv.size()) throw UsageError("missing '--' before the program (" + kUsage + ")");
+  o.command.assign(argv.begin() + static_cast<std::ptrdiff_t>(i) + 1, argv.end());
+  if (o.command.empty()) throw UsageError("no program after '--' (" + kUsage + ")");
+  if (!has_nproc) throw UsageError("missing required flag --nproc-per-node");
+  if (o.node_rank >= o.nnodes)
+    bad_value("node-rank", std::to_string(o.node_rank),
+              "a node rank below --nnodes (" + std::to_string(o.nnodes) + ")");
+  return o;
+}
+
+std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchOptions& options,
+                                                                  int local_rank) {
+  const int n = options.nproc_per_node;
+  return {
+      {"RANK", std::to_string(options.node_rank * n + local_rank)},
+      {"WORLD_SIZE", std::to_string(options.nnodes * n)},
+      {"LOCAL_RANK", std::to_string(local_rank)},
+      {"LOCAL_WORLD_SIZE", std::to_string(n)},
+      {"GROUP_RANK", std::to_string(options.node_rank)},
+      {"MASTER_ADDR", options.master_addr},
+      {"MASTER_PORT", std::to_string(options.master_port)},
+      {"RLHF_LAUNCHED", "1"},
+  };
+}
+
+std::vector<std::string> merge_environment(
+    const std::vector<std::string>& base,
+    const std::vector<std::pair<std::string, std::string>>& overrides) {
+  std::vector<std::string> env = base;
+  for (const auto& [name, value] : overrides) {
+    const std::string entry = name + "=" + value;
+    auto same_name = [&name](const std::string& e) { return e.rfind(name + "=", 0) == 0; };
+    auto it = std::find_if(env.begin(), env.end(), same_name);
+    if (it != env.end()) {
+      *it = entry;
+    } else {
+      env.push_back(entry);
+    }
+  }
+  return env;
+}
+
+std::string resolve_program(const std::string& program, const std::string& path_env) {
+  if (program == "rlhf") return std::filesystem::read_symlink("/proc/self/exe").string();
+  if (program.find('/') != std::string::npos) return program;
+  size_t start = 0;
+  while (start <= path_env.size()) {
+    size_t colon = path_env.find(':', start);
+    if (colon == std::string::npos) colon = path_env.size();
+    std::string dir = path_env.substr(start, colon - start);
+    std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate))
+      return candidate;
+    start = colon + 1;
+  }
+  throw Error("program '" + program + "' not found in PATH");
+}
+
+RankOutputFilter::RankOutputFilter(int rank, bool keep_progress)
+    : prefix_("[rank " + std::to_string(rank) + "] "), keep_progress_(keep_progress) {}
+
+std::string RankOutputFilter::feed(std::string_view bytes) {
+  // A line longer than this is written in pieces rather than held in memory.
+  const size_t kMaxPending = 64 * 1024;
+  std::string out;
+  for (char c : bytes) {
+    pending_ += c;
+    if (c == '\n' || c == '\r') out += end_segment(c);
+  }
+  const bool live_redraw = keep_progress_ && line_has_cr_;
+  if (!pending_.empty() && (live_redraw || pending_.size() >= kMaxPending)) {
+    if (keep_progress_ || !line_has_cr_) {
+      out += (segment_started_ ? "" : prefix_) + pending_;
+      segment_started_ = true;
+    }
+    pending_.clear();
+  }
+  return out;
+}
+
+std::string RankOutputFilter::finish() {
+  if (pending_.empty() && !segment_started_ && !line_has_cr_) return "";
+  return feed("\n");
+}
+
+std::string RankOutputFilter::end_segment(char terminator) {
+  const bool progress_line = line_has_cr_ || terminator == '\r';
+  std::string out;
+  if (!keep_progress_ && progress_line) {
+    if (segment_started_) out = "\n";  // end the part of a long line already written
+  } else if (segment_started_) {
+    out = pending_;
+  } else if (pending_ != "\r") {  // a bare '\r' at the start of a line moves nothing
+    out = prefix_ + pending_;
+  }
+  pending_.clear();
+  segment_started_ = false;
+  line_has_cr_ = terminator == '\r';
+  return out;
+}
+
+std::string describe_wait_status(int wait_status) {
+  if (WIFEXITED(wait_status))
+    return "exited with status " + std::to_string(WEXITSTATUS(wait_status));
+  if (WIFSIGNALED(wait_status)) {
+    const int sig = WTERMSIG(wait_status);
+    const char* abbrev = sigabbrev_np(sig);
+    return "was killed by signal " + std::to_string(sig) +
+           (abbrev ? std::string(" (SIG") + abbrev + ")" : "");
+  }
+  return "stopped with wait status " + std::to_string(wait_status);
+}
+
+int exit_code_of(int wait_status) {
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return 1;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// An owned file descriptor, closed on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    reset(std::exchange(other.fd_, -1));
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// A pipe whose ends are closed on exec; the read end is non-blocking.
+std::pair<UniqueFd, UniqueFd> make_pipe(bool nonblocking_write = false) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw Error(std::string("pipe: ") + std::strerror(errno));
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
+  ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  if (nonblocking_write) ::fcntl(fds[1], F_SETFL, O_NONBLOCK);
+  return {std::move(read_end), std::move(write_end)};
+}
+
+// Writes all of `text`; gives up silently when the reader has gone (EPIPE) or on other errors.
+void write_all(int fd, std::string_view text) {
+  while (!text.empty()) {
+    ssize_t n = ::write(fd, text.data(), text.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    text.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+void say(const std::string& line) { write_all(STDERR_FILENO, "rlhf launch: " + line + "\n"); }
+
+int g_signal_pipe = -1;  // write end of SignalRelay's pipe, for the handler
+
+extern "C" void relay_signal(int sig) {
+  const int saved_errno = errno;
+  const unsigned char byte = static_cast<unsigned char>(sig);
+  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe, &byte, 1);
+  errno = saved_errno;
+}
+
+// The self-pipe trick: SIGINT, SIGTERM and SIGCHLD are written to a pipe that the main loop
+// polls. SIGPIPE is ignored so a closed stdout does not kill the launcher. Restores the previous
+// dispositions on destruction; one instance at a time.
+class SignalRelay {
+ public:
+  SignalRelay() {
+    std::tie(read_, write_) = make_pipe(/*nonblocking_write=*/true);
+    g_signal_pipe = write_.get();
+    struct sigaction sa = {};
+    sa.sa_handler = relay_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < kRelayed.size(); ++i) ::sigaction(kRelayed[i], &sa, &old_[i]);
+    struct sigaction ignore = {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigaction(SIGPIPE, &ignore, &old_pipe_);
+  }
+  SignalRelay(const SignalRelay&) = delete;
+  SignalRelay& operator=(const SignalRelay&) = delete;
+  ~SignalRelay() {
+    for (size_t i = 0; i < kRelayed.size(); ++i) ::sigaction(kRelayed[i], &old_[i], nullptr);
+    ::sigaction(SIGPIPE, &old_pipe_, nullptr);
+    g_signal_pipe = -1;
+  }
+
+  int fd() const { return read_.get(); }
+
+  // The signals received since the last call, in order.
+  std::vector<int> take() {
+    std::vector<int> signals;
+    unsigned char buf[64];
+    ssize_t n;
+    while ((n = ::read(read_.get(), buf, sizeof buf)) > 0)
+      signals.insert(signals.end(), buf, buf + n);
+    return signals;
+  }
+
+  static constexpr std::array<int, 3> kRelayed = {SIGINT, SIGTERM, SIGCHLD};
+
+ private:
+  UniqueFd read_, write_;
+  std::array<struct sigaction, 3> old_ = {};
+  struct sigaction old_pipe_ = {};
+};
+
+// posix_spawn's attribute and file-action objects, destroyed together.
+class SpawnSetup {
+ public:
+  SpawnSetup() {
+    ::posix_spawnattr_init(&attr);
+    ::posix_spawn_file_actions_init(&actions);
+  }
+  SpawnSetup(const SpawnSetup&) = delete;
+  SpawnSetup& operator=(const SpawnSetup&) = delete;
+  ~SpawnSetup() {
+    ::posix_spawn_file_actions_destroy(&actions);
+    ::posix_spawnattr_destroy(&attr);
+  }
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_t actions;
+};
+
+std::vector<char*> c_strings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+// One started rank: its process (group), output pipes and what it exited with.
+struct RankProcess {
+  int rank = 0;
+  pid_t pid = -1;  // also its process group id
+  UniqueFd out, err;
+  RankOutputFilter out_filter, err_filter;
+  bool running = true;
+  int wait_status = 0;
+
+  RankProcess(int rank_, bool keep_progress)
+      : rank(rank_), out_filter(rank_, keep_progress), err_filter(rank_, keep_progress) {}
+};
+
+// Starts `argv` (argv[0] resolved to `path`) as rank `rank` in its own process group, with stdin
+// from /dev/null, stdout and stderr into pipes and default signal dispositions.
+RankProcess spawn_rank(const std::string& path, std::vector<std::string> argv,
+                       std::vector<std::string> env, int rank) {
+  RankProcess p(rank, /*keep_progress=*/rank == 0);
+  auto [out_read, out_write] = make_pipe();
+  auto [err_read, err_write] = make_pipe();
+  SpawnSetup setup;
+  ::posix_spawn_file_actions_addopen(&setup.actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  ::posix_spawn_file_actions_adddup2(&setup.actions, out_write.get(), STDOUT_FILENO);
+  ::posix_spawn_file_actions_adddup2(&setup.actions, err_write.get(), STDERR_FILENO);
+  sigset_t no_signals, defaults;
+  sigemptyset(&no_signals);
+  sigemptyset(&defaults);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) sigaddset(&defaults, sig);
+  ::posix_spawnattr_setflags(
+      &setup.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  ::posix_spawnattr_setpgroup(&setup.attr, 0);
+  ::posix_spawnattr_setsigmask(&setup.attr, &no_signals);
+  ::posix_spawnattr_setsigdefault(&setup.attr, &defaults);
+  std::vector<char*> c_argv = c_strings(argv), c_env = c_strings(env);
+  int rc =
+      ::posix_spawn(&p.pid, path.c_str(), &setup.actions, &setup.attr, c_argv.data(), c_env.data());
+  if (rc != 0)
+    throw Error("starting rank " + std::to_string(rank) + " ('" + path +
+                "'): " + std::strerror(rc));
+  p.out = std::move(out_read);
+  p.err = std::move(err_read);
+  return p;
+}
+
+// Runs the ranks to completion: the main loop of run_launch().
+class RankSupervisor {
+ public:
+  explicit RankSupervisor(const LaunchOptions& options) : options_(options) {}
+
+  int run() {
+    start_ranks();
+    const auto started = Clock::now();
+    while (any_running()) {
+      wait_for_events(started);
+      for (int sig : signals_.take())
+        if (sig != SIGCHLD) forward(sig);
+      reap();
+      if (!stopping_ && options_.timeout_s > 0 && Clock::now() >= deadline(started))
+        begin_stop(124, "--timeout of " + seconds_text(options_.timeout_s) +
+                            " reached; stopping the ranks");
+      if (stopping_ && !killed_ && Clock::now() >= kill_at_) kill_remaining();
+    }
+    return exit_code_;
+  }
+
+ private:
+  void start_ranks() {
+    const char* path_env = std::getenv("PATH");
+    const std::string path = resolve_program(options_.command[0], path_env ? path_env : "");
+    std::vector<std::string> base_env;
+    for (char** e = environ; *e; ++e) base_env.emplace_back(*e);
+    try {
+      for (int local = 0; local < options_.nproc_per_node; ++local) {
+        auto env = merge_environment(base_env, rank_environment(options_, local));
+        int rank = options_.node_rank * options_.nproc_per_node + local;
+        ranks_.push_back(spawn_rank(path, options_.command, std::move(env), rank));
+      }
+    } catch (...) {
+      for (auto& r : ranks_) {
+        ::kill(-r.pid, SIGKILL);
+        ::waitpid(r.pid, nullptr, 0);
+      }
+      throw;
+    }
+  }
+
+  bool any_running() const {
+    return std::any_of(ranks_.begin(), ranks_.end(), [](const auto& r) { return r.running; });
+  }
+
+  Clock::time_point deadline(Clock::time_point started) const {
+    return started + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(options_.timeout_s));
+  }
+
+  // Polls the signal pipe and the ranks' output until something happens or a timer is due;
+  // copies the output that arrived.
+  void wait_for_events(Clock::time_point started) {
+    auto wake = Clock::now() + std::chrono::seconds(1);  // reap even if a SIGCHLD went missing
+    if (stopping_ && !killed_) wake = std::min(wake, kill_at_);
+    if (!stopping_ && options_.timeout_s > 0) wake = std::min(wake, deadline(started));
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now()).count();
+
+    std::vector<pollfd> fds = {{signals_.fd(), POLLIN, 0}};
+    std::vector<std::pair<RankProcess*, bool>> owners = {{nullptr, false}};
+    for (auto& r : ranks_) {
+      for (bool is_stdout : {true, false}) {
+        const UniqueFd& fd = is_stdout ? r.out : r.err;
+        if (!fd) continue;
+        fds.push_back({fd.get(), POLLIN, 0});
+        owners.push_back({&r, is_stdout});
+      }
+    }
+    if (::poll(fds.data(), fds.size(), static_cast<int>(std::max<long long>(ms, 0))) <= 0) return;
+    for (size_t i = 1; i < fds.size(); ++i)
+      if (fds[i].revents != 0) copy_output(*owners[i].first, owners[i].second, 64 * 1024);
+  }
+
+  // Reads up to `limit` bytes of a rank's stdout (or stderr) and writes them, filtered, to ours;
+  // at end of stream writes the partial last line and closes the pipe.
+  void copy_output(RankProcess& r, bool is_stdout, size_t limit) {
+    UniqueFd& fd = is_stdout ? r.out : r.err;
+    RankOutputFilter& filter = is_stdout ? r.out_filter : r.err_filter;
+    const int target = is_stdout ? STDOUT_FILENO : STDERR_FILENO;
+    char buf[16 * 1024];
+    for (size_t total = 0; fd && total < limit;) {
+      ssize_t n = ::read(fd.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return;
+      if (n <= 0) {
+        write_all(target, filter.finish());
+        fd.reset();
+        return;
+      }
+      write_all(target, filter.feed(std::string_view(buf, static_cast<size_t>(n))));
+      total += static_cast<size_t>(n);
+    }
+  }
+
+  // Collects the ranks that exited. Their pipes are drained and closed then, since a process
+  // they left behind may keep the pipes open.
+  void reap() {
+    for (auto& r : ranks_) {
+      if (!r.running || ::waitpid(r.pid, &r.wait_status, WNOHANG) != r.pid) continue;
+      r.running = false;
+      for (bool is_stdout : {true, false}) {
+        copy_output(r, is_stdout, 4 << 20);
+        write_all(is_stdout ? STDOUT_FILENO : STDERR_FILENO,
+                  (is_stdout ? r.out_filter : r.err_filter).finish());
+        (is_stdout ? r.out : r.err).reset();
+      }
+      if (r.wait_status != 0 && !stopping_) {
+        std::string what = "rank " + std::to_string(r.rank) + " (pid " + std::to_string(r.pid) +
+                           ") " + describe_wait_status(r.wait_status);
+        if (any_running()) what += "; stopping the other ranks";
+        begin_stop(exit_code_of(r.wait_status), what);
+      }
+    }
+  }
+
+  void forward(int sig) {
+    const char* name = sigabbrev_np(sig);
+    say(std::string("got SIG") + (name ? name : "?") + "; forwarding it to the ranks");
+    signal_running(sig);
+    if (!stopping_) begin_stop(128 + sig, "");
+  }
+
+  // Records the launcher's exit code and arms the SIGKILL timer; with a reason (not for a
+  // forwarded signal, which the ranks already got) also says it and SIGTERMs the ranks.
+  void begin_stop(int exit_code, const std::string& reason) {
+    stopping_ = true;
+    exit_code_ = exit_code;
+    kill_at_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(options_.stop_grace_s));
+    if (reason.empty()) return;
+    say(reason);
+    signal_running(SIGTERM);
+  }
+
+  void kill_remaining() {
+    killed_ = true;
+    if (!any_running()) return;
+    say("ranks still running " + seconds_text(options_.stop_grace_s) +
+        " after SIGTERM; sending SIGKILL");
+    signal_running(SIGKILL);
+  }
+
+  void signal_running(int sig) {
+    for (auto& r : ranks_)
+      if (r.running) ::kill(-r.pid, sig);
+  }
+
+  static std::string seconds_text(double s) {
+    std::string text = std::to_string(s);
+    text.erase(text.find_last_not_of('0') + 1);
+    if (text.back() == '.') text.pop_back();
+    return text + " s";
+  }
+
+  const LaunchOptions& options_;
+  SignalRelay signals_;
+  std::vector<RankProcess> ranks_;
+  bool stopping_ = false;  // a rank failed, a signal came or the timeout passed
+  bool killed_ = false;    // SIGKILL was sent
+  int exit_code_ = 0;
+  Clock::time_point kill_at_;
+};
+
+}  // namespace
+
+int run_launch(const LaunchOptions& options) { return RankSupervisor(options).run(); }
+
+}  // namespace rlhf::launch
