@@ -84,11 +84,12 @@ int exit_code_of(int wait_status);
 // with stdin from /dev/null; its stdout and stderr go through a RankOutputFilter to this process's
 // stdout and stderr. SIGINT and SIGTERM are forwarded to every rank. When a rank exits non-zero
 // or by a signal, one line naming it goes to stderr, the other ranks get SIGTERM and, after
-// stop_grace_s, SIGKILL. Returns the exit code for the launcher: 0 when every rank exited 0, else
-// the first failed rank's exit_code_of(), 128 + signal after a forwarded signal, 124 after the
-// timeout. Throws rlhf::Error when the program cannot be found or a rank cannot be started (the
-// ranks already started are stopped first). Installs handlers for SIGINT, SIGTERM and SIGCHLD and
-// ignores SIGPIPE for the duration of the call, restoring them on return; not reentrant.
+// stop_grace_s, SIGKILL. Returns the launcher's exit code: 0 when every rank exited 0, else
+// set by what stopped the job first: the failed rank's exit_code_of(), 128 + a forwarded signal,
+// or 124 for the timeout. Throws rlhf::Error when the program cannot be found or a rank cannot be
+// started (the ranks already started are stopped first). Installs handlers for SIGINT, SIGTERM and
+// SIGCHLD and ignores SIGPIPE for the duration of the call, restoring them on return; not
+// reentrant.
 int run_launch(const LaunchOptions& options);
 
 }  // namespace rlhf::launch
