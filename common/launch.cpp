@@ -132,6 +132,11 @@ LaunchOptions parse_launch_args(const std::vector<std::string>& argv) {
   return o;
 }
 
+int threads_per_local_rank(int nproc_per_node) {
+  const long cores = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return std::max<int>(1, static_cast<int>(cores > 0 ? cores : 1) / std::max(1, nproc_per_node));
+}
+
 std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchOptions& options,
                                                                   int local_rank) {
   const int n = options.nproc_per_node;
@@ -441,9 +446,16 @@ class RankSupervisor {
     const std::string path = resolve_program(options_.command[0], path_env ? path_env : "");
     std::vector<std::string> base_env;
     for (char** e = environ; *e; ++e) base_env.emplace_back(*e);
+    // Like torchrun: ranks sharing a machine share its cores. Unless the user chose, each rank's
+    // OpenMP / OpenBLAS / torch intra-op pools get cores / nproc_per_node threads (at least 1).
+    const auto threads = threads_per_local_rank(options_.nproc_per_node);
+    std::vector<std::pair<std::string, std::string>> thread_env;
+    if (options_.nproc_per_node > 1 && !std::getenv("OMP_NUM_THREADS"))
+      thread_env.emplace_back("OMP_NUM_THREADS", std::to_string(threads));
     try {
       for (int local = 0; local < options_.nproc_per_node; ++local) {
-        auto env = merge_environment(base_env, rank_environment(options_, local));
+        auto env = merge_environment(merge_environment(base_env, thread_env),
+                                     rank_environment(options_, local));
         int rank = options_.node_rank * options_.nproc_per_node + local;
         ranks_.push_back(spawn_rank(path, options_.command, std::move(env), rank));
       }

@@ -41,6 +41,10 @@ LaunchOptions parse_launch_args(const std::vector<std::string>& argv);
 std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchOptions& options,
                                                                   int local_rank);
 
+// Threads for each of nproc_per_node ranks on this machine: online cores / nproc_per_node, at
+// least 1. The launcher sets OMP_NUM_THREADS to it (when the user has not) for more than one rank.
+int threads_per_local_rank(int nproc_per_node);
+
 // `base` ("NAME=value" entries, e.g. from environ) with `overrides` set: an entry of the same
 // name is replaced in place, new names are appended.
 std::vector<std::string> merge_environment(

@@ -56,7 +56,7 @@ struct Fixture {
     s.close();
     std::string out;
     EXPECT_EQ(run_command(rlhf_binary() + " tokenizer train --input " + sft +
-                              " --vocab-size 200 --out " + (dir / "tok"),
+                              " --vocab-size 320 --out " + (dir / "tok"),
                           &out),
               0)
         << out;
