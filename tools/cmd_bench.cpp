@@ -50,7 +50,10 @@ int run_bench(const rlhf::cli::Args& args) {
   } else {
     std::printf("%-24s %12s\n", "metric", "value");
     for (const auto& [k, v] : r) {
-      const bool seconds = k.size() > 2 && k.compare(k.size() - 2, 2, "_s") == 0;
+      auto ends_with = [&](const std::string& tail) {
+        return k.size() >= tail.size() && k.compare(k.size() - tail.size(), tail.size(), tail) == 0;
+      };
+      const bool seconds = ends_with("_s") && !ends_with("_per_s");  // small: 4 decimals
       std::printf("%-24s %12.*f\n", k.c_str(), seconds ? 4 : 2, v);
     }
     std::printf("%-24s %12s\n", "openblas_core", j["openblas_core"].get<std::string>().c_str());
