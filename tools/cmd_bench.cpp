@@ -1,8 +1,12 @@
 // `rlhf bench [--json]`: the performance harness (see policy/perf_harness.h, docs/performance.md).
+// The data-parallel training figure (train_dp2_*) comes from two copies of this command started
+// with the internal --dp-worker flag, one per rank.
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "common/blas_tuning.h"
 #include "common/error.h"
@@ -18,8 +22,24 @@ int run_bench(const rlhf::cli::Args& args) {
   o.only = args.get("only");
   o.repeat = static_cast<int>(args.get_int("repeat"));
   if (o.repeat < 1) throw rlhf::UsageError("--repeat: expected >= 1, got " + args.get("repeat"));
+  if (args.get_bool("dp-worker")) {
+    // One rank of the train_dp2 measurement (started by the code below in another process).
+    nlohmann::json j;
+    for (const auto& [k, v] : rlhf::policy::run_train_dp_worker(o)) j[k] = v;
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
   if (args.has("threads")) torch::set_num_threads(static_cast<int>(args.get_int("threads")));
   auto r = rlhf::policy::run_perf_harness(o, true);
+  if (rlhf::policy::wants_train_dp(o)) {
+    std::fprintf(stderr, "bench: training throughput, 2 ranks x 1 thread (Gloo, loopback)...\n");
+    std::vector<std::string> worker = {"/proc/self/exe", "bench", "--dp-worker", "--seed",
+                                       std::to_string(o.seed)};
+    if (o.quick) worker.push_back("--quick");
+    for (const auto& [k, v] : rlhf::policy::measure_train_dp(worker, 2)) r[k] = v;
+    if (r.count("train_tokens_per_s"))
+      r["train_dp2_speedup"] = r["train_dp2_tokens_per_s"] / r["train_tokens_per_s"];
+  }
   nlohmann::json j;
   for (const auto& [k, v] : r) j[k] = v;
   // Which OpenBLAS kernels ran (see common/blas_tuning.h): "Prescott" means generic SSE3 ones.
@@ -28,29 +48,44 @@ int run_bench(const rlhf::cli::Args& args) {
   if (args.get_bool("json")) {
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%-22s %12s\n", "metric", "value");
-    for (const auto& [k, v] : r) std::printf("%-22s %12.2f\n", k.c_str(), v);
-    std::printf("%-22s %12s\n", "openblas_core", j["openblas_core"].get<std::string>().c_str());
+    std::printf("%-24s %12s\n", "metric", "value");
+    for (const auto& [k, v] : r) {
+      auto ends_with = [&](const std::string& tail) {
+        return k.size() >= tail.size() && k.compare(k.size() - tail.size(), tail.size(), tail) == 0;
+      };
+      const bool seconds = ends_with("_s") && !ends_with("_per_s");  // small: 4 decimals
+      std::printf("%-24s %12.*f\n", k.c_str(), seconds ? 4 : 2, v);
+    }
+    std::printf("%-24s %12s\n", "openblas_core", j["openblas_core"].get<std::string>().c_str());
     if (o.only.empty())
-      std::printf("\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%\n",
-                  r["gen_b1_cache"] / r["gen_b1_nocache"], r["gen_b32_cache"] / r["gen_b1_cache"],
-                  100.0 * r["train_peak_fraction"]);
+      std::printf(
+          "\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%, "
+          "train 2 ranks/1 process %.2fx\n",
+          r["gen_b1_cache"] / r["gen_b1_nocache"], r["gen_b32_cache"] / r["gen_b1_cache"],
+          100.0 * r["train_peak_fraction"], r["train_dp2_speedup"]);
   }
   return 0;
 }
 
-rlhf::cli::Register reg({"bench",
-                         "measure GEMM peak, generation and training throughput (d=256, 4 layers)",
-                         "[--json] [--quick] [--threads N] [--only NAME] [--repeat N]",
-                         {{"json", "print one JSON object as the last stdout line", "", true},
-                          {"quick", "tiny settings (smoke test, seconds)", "", true},
-                          {"threads", "libtorch intra-op threads (default: libtorch's choice)"},
-                          {"seed", "random seed", "0"},
-                          {"only",
-                           "one measurement: gemm, gen_b1_cache, gen_b1_nocache, "
-                           "gen_b32_cache or train (for profilers)",
-                           ""},
-                          {"repeat", "generation runs per measurement (median reported)", "1"}},
-                         run_bench});
+rlhf::cli::Register reg(
+    {"bench",
+     "measure GEMM peak, generation and training throughput, 1 process and 2 ranks "
+     "(d=256, 4 layers)",
+     "[--json] [--quick] [--threads N] [--only NAME] [--repeat N]",
+     {{"json", "print one JSON object as the last stdout line", "", true},
+      {"quick", "tiny settings (smoke test, seconds)", "", true},
+      {"threads", "libtorch intra-op threads (default: libtorch's choice)"},
+      {"seed", "random seed", "0"},
+      {"only",
+       "one measurement: gemm, gen_b1_cache, gen_b1_nocache, "
+       "gen_b32_cache, train (one process and 2 ranks) or train_dp2 (2 "
+       "ranks only)",
+       ""},
+      {"repeat", "generation runs per measurement (median reported)", "1"},
+      {"dp-worker",
+       "(internal) run as one rank of the train_dp2 measurement; bench "
+       "starts these itself",
+       "", true}},
+     run_bench});
 
 }  // namespace
