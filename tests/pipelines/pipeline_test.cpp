@@ -24,6 +24,7 @@ sample { answers_per_prompt: 3 max_new_tokens: 10 batch_size: 32 }
 annotate { teacher: "arithmetic" annotators: 2 }
 reward { max_prompt_tokens: 46 max_answer_tokens: 16 steps: 10 batch_pairs: 16 eval_every: 10 }
 ppo { iterations: 2 batch_size: 8 minibatch_size: 4 ppo_epochs: 1 max_new_tokens: 10 checkpoint_every: 1 }
+processes { sft: 2 reward: 2 ppo: 2 }
 )";
 
 nlohmann::json read_json(const std::string& path) {
@@ -38,6 +39,9 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
   int code =
       run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + run, &out);
   ASSERT_EQ(code, 0) << out;
+  // The trainers ran as 2 data-parallel ranks under `rlhf launch` (processes { ... }).
+  for (const char* line : {"[rank 0] sft: ", "[rank 0] reward model: ", "[rank 0] ppo: done"})
+    EXPECT_NE(out.find(line), std::string::npos) << line << "\n" << out;
 
   for (const char* stage : {"tokenizer", "sft", "sample", "annotate", "reward", "ppo"}) {
     auto m = nlohmann::json::parse(rlhf::read_file(run + "/" + stage + "/manifest.json"));
