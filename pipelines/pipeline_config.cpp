@@ -103,6 +103,12 @@ void validate_pipeline_config(const proto::PipelineConfig& c, const ConfigErrors
   at_least(ae, "overlap", a.overlap(), 1);
   at_least(ae, "annotators", a.annotators(), 1);
 
+  const ConfigErrors pe = errors.nested("processes");
+  const auto& p = c.processes();
+  for (const auto& [field, n] :
+       {std::pair<const char*, int>{"sft", p.sft()}, {"reward", p.reward()}, {"ppo", p.ppo()}})
+    if (n < 1 || n > 256) pe.fail(field, "expected a number of ranks in 1..256", std::to_string(n));
+
   // The stage sections, with the lines of this file (the pipeline fills in data files, checkpoints
   // and output folders later; the stages check those).
   if (c.has_sft()) policy::validate_sft_config(c.sft(), errors.nested("sft"));
@@ -120,6 +126,7 @@ proto::PipelineConfig load_pipeline_config(const std::string& path) {
   fill_defaults(c.mutable_tokenizer());
   fill_defaults(c.mutable_sample());
   fill_defaults(c.mutable_annotate());
+  fill_defaults(c.mutable_processes());
   return c;
 }
 

@@ -154,6 +154,11 @@ TEST(Pipeline, BadValuesReadFileLineFieldExpectedAndGot) {
   out = error_line("ppo { top_k: 40 }\n");
   EXPECT_NE(out.find("error: " + path + ":1: field 'ppo.top_k': expected 0"), std::string::npos)
       << out;
+  out = error_line("name: \"x\"\nprocesses { reward: 0 }\n");
+  EXPECT_NE(out.find("error: " + path +
+                     ":2: field 'processes.reward': expected a number of ranks in 1..256, got 0\n"),
+            std::string::npos)
+      << out;
 }
 
 // A config with no fields resolves to the documented defaults: the run folder's pipeline.pbtxt
