@@ -230,6 +230,25 @@ TEST(DataParallel, InterruptedTwoRankRunResumesToTheSameModel) {
             rlhf::read_file(d / "resumed/model/model.safetensors"));
 }
 
+// The state does not depend on the world size: a 2-rank run resumed on 1 rank continues with the
+// same global batches and ends where the uninterrupted 2-rank run does, up to float rounding.
+TEST(DataParallel, ResumeOnAnotherWorldSizeIsResharded) {
+  auto& f = fixture();
+  TempDir d("dp_reshard");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 20));
+  std::string out;
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "straight"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "moved") + " --stop-after 10", &out),
+            0)
+      << out;
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "moved"), &out), 0) << out;
+  EXPECT_NE(out.find("resuming from"), std::string::npos) << out;
+  const auto a = json::parse(rlhf::read_file(d / "straight/manifest.json"))["metrics"];
+  const auto b = json::parse(rlhf::read_file(d / "moved/manifest.json"))["metrics"];
+  for (const char* k : {"final_train_loss", "final_eval_loss", "tokens_seen"})
+    expect_close(a[k].get<double>(), b[k].get<double>(), k);
+}
+
 // The launcher's children (the ranks), from /proc.
 std::vector<pid_t> children_of(pid_t parent) {
   std::vector<pid_t> kids;
