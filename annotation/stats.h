@@ -35,6 +35,13 @@ struct Stats {
   // tau only; 0 when none). 1 = identical orders, -1 = reversed.
   int64_t tau_pairs = 0;
   double mean_kendall_tau = 0;
+  // Krippendorff's alpha, ordinal metric, over every answer of every overlapping task (a unit =
+  // one answer; its values = the answer's midrank in each annotator's ranking: tied answers share
+  // the mean of their positions, so 1, 2.5, 2.5, 4). 1 = perfect agreement, 0 = chance, < 0 =
+  // systematic disagreement; 0 with alpha_units 0 when undefined (nothing pairable, or no
+  // variation at all).
+  int64_t alpha_units = 0;
+  double krippendorff_alpha = 0;
 };
 
 Stats compute_stats(Store& store);
@@ -44,5 +51,14 @@ std::string stats_to_text(const Stats& stats);  // a short human-readable table
 // Kendall tau-b of two rank vectors (rank[i] = group index of answer i; equal = tie). Returns
 // false when it is undefined (one side all ties).
 bool kendall_tau_b(const std::vector<int>& a, const std::vector<int>& b, double* tau);
+
+// Krippendorff's alpha with the ordinal metric (Krippendorff 2011, "Computing Krippendorff's
+// Alpha-Reliability"): units[u] holds the values the coders gave unit u (missing ones left out).
+// Units with fewer than two values are not pairable and are ignored. Coincidences
+// o_ck = sum_u (c-k pairs in u) / (m_u - 1); ordinal distance
+// d_ck = (sum of n_g for g from c to k - (n_c + n_k) / 2)^2 over the sorted distinct values;
+// alpha = 1 - (n - 1) * sum o_ck d_ck / sum n_c n_k d_ck. Returns false when it is undefined (no
+// pairable unit, or a single value throughout).
+bool krippendorff_alpha_ordinal(const std::vector<std::vector<double>>& units, double* alpha);
 
 }  // namespace rlhf::annotation
