@@ -285,9 +285,12 @@ json stage_annotate(Run& run) {
           "sim-" + ac.teacher() + "-" + std::to_string(i) + "-" + std::to_string(::getpid());
       std::string token = last_line(
           run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name", name}));
+      // Through a file only this user can read: a --token argument is visible in `ps`.
+      const std::string token_file = dir + "/" + name + ".token";
+      write_private_file(token_file, token + "\n");
       clients.push_back(std::make_unique<BackgroundChild>(
-          std::vector<std::string>{run.exe, "annotate", "simulate", "--socket", sock, "--token",
-                                   token, "--teacher", ac.teacher(), "--noise",
+          std::vector<std::string>{run.exe, "annotate", "simulate", "--socket", sock,
+                                   "--token-file", token_file, "--teacher", ac.teacher(), "--noise",
                                    std::to_string(ac.noise()), "--seed",
                                    std::to_string(run.config.seed() + i)},
           dir + "/simulate-" + std::to_string(i) + ".log"));

@@ -11,6 +11,7 @@
 #include "annotation/simulator.h"
 #include "annotation/terminal_client.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "tools/cli.h"
 
 namespace {
@@ -19,10 +20,28 @@ using rlhf::cli::Args;
 using rlhf::cli::Register;
 namespace ann = rlhf::annotation;
 
+// The annotator token: --token-file FILE (first line), else $RLHF_TOKEN, else --token T, which
+// every local user can read in the process list (ps), hence the warning.
 std::string token_from(const Args& a) {
-  if (a.has("token")) return a.get("token");
+  if (a.has("token-file") && a.has("token"))
+    throw rlhf::UsageError("--token and --token-file: give one of them");
+  if (a.has("token-file")) {
+    const std::string path = a.get("token-file");
+    if (!rlhf::file_exists(path)) throw rlhf::UsageError("--token-file " + path + ": no such file");
+    std::string t = rlhf::read_file(path);
+    t = t.substr(0, t.find_first_of("\r\n"));
+    if (t.empty())
+      throw rlhf::UsageError("--token-file " + path + ": expected the token on its first line");
+    return t;
+  }
+  if (a.has("token")) {
+    std::fprintf(stderr,
+                 "warning: --token is visible to other users in the process list; use "
+                 "--token-file FILE or RLHF_TOKEN\n");
+    return a.get("token");
+  }
   if (const char* t = std::getenv("RLHF_TOKEN")) return t;
-  throw rlhf::UsageError("no token: pass --token or set RLHF_TOKEN");
+  throw rlhf::UsageError("no token: pass --token-file FILE or set RLHF_TOKEN");
 }
 
 int terminal_width() {
@@ -38,9 +57,11 @@ int terminal_width() {
 
 Register client({"annotate client",
                  "rank tasks in the terminal (also works with piped stdin)",
-                 "--socket PATH [--token T]   (token also from RLHF_TOKEN)",
+                 "--socket PATH [--token-file F]   (token also from RLHF_TOKEN)",
                  {{"socket", "server's Unix socket", "", false, true},
-                  {"token", "annotator token (default: $RLHF_TOKEN)", ""}},
+                  {"token-file", "file whose first line is the annotator token", ""},
+                  {"token", "annotator token (visible in ps: prefer --token-file / RLHF_TOKEN)",
+                   ""}},
                  [](const Args& a) {
                    ann::ClientOptions o;
                    o.socket_path = a.get("socket");
@@ -55,9 +76,12 @@ Register client({"annotate client",
 Register simulate({"annotate simulate",
                    "rank tasks with a programmatic teacher through the protocol; exits 0 when no "
                    "tasks are left",
-                   "--socket PATH --token T --teacher NAME [--noise P] [--max-tasks N] [--seed S]",
+                   "--socket PATH --token-file F --teacher NAME [--noise P] [--max-tasks N] "
+                   "[--seed S]   (token also from RLHF_TOKEN)",
                    {{"socket", "server's Unix socket", "", false, true},
-                    {"token", "annotator token (default: $RLHF_TOKEN)", ""},
+                    {"token-file", "file whose first line is the annotator token", ""},
+                    {"token", "annotator token (visible in ps: prefer --token-file / RLHF_TOKEN)",
+                     ""},
                     {"teacher", "teacher name (length, or one registered by a module)", "length"},
                     {"noise", "probability of a random ranking instead of the teacher's", "0"},
                     {"max-tasks", "stop after N acknowledged submissions (-1: all)", "-1"},

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,6 +62,21 @@ int free_loopback_port() {
   ::close(fd);
   if (!ok) throw Error(std::string("cannot find a free loopback port: ") + std::strerror(errno));
   return ntohs(a.sin_port);
+}
+
+void write_private_file(const std::string& path, const std::string& content) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
+  bool ok = ::fchmod(fd, 0600) == 0;
+  for (size_t off = 0; ok && off < content.size();) {
+    const ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) off += static_cast<size_t>(n);
+  }
+  const int saved = errno;
+  ::close(fd);
+  if (!ok) throw Error(path + ": cannot write (" + std::strerror(saved) + ")");
 }
 
 std::string self_executable() {

@@ -43,6 +43,10 @@ class BackgroundChild {
 // data-parallel ranks.
 int free_loopback_port();
 
+// Writes `content` to `path` readable and writable by this user only (mode 0600 from creation on;
+// an existing file is truncated and set to 0600). Throws rlhf::Error naming the path.
+void write_private_file(const std::string& path, const std::string& content);
+
 // "a b 'c d'" for messages.
 std::string join_command(const std::vector<std::string>& argv);
 

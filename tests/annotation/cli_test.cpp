@@ -100,11 +100,28 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
   ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name bob", &out, false),
             0);
   std::string bob = last_line(out);
-  rc = run_command(rlhf + " annotate simulate --socket " + sock + " --token " + bob +
-                       " --teacher length --seed 3",
+  // The token comes from a file (a --token argument is visible in `ps`); a missing or empty file
+  // is refused naming it, before anything is sent.
+  rc = run_command(
+      rlhf + " annotate simulate --socket " + sock + " --token-file " + (dir / "missing.token"),
+      &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--token-file " + (dir / "missing.token") + ": no such file"),
+            std::string::npos)
+      << out;
+  rlhf::write_file_atomic(dir / "empty.token", "\n");
+  rc = run_command(
+      rlhf + " annotate simulate --socket " + sock + " --token-file " + (dir / "empty.token"),
+      &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("expected the token on its first line"), std::string::npos) << out;
+  rlhf::write_file_atomic(dir / "bob.token", bob + "\n");
+  rc = run_command(rlhf + " annotate simulate --socket " + sock + " --token-file " +
+                       (dir / "bob.token") + " --teacher length --seed 3",
                    &out);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("submitted 1 rankings"), std::string::npos) << out;
+  EXPECT_EQ(out.find("warning: --token"), std::string::npos) << out;
 
   ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format pairs --output " +
                             (dir / "pairs.jsonl"),
@@ -134,6 +151,7 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
   rc = run_command(rlhf + " annotate simulate --socket " + sock + " --token " + bob, &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("revoked"), std::string::npos) << out;
+  EXPECT_NE(out.find("warning: --token is visible to other users"), std::string::npos) << out;
   rc = run_command(rlhf + " annotate client --socket " + sock + " --token wrong < /dev/null", &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("unknown token"), std::string::npos) << out;

@@ -3,6 +3,7 @@
 // skips finished stages, and mismatched or bad inputs stop with a clear message.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -58,6 +59,16 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
   std::string html = rlhf::read_file(run + "/report.html");
   EXPECT_NE(html.find("<svg"), std::string::npos);
   EXPECT_EQ(html.find("<script"), std::string::npos);
+  // Simulated annotators got their tokens through files only this user can read (not argv).
+  int token_files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(run + "/annotate"))
+    if (e.path().extension() == ".token") {
+      ++token_files;
+      EXPECT_EQ(e.status().permissions() & std::filesystem::perms::all,
+                std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)
+          << e.path();
+    }
+  EXPECT_EQ(token_files, 2);
   // The annotate stage ranked every sampled task through the server.
   auto stats = read_json(run + "/annotate/stats.json");
   EXPECT_EQ(stats["pending_tasks"], 0);
