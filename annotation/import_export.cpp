@@ -1,9 +1,11 @@
 #include "annotation/import_export.h"
 
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "annotation/frame.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "reward/comparisons.h"
@@ -49,6 +51,23 @@ std::string string_field(const json& j, const char* name) {
 
 }  // namespace
 
+void check_task_fits_frame(const TaskInput& task) {
+  proto::Task t;  // as the server sends it, with the widest task id and lease field
+  t.set_task_id(std::numeric_limits<int64_t>::max());
+  t.set_prompt(task.prompt);
+  for (const auto& a : task.answers) t.add_answers(a);
+  t.set_lease_seconds_left(1.0);
+  constexpr size_t kEnvelope = 64;  // the Response around it (oneof, SubmitOk.next_task)
+  const size_t bytes = t.ByteSizeLong() + kEnvelope;
+  if (bytes <= kMaxFrameBytes) return;
+  size_t answer_bytes = 0;
+  for (const auto& a : task.answers) answer_bytes += a.size();
+  throw Error("task too large to send to annotators: " + std::to_string(bytes) +
+              " bytes in a reply, the frame limit is " + std::to_string(kMaxFrameBytes) +
+              " (prompt " + std::to_string(task.prompt.size()) + " bytes, answers " +
+              std::to_string(answer_bytes) + " bytes); shorten the prompt or the answers");
+}
+
 int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
   if (overlap < 1) throw Error("--overlap must be >= 1, got " + std::to_string(overlap));
   Store::Transaction txn(store);
@@ -65,6 +84,7 @@ int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
     if (j.contains("model")) t.model = string_field(j, "model");
     if (j.contains("sampling")) t.sampling_json = j["sampling"].dump();
     t.source = "add-tasks";
+    check_task_fits_frame(t);
     int o = overlap;
     if (j.contains("overlap")) {
       if (!j["overlap"].is_number_integer()) throw Error("field \"overlap\" must be an integer");
@@ -113,6 +133,7 @@ ImportResult import_preferences(Store& store, const std::string& path, const std
     }
     t.answers = {chosen, rejected};
     t.source = "import:" + format;
+    check_task_fits_frame(t);
     int64_t task_id = store.add_task(t, 1);
     RankingRecord r;
     r.task_id = task_id;

@@ -21,6 +21,11 @@ namespace rlhf::annotation {
 
 constexpr int kExportSchemaVersion = 1;
 
+// Throws rlhf::Error when the task could not be sent to an annotator: its Task message (prompt and
+// answers) in a reply would exceed the protocol's frame limit (annotation/frame.h, kMaxFrameBytes).
+// The message says by how much and what to shorten. add-tasks and import call it for every task.
+void check_task_fits_frame(const TaskInput& task);
+
 // Adds one task per line `{"prompt": "...", "answers": ["...", ...]}` (optional: "model",
 // "sampling" (object), "overlap" (overrides `overlap`)). All lines or none are added (one
 // transaction). Blank lines are skipped. Errors name the file and line. Returns tasks added.

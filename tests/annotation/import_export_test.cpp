@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "annotation/frame.h"
 #include "annotation/stats.h"
 #include "common/error.h"
 #include "tests/test_support.h"
@@ -163,6 +164,33 @@ TEST(ImportExport, ImportsRealHhRlhfGzip) {
   auto st = ann::compute_stats(store);
   EXPECT_EQ(st.pending_tasks, 0);
   EXPECT_EQ(st.done_tasks, res.imported);
+}
+
+// A task whose reply would exceed the frame limit is refused at add-tasks, naming the line; the
+// file's other tasks are not added either (one transaction). A large task that fits is accepted.
+TEST(AddTasks, TaskTooLargeForAFrameIsRefused) {
+  TempDir dir("io");
+  ann::Store store(dir / "a.db");
+  const std::string big(ann::kMaxFrameBytes / 2, 'x');
+  {
+    std::ofstream f(dir / "tasks.jsonl");
+    f << json{{"prompt", "fine"}, {"answers", {"a", "b"}}}.dump() << "\n";
+    f << json{{"prompt", "too big"}, {"answers", {big, big + "y"}}}.dump() << "\n";
+  }
+  try {
+    ann::add_tasks_jsonl(store, dir / "tasks.jsonl", 1);
+    FAIL() << "expected an error";
+  } catch (const rlhf::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(dir / "tasks.jsonl" + ":2: task too large"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("frame limit is 1048576"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(ann::compute_stats(store).tasks, 0);
+  {
+    std::ofstream f(dir / "ok.jsonl");
+    f << json{{"prompt", "large"}, {"answers", {big.substr(0, 300000), "b"}}}.dump() << "\n";
+  }
+  EXPECT_EQ(ann::add_tasks_jsonl(store, dir / "ok.jsonl", 1), 1);
 }
 
 // Krippendorff's own worked example (Krippendorff 2011, "Computing Krippendorff's
