@@ -62,7 +62,8 @@ namespace {
 bool waits_for_commit(const proto::Request& request, const proto::Response& response) {
   if (response.has_error()) return false;
   return request.body_case() == proto::Request::kSubmit ||
-         request.body_case() == proto::Request::kUndo;
+         request.body_case() == proto::Request::kUndo ||
+         (request.body_case() == proto::Request::kGetTask && response.has_task());
 }
 }  // namespace
 

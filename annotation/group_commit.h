@@ -7,12 +7,12 @@
 // fails with a store error is rolled back alone and answered INTERNAL; if the COMMIT itself fails,
 // every request of the batch is answered INTERNAL and nothing of it is acknowledged.
 //
-// Only submissions and undos wait for the commit. Requests whose effect need not survive a crash
-// (Hello, GetProgress, GetTask, whose lease is a reservation the server may lose: a late
-// submission is still accepted while the task needs rankings) and every Error answer are sent as
-// soon as they are handled, so a client's next submission can join the transaction that is being
-// committed or the next one. This doubles the rankings per fsync for clients that alternate
-// GetTask and SubmitRanking.
+// Submissions, undos and GetTask answers that hand out a task wait for the commit: a lease is the
+// permission to submit (a task never leased to an annotator is refused NOT_LEASED), so it must
+// survive a crash before the annotator starts working on the task. Requests whose effect need
+// not survive a crash (Hello, GetProgress, GetTask answered NoTask) and every Error answer are
+// sent as soon as they are handled. Clients that use SubmitRanking.want_next_task get their next
+// task in the committed SubmitOk, so they pay no extra round trip per ranking.
 //
 // Thread safety: submit() and stop() may be called from any thread. Completions run on the store
 // thread; they must be short (post the response to the connection's executor).

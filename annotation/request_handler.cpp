@@ -147,17 +147,29 @@ proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t an
                                                                " has " + std::to_string(n) +
                                                                " answers; the ranking " + why);
   }
+  double now = clock_();
+  auto expiry = store_.lease_expiry(task->id, annotator_id);
+  bool live = expiry && *expiry > now;
+  if (!live && !store_.was_delivered(task->id, annotator_id))
+    return error_response(proto::Error::NOT_LEASED,
+                          "task " + std::to_string(task->id) +
+                              " was never leased to you; ask for a task with GetTask and "
+                              "submit that one");
   if (store_.ranking_of(task->id, annotator_id))
     return error_response(proto::Error::ALREADY_SUBMITTED,
                           "you already submitted task " + std::to_string(task->id));
-  if (rec.counts() && task->done_count >= task->overlap) {
+  // A live lease holds a slot of its own; a late submission may only take a free one.
+  int64_t reserved = live ? 0 : store_.live_leases_of_others(task->id, annotator_id, now);
+  if (rec.counts() && task->done_count + reserved >= task->overlap) {
     store_.drop_lease(task->id, annotator_id);
-    return error_response(proto::Error::TASK_FULL,
-                          "task " + std::to_string(task->id) + " already has its " +
-                              std::to_string(task->overlap) +
-                              " ranking(s); your lease had expired and was given to others");
+    return error_response(
+        proto::Error::TASK_FULL,
+        "task " + std::to_string(task->id) + " needs " + std::to_string(task->overlap) +
+            " ranking(s): " + std::to_string(task->done_count) + " done, " +
+            std::to_string(reserved) +
+            " leased to others; your lease had expired and its slot was given to others");
   }
-  rec.created_unix = clock_();
+  rec.created_unix = now;
   int64_t id = store_.insert_ranking(rec);
   store_.drop_lease(task->id, annotator_id);
   proto::Response r;

@@ -8,8 +8,15 @@
 //  - GetTask returns the task the annotator already leases, else leases the first open task the
 //    annotator has not judged whose remaining slots are not all leased by others; an annotator
 //    never gets a task twice and a task never gets more counted rankings than its overlap;
-//  - SubmitRanking is accepted while the task still needs rankings, even if the lease expired;
-//    otherwise TASK_FULL. Skips and flags are stored but do not count toward overlap;
+//  - SubmitRanking (a ranking, none-acceptable, skip or flag) must come from an annotator the task
+//    was leased to: one holding a live lease, or one whose lease expired (a delivery is recorded
+//    in the store). Anyone else gets NOT_LEASED and nothing is stored, so guessing task ids
+//    cannot take a slot from the annotator who holds the lease. A live lease is a reservation
+//    that is always honoured; a late submission (lease expired) is accepted only into a slot
+//    that is neither judged nor leased live to someone else (done + others' live leases <
+//    overlap), otherwise TASK_FULL. So a task never exceeds its overlap and an annotator who
+//    submits within their lease never loses their work. Skips and flags are stored but do not
+//    count toward overlap;
 //  - Undo removes the annotator's latest submission while it is "still open": younger than the
 //    lease time (the window in which the task would still be reserved for them). The task is
 //    leased to them again so they can re-rank it.

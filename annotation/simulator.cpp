@@ -75,10 +75,12 @@ SimulateResult simulate(const SimulateOptions& o,
       if (ack.submitted().has_next_task()) next = ack.submitted().next_task();
     } else if (ack.has_error()) {
       // ALREADY_SUBMITTED after a resend (the first attempt committed but its answer was lost),
-      // TASK_FULL after a lost lease: move on to the next task.
+      // TASK_FULL after a lost lease, NOT_LEASED when the lease never reached the store: move on
+      // to the next task.
       ++result.rejected;
       auto code = ack.error().code();
-      if (code != proto::Error::ALREADY_SUBMITTED && code != proto::Error::TASK_FULL)
+      if (code != proto::Error::ALREADY_SUBMITTED && code != proto::Error::TASK_FULL &&
+          code != proto::Error::NOT_LEASED)
         throw Error("submit of task " + std::to_string(task.task_id()) + ": " +
                     ack.error().message());
     }

@@ -75,6 +75,17 @@ CREATE TABLE rankings (
 );
 CREATE INDEX rankings_by_annotator ON rankings(annotator_id, id);
 )sql",
+    // v2: which annotators were ever given which task (a lease, now or in the past). A submission
+    // needs a live lease or a delivery; rows of existing leases and rankings are backfilled.
+    R"sql(
+CREATE TABLE deliveries (
+  task_id INTEGER NOT NULL REFERENCES tasks(id),
+  annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+  PRIMARY KEY (task_id, annotator_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO deliveries(task_id, annotator_id)
+  SELECT task_id, annotator_id FROM leases UNION SELECT task_id, annotator_id FROM rankings;
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 static_assert(kNumMigrations == Store::kSchemaVersion, "one migration per schema version");
@@ -396,6 +407,37 @@ void Store::put_lease(int64_t task_id, int64_t annotator_id, double expires_at) 
       .bind(2, annotator_id)
       .bind(3, expires_at)
       .run();
+  stmt("INSERT OR IGNORE INTO deliveries(task_id, annotator_id) VALUES(?,?)")
+      .bind(1, task_id)
+      .bind(2, annotator_id)
+      .run();
+}
+
+std::optional<double> Store::lease_expiry(int64_t task_id, int64_t annotator_id) {
+  auto& s = stmt("SELECT expires_at FROM leases WHERE task_id=? AND annotator_id=?");
+  s.bind(1, task_id).bind(2, annotator_id);
+  std::optional<double> out;
+  if (s.step()) out = s.real(0);
+  s.reset();
+  return out;
+}
+
+bool Store::was_delivered(int64_t task_id, int64_t annotator_id) {
+  auto& s = stmt("SELECT 1 FROM deliveries WHERE task_id=? AND annotator_id=?");
+  s.bind(1, task_id).bind(2, annotator_id);
+  bool out = s.step();
+  s.reset();
+  return out;
+}
+
+int64_t Store::live_leases_of_others(int64_t task_id, int64_t annotator_id, double now) {
+  auto& s =
+      stmt("SELECT count(*) FROM leases WHERE task_id=? AND annotator_id<>? AND expires_at>?");
+  s.bind(1, task_id).bind(2, annotator_id).bind(3, now);
+  s.step();
+  int64_t n = s.int64(0);
+  s.reset();
+  return n;
 }
 
 void Store::drop_lease(int64_t task_id, int64_t annotator_id) {

@@ -1,5 +1,6 @@
-// The annotation database: prompts, answers, tasks, leases, rankings and annotators in one SQLite
-// file, with versioned migrations (PRAGMA user_version).
+// The annotation database: prompts, answers, tasks, leases, deliveries (who was ever given which
+// task), rankings and annotators in one SQLite file, with versioned migrations (PRAGMA
+// user_version).
 //
 // Opening sets WAL mode, foreign keys, a busy timeout and the synchronous level. Every method runs
 // prepared statements (prepared once per Store and cached). Methods that change several rows
@@ -77,7 +78,7 @@ struct RankingRecord {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens `path`, creating and/or migrating it. Throws rlhf::Error naming the file when it is
   // missing (and options.create is false), is not a database, or has a newer schema.
@@ -152,7 +153,16 @@ class Store {
   int64_t remaining_for(int64_t annotator_id);
   // Earliest expiry of another annotator's live lease on a task this annotator could take.
   std::optional<double> earliest_blocking_lease(int64_t annotator_id, double now);
+  // Creates or renews a lease and records the delivery (see was_delivered).
   void put_lease(int64_t task_id, int64_t annotator_id, double expires_at);
+  // When this annotator's lease on the task expires (possibly in the past: expired rows linger
+  // until drop_expired_leases), or nullopt when there is no lease row.
+  std::optional<double> lease_expiry(int64_t task_id, int64_t annotator_id);
+  // Whether the task was ever leased to this annotator (table deliveries, written by put_lease
+  // and never deleted: it outlives expired, dropped and submitted leases).
+  bool was_delivered(int64_t task_id, int64_t annotator_id);
+  // Unexpired leases on the task held by annotators other than this one.
+  int64_t live_leases_of_others(int64_t task_id, int64_t annotator_id, double now);
   void drop_lease(int64_t task_id, int64_t annotator_id);
   void drop_expired_leases(double now);
 

@@ -177,7 +177,7 @@ TerminalClientResult run_terminal_client(AnnotationClient& client, std::istream&
         out << "Not saved: " << ack.error().message() << "\n";
         auto code = ack.error().code();
         next_task = code == proto::Error::TASK_FULL || code == proto::Error::ALREADY_SUBMITTED ||
-                    code == proto::Error::UNKNOWN_TASK;
+                    code == proto::Error::UNKNOWN_TASK || code == proto::Error::NOT_LEASED;
       }
     }
   }

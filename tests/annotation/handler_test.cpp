@@ -142,6 +142,69 @@ TEST(Handler, LateSubmitAcceptedWhileTaskStillNeedsRankings) {
   EXPECT_TRUE(f.submit(a, 1, {{0}, {1}, {2}}).has_submitted());
 }
 
+TEST(Handler, SubmitForATaskNeverLeasedToYouIsRefused) {
+  Fixture f;
+  f.add_tasks(2, 1);
+  auto a = f.login(f.store.add_annotator("a", "annotator"));
+  auto b = f.login(f.store.add_annotator("b", "annotator"));
+  ASSERT_EQ(f.get(b).task().task_id(), 1);  // b leases task 1; a never received it
+  pb::Response stolen = f.submit(a, 1, {{0}, {1}, {2}});
+  EXPECT_EQ(stolen.error().code(), pb::Error::NOT_LEASED);
+  EXPECT_NE(stolen.error().message().find("never leased to you"), std::string::npos);
+  pb::Request skip;  // skips and flags need a lease too
+  skip.mutable_submit()->set_task_id(1);
+  skip.mutable_submit()->set_skip(true);
+  EXPECT_EQ(f.call(skip, a).error().code(), pb::Error::NOT_LEASED);
+  EXPECT_EQ(f.store.ranking_count(), 0);
+  EXPECT_EQ(f.store.task(1)->done_count, 0);
+  EXPECT_TRUE(f.submit(b, 1, {{2}, {1}, {0}}).has_submitted());  // the lease holder's work counts
+  EXPECT_EQ(f.store.task(1)->done_count, 1);
+  // An expired lease of someone else does not make the task yours either.
+  f.now += 1000;
+  EXPECT_EQ(f.submit(a, 2, {{0}, {1}, {2}}).error().code(), pb::Error::NOT_LEASED);
+}
+
+TEST(Handler, LateSubmitAfterExpiryTakesOnlyAFreeSlot) {
+  // Overlap 2: b's lease expires, a leases the task; b (who received it) submits late into the
+  // free slot and a, within their lease, still gets theirs.
+  Fixture f;
+  f.add_tasks(1, 2);
+  auto a = f.login(f.store.add_annotator("a", "annotator"));
+  auto b = f.login(f.store.add_annotator("b", "annotator"));
+  ASSERT_EQ(f.get(b).task().task_id(), 1);
+  f.now += 61;  // b's lease expires
+  ASSERT_EQ(f.get(a).task().task_id(), 1);
+  EXPECT_TRUE(f.submit(b, 1, {{1}, {0}, {2}}).has_submitted());
+  EXPECT_TRUE(f.submit(a, 1, {{0}, {1}, {2}}).has_submitted());
+  EXPECT_EQ(f.store.task(1)->done_count, 2);
+}
+
+TEST(Handler, LateSubmitNeverTakesTheSlotOfALiveLease) {
+  // Overlap 1: b's lease expired and a holds the only slot now. b's late work is refused with
+  // TASK_FULL (a clear error), a's submission within their lease is accepted.
+  Fixture f;
+  f.add_tasks(1, 1);
+  auto a = f.login(f.store.add_annotator("a", "annotator"));
+  auto b = f.login(f.store.add_annotator("b", "annotator"));
+  ASSERT_EQ(f.get(b).task().task_id(), 1);
+  f.now += 61;
+  ASSERT_EQ(f.get(a).task().task_id(), 1);
+  pb::Response late = f.submit(b, 1, {{1}, {0}, {2}});
+  EXPECT_EQ(late.error().code(), pb::Error::TASK_FULL);
+  EXPECT_EQ(f.store.ranking_count(), 0);
+  EXPECT_TRUE(f.submit(a, 1, {{0}, {1}, {2}}).has_submitted());
+  // Once a's lease has expired too without a submission, b's late work fills the free slot.
+  Fixture g;
+  g.add_tasks(1, 1);
+  auto c = g.login(g.store.add_annotator("c", "annotator"));
+  auto d = g.login(g.store.add_annotator("d", "annotator"));
+  ASSERT_EQ(g.get(c).task().task_id(), 1);
+  g.now += 61;
+  ASSERT_EQ(g.get(d).task().task_id(), 1);
+  g.now += 61;
+  EXPECT_TRUE(g.submit(c, 1, {{1}, {0}, {2}}).has_submitted());
+}
+
 TEST(Handler, RejectsBadSubmissions) {
   Fixture f;
   f.add_tasks(1, 1);

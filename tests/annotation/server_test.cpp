@@ -114,6 +114,29 @@ TEST(Server, ServesManyConcurrentConnections) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
+TEST(Server, SubmissionForATaskLeasedToSomeoneElseIsRefused) {
+  TempDir dir("srv");
+  auto o = options(dir);
+  auto tokens = seed_store(o.db_path, 2, 1, 2);
+  RunningServer rs(o);
+  ann::Connection a(o.socket_path), b(o.socket_path);
+  ASSERT_TRUE(a.call(hello(tokens[0])).has_hello());
+  ASSERT_TRUE(b.call(hello(tokens[1])).has_hello());
+  pb::Response t = b.call(get_task());  // b holds the lease; a never received the task
+  ASSERT_TRUE(t.has_task());
+  int64_t id = t.task().task_id();
+  pb::Response stolen = a.call(submit(id, {{0}, {1}, {2}}));
+  ASSERT_TRUE(stolen.has_error()) << stolen.DebugString();
+  EXPECT_EQ(stolen.error().code(), pb::Error::NOT_LEASED);
+  pb::Response own = b.call(submit(id, {{2}, {1}, {0}}));
+  ASSERT_TRUE(own.has_submitted()) << own.DebugString();
+  rs.server.stop();
+  ann::Store store(o.db_path);
+  auto all = store.all_rankings();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].annotator, "ann1");
+}
+
 TEST(Server, BadInputGetsErrorsWhileAnotherClientKeepsWorking) {
   TempDir dir("srv");
   auto o = options(dir);

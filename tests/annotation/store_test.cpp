@@ -83,6 +83,37 @@ TEST(Store, MigratesAnOlderSchemaAndRefusesANewerOne) {
   EXPECT_FALSE(rlhf::file_exists(dir / "missing.db"));
 }
 
+TEST(Store, DeliveriesOutliveLeasesAndAreBackfilledFromAVersion1File) {
+  TempDir dir("store");
+  std::string path = dir / "a.db";
+  {
+    ann::Store store(path);
+    ann::Store::Transaction txn(store);
+    int64_t t = store.add_task({"p", {"a", "b"}, "", "", "test"}, 1);
+    int64_t a = store.import_annotator("a");
+    int64_t b = store.import_annotator("b");
+    store.put_lease(t, a, 100);
+    EXPECT_EQ(store.lease_expiry(t, a), 100);
+    EXPECT_TRUE(store.was_delivered(t, a));
+    EXPECT_FALSE(store.was_delivered(t, b));
+    EXPECT_EQ(store.live_leases_of_others(t, b, 50), 1);
+    EXPECT_EQ(store.live_leases_of_others(t, b, 100), 0);  // expired at 100
+    store.drop_expired_leases(200);
+    EXPECT_FALSE(store.lease_expiry(t, a));
+    EXPECT_TRUE(store.was_delivered(t, a));  // the delivery stays
+    store.put_lease(t, b, 300);
+    txn.commit();
+    // Back to a version-1 file: no deliveries table, b's lease still there.
+    ASSERT_EQ(sqlite3_exec(store.db(), "DROP TABLE deliveries; PRAGMA user_version=1;", nullptr,
+                           nullptr, nullptr),
+              SQLITE_OK);
+  }
+  ann::Store store(path);
+  EXPECT_EQ(store.schema_version(), ann::Store::kSchemaVersion);
+  EXPECT_TRUE(store.was_delivered(1, 2));   // backfilled from b's lease
+  EXPECT_FALSE(store.was_delivered(1, 1));  // a's lease was gone before the upgrade
+}
+
 TEST(Store, TokensAreRandomAndStoredOnlyAsSha256) {
   TempDir dir("store");
   std::string path = dir / "a.db";
