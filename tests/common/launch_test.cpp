@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -235,10 +236,19 @@ TEST_F(LaunchProcess, AKilledRankGives128PlusTheSignal) {
 TEST_F(LaunchProcess, RanksIgnoringSigtermAreKilledAfterTheGracePeriod) {
   std::string out;
   auto start = Clock::now();
+  // Rank 1 fails only once rank 0 ignores SIGTERM (a marker file), so the SIGTERM cannot arrive
+  // before the trap is set on a loaded machine.
+  const std::string ready =
+      (std::filesystem::temp_directory_path() / ("rlhf_launch_ready_" + std::to_string(::getpid())))
+          .string();
+  std::filesystem::remove(ready);
   int rc = launch(
       "--nproc-per-node 2 --stop-grace 0.5 -- "
-      "sh -c 'if [ $RANK = 1 ]; then exit 4; fi; trap \"\" TERM; sleep 60 & wait; wait'",
+      "sh -c 'if [ $RANK = 1 ]; then while [ ! -f " +
+          ready + " ]; do sleep 0.05; done; exit 4; fi; trap \"\" TERM; touch " + ready +
+          "; sleep 60 & wait; wait'",
       &out);
+  std::filesystem::remove(ready);
   EXPECT_EQ(rc, 4) << out;
   EXPECT_LT(seconds_since(start), 10.0);  // the ranks would sleep 60 s
   EXPECT_NE(out.find("sending SIGKILL"), std::string::npos) << out;
