@@ -214,8 +214,12 @@ std::string Store::add_annotator(const std::string& name, const std::string& rol
 }
 
 void Store::set_annotator_active(const std::string& name, bool active) {
-  if (!annotator_by_name(name)) throw Error("no annotator named '" + name + "'");
+  const auto annotator = annotator_by_name(name);
+  if (!annotator) throw Error("no annotator named '" + name + "'");
   stmt("UPDATE annotators SET active=? WHERE name=?").bind(1, active ? 1 : 0).bind(2, name).run();
+  // A revoked annotator cannot submit: its reservations go back to the queue at once instead of
+  // blocking other annotators until they expire.
+  if (!active) stmt("DELETE FROM leases WHERE annotator_id=?").bind(1, annotator->id).run();
 }
 
 namespace {

@@ -127,7 +127,8 @@ class Store {
   // Creates an annotator with a fresh random token (32 bytes from the OS's CSPRNG, hex) and
   // stores only its SHA-256. Returns the token. Throws if the name is taken.
   std::string add_annotator(const std::string& name, const std::string& role);
-  // Sets `active` for the named annotator; throws when there is no such annotator.
+  // Sets `active` for the named annotator; throws when there is no such annotator. Deactivating
+  // (revoking) also drops the annotator's leases, so their tasks are free for others at once.
   void set_annotator_active(const std::string& name, bool active);
   std::optional<Annotator> annotator_by_token(const std::string& token);
   std::optional<Annotator> annotator_by_id(int64_t id);

@@ -85,6 +85,21 @@ TEST(Handler, RequiresAValidActiveToken) {
   EXPECT_EQ(f.call(again, s).error().code(), pb::Error::UNAUTHENTICATED);
 }
 
+// Revoking an annotator frees the tasks it had leased at once (not when the leases expire).
+TEST(Handler, RevokingAnAnnotatorReleasesItsLeases) {
+  Fixture f;
+  f.add_tasks(1, 1);
+  auto a = f.login(f.store.add_annotator("a", "annotator"));
+  auto b = f.login(f.store.add_annotator("b", "annotator"));
+  ASSERT_TRUE(f.get(a).has_task());
+  EXPECT_FALSE(f.get(b).has_task());  // the only slot is leased to a
+  f.store.set_annotator_active("a", false);
+  pb::Response tb = f.get(b);
+  ASSERT_TRUE(tb.has_task()) << tb.DebugString();
+  EXPECT_EQ(tb.task().task_id(), 1);
+  EXPECT_TRUE(f.submit(b, 1, {{0}, {1}, {2}}).has_submitted());
+}
+
 TEST(Handler, OverlapLeasesAndNoTaskTwice) {
   Fixture f;
   f.add_tasks(2, 2);
