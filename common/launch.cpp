@@ -1,9 +1,11 @@
 #include "common/launch.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -130,6 +132,21 @@ LaunchOptions parse_launch_args(const std::vector<std::string>& argv) {
     bad_value("node-rank", std::to_string(o.node_rank),
               "a node rank below --nnodes (" + std::to_string(o.nnodes) + ")");
   return o;
+}
+
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw Error(std::string("cannot open a socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) throw Error(std::string("cannot find a free loopback port: ") + std::strerror(err));
+  return ntohs(a.sin_port);
 }
 
 int threads_per_local_rank(int nproc_per_node) {

@@ -41,6 +41,10 @@ LaunchOptions parse_launch_args(const std::vector<std::string>& argv);
 std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchOptions& options,
                                                                   int local_rank);
 
+// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice for port 0): a
+// rendezvous port (MASTER_PORT) for ranks on this machine. Throws rlhf::Error with the reason.
+int free_loopback_port();
+
 // Threads for each of nproc_per_node ranks on this machine: online cores / nproc_per_node, at
 // least 1. The launcher sets OMP_NUM_THREADS to it (when the user has not) for more than one rank.
 int threads_per_local_rank(int nproc_per_node);

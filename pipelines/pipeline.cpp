@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/launch.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
 #include "pipelines/internal/subprocess.h"
@@ -74,7 +75,7 @@ std::vector<std::string> trainer_argv(const std::string& exe, int processes,
                                    "--nproc-per-node",
                                    std::to_string(processes),
                                    "--master-port",
-                                   std::to_string(free_loopback_port()),
+                                   std::to_string(launch::free_loopback_port()),
                                    "--",
                                    "rlhf"};
   argv.insert(argv.end(), command.begin(), command.end());

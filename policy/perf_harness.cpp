@@ -21,6 +21,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/launch.h"
 #include "policy/distributed.h"
 #include "policy/generation.h"
 #include "policy/model.h"
@@ -240,22 +241,6 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
 
 namespace {
 
-// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice for port 0).
-int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw Error(std::string("bench: cannot open a socket: ") + std::strerror(errno));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  const int err = errno;
-  ::close(fd);
-  if (!ok) throw Error(std::string("bench: cannot find a free port: ") + std::strerror(err));
-  return ntohs(a.sin_port);
-}
-
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
@@ -378,7 +363,7 @@ std::map<std::string, double> measure_train_dp(const std::vector<std::string>& w
                                                int ranks) {
   if (worker_argv.empty()) throw Error("bench: measure_train_dp needs a worker command");
   if (ranks < 1) throw Error("bench: measure_train_dp: ranks must be >= 1");
-  const std::string port = std::to_string(free_loopback_port());
+  const std::string port = std::to_string(launch::free_loopback_port());
 
   // Rank 0's stdout goes to a temporary file (read after it ends); the others' to /dev/null.
   std::string out_path = (std::filesystem::temp_directory_path() / "rlhf_bench_dp_XXXXXX").string();

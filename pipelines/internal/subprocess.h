@@ -39,10 +39,6 @@ class BackgroundChild {
   int status_ = 0;
 };
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0): a rendezvous port for
-// data-parallel ranks.
-int free_loopback_port();
-
 // Writes `content` to `path` readable and writable by this user only (mode 0600 from creation on;
 // an existing file is truncated and set to 0600). Throws rlhf::Error naming the path.
 void write_private_file(const std::string& path, const std::string& content);
