@@ -46,11 +46,9 @@ torch::Tensor sample_rows(const torch::Tensor& weights, at::Generator& gen, int6
   return idx.clamp_max(w.size(-1) - 1);
 }
 
-}  // namespace
-
-GenerationOutput generate(Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
-                          const SamplingOptions& options) {
-  const auto& cfg = model->config();
+// Checks the options and prompts; returns the longest prompt's length P.
+int64_t check_request(const ModelConfig& cfg, const std::vector<std::vector<int64_t>>& prompts,
+                      const SamplingOptions& options) {
   if (prompts.empty()) throw Error("generate: no prompts");
   if (options.max_new_tokens < 0)
     throw Error("generate: max_new_tokens = " + std::to_string(options.max_new_tokens) +
@@ -73,31 +71,87 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
                     ", expected 0 <= id < vocab_size = " + std::to_string(cfg.vocab_size));
     P = std::max<int64_t>(P, prompts[i].size());
   }
-  const int64_t N = options.max_new_tokens;
-  if (P + N > cfg.max_seq_len)
+  if (P + options.max_new_tokens > cfg.max_seq_len)
     throw Error("generate: prompt length " + std::to_string(P) + " + max_new_tokens " +
-                std::to_string(N) + " exceeds max_seq_len " + std::to_string(cfg.max_seq_len));
-  const int64_t eos = options.eos_id == -2 ? cfg.eos_id : options.eos_id;
-  const int64_t pad = cfg.pad_id >= 0 ? cfg.pad_id : 0;
-  const bool greedy = options.temperature == 0;
-  const double temperature = greedy ? 1.0 : options.temperature;
-  const auto device = model->tok_embeddings->weight.device();
-  auto t_start = std::chrono::steady_clock::now();
+                std::to_string(options.max_new_tokens) + " exceeds max_seq_len " +
+                std::to_string(cfg.max_seq_len));
+  return P;
+}
 
-  // Left-padded prompts.
-  auto prompt_ids = torch::full({B, P}, pad, torch::kLong);
-  auto prompt_mask = torch::zeros({B, P}, torch::kLong);
-  {
-    auto ids_a = prompt_ids.accessor<int64_t, 2>();
-    auto mask_a = prompt_mask.accessor<int64_t, 2>();
-    for (int64_t b = 0; b < B; ++b) {
-      int64_t off = P - int64_t(prompts[b].size());
-      for (size_t t = 0; t < prompts[b].size(); ++t) {
-        ids_a[b][off + t] = prompts[b][t];
-        mask_a[b][off + t] = 1;
-      }
+// Prompts left-padded to P: [B, P] ids and mask (1 = real).
+std::pair<torch::Tensor, torch::Tensor> left_padded(
+    const std::vector<std::vector<int64_t>>& prompts, int64_t P, int64_t pad) {
+  const int64_t B = prompts.size();
+  auto ids = torch::full({B, P}, pad, torch::kLong);
+  auto mask = torch::zeros({B, P}, torch::kLong);
+  auto ids_a = ids.accessor<int64_t, 2>();
+  auto mask_a = mask.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t off = P - int64_t(prompts[b].size());
+    for (size_t t = 0; t < prompts[b].size(); ++t) {
+      ids_a[b][off + t] = prompts[b][t];
+      mask_a[b][off + t] = 1;
     }
   }
+  return {ids, mask};
+}
+
+// The next token of every row from the step's logits (already divided by the temperature) and
+// log-probs: argmax when greedy, else top-k, top-p, then one draw per row (sample_rows).
+torch::Tensor choose_next(const torch::Tensor& logits, const torch::Tensor& logp,
+                          const SamplingOptions& options, int64_t vocab_size, at::Generator& gen,
+                          int64_t total_rows) {
+  if (options.temperature == 0) return logits.argmax(-1);
+  auto probs = logp.exp();
+  // Top-k then top-p, both as a per-row probability threshold (ties at it are kept).
+  if (options.top_k > 0 && options.top_k < vocab_size) {
+    auto threshold = std::get<0>(probs.topk(options.top_k, -1)).narrow(-1, options.top_k - 1, 1);
+    probs = probs.masked_fill(probs < threshold, 0.0);
+    probs = probs / probs.sum(-1, true);
+  }
+  if (options.top_p < 1.0f)
+    probs = probs.masked_fill(probs < top_p_threshold(probs, options.top_p), 0.0);
+  // Sampled on the CPU with our own generator: the same seed gives the same samples.
+  return sample_rows(probs, gen, options.row_offset, total_rows).to(logits.device());
+}
+
+// Per-step tokens, log-probs and alive masks stacked into the output (cloned outside inference
+// mode: callers may feed them into autograd, e.g. PPO), plus the unpadded responses.
+void assemble_output(GenerationOutput& out, int64_t B, const std::vector<torch::Tensor>& tokens,
+                     const std::vector<torch::Tensor>& logprobs,
+                     const std::vector<torch::Tensor>& masks) {
+  if (tokens.empty()) {
+    out.response_ids = torch::zeros({B, 0}, torch::kLong);
+    out.response_logprobs = torch::zeros({B, 0}, torch::kFloat);
+    out.response_mask = torch::zeros({B, 0}, torch::kLong);
+  } else {
+    out.response_ids = torch::stack(tokens, 1).to(torch::kCPU).clone();
+    out.response_logprobs = torch::stack(logprobs, 1).to(torch::kCPU).clone();
+    out.response_mask = torch::stack(masks, 1).to(torch::kCPU).clone();
+  }
+  out.responses.resize(B);
+  auto ids_a = out.response_ids.accessor<int64_t, 2>();
+  auto mask_a = out.response_mask.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < out.response_ids.size(1); ++t)
+      if (mask_a[b][t]) out.responses[b].push_back(ids_a[b][t]);
+  out.generated_tokens = out.response_mask.sum().item<int64_t>();
+}
+
+}  // namespace
+
+GenerationOutput generate(Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
+                          const SamplingOptions& options) {
+  const auto& cfg = model->config();
+  const int64_t P = check_request(cfg, prompts, options);
+  const int64_t B = prompts.size(), N = options.max_new_tokens;
+  const int64_t total_rows = options.total_rows > 0 ? options.total_rows : B;
+  const int64_t eos = options.eos_id == -2 ? cfg.eos_id : options.eos_id;
+  const int64_t pad = cfg.pad_id >= 0 ? cfg.pad_id : 0;
+  const double temperature = options.temperature == 0 ? 1.0 : options.temperature;
+  const auto device = model->tok_embeddings->weight.device();
+  auto t_start = std::chrono::steady_clock::now();
+  auto [prompt_ids, prompt_mask] = left_padded(prompts, P, pad);
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   std::vector<torch::Tensor> tokens, logprobs, masks;
@@ -116,23 +170,7 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
       auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
       if (temperature != 1.0) logits = logits / temperature;
       auto logp = torch::log_softmax(logits, -1);
-      torch::Tensor next;
-      if (greedy) {
-        next = logits.argmax(-1);
-      } else {
-        auto probs = logp.exp();
-        // Top-k then top-p, both as a per-row probability threshold (ties at it are kept).
-        torch::Tensor threshold;
-        if (options.top_k > 0 && options.top_k < cfg.vocab_size) {
-          threshold = std::get<0>(probs.topk(options.top_k, -1)).narrow(-1, options.top_k - 1, 1);
-          probs = probs.masked_fill(probs < threshold, 0.0);
-          probs = probs / probs.sum(-1, true);
-        }
-        if (options.top_p < 1.0f)
-          probs = probs.masked_fill(probs < top_p_threshold(probs, options.top_p), 0.0);
-        // Sampled on the CPU with our own generator: the same seed gives the same samples.
-        next = sample_rows(probs, gen, options.row_offset, total_rows).to(device);
-      }
+      torch::Tensor next = choose_next(logits, logp, options, cfg.vocab_size, gen, total_rows);
       auto lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
       auto alive = finished.logical_not();
       next = next.masked_fill(finished, pad);
@@ -155,26 +193,10 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
     }
   }
 
-  // Clone outside inference mode: callers may feed these into autograd (e.g. PPO).
   GenerationOutput out;
   out.prompt_ids = prompt_ids;
   out.prompt_mask = prompt_mask;
-  if (tokens.empty()) {
-    out.response_ids = torch::zeros({B, 0}, torch::kLong);
-    out.response_logprobs = torch::zeros({B, 0}, torch::kFloat);
-    out.response_mask = torch::zeros({B, 0}, torch::kLong);
-  } else {
-    out.response_ids = torch::stack(tokens, 1).to(torch::kCPU).clone();
-    out.response_logprobs = torch::stack(logprobs, 1).to(torch::kCPU).clone();
-    out.response_mask = torch::stack(masks, 1).to(torch::kCPU).clone();
-  }
-  out.responses.resize(B);
-  auto ids_a = out.response_ids.accessor<int64_t, 2>();
-  auto mask_a = out.response_mask.accessor<int64_t, 2>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < out.response_ids.size(1); ++t)
-      if (mask_a[b][t]) out.responses[b].push_back(ids_a[b][t]);
-  out.generated_tokens = out.response_mask.sum().item<int64_t>();
+  assemble_output(out, B, tokens, logprobs, masks);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return out;
 }
