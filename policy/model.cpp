@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "policy/fused_ops.h"
 #include "proto/model.pb.h"
 
 namespace rlhf::policy {
@@ -14,26 +15,6 @@ namespace {
 // Additive bias for masked attention scores. Finite, so a query row whose keys are all masked
 // (a left pad at position 0) gives a uniform softmax instead of NaN.
 constexpr float kMaskedScore = -1e30f;
-
-// RMSNorm (Zhang & Sennrich 2019) as in Hugging Face LlamaRMSNorm: computed in float32.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto xf = x.scalar_type() == torch::kFloat ? x : x.to(torch::kFloat);
-  auto inv = torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  auto y = xf * inv;
-  if (y.scalar_type() != x.scalar_type()) y = y.to(x.scalar_type());
-  return y * weight;
-}
-
-// Rotary embedding, Hugging Face rotate-half convention: x * cos + rotate_half(x) * sin with
-// rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2]). x [B, H, T, hd], cos/sin [B, 1, T, hd].
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
-                         const torch::Tensor& sin) {
-  int64_t half = x.size(-1) / 2;
-  auto x1 = x.narrow(-1, 0, half);
-  auto x2 = x.narrow(-1, half, half);
-  auto rotated = torch::cat({-x2, x1}, -1);
-  return x * cos + rotated * sin;
-}
 
 torch::nn::Linear make_linear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
@@ -159,13 +140,21 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
                                         KVCache* cache, int64_t layer_index) {
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t H = n_heads_, KV = n_kv_heads_, hd = head_dim_, G = H / KV;
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
+  const bool sdpa = x.is_cuda();  // libtorch >= 2 on a GPU: the fused attention kernel
+#else
+  const bool sdpa = false;
+#endif
 
-  auto h = rms_norm(x, input_layernorm, eps_);
-  auto q = q_proj(h).view({B, T, H, hd}).transpose(1, 2);   // [B, H, T, hd]
-  auto k = k_proj(h).view({B, T, KV, hd}).transpose(1, 2);  // [B, KV, T, hd]
-  auto v = v_proj(h).view({B, T, KV, hd}).transpose(1, 2);
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  // One GEMM for q, k and v; RoPE writes q and k straight into the [B, heads, T, hd] layout,
+  // q already scaled by 1/sqrt(hd) (the SDPA kernel scales by itself).
+  auto h = fused::rms_norm(x, input_layernorm, eps_);
+  auto qkv = torch::nn::functional::linear(
+                 h, qkv_weight_.get({q_proj->weight, k_proj->weight, v_proj->weight}))
+                 .split_with_sizes({H * hd, KV * hd, KV * hd}, -1);
+  auto q = fused::rope(qkv[0], cos, sin, H, sdpa ? 1.0 : 1.0 / std::sqrt(double(hd)));
+  auto k = fused::rope(qkv[1], cos, sin, KV);  // [B, KV, T, hd]
+  auto v = qkv[2].reshape({B, T, KV, hd}).transpose(1, 2);
 
   torch::Tensor keys = k, values = v;
   if (cache) {
@@ -181,20 +170,18 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
 
 #if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
   // libtorch >= 2 on a GPU: the fused kernel (keys repeated for GQA, additive float mask).
-  if (x.is_cuda()) {
+  if (sdpa) {
     auto k_rep = G == 1 ? keys : keys.repeat_interleave(G, 1);
     auto v_rep = G == 1 ? values : values.repeat_interleave(G, 1);
     auto ctx = bias.defined() ? at::scaled_dot_product_attention(q, k_rep, v_rep, bias)
                               : at::scaled_dot_product_attention(q, k_rep, v_rep);
-    auto out = x + o_proj(ctx.transpose(1, 2).reshape({B, T, H * hd}));
-    auto h2 = rms_norm(out, post_attention_layernorm, eps_);
-    return out + down_proj(torch::silu(gate_proj(h2)) * up_proj(h2));
+    return mlp_block(x + o_proj(ctx.transpose(1, 2).reshape({B, T, H * hd})));
   }
 #endif
 
   // Grouped-query attention without repeating keys: query heads h = j * G + i share kv head j
   // (Hugging Face repeat_kv order), so [B, H, T, hd] -> [B, KV, G * T, hd].
-  auto qg = (q * (1.0 / std::sqrt(double(hd)))).reshape({B, KV, G * T, hd});
+  auto qg = q.reshape({B, KV, G * T, hd});
   // Decoding (few query rows per kv head, many batch*head pairs): at::matmul would run one tiny
   // GEMM per (batch, head) on CPU; a broadcast multiply + sum is one vectorised op instead.
   const bool small_rows =
@@ -209,10 +196,14 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
                   .view({B, H, T, hd})
                   .transpose(1, 2)
                   .reshape({B, T, H * hd});
-  auto out = x + o_proj(attn);
+  return mlp_block(x + o_proj(attn));
+}
 
-  auto h2 = rms_norm(out, post_attention_layernorm, eps_);
-  return out + down_proj(torch::silu(gate_proj(h2)) * up_proj(h2));
+torch::Tensor DecoderLayerImpl::mlp_block(const torch::Tensor& x) {
+  auto h = fused::rms_norm(x, post_attention_layernorm, eps_);
+  auto gate_up =
+      torch::nn::functional::linear(h, gate_up_weight_.get({gate_proj->weight, up_proj->weight}));
+  return x + down_proj(fused::swiglu(gate_up));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,11 +304,10 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
                .masked_fill_(allowed.logical_not(), kMaskedScore);
   }
 
-  // Rotary tables for these positions: [B, 1, T, hd], angles duplicated (rotate-half layout).
-  auto angles = positions.to(torch::kFloat).unsqueeze(-1) * rope_inv_freq_.to(dev);  // [B,T,hd/2]
-  auto emb = torch::cat({angles, angles}, -1).unsqueeze(1);
-  auto cos = emb.cos().to(x.scalar_type());
-  auto sin = emb.sin().to(x.scalar_type());
+  // Rotary tables for these positions: [B, T, hd/2] (fused::rope repeats them over both halves).
+  auto angles = positions.to(torch::kFloat).unsqueeze(-1) * rope_inv_freq_.to(dev);
+  auto cos = angles.cos().to(x.scalar_type());
+  auto sin = angles.sin().to(x.scalar_type());
 
   for (size_t l = 0; l < layers->size(); ++l)
     x = layers[l]->as<DecoderLayer>()->forward(x, cos, sin, bias, cache, int64_t(l));
@@ -327,7 +317,7 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
     cache->attention_mask = cache->mask_buffer.narrow(1, 0, cache->length);
     cache->next_position = cache->next_position + new_mask.sum(1);
   }
-  return rms_norm(x, norm_weight, config_.norm_eps);
+  return fused::rms_norm(x, norm_weight, config_.norm_eps);
 }
 
 torch::Tensor TransformerImpl::logits_from_hidden(const torch::Tensor& hidden) {

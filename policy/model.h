@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "policy/fused_ops.h"
+
 namespace rlhf::proto {
 class ModelConfig;
 }
@@ -61,13 +63,15 @@ struct KVCache {
 };
 
 // One pre-norm decoder block: x + attn(rmsnorm(x)), then h + mlp(rmsnorm(h)).
-// Projections are bias-free Linear layers named after the Hugging Face tensors.
+// Projections are bias-free Linear layers named after the Hugging Face tensors; the forward pass
+// runs q, k, v as one GEMM and gate, up as one (fused::ConcatWeights), and RMSNorm, RoPE and
+// SwiGLU as fused kernels (policy/fused_ops.h).
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const ModelConfig& config);
 
-  // x [B, T, D]; cos/sin [B, 1, T, head_dim]; bias [B, 1, T, L] additive attention bias (0 or a
-  // large negative), or undefined for "attend to everything" (L = cached + T keys).
+  // x [B, T, D]; cos/sin [B, T, head_dim / 2] (rotary angles); bias [B, 1, T, L] additive attention
+  // bias (0 or a large negative), or undefined for "attend to everything" (L = cached + T keys).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& bias, KVCache* cache, int64_t layer_index);
 
@@ -76,8 +80,12 @@ class DecoderLayerImpl : public torch::nn::Module {
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
+  // h + down(swiglu(gate_up(rmsnorm(h)))).
+  torch::Tensor mlp_block(const torch::Tensor& h);
+
   int64_t n_heads_, n_kv_heads_, head_dim_;
   double eps_;
+  fused::ConcatWeights qkv_weight_, gate_up_weight_;
 };
 TORCH_MODULE(DecoderLayer);
 
