@@ -13,7 +13,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int64_t kRowGrain = 16;  // rows per parallel_for task
+constexpr int64_t kRowGrain = 16;        // rows per parallel_for task
+constexpr int64_t kWeightGradRows = 64;  // rows per partial sum of RMSNorm's weight gradient
 
 std::atomic<bool> g_fused_enabled{true};
 
@@ -36,7 +37,7 @@ void rms_norm_rows(const T* x, const T* w, T* y, T* inv, int64_t N, int64_t D, d
 }
 
 // gx = r * (gy * w) - x * r^3 / D * sum(gy * w * x); partial_gw[c] += gy * x * r for the rows of
-// chunk c (chunks fixed by N, so the sum order does not depend on scheduling).
+// chunk c (rows [c * N / chunks, (c + 1) * N / chunks)).
 template <typename T>
 void rms_norm_rows_backward(const T* gy, const T* x, const T* w, const T* inv, T* gx,
                             double* partial_gw, int64_t chunks, int64_t N, int64_t D) {
@@ -82,7 +83,9 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     auto gy = grads[0].contiguous();
     auto gx = torch::empty_like(x);
     const bool want_w = ctx->needs_input_grad(1);
-    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N));
+    // Row chunks of a fixed size: the weight gradient's summation order depends on N only, not on
+    // the thread count, so results are reproducible across machines and thread settings.
+    const int64_t chunks = (N + kWeightGradRows - 1) / kWeightGradRows;
     std::vector<double> partial(want_w ? size_t(chunks * D) : 0, 0.0);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rms_norm_backward", [&] {
       rms_norm_rows_backward<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),

@@ -78,6 +78,23 @@ TEST(FusedRmsNorm, GradientsMatchCentralDifferences) {
   expect_matches_numerical_gradient(f, in, 1, probe);
 }
 
+TEST(FusedRmsNorm, WeightGradientDoesNotDependOnTheThreadCount) {
+  // `rlhf replay --update` must reproduce a live run bit for bit whatever its thread setting.
+  torch::manual_seed(8);
+  auto x = torch::randn({300, 32});
+  auto w = torch::randn({32});
+  auto probe = torch::randn({300, 32});
+  auto f = [](std::vector<torch::Tensor>& in) { return rms_norm(in[0], in[1], 1e-5); };
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  auto one = grads_of(f, {x, w}, probe);
+  at::set_num_threads(3);
+  auto three = grads_of(f, {x, w}, probe);
+  at::set_num_threads(threads);
+  EXPECT_TRUE(torch::equal(one[0], three[0]));
+  EXPECT_TRUE(torch::equal(one[1], three[1]));
+}
+
 TEST(FusedRope, RotatesOnePairByTheAngle) {
   // head_dim 2: (x1, x2) = (1, 0) rotated by 0.5 rad is (cos 0.5, sin 0.5); scale 2 doubles it.
   auto x = torch::tensor({1.0f, 0.0f}).view({1, 1, 2});
