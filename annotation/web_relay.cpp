@@ -314,6 +314,18 @@ WebResponse WebRelay::sign_in(const WebRequest& req) {
     s->token.pop_back();
   while (!s->token.empty() && std::isspace(static_cast<unsigned char>(s->token.front())))
     s->token.erase(0, 1);
+  // One direct Hello first, so a wrong token or a stopped server is answered at once rather
+  // than after the client's reconnect attempts.
+  switch (probe_server(opts_.socket_path, s->token)) {
+    case ServerState::kDown:
+      return error_response(503, "UPSTREAM_DOWN", "the annotation server is not running");
+    case ServerState::kRefusesToken:
+      return error_response(
+          401, "TOKEN_REFUSED",
+          "the annotation server does not accept this token (unknown or revoked)");
+    case ServerState::kUp:
+      break;
+  }
   ClientOptions o;
   o.socket_path = opts_.socket_path;
   o.token = s->token;

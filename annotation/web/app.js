@@ -94,9 +94,15 @@ async function signIn(event) {
   $('signin-error').textContent = 'Signing in...';
   const r = await api('POST', '/api/signin', {token});
   if (r.status === 200) return signedIn(r.data);
-  $('signin-error').textContent = r.status === 401 ?
-    'That token is not known to the annotation server (or it was revoked). Check it and try again.' :
-    (r.data.message || 'Sign-in failed (HTTP ' + r.status + ').');
+  if (r.status === 401) {
+    $('signin-error').textContent = 'That token is not known to the annotation server (or it was ' +
+      'revoked). Check it and try again.';
+  } else if (isDown(r)) {
+    $('signin-error').textContent = 'The annotation server is not running (or is restarting). ' +
+      'Try again in a moment.';
+  } else {
+    $('signin-error').textContent = r.data.message || 'Sign-in failed (HTTP ' + r.status + ').';
+  }
 }
 
 async function signOut() {
@@ -136,7 +142,7 @@ function handleTaskAnswer(r) {
 
 function showProgress(p) {
   $('progress').textContent = 'done ' + p.done + ' · remaining ' + p.remaining +
-    ' · median ' + p.median_seconds.toFixed(1) + ' s per task';
+    (p.done ? ' · median ' + p.median_seconds.toFixed(1) + ' s per task' : '');
 }
 
 function showTask(task) {
