@@ -58,14 +58,16 @@ class WebServer::Impl {
   explicit Impl(WebServerOptions o) : opts(std::move(o)), pool(std::max(1, opts.worker_threads)) {}
   void accept();
 
+  // Declaration order is destruction order reversed: the pool joins first, then the I/O objects
+  // go (and with them the connections, which count themselves down), then the relay.
   WebServerOptions opts;
-  std::unique_ptr<WebRelay> relay;  // outlives the pool (declared before it)
+  std::atomic<size_t> connections{0};
+  std::atomic<bool> stopped{false};
+  std::unique_ptr<WebRelay> relay;
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   asio::signal_set signals{io};
   asio::thread_pool pool;
-  std::atomic<size_t> connections{0};
-  std::atomic<bool> stopped{false};
 };
 
 namespace {
