@@ -404,8 +404,10 @@ Upstream call_upstream(WebRelay::Session& s, const std::string& socket_path,
   }
 }
 
-// A protocol Error answer as HTTP 409 {error: CODE, message}.
+// A protocol Error answer as HTTP 409 {error: CODE, message} (401 for UNAUTHENTICATED).
 WebResponse protocol_error(const proto::Error& e) {
+  if (e.code() == proto::Error::UNAUTHENTICATED)  // revoked while signed in: the session ends
+    return error_response(401, "TOKEN_REFUSED", e.message());
   return error_response(409, proto::Error::Code_Name(e.code()), e.message());
 }
 

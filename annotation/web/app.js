@@ -5,6 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const LETTERS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ';
 const RETRY_MS = 1500;
+const SESSION_ENDED = 'Your session ended (it expired, the relay restarted, or your token was ' +
+  'revoked); sign in again.';
 
 const state = {
   csrf: '',
@@ -121,7 +123,7 @@ async function loadTask() {
 // Handles any answer that carries {task | no_task, progress}.
 function handleTaskAnswer(r) {
   if (r.status === 401 || (r.status === 403 && r.data.error === 'CSRF'))
-    return showSignIn('Your session ended; sign in again.');
+    return showSignIn(SESSION_ENDED);
   if (r.status !== 200) return say(r.data.message || 'Error (HTTP ' + r.status + ')', true);
   if (r.data.progress) showProgress(r.data.progress);
   if (r.data.task) return showTask(r.data.task);
@@ -310,7 +312,7 @@ function send(judgement, savedText) {
       say('Not saved: ' + r.data.message, true);
       return loadTask();
     }
-    if (r.status === 401 || r.status === 403) return showSignIn('Your session ended; sign in again.');
+    if (r.status === 401 || r.status === 403) return showSignIn(SESSION_ENDED);
     say('Not saved: ' + (r.data.message || 'HTTP ' + r.status), true);
   });
 }
@@ -346,7 +348,7 @@ async function undo() {
     await loadTask();
     return say('Undid your last submission (task ' + r.data.undone.task_id + '): rank it again.');
   }
-  if (r.status === 401) return showSignIn('Your session ended; sign in again.');
+  if (r.status === 401) return showSignIn(SESSION_ENDED);
   if (isDown(r)) showBanner(r.data.message);
   say('Cannot undo: ' + (r.data.message || 'HTTP ' + r.status), true);
   setButtons();

@@ -192,6 +192,20 @@ TEST(WebRelay, SessionsExpireWhenIdle) {
   EXPECT_EQ(f.relay->session_count(), 0u);
 }
 
+TEST(WebRelay, ARevokedTokenEndsTheSession) {
+  Fixture f;
+  auto a = f.sign_in(f.tokens[0]);
+  ASSERT_EQ(f.post("/api/task", json::object(), a.cookie, a.csrf).status, 200);
+  {
+    ann::Store store(f.server_options.db_path);
+    store.set_annotator_active("alice", false);
+  }
+  ann::WebResponse r = f.post("/api/task", json::object(), a.cookie, a.csrf);
+  EXPECT_EQ(r.status, 401) << r.body;
+  EXPECT_EQ(f.relay->session_count(), 0u);
+  EXPECT_EQ(f.post("/api/signin", {{"token", f.tokens[0]}}).status, 401);
+}
+
 TEST(WebRelay, ADownServerIs503AndTheSessionCarriesOnAfterARestart) {
   Fixture f;
   auto a = f.sign_in(f.tokens[0]);
