@@ -17,6 +17,7 @@ PACKAGES=(
   zlib1g-dev                    # reading .jsonl.gz
   nlohmann-json3-dev            # JSON lines, HF config.json, safetensors headers
   clang-format                  # scripts/check_format.sh (.clang-format)
+  chromium nodejs               # annotation_web_browser_test (headless browser, puppeteer-core)
 )
 
 SUDO=""
@@ -35,6 +36,22 @@ else
   echo "bootstrap: installing ${missing[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# npm for the browser test: Debian's npm, unless a Node.js distribution that bundles npm is
+# already installed (Debian's npm package would conflict with it).
+if ! command -v npm >/dev/null; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm
+fi
+# puppeteer-core, pinned by tests/annotation/web/package-lock.json, into that folder's
+# node_modules (git-ignored). It drives the Debian chromium: nothing downloads a browser.
+WEB_TEST_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/annotation/web"
+if [ ! -f "$WEB_TEST_DIR/node_modules/puppeteer-core/package.json" ] ||
+   ! cmp -s "$WEB_TEST_DIR/package-lock.json" "$WEB_TEST_DIR/node_modules/.installed-lock.json"; then
+  echo "bootstrap: npm ci in tests/annotation/web (puppeteer-core)"
+  (cd "$WEB_TEST_DIR" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error &&
+     cp package-lock.json node_modules/.installed-lock.json)
 fi
 
 # Make sure OpenBLAS (pthread flavour) is the BLAS libtorch picks up.

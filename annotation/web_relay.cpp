@@ -1,0 +1,463 @@
+#include "annotation/web_relay.h"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "annotation/client.h"
+#include "common/error.h"
+
+namespace rlhf::annotation {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kCookieName = "rlhf_session";
+constexpr size_t kMaxFlagChars = 1000;
+
+std::string random_hex(size_t bytes) {
+  std::vector<unsigned char> buf(bytes);
+  if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1)
+    throw Error("OpenSSL RAND_bytes failed to make a session id");
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : buf) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+bool equal_secrets(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && !a.empty() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// The value of cookie `name` in a Cookie header ("a=1; rlhf_session=abc"), or "".
+std::string cookie_value(const std::string& header, const std::string& name) {
+  size_t pos = 0;
+  while (pos < header.size()) {
+    size_t end = header.find(';', pos);
+    if (end == std::string::npos) end = header.size();
+    std::string part = header.substr(pos, end - pos);
+    size_t b = part.find_first_not_of(' ');
+    if (b != std::string::npos && part.compare(b, name.size() + 1, name + "=") == 0)
+      return part.substr(b + name.size() + 1);
+    pos = end + 1;
+  }
+  return "";
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+WebResponse json_response(int status, const json& body) {
+  WebResponse r;
+  r.status = status;
+  r.body = dump(body);
+  return r;
+}
+
+WebResponse error_response(int status, const std::string& code, const std::string& message) {
+  return json_response(status, {{"error", code}, {"message", message}});
+}
+
+std::string session_cookie(const std::string& id, double max_age_seconds) {
+  return std::string(kCookieName) + "=" + id + "; Path=/; HttpOnly; SameSite=Strict; Max-Age=" +
+         std::to_string(static_cast<long long>(max_age_seconds));
+}
+
+json task_json(const proto::Task& t) {
+  json answers = json::array();
+  for (const auto& a : t.answers()) answers.push_back(a);
+  return {{"id", t.task_id()},
+          {"prompt", t.prompt()},
+          {"answers", answers},
+          {"lease_seconds_left", t.lease_seconds_left()}};
+}
+
+json progress_json(const proto::Progress& p) {
+  return {{"done", p.done()}, {"remaining", p.remaining()}, {"median_seconds", p.median_seconds()}};
+}
+
+// Adds {task} or {no_task} from a GetTask (or SubmitOk) answer.
+void put_task(json& out, const proto::Task* task, const proto::NoTask* no_task) {
+  if (task) out["task"] = task_json(*task);
+  if (no_task) out["no_task"] = {{"retry_after_seconds", no_task->retry_after_seconds()}};
+}
+
+enum class ServerState { kDown, kRefusesToken, kUp };
+
+// Asks the server directly (one Hello on a fresh connection) why a call failed.
+ServerState probe_server(const std::string& socket_path, const std::string& token) {
+  try {
+    Connection c(socket_path);
+    proto::Request r;
+    r.set_schema_version(1);
+    r.set_request_id(1);
+    r.mutable_hello()->set_token(token);
+    r.mutable_hello()->set_client("rlhf-web-probe/1");
+    proto::Response resp = c.call(r);
+    if (!resp.has_error()) return ServerState::kUp;
+    if (resp.error().code() == proto::Error::UNAUTHENTICATED) return ServerState::kRefusesToken;
+    if (resp.error().code() == proto::Error::SHUTTING_DOWN) return ServerState::kDown;
+    return ServerState::kUp;
+  } catch (const ConnectionLost&) {
+    return ServerState::kDown;
+  } catch (const std::exception&) {
+    return ServerState::kUp;
+  }
+}
+
+const char* kDownMessage =
+    "The annotation server is down or restarting. Your ranking is kept; retrying...";
+
+json parse_object(const std::string& body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw UsageError("the request body is not a JSON object");
+  return j;
+}
+
+// Fills `s` from the page's submit body; throws UsageError naming the field.
+void parse_submission(const json& j, proto::SubmitRanking* s) {
+  if (!j.contains("task_id") || !j["task_id"].is_number_integer())
+    throw UsageError("task_id: expected an integer");
+  s->set_task_id(j["task_id"].get<int64_t>());
+  int kinds = 0;
+  if (j.contains("groups")) {
+    ++kinds;
+    if (!j["groups"].is_array()) throw UsageError("groups: expected a list of lists of indices");
+    for (const auto& g : j["groups"]) {
+      if (!g.is_array()) throw UsageError("groups: expected a list of lists of indices");
+      auto* pg = s->add_groups();
+      for (const auto& i : g) {
+        if (!i.is_number_unsigned() || i.get<uint64_t>() > 1000)
+          throw UsageError("groups: answer indices must be integers 0..1000");
+        pg->add_answers(i.get<uint32_t>());
+      }
+    }
+  }
+  if (j.value("none_acceptable", false) == true) ++kinds, s->set_none_acceptable(true);
+  if (j.value("skip", false) == true) ++kinds, s->set_skip(true);
+  if (j.contains("flag")) {
+    if (!j["flag"].is_string() || j["flag"].get<std::string>().empty())
+      throw UsageError("flag: expected a non-empty reason");
+    std::string reason = j["flag"].get<std::string>();
+    if (reason.size() > kMaxFlagChars)
+      throw UsageError("flag: the reason is longer than " + std::to_string(kMaxFlagChars) +
+                       " bytes");
+    s->set_flag(reason);
+    ++kinds;
+  }
+  if (kinds != 1) throw UsageError("give exactly one of groups, none_acceptable, skip, flag");
+  double seconds =
+      j.contains("seconds") && j["seconds"].is_number() ? j["seconds"].get<double>() : 0;
+  s->set_seconds(std::min(std::max(seconds, 0.0), 86400.0));
+  s->set_want_next_task(true);
+}
+
+}  // namespace
+
+struct WebRelay::Session {
+  std::string id;
+  std::string csrf;
+  std::string annotator;
+  std::string token;
+  double last_seen = 0;                      // guarded by Table::mutex
+  std::mutex upstream;                       // one upstream call at a time
+  std::unique_ptr<AnnotationClient> client;  // guarded by upstream
+};
+
+struct WebRelay::Table {
+  mutable std::mutex mutex;
+  std::map<std::string, std::shared_ptr<Session>> sessions;
+};
+
+namespace {
+
+// One upstream call, or the HTTP answer to give instead (503 down, 401 token refused, 502).
+struct Upstream {
+  std::optional<proto::Response> response;
+  WebResponse failure;
+};
+
+Upstream call_upstream(WebRelay::Session& s, const std::string& socket_path,
+                       const proto::Request& request);
+
+}  // namespace
+
+WebRelay::WebRelay(WebRelayOptions options, std::function<double()> now)
+    : opts_(std::move(options)), now_(std::move(now)), table_(std::make_unique<Table>()) {
+  if (!now_)
+    now_ = [] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+    };
+}
+
+WebRelay::~WebRelay() = default;
+
+size_t WebRelay::session_count() const {
+  std::lock_guard<std::mutex> lock(table_->mutex);
+  return table_->sessions.size();
+}
+
+WebResponse WebRelay::handle(const WebRequest& request) {
+  WebResponse r;
+  try {
+    r = route(request);
+  } catch (const UsageError& e) {
+    r = error_response(400, "BAD_REQUEST", e.what());
+  } catch (const std::exception& e) {
+    r = error_response(500, "INTERNAL", e.what());
+  }
+  r.headers.push_back({"Cache-Control", "no-store"});
+  r.headers.push_back({"X-Content-Type-Options", "nosniff"});
+  r.headers.push_back({"Referrer-Policy", "no-referrer"});
+  r.headers.push_back({"X-Frame-Options", "DENY"});
+  r.headers.push_back({"Content-Security-Policy",
+                       "default-src 'none'; script-src 'self'; style-src 'self'; "
+                       "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                       "frame-ancestors 'none'"});
+  return r;
+}
+
+WebResponse WebRelay::route(const WebRequest& req) {
+  const auto& hosts = opts_.allowed_hosts;
+  if (!hosts.empty() && std::find(hosts.begin(), hosts.end(), req.host) == hosts.end())
+    return error_response(
+        403, "BAD_HOST",
+        "Host " + req.host + " is not this server (open it as http://" + hosts.front() + "/)");
+  const std::string path = req.target.substr(0, req.target.find('?'));
+  if (req.method == "GET") {
+    for (const auto& a : web_assets()) {
+      if (path == a.path) {
+        WebResponse r;
+        r.content_type = a.content_type;
+        r.body.assign(a.data, a.size);
+        return r;
+      }
+    }
+    if (path == "/api/session") {
+      auto s = find_session(cookie_value(req.cookie, kCookieName));
+      if (!s) return error_response(401, "SIGNED_OUT", "not signed in");
+      return session_info(s);
+    }
+    return error_response(404, "NOT_FOUND", "no page " + path);
+  }
+  if (req.method != "POST") return error_response(405, "METHOD", "only GET and POST are served");
+  if (!req.origin.empty() && req.origin != "http://" + req.host &&
+      req.origin != "https://" + req.host)
+    return error_response(403, "BAD_ORIGIN", "cross-origin requests are refused");
+  if (req.content_type.rfind("application/json", 0) != 0)
+    return error_response(415, "CONTENT_TYPE", "POST bodies must be application/json");
+  if (path == "/api/signin") return sign_in(req);
+
+  const std::string id = cookie_value(req.cookie, kCookieName);
+  auto session = find_session(id);
+  if (!session)
+    return error_response(401, "SIGNED_OUT", "sign in first (your session ended or never began)");
+  if (!equal_secrets(req.csrf, session->csrf))
+    return error_response(403, "CSRF", "missing or wrong X-CSRF-Token for this session");
+  if (path == "/api/signout") return sign_out(id);
+  std::lock_guard<std::mutex> lock(session->upstream);
+  WebResponse r;
+  if (path == "/api/task")
+    r = get_task(*session);
+  else if (path == "/api/submit")
+    r = submit(*session, req.body);
+  else if (path == "/api/undo")
+    r = undo(*session);
+  else
+    return error_response(404, "NOT_FOUND", "no API " + path);
+  if (r.status == 401) {  // the server refused the token (revoked): end the session
+    sign_out(id);
+    r.headers.push_back({"Set-Cookie", session_cookie("", 0)});
+  }
+  return r;
+}
+
+std::shared_ptr<WebRelay::Session> WebRelay::find_session(const std::string& id) {
+  if (id.empty()) return nullptr;
+  double now = now_();
+  std::lock_guard<std::mutex> lock(table_->mutex);
+  drop_expired_sessions(now);
+  auto it = table_->sessions.find(id);
+  if (it == table_->sessions.end()) return nullptr;
+  it->second->last_seen = now;
+  return it->second;
+}
+
+void WebRelay::drop_expired_sessions(double now) {
+  for (auto it = table_->sessions.begin(); it != table_->sessions.end();) {
+    if (now - it->second->last_seen > opts_.session_idle_seconds)
+      it = table_->sessions.erase(it);
+    else
+      ++it;
+  }
+}
+
+WebResponse WebRelay::sign_in(const WebRequest& req) {
+  json j = parse_object(req.body);
+  if (!j.contains("token") || !j["token"].is_string() || j["token"].get<std::string>().empty())
+    throw UsageError("token: expected the annotator token as a string");
+  auto s = std::make_shared<Session>();
+  s->token = j["token"].get<std::string>();
+  while (!s->token.empty() && std::isspace(static_cast<unsigned char>(s->token.back())))
+    s->token.pop_back();
+  while (!s->token.empty() && std::isspace(static_cast<unsigned char>(s->token.front())))
+    s->token.erase(0, 1);
+  // One direct Hello first, so a wrong token or a stopped server is answered at once rather
+  // than after the client's reconnect attempts.
+  switch (probe_server(opts_.socket_path, s->token)) {
+    case ServerState::kDown:
+      return error_response(503, "UPSTREAM_DOWN", "the annotation server is not running");
+    case ServerState::kRefusesToken:
+      return error_response(
+          401, "TOKEN_REFUSED",
+          "the annotation server does not accept this token (unknown or revoked)");
+    case ServerState::kUp:
+      break;
+  }
+  ClientOptions o;
+  o.socket_path = opts_.socket_path;
+  o.token = s->token;
+  o.retry_seconds = opts_.upstream_retry_seconds;
+  o.client_name = "rlhf-web/1";
+  s->client = std::make_unique<AnnotationClient>(o);
+  proto::Request hello_check;
+  hello_check.mutable_get_progress();
+  Upstream up = call_upstream(*s, opts_.socket_path, hello_check);
+  if (!up.response) return up.failure;
+  s->annotator = s->client->annotator();
+  s->id = random_hex(32);
+  s->csrf = random_hex(32);
+  s->last_seen = now_();
+  {
+    std::lock_guard<std::mutex> lock(table_->mutex);
+    drop_expired_sessions(s->last_seen);
+    if (table_->sessions.size() >= opts_.max_sessions)
+      return error_response(503, "TOO_MANY_SESSIONS",
+                            "too many signed-in sessions; try again when some have ended");
+    table_->sessions[s->id] = s;
+  }
+  if (opts_.log_sign_ins)
+    std::fprintf(stderr, "annotate web: %s signed in\n", s->annotator.c_str());
+  WebResponse r = session_info(s);
+  r.headers.push_back({"Set-Cookie", session_cookie(s->id, opts_.session_idle_seconds)});
+  return r;
+}
+
+WebResponse WebRelay::sign_out(const std::string& id) {
+  std::shared_ptr<Session> gone;
+  {
+    std::lock_guard<std::mutex> lock(table_->mutex);
+    auto it = table_->sessions.find(id);
+    if (it != table_->sessions.end()) {
+      gone = it->second;
+      table_->sessions.erase(it);
+    }
+  }
+  if (gone && opts_.log_sign_ins)
+    std::fprintf(stderr, "annotate web: %s signed out\n", gone->annotator.c_str());
+  WebResponse r = json_response(200, {{"signed_out", true}});
+  r.headers.push_back({"Set-Cookie", session_cookie("", 0)});
+  return r;
+}
+
+WebResponse WebRelay::session_info(const std::shared_ptr<Session>& s) {
+  return json_response(200, {{"annotator", s->annotator},
+                             {"csrf", s->csrf},
+                             {"lease_seconds", s->client->lease_seconds()}});
+}
+
+namespace {
+
+Upstream call_upstream(WebRelay::Session& s, const std::string& socket_path,
+                       const proto::Request& request) {
+  Upstream out;
+  try {
+    out.response = s.client->call(request);
+    return out;
+  } catch (const std::exception& e) {
+    switch (probe_server(socket_path, s.token)) {
+      case ServerState::kDown:
+        out.failure = error_response(503, "UPSTREAM_DOWN", kDownMessage);
+        break;
+      case ServerState::kRefusesToken:
+        out.failure =
+            error_response(401, "TOKEN_REFUSED",
+                           "the annotation server does not accept this token (unknown or revoked)");
+        break;
+      case ServerState::kUp:
+        out.failure = error_response(502, "UPSTREAM", e.what());
+        break;
+    }
+    return out;
+  }
+}
+
+// A protocol Error answer as HTTP 409 {error: CODE, message} (401 for UNAUTHENTICATED).
+WebResponse protocol_error(const proto::Error& e) {
+  if (e.code() == proto::Error::UNAUTHENTICATED)  // revoked while signed in: the session ends
+    return error_response(401, "TOKEN_REFUSED", e.message());
+  return error_response(409, proto::Error::Code_Name(e.code()), e.message());
+}
+
+// Adds {progress} when the server answers; progress is informative, so a failure is ignored.
+void add_progress(WebRelay::Session& s, const std::string& socket_path, json& out) {
+  proto::Request req;
+  req.mutable_get_progress();
+  Upstream up = call_upstream(s, socket_path, req);
+  if (up.response && up.response->has_progress())
+    out["progress"] = progress_json(up.response->progress());
+}
+
+}  // namespace
+
+WebResponse WebRelay::get_task(Session& s) {
+  proto::Request req;
+  req.mutable_get_task();
+  Upstream up = call_upstream(s, opts_.socket_path, req);
+  if (!up.response) return up.failure;
+  const proto::Response& r = *up.response;
+  if (r.has_error()) return protocol_error(r.error());
+  json out = json::object();
+  put_task(out, r.has_task() ? &r.task() : nullptr, r.has_no_task() ? &r.no_task() : nullptr);
+  add_progress(s, opts_.socket_path, out);
+  return json_response(200, out);
+}
+
+WebResponse WebRelay::submit(Session& s, const std::string& body) {
+  proto::Request req;
+  parse_submission(parse_object(body), req.mutable_submit());
+  Upstream up = call_upstream(s, opts_.socket_path, req);
+  if (!up.response) return up.failure;
+  const proto::Response& r = *up.response;
+  if (r.has_error()) return protocol_error(r.error());
+  const proto::SubmitOk& ok = r.submitted();
+  json out = {{"saved", {{"task_id", ok.task_id()}, {"ranking_id", ok.ranking_id()}}}};
+  put_task(out, ok.has_next_task() ? &ok.next_task() : nullptr,
+           ok.has_no_task() ? &ok.no_task() : nullptr);
+  add_progress(s, opts_.socket_path, out);
+  return json_response(200, out);
+}
+
+WebResponse WebRelay::undo(Session& s) {
+  proto::Request req;
+  req.mutable_undo();
+  Upstream up = call_upstream(s, opts_.socket_path, req);
+  if (!up.response) return up.failure;
+  if (up.response->has_error()) return protocol_error(up.response->error());
+  // The page asks for the task next (/api/task): a lost answer there must not undo twice.
+  return json_response(200, {{"undone", {{"task_id", up.response->undone().task_id()}}}});
+}
+
+}  // namespace rlhf::annotation
