@@ -23,6 +23,8 @@
 #include "pipelines/report.h"
 #include "pipelines/stage_record.h"
 #include "policy/checkpoint.h"
+#include "policy/device.h"
+#include "policy/sft_config.h"
 #include "policy/tokenizer.h"
 
 namespace rlhf::pipelines {
@@ -156,11 +158,13 @@ json stage_sample(Run& run) {
   auto tok = policy::Tokenizer::load(run.tokenizer_model());
   auto loaded = load_sft(run, tok);
   auto& model = loaded.model;
+  model->to(policy::resolve_device(sc.device(), "sample: device"));
   model->eval();
   std::string dir = run.path("sample");
   make_dirs(dir);
 
   policy::SamplingOptions so;
+  so.precision = policy::parse_precision(sc.dtype(), "sample: dtype");
   so.temperature = sc.temperature();
   so.top_p = sc.top_p();
   so.max_new_tokens = sc.max_new_tokens();
@@ -175,7 +179,7 @@ json stage_sample(Run& run) {
 
   // Held-out: gold accuracy (greedy) and gold-ranked sampled pairs.
   auto held = heldout_problems(run);
-  auto gold = evaluate_gold(model, tok, held, sc.max_new_tokens(), sc.batch_size());
+  auto gold = evaluate_gold(model, tok, held, sc.max_new_tokens(), sc.batch_size(), so.precision);
   std::vector<std::string> held_prompts = gold.prompts;
   so.seed = run.config.seed() + 12;
   auto held_answers =
@@ -375,10 +379,12 @@ json stage_ppo(Run& run) {
   // Final gold accuracy of the PPO policy on the same held-out problems as the SFT number.
   auto tok = policy::Tokenizer::load(run.tokenizer_model());
   auto loaded = policy::load_checkpoint(dir + "/model");
+  const auto& sc = run.config.sample();
+  loaded.model->to(policy::resolve_device(sc.device(), "sample: device"));
   loaded.model->eval();
   auto held = heldout_problems(run);
-  auto gold = evaluate_gold(loaded.model, tok, held, run.config.sample().max_new_tokens(),
-                            run.config.sample().batch_size());
+  auto gold = evaluate_gold(loaded.model, tok, held, sc.max_new_tokens(), sc.batch_size(),
+                            policy::parse_precision(sc.dtype(), "sample: dtype"));
   json after = json::array();
   for (size_t i = 0; i < gold.prompts.size(); ++i)
     after.push_back({{"prompt", gold.prompts[i]},
@@ -548,9 +554,32 @@ void run_stage(Run& run, const Stage& stage, bool forced) {
   std::printf("== %s done in %.1f s\n", stage.name.c_str(), secs);
 }
 
+// The command's --device / --dtype over the config's, then the pipeline-wide values (when set)
+// into every stage section that computes.
+void apply_device_and_dtype(proto::PipelineConfig& c, const RunOptions& o) {
+  if (!o.device.empty()) c.set_device(o.device);
+  if (!o.dtype.empty()) c.set_dtype(o.dtype);
+  policy::validate_device_and_dtype(c.has_device() ? c.device() : "cpu",
+                                    c.has_dtype() ? c.dtype() : "fp32",
+                                    ConfigErrors(c, "pipeline run --device/--dtype"));
+  if (c.has_device()) {
+    c.mutable_sft()->set_device(c.device());
+    c.mutable_sample()->set_device(c.device());
+    c.mutable_reward()->set_device(c.device());
+    c.mutable_ppo()->set_device(c.device());
+  }
+  if (c.has_dtype()) {
+    c.mutable_sft()->set_dtype(c.dtype());
+    c.mutable_sample()->set_dtype(c.dtype());
+    c.mutable_reward()->set_dtype(c.dtype());
+    c.mutable_ppo()->set_dtype(c.dtype());
+  }
+}
+
 Run open_run(const RunOptions& options) {
   Run run;
   run.config = load_pipeline_config(options.config_path);
+  apply_device_and_dtype(run.config, options);
   run.config_path = options.config_path;
   run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
   run.exe = self_executable();

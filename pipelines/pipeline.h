@@ -29,6 +29,8 @@ struct RunOptions {
   std::string from_stage;   // "" = first stage; rerun this stage and all after it
   std::string only_stage;   // "" = all; run just this stage (its inputs must be complete)
   bool force = false;       // rerun stages even when their fingerprint is unchanged
+  std::string device;       // "" = the config's; else PipelineConfig.device (every stage's device)
+  std::string dtype;        // "" = the config's; else PipelineConfig.dtype (every stage's dtype)
 };
 
 // Runs the pipeline; returns the run folder. Throws rlhf::Error naming the stage on failure.

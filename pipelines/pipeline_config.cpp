@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "policy/device.h"
 #include "policy/ppo_config.h"
 #include "policy/sft_config.h"
 #include "reward/train_config.h"
@@ -93,6 +94,9 @@ void validate_pipeline_config(const proto::PipelineConfig& c, const ConfigErrors
     se.fail("top_p", "expected a value in (0, 1]", config_number(s.top_p()));
   at_least(se, "max_new_tokens", s.max_new_tokens(), 1);
   at_least(se, "batch_size", s.batch_size(), 1);
+  policy::validate_device_and_dtype(s.device(), s.dtype(), se);
+  policy::validate_device_and_dtype(c.has_device() ? c.device() : "cpu",
+                                    c.has_dtype() ? c.dtype() : "fp32", errors);
 
   const ConfigErrors ae = errors.nested("annotate");
   const auto& a = c.annotate();

@@ -41,7 +41,7 @@ std::vector<std::vector<std::string>> sample_answers(policy::Transformer& model,
 
 GoldEval evaluate_gold(policy::Transformer& model, const policy::Tokenizer& tok,
                        const std::vector<quickstart::Problem>& problems, int max_new_tokens,
-                       int batch) {
+                       int batch, policy::Precision precision) {
   GoldEval r;
   for (const auto& p : problems) {
     r.prompts.push_back(p.prompt());
@@ -50,6 +50,7 @@ GoldEval evaluate_gold(policy::Transformer& model, const policy::Tokenizer& tok,
   policy::SamplingOptions o;
   o.temperature = 0.0f;
   o.max_new_tokens = max_new_tokens;
+  o.precision = precision;
   r.answers = answer_prompts(model, tok, r.prompts, o, batch);
   int right = 0;
   for (size_t i = 0; i < problems.size(); ++i) {

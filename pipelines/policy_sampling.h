@@ -35,6 +35,6 @@ struct GoldEval {
 // Greedy answers to the problems and the share that is correct (the quickstart's gold accuracy).
 GoldEval evaluate_gold(policy::Transformer& model, const policy::Tokenizer& tok,
                        const std::vector<quickstart::Problem>& problems, int max_new_tokens = 24,
-                       int batch = 64);
+                       int batch = 64, policy::Precision precision = policy::Precision::kFp32);
 
 }  // namespace rlhf::pipelines

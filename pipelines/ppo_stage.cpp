@@ -102,6 +102,7 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
   if (cfg.out_dir().empty()) cfg.set_out_dir("ppo");
   if (o.iterations) cfg.set_iterations(*o.iterations);
   if (!o.device.empty()) cfg.set_device(o.device);
+  if (!o.dtype.empty()) cfg.set_dtype(o.dtype);
   const ConfigErrors errors(cfg, o.config_path);
   for (auto [field, value] : {std::pair{"policy", cfg.policy()},
                               {"reward_model", cfg.reward_model()},
@@ -213,7 +214,7 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   policy::PpoTrainer trainer(cfg, models, make_teacher(scorer, bos), prompts, out, decode);
   if (!o.gold_task.empty()) trainer.set_extra_stats(gold_monitor(*tok, bos));
   // Data parallelism: every rank trains; rank 0 alone evaluates, saves and records the stage.
-  const bool root = policy::dist::world(torch::Device(cfg.device())).is_root();
+  const bool root = policy::dist::world().is_root();  // joined by the trainer
   proto::StageManifest manifest = begin_manifest("ppo");
   manifest.set_resolved_config(to_text_format(cfg));
   *manifest.add_inputs() = file_ref(cfg.prompts());
@@ -223,7 +224,9 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
 
   std::map<std::string, double> result;
   auto gold = [&](const char* key) {
-    const double acc = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens()).accuracy;
+    const double acc = evaluate_gold(models.policy, *tok, held, cfg.max_new_tokens(), 64,
+                                     policy::parse_precision(cfg.dtype(), "ppo config: dtype"))
+                           .accuracy;
     result[key] = acc;
     std::fprintf(stderr, "ppo: %s: %.1f%% (%zu problems)\n", key, 100 * acc, held.size());
   };

@@ -16,6 +16,7 @@ struct PpoStageOptions {
   std::string out_dir;            // overrides config.out_dir ("ppo" when both are empty)
   std::optional<int> iterations;  // overrides config.iterations
   std::string device;             // overrides config.device when not empty
+  std::string dtype;              // overrides config.dtype when not empty
   // Gold teacher for monitoring (not training): "quickstart" logs gold/accuracy of each
   // iteration's rollouts; with gold_prompts (JSON lines {"prompt": ...}) the greedy held-out gold
   // accuracy before and after training goes into the manifest metrics.

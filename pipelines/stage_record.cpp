@@ -2,6 +2,7 @@
 
 #include "common/manifest.h"
 #include "pipelines/annotation_pairs.h"
+#include "policy/device.h"
 #include "policy/distributed.h"
 
 namespace rlhf::pipelines {
@@ -27,7 +28,8 @@ policy::SftResult run_sft_stage(const proto::SftConfig& config) {
 }
 
 reward::TrainResult run_reward_stage(proto::RewardTrainConfig config) {
-  auto& comm = policy::dist::world(torch::Device(config.device()));
+  auto& comm =
+      policy::dist::world(policy::resolve_device(config.device(), "reward config: device"));
   if (comm.is_root()) export_annotation_pairs(&config);
   comm.barrier();  // the other ranks read the pairs rank 0 exported
   if (!comm.is_root()) export_annotation_pairs(&config, /*write=*/false);

@@ -14,7 +14,10 @@
 #ifdef RLHF_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#if defined(USE_C10D_NCCL) && __has_include(<torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>)
+// CUDA builds of libtorch export USE_C10D_NCCL with their torch_cuda target; the header also needs
+// NCCL's own nccl.h (PyTorch wheels: site-packages/nvidia/nccl/include, found by CMakeLists.txt).
+#if defined(USE_C10D_NCCL) && __has_include(<torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>) && \
+    __has_include(<nccl.h>)
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #define RLHF_HAVE_NCCL 1
 #endif
@@ -117,7 +120,11 @@ class BackendOf : public Backend {
     pg_->allgather(outs, ins)->wait(timeout_);
     out = outs[0];
   }
-  void barrier() override { pg_->barrier()->wait(timeout_); }
+  void barrier() override {
+    c10d::BarrierOptions o;
+    if (device_.is_cuda() && device_.has_index()) o.device_ids = {device_.index()};  // NCCL's GPU
+    pg_->barrier(o)->wait(timeout_);
+  }
   torch::Device device() const override { return device_; }
 
  private:

@@ -157,9 +157,11 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
   std::vector<torch::Tensor> tokens, logprobs, masks;
   {
     torch::InferenceMode inference;
+    AutocastScope autocast(device, options.precision);
     auto ids_dev = prompt_ids.to(device), mask_dev = prompt_mask.to(device);
     KVCache cache;
     cache.capacity = P + std::max<int64_t>(N, 1);
+    if (options.precision == Precision::kBf16) cache.dtype = torch::kBFloat16;
     // Full sequence so far, for the no-cache path.
     torch::Tensor seq = ids_dev, seq_mask = mask_dev;
     torch::Tensor hidden = options.use_cache ? model->hidden_states(ids_dev, mask_dev, &cache)

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "policy/device.h"
 #include "policy/model.h"
 
 namespace rlhf::policy {
@@ -23,6 +24,9 @@ struct SamplingOptions {
   // a row's sample does not depend on how the batch is split across ranks.
   int64_t row_offset = 0;
   int64_t total_rows = 0;
+  // kBf16: the forward passes run under bf16 autocast and the KV cache is bfloat16
+  // (policy/device.h); log-probabilities are still float32.
+  Precision precision = Precision::kFp32;
 };
 
 struct GenerationOutput {

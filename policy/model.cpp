@@ -276,11 +276,12 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
       int64_t cap = cache->capacity > 0 ? cache->capacity : config_.max_seq_len;
       cap = std::max(cap, T);
       const int64_t KV = config_.n_kv_heads, hd = config_.head_dim();
+      const auto kv_opts = cache->dtype ? x.options().dtype(*cache->dtype) : x.options();
       cache->keys.clear();
       cache->values.clear();
       for (int l = 0; l < config_.n_layers; ++l) {
-        cache->keys.push_back(torch::zeros({B, KV, cap, hd}, x.options()));
-        cache->values.push_back(torch::zeros({B, KV, cap, hd}, x.options()));
+        cache->keys.push_back(torch::zeros({B, KV, cap, hd}, kv_opts));
+        cache->values.push_back(torch::zeros({B, KV, cap, hd}, kv_opts));
       }
       cache->mask_buffer = torch::zeros({B, cap}, long_opts);
       cache->next_position = torch::zeros({B}, long_opts);

@@ -60,6 +60,9 @@ struct KVCache {
   torch::Tensor attention_mask;  // [B, length] mask of all tokens seen so far (1 = real); a view
   torch::Tensor next_position;   // [B] int64: position id the next token gets
   torch::Tensor mask_buffer;     // [B, capacity] backing store of attention_mask (internal)
+  // dtype of the key/value buffers, set before the first call: unset = the activations' (float32);
+  // torch::kBFloat16 under bf16 autocast halves the cache (policy/device.h).
+  c10::optional<torch::ScalarType> dtype;
 };
 
 // One pre-norm decoder block: x + attn(rmsnorm(x)), then h + mlp(rmsnorm(h)).

@@ -36,23 +36,33 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-double measure_gemm(int n) {
+// Waits for the device's queued work (CUDA kernels run asynchronously); no-op on CPU.
+void sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+double measure_gemm(int n, const torch::Device& device, Precision precision) {
   torch::NoGradGuard ng;
-  auto a = torch::randn({n, n});
-  auto b = torch::randn({n, n});
+  const auto opts = torch::TensorOptions().device(device).dtype(activation_dtype(precision));
+  auto a = torch::randn({n, n}, opts);
+  auto b = torch::randn({n, n}, opts);
   auto c = torch::matmul(a, b);  // warm-up
+  sync(device);
   int reps = 0;
   double start = now_s(), elapsed = 0;
   while (elapsed < 1.0 || reps < 3) {
     c = torch::matmul(a, b);
     ++reps;
+    if (device.is_cuda() && reps % 10 != 0)
+      continue;  // queue kernels, check the clock now and then
+    sync(device);
     elapsed = now_s() - start;
   }
   return 2.0 * n * n * static_cast<double>(n) * reps / elapsed / 1e9;
 }
 
 double measure_generation(Transformer& model, int batch, int prompt_len, int new_tokens, bool cache,
-                          uint64_t seed, int repeat) {
+                          uint64_t seed, int repeat, Precision precision) {
   std::vector<std::vector<int64_t>> prompts(batch);
   for (int b = 0; b < batch; ++b)
     for (int t = 0; t < prompt_len; ++t) prompts[b].push_back(3 + (b * 31 + t * 7) % 1000);
@@ -62,7 +72,10 @@ double measure_generation(Transformer& model, int batch, int prompt_len, int new
   opt.seed = seed;
   opt.eos_id = -1;  // never stop early: every sequence produces new_tokens
   opt.use_cache = cache;
-  (void)generate(model, prompts, SamplingOptions{4, 1.0f, 0, 1.0f, seed, -1, cache});  // warm-up
+  opt.precision = precision;
+  SamplingOptions warm_up = opt;
+  warm_up.max_new_tokens = 4;
+  (void)generate(model, prompts, warm_up);
   std::vector<double> rates;
   for (int r = 0; r < std::max(1, repeat); ++r) {
     double start = now_s();
@@ -101,41 +114,49 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
     if (print_progress) std::fprintf(stderr, "bench: %s...\n", what);
   };
   static const std::vector<std::string> kOnly = {
-      "", "gemm", "gen_b1_cache", "gen_b1_nocache", "gen_b32_cache", "train", "train_dp2"};
+      "",      "gemm",     "gen_b1_cache", "gen_b1_nocache", "gen_b32_cache", "gen_b256_cache",
+      "train", "train_dp2"};
   if (std::find(kOnly.begin(), kOnly.end(), o.only) == kOnly.end())
     throw Error("bench: unknown measurement '" + o.only +
-                "' (expected gemm, gen_b1_cache, gen_b1_nocache, gen_b32_cache, train or "
-                "train_dp2)");
+                "' (expected gemm, gen_b1_cache, gen_b1_nocache, gen_b32_cache, gen_b256_cache "
+                "(CUDA), train or train_dp2)");
   auto want = [&](const char* key) { return o.only.empty() || o.only == key; };
   torch::manual_seed(static_cast<int64_t>(o.seed));
   r["threads"] = torch::get_num_threads();
 
+  const torch::Device device = resolve_device(o.device, "bench --device");
   if (want("gemm")) {
     say("gemm peak");
-    r["gemm_gflops"] = measure_gemm(o.quick ? 512 : o.gemm_size);
+    r["gemm_gflops"] = measure_gemm(o.quick ? 512 : o.gemm_size, device, o.precision);
   }
 
   const ModelConfig cfg = perf_model_config(o);
   Transformer model(cfg);
   init_weights(model);
+  model->to(device);
   model->eval();
   r["params"] = static_cast<double>(cfg.num_parameters());
 
   int new_tokens = o.quick ? 16 : o.gen_new_tokens;
   if (want("gen_b1_cache")) {
     say("generation batch 1 with KV cache");
-    r["gen_b1_cache"] =
-        measure_generation(model, 1, o.gen_prompt_len, new_tokens, true, o.seed, o.repeat);
+    r["gen_b1_cache"] = measure_generation(model, 1, o.gen_prompt_len, new_tokens, true, o.seed,
+                                           o.repeat, o.precision);
   }
   if (want("gen_b1_nocache")) {
     say("generation batch 1 without KV cache");
-    r["gen_b1_nocache"] =
-        measure_generation(model, 1, o.gen_prompt_len, new_tokens, false, o.seed, o.repeat);
+    r["gen_b1_nocache"] = measure_generation(model, 1, o.gen_prompt_len, new_tokens, false, o.seed,
+                                             o.repeat, o.precision);
   }
   if (want("gen_b32_cache")) {
     say("generation batch 32 with KV cache");
-    r["gen_b32_cache"] =
-        measure_generation(model, 32, o.gen_prompt_len, new_tokens, true, o.seed, o.repeat);
+    r["gen_b32_cache"] = measure_generation(model, 32, o.gen_prompt_len, new_tokens, true, o.seed,
+                                            o.repeat, o.precision);
+  }
+  if (device.is_cuda() && (o.only.empty() || o.only == "gen_b256_cache")) {
+    say("generation batch 256 with KV cache");
+    r["gen_b256_cache"] = measure_generation(model, 256, o.gen_prompt_len, new_tokens, true, o.seed,
+                                             o.repeat, o.precision);
   }
   if (!want("train")) return r;
 
@@ -147,20 +168,26 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   training::NamedTensors params;
   for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
   training::Optimizer opt(params, training::AdamWOptions{});
-  auto data = torch::randint(3, o.vocab, {B, T + 1}, torch::kLong);
+  auto data = torch::randint(3, o.vocab, {B, T + 1}, torch::kLong).to(device);
   auto inputs = data.slice(1, 0, T), targets = data.slice(1, 1, T + 1);
   auto step = [&] {
     opt.zero_grad();
-    auto logits = model->forward(inputs);
-    auto loss =
-        torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}), targets.reshape({-1}));
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(device, o.precision);
+      auto logits = model->forward(inputs);
+      loss = torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}),
+                                                  targets.reshape({-1}));
+    }
     loss.backward();
     opt.step(3e-4, 1.0);
   };
   step();  // warm-up
+  sync(device);
   const int steps = shape.steps;
   double start = now_s();
   for (int s = 0; s < steps; ++s) step();
+  sync(device);
   double secs = now_s() - start;
   double tokens = static_cast<double>(B) * T * steps;
   r["train_tokens_per_s"] = tokens / secs;
@@ -209,10 +236,14 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   auto step = [&] {
     opt.zero_grad();
     if (hi > lo) {
-      auto logits = model->forward(inputs);
-      auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}),
-                                                       targets.reshape({-1}), sum_ce) /
-                  global_targets;
+      torch::Tensor loss;
+      {
+        AutocastScope autocast(torch::kCPU, o.precision);
+        auto logits = model->forward(inputs);
+        loss = torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}),
+                                                    targets.reshape({-1}), sum_ce) /
+               global_targets;
+      }
       loss.backward();
     }
     dist::all_reduce_gradients(comm, opt.parameters());

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "policy/device.h"
+
 namespace rlhf::policy {
 
 struct PerfOptions {
@@ -30,10 +32,16 @@ struct PerfOptions {
   // measure_train_dp (it needs other processes); "train" means both training measurements.
   std::string only;
   int repeat = 1;  // generation runs per measurement; the median is reported
+  // Where and how run_perf_harness computes (policy/device.h): "cpu" | "cuda" | "cuda:N", and
+  // fp32 or bf16 (the GEMM in bf16, generation and training under bf16 autocast). On CUDA the
+  // generation figures add batch 256 (gen_b256_cache); train_dp2 stays a CPU (Gloo) measurement.
+  std::string device = "cpu";
+  Precision precision = Precision::kFp32;
 };
 
-// Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s), train_tokens_per_s,
-// train_gflops, train_peak_fraction, threads, params. Throws rlhf::Error for an unknown `only`.
+// Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s; gen_b256_cache on
+// CUDA), train_tokens_per_s, train_gflops, train_peak_fraction, threads, params. Throws rlhf::Error
+// for an unknown `only`.
 std::map<std::string, double> run_perf_harness(const PerfOptions& options,
                                                bool print_progress = true);
 

@@ -27,8 +27,7 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
   };
   if (c.schema_version() != 1)
     e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
-  if (c.device() != "cpu" && c.device().rfind("cuda", 0) != 0)
-    e.fail("device", "expected \"cpu\" or \"cuda[:N]\"", config_quoted(c.device()));
+  validate_device_and_dtype(c.device(), c.dtype(), e);
   at_least("iterations", c.iterations(), 0);
   at_least("batch_size", c.batch_size(), 1);
   if (c.minibatch_size() < 1 || c.minibatch_size() > c.batch_size())

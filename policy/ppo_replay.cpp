@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "policy/checkpoint.h"
+#include "policy/device.h"
 #include "policy/logprobs.h"
 #include "policy/ppo_math.h"
 
@@ -123,7 +124,7 @@ std::vector<LogprobCheck> recompute_logprobs(const std::vector<proto::RolloutRec
   } catch (...) {
     rethrow_with_context("replay --policy " + policy_dir);
   }
-  torch::Device dev(device);
+  const torch::Device dev = resolve_device(device, "replay --device");
   auto& model = loaded.model;
   model->to(dev);
   model->eval();

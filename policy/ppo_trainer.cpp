@@ -17,6 +17,7 @@
 #include "common/metrics.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/device.h"
 #include "policy/distributed.h"
 #include "policy/generation.h"
 #include "policy/logprobs.h"
@@ -219,6 +220,7 @@ struct PpoTrainer::Impl {
   std::string out_dir;
   std::string fingerprint;
   torch::Device device{torch::kCPU};
+  Precision precision = Precision::kFp32;  // bf16: autocast forwards, bf16 KV cache in rollouts
   dist::Comm* comm = nullptr;  // the ranks sharing each iteration's batch (one when alone)
   std::unique_ptr<training::Optimizer> policy_opt, critic_opt;
   std::unique_ptr<ppo::KLController> kl_ctl;
@@ -280,7 +282,8 @@ LogprobOptions logprob_options(const proto::PpoConfig& c) {
 void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   cfg = config;
   m = std::move(models);
-  device = torch::Device(cfg.device());
+  device = resolve_device(cfg.device(), "ppo config: device");
+  precision = parse_precision(cfg.dtype(), "ppo config: dtype");
   comm = &dist::world(device);
   if (!m.critic->config().value_head) m.critic->add_value_head();
   m.policy->to(device);
@@ -393,6 +396,7 @@ Rollout PpoTrainer::Impl::sample(int64_t it) {
   so.seed = r.seed = mix_seed(cfg.seed(), (uint64_t)it, 0x9e4);
   so.row_offset = r.row0;
   so.total_rows = r.B_global;
+  so.precision = precision;
   m.policy->eval();
   if (lora) lora->refresh(false);
   r.gen = generate(m.policy, r.prompts, so);
@@ -471,6 +475,7 @@ void PpoTrainer::Impl::shape_scores(Rollout& r) {
 // 4. Log-probs under policy and reference, entropy, critic values (teacher forcing, no grad).
 void PpoTrainer::Impl::evaluate(Rollout& r) {
   torch::NoGradGuard no_grad;
+  AutocastScope autocast(device, precision);
   LogprobOptions lo = logprob_options(cfg);
   lo.entropy = true;
   auto pol = token_logprobs(m.policy, r.ids, r.full_mask, lo);
@@ -625,6 +630,7 @@ void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tenso
   torch::Tensor loss;
   double share = 0;
   if (rows) {
+    AutocastScope autocast(device, precision);  // forward and loss; backward() runs outside
     LogprobOptions tlo = lo;
     tlo.entropy = cfg.entropy_coef() > 0;
     const auto rmask = u.rmask.index_select(0, idx);
@@ -679,6 +685,7 @@ void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tenso
   ppo::ValueLossResult vl;
   double share = 0;
   if (rows) {
+    AutocastScope autocast(device, precision);
     auto h = m.critic->hidden_states(u.ids.index_select(0, idx), u.full_mask.index_select(0, idx));
     auto v = m.critic->values_from_hidden(h.narrow(1, u.P - 1, u.N)).to(torch::kFloat);
     const auto rmask = u.rmask.index_select(0, idx);
@@ -856,9 +863,9 @@ void prune_log(const std::string& path, const char* key, int64_t completed) {
   write_file_atomic(path, kept);
 }
 
-// The run's identity for the resume rule (policy/training.h): the config without out_dir, device
-// and iterations (a finished run can be extended; the lr schedule then stretches from there on),
-// and the prompt ids (the models are named by paths in the config).
+// The run's identity for the resume rule (policy/training.h): the config without out_dir, device,
+// dtype and iterations (a finished run can be extended; the lr schedule then stretches from there
+// on), and the prompt ids (the models are named by paths in the config).
 std::string ppo_fingerprint(const proto::PpoConfig& c,
                             const std::vector<std::vector<int64_t>>& prompts) {
   std::string ids;
@@ -868,7 +875,7 @@ std::string ppo_fingerprint(const proto::PpoConfig& c,
   }
   proto::PpoConfig copy = c;
   copy.set_prompts(c.prompts() + " sha256:" + sha256_hex(ids));
-  return training::config_fingerprint(copy, {"out_dir", "device", "iterations"}, {});
+  return training::config_fingerprint(copy, {"out_dir", "device", "dtype", "iterations"}, {});
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/device.h"
 
 namespace rlhf::policy {
 
@@ -15,10 +16,6 @@ namespace {
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string device_error(const std::string& device) {
-  return device == "cpu" || device.rfind("cuda", 0) == 0 ? "" : config_quoted(device);
 }
 
 }  // namespace
@@ -37,6 +34,14 @@ void validate_lora_config(const proto::LoraConfig& l, const ConfigErrors& e) {
     if (std::find_if(std::begin(kTargets), std::end(kTargets),
                      [&](const char* k) { return t == k; }) == std::end(kTargets))
       e.fail("targets", "expected projections of q, k, v, o, gate, up, down", config_quoted(t));
+}
+
+void validate_device_and_dtype(const std::string& device, const std::string& dtype,
+                               const ConfigErrors& e) {
+  if (const std::string expected = device_syntax_error(device); !expected.empty())
+    e.fail("device", expected, config_quoted(device));
+  if (const std::string expected = dtype_syntax_error(dtype); !expected.empty())
+    e.fail("dtype", expected, config_quoted(dtype));
 }
 
 void validate_sft_config(const proto::SftConfig& c, const ConfigErrors& e) {
@@ -82,8 +87,7 @@ void validate_sft_config(const proto::SftConfig& c, const ConfigErrors& e) {
     e.fail("threads", "expected >= 0 (0 = torch's choice)", std::to_string(c.threads()));
   if (c.stop_after() < 0)
     e.fail("stop_after", "expected >= 0 (0 = off)", std::to_string(c.stop_after()));
-  if (const std::string bad = device_error(c.device()); !bad.empty())
-    e.fail("device", "expected \"cpu\" or \"cuda[:N]\"", bad);
+  validate_device_and_dtype(c.device(), c.dtype(), e);
   if (c.has_init_from() && !c.init_from().empty() && c.has_model())
     e.fail("model", "expected either init_from (a checkpoint) or model (from scratch), not both",
            "both");

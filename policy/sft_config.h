@@ -22,6 +22,12 @@ void validate_sft_config(const proto::SftConfig& config, const std::string& sour
 
 // Checks a LoRA section (rank 0 = off: nothing else is checked); paths are "<errors' prefix>...".
 void validate_lora_config(const proto::LoraConfig& lora, const ConfigErrors& errors);
+
+// The `device` ("cpu" | "cuda" | "cuda:N") and `dtype` ("fp32" | "bf16") fields every trainer
+// config has (policy/device.h), checked for syntax only: whether CUDA exists is checked when the
+// stage resolves the device.
+void validate_device_and_dtype(const std::string& device, const std::string& dtype,
+                               const ConfigErrors& errors);
 // LoRA defaults that depend on other fields (rank > 0 only): alpha = rank, targets q and v.
 void resolve_lora_config(proto::LoraConfig* lora);
 

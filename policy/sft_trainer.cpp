@@ -22,6 +22,7 @@
 #include "common/progress.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/device.h"
 #include "policy/distributed.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
@@ -169,8 +170,10 @@ Batch make_batch(const std::vector<const Row*>& rows, int64_t pad_id, const torc
   return b;
 }
 
-// Sum of token cross-entropies of a batch (graph kept when grad mode is on).
-torch::Tensor batch_loss_sum(Transformer& model, const Batch& b) {
+// Sum of token cross-entropies of a batch (graph kept when grad mode is on); the forward pass under
+// bf16 autocast when precision is kBf16, the loss in float32 either way.
+torch::Tensor batch_loss_sum(Transformer& model, const Batch& b, Precision precision) {
+  AutocastScope autocast(b.inputs.device(), precision);
   auto hidden = model->hidden_states(b.inputs, b.mask);
   auto logits = model->logits_from_hidden(hidden);
   return torch::nn::functional::cross_entropy(
@@ -200,7 +203,7 @@ std::vector<const Row*> my_share(const std::vector<const Row*>& rows, const dist
 // Mean held-out token loss; each rank evaluates its share of every batch, the sums are reduced.
 double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& rows,
                 int batch_size, int max_batches, int64_t pad_id, const torch::Device& dev,
-                dist::Comm& comm) {
+                Precision precision, dist::Comm& comm) {
   if (rows.empty()) return std::nan("");
   torch::NoGradGuard no_grad;
   model->eval();
@@ -216,7 +219,7 @@ double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& 
     ++batches;
     if (rs.empty()) continue;
     Batch b = make_batch(rs, pad_id, dev);
-    sum += batch_loss_sum(model, b).item<double>();
+    sum += batch_loss_sum(model, b, precision).item<double>();
     n += b.n_targets;
   }
   model->train();
@@ -230,7 +233,8 @@ double evaluate(Transformer& model, LoraAdapters* lora, const std::vector<Row>& 
 struct SftRun {
   proto::SftConfig cfg;
   torch::Device dev{torch::kCPU};
-  dist::Comm* comm = nullptr;  // the ranks sharing each global batch (one when alone)
+  Precision precision = Precision::kFp32;  // bf16: autocast forward passes (policy/device.h)
+  dist::Comm* comm = nullptr;              // the ranks sharing each global batch (one when alone)
   std::string out;
   training::InitialModel init;
   Transformer model{nullptr};
@@ -252,7 +256,8 @@ struct SftRun {
   int64_t tokens_this_session = 0;
 };
 
-const std::vector<std::string> kSftRunOnlyFields = {"out_dir", "threads", "device", "stop_after"};
+const std::vector<std::string> kSftRunOnlyFields = {"out_dir", "threads", "device", "dtype",
+                                                    "stop_after"};
 
 // Held-out split by a seeded permutation of examples (or the eval file), then rows.
 void load_data(SftRun& r) {
@@ -289,7 +294,8 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   const ConfigErrors errors(c, "sft config");
   if (c.out_dir().empty()) errors.fail("out_dir", "expected an output folder", "\"\"");
   if (c.train_file().empty()) errors.fail("train_file", "expected a training data file", "\"\"");
-  r.dev = torch::Device(c.device());
+  r.dev = resolve_device(c.device(), "sft config: device");
+  r.precision = parse_precision(c.dtype(), "sft config: dtype");
   r.out = c.out_dir();
   r.comm = &dist::world(r.dev);
   if (c.threads() > 0)
@@ -459,8 +465,8 @@ double train_step(SftRun& r, const StepData& data) {
   double loss_sum = 0.0;
   for (const auto& b : data.micro) {
     if (r.lora) r.lora->refresh(true);
-    auto loss =
-        batch_loss_sum(r.model, b) / static_cast<double>(std::max<int64_t>(1, data.n_targets));
+    auto loss = batch_loss_sum(r.model, b, r.precision) /
+                static_cast<double>(std::max<int64_t>(1, data.n_targets));
     loss.backward();
     loss_sum += loss.item<double>();
   }
@@ -480,7 +486,7 @@ double train_step(SftRun& r, const StepData& data) {
 
 double evaluate_now(SftRun& r) {
   return evaluate(r.model, r.lora.get(), r.eval_rows, r.cfg.batch_size(), r.cfg.eval_batches(),
-                  r.pad_id, r.dev, *r.comm);
+                  r.pad_id, r.dev, r.precision, *r.comm);
 }
 
 // Held-out loss after a step; returns true when early stopping says to stop.

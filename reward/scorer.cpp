@@ -3,19 +3,13 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "policy/device.h"
 
 namespace rlhf::reward {
 
 namespace {
 torch::Device parse_device(const std::string& name) {
-  try {
-    torch::Device d(name.empty() ? "cpu" : name);
-    if (d.is_cuda() && !torch::cuda::is_available())
-      throw Error("device '" + name + "' requested but CUDA is not available");
-    return d;
-  } catch (const c10::Error&) {
-    throw Error("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
-  }
+  return policy::resolve_device(name.empty() ? "cpu" : name, "reward scorer: device");
 }
 }  // namespace
 

@@ -48,8 +48,7 @@ void validate_config(const proto::RewardTrainConfig& c, const ConfigErrors& e) {
   at_least("threads", c.threads(), 0, " (0 = torch's choice)");
   if (!(c.time_limit_seconds() >= 0))
     e.fail("time_limit_seconds", "expected >= 0 (0 = no limit)", num(c.time_limit_seconds()));
-  if (c.device() != "cpu" && c.device().rfind("cuda", 0) != 0)
-    e.fail("device", "expected \"cpu\" or \"cuda[:N]\"", config_quoted(c.device()));
+  policy::validate_device_and_dtype(c.device(), c.dtype(), e);
   if (!c.annotation_db().empty() && !c.train_file().empty())
     e.fail("annotation_db", "expected either annotation_db or train_file, not both",
            config_quoted(c.annotation_db()) + " and train_file " + config_quoted(c.train_file()));

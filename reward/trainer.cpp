@@ -16,6 +16,7 @@
 #include "common/progress.h"
 #include "common/text_config.h"
 #include "policy/checkpoint.h"
+#include "policy/device.h"
 #include "policy/distributed.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
@@ -101,6 +102,7 @@ struct RewardRun {
   proto::RewardTrainConfig cfg;
   std::string out, best_dir;
   torch::Device device{torch::kCPU};
+  policy::Precision precision = policy::Precision::kFp32;  // bf16: autocast training forwards
   policy::dist::Comm* comm = nullptr;  // the ranks sharing each batch of pairs (one when alone)
   std::vector<Comparison> train, heldout;
   EncodeOptions enc_opts;
@@ -125,7 +127,7 @@ struct RewardRun {
   }
 };
 
-const std::vector<std::string> kRewardRunOnlyFields = {"out_dir", "threads", "device",
+const std::vector<std::string> kRewardRunOnlyFields = {"out_dir", "threads", "device", "dtype",
                                                        "time_limit_seconds"};
 
 void load_comparisons(RewardRun& r) {
@@ -193,7 +195,8 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.out = c.out_dir();
   r.best_dir = r.out + "/best";
   torch::manual_seed(c.seed());
-  r.device = torch::Device(c.device());
+  r.device = policy::resolve_device(c.device(), "reward config: device");
+  r.precision = policy::parse_precision(c.dtype(), "reward config: dtype");
   r.comm = &policy::dist::world(r.device);
   if (c.threads() > 0)
     torch::set_num_threads(c.threads());
@@ -204,8 +207,6 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
         "batch_pairs",
         "expected at least one pair per rank (" + std::to_string(r.comm->size()) + " ranks)",
         std::to_string(c.batch_pairs()));
-  if (r.device.is_cuda() && !torch::cuda::is_available())
-    throw Error("reward config: device '" + c.device() + "' but CUDA is not available");
   load_comparisons(r);
   r.enc_opts.max_prompt_tokens = c.max_prompt_tokens();
   r.enc_opts.max_answer_tokens = c.max_answer_tokens();
@@ -324,7 +325,11 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& global_batch) {
   const double lr = r.schedule.at(r.state.step());
   auto pb = pad_batch(seqs, r.model->config().pad_id);
   if (r.lora) r.lora->refresh(true);  // fresh graph through the adapters
-  auto scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
+  torch::Tensor scores;
+  {
+    policy::AutocastScope autocast(r.device, r.precision);
+    scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
+  }
   auto d = scores.index_select(0, torch::tensor(ci).to(r.device)) -
            scores.index_select(0, torch::tensor(ri).to(r.device));
   const double n_global = static_cast<double>(global_batch.size());
@@ -353,6 +358,7 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& global_batch) {
 // held-out comparisons, the latest: the final model is what is kept).
 void evaluate_and_keep_best(RewardRun& r) {
   if (r.lora) r.lora->refresh(false);  // the weights after the last optimizer step
+  policy::AutocastScope autocast(r.device, r.precision);
   PairMetrics m = r.heldout.empty()
                       ? PairMetrics{}
                       : evaluate_encoded(r.model, r.enc_held, r.device, r.cfg.margin(), *r.comm);

@@ -37,6 +37,14 @@ inline std::string shared_data(const std::string& rel) {
     GTEST_SKIP() << "shared data missing: " << RLHF_SHARED_DATA_DIR << "/" << rel; \
   }
 
+// The device the tests that train or generate run on: $RLHF_TEST_DEVICE ("cpu", "cuda", "cuda:N"),
+// "cpu" when unset. scripts/device/check.sh sets RLHF_TEST_DEVICE=cuda on a GPU machine; the
+// tests pass it as a config's `device` or to policy::resolve_device.
+inline std::string test_device_name() {
+  const char* v = std::getenv("RLHF_TEST_DEVICE");
+  return v && *v ? v : "cpu";
+}
+
 // A fresh temporary folder removed when the object goes away.
 class TempDir {
  public:

@@ -21,6 +21,8 @@ int run_bench(const rlhf::cli::Args& args) {
   o.seed = static_cast<uint64_t>(args.get_int("seed"));
   o.only = args.get("only");
   o.repeat = static_cast<int>(args.get_int("repeat"));
+  o.device = args.get("device");
+  o.precision = rlhf::policy::parse_precision(args.get("dtype"), "--dtype");
   if (o.repeat < 1) throw rlhf::UsageError("--repeat: expected >= 1, got " + args.get("repeat"));
   if (args.get_bool("dp-worker")) {
     // One rank of the train_dp2 measurement (started by the code below in another process).
@@ -31,11 +33,13 @@ int run_bench(const rlhf::cli::Args& args) {
   }
   if (args.has("threads")) torch::set_num_threads(static_cast<int>(args.get_int("threads")));
   auto r = rlhf::policy::run_perf_harness(o, true);
-  if (rlhf::policy::wants_train_dp(o)) {
+  // The 2-rank figure is a CPU one (Gloo over loopback, one thread per rank).
+  if (rlhf::policy::wants_train_dp(o) && o.device == "cpu") {
     std::fprintf(stderr, "bench: training throughput, 2 ranks x 1 thread (Gloo, loopback)...\n");
     std::vector<std::string> worker = {"/proc/self/exe", "bench", "--dp-worker", "--seed",
                                        std::to_string(o.seed)};
     if (o.quick) worker.push_back("--quick");
+    worker.insert(worker.end(), {"--dtype", args.get("dtype")});
     for (const auto& [k, v] : rlhf::policy::measure_train_dp(worker, 2)) r[k] = v;
     if (r.count("train_tokens_per_s"))
       r["train_dp2_speedup"] = r["train_dp2_tokens_per_s"] / r["train_tokens_per_s"];
@@ -45,6 +49,8 @@ int run_bench(const rlhf::cli::Args& args) {
   // Which OpenBLAS kernels ran (see common/blas_tuning.h): "Prescott" means generic SSE3 ones.
   const std::string core = rlhf::openblas_core_name();
   j["openblas_core"] = core.empty() ? "none" : core;
+  j["device"] = o.device;
+  j["dtype"] = rlhf::policy::precision_name(o.precision);
   if (args.get_bool("json")) {
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -57,7 +63,7 @@ int run_bench(const rlhf::cli::Args& args) {
       std::printf("%-24s %12.*f\n", k.c_str(), seconds ? 4 : 2, v);
     }
     std::printf("%-24s %12s\n", "openblas_core", j["openblas_core"].get<std::string>().c_str());
-    if (o.only.empty())
+    if (o.only.empty() && o.device == "cpu")
       std::printf(
           "\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%, "
           "train 2 ranks/1 process %.2fx\n",
@@ -71,17 +77,19 @@ rlhf::cli::Register reg(
     {"bench",
      "measure GEMM peak, generation and training throughput, 1 process and 2 ranks "
      "(d=256, 4 layers)",
-     "[--json] [--quick] [--threads N] [--only NAME] [--repeat N]",
+     "[--json] [--quick] [--threads N] [--only NAME] [--repeat N] [--device D] [--dtype T]",
      {{"json", "print one JSON object as the last stdout line", "", true},
       {"quick", "tiny settings (smoke test, seconds)", "", true},
       {"threads", "libtorch intra-op threads (default: libtorch's choice)"},
       {"seed", "random seed", "0"},
       {"only",
        "one measurement: gemm, gen_b1_cache, gen_b1_nocache, "
-       "gen_b32_cache, train (one process and 2 ranks) or train_dp2 (2 "
+       "gen_b32_cache, gen_b256_cache (CUDA), train (one process and 2 ranks) or train_dp2 (2 "
        "ranks only)",
        ""},
       {"repeat", "generation runs per measurement (median reported)", "1"},
+      {"device", "cpu | cuda | cuda:N (cuda adds gen_b256_cache; train_dp2 is CPU only)", "cpu"},
+      {"dtype", "fp32 | bf16 (bf16 GEMM; autocast generation and training)", "fp32"},
       {"dp-worker",
        "(internal) run as one rank of the train_dp2 measurement; bench "
        "starts these itself",

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "policy/checkpoint.h"
+#include "policy/device.h"
 #include "policy/generation.h"
 #include "policy/tokenizer.h"
 #include "tools/cli.h"
@@ -35,11 +36,8 @@ std::vector<int64_t> parse_ids(const std::string& text) {
 int run(const Args& args) {
   if (args.has("prompt") == args.has("prompt-ids"))
     throw rlhf::UsageError("give exactly one of --prompt TEXT or --prompt-ids \"1 2 3\"");
-  const std::string device_name = args.get("device");
-  if (device_name != "cpu" && device_name != "cuda")
-    throw rlhf::UsageError("--device: expected cpu or cuda, got '" + device_name + "'");
-  if (device_name == "cuda" && !torch::cuda::is_available())
-    throw rlhf::Error("--device cuda: this libtorch build has no usable CUDA device");
+  const torch::Device device = rlhf::policy::resolve_device(args.get("device"), "--device");
+  const auto precision = rlhf::policy::parse_precision(args.get("dtype"), "--dtype");
 
   rlhf::policy::LoadedModel loaded;
   try {
@@ -48,7 +46,7 @@ int run(const Args& args) {
     rlhf::rethrow_with_context("loading model");
   }
   auto& model = loaded.model;
-  model->to(torch::Device(device_name));
+  model->to(device);
 
   std::optional<rlhf::policy::Tokenizer> tokenizer;
   if (args.has("tokenizer")) {
@@ -87,6 +85,7 @@ int run(const Args& args) {
   if (o.temperature < 0) throw rlhf::UsageError("--temperature must be >= 0 (0 = greedy)");
   if (!(o.top_p > 0 && o.top_p <= 1)) throw rlhf::UsageError("--top-p must be in (0, 1]");
   if (args.get_bool("ignore-eos")) o.eos_id = -1;
+  o.precision = precision;
 
   auto out = rlhf::policy::generate(model, {prompt}, o);
   const auto& ids = out.responses[0];
@@ -109,7 +108,7 @@ rlhf::cli::Register reg({
     "generate",
     "sample a continuation from a model checkpoint (native or Hugging Face folder)",
     "--model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids \"1 2 3\") --max-new-tokens N "
-    "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--ids]",
+    "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--ids] [--device D] [--dtype T]",
     {
         {"model", "checkpoint folder (config.json + model.safetensors [+ checkpoint.pb])", "",
          false, true},
@@ -124,7 +123,8 @@ rlhf::cli::Register reg({
         {"ids", "print only the generated ids, space-separated, on one line", "", true},
         {"ignore-eos", "do not stop at the end-of-sequence token", "", true},
         {"stats", "print tokens/s to stderr", "", true},
-        {"device", "cpu or cuda", "cpu"},
+        {"device", "cpu | cuda | cuda:N", "cpu"},
+        {"dtype", "fp32 | bf16 (bf16: autocast forward passes, bf16 KV cache)", "fp32"},
     },
     run,
 });

@@ -16,6 +16,8 @@ int run_pipeline_cmd(const rlhf::cli::Args& args) {
   o.from_stage = args.get("from");
   o.only_stage = args.get("only");
   o.force = args.get_bool("force");
+  o.device = args.get("device");
+  o.dtype = args.get("dtype");
   std::string dir = rlhf::pipelines::run_pipeline(o);
   std::printf("pipeline finished: %s/summary.json\n", dir.c_str());
   return 0;
@@ -24,11 +26,13 @@ int run_pipeline_cmd(const rlhf::cli::Args& args) {
 rlhf::cli::Register reg(
     {"pipeline run",
      "run the staged pipeline (tokenizer, sft, sample, annotate, reward, ppo, report)",
-     "FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force]",
+     "FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force] [--device D] [--dtype T]",
      {{"run-dir", "run folder (default runs/<name>)"},
       {"from", "rerun this stage and every stage after it"},
       {"only", "run only this stage (its inputs must be complete)"},
-      {"force", "rerun stages even when their inputs did not change", "", true}},
+      {"force", "rerun stages even when their inputs did not change", "", true},
+      {"device", "every stage's device: cpu | cuda | cuda:N (overrides the config's)"},
+      {"dtype", "every stage's dtype: fp32 | bf16 (overrides the config's)"}},
      run_pipeline_cmd});
 
 }  // namespace

@@ -13,6 +13,7 @@ int run_ppo(const rlhf::cli::Args& a) {
   o.out_dir = a.get("out");
   if (a.has("iterations")) o.iterations = static_cast<int>(a.get_int("iterations"));
   o.device = a.get("device");
+  o.dtype = a.get("dtype");
   o.gold_task = a.get("gold-task");
   o.gold_prompts = a.get("gold-prompts");
   auto stats = rlhf::pipelines::run_ppo_stage(o);
@@ -31,7 +32,8 @@ rlhf::cli::Register reg({
         {"config", "PpoConfig in protobuf text format (see proto/ppo.proto)", "", false, true},
         {"out", "output folder (overrides out_dir; default ppo)", ""},
         {"iterations", "override PpoConfig.iterations", ""},
-        {"device", "override PpoConfig.device (cpu | cuda)", ""},
+        {"device", "override PpoConfig.device (cpu | cuda | cuda:N)", ""},
+        {"dtype", "override PpoConfig.dtype (fp32 | bf16)", ""},
         {"gold-task", "monitor a gold teacher on the rollouts: quickstart", ""},
         {"gold-prompts", "JSON lines {\"prompt\": ...}: held-out gold accuracy before/after", ""},
     },

@@ -27,6 +27,7 @@ int run_train(const Args& a) {
   if (auto v = a.get_opt("init-from")) cfg.set_init_from(*v);
   if (auto v = a.get_opt("tokenizer")) cfg.set_tokenizer(*v);
   if (auto v = a.get_opt("device")) cfg.set_device(*v);
+  if (auto v = a.get_opt("dtype")) cfg.set_dtype(*v);
   if (a.has("steps")) cfg.set_steps(a.get_int("steps"));
   if (a.has("lr")) cfg.set_lr(static_cast<float>(a.get_double("lr")));
   if (a.has("batch-pairs")) cfg.set_batch_pairs(static_cast<int32_t>(a.get_int("batch-pairs")));
@@ -108,7 +109,8 @@ rlhf::cli::Register reg_train(
       {"format", "pairs | hh (overrides format)"},
       {"init-from", "SFT checkpoint folder, native or Hugging Face (overrides init_from)"},
       {"tokenizer", "tokenizer .model (overrides tokenizer)"},
-      {"device", "cpu | cuda[:N] (overrides device)"},
+      {"device", "cpu | cuda | cuda:N (overrides device)"},
+      {"dtype", "fp32 | bf16 (overrides dtype; bf16 = autocast, fp32 master weights)"},
       {"steps", "optimizer steps (overrides steps)"},
       {"lr", "peak learning rate (overrides lr)"},
       {"batch-pairs", "comparisons per batch (overrides batch_pairs)"},

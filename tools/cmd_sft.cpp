@@ -25,6 +25,7 @@ int run_sft(const Args& a) {
   if (auto v = a.get_opt("init-from")) cfg.set_init_from(*v);
   if (auto v = a.get_opt("tokenizer")) cfg.set_tokenizer(*v);
   if (auto v = a.get_opt("device")) cfg.set_device(*v);
+  if (auto v = a.get_opt("dtype")) cfg.set_dtype(*v);
   if (a.has("steps")) cfg.set_steps(a.get_int("steps"));
   if (a.has("epochs")) cfg.set_epochs(static_cast<float>(a.get_double("epochs")));
   if (a.has("lr")) cfg.set_lr(static_cast<float>(a.get_double("lr")));
@@ -92,7 +93,8 @@ rlhf::cli::Register reg_sft(
       {"format", "auto | jsonl | text (overrides format)"},
       {"init-from", "native checkpoint or Hugging Face folder (overrides init_from)"},
       {"tokenizer", "SentencePiece .model (overrides tokenizer)"},
-      {"device", "cpu | cuda[:N] (overrides device)"},
+      {"device", "cpu | cuda | cuda:N (overrides device)"},
+      {"dtype", "fp32 | bf16 (overrides dtype; bf16 = autocast, fp32 master weights)"},
       {"steps", "optimizer steps (overrides steps)"},
       {"epochs", "passes over the data when steps is 0 (overrides epochs)"},
       {"lr", "peak learning rate (overrides lr)"},

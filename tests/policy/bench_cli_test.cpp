@@ -43,6 +43,46 @@ TEST(BenchCli, QuickTrainDp2Alone) {
   EXPECT_FALSE(j.contains("train_tokens_per_s")) << j.dump();
 }
 
+// bf16 training and generation on $RLHF_TEST_DEVICE (cpu when unset); the JSON names both.
+TEST(BenchCli, Bf16OnTheTestDevice) {
+  const std::string device = rlhf::testing::test_device_name();
+  std::string out;
+  ASSERT_EQ(run_command(rlhf_binary() + " bench --quick --only train --dtype bf16 --device " +
+                            device + " --json",
+                        &out, false),
+            0)
+      << out;
+  const auto j = nlohmann::json::parse(last_line(out));
+  EXPECT_EQ(j.at("dtype"), "bf16") << j.dump();
+  EXPECT_EQ(j.at("device"), device) << j.dump();
+  EXPECT_GT(j.at("train_tokens_per_s").get<double>(), 0.0) << j.dump();
+  ASSERT_EQ(
+      run_command(rlhf_binary() + " bench --quick --only gen_b1_cache --dtype bf16 --device " +
+                      device + " --json",
+                  &out, false),
+      0)
+      << out;
+  EXPECT_GT(nlohmann::json::parse(last_line(out)).at("gen_b1_cache").get<double>(), 0.0);
+}
+
+// Bad values and a GPU that is not there are one-line errors naming the flag and the value.
+TEST(BenchCli, DeviceAndDtypeErrorsAreNamed) {
+  std::string out;
+  EXPECT_NE(run_command(rlhf_binary() + " bench --quick --only gemm --dtype fp16", &out), 0);
+  EXPECT_NE(out.find("--dtype = \"fp16\": expected \"fp32\" or \"bf16\""), std::string::npos)
+      << out;
+  EXPECT_NE(run_command(rlhf_binary() + " bench --quick --only gemm --device gpu", &out), 0);
+  EXPECT_NE(out.find("bench --device = \"gpu\": expected \"cpu\", \"cuda\" or \"cuda:N\""),
+            std::string::npos)
+      << out;
+  // CPU-only libtorch (Debian's): "... was built without CUDA"; CUDA: "GPU 4096 does not exist".
+  EXPECT_NE(run_command(rlhf_binary() + " bench --quick --only gemm --device cuda:4096", &out), 0);
+  EXPECT_NE(out.find("bench --device = \"cuda:4096\": "), std::string::npos) << out;
+  EXPECT_TRUE(out.find("was built without CUDA") != std::string::npos ||
+              out.find("GPU 4096 does not exist") != std::string::npos)
+      << out;
+}
+
 TEST(BenchCli, FailingWorkerNamesItsRank) {
   // Every worker rejects the malformed timeout while joining; the parent must say so and stop.
   std::string out;

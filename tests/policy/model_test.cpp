@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "policy/device.h"
 #include "policy/generation.h"
 #include "policy/logprobs.h"
+#include "tests/test_support.h"
 
 namespace rlhf::policy {
 namespace {
@@ -205,6 +207,13 @@ TEST(LogprobsTest, ChunkedGradientsMatchDirect) {
   }
 }
 
+// Generation tests run on $RLHF_TEST_DEVICE (tests/test_support.h); generate() moves the prompts
+// there and hands its outputs back on the CPU.
+Transformer on_test_device(Transformer m) {
+  m->to(resolve_device(rlhf::testing::test_device_name(), "RLHF_TEST_DEVICE"));
+  return m;
+}
+
 SamplingOptions greedy(int n) {
   SamplingOptions o;
   o.temperature = 0;
@@ -215,7 +224,7 @@ SamplingOptions greedy(int n) {
 
 TEST(GenerationTest, GreedyWithCacheEqualsRecomputation) {
   for (int kv : {4, 2, 1}) {
-    auto m = random_model(small_config(kv, kv == 2), 10 + kv);
+    auto m = on_test_device(random_model(small_config(kv, kv == 2), 10 + kv));
     std::vector<std::vector<int64_t>> prompts = {{1, 5, 9, 33}, {1, 7}, {1, 40, 41, 42, 43, 44}};
     auto o = greedy(40);
     auto cached = generate(m, prompts, o);
@@ -245,7 +254,7 @@ TEST(GenerationTest, CacheGrowsWhenFull) {
 }
 
 TEST(GenerationTest, BatchOfDifferentLengthsEqualsEachAlone) {
-  auto m = random_model(small_config(2), 21);
+  auto m = on_test_device(random_model(small_config(2), 21));
   // 10 prompts x 2 kv heads also takes the decoding attention path for many (batch, head) pairs.
   std::vector<std::vector<int64_t>> prompts = {{1, 3}, {1, 8, 9, 10, 11, 12, 13}, {1, 20, 21, 22}};
   for (int i = 0; i < 7; ++i) prompts.push_back(std::vector<int64_t>(1 + i % 4, 30 + i));
@@ -291,7 +300,7 @@ TEST(GenerationTest, LogprobsMatchTeacherForcing) {
 }
 
 TEST(GenerationTest, SeededSamplingIsReproducible) {
-  auto m = random_model(small_config(), 23);
+  auto m = on_test_device(random_model(small_config(), 23));
   SamplingOptions o;
   o.max_new_tokens = 20;
   o.eos_id = -1;
@@ -312,7 +321,7 @@ TEST(GenerationTest, SeededSamplingIsReproducible) {
 }
 
 TEST(GenerationTest, StopsAtEosPerSequence) {
-  auto m = random_model(small_config(), 24);
+  auto m = on_test_device(random_model(small_config(), 24));
   std::vector<std::vector<int64_t>> prompts = {{1, 5}, {1, 6, 7}};
   auto free_run = generate(m, prompts, greedy(20));
   // Make the 4th token of sequence 0 the EOS; sequence 1 is unaffected unless it emits it too.

@@ -82,6 +82,7 @@ proto::PpoConfig toy_config(int iterations) {
   c.set_kl_coef(0.05);
   c.set_seed(42);
   c.set_checkpoint_every(0);
+  c.set_device(rlhf::testing::test_device_name());
   return c;
 }
 

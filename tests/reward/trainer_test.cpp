@@ -70,6 +70,7 @@ class SyntheticTraining : public ::testing::Test {
             "heldout_fraction: 0.15  seed: 5  threads: 1\n",
         "synthetic.pbtxt");
     cfg.set_out_dir(out);
+    cfg.set_device(rlhf::testing::test_device_name());
     return cfg;
   }
 
