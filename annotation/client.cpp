@@ -12,11 +12,12 @@
 #include <thread>
 
 #include "annotation/frame.h"
+#include "annotation/local_socket.h"
 #include "common/error.h"
 
 namespace rlhf::annotation {
 
-Connection::Connection(const std::string& socket_path) {
+Connection::Connection(const std::string& socket_path, std::optional<uid_t> server_uid) {
   std::signal(SIGPIPE, SIG_IGN);
   sockaddr_un addr{};
   if (socket_path.size() >= sizeof(addr.sun_path))
@@ -31,6 +32,24 @@ Connection::Connection(const std::string& socket_path) {
     fd_ = -1;
     throw ConnectionLost("cannot connect to " + socket_path + ": " + std::strerror(err));
   }
+  try {
+    check_server_user(socket_path, server_uid.value_or(::geteuid()));
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+void Connection::check_server_user(const std::string& socket_path, uid_t expected) {
+  PeerCredentials server = peer_credentials(fd_);
+  if (server.uid == expected) return;
+  throw WrongServerUser("refusing the server at " + socket_path + ": it runs as " +
+                        describe_uid(server.uid) + " (pid " + std::to_string(server.pid) +
+                        "), not as " + describe_uid(expected) +
+                        "; nothing was sent. If that is the annotation server you mean, pass "
+                        "--server-uid " +
+                        std::to_string(server.uid));
 }
 
 Connection::~Connection() {
@@ -104,10 +123,12 @@ bool Connection::closed_by_peer(int timeout_ms) {
   return n == 0 || (n < 0 && errno != EAGAIN);
 }
 
-AnnotationClient::AnnotationClient(ClientOptions options) : opts_(std::move(options)) {}
+AnnotationClient::AnnotationClient(ClientOptions options) : opts_(std::move(options)) {
+  if (opts_.socket_path.empty()) opts_.socket_path = default_socket_path();
+}
 
 void AnnotationClient::connect_and_hello() {
-  conn_ = std::make_unique<Connection>(opts_.socket_path);
+  conn_ = std::make_unique<Connection>(opts_.socket_path, opts_.server_uid);
   proto::Request req;
   req.set_schema_version(1);
   req.set_request_id(next_id_++);
