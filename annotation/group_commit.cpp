@@ -57,62 +57,67 @@ void GroupCommitter::loop() {
   }
 }
 
-namespace {
-// Whether the response may only be sent after the batch committed.
-bool waits_for_commit(const proto::Request& request, const proto::Response& response) {
-  if (response.has_error()) return false;
-  return request.body_case() == proto::Request::kSubmit ||
-         request.body_case() == proto::Request::kUndo ||
-         (request.body_case() == proto::Request::kGetTask && response.has_task());
-}
-}  // namespace
-
 void GroupCommitter::run_batch(std::deque<Job>& batch) {
+  std::vector<SessionState> before;
+  before.reserve(batch.size());
+  for (const auto& job : batch) before.push_back(*job.session);
   std::vector<proto::Response> responses(batch.size());
-  std::vector<char> answered(batch.size(), 0);
-  Store& store = handler_.store();
-  bool committed = false;
-  std::string failure;
-  try {
-    Store::Transaction txn(store);
+  const std::string failure = execute_batch(batch, responses);
+  if (!failure.empty()) {
     for (size_t i = 0; i < batch.size(); ++i) {
-      Store::Savepoint sp(store);
-      try {
-        responses[i] = handler_.handle(batch[i].request, *batch[i].session);
-        sp.release();
-        if (!waits_for_commit(batch[i].request, responses[i])) {
-          answered[i] = 1;
-          batch[i].done(std::move(responses[i]));
-        }
-      } catch (const std::exception& e) {
-        // `sp` rolls this request back; the rest of the batch goes on.
-        responses[i] =
-            error_response(proto::Error::INTERNAL, std::string("store error: ") + e.what(),
-                           batch[i].request.request_id());
-        std::fprintf(stderr, "annotation server: request failed: %s\n", e.what());
-      }
+      *batch[i].session = before[i];
+      responses[i] = error_response(proto::Error::INTERNAL,
+                                    "the batch's transaction was rolled back (" + failure +
+                                        "); nothing of this request was stored, send it again",
+                                    batch[i].request.request_id());
     }
-    txn.commit();
-    committed = true;
-  } catch (const std::exception& e) {
-    failure = e.what();
-    std::fprintf(stderr, "annotation server: commit failed: %s\n", e.what());
-  }
-  if (!committed) {
-    for (size_t i = 0; i < batch.size(); ++i)
-      if (!answered[i])
-        responses[i] = error_response(proto::Error::INTERNAL,
-                                      "the commit failed, nothing was stored: " + failure,
-                                      batch[i].request.request_id());
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stats_.batches += committed;
+    stats_.batches += failure.empty();
     stats_.requests += static_cast<int64_t>(batch.size());
     stats_.max_batch = std::max<int64_t>(stats_.max_batch, static_cast<int64_t>(batch.size()));
   }
-  for (size_t i = 0; i < batch.size(); ++i)
-    if (!answered[i]) batch[i].done(std::move(responses[i]));
+  for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(responses[i]));
+}
+
+std::string GroupCommitter::execute_batch(std::deque<Job>& batch,
+                                          std::vector<proto::Response>& responses) {
+  try {
+    Store::Transaction txn(handler_.store());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      std::string lost = run_request(batch[i], responses[i]);
+      if (!lost.empty()) {
+        std::fprintf(stderr, "annotation server: batch of %zu aborted: %s\n", batch.size(),
+                     lost.c_str());
+        return lost;  // `txn` rolls back whatever is left
+      }
+    }
+    txn.commit();
+    return "";
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "annotation server: batch of %zu aborted, commit failed: %s\n",
+                 batch.size(), e.what());
+    return e.what();
+  }
+}
+
+std::string GroupCommitter::run_request(Job& job, proto::Response& response) {
+  const SessionState before = *job.session;
+  Store::Savepoint sp(handler_.store());  // throws (aborting the batch) outside a transaction
+  try {
+    response = handler_.handle(job.request, *job.session);
+    sp.release();
+    return "";
+  } catch (const std::exception& e) {
+    *job.session = before;
+    const std::string why = std::string("store error: ") + e.what();
+    std::fprintf(stderr, "annotation server: request failed: %s\n", why.c_str());
+    response = error_response(proto::Error::INTERNAL, why + "; nothing of this request was stored",
+                              job.request.request_id());
+    if (!sp.roll_back()) return why + " (the transaction did not survive it)";
+    return "";
+  }
 }
 
 }  // namespace rlhf::annotation

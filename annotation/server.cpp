@@ -122,6 +122,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string why;
     if (!decode_request(payload, &request, &why))
       return write(error_response(proto::Error::BAD_MESSAGE, why), false);
+    if (auto early = answer_without_store(request, *state_))  // e.g. no Hello yet
+      return write(*early, false);
     busy_ = true;
     auto self = shared_from_this();
     server_.committer.submit(std::move(request), state_, [this, self](proto::Response r) {
