@@ -10,6 +10,7 @@
 #include "annotation/frame.h"
 #include "annotation/group_commit.h"
 #include "annotation/request_handler.h"
+#include "annotation/stats.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
@@ -461,4 +462,9 @@ TEST(Handler, ATaskTooLargeToSendIsQuarantinedAndNeverLeased) {
   EXPECT_NE(log.find("task 1 quarantined, never leased: task_too_large"), std::string::npos) << log;
   EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;  // logged once, when found
   EXPECT_EQ(f.get(a).task().task_id(), 2);  // a renews its lease; task 1 stays out
+  ann::Stats st = ann::compute_stats(f.store);
+  EXPECT_EQ(st.pending_tasks, 1);  // a pipeline waiting for "no pending task" is not stuck
+  ASSERT_EQ(st.quarantined.size(), 1u);
+  EXPECT_NE(ann::stats_to_text(st).find("quarantined (never leased): task 1: task_too_large"),
+            std::string::npos);
 }
