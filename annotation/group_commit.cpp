@@ -1,10 +1,36 @@
 #include "annotation/group_commit.h"
 
+#include <chrono>
 #include <cstdio>
 
 #include "common/error.h"
 
 namespace rlhf::annotation {
+
+namespace {
+
+// Store failures are logged at most once per second (a full disk fails every request that
+// writes); the lines left out are counted in the next one.
+void log_store_failure(const std::string& line) {
+  static std::mutex mu;
+  static std::chrono::steady_clock::time_point last{};
+  static int64_t left_out = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last < std::chrono::seconds(1)) {
+    ++left_out;
+    return;
+  }
+  last = now;
+  if (left_out > 0)
+    std::fprintf(stderr, "annotation server: %s (and %lld more store failures not shown)\n",
+                 line.c_str(), static_cast<long long>(left_out));
+  else
+    std::fprintf(stderr, "annotation server: %s\n", line.c_str());
+  left_out = 0;
+}
+
+}  // namespace
 
 GroupCommitter::GroupCommitter(RequestHandler& handler, size_t max_batch)
     : handler_(handler), max_batch_(max_batch ? max_batch : 1) {
@@ -88,16 +114,15 @@ std::string GroupCommitter::execute_batch(std::deque<Job>& batch,
     for (size_t i = 0; i < batch.size(); ++i) {
       std::string lost = run_request(batch[i], responses[i]);
       if (!lost.empty()) {
-        std::fprintf(stderr, "annotation server: batch of %zu aborted: %s\n", batch.size(),
-                     lost.c_str());
+        log_store_failure("batch of " + std::to_string(batch.size()) + " aborted: " + lost);
         return lost;  // `txn` rolls back whatever is left
       }
     }
     txn.commit();
     return "";
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "annotation server: batch of %zu aborted, commit failed: %s\n",
-                 batch.size(), e.what());
+    log_store_failure("batch of " + std::to_string(batch.size()) +
+                      " aborted, commit failed: " + e.what());
     return e.what();
   }
 }
@@ -112,7 +137,7 @@ std::string GroupCommitter::run_request(Job& job, proto::Response& response) {
   } catch (const std::exception& e) {
     *job.session = before;
     const std::string why = std::string("store error: ") + e.what();
-    std::fprintf(stderr, "annotation server: request failed: %s\n", why.c_str());
+    log_store_failure("request failed: " + why);
     response = error_response(proto::Error::INTERNAL, why + "; nothing of this request was stored",
                               job.request.request_id());
     if (!sp.roll_back()) return why + " (the transaction did not survive it)";

@@ -23,6 +23,8 @@
 //    send it again") and each connection's session state (Hello) is restored to what it was
 //    before the batch. A request never runs outside the batch's transaction
 //    (Store::Savepoint refuses to start one).
+// Failures are logged to stderr, at most one line per second (the count of lines left out is in
+// the next one).
 //
 // Thread safety: submit() and stop() may be called from any thread. Completions run on the store
 // thread; they must be short (post the response to the connection's executor). A session must

@@ -4,6 +4,8 @@
 // lie about what is stored (point 6, see injected_failure.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <thread>
 
 #include "annotation/client.h"
@@ -38,7 +40,14 @@ TEST(BatchFailure, ARollbackInTheMiddleOfABatchAbortsItAndNothingAnsweredFailedI
 
 TEST(BatchFailure, ADiskFullServerAcknowledgesExactlyWhatItStored) {
   TempDir dir("batchfail");
+  const auto start = std::chrono::steady_clock::now();
+  ::testing::internal::CaptureStderr();
   auto r = t::run_injected_failure_case(dir.path(), t::InjectedFailure::kDiskFull);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Hundreds of failed requests, but store failures are logged at most once per second.
+  EXPECT_LE(std::count(log.begin(), log.end(), '\n'), static_cast<long>(seconds) + 2) << log;
   EXPECT_TRUE(r.problems.empty()) << joined(r.problems);
   EXPECT_EQ(r.integrity, "ok");
   EXPECT_EQ(r.acknowledged, r.stored);
