@@ -11,6 +11,9 @@
 //                     multiple of 5 with RAISE(ROLLBACK): SQLite rolls the whole transaction back
 //                     in the middle of a batch (as an I/O error does). Annotators skip such tasks
 //                     after their ranking is refused, so the run ends.
+//
+// The server runs in this process (the injection needs its connection). While it starts, no other
+// thread of the process may open an SQLite connection (the auto-extension would apply to it too).
 #pragma once
 
 #include <cstdint>
