@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 
 #include "common/error.h"
@@ -178,7 +179,10 @@ void Store::migrate() {
   exec(db_.get(), "BEGIN IMMEDIATE");
   try {
     version = schema_version();  // re-read under the write lock (another process may have won)
-    for (int v = version; v < kSchemaVersion; ++v) exec(db_.get(), kMigrations[v]);
+    for (int v = version; v < kSchemaVersion; ++v) {
+      if (v == 2) report_tasks_over_overlap();
+      exec(db_.get(), kMigrations[v]);
+    }
     if (version < kSchemaVersion)
       exec(db_.get(), "PRAGMA user_version=" + std::to_string(kSchemaVersion));
     exec(db_.get(), "COMMIT");
@@ -186,6 +190,16 @@ void Store::migrate() {
     sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
+}
+
+void Store::report_tasks_over_overlap() {
+  Statement s(db_.get(), "SELECT count(*), min(id) FROM tasks WHERE done_count > overlap");
+  if (!s.step() || s.int64(0) == 0) return;
+  std::fprintf(stderr,
+               "annotation database %s: %lld task(s) (the first: task %lld) had more counted "
+               "judgements than their overlap; migration v3 raises their overlap to match\n",
+               path_.c_str(), static_cast<long long>(s.int64(0)),
+               static_cast<long long>(s.int64(1)));
 }
 
 Statement& Store::stmt(const char* sql) {

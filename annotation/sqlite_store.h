@@ -212,6 +212,8 @@ class Store {
  private:
   internal::Statement& stmt(const char* sql);
   void migrate();
+  // Logs (stderr) how many tasks break done_count <= overlap before migration v3 repairs them.
+  void report_tasks_over_overlap();
 
   std::string path_;
   internal::DbHandle db_;

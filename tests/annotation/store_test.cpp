@@ -246,7 +246,13 @@ TEST(Store, MigrationToVersion3RepairsTasksOverTheirOverlapAndAddsTheConstraint)
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
   }
+  ::testing::internal::CaptureStderr();
   ann::Store store(path);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(
+      log.find("1 task(s) (the first: task 1) had more counted judgements than their overlap"),
+      std::string::npos)
+      << log;
   EXPECT_EQ(store.schema_version(), 3);
   EXPECT_EQ(store.task(1)->overlap, 3);  // raised to what was done: the task is complete
   EXPECT_EQ(store.task(2)->overlap, 3);  // untouched
