@@ -229,6 +229,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string why;
     if (!decode_request(payload, &request, &why))
       return write(error_response(proto::Error::BAD_MESSAGE, why), false);
+    if (auto early = answer_without_store(request, *state_))  // e.g. no Hello yet
+      return write(*early, false);
     busy_ = true;
     deadline_ = kNever;  // the store's turn
     auto self = shared_from_this();

@@ -83,6 +83,11 @@ Register import_cmd({"annotate import",
                        std::printf("imported %lld comparisons, skipped %lld lines\n",
                                    static_cast<long long>(r.imported),
                                    static_cast<long long>(r.skipped));
+                       if (r.resumed_from > 0)
+                         std::printf(
+                             "(completed an interrupted import: its first %lld were "
+                             "already stored)\n",
+                             static_cast<long long>(r.resumed_from));
                        return 0;
                      }});
 
