@@ -8,6 +8,9 @@
 //   - the server's CPU time during the case stayed bounded (no busy loop);
 //   - every ranking acknowledged during the case (SubmitOk) is in the database, and
 //     PRAGMA integrity_check is ok.
+// One case cannot run as a child process: a full disk must be injected into the server's own SQLite
+// connection, so HostileStore.* runs the server in process (injected_failure.h) and checks the same
+// invariants itself.
 // Adding a case: a TEST_F(Hostile, ...) that calls start_server() with its flags (see
 // test_server_main.cpp), attacks, and records every SubmitOk with submit() so TearDown checks it.
 #include <fcntl.h>
@@ -20,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -33,10 +37,12 @@
 #include "annotation/client.h"
 #include "annotation/frame.h"
 #include "annotation/sqlite_store.h"
+#include "tests/annotation/injected_failure.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
 namespace pb = rlhf::proto;
+namespace inj = rlhf::annotation::testing;
 using Clock = std::chrono::steady_clock;
 using rlhf::testing::TempDir;
 
@@ -677,4 +683,37 @@ TEST_F(Hostile, ReplayedSubmission) {
   for (auto& rec : store.all_rankings()) n += rec.task_id == id;
   EXPECT_EQ(n, 1);
   restart_server();
+}
+
+// The first lines of a report's problems.
+std::string first_problems(const std::vector<std::string>& lines) {
+  std::string out;
+  for (size_t i = 0; i < lines.size() && i < 20; ++i) out += lines[i] + "\n";
+  return out;
+}
+
+// A full disk under a running server (point 6). The failure must be injected into the server's own
+// SQLite connection, so this case runs the server in this process (injected_failure.h) instead of
+// as a child; the invariants are the fixture's: the server stays up and serves a fresh client
+// (Hello, GetProgress: reads) while the disk is full, what was acknowledged is exactly what is
+// stored, and PRAGMA integrity_check is ok.
+TEST(HostileStore, ADiskFullServerStaysUpAndAcknowledgesExactlyWhatItStored) {
+  TempDir dir("batchfail");
+  const auto start = std::chrono::steady_clock::now();
+  ::testing::internal::CaptureStderr();
+  auto r = inj::run_injected_failure_case(dir.path(), inj::InjectedFailure::kDiskFull);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Hundreds of failed requests, but store failures are logged at most once per second.
+  EXPECT_LE(std::count(log.begin(), log.end(), '\n'), static_cast<long>(seconds) + 2) << log;
+  EXPECT_TRUE(r.problems.empty()) << first_problems(r.problems);
+  EXPECT_EQ(r.integrity, "ok");
+  EXPECT_EQ(r.acknowledged, r.stored);
+  EXPECT_GT(r.disk_full_answers, 0) << "the disk never filled up: the case tested nothing; acked "
+                                    << r.acknowledged << " internal " << r.internal_answers;
+  EXPECT_GT(r.acknowledged, 0) << "nothing fit before the disk was full";
+  // The server is still up and serves a fresh client while the disk is full.
+  EXPECT_EQ(r.fresh_client, "") << "a fresh client was not served on a full disk";
+  EXPECT_LE(r.fresh_client_seconds, kServedWithinSeconds);
 }

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <set>
@@ -149,6 +150,30 @@ void compare_with_file(const std::string& db, InjectedFailure kind, const std::s
                                  std::to_string(std::get<0>(k)) + " by " + std::get<1>(k));
 }
 
+// A new annotator connection: Hello and GetProgress (reads only, so they work on a full disk).
+void serve_fresh_client(const std::string& socket, const std::string& token,
+                        InjectedFailureReport* report) {
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    Connection c(socket);
+    proto::Request hello;
+    hello.set_schema_version(1);
+    hello.mutable_hello()->set_token(token);
+    proto::Response h = c.call(hello);
+    proto::Request progress;
+    progress.set_schema_version(1);
+    progress.mutable_get_progress();
+    proto::Response p = h.has_hello() ? c.call(progress) : proto::Response();
+    report->fresh_client = !h.has_hello()      ? "Hello: " + h.ShortDebugString()
+                           : !p.has_progress() ? "GetProgress: " + p.ShortDebugString()
+                                               : "";
+  } catch (const std::exception& e) {
+    report->fresh_client = e.what();
+  }
+  report->fresh_client_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 }  // namespace
 
 InjectedFailureReport run_injected_failure_case(const std::string& dir, InjectedFailure kind,
@@ -186,6 +211,7 @@ InjectedFailureReport run_injected_failure_case(const std::string& dir, Injected
       for (auto& a : team)
         if (!a.done) take_answer(a, a.conn->receive(), kind, &acked, &report);
     }
+    serve_fresh_client(o.socket_path, tokens.front(), &report);
   }
   report.acknowledged = static_cast<int64_t>(acked.size());
   compare_with_file(o.db_path, kind, acked, &report);

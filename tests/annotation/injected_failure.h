@@ -31,6 +31,10 @@ struct InjectedFailureReport {
   int64_t batch_aborts = 0;       // of which "the batch's transaction was rolled back"
   int64_t disk_full_answers = 0;  // of which mention a full database or disk
   std::string integrity;          // PRAGMA integrity_check afterwards
+  // A new connection after the annotators stopped, with the failure still in place: "" when it
+  // was served (Hello, then GetProgress answered), else what went wrong; and how long it took.
+  std::string fresh_client = "not tried";
+  double fresh_client_seconds = 0;
   // Every broken promise found, e.g. "acknowledged but not stored: task 4 by ann2". Empty means
   // the case passed.
   std::vector<std::string> problems;
@@ -39,7 +43,8 @@ struct InjectedFailureReport {
 // Seeds `dir`/case.db (40 tasks of overlap 2; 200 for kDiskFull), starts the server on
 // `dir`/case.sock with the failure injected, runs `annotators` annotators in lock-step rounds (each
 // sends one request per round, so requests of many connections share batches) until the queue is
-// done or stuck, stops the server and compares the answers with the file.
+// done or stuck, serves a fresh client (fresh_client), stops the server and compares the answers
+// with the file.
 InjectedFailureReport run_injected_failure_case(const std::string& dir, InjectedFailure kind,
                                                 int annotators = 16);
 

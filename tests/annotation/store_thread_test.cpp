@@ -1,7 +1,8 @@
 // What reaches the server's store thread and what its answers promise, over a real Unix socket:
 // requests before Hello stop at the connection (issue #13 point 8), and a failure inside a
 // group-commit batch, injected into the real server's SQLite connection, never makes an answer
-// lie about what is stored (point 6, see injected_failure.h).
+// lie about what is stored (point 6, see injected_failure.h; the disk-full case is in
+// hostile_test.cpp).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -38,23 +39,7 @@ TEST(BatchFailure, ARollbackInTheMiddleOfABatchAbortsItAndNothingAnsweredFailedI
   EXPECT_GE(r.acknowledged, 80);
 }
 
-TEST(BatchFailure, ADiskFullServerAcknowledgesExactlyWhatItStored) {
-  TempDir dir("batchfail");
-  const auto start = std::chrono::steady_clock::now();
-  ::testing::internal::CaptureStderr();
-  auto r = t::run_injected_failure_case(dir.path(), t::InjectedFailure::kDiskFull);
-  const std::string log = ::testing::internal::GetCapturedStderr();
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // Hundreds of failed requests, but store failures are logged at most once per second.
-  EXPECT_LE(std::count(log.begin(), log.end(), '\n'), static_cast<long>(seconds) + 2) << log;
-  EXPECT_TRUE(r.problems.empty()) << joined(r.problems);
-  EXPECT_EQ(r.integrity, "ok");
-  EXPECT_EQ(r.acknowledged, r.stored);
-  EXPECT_GT(r.disk_full_answers, 0) << "the disk never filled up: the case tested nothing; acked "
-                                    << r.acknowledged << " internal " << r.internal_answers;
-  EXPECT_GT(r.acknowledged, 0) << "nothing fit before the disk was full";
-}
+// The disk-full case is part of the hostile suite (hostile_test.cpp).
 
 TEST(StoreThread, RequestsBeforeHelloNeverReachIt) {
   TempDir dir("prehello");
