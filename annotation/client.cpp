@@ -127,14 +127,31 @@ AnnotationClient::AnnotationClient(ClientOptions options) : opts_(std::move(opti
   if (opts_.socket_path.empty()) opts_.socket_path = default_socket_path();
 }
 
+namespace {
+bool is_internal(const proto::Response& r) {
+  return r.has_error() && r.error().code() == proto::Error::INTERNAL;
+}
+}  // namespace
+
+proto::Response AnnotationClient::call_retrying_internal(proto::Request& request) {
+  double backoff = opts_.internal_backoff_seconds;
+  for (int retry = 0;; ++retry) {
+    request.set_request_id(next_id_++);
+    proto::Response r = conn_->call(request);
+    if (!is_internal(r) || retry >= opts_.internal_retries) return r;
+    ++internal_retries_;
+    std::this_thread::sleep_for(std::chrono::duration<double>(backoff));
+    backoff *= 2;
+  }
+}
+
 void AnnotationClient::connect_and_hello() {
   conn_ = std::make_unique<Connection>(opts_.socket_path, opts_.server_uid);
   proto::Request req;
   req.set_schema_version(1);
-  req.set_request_id(next_id_++);
   req.mutable_hello()->set_token(opts_.token);
   req.mutable_hello()->set_client(opts_.client_name);
-  proto::Response r = conn_->call(req);
+  proto::Response r = call_retrying_internal(req);
   if (r.has_error()) {
     conn_.reset();
     if (r.error().code() == proto::Error::SHUTTING_DOWN) throw ConnectionLost("server stopping");
@@ -153,8 +170,7 @@ proto::Response AnnotationClient::call(proto::Request request) {
   for (;;) {
     try {
       if (!conn_) connect_and_hello();
-      request.set_request_id(next_id_++);
-      proto::Response r = conn_->call(request);
+      proto::Response r = call_retrying_internal(request);
       if (r.has_error() && r.error().code() == proto::Error::SHUTTING_DOWN)
         throw ConnectionLost("server stopping");
       return r;

@@ -69,6 +69,11 @@ struct ClientOptions {
   // The uid the server must run as (SO_PEERCRED); unset: the caller's own. A server of any other
   // uid is refused before the token is sent (WrongServerUser).
   std::optional<uid_t> server_uid = std::nullopt;
+  // A request answered INTERNAL (the server's store failed; by the commit rule nothing of it was
+  // stored: "send it again") is sent again up to this many times, after internal_backoff_seconds
+  // doubling each time; then the INTERNAL answer is returned (for Hello: rlhf::Error is thrown).
+  int internal_retries = 3;
+  double internal_backoff_seconds = 0.1;
 };
 
 // An authenticated session that survives server restarts: call() (re)connects and sends Hello
@@ -78,6 +83,7 @@ struct ClientOptions {
 // An UNAUTHENTICATED answer to Hello throws rlhf::Error (a wrong or revoked token is not retried);
 // a server of the wrong uid throws WrongServerUser (not retried either). The server may close an
 // idle connection (its idle timeout); the next call reconnects without the caller noticing.
+// An INTERNAL answer (to Hello or any other request) is retried as ClientOptions says.
 class AnnotationClient {
  public:
   explicit AnnotationClient(ClientOptions options);
@@ -85,15 +91,20 @@ class AnnotationClient {
   const std::string& annotator() const { return annotator_; }
   double lease_seconds() const { return lease_seconds_; }
   int reconnects() const { return reconnects_; }
+  // Requests sent again because the server answered INTERNAL.
+  int internal_retries() const { return internal_retries_; }
 
  private:
   void connect_and_hello();
+  // Sends `request` on conn_ (a fresh request_id each time), again while it is answered INTERNAL.
+  proto::Response call_retrying_internal(proto::Request& request);
   ClientOptions opts_;
   std::unique_ptr<Connection> conn_;
   uint64_t next_id_ = 1;
   std::string annotator_;
   double lease_seconds_ = 0;
   int reconnects_ = 0;
+  int internal_retries_ = 0;
 };
 
 }  // namespace rlhf::annotation
