@@ -12,11 +12,12 @@
 #include <thread>
 
 #include "annotation/frame.h"
+#include "annotation/local_socket.h"
 #include "common/error.h"
 
 namespace rlhf::annotation {
 
-Connection::Connection(const std::string& socket_path) {
+Connection::Connection(const std::string& socket_path, std::optional<uid_t> server_uid) {
   std::signal(SIGPIPE, SIG_IGN);
   sockaddr_un addr{};
   if (socket_path.size() >= sizeof(addr.sun_path))
@@ -31,6 +32,24 @@ Connection::Connection(const std::string& socket_path) {
     fd_ = -1;
     throw ConnectionLost("cannot connect to " + socket_path + ": " + std::strerror(err));
   }
+  try {
+    check_server_user(socket_path, server_uid.value_or(::geteuid()));
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+void Connection::check_server_user(const std::string& socket_path, uid_t expected) {
+  PeerCredentials server = peer_credentials(fd_);
+  if (server.uid == expected) return;
+  throw WrongServerUser("refusing the server at " + socket_path + ": it runs as " +
+                        describe_uid(server.uid) + " (pid " + std::to_string(server.pid) +
+                        "), not as " + describe_uid(expected) +
+                        "; nothing was sent. If that is the annotation server you mean, pass "
+                        "--server-uid " +
+                        std::to_string(server.uid));
 }
 
 Connection::~Connection() {
@@ -104,16 +123,35 @@ bool Connection::closed_by_peer(int timeout_ms) {
   return n == 0 || (n < 0 && errno != EAGAIN);
 }
 
-AnnotationClient::AnnotationClient(ClientOptions options) : opts_(std::move(options)) {}
+AnnotationClient::AnnotationClient(ClientOptions options) : opts_(std::move(options)) {
+  if (opts_.socket_path.empty()) opts_.socket_path = default_socket_path();
+}
+
+namespace {
+bool is_internal(const proto::Response& r) {
+  return r.has_error() && r.error().code() == proto::Error::INTERNAL;
+}
+}  // namespace
+
+proto::Response AnnotationClient::call_retrying_internal(proto::Request& request) {
+  double backoff = opts_.internal_backoff_seconds;
+  for (int retry = 0;; ++retry) {
+    request.set_request_id(next_id_++);
+    proto::Response r = conn_->call(request);
+    if (!is_internal(r) || retry >= opts_.internal_retries) return r;
+    ++internal_retries_;
+    std::this_thread::sleep_for(std::chrono::duration<double>(backoff));
+    backoff *= 2;
+  }
+}
 
 void AnnotationClient::connect_and_hello() {
-  conn_ = std::make_unique<Connection>(opts_.socket_path);
+  conn_ = std::make_unique<Connection>(opts_.socket_path, opts_.server_uid);
   proto::Request req;
   req.set_schema_version(1);
-  req.set_request_id(next_id_++);
   req.mutable_hello()->set_token(opts_.token);
   req.mutable_hello()->set_client(opts_.client_name);
-  proto::Response r = conn_->call(req);
+  proto::Response r = call_retrying_internal(req);
   if (r.has_error()) {
     conn_.reset();
     if (r.error().code() == proto::Error::SHUTTING_DOWN) throw ConnectionLost("server stopping");
@@ -132,8 +170,7 @@ proto::Response AnnotationClient::call(proto::Request request) {
   for (;;) {
     try {
       if (!conn_) connect_and_hello();
-      request.set_request_id(next_id_++);
-      proto::Response r = conn_->call(request);
+      proto::Response r = call_retrying_internal(request);
       if (r.has_error() && r.error().code() == proto::Error::SHUTTING_DOWN)
         throw ConnectionLost("server stopping");
       return r;

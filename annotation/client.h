@@ -2,9 +2,14 @@
 // authenticates, reconnects and retries.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 
+#include "common/error.h"
 #include "proto/annotation.pb.h"
 
 namespace rlhf::annotation {
@@ -16,11 +21,21 @@ class ConnectionLost : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown when the process listening on the socket runs as another user than the one expected:
+// nothing was sent to it. Not retried (AnnotationClient passes it on).
+class WrongServerUser : public Error {
+ public:
+  using Error::Error;
+};
+
 // One blocking Unix-socket connection. Not thread-safe; move-only.
 class Connection {
  public:
-  // Connects; throws ConnectionLost naming the path when nobody listens there.
-  explicit Connection(const std::string& socket_path);
+  // Connects, then checks with SO_PEERCRED that the listening process runs as `server_uid`
+  // (default: the caller's effective uid) before anything is sent. Throws ConnectionLost naming
+  // the path when nobody listens there, WrongServerUser when someone of another uid does.
+  explicit Connection(const std::string& socket_path,
+                      std::optional<uid_t> server_uid = std::nullopt);
   ~Connection();
   Connection(Connection&& other) noexcept;
   Connection& operator=(Connection&& other) noexcept;
@@ -42,21 +57,33 @@ class Connection {
 
  private:
   void read_exact(char* p, size_t n);
+  void check_server_user(const std::string& socket_path, uid_t expected);
   int fd_ = -1;
 };
 
 struct ClientOptions {
-  std::string socket_path;
+  std::string socket_path;  // "" = default_socket_path() (local_socket.h)
   std::string token;
   double retry_seconds = 30;  // how long to keep reconnecting when the server is gone
   std::string client_name = "rlhf-client/1";
+  // The uid the server must run as (SO_PEERCRED); unset: the caller's own. A server of any other
+  // uid is refused before the token is sent (WrongServerUser).
+  std::optional<uid_t> server_uid = std::nullopt;
+  // A request answered INTERNAL (the server's store failed; by the commit rule nothing of it was
+  // stored: "send it again") is sent again up to this many times, after internal_backoff_seconds
+  // doubling each time; then the INTERNAL answer is returned (for Hello: rlhf::Error is thrown).
+  int internal_retries = 3;
+  double internal_backoff_seconds = 0.1;
 };
 
 // An authenticated session that survives server restarts: call() (re)connects and sends Hello
 // as needed, and when the connection drops it retries with exponential backoff (50 ms doubling
 // to 2 s) for up to retry_seconds, then throws rlhf::Error. A request whose response was lost is
 // sent again: submissions are idempotent in effect (a stored one answers ALREADY_SUBMITTED).
-// An UNAUTHENTICATED answer to Hello throws rlhf::Error (a wrong or revoked token is not retried).
+// An UNAUTHENTICATED answer to Hello throws rlhf::Error (a wrong or revoked token is not retried);
+// a server of the wrong uid throws WrongServerUser (not retried either). The server may close an
+// idle connection (its idle timeout); the next call reconnects without the caller noticing.
+// An INTERNAL answer (to Hello or any other request) is retried as ClientOptions says.
 class AnnotationClient {
  public:
   explicit AnnotationClient(ClientOptions options);
@@ -64,15 +91,20 @@ class AnnotationClient {
   const std::string& annotator() const { return annotator_; }
   double lease_seconds() const { return lease_seconds_; }
   int reconnects() const { return reconnects_; }
+  // Requests sent again because the server answered INTERNAL.
+  int internal_retries() const { return internal_retries_; }
 
  private:
   void connect_and_hello();
+  // Sends `request` on conn_ (a fresh request_id each time), again while it is answered INTERNAL.
+  proto::Response call_retrying_internal(proto::Request& request);
   ClientOptions opts_;
   std::unique_ptr<Connection> conn_;
   uint64_t next_id_ = 1;
   std::string annotator_;
   double lease_seconds_ = 0;
   int reconnects_ = 0;
+  int internal_retries_ = 0;
 };
 
 }  // namespace rlhf::annotation

@@ -1,5 +1,10 @@
 #include "annotation/frame.h"
 
+#include <google/protobuf/stubs/logging.h>
+
+#include <limits>
+#include <mutex>
+
 #include "common/error.h"
 
 namespace rlhf::annotation {
@@ -42,10 +47,37 @@ FrameDecoder::Status FrameDecoder::next(std::string* payload) {
   return Status::kFrame;
 }
 
+namespace {
+
+thread_local std::string* g_captured_log = nullptr;  // set while decode_request parses
+google::protobuf::LogHandler* g_previous_log_handler = nullptr;
+
+void route_protobuf_log(google::protobuf::LogLevel level, const char* file, int line,
+                        const std::string& message) {
+  if (g_captured_log && level < google::protobuf::LOGLEVEL_FATAL) {
+    if (g_captured_log->empty()) *g_captured_log = message;  // the first problem is enough
+    return;
+  }
+  if (g_previous_log_handler) g_previous_log_handler(level, file, line, message);
+}
+
+void route_protobuf_log_once() {
+  static std::once_flag once;
+  std::call_once(
+      once, [] { g_previous_log_handler = google::protobuf::SetLogHandler(&route_protobuf_log); });
+}
+
+}  // namespace
+
 bool decode_request(const std::string& payload, proto::Request* request, std::string* error) {
-  if (!request->ParseFromString(payload)) {
+  route_protobuf_log_once();
+  std::string log;
+  g_captured_log = &log;
+  const bool parsed = request->ParseFromString(payload);
+  g_captured_log = nullptr;
+  if (!parsed) {
     *error = "the frame's " + std::to_string(payload.size()) +
-             " bytes are not a valid rlhf.proto.Request";
+             " bytes are not a valid rlhf.proto.Request" + (log.empty() ? "" : ": " + log);
     return false;
   }
   if (request->body_case() == proto::Request::BODY_NOT_SET) {
@@ -53,6 +85,20 @@ bool decode_request(const std::string& payload, proto::Request* request, std::st
     return false;
   }
   return true;
+}
+
+}  // namespace rlhf::annotation
+
+namespace rlhf::annotation {
+
+size_t task_reply_bytes(const std::string& prompt, const std::vector<std::string>& answers) {
+  proto::Task t;
+  t.set_task_id(std::numeric_limits<int64_t>::max());
+  t.set_prompt(prompt);
+  for (const auto& a : answers) t.add_answers(a);
+  t.set_lease_seconds_left(1.0);
+  constexpr size_t kEnvelope = 64;  // the Response around it (oneof, SubmitOk.next_task, ids)
+  return t.ByteSizeLong() + kEnvelope;
 }
 
 }  // namespace rlhf::annotation

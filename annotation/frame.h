@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "proto/annotation.pb.h"
 
@@ -41,7 +42,16 @@ class FrameDecoder {
   size_t pos_ = 0;
 };
 
-// Parses a Request payload. On failure returns false and sets *error to a message.
+// Parses a Request payload. On failure returns false and sets *error to a message. What protobuf
+// would log about the payload (e.g. "String field 'rlhf.proto.Hello.token' contains invalid
+// UTF-8 data") goes into *error instead of stderr, so a client sending bad strings cannot make the
+// server log a line per frame. (The first call routes protobuf's log through a handler that
+// captures messages during decode_request and passes any other message to the previous one.)
 bool decode_request(const std::string& payload, proto::Request* request, std::string* error);
+
+// Upper bound on the payload bytes of a Response carrying this prompt and these answers as a
+// Task (GetTask's answer or SubmitOk.next_task, with the widest task id). The server never sends
+// (leases) a task whose bound exceeds kMaxFrameBytes; add-tasks and import refuse one.
+size_t task_reply_bytes(const std::string& prompt, const std::vector<std::string>& answers);
 
 }  // namespace rlhf::annotation

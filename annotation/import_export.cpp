@@ -1,9 +1,14 @@
 #include "annotation/import_export.h"
 
+#include <algorithm>
+#include <chrono>
+#include <functional>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "annotation/frame.h"
 #include "common/error.h"
@@ -16,10 +21,9 @@ using nlohmann::json;
 
 namespace {
 
-// Calls fn(line_number, parsed_object) for each non-blank line.
+// Calls fn(line_number, parsed_object) for each non-blank line of `data` (read from `path`).
 template <typename Fn>
-void for_each_json_line(const std::string& path, Fn fn) {
-  std::string data = read_file_maybe_gzip(path);
+void for_each_json_line(const std::string& path, const std::string& data, Fn fn) {
   std::istringstream in(data);
   std::string line;
   int64_t lineno = 0;
@@ -52,13 +56,7 @@ std::string string_field(const json& j, const char* name) {
 }  // namespace
 
 void check_task_fits_frame(const TaskInput& task) {
-  proto::Task t;  // as the server sends it, with the widest task id and lease field
-  t.set_task_id(std::numeric_limits<int64_t>::max());
-  t.set_prompt(task.prompt);
-  for (const auto& a : task.answers) t.add_answers(a);
-  t.set_lease_seconds_left(1.0);
-  constexpr size_t kEnvelope = 64;  // the Response around it (oneof, SubmitOk.next_task)
-  const size_t bytes = t.ByteSizeLong() + kEnvelope;
+  const size_t bytes = task_reply_bytes(task.prompt, task.answers);
   if (bytes <= kMaxFrameBytes) return;
   size_t answer_bytes = 0;
   for (const auto& a : task.answers) answer_bytes += a.size();
@@ -68,11 +66,48 @@ void check_task_fits_frame(const TaskInput& task) {
               std::to_string(answer_bytes) + " bytes); shorten the prompt or the answers");
 }
 
-int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
+namespace {
+
+// Writes items [0, n) with write(i) in transactions of at most chunk.max_rows items or
+// chunk.max_seconds each, starting after the items an interrupted run with the same key
+// committed. Each transaction also records how far it got (Store::set_import_progress), so the
+// resume point always matches what is stored; the last one removes the record. Returns the
+// index it started from.
+int64_t write_in_chunks(Store& store, const std::string& key, int64_t n, const ChunkOptions& chunk,
+                        const std::function<void(int64_t)>& write) {
+  const int64_t max_rows = std::max<int64_t>(1, chunk.max_rows);
+  const int64_t resumed_from = std::min(store.import_progress(key), n);
+  int64_t i = resumed_from;
+  while (i < n) {
+    Store::Transaction txn(store);
+    const auto start = std::chrono::steady_clock::now();
+    int64_t rows = 0;
+    do {
+      write(i++);
+      ++rows;
+    } while (i < n && rows < max_rows &&
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
+                 chunk.max_seconds);
+    store.set_import_progress(key, i < n ? i : 0);
+    txn.commit();
+    if (chunk.after_commit) chunk.after_commit(i);
+  }
+  return resumed_from;
+}
+
+// The resume key: what was run on which bytes.
+std::string import_key(const std::string& command, const std::string& data) {
+  return command + " sha256:" + sha256_hex(data);
+}
+
+}  // namespace
+
+int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap,
+                        const ChunkOptions& chunk) {
   if (overlap < 1) throw Error("--overlap must be >= 1, got " + std::to_string(overlap));
-  Store::Transaction txn(store);
-  int64_t added = 0;
-  for_each_json_line(path, [&](int64_t, const json& j) {
+  const std::string data = read_file_maybe_gzip(path);
+  std::vector<std::pair<TaskInput, int>> tasks;  // every line checked before anything is written
+  for_each_json_line(path, data, [&](int64_t, const json& j) {
     TaskInput t;
     t.prompt = string_field(j, "prompt");
     auto a = j.find("answers");
@@ -81,6 +116,8 @@ int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
       if (!x.is_string()) throw Error("field \"answers\" must be a list of strings");
       t.answers.push_back(x.get<std::string>());
     }
+    if (t.answers.size() < 2 || t.answers.size() > 26)
+      throw Error("a task needs 2..26 answers, got " + std::to_string(t.answers.size()));
     if (j.contains("model")) t.model = string_field(j, "model");
     if (j.contains("sampling")) t.sampling_json = j["sampling"].dump();
     t.source = "add-tasks";
@@ -89,60 +126,67 @@ int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap) {
     if (j.contains("overlap")) {
       if (!j["overlap"].is_number_integer()) throw Error("field \"overlap\" must be an integer");
       o = j["overlap"].get<int>();
+      if (o < 1) throw Error("field \"overlap\" must be >= 1, got " + std::to_string(o));
     }
-    store.add_task(t, o);
-    ++added;
+    tasks.emplace_back(std::move(t), o);
   });
-  txn.commit();
-  return added;
+  const int64_t n = static_cast<int64_t>(tasks.size());
+  const int64_t resumed_from =
+      write_in_chunks(store, import_key("add-tasks overlap=" + std::to_string(overlap), data), n,
+                      chunk, [&](int64_t i) { store.add_task(tasks[i].first, tasks[i].second); });
+  return n - resumed_from;
 }
 
-ImportResult import_preferences(Store& store, const std::string& path, const std::string& format) {
+ImportResult import_preferences(Store& store, const std::string& path, const std::string& format,
+                                const ChunkOptions& chunk) {
   if (format != "pairs" && format != "hh")
     throw Error("--format: expected pairs or hh, got '" + format + "'");
-  Store::Transaction txn(store);
+  const std::string data = read_file_maybe_gzip(path);
   ImportResult result;
-  std::map<std::string, int64_t> authors;
-  auto author = [&](const std::string& name) {
-    auto it = authors.find(name);
-    if (it != authors.end()) return it->second;
-    int64_t id = store.import_annotator(name);
-    authors[name] = id;
-    return id;
+  struct Item {
+    TaskInput task;
+    std::string author;
   };
-  for_each_json_line(path, [&](int64_t, const json& j) {
-    TaskInput t;
-    std::string who;
+  std::vector<Item> items;  // every line checked before anything is written
+  for_each_json_line(path, data, [&](int64_t, const json& j) {
+    Item item;
     std::string chosen, rejected;
     if (format == "pairs") {
-      t.prompt = string_field(j, "prompt");
+      item.task.prompt = string_field(j, "prompt");
       chosen = string_field(j, "chosen");
       rejected = string_field(j, "rejected");
-      who = j.contains("annotator") ? string_field(j, "annotator") : "import:pairs";
+      item.author = j.contains("annotator") ? string_field(j, "annotator") : "import:pairs";
     } else {
       if (!reward::split_hh_dialogues(string_field(j, "chosen"), string_field(j, "rejected"),
-                                      &t.prompt, &chosen, &rejected)) {
+                                      &item.task.prompt, &chosen, &rejected)) {
         ++result.skipped;
         return;
       }
-      who = "import:hh";
+      item.author = "import:hh";
     }
     if (chosen == rejected) {  // no preference to learn from
       ++result.skipped;
       return;
     }
-    t.answers = {chosen, rejected};
-    t.source = "import:" + format;
-    check_task_fits_frame(t);
-    int64_t task_id = store.add_task(t, 1);
-    RankingRecord r;
-    r.task_id = task_id;
-    r.annotator_id = author(who);
-    r.groups = {{0}, {1}};
-    store.insert_ranking(r);
-    ++result.imported;
+    item.task.answers = {chosen, rejected};
+    item.task.source = "import:" + format;
+    check_task_fits_frame(item.task);
+    items.push_back(std::move(item));
   });
-  txn.commit();
+  std::map<std::string, int64_t> authors;
+  const int64_t n = static_cast<int64_t>(items.size());
+  result.resumed_from =
+      write_in_chunks(store, import_key("import format=" + format, data), n, chunk, [&](int64_t i) {
+        auto it = authors.find(items[i].author);
+        if (it == authors.end())
+          it = authors.emplace(items[i].author, store.import_annotator(items[i].author)).first;
+        RankingRecord r;
+        r.task_id = store.add_task(items[i].task, 1);
+        r.annotator_id = it->second;
+        r.groups = {{0}, {1}};
+        store.insert_ranking(r);
+      });
+  result.imported = n - result.resumed_from;
   return result;
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <ostream>
 #include <string>
 
@@ -26,14 +27,35 @@ constexpr int kExportSchemaVersion = 1;
 // The message says by how much and what to shorten. add-tasks and import call it for every task.
 void check_task_fits_frame(const TaskInput& task);
 
+// How add-tasks and import write: in chunks, so a long run never holds the database's write lock
+// longer than about max_seconds (a server waiting on it gives up after its busy timeout, 10 s).
+//
+// Atomicity: every line of the file is read and checked first, so a bad line adds nothing. Then
+// the items are written in transactions of at most max_rows items or max_seconds each; each
+// transaction also stores how far it got under a key made of the command, its settings and the
+// file's SHA-256 (table import_progress). A run that stops half-way (crash, disk full, killed)
+// leaves a prefix of the file stored and that resume point; running the same command on the
+// same file again skips the stored prefix and completes it, so nothing is added twice. The last
+// chunk removes the record, so once a run completed, running it again adds everything again
+// (as it always did). Readers may see a partly imported file while it runs.
+struct ChunkOptions {
+  int64_t max_rows = 500;     // items per transaction
+  double max_seconds = 0.25;  // or this long, whichever comes first
+  // Called after each committed chunk with the items stored so far (tests use it).
+  std::function<void(int64_t items_done)> after_commit;
+};
+
 // Adds one task per line `{"prompt": "...", "answers": ["...", ...]}` (optional: "model",
-// "sampling" (object), "overlap" (overrides `overlap`)). All lines or none are added (one
-// transaction). Blank lines are skipped. Errors name the file and line. Returns tasks added.
-int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap);
+// "sampling" (object), "overlap" (overrides `overlap`)). Blank lines are skipped. Errors name the
+// file and line; a bad line adds nothing. Written in chunks (see ChunkOptions). Returns the tasks
+// added by this run (a resumed run: those after the resume point).
+int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap,
+                        const ChunkOptions& chunk = {});
 
 struct ImportResult {
-  int64_t imported = 0;  // tasks created, each with one stored ranking
-  int64_t skipped = 0;   // lines that could not be split into a shared prompt + two answers
+  int64_t imported = 0;      // tasks created by this run, each with one stored ranking
+  int64_t skipped = 0;       // lines that could not be split into a shared prompt + two answers
+  int64_t resumed_from = 0;  // items an interrupted earlier run had already stored
 };
 
 // Imports preference data as completed tasks (overlap 1) ranked by an inactive annotator:
@@ -42,8 +64,10 @@ struct ImportResult {
 //   "hh":    Anthropic HH-RLHF lines {"chosen","rejected"}, split by
 //            reward::split_hh_dialogues (the shared text up to the final "\n\nAssistant:" is the
 //            prompt, the final assistant turns are the answers); author "import:hh".
-// One transaction. Files may be gzip-compressed (rlhf::read_file_maybe_gzip).
-ImportResult import_preferences(Store& store, const std::string& path, const std::string& format);
+// Written in chunks (see ChunkOptions). Files may be gzip-compressed
+// (rlhf::read_file_maybe_gzip).
+ImportResult import_preferences(Store& store, const std::string& path, const std::string& format,
+                                const ChunkOptions& chunk = {});
 
 // Writes the export (see above) to `out`; returns the lines written.
 int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out);

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 
+#include "annotation/frame.h"
 #include "common/error.h"
 
 namespace rlhf::annotation {
@@ -22,17 +24,33 @@ proto::Response error_response(proto::Error::Code code, const std::string& messa
   return r;
 }
 
+std::optional<proto::Response> answer_without_store(const proto::Request& request,
+                                                    const SessionState& session) {
+  std::optional<proto::Response> r;
+  if (request.schema_version() > kProtocolVersion) {
+    r = error_response(proto::Error::UNSUPPORTED_VERSION,
+                       "request schema_version " + std::to_string(request.schema_version()) +
+                           " is newer than the server's " + std::to_string(kProtocolVersion));
+  } else if (request.body_case() == proto::Request::BODY_NOT_SET) {
+    r = error_response(proto::Error::BAD_MESSAGE, "the Request has no body");
+  } else if (request.body_case() != proto::Request::kHello && !session.annotator_id) {
+    r = error_response(proto::Error::UNAUTHENTICATED,
+                       "send Hello with a token before any other request");
+  }
+  if (r) {
+    r->set_schema_version(kProtocolVersion);
+    r->set_request_id(request.request_id());
+  }
+  return r;
+}
+
 RequestHandler::RequestHandler(Store& store, HandlerOptions options, std::function<double()> clock)
     : store_(store), options_(options), clock_(std::move(clock)) {}
 
 proto::Response RequestHandler::handle(const proto::Request& request, SessionState& session) {
+  if (auto early = answer_without_store(request, session)) return *early;
   proto::Response response;
-  if (request.schema_version() > kProtocolVersion) {
-    response =
-        error_response(proto::Error::UNSUPPORTED_VERSION,
-                       "request schema_version " + std::to_string(request.schema_version()) +
-                           " is newer than the server's " + std::to_string(kProtocolVersion));
-  } else if (request.body_case() == proto::Request::kHello) {
+  if (request.body_case() == proto::Request::kHello) {
     auto a = store_.annotator_by_token(request.hello().token());
     if (!a || !a->active) {
       session = SessionState{};
@@ -47,9 +65,6 @@ proto::Response RequestHandler::handle(const proto::Request& request, SessionSta
       h->set_role(a->role);
       h->set_lease_seconds(options_.lease_seconds);
     }
-  } else if (!session.annotator_id) {
-    response = error_response(proto::Error::UNAUTHENTICATED,
-                              "send Hello with a token before any other request");
   } else {
     auto a = store_.annotator_by_id(*session.annotator_id);
     if (!a || !a->active) {
@@ -100,18 +115,36 @@ proto::Response RequestHandler::get_task(int64_t annotator_id) {
     last_cleanup_ = now;
   }
   double expires = now + options_.lease_seconds;
-  if (auto held = store_.held_lease(annotator_id, now)) {
-    store_.put_lease(*held, annotator_id, expires);  // renew
-    return task_response(*held, expires);
-  }
-  if (auto next = store_.next_open_task(annotator_id, now)) {
-    store_.put_lease(*next, annotator_id, expires);
-    return task_response(*next, expires);
+  for (;;) {  // each round leases a task or quarantines one, so it ends
+    std::optional<int64_t> id = store_.held_lease(annotator_id, now);  // renewed below
+    if (!id) id = store_.next_open_task(annotator_id, now);
+    if (!id) break;
+    if (auto reply = lease_if_sendable(*id, annotator_id, expires)) return *reply;
   }
   proto::Response r;
   auto blocking = store_.earliest_blocking_lease(annotator_id, now);
   r.mutable_no_task()->set_retry_after_seconds(blocking ? std::max(0.1, *blocking - now) : 0.0);
   return r;
+}
+
+std::optional<proto::Response> RequestHandler::lease_if_sendable(int64_t task_id,
+                                                                 int64_t annotator_id,
+                                                                 double expires_at) {
+  proto::Response reply = task_response(task_id, expires_at);
+  const auto& t = reply.task();
+  const std::vector<std::string> answers(t.answers().begin(), t.answers().end());
+  const size_t bytes = task_reply_bytes(t.prompt(), answers);
+  if (bytes > kMaxFrameBytes) {
+    const std::string reason = "task_too_large: a reply carrying it needs " +
+                               std::to_string(bytes) + " bytes, the frame limit is " +
+                               std::to_string(kMaxFrameBytes);
+    store_.quarantine_task(task_id, reason);
+    std::fprintf(stderr, "annotation server: task %lld quarantined, never leased: %s\n",
+                 static_cast<long long>(task_id), reason.c_str());
+    return std::nullopt;
+  }
+  store_.put_lease(task_id, annotator_id, expires_at);
+  return reply;
 }
 
 proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t annotator_id) {

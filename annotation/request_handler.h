@@ -17,6 +17,10 @@
 //    overlap), otherwise TASK_FULL. So a task never exceeds its overlap and an annotator who
 //    submits within their lease never loses their work. Skips and flags are stored but do not
 //    count toward overlap;
+//  - a task whose reply would exceed the frame limit (kMaxFrameBytes; an old database may hold
+//    one added before add-tasks checked sizes) is never leased: GetTask quarantines it
+//    (Store::quarantine_task, reason "task_too_large: ..."), logs one line naming it to stderr,
+//    and hands out the next task instead;
 //  - Undo removes the annotator's latest submission while it is "still open": younger than the
 //    lease time (the window in which the task would still be reserved for them). The task is
 //    leased to them again so they can re-rank it.
@@ -47,6 +51,15 @@ struct HandlerOptions {
 // Unix time in seconds (the default clock).
 double unix_seconds();
 
+// The checks made before a request may reach the store thread: a schema_version newer than the
+// server's, a Request without a body, or anything but Hello on a connection that has not
+// authenticated. Returns the Error answer for such a request (the connection answers it at
+// once; nothing was read or written), or nullopt when the request may go to the store. Needs no
+// store. The server calls it on the I/O thread while the connection has no request in flight
+// (so `session` is not being written by the store thread); handle() runs it first as well.
+std::optional<proto::Response> answer_without_store(const proto::Request& request,
+                                                    const SessionState& session);
+
 class RequestHandler {
  public:
   // `store` must outlive the handler. `clock` returns Unix seconds (tests pass a fake one).
@@ -63,6 +76,10 @@ class RequestHandler {
 
  private:
   proto::Response get_task(int64_t annotator_id);
+  // Leases the task and returns its reply, or quarantines it and returns nullopt when the reply
+  // would exceed the frame limit.
+  std::optional<proto::Response> lease_if_sendable(int64_t task_id, int64_t annotator_id,
+                                                   double expires_at);
   proto::Response submit(const proto::SubmitRanking& s, int64_t annotator_id);
   proto::Response undo(int64_t annotator_id);
   proto::Response progress(int64_t annotator_id);

@@ -21,6 +21,7 @@ SimulateResult simulate(const SimulateOptions& o,
   ClientOptions co;
   co.socket_path = o.socket_path;
   co.token = o.token;
+  co.server_uid = o.server_uid;
   co.retry_seconds = o.retry_seconds;
   co.client_name = "rlhf-simulate/" + o.teacher;
   AnnotationClient client(co);

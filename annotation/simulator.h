@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "annotation/client.h"
@@ -10,13 +11,14 @@
 namespace rlhf::annotation {
 
 struct SimulateOptions {
-  std::string socket_path;
+  std::string socket_path;  // "" = default_socket_path()
   std::string token;
-  std::string teacher = "length";  // a registered teacher name
-  double noise = 0;                // probability of replacing the teacher's ranking by a random one
-  int64_t max_tasks = -1;          // stop after this many acknowledged submissions (-1: no limit)
-  uint64_t seed = 0;               // seeds the rng passed to the teacher and the noise
-  double retry_seconds = 30;       // reconnect for up to this long when the server goes away
+  std::optional<uid_t> server_uid = std::nullopt;  // the uid the server must run as; unset: ours
+  std::string teacher = "length";                  // a registered teacher name
+  double noise = 0;           // probability of replacing the teacher's ranking by a random one
+  int64_t max_tasks = -1;     // stop after this many acknowledged submissions (-1: no limit)
+  uint64_t seed = 0;          // seeds the rng passed to the teacher and the noise
+  double retry_seconds = 30;  // reconnect for up to this long when the server goes away
 };
 
 struct SimulateResult {

@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 
 #include "common/error.h"
@@ -86,6 +87,31 @@ CREATE TABLE deliveries (
 INSERT OR IGNORE INTO deliveries(task_id, annotator_id)
   SELECT task_id, annotator_id FROM leases UNION SELECT task_id, annotator_id FROM rankings;
 )sql",
+    // v3: (1) done_count <= overlap as a constraint. SQLite cannot add a CHECK to an existing
+    // table, so two triggers refuse any insert or update that breaks it. Rows that already break
+    // it (written by older code) get their overlap raised to done_count first: the rankings are
+    // real work, and the task simply counts as complete. (2) Tasks taken out of the queue with a
+    // named reason (e.g. too large to send in a frame). (3) The resume point of an interrupted
+    // chunked add-tasks/import, keyed by the file's SHA-256 and the command's settings.
+    R"sql(
+UPDATE tasks SET overlap = done_count WHERE done_count > overlap;
+CREATE TRIGGER tasks_done_within_overlap_insert BEFORE INSERT ON tasks
+  WHEN NEW.done_count > NEW.overlap
+  BEGIN SELECT RAISE(ABORT, 'constraint tasks.done_count <= tasks.overlap failed'); END;
+CREATE TRIGGER tasks_done_within_overlap_update BEFORE UPDATE OF done_count, overlap ON tasks
+  WHEN NEW.done_count > NEW.overlap
+  BEGIN SELECT RAISE(ABORT, 'constraint tasks.done_count <= tasks.overlap failed'); END;
+CREATE TABLE quarantined_tasks (
+  task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+  reason TEXT NOT NULL,
+  created_at TEXT NOT NULL
+);
+CREATE TABLE import_progress (
+  import_key TEXT PRIMARY KEY,
+  items_done INTEGER NOT NULL CHECK (items_done >= 0),
+  updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 static_assert(kNumMigrations == Store::kSchemaVersion, "one migration per schema version");
@@ -153,7 +179,10 @@ void Store::migrate() {
   exec(db_.get(), "BEGIN IMMEDIATE");
   try {
     version = schema_version();  // re-read under the write lock (another process may have won)
-    for (int v = version; v < kSchemaVersion; ++v) exec(db_.get(), kMigrations[v]);
+    for (int v = version; v < kSchemaVersion; ++v) {
+      if (v == 2) report_tasks_over_overlap();
+      exec(db_.get(), kMigrations[v]);
+    }
     if (version < kSchemaVersion)
       exec(db_.get(), "PRAGMA user_version=" + std::to_string(kSchemaVersion));
     exec(db_.get(), "COMMIT");
@@ -161,6 +190,16 @@ void Store::migrate() {
     sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
+}
+
+void Store::report_tasks_over_overlap() {
+  Statement s(db_.get(), "SELECT count(*), min(id) FROM tasks WHERE done_count > overlap");
+  if (!s.step() || s.int64(0) == 0) return;
+  std::fprintf(stderr,
+               "annotation database %s: %lld task(s) (the first: task %lld) had more counted "
+               "judgements than their overlap; migration v3 raises their overlap to match\n",
+               path_.c_str(), static_cast<long long>(s.int64(0)),
+               static_cast<long long>(s.int64(1)));
 }
 
 Statement& Store::stmt(const char* sql) {
@@ -185,12 +224,22 @@ void Store::Transaction::commit() {
   done_ = true;
 }
 
-Store::Savepoint::Savepoint(Store& store) : store_(store) { store_.stmt("SAVEPOINT req").run(); }
+Store::Savepoint::Savepoint(Store& store) : store_(store) {
+  if (!store_.in_transaction())
+    throw Error("a savepoint needs an open transaction (the transaction was rolled back)");
+  store_.stmt("SAVEPOINT req").run();
+}
 Store::Savepoint::~Savepoint() {
-  if (!done_) {
-    sqlite3_exec(store_.db(), "ROLLBACK TO req", nullptr, nullptr, nullptr);
-    sqlite3_exec(store_.db(), "RELEASE req", nullptr, nullptr, nullptr);
-  }
+  if (!done_) roll_back();
+}
+bool Store::Savepoint::roll_back() noexcept {
+  done_ = true;
+  if (!store_.in_transaction()) return false;  // SQLite rolled everything back already
+  if (sqlite3_exec(store_.db(), "ROLLBACK TO req", nullptr, nullptr, nullptr) != SQLITE_OK)
+    return false;
+  if (sqlite3_exec(store_.db(), "RELEASE req", nullptr, nullptr, nullptr) != SQLITE_OK)
+    return false;
+  return store_.in_transaction();
 }
 void Store::Savepoint::release() {
   store_.stmt("RELEASE req").run();
@@ -372,6 +421,7 @@ std::optional<int64_t> Store::next_open_task(int64_t annotator_id, double now) {
   auto& s = stmt(
       "SELECT t.id FROM tasks t INDEXED BY tasks_open WHERE t.done_count < t.overlap "
       "AND NOT EXISTS (SELECT 1 FROM rankings r WHERE r.task_id=t.id AND r.annotator_id=?1) "
+      "AND NOT EXISTS (SELECT 1 FROM quarantined_tasks q WHERE q.task_id=t.id) "
       "AND t.done_count + (SELECT count(*) FROM leases l WHERE l.task_id=t.id AND "
       "l.annotator_id<>?1 AND l.expires_at>?2) < t.overlap "
       "ORDER BY t.id LIMIT 1");
@@ -385,7 +435,8 @@ std::optional<int64_t> Store::next_open_task(int64_t annotator_id, double now) {
 int64_t Store::remaining_for(int64_t annotator_id) {
   auto& s = stmt(
       "SELECT count(*) FROM tasks t INDEXED BY tasks_open WHERE t.done_count < t.overlap "
-      "AND NOT EXISTS (SELECT 1 FROM rankings r WHERE r.task_id=t.id AND r.annotator_id=?1)");
+      "AND NOT EXISTS (SELECT 1 FROM rankings r WHERE r.task_id=t.id AND r.annotator_id=?1) "
+      "AND NOT EXISTS (SELECT 1 FROM quarantined_tasks q WHERE q.task_id=t.id)");
   s.bind(1, annotator_id);
   s.step();
   int64_t n = s.int64(0);
@@ -397,7 +448,8 @@ std::optional<double> Store::earliest_blocking_lease(int64_t annotator_id, doubl
   auto& s = stmt(
       "SELECT min(l.expires_at) FROM tasks t INDEXED BY tasks_open JOIN leases l ON "
       "l.task_id=t.id WHERE t.done_count < t.overlap AND l.annotator_id<>?1 AND l.expires_at>?2 "
-      "AND NOT EXISTS (SELECT 1 FROM rankings r WHERE r.task_id=t.id AND r.annotator_id=?1)");
+      "AND NOT EXISTS (SELECT 1 FROM rankings r WHERE r.task_id=t.id AND r.annotator_id=?1) "
+      "AND NOT EXISTS (SELECT 1 FROM quarantined_tasks q WHERE q.task_id=t.id)");
   s.bind(1, annotator_id).bind(2, now);
   std::optional<double> out;
   if (s.step() && !s.is_null(0)) out = s.real(0);
@@ -453,6 +505,45 @@ void Store::drop_lease(int64_t task_id, int64_t annotator_id) {
 
 void Store::drop_expired_leases(double now) {
   stmt("DELETE FROM leases WHERE expires_at<=?").bind(1, now).run();
+}
+
+void Store::quarantine_task(int64_t task_id, const std::string& reason) {
+  stmt("INSERT OR IGNORE INTO quarantined_tasks(task_id, reason, created_at) VALUES(?,?,?)")
+      .bind(1, task_id)
+      .bind(2, reason)
+      .bind(3, utc_now_iso8601())
+      .run();
+  stmt("DELETE FROM leases WHERE task_id=?").bind(1, task_id).run();
+}
+
+std::vector<QuarantinedTask> Store::quarantined_tasks() {
+  auto& s = stmt("SELECT task_id, reason FROM quarantined_tasks ORDER BY task_id");
+  std::vector<QuarantinedTask> out;
+  while (s.step()) out.push_back({s.int64(0), s.text(1)});
+  s.reset();
+  return out;
+}
+
+// ---------------- chunked imports ----------------
+
+int64_t Store::import_progress(const std::string& key) {
+  auto& s = stmt("SELECT items_done FROM import_progress WHERE import_key=?");
+  s.bind(1, key);
+  int64_t n = s.step() ? s.int64(0) : 0;
+  s.reset();
+  return n;
+}
+
+void Store::set_import_progress(const std::string& key, int64_t items_done) {
+  if (items_done <= 0) {
+    stmt("DELETE FROM import_progress WHERE import_key=?").bind(1, key).run();
+    return;
+  }
+  stmt("INSERT OR REPLACE INTO import_progress(import_key, items_done, updated_at) VALUES(?,?,?)")
+      .bind(1, key)
+      .bind(2, items_done)
+      .bind(3, utc_now_iso8601())
+      .run();
 }
 
 // ---------------- rankings ----------------

@@ -1,6 +1,9 @@
 // The annotation database: prompts, answers, tasks, leases, deliveries (who was ever given which
-// task), rankings and annotators in one SQLite file, with versioned migrations (PRAGMA
-// user_version).
+// task), rankings, annotators, quarantined tasks and resume points of chunked imports in one
+// SQLite file, with versioned migrations (PRAGMA user_version).
+//
+// Constraints kept by the database itself: overlap >= 1, 0 <= done_count <= overlap (triggers
+// since schema v3), one judgement per (task, annotator), foreign keys.
 //
 // Opening sets WAL mode, foreign keys, a busy timeout and the synchronous level. Every method runs
 // prepared statements (prepared once per Store and cached). Methods that change several rows
@@ -59,6 +62,12 @@ struct TaskInput {
   std::string source;         // e.g. "add-tasks", "import:hh"
 };
 
+// A task taken out of the queue for good (see Store::quarantine_task).
+struct QuarantinedTask {
+  int64_t task_id = 0;
+  std::string reason;  // starts with a name, e.g. "task_too_large: ..."
+};
+
 // A stored judgement of one task by one annotator.
 struct RankingRecord {
   int64_t id = 0;
@@ -78,7 +87,7 @@ struct RankingRecord {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens `path`, creating and/or migrating it. Throws rlhf::Error naming the file when it is
   // missing (and options.create is false), is not a database, or has a newer schema.
@@ -106,13 +115,20 @@ class Store {
     bool done_ = false;
   };
 
-  // A savepoint inside a transaction: release() keeps its changes, the destructor otherwise
-  // rolls them back (used to undo one failed request inside a group commit).
+  // A savepoint inside a transaction: release() keeps its changes, roll_back() or the destructor
+  // otherwise undo them (used to undo one failed request inside a group commit). The constructor
+  // throws rlhf::Error when no transaction is open: a SAVEPOINT there would start (and RELEASE
+  // commit) a transaction of its own.
   class Savepoint {
    public:
     explicit Savepoint(Store& store);
     ~Savepoint();
     void release();
+    // Undoes the changes since the savepoint. Returns true when that worked and the enclosing
+    // transaction is still open; false when SQLite already rolled the whole transaction back
+    // (disk full, I/O error, RAISE(ROLLBACK)) or the rollback failed: then nothing of the
+    // transaction may be committed.
+    bool roll_back() noexcept;
     Savepoint(const Savepoint&) = delete;
     Savepoint& operator=(const Savepoint&) = delete;
 
@@ -166,6 +182,17 @@ class Store {
   int64_t live_leases_of_others(int64_t task_id, int64_t annotator_id, double now);
   void drop_lease(int64_t task_id, int64_t annotator_id);
   void drop_expired_leases(double now);
+  // Takes a task out of the queue for good (it is never leased again; next_open_task,
+  // remaining_for and earliest_blocking_lease skip it) and drops its leases. `reason` starts
+  // with a name ("task_too_large: ..."). Idempotent: the first reason stays.
+  void quarantine_task(int64_t task_id, const std::string& reason);
+  std::vector<QuarantinedTask> quarantined_tasks();
+
+  // --- resume points of chunked add-tasks/import runs (annotation/import_export.h) ---
+  // Items an interrupted run with this key committed (0 when none is recorded).
+  int64_t import_progress(const std::string& key);
+  // Records the resume point inside the chunk's transaction; items_done <= 0 removes it.
+  void set_import_progress(const std::string& key, int64_t items_done);
 
   // --- rankings ---
   // Inserts a judgement and, when it counts, increments the task's done_count. Does not check
@@ -185,6 +212,8 @@ class Store {
  private:
   internal::Statement& stmt(const char* sql);
   void migrate();
+  // Logs (stderr) how many tasks break done_count <= overlap before migration v3 repairs them.
+  void report_tasks_over_overlap();
 
   std::string path_;
   internal::DbHandle db_;

@@ -110,13 +110,15 @@ Stats compute_stats(Store& store) {
   sqlite3* db = store.db();
   {
     internal::Statement q(db,
-                          "SELECT count(*), sum(done_count >= overlap), sum(done_count < overlap) "
-                          "FROM tasks");
+                          "SELECT count(*), sum(done_count >= overlap), "
+                          "sum(done_count < overlap AND q.task_id IS NULL) FROM tasks t "
+                          "LEFT JOIN quarantined_tasks q ON q.task_id = t.id");
     q.step();
     s.tasks = q.int64(0);
     s.done_tasks = q.int64(1);
     s.pending_tasks = q.int64(2);
   }
+  s.quarantined = store.quarantined_tasks();
   std::map<int64_t, AnnotatorStats> by_id;
   for (const auto& a : store.annotators()) {
     AnnotatorStats st;
@@ -189,6 +191,9 @@ std::string stats_to_json(const Stats& s) {
   j["done_tasks"] = s.done_tasks;
   j["pending_tasks"] = s.pending_tasks;
   j["judgements"] = s.judgements;
+  j["quarantined_tasks"] = nlohmann::json::array();
+  for (const auto& q : s.quarantined)
+    j["quarantined_tasks"].push_back({{"task_id", q.task_id}, {"reason", q.reason}});
   j["annotators"] = nlohmann::json::array();
   for (const auto& a : s.annotators)
     j["annotators"].push_back({{"name", a.name},
@@ -216,6 +221,8 @@ std::string stats_to_text(const Stats& s) {
                 static_cast<long long>(s.tasks), static_cast<long long>(s.done_tasks),
                 static_cast<long long>(s.pending_tasks), static_cast<long long>(s.judgements));
   out += line;
+  for (const auto& q : s.quarantined)
+    out += "quarantined (never leased): task " + std::to_string(q.task_id) + ": " + q.reason + "\n";
   std::snprintf(line, sizeof line, "%-24s %6s %8s %8s %6s %6s %10s\n", "annotator", "active",
                 "judged", "rankings", "skips", "flags", "median s");
   out += line;

@@ -23,8 +23,11 @@ struct AnnotatorStats {
 struct Stats {
   int64_t tasks = 0;
   int64_t done_tasks = 0;     // tasks with all the rankings their overlap asks for
-  int64_t pending_tasks = 0;  // tasks that still need rankings
-  int64_t judgements = 0;     // stored rows (rankings, skips, flags, none-acceptable)
+  int64_t pending_tasks = 0;  // tasks that still need rankings and can be leased
+  // Tasks taken out of the queue (never leased, e.g. too large to send; Store::quarantine_task),
+  // with their reasons; they count neither as done nor as pending.
+  std::vector<QuarantinedTask> quarantined;
+  int64_t judgements = 0;  // stored rows (rankings, skips, flags, none-acceptable)
   std::vector<AnnotatorStats> annotators;
   // Agreement on tasks ranked by two or more annotators, over every annotator pair and every
   // answer pair: the fraction where both give the same relation (<, =, >).

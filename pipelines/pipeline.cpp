@@ -266,11 +266,15 @@ json stage_annotate(Run& run) {
     std::string token =
         last_line(run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name",
                                      "annotator-" + std::to_string(::getpid())}));
+    // Through a file only this user can read: a --token argument is visible in `ps`.
+    const std::string token_file = dir + "/annotator-" + std::to_string(::getpid()) + ".token";
+    write_private_file(token_file, token + "\n");
     std::printf(
         "annotate: waiting for people. Annotators connect with\n"
-        "  rlhf annotate client --socket %s --token <TOKEN>\n"
-        "(tokens: rlhf annotate add-annotator --db %s --name NAME). One token: %s\n",
-        sock.c_str(), db.c_str(), token.c_str());
+        "  rlhf annotate client --socket %s --token-file FILE\n"
+        "where FILE holds their token on its first line, readable only by them (new tokens: rlhf "
+        "annotate add-annotator --db %s --name NAME). A first token is in %s\n",
+        sock.c_str(), db.c_str(), token_file.c_str());
     while (true) {
       json stats =
           parse_json_output(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}),

@@ -83,6 +83,11 @@ Register import_cmd({"annotate import",
                        std::printf("imported %lld comparisons, skipped %lld lines\n",
                                    static_cast<long long>(r.imported),
                                    static_cast<long long>(r.skipped));
+                       if (r.resumed_from > 0)
+                         std::printf(
+                             "(completed an interrupted import: its first %lld were "
+                             "already stored)\n",
+                             static_cast<long long>(r.resumed_from));
                        return 0;
                      }});
 
@@ -120,15 +125,55 @@ Register stats_cmd({"annotate stats",
                       return 0;
                     }});
 
+std::string seconds_text(double s) {
+  std::ostringstream o;
+  o << s;
+  return o.str();
+}
+
+// Reads a --*-timeout flag: seconds > 0.
+double timeout_flag(const Args& a, const std::string& name) {
+  double v = a.get_double(name);
+  if (!(v > 0)) throw rlhf::UsageError("--" + name + ": expected seconds > 0, got " + a.get(name));
+  return v;
+}
+
+size_t count_flag(const Args& a, const std::string& name) {
+  int64_t v = a.get_int(name);
+  if (v < 1) throw rlhf::UsageError("--" + name + ": expected a count >= 1, got " + a.get(name));
+  return static_cast<size_t>(v);
+}
+
+const ann::ServerOptions kServeDefaults;
+
 Register serve(
     {"annotate serve",
      "serve annotation tasks over a Unix socket until SIGINT/SIGTERM",
-     "--db FILE --socket PATH [--lease-seconds N] [--synchronous FULL|NORMAL]",
+     "--db FILE [--socket PATH] [--lease-seconds N] [--synchronous FULL|NORMAL] [timeouts, "
+     "limits]",
      {db_flag(),
-      {"socket", "Unix socket path to listen on", "", false, true},
+      {"socket",
+       "Unix socket path to listen on (default: $XDG_RUNTIME_DIR/rlhf/annotation.sock, else "
+       "/tmp/rlhf-UID/annotation.sock, in a 0700 directory)",
+       ""},
       {"lease-seconds", "how long a handed-out task stays reserved", "600"},
       {"synchronous", "SQLite synchronous level: FULL (power-cut safe) or NORMAL", "FULL"},
-      {"socket-mode", "socket file permissions, 0600 or 0660", "0600"},
+      {"socket-mode", "socket file permissions, 0600 or 0660 (0660 admits the group's users)",
+       "0600"},
+      {"hello-timeout", "seconds from connect to a successful Hello",
+       seconds_text(kServeDefaults.hello_timeout_seconds)},
+      {"frame-timeout", "seconds from a frame's first byte to its last",
+       seconds_text(kServeDefaults.frame_timeout_seconds)},
+      {"idle-timeout", "seconds an authenticated connection may wait between requests",
+       seconds_text(kServeDefaults.idle_timeout_seconds)},
+      {"write-timeout", "seconds a client has to take a response",
+       seconds_text(kServeDefaults.write_timeout_seconds)},
+      {"stop-timeout", "seconds SIGTERM waits for clients to take their last responses",
+       seconds_text(kServeDefaults.stop_timeout_seconds)},
+      {"max-connections", "open connections (lowered to the descriptor limit minus 64)",
+       std::to_string(kServeDefaults.max_connections)},
+      {"max-unauthenticated", "connections that have not completed Hello",
+       std::to_string(kServeDefaults.max_unauthenticated)},
       {"verbose", "log connection problems", "", true}},
      [](const Args& a) {
        ann::ServerOptions o;
@@ -144,10 +189,20 @@ Register serve(
        if (mode != "0600" && mode != "0660" && mode != "600" && mode != "660")
          throw rlhf::UsageError("--socket-mode: expected 0600 or 0660, got '" + mode + "'");
        o.socket_mode = mode.find("66") != std::string::npos ? 0660 : 0600;
+       o.hello_timeout_seconds = timeout_flag(a, "hello-timeout");
+       o.frame_timeout_seconds = timeout_flag(a, "frame-timeout");
+       o.idle_timeout_seconds = timeout_flag(a, "idle-timeout");
+       o.write_timeout_seconds = timeout_flag(a, "write-timeout");
+       o.stop_timeout_seconds = timeout_flag(a, "stop-timeout");
+       o.max_connections = count_flag(a, "max-connections");
+       o.max_unauthenticated = count_flag(a, "max-unauthenticated");
        o.verbose = a.get_bool("verbose");
        ann::Server server(o);
-       std::fprintf(stderr, "rlhf annotate serve: listening on %s (db %s, %s)\n",
-                    o.socket_path.c_str(), o.db_path.c_str(), sync.c_str());
+       std::fprintf(stderr,
+                    "rlhf annotate serve: listening on %s (db %s, %s; at most %zu connections, "
+                    "descriptor limit %zu)\n",
+                    server.socket_path().c_str(), o.db_path.c_str(), sync.c_str(),
+                    server.max_connections(), server.descriptor_limit());
        server.run();
        auto st = server.stats();
        std::fprintf(stderr,

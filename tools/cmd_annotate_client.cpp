@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 #include "annotation/client.h"
 #include "annotation/simulator.h"
@@ -44,6 +45,29 @@ std::string token_from(const Args& a) {
   throw rlhf::UsageError("no token: pass --token-file FILE or set RLHF_TOKEN");
 }
 
+// --server-uid: the uid the server must run as (default: ours), checked with SO_PEERCRED.
+std::optional<uid_t> server_uid_from(const Args& a) {
+  if (!a.has("server-uid")) return std::nullopt;
+  int64_t uid = a.get_int("server-uid");
+  if (uid < 0 || uid > 0x7fffffff)
+    throw rlhf::UsageError("--server-uid: expected a numeric uid, got " + a.get("server-uid"));
+  return static_cast<uid_t>(uid);
+}
+
+rlhf::cli::FlagSpec socket_flag() {
+  return {"socket",
+          "server's Unix socket (default: the server's default, $XDG_RUNTIME_DIR/rlhf/"
+          "annotation.sock or /tmp/rlhf-UID/annotation.sock)",
+          ""};
+}
+
+rlhf::cli::FlagSpec server_uid_flag() {
+  return {"server-uid",
+          "numeric uid the server must run as; a server of any other uid is refused before the "
+          "token is sent (default: your own uid)",
+          ""};
+}
+
 int terminal_width() {
   winsize ws{};
   if (::isatty(STDOUT_FILENO) && ::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
@@ -57,8 +81,10 @@ int terminal_width() {
 
 Register client({"annotate client",
                  "rank tasks in the terminal (also works with piped stdin)",
-                 "--socket PATH [--token-file F]   (token also from RLHF_TOKEN)",
-                 {{"socket", "server's Unix socket", "", false, true},
+                 "[--socket PATH] [--token-file F] [--server-uid UID]   (token also from "
+                 "RLHF_TOKEN)",
+                 {socket_flag(),
+                  server_uid_flag(),
                   {"token-file", "file whose first line is the annotator token", ""},
                   {"token", "annotator token (visible in ps: prefer --token-file / RLHF_TOKEN)",
                    ""}},
@@ -66,6 +92,7 @@ Register client({"annotate client",
                    ann::ClientOptions o;
                    o.socket_path = a.get("socket");
                    o.token = token_from(a);
+                   o.server_uid = server_uid_from(a);
                    ann::AnnotationClient c(o);
                    ann::TerminalClientOptions t;
                    t.width = terminal_width();
@@ -76,9 +103,10 @@ Register client({"annotate client",
 Register simulate({"annotate simulate",
                    "rank tasks with a programmatic teacher through the protocol; exits 0 when no "
                    "tasks are left",
-                   "--socket PATH --token-file F --teacher NAME [--noise P] [--max-tasks N] "
-                   "[--seed S]   (token also from RLHF_TOKEN)",
-                   {{"socket", "server's Unix socket", "", false, true},
+                   "[--socket PATH] --token-file F --teacher NAME [--noise P] [--max-tasks N] "
+                   "[--seed S] [--server-uid UID]   (token also from RLHF_TOKEN)",
+                   {socket_flag(),
+                    server_uid_flag(),
                     {"token-file", "file whose first line is the annotator token", ""},
                     {"token", "annotator token (visible in ps: prefer --token-file / RLHF_TOKEN)",
                      ""},
@@ -91,6 +119,7 @@ Register simulate({"annotate simulate",
                      ann::SimulateOptions o;
                      o.socket_path = a.get("socket");
                      o.token = token_from(a);
+                     o.server_uid = server_uid_from(a);
                      o.teacher = a.get("teacher");
                      o.noise = a.get_double("noise");
                      if (o.noise < 0 || o.noise > 1)

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,13 +19,22 @@
 namespace rlhf::pipelines {
 namespace {
 
-pid_t spawn(const std::vector<std::string>& argv, int stdout_fd) {
+// Forks and runs argv. `die_with_parent`: the child gets SIGTERM when this process dies (even by
+// SIGKILL), so a background server never outlives the pipeline that started it (an orphan would
+// keep the socket's lock and block a resumed run). The signal is tied to the forking thread, so
+// only the main thread may start such a child.
+pid_t spawn(const std::vector<std::string>& argv, int stdout_fd, bool die_with_parent = false) {
   std::vector<char*> cargv;
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
+  const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw Error("cannot fork for " + join_command(argv) + ": " + std::strerror(errno));
   if (pid == 0) {
+    if (die_with_parent) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != parent) ::_exit(128 + SIGTERM);  // the parent died before prctl
+    }
     if (stdout_fd >= 0) {
       ::dup2(stdout_fd, STDOUT_FILENO);
       ::close(stdout_fd);
@@ -121,7 +131,7 @@ BackgroundChild::BackgroundChild(const std::vector<std::string>& argv,
   }
   std::fflush(stdout);
   std::fflush(stderr);
-  pid_ = spawn(argv, fd);
+  pid_ = spawn(argv, fd, /*die_with_parent=*/true);
   if (fd >= 0) ::close(fd);
 }
 

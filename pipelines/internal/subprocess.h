@@ -20,7 +20,9 @@ int run_child(const std::vector<std::string>& argv, const std::string& stdout_pa
 std::string run_child_capture(const std::vector<std::string>& argv);
 
 // A child running in the background (e.g. the annotation server). The destructor terminates it
-// (SIGTERM, then SIGKILL after 10 s) and reaps it.
+// (SIGTERM, then SIGKILL after 10 s) and reaps it. When this process dies without running the
+// destructor (SIGKILL, crash), the kernel sends the child SIGTERM (PR_SET_PDEATHSIG), so it does
+// not outlive its parent. Construct it on the main thread (the signal follows the forking thread).
 class BackgroundChild {
  public:
   explicit BackgroundChild(const std::vector<std::string>& argv, const std::string& log_path = "");

@@ -182,3 +182,39 @@ TEST(AnnotateCli, ImportHhAndSchemaErrors) {
   EXPECT_NE(out.find("newer"), std::string::npos) << out;
   EXPECT_NE(out.find(db), std::string::npos) << out;
 }
+
+TEST(AnnotateCli, DefaultPrivateSocketAndTimeoutFlags) {
+  TempDir dir("cli");
+  std::string db = dir / "ann.db", rlhf = rlhf_binary(), out;
+  std::ofstream(dir / "tasks.jsonl") << "{\"prompt\": \"p\", \"answers\": [\"a\", \"bb\"]}\n";
+  ASSERT_EQ(
+      run_command(rlhf + " annotate add-tasks --db " + db + " --input " + (dir / "tasks.jsonl"),
+                  &out),
+      0)
+      << out;
+  ASSERT_EQ(run_command(rlhf + " annotate add-annotator --db " + db + " --name alice", &out, false),
+            0);
+  std::string alice = last_line(out);
+
+  EXPECT_EQ(run_command(rlhf + " annotate serve --db " + db + " --hello-timeout 0", &out), 2);
+  EXPECT_NE(out.find("--hello-timeout"), std::string::npos) << out;
+  ASSERT_EQ(run_command(rlhf + " annotate serve --help", &out), 0);
+  for (const char* flag : {"--idle-timeout", "--write-timeout", "--frame-timeout", "--stop-timeout",
+                           "--max-unauthenticated", "XDG_RUNTIME_DIR"})
+    EXPECT_NE(out.find(flag), std::string::npos) << flag << " missing from:\n" << out;
+
+  // No --socket anywhere: server and simulator meet at $XDG_RUNTIME_DIR/rlhf/annotation.sock.
+  std::string env = "XDG_RUNTIME_DIR=" + dir.path() + " ";
+  int rc =
+      run_command("(" + env + rlhf + " annotate serve --db " + db + " --write-timeout 5 & S=$!; " +
+                      env + "RLHF_TOKEN=" + alice + " " + rlhf +
+                      " annotate simulate --max-tasks 1; R=$?; kill -TERM $S; wait $S; "
+                      "exit $R)",
+                  &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("listening on " + dir.path() + "/rlhf/annotation.sock"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("submitted 1 rankings"), std::string::npos) << out;
+  EXPECT_FALSE(rlhf::file_exists(dir / "rlhf/annotation.sock"));
+  EXPECT_FALSE(rlhf::file_exists(dir / "rlhf/annotation.sock.lock"));
+}

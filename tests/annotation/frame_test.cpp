@@ -87,3 +87,25 @@ TEST(Frame, FuzzTargetSurvivesRandomInput) {
   }
   SUCCEED();
 }
+
+// Issue #13 point 8: a client's invalid UTF-8 is answered naming the field, and the server logs
+// nothing per frame (protobuf would log an error line for each one).
+TEST(Frame, InvalidUtf8IsReportedToTheClientNotLoggedPerFrame) {
+  pb::Request r;
+  r.mutable_hello()->set_token("TOKN");
+  std::string payload = r.SerializeAsString();
+  size_t at = payload.find("TOKN");
+  ASSERT_NE(at, std::string::npos);
+  payload.replace(at, 4, "\xff\xfe\xfd\xfc");
+  ::testing::internal::CaptureStderr();
+  std::string why;
+  for (int i = 0; i < 200; ++i) {
+    pb::Request out;
+    why.clear();
+    EXPECT_FALSE(ann::decode_request(payload, &out, &why));
+  }
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log, "");
+  EXPECT_NE(why.find("rlhf.proto.Hello.token"), std::string::npos) << why;
+  EXPECT_NE(why.find("UTF-8"), std::string::npos) << why;
+}

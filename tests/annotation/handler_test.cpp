@@ -1,11 +1,16 @@
 // The pure Request -> Response handler, driven without sockets on a real SQLite file.
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
+#include <algorithm>
+#include <future>
 #include <mutex>
 #include <set>
 
+#include "annotation/frame.h"
 #include "annotation/group_commit.h"
 #include "annotation/request_handler.h"
+#include "annotation/stats.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
@@ -332,4 +337,134 @@ TEST(GroupCommit, AnswersOnlyAfterCommitAndIsolatesFailures) {
   for (auto& r : answers)
     if (r.has_task()) tasks.insert(r.task().task_id());
   EXPECT_EQ(tasks.size(), 8u);  // overlap 1: eight annotators, eight different tasks
+}
+
+// Issue #13 point 8: an Error answer computed inside a batch waits for the batch, and when the
+// batch's transaction is lost every request of it is answered alike (INTERNAL) and its session
+// changes (Hello) are undone.
+TEST(GroupCommit, ErrorsWaitForTheBatchAndALostBatchAnswersEveryRequestAlike) {
+  Fixture f;
+  f.add_tasks(3, 1);
+  std::string ta = f.store.add_annotator("a", "x");
+  std::string tb = f.store.add_annotator("b", "x");
+  std::string tc = f.store.add_annotator("c", "x");
+  ann::SessionState sa = f.login(ta), sb = f.login(tb);
+  ASSERT_EQ(f.get(sa).task().task_id(), 1);
+  ASSERT_EQ(f.get(sb).task().task_id(), 2);
+  // Any ranking of task 2 makes SQLite roll the whole transaction back (like an I/O error).
+  ASSERT_EQ(sqlite3_exec(f.store.db(),
+                         "CREATE TEMP TRIGGER poison BEFORE INSERT ON main.rankings WHEN "
+                         "NEW.task_id = 2 BEGIN SELECT RAISE(ROLLBACK, 'injected'); END",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  auto a = std::make_shared<ann::SessionState>(sa);
+  auto b = std::make_shared<ann::SessionState>(sb);
+  auto c = std::make_shared<ann::SessionState>();
+  std::mutex mu;
+  std::vector<std::pair<int, pb::Response>> answers;
+  auto record = [&](int job) {
+    return [&, job](pb::Response r) {
+      std::lock_guard<std::mutex> l(mu);
+      answers.emplace_back(job, std::move(r));
+    };
+  };
+  {
+    ann::GroupCommitter gc(f.handler, 64);
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    pb::Request progress;
+    progress.mutable_get_progress();
+    // Job 0's answer blocks the store thread, so jobs 1-3 queue up and share the next batch.
+    gc.submit(progress, a, [&, released](pb::Response) { released.wait(); });
+    pb::Request unknown;
+    unknown.mutable_submit()->set_task_id(99);
+    unknown.mutable_submit()->set_skip(true);
+    gc.submit(unknown, a, record(1));  // UNKNOWN_TASK, were it answered at once
+    pb::Request poisoned;
+    poisoned.mutable_submit()->set_task_id(2);
+    for (int i : {0, 1, 2}) poisoned.mutable_submit()->add_groups()->add_answers(i);
+    gc.submit(poisoned, b, record(2));
+    pb::Request hello;
+    hello.mutable_hello()->set_token(tc);
+    gc.submit(hello, c, record(3));
+    release.set_value();
+    gc.stop();
+  }
+  ASSERT_EQ(answers.size(), 3u);
+  for (const auto& [job, r] : answers) {
+    ASSERT_TRUE(r.has_error()) << job << ": " << r.DebugString();
+    EXPECT_EQ(r.error().code(), pb::Error::INTERNAL) << job << ": " << r.DebugString();
+    EXPECT_NE(r.error().message().find("nothing of this request was stored"), std::string::npos)
+        << r.error().message();
+  }
+  EXPECT_FALSE(c->annotator_id) << "the Hello of a lost batch must not authenticate";
+  EXPECT_EQ(f.store.ranking_count(), 0);
+  EXPECT_EQ(f.store.held_lease(*sb.annotator_id, f.now), 2);  // b's earlier lease is intact
+  EXPECT_EQ(f.store.integrity_check(), "ok");
+}
+
+// Issue #13 point 8: requests before Hello are answered without the store.
+TEST(Handler, RequestsBeforeHelloAreAnsweredWithoutTheStore) {
+  ann::SessionState anonymous;
+  pb::Request get;
+  get.set_request_id(5);
+  get.mutable_get_task();
+  auto early = ann::answer_without_store(get, anonymous);
+  ASSERT_TRUE(early);
+  EXPECT_EQ(early->error().code(), pb::Error::UNAUTHENTICATED);
+  EXPECT_EQ(early->request_id(), 5u);
+  pb::Request hello;
+  hello.mutable_hello()->set_token("t");
+  EXPECT_FALSE(ann::answer_without_store(hello, anonymous));
+  pb::Request newer = hello;
+  newer.set_schema_version(99);
+  ASSERT_TRUE(ann::answer_without_store(newer, anonymous));
+  EXPECT_EQ(ann::answer_without_store(newer, anonymous)->error().code(),
+            pb::Error::UNSUPPORTED_VERSION);
+  pb::Request empty;
+  EXPECT_EQ(ann::answer_without_store(empty, anonymous)->error().code(), pb::Error::BAD_MESSAGE);
+  ann::SessionState known;
+  known.annotator_id = 1;
+  EXPECT_FALSE(ann::answer_without_store(get, known));
+}
+
+// Issue #13 point 7: a task too large to send (an old database, added before add-tasks checked)
+// is quarantined with a named reason and never leased, also when an annotator already held it.
+TEST(Handler, ATaskTooLargeToSendIsQuarantinedAndNeverLeased) {
+  Fixture f;
+  {
+    ann::Store::Transaction txn(f.store);
+    const std::string half(ann::kMaxFrameBytes / 2, 'x');
+    f.store.add_task({"too big", {half, half + "y"}, "", "", "old"}, 2);  // bypasses the check
+    f.store.add_task({"fine", {"a", "b"}, "", "", "test"}, 2);
+    txn.commit();
+  }
+  ann::SessionState a = f.login(f.store.add_annotator("a", "x"));
+  ann::SessionState b = f.login(f.store.add_annotator("b", "x"));
+  {
+    ann::Store::Transaction txn(f.store);
+    f.store.put_lease(1, *b.annotator_id, f.now + 60);  // leased by an older server
+    txn.commit();
+  }
+  ::testing::internal::CaptureStderr();
+  pb::Response ra = f.get(a);
+  pb::Response rb = f.get(b);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(ra.has_task()) << ra.DebugString();
+  EXPECT_EQ(ra.task().task_id(), 2);
+  ASSERT_TRUE(rb.has_task()) << rb.DebugString();
+  EXPECT_EQ(rb.task().task_id(), 2);
+  EXPECT_FALSE(f.store.lease_expiry(1, *b.annotator_id));
+  auto q = f.store.quarantined_tasks();
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_EQ(q[0].task_id, 1);
+  EXPECT_EQ(q[0].reason.rfind("task_too_large: ", 0), 0u) << q[0].reason;
+  EXPECT_NE(log.find("task 1 quarantined, never leased: task_too_large"), std::string::npos) << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;  // logged once, when found
+  EXPECT_EQ(f.get(a).task().task_id(), 2);  // a renews its lease; task 1 stays out
+  ann::Stats st = ann::compute_stats(f.store);
+  EXPECT_EQ(st.pending_tasks, 1);  // a pipeline waiting for "no pending task" is not stuck
+  ASSERT_EQ(st.quarantined.size(), 1u);
+  EXPECT_NE(ann::stats_to_text(st).find("quarantined (never leased): task 1: task_too_large"),
+            std::string::npos);
 }

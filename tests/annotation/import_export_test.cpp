@@ -4,8 +4,11 @@
 #include <zlib.h>
 
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <stdexcept>
+#include <vector>
 
 #include "annotation/frame.h"
 #include "annotation/stats.h"
@@ -265,4 +268,87 @@ TEST(Stats, AgreementAndKendallTau) {
   EXPECT_EQ(j["annotators"].size(), 2u);
   EXPECT_EQ(j["annotators"][0]["median_seconds"], 3.0);
   EXPECT_NE(ann::stats_to_text(s).find("agreement"), std::string::npos);
+}
+
+namespace {
+// Ten tasks with distinct prompts.
+void write_ten_tasks(const std::string& path) {
+  std::ofstream f(path);
+  for (int i = 0; i < 10; ++i)
+    f << json{{"prompt", "p" + std::to_string(i)}, {"answers", {"a", "b"}}}.dump() << "\n";
+}
+}  // namespace
+
+// Issue #13 point 8: add-tasks commits in chunks, so another connection (the server) gets the
+// write lock between chunks at once instead of waiting out its busy timeout.
+TEST(AddTasks, CommitsInChunksThatLetOtherWritersIn) {
+  TempDir dir("io");
+  write_ten_tasks(dir / "tasks.jsonl");
+  ann::Store store(dir / "a.db");
+  ann::StoreOptions impatient;
+  impatient.busy_timeout_ms = 0;  // fails at once if the import holds the write lock
+  ann::Store server(dir / "a.db", impatient);
+  std::vector<int64_t> commits;
+  ann::ChunkOptions chunk;
+  chunk.max_rows = 3;
+  chunk.max_seconds = 60;
+  chunk.after_commit = [&](int64_t done) {
+    commits.push_back(done);
+    ann::Store::Transaction txn(server);  // BEGIN IMMEDIATE: needs the write lock now
+    server.add_annotator("between-" + std::to_string(done), "annotator");
+    txn.commit();
+  };
+  EXPECT_EQ(ann::add_tasks_jsonl(store, dir / "tasks.jsonl", 1, chunk), 10);
+  EXPECT_EQ(commits, (std::vector<int64_t>{3, 6, 9, 10}));
+  EXPECT_EQ(store.task_count(), 10);
+  EXPECT_EQ(store.annotators().size(), 4u);
+}
+
+// An add-tasks that stops half-way (here: killed after its second chunk) is completed by running
+// it again on the same file, adding nothing twice; once complete, a run adds everything again.
+TEST(AddTasks, AnInterruptedRunIsCompletedByRunningItAgain) {
+  TempDir dir("io");
+  write_ten_tasks(dir / "tasks.jsonl");
+  ann::Store store(dir / "a.db");
+  ann::ChunkOptions crash;
+  crash.max_rows = 3;
+  crash.after_commit = [](int64_t done) {
+    if (done == 6) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(ann::add_tasks_jsonl(store, dir / "tasks.jsonl", 2, crash), std::runtime_error);
+  EXPECT_EQ(store.task_count(), 6);
+  EXPECT_EQ(store.integrity_check(), "ok");
+  ann::ChunkOptions small;
+  small.max_rows = 4;
+  EXPECT_EQ(ann::add_tasks_jsonl(store, dir / "tasks.jsonl", 2, small), 4);  // the rest
+  EXPECT_EQ(store.task_count(), 10);
+  std::map<std::string, int> per_prompt;
+  for (int64_t id = 1; id <= 10; ++id) ++per_prompt[store.task(id)->prompt];
+  EXPECT_EQ(per_prompt.size(), 10u);                                          // each line once
+  EXPECT_EQ(ann::add_tasks_jsonl(store, dir / "tasks.jsonl", 2, small), 10);  // a new run
+  EXPECT_EQ(store.task_count(), 20);
+}
+
+TEST(ImportExport, AnInterruptedImportIsCompletedByRunningItAgain) {
+  TempDir dir("io");
+  {
+    std::ofstream f(dir / "pairs.jsonl");
+    for (int i = 0; i < 7; ++i)
+      f << json{{"prompt", "p" + std::to_string(i)}, {"chosen", "good"}, {"rejected", "bad"}}.dump()
+        << "\n";
+  }
+  ann::Store store(dir / "a.db");
+  ann::ChunkOptions crash;
+  crash.max_rows = 2;
+  crash.after_commit = [](int64_t done) {
+    if (done == 4) throw std::runtime_error("disk full");
+  };
+  EXPECT_THROW(ann::import_preferences(store, dir / "pairs.jsonl", "pairs", crash),
+               std::runtime_error);
+  EXPECT_EQ(store.ranking_count(), 4);
+  auto res = ann::import_preferences(store, dir / "pairs.jsonl", "pairs");
+  EXPECT_EQ(res.resumed_from, 4);
+  EXPECT_EQ(res.imported, 3);
+  EXPECT_EQ(store.ranking_count(), 7);
+  EXPECT_EQ(store.task_count(), 7);
 }

@@ -21,6 +21,11 @@ std::string pragma(const std::string& db, const std::string& sql) {
   sqlite3_close(h);
   return out;
 }
+
+// Removes what migration v3 added (a file as version 2 left it).
+const char* const kDowngradeToVersion2 =
+    "DROP TRIGGER tasks_done_within_overlap_insert; DROP TRIGGER tasks_done_within_overlap_update;"
+    " DROP TABLE quarantined_tasks; DROP TABLE import_progress; PRAGMA user_version=2;";
 }  // namespace
 
 TEST(Store, CreatesCurrentSchemaWithWalAndForeignKeys) {
@@ -104,8 +109,11 @@ TEST(Store, DeliveriesOutliveLeasesAndAreBackfilledFromAVersion1File) {
     store.put_lease(t, b, 300);
     txn.commit();
     // Back to a version-1 file: no deliveries table, b's lease still there.
-    ASSERT_EQ(sqlite3_exec(store.db(), "DROP TABLE deliveries; PRAGMA user_version=1;", nullptr,
-                           nullptr, nullptr),
+    ASSERT_EQ(sqlite3_exec(store.db(),
+                           (std::string(kDowngradeToVersion2) +
+                            "DROP TABLE deliveries; PRAGMA user_version=1;")
+                               .c_str(),
+                           nullptr, nullptr, nullptr),
               SQLITE_OK);
   }
   ann::Store store(path);
@@ -188,4 +196,104 @@ TEST(Store, TransactionRollsBackUnlessCommitted) {
   }
   EXPECT_EQ(store.task_count(), 0);
   EXPECT_EQ(store.integrity_check(), "ok");
+}
+
+TEST(Store, DoneCountCannotExceedOverlap) {
+  TempDir dir("store");
+  ann::Store store(dir / "a.db");
+  ann::Store::Transaction txn(store);
+  int64_t t = store.add_task({"p", {"a", "b"}, "", "", "test"}, 1);
+  int64_t a = store.import_annotator("a");
+  int64_t b = store.import_annotator("b");
+  ann::RankingRecord r;
+  r.task_id = t;
+  r.annotator_id = a;
+  r.groups = {{0}, {1}};
+  store.insert_ranking(r);
+  r.annotator_id = b;
+  try {
+    store.insert_ranking(r);  // a second counted ranking on an overlap-1 task
+    FAIL() << "expected the constraint to refuse it";
+  } catch (const rlhf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("done_count <= tasks.overlap"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_NE(sqlite3_exec(store.db(), "UPDATE tasks SET done_count = 5", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_NE(sqlite3_exec(store.db(),
+                         "INSERT INTO tasks(prompt_id, overlap, done_count, created_at) "
+                         "VALUES(1, 1, 2, 'now')",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_EQ(store.task(t)->done_count, 1);
+}
+
+TEST(Store, MigrationToVersion3RepairsTasksOverTheirOverlapAndAddsTheConstraint) {
+  TempDir dir("store");
+  std::string path = dir / "a.db";
+  {
+    ann::Store store(path);
+    ann::Store::Transaction txn(store);
+    store.add_task({"p", {"a", "b"}, "", "", "test"}, 1);
+    store.add_task({"q", {"a", "b"}, "", "", "test"}, 3);
+    txn.commit();
+    // A version-2 file written by older code that let a task go over its overlap.
+    ASSERT_EQ(sqlite3_exec(store.db(),
+                           (std::string(kDowngradeToVersion2) +
+                            "UPDATE tasks SET done_count = 3 WHERE id = 1;"
+                            "UPDATE tasks SET done_count = 2 WHERE id = 2;")
+                               .c_str(),
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+  }
+  ::testing::internal::CaptureStderr();
+  ann::Store store(path);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(
+      log.find("1 task(s) (the first: task 1) had more counted judgements than their overlap"),
+      std::string::npos)
+      << log;
+  EXPECT_EQ(store.schema_version(), 3);
+  EXPECT_EQ(store.task(1)->overlap, 3);  // raised to what was done: the task is complete
+  EXPECT_EQ(store.task(2)->overlap, 3);  // untouched
+  EXPECT_NE(sqlite3_exec(store.db(), "UPDATE tasks SET done_count = 4 WHERE id = 2", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_EQ(store.integrity_check(), "ok");
+}
+
+TEST(Store, SavepointRefusesToRunOutsideATransactionAndReportsALostOne) {
+  TempDir dir("store");
+  ann::Store store(dir / "a.db");
+  EXPECT_THROW(ann::Store::Savepoint sp(store), rlhf::Error);  // would start its own transaction
+  EXPECT_FALSE(store.in_transaction());
+  ann::Store::Transaction txn(store);
+  {
+    ann::Store::Savepoint sp(store);
+    store.add_task({"p", {"a", "b"}, "", "", "test"}, 1);
+    EXPECT_TRUE(sp.roll_back());  // undone, the transaction goes on
+  }
+  EXPECT_EQ(store.task_count(), 0);
+  ann::Store::Savepoint sp(store);
+  store.add_task({"q", {"a", "b"}, "", "", "test"}, 1);
+  ASSERT_EQ(sqlite3_exec(store.db(), "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  EXPECT_FALSE(sp.roll_back());  // the whole transaction is gone: nothing may be committed
+}
+
+TEST(Store, QuarantinedTasksAreNeverOfferedAgain) {
+  TempDir dir("store");
+  ann::Store store(dir / "a.db");
+  ann::Store::Transaction txn(store);
+  int64_t t1 = store.add_task({"p", {"a", "b"}, "", "", "test"}, 1);
+  int64_t t2 = store.add_task({"q", {"a", "b"}, "", "", "test"}, 1);
+  int64_t a = store.import_annotator("a");
+  store.put_lease(t1, a, 100);
+  store.quarantine_task(t1, "task_too_large: test");
+  store.quarantine_task(t1, "second reason is ignored");
+  EXPECT_FALSE(store.held_lease(a, 50));  // its lease was dropped
+  EXPECT_EQ(store.next_open_task(a, 50), t2);
+  EXPECT_EQ(store.remaining_for(a), 1);
+  ASSERT_EQ(store.quarantined_tasks().size(), 1u);
+  EXPECT_EQ(store.quarantined_tasks()[0].task_id, t1);
+  EXPECT_EQ(store.quarantined_tasks()[0].reason, "task_too_large: test");
 }

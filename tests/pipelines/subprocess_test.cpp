@@ -1,0 +1,70 @@
+// BackgroundChild (pipelines/internal/subprocess.h) with real processes: a background child does
+// not outlive a parent killed with SIGKILL (so a resumed pipeline is not blocked by an orphan
+// annotation server holding the socket's lock).
+#include "pipelines/internal/subprocess.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+
+namespace {
+
+// True while `pid` exists and is not a zombie.
+bool alive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string pid_field, comm, state;
+  if (!(stat >> pid_field >> comm >> state)) return false;
+  return state != "Z" && state != "X";
+}
+
+// Forks a parent that starts `sleep 300` as a BackgroundChild, reports the sleeper's pid through
+// a pipe and waits; returns {parent, sleeper}.
+std::pair<pid_t, pid_t> parent_with_background_sleeper() {
+  int fds[2];
+  if (::pipe(fds) != 0) return {-1, -1};
+  pid_t parent = ::fork();
+  if (parent == 0) {
+    ::close(fds[0]);
+    rlhf::pipelines::BackgroundChild sleeper({"/bin/sleep", "300"});
+    pid_t pid = sleeper.pid();
+    if (::write(fds[1], &pid, sizeof(pid)) != sizeof(pid)) ::_exit(1);
+    for (;;) ::pause();
+  }
+  ::close(fds[1]);
+  pid_t sleeper = -1;
+  if (::read(fds[0], &sleeper, sizeof(sleeper)) != sizeof(sleeper)) sleeper = -1;
+  ::close(fds[0]);
+  return {parent, sleeper};
+}
+
+}  // namespace
+
+TEST(BackgroundChild, DiesWhenItsParentIsKilled) {
+  auto [parent, sleeper] = parent_with_background_sleeper();
+  ASSERT_GT(parent, 0);
+  ASSERT_GT(sleeper, 0);
+  EXPECT_TRUE(alive(sleeper));
+  ::kill(parent, SIGKILL);  // no destructor runs
+  int status = 0;
+  ::waitpid(parent, &status, 0);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (alive(sleeper) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const bool orphan_left = alive(sleeper);
+  if (orphan_left) ::kill(sleeper, SIGKILL);
+  EXPECT_FALSE(orphan_left) << "the background child outlived its parent";
+}
+
+TEST(BackgroundChild, StopTerminatesAndReapsIt) {
+  rlhf::pipelines::BackgroundChild sleeper({"/bin/sleep", "300"});
+  EXPECT_TRUE(sleeper.running());
+  EXPECT_EQ(sleeper.stop(), 128 + SIGTERM);
+  EXPECT_FALSE(sleeper.running());
+  EXPECT_FALSE(alive(sleeper.pid()));
+}
