@@ -269,7 +269,10 @@ torch::Tensor ConcatWeights::get(const std::vector<torch::Tensor>& weights) {
     cached_ = torch::Tensor();
     return torch::cat(weights, 0);
   }
-  bool same = cached_.defined() && impls_.size() == weights.size();
+  // A copy made under c10::InferenceMode cannot be saved for backward: outside inference mode
+  // (e.g. frozen weights in a forward that autograd records for its input) make a normal one.
+  bool same = cached_.defined() && impls_.size() == weights.size() &&
+              !(cached_.is_inference() && !c10::InferenceMode::is_enabled());
   for (size_t i = 0; same && i < weights.size(); ++i)
     same = impls_[i] == weights[i].unsafeGetTensorImpl() && versions_[i] == weights[i]._version();
   if (!same) {

@@ -177,6 +177,16 @@ TEST(ConcatWeights, CachesWithoutAutogradAndRebuildsAfterAnInPlaceChange) {
     auto rebuilt = cat.get({a, b});
     EXPECT_TRUE(torch::equal(rebuilt.narrow(0, 2, 4), b));
   }
+  // A copy cached under InferenceMode is rebuilt for a recorded forward over frozen weights
+  // (autograd saves the weight to differentiate the input).
+  ConcatWeights frozen;
+  {
+    c10::InferenceMode inference;
+    EXPECT_TRUE(frozen.get({a, b}).is_inference());
+  }
+  auto input = torch::randn({5, 3}).set_requires_grad(true);
+  torch::nn::functional::linear(input, frozen.get({a, b})).sum().backward();
+  EXPECT_TRUE(input.grad().defined());
   // Parameters that need gradients: a fresh concatenation that gradients flow through.
   auto p = torch::randn({2, 3}).set_requires_grad(true);
   auto out = cat.get({p, b});
