@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "common/error.h"
+#include "policy/fast_decode.h"
 
 namespace rlhf::policy {
 
@@ -166,10 +168,15 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
     torch::Tensor seq = ids_dev, seq_mask = mask_dev;
     torch::Tensor hidden = options.use_cache ? model->hidden_states(ids_dev, mask_dev, &cache)
                                              : model->hidden_states(ids_dev, mask_dev);
+    // After the prefill, CPU float32 decoding runs on the hand-written engine (same results up to
+    // float summation order; policy/fast_decode.h).
+    std::optional<DecodeEngine> engine;
+    if (options.use_cache && N > 1 && DecodeEngine::supports(model, cache))
+      engine.emplace(model, cache);
     auto finished = torch::zeros({B}, torch::TensorOptions().dtype(torch::kBool).device(device));
     auto ones_col = torch::ones({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+    auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
     for (int64_t step = 0; step < N; ++step) {
-      auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
       if (temperature != 1.0) logits = logits / temperature;
       auto logp = torch::log_softmax(logits, -1);
       torch::Tensor next = choose_next(logits, logp, options, cfg.vocab_size, gen, total_rows);
@@ -185,6 +192,10 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
       }
       if (step + 1 == N) break;
       auto next_col = next.unsqueeze(1);
+      if (engine) {
+        logits = engine->step(next);
+        continue;
+      }
       if (options.use_cache) {
         hidden = model->hidden_states(next_col, ones_col, &cache);
       } else {
@@ -192,6 +203,7 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
         seq_mask = torch::cat({seq_mask, ones_col}, 1);
         hidden = model->hidden_states(seq, seq_mask);
       }
+      logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));
     }
   }
 

@@ -1,5 +1,6 @@
 // Fused decoder kernels (policy/fused_ops.h) against their reference compositions, in one run:
-// a training step (forward, backward, AdamW) and a batch-32 decoding step at two model shapes
+// a training step (forward, backward, AdamW) and sampling 32 tokens for 1 and for 32 prompts
+// through generate() (the decoding engine of policy/fast_decode.h when fused) at two model shapes
 // (the quickstart's student and `rlhf bench`'s model), fused and reference interleaved round by
 // round so machine noise hits both alike. Prints milliseconds per step (median of the rounds) and
 // the ratio reference / fused; --json adds one JSON object line.
@@ -19,6 +20,7 @@
 
 #include "common/allocator_tuning.h"
 #include "policy/fused_ops.h"
+#include "policy/generation.h"
 #include "policy/model.h"
 
 namespace {
@@ -83,19 +85,17 @@ std::function<void()> train_step(const Shape& s, Transformer m) {
   };
 }
 
-// One closure that decodes 32 new tokens for 32 rows with the KV cache (no autograd).
-std::function<void()> decode_b32(const Shape& s, Transformer m) {
-  auto prompt = torch::randint(3, s.vocab, {32, 8}, torch::kLong);
-  return [=]() mutable {
-    torch::NoGradGuard no_grad;
-    rlhf::policy::KVCache cache;
-    cache.capacity = 8 + 32;
-    auto h = m->hidden_states(prompt, {}, &cache);
-    for (int t = 0; t < 32; ++t) {
-      auto next = m->logits_from_hidden(h.narrow(1, h.size(1) - 1, 1)).argmax(-1);
-      h = m->hidden_states(next, {}, &cache);
-    }
-  };
+// One closure that samples 32 new tokens for `rows` prompts of 8 tokens through generate() (KV
+// cache, temperature 1, no early stop): the decoding engine with the fused kernels on, the
+// libtorch layers with them off.
+std::function<void()> decode(const Shape& s, Transformer m, int rows) {
+  std::vector<std::vector<int64_t>> prompts(rows);
+  for (int b = 0; b < rows; ++b)
+    for (int t = 0; t < 8; ++t) prompts[b].push_back(3 + (b * 31 + t * 7) % (s.vocab - 3));
+  rlhf::policy::SamplingOptions o;
+  o.max_new_tokens = 32;
+  o.eos_id = -1;
+  return [=]() mutable { (void)rlhf::policy::generate(m, prompts, o); };
 }
 
 }  // namespace
@@ -134,9 +134,11 @@ int main(int argc, char** argv) {
                                      {"bench", 4096, 256, 4, 8, 16, 128}};
   std::map<std::string, double> out;
   for (const auto& s : shapes) {
-    for (const char* kind : {"train", "decode_b32"}) {
+    for (const std::string kind : {"train", "decode_b1", "decode_b32"}) {
       auto model = make_model(s);
-      auto step = std::string(kind) == "train" ? train_step(s, model) : decode_b32(s, model);
+      auto step = kind == "train"       ? train_step(s, model)
+                  : kind == "decode_b1" ? decode(s, model, 1)
+                                        : decode(s, model, 32);
       std::vector<double> fused, reference;
       long faults_fused = 0;
       for (int r = 0; r < rounds; ++r) {

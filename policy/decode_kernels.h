@@ -1,0 +1,64 @@
+// Hand-written float32 CPU kernels for the decoding step (policy/fast_decode.h), on raw row-major
+// buffers, with no allocation and no libtorch dispatch.
+//
+// Why: a decoding step multiplies a few rows ([B, D] activations, B = 1..64) by each weight. For
+// these skinny shapes OpenBLAS packs the whole weight before every multiply and hands work to its
+// threads per call; measured on the 2-core VM (OPENBLAS_CORETYPE=Haswell), torch::mm reached
+// 3-4 GFLOP/s at B = 1 and 34-40 at B = 32, against about 20 and 45 single-threaded for the kernel
+// here, which reads each weight row straight from memory, once per block of rows
+// (docs/performance.md, "Decoding engine").
+//
+// Results do not depend on the number of threads: every output element is computed by one
+// thread, in a fixed summation order. They can differ in the last bits from torch::mm (another
+// order) and between CPUs with and without AVX2 + FMA (another kernel).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/loop_pool.h"
+
+namespace rlhf::policy::kernels {
+
+// One product of matmul_nt: out[b * ldo + j] (+)= sum_k x[b, k] * w[j, k] for j < n, where w is
+// [n, K] row-major (a torch Linear weight: out_features x in_features).
+struct MatmulJob {
+  const float* w = nullptr;
+  int64_t n = 0;
+  float* out = nullptr;
+  int64_t ldo = 0;
+  bool accumulate = false;  // out += x w^T (a residual connection) instead of out = x w^T
+};
+
+// x [B, K] with row stride ldx, times every job's weight transposed, split over `pool` in blocks
+// of output columns (all jobs in one loop, so q, k and v cost one hand-off). Outputs of different
+// jobs must not overlap.
+void matmul_nt(const float* x, int64_t B, int64_t K, int64_t ldx,
+               const std::vector<MatmulJob>& jobs, LoopPool& pool);
+
+// Whether matmul_nt runs its AVX2 + FMA kernel on this CPU (else portable loops).
+bool has_avx2_kernel();
+
+// sum_i a[i] * b[i] (the same kernel family as matmul_nt).
+float dot(const float* a, const float* b, int64_t n);
+
+// RMSNorm of each of the B rows of x [B, D]: y = x / sqrt(mean(x^2) + eps) * w, with the sum of
+// squares in double, as fused::rms_norm computes it.
+void rms_norm_rows(const float* x, const float* w, float* y, int64_t B, int64_t D, double eps);
+
+// RoPE (Hugging Face rotate-half) of `heads` heads of size hd laid side by side in x (in place):
+// x1' = (x1 cos - x2 sin) * scale, x2' = (x2 cos + x1 sin) * scale per head, x1/x2 its halves;
+// cos/sin [hd / 2] for this token's position.
+void rope_heads(float* x, const float* cos, const float* sin, int64_t heads, int64_t hd,
+                float scale);
+
+// Attention of one query head q [hd] (already scaled by 1/sqrt(hd)) over keys/values [L, hd]
+// (rows with stride hd), skipping the positions whose mask is 0: out = softmax(q k^T) v.
+// scratch: L floats. At least one position must be unmasked.
+void attend(const float* q, const float* keys, const float* values, const int64_t* mask, int64_t L,
+            int64_t hd, float* scratch, float* out);
+
+// silu(gate) * up for n elements (SwiGLU): out[i] = gate[i] * sigmoid(gate[i]) * up[i].
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+}  // namespace rlhf::policy::kernels
