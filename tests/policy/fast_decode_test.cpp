@@ -1,0 +1,269 @@
+// The decoding engine (policy/fast_decode.h) and its kernels (policy/decode_kernels.h) against
+// hand-worked numbers and against the libtorch path they replace.
+#include "policy/fast_decode.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+#include "policy/decode_kernels.h"
+#include "policy/fused_ops.h"
+#include "policy/generation.h"
+#include "policy/lora.h"
+#include "policy/model.h"
+
+namespace rlhf::policy {
+namespace {
+
+namespace k = kernels;
+
+ModelConfig config(int n_kv_heads, bool tied, int dim = 32, int heads = 4) {
+  ModelConfig c;
+  c.vocab_size = 96;
+  c.dim = dim;
+  c.n_layers = 2;
+  c.n_heads = heads;
+  c.n_kv_heads = n_kv_heads;
+  c.hidden_dim = 40;
+  c.max_seq_len = 64;
+  c.tie_embeddings = tied;
+  return c;
+}
+
+// Random weights with O(1) activations and norm weights away from 1.
+Transformer random_model(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  Transformer m(c);
+  torch::NoGradGuard g;
+  for (auto& p : m->named_parameters()) {
+    auto& t = p.value();
+    if (t.dim() == 1)
+      t.uniform_(0.8, 1.2);
+    else
+      t.normal_(0.0, p.key().find("embed") != std::string::npos ? 1.0 : 1.0 / std::sqrt(t.size(1)));
+  }
+  return m;
+}
+
+torch::Tensor from(const std::vector<float>& v, std::vector<int64_t> sizes) {
+  return torch::tensor(v).view(sizes);
+}
+
+TEST(DecodeKernelsTest, MatmulHandWorked) {
+  // x = [[1, 2], [3, 4]], w = [[1, 0], [1, -1], [2, 1]] (3 outputs of 2 inputs):
+  // x w^T = [[1, -1, 4], [3, -1, 10]]; with accumulate into [[1, 1, 1], [1, 1, 1]]: +1.
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 0, 1, -1, 2, 1}, out(6, 1.0f);
+  LoopPool pool(2);
+  k::matmul_nt(x.data(), 2, 2, 2, {{w.data(), 3, out.data(), 3, true}}, pool);
+  EXPECT_EQ(out, (std::vector<float>{2, 0, 5, 4, 0, 11}));
+  k::matmul_nt(x.data(), 2, 2, 2, {{w.data(), 3, out.data(), 3, false}}, pool);
+  EXPECT_EQ(out, (std::vector<float>{1, -1, 4, 3, -1, 10}));
+}
+
+// Every tile shape and remainder: rows 1..7 and 32, columns not multiples of 4 or 8, inner sizes
+// with and without a tail after the 8-lane loop; two jobs writing side by side into one output.
+TEST(DecodeKernelsTest, MatmulMatchesTorchForManyShapes) {
+  LoopPool pool(3);
+  torch::manual_seed(1);
+  for (int64_t B : {1, 2, 3, 4, 5, 7, 32})
+    for (int64_t K : {8, 13, 64, 256})
+      for (int64_t N : {1, 7, 8, 33, 100}) {
+        auto x = torch::randn({B, K + 3}).narrow(1, 0, K);  // row stride K + 3
+        auto w1 = torch::randn({N, K}), w2 = torch::randn({5, K});
+        auto out = torch::randn({B, N + 5}), before = out.clone();
+        k::matmul_nt(x.data_ptr<float>(), B, K, K + 3,
+                     {{w1.data_ptr<float>(), N, out.data_ptr<float>(), N + 5, false},
+                      {w2.data_ptr<float>(), 5, out.data_ptr<float>() + N, N + 5, true}},
+                     pool);
+        auto want = torch::cat({x.matmul(w1.t()), before.narrow(1, N, 5) + x.matmul(w2.t())}, 1);
+        EXPECT_TRUE(torch::allclose(out, want, 1e-4, 1e-4)) << B << "x" << K << "x" << N;
+      }
+}
+
+TEST(DecodeKernelsTest, AttendHandWorked) {
+  // One-dimensional heads: q = 1, keys 0, ln 2, 5 (masked), values 3, 6, 100.
+  // Weights e^0 : e^ln2 = 1 : 2 over the unmasked keys -> 1/3 * 3 + 2/3 * 6 = 5.
+  std::vector<float> q = {1}, keys = {0, std::log(2.0f), 5}, values = {3, 6, 100}, scratch(3),
+                     out(1);
+  std::vector<int64_t> mask = {1, 1, 0};
+  k::attend(q.data(), keys.data(), values.data(), mask.data(), 3, 1, scratch.data(), out.data());
+  EXPECT_NEAR(out[0], 5.0f, 1e-5);
+}
+
+// Head sizes 8 and 32 take the AVX2 kernel (where the CPU has it), 6 the portable loops; 19 keys
+// cover the 8-key blocks and the tail.
+TEST(DecodeKernelsTest, AttendMatchesMaskedSoftmax) {
+  torch::manual_seed(2);
+  for (int64_t hd : {6, 8, 32}) {
+    const int64_t L = 19;
+    auto q = torch::randn({hd}), keys = torch::randn({L, hd}), values = torch::randn({L, hd});
+    auto mask = (torch::rand({L}) > 0.3).to(torch::kLong);
+    mask[L - 1] = 1;
+    std::vector<float> scratch(L), out(hd);
+    k::attend(q.data_ptr<float>(), keys.data_ptr<float>(), values.data_ptr<float>(),
+              mask.data_ptr<int64_t>(), L, hd, scratch.data(), out.data());
+    auto scores = keys.matmul(q).masked_fill(mask == 0, -INFINITY);
+    auto want = torch::softmax(scores, 0).matmul(values);
+    EXPECT_TRUE(torch::allclose(torch::tensor(out), want, 1e-5, 1e-5)) << "hd " << hd;
+  }
+}
+
+TEST(DecodeKernelsTest, RmsNormRopeSwigluMatchTheFusedOps) {
+  torch::manual_seed(3);
+  auto x = torch::randn({3, 16}), w = torch::rand({16}) + 0.5;
+  std::vector<float> y(48);
+  k::rms_norm_rows(x.data_ptr<float>(), w.data_ptr<float>(), y.data(), 3, 16, 1e-5);
+  EXPECT_TRUE(torch::equal(from(y, {3, 16}), fused::reference_rms_norm(x, w, 1e-5)) ||
+              torch::allclose(from(y, {3, 16}), fused::reference_rms_norm(x, w, 1e-5), 1e-6, 1e-6));
+
+  // Two heads of 8 at one position; fused::rope takes [B=1, T=1, H * hd] and angles [1, 1, hd/2].
+  auto q = torch::randn({16}), angles = torch::rand({4}) * 3;
+  auto cos = angles.cos(), sin = angles.sin();
+  auto want =
+      fused::reference_rope(q.view({1, 1, 16}), cos.view({1, 1, 4}), sin.view({1, 1, 4}), 2, 0.5)
+          .reshape({16});
+  auto got = q.clone();
+  k::rope_heads(got.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), 2, 8, 0.5f);
+  EXPECT_TRUE(torch::allclose(got, want, 1e-6, 1e-6));
+
+  auto gate = torch::randn({10}) * 3, up = torch::randn({10});
+  std::vector<float> act(10);
+  k::swiglu(gate.data_ptr<float>(), up.data_ptr<float>(), act.data(), 10);
+  EXPECT_TRUE(torch::allclose(torch::tensor(act), fused::reference_swiglu(torch::cat({gate, up})),
+                              1e-5, 1e-6));
+}
+
+// Prefills left-padded prompts through libtorch, then decodes the same tokens through the engine
+// and through hidden_states + logits_from_hidden on a copy of the cache; returns the largest
+// logit difference over `steps` steps.
+double engine_vs_libtorch(Transformer& m, int steps, LoopPool& pool) {
+  torch::InferenceMode guard;
+  auto ids = torch::randint(3, m->config().vocab_size, {3, 5}, torch::kLong);
+  auto mask = torch::ones({3, 5}, torch::kLong);
+  mask[1][0] = 0;
+  mask[1][1] = 0;  // row 1 left-padded by two
+  KVCache a, b;
+  a.capacity = b.capacity = 5 + steps;
+  m->hidden_states(ids, mask, &a);
+  m->hidden_states(ids, mask, &b);
+  EXPECT_TRUE(DecodeEngine::supports(m, a));
+  DecodeEngine engine(m, a, pool);
+  double worst = 0;
+  for (int s = 0; s < steps; ++s) {
+    auto next = torch::randint(3, m->config().vocab_size, {3}, torch::kLong);
+    auto fast = engine.step(next).clone();
+    auto slow = m->logits_from_hidden(m->hidden_states(next.view({3, 1}), {}, &b).select(1, 0));
+    worst = std::max(worst, (fast - slow).abs().max().item<double>());
+    EXPECT_EQ(a.length, b.length);
+    EXPECT_TRUE(torch::equal(a.next_position, b.next_position));
+    EXPECT_TRUE(torch::equal(a.attention_mask, b.attention_mask));
+  }
+  return worst;
+}
+
+TEST(DecodeEngineTest, StepEqualsLibtorchPath) {
+  LoopPool pool(2);
+  for (int kv : {4, 2, 1})
+    for (bool tied : {false, true}) {
+      auto m = random_model(config(kv, tied), 10 + kv);
+      EXPECT_LT(engine_vs_libtorch(m, 12, pool), 1e-4) << "kv heads " << kv << " tied " << tied;
+    }
+  auto wide = random_model(config(2, false, 64, 2), 7);  // head size 32: the AVX2 attention
+  EXPECT_LT(engine_vs_libtorch(wide, 12, pool), 1e-4);
+}
+
+TEST(DecodeEngineTest, ResultsDoNotDependOnTheThreadCount) {
+  auto m = random_model(config(2, false), 5);
+  torch::InferenceMode guard;
+  auto ids = torch::randint(3, 96, {4, 3}, torch::kLong);
+  std::vector<torch::Tensor> logits;
+  for (int threads : {1, 2, 3}) {
+    LoopPool pool(threads);
+    KVCache cache;
+    m->hidden_states(ids, {}, &cache);
+    DecodeEngine engine(m, cache, pool);
+    torch::Tensor last;
+    for (int s = 0; s < 6; ++s) last = engine.step(torch::full({4}, 10 + s, torch::kLong)).clone();
+    logits.push_back(last);
+  }
+  EXPECT_TRUE(torch::equal(logits[0], logits[1]));
+  EXPECT_TRUE(torch::equal(logits[0], logits[2]));
+}
+
+// A cache at capacity is grown through the libtorch path, and the engine goes on after it.
+TEST(DecodeEngineTest, FullCacheGrowsAndDecodingContinues) {
+  auto m = random_model(config(2, false), 6);
+  torch::InferenceMode guard;
+  auto ids = torch::randint(3, 96, {2, 4}, torch::kLong);
+  KVCache cache;
+  cache.capacity = 5;
+  m->hidden_states(ids, {}, &cache);
+  DecodeEngine engine(m, cache, shared_loop_pool());
+  std::vector<int64_t> fed;
+  torch::Tensor last;
+  for (int s = 0; s < 6; ++s) {
+    last = engine.step(torch::full({2}, 20 + s, torch::kLong)).clone();
+    fed.push_back(20 + s);
+  }
+  EXPECT_EQ(cache.length, 10);
+  EXPECT_GE(cache.capacity, 10);
+  auto all = torch::cat({ids, torch::tensor(fed).view({1, 6}).expand({2, 6})}, 1);
+  auto want = m->forward(all).select(1, 9);
+  EXPECT_LT((last - want).abs().max().item<double>(), 1e-4);
+}
+
+// LoRA re-parametrises the projections (non-leaf weights): the engine reads the effective ones.
+TEST(DecodeEngineTest, UsesLoraEffectiveWeights) {
+  auto m = random_model(config(2, false), 8);
+  LoraOptions lo;
+  lo.targets = {"q", "v", "down"};
+  LoraAdapters lora(m, lo);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : lora.parameters()) p.normal_(0.0, 0.3);
+  }
+  lora.refresh(false);
+  LoopPool pool(2);
+  EXPECT_LT(engine_vs_libtorch(m, 6, pool), 1e-4);
+}
+
+TEST(DecodeEngineTest, SupportsOnlyCpuFloat32WithFusedKernelsOn) {
+  auto m = random_model(config(2, false), 9);
+  torch::InferenceMode guard;
+  auto ids = torch::randint(3, 96, {1, 3}, torch::kLong);
+  KVCache empty;
+  EXPECT_FALSE(DecodeEngine::supports(m, empty));  // no prefill yet
+  KVCache f32;
+  m->hidden_states(ids, {}, &f32);
+  KVCache bf16 = f32;  // as under bf16 autocast (policy/device.h)
+  for (auto& t : bf16.keys) t = t.to(torch::kBFloat16);
+  for (auto& t : bf16.values) t = t.to(torch::kBFloat16);
+  EXPECT_TRUE(DecodeEngine::supports(m, f32));
+  EXPECT_FALSE(DecodeEngine::supports(m, bf16));
+  const bool was = fused::set_fused_kernels(false);
+  EXPECT_FALSE(DecodeEngine::supports(m, f32));
+  fused::set_fused_kernels(was);
+}
+
+// generate() with the engine and with the libtorch layers (fused kernels off) samples the same
+// tokens for the same seed.
+TEST(DecodeEngineTest, GenerateSamplesTheSameWithAndWithoutTheEngine) {
+  auto m = random_model(config(2, false), 11);
+  SamplingOptions o;
+  o.max_new_tokens = 20;
+  o.temperature = 0.9f;
+  o.seed = 3;
+  o.eos_id = -1;
+  std::vector<std::vector<int64_t>> prompts = {{1, 4, 5}, {1}, {1, 9, 9, 9, 9}};
+  auto fast = generate(m, prompts, o);
+  const bool was = fused::set_fused_kernels(false);
+  auto slow = generate(m, prompts, o);
+  fused::set_fused_kernels(was);
+  EXPECT_TRUE(torch::equal(fast.response_ids, slow.response_ids));
+  EXPECT_LT((fast.response_logprobs - slow.response_logprobs).abs().max().item<double>(), 1e-4);
+}
+
+}  // namespace
+}  // namespace rlhf::policy
