@@ -146,6 +146,70 @@ RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* value
     for (int j = 0; j < n; ++j) _mm256_storeu_ps(out + i0 + 8 * j, acc[j]);
   }
 }
+
+// exp(x) for 8 lanes: 2^n * p(r) with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for
+// precision) and p the Cephes degree-7 polynomial; relative error about 1e-7 over [-87, 88].
+RLHF_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+RLHF_AVX2 void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 sig =
+        _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) out[i] = (gate[i] * (1.0f / (1.0f + std::exp(-gate[i])))) * up[i];
+}
+
+// x_j / temperature into scratch; returns its maximum.
+RLHF_AVX2 float scale_and_max_avx2(const float* x, int64_t n, float temperature, float* y) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  const __m256 t = _mm256_set1_ps(temperature);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + i), t);
+    _mm256_storeu_ps(y + i, v);
+    m = _mm256_max_ps(m, v);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float best = *std::max_element(lanes, lanes + 8);
+  for (; i < n; ++i) best = std::max(best, y[i] = x[i] / temperature);
+  return best;
+}
+
+// y_j = exp(y_j - max) in place; returns the sum.
+RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 m = _mm256_set1_ps(max);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(y + i), m));
+    _mm256_storeu_ps(y + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float s = hsum(acc);
+  for (; i < n; ++i) s += y[i] = std::exp(y[i] - max);
+  return s;
+}
 #endif
 
 bool detect_avx2() {
@@ -235,10 +299,52 @@ void attend(const float* q, const float* keys, const float* values, const int64_
 }
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+#ifdef RLHF_HAVE_AVX2_KERNEL
+  if (kAvx2) return swiglu_avx2(gate, up, out, n);
+#endif
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = (g * (1.0f / (1.0f + std::exp(-g)))) * up[i];
   }
+}
+
+RowSample sample_row(const float* logits, int64_t V, float temperature, double u, float* scratch) {
+  float max = -INFINITY, total = 0;
+#ifdef RLHF_HAVE_AVX2_KERNEL
+  if (kAvx2) {
+    max = scale_and_max_avx2(logits, V, temperature, scratch);
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < V; ++j) max = std::max(max, scratch[j] = logits[j] / temperature);
+  }
+  int64_t argmax = 0;
+  while (argmax + 1 < V && scratch[argmax] != max) ++argmax;
+  const float x_argmax = scratch[argmax];
+#ifdef RLHF_HAVE_AVX2_KERNEL
+  if (kAvx2) {
+    total = exp_and_sum_avx2(scratch, V, max);
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < V; ++j) total += scratch[j] = std::exp(scratch[j] - max);
+  }
+  const float log_total = std::log(total);
+  if (u < 0) return {argmax, (x_argmax - max) - log_total};
+  // Inverse CDF: the first index whose running sum exceeds u * total (zero weights never chosen).
+  const double target = u * double(total);
+  double cdf = 0;
+  int64_t id = V - 1;
+  for (int64_t j = 0; j < V; ++j) {
+    cdf += double(scratch[j]);
+    if (cdf > target) {
+      id = j;
+      break;
+    }
+  }
+  while (id > 0 && scratch[id] == 0.0f) --id;  // rounding pushed the target past the last weight
+  const float x = logits[id] / temperature;
+  return {id, (x - max) - log_total};
 }
 
 }  // namespace rlhf::policy::kernels

@@ -61,4 +61,17 @@ void attend(const float* q, const float* keys, const float* values, const int64_
 // silu(gate) * up for n elements (SwiGLU): out[i] = gate[i] * sigmoid(gate[i]) * up[i].
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
+// One draw from softmax(logits / temperature) for a row of V logits, by inverting the CDF:
+// e_j = exp(x_j - max x) with x = logits / temperature, and the chosen index is the first whose
+// running sum of e (in double) exceeds u * sum(e), for u in [0, 1) (the uniform generate() draws
+// per row). u < 0 picks the first largest logit instead (greedy). Also returns the chosen index's
+// log-probability, x_id - max - log(sum e). scratch: V floats. The same distribution as
+// generate()'s libtorch sampling; a draw can differ from it only when u * sum lands within
+// float rounding of a boundary between two tokens.
+struct RowSample {
+  int64_t id;
+  float logprob;
+};
+RowSample sample_row(const float* logits, int64_t V, float temperature, double u, float* scratch);
+
 }  // namespace rlhf::policy::kernels

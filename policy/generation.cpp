@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 
 #include "common/error.h"
+#include "policy/decode_kernels.h"
 #include "policy/fast_decode.h"
+#include "policy/fused_ops.h"
 
 namespace rlhf::policy {
 
@@ -117,6 +120,40 @@ torch::Tensor choose_next(const torch::Tensor& logits, const torch::Tensor& logp
   return sample_rows(probs, gen, options.row_offset, total_rows).to(logits.device());
 }
 
+// Whether choose_next reduces to plain softmax sampling or argmax (no top-k / top-p filter), which
+// sample_plain computes in one pass per row.
+bool plain_sampling(const torch::Tensor& logits, const SamplingOptions& o, int64_t vocab_size) {
+  return fused::has_fused_kernel(logits) && logits.scalar_type() == torch::kFloat &&
+         (o.temperature == 0 || ((o.top_k <= 0 || o.top_k >= vocab_size) && o.top_p >= 1.0f));
+}
+
+// choose_next and the log-prob gather for plain sampling, on the CPU, one row per chunk of the
+// loop pool (kernels::sample_row). Draws the same uniforms from `gen` as sample_rows, so the
+// generator advances alike on both paths. Returns next ids [B] and their log-probs [B].
+std::pair<torch::Tensor, torch::Tensor> sample_plain(const torch::Tensor& logits,
+                                                     const SamplingOptions& o, at::Generator& gen,
+                                                     int64_t total_rows, double temperature) {
+  const int64_t B = logits.size(0), V = logits.size(1);
+  auto x = logits.contiguous();
+  torch::Tensor u;
+  if (o.temperature != 0)
+    u = torch::rand({total_rows, 1}, gen, torch::TensorOptions().dtype(torch::kDouble))
+            .narrow(0, o.row_offset, B)
+            .contiguous();
+  auto next = torch::empty({B}, torch::kLong);
+  auto lp = torch::empty({B}, torch::kFloat);
+  std::unique_ptr<float[]> scratch(new float[B * V]);
+  const float* xs = x.data_ptr<float>();
+  const double* us = u.defined() ? u.data_ptr<double>() : nullptr;
+  shared_loop_pool().parallel_for(B, [&](int64_t b) {
+    auto r = kernels::sample_row(xs + b * V, V, float(temperature), us ? us[b] : -1.0,
+                                 scratch.get() + b * V);
+    next.data_ptr<int64_t>()[b] = r.id;
+    lp.data_ptr<float>()[b] = r.logprob;
+  });
+  return {next, lp};
+}
+
 // Per-step tokens, log-probs and alive masks stacked into the output (cloned outside inference
 // mode: callers may feed them into autograd, e.g. PPO), plus the unpadded responses.
 void assemble_output(GenerationOutput& out, int64_t B, const std::vector<torch::Tensor>& tokens,
@@ -177,10 +214,15 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
     auto ones_col = torch::ones({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
     auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
     for (int64_t step = 0; step < N; ++step) {
-      if (temperature != 1.0) logits = logits / temperature;
-      auto logp = torch::log_softmax(logits, -1);
-      torch::Tensor next = choose_next(logits, logp, options, cfg.vocab_size, gen, total_rows);
-      auto lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
+      torch::Tensor next, lp;
+      if (plain_sampling(logits, options, cfg.vocab_size)) {
+        std::tie(next, lp) = sample_plain(logits, options, gen, total_rows, temperature);
+      } else {
+        if (temperature != 1.0) logits = logits / temperature;
+        auto logp = torch::log_softmax(logits, -1);
+        next = choose_next(logits, logp, options, cfg.vocab_size, gen, total_rows);
+        lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
+      }
       auto alive = finished.logical_not();
       next = next.masked_fill(finished, pad);
       tokens.push_back(next);

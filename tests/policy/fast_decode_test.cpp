@@ -135,6 +135,49 @@ TEST(DecodeKernelsTest, RmsNormRopeSwigluMatchTheFusedOps) {
                               1e-5, 1e-6));
 }
 
+TEST(DecodeKernelsTest, SampleRowHandWorked) {
+  // logits [0, 2 ln 3] at temperature 2 -> x = [0, ln 3], probabilities 1/4 and 3/4.
+  std::vector<float> logits = {0.0f, 2 * std::log(3.0f)}, scratch(2);
+  auto low = k::sample_row(logits.data(), 2, 2.0f, 0.2, scratch.data());  // 0.2 < 1/4
+  EXPECT_EQ(low.id, 0);
+  EXPECT_NEAR(low.logprob, std::log(0.25f), 1e-6);
+  auto high = k::sample_row(logits.data(), 2, 2.0f, 0.3, scratch.data());
+  EXPECT_EQ(high.id, 1);
+  EXPECT_NEAR(high.logprob, std::log(0.75f), 1e-6);
+  auto greedy = k::sample_row(logits.data(), 2, 1.0f, -1.0, scratch.data());
+  EXPECT_EQ(greedy.id, 1);
+  EXPECT_NEAR(greedy.logprob, -std::log1p(1.0f / 9.0f), 1e-6);  // 9 / (1 + 9)
+  // A token whose weight underflows to 0 is never drawn, even where the target sits on its edge.
+  std::vector<float> gap = {0.0f, -200.0f, 0.0f};
+  std::vector<float> scratch3(3);
+  EXPECT_EQ(k::sample_row(gap.data(), 3, 1.0f, 0.5, scratch3.data()).id, 2);
+  EXPECT_EQ(k::sample_row(gap.data(), 3, 1.0f, 0.4999, scratch3.data()).id, 0);
+}
+
+// The same draws as generate()'s libtorch sampling (log_softmax, exp, cumulative sum, search) for
+// the same uniforms, over 4,099 logits (the AVX2 exp and the portable tail), except where u lands
+// within float rounding (~1e-6 of the total) of a boundary between two of the 4,099 tokens: about
+// 1 draw in 1,000 here.
+TEST(DecodeKernelsTest, SampleRowMatchesTheLibtorchDraw) {
+  torch::manual_seed(4);
+  const int64_t V = 4099;
+  auto logits = torch::randn({V}) * 3;
+  std::vector<float> scratch(V);
+  auto cdf = torch::log_softmax(logits / 0.7, 0).exp().to(torch::kDouble).cumsum(0);
+  int same = 0;
+  for (int i = 0; i < 500; ++i) {
+    const double u = (i + 0.5) / 500;
+    auto want =
+        torch::searchsorted(cdf, torch::tensor({u * cdf[V - 1].item<double>()}, torch::kDouble),
+                            false, true)
+            .item<int64_t>();
+    auto got = k::sample_row(logits.data_ptr<float>(), V, 0.7f, u, scratch.data());
+    same += got.id == want;
+    EXPECT_NEAR(got.logprob, (torch::log_softmax(logits / 0.7, 0)[got.id]).item<float>(), 1e-5);
+  }
+  EXPECT_GE(same, 495);
+}
+
 // Prefills left-padded prompts through libtorch, then decodes the same tokens through the engine
 // and through hidden_states + logits_from_hidden on a copy of the cache; returns the largest
 // logit difference over `steps` steps.
