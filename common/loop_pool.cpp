@@ -80,7 +80,7 @@ void LoopPool::run_chunks(uint32_t generation) {
 
 void LoopPool::parallel_for(int64_t chunks, const std::function<void(int64_t)>& fn) {
   if (chunks <= 0) return;
-  if (workers_.empty() || chunks == 1) {
+  if (workers_.empty() || chunks == 1 || busy_.exchange(true, std::memory_order_acquire)) {
     for (int64_t c = 0; c < chunks; ++c) fn(c);
     return;
   }
@@ -105,6 +105,7 @@ void LoopPool::parallel_for(int64_t chunks, const std::function<void(int64_t)>& 
         sched_yield();  // the worker may be waiting for this core
     }
   }
+  busy_.store(false, std::memory_order_release);
 }
 
 void LoopPool::worker_main() {

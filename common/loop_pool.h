@@ -35,8 +35,9 @@ class LoopPool {
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(chunk) exactly once for every chunk in [0, chunks), on this thread and the workers,
-  // and returns when all calls have returned. Not reentrant: one loop at a time per pool, and fn
-  // must not start another loop on the same pool. fn must not throw.
+  // and returns when all calls have returned. Safe to call from several threads and from inside
+  // fn: a loop that finds the pool busy runs all its chunks on the calling thread. fn must not
+  // throw.
   void parallel_for(int64_t chunks, const std::function<void(int64_t)>& fn);
 
  private:
@@ -52,7 +53,8 @@ class LoopPool {
   std::atomic<int64_t> done_{0};  // chunks of the current round that have returned
   std::atomic<int64_t> base_{0};  // the round's first chunk
   std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
-  uint32_t generation_ = 0;  // the caller's count of rounds
+  uint32_t generation_ = 0;        // the caller's count of rounds
+  std::atomic<bool> busy_{false};  // a loop owns the ticket
   std::atomic<int> sleeping_{0};
   std::atomic<bool> stop_{false};
   std::mutex mutex_;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <string>
+#include <thread>
 #include <vector>
 
 namespace rlhf {
@@ -47,6 +49,24 @@ TEST(LoopPoolTest, ManyShortLoopsInARow) {
     want += chunks * (chunks + 1) / 2;
   }
   EXPECT_EQ(sum.load(), want);
+}
+
+// Loops started from several threads at once, and from inside a chunk, all complete: a loop
+// that finds the pool busy runs on its own thread.
+TEST(LoopPoolTest, ConcurrentAndNestedLoops) {
+  LoopPool pool(2);
+  std::atomic<int64_t> total{0};
+  auto body = [&] {
+    for (int loop = 0; loop < 2000; ++loop)
+      pool.parallel_for(5, [&](int64_t c) {
+        if (c == 0) pool.parallel_for(3, [&](int64_t) { total.fetch_add(1); });
+        total.fetch_add(1);
+      });
+  };
+  std::thread a(body), b(body);
+  a.join();
+  b.join();
+  EXPECT_EQ(total.load(), 2 * 2000 * (5 + 3));
 }
 
 class EnvGuard {
