@@ -4,8 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <memory>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 #include "common/error.h"
 #include "policy/decode_kernels.h"
@@ -129,10 +130,12 @@ bool plain_sampling(const torch::Tensor& logits, const SamplingOptions& o, int64
 
 // choose_next and the log-prob gather for plain sampling, on the CPU, one row per chunk of the
 // loop pool (kernels::sample_row). Draws the same uniforms from `gen` as sample_rows, so the
-// generator advances alike on both paths. Returns next ids [B] and their log-probs [B].
+// generator advances alike on both paths. scratch: the caller's buffer, resized to B x V once.
+// Returns next ids [B] and their log-probs [B].
 std::pair<torch::Tensor, torch::Tensor> sample_plain(const torch::Tensor& logits,
                                                      const SamplingOptions& o, at::Generator& gen,
-                                                     int64_t total_rows, double temperature) {
+                                                     int64_t total_rows, double temperature,
+                                                     std::vector<float>& scratch) {
   const int64_t B = logits.size(0), V = logits.size(1);
   auto x = logits.contiguous();
   torch::Tensor u;
@@ -142,12 +145,12 @@ std::pair<torch::Tensor, torch::Tensor> sample_plain(const torch::Tensor& logits
             .contiguous();
   auto next = torch::empty({B}, torch::kLong);
   auto lp = torch::empty({B}, torch::kFloat);
-  std::unique_ptr<float[]> scratch(new float[B * V]);
+  scratch.resize(B * V);
   const float* xs = x.data_ptr<float>();
   const double* us = u.defined() ? u.data_ptr<double>() : nullptr;
   shared_loop_pool().parallel_for(B, [&](int64_t b) {
     auto r = kernels::sample_row(xs + b * V, V, float(temperature), us ? us[b] : -1.0,
-                                 scratch.get() + b * V);
+                                 scratch.data() + b * V);
     next.data_ptr<int64_t>()[b] = r.id;
     lp.data_ptr<float>()[b] = r.logprob;
   });
@@ -213,10 +216,12 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
     auto finished = torch::zeros({B}, torch::TensorOptions().dtype(torch::kBool).device(device));
     auto ones_col = torch::ones({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
     auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
+    std::vector<float> sample_scratch;
     for (int64_t step = 0; step < N; ++step) {
       torch::Tensor next, lp;
       if (plain_sampling(logits, options, cfg.vocab_size)) {
-        std::tie(next, lp) = sample_plain(logits, options, gen, total_rows, temperature);
+        std::tie(next, lp) =
+            sample_plain(logits, options, gen, total_rows, temperature, sample_scratch);
       } else {
         if (temperature != 1.0) logits = logits / temperature;
         auto logp = torch::log_softmax(logits, -1);
