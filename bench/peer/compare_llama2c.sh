@@ -106,7 +106,7 @@ coretype="${OPENBLAS_CORETYPE-}"
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 gemm_json="$(rlhf_json --only gemm)"
-gemm="$(json_number "$gemm_json" gemm_gflops)"
+gemm="$(awk -v g="$(json_number "$gemm_json" gemm_gflops)" 'BEGIN {printf "%.1f", g}')"
 openblas_core="$(json_string "$gemm_json" openblas_core)"
 
 p1="" p2="" b1="" b32="" rlhf_threads=""
@@ -115,10 +115,10 @@ for ((i = 1; i <= runs; i++)); do
   p2+="$(OMP_NUM_THREADS=2 peer_rate "$work/runomp" "$i") "
   j="$(rlhf_json --only gen_b1_cache --repeat 3)"
   b1+="$(json_number "$j" gen_b1_cache) "
-  rlhf_threads="$(json_number "$j" threads)"
+  rlhf_threads="$(awk -v t="$(json_number "$j" threads)" 'BEGIN {printf "%d", t}')"
   j="$(rlhf_json --only gen_b32_cache --repeat 3)"
   b32+="$(json_number "$j" gen_b32_cache) "
-  last() { printf '%s' "$1" | awk '{print $NF}'; }
+  last() { printf '%s' "$1" | awk '{printf "%.0f", $NF}'; }
   echo "compare_llama2c: round $i/$runs: llama2.c 1t $(last "$p1"), 2t $(last "$p2");" \
     "rlhf b1 $(last "$b1"), b32 $(last "$b32") tok/s" >&2
 done
@@ -137,6 +137,10 @@ row() {
   read -r m lo hi <<<"$(stats "$2")"
   printf '%-30s %10s %10s %10s\n' "$1" "$m" "$lo" "$hi"
 }
+if awk -v l="${load_start%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n)}'; then
+  echo "warning: 1-minute load average ${load_start%% *} > $(nproc) CPUs: other work competed; the" \
+    "OpenMP build suffers most (its threads wait on each other); compare figures within this run only"
+fi
 printf '%-30s %10s %10s %10s\n' "tok/s" median min max
 row "llama2.c 1 thread" "$p1"
 row "llama2.c 2 threads (OpenMP)" "$p2"
