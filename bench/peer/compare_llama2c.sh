@@ -12,7 +12,8 @@
 #   --threads N  passed to rlhf bench (default: libtorch's choice)
 #   --json       also print one JSON object as the last stdout line
 #
-# run.c is compiled as llama2.c's Makefile does (`make runfast` / `make runomp`):
+# run.c is compiled with the flags of llama2.c's Makefile target `runomp`, once without OpenMP
+# (its `runfast` omits -march=native; both builds here have it, so they differ only in OpenMP):
 #   gcc -Ofast -march=native run.c -lm -o run
 #   gcc -Ofast -fopenmp -march=native run.c -lm -o runomp   (run with OMP_NUM_THREADS=2)
 # and run as `run model.bin -z tokenizer.bin -n 136 -t 1.0 -p 1.0 -s <round>` (stdout to
