@@ -24,6 +24,7 @@
 #include "common/launch.h"
 #include "policy/distributed.h"
 #include "policy/generation.h"
+#include "policy/llama2c_export.h"
 #include "policy/model.h"
 #include "policy/training.h"
 
@@ -86,6 +87,8 @@ double measure_generation(Transformer& model, int batch, int prompt_len, int new
   return rates[rates.size() / 2];
 }
 
+}  // namespace
+
 ModelConfig perf_model_config(const PerfOptions& o) {
   ModelConfig cfg;
   cfg.vocab_size = o.vocab;
@@ -96,6 +99,8 @@ ModelConfig perf_model_config(const PerfOptions& o) {
   cfg.max_seq_len = std::max(o.train_seq, o.gen_prompt_len + o.gen_new_tokens) + 8;
   return cfg;
 }
+
+namespace {
 
 // The training measurement's global batch and timed steps (smaller with --quick).
 struct TrainShape {
@@ -449,6 +454,13 @@ std::map<std::string, double> measure_train_dp(const std::vector<std::string>& w
   }
   if (result.empty()) throw Error("bench: data-parallel rank 0 returned no figures");
   return result;
+}
+
+void export_llama2c(const PerfOptions& o, const std::string& dir) {
+  torch::manual_seed(static_cast<int64_t>(o.seed));
+  Transformer model(perf_model_config(o));
+  init_weights(model);
+  write_llama2c(model, dir);
 }
 
 }  // namespace rlhf::policy

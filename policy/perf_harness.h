@@ -13,6 +13,8 @@
 
 namespace rlhf::policy {
 
+struct ModelConfig;
+
 struct PerfOptions {
   int dim = 256;
   int n_layers = 4;
@@ -44,6 +46,16 @@ struct PerfOptions {
 // for an unknown `only`.
 std::map<std::string, double> run_perf_harness(const PerfOptions& options,
                                                bool print_progress = true);
+
+// The measured model's shape: dim, n_layers, n_heads (as many kv heads), vocab from the options,
+// SwiGLU hidden size by the LLaMA rule, max_seq_len = max(train_seq, prompt + new tokens) + 8.
+ModelConfig perf_model_config(const PerfOptions& options);
+
+// Writes the measured model in llama2.c's format (policy/llama2c_export.h): dir/model.bin and
+// dir/tokenizer.bin, weights from torch::manual_seed(options.seed) and init_weights, the ones the
+// generation measurements run when measured alone (`--only gen_b1_cache`; a full run draws the
+// GEMM operands first). For bench/peer/compare_llama2c.sh. Throws rlhf::Error naming the path.
+void export_llama2c(const PerfOptions& options, const std::string& dir);
 
 // Whether `options.only` asks for the data-parallel training measurement ("", "train",
 // "train_dp2").

@@ -24,6 +24,15 @@ int run_bench(const rlhf::cli::Args& args) {
   o.device = args.get("device");
   o.precision = rlhf::policy::parse_precision(args.get("dtype"), "--dtype");
   if (o.repeat < 1) throw rlhf::UsageError("--repeat: expected >= 1, got " + args.get("repeat"));
+  if (args.has("export-llama2c")) {
+    // The measured model for the llama2.c peer (bench/peer/compare_llama2c.sh); nothing is timed.
+    const std::string dir = args.get("export-llama2c");
+    if (dir.empty()) throw rlhf::UsageError("--export-llama2c: expected a folder, got \"\"");
+    rlhf::policy::export_llama2c(o, dir);
+    std::fprintf(stderr, "bench: wrote %s/model.bin and %s/tokenizer.bin (llama2.c format)\n",
+                 dir.c_str(), dir.c_str());
+    return 0;
+  }
   if (args.get_bool("dp-worker")) {
     // One rank of the train_dp2 measurement (started by the code below in another process).
     nlohmann::json j;
@@ -77,7 +86,8 @@ rlhf::cli::Register reg(
     {"bench",
      "measure GEMM peak, generation and training throughput, 1 process and 2 ranks "
      "(d=256, 4 layers)",
-     "[--json] [--quick] [--threads N] [--only NAME] [--repeat N] [--device D] [--dtype T]",
+     "[--json] [--quick] [--threads N] [--only NAME] [--repeat N] [--device D] [--dtype T] "
+     "[--export-llama2c DIR]",
      {{"json", "print one JSON object as the last stdout line", "", true},
       {"quick", "tiny settings (smoke test, seconds)", "", true},
       {"threads", "libtorch intra-op threads (default: libtorch's choice)"},
@@ -90,6 +100,9 @@ rlhf::cli::Register reg(
       {"repeat", "generation runs per measurement (median reported)", "1"},
       {"device", "cpu | cuda | cuda:N (cuda adds gen_b256_cache; train_dp2 is CPU only)", "cpu"},
       {"dtype", "fp32 | bf16 (bf16 GEMM; autocast generation and training)", "fp32"},
+      {"export-llama2c",
+       "write the measured model (weights of --seed) as DIR/model.bin and DIR/tokenizer.bin in "
+       "llama2.c's format and exit (see bench/peer/compare_llama2c.sh)"},
       {"dp-worker",
        "(internal) run as one rank of the train_dp2 measurement; bench "
        "starts these itself",

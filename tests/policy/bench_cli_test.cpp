@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
+#include "common/files.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -81,6 +84,24 @@ TEST(BenchCli, DeviceAndDtypeErrorsAreNamed) {
   EXPECT_TRUE(out.find("was built without CUDA") != std::string::npos ||
               out.find("GPU 4096 does not exist") != std::string::npos)
       << out;
+}
+
+// The llama2.c peer's files (bench/peer/compare_llama2c.sh): the bench shape in run.c's header,
+// and a one-line error naming the path it cannot write (contents: llama2c_export_test).
+TEST(BenchCli, ExportLlama2cWritesTheBenchShape) {
+  rlhf::testing::TempDir dir("l2c");
+  std::string out;
+  ASSERT_EQ(run_command(rlhf_binary() + " bench --export-llama2c " + dir / "peer", &out), 0) << out;
+  const std::string model = rlhf::read_file(dir / "peer/model.bin");
+  ASSERT_GE(model.size(), 28u);
+  std::vector<int32_t> header(7);
+  std::memcpy(header.data(), model.data(), 28);
+  EXPECT_EQ(header, (std::vector<int32_t>{256, 704, 4, 8, 8, -4096, 264}));
+  EXPECT_TRUE(rlhf::file_exists(dir / "peer/tokenizer.bin"));
+
+  rlhf::write_file_atomic(dir / "file", "x");
+  EXPECT_NE(run_command(rlhf_binary() + " bench --export-llama2c " + dir / "file/peer", &out), 0);
+  EXPECT_NE(out.find(dir / "file/peer"), std::string::npos) << out;
 }
 
 TEST(BenchCli, FailingWorkerNamesItsRank) {
