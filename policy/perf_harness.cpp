@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/launch.h"
+#include "common/loop_pool.h"
 #include "policy/distributed.h"
 #include "policy/generation.h"
 #include "policy/llama2c_export.h"
@@ -128,6 +129,7 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   auto want = [&](const char* key) { return o.only.empty() || o.only == key; };
   torch::manual_seed(static_cast<int64_t>(o.seed));
   r["threads"] = torch::get_num_threads();
+  r["decode_threads"] = shared_loop_pool().threads();  // the decoding engine's (fast_decode.h)
 
   const torch::Device device = resolve_device(o.device, "bench --device");
   if (want("gemm")) {

@@ -7,8 +7,9 @@
 # Usage: bench/peer/compare_llama2c.sh PATH/TO/run.c [RLHF_BIN] [--runs N] [--threads N] [--json]
 #   RLHF_BIN     the rlhf binary (default: build/rlhf at the repository root)
 #   --runs N     rounds (default 5); each round runs, in this order: llama2.c 1 thread,
-#                llama2.c 2 threads (OpenMP), rlhf gen_b1_cache --repeat 3, rlhf gen_b32_cache
-#                --repeat 3, so load drifts hit both sides; medians over the rounds are reported
+#                llama2.c 2 threads (OpenMP), rlhf gen_b1_cache --repeat 3 (default decode
+#                threads, then RLHF_DECODE_THREADS=1), rlhf gen_b32_cache --repeat 3, so load
+#                drifts hit both sides; medians over the rounds are reported
 #   --threads N  passed to rlhf bench (default: libtorch's choice)
 #   --json       also print one JSON object as the last stdout line
 #
@@ -110,28 +111,33 @@ gemm_json="$(rlhf_json --only gemm)"
 gemm="$(awk -v g="$(json_number "$gemm_json" gemm_gflops)" 'BEGIN {printf "%.1f", g}')"
 openblas_core="$(json_string "$gemm_json" openblas_core)"
 
-p1="" p2="" b1="" b32="" rlhf_threads=""
+p1="" p2="" b1="" b1_1t="" b32="" rlhf_threads="" decode_threads=""
 for ((i = 1; i <= runs; i++)); do
   p1+="$(peer_rate "$work/run" "$i") "
   p2+="$(OMP_NUM_THREADS=2 peer_rate "$work/runomp" "$i") "
   j="$(rlhf_json --only gen_b1_cache --repeat 3)"
   b1+="$(json_number "$j" gen_b1_cache) "
   rlhf_threads="$(awk -v t="$(json_number "$j" threads)" 'BEGIN {printf "%d", t}')"
+  decode_threads="$(awk -v t="$(json_number "$j" decode_threads)" 'BEGIN {printf "%d", t}')"
+  j="$(RLHF_DECODE_THREADS=1 rlhf_json --only gen_b1_cache --repeat 3)"
+  b1_1t+="$(json_number "$j" gen_b1_cache) "
   j="$(rlhf_json --only gen_b32_cache --repeat 3)"
   b32+="$(json_number "$j" gen_b32_cache) "
   last() { printf '%s' "$1" | awk '{printf "%.0f", $NF}'; }
   echo "compare_llama2c: round $i/$runs: llama2.c 1t $(last "$p1"), 2t $(last "$p2");" \
-    "rlhf b1 $(last "$b1"), b32 $(last "$b32") tok/s" >&2
+    "rlhf b1 $(last "$b1") (1 decode thread: $(last "$b1_1t")), b32 $(last "$b32") tok/s" >&2
 done
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 m_p1="$(median "$p1")" m_p2="$(median "$p2")" m_b1="$(median "$b1")" m_b32="$(median "$b32")"
+m_b1_1t="$(median "$b1_1t")"
 ratio_b1="$(awk -v a="$m_b1" -v b="$m_p1" 'BEGIN {printf "%.2f", a / b}')"
+ratio_b1_1t="$(awk -v a="$m_b1_1t" -v b="$m_p1" 'BEGIN {printf "%.2f", a / b}')"
 ratio_b32="$(awk -v a="$m_b32" -v b="$m_p2" 'BEGIN {printf "%.2f", a / b}')"
 run_c_sha="$(sha256sum "$run_c" | cut -c1-16)"
 
 echo "llama2.c peer comparison, $started ($(nproc) CPUs: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1))"
-echo "run.c sha256 $run_c_sha... | OPENBLAS_CORETYPE=${coretype:-unset} | openblas_core $openblas_core | gemm_gflops $gemm | rlhf threads $rlhf_threads"
+echo "run.c sha256 $run_c_sha... | OPENBLAS_CORETYPE=${coretype:-unset} | openblas_core $openblas_core | gemm_gflops $gemm | rlhf threads $rlhf_threads, decode threads $decode_threads"
 echo "load average (1/5/15 min): start $load_start, end $load_end | $runs rounds, rlhf figures are medians of --repeat 3"
 row() {
   local m lo hi
@@ -146,19 +152,23 @@ printf '%-30s %10s %10s %10s\n' "tok/s" median min max
 row "llama2.c 1 thread" "$p1"
 row "llama2.c 2 threads (OpenMP)" "$p2"
 row "rlhf gen_b1_cache" "$b1"
+row "rlhf gen_b1_cache, 1 thread" "$b1_1t"
 row "rlhf gen_b32_cache" "$b32"
-echo "rlhf b1 / llama2.c 1 thread:   ${ratio_b1}x (issue #15: >= 1x)"
+echo "rlhf b1 / llama2.c 1 thread:   ${ratio_b1}x (issue #15: >= 1x); with 1 decode thread: ${ratio_b1_1t}x"
 echo "rlhf b32 / llama2.c 2 threads: ${ratio_b32}x (issue #15: 8x)"
 
 if [ "$json" = 1 ]; then
   list() { printf '%s' "$1" | sed 's/ *$//; s/ /,/g'; }
   printf '{"started":"%s","runs":%d,"openblas_coretype":"%s","openblas_core":"%s","gemm_gflops":%s,' \
     "$started" "$runs" "${coretype:-unset}" "$openblas_core" "$gemm"
-  printf '"rlhf_threads":%s,"load_start":"%s","load_end":"%s","run_c_sha256_16":"%s",' \
-    "$rlhf_threads" "$load_start" "$load_end" "$run_c_sha"
+  printf '"rlhf_threads":%s,"decode_threads":%s,"load_start":"%s","load_end":"%s",' \
+    "$rlhf_threads" "$decode_threads" "$load_start" "$load_end"
+  printf '"run_c_sha256_16":"%s","rlhf_gen_b1_cache_1t":[%s],"median_rlhf_b1_1t":%s,' \
+    "$run_c_sha" "$(list "$b1_1t")" "$m_b1_1t"
   printf '"llama2c_1t":[%s],"llama2c_2t":[%s],"rlhf_gen_b1_cache":[%s],"rlhf_gen_b32_cache":[%s],' \
     "$(list "$p1")" "$(list "$p2")" "$(list "$b1")" "$(list "$b32")"
   printf '"median_llama2c_1t":%s,"median_llama2c_2t":%s,"median_rlhf_b1":%s,"median_rlhf_b32":%s,' \
     "$m_p1" "$m_p2" "$m_b1" "$m_b32"
-  printf '"ratio_b1_vs_llama2c_1t":%s,"ratio_b32_vs_llama2c_2t":%s}\n' "$ratio_b1" "$ratio_b32"
+  printf '"ratio_b1_vs_llama2c_1t":%s,"ratio_b1_1t_vs_llama2c_1t":%s,"ratio_b32_vs_llama2c_2t":%s}\n' \
+    "$ratio_b1" "$ratio_b1_1t" "$ratio_b32"
 fi
