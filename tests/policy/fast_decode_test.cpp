@@ -13,6 +13,7 @@
 #include "policy/generation.h"
 #include "policy/lora.h"
 #include "policy/model.h"
+#include "tests/policy/model_fixtures.h"
 
 namespace rlhf::policy {
 namespace {
@@ -32,20 +33,7 @@ ModelConfig config(int n_kv_heads, bool tied, int dim = 32, int heads = 4) {
   return c;
 }
 
-// Random weights with O(1) activations and norm weights away from 1.
-Transformer random_model(const ModelConfig& c, uint64_t seed) {
-  torch::manual_seed(seed);
-  Transformer m(c);
-  torch::NoGradGuard g;
-  for (auto& p : m->named_parameters()) {
-    auto& t = p.value();
-    if (t.dim() == 1)
-      t.uniform_(0.8, 1.2);
-    else
-      t.normal_(0.0, p.key().find("embed") != std::string::npos ? 1.0 : 1.0 / std::sqrt(t.size(1)));
-  }
-  return m;
-}
+using testing::random_model;
 
 torch::Tensor from(const std::vector<float>& v, std::vector<int64_t> sizes) {
   return torch::tensor(v).view(sizes);

@@ -7,6 +7,7 @@
 #include "policy/device.h"
 #include "policy/generation.h"
 #include "policy/logprobs.h"
+#include "tests/policy/model_fixtures.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {
@@ -27,23 +28,7 @@ ModelConfig small_config(int n_kv_heads = 2, bool tied = false) {
   return c;
 }
 
-// Random weights with O(1) logits, so greedy choices are not near-ties.
-Transformer random_model(const ModelConfig& c, uint64_t seed) {
-  torch::manual_seed(seed);
-  Transformer m(c);
-  torch::NoGradGuard g;
-  for (auto& p : m->named_parameters()) {
-    auto& t = p.value();
-    if (t.dim() == 1) {
-      t.uniform_(0.8, 1.2);  // norm weights (not all ones, so they are exercised)
-    } else if (p.key().find("embed_tokens") != std::string::npos) {
-      t.normal_(0.0, 1.0);
-    } else {
-      t.normal_(0.0, 1.0 / std::sqrt(double(t.size(1))));
-    }
-  }
-  return m;
-}
+using testing::random_model;
 
 TEST(ModelTest, ConfigRulesAndParameterCount) {
   ModelConfig c;

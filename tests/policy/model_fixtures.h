@@ -1,0 +1,34 @@
+// Small random models for the policy tests.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "policy/model.h"
+
+namespace rlhf::policy::testing {
+
+// A model of config `c` with random weights (seeded) that give O(1) activations and logits, so
+// greedy choices are not near-ties: embeddings N(0, 1), matrices N(0, 1 / fan_in), norm weights
+// uniform in [0.8, 1.2] (not all ones, so they are exercised).
+inline Transformer random_model(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  Transformer m(c);
+  torch::NoGradGuard g;
+  for (auto& p : m->named_parameters()) {
+    auto& t = p.value();
+    if (t.dim() == 1) {
+      t.uniform_(0.8, 1.2);
+    } else if (p.key().find("embed_tokens") != std::string::npos) {
+      t.normal_(0.0, 1.0);
+    } else {
+      t.normal_(0.0, 1.0 / std::sqrt(double(t.size(1))));
+    }
+  }
+  return m;
+}
+
+}  // namespace rlhf::policy::testing
