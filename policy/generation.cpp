@@ -180,6 +180,64 @@ void assemble_output(GenerationOutput& out, int64_t B, const std::vector<torch::
   out.generated_tokens = out.response_mask.sum().item<int64_t>();
 }
 
+// The model side of the sampling loop: the logits after the prompt, then after each fed token,
+// through the decoding engine (CPU float32 with the cache; policy/fast_decode.h), the libtorch
+// layers with the KV cache, or (use_cache = false) the whole sequence again.
+class NextLogits {
+ public:
+  NextLogits(Transformer& model, const torch::Tensor& ids, const torch::Tensor& mask,
+             const SamplingOptions& o, int64_t capacity)
+      : model_(model), use_cache_(o.use_cache), seq_(ids), seq_mask_(mask) {
+    cache_.capacity = capacity;
+    if (o.precision == Precision::kBf16) cache_.dtype = torch::kBFloat16;
+    auto hidden =
+        use_cache_ ? model->hidden_states(ids, mask, &cache_) : model->hidden_states(ids, mask);
+    first_ = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));
+    if (use_cache_ && o.max_new_tokens > 1 && DecodeEngine::supports(model, cache_))
+      engine_.emplace(model, cache_);
+    ones_col_ = torch::ones({ids.size(0), 1}, mask.options().dtype(torch::kLong));
+  }
+
+  // Logits [B, V] for the next token after the prompt.
+  torch::Tensor first() const { return first_; }
+
+  // Feeds next [B] and returns the logits after it. The engine's are a view of its buffer,
+  // overwritten by the following call.
+  torch::Tensor after(const torch::Tensor& next) {
+    if (engine_) return engine_->step(next);
+    auto next_col = next.unsqueeze(1);
+    torch::Tensor hidden;
+    if (use_cache_) {
+      hidden = model_->hidden_states(next_col, ones_col_, &cache_);
+    } else {
+      seq_ = torch::cat({seq_, next_col}, 1);
+      seq_mask_ = torch::cat({seq_mask_, ones_col_}, 1);
+      hidden = model_->hidden_states(seq_, seq_mask_);
+    }
+    return model_->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));
+  }
+
+ private:
+  Transformer model_;
+  bool use_cache_;
+  KVCache cache_;
+  std::optional<DecodeEngine> engine_;
+  torch::Tensor seq_, seq_mask_, ones_col_, first_;
+};
+
+// One sampling step: next ids [B] and their log-probs [B] under logits / temperature.
+std::pair<torch::Tensor, torch::Tensor> sample_step(torch::Tensor logits, const SamplingOptions& o,
+                                                    int64_t vocab_size, at::Generator& gen,
+                                                    int64_t total_rows, double temperature,
+                                                    std::vector<float>& scratch) {
+  if (plain_sampling(logits, o, vocab_size))
+    return sample_plain(logits, o, gen, total_rows, temperature, scratch);
+  if (temperature != 1.0) logits = logits / temperature;
+  auto logp = torch::log_softmax(logits, -1);
+  auto next = choose_next(logits, logp, o, vocab_size, gen, total_rows);
+  return {next, logp.gather(-1, next.unsqueeze(-1)).squeeze(-1)};
+}
+
 }  // namespace
 
 GenerationOutput generate(Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
@@ -200,34 +258,14 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
   {
     torch::InferenceMode inference;
     AutocastScope autocast(device, options.precision);
-    auto ids_dev = prompt_ids.to(device), mask_dev = prompt_mask.to(device);
-    KVCache cache;
-    cache.capacity = P + std::max<int64_t>(N, 1);
-    if (options.precision == Precision::kBf16) cache.dtype = torch::kBFloat16;
-    // Full sequence so far, for the no-cache path.
-    torch::Tensor seq = ids_dev, seq_mask = mask_dev;
-    torch::Tensor hidden = options.use_cache ? model->hidden_states(ids_dev, mask_dev, &cache)
-                                             : model->hidden_states(ids_dev, mask_dev);
-    // After the prefill, CPU float32 decoding runs on the hand-written engine (same results up to
-    // float summation order; policy/fast_decode.h).
-    std::optional<DecodeEngine> engine;
-    if (options.use_cache && N > 1 && DecodeEngine::supports(model, cache))
-      engine.emplace(model, cache);
+    NextLogits model_side(model, prompt_ids.to(device), prompt_mask.to(device), options,
+                          P + std::max<int64_t>(N, 1));
     auto finished = torch::zeros({B}, torch::TensorOptions().dtype(torch::kBool).device(device));
-    auto ones_col = torch::ones({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
-    auto logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));  // [B, V]
-    std::vector<float> sample_scratch;
+    auto logits = model_side.first();
+    std::vector<float> scratch;
     for (int64_t step = 0; step < N; ++step) {
-      torch::Tensor next, lp;
-      if (plain_sampling(logits, options, cfg.vocab_size)) {
-        std::tie(next, lp) =
-            sample_plain(logits, options, gen, total_rows, temperature, sample_scratch);
-      } else {
-        if (temperature != 1.0) logits = logits / temperature;
-        auto logp = torch::log_softmax(logits, -1);
-        next = choose_next(logits, logp, options, cfg.vocab_size, gen, total_rows);
-        lp = logp.gather(-1, next.unsqueeze(-1)).squeeze(-1);
-      }
+      auto [next, lp] =
+          sample_step(logits, options, cfg.vocab_size, gen, total_rows, temperature, scratch);
       auto alive = finished.logical_not();
       next = next.masked_fill(finished, pad);
       tokens.push_back(next);
@@ -237,20 +275,7 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
         finished = finished.logical_or(next == eos);
         if (finished.all().item<bool>()) break;
       }
-      if (step + 1 == N) break;
-      auto next_col = next.unsqueeze(1);
-      if (engine) {
-        logits = engine->step(next);
-        continue;
-      }
-      if (options.use_cache) {
-        hidden = model->hidden_states(next_col, ones_col, &cache);
-      } else {
-        seq = torch::cat({seq, next_col}, 1);
-        seq_mask = torch::cat({seq_mask, ones_col}, 1);
-        hidden = model->hidden_states(seq, seq_mask);
-      }
-      logits = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));
+      if (step + 1 < N) logits = model_side.after(next);
     }
   }
 
