@@ -1,8 +1,9 @@
 // Fused decoder kernels (policy/fused_ops.h) against their reference compositions, in one run:
-// a training step (forward, backward, AdamW) and a batch-32 decoding step at two model shapes
-// (the quickstart's student and `rlhf bench`'s model), fused and reference interleaved round by
-// round so machine noise hits both alike. Prints milliseconds per step (median of the rounds) and
-// the ratio reference / fused; --json adds one JSON object line.
+// a training step (forward, backward, AdamW), a batch-32 decoding step and the token
+// cross-entropy alone (forward and backward; reference: libtorch's cross_entropy) at two model
+// shapes (the quickstart's student and `rlhf bench`'s model), fused and reference interleaved round
+// by round so machine noise hits both alike. Prints milliseconds per step (median of the rounds)
+// and the ratio reference / fused; --json adds one JSON object line.
 //
 //   build/bench/policy/policy_ops_bench [--rounds 5] [--steps 10] [--threads 1] [--json]
 #include <sys/resource.h>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "common/allocator_tuning.h"
+#include "policy/cpu_block_cache.h"
 #include "policy/fused_ops.h"
 #include "policy/model.h"
 
@@ -68,6 +70,8 @@ Transformer make_model(const Shape& s) {
   return m;
 }
 
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // One training step's closure: forward, token cross-entropy, backward, AdamW.
 std::function<void()> train_step(const Shape& s, Transformer m) {
   auto opt =
@@ -77,9 +81,27 @@ std::function<void()> train_step(const Shape& s, Transformer m) {
   return [=]() mutable {
     opt->zero_grad();
     auto logits = m->forward(ids);
-    torch::nn::functional::cross_entropy(logits.reshape({-1, s.vocab}), targets.reshape({-1}))
-        .backward();
+    token_cross_entropy(logits, targets).backward();
     opt->step();
+  };
+}
+
+// The mean token cross-entropy: fused::token_logprobs when the fused kernels are on, libtorch's
+// cross_entropy (log_softmax and nll_loss, forward and backward) otherwise.
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (rlhf::policy::fused::has_fused_kernel(logits))
+    return -rlhf::policy::fused::token_logprobs(logits, targets).mean();
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                              targets.reshape({-1}));
+}
+
+// The loss alone, forward and backward, on [batch * seq, vocab] logits.
+std::function<void()> cross_entropy_step(const Shape& s) {
+  auto logits = torch::randn({s.batch * s.seq, s.vocab}).set_requires_grad(true);
+  auto targets = torch::randint(0, s.vocab, {s.batch * s.seq}, torch::kLong);
+  return [=]() mutable {
+    logits.mutable_grad() = torch::Tensor();
+    token_cross_entropy(logits, targets).backward();
   };
 }
 
@@ -102,6 +124,7 @@ std::function<void()> decode_b32(const Shape& s, Transformer m) {
 
 int main(int argc, char** argv) {
   rlhf::tune_allocator();
+  rlhf::policy::install_cpu_block_cache();  // RLHF_CPU_BLOCK_CACHE=0: without (for an A/B)
   int rounds = 5, steps = 10, threads = 1;
   bool json = false;
   for (int i = 1; i < argc; ++i) {
@@ -134,9 +157,11 @@ int main(int argc, char** argv) {
                                      {"bench", 4096, 256, 4, 8, 16, 128}};
   std::map<std::string, double> out;
   for (const auto& s : shapes) {
-    for (const char* kind : {"train", "decode_b32"}) {
+    for (const std::string kind : {"train", "decode_b32", "cross_entropy"}) {
       auto model = make_model(s);
-      auto step = std::string(kind) == "train" ? train_step(s, model) : decode_b32(s, model);
+      auto step = kind == "train"        ? train_step(s, model)
+                  : kind == "decode_b32" ? decode_b32(s, model)
+                                         : cross_entropy_step(s);
       std::vector<double> fused, reference;
       long faults_fused = 0;
       for (int r = 0; r < rounds; ++r) {
