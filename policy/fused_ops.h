@@ -45,6 +45,39 @@ torch::Tensor reference_rope(const torch::Tensor& x, const torch::Tensor& cos,
 torch::Tensor swiglu(const torch::Tensor& gate_up);
 torch::Tensor reference_swiglu(const torch::Tensor& gate_up);
 
+// Log-probability of each row's target under softmax(logits): logits [N, V] (or [..., V] with
+// targets [...]), targets int64 [N] -> [N], out[n] = logits[n, t] - logsumexp(logits[n, :]) for
+// t = targets[n]. A negative target is ignored: its output and its gradient are 0 (the SFT loss's
+// masked prompt tokens). Equals -cross_entropy(logits, targets, reduction none, ignore_index < 0).
+// Forward is one pass per row that saves only the row's log-sum-exp [N] (no [N, V] log-softmax);
+// backward writes g * (onehot(target) - softmax) in one pass, recomputing exp from the saved
+// log-sum-exp. Narrower dtypes (bf16) are computed in float32, as autocast does for
+// cross_entropy. Rows are independent, so results do not depend on the thread count.
+torch::Tensor token_logprobs(const torch::Tensor& logits, const torch::Tensor& targets);
+torch::Tensor reference_token_logprobs(const torch::Tensor& logits, const torch::Tensor& targets);
+
+// The same computation without autograd, for callers that recompute the logits in their own
+// backward pass (policy/logprobs.cpp): the per-row statistics of logits [..., V] (float32 or
+// float64) and targets [...] (negative = ignored, as above). entropy[n] = -sum_v p log p of the
+// row's whole distribution (also for ignored rows); computed only when asked for.
+struct TokenLogprobStats {
+  torch::Tensor logprobs;   // [...]
+  torch::Tensor logsumexp;  // [...]
+  torch::Tensor entropy;    // [...], undefined unless requested
+};
+TokenLogprobStats token_logprob_stats(const torch::Tensor& logits, const torch::Tensor& targets,
+                                      bool entropy);
+
+// The gradient with respect to the logits of sum(grad_logprobs * logprobs + grad_entropy *
+// entropy), given the same logits and targets and their stats (entropy needed only when
+// grad_entropy is defined; either grad may be undefined = 0). With in_place the result is
+// written over `logits` (which must then be contiguous and not needed afterwards) instead of a
+// new tensor.
+torch::Tensor token_logprobs_backward(const torch::Tensor& logits, const torch::Tensor& targets,
+                                      const TokenLogprobStats& stats,
+                                      const torch::Tensor& grad_logprobs,
+                                      const torch::Tensor& grad_entropy, bool in_place = false);
+
 // The concatenation along dim 0 of several weights [out_i, in] (q, k and v projections; gate and
 // up), so one GEMM replaces several; the parameters themselves stay separate (checkpoints, LoRA
 // and optimizers see the Hugging Face tensors). While autograd records and a weight requires a

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "policy/fused_ops.h"
+
 namespace rlhf::policy {
 
 namespace {
@@ -17,13 +19,12 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
                                                 const torch::Tensor& hidden,
                                                 const torch::Tensor& weight,
                                                 const torch::Tensor& targets, double temperature) {
-    ctx->save_for_backward({hidden, weight, targets});
-    ctx->saved_data["temperature"] = temperature;
     torch::NoGradGuard no_grad;
-    auto logp = torch::log_softmax(logits(hidden, weight, temperature), -1);
-    auto lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1);
-    auto ent = -(logp.exp() * logp).sum(-1);
-    return {lp, ent};
+    auto st = fused::token_logprob_stats(logits(hidden, weight, temperature), targets, true);
+    // The per-row log-sum-exp and entropy ([B, n]) let backward skip the row reductions.
+    ctx->save_for_backward({hidden, weight, targets, st.logsumexp, st.entropy});
+    ctx->saved_data["temperature"] = temperature;
+    return {st.logprobs, st.entropy};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -32,20 +33,14 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
     const auto &hidden = saved[0], &weight = saved[1], &targets = saved[2];
     const double temperature = ctx->saved_data["temperature"].toDouble();
     torch::NoGradGuard no_grad;
-    auto logp = torch::log_softmax(logits(hidden, weight, temperature), -1);  // [B, n, V]
-    auto p = logp.exp();
-    // d lp / dz = onehot - p;  d H / dz = -p * (log p + H)   (z = logits / temperature)
-    auto g = torch::zeros_like(p);
-    if (grads[0].defined()) {
-      auto g_lp = grads[0].unsqueeze(-1);
-      g = g - p * g_lp;
-      g.scatter_add_(-1, targets.unsqueeze(-1), grads[0].unsqueeze(-1).to(g.scalar_type()));
-    }
-    if (grads[1].defined()) {
-      auto ent = -(p * logp).sum(-1, true);
-      g = g - grads[1].unsqueeze(-1) * p * (logp + ent);
-    }
-    g = g / temperature;
+    fused::TokenLogprobStats st;
+    st.logsumexp = saved[3];
+    st.entropy = saved[4];
+    // d lp / dz = onehot - p;  d H / dz = -p * (log p + H)   (z = logits / temperature), written
+    // over the recomputed [B, n, V] logits.
+    auto g = fused::token_logprobs_backward(logits(hidden, weight, temperature), targets, st,
+                                            grads[0], grads[1], /*in_place=*/true);
+    if (temperature != 1.0) g.div_(temperature);
     auto g_w = g.to(weight.scalar_type());
     torch::Tensor grad_hidden, grad_weight;
     if (ctx->needs_input_grad(0)) grad_hidden = torch::matmul(g_w, weight);  // [B, n, D]
@@ -96,9 +91,9 @@ TokenLogprobs token_logprobs(Transformer& model, const torch::Tensor& ids,
     // No autograd: the [B, chunk, V] logits of one chunk are the largest buffer.
     auto logits = model->logits_from_hidden(h);
     if (temperature != 1.0) logits = logits / temperature;
-    auto logp = torch::log_softmax(logits, -1);  // [B, n, V]
-    lps.push_back(logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1));
-    if (options.entropy) ents.push_back(-(logp.exp() * logp).sum(-1));
+    auto st = fused::token_logprob_stats(logits, tgt, options.entropy);
+    lps.push_back(st.logprobs);
+    if (options.entropy) ents.push_back(st.entropy);
   }
   out.logprobs = lps.size() == 1 ? lps[0] : torch::cat(lps, 1);
   if (options.entropy) out.entropy = ents.size() == 1 ? ents[0] : torch::cat(ents, 1);

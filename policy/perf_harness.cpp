@@ -24,6 +24,7 @@
 #include "common/launch.h"
 #include "common/loop_pool.h"
 #include "policy/distributed.h"
+#include "policy/fused_ops.h"
 #include "policy/generation.h"
 #include "policy/llama2c_export.h"
 #include "policy/model.h"
@@ -183,8 +184,7 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
     {
       AutocastScope autocast(device, o.precision);
       auto logits = model->forward(inputs);
-      loss = torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}),
-                                                  targets.reshape({-1}));
+      loss = -fused::token_logprobs(logits, targets).mean();  // the token cross-entropy
     }
     loss.backward();
     opt.step(3e-4, 1.0);
@@ -239,7 +239,6 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   // The sum over this rank's targets divided by the global count: summed over ranks, the
   // gradient of the single-process mean loss.
   const double global_targets = static_cast<double>(B) * T;
-  const auto sum_ce = torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum);
   auto step = [&] {
     opt.zero_grad();
     if (hi > lo) {
@@ -247,9 +246,7 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
       {
         AutocastScope autocast(torch::kCPU, o.precision);
         auto logits = model->forward(inputs);
-        loss = torch::nn::functional::cross_entropy(logits.reshape({-1, o.vocab}),
-                                                    targets.reshape({-1}), sum_ce) /
-               global_targets;
+        loss = -fused::token_logprobs(logits, targets).sum() / global_targets;
       }
       loss.backward();
     }

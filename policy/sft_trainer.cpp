@@ -24,6 +24,7 @@
 #include "policy/checkpoint.h"
 #include "policy/device.h"
 #include "policy/distributed.h"
+#include "policy/fused_ops.h"
 #include "policy/lora.h"
 #include "policy/lr_schedule.h"
 #include "policy/model.h"
@@ -176,9 +177,8 @@ torch::Tensor batch_loss_sum(Transformer& model, const Batch& b, Precision preci
   AutocastScope autocast(b.inputs.device(), precision);
   auto hidden = model->hidden_states(b.inputs, b.mask);
   auto logits = model->logits_from_hidden(hidden);
-  return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), b.targets.reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  // Masked targets (-100) contribute 0: the sum of cross-entropies over the real targets.
+  return -fused::token_logprobs(logits, b.targets).sum();
 }
 
 // Row order of one data pass: a permutation seeded by (seed, epoch).

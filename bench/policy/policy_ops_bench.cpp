@@ -1,9 +1,12 @@
 // Fused decoder kernels (policy/fused_ops.h) against their reference compositions, in one run:
-// a training step (forward, backward, AdamW) and sampling 32 tokens for 1 and for 32 prompts
-// through generate() (the decoding engine of policy/fast_decode.h when fused) at two model shapes
-// (the quickstart's student and `rlhf bench`'s model), fused and reference interleaved round by
-// round so machine noise hits both alike. Prints milliseconds per step (median of the rounds) and
-// the ratio reference / fused; --json adds one JSON object line.
+// Fused decoder kernels (policy/fused_ops.h) and the decoding engine (policy/fast_decode.h)
+// against their reference compositions, in one run: a training step (forward, backward, AdamW),
+// sampling 32 tokens for 1 and for 32 prompts through generate() (the engine when fused, the
+// libtorch layers otherwise) and the token cross-entropy alone (forward and backward; reference:
+// libtorch's cross_entropy) at two model shapes (the quickstart's student and `rlhf bench`'s
+// model), fused and reference interleaved round by round so machine noise hits both alike. Prints
+// milliseconds per step (median of the rounds) and the ratio reference / fused; --json adds one
+// JSON object line.
 //
 //   build/bench/policy/policy_ops_bench [--rounds 5] [--steps 10] [--threads 1] [--json]
 #include <sys/resource.h>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include "common/allocator_tuning.h"
+#include "policy/cpu_block_cache.h"
 #include "policy/fused_ops.h"
 #include "policy/generation.h"
 #include "policy/model.h"
@@ -70,6 +74,8 @@ Transformer make_model(const Shape& s) {
   return m;
 }
 
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // One training step's closure: forward, token cross-entropy, backward, AdamW.
 std::function<void()> train_step(const Shape& s, Transformer m) {
   auto opt =
@@ -79,9 +85,27 @@ std::function<void()> train_step(const Shape& s, Transformer m) {
   return [=]() mutable {
     opt->zero_grad();
     auto logits = m->forward(ids);
-    torch::nn::functional::cross_entropy(logits.reshape({-1, s.vocab}), targets.reshape({-1}))
-        .backward();
+    token_cross_entropy(logits, targets).backward();
     opt->step();
+  };
+}
+
+// The mean token cross-entropy: fused::token_logprobs when the fused kernels are on, libtorch's
+// cross_entropy (log_softmax and nll_loss, forward and backward) otherwise.
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (rlhf::policy::fused::has_fused_kernel(logits))
+    return -rlhf::policy::fused::token_logprobs(logits, targets).mean();
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                              targets.reshape({-1}));
+}
+
+// The loss alone, forward and backward, on [batch * seq, vocab] logits.
+std::function<void()> cross_entropy_step(const Shape& s) {
+  auto logits = torch::randn({s.batch * s.seq, s.vocab}).set_requires_grad(true);
+  auto targets = torch::randint(0, s.vocab, {s.batch * s.seq}, torch::kLong);
+  return [=]() mutable {
+    logits.mutable_grad() = torch::Tensor();
+    token_cross_entropy(logits, targets).backward();
   };
 }
 
@@ -102,6 +126,7 @@ std::function<void()> decode(const Shape& s, Transformer m, int rows) {
 
 int main(int argc, char** argv) {
   rlhf::tune_allocator();
+  rlhf::policy::install_cpu_block_cache();  // RLHF_CPU_BLOCK_CACHE=0: without (for an A/B)
   int rounds = 5, steps = 10, threads = 1;
   bool json = false;
   for (int i = 1; i < argc; ++i) {
@@ -134,11 +159,12 @@ int main(int argc, char** argv) {
                                      {"bench", 4096, 256, 4, 8, 16, 128}};
   std::map<std::string, double> out;
   for (const auto& s : shapes) {
-    for (const std::string kind : {"train", "decode_b1", "decode_b32"}) {
+    for (const std::string kind : {"train", "decode_b1", "decode_b32", "cross_entropy"}) {
       auto model = make_model(s);
-      auto step = kind == "train"       ? train_step(s, model)
-                  : kind == "decode_b1" ? decode(s, model, 1)
-                                        : decode(s, model, 32);
+      auto step = kind == "train"        ? train_step(s, model)
+                  : kind == "decode_b1"  ? decode(s, model, 1)
+                  : kind == "decode_b32" ? decode(s, model, 32)
+                                         : cross_entropy_step(s);
       std::vector<double> fused, reference;
       long faults_fused = 0;
       for (int r = 0; r < rounds; ++r) {

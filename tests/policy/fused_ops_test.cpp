@@ -154,6 +154,133 @@ TEST(FusedSwiglu, MatchesReferenceAndCentralDifferences) {
                                     torch::randn({5, 6}, opts));
 }
 
+TEST(FusedTokenLogprobs, HandWorkedTwoByThree) {
+  // Row 0: logsumexp(1, 2, 3) = 3 + log(1 + e^-1 + e^-2) = 3.407606, target 2: 3 - 3.407606;
+  // softmax = (0.090031, 0.244728, 0.665241), gradient onehot(2) - softmax.
+  // Row 1: logsumexp(0, 0, 0) = log 3, target 0: -log 3; gradient (2/3, -1/3, -1/3).
+  auto z = torch::tensor({{1.0f, 2.0f, 3.0f}, {0.0f, 0.0f, 0.0f}}).set_requires_grad(true);
+  auto lp = token_logprobs(z, torch::tensor({2, 0}, torch::kLong));
+  EXPECT_NEAR(lp[0].item<float>(), -0.407606f, 1e-6);
+  EXPECT_NEAR(lp[1].item<float>(), -1.098612f, 1e-6);
+  lp.sum().backward();
+  auto g = z.grad();
+  const float want[2][3] = {{-0.090031f, -0.244728f, 0.334759f}, {2.0f / 3, -1.0f / 3, -1.0f / 3}};
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) EXPECT_NEAR(g[i][j].item<float>(), want[i][j], 1e-6) << i << j;
+}
+
+TEST(FusedTokenLogprobs, IgnoredTargetsGiveZeroAndNoGradient) {
+  auto z = torch::tensor({{1.0f, 2.0f, 3.0f}, {0.5f, 0.0f, -4.0f}}).set_requires_grad(true);
+  auto lp = token_logprobs(z, torch::tensor({-100, 1}, torch::kLong));
+  EXPECT_EQ(lp[0].item<float>(), 0.0f);
+  lp.sum().backward();
+  EXPECT_TRUE(torch::equal(z.grad()[0], torch::zeros({3})));
+  EXPECT_GT(z.grad()[1].abs().sum().item<float>(), 0.1f);
+}
+
+// Random logits [3, 5, V] with some targets ignored; V = 37 leaves a tail after the lane blocks.
+std::pair<torch::Tensor, torch::Tensor> random_logits_and_targets(int64_t V, torch::Dtype dtype) {
+  auto z = (3 * torch::randn({3, 5, V})).to(dtype);
+  auto t = torch::randint(0, V, {3, 5}, torch::kLong);
+  t.index_put_({torch::rand({3, 5}) < 0.3}, -100);
+  t[0][0] = -1;
+  return {z, t};
+}
+
+TEST(FusedTokenLogprobs, MatchesCrossEntropyForwardAndBackward) {
+  torch::manual_seed(11);
+  for (int64_t V : {37, 64, 515}) {
+    auto [z, t] = random_logits_and_targets(V, torch::kFloat);
+    auto probe = torch::randn({3, 5});
+    auto fused_f = [&](std::vector<torch::Tensor>& in) { return token_logprobs(in[0], t); };
+    auto ref_f = [&](std::vector<torch::Tensor>& in) { return reference_token_logprobs(in[0], t); };
+    EXPECT_LT(max_abs_diff(token_logprobs(z, t), reference_token_logprobs(z, t)), 1e-5) << V;
+    EXPECT_LT(max_abs_diff(grads_of(fused_f, {z}, probe)[0], grads_of(ref_f, {z}, probe)[0]), 1e-6)
+        << V;
+    // The definition the trainers relied on before: -cross_entropy with ignore_index.
+    auto t_kept = t.clone();
+    t_kept[0][0] = -100;
+    auto ce = torch::nn::functional::cross_entropy(
+        z.reshape({-1, V}), t_kept.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+    EXPECT_NEAR(-token_logprobs(z, t_kept).sum().item<float>(), ce.item<float>(),
+                1e-5 * std::abs(ce.item<float>()));
+  }
+}
+
+TEST(FusedTokenLogprobs, ExtremeLogitsStayFinite) {
+  auto z = torch::tensor({{1000.0f, 0.0f, -1000.0f}, {-1e4f, -1e4f, -1e4f}});
+  auto t = torch::tensor({2, 1}, torch::kLong);
+  auto lp = token_logprobs(z, t);
+  EXPECT_NEAR(lp[0].item<float>(), -2000.0f, 1e-2);
+  EXPECT_NEAR(lp[1].item<float>(), -std::log(3.0f), 1e-5);
+}
+
+TEST(FusedTokenLogprobs, GradientsMatchCentralDifferences) {
+  torch::manual_seed(12);
+  auto [z, t] = random_logits_and_targets(21, torch::kDouble);
+  auto f = [&](std::vector<torch::Tensor>& v) { return token_logprobs(v[0], t); };
+  expect_matches_numerical_gradient(f, {z}, 0, torch::randn({3, 5}, torch::kDouble));
+}
+
+TEST(FusedTokenLogprobs, StatsAndBackwardWithEntropyMatchAutogradOfTheDefinition) {
+  torch::manual_seed(13);
+  auto [z, t] = random_logits_and_targets(70, torch::kDouble);
+  auto g_lp = torch::randn({3, 5}, torch::kDouble), g_ent = torch::randn({3, 5}, torch::kDouble);
+  auto zr = z.clone().set_requires_grad(true);
+  auto logp = torch::log_softmax(zr, -1);
+  auto lp_ref = reference_token_logprobs(zr, t);
+  auto ent_ref = -(logp.exp() * logp).sum(-1);
+  (lp_ref * g_lp + ent_ref * g_ent).sum().backward();
+
+  auto st = token_logprob_stats(z, t, /*entropy=*/true);
+  EXPECT_LT(max_abs_diff(st.logprobs, lp_ref), 1e-12);
+  EXPECT_LT(max_abs_diff(st.entropy, ent_ref), 1e-12);
+  EXPECT_LT(max_abs_diff(st.logsumexp, torch::logsumexp(z, -1)), 1e-12);
+  EXPECT_LT(max_abs_diff(token_logprobs_backward(z, t, st, g_lp, g_ent), zr.grad()), 1e-12);
+  // Only one of the two gradients; in place over a copy of the logits.
+  auto only_lp = token_logprobs_backward(z, t, st, g_lp, torch::Tensor());
+  auto copy = z.clone();
+  auto in_place = token_logprobs_backward(copy, t, st, g_lp, torch::Tensor(), /*in_place=*/true);
+  EXPECT_EQ(in_place.data_ptr(), copy.data_ptr());
+  EXPECT_TRUE(torch::equal(in_place, only_lp));
+  // The reference path (fused kernels off) agrees.
+  set_fused_kernels(false);
+  auto ref_st = token_logprob_stats(z, t, true);
+  auto ref_g = token_logprobs_backward(z, t, ref_st, g_lp, g_ent);
+  set_fused_kernels(true);
+  EXPECT_LT(max_abs_diff(ref_st.entropy, st.entropy), 1e-12);
+  EXPECT_LT(max_abs_diff(ref_g, zr.grad()), 1e-12);
+}
+
+TEST(FusedTokenLogprobs, ResultsDoNotDependOnTheThreadCount) {
+  torch::manual_seed(14);
+  auto z = 2 * torch::randn({300, 130});
+  auto t = torch::randint(-1, 130, {300}, torch::kLong);
+  auto probe = torch::randn({300});
+  auto f = [&](std::vector<torch::Tensor>& in) { return token_logprobs(in[0], t); };
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  auto lp_one = token_logprobs(z, t);
+  auto ent_one = token_logprob_stats(z, t, true).entropy;
+  auto one = grads_of(f, {z}, probe);
+  at::set_num_threads(2);
+  auto lp_two = token_logprobs(z, t);
+  auto ent_two = token_logprob_stats(z, t, true).entropy;
+  auto two = grads_of(f, {z}, probe);
+  at::set_num_threads(threads);
+  EXPECT_TRUE(torch::equal(lp_one, lp_two));
+  EXPECT_TRUE(torch::equal(ent_one, ent_two));
+  EXPECT_TRUE(torch::equal(one[0], two[0]));
+}
+
+TEST(FusedTokenLogprobs, RefusesTargetsOutsideTheVocabularyAndMismatchedShapes) {
+  auto z = torch::zeros({2, 4});
+  EXPECT_THROW(token_logprobs(z, torch::tensor({1, 4}, torch::kLong)), c10::Error);
+  EXPECT_THROW(token_logprobs(z, torch::tensor({1, 2, 3}, torch::kLong)), c10::Error);
+  EXPECT_THROW(token_logprobs(z, torch::tensor({1, 2}, torch::kInt)), c10::Error);
+}
+
 TEST(FusedOps, OtherDtypesRunTheReference) {
   torch::manual_seed(6);
   auto x = torch::randn({2, 16}).to(torch::kBFloat16);
@@ -161,6 +288,11 @@ TEST(FusedOps, OtherDtypesRunTheReference) {
   EXPECT_FALSE(has_fused_kernel(x));
   EXPECT_TRUE(torch::equal(rms_norm(x, w, 1e-5), reference_rms_norm(x, w, 1e-5)));
   EXPECT_TRUE(torch::equal(swiglu(x), reference_swiglu(x)));
+  auto logits = torch::randn({3, 16}).to(torch::kBFloat16);
+  auto targets = torch::tensor({1, -100, 15}, torch::kLong);
+  auto lp = token_logprobs(logits, targets);  // computed in float32, as autocast does
+  EXPECT_EQ(lp.scalar_type(), torch::kFloat);
+  EXPECT_LT(max_abs_diff(lp, token_logprobs(logits.to(torch::kFloat), targets)), 1e-6);
 }
 
 TEST(ConcatWeights, CachesWithoutAutogradAndRebuildsAfterAnInPlaceChange) {
