@@ -16,8 +16,7 @@ bool user_tunes_malloc() {
   if (off && std::strcmp(off, "0") == 0) return true;
   const char* tunables = std::getenv("GLIBC_TUNABLES");
   if (tunables && std::strstr(tunables, "malloc")) return true;
-  return std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("MALLOC_TRIM_THRESHOLD_") ||
-         std::getenv("MALLOC_MMAP_MAX_");
+  return std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("MALLOC_TRIM_THRESHOLD_");
 }
 
 }  // namespace
@@ -28,9 +27,6 @@ bool tune_allocator() {
   // Both calls also switch off glibc's dynamic threshold adjustment.
   bool ok = mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMallocMmapThreshold)) == 1;
   ok = mallopt(M_TRIM_THRESHOLD, static_cast<int>(kMallocTrimThreshold)) == 1 && ok;
-  // Blocks above the largest mmap threshold (a training step's logits, attention scores) come
-  // from the heap too, instead of an mmap per allocation.
-  ok = mallopt(M_MMAP_MAX, 0) == 1 && ok;
   return ok;
 #else
   return false;

@@ -14,17 +14,10 @@ namespace rlhf {
 inline constexpr long kMallocMmapThreshold = 32L << 20;  // glibc's largest allowed value
 inline constexpr long kMallocTrimThreshold = 1L << 30;
 
-// Call early in main(). Serves every block from the heap (no mmap/munmap per allocation, also for
-// blocks above 32 MiB, glibc's largest mmap threshold: M_MMAP_MAX = 0) and keeps up to 1 GiB of
-// free heap instead of trimming it, so a step's buffers reuse pages that are already mapped.
-// The cost: memory freed below the top of the heap is reused but not returned to the kernel, so a
-// process's resident size stays near its peak. glibc still falls back to mmap when the heap
-// cannot grow. Does nothing when the user already tunes malloc (GLIBC_TUNABLES mentions malloc,
-// or MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_MAX_ is set), when
+// Call early in main(). Keeps blocks up to 32 MiB on the heap (no mmap/munmap per step) and keeps
+// up to 1 GiB of free heap instead of trimming it. Does nothing when the user already tunes malloc
+// (GLIBC_TUNABLES mentions malloc, or MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ is set), when
 // RLHF_MALLOC_TUNE=0, or on a C library without mallopt. Returns whether it changed anything.
-//
-// Measured (docs/performance.md): `rlhf bench` training (d=256, 16 x 256 tokens, 64 MiB logits)
-// had 2.0M minor page faults per run with the 32 MiB threshold alone and 0.63M with this.
 bool tune_allocator();
 
 }  // namespace rlhf
