@@ -38,12 +38,14 @@
 #include "annotation/frame.h"
 #include "annotation/sqlite_store.h"
 #include "tests/annotation/injected_failure.h"
+#include "tests/annotation/server_fixture.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
 namespace pb = rlhf::proto;
 namespace inj = rlhf::annotation::testing;
 using Clock = std::chrono::steady_clock;
+using rlhf::annotation::testing::hello_request;
 using rlhf::testing::TempDir;
 
 namespace {
@@ -68,13 +70,6 @@ std::string header(uint32_t n) {
   h[2] = static_cast<char>(n >> 8);
   h[3] = static_cast<char>(n);
   return h;
-}
-
-pb::Request hello(const std::string& token) {
-  pb::Request r;
-  r.set_schema_version(1);
-  r.mutable_hello()->set_token(token);
-  return r;
 }
 
 pb::Request get_task() {
@@ -307,7 +302,7 @@ class Hostile : public ::testing::Test {
   // A connection authenticated as annotator i.
   ann::Connection login(int i) {
     ann::Connection c(socket_);
-    pb::Response r = c.call(hello(tokens_[static_cast<size_t>(i)]));
+    pb::Response r = c.call(hello_request(tokens_[static_cast<size_t>(i)]));
     EXPECT_TRUE(r.has_hello()) << r.DebugString();
     return c;
   }
@@ -361,7 +356,7 @@ class Hostile : public ::testing::Test {
     auto start = Clock::now();
     auto done = std::async(std::launch::async, [&] {
       ann::Connection c(socket_);
-      pb::Response h = c.call(hello(tokens_[static_cast<size_t>(fresh)]));
+      pb::Response h = c.call(hello_request(tokens_[static_cast<size_t>(fresh)]));
       if (!h.has_hello()) return "Hello: " + h.DebugString();
       pb::Response t = c.call(get_task());
       if (!t.has_task()) return "GetTask: " + t.DebugString();
@@ -434,7 +429,7 @@ TEST_F(Hostile, FrameLengthsZeroMaxAndLimitPlusOne) {
     ann::Connection c(socket_);
     c.send_bytes(header(0));
     EXPECT_EQ(c.receive().error().code(), pb::Error::BAD_MESSAGE);
-    EXPECT_TRUE(c.call(hello(tokens_[0])).has_hello());
+    EXPECT_TRUE(c.call(hello_request(tokens_[0])).has_hello());
   }
   for (uint32_t len : {0xffffffffu, ann::kMaxFrameBytes + 1, 0x80000000u}) {
     ann::Connection c(socket_);
@@ -447,14 +442,14 @@ TEST_F(Hostile, FrameLengthsZeroMaxAndLimitPlusOne) {
     std::string junk(ann::kMaxFrameBytes, '\xff');
     c.send_bytes(header(ann::kMaxFrameBytes) + junk);
     EXPECT_EQ(c.receive().error().code(), pb::Error::BAD_MESSAGE);
-    EXPECT_TRUE(c.call(hello(tokens_[0])).has_hello());
+    EXPECT_TRUE(c.call(hello_request(tokens_[0])).has_hello());
   }
 }
 
 TEST_F(Hostile, TruncatedFramesThenClose) {
   start_server();
   ann::Connection worker = login(0);
-  std::string frame = ann::encode_frame(hello(tokens_[1]));
+  std::string frame = ann::encode_frame(hello_request(tokens_[1]));
   for (size_t cut : {size_t{1}, size_t{3}, size_t{4}, frame.size() / 2, frame.size() - 1}) {
     ann::Connection c(socket_);
     c.send_bytes(frame.substr(0, cut));
@@ -551,7 +546,7 @@ TEST_F(Hostile, OneBytePerSecondClientsAreCutOff) {
     ann::Connection c(socket_);
     std::atomic<bool> stop{false};
     auto start = Clock::now();
-    std::thread t(drip, c.fd(), ann::encode_frame(hello(tokens_[3])), &stop);
+    std::thread t(drip, c.fd(), ann::encode_frame(hello_request(tokens_[3])), &stop);
     bool closed = wait_closed(c.fd(), 10);
     double took = since(start);
     stop = true;
@@ -611,7 +606,7 @@ TEST_F(Hostile, MalformedAndWrongTypedMessages) {
   };
   pb::Response as_response;
   as_response.mutable_hello()->set_annotator("x");
-  pb::Request future_version = hello(tokens_[0]);
+  pb::Request future_version = hello_request(tokens_[0]);
   future_version.set_schema_version(99);
   std::vector<std::pair<std::string, std::string>> payloads = {
       {"a Response sent as a Request", as_response.SerializeAsString()},
@@ -630,8 +625,8 @@ TEST_F(Hostile, MalformedAndWrongTypedMessages) {
     pb::Response r = c.receive();
     EXPECT_TRUE(r.has_error()) << what << ": " << r.DebugString();
   }
-  EXPECT_TRUE(c.call(hello(tokens_[0])).has_hello());  // the connection survived all of it
-  for (auto& [what, payload] : payloads) {             // and the same after authentication
+  EXPECT_TRUE(c.call(hello_request(tokens_[0])).has_hello());  // the connection survived all of it
+  for (auto& [what, payload] : payloads) {                     // and the same after authentication
     c.send_bytes(header(static_cast<uint32_t>(payload.size())) + payload);
     pb::Response r = c.receive();
     EXPECT_TRUE(r.has_error() || r.has_task()) << what << ": " << r.DebugString();

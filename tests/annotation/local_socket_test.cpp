@@ -19,10 +19,13 @@
 #include "annotation/client.h"
 #include "annotation/server.h"
 #include "common/files.h"
+#include "tests/annotation/server_fixture.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
 namespace fs = std::filesystem;
+using rlhf::annotation::testing::RunningServer;
+using rlhf::annotation::testing::test_server_options;
 using rlhf::testing::TempDir;
 
 namespace {
@@ -55,27 +58,6 @@ unsigned mode_of(const std::string& path) {
   struct stat st;
   EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
   return st.st_mode & 07777;
-}
-
-// A Server on its own thread.
-struct RunningServer {
-  explicit RunningServer(ann::ServerOptions o) : server(o) {
-    thread = std::thread([this] { server.run(); });
-  }
-  ~RunningServer() {
-    server.stop();
-    thread.join();
-  }
-  ann::Server server;
-  std::thread thread;
-};
-
-ann::ServerOptions server_options(const TempDir& dir) {
-  ann::ServerOptions o;
-  o.db_path = dir / "a.db";
-  o.socket_path = dir / "s.sock";
-  o.handle_signals = false;
-  return o;
 }
 
 // Runs `body` in a child process with uid and gid `uid`; returns its exit code.
@@ -180,7 +162,7 @@ TEST(LocalSocket, ListensWithTheModeReplacesAStaleFileAndLeavesNoTemporaryDirect
 TEST(LocalSocket, ServerUsesTheDefaultPrivateSocketWhenNoneIsGiven) {
   TempDir dir("ls");
   ScopedEnv env("XDG_RUNTIME_DIR", dir.path().c_str());
-  auto o = server_options(dir);
+  auto o = test_server_options(dir);
   o.socket_path.clear();
   {
     ann::Store store(o.db_path);
@@ -195,7 +177,7 @@ TEST(LocalSocket, ServerUsesTheDefaultPrivateSocketWhenNoneIsGiven) {
 
 TEST(LocalSocket, ClientRefusesAServerOfAnotherUidBeforeSendingTheToken) {
   TempDir dir("ls");
-  auto o = server_options(dir);
+  auto o = test_server_options(dir);
   RunningServer rs(o);
   uid_t other = ::geteuid() + 1;
   try {
@@ -224,7 +206,7 @@ TEST(LocalSocket, ProcessesOfAnotherUidAreRefusedByTheServerAndRefuseIt) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a process as another uid";
   TempDir dir("ls");
   ::chmod(dir.path().c_str(), 0777);
-  auto o = server_options(dir);
+  auto o = test_server_options(dir);
   {
     RunningServer rs(o);
     // Make the file reachable (as if someone loosened it): the server still closes the peer.

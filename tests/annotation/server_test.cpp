@@ -16,34 +16,17 @@
 #include "annotation/frame.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "tests/annotation/server_fixture.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
 namespace pb = rlhf::proto;
+using rlhf::annotation::testing::hello_request;
+using rlhf::annotation::testing::RunningServer;
+using rlhf::annotation::testing::test_server_options;
 using rlhf::testing::TempDir;
 
 namespace {
-
-// A Server running on its own thread for the duration of a test.
-struct RunningServer {
-  explicit RunningServer(ann::ServerOptions o) : server(o) {
-    thread = std::thread([this] { server.run(); });
-  }
-  ~RunningServer() {
-    server.stop();
-    thread.join();
-  }
-  ann::Server server;
-  std::thread thread;
-};
-
-ann::ServerOptions options(const TempDir& dir) {
-  ann::ServerOptions o;
-  o.db_path = dir / "a.db";
-  o.socket_path = dir / "s.sock";
-  o.handle_signals = false;
-  return o;
-}
 
 std::vector<std::string> seed_store(const std::string& db, int tasks, int overlap, int annotators) {
   ann::Store store(db);
@@ -55,13 +38,6 @@ std::vector<std::string> seed_store(const std::string& db, int tasks, int overla
     tokens.push_back(store.add_annotator("ann" + std::to_string(i), "annotator"));
   txn.commit();
   return tokens;
-}
-
-pb::Request hello(const std::string& token) {
-  pb::Request r;
-  r.set_schema_version(1);
-  r.mutable_hello()->set_token(token);
-  return r;
 }
 
 pb::Request get_task() {
@@ -93,12 +69,12 @@ std::string header(uint32_t n) {
 
 TEST(Server, ServesManyConcurrentConnections) {
   TempDir dir("srv");
-  auto o = options(dir);
+  auto o = test_server_options(dir);
   auto tokens = seed_store(o.db_path, 100, 1, 80);
   RunningServer rs(o);
   std::vector<ann::Connection> conns;
   for (int i = 0; i < 80; ++i) conns.emplace_back(o.socket_path);
-  for (int i = 0; i < 80; ++i) conns[i].send(hello(tokens[i]));  // all in flight at once
+  for (int i = 0; i < 80; ++i) conns[i].send(hello_request(tokens[i]));  // all in flight at once
   for (int i = 0; i < 80; ++i) ASSERT_TRUE(conns[i].receive().has_hello());
   EXPECT_EQ(rs.server.connections(), 80u);
   for (auto& c : conns) c.send(get_task());
@@ -116,12 +92,12 @@ TEST(Server, ServesManyConcurrentConnections) {
 
 TEST(Server, SubmissionForATaskLeasedToSomeoneElseIsRefused) {
   TempDir dir("srv");
-  auto o = options(dir);
+  auto o = test_server_options(dir);
   auto tokens = seed_store(o.db_path, 2, 1, 2);
   RunningServer rs(o);
   ann::Connection a(o.socket_path), b(o.socket_path);
-  ASSERT_TRUE(a.call(hello(tokens[0])).has_hello());
-  ASSERT_TRUE(b.call(hello(tokens[1])).has_hello());
+  ASSERT_TRUE(a.call(hello_request(tokens[0])).has_hello());
+  ASSERT_TRUE(b.call(hello_request(tokens[1])).has_hello());
   pb::Response t = b.call(get_task());  // b holds the lease; a never received the task
   ASSERT_TRUE(t.has_task());
   int64_t id = t.task().task_id();
@@ -139,7 +115,7 @@ TEST(Server, SubmissionForATaskLeasedToSomeoneElseIsRefused) {
 
 TEST(Server, BadInputGetsErrorsWhileAnotherClientKeepsWorking) {
   TempDir dir("srv");
-  auto o = options(dir);
+  auto o = test_server_options(dir);
   auto tokens = seed_store(o.db_path, 3000, 1, 3);
   RunningServer rs(o);
 
@@ -202,8 +178,8 @@ TEST(Server, BadInputGetsErrorsWhileAnotherClientKeepsWorking) {
   EXPECT_EQ(c.receive().error().code(), pb::Error::BAD_MESSAGE);
   // 5. Before Hello, and with a wrong token: UNAUTHENTICATED.
   EXPECT_EQ(c.call(get_task()).error().code(), pb::Error::UNAUTHENTICATED);
-  EXPECT_EQ(c.call(hello("0123")).error().code(), pb::Error::UNAUTHENTICATED);
-  ASSERT_TRUE(c.call(hello(tokens[1])).has_hello());
+  EXPECT_EQ(c.call(hello_request("0123")).error().code(), pb::Error::UNAUTHENTICATED);
+  ASSERT_TRUE(c.call(hello_request(tokens[1])).has_hello());
   // 6. Non-permutation, unknown task, double submit.
   pb::Response t = c.call(get_task());
   ASSERT_TRUE(t.has_task());
@@ -225,12 +201,12 @@ TEST(Server, BadInputGetsErrorsWhileAnotherClientKeepsWorking) {
 
 TEST(Server, GracefulStopFinishesAndRemovesTheSocket) {
   TempDir dir("srv");
-  auto o = options(dir);
+  auto o = test_server_options(dir);
   auto tokens = seed_store(o.db_path, 10, 1, 1);
   ann::Server server(o);
   std::thread th([&] { server.run(); });
   ann::Connection c(o.socket_path);
-  ASSERT_TRUE(c.call(hello(tokens[0])).has_hello());
+  ASSERT_TRUE(c.call(hello_request(tokens[0])).has_hello());
   pb::Response t = c.call(get_task());
   ASSERT_TRUE(t.has_task());
   c.send(submit(t.task().task_id(), {{0}, {1}, {2}}));  // in flight while we stop
@@ -250,7 +226,7 @@ TEST(Server, GracefulStopFinishesAndRemovesTheSocket) {
 
 TEST(Server, ReplacesAStaleSocketAndRefusesALiveOne) {
   TempDir dir("srv");
-  auto o = options(dir);
+  auto o = test_server_options(dir);
   seed_store(o.db_path, 1, 1, 1);
   {  // a socket file left behind by a crashed process
     int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
@@ -271,7 +247,7 @@ TEST(Server, ReplacesAStaleSocketAndRefusesALiveOne) {
   }
   ann::Connection still(o.socket_path);  // the first server is unharmed
 
-  auto o2 = options(dir);
+  auto o2 = test_server_options(dir);
   o2.socket_path = dir / "plain-file";
   rlhf::write_file_atomic(o2.socket_path, "not a socket");
   EXPECT_THROW(ann::Server s(o2), rlhf::Error);

@@ -12,27 +12,17 @@
 #include "annotation/sqlite_store.h"
 #include "annotation/web_server.h"
 #include "common/error.h"
+#include "tests/annotation/server_fixture.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
 using nlohmann::json;
+using rlhf::annotation::testing::RunningServer;
 using rlhf::testing::TempDir;
 
 namespace {
 
 constexpr const char* kHost = "127.0.0.1:8080";
-
-struct RunningServer {
-  explicit RunningServer(ann::ServerOptions o) : server(o) {
-    thread = std::thread([this] { server.run(); });
-  }
-  ~RunningServer() {
-    server.stop();
-    thread.join();
-  }
-  ann::Server server;
-  std::thread thread;
-};
 
 struct Fixture {
   TempDir dir;
