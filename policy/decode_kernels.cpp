@@ -1,12 +1,19 @@
 #include "policy/decode_kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "common/error.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define RLHF_HAVE_AVX2_KERNEL 1
 #define RLHF_AVX2 __attribute__((target("avx2,fma")))
+#define RLHF_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #endif
 
 namespace rlhf::policy::kernels {
@@ -22,14 +29,24 @@ float dot_portable(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-void block_portable(const float* x, int64_t B, int64_t K, int64_t ldx, const MatmulJob& job,
-                    int64_t j0, int64_t j1) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = j0; j < j1; ++j) {
-      const float s = dot_portable(x + b * ldx, job.w + j * K, K);
-      float& o = job.out[b * job.ldo + j];
-      o = job.accumulate ? o + s : s;
-    }
+constexpr int64_t kPanel = PackedWeight::kPanel;
+
+// Stores a tile's row of kPanel sums into the first `cols` columns of o (adding when accumulating).
+inline void store_row(const float* sums, int64_t cols, bool accumulate, float* o) {
+  for (int64_t c = 0; c < cols; ++c) o[c] = accumulate ? o[c] + sums[c] : sums[c];
+}
+
+// One panel for `rows` rows, as fused multiply-add chains in k order (the tiles' order).
+void panel_portable(const float* x, int64_t rows, int64_t ldx, const float* wp, int64_t K,
+                    int64_t cols, float* out, int64_t ldo, bool accumulate) {
+  float sums[kPanel];
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(sums, sums + kPanel, 0.0f);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < kPanel; ++c)
+        sums[c] = std::fma(x[r * ldx + k], wp[k * kPanel + c], sums[c]);
+    store_row(sums, cols, accumulate, out + r * ldo);
+  }
 }
 
 #ifdef RLHF_HAVE_AVX2_KERNEL
@@ -44,54 +61,139 @@ RLHF_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <int R, int C>
-RLHF_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t K, float* out,
-                         int64_t ldo, bool accumulate) {
-  __m256 acc[R][C];
-  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
-    _Pragma("GCC unroll 8") for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  }
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 wv[C];
-    _Pragma("GCC unroll 8") for (int c = 0; c < C; ++c) wv[c] = _mm256_loadu_ps(w + c * K + k);
+// AVX2 + FMA: R rows times half a panel (16 columns: 2 vectors), R * 2 accumulators in registers;
+// each k broadcasts x[r, k] and multiplies it into the panel's row k.
+template <int R>
+RLHF_AVX2 void half_panel_avx2(const float* x, int64_t ldx, const float* wp, int64_t K,
+                               int64_t cols, float* out, int64_t ldo, bool accumulate) {
+  __m256 a0[R], a1[R];
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(wp + k * kPanel), w1 = _mm256_loadu_ps(wp + k * kPanel + 8);
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
-      const __m256 xv = _mm256_loadu_ps(x + r * ldx + k);
-      _Pragma("GCC unroll 8") for (int c = 0; c < C; ++c) acc[r][c] =
-          _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+      a0[r] = _mm256_fmadd_ps(xv, w0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(xv, w1, a1[r]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) {
-      float s = hsum(acc[r][c]);
-      for (int64_t kk = k; kk < K; ++kk) s += x[r * ldx + kk] * w[c * K + kk];
-      float& o = out[r * ldo + c];
-      o = accumulate ? o + s : s;
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * ldo;
+    if (cols >= 16) {
+      __m256 s0 = a0[r], s1 = a1[r];
+      if (accumulate) {
+        s0 = _mm256_add_ps(_mm256_loadu_ps(o), s0);
+        s1 = _mm256_add_ps(_mm256_loadu_ps(o + 8), s1);
+      }
+      _mm256_storeu_ps(o, s0);
+      _mm256_storeu_ps(o + 8, s1);
+    } else {
+      alignas(32) float sums[16];
+      _mm256_store_ps(sums, a0[r]);
+      _mm256_store_ps(sums + 8, a1[r]);
+      store_row(sums, cols, accumulate, o);
     }
+  }
 }
 
-// All B rows times C weight rows, 3 activation rows per tile (12 accumulators + 4 weight vectors
+// All `rows` rows of one panel, 6 rows per tile (12 accumulators, 2 weight vectors and a broadcast
 // fit AVX2's 16 registers).
-template <int C>
-RLHF_AVX2 void rows_avx2(const float* x, int64_t B, int64_t K, int64_t ldx, const float* w,
-                         float* out, int64_t ldo, bool acc) {
-  int64_t b = 0;
-  for (; b + 3 <= B; b += 3) tile_avx2<3, C>(x + b * ldx, ldx, w, K, out + b * ldo, ldo, acc);
-  if (B - b == 2) tile_avx2<2, C>(x + b * ldx, ldx, w, K, out + b * ldo, ldo, acc);
-  if (B - b == 1) tile_avx2<1, C>(x + b * ldx, ldx, w, K, out + b * ldo, ldo, acc);
+RLHF_AVX2 void panel_avx2(const float* x, int64_t rows, int64_t ldx, const float* wp, int64_t K,
+                          int64_t cols, float* out, int64_t ldo, bool acc) {
+  for (int64_t half = 0; half < 2 && half * 16 < cols; ++half) {
+    const float* w = wp + half * 16;
+    float* o = out + half * 16;
+    const int64_t c = std::min<int64_t>(16, cols - half * 16);
+    int64_t b = 0;
+    for (; b + 6 <= rows; b += 6)
+      half_panel_avx2<6>(x + b * ldx, ldx, w, K, c, o + b * ldo, ldo, acc);
+    switch (rows - b) {
+      case 5:
+        half_panel_avx2<5>(x + b * ldx, ldx, w, K, c, o + b * ldo, ldo, acc);
+        break;
+      case 4:
+        half_panel_avx2<4>(x + b * ldx, ldx, w, K, c, o + b * ldo, ldo, acc);
+        break;
+      case 3:
+        half_panel_avx2<3>(x + b * ldx, ldx, w, K, c, o + b * ldo, ldo, acc);
+        break;
+      case 2:
+        half_panel_avx2<2>(x + b * ldx, ldx, w, K, c, o + b * ldo, ldo, acc);
+        break;
+      case 1:
+        half_panel_avx2<1>(x + b * ldx, ldx, w, K, c, o + b * ldo, ldo, acc);
+        break;
+      default:
+        break;
+    }
+  }
 }
 
-RLHF_AVX2 void block_avx2(const float* x, int64_t B, int64_t K, int64_t ldx, const MatmulJob& job,
-                          int64_t j0, int64_t j1) {
-  const float* w = job.w;
-  float* out = job.out;
-  const int64_t ldo = job.ldo;
-  const bool acc = job.accumulate;
-  int64_t j = j0;
-  if (B == 1)  // a matrix-vector product: 8 weight rows at a time
-    for (; j + 8 <= j1; j += 8) tile_avx2<1, 8>(x, ldx, w + j * K, K, out + j, ldo, acc);
-  for (; j + 4 <= j1; j += 4) rows_avx2<4>(x, B, K, ldx, w + j * K, out + j, ldo, acc);
-  for (; j < j1; ++j) rows_avx2<1>(x, B, K, ldx, w + j * K, out + j, ldo, acc);
+// AVX-512: R rows times a whole panel (2 vectors of 16), R * 2 accumulators.
+template <int R>
+RLHF_AVX512 void panel_tile_avx512(const float* x, int64_t ldx, const float* wp, int64_t K,
+                                   int64_t cols, float* out, int64_t ldo, bool accumulate) {
+  __m512 a0[R], a1[R];
+  _Pragma("GCC unroll 16") for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 w0 = _mm512_loadu_ps(wp + k * kPanel), w1 = _mm512_loadu_ps(wp + k * kPanel + 16);
+    _Pragma("GCC unroll 16") for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
+      a0[r] = _mm512_fmadd_ps(xv, w0, a0[r]);
+      a1[r] = _mm512_fmadd_ps(xv, w1, a1[r]);
+    }
+  }
+  // Masks of the columns to store: all 32 except in a zero-padded last panel.
+  const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32
+                           ? __mmask16(0xFFFF)
+                           : (cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1));
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * ldo;
+    __m512 s0 = a0[r], s1 = a1[r];
+    if (accumulate) {
+      s0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), s0);
+      s1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), s1);
+    }
+    _mm512_mask_storeu_ps(o, m0, s0);
+    _mm512_mask_storeu_ps(o + 16, m1, s1);
+  }
+}
+
+// All `rows` rows of one panel, 12 rows per tile (24 accumulators, 2 weight vectors and a
+// broadcast of AVX-512's 32 registers).
+RLHF_AVX512 void panel_avx512(const float* x, int64_t rows, int64_t ldx, const float* wp, int64_t K,
+                              int64_t cols, float* out, int64_t ldo, bool acc) {
+  int64_t b = 0;
+  for (; b + 12 <= rows; b += 12)
+    panel_tile_avx512<12>(x + b * ldx, ldx, wp, K, cols, out + b * ldo, ldo, acc);
+  const float* xb = x + b * ldx;
+  float* ob = out + b * ldo;
+  switch (rows - b) {
+    case 11:
+      return panel_tile_avx512<11>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 10:
+      return panel_tile_avx512<10>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 9:
+      return panel_tile_avx512<9>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 8:
+      return panel_tile_avx512<8>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 7:
+      return panel_tile_avx512<7>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 6:
+      return panel_tile_avx512<6>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 5:
+      return panel_tile_avx512<5>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 4:
+      return panel_tile_avx512<4>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 3:
+      return panel_tile_avx512<3>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 2:
+      return panel_tile_avx512<2>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    case 1:
+      return panel_tile_avx512<1>(xb, ldx, wp, K, cols, ob, ldo, acc);
+    default:
+      return;
+  }
 }
 
 RLHF_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
@@ -111,6 +213,9 @@ RLHF_AVX2 inline __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
 }
 
+RLHF_AVX2 float max_avx2(const float* x, int64_t n);
+RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max);
+
 // attend() for hd a multiple of 8: scores of 8 keys at a time, then the weighted sum of values with
 // 32 output lanes at a time in registers.
 RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* values,
@@ -127,12 +232,9 @@ RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* value
     _mm256_storeu_ps(scores + l, hsum8(acc));
   }
   for (; l < L; ++l) scores[l] = dot_avx2(q, keys + l * hd, hd);
-  float max_score = -INFINITY;
   for (l = 0; l < L; ++l)
-    if (mask[l]) max_score = std::max(max_score, scores[l]);
-  float total = 0;
-  for (l = 0; l < L; ++l) total += scores[l] = mask[l] ? std::exp(scores[l] - max_score) : 0.0f;
-  const float inv_total = 1.0f / total;
+    if (!mask[l]) scores[l] = -INFINITY;  // weight 0 below
+  const float inv_total = 1.0f / exp_and_sum_avx2(scores, L, max_avx2(scores, L));
   for (int64_t i0 = 0; i0 < hd; i0 += 32) {
     const int n = int(std::min<int64_t>(32, hd - i0)) / 8;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
@@ -196,13 +298,27 @@ RLHF_AVX2 float scale_and_max_avx2(const float* x, int64_t n, float temperature,
   return best;
 }
 
-// y_j = exp(y_j - max) in place; returns the sum.
+// The largest of x[0..n), n >= 1.
+RLHF_AVX2 float max_avx2(const float* x, int64_t n) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float best = *std::max_element(lanes, lanes + 8);
+  for (; i < n; ++i) best = std::max(best, x[i]);
+  return best;
+}
+
+// y_j = exp(y_j - max) in place (exactly 0 for y_j = -inf); returns the sum.
 RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max) {
   __m256 acc = _mm256_setzero_ps();
-  const __m256 m = _mm256_set1_ps(max);
+  const __m256 m = _mm256_set1_ps(max), minus_inf = _mm256_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(y + i), m));
+    const __m256 v = _mm256_loadu_ps(y + i);
+    const __m256 e =
+        _mm256_andnot_ps(_mm256_cmp_ps(v, minus_inf, _CMP_EQ_OQ), exp_avx2(_mm256_sub_ps(v, m)));
     _mm256_storeu_ps(y + i, e);
     acc = _mm256_add_ps(acc, e);
   }
@@ -212,45 +328,104 @@ RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max) {
 }
 #endif
 
-bool detect_avx2() {
+Isa detect_isa() {
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
+  return Isa::kPortable;
 }
 
-const bool kAvx2 = detect_avx2();
+// What the CPU supports, capped by RLHF_DECODE_ISA.
+Isa initial_isa() {
+  Isa isa = detect_isa();
+  if (const char* env = std::getenv("RLHF_DECODE_ISA")) {
+    const std::string want = env;
+    if (want == "portable") isa = Isa::kPortable;
+    if (want == "avx2" && isa == Isa::kAvx512) isa = Isa::kAvx2;
+  }
+  return isa;
+}
 
-// Output columns per chunk: enough work per hand-off, enough chunks to share.
-int64_t columns_per_chunk(int64_t B) { return B >= 8 ? 16 : (B >= 2 ? 32 : 64); }
+const Isa kBestIsa = initial_isa();
+std::atomic<Isa> g_isa{kBestIsa};
+
+bool use_avx2() { return g_isa.load(std::memory_order_relaxed) != Isa::kPortable; }
+
+// Panels per chunk of matmul_nt: enough work per hand-off, enough chunks to share.
+int64_t panels_per_chunk(int64_t B) { return B >= 8 ? 1 : (B >= 2 ? 2 : 4); }
 
 }  // namespace
 
-bool has_avx2_kernel() { return kAvx2; }
+Isa best_isa() { return kBestIsa; }
+
+Isa active_isa() { return g_isa.load(); }
+
+Isa set_isa(Isa isa) {
+  const Isa capped = std::min(isa, detect_isa());
+  return g_isa.exchange(capped);
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "portable";
+  }
+}
+
+PackedWeight::PackedWeight(const float* w, int64_t n, int64_t K) : n_(n), K_(K) {
+  data_.assign(panels() * K * kPanel, 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    float* dst = data_.data() + (j / kPanel) * K * kPanel + j % kPanel;
+    const float* src = w + j * K;
+    for (int64_t k = 0; k < K; ++k) dst[k * kPanel] = src[k];
+  }
+}
 
 float dot(const float* a, const float* b, int64_t n) {
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (kAvx2) return dot_avx2(a, b, n);
+  if (use_avx2()) return dot_avx2(a, b, n);
 #endif
   return dot_portable(a, b, n);
 }
 
 void matmul_nt(const float* x, int64_t B, int64_t K, int64_t ldx,
                const std::vector<MatmulJob>& jobs, LoopPool& pool) {
-  const int64_t cols = columns_per_chunk(B);
+  const int64_t per_chunk = panels_per_chunk(B);
   std::vector<int64_t> first_chunk(jobs.size() + 1, 0);  // chunk index where each job starts
-  for (size_t i = 0; i < jobs.size(); ++i)
-    first_chunk[i + 1] = first_chunk[i] + (jobs[i].n + cols - 1) / cols;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (jobs[i].w->K() != K)
+      throw Error("matmul_nt: job " + std::to_string(i) + " has a weight of inner size " +
+                  std::to_string(jobs[i].w->K()) + ", expected " + std::to_string(K));
+    first_chunk[i + 1] = first_chunk[i] + (jobs[i].w->panels() + per_chunk - 1) / per_chunk;
+  }
+  const Isa isa = g_isa.load(std::memory_order_relaxed);
   pool.parallel_for(first_chunk.back(), [&](int64_t chunk) {
     const size_t i =
         std::upper_bound(first_chunk.begin(), first_chunk.end(), chunk) - first_chunk.begin() - 1;
     const MatmulJob& job = jobs[i];
-    const int64_t j0 = (chunk - first_chunk[i]) * cols, j1 = std::min(job.n, j0 + cols);
+    const int64_t p0 = (chunk - first_chunk[i]) * per_chunk;
+    const int64_t p1 = std::min(job.w->panels(), p0 + per_chunk);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t cols = std::min(kPanel, job.w->n() - p * kPanel);
+      const float* wp = job.w->panel(p);
+      float* out = job.out + p * kPanel;
 #ifdef RLHF_HAVE_AVX2_KERNEL
-    if (kAvx2) return block_avx2(x, B, K, ldx, job, j0, j1);
+      if (isa == Isa::kAvx512) {
+        panel_avx512(x, B, ldx, wp, K, cols, out, job.ldo, job.accumulate);
+        continue;
+      }
+      if (isa == Isa::kAvx2) {
+        panel_avx2(x, B, ldx, wp, K, cols, out, job.ldo, job.accumulate);
+        continue;
+      }
 #endif
-    block_portable(x, B, K, ldx, job, j0, j1);
+      panel_portable(x, B, ldx, wp, K, cols, out, job.ldo, job.accumulate);
+    }
   });
 }
 
@@ -281,7 +456,7 @@ void rope_heads(float* x, const float* cos, const float* sin, int64_t heads, int
 void attend(const float* q, const float* keys, const float* values, const int64_t* mask, int64_t L,
             int64_t hd, float* scratch, float* out) {
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (kAvx2 && hd % 8 == 0) return attend_avx2(q, keys, values, mask, L, hd, scratch, out);
+  if (use_avx2() && hd % 8 == 0) return attend_avx2(q, keys, values, mask, L, hd, scratch, out);
 #endif
   float max_score = -INFINITY;
   for (int64_t l = 0; l < L; ++l)
@@ -300,7 +475,7 @@ void attend(const float* q, const float* keys, const float* values, const int64_
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (kAvx2) return swiglu_avx2(gate, up, out, n);
+  if (use_avx2()) return swiglu_avx2(gate, up, out, n);
 #endif
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
@@ -311,7 +486,7 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
 RowSample sample_row(const float* logits, int64_t V, float temperature, double u, float* scratch) {
   float max = -INFINITY, total = 0;
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (kAvx2) {
+  if (use_avx2()) {
     max = scale_and_max_avx2(logits, V, temperature, scratch);
   } else
 #endif
@@ -322,7 +497,7 @@ RowSample sample_row(const float* logits, int64_t V, float temperature, double u
   while (argmax + 1 < V && scratch[argmax] != max) ++argmax;
   const float x_argmax = scratch[argmax];
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (kAvx2) {
+  if (use_avx2()) {
     total = exp_and_sum_avx2(scratch, V, max);
   } else
 #endif

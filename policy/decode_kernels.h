@@ -20,24 +20,55 @@
 
 namespace rlhf::policy::kernels {
 
-// One product of matmul_nt: out[b * ldo + j] (+)= sum_k x[b, k] * w[j, k] for j < n, where w is
-// [n, K] row-major (a torch Linear weight: out_features x in_features).
+// Which instruction set the kernels below use. Every CPU runs the portable loops; x86-64 CPUs
+// with AVX2 + FMA or AVX-512F get hand-written tiles, chosen once at start-up (best_isa()).
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+// The best instruction set this CPU supports, capped by RLHF_DECODE_ISA (portable, avx2 or
+// avx512; for A/B measurements) when that is set.
+Isa best_isa();
+// The instruction set in use; set_isa() switches to `isa` (capped at what the CPU supports) and
+// returns the previous one (tests run every kernel this way).
+Isa active_isa();
+Isa set_isa(Isa isa);
+const char* isa_name(Isa isa);
+
+// A weight w [n, K] (a torch Linear weight: out_features x in_features) copied into the layout
+// matmul_nt reads: panels of kPanel output columns, each k-major (panel p holds w[p * kPanel + c,
+// k] at [k * kPanel + c]), the last one padded with zeros. A tile then reads one contiguous panel
+// and needs no horizontal sums.
+class PackedWeight {
+ public:
+  static constexpr int64_t kPanel = 32;
+  PackedWeight() = default;
+  PackedWeight(const float* w, int64_t n, int64_t K);
+  int64_t n() const { return n_; }
+  int64_t K() const { return K_; }
+  int64_t panels() const { return (n_ + kPanel - 1) / kPanel; }
+  const float* panel(int64_t p) const { return data_.data() + p * K_ * kPanel; }
+
+ private:
+  int64_t n_ = 0, K_ = 0;
+  std::vector<float> data_;
+};
+
+// One product of matmul_nt: out[b * ldo + j] (+)= sum_k x[b, k] * w[j, k] for j < w.n().
 struct MatmulJob {
-  const float* w = nullptr;
-  int64_t n = 0;
+  const PackedWeight* w = nullptr;
   float* out = nullptr;
   int64_t ldo = 0;
   bool accumulate = false;  // out += x w^T (a residual connection) instead of out = x w^T
 };
 
-// x [B, K] with row stride ldx, times every job's weight transposed, split over `pool` in blocks
-// of output columns (all jobs in one loop, so q, k and v cost one hand-off). Outputs of different
-// jobs must not overlap.
+// x [B, K] with row stride ldx, times every job's weight transposed (each w.K() == K), split over
+// `pool` in panels of output columns (all jobs in one loop, so q, k and v cost one hand-off).
+// Outputs of different jobs must not overlap.
+//
+// Every output is one fused multiply-add chain over k = 0..K-1 in order, started at 0 (then added
+// to out when accumulating): the result is the same bits on every instruction set, for every
+// batch size (a row does not depend on the others) and every thread count.
 void matmul_nt(const float* x, int64_t B, int64_t K, int64_t ldx,
                const std::vector<MatmulJob>& jobs, LoopPool& pool);
-
-// Whether matmul_nt runs its AVX2 + FMA kernel on this CPU (else portable loops).
-bool has_avx2_kernel();
 
 // sum_i a[i] * b[i] (the same kernel family as matmul_nt).
 float dot(const float* a, const float* b, int64_t n);

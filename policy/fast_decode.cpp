@@ -40,6 +40,7 @@ bool DecodeEngine::supports(Transformer& model, const KVCache& cache) {
 
 DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
     : model_(model), cache_(cache), pool_(pool) {
+  torch::NoGradGuard no_grad;
   const ModelConfig& c = model->config();
   B_ = cache.mask_buffer.size(0);
   D_ = c.dim;
@@ -53,17 +54,21 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
     held_.push_back(t.contiguous());
     return data_of(held_.back());
   };
+  auto pack = [](std::initializer_list<torch::Tensor> weights) {
+    auto w = torch::cat(std::vector<torch::Tensor>(weights), 0).contiguous();
+    return kernels::PackedWeight(data_of(w), w.size(0), w.size(1));
+  };
   for (size_t l = 0; l < model->layers->size(); ++l) {
     auto layer = model->layers[l]->as<DecoderLayer>();
-    layers_.push_back({hold(layer->input_layernorm), hold(layer->q_proj->weight),
-                       hold(layer->k_proj->weight), hold(layer->v_proj->weight),
-                       hold(layer->o_proj->weight), hold(layer->post_attention_layernorm),
-                       hold(layer->gate_proj->weight), hold(layer->up_proj->weight),
-                       hold(layer->down_proj->weight)});
+    layers_.push_back({hold(layer->input_layernorm), hold(layer->post_attention_layernorm),
+                       pack({layer->q_proj->weight, layer->k_proj->weight, layer->v_proj->weight}),
+                       pack({layer->o_proj->weight}),
+                       pack({layer->gate_proj->weight, layer->up_proj->weight}),
+                       pack({layer->down_proj->weight})});
   }
   embedding_ = hold(model->tok_embeddings->weight);
   final_norm_ = hold(model->norm_weight);
-  lm_head_ = model->lm_head ? hold(model->lm_head->weight) : embedding_;
+  lm_head_ = pack({model->lm_head ? model->lm_head->weight : model->tok_embeddings->weight});
 
   // The rotary tables of hidden_states, for every position a cache of this capacity can hold.
   const int64_t positions = std::max<int64_t>(c.max_seq_len, cache.mask_buffer.size(1));
@@ -79,8 +84,7 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
   xn_.resize(B_ * D_);
   qkv_.resize(B_ * (H_ + 2 * KV_) * hd_);
   ctx_.resize(B_ * H_ * hd_);
-  gate_.resize(B_ * F_);
-  up_.resize(B_ * F_);
+  gate_up_.resize(B_ * 2 * F_);
   act_.resize(B_ * F_);
   logits_ = torch::empty({B_, V_}, torch::kFloat);
 }
@@ -115,7 +119,7 @@ torch::Tensor DecodeEngine::step(const torch::Tensor& ids) {
     mlp_block(l);
   }
   kernels::rms_norm_rows(x_.data(), final_norm_, xn_.data(), B_, D_, eps_);
-  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{lm_head_, V_, logits_.data_ptr<float>(), V_, false}},
+  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&lm_head_, logits_.data_ptr<float>(), V_, false}},
                      pool_);
 
   cache_.length += 1;
@@ -132,11 +136,7 @@ void DecodeEngine::attention_block(int64_t l, const int64_t* pos) {
   const int64_t L = cache_.length + 1, G = H_ / KV_, half = hd_ / 2;
   kernels::rms_norm_rows(x_.data(), w.input_norm, xn_.data(), B_, D_, eps_);
   float* qkv = qkv_.data();
-  kernels::matmul_nt(xn_.data(), B_, D_, D_,
-                     {{w.q, H_ * hd_, qkv, width, false},
-                      {w.k, KV_ * hd_, qkv + H_ * hd_, width, false},
-                      {w.v, KV_ * hd_, qkv + (H_ + KV_) * hd_, width, false}},
-                     pool_);
+  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&w.qkv, qkv, width, false}}, pool_);
   float* keys = cache_.keys[l].data_ptr<float>();
   float* values = cache_.values[l].data_ptr<float>();
   const float q_scale = float(1.0 / std::sqrt(double(hd_)));
@@ -158,19 +158,19 @@ void DecodeEngine::attention_block(int64_t l, const int64_t* pos) {
     kernels::attend(qkv + b * width + h * hd_, keys + at, values + at, mask + b * capacity, L, hd_,
                     &scores_[bh * capacity], &ctx_[(b * H_ + h) * hd_]);
   });
-  kernels::matmul_nt(ctx_.data(), B_, H_ * hd_, H_ * hd_, {{w.o, D_, x_.data(), D_, true}}, pool_);
+  kernels::matmul_nt(ctx_.data(), B_, H_ * hd_, H_ * hd_, {{&w.o, x_.data(), D_, true}}, pool_);
 }
 
 // x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))).
 void DecodeEngine::mlp_block(int64_t l) {
   const LayerWeights& w = layers_[l];
   kernels::rms_norm_rows(x_.data(), w.post_norm, xn_.data(), B_, D_, eps_);
-  kernels::matmul_nt(xn_.data(), B_, D_, D_,
-                     {{w.gate, F_, gate_.data(), F_, false}, {w.up, F_, up_.data(), F_, false}},
-                     pool_);
-  pool_.parallel_for(
-      B_, [&](int64_t b) { kernels::swiglu(&gate_[b * F_], &up_[b * F_], &act_[b * F_], F_); });
-  kernels::matmul_nt(act_.data(), B_, F_, F_, {{w.down, D_, x_.data(), D_, true}}, pool_);
+  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&w.gate_up, gate_up_.data(), 2 * F_, false}}, pool_);
+  pool_.parallel_for(B_, [&](int64_t b) {
+    const float* gate_up = &gate_up_[b * 2 * F_];
+    kernels::swiglu(gate_up, gate_up + F_, &act_[b * F_], F_);
+  });
+  kernels::matmul_nt(act_.data(), B_, F_, F_, {{&w.down, x_.data(), D_, true}}, pool_);
 }
 
 }  // namespace rlhf::policy

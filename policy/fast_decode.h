@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/loop_pool.h"
+#include "policy/decode_kernels.h"
 #include "policy/model.h"
 
 namespace rlhf::policy {
@@ -30,8 +31,10 @@ class DecodeEngine {
   // (fused::set_fused_kernels(false) turns this path off too, for A/B measurements).
   static bool supports(Transformer& model, const KVCache& cache);
 
-  // Binds to the model's current weights (referenced, not copied: they must not change while the
-  // engine is used) and to `cache`. B = the cache's batch.
+  // Binds to the model's current weights and to `cache`. B = the cache's batch. The projection
+  // weights are copied into the kernels' packed layout (one more copy of them while the engine
+  // lives); the norms and the embedding are referenced: the weights must not change while the
+  // engine is used.
   DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool = shared_loop_pool());
 
   // Feeds ids [B] (int64, CPU) as one new real token per row, extends the cache exactly as
@@ -41,10 +44,12 @@ class DecodeEngine {
   torch::Tensor step(const torch::Tensor& ids);
 
  private:
+  // A layer's norms (pointers into held_) and its projections packed for kernels::matmul_nt:
+  // q, k and v as one weight (rows in that order), gate and up as one.
   struct LayerWeights {
-    const float *input_norm, *q, *k, *v, *o, *post_norm, *gate, *up, *down;
+    const float *input_norm, *post_norm;
+    kernels::PackedWeight qkv, o, gate_up, down;
   };
-
   void attention_block(int64_t layer, const int64_t* positions);
   void mlp_block(int64_t layer);
   torch::Tensor step_through_libtorch(const torch::Tensor& ids);
@@ -56,11 +61,12 @@ class DecodeEngine {
   double eps_;
   std::vector<torch::Tensor> held_;  // the weights the pointers below point into
   std::vector<LayerWeights> layers_;
-  const float *embedding_, *final_norm_, *lm_head_;
+  const float *embedding_, *final_norm_;
+  kernels::PackedWeight lm_head_;
   torch::Tensor cos_, sin_;  // [positions, hd / 2] rotary tables, as hidden_states computes them
   // Activations: x [B, D] (the residual stream), xn [B, D], qkv [B, (H + 2 KV) hd], ctx [B, H hd],
-  // gate/up/act [B, F], logits [B, V], scores [B * H, capacity].
-  std::vector<float> x_, xn_, qkv_, ctx_, gate_, up_, act_, scores_;
+  // gate_up [B, 2 F] (gate then up), act [B, F], logits [B, V], scores [B * H, capacity].
+  std::vector<float> x_, xn_, qkv_, ctx_, gate_up_, act_, scores_;
   torch::Tensor logits_;
 };
 

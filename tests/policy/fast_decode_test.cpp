@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/error.h"
 #include "policy/decode_kernels.h"
 #include "policy/fused_ops.h"
 #include "policy/generation.h"
@@ -39,45 +40,115 @@ torch::Tensor from(const std::vector<float>& v, std::vector<int64_t> sizes) {
   return torch::tensor(v).view(sizes);
 }
 
+// The instruction sets this CPU can run (portable first), each made active in turn by IsaScope.
+std::vector<k::Isa> isas() {
+  std::vector<k::Isa> all = {k::Isa::kPortable};
+  if (k::best_isa() >= k::Isa::kAvx2) all.push_back(k::Isa::kAvx2);
+  if (k::best_isa() >= k::Isa::kAvx512) all.push_back(k::Isa::kAvx512);
+  return all;
+}
+
+struct IsaScope {
+  explicit IsaScope(k::Isa isa) : previous(k::set_isa(isa)) {}
+  ~IsaScope() { k::set_isa(previous); }
+  k::Isa previous;
+};
+
 TEST(DecodeKernelsTest, MatmulHandWorked) {
   // x = [[1, 2], [3, 4]], w = [[1, 0], [1, -1], [2, 1]] (3 outputs of 2 inputs):
   // x w^T = [[1, -1, 4], [3, -1, 10]]; with accumulate into [[1, 1, 1], [1, 1, 1]]: +1.
-  std::vector<float> x = {1, 2, 3, 4}, w = {1, 0, 1, -1, 2, 1}, out(6, 1.0f);
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 0, 1, -1, 2, 1};
+  const k::PackedWeight packed(w.data(), 3, 2);
   LoopPool pool(2);
-  k::matmul_nt(x.data(), 2, 2, 2, {{w.data(), 3, out.data(), 3, true}}, pool);
-  EXPECT_EQ(out, (std::vector<float>{2, 0, 5, 4, 0, 11}));
-  k::matmul_nt(x.data(), 2, 2, 2, {{w.data(), 3, out.data(), 3, false}}, pool);
-  EXPECT_EQ(out, (std::vector<float>{1, -1, 4, 3, -1, 10}));
+  for (k::Isa isa : isas()) {
+    IsaScope scope(isa);
+    std::vector<float> out(6, 1.0f);
+    k::matmul_nt(x.data(), 2, 2, 2, {{&packed, out.data(), 3, true}}, pool);
+    EXPECT_EQ(out, (std::vector<float>{2, 0, 5, 4, 0, 11})) << k::isa_name(isa);
+    k::matmul_nt(x.data(), 2, 2, 2, {{&packed, out.data(), 3, false}}, pool);
+    EXPECT_EQ(out, (std::vector<float>{1, -1, 4, 3, -1, 10})) << k::isa_name(isa);
+  }
 }
 
-// Every tile shape and remainder: rows 1..7 and 32, columns not multiples of 4 or 8, inner sizes
-// with and without a tail after the 8-lane loop; two jobs writing side by side into one output.
-TEST(DecodeKernelsTest, MatmulMatchesTorchForManyShapes) {
+TEST(DecodeKernelsTest, PackedWeightLayout) {
+  // w [33, 2]: column j of the output reads row j; panel 1 holds row 32 then 31 zeros per k.
+  std::vector<float> w(66);
+  for (int j = 0; j < 33; ++j) w[j * 2] = j, w[j * 2 + 1] = 100 + j;
+  const k::PackedWeight p(w.data(), 33, 2);
+  EXPECT_EQ(p.panels(), 2);
+  EXPECT_EQ(p.panel(0)[5], 5.0f);         // k = 0, column 5
+  EXPECT_EQ(p.panel(0)[32 + 5], 105.0f);  // k = 1, column 5
+  EXPECT_EQ(p.panel(1)[0], 32.0f);
+  EXPECT_EQ(p.panel(1)[32], 132.0f);
+  EXPECT_EQ(p.panel(1)[1], 0.0f);
+}
+
+TEST(DecodeKernelsTest, MatmulRejectsAWeightOfAnotherInnerSize) {
+  std::vector<float> x(4), w(6), out(3);
+  const k::PackedWeight packed(w.data(), 2, 3);
+  LoopPool pool(1);
+  EXPECT_THROW(k::matmul_nt(x.data(), 1, 4, 4, {{&packed, out.data(), 2, false}}, pool), Error);
+}
+
+// Every tile shape and remainder (rows 1..13 and 32: the AVX2 tiles take 6 rows, the AVX-512
+// tiles 12), output sizes that leave a partial panel (7, 33, 100) or none (32, 64), inner sizes
+// odd and even; two jobs writing side by side into one output. Each instruction set against torch,
+// and all of them bit for bit against the portable loops; each row against the same row computed
+// alone (batch 1).
+TEST(DecodeKernelsTest, MatmulMatchesTorchOnEveryIsaForManyShapes) {
   LoopPool pool(3);
   torch::manual_seed(1);
-  for (int64_t B : {1, 2, 3, 4, 5, 7, 32})
-    for (int64_t K : {8, 13, 64, 256})
-      for (int64_t N : {1, 7, 8, 33, 100}) {
+  for (int64_t B : {1, 2, 5, 6, 7, 11, 12, 13, 32})
+    for (int64_t K : {1, 13, 64})
+      for (int64_t N : {7, 32, 33, 64, 100}) {
         auto x = torch::randn({B, K + 3}).narrow(1, 0, K);  // row stride K + 3
         auto w1 = torch::randn({N, K}), w2 = torch::randn({5, K});
-        auto out = torch::randn({B, N + 5}), before = out.clone();
-        k::matmul_nt(x.data_ptr<float>(), B, K, K + 3,
-                     {{w1.data_ptr<float>(), N, out.data_ptr<float>(), N + 5, false},
-                      {w2.data_ptr<float>(), 5, out.data_ptr<float>() + N, N + 5, true}},
-                     pool);
+        const k::PackedWeight p1(w1.data_ptr<float>(), N, K), p2(w2.data_ptr<float>(), 5, K);
+        auto before = torch::randn({B, N + 5});
         auto want = torch::cat({x.matmul(w1.t()), before.narrow(1, N, 5) + x.matmul(w2.t())}, 1);
-        EXPECT_TRUE(torch::allclose(out, want, 1e-4, 1e-4)) << B << "x" << K << "x" << N;
+        torch::Tensor portable;
+        for (k::Isa isa : isas()) {
+          IsaScope scope(isa);
+          auto out = before.clone();
+          k::matmul_nt(x.data_ptr<float>(), B, K, K + 3,
+                       {{&p1, out.data_ptr<float>(), N + 5, false},
+                        {&p2, out.data_ptr<float>() + N, N + 5, true}},
+                       pool);
+          const std::string where = std::string(k::isa_name(isa)) + " " + std::to_string(B) + "x" +
+                                    std::to_string(K) + "x" + std::to_string(N);
+          EXPECT_TRUE(torch::allclose(out, want, 1e-4, 1e-4)) << where;
+          if (!portable.defined()) portable = out;
+          EXPECT_TRUE(torch::equal(out, portable)) << where;
+          auto last = before[B - 1].clone();  // the last row alone
+          k::matmul_nt(x[B - 1].data_ptr<float>(), 1, K, K,
+                       {{&p1, last.data_ptr<float>(), N + 5, false},
+                        {&p2, last.data_ptr<float>() + N, N + 5, true}},
+                       pool);
+          EXPECT_TRUE(torch::equal(last, out[B - 1])) << where;
+        }
       }
 }
 
 TEST(DecodeKernelsTest, AttendHandWorked) {
-  // One-dimensional heads: q = 1, keys 0, ln 2, 5 (masked), values 3, 6, 100.
-  // Weights e^0 : e^ln2 = 1 : 2 over the unmasked keys -> 1/3 * 3 + 2/3 * 6 = 5.
-  std::vector<float> q = {1}, keys = {0, std::log(2.0f), 5}, values = {3, 6, 100}, scratch(3),
-                     out(1);
-  std::vector<int64_t> mask = {1, 1, 0};
-  k::attend(q.data(), keys.data(), values.data(), mask.data(), 3, 1, scratch.data(), out.data());
-  EXPECT_NEAR(out[0], 5.0f, 1e-5);
+  // Heads of 8 (the vector kernel) and of 1 (the portable loops): q = e0; keys 0, ln 2, 5 (masked)
+  // along e0; values 3, 6 and 3e38 (masked) in every lane. Weights e^0 : e^ln2 = 1 : 2 over the
+  // unmasked keys -> 1/3 * 3 + 2/3 * 6 = 5. A masked key must weigh exactly 0: even 1e-38 would
+  // show against its value.
+  for (int64_t hd : {1, 8})
+    for (k::Isa isa : isas()) {
+      IsaScope scope(isa);
+      std::vector<float> q(hd, 0.0f), keys(3 * hd, 0.0f), values(3 * hd), scratch(3), out(hd);
+      q[0] = 1;
+      keys[hd] = std::log(2.0f);
+      keys[2 * hd] = 5;
+      for (int64_t i = 0; i < hd; ++i)
+        values[i] = 3, values[hd + i] = 6, values[2 * hd + i] = 3e38f;
+      std::vector<int64_t> mask = {1, 1, 0};
+      k::attend(q.data(), keys.data(), values.data(), mask.data(), 3, hd, scratch.data(),
+                out.data());
+      for (int64_t i = 0; i < hd; ++i)
+        EXPECT_NEAR(out[i], 5.0f, 1e-5) << "hd " << hd << " " << k::isa_name(isa);
+    }
 }
 
 // Head sizes 8 and 32 take the AVX2 kernel (where the CPU has it), 6 the portable loops; 19 keys
@@ -89,12 +160,17 @@ TEST(DecodeKernelsTest, AttendMatchesMaskedSoftmax) {
     auto q = torch::randn({hd}), keys = torch::randn({L, hd}), values = torch::randn({L, hd});
     auto mask = (torch::rand({L}) > 0.3).to(torch::kLong);
     mask[L - 1] = 1;
-    std::vector<float> scratch(L), out(hd);
-    k::attend(q.data_ptr<float>(), keys.data_ptr<float>(), values.data_ptr<float>(),
-              mask.data_ptr<int64_t>(), L, hd, scratch.data(), out.data());
+    mask[0] = 0;
     auto scores = keys.matmul(q).masked_fill(mask == 0, -INFINITY);
     auto want = torch::softmax(scores, 0).matmul(values);
-    EXPECT_TRUE(torch::allclose(torch::tensor(out), want, 1e-5, 1e-5)) << "hd " << hd;
+    for (k::Isa isa : isas()) {
+      IsaScope scope(isa);
+      std::vector<float> scratch(L), out(hd);
+      k::attend(q.data_ptr<float>(), keys.data_ptr<float>(), values.data_ptr<float>(),
+                mask.data_ptr<int64_t>(), L, hd, scratch.data(), out.data());
+      EXPECT_TRUE(torch::allclose(torch::tensor(out), want, 1e-5, 1e-5))
+          << "hd " << hd << " " << k::isa_name(isa);
+    }
   }
 }
 
