@@ -377,13 +377,38 @@ const char* isa_name(Isa isa) {
   }
 }
 
-PackedWeight::PackedWeight(const float* w, int64_t n, int64_t K) : n_(n), K_(K) {
-  data_.assign(panels() * K * kPanel, 0.0f);
-  for (int64_t j = 0; j < n; ++j) {
-    float* dst = data_.data() + (j / kPanel) * K * kPanel + j % kPanel;
-    const float* src = w + j * K;
-    for (int64_t k = 0; k < K; ++k) dst[k * kPanel] = src[k];
+namespace {
+
+// Panel p of the stacked parts into dst (kPanel * K floats): row by row of the panel, zeros past
+// the last row.
+void pack_panel(const std::vector<const float*>& parts, const std::vector<int64_t>& rows, int64_t K,
+                int64_t p, float* dst) {
+  int64_t part = 0, first = 0;  // the part holding row j, and its first row
+  for (int64_t c = 0; c < kPanel; ++c) {
+    const int64_t j = p * kPanel + c;
+    while (part < int64_t(parts.size()) && j >= first + rows[part]) first += rows[part++];
+    if (part == int64_t(parts.size())) {
+      for (int64_t k = 0; k < K; ++k) dst[k * kPanel + c] = 0.0f;
+      continue;
+    }
+    const float* src = parts[part] + (j - first) * K;
+    for (int64_t k = 0; k < K; ++k) dst[k * kPanel + c] = src[k];
   }
+}
+
+}  // namespace
+
+PackedWeight::PackedWeight(const float* w, int64_t n, int64_t K)
+    : n_(n), K_(K), owned_(floats(n, K)), data_(owned_.data()) {
+  for (int64_t p = 0; p < panels(); ++p) pack_panel({w}, {n}, K, p, data_ + p * K * kPanel);
+}
+
+PackedWeight::PackedWeight(const std::vector<const float*>& parts, const std::vector<int64_t>& rows,
+                           int64_t K, float* storage, LoopPool& pool)
+    : K_(K), data_(storage) {
+  for (int64_t r : rows) n_ += r;
+  pool.parallel_for(panels(),
+                    [&](int64_t p) { pack_panel(parts, rows, K, p, data_ + p * K * kPanel); });
 }
 
 float dot(const float* a, const float* b, int64_t n) {

@@ -40,16 +40,31 @@ const char* isa_name(Isa isa);
 class PackedWeight {
  public:
   static constexpr int64_t kPanel = 32;
+  // Floats the packed form of an [n, K] weight takes.
+  static int64_t floats(int64_t n, int64_t K) { return (n + kPanel - 1) / kPanel * kPanel * K; }
+
   PackedWeight() = default;
+  PackedWeight(PackedWeight&&) = default;  // keeps the owned buffer, so data_ stays valid
+  PackedWeight& operator=(PackedWeight&&) = default;
+  PackedWeight(const PackedWeight&) = delete;
+  PackedWeight& operator=(const PackedWeight&) = delete;
+  // Packs w [n, K] into storage of its own.
   PackedWeight(const float* w, int64_t n, int64_t K);
+  // Packs the row blocks parts[i] ([rows[i], K] each, stacked in that order: q, k and v as one
+  // weight) into `storage` (floats(sum of rows, K) floats, owned by the caller, which keeps it
+  // alive), one panel per chunk of `pool`.
+  PackedWeight(const std::vector<const float*>& parts, const std::vector<int64_t>& rows, int64_t K,
+               float* storage, LoopPool& pool);
+
   int64_t n() const { return n_; }
   int64_t K() const { return K_; }
   int64_t panels() const { return (n_ + kPanel - 1) / kPanel; }
-  const float* panel(int64_t p) const { return data_.data() + p * K_ * kPanel; }
+  const float* panel(int64_t p) const { return data_ + p * K_ * kPanel; }
 
  private:
   int64_t n_ = 0, K_ = 0;
-  std::vector<float> data_;
+  std::vector<float> owned_;
+  float* data_ = nullptr;
 };
 
 // One product of matmul_nt: out[b * ldo + j] (+)= sum_k x[b, k] * w[j, k] for j < w.n().

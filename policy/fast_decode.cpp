@@ -54,21 +54,55 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
     held_.push_back(t.contiguous());
     return data_of(held_.back());
   };
-  auto pack = [](std::initializer_list<torch::Tensor> weights) {
-    auto w = torch::cat(std::vector<torch::Tensor>(weights), 0).contiguous();
-    return kernels::PackedWeight(data_of(w), w.size(0), w.size(1));
-  };
+  // The projections packed for the kernels, all in one block (so a block this large comes back
+  // from the CPU allocator's cache on the next engine instead of as fresh pages).
+  using Parts = std::vector<torch::Tensor>;
+  std::vector<Parts> packed_parts;
   for (size_t l = 0; l < model->layers->size(); ++l) {
     auto layer = model->layers[l]->as<DecoderLayer>();
-    layers_.push_back({hold(layer->input_layernorm), hold(layer->post_attention_layernorm),
-                       pack({layer->q_proj->weight, layer->k_proj->weight, layer->v_proj->weight}),
-                       pack({layer->o_proj->weight}),
-                       pack({layer->gate_proj->weight, layer->up_proj->weight}),
-                       pack({layer->down_proj->weight})});
+    packed_parts.push_back({layer->q_proj->weight, layer->k_proj->weight, layer->v_proj->weight});
+    packed_parts.push_back({layer->o_proj->weight});
+    packed_parts.push_back({layer->gate_proj->weight, layer->up_proj->weight});
+    packed_parts.push_back({layer->down_proj->weight});
   }
+  packed_parts.push_back({model->lm_head ? model->lm_head->weight : model->tok_embeddings->weight});
+  int64_t total = 0;
+  for (const auto& parts : packed_parts) {
+    int64_t n = 0;
+    for (const auto& w : parts) n += w.size(0);
+    total += kernels::PackedWeight::floats(n, parts[0].size(1));
+  }
+  packed_ = torch::empty({total}, torch::kFloat);
+  float* storage = packed_.data_ptr<float>();
+  auto pack = [&](const Parts& parts) {
+    std::vector<const float*> data;
+    std::vector<int64_t> rows;
+    int64_t n = 0;
+    for (const auto& w : parts) {
+      data.push_back(hold(w));
+      rows.push_back(w.size(0));
+      n += w.size(0);
+    }
+    const int64_t K = parts[0].size(1);
+    kernels::PackedWeight packed(data, rows, K, storage, pool_);
+    storage += kernels::PackedWeight::floats(n, K);
+    return packed;
+  };
+  size_t next = 0;
+  for (size_t l = 0; l < model->layers->size(); ++l) {
+    auto layer = model->layers[l]->as<DecoderLayer>();
+    LayerWeights w;
+    w.input_norm = hold(layer->input_layernorm);
+    w.post_norm = hold(layer->post_attention_layernorm);
+    w.qkv = pack(packed_parts[next++]);
+    w.o = pack(packed_parts[next++]);
+    w.gate_up = pack(packed_parts[next++]);
+    w.down = pack(packed_parts[next++]);
+    layers_.push_back(std::move(w));
+  }
+  lm_head_ = pack(packed_parts[next++]);
   embedding_ = hold(model->tok_embeddings->weight);
   final_norm_ = hold(model->norm_weight);
-  lm_head_ = pack({model->lm_head ? model->lm_head->weight : model->tok_embeddings->weight});
 
   // The rotary tables of hidden_states, for every position a cache of this capacity can hold.
   const int64_t positions = std::max<int64_t>(c.max_seq_len, cache.mask_buffer.size(1));

@@ -60,6 +60,7 @@ class DecodeEngine {
   int64_t B_, D_, H_, KV_, hd_, F_, V_;
   double eps_;
   std::vector<torch::Tensor> held_;  // the weights the pointers below point into
+  torch::Tensor packed_;             // the storage of every PackedWeight below
   std::vector<LayerWeights> layers_;
   const float *embedding_, *final_norm_;
   kernels::PackedWeight lm_head_;
