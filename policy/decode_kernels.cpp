@@ -222,6 +222,14 @@ RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* value
                            const int64_t* mask, int64_t L, int64_t hd, float* scores, float* out) {
   int64_t l = 0;
   for (; l + 8 <= L; l += 8) {
+    // The cache streams from memory: fetch the keys two blocks ahead and this block's values (read
+    // after the softmax) while the multiplies run.
+    const char* ahead = reinterpret_cast<const char*>(keys + (l + 16) * hd);
+    const char* vals = reinterpret_cast<const char*>(values + l * hd);
+    for (int64_t byte = 0; byte < 8 * hd * 4; byte += 64) {
+      if (l + 16 < L) _mm_prefetch(ahead + byte, _MM_HINT_T0);
+      _mm_prefetch(vals + byte, _MM_HINT_T0);
+    }
     __m256 acc[8];
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < hd; i += 8) {
