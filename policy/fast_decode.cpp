@@ -152,7 +152,7 @@ torch::Tensor DecodeEngine::step(const torch::Tensor& ids) {
     attention_block(l, pos);
     mlp_block(l);
   }
-  kernels::rms_norm_rows(x_.data(), final_norm_, xn_.data(), B_, D_, eps_);
+  norm_rows(final_norm_);
   kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&lm_head_, logits_.data_ptr<float>(), V_, false}},
                      pool_);
 
@@ -162,19 +162,28 @@ torch::Tensor DecodeEngine::step(const torch::Tensor& ids) {
   return logits_;
 }
 
+// xn = rmsnorm(x) * weight, rows in parallel.
+void DecodeEngine::norm_rows(const float* weight) {
+  constexpr int64_t kRows = 4;  // per chunk
+  pool_.parallel_for((B_ + kRows - 1) / kRows, [&](int64_t chunk) {
+    const int64_t b = chunk * kRows, rows = std::min(kRows, B_ - b);
+    kernels::rms_norm_rows(&x_[b * D_], weight, &xn_[b * D_], rows, D_, eps_);
+  });
+}
+
 // x += o(attention(rope(q), rope(k), v)) for the new token of every row; k and v are written into
 // the cache at position `length`.
 void DecodeEngine::attention_block(int64_t l, const int64_t* pos) {
   const LayerWeights& w = layers_[l];
   const int64_t width = (H_ + 2 * KV_) * hd_, capacity = cache_.mask_buffer.size(1);
   const int64_t L = cache_.length + 1, G = H_ / KV_, half = hd_ / 2;
-  kernels::rms_norm_rows(x_.data(), w.input_norm, xn_.data(), B_, D_, eps_);
+  norm_rows(w.input_norm);
   float* qkv = qkv_.data();
   kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&w.qkv, qkv, width, false}}, pool_);
   float* keys = cache_.keys[l].data_ptr<float>();
   float* values = cache_.values[l].data_ptr<float>();
   const float q_scale = float(1.0 / std::sqrt(double(hd_)));
-  for (int64_t b = 0; b < B_; ++b) {
+  pool_.parallel_for(B_, [&](int64_t b) {
     float* row = qkv + b * width;
     const float *c = data_of(cos_) + pos[b] * half, *s = data_of(sin_) + pos[b] * half;
     kernels::rope_heads(row, c, s, H_, hd_, q_scale);
@@ -184,7 +193,8 @@ void DecodeEngine::attention_block(int64_t l, const int64_t* pos) {
       std::memcpy(keys + at, row + (H_ + j) * hd_, hd_ * sizeof(float));
       std::memcpy(values + at, row + (H_ + KV_ + j) * hd_, hd_ * sizeof(float));
     }
-  }
+  });
+
   const int64_t* mask = cache_.mask_buffer.data_ptr<int64_t>();
   pool_.parallel_for(B_ * H_, [&](int64_t bh) {
     const int64_t b = bh / H_, h = bh % H_, j = h / G;  // query head h reads kv head h / G
@@ -198,7 +208,7 @@ void DecodeEngine::attention_block(int64_t l, const int64_t* pos) {
 // x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))).
 void DecodeEngine::mlp_block(int64_t l) {
   const LayerWeights& w = layers_[l];
-  kernels::rms_norm_rows(x_.data(), w.post_norm, xn_.data(), B_, D_, eps_);
+  norm_rows(w.post_norm);
   kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&w.gate_up, gate_up_.data(), 2 * F_, false}}, pool_);
   pool_.parallel_for(B_, [&](int64_t b) {
     const float* gate_up = &gate_up_[b * 2 * F_];

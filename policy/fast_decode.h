@@ -50,6 +50,7 @@ class DecodeEngine {
     const float *input_norm, *post_norm;
     kernels::PackedWeight qkv, o, gate_up, down;
   };
+  void norm_rows(const float* weight);
   void attention_block(int64_t layer, const int64_t* positions);
   void mlp_block(int64_t layer);
   torch::Tensor step_through_libtorch(const torch::Tensor& ids);
