@@ -526,8 +526,9 @@ RowSample sample_row(const float* logits, int64_t V, float temperature, double u
   {
     for (int64_t j = 0; j < V; ++j) max = std::max(max, scratch[j] = logits[j] / temperature);
   }
-  int64_t argmax = 0;
-  while (argmax + 1 < V && scratch[argmax] != max) ++argmax;
+  int64_t argmax = 0;  // the first largest logit: only greedy (u < 0) needs it
+  if (u < 0)
+    while (argmax + 1 < V && scratch[argmax] != max) ++argmax;
   const float x_argmax = scratch[argmax];
 #ifdef RLHF_HAVE_AVX2_KERNEL
   if (use_avx2()) {
