@@ -22,11 +22,15 @@ const float* data_of(const torch::Tensor& t) { return t.data_ptr<float>(); }
 
 bool DecodeEngine::supports(Transformer& model, const KVCache& cache) {
   if (!fused::has_fused_kernel(model->norm_weight)) return false;  // switched off, or not CPU
-  if (cache.keys.empty() || cache.length == 0 || !cache.mask_buffer.defined()) return false;
-  for (const auto& k : cache.keys)
-    if (!is_cpu_float(k) || !k.is_contiguous()) return false;
-  for (const auto& v : cache.values)
-    if (!is_cpu_float(v) || !v.is_contiguous()) return false;
+  if (cache.length == 0) {
+    if (cache.dtype && *cache.dtype != torch::kFloat) return false;
+  } else {
+    if (cache.keys.empty() || !cache.mask_buffer.defined()) return false;
+    for (const auto& k : cache.keys)
+      if (!is_cpu_float(k) || !k.is_contiguous()) return false;
+    for (const auto& v : cache.values)
+      if (!is_cpu_float(v) || !v.is_contiguous()) return false;
+  }
   for (const auto& p : model->parameters())
     if (!is_cpu_float(p)) return false;
   for (size_t l = 0; l < model->layers->size(); ++l) {  // LoRA replaces weights by non-leaves
@@ -42,7 +46,6 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
     : model_(model), cache_(cache), pool_(pool) {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = model->config();
-  B_ = cache.mask_buffer.size(0);
   D_ = c.dim;
   H_ = c.n_heads;
   KV_ = c.n_kv_heads;
@@ -105,7 +108,7 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
   final_norm_ = hold(model->norm_weight);
 
   // The rotary tables of hidden_states, for every position a cache of this capacity can hold.
-  const int64_t positions = std::max<int64_t>(c.max_seq_len, cache.mask_buffer.size(1));
+  const int64_t positions = std::max<int64_t>(c.max_seq_len, cache.capacity);
   torch::Tensor inv_freq;
   for (const auto& b : model->named_buffers())
     if (b.key() == "rope_inv_freq") inv_freq = b.value();
@@ -113,108 +116,152 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
   auto angles = torch::arange(positions, torch::kLong).to(torch::kFloat).unsqueeze(-1) * inv_freq;
   cos_ = angles.cos().contiguous();
   sin_ = angles.sin().contiguous();
-
-  x_.resize(B_ * D_);
-  xn_.resize(B_ * D_);
-  qkv_.resize(B_ * (H_ + 2 * KV_) * hd_);
-  ctx_.resize(B_ * H_ * hd_);
-  gate_up_.resize(B_ * 2 * F_);
-  act_.resize(B_ * F_);
-  logits_ = torch::empty({B_, V_}, torch::kFloat);
 }
 
-torch::Tensor DecodeEngine::step_through_libtorch(const torch::Tensor& ids) {
-  auto hidden = model_->hidden_states(ids.view({B_, 1}), {}, &cache_);
-  logits_.copy_(model_->logits_from_hidden(hidden.select(1, 0)));
+void DecodeEngine::reserve_rows(int64_t rows) {
+  if (rows <= rows_) return;
+  rows_ = rows;
+  x_.resize(rows * D_);
+  xn_.resize(rows * D_);
+  qkv_.resize(rows * (H_ + 2 * KV_) * hd_);
+  ctx_.resize(rows * H_ * hd_);
+  gate_up_.resize(rows * 2 * F_);
+  act_.resize(rows * F_);
+}
+
+torch::Tensor DecodeEngine::feed_through_libtorch(const torch::Tensor& ids,
+                                                  const torch::Tensor& mask) {
+  auto hidden = model_->hidden_states(ids, mask, &cache_);
+  logits_ = model_->logits_from_hidden(hidden.select(1, hidden.size(1) - 1)).contiguous();
   return logits_;
 }
 
 torch::Tensor DecodeEngine::step(const torch::Tensor& ids) {
-  TORCH_CHECK(ids.dim() == 1 && ids.size(0) == B_ && ids.scalar_type() == torch::kLong &&
-                  ids.device().is_cpu(),
-              "DecodeEngine::step: ids must be [", B_, "] int64 on the CPU, got ", ids.sizes());
-  const int64_t capacity = cache_.mask_buffer.size(1);
-  auto positions = cache_.next_position.contiguous();
+  TORCH_CHECK(ids.dim() == 1, "DecodeEngine::step: ids must be [B], got ", ids.sizes());
+  return feed(ids.view({ids.size(0), 1}));
+}
+
+torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tensor& mask_in) {
+  TORCH_CHECK(ids_in.dim() == 2 && ids_in.size(1) > 0 && ids_in.scalar_type() == torch::kLong &&
+                  ids_in.device().is_cpu(),
+              "DecodeEngine::feed: ids must be [B, T] int64 on the CPU, got ", ids_in.sizes());
+  const int64_t B = ids_in.size(0), T = ids_in.size(1);
+  auto ids = ids_in.contiguous();
+  auto mask =
+      mask_in.defined() ? mask_in.to(torch::kLong).contiguous() : torch::ones({B, T}, torch::kLong);
+  TORCH_CHECK(mask.sizes() == ids.sizes(), "DecodeEngine::feed: mask ", mask.sizes(),
+              " does not match ids ", ids.sizes());
+  if (cache_.length == 0 || !cache_.mask_buffer.defined())
+    start_cache(&cache_, model_->config(), B, T, torch::TensorOptions().dtype(torch::kFloat));
+  TORCH_CHECK(cache_.mask_buffer.size(0) == B, "DecodeEngine::feed: cache batch ",
+              cache_.mask_buffer.size(0), " != ids batch ", B);
+  const int64_t capacity = cache_.mask_buffer.size(1), start = cache_.length;
+  auto positions = positions_from_mask(mask, cache_.next_position).contiguous();
   const int64_t* pos = positions.data_ptr<int64_t>();
   bool in_table = true;
-  for (int64_t b = 0; b < B_; ++b) in_table = in_table && pos[b] >= 0 && pos[b] < cos_.size(0);
-  if (cache_.length + 1 > capacity || !in_table) return step_through_libtorch(ids);
+  for (int64_t r = 0; r < B * T; ++r) in_table = in_table && pos[r] >= 0 && pos[r] < cos_.size(0);
+  if (start + T > capacity || !in_table) return feed_through_libtorch(ids, mask);
 
-  auto ids_c = ids.contiguous();
-  const int64_t* id = ids_c.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B_; ++b) {
-    TORCH_CHECK(id[b] >= 0 && id[b] < V_, "DecodeEngine::step: id ", id[b], " out of range");
-    std::memcpy(&x_[b * D_], embedding_ + id[b] * D_, D_ * sizeof(float));
-    cache_.mask_buffer.data_ptr<int64_t>()[b * capacity + cache_.length] = 1;
+  const int64_t* id = ids.data_ptr<int64_t>();
+  const int64_t* m = mask.data_ptr<int64_t>();
+  int64_t* cache_mask = cache_.mask_buffer.data_ptr<int64_t>();
+  std::vector<int64_t> first_real(B, capacity);
+  reserve_rows(B * T);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      TORCH_CHECK(id[r] >= 0 && id[r] < V_, "DecodeEngine::feed: id ", id[r], " at [", b, ", ", t,
+                  "] out of range [0, ", V_, ")");
+      std::memcpy(&x_[r * D_], embedding_ + id[r] * D_, D_ * sizeof(float));
+      cache_mask[b * capacity + start + t] = m[r];
+    }
+    for (int64_t l = 0; l < start + T && first_real[b] == capacity; ++l)
+      if (cache_mask[b * capacity + l]) first_real[b] = l;
   }
-  scores_.resize(B_ * H_ * capacity);
+  scores_.resize(B * H_ * capacity);
+  const Batch batch{B, T, pos, first_real.data()};
   for (int64_t l = 0; l < int64_t(layers_.size()); ++l) {
-    attention_block(l, pos);
-    mlp_block(l);
+    attention_block(l, batch);
+    mlp_block(l, B * T);
   }
-  norm_rows(final_norm_);
-  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&lm_head_, logits_.data_ptr<float>(), V_, false}},
+  if (T > 1)  // the last token of each row into row b (rows b * T + T - 1 >= b: in order is safe)
+    for (int64_t b = 0; b < B; ++b)
+      std::memmove(&x_[b * D_], &x_[(b * T + T - 1) * D_], D_ * sizeof(float));
+  norm_rows(final_norm_, B);
+  if (!logits_.defined() || logits_.size(0) != B) logits_ = torch::empty({B, V_}, torch::kFloat);
+  kernels::matmul_nt(xn_.data(), B, D_, D_, {{&lm_head_, logits_.data_ptr<float>(), V_, false}},
                      pool_);
 
-  cache_.length += 1;
+  cache_.length += T;
   cache_.attention_mask = cache_.mask_buffer.narrow(1, 0, cache_.length);
-  cache_.next_position = positions + 1;
+  cache_.next_position = cache_.next_position + mask.sum(1);
   return logits_;
 }
 
-// xn = rmsnorm(x) * weight, rows in parallel.
-void DecodeEngine::norm_rows(const float* weight) {
+// xn = rmsnorm(x) * weight for the first `rows` rows, in parallel.
+void DecodeEngine::norm_rows(const float* weight, int64_t rows) {
   constexpr int64_t kRows = 4;  // per chunk
-  pool_.parallel_for((B_ + kRows - 1) / kRows, [&](int64_t chunk) {
-    const int64_t b = chunk * kRows, rows = std::min(kRows, B_ - b);
-    kernels::rms_norm_rows(&x_[b * D_], weight, &xn_[b * D_], rows, D_, eps_);
+  pool_.parallel_for((rows + kRows - 1) / kRows, [&](int64_t chunk) {
+    const int64_t r = chunk * kRows, n = std::min(kRows, rows - r);
+    kernels::rms_norm_rows(&x_[r * D_], weight, &xn_[r * D_], n, D_, eps_);
   });
 }
 
-// x += o(attention(rope(q), rope(k), v)) for the new token of every row; k and v are written into
-// the cache at position `length`.
-void DecodeEngine::attention_block(int64_t l, const int64_t* pos) {
+// x += o(attention(rope(q), rope(k), v)) for every fed token; its k and v are written into the
+// cache at position length + t first. Query t of row b sees the cache up to length + t.
+void DecodeEngine::attention_block(int64_t l, const Batch& batch) {
   const LayerWeights& w = layers_[l];
+  const int64_t B = batch.B, T = batch.T, rows = B * T;
   const int64_t width = (H_ + 2 * KV_) * hd_, capacity = cache_.mask_buffer.size(1);
-  const int64_t L = cache_.length + 1, G = H_ / KV_, half = hd_ / 2;
-  norm_rows(w.input_norm);
+  const int64_t start = cache_.length, G = H_ / KV_, half = hd_ / 2;
+  norm_rows(w.input_norm, rows);
   float* qkv = qkv_.data();
-  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&w.qkv, qkv, width, false}}, pool_);
+  kernels::matmul_nt(xn_.data(), rows, D_, D_, {{&w.qkv, qkv, width, false}}, pool_);
   float* keys = cache_.keys[l].data_ptr<float>();
   float* values = cache_.values[l].data_ptr<float>();
   const float q_scale = float(1.0 / std::sqrt(double(hd_)));
-  pool_.parallel_for(B_, [&](int64_t b) {
-    float* row = qkv + b * width;
-    const float *c = data_of(cos_) + pos[b] * half, *s = data_of(sin_) + pos[b] * half;
+  pool_.parallel_for(rows, [&](int64_t r) {
+    const int64_t b = r / T, t = r % T;
+    float* row = qkv + r * width;
+    const float *c = data_of(cos_) + batch.positions[r] * half,
+                *s = data_of(sin_) + batch.positions[r] * half;
     kernels::rope_heads(row, c, s, H_, hd_, q_scale);
     kernels::rope_heads(row + H_ * hd_, c, s, KV_, hd_, 1.0f);
     for (int64_t j = 0; j < KV_; ++j) {
-      const int64_t at = ((b * KV_ + j) * capacity + cache_.length) * hd_;
+      const int64_t at = ((b * KV_ + j) * capacity + start + t) * hd_;
       std::memcpy(keys + at, row + (H_ + j) * hd_, hd_ * sizeof(float));
       std::memcpy(values + at, row + (H_ + KV_ + j) * hd_, hd_ * sizeof(float));
     }
   });
 
   const int64_t* mask = cache_.mask_buffer.data_ptr<int64_t>();
-  pool_.parallel_for(B_ * H_, [&](int64_t bh) {
+  pool_.parallel_for(B * H_, [&](int64_t bh) {
     const int64_t b = bh / H_, h = bh % H_, j = h / G;  // query head h reads kv head h / G
     const int64_t at = (b * KV_ + j) * capacity * hd_;
-    kernels::attend(qkv + b * width + h * hd_, keys + at, values + at, mask + b * capacity, L, hd_,
-                    &scores_[bh * capacity], &ctx_[(b * H_ + h) * hd_]);
+    for (int64_t t = 0; t < T; ++t) {
+      float* out = &ctx_[((b * T + t) * H_ + h) * hd_];
+      if (batch.first_real[b] > start + t) {  // nothing real to attend to yet (see feed())
+        std::fill(out, out + hd_, 0.0f);
+        continue;
+      }
+      kernels::attend(qkv + (b * T + t) * width + h * hd_, keys + at, values + at,
+                      mask + b * capacity, start + t + 1, hd_, &scores_[bh * capacity], out);
+    }
   });
-  kernels::matmul_nt(ctx_.data(), B_, H_ * hd_, H_ * hd_, {{&w.o, x_.data(), D_, true}}, pool_);
+  kernels::matmul_nt(ctx_.data(), rows, H_ * hd_, H_ * hd_, {{&w.o, x_.data(), D_, true}}, pool_);
 }
 
-// x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))).
-void DecodeEngine::mlp_block(int64_t l) {
+// x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))) for the first `rows` rows.
+void DecodeEngine::mlp_block(int64_t l, int64_t rows) {
   const LayerWeights& w = layers_[l];
-  norm_rows(w.post_norm);
-  kernels::matmul_nt(xn_.data(), B_, D_, D_, {{&w.gate_up, gate_up_.data(), 2 * F_, false}}, pool_);
-  pool_.parallel_for(B_, [&](int64_t b) {
-    const float* gate_up = &gate_up_[b * 2 * F_];
-    kernels::swiglu(gate_up, gate_up + F_, &act_[b * F_], F_);
+  norm_rows(w.post_norm, rows);
+  kernels::matmul_nt(xn_.data(), rows, D_, D_, {{&w.gate_up, gate_up_.data(), 2 * F_, false}},
+                     pool_);
+  pool_.parallel_for(rows, [&](int64_t r) {
+    const float* gate_up = &gate_up_[r * 2 * F_];
+    kernels::swiglu(gate_up, gate_up + F_, &act_[r * F_], F_);
   });
-  kernels::matmul_nt(act_.data(), B_, F_, F_, {{&w.down, x_.data(), D_, true}}, pool_);
+  kernels::matmul_nt(act_.data(), rows, F_, F_, {{&w.down, x_.data(), D_, true}}, pool_);
 }
 
 }  // namespace rlhf::policy

@@ -26,21 +26,31 @@ namespace rlhf::policy {
 
 class DecodeEngine {
  public:
-  // Whether the engine can run `model` on `cache`: parameters float32 on the CPU, a float32 cache
-  // already filled by a prefill (hidden_states with it), and the fused kernels switched on
-  // (fused::set_fused_kernels(false) turns this path off too, for A/B measurements).
+  // Whether the engine can run `model` with `cache`: parameters float32 on the CPU, the fused
+  // kernels switched on (fused::set_fused_kernels(false) turns this path off too, for A/B
+  // measurements), and a cache that is either not started yet (length 0; dtype unset or float32:
+  // feed() starts it) or started in float32, contiguous.
   static bool supports(Transformer& model, const KVCache& cache);
 
-  // Binds to the model's current weights and to `cache`. B = the cache's batch. The projection
-  // weights are copied into the kernels' packed layout (one more copy of them while the engine
-  // lives); the norms and the embedding are referenced: the weights must not change while the
-  // engine is used.
+  // Binds to the model's current weights and to `cache`. The projection weights are copied into
+  // the kernels' packed layout (one more copy of them while the engine lives); the norms and the
+  // embedding are referenced: the weights must not change while the engine is used. Positions up
+  // to max(max_seq_len, cache.capacity) run here; later ones, and a full cache, go through the
+  // libtorch path (which grows the cache).
   DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool = shared_loop_pool());
 
-  // Feeds ids [B] (int64, CPU) as one new real token per row, extends the cache exactly as
-  // hidden_states(ids.view({B, 1}), ones, &cache) does, and returns the next-token logits [B, V]
-  // (float32): a view of the engine's buffer, overwritten by the next step. A full cache is grown
-  // through the libtorch path for that step.
+  // Feeds ids [B, T] (int64, CPU) with mask [B, T] (1 = real token, 0 = pad; undefined = all
+  // real) and extends the cache exactly as hidden_states(ids, mask, &cache) does, starting it for
+  // B rows when its length is 0 (a prefill). Returns the logits [B, V] (float32) after each row's
+  // last fed token: a view of the engine's buffer, overwritten by the next call.
+  //
+  // One difference from hidden_states, where it cannot matter: a pad query with no real token at
+  // or before it in its row attends to nothing here (a zero context), where libtorch spreads it
+  // over the masked keys. Its key and value are masked for every later query, so only the logits
+  // of a row whose last fed token is such a pad differ.
+  torch::Tensor feed(const torch::Tensor& ids, const torch::Tensor& mask = {});
+
+  // feed(ids.view({B, 1})): one new real token per row, ids [B].
   torch::Tensor step(const torch::Tensor& ids);
 
  private:
@@ -50,15 +60,22 @@ class DecodeEngine {
     const float *input_norm, *post_norm;
     kernels::PackedWeight qkv, o, gate_up, down;
   };
-  void norm_rows(const float* weight);
-  void attention_block(int64_t layer, const int64_t* positions);
-  void mlp_block(int64_t layer);
-  torch::Tensor step_through_libtorch(const torch::Tensor& ids);
+  // The rows of one feed() call: B x T tokens, row r = b * T + t.
+  struct Batch {
+    int64_t B, T;
+    const int64_t* positions;   // [B, T]
+    const int64_t* first_real;  // [B]: the first cache position of each row with a real token
+  };
+  void reserve_rows(int64_t rows);
+  void norm_rows(const float* weight, int64_t rows);
+  void attention_block(int64_t layer, const Batch& batch);
+  void mlp_block(int64_t layer, int64_t rows);
+  torch::Tensor feed_through_libtorch(const torch::Tensor& ids, const torch::Tensor& mask);
 
   Transformer model_;
   KVCache& cache_;
   LoopPool& pool_;
-  int64_t B_, D_, H_, KV_, hd_, F_, V_;
+  int64_t D_, H_, KV_, hd_, F_, V_;
   double eps_;
   std::vector<torch::Tensor> held_;  // the weights the pointers below point into
   torch::Tensor packed_;             // the storage of every PackedWeight below
@@ -66,8 +83,10 @@ class DecodeEngine {
   const float *embedding_, *final_norm_;
   kernels::PackedWeight lm_head_;
   torch::Tensor cos_, sin_;  // [positions, hd / 2] rotary tables, as hidden_states computes them
-  // Activations: x [B, D] (the residual stream), xn [B, D], qkv [B, (H + 2 KV) hd], ctx [B, H hd],
-  // gate_up [B, 2 F] (gate then up), act [B, F], logits [B, V], scores [B * H, capacity].
+  // Activations for up to rows_ token rows: x [rows, D] (the residual stream), xn [rows, D],
+  // qkv [rows, (H + 2 KV) hd], ctx [rows, H hd], gate_up [rows, 2 F] (gate then up),
+  // act [rows, F]; scores [B * H, capacity]; logits [B, V].
+  int64_t rows_ = 0;
   std::vector<float> x_, xn_, qkv_, ctx_, gate_up_, act_, scores_;
   torch::Tensor logits_;
 };

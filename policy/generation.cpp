@@ -190,11 +190,14 @@ class NextLogits {
       : model_(model), use_cache_(o.use_cache), seq_(ids), seq_mask_(mask) {
     cache_.capacity = capacity;
     if (o.precision == Precision::kBf16) cache_.dtype = torch::kBFloat16;
-    auto hidden =
-        use_cache_ ? model->hidden_states(ids, mask, &cache_) : model->hidden_states(ids, mask);
-    first_ = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));
-    if (use_cache_ && o.max_new_tokens > 1 && DecodeEngine::supports(model, cache_))
+    if (use_cache_ && DecodeEngine::supports(model, cache_)) {  // the prompt through the engine too
       engine_.emplace(model, cache_);
+      first_ = engine_->feed(ids, mask).clone();
+    } else {
+      auto hidden =
+          use_cache_ ? model->hidden_states(ids, mask, &cache_) : model->hidden_states(ids, mask);
+      first_ = model->logits_from_hidden(hidden.select(1, hidden.size(1) - 1));
+    }
     ones_col_ = torch::ones({ids.size(0), 1}, mask.options().dtype(torch::kLong));
   }
 

@@ -238,6 +238,26 @@ void TransformerImpl::add_value_head() {
   config_.value_head = true;
 }
 
+void start_cache(KVCache* cache, const ModelConfig& config, int64_t batch, int64_t min_tokens,
+                 const torch::TensorOptions& kv_options) {
+  int64_t cap = cache->capacity > 0 ? cache->capacity : config.max_seq_len;
+  cap = std::max(cap, min_tokens);
+  const int64_t KV = config.n_kv_heads, hd = config.head_dim();
+  const auto kv_opts = cache->dtype ? kv_options.dtype(*cache->dtype) : kv_options;
+  const auto long_opts = kv_options.dtype(torch::kLong);
+  cache->keys.clear();
+  cache->values.clear();
+  for (int l = 0; l < config.n_layers; ++l) {
+    cache->keys.push_back(torch::zeros({batch, KV, cap, hd}, kv_opts));
+    cache->values.push_back(torch::zeros({batch, KV, cap, hd}, kv_opts));
+  }
+  cache->mask_buffer = torch::zeros({batch, cap}, long_opts);
+  cache->next_position = torch::zeros({batch}, long_opts);
+  cache->attention_mask = torch::Tensor();
+  cache->capacity = cap;
+  cache->length = 0;
+}
+
 torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
                                              const torch::Tensor& attention_mask, KVCache* cache) {
   TORCH_CHECK(ids.dim() == 2, "hidden_states: ids must be [B, T], got ", ids.sizes());
@@ -272,22 +292,7 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
     new_mask =
         attention_mask.defined() ? attention_mask.to(torch::kLong) : torch::ones({B, T}, long_opts);
     const int64_t start = cache->length;
-    if (start == 0 || !cache->mask_buffer.defined()) {
-      int64_t cap = cache->capacity > 0 ? cache->capacity : config_.max_seq_len;
-      cap = std::max(cap, T);
-      const int64_t KV = config_.n_kv_heads, hd = config_.head_dim();
-      const auto kv_opts = cache->dtype ? x.options().dtype(*cache->dtype) : x.options();
-      cache->keys.clear();
-      cache->values.clear();
-      for (int l = 0; l < config_.n_layers; ++l) {
-        cache->keys.push_back(torch::zeros({B, KV, cap, hd}, kv_opts));
-        cache->values.push_back(torch::zeros({B, KV, cap, hd}, kv_opts));
-      }
-      cache->mask_buffer = torch::zeros({B, cap}, long_opts);
-      cache->next_position = torch::zeros({B}, long_opts);
-      cache->capacity = cap;
-      cache->length = 0;
-    }
+    if (start == 0 || !cache->mask_buffer.defined()) start_cache(cache, config_, B, T, x.options());
     TORCH_CHECK(cache->mask_buffer.size(0) == B, "hidden_states: cache batch ",
                 cache->mask_buffer.size(0), " != ids batch ", B);
     if (start + T > cache->mask_buffer.size(1)) grow_cache(cache, start + T);

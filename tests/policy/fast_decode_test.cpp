@@ -325,6 +325,53 @@ TEST(DecodeEngineTest, ResultsDoNotDependOnTheThreadCount) {
 }
 
 // A cache at capacity is grown through the libtorch path, and the engine goes on after it.
+// The prompt through the engine (feed() on an empty cache: a prefill of left-padded rows, then a
+// chunk of three more tokens with a pad in it) against hidden_states with the same cache: the
+// logits after each row's last token, the cache's bookkeeping, and the keys and values at every
+// real position; then decoding continues alike.
+TEST(DecodeEngineTest, FeedEqualsHiddenStatesForPromptsAndChunks) {
+  LoopPool pool(2);
+  for (k::Isa isa : isas()) {
+    IsaScope scope(isa);
+    auto m = random_model(config(2, false, 64, 2), 12);  // head size 32: the vector attention
+    torch::InferenceMode guard;
+    auto ids = torch::randint(3, 96, {3, 6}, torch::kLong);
+    auto mask = torch::ones({3, 6}, torch::kLong);
+    mask[1].narrow(0, 0, 4).zero_();  // row 1: two real tokens after four pads
+    mask[2][0] = 0;
+    KVCache a, b;
+    a.capacity = b.capacity = 16;
+    DecodeEngine engine(m, a, pool);
+    auto fast = engine.feed(ids, mask).clone();
+    auto slow = m->logits_from_hidden(m->hidden_states(ids, mask, &b).select(1, 5));
+    EXPECT_LT((fast - slow).abs().max().item<double>(), 1e-4) << k::isa_name(isa);
+    auto chunk = torch::randint(3, 96, {3, 3}, torch::kLong);
+    auto chunk_mask = torch::ones({3, 3}, torch::kLong);
+    chunk_mask[0][1] = 0;  // a pad between real tokens
+    fast = engine.feed(chunk, chunk_mask).clone();
+    slow = m->logits_from_hidden(m->hidden_states(chunk, chunk_mask, &b).select(1, 2));
+    EXPECT_LT((fast - slow).abs().max().item<double>(), 1e-4) << k::isa_name(isa);
+    ASSERT_EQ(a.length, 9);
+    ASSERT_EQ(b.length, 9);
+    EXPECT_TRUE(torch::equal(a.next_position, b.next_position));
+    EXPECT_TRUE(torch::equal(a.attention_mask, b.attention_mask));
+    auto real = a.attention_mask.to(torch::kBool).view({3, 1, 9, 1});
+    for (size_t l = 0; l < a.keys.size(); ++l)
+      for (auto pair :
+           {std::make_pair(a.keys[l], b.keys[l]), std::make_pair(a.values[l], b.values[l])}) {
+        auto diff = (pair.first.narrow(2, 0, 9) - pair.second.narrow(2, 0, 9)).abs();
+        EXPECT_LT(diff.masked_fill(real.logical_not(), 0).max().item<double>(), 1e-4)
+            << "layer " << l << " " << k::isa_name(isa);
+      }
+    for (int s = 0; s < 3; ++s) {
+      auto next = torch::randint(3, 96, {3}, torch::kLong);
+      fast = engine.step(next).clone();
+      slow = m->logits_from_hidden(m->hidden_states(next.view({3, 1}), {}, &b).select(1, 0));
+      EXPECT_LT((fast - slow).abs().max().item<double>(), 1e-4) << k::isa_name(isa);
+    }
+  }
+}
+
 TEST(DecodeEngineTest, FullCacheGrowsAndDecodingContinues) {
   auto m = random_model(config(2, false), 6);
   torch::InferenceMode guard;
@@ -366,7 +413,10 @@ TEST(DecodeEngineTest, SupportsOnlyCpuFloat32WithFusedKernelsOn) {
   torch::InferenceMode guard;
   auto ids = torch::randint(3, 96, {1, 3}, torch::kLong);
   KVCache empty;
-  EXPECT_FALSE(DecodeEngine::supports(m, empty));  // no prefill yet
+  EXPECT_TRUE(DecodeEngine::supports(m, empty));  // feed() runs the prefill
+  KVCache empty_bf16;
+  empty_bf16.dtype = torch::kBFloat16;
+  EXPECT_FALSE(DecodeEngine::supports(m, empty_bf16));
   KVCache f32;
   m->hidden_states(ids, {}, &f32);
   KVCache bf16 = f32;  // as under bf16 autocast (policy/device.h)
