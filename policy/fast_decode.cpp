@@ -147,25 +147,41 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
               "DecodeEngine::feed: ids must be [B, T] int64 on the CPU, got ", ids_in.sizes());
   const int64_t B = ids_in.size(0), T = ids_in.size(1);
   auto ids = ids_in.contiguous();
-  auto mask =
-      mask_in.defined() ? mask_in.to(torch::kLong).contiguous() : torch::ones({B, T}, torch::kLong);
-  TORCH_CHECK(mask.sizes() == ids.sizes(), "DecodeEngine::feed: mask ", mask.sizes(),
-              " does not match ids ", ids.sizes());
+  torch::Tensor mask;  // undefined: every token real
+  if (mask_in.defined()) {
+    mask = mask_in.to(torch::kLong).contiguous();
+    TORCH_CHECK(mask.sizes() == ids.sizes(), "DecodeEngine::feed: mask ", mask.sizes(),
+                " does not match ids ", ids.sizes());
+  }
   if (cache_.length == 0 || !cache_.mask_buffer.defined())
     start_cache(&cache_, model_->config(), B, T, torch::TensorOptions().dtype(torch::kFloat));
   TORCH_CHECK(cache_.mask_buffer.size(0) == B, "DecodeEngine::feed: cache batch ",
               cache_.mask_buffer.size(0), " != ids batch ", B);
   const int64_t capacity = cache_.mask_buffer.size(1), start = cache_.length;
-  auto positions = positions_from_mask(mask, cache_.next_position).contiguous();
-  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* m = mask.defined() ? mask.data_ptr<int64_t>() : nullptr;
+
+  // Positions as positions_from_mask(mask, next_position) computes them: the row's next position
+  // plus (real tokens so far - 1), at least the next position; and the next positions after.
+  auto next_before = cache_.next_position.contiguous();
+  auto next_after = torch::empty({B}, torch::kLong);
+  const int64_t* np = next_before.data_ptr<int64_t>();
+  positions_.resize(B * T);
   bool in_table = true;
-  for (int64_t r = 0; r < B * T; ++r) in_table = in_table && pos[r] >= 0 && pos[r] < cos_.size(0);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t real = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      real += m ? m[r] : 1;
+      positions_[r] = np[b] + std::max<int64_t>(real - 1, 0);
+      in_table = in_table && positions_[r] >= 0 && positions_[r] < cos_.size(0);
+    }
+    next_after.data_ptr<int64_t>()[b] = np[b] + real;
+  }
   if (start + T > capacity || !in_table) return feed_through_libtorch(ids, mask);
 
   const int64_t* id = ids.data_ptr<int64_t>();
-  const int64_t* m = mask.data_ptr<int64_t>();
   int64_t* cache_mask = cache_.mask_buffer.data_ptr<int64_t>();
-  std::vector<int64_t> first_real(B, capacity);
+  first_real_.assign(B, capacity);
   reserve_rows(B * T);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
@@ -173,13 +189,13 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
       TORCH_CHECK(id[r] >= 0 && id[r] < V_, "DecodeEngine::feed: id ", id[r], " at [", b, ", ", t,
                   "] out of range [0, ", V_, ")");
       std::memcpy(&x_[r * D_], embedding_ + id[r] * D_, D_ * sizeof(float));
-      cache_mask[b * capacity + start + t] = m[r];
+      cache_mask[b * capacity + start + t] = m ? m[r] : 1;
     }
-    for (int64_t l = 0; l < start + T && first_real[b] == capacity; ++l)
-      if (cache_mask[b * capacity + l]) first_real[b] = l;
+    for (int64_t l = 0; l < start + T && first_real_[b] == capacity; ++l)
+      if (cache_mask[b * capacity + l]) first_real_[b] = l;
   }
   scores_.resize(B * H_ * capacity);
-  const Batch batch{B, T, pos, first_real.data()};
+  const Batch batch{B, T, positions_.data(), first_real_.data()};
   for (int64_t l = 0; l < int64_t(layers_.size()); ++l) {
     attention_block(l, batch);
     mlp_block(l, B * T);
@@ -194,7 +210,7 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
 
   cache_.length += T;
   cache_.attention_mask = cache_.mask_buffer.narrow(1, 0, cache_.length);
-  cache_.next_position = cache_.next_position + mask.sum(1);
+  cache_.next_position = next_after;
   return logits_;
 }
 

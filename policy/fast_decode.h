@@ -87,6 +87,7 @@ class DecodeEngine {
   // qkv [rows, (H + 2 KV) hd], ctx [rows, H hd], gate_up [rows, 2 F] (gate then up),
   // act [rows, F]; scores [B * H, capacity]; logits [B, V].
   int64_t rows_ = 0;
+  std::vector<int64_t> positions_, first_real_;  // of the current feed(): [B, T] and [B]
   std::vector<float> x_, xn_, qkv_, ctx_, gate_up_, act_, scores_;
   torch::Tensor logits_;
 };
