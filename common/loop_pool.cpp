@@ -59,11 +59,14 @@ LoopPool::~LoopPool() {
   for (auto& w : workers_) w.join();
 }
 
-bool LoopPool::claim(uint32_t generation, int64_t* chunk) {
+bool LoopPool::claim(uint32_t generation, int64_t* first, int64_t* count) {
+  const int64_t share = 2 * threads();  // each claim takes 1 / share of what is left
   uint64_t t = ticket_.load(std::memory_order_acquire);
   while (generation_of(t) == generation && next_of(t) < chunks_of(t)) {
-    if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) {
-      *chunk = next_of(t);
+    const int64_t take = std::max<int64_t>(1, (chunks_of(t) - next_of(t)) / share);
+    if (ticket_.compare_exchange_weak(t, t + uint64_t(take), std::memory_order_acq_rel)) {
+      *first = next_of(t);
+      *count = take;
       return true;
     }
   }
@@ -71,10 +74,12 @@ bool LoopPool::claim(uint32_t generation, int64_t* chunk) {
 }
 
 void LoopPool::run_chunks(uint32_t generation) {
-  int64_t chunk;
-  while (claim(generation, &chunk)) {
-    (*fn_.load(std::memory_order_acquire))(base_.load(std::memory_order_relaxed) + chunk);
-    done_.fetch_add(1, std::memory_order_acq_rel);
+  int64_t first, count;
+  while (claim(generation, &first, &count)) {
+    const auto& fn = *fn_.load(std::memory_order_acquire);
+    const int64_t base = base_.load(std::memory_order_relaxed);
+    for (int64_t c = first; c < first + count; ++c) fn(base + c);
+    done_.fetch_add(count, std::memory_order_acq_rel);
   }
 }
 

@@ -41,8 +41,11 @@ class LoopPool {
   void parallel_for(int64_t chunks, const std::function<void(int64_t)>& fn);
 
  private:
-  // Claims the next chunk of loop `generation`; false when that loop has none left (or is over).
-  bool claim(uint32_t generation, int64_t* chunk);
+  // Claims the next chunks [*first, *first + *count) of loop `generation`: a share of what is
+  // left (guided scheduling: large claims first, single chunks at the end), so a loop of many
+  // small chunks costs a few claims on the shared word instead of one per chunk. False when that
+  // loop has none left (or is over).
+  bool claim(uint32_t generation, int64_t* first, int64_t* count);
   void run_chunks(uint32_t generation);
   void worker_main();
 
@@ -50,7 +53,7 @@ class LoopPool {
   // 15..0: the next unclaimed chunk. One word, so a worker can never claim a chunk of a loop that
   // is over or of one that is still being set up.
   std::atomic<uint64_t> ticket_{0};
-  std::atomic<int64_t> done_{0};  // chunks of the current round that have returned
+  std::atomic<int64_t> done_{0};  // chunks of the current round that have returned (per claim)
   std::atomic<int64_t> base_{0};  // the round's first chunk
   std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
   uint32_t generation_ = 0;        // the caller's count of rounds
