@@ -194,7 +194,7 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
     for (int64_t l = 0; l < start + T && first_real_[b] == capacity; ++l)
       if (cache_mask[b * capacity + l]) first_real_[b] = l;
   }
-  scores_.resize(B * H_ * capacity);
+  scores_.resize(B * KV_ * capacity);
   const Batch batch{B, T, positions_.data(), first_real_.data()};
   for (int64_t l = 0; l < int64_t(layers_.size()); ++l) {
     attention_block(l, batch);
@@ -235,33 +235,35 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch) {
   kernels::matmul_nt(xn_.data(), rows, D_, D_, {{&w.qkv, qkv, width, false}}, pool_);
   float* keys = cache_.keys[l].data_ptr<float>();
   float* values = cache_.values[l].data_ptr<float>();
-  const float q_scale = float(1.0 / std::sqrt(double(hd_)));
-  pool_.parallel_for(rows, [&](int64_t r) {
-    const int64_t b = r / T, t = r % T;
-    float* row = qkv + r * width;
-    const float *c = data_of(cos_) + batch.positions[r] * half,
-                *s = data_of(sin_) + batch.positions[r] * half;
-    kernels::rope_heads(row, c, s, H_, hd_, q_scale);
-    kernels::rope_heads(row + H_ * hd_, c, s, KV_, hd_, 1.0f);
-    for (int64_t j = 0; j < KV_; ++j) {
-      const int64_t at = ((b * KV_ + j) * capacity + start + t) * hd_;
-      std::memcpy(keys + at, row + (H_ + j) * hd_, hd_ * sizeof(float));
-      std::memcpy(values + at, row + (H_ + KV_ + j) * hd_, hd_ * sizeof(float));
-    }
-  });
-
   const int64_t* mask = cache_.mask_buffer.data_ptr<int64_t>();
-  pool_.parallel_for(B * H_, [&](int64_t bh) {
-    const int64_t b = bh / H_, h = bh % H_, j = h / G;  // query head h reads kv head h / G
+  const float q_scale = float(1.0 / std::sqrt(double(hd_)));
+  // One chunk per row and kv head j: for each fed token in order, RoPE on its key (written into
+  // the cache with its value) and on the queries of heads j G .. j G + G - 1, which then attend
+  // (keys up to their own position are in the cache by then).
+  pool_.parallel_for(B * KV_, [&](int64_t bj) {
+    const int64_t b = bj / KV_, j = bj % KV_;
     const int64_t at = (b * KV_ + j) * capacity * hd_;
+    float* scores = &scores_[bj * capacity];
     for (int64_t t = 0; t < T; ++t) {
-      float* out = &ctx_[((b * T + t) * H_ + h) * hd_];
-      if (batch.first_real[b] > start + t) {  // nothing real to attend to yet (see feed())
-        std::fill(out, out + hd_, 0.0f);
-        continue;
+      const int64_t r = b * T + t;
+      float* row = qkv + r * width;
+      const float *c = data_of(cos_) + batch.positions[r] * half,
+                  *s = data_of(sin_) + batch.positions[r] * half;
+      float* key = row + (H_ + j) * hd_;
+      kernels::rope_heads(key, c, s, 1, hd_, 1.0f);
+      std::memcpy(keys + at + (start + t) * hd_, key, hd_ * sizeof(float));
+      std::memcpy(values + at + (start + t) * hd_, row + (H_ + KV_ + j) * hd_, hd_ * sizeof(float));
+      for (int64_t h = j * G; h < (j + 1) * G; ++h) {
+        float* query = row + h * hd_;
+        float* out = &ctx_[(r * H_ + h) * hd_];
+        if (batch.first_real[b] > start + t) {  // nothing real to attend to yet (see feed())
+          std::fill(out, out + hd_, 0.0f);
+          continue;
+        }
+        kernels::rope_heads(query, c, s, 1, hd_, q_scale);
+        kernels::attend(query, keys + at, values + at, mask + b * capacity, start + t + 1, hd_,
+                        scores, out);
       }
-      kernels::attend(qkv + (b * T + t) * width + h * hd_, keys + at, values + at,
-                      mask + b * capacity, start + t + 1, hd_, &scores_[bh * capacity], out);
     }
   });
   kernels::matmul_nt(ctx_.data(), rows, H_ * hd_, H_ * hd_, {{&w.o, x_.data(), D_, true}}, pool_);
