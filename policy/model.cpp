@@ -247,9 +247,12 @@ void start_cache(KVCache* cache, const ModelConfig& config, int64_t batch, int64
   const auto long_opts = kv_options.dtype(torch::kLong);
   cache->keys.clear();
   cache->values.clear();
+  // One block for all layers (views into it): a block this large comes back from the CPU
+  // allocator's cache (policy/cpu_block_cache.h) on the next generation instead of as fresh pages.
+  auto all = torch::zeros({config.n_layers, 2, batch, KV, cap, hd}, kv_opts);
   for (int l = 0; l < config.n_layers; ++l) {
-    cache->keys.push_back(torch::zeros({batch, KV, cap, hd}, kv_opts));
-    cache->values.push_back(torch::zeros({batch, KV, cap, hd}, kv_opts));
+    cache->keys.push_back(all[l][0]);
+    cache->values.push_back(all[l][1]);
   }
   cache->mask_buffer = torch::zeros({batch, cap}, long_opts);
   cache->next_position = torch::zeros({batch}, long_opts);

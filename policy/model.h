@@ -135,7 +135,8 @@ TORCH_MODULE(Transformer);
 
 // Empties `cache` and allocates it for `batch` rows, as hidden_states does on its first call with a
 // cache: capacity = cache->capacity when > 0, else config.max_seq_len, and at least `min_tokens`;
-// zeroed keys and values [batch, n_kv_heads, capacity, head_dim] per layer in `kv_options`
+// zeroed keys and values [batch, n_kv_heads, capacity, head_dim] per layer (contiguous views of
+// one block) in `kv_options`
 // (cache->dtype overrides its dtype); zeroed mask_buffer [batch, capacity] and next_position
 // [batch] (int64 on the same device); length 0.
 void start_cache(KVCache* cache, const ModelConfig& config, int64_t batch, int64_t min_tokens,
