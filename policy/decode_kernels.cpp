@@ -72,8 +72,8 @@ RLHF_AVX2 void half_panel_avx2(const float* x, int64_t ldx, const float* wp, int
   for (int64_t k = 0; k < K; ++k) {
     if (kPrefetch) {
       const char* next = reinterpret_cast<const char*>(wp + (K + k) * kPanel);
-      _mm_prefetch(next, _MM_HINT_T1);
-      _mm_prefetch(next + 64, _MM_HINT_T1);
+      _mm_prefetch(next, _MM_HINT_NTA);
+      _mm_prefetch(next + 64, _MM_HINT_NTA);
     }
     const __m256 w0 = _mm256_loadu_ps(wp + k * kPanel), w1 = _mm256_loadu_ps(wp + k * kPanel + 8);
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
@@ -146,8 +146,9 @@ RLHF_AVX2 void panel_avx2(const float* x, int64_t rows, int64_t ldx, const float
 
 // AVX-512: R rows times a whole panel (2 vectors of 16), R * 2 accumulators.
 // With kPrefetch, the tile also asks for the next panel in memory (wp + K kPanel: the next panel of
-// this weight, or the first of the next packed weight) into L2, a row of it per k, so the first
-// pass over that panel does not wait on memory.
+// this weight, or the first of the next packed weight), a row of it per k, so the first pass over
+// that panel does not wait on memory. The non-temporal hint measured 2-3% faster than the L2 one
+// at batch 32 (weights are read once per step; the KV cache, read next, stays cached).
 template <int R, bool kPrefetch = false>
 RLHF_AVX512 void panel_tile_avx512(const float* x, int64_t ldx, const float* wp, int64_t K,
                                    int64_t cols, float* out, int64_t ldo, bool accumulate) {
@@ -156,8 +157,8 @@ RLHF_AVX512 void panel_tile_avx512(const float* x, int64_t ldx, const float* wp,
   for (int64_t k = 0; k < K; ++k) {
     if (kPrefetch) {
       const char* next = reinterpret_cast<const char*>(wp + (K + k) * kPanel);
-      _mm_prefetch(next, _MM_HINT_T1);
-      _mm_prefetch(next + 64, _MM_HINT_T1);
+      _mm_prefetch(next, _MM_HINT_NTA);
+      _mm_prefetch(next + 64, _MM_HINT_NTA);
     }
     const __m512 w0 = _mm512_loadu_ps(wp + k * kPanel), w1 = _mm512_loadu_ps(wp + k * kPanel + 16);
     _Pragma("GCC unroll 16") for (int r = 0; r < R; ++r) {
