@@ -253,15 +253,17 @@ RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max);
 // attend() for hd a multiple of 8: scores of 8 keys at a time, then the weighted sum of values with
 // 32 output lanes at a time in registers.
 RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* values,
-                           const int64_t* mask, int64_t L, int64_t hd, float* scores, float* out) {
+                           const int64_t* mask, int64_t L, int64_t hd, float* scores, float* out,
+                           const float* last_key, const float* last_value) {
+  const int64_t Lc = last_key ? L - 1 : L;  // positions read from the cache
   int64_t l = 0;
-  for (; l + 8 <= L; l += 8) {
+  for (; l + 8 <= Lc; l += 8) {
     // The cache streams from memory: fetch the keys two blocks ahead and this block's values (read
     // after the softmax) while the multiplies run.
     const char* ahead = reinterpret_cast<const char*>(keys + (l + 16) * hd);
     const char* vals = reinterpret_cast<const char*>(values + l * hd);
     for (int64_t byte = 0; byte < 8 * hd * 4; byte += 64) {
-      if (l + 16 < L) _mm_prefetch(ahead + byte, _MM_HINT_T0);
+      if (l + 16 < Lc) _mm_prefetch(ahead + byte, _MM_HINT_T0);
       _mm_prefetch(vals + byte, _MM_HINT_T0);
     }
     __m256 acc[8];
@@ -273,7 +275,8 @@ RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* value
     }
     _mm256_storeu_ps(scores + l, hsum8(acc));
   }
-  for (; l < L; ++l) scores[l] = dot_avx2(q, keys + l * hd, hd);
+  for (; l < Lc; ++l) scores[l] = dot_avx2(q, keys + l * hd, hd);
+  if (last_key) scores[L - 1] = dot_avx2(q, last_key, hd);
   for (l = 0; l < L; ++l)
     if (!mask[l]) scores[l] = -INFINITY;  // weight 0 below
   const float inv_total = 1.0f / exp_and_sum_avx2(scores, L, max_avx2(scores, L));
@@ -284,7 +287,7 @@ RLHF_AVX2 void attend_avx2(const float* q, const float* keys, const float* value
     for (l = 0; l < L; ++l) {
       if (scores[l] == 0.0f) continue;
       const __m256 p = _mm256_set1_ps(scores[l] * inv_total);
-      const float* v = values + l * hd + i0;
+      const float* v = (l < Lc ? values + l * hd : last_value) + i0;
       for (int j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * j), acc[j]);
     }
     for (int j = 0; j < n; ++j) _mm256_storeu_ps(out + i0 + 8 * j, acc[j]);
@@ -546,13 +549,18 @@ void rope_heads(float* x, const float* cos, const float* sin, int64_t heads, int
 }
 
 void attend(const float* q, const float* keys, const float* values, const int64_t* mask, int64_t L,
-            int64_t hd, float* scratch, float* out) {
+            int64_t hd, float* scratch, float* out, const float* last_key,
+            const float* last_value) {
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (use_avx2() && hd % 8 == 0) return attend_avx2(q, keys, values, mask, L, hd, scratch, out);
+  if (use_avx2() && hd % 8 == 0)
+    return attend_avx2(q, keys, values, mask, L, hd, scratch, out, last_key, last_value);
 #endif
+  const int64_t Lc = last_key ? L - 1 : L;  // positions read from the cache
+  auto key = [&](int64_t l) { return l < Lc ? keys + l * hd : last_key; };
+  auto value = [&](int64_t l) { return l < Lc ? values + l * hd : last_value; };
   float max_score = -INFINITY;
   for (int64_t l = 0; l < L; ++l)
-    if (mask[l]) max_score = std::max(max_score, scratch[l] = dot(q, keys + l * hd, hd));
+    if (mask[l]) max_score = std::max(max_score, scratch[l] = dot(q, key(l), hd));
   float total = 0;
   for (int64_t l = 0; l < L; ++l)
     if (mask[l]) total += scratch[l] = std::exp(scratch[l] - max_score);
@@ -560,7 +568,7 @@ void attend(const float* q, const float* keys, const float* values, const int64_
   for (int64_t l = 0; l < L; ++l) {
     if (!mask[l]) continue;
     const float p = scratch[l] / total;
-    const float* v = values + l * hd;
+    const float* v = value(l);
     for (int64_t i = 0; i < hd; ++i) out[i] += p * v[i];
   }
 }

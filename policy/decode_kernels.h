@@ -100,9 +100,13 @@ void rope_heads(float* x, const float* cos, const float* sin, int64_t heads, int
 
 // Attention of one query head q [hd] (already scaled by 1/sqrt(hd)) over keys/values [L, hd]
 // (rows with stride hd), skipping the positions whose mask is 0: out = softmax(q k^T) v.
-// scratch: L floats. At least one position must be unmasked.
+// scratch: L floats. At least one position must be unmasked. With last_key / last_value, position
+// L - 1 is read from them instead of keys / values (the decoder's newest token, still in its row
+// buffer: reading it back from the cache line just written would wait for that line to arrive
+// from memory).
 void attend(const float* q, const float* keys, const float* values, const int64_t* mask, int64_t L,
-            int64_t hd, float* scratch, float* out);
+            int64_t hd, float* scratch, float* out, const float* last_key = nullptr,
+            const float* last_value = nullptr);
 
 // silu(gate) * up for n elements (SwiGLU): out[i] = gate[i] * sigmoid(gate[i]) * up[i].
 void swiglu(const float* gate, const float* up, float* out, int64_t n);

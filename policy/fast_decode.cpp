@@ -262,7 +262,7 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch) {
         }
         kernels::rope_heads(query, c, s, 1, hd_, q_scale);
         kernels::attend(query, keys + at, values + at, mask + b * capacity, start + t + 1, hd_,
-                        scores, out);
+                        scores, out, key, row + (H_ + KV_ + j) * hd_);
       }
     }
   });

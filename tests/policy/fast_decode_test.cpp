@@ -193,6 +193,30 @@ TEST(DecodeKernelsTest, AttendMatchesMaskedSoftmax) {
   }
 }
 
+// The newest position from last_key / last_value: the cache's row for it is never read (here it
+// holds NaN), and the result equals attention over the cache with that row filled in.
+TEST(DecodeKernelsTest, AttendReadsTheNewestPositionFromItsOwnRow) {
+  torch::manual_seed(6);
+  for (int64_t hd : {6, 32})
+    for (int64_t L : {1, 9, 17}) {
+      auto q = torch::randn({hd}), keys = torch::randn({L, hd}), values = torch::randn({L, hd});
+      auto mask = torch::ones({L}, torch::kLong);
+      auto want = torch::softmax(keys.matmul(q), 0).matmul(values);
+      auto last_key = keys[L - 1].clone(), last_value = values[L - 1].clone();
+      keys[L - 1].fill_(NAN);
+      values[L - 1].fill_(NAN);
+      for (k::Isa isa : isas()) {
+        IsaScope scope(isa);
+        std::vector<float> scratch(L), out(hd);
+        k::attend(q.data_ptr<float>(), keys.data_ptr<float>(), values.data_ptr<float>(),
+                  mask.data_ptr<int64_t>(), L, hd, scratch.data(), out.data(),
+                  last_key.data_ptr<float>(), last_value.data_ptr<float>());
+        EXPECT_TRUE(torch::allclose(torch::tensor(out), want, 1e-5, 1e-5))
+            << "hd " << hd << " L " << L << " " << k::isa_name(isa);
+      }
+    }
+}
+
 TEST(DecodeKernelsTest, RmsNormRopeSwigluMatchTheFusedOps) {
   torch::manual_seed(3);
   auto x = torch::randn({3, 16}), w = torch::rand({16}) + 0.5;
