@@ -444,18 +444,24 @@ namespace {
 
 // Panel p of the stacked parts into dst (kPanel * K floats): row by row of the panel, zeros past
 // the last row.
+// The source row of panel p's column c (nullptr: a zero column past the end).
+const float* source_row(const std::vector<const float*>& parts, const std::vector<int64_t>& rows,
+                        int64_t K, PackedWeight::Layout layout, int64_t p, int64_t c) {
+  if (layout == PackedWeight::Layout::kPairs) {
+    const int64_t half = kPanel / 2, j = p * half + c % half;
+    return j < rows[0] ? parts[c / half] + j * K : nullptr;
+  }
+  int64_t j = p * kPanel + c;
+  for (size_t part = 0; part < parts.size(); j -= rows[part++])
+    if (j < rows[part]) return parts[part] + j * K;
+  return nullptr;
+}
+
 void pack_panel(const std::vector<const float*>& parts, const std::vector<int64_t>& rows, int64_t K,
-                int64_t p, float* dst) {
-  int64_t part = 0, first = 0;  // the part holding row j, and its first row
+                PackedWeight::Layout layout, int64_t p, float* dst) {
   for (int64_t c = 0; c < kPanel; ++c) {
-    const int64_t j = p * kPanel + c;
-    while (part < int64_t(parts.size()) && j >= first + rows[part]) first += rows[part++];
-    if (part == int64_t(parts.size())) {
-      for (int64_t k = 0; k < K; ++k) dst[k * kPanel + c] = 0.0f;
-      continue;
-    }
-    const float* src = parts[part] + (j - first) * K;
-    for (int64_t k = 0; k < K; ++k) dst[k * kPanel + c] = src[k];
+    const float* src = source_row(parts, rows, K, layout, p, c);
+    for (int64_t k = 0; k < K; ++k) dst[k * kPanel + c] = src ? src[k] : 0.0f;
   }
 }
 
@@ -463,15 +469,22 @@ void pack_panel(const std::vector<const float*>& parts, const std::vector<int64_
 
 PackedWeight::PackedWeight(const float* w, int64_t n, int64_t K)
     : n_(n), K_(K), owned_(floats(n, K)), data_(owned_.data()) {
-  for (int64_t p = 0; p < panels(); ++p) pack_panel({w}, {n}, K, p, data_ + p * K * kPanel);
+  for (int64_t p = 0; p < panels(); ++p)
+    pack_panel({w}, {n}, K, layout_, p, data_ + p * K * kPanel);
 }
 
 PackedWeight::PackedWeight(const std::vector<const float*>& parts, const std::vector<int64_t>& rows,
-                           int64_t K, float* storage, LoopPool& pool)
-    : K_(K), data_(storage) {
-  for (int64_t r : rows) n_ += r;
-  pool.parallel_for(panels(),
-                    [&](int64_t p) { pack_panel(parts, rows, K, p, data_ + p * K * kPanel); });
+                           int64_t K, float* storage, LoopPool& pool, Layout layout)
+    : K_(K), layout_(layout), data_(storage) {
+  if (layout == Layout::kPairs) {
+    if (parts.size() != 2 || rows.size() != 2 || rows[0] != rows[1])
+      throw Error("PackedWeight: the pairs layout takes two parts of equal rows");
+    n_ = rows[0];
+  } else {
+    for (int64_t r : rows) n_ += r;
+  }
+  pool.parallel_for(
+      panels(), [&](int64_t p) { pack_panel(parts, rows, K, layout, p, data_ + p * K * kPanel); });
 }
 
 float dot(const float* a, const float* b, int64_t n) {
@@ -481,6 +494,20 @@ float dot(const float* a, const float* b, int64_t n) {
   return dot_portable(a, b, n);
 }
 
+namespace {
+
+// One panel for all B rows on the instruction set `isa`.
+void run_panel(Isa isa, const float* x, int64_t B, int64_t ldx, const float* wp, int64_t K,
+               int64_t cols, float* out, int64_t ldo, bool accumulate) {
+#ifdef RLHF_HAVE_AVX2_KERNEL
+  if (isa == Isa::kAvx512) return panel_avx512(x, B, ldx, wp, K, cols, out, ldo, accumulate);
+  if (isa == Isa::kAvx2) return panel_avx2(x, B, ldx, wp, K, cols, out, ldo, accumulate);
+#endif
+  panel_portable(x, B, ldx, wp, K, cols, out, ldo, accumulate);
+}
+
+}  // namespace
+
 void matmul_nt(const float* x, int64_t B, int64_t K, int64_t ldx,
                const std::vector<MatmulJob>& jobs, LoopPool& pool) {
   const int64_t per_chunk = panels_per_chunk(B);
@@ -489,6 +516,12 @@ void matmul_nt(const float* x, int64_t B, int64_t K, int64_t ldx,
     if (jobs[i].w->K() != K)
       throw Error("matmul_nt: job " + std::to_string(i) + " has a weight of inner size " +
                   std::to_string(jobs[i].w->K()) + ", expected " + std::to_string(K));
+    const bool pairs = jobs[i].w->layout() == PackedWeight::Layout::kPairs;
+    const bool swiglu = jobs[i].epilogue == MatmulJob::Epilogue::kSwiGlu;
+    if (pairs != swiglu || (swiglu && jobs[i].accumulate))
+      throw Error("matmul_nt: job " + std::to_string(i) +
+                  ": the SwiGLU epilogue takes a pairs-layout weight and no accumulate, and a "
+                  "pairs-layout weight needs it");
     first_chunk[i + 1] = first_chunk[i] + (jobs[i].w->panels() + per_chunk - 1) / per_chunk;
   }
   const Isa isa = g_isa.load(std::memory_order_relaxed);
@@ -498,21 +531,21 @@ void matmul_nt(const float* x, int64_t B, int64_t K, int64_t ldx,
     const MatmulJob& job = jobs[i];
     const int64_t p0 = (chunk - first_chunk[i]) * per_chunk;
     const int64_t p1 = std::min(job.w->panels(), p0 + per_chunk);
+    const bool swiglu = job.epilogue == MatmulJob::Epilogue::kSwiGlu;
+    thread_local std::vector<float> sums;  // [B, kPanel] gate | up sums for the epilogue
+    if (swiglu) sums.resize(B * kPanel);
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t cols = std::min(kPanel, job.w->n() - p * kPanel);
-      const float* wp = job.w->panel(p);
-      float* out = job.out + p * kPanel;
-#ifdef RLHF_HAVE_AVX2_KERNEL
-      if (isa == Isa::kAvx512) {
-        panel_avx512(x, B, ldx, wp, K, cols, out, job.ldo, job.accumulate);
-        continue;
-      }
-      if (isa == Isa::kAvx2) {
-        panel_avx2(x, B, ldx, wp, K, cols, out, job.ldo, job.accumulate);
-        continue;
-      }
-#endif
-      panel_portable(x, B, ldx, wp, K, cols, out, job.ldo, job.accumulate);
+      const int64_t per = job.w->outputs_per_panel(), first = p * per;
+      const int64_t outputs = std::min(per, job.w->n() - first);
+      const int64_t cols = swiglu ? kPanel : outputs;
+      float* out = swiglu ? sums.data() : job.out + first;
+      const int64_t ldo = swiglu ? kPanel : job.ldo;
+      run_panel(isa, x, B, ldx, job.w->panel(p), K, cols, out, ldo, job.accumulate);
+      if (swiglu)
+        for (int64_t b = 0; b < B; ++b) {
+          const float* row = sums.data() + b * kPanel;
+          kernels::swiglu(row, row + kPanel / 2, job.out + b * job.ldo + first, outputs);
+        }
     }
   });
 }

@@ -50,29 +50,43 @@ class PackedWeight {
   PackedWeight& operator=(const PackedWeight&) = delete;
   // Packs w [n, K] into storage of its own.
   PackedWeight(const float* w, int64_t n, int64_t K);
-  // Packs the row blocks parts[i] ([rows[i], K] each, stacked in that order: q, k and v as one
-  // weight) into `storage` (floats(sum of rows, K) floats, owned by the caller, which keeps it
-  // alive), one panel per chunk of `pool`.
-  PackedWeight(const std::vector<const float*>& parts, const std::vector<int64_t>& rows, int64_t K,
-               float* storage, LoopPool& pool);
+  // How rows map to panel columns. kRows: the parts stacked in order (q, k and v as one weight).
+  // kPairs: two parts of equal rows n interleaved by half panels, panel p holding rows
+  // [16p, 16p + 16) of parts[0] in columns 0..15 and the same rows of parts[1] in columns 16..31
+  // (gate and up, for the SwiGLU epilogue of matmul_nt).
+  enum class Layout { kRows, kPairs };
 
+  // Packs the row blocks parts[i] ([rows[i], K] each) into `storage` (floats(sum of rows, K)
+  // floats, owned by the caller, which keeps it alive), one panel per chunk of `pool`.
+  PackedWeight(const std::vector<const float*>& parts, const std::vector<int64_t>& rows, int64_t K,
+               float* storage, LoopPool& pool, Layout layout = Layout::kRows);
+
+  Layout layout() const { return layout_; }
+  // Output columns: the sum of rows (kRows), or the rows of one part (kPairs: one output per pair).
   int64_t n() const { return n_; }
   int64_t K() const { return K_; }
-  int64_t panels() const { return (n_ + kPanel - 1) / kPanel; }
+  // Output columns per panel: kPanel, or kPanel / 2 pairs.
+  int64_t outputs_per_panel() const { return layout_ == Layout::kPairs ? kPanel / 2 : kPanel; }
+  int64_t panels() const { return (n_ + outputs_per_panel() - 1) / outputs_per_panel(); }
   const float* panel(int64_t p) const { return data_ + p * K_ * kPanel; }
 
  private:
   int64_t n_ = 0, K_ = 0;
+  Layout layout_ = Layout::kRows;
   std::vector<float> owned_;
   float* data_ = nullptr;
 };
 
-// One product of matmul_nt: out[b * ldo + j] (+)= sum_k x[b, k] * w[j, k] for j < w.n().
+// One product of matmul_nt: out[b * ldo + j] (+)= sum_k x[b, k] * w[j, k] for j < w.n(); with
+// the SwiGLU epilogue (a kPairs weight of gate and up, no accumulate),
+// out[b * ldo + j] = swiglu(gate_j, up_j) for the two sums of pair j, as swiglu() computes it.
 struct MatmulJob {
+  enum class Epilogue { kNone, kSwiGlu };
   const PackedWeight* w = nullptr;
   float* out = nullptr;
   int64_t ldo = 0;
   bool accumulate = false;  // out += x w^T (a residual connection) instead of out = x w^T
+  Epilogue epilogue = Epilogue::kNone;
 };
 
 // x [B, K] with row stride ldx, times every job's weight transposed (each w.K() == K), split over

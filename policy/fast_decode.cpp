@@ -77,7 +77,8 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
   }
   packed_ = torch::empty({total}, torch::kFloat);
   float* storage = packed_.data_ptr<float>();
-  auto pack = [&](const Parts& parts) {
+  using Layout = kernels::PackedWeight::Layout;
+  auto pack = [&](const Parts& parts, Layout layout = Layout::kRows) {
     std::vector<const float*> data;
     std::vector<int64_t> rows;
     int64_t n = 0;
@@ -87,7 +88,7 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
       n += w.size(0);
     }
     const int64_t K = parts[0].size(1);
-    kernels::PackedWeight packed(data, rows, K, storage, pool_);
+    kernels::PackedWeight packed(data, rows, K, storage, pool_, layout);
     storage += kernels::PackedWeight::floats(n, K);
     return packed;
   };
@@ -99,7 +100,7 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
     w.post_norm = hold(layer->post_attention_layernorm);
     w.qkv = pack(packed_parts[next++]);
     w.o = pack(packed_parts[next++]);
-    w.gate_up = pack(packed_parts[next++]);
+    w.gate_up = pack(packed_parts[next++], Layout::kPairs);
     w.down = pack(packed_parts[next++]);
     layers_.push_back(std::move(w));
   }
@@ -125,7 +126,6 @@ void DecodeEngine::reserve_rows(int64_t rows) {
   xn_.resize(rows * D_);
   qkv_.resize(rows * (H_ + 2 * KV_) * hd_);
   ctx_.resize(rows * H_ * hd_);
-  gate_up_.resize(rows * 2 * F_);
   act_.resize(rows * F_);
 }
 
@@ -269,16 +269,14 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch) {
   kernels::matmul_nt(ctx_.data(), rows, H_ * hd_, H_ * hd_, {{&w.o, x_.data(), D_, true}}, pool_);
 }
 
-// x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))) for the first `rows` rows.
+// x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))) for the first `rows` rows; SwiGLU is the
+// gate/up loop's epilogue (gate and up packed as pairs), so act is written directly.
 void DecodeEngine::mlp_block(int64_t l, int64_t rows) {
   const LayerWeights& w = layers_[l];
   norm_rows(w.post_norm, rows);
-  kernels::matmul_nt(xn_.data(), rows, D_, D_, {{&w.gate_up, gate_up_.data(), 2 * F_, false}},
-                     pool_);
-  pool_.parallel_for(rows, [&](int64_t r) {
-    const float* gate_up = &gate_up_[r * 2 * F_];
-    kernels::swiglu(gate_up, gate_up + F_, &act_[r * F_], F_);
-  });
+  using Epilogue = kernels::MatmulJob::Epilogue;
+  kernels::matmul_nt(xn_.data(), rows, D_, D_,
+                     {{&w.gate_up, act_.data(), F_, false, Epilogue::kSwiGlu}}, pool_);
   kernels::matmul_nt(act_.data(), rows, F_, F_, {{&w.down, x_.data(), D_, true}}, pool_);
 }
 

@@ -55,7 +55,7 @@ class DecodeEngine {
 
  private:
   // A layer's norms (pointers into held_) and its projections packed for kernels::matmul_nt:
-  // q, k and v as one weight (rows in that order), gate and up as one.
+  // q, k and v as one weight (rows in that order), gate and up as one (pairs layout).
   struct LayerWeights {
     const float *input_norm, *post_norm;
     kernels::PackedWeight qkv, o, gate_up, down;
@@ -84,11 +84,11 @@ class DecodeEngine {
   kernels::PackedWeight lm_head_;
   torch::Tensor cos_, sin_;  // [positions, hd / 2] rotary tables, as hidden_states computes them
   // Activations for up to rows_ token rows: x [rows, D] (the residual stream), xn [rows, D],
-  // qkv [rows, (H + 2 KV) hd], ctx [rows, H hd], gate_up [rows, 2 F] (gate then up),
-  // act [rows, F]; scores [B * KV, capacity]; logits [B, V].
+  // qkv [rows, (H + 2 KV) hd], ctx [rows, H hd], act [rows, F]; scores [B * KV, capacity];
+  // logits [B, V].
   int64_t rows_ = 0;
   std::vector<int64_t> positions_, first_real_;  // of the current feed(): [B, T] and [B]
-  std::vector<float> x_, xn_, qkv_, ctx_, gate_up_, act_, scores_;
+  std::vector<float> x_, xn_, qkv_, ctx_, act_, scores_;
   torch::Tensor logits_;
 };
 

@@ -102,6 +102,45 @@ TEST(DecodeKernelsTest, PackedWeightFromPartsEqualsTheConcatenation) {
       ASSERT_EQ(parts.panel(p)[i], whole.panel(p)[i]) << "panel " << p << " float " << i;
 }
 
+// Gate and up packed as pairs with the SwiGLU epilogue: the same bits as the two products followed
+// by swiglu(), for sizes with and without a partial pair panel (8, 16, 40) and every tile's rows.
+TEST(DecodeKernelsTest, SwiGluEpilogueEqualsProductsThenSwiGlu) {
+  torch::manual_seed(8);
+  LoopPool pool(2);
+  for (int64_t F : {8, 16, 40})
+    for (int64_t B : {1, 7, 13, 32}) {
+      const int64_t K = 24;
+      auto x = torch::randn({B, K}), gate = torch::randn({F, K}), up = torch::randn({F, K});
+      std::vector<float> storage(k::PackedWeight::floats(2 * F, K));
+      const k::PackedWeight pairs({gate.data_ptr<float>(), up.data_ptr<float>()}, {F, F}, K,
+                                  storage.data(), pool, k::PackedWeight::Layout::kPairs);
+      ASSERT_EQ(pairs.n(), F);
+      const k::PackedWeight g(gate.data_ptr<float>(), F, K), u(up.data_ptr<float>(), F, K);
+      for (k::Isa isa : isas()) {
+        IsaScope scope(isa);
+        std::vector<float> gs(B * F), us(B * F), want(B * F), got(B * F + 3, -7.0f);
+        k::matmul_nt(x.data_ptr<float>(), B, K, K,
+                     {{&g, gs.data(), F, false}, {&u, us.data(), F, false}}, pool);
+        for (int64_t b = 0; b < B; ++b) k::swiglu(&gs[b * F], &us[b * F], &want[b * F], F);
+        k::matmul_nt(x.data_ptr<float>(), B, K, K,
+                     {{&pairs, got.data(), F, false, k::MatmulJob::Epilogue::kSwiGlu}}, pool);
+        EXPECT_EQ(std::vector<float>(got.begin(), got.begin() + B * F), want)
+            << "F " << F << " B " << B << " " << k::isa_name(isa);
+        EXPECT_EQ(got[B * F], -7.0f);  // nothing written past the outputs
+      }
+    }
+  // A pairs weight needs the epilogue, and the epilogue a pairs weight.
+  std::vector<float> w(16 * 4), storage(k::PackedWeight::floats(32, 4)), x(4), out(16);
+  const k::PackedWeight rows(w.data(), 16, 4);
+  const k::PackedWeight pairs({w.data(), w.data()}, {16, 16}, 4, storage.data(), pool,
+                              k::PackedWeight::Layout::kPairs);
+  EXPECT_THROW(k::matmul_nt(x.data(), 1, 4, 4, {{&pairs, out.data(), 16, false}}, pool), Error);
+  EXPECT_THROW(
+      k::matmul_nt(x.data(), 1, 4, 4,
+                   {{&rows, out.data(), 16, false, k::MatmulJob::Epilogue::kSwiGlu}}, pool),
+      Error);
+}
+
 TEST(DecodeKernelsTest, MatmulRejectsAWeightOfAnotherInnerSize) {
   std::vector<float> x(4), w(6), out(3);
   const k::PackedWeight packed(w.data(), 2, 3);
