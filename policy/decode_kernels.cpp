@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "common/error.h"
 
@@ -30,6 +31,18 @@ float dot_portable(const float* a, const float* b, int64_t n) {
 }
 
 constexpr int64_t kPanel = PackedWeight::kPanel;
+
+// Calls fn(std::integral_constant<int, n>) for a run-time n in 1..kMax (the tiles' row count is
+// a template parameter, so their accumulators stay in registers).
+template <int kMax, typename Fn>
+void with_rows(int64_t n, Fn&& fn) {
+  if constexpr (kMax == 1) {
+    fn(std::integral_constant<int, 1>{});
+  } else {
+    if (n == kMax) return fn(std::integral_constant<int, kMax>{});
+    with_rows<kMax - 1>(n, fn);
+  }
+}
 
 // Stores a tile's row of kPanel sums into the first `cols` columns of o (adding when accumulating).
 inline void store_row(const float* sums, int64_t cols, bool accumulate, float* o) {
@@ -110,20 +123,9 @@ constexpr int64_t kPrefetchRows = 8;
 template <bool kPrefetch>
 RLHF_AVX2 void tile_avx2(int64_t n, const float* x, int64_t ldx, const float* wp, int64_t K,
                          int64_t cols, float* out, int64_t ldo, bool acc) {
-  switch (n) {
-    case 6:
-      return half_panel_avx2<6, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 5:
-      return half_panel_avx2<5, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 4:
-      return half_panel_avx2<4, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 3:
-      return half_panel_avx2<3, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 2:
-      return half_panel_avx2<2, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    default:
-      return half_panel_avx2<1, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-  }
+  with_rows<6>(n, [&](auto rows) {
+    half_panel_avx2<decltype(rows)::value, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
+  });
 }
 
 // All `rows` rows of one panel, 6 rows per tile (12 accumulators, 2 weight vectors and a broadcast
@@ -184,36 +186,13 @@ RLHF_AVX512 void panel_tile_avx512(const float* x, int64_t ldx, const float* wp,
   }
 }
 
-// One AVX-512 tile of n = 1..12 rows (a switch from the run-time count to the template).
+// One AVX-512 tile of n = 1..12 rows.
 template <bool kPrefetch>
 RLHF_AVX512 void tile_avx512(int64_t n, const float* x, int64_t ldx, const float* wp, int64_t K,
                              int64_t cols, float* out, int64_t ldo, bool acc) {
-  switch (n) {
-    case 12:
-      return panel_tile_avx512<12, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 11:
-      return panel_tile_avx512<11, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 10:
-      return panel_tile_avx512<10, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 9:
-      return panel_tile_avx512<9, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 8:
-      return panel_tile_avx512<8, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 7:
-      return panel_tile_avx512<7, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 6:
-      return panel_tile_avx512<6, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 5:
-      return panel_tile_avx512<5, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 4:
-      return panel_tile_avx512<4, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 3:
-      return panel_tile_avx512<3, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    case 2:
-      return panel_tile_avx512<2, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-    default:
-      return panel_tile_avx512<1, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
-  }
+  with_rows<12>(n, [&](auto rows) {
+    panel_tile_avx512<decltype(rows)::value, kPrefetch>(x, ldx, wp, K, cols, out, ldo, acc);
+  });
 }
 
 // All `rows` rows of one panel, 12 rows per tile (24 accumulators, 2 weight vectors and a

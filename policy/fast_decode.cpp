@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
+#include <utility>
 
 #include "common/error.h"
 #include "policy/decode_kernels.h"
@@ -42,6 +44,20 @@ bool DecodeEngine::supports(Transformer& model, const KVCache& cache) {
   return true;
 }
 
+namespace {
+
+// The rotary tables cos, sin [positions, hd / 2] as hidden_states computes them.
+std::pair<torch::Tensor, torch::Tensor> rope_tables(Transformer& model, int64_t positions) {
+  torch::Tensor inv_freq;
+  for (const auto& b : model->named_buffers())
+    if (b.key() == "rope_inv_freq") inv_freq = b.value();
+  if (!inv_freq.defined()) throw Error("DecodeEngine: the model has no rope_inv_freq buffer");
+  auto angles = torch::arange(positions, torch::kLong).to(torch::kFloat).unsqueeze(-1) * inv_freq;
+  return {angles.cos().contiguous(), angles.sin().contiguous()};
+}
+
+}  // namespace
+
 DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
     : model_(model), cache_(cache), pool_(pool) {
   torch::NoGradGuard no_grad;
@@ -53,70 +69,70 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
   F_ = c.resolved_hidden_dim();
   V_ = c.vocab_size;
   eps_ = c.norm_eps;
-  auto hold = [&](const torch::Tensor& t) {
-    held_.push_back(t.contiguous());
-    return data_of(held_.back());
+  pack_weights();
+  // Every position a cache of this capacity can hold (later ones go through libtorch).
+  std::tie(cos_, sin_) = rope_tables(model, std::max<int64_t>(c.max_seq_len, cache.capacity));
+}
+
+const float* DecodeEngine::hold(const torch::Tensor& t) {
+  held_.push_back(t.contiguous());
+  return data_of(held_.back());
+}
+
+// The norms referenced; the projections packed for the kernels, all into one block (so a block this
+// large comes back from the CPU allocator's cache on the next engine instead of as fresh pages).
+void DecodeEngine::pack_weights() {
+  using Layout = kernels::PackedWeight::Layout;
+  struct ToPack {
+    std::vector<torch::Tensor> parts;
+    Layout layout;
   };
-  // The projections packed for the kernels, all in one block (so a block this large comes back
-  // from the CPU allocator's cache on the next engine instead of as fresh pages).
-  using Parts = std::vector<torch::Tensor>;
-  std::vector<Parts> packed_parts;
-  for (size_t l = 0; l < model->layers->size(); ++l) {
-    auto layer = model->layers[l]->as<DecoderLayer>();
-    packed_parts.push_back({layer->q_proj->weight, layer->k_proj->weight, layer->v_proj->weight});
-    packed_parts.push_back({layer->o_proj->weight});
-    packed_parts.push_back({layer->gate_proj->weight, layer->up_proj->weight});
-    packed_parts.push_back({layer->down_proj->weight});
+  std::vector<ToPack> todo;  // per layer q|k|v, o, gate|up, down; then the output projection
+  for (size_t l = 0; l < model_->layers->size(); ++l) {
+    auto layer = model_->layers[l]->as<DecoderLayer>();
+    todo.push_back(
+        {{layer->q_proj->weight, layer->k_proj->weight, layer->v_proj->weight}, Layout::kRows});
+    todo.push_back({{layer->o_proj->weight}, Layout::kRows});
+    todo.push_back({{layer->gate_proj->weight, layer->up_proj->weight}, Layout::kPairs});
+    todo.push_back({{layer->down_proj->weight}, Layout::kRows});
   }
-  packed_parts.push_back({model->lm_head ? model->lm_head->weight : model->tok_embeddings->weight});
-  int64_t total = 0;
-  for (const auto& parts : packed_parts) {
+  todo.push_back({{model_->lm_head ? model_->lm_head->weight : model_->tok_embeddings->weight},
+                  Layout::kRows});
+  auto rows_of = [](const ToPack& p) {
     int64_t n = 0;
-    for (const auto& w : parts) n += w.size(0);
-    total += kernels::PackedWeight::floats(n, parts[0].size(1));
-  }
+    for (const auto& w : p.parts) n += w.size(0);
+    return n;
+  };
+  int64_t total = 0;
+  for (const auto& p : todo) total += kernels::PackedWeight::floats(rows_of(p), p.parts[0].size(1));
   packed_ = torch::empty({total}, torch::kFloat);
   float* storage = packed_.data_ptr<float>();
-  using Layout = kernels::PackedWeight::Layout;
-  auto pack = [&](const Parts& parts, Layout layout = Layout::kRows) {
+  std::vector<kernels::PackedWeight> packed;
+  for (const auto& p : todo) {
     std::vector<const float*> data;
     std::vector<int64_t> rows;
-    int64_t n = 0;
-    for (const auto& w : parts) {
+    for (const auto& w : p.parts) {
       data.push_back(hold(w));
       rows.push_back(w.size(0));
-      n += w.size(0);
     }
-    const int64_t K = parts[0].size(1);
-    kernels::PackedWeight packed(data, rows, K, storage, pool_, layout);
-    storage += kernels::PackedWeight::floats(n, K);
-    return packed;
-  };
-  size_t next = 0;
-  for (size_t l = 0; l < model->layers->size(); ++l) {
-    auto layer = model->layers[l]->as<DecoderLayer>();
+    const int64_t K = p.parts[0].size(1);
+    packed.emplace_back(data, rows, K, storage, pool_, p.layout);
+    storage += kernels::PackedWeight::floats(rows_of(p), K);
+  }
+  for (size_t l = 0; l < model_->layers->size(); ++l) {
+    auto layer = model_->layers[l]->as<DecoderLayer>();
     LayerWeights w;
     w.input_norm = hold(layer->input_layernorm);
     w.post_norm = hold(layer->post_attention_layernorm);
-    w.qkv = pack(packed_parts[next++]);
-    w.o = pack(packed_parts[next++]);
-    w.gate_up = pack(packed_parts[next++], Layout::kPairs);
-    w.down = pack(packed_parts[next++]);
+    w.qkv = std::move(packed[4 * l]);
+    w.o = std::move(packed[4 * l + 1]);
+    w.gate_up = std::move(packed[4 * l + 2]);
+    w.down = std::move(packed[4 * l + 3]);
     layers_.push_back(std::move(w));
   }
-  lm_head_ = pack(packed_parts[next++]);
-  embedding_ = hold(model->tok_embeddings->weight);
-  final_norm_ = hold(model->norm_weight);
-
-  // The rotary tables of hidden_states, for every position a cache of this capacity can hold.
-  const int64_t positions = std::max<int64_t>(c.max_seq_len, cache.capacity);
-  torch::Tensor inv_freq;
-  for (const auto& b : model->named_buffers())
-    if (b.key() == "rope_inv_freq") inv_freq = b.value();
-  if (!inv_freq.defined()) throw Error("DecodeEngine: the model has no rope_inv_freq buffer");
-  auto angles = torch::arange(positions, torch::kLong).to(torch::kFloat).unsqueeze(-1) * inv_freq;
-  cos_ = angles.cos().contiguous();
-  sin_ = angles.sin().contiguous();
+  lm_head_ = std::move(packed.back());
+  embedding_ = hold(model_->tok_embeddings->weight);
+  final_norm_ = hold(model_->norm_weight);
 }
 
 void DecodeEngine::reserve_rows(int64_t rows) {
@@ -141,6 +157,50 @@ torch::Tensor DecodeEngine::step(const torch::Tensor& ids) {
   return feed(ids.view({ids.size(0), 1}));
 }
 
+// Checks the ids, then fills positions_ as positions_from_mask(mask, next_position) computes them
+// (the row's next position plus real tokens so far - 1, at least the next position). Returns the
+// next positions after these tokens, or an undefined tensor when a position is past the rotary
+// tables. m: the mask, or nullptr for all real.
+torch::Tensor DecodeEngine::plan_positions(const int64_t* id, const int64_t* m, int64_t B,
+                                           int64_t T) {
+  auto next_before = cache_.next_position.contiguous();
+  auto next_after = torch::empty({B}, torch::kLong);
+  const int64_t* np = next_before.data_ptr<int64_t>();
+  positions_.resize(B * T);
+  bool in_table = true;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t real = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      TORCH_CHECK(id[r] >= 0 && id[r] < V_, "DecodeEngine::feed: id ", id[r], " at [", b, ", ", t,
+                  "] out of range [0, ", V_, ")");
+      real += m ? m[r] : 1;
+      positions_[r] = np[b] + std::max<int64_t>(real - 1, 0);
+      in_table = in_table && positions_[r] >= 0 && positions_[r] < cos_.size(0);
+    }
+    next_after.data_ptr<int64_t>()[b] = np[b] + real;
+  }
+  return in_table ? next_after : torch::Tensor();
+}
+
+// The tokens' embeddings into x_, their mask into the cache at length .. length + T - 1, and each
+// row's first real cache position into first_real_ (the capacity when there is none).
+void DecodeEngine::load_tokens(const int64_t* id, const int64_t* m, int64_t B, int64_t T) {
+  const int64_t capacity = cache_.mask_buffer.size(1), start = cache_.length;
+  int64_t* cache_mask = cache_.mask_buffer.data_ptr<int64_t>();
+  first_real_.assign(B, capacity);
+  reserve_rows(B * T);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      std::memcpy(&x_[r * D_], embedding_ + id[r] * D_, D_ * sizeof(float));
+      cache_mask[b * capacity + start + t] = m ? m[r] : 1;
+    }
+    for (int64_t l = 0; l < start + T && first_real_[b] == capacity; ++l)
+      if (cache_mask[b * capacity + l]) first_real_[b] = l;
+  }
+}
+
 torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tensor& mask_in) {
   TORCH_CHECK(ids_in.dim() == 2 && ids_in.size(1) > 0 && ids_in.scalar_type() == torch::kLong &&
                   ids_in.device().is_cpu(),
@@ -158,42 +218,11 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
   TORCH_CHECK(cache_.mask_buffer.size(0) == B, "DecodeEngine::feed: cache batch ",
               cache_.mask_buffer.size(0), " != ids batch ", B);
   const int64_t capacity = cache_.mask_buffer.size(1), start = cache_.length;
-  const int64_t* m = mask.defined() ? mask.data_ptr<int64_t>() : nullptr;
-
-  // Positions as positions_from_mask(mask, next_position) computes them: the row's next position
-  // plus (real tokens so far - 1), at least the next position; and the next positions after.
-  auto next_before = cache_.next_position.contiguous();
-  auto next_after = torch::empty({B}, torch::kLong);
-  const int64_t* np = next_before.data_ptr<int64_t>();
-  positions_.resize(B * T);
-  bool in_table = true;
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t real = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = b * T + t;
-      real += m ? m[r] : 1;
-      positions_[r] = np[b] + std::max<int64_t>(real - 1, 0);
-      in_table = in_table && positions_[r] >= 0 && positions_[r] < cos_.size(0);
-    }
-    next_after.data_ptr<int64_t>()[b] = np[b] + real;
-  }
-  if (start + T > capacity || !in_table) return feed_through_libtorch(ids, mask);
-
   const int64_t* id = ids.data_ptr<int64_t>();
-  int64_t* cache_mask = cache_.mask_buffer.data_ptr<int64_t>();
-  first_real_.assign(B, capacity);
-  reserve_rows(B * T);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = b * T + t;
-      TORCH_CHECK(id[r] >= 0 && id[r] < V_, "DecodeEngine::feed: id ", id[r], " at [", b, ", ", t,
-                  "] out of range [0, ", V_, ")");
-      std::memcpy(&x_[r * D_], embedding_ + id[r] * D_, D_ * sizeof(float));
-      cache_mask[b * capacity + start + t] = m ? m[r] : 1;
-    }
-    for (int64_t l = 0; l < start + T && first_real_[b] == capacity; ++l)
-      if (cache_mask[b * capacity + l]) first_real_[b] = l;
-  }
+  const int64_t* m = mask.defined() ? mask.data_ptr<int64_t>() : nullptr;
+  auto next_after = plan_positions(id, m, B, T);
+  if (start + T > capacity || !next_after.defined()) return feed_through_libtorch(ids, mask);
+  load_tokens(id, m, B, T);
   scores_.resize(B * KV_ * capacity);
   const Batch batch{B, T, positions_.data(), first_real_.data()};
   for (int64_t l = 0; l < int64_t(layers_.size()); ++l) {

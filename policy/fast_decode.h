@@ -66,7 +66,11 @@ class DecodeEngine {
     const int64_t* positions;   // [B, T]
     const int64_t* first_real;  // [B]: the first cache position of each row with a real token
   };
+  const float* hold(const torch::Tensor& t);  // keeps t (contiguous) alive; its data
+  void pack_weights();
   void reserve_rows(int64_t rows);
+  torch::Tensor plan_positions(const int64_t* id, const int64_t* mask, int64_t B, int64_t T);
+  void load_tokens(const int64_t* id, const int64_t* mask, int64_t B, int64_t T);
   void norm_rows(const float* weight, int64_t rows);
   void attention_block(int64_t layer, const Batch& batch);
   void mlp_block(int64_t layer, int64_t rows);
