@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -379,13 +380,19 @@ Isa detect_isa() {
 }
 
 // What the CPU supports, capped by RLHF_DECODE_ISA.
+// What the CPU supports, capped by RLHF_DECODE_ISA (an unknown value is reported on stderr once
+// and ignored).
 Isa initial_isa() {
-  Isa isa = detect_isa();
-  if (const char* env = std::getenv("RLHF_DECODE_ISA")) {
-    const std::string want = env;
-    if (want == "portable") isa = Isa::kPortable;
-    if (want == "avx2" && isa == Isa::kAvx512) isa = Isa::kAvx2;
-  }
+  const Isa isa = detect_isa();
+  const char* env = std::getenv("RLHF_DECODE_ISA");
+  if (!env || !*env) return isa;
+  const std::string want = env;
+  if (want == "portable") return Isa::kPortable;
+  if (want == "avx2") return std::min(isa, Isa::kAvx2);
+  if (want == "avx512") return isa;
+  std::fprintf(stderr,
+               "warning: RLHF_DECODE_ISA='%s' is not one of portable, avx2, avx512; using %s\n",
+               env, isa == Isa::kAvx512 ? "avx512" : (isa == Isa::kAvx2 ? "avx2" : "portable"));
   return isa;
 }
 
