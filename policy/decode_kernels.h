@@ -4,13 +4,14 @@
 // Why: a decoding step multiplies a few rows ([B, D] activations, B = 1..64) by each weight. For
 // these skinny shapes OpenBLAS packs the whole weight before every multiply and hands work to its
 // threads per call; measured on the 2-core VM (OPENBLAS_CORETYPE=Haswell), torch::mm reached
-// 3-4 GFLOP/s at B = 1 and 34-40 at B = 32, against about 20 and 45 single-threaded for the kernel
-// here, which reads each weight row straight from memory, once per block of rows
-// (docs/performance.md, "Decoding engine").
+// 3-4 GFLOP/s at B = 1 and 34-40 at B = 32. The kernel here packs each weight once per engine
+// and reached 186 GFLOP/s on one thread at B = 32 with AVX-512 (docs/performance.md, "Decoding
+// engine" and "Batch-32 decode at 8x llama2.c").
 //
 // Results do not depend on the number of threads: every output element is computed by one
-// thread, in a fixed summation order. They can differ in the last bits from torch::mm (another
-// order) and between CPUs with and without AVX2 + FMA (another kernel).
+// thread, in a fixed order. matmul_nt gives the same bits on every instruction set; attention,
+// SwiGLU and sampling use a vector exp on AVX2 and std::exp otherwise, so they can differ in the
+// last bits between CPUs with and without AVX2. All can differ from libtorch in the last bits.
 #pragma once
 
 #include <cstdint>
