@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/perf_harness.h"
+#include "tests/policy/model_fixtures.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -39,16 +40,8 @@ bool same(const torch::Tensor& read_back, const torch::Tensor& weight) {
   return torch::equal(read_back, weight.detach().reshape({-1}));
 }
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;  // KVD = 16 != D: wk/wv sizes differ from wq
-  c.max_seq_len = 16;
-  return c;
-}
+// KVD = 16 != D: wk/wv sizes differ from wq.
+ModelConfig tiny_config() { return rlhf::policy::testing::tiny_config(16); }
 
 // Layer l of the model.
 rlhf::policy::DecoderLayerImpl& layer(Transformer& m, size_t l) {

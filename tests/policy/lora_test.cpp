@@ -9,6 +9,7 @@
 #include "common/files.h"
 #include "policy/checkpoint.h"
 #include "policy/model.h"
+#include "tests/policy/model_fixtures.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {
@@ -16,16 +17,7 @@ namespace {
 
 using rlhf::testing::TempDir;
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 32;
-  return c;
-}
+ModelConfig tiny_config() { return rlhf::policy::testing::tiny_config(32); }
 
 Transformer tiny_model(uint64_t seed) {
   torch::manual_seed(seed);
