@@ -66,14 +66,17 @@ class DecodeEngine {
     const int64_t* positions;   // [B, T]
     const int64_t* first_real;  // [B]: the first cache position of each row with a real token
   };
-  const float* hold(const torch::Tensor& t);  // keeps t (contiguous) alive; its data
+  static constexpr int64_t kMinRowsPerGroup = 8;  // see row_groups()
+  const float* hold(const torch::Tensor& t);      // keeps t (contiguous) alive; its data
   void pack_weights();
   void reserve_rows(int64_t rows);
   torch::Tensor plan_positions(const int64_t* id, const int64_t* mask, int64_t B, int64_t T);
   void load_tokens(const int64_t* id, const int64_t* mask, int64_t B, int64_t T);
-  void norm_rows(const float* weight, int64_t rows);
-  void attention_block(int64_t layer, const Batch& batch);
-  void mlp_block(int64_t layer, int64_t rows);
+  int64_t row_groups(int64_t B, int64_t T) const;
+  void norm_rows(const float* weight, int64_t r0, int64_t r1);
+  void attention_block(int64_t layer, const Batch& batch, int64_t b0, int64_t b1);
+  void mlp_block(int64_t layer, int64_t r0, int64_t r1);
+  void output_rows(int64_t r0, int64_t r1);
   torch::Tensor feed_through_libtorch(const torch::Tensor& ids, const torch::Tensor& mask);
 
   Transformer model_;

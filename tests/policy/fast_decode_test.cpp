@@ -369,22 +369,31 @@ TEST(DecodeEngineTest, StepEqualsLibtorchPath) {
   }
 }
 
+// Bit-equal logits and caches for 1, 2 and 3 threads: at batch 4 every loop splits across the
+// threads; at batch 25 each decoding step runs in row groups (12 + 13 rows, 8 + 8 + 9), one thread
+// per group.
 TEST(DecodeEngineTest, ResultsDoNotDependOnTheThreadCount) {
   auto m = random_model(config(2, false), 5);
   torch::InferenceMode guard;
-  auto ids = torch::randint(3, 96, {4, 3}, torch::kLong);
-  std::vector<torch::Tensor> logits;
-  for (int threads : {1, 2, 3}) {
-    LoopPool pool(threads);
-    KVCache cache;
-    m->hidden_states(ids, {}, &cache);
-    DecodeEngine engine(m, cache, pool);
-    torch::Tensor last;
-    for (int s = 0; s < 6; ++s) last = engine.step(torch::full({4}, 10 + s, torch::kLong)).clone();
-    logits.push_back(last);
+  for (int64_t B : {4, 25}) {
+    auto ids = torch::randint(3, 96, {B, 3}, torch::kLong);
+    std::vector<torch::Tensor> steps, logits, keys;
+    for (int s = 0; s < 6; ++s) steps.push_back(torch::randint(3, 96, {B}, torch::kLong));
+    for (int threads : {1, 2, 3}) {
+      LoopPool pool(threads);
+      KVCache cache;
+      DecodeEngine engine(m, cache, pool);
+      engine.feed(ids);
+      torch::Tensor last;
+      for (const auto& next : steps) last = engine.step(next).clone();
+      logits.push_back(last);
+      keys.push_back(cache.keys.back().clone());
+    }
+    for (int i : {1, 2}) {
+      EXPECT_TRUE(torch::equal(logits[0], logits[i])) << "batch " << B << ", run " << i;
+      EXPECT_TRUE(torch::equal(keys[0], keys[i])) << "batch " << B << ", run " << i;
+    }
   }
-  EXPECT_TRUE(torch::equal(logits[0], logits[1]));
-  EXPECT_TRUE(torch::equal(logits[0], logits[2]));
 }
 
 // A cache at capacity is grown through the libtorch path, and the engine goes on after it.
