@@ -1,4 +1,3 @@
-// Fused decoder kernels (policy/fused_ops.h) against their reference compositions, in one run:
 // Fused decoder kernels (policy/fused_ops.h) and the decoding engine (policy/fast_decode.h)
 // against their reference compositions, in one run: a training step (forward, backward, AdamW),
 // sampling 32 tokens for 1 and for 32 prompts through generate() (the engine when fused, the
