@@ -353,22 +353,70 @@ RLHF_AVX2 float max_avx2(const float* x, int64_t n) {
   return best;
 }
 
-// y_j = exp(y_j - max) in place (exactly 0 for y_j = -inf); returns the sum.
-RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max) {
-  __m256 acc = _mm256_setzero_ps();
+// y_j = exp(x_j - max) (exactly 0 for x_j = -inf; x may be y) from index i on, the blocks of 8
+// added into the lanes of acc in order; returns the sum of the lanes, then the tail's.
+RLHF_AVX2 float exp_and_sum_from(const float* x, float* y, int64_t n, float max, __m256 acc,
+                                 int64_t i) {
   const __m256 m = _mm256_set1_ps(max), minus_inf = _mm256_set1_ps(-INFINITY);
-  int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(y + i);
+    const __m256 v = _mm256_loadu_ps(x + i);
     const __m256 e =
         _mm256_andnot_ps(_mm256_cmp_ps(v, minus_inf, _CMP_EQ_OQ), exp_avx2(_mm256_sub_ps(v, m)));
     _mm256_storeu_ps(y + i, e);
     acc = _mm256_add_ps(acc, e);
   }
   float s = hsum(acc);
-  for (; i < n; ++i) s += y[i] = std::exp(y[i] - max);
+  for (; i < n; ++i) s += y[i] = std::exp(x[i] - max);
   return s;
 }
+// y_j = exp(x_j - max) for all n (x may be y); returns the sum.
+RLHF_AVX2 float exp_and_sum_avx2(const float* x, float* y, int64_t n, float max) {
+  return exp_and_sum_from(x, y, n, max, _mm256_setzero_ps(), 0);
+}
+RLHF_AVX2 float exp_and_sum_avx2(float* y, int64_t n, float max) {
+  return exp_and_sum_avx2(y, y, n, max);
+}
+
+// exp_avx2 in 16 lanes: the same operations, so the same bits in every lane. (GCC 12 warns about
+// the "undefined" pass-through operand inside unmasked AVX-512 intrinsics, a known false positive;
+// off for this and the next function.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+RLHF_AVX512 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e =
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+// exp_and_sum_avx2 with the exponentials 16 at a time: the same values and, added 8 lanes at a
+// time in the same order, the same sum.
+RLHF_AVX512 float exp_and_sum_avx512(const float* x, float* y, int64_t n, float max) {
+  const __m512 m = _mm512_set1_ps(max), minus_inf = _mm512_set1_ps(-INFINITY);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 finite = _mm512_cmp_ps_mask(v, minus_inf, _CMP_NEQ_UQ);
+    const __m512 e = _mm512_maskz_mov_ps(finite, exp_avx512(_mm512_sub_ps(v, m)));
+    _mm512_storeu_ps(y + i, e);
+    acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+    acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+  }
+  return exp_and_sum_from(x, y, n, max, acc, i);
+}
+#pragma GCC diagnostic pop
 #endif
 
 Isa detect_isa() {
@@ -602,44 +650,162 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   }
 }
 
-RowSample sample_row(const float* logits, int64_t V, float temperature, double u, float* scratch) {
-  float max = -INFINITY, total = 0;
+namespace {
+
+// The softmax of one row up to its normalisation: scratch = e = exp(x - max) for x = logits /
+// temperature (temperature 1: the logits themselves, no division), max, sum(e), and the first
+// largest x when `argmax` is wanted.
+struct RowExp {
+  float max, total;
+  int64_t argmax;
+};
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (use_avx2()) {
-    max = scale_and_max_avx2(logits, V, temperature, scratch);
-  } else
+// The start of the first block of 8 of x[0..n) that holds `value` (n - n % 8 when none does).
+RLHF_AVX2 int64_t first_equal_avx2(const float* x, int64_t n, float value) {
+  const __m256 v = _mm256_set1_ps(value);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), v, _CMP_EQ_OQ))) break;
+  return i;
+}
 #endif
-  {
-    for (int64_t j = 0; j < V; ++j) max = std::max(max, scratch[j] = logits[j] / temperature);
-  }
-  int64_t argmax = 0;  // the first largest logit: only greedy (u < 0) needs it
-  if (u < 0)
-    while (argmax + 1 < V && scratch[argmax] != max) ++argmax;
-  const float x_argmax = scratch[argmax];
+
+RowExp exp_row(const float* logits, int64_t V, float temperature, bool argmax, float* scratch) {
+  const Isa isa = g_isa.load(std::memory_order_relaxed);
+  RowExp r{-INFINITY, 0.0f, 0};
+  const float* x = logits;
+  if (temperature != 1.0f) {
+    x = scratch;
 #ifdef RLHF_HAVE_AVX2_KERNEL
-  if (use_avx2()) {
-    total = exp_and_sum_avx2(scratch, V, max);
-  } else
+    if (isa != Isa::kPortable) {
+      r.max = scale_and_max_avx2(logits, V, temperature, scratch);
+    } else
 #endif
-  {
-    for (int64_t j = 0; j < V; ++j) total += scratch[j] = std::exp(scratch[j] - max);
-  }
-  const float log_total = std::log(total);
-  if (u < 0) return {argmax, (x_argmax - max) - log_total};
-  // Inverse CDF: the first index whose running sum exceeds u * total (zero weights never chosen).
-  const double target = u * double(total);
-  double cdf = 0;
-  int64_t id = V - 1;
-  for (int64_t j = 0; j < V; ++j) {
-    cdf += double(scratch[j]);
-    if (cdf > target) {
-      id = j;
-      break;
+    {
+      for (int64_t j = 0; j < V; ++j) r.max = std::max(r.max, scratch[j] = logits[j] / temperature);
+    }
+  } else {
+#ifdef RLHF_HAVE_AVX2_KERNEL
+    if (isa != Isa::kPortable) {
+      r.max = max_avx2(logits, V);
+    } else
+#endif
+    {
+      for (int64_t j = 0; j < V; ++j) r.max = std::max(r.max, logits[j]);
     }
   }
-  while (id > 0 && scratch[id] == 0.0f) --id;  // rounding pushed the target past the last weight
-  const float x = logits[id] / temperature;
-  return {id, (x - max) - log_total};
+  if (argmax) {
+#ifdef RLHF_HAVE_AVX2_KERNEL
+    if (isa != Isa::kPortable) r.argmax = first_equal_avx2(x, V, r.max);
+#endif
+    while (r.argmax + 1 < V && x[r.argmax] != r.max) ++r.argmax;
+  }
+#ifdef RLHF_HAVE_AVX2_KERNEL
+  if (isa == Isa::kAvx512) {
+    r.total = exp_and_sum_avx512(x, scratch, V, r.max);
+  } else if (isa == Isa::kAvx2) {
+    r.total = exp_and_sum_avx2(x, scratch, V, r.max);
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < V; ++j) r.total += scratch[j] = std::exp(x[j] - r.max);
+  }
+  return r;
+}
+
+constexpr int64_t kCdfBlock = 16;  // indices between checks of the running sums
+
+// The running sums of the 4 rows from index j to end into c (in double, one lane per row, in index
+// order); 4 indices at a time as a 4 x 4 transpose.
+#ifdef RLHF_HAVE_AVX2_KERNEL
+RLHF_AVX2 void add_block_avx2(const float* const e[kSampleLanes], int64_t j, int64_t end,
+                              double c[kSampleLanes]) {
+  __m256d acc = _mm256_loadu_pd(c);
+  int64_t k = j;
+  for (; k + 4 <= end; k += 4) {
+    __m128 r0 = _mm_loadu_ps(e[0] + k), r1 = _mm_loadu_ps(e[1] + k), r2 = _mm_loadu_ps(e[2] + k),
+           r3 = _mm_loadu_ps(e[3] + k);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);  // r0 = index k of the 4 rows, r1 = index k + 1, ...
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(r0));
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(r1));
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(r2));
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(r3));
+  }
+  for (; k < end; ++k)
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm_setr_ps(e[0][k], e[1][k], e[2][k], e[3][k])));
+  _mm256_storeu_pd(c, acc);
+}
+#endif
+
+void add_block(const float* const e[kSampleLanes], int64_t j, int64_t end, double c[kSampleLanes]) {
+#ifdef RLHF_HAVE_AVX2_KERNEL
+  if (use_avx2()) return add_block_avx2(e, j, end, c);
+#endif
+  for (int64_t k = j; k < end; ++k)
+    for (int64_t i = 0; i < kSampleLanes; ++i) c[i] += double(e[i][k]);
+}
+
+// For each row i whose bit is set in `open`: id[i] = the first index j whose running sum of
+// e[i][0..j] (in double, in index order, as one sequential chain) exceeds target[i]; rows that
+// never exceed it keep their id. The kSampleLanes chains run side by side, branch-free over blocks
+// of 16 indices; a row whose sum crossed its target inside a block redoes that block alone from
+// the block's starting sum (the same additions, so the same sums) to find the index.
+void inverse_cdf(const float* const e[kSampleLanes], const double target[kSampleLanes], int64_t V,
+                 int open, int64_t id[kSampleLanes]) {
+  static_assert(kSampleLanes == 4, "add_block adds four chains");
+  double now[kSampleLanes] = {0, 0, 0, 0};
+  for (int64_t j = 0; open && j < V; j += kCdfBlock) {
+    const int64_t end = std::min(V, j + kCdfBlock);
+    const double start[kSampleLanes] = {now[0], now[1], now[2], now[3]};
+    add_block(e, j, end, now);
+    for (int64_t i = 0; i < kSampleLanes; ++i) {
+      if (!(open >> i & 1) || !(now[i] > target[i])) continue;
+      double cdf = start[i];
+      int64_t k = j;
+      while ((cdf += double(e[i][k])) <= target[i]) ++k;
+      id[i] = k;
+      open &= ~(1 << i);
+    }
+  }
+}
+
+}  // namespace
+
+void sample_rows(const float* logits, int64_t rows, int64_t V, float temperature, const double* u,
+                 float* scratch, RowSample* out) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kSampleLanes) {
+    const int64_t n = std::min<int64_t>(kSampleLanes, rows - r0);
+    RowExp e[kSampleLanes];
+    double target[kSampleLanes] = {};
+    int64_t id[kSampleLanes];
+    int open = 0;  // rows still looking for their index, as bits
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = r0 + i;
+      const bool greedy = u[r] < 0;
+      e[i] = exp_row(logits + r * V, V, temperature, greedy, scratch + r * V);
+      id[i] = greedy ? e[i].argmax : V - 1;
+      target[i] = greedy ? 0.0 : u[r] * double(e[i].total);
+      if (!greedy) open |= 1 << i;
+    }
+    const float* rows_e[kSampleLanes];
+    for (int64_t i = 0; i < kSampleLanes; ++i) rows_e[i] = scratch + (r0 + std::min(i, n - 1)) * V;
+    inverse_cdf(rows_e, target, V, open, id);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = r0 + i;
+      const float* sr = scratch + r * V;
+      if (u[r] >= 0)
+        while (id[i] > 0 && sr[id[i]] == 0.0f) --id[i];  // rounding pushed the target past the end
+      const float x =
+          temperature != 1.0f ? logits[r * V + id[i]] / temperature : logits[r * V + id[i]];
+      out[r] = {id[i], (x - e[i].max) - std::log(e[i].total)};
+    }
+  }
+}
+
+RowSample sample_row(const float* logits, int64_t V, float temperature, double u, float* scratch) {
+  RowSample out;
+  sample_rows(logits, 1, V, temperature, &u, scratch, &out);
+  return out;
 }
 
 }  // namespace rlhf::policy::kernels

@@ -139,4 +139,14 @@ struct RowSample {
 };
 RowSample sample_row(const float* logits, int64_t V, float temperature, double u, float* scratch);
 
+// sample_row for `rows` rows of logits [rows, V] with uniforms u[rows] into out[rows] (scratch:
+// rows x V floats): each row gets exactly what sample_row gives it. Faster than a row at a time:
+// the running sums of kSampleLanes rows advance side by side in one vector (each lane still one
+// sequential double sum, in index order), AVX-512 computes the exponentials 16 at a time (the
+// same bits as AVX2's 8) and at temperature 1 the logits are not divided (x / 1 = x). Measured
+// (scratch benchmark, 32 rows x 4,096, one thread): 138 -> 52 us sampled, 76 -> 45 us greedy.
+constexpr int64_t kSampleLanes = 4;
+void sample_rows(const float* logits, int64_t rows, int64_t V, float temperature, const double* u,
+                 float* scratch, RowSample* out);
+
 }  // namespace rlhf::policy::kernels

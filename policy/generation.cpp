@@ -128,31 +128,38 @@ bool plain_sampling(const torch::Tensor& logits, const SamplingOptions& o, int64
          (o.temperature == 0 || ((o.top_k <= 0 || o.top_k >= vocab_size) && o.top_p >= 1.0f));
 }
 
-// choose_next and the log-prob gather for plain sampling, on the CPU, one row per chunk of the
-// loop pool (kernels::sample_row). Draws the same uniforms from `gen` as sample_rows, so the
-// generator advances alike on both paths. scratch: the caller's buffer, resized to B x V once.
-// Returns next ids [B] and their log-probs [B].
+// choose_next and the log-prob gather for plain sampling, on the CPU, kernels::kSampleLanes rows
+// per chunk of the loop pool (kernels::sample_rows). Draws the same uniforms from `gen` as
+// sample_rows, so the generator advances alike on both paths. scratch: the caller's buffer, resized
+// to B x V once. Returns next ids [B] and their log-probs [B].
 std::pair<torch::Tensor, torch::Tensor> sample_plain(const torch::Tensor& logits,
                                                      const SamplingOptions& o, at::Generator& gen,
                                                      int64_t total_rows, double temperature,
                                                      std::vector<float>& scratch) {
   const int64_t B = logits.size(0), V = logits.size(1);
   auto x = logits.contiguous();
-  torch::Tensor u;
-  if (o.temperature != 0)
-    u = torch::rand({total_rows, 1}, gen, torch::TensorOptions().dtype(torch::kDouble))
-            .narrow(0, o.row_offset, B)
-            .contiguous();
+  auto u = o.temperature == 0
+               ? torch::full({B}, -1.0, torch::kDouble)  // greedy
+               : torch::rand({total_rows, 1}, gen, torch::TensorOptions().dtype(torch::kDouble))
+                     .narrow(0, o.row_offset, B)
+                     .contiguous();
   auto next = torch::empty({B}, torch::kLong);
   auto lp = torch::empty({B}, torch::kFloat);
   scratch.resize(B * V);
   const float* xs = x.data_ptr<float>();
-  const double* us = u.defined() ? u.data_ptr<double>() : nullptr;
-  shared_loop_pool().parallel_for(B, [&](int64_t b) {
-    auto r = kernels::sample_row(xs + b * V, V, float(temperature), us ? us[b] : -1.0,
-                                 scratch.data() + b * V);
-    next.data_ptr<int64_t>()[b] = r.id;
-    lp.data_ptr<float>()[b] = r.logprob;
+  const double* us = u.data_ptr<double>();
+  int64_t* ids = next.data_ptr<int64_t>();
+  float* lps = lp.data_ptr<float>();
+  const int64_t lanes = kernels::kSampleLanes;
+  shared_loop_pool().parallel_for((B + lanes - 1) / lanes, [&](int64_t chunk) {
+    const int64_t b = chunk * lanes, n = std::min(lanes, B - b);
+    kernels::RowSample drawn[kernels::kSampleLanes];
+    kernels::sample_rows(xs + b * V, n, V, float(temperature), us + b, scratch.data() + b * V,
+                         drawn);
+    for (int64_t i = 0; i < n; ++i) {
+      ids[b + i] = drawn[i].id;
+      lps[b + i] = drawn[i].logprob;
+    }
   });
   return {next, lp};
 }
