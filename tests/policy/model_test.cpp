@@ -323,6 +323,11 @@ TEST(GenerationTest, StopsAtEosPerSequence) {
     EXPECT_EQ(out.response_ids[0][t].item<int64_t>(), 0);
     EXPECT_EQ(out.response_logprobs[0][t].item<float>(), 0.f);
   }
+  // Once every sequence has its EOS the loop stops: sequence 0 alone ends at its EOS.
+  auto alone = generate(m, {prompts[0]}, o);
+  EXPECT_EQ(alone.response_ids.size(1), int64_t(want.size()));
+  EXPECT_EQ(alone.responses[0], want);
+  EXPECT_EQ(alone.generated_tokens, int64_t(want.size()));
 }
 
 TEST(GenerationTest, RejectsBadInput) {
