@@ -1,8 +1,12 @@
 #include "policy/fast_decode.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -45,6 +49,21 @@ bool DecodeEngine::supports(Transformer& model, const KVCache& cache) {
 }
 
 namespace {
+
+// RLHF_DECODE_ROW_GROUPS: "off" or "0" turns row groups off, "on", "1" or unset leaves them on;
+// anything else is reported on stderr and ignored.
+bool initial_row_groups() {
+  const char* env = std::getenv("RLHF_DECODE_ROW_GROUPS");
+  if (!env || !*env) return true;
+  const std::string v = env;
+  if (v == "off" || v == "0") return false;
+  if (v != "on" && v != "1")
+    std::fprintf(stderr, "warning: RLHF_DECODE_ROW_GROUPS='%s' is not one of on, off; using on\n",
+                 env);
+  return true;
+}
+
+std::atomic<bool> g_row_groups{initial_row_groups()};
 
 // The rotary tables cos, sin [positions, hd / 2] as hidden_states computes them.
 std::pair<torch::Tensor, torch::Tensor> rope_tables(Transformer& model, int64_t positions) {
@@ -266,9 +285,13 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
 // Prompts (T > 1) keep the column split: the last-token gather of feed() crosses the groups.
 int64_t DecodeEngine::row_groups(int64_t B, int64_t T) const {
   const int64_t threads = pool_.threads();
-  if (T != 1 || threads == 1 || B < kMinRowsPerGroup * threads) return 1;
+  if (!row_groups_on() || T != 1 || threads == 1 || B < kMinRowsPerGroup * threads) return 1;
   return threads;
 }
+
+bool DecodeEngine::set_row_groups(bool on) { return g_row_groups.exchange(on); }
+
+bool DecodeEngine::row_groups_on() { return g_row_groups.load(std::memory_order_relaxed); }
 
 // The logits of rows r0 .. r1 - 1 (one row per batch row by now) from x.
 void DecodeEngine::output_rows(int64_t r0, int64_t r1) {

@@ -53,6 +53,14 @@ class DecodeEngine {
   // feed(ids.view({B, 1})): one new real token per row, ids [B].
   torch::Tensor step(const torch::Tensor& ids);
 
+  // Whether decoding steps of enough rows may run in row groups, one thread per group (see
+  // row_groups() in fast_decode.cpp; the results are the same bits either way). On by default;
+  // RLHF_DECODE_ROW_GROUPS=off (or 0) turns it off at start-up, for A/B runs and for machines where
+  // streaming every weight on every thread costs more than the hand-offs it saves (measured on 2
+  // threads only). Returns the previous setting.
+  static bool set_row_groups(bool on);
+  static bool row_groups_on();
+
  private:
   // A layer's norms (pointers into held_) and its projections packed for kernels::matmul_nt:
   // q, k and v as one weight (rows in that order), gate and up as one (pairs layout).

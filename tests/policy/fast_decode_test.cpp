@@ -409,15 +409,18 @@ TEST(DecodeEngineTest, StepEqualsLibtorchPath) {
 
 // Bit-equal logits and caches for 1, 2 and 3 threads: at batch 4 every loop splits across the
 // threads; at batch 25 each decoding step runs in row groups (12 + 13 rows, 8 + 8 + 9), one thread
-// per group.
+// per group, and once more with row groups switched off (every loop split across 2 threads).
 TEST(DecodeEngineTest, ResultsDoNotDependOnTheThreadCount) {
   auto m = random_model(config(2, false), 5);
   torch::InferenceMode guard;
+  ASSERT_TRUE(DecodeEngine::row_groups_on());  // the default
   for (int64_t B : {4, 25}) {
     auto ids = torch::randint(3, 96, {B, 3}, torch::kLong);
     std::vector<torch::Tensor> steps, logits, keys;
     for (int s = 0; s < 6; ++s) steps.push_back(torch::randint(3, 96, {B}, torch::kLong));
-    for (int threads : {1, 2, 3}) {
+    for (int run = 0; run < 4; ++run) {
+      const int threads = run < 3 ? run + 1 : 2;
+      const bool was = DecodeEngine::set_row_groups(run < 3);
       LoopPool pool(threads);
       KVCache cache;
       DecodeEngine engine(m, cache, pool);
@@ -426,8 +429,9 @@ TEST(DecodeEngineTest, ResultsDoNotDependOnTheThreadCount) {
       for (const auto& next : steps) last = engine.step(next).clone();
       logits.push_back(last);
       keys.push_back(cache.keys.back().clone());
+      DecodeEngine::set_row_groups(was);
     }
-    for (int i : {1, 2}) {
+    for (int i : {1, 2, 3}) {
       EXPECT_TRUE(torch::equal(logits[0], logits[i])) << "batch " << B << ", run " << i;
       EXPECT_TRUE(torch::equal(keys[0], keys[i])) << "batch " << B << ", run " << i;
     }
