@@ -1,5 +1,6 @@
 #include "annotation/server.h"
 
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -104,6 +105,7 @@ class Server::Impl {
   void do_stop();
   void accept();
   void accept_later();
+  bool connection_queued();
   void admit(stream_protocol::socket socket);
   bool peer_allowed(int fd);
   bool shed_idle_unauthenticated(const char* why);
@@ -352,6 +354,11 @@ void Server::Impl::accept() {
     bool no_descriptors = ec == asio::error::no_descriptors || ec.value() == ENFILE ||
                           ec == asio::error::no_buffer_space || ec == asio::error::no_memory;
     if (no_descriptors) {
+      // Linux reports EMFILE before it looks at the queue, so Asio's speculative accept right
+      // after the connection that took the last descriptor fails too, with nobody waiting. That
+      // is no reason to shed anyone (the connection just admitted, whose Hello may not have
+      // arrived yet, would be the first to go): wait until a connection is actually queued.
+      if (!connection_queued()) return accept_later();
       auto now = Clock::now();
       if (now - last_descriptor_warning > std::chrono::seconds(10)) {
         last_descriptor_warning = now;
@@ -367,6 +374,12 @@ void Server::Impl::accept() {
     }
     accept_later();
   });
+}
+
+// Whether a connection waits in the listening socket's queue.
+bool Server::Impl::connection_queued() {
+  pollfd p{acceptor.native_handle(), POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
 }
 
 // Retries accept after a back-off instead of spinning on a listening socket that stays readable.
