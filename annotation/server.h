@@ -22,10 +22,11 @@
 //    longest; when there is none it is closed at once.
 //  - descriptors: the constructor raises the RLIMIT_NOFILE soft limit to the hard limit and lowers
 //    the connection cap to the limit minus kReservedDescriptors, so connections alone cannot
-//    exhaust descriptors. If accept still fails for lack of descriptors (EMFILE/ENFILE), the
-//    server sheds the longest-idle unauthenticated connection and retries at once, or, with none
-//    to shed, retries after a back-off (10 ms doubling to 1 s, cut short when a connection
-//    closes), never spinning.
+//    exhaust descriptors. If accept still fails for lack of descriptors (EMFILE/ENFILE) while a
+//    connection is queued, the server sheds the longest-idle unauthenticated connection and
+//    retries at once, or, with none to shed, retries after a back-off (10 ms doubling to 1 s, cut
+//    short when a connection closes), never spinning. With nothing queued (Linux fails accept on a
+//    full table before it looks at the queue) it sheds nobody and backs off.
 //  - peers (SO_PEERCRED): a connection from a process of another uid than the server's (root
 //    excepted) is closed at once, unless socket_mode grants the group access (0660), in which
 //    case the file mode decides who may connect.
