@@ -7,19 +7,14 @@
 #include <random>
 
 #include "policy/model.h"
+#include "tests/policy/model_fixtures.h"
 
 namespace rlhf::reward {
 namespace {
 
 policy::Transformer tiny_model() {
   torch::manual_seed(7);
-  policy::ModelConfig c;
-  c.vocab_size = 64;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 64;
+  policy::ModelConfig c = policy::testing::tiny_config(64);
   c.value_head = true;
   c.pad_id = 0;
   policy::Transformer m(c);
