@@ -2,7 +2,7 @@
 # CUDA build of libtorch) and, for those, makes NCCL's header visible and keeps libtorch_cuda linked.
 #   - PyTorch wheels export USE_C10D_NCCL with torch_cuda, and c10d's ProcessGroupNCCL.hpp includes
 #     <nccl.h>, which the wheel leaves to the nvidia-nccl package (site-packages/nvidia/nccl/include)
-#     or the CUDA toolkit; without it, policy/distributed.cpp builds without NCCL (multi-GPU data
+#     or the CUDA toolkit; without it, policy/runtime/distributed.cpp builds without NCCL (multi-GPU data
 #     parallelism then fails with a named error).
 #   - With --as-needed linkers (Ubuntu's default) an executable that calls nothing in
 #     libtorch_cuda.so directly drops it, CUDA never registers and torch::cuda::is_available() says

@@ -22,10 +22,10 @@
 #include "pipelines/quickstart_task.h"
 #include "pipelines/report.h"
 #include "pipelines/stage_record.h"
-#include "policy/checkpoint.h"
-#include "policy/device.h"
-#include "policy/sft_config.h"
-#include "policy/tokenizer.h"
+#include "policy/model/checkpoint.h"
+#include "policy/runtime/device.h"
+#include "policy/tokenizer/tokenizer.h"
+#include "policy/training/sft_config.h"
 
 namespace rlhf::pipelines {
 namespace fs = std::filesystem;
@@ -530,8 +530,8 @@ void run_stage(Run& run, const Stage& stage, bool forced) {
   std::printf("== %s\n", stage.name.c_str());
   std::fflush(stdout);
   // An interrupted attempt with the same inputs resumes from what it left (the trainers continue
-  // from their last checkpoint by the rule of policy/training.h); new inputs or --force start the
-  // stage afresh, so a stale checkpoint can never be resumed against other data.
+  // from their last checkpoint by the rule of policy/training/training.h); new inputs or --force
+  // start the stage afresh, so a stale checkpoint can never be resumed against other data.
   const bool resume = !forced && entry.value("attempt_fingerprint", "") == fp && !done;
   if (!resume && stage.name != "tokenizer") {
     std::error_code ec;

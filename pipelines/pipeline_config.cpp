@@ -3,9 +3,9 @@
 #include <string>
 
 #include "common/error.h"
-#include "policy/device.h"
-#include "policy/ppo_config.h"
-#include "policy/sft_config.h"
+#include "policy/ppo/ppo_config.h"
+#include "policy/runtime/device.h"
+#include "policy/training/sft_config.h"
 #include "reward/train_config.h"
 
 namespace rlhf::pipelines {

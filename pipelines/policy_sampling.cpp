@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "policy/prompt_format.h"
+#include "policy/tokenizer/prompt_format.h"
 
 namespace rlhf::pipelines {
 

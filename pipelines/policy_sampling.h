@@ -6,14 +6,15 @@
 #include <vector>
 
 #include "pipelines/quickstart_task.h"
-#include "policy/generation.h"
-#include "policy/model.h"
-#include "policy/tokenizer.h"
+#include "policy/decoding/generation.h"
+#include "policy/model/model.h"
+#include "policy/tokenizer/tokenizer.h"
 
 namespace rlhf::pipelines {
 
-// Answers each prompt once (ids formatted with policy/prompt_format.h), in batches of `batch`.
-// options.seed is offset per batch so results do not depend on the batch size only through it.
+// Answers each prompt once (ids formatted with policy/tokenizer/prompt_format.h), in batches of
+// `batch`. options.seed is offset per batch so results do not depend on the batch size only through
+// it.
 std::vector<std::string> answer_prompts(policy::Transformer& model, const policy::Tokenizer& tok,
                                         const std::vector<std::string>& prompts,
                                         const policy::SamplingOptions& options, int batch = 64);

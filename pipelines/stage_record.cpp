@@ -2,8 +2,8 @@
 
 #include "common/manifest.h"
 #include "pipelines/annotation_pairs.h"
-#include "policy/device.h"
-#include "policy/distributed.h"
+#include "policy/runtime/device.h"
+#include "policy/runtime/distributed.h"
 
 namespace rlhf::pipelines {
 

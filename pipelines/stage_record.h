@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "policy/sft_trainer.h"
+#include "policy/training/sft_trainer.h"
 #include "proto/manifest.pb.h"
 #include "proto/reward.pb.h"
 #include "reward/trainer.h"

@@ -6,7 +6,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/checkpoint.h"
+#include "policy/model/checkpoint.h"
 
 namespace rlhf::reward {
 

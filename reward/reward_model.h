@@ -5,8 +5,9 @@
 // max_answer_tokens of the answer + [eos]; prompt and answer are tokenized separately, so the
 // answer's tokens do not depend on the prompt. The score is read at the final [eos].
 //
-// A reward model folder is a policy checkpoint (policy/checkpoint.h, kind "reward", with a value
-// head) plus tokenizer.model (a copy of the tokenizer) and reward.pb (proto::RewardModelMeta).
+// A reward model folder is a policy checkpoint (policy/model/checkpoint.h, kind "reward", with a
+// value head) plus tokenizer.model (a copy of the tokenizer) and reward.pb
+// (proto::RewardModelMeta).
 #pragma once
 
 #include <torch/torch.h>
@@ -14,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "policy/model.h"
-#include "policy/tokenizer.h"
+#include "policy/model/model.h"
+#include "policy/tokenizer/tokenizer.h"
 #include "proto/reward.pb.h"
 
 namespace rlhf::reward {

@@ -3,7 +3,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
-#include "policy/device.h"
+#include "policy/runtime/device.h"
 
 namespace rlhf::reward {
 

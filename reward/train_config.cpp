@@ -6,7 +6,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/sft_config.h"
+#include "policy/training/sft_config.h"
 
 namespace rlhf::reward {
 

@@ -15,13 +15,13 @@
 #include "common/metrics.h"
 #include "common/progress.h"
 #include "common/text_config.h"
-#include "policy/checkpoint.h"
-#include "policy/device.h"
-#include "policy/distributed.h"
-#include "policy/lora.h"
-#include "policy/lr_schedule.h"
-#include "policy/tokenizer.h"
-#include "policy/training.h"
+#include "policy/model/checkpoint.h"
+#include "policy/model/lora.h"
+#include "policy/runtime/device.h"
+#include "policy/runtime/distributed.h"
+#include "policy/tokenizer/tokenizer.h"
+#include "policy/training/lr_schedule.h"
+#include "policy/training/training.h"
 #include "reward/comparisons.h"
 #include "reward/reward_model.h"
 #include "reward/train_config.h"
@@ -259,8 +259,8 @@ void save_state(RewardRun& r) {
                  });
 }
 
-// The resume rule (policy/training.h). Returns true when the folder already holds the finished
-// run of this config.
+// The resume rule (policy/training/training.h). Returns true when the folder already holds the
+// finished run of this config.
 bool resume_or_start(RewardRun& r) {
   std::vector<std::string> inputs = r.init.files;
   inputs.push_back(r.cfg.train_file());

@@ -9,7 +9,7 @@
 //   model/        the kept reward model (best held-out accuracy), scores shifted so that the mean
 //                 over the training answers is 0 (offset folded into the head bias, in reward.pb)
 //   best/         best checkpoint before the shift (with no held-out comparisons: the final one)
-//   state/        resumable state (policy/training.h: weights, AdamW, RNG, step; `latest`)
+//   state/        resumable state (policy/training/training.h: weights, AdamW, RNG, step; `latest`)
 //   metrics.jsonl + TensorBoard events;  manifest.pb / manifest.json (StageManifest "reward": the
 //                 trainer fills TrainResult::manifest, pipelines/stage_record.h writes it)
 #pragma once
@@ -34,10 +34,10 @@ struct TrainResult {
 };
 
 // Runs training as configured (`config` must have out_dir and train_file set; defaults are
-// applied here). Resumes by the one rule of policy/training.h: an out_dir whose state/ holds a
-// checkpoint of the same config fingerprint continues from it (a finished run returns its numbers
-// with already_complete), one of another config is refused. Throws rlhf::Error with context.
-// on_start (optional) receives the unfinished stage record once the run will train.
+// applied here). Resumes by the one rule of policy/training/training.h: an out_dir whose state/
+// holds a checkpoint of the same config fingerprint continues from it (a finished run returns its
+// numbers with already_complete), one of another config is refused. Throws rlhf::Error with
+// context. on_start (optional) receives the unfinished stage record once the run will train.
 TrainResult train_reward_model(const proto::RewardTrainConfig& config,
                                const StageStarted& on_start = nullptr);
 

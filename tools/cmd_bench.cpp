@@ -1,6 +1,6 @@
-// `rlhf bench [--json]`: the performance harness (see policy/perf_harness.h, docs/performance.md).
-// The data-parallel training figure (train_dp2_*) comes from two copies of this command started
-// with the internal --dp-worker flag, one per rank.
+// `rlhf bench [--json]`: the performance harness (see bench/harness/perf_harness.h,
+// docs/performance.md). The data-parallel training figure (train_dp2_*) comes from two copies of
+// this command started with the internal --dp-worker flag, one per rank.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "bench/harness/perf_harness.h"
 #include "common/blas_tuning.h"
 #include "common/error.h"
-#include "policy/perf_harness.h"
 #include "tools/cli.h"
 
 namespace {

@@ -6,10 +6,10 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "policy/checkpoint.h"
-#include "policy/device.h"
-#include "policy/generation.h"
-#include "policy/tokenizer.h"
+#include "policy/decoding/generation.h"
+#include "policy/model/checkpoint.h"
+#include "policy/runtime/device.h"
+#include "policy/tokenizer/tokenizer.h"
 #include "tools/cli.h"
 
 namespace {

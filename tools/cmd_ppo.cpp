@@ -2,7 +2,7 @@
 #include <cstdio>
 
 #include "pipelines/ppo_stage.h"
-#include "policy/distributed.h"
+#include "policy/runtime/distributed.h"
 #include "tools/cli.h"
 
 namespace {

@@ -1,13 +1,13 @@
-// `rlhf replay FILE`: show, recompute and check PPO rollout records (policy/ppo_replay.h).
+// `rlhf replay FILE`: show, recompute and check PPO rollout records (policy/ppo/ppo_replay.h).
 #include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
-#include "policy/ppo_replay.h"
-#include "policy/ppo_trainer.h"
-#include "policy/rollout_file.h"
+#include "policy/ppo/ppo_replay.h"
+#include "policy/ppo/ppo_trainer.h"
+#include "policy/ppo/rollout_file.h"
 #include "tools/cli.h"
 
 namespace {

@@ -4,7 +4,7 @@
 
 #include "common/error.h"
 #include "pipelines/stage_record.h"
-#include "policy/distributed.h"
+#include "policy/runtime/distributed.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"

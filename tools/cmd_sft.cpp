@@ -4,10 +4,10 @@
 
 #include "common/error.h"
 #include "pipelines/stage_record.h"
-#include "policy/checkpoint.h"
-#include "policy/distributed.h"
-#include "policy/lora.h"
-#include "policy/sft_trainer.h"
+#include "policy/model/checkpoint.h"
+#include "policy/model/lora.h"
+#include "policy/runtime/distributed.h"
+#include "policy/training/sft_trainer.h"
 #include "tools/cli.h"
 
 namespace {

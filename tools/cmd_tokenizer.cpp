@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "policy/tokenizer.h"
+#include "policy/tokenizer/tokenizer.h"
 #include "tools/cli.h"
 
 namespace {

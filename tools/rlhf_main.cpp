@@ -1,7 +1,7 @@
 // The `rlhf` executable: every subcommand registers itself from tools/cmd_*.cpp.
 #include "common/allocator_tuning.h"
 #include "common/blas_tuning.h"
-#include "policy/cpu_block_cache.h"
+#include "policy/runtime/cpu_block_cache.h"
 #include "tools/cli.h"
 
 int main(int argc, char** argv) {

@@ -1,11 +1,11 @@
-// Fused decoder kernels (policy/fused_ops.h) and the decoding engine (policy/fast_decode.h)
-// against their reference compositions, in one run: a training step (forward, backward, AdamW),
-// sampling 32 tokens for 1 and for 32 prompts through generate() (the engine when fused, the
-// libtorch layers otherwise) and the token cross-entropy alone (forward and backward; reference:
-// libtorch's cross_entropy) at two model shapes (the quickstart's student and `rlhf bench`'s
-// model), fused and reference interleaved round by round so machine noise hits both alike. Prints
-// milliseconds per step (median of the rounds) and the ratio reference / fused; --json adds one
-// JSON object line.
+// Fused decoder kernels (policy/model/fused_ops.h) and the decoding engine
+// (policy/decoding/fast_decode.h) against their reference compositions, in one run: a training step
+// (forward, backward, AdamW), sampling 32 tokens for 1 and for 32 prompts through generate() (the
+// engine when fused, the libtorch layers otherwise) and the token cross-entropy alone (forward and
+// backward; reference: libtorch's cross_entropy) at two model shapes (the quickstart's student and
+// `rlhf bench`'s model), fused and reference interleaved round by round so machine noise hits both
+// alike. Prints milliseconds per step (median of the rounds) and the ratio reference / fused;
+// --json adds one JSON object line.
 //
 //   build/bench/policy/policy_ops_bench [--rounds 5] [--steps 10] [--threads 1] [--json]
 #include <sys/resource.h>
@@ -21,10 +21,10 @@
 #include <vector>
 
 #include "common/allocator_tuning.h"
-#include "policy/cpu_block_cache.h"
-#include "policy/fused_ops.h"
-#include "policy/generation.h"
-#include "policy/model.h"
+#include "policy/decoding/generation.h"
+#include "policy/model/fused_ops.h"
+#include "policy/model/model.h"
+#include "policy/runtime/cpu_block_cache.h"
 
 namespace {
 

@@ -2,8 +2,8 @@
 // pipeline is killed (the whole process group: the pipeline, its stage child and the annotation
 // server and simulated annotators) once inside every stage, rerun after each kill, and its outputs
 // are compared with those of a straight run of the same config. This exercises the one resume
-// rule (policy/training.h) of the sft, reward and ppo trainers through their commands, and the
-// pipeline's own rerun of an interrupted stage.
+// rule (policy/training/training.h) of the sft, reward and ppo trainers through their commands, and
+// the pipeline's own rerun of an interrupted stage.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>

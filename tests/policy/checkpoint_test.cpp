@@ -1,5 +1,5 @@
 // Safetensors reader/writer, native checkpoints, Hugging Face import/export, and bad input.
-#include "policy/checkpoint.h"
+#include "policy/model/checkpoint.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/safetensors.h"
+#include "policy/model/safetensors.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {

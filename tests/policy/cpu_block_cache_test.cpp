@@ -1,6 +1,6 @@
 // The caching CPU allocator: large blocks come back from the cache, small ones are untouched,
 // the cache stays under its cap, and a training step run through it gives the same numbers.
-#include "policy/cpu_block_cache.h"
+#include "policy/runtime/cpu_block_cache.h"
 
 #include <gtest/gtest.h>
 #include <sys/resource.h>

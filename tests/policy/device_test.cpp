@@ -1,16 +1,16 @@
-// Device and precision options (policy/device.h): the syntax every config and command accepts,
-// named errors for bad values and for CUDA on a CPU-only libtorch, the autocast scope, and bf16
-// numerics against float32 (forward, KV-cache decoding, generation) with stated tolerances.
+// Device and precision options (policy/runtime/device.h): the syntax every config and command
+// accepts, named errors for bad values and for CUDA on a CPU-only libtorch, the autocast scope, and
+// bf16 numerics against float32 (forward, KV-cache decoding, generation) with stated tolerances.
 // Runs on $RLHF_TEST_DEVICE (cpu when unset).
-#include "policy/device.h"
+#include "policy/runtime/device.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "common/error.h"
-#include "policy/generation.h"
-#include "policy/ppo_config.h"
-#include "policy/sft_config.h"
+#include "policy/decoding/generation.h"
+#include "policy/ppo/ppo_config.h"
+#include "policy/training/sft_config.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {

@@ -1,7 +1,7 @@
-// policy/distributed.h: the torchrun environment contract, shard ranges, and real 2-rank Gloo
-// collectives over loopback. The multi-rank cases run this test binary twice more as workers
+// policy/runtime/distributed.h: the torchrun environment contract, shard ranges, and real 2-rank
+// Gloo collectives over loopback. The multi-rank cases run this test binary twice more as workers
 // (DistributedWorker.*, which does nothing unless RLHF_DIST_WORKER_OUT is set).
-#include "policy/distributed.h"
+#include "policy/runtime/distributed.h"
 
 #include <gtest/gtest.h>
 #include <netinet/in.h>

@@ -1,6 +1,7 @@
-// The decoding engine (policy/fast_decode.h) and its kernels (policy/decode_kernels.h) against
-// hand-worked numbers and against the libtorch path they replace.
-#include "policy/fast_decode.h"
+// The decoding engine (policy/decoding/fast_decode.h) and its kernels
+// (policy/kernels/decode_kernels.h) against hand-worked numbers and against the libtorch path they
+// replace.
+#include "policy/decoding/fast_decode.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -10,11 +11,11 @@
 #include <vector>
 
 #include "common/error.h"
-#include "policy/decode_kernels.h"
-#include "policy/fused_ops.h"
-#include "policy/generation.h"
-#include "policy/lora.h"
-#include "policy/model.h"
+#include "policy/decoding/generation.h"
+#include "policy/kernels/decode_kernels.h"
+#include "policy/model/fused_ops.h"
+#include "policy/model/lora.h"
+#include "policy/model/model.h"
 #include "tests/policy/model_fixtures.h"
 
 namespace rlhf::policy {
@@ -533,7 +534,7 @@ TEST(DecodeEngineTest, SupportsOnlyCpuFloat32WithFusedKernelsOn) {
   EXPECT_FALSE(DecodeEngine::supports(m, empty_bf16));
   KVCache f32;
   m->hidden_states(ids, {}, &f32);
-  KVCache bf16 = f32;  // as under bf16 autocast (policy/device.h)
+  KVCache bf16 = f32;  // as under bf16 autocast (policy/runtime/device.h)
   for (auto& t : bf16.keys) t = t.to(torch::kBFloat16);
   for (auto& t : bf16.values) t = t.to(torch::kBFloat16);
   EXPECT_TRUE(DecodeEngine::supports(m, f32));

@@ -1,6 +1,6 @@
 // The fused kernels against hand-worked numbers, against their reference compositions (forward
 // and backward) and against central-difference gradients in float64.
-#include "policy/fused_ops.h"
+#include "policy/model/fused_ops.h"
 
 #include <gtest/gtest.h>
 

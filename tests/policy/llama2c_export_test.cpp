@@ -1,6 +1,7 @@
-// The llama2.c checkpoint and tokenizer files (policy/llama2c_export.h), read back byte by byte the
-// way run.c maps them: header, size, and tensors at llama2.c's offsets equal the model's weights.
-#include "policy/llama2c_export.h"
+// The llama2.c checkpoint and tokenizer files (policy/model/llama2c_export.h), read back byte by
+// byte the way run.c maps them: header, size, and tensors at llama2.c's offsets equal the model's
+// weights.
+#include "policy/model/llama2c_export.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -9,9 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "bench/harness/perf_harness.h"
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/perf_harness.h"
 #include "tests/policy/model_fixtures.h"
 #include "tests/test_support.h"
 

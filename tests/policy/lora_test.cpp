@@ -1,14 +1,14 @@
 // LoRA: only adapters train, a fresh adapter is a no-op, merging keeps the output, adapters save
 // and load alone, merged models export as plain checkpoints (native and Hugging Face).
-#include "policy/lora.h"
+#include "policy/model/lora.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/checkpoint.h"
-#include "policy/model.h"
+#include "policy/model/checkpoint.h"
+#include "policy/model/model.h"
 #include "tests/policy/model_fixtures.h"
 #include "tests/test_support.h"
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "policy/model.h"
+#include "policy/model/model.h"
 
 namespace rlhf::policy::testing {
 

@@ -1,12 +1,12 @@
 // Model, teacher-forced log-probs and generation on small random models.
-#include "policy/model.h"
+#include "policy/model/model.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "policy/device.h"
-#include "policy/generation.h"
-#include "policy/logprobs.h"
+#include "policy/decoding/generation.h"
+#include "policy/model/logprobs.h"
+#include "policy/runtime/device.h"
 #include "tests/policy/model_fixtures.h"
 #include "tests/test_support.h"
 

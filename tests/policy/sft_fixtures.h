@@ -6,7 +6,7 @@
 #include <sstream>
 #include <string>
 
-#include "policy/tokenizer.h"
+#include "policy/tokenizer/tokenizer.h"
 #include "tests/test_support.h"
 
 namespace rlhf::testing {

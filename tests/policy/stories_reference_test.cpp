@@ -1,7 +1,7 @@
 // stories260K (a real trained LLaMA in the Hugging Face layout): greedy decoding from [BOS] must
 // match an independent float64 reference forward written plainly here (no code shared with
-// policy/model.cpp: own config parsing, own RoPE, per-head attention loops, full recomputation),
-// both through the library's generate() and through `rlhf generate --ids`.
+// policy/model/model.cpp: own config parsing, own RoPE, per-head attention loops, full
+// recomputation), both through the library's generate() and through `rlhf generate --ids`.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -10,9 +10,9 @@
 #include <sstream>
 
 #include "common/files.h"
-#include "policy/checkpoint.h"
-#include "policy/generation.h"
-#include "policy/safetensors.h"
+#include "policy/decoding/generation.h"
+#include "policy/model/checkpoint.h"
+#include "policy/model/safetensors.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {

@@ -1,6 +1,6 @@
 // Tokenizer tests: the real Llama 2 model, UTF-8 round trips, the protobuf-version trap (torch +
 // our messages + SentencePiece in one process), error messages, deterministic training, the CLI.
-#include "policy/tokenizer.h"
+#include "policy/tokenizer/tokenizer.h"
 
 #include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>

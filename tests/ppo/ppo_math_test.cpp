@@ -1,12 +1,12 @@
 // PPO numerics against values computed by hand (the arithmetic is in the comments).
-#include "policy/ppo_math.h"
+#include "policy/ppo/ppo_math.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
 
-#include "policy/lr_schedule.h"
+#include "policy/training/lr_schedule.h"
 
 using namespace rlhf::policy::ppo;
 

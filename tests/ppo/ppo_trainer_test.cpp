@@ -1,6 +1,6 @@
 // The PPO loop on a toy task: a tiny random decoder learns to emit a chosen token because a
 // programmatic teacher counts it. Also: same seed -> same stats, resume -> same numbers, NaN guard.
-#include "policy/ppo_trainer.h"
+#include "policy/ppo/ppo_trainer.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -12,12 +12,12 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/checkpoint.h"
-#include "policy/model.h"
-#include "policy/ppo_replay.h"
-#include "policy/prompt_format.h"
-#include "policy/rollout_file.h"
-#include "policy/training.h"
+#include "policy/model/checkpoint.h"
+#include "policy/model/model.h"
+#include "policy/ppo/ppo_replay.h"
+#include "policy/ppo/rollout_file.h"
+#include "policy/tokenizer/prompt_format.h"
+#include "policy/training/training.h"
 #include "tests/test_support.h"
 
 using namespace rlhf;

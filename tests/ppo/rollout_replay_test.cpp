@@ -8,9 +8,9 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "policy/ppo_math.h"
-#include "policy/ppo_replay.h"
-#include "policy/rollout_file.h"
+#include "policy/ppo/ppo_math.h"
+#include "policy/ppo/ppo_replay.h"
+#include "policy/ppo/rollout_file.h"
 #include "tests/test_support.h"
 
 using namespace rlhf;

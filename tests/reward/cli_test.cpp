@@ -4,7 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "policy/tokenizer.h"
+#include "policy/tokenizer/tokenizer.h"
 #include "tests/reward/synthetic.h"
 #include "tests/test_support.h"
 

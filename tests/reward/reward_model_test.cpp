@@ -6,7 +6,7 @@
 
 #include <random>
 
-#include "policy/model.h"
+#include "policy/model/model.h"
 #include "tests/policy/model_fixtures.h"
 
 namespace rlhf::reward {

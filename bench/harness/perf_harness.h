@@ -1,0 +1,90 @@
+// The performance harness behind `rlhf bench` and bench/policy_bench: measures, in one process,
+// the machine's practical GEMM peak and the policy's generation and training throughput, so the
+// figures can be read as ratios against that peak; and data-parallel training throughput with
+// several local ranks (processes) over Gloo on loopback.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "policy/runtime/device.h"
+
+namespace rlhf::policy {
+
+struct ModelConfig;
+
+struct PerfOptions {
+  int dim = 256;
+  int n_layers = 4;
+  int n_heads = 8;
+  int vocab = 4096;
+  int gen_new_tokens = 128;  // per generation measurement
+  int gen_prompt_len = 8;
+  int train_batch = 16;
+  int train_seq = 256;
+  int train_steps = 6;  // timed steps (after 1 warm-up step)
+  int gemm_size = 2048;
+  uint64_t seed = 0;
+  bool quick = false;  // smaller settings for smoke tests
+  // Only this measurement (a key below, e.g. "gen_b32_cache", or "train" for the training pair);
+  // "" = all. For profilers: `perf record rlhf bench --only gen_b32_cache --repeat 20`.
+  // "train_dp2" names the data-parallel measurement, which run_perf_harness leaves to
+  // measure_train_dp (it needs other processes); "train" means both training measurements.
+  std::string only;
+  int repeat = 1;  // generation runs per measurement; the median is reported
+  // Where and how run_perf_harness computes (policy/runtime/device.h): "cpu" | "cuda" | "cuda:N",
+  // and fp32 or bf16 (the GEMM in bf16, generation and training under bf16 autocast). On CUDA the
+  // generation figures add batch 256 (gen_b256_cache); train_dp2 stays a CPU (Gloo) measurement.
+  std::string device = "cpu";
+  Precision precision = Precision::kFp32;
+};
+
+// Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s; gen_b256_cache on
+// CUDA), train_tokens_per_s, train_gflops, train_peak_fraction, threads, decode_threads (the
+// decoding engine's, common/loop_pool.h), params. Throws rlhf::Error for an unknown `only`.
+std::map<std::string, double> run_perf_harness(const PerfOptions& options,
+                                               bool print_progress = true);
+
+// The measured model's shape: dim, n_layers, n_heads (as many kv heads), vocab from the options,
+// SwiGLU hidden size by the LLaMA rule, max_seq_len = max(train_seq, prompt + new tokens) + 8.
+ModelConfig perf_model_config(const PerfOptions& options);
+
+// Writes the measured model in llama2.c's format (policy/model/llama2c_export.h): dir/model.bin and
+// dir/tokenizer.bin, weights from torch::manual_seed(options.seed) and init_weights, the ones the
+// generation measurements run when measured alone (`--only gen_b1_cache`; a full run draws the
+// GEMM operands first). For bench/peer/compare_llama2c.sh. Throws rlhf::Error naming the path.
+void export_llama2c(const PerfOptions& options, const std::string& dir);
+
+// Whether `options.only` asks for the data-parallel training measurement ("", "train",
+// "train_dp2").
+bool wants_train_dp(const PerfOptions& options);
+
+// Data-parallel training throughput: the model, global batch (train_batch x train_seq), optimizer
+// and steps of run_perf_harness's training measurement, the batch rows split over `ranks` local
+// processes (dist::shard_range) with one intra-op and one OpenBLAS thread each, gradients summed
+// over Gloo on 127.0.0.1 (policy/runtime/distributed.h).
+//
+// Starts `ranks` copies of worker_argv (worker_argv[0] = the program; it must call
+// run_train_dp_worker with the caller's options and print the result as one JSON line) with
+// posix_spawn, the caller's environment plus torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
+// LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT = a free port), OMP_NUM_THREADS=1,
+// OPENBLAS_NUM_THREADS=1 and RLHF_DIST_TIMEOUT_S=120 (unless set). The workers' stderr is
+// inherited; rank 0's stdout must end with one JSON object line of numbers, which is returned. Keys
+// (N = ranks):
+//   train_dpN_tokens_per_s   global tokens per second (all ranks' rows)
+//   train_dpN_step_s         seconds per timed step (rank 0)
+//   train_dpN_allreduce_s    seconds for one gradient all-reduce alone (both ranks past a barrier)
+// Throws rlhf::Error naming the rank and its exit status (or signal) when a worker fails; the
+// other rank is then killed after a grace period, so a failure never hangs the caller.
+std::map<std::string, double> measure_train_dp(const std::vector<std::string>& worker_argv,
+                                               int ranks = 2);
+
+// The worker side of measure_train_dp: joins dist::world() from the environment, sets one
+// intra-op thread per local rank's share of the cores, builds the model with options.seed,
+// runs 1 warm-up and train_steps timed steps (barriers around the timing) on its rows of the
+// global batch, and returns the keys above (every rank computes them; rank 0's are reported).
+std::map<std::string, double> run_train_dp_worker(const PerfOptions& options);
+
+}  // namespace rlhf::policy

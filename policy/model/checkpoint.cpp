@@ -1,0 +1,246 @@
+#include "policy/model/checkpoint.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "policy/model/safetensors.h"
+#include "proto/model.pb.h"
+
+namespace rlhf::policy {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kWeightsFile = "model.safetensors";
+constexpr const char* kMetaFile = "checkpoint.pb";
+
+std::string shape_text(torch::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+nlohmann::json hf_config_json(const ModelConfig& c) {
+  nlohmann::json j;
+  j["architectures"] = {"LlamaForCausalLM"};
+  j["model_type"] = "llama";
+  j["hidden_size"] = c.dim;
+  j["intermediate_size"] = c.resolved_hidden_dim();
+  j["num_hidden_layers"] = c.n_layers;
+  j["num_attention_heads"] = c.n_heads;
+  j["num_key_value_heads"] = c.n_kv_heads;
+  j["vocab_size"] = c.vocab_size;
+  j["max_position_embeddings"] = c.max_seq_len;
+  j["rms_norm_eps"] = c.norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["tie_word_embeddings"] = c.tie_embeddings;
+  j["hidden_act"] = "silu";
+  j["bos_token_id"] = c.bos_id >= 0 ? nlohmann::json(c.bos_id) : nlohmann::json(nullptr);
+  j["eos_token_id"] = c.eos_id >= 0 ? nlohmann::json(c.eos_id) : nlohmann::json(nullptr);
+  j["pad_token_id"] = c.pad_id >= 0 ? nlohmann::json(c.pad_id) : nlohmann::json(nullptr);
+  j["torch_dtype"] = "float32";
+  return j;
+}
+
+// Writes a folder by filling <dir>.tmp-<pid>-<rand> and renaming it over <dir>; an existing <dir>
+// is moved aside first and removed after the swap (rename cannot replace a non-empty folder).
+template <typename Fill>
+void write_folder_atomically(const std::string& dir, Fill fill) {
+  fs::path target = fs::absolute(dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  if (target.has_parent_path()) make_dirs(target.parent_path().string());
+  std::string suffix = std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}());
+  std::string tmp = target.string() + ".tmp-" + suffix;
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  make_dirs(tmp);
+  try {
+    fill(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  if (fs::exists(target)) {
+    std::string old = target.string() + ".old-" + suffix;
+    rename_atomic(target.string(), old);
+    rename_atomic(tmp, target.string());
+    fs::remove_all(old, ec);
+  } else {
+    rename_atomic(tmp, target.string());
+  }
+}
+
+std::map<std::string, torch::Tensor> weights_map(Transformer& model, bool with_value_head) {
+  std::map<std::string, torch::Tensor> m;
+  for (auto& [name, t] : model->hf_named_parameters())
+    if (with_value_head || name.rfind("value_head.", 0) != 0) m[name] = t;
+  return m;
+}
+
+// Integer field of config.json: required (throws when absent) or with a default.
+int json_int(const nlohmann::json& j, const std::string& path, const std::string& key,
+             std::optional<int> fallback) {
+  if (!j.contains(key) || j[key].is_null()) {
+    if (fallback) return *fallback;
+    throw Error(path + ": missing field '" + key + "' (expected an integer)");
+  }
+  const auto& v = j[key];
+  if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int>();  // eos lists
+  if (!v.is_number_integer())
+    throw Error(path + ": field '" + key + "' = " + v.dump() + ", expected an integer");
+  return v.get<int>();
+}
+
+double json_number(const nlohmann::json& j, const std::string& path, const std::string& key,
+                   double fallback) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_number())
+    throw Error(path + ": field '" + key + "' = " + j[key].dump() + ", expected a number");
+  return j[key].get<double>();
+}
+
+}  // namespace
+
+ModelConfig model_config_from_hf_json(const std::string& path) {
+  if (!fs::exists(path))
+    throw Error(path + ": not found (a checkpoint folder needs config.json + model.safetensors)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(path + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw Error(path + ": expected a JSON object");
+  if (!j.contains("model_type") || !j["model_type"].is_string())
+    throw Error(path + ": missing field 'model_type' (expected \"llama\")");
+  std::string model_type = j["model_type"].get<std::string>();
+  if (model_type != "llama")
+    throw Error(path + ": unsupported model_type '" + model_type + "', expected 'llama'");
+  if (j.contains("hidden_act") && j["hidden_act"] != "silu")
+    throw Error(path + ": unsupported hidden_act " + j["hidden_act"].dump() +
+                ", expected \"silu\"");
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    throw Error(path + ": unsupported rope_scaling " + j["rope_scaling"].dump() +
+                ", expected null");
+  for (const char* key : {"attention_bias", "mlp_bias"})
+    if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
+      throw Error(path + ": unsupported " + std::string(key) + " = true, expected false");
+
+  ModelConfig c;
+  c.dim = json_int(j, path, "hidden_size", std::nullopt);
+  c.n_layers = json_int(j, path, "num_hidden_layers", std::nullopt);
+  c.n_heads = json_int(j, path, "num_attention_heads", std::nullopt);
+  c.n_kv_heads = json_int(j, path, "num_key_value_heads", c.n_heads);
+  c.hidden_dim = json_int(j, path, "intermediate_size", std::nullopt);
+  c.vocab_size = json_int(j, path, "vocab_size", std::nullopt);
+  c.max_seq_len = json_int(j, path, "max_position_embeddings", 2048);
+  c.norm_eps = float(json_number(j, path, "rms_norm_eps", 1e-6));
+  c.rope_theta = float(json_number(j, path, "rope_theta", 10000.0));
+  c.bos_id = json_int(j, path, "bos_token_id", -1);
+  c.eos_id = json_int(j, path, "eos_token_id", -1);
+  c.pad_id = json_int(j, path, "pad_token_id", -1);
+  c.tie_embeddings = j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean() &&
+                     j["tie_word_embeddings"].get<bool>();
+  if (j.contains("head_dim") && !j["head_dim"].is_null() && c.n_heads > 0) {
+    int hd = json_int(j, path, "head_dim", std::nullopt);
+    if (hd != c.dim / c.n_heads)
+      throw Error(path + ": head_dim = " + std::to_string(hd) + ", expected hidden_size / " +
+                  "num_attention_heads = " + std::to_string(c.dim / c.n_heads));
+  }
+  try {
+    c.validate();
+  } catch (...) {
+    rethrow_with_context(path);
+  }
+  return c;
+}
+
+void save_checkpoint(Transformer& model, const std::string& dir, const CheckpointInfo& info) {
+  proto::CheckpointMeta meta;
+  meta.set_schema_version(1);
+  model->config().to_proto(meta.mutable_config());
+  meta.set_tokenizer_sha256(info.tokenizer_sha256);
+  meta.set_weights_file(kWeightsFile);
+  meta.set_created_by(info.created_by);
+  meta.set_step(info.step);
+  meta.set_kind(info.kind);
+  std::string meta_bytes;
+  meta.SerializeToString(&meta_bytes);
+  auto weights = weights_map(model, /*with_value_head=*/true);
+  auto config = hf_config_json(model->config()).dump(2);
+  write_folder_atomically(dir, [&](const std::string& tmp) {
+    write_file_atomic(tmp + "/" + kConfigFile, config + "\n");
+    write_safetensors(tmp + "/" + kWeightsFile, weights, {{"producer", "rlhf"}});
+    write_file_atomic(tmp + "/" + kMetaFile, meta_bytes);
+  });
+}
+
+void export_hf(Transformer& model, const std::string& dir) {
+  auto weights = weights_map(model, /*with_value_head=*/false);
+  auto config = hf_config_json(model->config()).dump(2);
+  write_folder_atomically(dir, [&](const std::string& tmp) {
+    write_file_atomic(tmp + "/" + kConfigFile, config + "\n");
+    write_safetensors(tmp + "/" + kWeightsFile, weights, {{"producer", "rlhf"}});
+  });
+}
+
+LoadedModel load_checkpoint(const std::string& dir) {
+  if (!fs::is_directory(dir))
+    throw Error("checkpoint folder not found: " + dir +
+                " (expected a folder with config.json + model.safetensors)");
+  LoadedModel out;
+  ModelConfig config;
+  std::string weights_file = kWeightsFile;
+  std::string meta_path = dir + "/" + kMetaFile;
+  if (fs::exists(meta_path)) {
+    proto::CheckpointMeta meta;
+    if (!meta.ParseFromString(read_file(meta_path)))
+      throw Error(meta_path + ": not a CheckpointMeta protobuf message");
+    if (meta.schema_version() != 1)
+      throw Error(meta_path + ": schema_version " + std::to_string(meta.schema_version()) +
+                  " not supported (expected 1)");
+    try {
+      config = ModelConfig::from_proto(meta.config());
+    } catch (...) {
+      rethrow_with_context(meta_path);
+    }
+    if (!meta.weights_file().empty()) weights_file = meta.weights_file();
+    out.info.tokenizer_sha256 = meta.tokenizer_sha256();
+    out.info.kind = meta.kind();
+    out.info.created_by = meta.created_by();
+    out.info.step = meta.step();
+  } else {
+    config = model_config_from_hf_json(dir + "/" + kConfigFile);
+    out.from_hf = true;
+    out.info.created_by = "huggingface import";
+  }
+  std::string weights_path = dir + "/" + weights_file;
+  auto tensors = read_safetensors(weights_path);
+  if (out.from_hf && tensors.count("value_head.weight")) config.value_head = true;
+
+  out.model = Transformer(config);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, param] : out.model->hf_named_parameters()) {
+    auto it = tensors.find(name);
+    if (it == tensors.end())
+      throw Error(weights_path + ": missing tensor " + name + " (expected shape " +
+                  shape_text(param.sizes()) + ")");
+    if (it->second.sizes() != param.sizes())
+      throw Error(weights_path + ": tensor " + name + ": expected shape " +
+                  shape_text(param.sizes()) + ", found " + shape_text(it->second.sizes()));
+    param.copy_(it->second);
+  }
+  return out;
+}
+
+}  // namespace rlhf::policy

@@ -1,0 +1,44 @@
+// Checkpoints. One folder layout for both native and Hugging Face use:
+//   config.json        Hugging Face LlamaConfig fields (model_type "llama")
+//   model.safetensors  weights, LLaMA tensor names (F32 when we write)
+//   checkpoint.pb      native only: CheckpointMeta (config message, tokenizer hash, kind, step)
+// A folder without checkpoint.pb is a Hugging Face import (F32/F16/BF16 accepted).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+
+#include "policy/model/model.h"
+
+namespace rlhf::policy {
+
+struct CheckpointInfo {
+  std::string tokenizer_sha256;  // "" when unknown (e.g. HF import without tokenizer)
+  std::string kind = "policy";   // "policy", "reward"
+  std::string created_by;
+  int64_t step = 0;
+};
+
+struct LoadedModel {
+  Transformer model{nullptr};
+  CheckpointInfo info;
+  bool from_hf = false;  // true when the folder had no checkpoint.pb
+};
+
+// Writes the folder atomically (into <dir>.tmp-*, then rename over <dir>).
+void save_checkpoint(Transformer& model, const std::string& dir, const CheckpointInfo& info);
+
+// Loads a native checkpoint or a Hugging Face folder. Errors name the folder/file, the tensor,
+// and expected vs found (missing folder, unsupported model_type, missing tensor, wrong shape,
+// truncated safetensors, unknown dtype).
+LoadedModel load_checkpoint(const std::string& dir);
+
+// Hugging Face export: config.json + model.safetensors (F32) only.
+void export_hf(Transformer& model, const std::string& dir);
+
+// Parses a Hugging Face config.json into a ModelConfig (throws naming the file and field).
+ModelConfig model_config_from_hf_json(const std::string& config_json_path);
+
+}  // namespace rlhf::policy

@@ -1,0 +1,97 @@
+#include "policy/ppo/ppo_config.h"
+
+#include <google/protobuf/text_format.h>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "policy/training/sft_config.h"
+
+namespace rlhf::policy {
+
+proto::PpoConfig parse_ppo_config(const std::string& text, const std::string& source) {
+  return parse_checked_config<proto::PpoConfig>(
+      text, source, [](const auto& c, const ConfigErrors& e) { validate_ppo_config(c, e); });
+}
+
+proto::PpoConfig load_ppo_config(const std::string& path) {
+  return parse_ppo_config(read_config_file(path), path);
+}
+
+void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
+  auto num = [](double v) { return config_number(v); };
+  auto at_least = [&](const char* field, int64_t v, int64_t min) {
+    if (v < min) e.fail(field, "expected >= " + std::to_string(min), std::to_string(v));
+  };
+  auto in_unit = [&](const char* field, double v) {
+    if (!(v >= 0 && v <= 1)) e.fail(field, "expected a value in [0, 1]", num(v));
+  };
+  if (c.schema_version() != 1)
+    e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
+  validate_device_and_dtype(c.device(), c.dtype(), e);
+  at_least("iterations", c.iterations(), 0);
+  at_least("batch_size", c.batch_size(), 1);
+  if (c.minibatch_size() < 1 || c.minibatch_size() > c.batch_size())
+    e.fail("minibatch_size",
+           "expected a value in [1, batch_size = " + std::to_string(c.batch_size()) + "]",
+           std::to_string(c.minibatch_size()));
+  at_least("ppo_epochs", c.ppo_epochs(), 1);
+  if (!(c.policy_lr() >= 0)) e.fail("policy_lr", "expected >= 0", num(c.policy_lr()));
+  if (!(c.value_lr() >= 0)) e.fail("value_lr", "expected >= 0", num(c.value_lr()));
+  if (!(c.weight_decay() >= 0)) e.fail("weight_decay", "expected >= 0", num(c.weight_decay()));
+  if (!(c.max_grad_norm() >= 0)) e.fail("max_grad_norm", "expected >= 0", num(c.max_grad_norm()));
+  if (!(c.adam_eps() > 0)) e.fail("adam_eps", "expected > 0", num(c.adam_eps()));
+  at_least("critic_warmup_iterations", c.critic_warmup_iterations(), 0);
+  if (c.lr_schedule() != "cosine" && c.lr_schedule() != "linear" && c.lr_schedule() != "constant")
+    e.fail("lr_schedule", "expected \"cosine\", \"linear\" or \"constant\"",
+           config_quoted(c.lr_schedule()));
+  at_least("lr_warmup_iterations", c.lr_warmup_iterations(), 0);
+  in_unit("min_lr_ratio", c.min_lr_ratio());
+  if (!(c.target_kl() >= 0)) e.fail("target_kl", "expected >= 0 (0 = off)", num(c.target_kl()));
+  in_unit("gamma", c.gamma());
+  in_unit("lam", c.lam());
+  if (!(c.clip_range() > 0)) e.fail("clip_range", "expected > 0", num(c.clip_range()));
+  if (!(c.value_clip_range() > 0))
+    e.fail("value_clip_range", "expected > 0", num(c.value_clip_range()));
+  if (!(c.kl_coef() >= 0)) e.fail("kl_coef", "expected >= 0", num(c.kl_coef()));
+  if (c.adaptive_kl() && !(c.kl_target() > 0))
+    e.fail("kl_target", "expected > 0 with adaptive_kl", num(c.kl_target()));
+  if (c.adaptive_kl() && !(c.kl_horizon() > 0))
+    e.fail("kl_horizon", "expected > 0 with adaptive_kl", num(c.kl_horizon()));
+  at_least("max_prompt_tokens", c.max_prompt_tokens(), 1);
+  at_least("max_new_tokens", c.max_new_tokens(), 1);
+  at_least("min_new_tokens", c.min_new_tokens(), 0);
+  // Sampling: the ratio and KL use the full softmax at this temperature (see the header).
+  if (!(c.temperature() > 0))
+    e.fail("temperature",
+           "expected > 0 (PPO log-probs and KL use the full softmax at this temperature; greedy "
+           "sampling is not supported)",
+           num(c.temperature()));
+  if (c.top_k() != 0)
+    e.fail("top_k",
+           "expected 0 (PPO samples from the full softmax; top-k would bias the ratio and KL)",
+           std::to_string(c.top_k()));
+  if (c.top_p() != 1)
+    e.fail("top_p",
+           "expected 1 (PPO samples from the full softmax; nucleus sampling would bias the "
+           "ratio and KL)",
+           num(c.top_p()));
+  if (!(c.score_clip() >= 0)) e.fail("score_clip", "expected >= 0 (0 = off)", num(c.score_clip()));
+  at_least("checkpoint_every", c.checkpoint_every(), 0);
+  at_least("keep_rollouts", c.keep_rollouts(), 0);
+  at_least("keep_checkpoints", c.keep_checkpoints(), 1);
+  if (c.has_lora()) {
+    const ConfigErrors le = e.nested("lora");
+    validate_lora_config(c.lora(), le);
+    if (c.lora().rank() > 0 && c.lora().dropout() > 0)
+      le.fail("dropout",
+              "expected 0 for PPO (rollout log-probs are computed without dropout, so the first "
+              "minibatch's ratio would not be 1)",
+              num(c.lora().dropout()));
+  }
+}
+
+void validate_ppo_config(const proto::PpoConfig& config, const std::string& source) {
+  validate_ppo_config(config, ConfigErrors(config, source));
+}
+
+}  // namespace rlhf::policy

@@ -1,0 +1,56 @@
+// `rlhf replay`: inspect rollout files, recompute rewards/GAE from their per-token inputs, and
+// (with a checkpoint) recompute log-probs to find train/inference mismatches.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "proto/rollout.pb.h"
+
+namespace rlhf::policy {
+
+struct RecomputeParams {
+  // Unset = the value stored in each record (a record without gamma/lam needs them given).
+  std::optional<double> gamma, lam, kl_coef;
+};
+
+struct RecomputedSample {
+  int64_t index = 0;
+  std::vector<float> kl, rewards, advantages, returns;  // unwhitened, float32 like the trainer
+  bool compared = false;    // the record stored advantages to compare with
+  double max_abs_diff = 0;  // over kl, rewards, advantages, returns (stored vs recomputed)
+  int64_t mismatches = 0;   // entries that differ at all (replay of our own files is exact)
+};
+
+// Recomputes with the formulas (policy/ppo/ppo_math.h: per_token_kl, compute_rewards,
+// compute_gae) in float32 on one row, which gives bit-identical numbers to the batched trainer.
+RecomputedSample recompute_sample(const proto::RolloutRecord& r, const RecomputeParams& p);
+
+struct ReplayViewOptions {
+  std::optional<int64_t> sample;  // only this index (as stored in the record)
+  std::string sort;               // "", "score" (ascending) or "-score" (descending)
+  std::optional<double> min_score, max_score;
+};
+
+// Records selected by the options, in display order.
+std::vector<const proto::RolloutRecord*> select_samples(
+    const std::vector<proto::RolloutRecord>& records, const ReplayViewOptions& options);
+
+// Human-readable sample: header, prompt and response text (or ids) and per-token columns
+// (t, token, logp, ref_logp, kl, value, reward, advantage).
+void print_sample(std::ostream& os, const proto::RolloutRecord& r);
+
+// Max |logp_stored - logp_recomputed| per sample, with the checkpoint in `policy_dir` (teacher
+// forcing at the record's generation temperature).
+struct LogprobCheck {
+  int64_t index = 0;
+  double max_abs_diff = 0;
+};
+std::vector<LogprobCheck> recompute_logprobs(const std::vector<proto::RolloutRecord>& records,
+                                             const std::string& policy_dir,
+                                             const std::string& device = "cpu");
+
+}  // namespace rlhf::policy

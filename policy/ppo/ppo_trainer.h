@@ -1,0 +1,133 @@
+// The PPO loop: the student (policy) learns from a teacher's scores, held close to a frozen
+// reference by a per-token KL penalty (Ziegler et al. 2019; InstructGPT; "The N Implementation
+// Details of RLHF with PPO"; TRL PPOTrainer; OpenRLHF).
+//
+// One iteration:
+//   1. take batch_size prompts (a fixed shuffled order of the prompt list, cycled);
+//   2. sample responses with the KV cache (policy/decoding/generation.h), seed derived from (seed,
+//   iter);
+//   3. teacher scores (prompt ids, response ids) -> shaped score (missing-EOS / short-response
+//      penalty, optional running normalisation, optional clip);
+//   4. under no-grad, teacher forcing: log-probs under policy and reference, entropy, critic
+//   values;
+//   5. per-token KL, rewards, GAE (policy/ppo/ppo_math.h); rollouts saved to
+//      <out>/rollouts/iter-NNNN.pb (unwhitened advantages, so `rlhf replay --recompute` checks
+//      them);
+//   6. ppo_epochs epochs over shuffled minibatches: clipped ratio loss (+ entropy bonus) on the
+//      policy, clipped value loss on the critic (a separate model, InstructGPT/OpenRLHF style),
+//      AdamW, gradient clipping; only the critic trains during the critic warm-up iterations;
+//      both optimizers' lr follow config.lr_schedule per iteration (ppo_learning_rate); with
+//      target_kl > 0 the epochs stop early once the epoch's mean approx_kl exceeds it;
+//   7. KL controller update from the mean per-sequence KL sum; stats to <out>/metrics.jsonl and
+//      TensorBoard; a progress line on stderr; checkpoint every checkpoint_every iterations.
+//
+// Per-minibatch stats go to <out>/minibatches.jsonl (what `rlhf replay --update` reproduces).
+// Checkpoints: <out>/checkpoints/iter-NNNN/ (policy.pt, critic.pt, the two optimizer states,
+// state.pb, and policy/ + critic/ as regular checkpoint folders; iter-0000 is the start state),
+// written under a temp name and renamed; <out>/checkpoints/latest names the newest complete one
+// (written atomically). A new PpoTrainer on the same out folder resumes from it and, on CPU,
+// reproduces the numbers of an uninterrupted run.
+//
+// LoRA (config.lora.rank > 0, policy/model/lora.h): the policy's base weights are frozen and only
+// its adapters train (the critic trains in full). The reference stays the separate model given in
+// PpoModels (lora.h re-parametrises the policy's projections, it cannot switch them off, so the
+// base weights cannot double as the reference). Checkpoints: policy.pt = the frozen base,
+// adapter/ = the adapters (PEFT layout), policy/ = the merged weights. run() ends by folding the
+// adapters into the policy (the caller's PpoModels::policy is then the merged plain model).
+// Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "policy/model/model.h"
+#include "policy/ppo/ppo_config.h"
+#include "proto/ppo.pb.h"
+
+namespace rlhf::policy {
+
+// Scores a batch of (prompt ids, response ids) pairs, one float per pair. Response ids are as
+// generated: the EOS id is the last element when the model produced it. Called under no-grad.
+using TeacherFn =
+    std::function<std::vector<float>(const std::vector<std::vector<int64_t>>& prompts,
+                                     const std::vector<std::vector<int64_t>>& responses)>;
+
+// Optional: ids -> text, for the prompt_text/response_text fields of rollout records.
+using DecodeFn = std::function<std::string(const std::vector<int64_t>&)>;
+
+// Optional: extra per-iteration stats computed on the rollout batch (e.g. a gold teacher's
+// accuracy, "gold/accuracy"); merged into the iteration's stats and metrics.
+using ExtraStatsFn = std::function<std::map<std::string, double>(
+    const std::vector<std::vector<int64_t>>& prompts,
+    const std::vector<std::vector<int64_t>>& responses)>;
+
+struct PpoModels {
+  Transformer policy{nullptr};     // trained
+  Transformer reference{nullptr};  // frozen (never updated); may not be the same object
+  Transformer critic{nullptr};     // needs a value head (config.value_head)
+};
+
+// Copies parameters and buffers by name from `src` into `dst` (same architecture); for making
+// the reference / critic from the policy.
+void copy_weights(Transformer& src, Transformer& dst);
+
+// A deep copy of `model` (same config, same weights).
+Transformer clone_model(Transformer& model);
+
+// The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (policy_lr or
+// value_lr) under config.lr_schedule / lr_warmup_iterations / min_lr_ratio, over `iterations`
+// iterations (policy/training/lr_schedule.h with step = iteration - 1). A pure function of the
+// iteration: the live update, a resumed run and `replay --update` set the same lr for the same
+// iteration. Throws rlhf::Error on an unknown lr_schedule.
+double ppo_learning_rate(const proto::PpoConfig& config, double peak_lr, int64_t iteration);
+
+class PpoTrainer {
+ public:
+  // config: the resolved PpoConfig (defaults from proto/ppo.proto). prompts: token ids (BOS
+  // included when wanted). out_dir: where rollouts/, checkpoints/, metrics.jsonl go.
+  // Resumes from <out_dir>/checkpoints/latest when it exists (weights, optimizers, KL coef,
+  // score moments); the given models' weights are then replaced by the checkpoint's.
+  PpoTrainer(const proto::PpoConfig& config, PpoModels models, TeacherFn teacher,
+             std::vector<std::vector<int64_t>> prompts, std::string out_dir,
+             DecodeFn decode = nullptr);
+  ~PpoTrainer();
+
+  // Runs until config.iterations iterations are done (from where a resume left off). Throws
+  // rlhf::Error on a non-finite score, loss or gradient, naming the iteration and the quantity;
+  // the last good checkpoint is kept. Writes a final checkpoint.
+  void run();
+
+  // One iteration (1-based index = completed + 1); returns its stats (the names of the issue).
+  std::map<std::string, double> step();
+
+  int64_t completed_iterations() const { return completed_; }
+  double kl_coef() const;
+  // Stats of every iteration run by this object, in order.
+  const std::vector<std::map<std::string, double>>& history() const { return history_; }
+
+  void set_extra_stats(ExtraStatsFn fn);
+
+  // `rlhf replay --update`: re-runs the PPO update of the iteration whose rollouts are in
+  // `rollout_file`, starting from <run_dir>/checkpoints/iter-(k-1) (weights, optimizer states and
+  // the run's resolved config), and returns the per-minibatch stats, which on CPU equal the live
+  // run's lines in <run_dir>/minibatches.jsonl. Touches no file. device "" = the config's.
+  static std::vector<std::map<std::string, double>> replay_update(const std::string& run_dir,
+                                                                  const std::string& rollout_file,
+                                                                  const std::string& device = "");
+
+  // Writes a checkpoint now (also done every checkpoint_every iterations and at the end of run()).
+  void save_checkpoint_now();
+  std::string checkpoint_dir() const;  // "" when none yet
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int64_t completed_ = 0;
+  std::vector<std::map<std::string, double>> history_;
+};
+
+}  // namespace rlhf::policy

@@ -1,0 +1,304 @@
+#include "policy/training/training.h"
+
+#include <google/protobuf/message.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/manifest.h"
+#include "common/text_config.h"
+
+namespace rlhf::policy::training {
+
+namespace fs = std::filesystem;
+
+// ---- optimizer ----------------------------------------------------------------------------------
+
+Optimizer::Optimizer(const NamedTensors& params, const AdamWOptions& o) {
+  std::vector<torch::Tensor> decay, no_decay, embedding;
+  const bool own_embedding_group = o.embedding_lr_scale != 1.0;
+  for (const auto& [name, p] : params) {
+    if (own_embedding_group && name.find("tok_embeddings") != std::string::npos)
+      embedding.push_back(p);
+    else
+      (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  }
+  auto options = [&](double weight_decay) {
+    auto opts = std::make_unique<torch::optim::AdamWOptions>(0.0);
+    opts->betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(weight_decay);
+    return opts;
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  auto add = [&](std::vector<torch::Tensor>& ps, double weight_decay, double scale) {
+    if (ps.empty()) return;
+    params_.insert(params_.end(), ps.begin(), ps.end());
+    groups.emplace_back(ps, options(weight_decay));
+    lr_scale_.push_back(scale);
+  };
+  add(decay, o.weight_decay, 1.0);
+  add(no_decay, 0.0, 1.0);
+  add(embedding, o.weight_decay, o.embedding_lr_scale);
+  if (groups.empty()) throw Error("optimizer: no trainable parameters");
+  adamw_ = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(0.0));
+}
+
+void Optimizer::zero_grad() { adamw_->zero_grad(); }
+
+double Optimizer::step(double lr, double max_grad_norm) {
+  auto& groups = adamw_->param_groups();
+  for (size_t g = 0; g < groups.size(); ++g)
+    static_cast<torch::optim::AdamWOptions&>(groups[g].options()).lr(lr * lr_scale_[g]);
+  const double cap = max_grad_norm > 0 ? max_grad_norm : std::numeric_limits<double>::infinity();
+  const double norm = torch::nn::utils::clip_grad_norm_(params_, cap);
+  if (std::isfinite(norm)) adamw_->step();  // a NaN/inf gradient must not reach the weights
+  return norm;
+}
+
+void Optimizer::save(const std::string& path) {
+  try {
+    torch::save(*adamw_, path + ".tmp");
+  } catch (const c10::Error& e) {
+    throw Error(path + ": cannot write the optimizer state (" + e.what_without_backtrace() + ")");
+  }
+  rename_atomic(path + ".tmp", path);
+}
+
+void Optimizer::load(const std::string& path, const torch::Device& device) {
+  try {
+    torch::load(*adamw_, path, device);
+  } catch (const c10::Error& e) {
+    throw Error(path + ": cannot read the optimizer state (" + e.what_without_backtrace() + ")");
+  }
+}
+
+// ---- tensors and RNG
+// -----------------------------------------------------------------------------
+
+NamedTensors module_tensors(torch::nn::Module& module) {
+  NamedTensors out;
+  for (const auto& p : module.named_parameters()) out.emplace_back(p.key(), p.value());
+  for (const auto& b : module.named_buffers()) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+void save_tensors(const NamedTensors& tensors, const std::string& path) {
+  try {
+    torch::serialize::OutputArchive ar;
+    for (const auto& [name, t] : tensors) ar.write(name, t.detach());
+    ar.save_to(path + ".tmp");
+  } catch (const c10::Error& e) {
+    throw Error(path + ": cannot write tensors (" + e.what_without_backtrace() + ")");
+  }
+  rename_atomic(path + ".tmp", path);
+}
+
+void load_tensors(const NamedTensors& tensors, const std::string& path) {
+  torch::serialize::InputArchive ar;
+  try {
+    ar.load_from(path);
+  } catch (const c10::Error& e) {
+    throw Error(path + ": cannot read tensors (" + e.what_without_backtrace() + ")");
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, t] : tensors) {
+    torch::Tensor stored;
+    try {
+      ar.read(name, stored);
+    } catch (const c10::Error&) {
+      throw Error(path + ": has no tensor '" + name + "'");
+    }
+    if (stored.sizes() != t.sizes())
+      throw Error(path + ": tensor '" + name + "' has shape " + c10::str(stored.sizes()) +
+                  ", expected " + c10::str(t.sizes()));
+    torch::Tensor dst = t;
+    dst.copy_(stored);
+  }
+}
+
+void save_cpu_rng(const std::string& path) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  torch::Tensor state;
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    state = gen.get_state();
+  }
+  save_tensors({{"cpu_rng", state}}, path);
+}
+
+void load_cpu_rng(const std::string& path) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  torch::Tensor state;
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    state = gen.get_state().clone();
+  }
+  load_tensors({{"cpu_rng", state}}, path);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+// ---- the resumable-state folder
+// ------------------------------------------------------------------
+
+std::string config_fingerprint(const google::protobuf::Message& config,
+                               const std::vector<std::string>& ignored_fields,
+                               const std::vector<std::string>& input_files) {
+  std::unique_ptr<google::protobuf::Message> c(config.New());
+  c->CopyFrom(config);
+  const auto* desc = c->GetDescriptor();
+  for (const auto& name : ignored_fields) {
+    const auto* field = desc->FindFieldByName(name);
+    if (!field) throw Error("config_fingerprint: " + desc->name() + " has no field '" + name + "'");
+    c->GetReflection()->ClearField(c.get(), field);
+  }
+  std::string all = to_text_format(*c);
+  for (const auto& f : input_files) {
+    all += "\n" + f + " ";
+    all += file_exists(f) && fs::is_regular_file(f) ? sha256_file(f) : "-";
+  }
+  return sha256_hex(all);
+}
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+StateFolder::StateFolder(std::string root, int keep)
+    : root_(std::move(root)), keep_(std::max(1, keep)) {}
+
+std::optional<std::string> StateFolder::latest() const {
+  const std::string pointer = root_ + "/latest";
+  if (!file_exists(pointer)) return std::nullopt;
+  std::string name = read_file(pointer);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const std::string dir = root_ + "/" + name;
+  if (name.empty() || !file_exists(dir + "/fingerprint"))
+    throw Error(pointer + ": names '" + name + "', which is not a complete checkpoint (delete " +
+                root_ + " to start afresh)");
+  return dir;
+}
+
+std::optional<std::string> StateFolder::resume_dir(const std::string& fingerprint) const {
+  auto dir = latest();
+  if (!dir) return std::nullopt;
+  std::string saved = read_file(*dir + "/fingerprint");
+  while (!saved.empty() && saved.back() == '\n') saved.pop_back();
+  if (saved != fingerprint)
+    throw Error(*dir +
+                ": written by a run with a different config or different input files "
+                "(fingerprint " +
+                saved.substr(0, 12) + ", this run " + fingerprint.substr(0, 12) +
+                "); to start afresh delete " + root_ + " or choose another output folder");
+  return dir;
+}
+
+std::string StateFolder::save(const std::string& name, const std::string& fingerprint,
+                              const std::function<void(const std::string& dir)>& write) {
+  make_dirs(root_);
+  const std::string tmp = root_ + "/.tmp-" + name;
+  const std::string dir = root_ + "/" + name;
+  fs::remove_all(tmp);
+  make_dirs(tmp);
+  write(tmp);
+  write_file_atomic(tmp + "/fingerprint", fingerprint + "\n");
+  fs::remove_all(dir);
+  rename_atomic(tmp, dir);
+  write_file_atomic(root_ + "/latest", name + "\n");  // the switch to the new checkpoint
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root_)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n[0] != '.' && n <= name) names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  for (size_t i = 0; i + keep_ < names.size(); ++i) fs::remove_all(root_ + "/" + names[i]);
+  return dir;
+}
+
+// ---- model initialisation
+// ------------------------------------------------------------------------
+
+namespace {
+
+ModelConfig scratch_config(const ModelSource& s, const Tokenizer& tok) {
+  const proto::ModelConfig& p = s.scratch;
+  ModelConfig m;
+  if (p.dim()) m.dim = p.dim();
+  if (p.n_layers()) m.n_layers = p.n_layers();
+  if (p.n_heads()) m.n_heads = p.n_heads();
+  m.n_kv_heads = p.n_kv_heads() ? p.n_kv_heads() : m.n_heads;
+  if (p.hidden_dim()) m.hidden_dim = p.hidden_dim();
+  if (p.max_seq_len()) m.max_seq_len = p.max_seq_len();
+  if (p.norm_eps() > 0) m.norm_eps = p.norm_eps();
+  if (p.rope_theta() > 0) m.rope_theta = p.rope_theta();
+  m.tie_embeddings = p.tie_embeddings();
+  m.vocab_size = p.vocab_size() ? p.vocab_size() : tok.vocab_size();
+  m.bos_id = tok.bos_id();
+  m.eos_id = tok.eos_id();
+  m.pad_id = tok.pad_id() >= 0 ? tok.pad_id() : 0;
+  m.max_seq_len = std::max<int64_t>(m.max_seq_len, s.seq_len);
+  try {
+    m.validate();
+  } catch (const Error&) {
+    rethrow_with_context(s.what + ": field 'model'");
+  }
+  return m;
+}
+
+Transformer load_initial(const ModelSource& s, const Tokenizer& tok,
+                         std::vector<std::string>* files) {
+  if (auto m = read_manifest(s.init_from); m && !m->complete())
+    throw Error(s.init_from + ": stage '" + m->stage() + "' is not finished");
+  LoadedModel loaded = load_checkpoint(s.init_from);
+  const auto& sha = loaded.info.tokenizer_sha256;
+  if (!sha.empty() && sha != tok.sha256())
+    throw Error(s.init_from + ": trained with tokenizer " + sha.substr(0, 12) + " but " +
+                tok.path() + " is " + tok.sha256().substr(0, 12));
+  const ModelConfig& mc = loaded.model->config();
+  if (mc.vocab_size < tok.vocab_size())
+    throw Error(s.init_from + ": vocab_size " + std::to_string(mc.vocab_size) +
+                " is smaller than the tokenizer's " + std::to_string(tok.vocab_size()) + " (" +
+                tok.path() + ")");
+  if (s.fail_on_long_rows && s.seq_len > mc.max_seq_len)
+    throw Error(s.what + ": rows of " + std::to_string(s.seq_len) + " tokens exceed " +
+                s.init_from + "'s max_seq_len " + std::to_string(mc.max_seq_len));
+  for (const char* f : {"/model.safetensors", "/checkpoint.pb", "/config.json"})
+    if (file_exists(s.init_from + f)) files->push_back(s.init_from + f);
+  return loaded.model;
+}
+
+}  // namespace
+
+InitialModel init_model(const ModelSource& s) {
+  InitialModel out;
+  out.tokenizer_path = s.tokenizer;
+  if (out.tokenizer_path.empty() && !s.init_from.empty() &&
+      file_exists(s.init_from + "/tokenizer.model"))
+    out.tokenizer_path = s.init_from + "/tokenizer.model";
+  if (out.tokenizer_path.empty())
+    throw Error(s.what + ": field 'tokenizer': no tokenizer .model given" +
+                (s.init_from.empty() ? std::string()
+                                     : " (and " + s.init_from + " holds no tokenizer.model)"));
+  out.tokenizer = Tokenizer::load(out.tokenizer_path);
+  out.files.push_back(out.tokenizer_path);
+  try {
+    if (s.init_from.empty()) {
+      out.model = Transformer(scratch_config(s, out.tokenizer));
+      init_weights(out.model);
+    } else {
+      out.model = load_initial(s, out.tokenizer, &out.files);
+    }
+  } catch (...) {
+    rethrow_with_context(s.init_from.empty() ? s.what : "initialising from " + s.init_from);
+  }
+  if (s.value_head && !out.model->config().value_head) out.model->add_value_head();
+  return out;
+}
+
+}  // namespace rlhf::policy::training

@@ -1,0 +1,155 @@
+// The training toolkit under every trainer (SFT, reward, PPO): AdamW with decay / no-decay
+// parameter groups, the resumable-state folder with its one resume rule, tensor and RNG state
+// files, and model initialisation from a checkpoint or from scratch with the tokenizer checks.
+// The learning-rate schedule is policy/training/lr_schedule.h. Not thread-safe; CPU and CUDA alike.
+//
+// The resume rule (every trainer and the pipeline): an output folder whose state/ holds a
+// checkpoint written under the same config fingerprint resumes from its newest checkpoint; one
+// written under a different fingerprint is refused with an error that says how to start afresh;
+// no checkpoint starts afresh. On CPU a resumed run ends bit for bit where an uninterrupted one
+// does.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "policy/model/checkpoint.h"
+#include "policy/model/model.h"
+#include "policy/tokenizer/tokenizer.h"
+#include "proto/model.pb.h"
+
+namespace google::protobuf {
+class Message;
+}
+
+namespace rlhf::policy::training {
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// ---- optimizer ----------------------------------------------------------------------------------
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;        // on the "decay" group only
+  double embedding_lr_scale = 1.0;  // != 1: token embeddings get their own group at lr * scale
+};
+
+// AdamW over the given trainable parameters, grouped as in GPT-2/nanoGPT/LLaMA: "decay" (>= 2
+// dims: matrices, embeddings) with weight_decay, "no_decay" (< 2 dims: norms, biases) without,
+// and, when embedding_lr_scale != 1, "embedding" (names containing "tok_embeddings") with decay at
+// a scaled learning rate. Empty groups are left out. Parameter order is kept within a group.
+class Optimizer {
+ public:
+  Optimizer(const NamedTensors& params, const AdamWOptions& options);
+
+  // One update: sets every group's lr (times its scale), clips the global L2 norm of the
+  // gradients to max_grad_norm (<= 0: no clipping), steps. Returns the norm before clipping; when
+  // it is not finite the weights and moments are left as they were (the caller decides: PPO stops
+  // with a named error, SFT and reward log the norm).
+  double step(double lr, double max_grad_norm);
+  void zero_grad();
+
+  const std::vector<torch::Tensor>& parameters() const { return params_; }
+  torch::optim::AdamW& adamw() { return *adamw_; }
+
+  // Optimizer state (moments and step counts) to / from a file; load maps tensors to `device`.
+  void save(const std::string& path);
+  void load(const std::string& path, const torch::Device& device);
+
+ private:
+  std::unique_ptr<torch::optim::AdamW> adamw_;
+  std::vector<double> lr_scale_;       // per group
+  std::vector<torch::Tensor> params_;  // all trainable, group after group (for clipping)
+};
+
+// ---- tensors and RNG
+// -----------------------------------------------------------------------------
+
+// Parameters and buffers of a module by name (the same names its named_parameters() uses).
+NamedTensors module_tensors(torch::nn::Module& module);
+
+// Writes named tensors to one file (torch archive). load_tensors copies the stored values into
+// the given tensors in place (shapes must match); throws naming the file and the tensor.
+void save_tensors(const NamedTensors& tensors, const std::string& path);
+void load_tensors(const NamedTensors& tensors, const std::string& path);
+
+// The default CPU generator's state (torch::manual_seed, dropout, randperm on CPU).
+void save_cpu_rng(const std::string& path);
+void load_cpu_rng(const std::string& path);
+
+// ---- the resumable-state folder
+// ------------------------------------------------------------------
+
+// A config's identity for resuming: SHA-256 of its text format with the fields that may change
+// between a run and its resumption cleared (e.g. out_dir, threads, device), and of the content of
+// the input files (data, tokenizer, initial weights; missing files hash as "-").
+std::string config_fingerprint(const google::protobuf::Message& config,
+                               const std::vector<std::string>& ignored_fields,
+                               const std::vector<std::string>& input_files);
+
+// <root>/<name>/ checkpoints, each written as <root>/.tmp-<name> and renamed when complete;
+// <root>/latest names the newest (written atomically after the rename, so it always names a
+// complete folder); every checkpoint holds `fingerprint`. Retention keeps the newest `keep`.
+class StateFolder {
+ public:
+  explicit StateFolder(std::string root, int keep = 1);
+
+  // The resume rule: the newest checkpoint when its fingerprint equals `fingerprint`, nullopt when
+  // there is none, and rlhf::Error when it was written by a run of another config ("... delete
+  // <root> or choose another output folder to start afresh").
+  std::optional<std::string> resume_dir(const std::string& fingerprint) const;
+
+  // Writes checkpoint `name`: `write` fills the temp folder it is given; then the fingerprint,
+  // the rename, `latest`, retention. Returns the checkpoint folder.
+  std::string save(const std::string& name, const std::string& fingerprint,
+                   const std::function<void(const std::string& dir)>& write);
+
+  // The folder `latest` names (complete), or nullopt.
+  std::optional<std::string> latest() const;
+  const std::string& root() const { return root_; }
+
+ private:
+  std::string root_;
+  int keep_;
+};
+
+// "step-00000042": checkpoint names that sort by step.
+std::string step_name(int64_t step);
+
+// ---- model initialisation
+// ------------------------------------------------------------------------
+
+struct ModelSource {
+  std::string init_from;       // native checkpoint or Hugging Face folder; "" = from scratch
+  std::string tokenizer;       // SentencePiece .model; "" = <init_from>/tokenizer.model
+  proto::ModelConfig scratch;  // from scratch: the architecture (vocab/bos/eos/pad from the
+                               // tokenizer; unset fields keep policy::ModelConfig's defaults)
+  int64_t seq_len = 0;         // tokens per training row: from scratch max_seq_len grows to it;
+                               // from a checkpoint it must fit (fail_on_long_rows) or is capped
+  bool fail_on_long_rows = false;
+  bool value_head = false;      // add a scalar head when the model has none
+  std::string what = "config";  // names the config in messages ("sft config")
+};
+
+struct InitialModel {
+  Transformer model{nullptr};
+  Tokenizer tokenizer;
+  std::string tokenizer_path;
+  std::vector<std::string> files;  // the files the model and tokenizer came from (fingerprints,
+                                   // manifests)
+};
+
+// Loads (checks: the init_from stage is finished, its tokenizer hash equals the tokenizer's, its
+// vocabulary holds the tokenizer's) or creates (seeded by the caller's torch::manual_seed) the
+// model. Errors name the config field or the folder and what was expected.
+InitialModel init_model(const ModelSource& source);
+
+}  // namespace rlhf::policy::training
