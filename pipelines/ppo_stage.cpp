@@ -97,7 +97,7 @@ policy::LoadedModel load_model(const std::string& dir, const std::string& what) 
 // The config file with the command's overrides, checked before any model or data file is read
 // (values from the file were checked with their lines by load_ppo_config).
 proto::PpoConfig resolved_config(const PpoStageOptions& o) {
-  proto::PpoConfig cfg = policy::load_ppo_config(o.config_path);
+  proto::PpoConfig cfg = o.config ? *o.config : policy::load_ppo_config(o.config_path);
   if (!o.out_dir.empty()) cfg.set_out_dir(o.out_dir);
   if (cfg.out_dir().empty()) cfg.set_out_dir("ppo");
   if (o.iterations) cfg.set_iterations(*o.iterations);

@@ -12,7 +12,10 @@
 namespace rlhf::pipelines {
 
 struct PpoStageOptions {
-  std::string config_path;        // PpoConfig text format
+  std::string config_path;  // PpoConfig text format
+  // The config to run, when the caller already loaded it (with its overrides applied, as
+  // `rlhf ppo` does); config_path then only names it in messages. Unset: read from config_path.
+  std::optional<proto::PpoConfig> config;
   std::string out_dir;            // overrides config.out_dir ("ppo" when both are empty)
   std::optional<int> iterations;  // overrides config.iterations
   std::string device;             // overrides config.device when not empty

@@ -1,10 +1,13 @@
 #include "tools/cli.h"
 
+#include <google/protobuf/descriptor.h>
+
 #include <cstdio>
 #include <iostream>
 #include <set>
 
 #include "common/error.h"
+#include "tools/config_flags.h"
 
 namespace rlhf::cli {
 
@@ -16,6 +19,24 @@ std::map<std::string, Command>& registry() {
 Register::Register(Command c) {
   std::string path = c.path;
   registry().emplace(path, std::move(c));
+}
+
+Register::Register(Command c, ConfigFlags config_flags) {
+  c.config_flags = std::move(config_flags);
+  std::string path = c.path;
+  registry().emplace(path, std::move(c));
+}
+
+std::vector<FlagSpec> all_flags(const Command& c) {
+  std::vector<FlagSpec> specs = c.flags;
+  std::set<std::string> names;
+  for (const auto& f : c.flags) names.insert(f.name);
+  for (auto& f : config_flag_specs(c.config_flags)) {
+    if (!names.insert(f.name).second)
+      throw Error("rlhf " + c.path + ": flag --" + f.name + " is declared twice");
+    specs.push_back(std::move(f));
+  }
+  return specs;
 }
 
 bool Args::has(const std::string& name) const { return values_.count(name) > 0; }
@@ -108,16 +129,23 @@ Args Args::raw(const std::vector<std::string>& argv) {
 
 namespace {
 
+void print_flag_help(const FlagSpec& f) {
+  std::string left = "  --" + f.name + (f.is_bool ? "" : " V");
+  std::printf("%-28s %s", left.c_str(), f.help.c_str());
+  if (!f.default_value.empty()) std::printf(" (default: %s)", f.default_value.c_str());
+  if (f.required) std::printf(" [required]");
+  std::printf("\n");
+}
+
 void print_command_help(const Command& c) {
+  const std::vector<FlagSpec> overrides = config_flag_specs(c.config_flags);
   std::printf("usage: rlhf %s %s\n\n%s\n", c.path.c_str(), c.usage.c_str(), c.summary.c_str());
   if (!c.flags.empty()) std::printf("\nflags:\n");
-  for (const auto& f : c.flags) {
-    std::string left = "  --" + f.name + (f.is_bool ? "" : " V");
-    std::printf("%-28s %s", left.c_str(), f.help.c_str());
-    if (!f.default_value.empty()) std::printf(" (default: %s)", f.default_value.c_str());
-    if (f.required) std::printf(" [required]");
-    std::printf("\n");
-  }
+  for (const auto& f : c.flags) print_flag_help(f);
+  if (overrides.empty()) return;
+  std::printf("\nconfig overrides (each sets the named field of %s):\n",
+              c.config_flags.message()->full_name().c_str());
+  for (const auto& f : overrides) print_flag_help(f);
 }
 
 void print_overview() {
@@ -172,20 +200,15 @@ int dispatch(int argc, char** argv) {
     return 2;
   }
   std::vector<std::string> rest(args.begin() + best_words, args.end());
-  for (const auto& a : rest) {
-    if (a == "--") break;  // what follows belongs to another program (`rlhf launch -- ...`)
-    if (a == "--help" || a == "-h") {
-      print_command_help(*best);
-      return 0;
-    }
-  }
   try {
-    Args parsed;
-    if (best->raw_args) {
-      parsed = Args::raw(rest);
-    } else {
-      parsed = Args::parse(best->flags, rest);
+    for (const auto& a : rest) {
+      if (a == "--") break;  // what follows belongs to another program (`rlhf launch -- ...`)
+      if (a == "--help" || a == "-h") {
+        print_command_help(*best);
+        return 0;
+      }
     }
+    const Args parsed = best->raw_args ? Args::raw(rest) : Args::parse(all_flags(*best), rest);
     return best->run(parsed);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "rlhf %s: %s\n", best->path.c_str(), e.what());

@@ -2,18 +2,27 @@
 #include <cstdio>
 
 #include "pipelines/ppo_stage.h"
+#include "policy/ppo/ppo_config.h"
 #include "policy/runtime/distributed.h"
 #include "tools/cli.h"
+#include "tools/config_flags.h"
 
 namespace {
+
+// The flags that override PpoConfig fields, one per line: flag, field path, help.
+const rlhf::cli::ConfigFlags kPpoOverrides{&rlhf::proto::PpoConfig::descriptor,
+                                           {
+                                               {"out", "out_dir", "output folder; default ppo"},
+                                               {"iterations", "iterations", "PPO iterations"},
+                                               {"device", "device", "cpu | cuda | cuda:N"},
+                                               {"dtype", "dtype", "fp32 | bf16"},
+                                           }};
 
 int run_ppo(const rlhf::cli::Args& a) {
   rlhf::pipelines::PpoStageOptions o;
   o.config_path = a.get("config");
-  o.out_dir = a.get("out");
-  if (a.has("iterations")) o.iterations = static_cast<int>(a.get_int("iterations"));
-  o.device = a.get("device");
-  o.dtype = a.get("dtype");
+  o.config = rlhf::policy::load_ppo_config(o.config_path);
+  rlhf::cli::apply_config_flags(kPpoOverrides, a, &*o.config);
   o.gold_task = a.get("gold-task");
   o.gold_prompts = a.get("gold-prompts");
   auto stats = rlhf::pipelines::run_ppo_stage(o);
@@ -24,20 +33,19 @@ int run_ppo(const rlhf::cli::Args& a) {
   return 0;
 }
 
-rlhf::cli::Register reg({
-    "ppo",
-    "improve the policy with PPO against the teacher (reward model); resumes from checkpoints",
-    "--config FILE.pbtxt [--out DIR]",
+rlhf::cli::Register reg(
     {
-        {"config", "PpoConfig in protobuf text format (see proto/ppo.proto)", "", false, true},
-        {"out", "output folder (overrides out_dir; default ppo)", ""},
-        {"iterations", "override PpoConfig.iterations", ""},
-        {"device", "override PpoConfig.device (cpu | cuda | cuda:N)", ""},
-        {"dtype", "override PpoConfig.dtype (fp32 | bf16)", ""},
-        {"gold-task", "monitor a gold teacher on the rollouts: quickstart", ""},
-        {"gold-prompts", "JSON lines {\"prompt\": ...}: held-out gold accuracy before/after", ""},
+        "ppo",
+        "improve the policy with PPO against the teacher (reward model); resumes from checkpoints",
+        "--config FILE.pbtxt [--out DIR]",
+        {
+            {"config", "PpoConfig in protobuf text format (see proto/ppo.proto)", "", false, true},
+            {"gold-task", "monitor a gold teacher on the rollouts: quickstart", ""},
+            {"gold-prompts", "JSON lines {\"prompt\": ...}: held-out gold accuracy before/after",
+             ""},
+        },
+        run_ppo,
     },
-    run_ppo,
-});
+    kPpoOverrides);
 
 }  // namespace

@@ -50,6 +50,92 @@ rlhf::cli::Register reg({
     run_replay,
 });
 
+// --update: re-runs the iteration's PPO update and prints its per-minibatch stats.
+int replay_update(const Args& a, const std::string& path, bool json) {
+  if (!a.has("run")) throw rlhf::UsageError("replay --update needs --run DIR (the ppo folder)");
+  auto mbs = rlhf::policy::PpoTrainer::replay_update(a.get("run"), path, a.get("device"));
+  for (const auto& mb : mbs) {
+    if (json) {
+      nlohmann::json j;
+      for (auto& kv : mb) {
+        if (kv.first == "iteration" || kv.first == "epoch" || kv.first == "minibatch")
+          j[kv.first] = static_cast<int64_t>(kv.second);
+        else
+          j[kv.first] = kv.second;
+      }
+      std::cout << j.dump() << "\n";
+      continue;
+    }
+    auto g = [&](const char* k) { return mb.count(k) ? mb.at(k) : NAN; };
+    std::printf(
+        "iter %lld epoch %lld mb %lld  loss/policy %.6f  loss/value %.6f  clipfrac %.4f  "
+        "approx_kl %.6f  ratio_mean %.6f  grad p %.4f v %.4f\n",
+        (long long)g("iteration"), (long long)g("epoch"), (long long)g("minibatch"),
+        g("loss/policy"), g("loss/value"), g("policy/clipfrac"), g("policy/approx_kl"),
+        g("policy/ratio_mean"), g("grad_norm/policy"), g("grad_norm/value"));
+    if (mb.count("policy/early_stopped"))
+      std::printf("  target_kl: the epoch's mean approx_kl exceeded it; the update stopped here\n");
+  }
+  return 0;
+}
+
+// --policy DIR: recomputes the selected samples' log-probs with a checkpoint.
+int replay_policy(const Args& a, const std::vector<const rlhf::proto::RolloutRecord*>& selected,
+                  bool json) {
+  std::vector<rlhf::proto::RolloutRecord> subset;
+  for (auto* r : selected) subset.push_back(*r);
+  double worst = 0;
+  for (const auto& c : rlhf::policy::recompute_logprobs(subset, a.get("policy"), a.get("device"))) {
+    worst = std::max(worst, c.max_abs_diff);
+    if (json)
+      std::cout << nlohmann::json{{"index", c.index}, {"max_abs_logprob_diff", c.max_abs_diff}}
+                << "\n";
+    else
+      std::printf("sample %lld: max |logp diff| = %.3g\n", (long long)c.index, c.max_abs_diff);
+  }
+  if (!json) std::printf("max over %zu samples: %.3g\n", subset.size(), worst);
+  return 0;
+}
+
+// --recompute: kl, rewards, advantages and returns from the stored inputs; exit 3 on mismatches.
+int replay_recompute(const Args& a, const std::string& path,
+                     const std::vector<const rlhf::proto::RolloutRecord*>& selected, bool json) {
+  rlhf::policy::RecomputeParams p;
+  p.gamma = opt_double(a, "gamma");
+  p.lam = opt_double(a, "lam");
+  p.kl_coef = opt_double(a, "kl-coef");
+  int64_t compared = 0, differing = 0;
+  double worst = 0;
+  for (auto* r : selected) {
+    auto s = rlhf::policy::recompute_sample(*r, p);
+    if (s.compared) ++compared;
+    if (s.mismatches > 0) ++differing;
+    worst = std::max(worst, s.max_abs_diff);
+    if (json) {
+      std::cout << nlohmann::json{{"index", s.index},
+                                  {"kl", s.kl},
+                                  {"rewards", s.rewards},
+                                  {"advantages", s.advantages},
+                                  {"returns", s.returns}}
+                << "\n";
+    } else if (s.compared) {
+      std::printf("sample %lld: %s (max |diff| %.3g, %lld entries differ)\n", (long long)s.index,
+                  s.mismatches ? "MISMATCH" : "matches", s.max_abs_diff, (long long)s.mismatches);
+    } else {
+      std::printf("sample %lld: recomputed (no stored values to compare)\n", (long long)s.index);
+    }
+  }
+  if (!json)
+    std::printf("%lld of %lld compared samples differ from the stored values (max |diff| %.3g)\n",
+                (long long)differing, (long long)compared, worst);
+  if (differing > 0) {
+    std::fprintf(stderr, "replay --recompute: %lld samples differ from %s\n", (long long)differing,
+                 path.c_str());
+    return 3;
+  }
+  return 0;
+}
+
 int run_replay(const Args& a) {
   if (a.positional().size() != 1)
     throw rlhf::UsageError("replay: expected exactly one FILE argument");
@@ -62,90 +148,9 @@ int run_replay(const Args& a) {
   view.max_score = opt_double(a, "max-score");
   auto selected = rlhf::policy::select_samples(records, view);
   const bool json = a.get_bool("json");
-
-  if (a.get_bool("update")) {
-    if (!a.has("run")) throw rlhf::UsageError("replay --update needs --run DIR (the ppo folder)");
-    auto mbs = rlhf::policy::PpoTrainer::replay_update(a.get("run"), path, a.get("device"));
-    for (const auto& mb : mbs) {
-      if (json) {
-        nlohmann::json j;
-        for (auto& kv : mb) {
-          if (kv.first == "iteration" || kv.first == "epoch" || kv.first == "minibatch")
-            j[kv.first] = static_cast<int64_t>(kv.second);
-          else
-            j[kv.first] = kv.second;
-        }
-        std::cout << j.dump() << "\n";
-        continue;
-      }
-      auto g = [&](const char* k) { return mb.count(k) ? mb.at(k) : NAN; };
-      std::printf(
-          "iter %lld epoch %lld mb %lld  loss/policy %.6f  loss/value %.6f  clipfrac %.4f  "
-          "approx_kl %.6f  ratio_mean %.6f  grad p %.4f v %.4f\n",
-          (long long)g("iteration"), (long long)g("epoch"), (long long)g("minibatch"),
-          g("loss/policy"), g("loss/value"), g("policy/clipfrac"), g("policy/approx_kl"),
-          g("policy/ratio_mean"), g("grad_norm/policy"), g("grad_norm/value"));
-      if (mb.count("policy/early_stopped"))
-        std::printf(
-            "  target_kl: the epoch's mean approx_kl exceeded it; the update stopped here\n");
-    }
-    return 0;
-  }
-
-  if (a.has("policy")) {
-    std::vector<rlhf::proto::RolloutRecord> subset;
-    for (auto* r : selected) subset.push_back(*r);
-    double worst = 0;
-    for (const auto& c :
-         rlhf::policy::recompute_logprobs(subset, a.get("policy"), a.get("device"))) {
-      worst = std::max(worst, c.max_abs_diff);
-      if (json)
-        std::cout << nlohmann::json{{"index", c.index}, {"max_abs_logprob_diff", c.max_abs_diff}}
-                  << "\n";
-      else
-        std::printf("sample %lld: max |logp diff| = %.3g\n", (long long)c.index, c.max_abs_diff);
-    }
-    if (!json) std::printf("max over %zu samples: %.3g\n", subset.size(), worst);
-    return 0;
-  }
-
-  if (a.get_bool("recompute")) {
-    rlhf::policy::RecomputeParams p;
-    p.gamma = opt_double(a, "gamma");
-    p.lam = opt_double(a, "lam");
-    p.kl_coef = opt_double(a, "kl-coef");
-    int64_t compared = 0, differing = 0;
-    double worst = 0;
-    for (auto* r : selected) {
-      auto s = rlhf::policy::recompute_sample(*r, p);
-      if (s.compared) ++compared;
-      if (s.mismatches > 0) ++differing;
-      worst = std::max(worst, s.max_abs_diff);
-      if (json) {
-        std::cout << nlohmann::json{{"index", s.index},
-                                    {"kl", s.kl},
-                                    {"rewards", s.rewards},
-                                    {"advantages", s.advantages},
-                                    {"returns", s.returns}}
-                  << "\n";
-      } else if (s.compared) {
-        std::printf("sample %lld: %s (max |diff| %.3g, %lld entries differ)\n", (long long)s.index,
-                    s.mismatches ? "MISMATCH" : "matches", s.max_abs_diff, (long long)s.mismatches);
-      } else {
-        std::printf("sample %lld: recomputed (no stored values to compare)\n", (long long)s.index);
-      }
-    }
-    if (!json)
-      std::printf("%lld of %lld compared samples differ from the stored values (max |diff| %.3g)\n",
-                  (long long)differing, (long long)compared, worst);
-    if (differing > 0) {
-      std::fprintf(stderr, "replay --recompute: %lld samples differ from %s\n",
-                   (long long)differing, path.c_str());
-      return 3;
-    }
-    return 0;
-  }
-
+  if (a.get_bool("update")) return replay_update(a, path, json);
+  if (a.has("policy")) return replay_policy(a, selected, json);
+  if (a.get_bool("recompute")) return replay_recompute(a, path, selected, json);
   for (auto* r : selected) {
     if (json)
       std::cout << rlhf::policy::rollout_to_json(*r) << "\n";

@@ -10,32 +10,38 @@
 #include "reward/train_config.h"
 #include "reward/trainer.h"
 #include "tools/cli.h"
+#include "tools/config_flags.h"
 
 namespace {
 
 using rlhf::cli::Args;
 
+// The flags that override RewardTrainConfig fields, one per line: flag, field path, help.
+const rlhf::cli::ConfigFlags kRewardTrainOverrides{
+    &rlhf::proto::RewardTrainConfig::descriptor,
+    {
+        {"out", "out_dir", "output folder"},
+        {"train-file", "train_file", "comparisons file"},
+        {"eval-file", "eval_file", "held-out comparisons file"},
+        {"annotation-db", "annotation_db", "annotation SQLite DB to export pairs from"},
+        {"format", "format", "pairs | hh"},
+        {"init-from", "init_from", "SFT checkpoint folder, native or Hugging Face"},
+        {"tokenizer", "tokenizer", "tokenizer .model"},
+        {"device", "device", "cpu | cuda | cuda:N"},
+        {"dtype", "dtype", "fp32 | bf16; bf16 = autocast, fp32 master weights"},
+        {"steps", "steps", "optimizer steps"},
+        {"lr", "lr", "peak learning rate"},
+        {"batch-pairs", "batch_pairs", "comparisons per batch"},
+        {"eval-every", "eval_every", "steps between held-out evaluations"},
+        {"seed", "seed", "random seed"},
+        {"threads", "threads", "torch threads"},
+        {"time-limit", "time_limit_seconds", "stop training after this many seconds"},
+    }};
+
 int run_train(const Args& a) {
   const std::string path = a.get("config");
   rlhf::proto::RewardTrainConfig cfg = rlhf::reward::load_train_config(path);
-  // CLI flags override config fields.
-  if (auto v = a.get_opt("out")) cfg.set_out_dir(*v);
-  if (auto v = a.get_opt("train-file")) cfg.set_train_file(*v);
-  if (auto v = a.get_opt("eval-file")) cfg.set_eval_file(*v);
-  if (auto v = a.get_opt("annotation-db")) cfg.set_annotation_db(*v);
-  if (auto v = a.get_opt("format")) cfg.set_format(*v);
-  if (auto v = a.get_opt("init-from")) cfg.set_init_from(*v);
-  if (auto v = a.get_opt("tokenizer")) cfg.set_tokenizer(*v);
-  if (auto v = a.get_opt("device")) cfg.set_device(*v);
-  if (auto v = a.get_opt("dtype")) cfg.set_dtype(*v);
-  if (a.has("steps")) cfg.set_steps(a.get_int("steps"));
-  if (a.has("lr")) cfg.set_lr(static_cast<float>(a.get_double("lr")));
-  if (a.has("batch-pairs")) cfg.set_batch_pairs(static_cast<int32_t>(a.get_int("batch-pairs")));
-  if (a.has("eval-every")) cfg.set_eval_every(a.get_int("eval-every"));
-  if (a.has("seed")) cfg.set_seed(static_cast<uint64_t>(a.get_int("seed")));
-  if (a.has("threads")) cfg.set_threads(static_cast<int32_t>(a.get_int("threads")));
-  if (a.has("time-limit"))
-    cfg.set_time_limit_seconds(static_cast<float>(a.get_double("time-limit")));
+  rlhf::cli::apply_config_flags(kRewardTrainOverrides, a, &cfg);
   rlhf::reward::validate_config(cfg, path);
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
@@ -101,24 +107,9 @@ rlhf::cli::Register reg_train(
      "train the reward model (teacher) on pairwise comparisons (resumes from DIR/state when "
      "restarted)",
      "--config FILE.pbtxt [--out DIR] [overrides]",
-     {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true},
-      {"out", "output folder (overrides out_dir)"},
-      {"train-file", "comparisons file (overrides train_file)"},
-      {"eval-file", "held-out comparisons file (overrides eval_file)"},
-      {"annotation-db", "annotation SQLite DB to export pairs from (overrides annotation_db)"},
-      {"format", "pairs | hh (overrides format)"},
-      {"init-from", "SFT checkpoint folder, native or Hugging Face (overrides init_from)"},
-      {"tokenizer", "tokenizer .model (overrides tokenizer)"},
-      {"device", "cpu | cuda | cuda:N (overrides device)"},
-      {"dtype", "fp32 | bf16 (overrides dtype; bf16 = autocast, fp32 master weights)"},
-      {"steps", "optimizer steps (overrides steps)"},
-      {"lr", "peak learning rate (overrides lr)"},
-      {"batch-pairs", "comparisons per batch (overrides batch_pairs)"},
-      {"eval-every", "steps between held-out evaluations (overrides eval_every)"},
-      {"seed", "seed (overrides seed)"},
-      {"threads", "torch threads (overrides threads)"},
-      {"time-limit", "stop training after this many seconds (overrides time_limit_seconds)"}},
-     run_train});
+     {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true}},
+     run_train},
+    kRewardTrainOverrides);
 
 rlhf::cli::Register reg_eval(
     {"reward eval",

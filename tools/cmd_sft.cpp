@@ -9,39 +9,45 @@
 #include "policy/runtime/distributed.h"
 #include "policy/training/sft_trainer.h"
 #include "tools/cli.h"
+#include "tools/config_flags.h"
 
 namespace {
 
 using rlhf::cli::Args;
 
+// The flags that override SftConfig fields, one per line: flag, field path, help.
+const rlhf::cli::ConfigFlags kSftOverrides{
+    &rlhf::proto::SftConfig::descriptor,
+    {
+        {"out", "out_dir", "output folder"},
+        {"train-file", "train_file", "JSONL {prompt,response} or text"},
+        {"eval-file", "eval_file", "held-out file"},
+        {"format", "format", "auto | jsonl | text"},
+        {"init-from", "init_from", "native checkpoint or Hugging Face folder"},
+        {"tokenizer", "tokenizer", "SentencePiece .model"},
+        {"device", "device", "cpu | cuda | cuda:N"},
+        {"dtype", "dtype", "fp32 | bf16; bf16 = autocast, fp32 master weights"},
+        {"steps", "steps", "optimizer steps"},
+        {"epochs", "epochs", "passes over the data when steps is 0"},
+        {"lr", "lr", "peak learning rate"},
+        {"batch-size", "batch_size", "rows per micro-batch"},
+        {"grad-accum", "grad_accum", "micro-batches per step"},
+        {"seq-len", "seq_len", "tokens per row"},
+        {"packed", "packed", "pack examples into full rows"},
+        {"eval-every", "eval_every", "steps between evaluations"},
+        {"save-every", "save_every", "steps between resumable checkpoints"},
+        {"early-stop-patience", "early_stop_patience",
+         "evaluations without improvement before stopping"},
+        {"seed", "seed", "random seed"},
+        {"threads", "threads", "torch intra-op threads"},
+        {"stop-after", "stop_after", "testing: exit after this step as if killed (no save)"},
+        {"lora-rank", "lora.rank", "train LoRA adapters of this rank"},
+    }};
+
 int run_sft(const Args& a) {
   const std::string path = a.get("config");
   rlhf::proto::SftConfig cfg = rlhf::policy::load_sft_config(path);
-  // CLI flags override config fields.
-  if (auto v = a.get_opt("out")) cfg.set_out_dir(*v);
-  if (auto v = a.get_opt("train-file")) cfg.set_train_file(*v);
-  if (auto v = a.get_opt("eval-file")) cfg.set_eval_file(*v);
-  if (auto v = a.get_opt("format")) cfg.set_format(*v);
-  if (auto v = a.get_opt("init-from")) cfg.set_init_from(*v);
-  if (auto v = a.get_opt("tokenizer")) cfg.set_tokenizer(*v);
-  if (auto v = a.get_opt("device")) cfg.set_device(*v);
-  if (auto v = a.get_opt("dtype")) cfg.set_dtype(*v);
-  if (a.has("steps")) cfg.set_steps(a.get_int("steps"));
-  if (a.has("epochs")) cfg.set_epochs(static_cast<float>(a.get_double("epochs")));
-  if (a.has("lr")) cfg.set_lr(static_cast<float>(a.get_double("lr")));
-  if (a.has("batch-size")) cfg.set_batch_size(static_cast<int32_t>(a.get_int("batch-size")));
-  if (a.has("grad-accum")) cfg.set_grad_accum(static_cast<int32_t>(a.get_int("grad-accum")));
-  if (a.has("seq-len")) cfg.set_seq_len(static_cast<int32_t>(a.get_int("seq-len")));
-  if (a.has("packed")) cfg.set_packed(true);
-  if (a.has("eval-every")) cfg.set_eval_every(a.get_int("eval-every"));
-  if (a.has("save-every")) cfg.set_save_every(a.get_int("save-every"));
-  if (a.has("early-stop-patience"))
-    cfg.set_early_stop_patience(static_cast<int32_t>(a.get_int("early-stop-patience")));
-  if (a.has("seed")) cfg.set_seed(static_cast<uint64_t>(a.get_int("seed")));
-  if (a.has("threads")) cfg.set_threads(static_cast<int32_t>(a.get_int("threads")));
-  if (a.has("stop-after")) cfg.set_stop_after(a.get_int("stop-after"));
-  if (a.has("lora-rank"))
-    cfg.mutable_lora()->set_rank(static_cast<int32_t>(a.get_int("lora-rank")));
+  rlhf::cli::apply_config_flags(kSftOverrides, a, &cfg);
   rlhf::policy::validate_sft_config(cfg, path);
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
@@ -86,30 +92,9 @@ rlhf::cli::Register reg_sft(
     {"sft",
      "supervised fine-tuning of the policy (resumes from DIR/state when restarted)",
      "--config FILE.pbtxt [--out DIR] [overrides]",
-     {{"config", "training config (proto SftConfig, text format)", "", false, true},
-      {"out", "output folder (overrides out_dir)"},
-      {"train-file", "JSONL {prompt,response} or text (overrides train_file)"},
-      {"eval-file", "held-out file (overrides eval_file)"},
-      {"format", "auto | jsonl | text (overrides format)"},
-      {"init-from", "native checkpoint or Hugging Face folder (overrides init_from)"},
-      {"tokenizer", "SentencePiece .model (overrides tokenizer)"},
-      {"device", "cpu | cuda | cuda:N (overrides device)"},
-      {"dtype", "fp32 | bf16 (overrides dtype; bf16 = autocast, fp32 master weights)"},
-      {"steps", "optimizer steps (overrides steps)"},
-      {"epochs", "passes over the data when steps is 0 (overrides epochs)"},
-      {"lr", "peak learning rate (overrides lr)"},
-      {"batch-size", "rows per micro-batch (overrides batch_size)"},
-      {"grad-accum", "micro-batches per step (overrides grad_accum)"},
-      {"seq-len", "tokens per row (overrides seq_len)"},
-      {"packed", "pack examples into full rows (sets packed)", "", true},
-      {"eval-every", "steps between evaluations (overrides eval_every)"},
-      {"save-every", "steps between resumable checkpoints (overrides save_every)"},
-      {"early-stop-patience", "evaluations without improvement before stopping"},
-      {"seed", "random seed (overrides seed)"},
-      {"threads", "torch intra-op threads (overrides threads)"},
-      {"stop-after", "testing: exit after this step as if killed (no save)"},
-      {"lora-rank", "train LoRA adapters of this rank (overrides lora.rank)"}},
-     run_sft});
+     {{"config", "training config (proto SftConfig, text format)", "", false, true}},
+     run_sft},
+    kSftOverrides);
 
 rlhf::cli::Register reg_merge(
     {"lora merge",

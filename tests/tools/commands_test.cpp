@@ -1,0 +1,116 @@
+// Every registered `rlhf` command (tools/cmd_*.cpp, linked in): its config-flag table resolves
+// against its message type, the trainers' flags set the fields they name, and `--help` through the
+// binary lists a table flag with its help and field.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "proto/ppo.pb.h"
+#include "proto/reward.pb.h"
+#include "proto/sft.pb.h"
+#include "tests/test_support.h"
+#include "tools/cli.h"
+#include "tools/config_flags.h"
+
+namespace {
+
+using rlhf::cli::Args;
+using rlhf::cli::registry;
+using rlhf::testing::rlhf_binary;
+using rlhf::testing::run_command;
+
+// Parses argv with every flag of the command and applies its config flags to *config.
+void apply(const std::string& command, const std::vector<std::string>& argv,
+           google::protobuf::Message* config) {
+  const auto& c = registry().at(command);
+  rlhf::cli::apply_config_flags(c.config_flags, Args::parse(rlhf::cli::all_flags(c), argv), config);
+}
+
+TEST(CliCommands, EveryConfigFlagTableResolvesAgainstItsMessage) {
+  std::set<std::string> with_tables;
+  for (const auto& [path, c] : registry()) {
+    SCOPED_TRACE("rlhf " + path);
+    EXPECT_NO_THROW(rlhf::cli::all_flags(c));  // no unknown field, no flag declared twice
+    if (c.config_flags.flags.empty()) continue;
+    with_tables.insert(path);
+    ASSERT_NE(c.config_flags.message, nullptr);
+    for (const auto& entry : c.config_flags.flags) {
+      SCOPED_TRACE(std::string("--") + entry.flag);
+      EXPECT_FALSE(rlhf::cli::resolve_field_path(*c.config_flags.message(), entry).empty());
+      EXPECT_NE(std::string(entry.help), "");
+    }
+  }
+  EXPECT_EQ(with_tables, (std::set<std::string>{"ppo", "reward train", "sft"}));
+}
+
+TEST(CliCommands, SftFlagsOverrideTheirFields) {
+  rlhf::proto::SftConfig cfg;
+  cfg.set_batch_size(5);
+  apply("sft",
+        {"--config", "sft.pbtxt", "--lr", "0.5", "--steps", "7", "--lora-rank", "8", "--packed",
+         "--epochs", "2.5", "--seed", "9", "--out", "o", "--dtype", "bf16", "--stop-after", "3"},
+        &cfg);
+  EXPECT_EQ(cfg.lr(), 0.5f);
+  EXPECT_EQ(cfg.steps(), 7);
+  EXPECT_EQ(cfg.lora().rank(), 8);
+  EXPECT_TRUE(cfg.packed());
+  EXPECT_EQ(cfg.epochs(), 2.5f);
+  EXPECT_EQ(cfg.seed(), 9u);
+  EXPECT_EQ(cfg.out_dir(), "o");
+  EXPECT_EQ(cfg.dtype(), "bf16");
+  EXPECT_EQ(cfg.stop_after(), 3);
+  EXPECT_EQ(cfg.batch_size(), 5);  // not given: the config's value
+  EXPECT_FALSE(cfg.has_threads());
+}
+
+TEST(CliCommands, RewardAndPpoFlagsOverrideTheirFields) {
+  rlhf::proto::RewardTrainConfig reward;
+  apply("reward train",
+        {"--config", "r.pbtxt", "--time-limit", "2.5", "--batch-pairs", "4", "--annotation-db",
+         "a.db", "--lr", "1e-3"},
+        &reward);
+  EXPECT_EQ(reward.time_limit_seconds(), 2.5f);
+  EXPECT_EQ(reward.batch_pairs(), 4);
+  EXPECT_EQ(reward.annotation_db(), "a.db");
+  EXPECT_EQ(reward.lr(), static_cast<float>(1e-3));
+  rlhf::proto::PpoConfig ppo;
+  apply("ppo", {"--config", "p.pbtxt", "--iterations", "3", "--out", "d", "--device", "cpu"}, &ppo);
+  EXPECT_EQ(ppo.iterations(), 3);
+  EXPECT_EQ(ppo.out_dir(), "d");
+  EXPECT_EQ(ppo.device(), "cpu");
+  EXPECT_FALSE(ppo.has_dtype());
+}
+
+TEST(CliCommands, HelpListsTheTableFlagsWithTheirFields) {
+  std::string out;
+  ASSERT_EQ(run_command(rlhf_binary() + " sft --help", &out), 0) << out;
+  for (const char* text : {"--config V", "config overrides", "rlhf.proto.SftConfig",
+                           "peak learning rate (overrides lr)",
+                           "train LoRA adapters of this rank (overrides lora.rank)",
+                           "pack examples into full rows (overrides packed)"})
+    EXPECT_NE(out.find(text), std::string::npos) << text << " missing from:\n" << out;
+  EXPECT_EQ(out.find("--packed V"), std::string::npos) << "a bool field's flag is a switch";
+  ASSERT_EQ(run_command(rlhf_binary() + " reward train --help", &out), 0) << out;
+  EXPECT_NE(out.find("--time-limit V"), std::string::npos) << out;
+  EXPECT_NE(out.find("(overrides time_limit_seconds)"), std::string::npos) << out;
+  ASSERT_EQ(run_command(rlhf_binary() + " ppo --help", &out), 0) << out;
+  EXPECT_NE(out.find("--iterations V"), std::string::npos) << out;
+  EXPECT_NE(out.find("--gold-task V"), std::string::npos) << out;
+}
+
+TEST(CliCommands, ABadValueIsAUsageErrorThroughTheBinary) {
+  rlhf::testing::TempDir dir("cli_flags");
+  std::string out;
+  // An empty config file parses; the flag is applied before the config is validated.
+  ASSERT_EQ(run_command("touch " + dir / "sft.pbtxt", &out), 0);
+  EXPECT_EQ(
+      run_command(rlhf_binary() + " sft --config " + dir / "sft.pbtxt" + " --steps seven", &out), 2)
+      << out;
+  EXPECT_NE(out.find("rlhf sft: --steps: expected an integer (int64), got 'seven'"),
+            std::string::npos)
+      << out;
+}
+
+}  // namespace
