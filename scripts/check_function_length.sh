@@ -33,7 +33,8 @@ report=$(awk -v max="$max" '
 function reset_header() { header = ""; hline = 0; hparen = 0 }
 function declarative() { return sp == 0 || kind[sp] == "N" || kind[sp] == "C" || kind[sp] == "E" }
 function add(c) {
-  if (c == " " && substr(tail, length(tail), 1) == " ") { } else tail = substr(tail c, length(tail) > 300 ? 2 : 1)
+  # tail: the last ~300 characters at any depth (to recognise the opening brace of a lambda)
+  if (c != " " || substr(tail, length(tail), 1) != " ") tail = substr(tail c, length(tail) > 300 ? 2 : 1)
   if (!declarative()) return
   if (c == " " && (header == "" || substr(header, length(header), 1) == " ")) return
   if (header == "" && c != " ") hline = FNR
