@@ -1,5 +1,11 @@
 // Client side of the annotation protocol: a blocking connection, and a session that
 // authenticates, reconnects and retries.
+//
+// Thread safety: none. A Connection or an AnnotationClient (which owns its Connection) is used
+// from one thread at a time; give each thread its own.
+// Errors: ConnectionLost when the socket fails, WrongServerUser for a server of another uid,
+// rlhf::Error for everything else (a bad frame, a refused session, a server lost for longer than
+// retry_seconds), as each function says.
 #pragma once
 
 #include <sys/types.h>
@@ -33,7 +39,8 @@ class Connection {
  public:
   // Connects, then checks with SO_PEERCRED that the listening process runs as `server_uid`
   // (default: the caller's effective uid) before anything is sent. Throws ConnectionLost naming
-  // the path when nobody listens there, WrongServerUser when someone of another uid does.
+  // the path when nobody listens there (or socket() fails), WrongServerUser when someone of
+  // another uid does, rlhf::Error when the path is too long for a Unix socket address.
   explicit Connection(const std::string& socket_path,
                       std::optional<uid_t> server_uid = std::nullopt);
   ~Connection();
@@ -42,9 +49,10 @@ class Connection {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Sends raw bytes (tests use this for malformed frames).
+  // Sends raw bytes (tests use this for malformed frames). Throws ConnectionLost when send fails.
   void send_bytes(const std::string& bytes);
-  // Sends one framed message.
+  // Sends one framed message. Throws rlhf::Error when it exceeds kMaxFrameBytes (frame.h),
+  // ConnectionLost when send fails.
   void send(const google::protobuf::MessageLite& message);
   // Reads one framed Response; throws ConnectionLost on EOF/errors, rlhf::Error on a frame
   // that does not parse.

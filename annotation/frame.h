@@ -1,5 +1,8 @@
 // Wire framing: a 4-byte big-endian payload length, then the payload (one serialized Request or
 // Response from proto/annotation.proto). Frames longer than the limit are refused.
+//
+// Thread safety: the free functions may be called from any thread at once (decode_request
+// captures protobuf's log per thread); a FrameDecoder is used from one thread at a time.
 #pragma once
 
 #include <cstddef>
@@ -14,7 +17,8 @@ namespace rlhf::annotation {
 // Largest accepted payload (1 MiB). A prompt with 26 long answers fits easily.
 constexpr uint32_t kMaxFrameBytes = 1u << 20;
 
-// Header + payload. Throws rlhf::Error when the message is larger than kMaxFrameBytes.
+// Header + payload. Throws rlhf::Error when the message is larger than kMaxFrameBytes or does not
+// serialize.
 std::string encode_frame(const google::protobuf::MessageLite& message);
 
 // Incremental decoder for a byte stream: feed() what arrived, then take frames with next().
@@ -42,11 +46,11 @@ class FrameDecoder {
   size_t pos_ = 0;
 };
 
-// Parses a Request payload. On failure returns false and sets *error to a message. What protobuf
-// would log about the payload (e.g. "String field 'rlhf.proto.Hello.token' contains invalid
-// UTF-8 data") goes into *error instead of stderr, so a client sending bad strings cannot make the
-// server log a line per frame. (The first call routes protobuf's log through a handler that
-// captures messages during decode_request and passes any other message to the previous one.)
+// Parses a Request payload. Never throws: on failure returns false and sets *error to a message.
+// What protobuf would log about the payload (e.g. "String field 'rlhf.proto.Hello.token' contains
+// invalid UTF-8 data") goes into *error instead of stderr, so a client sending bad strings cannot
+// make the server log a line per frame. (The first call routes protobuf's log through a handler
+// that captures messages during decode_request and passes any other message to the previous one.)
 bool decode_request(const std::string& payload, proto::Request* request, std::string* error);
 
 // Upper bound on the payload bytes of a Response carrying this prompt and these answers as a

@@ -26,8 +26,11 @@
 // Failures are logged to stderr, at most one line per second (the count of lines left out is in
 // the next one).
 //
-// Thread safety: submit() and stop() may be called from any thread. Completions run on the store
-// thread; they must be short (post the response to the connection's executor). A session must
+// Errors: nothing is thrown to the callers of submit(): a failing request is answered INTERNAL as
+// above. The constructor throws std::system_error when the store thread cannot start.
+//
+// Thread safety: submit(), stop() and stats() may be called from any thread. Completions run on the
+// store thread; they must be short (post the response to the connection's executor). A session must
 // not have two requests in the same batch (the server keeps one request in flight per
 // connection).
 #pragma once

@@ -9,6 +9,12 @@
 //             "none_acceptable","skipped","flag","seconds","created_at"}: one line per judgement;
 //             groups are answer indices, best first, ties in one inner list.
 // Both are ordered by ranking id. The reward trainer reads `pairs`; keep the fields stable.
+//
+// Errors: every function throws rlhf::Error: bad input names the file and line (or the field),
+// an unknown format names the accepted ones, and store failures pass on Store's rlhf::Error
+// (sqlite_store.h).
+// Thread safety: as the Store passed in (one thread at a time per Store); other processes may
+// write the same database meanwhile.
 #pragma once
 
 #include <cstdint>
@@ -69,7 +75,8 @@ struct ImportResult {
 ImportResult import_preferences(Store& store, const std::string& path, const std::string& format,
                                 const ChunkOptions& chunk = {});
 
-// Writes the export (see above) to `out`; returns the lines written.
+// Writes the export (see above) to `out`; returns the lines written. Throws rlhf::Error for an
+// unknown format or when writing to `out` failed.
 int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out);
 
 }  // namespace rlhf::annotation

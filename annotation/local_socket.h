@@ -6,6 +6,12 @@
 // Why: a socket in a shared directory such as /tmp can be taken over by another local user once
 // its server stops; clients then send their token to whoever listens. The default socket is
 // therefore in a directory only its user can enter, and both ends check the peer's uid.
+//
+// Errors: rlhf::Error naming the path and the failing call (AlreadyServing, a subclass, when
+// another server holds the lock), as each function says.
+// Thread safety: the free functions may be called from any thread (describe_uid uses
+// getpwuid_r); a ServerLock is used from one thread at a time. Ownership: listen_on_path returns
+// a descriptor the caller closes; a ServerLock owns its lock file and descriptor.
 #pragma once
 
 #include <sys/types.h>

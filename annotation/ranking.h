@@ -1,4 +1,7 @@
 // Rankings: ordered groups of answer indices, best first, ties inside a group (`B > A = C > D`).
+// Pure functions: safe to call from any thread at once. Errors: parse_ranking and
+// groups_from_json throw rlhf::Error saying what is wrong with the text; the others never throw
+// (beyond std::bad_alloc).
 #pragma once
 
 #include <string>
@@ -25,6 +28,7 @@ std::string format_ranking(const Groups& groups);
 // torch-free), the one implementation shared with the reward trainer.
 
 // Groups <-> compact JSON text ("[[1],[0,2],[3]]"), the form stored in SQLite and exported.
+// groups_from_json throws rlhf::Error quoting text that is not a JSON list of lists of integers.
 std::string groups_to_json(const Groups& groups);
 Groups groups_from_json(const std::string& json);
 

@@ -24,6 +24,11 @@
 //  - Undo removes the annotator's latest submission while it is "still open": younger than the
 //    lease time (the window in which the task would still be reserved for them). The task is
 //    leased to them again so they can re-rank it.
+//
+// Thread safety: a RequestHandler (like its Store) is used from one thread at a time, the
+// server's store thread; answer_without_store and error_response are pure and may be called
+// from any thread. Errors: client mistakes are answers, not exceptions; store failures throw
+// rlhf::Error (see handle()).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,6 @@
 // Simulated annotators: rank tasks through the real protocol with a Teacher (annotation/teacher.h).
+// Thread safety: each simulate() call owns its client connection and teacher, so several may run
+// at once on different threads (with different tokens).
 #pragma once
 
 #include <cstdint>
@@ -28,8 +30,11 @@ struct SimulateResult {
 };
 
 // Runs until the queue is finished for this annotator (NoTask with retry 0) or max_tasks were
-// acknowledged. `on_ack(task_id, ranking_id)` is called for every SubmitOk. Throws rlhf::Error when
-// the server stays away longer than retry_seconds or refuses the token.
+// acknowledged. `on_ack(task_id, ranking_id)` is called for every SubmitOk, on the calling thread.
+// Throws rlhf::Error when the server stays away longer than retry_seconds or refuses the token,
+// when the teacher is unknown or returns a ranking that is not a permutation, and when a request
+// is answered with an error other than ALREADY_SUBMITTED, TASK_FULL or NOT_LEASED (those count as
+// rejected); WrongServerUser (client.h) when the server runs as another uid.
 SimulateResult simulate(const SimulateOptions& options,
                         const std::function<void(int64_t, int64_t)>& on_ack = {});
 

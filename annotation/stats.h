@@ -1,4 +1,7 @@
 // Progress and agreement statistics over an annotation store (`rlhf annotate stats`).
+// Errors: compute_stats passes on the Store's rlhf::Error (sqlite_store.h); the other functions
+// never throw (beyond std::bad_alloc). Thread safety: compute_stats uses the Store from the
+// calling thread (one thread at a time per Store); the other functions are pure.
 #pragma once
 
 #include <cstdint>

@@ -4,6 +4,12 @@
 // Commands at the prompt: a ranking like `B>A=C>D` (ties with '='), `n` none acceptable, `s` skip,
 // `f [reason]` flag (asks for the reason when missing), `u` undo the last submission while it is
 // still open, `?` help, `q` quit. Invalid input is explained and asked again. End of input quits.
+//
+// Errors: run_terminal_client throws rlhf::Error when the server answers get_task with an error,
+// and passes on the client's exceptions (rlhf::Error when the server stays away longer than its
+// retry_seconds or refuses the token, WrongServerUser; annotation/client.h).
+// Thread safety: run_terminal_client runs on the calling thread and uses `client`, `in` and `out`
+// there only (the client, like every AnnotationClient, one thread at a time); wrap_text is pure.
 #pragma once
 
 #include <istream>

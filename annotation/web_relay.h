@@ -23,8 +23,12 @@
 // server 503 {error: "UPSTREAM_DOWN"} (the page shows a banner and retries; the next call
 // reconnects); a token the server refuses 401 and the session ends.
 //
-// Thread safety: handle() may be called from many threads; calls of one session run one at a
-// time (each session has one upstream connection).
+// Errors: handle() never throws for a request: a bad body is answered 400 BAD_REQUEST, any other
+// exception inside it 500 INTERNAL (both JSON {error, message}).
+//
+// Thread safety: handle() and session_count() may be called from many threads; calls of one
+// session run one at a time (each session has one upstream connection). web_assets() returns
+// static data that lives as long as the program.
 #pragma once
 
 #include <cstddef>

@@ -6,6 +6,9 @@
 // measured on the quickstart's SFT step (d=128, 4 layers, 16 x 64 tokens, one thread), 139k minor
 // page faults per 55 steps with the defaults and 48k with the settings below, and 10-25% less CPU
 // time (docs/performance.md).
+//
+// Thread safety: call tune_allocator() once, from main() before other threads start (it reads
+// the environment and changes process-wide malloc settings). Never throws.
 #pragma once
 
 namespace rlhf {

@@ -10,6 +10,10 @@
 // OpenBLAS chooses its kernels while it is loaded (before main()), and only the environment
 // variable OPENBLAS_CORETYPE overrides the choice, so the fix re-executes the program once with
 // that variable set. Child processes inherit it and are not re-executed again.
+//
+// Thread safety: tune_blas_or_reexec() sets the environment and may replace the process: call it
+// first in main(), before any other thread starts. The query functions may be called from any
+// thread. None of these functions throws; a failed exec leaves the process running as it was.
 #pragma once
 
 #include <string>

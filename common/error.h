@@ -1,4 +1,5 @@
-// Error type carried up to the CLI edge, with context added on the way.
+// Error type carried up to the CLI edge, with context added on the way. Errors are plain values:
+// safe to create, copy and throw on any thread.
 #pragma once
 
 #include <stdexcept>
@@ -24,8 +25,10 @@ class UsageError : public Error {
   explicit UsageError(const std::string& message) : Error(message, 2) {}
 };
 
-// Rethrows the current exception with `context + ": "` prepended, keeping the Error type.
-// Call only inside a catch block.
+// Rethrows the current exception with `context + ": "` prepended, keeping the Error type: a
+// UsageError stays a UsageError, an Error keeps its exit code, any other std::exception (e.g.
+// c10::Error, std::system_error) becomes an rlhf::Error with exit code 1; anything not derived
+// from std::exception is rethrown unchanged. Call only inside a catch block.
 [[noreturn]] void rethrow_with_context(const std::string& context);
 
 }  // namespace rlhf

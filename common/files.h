@@ -1,5 +1,10 @@
 // File helpers: whole-file reads (plain or gzip), atomic writes (temp + fsync + rename) and content
 // hashes.
+//
+// Errors: the functions that can fail throw rlhf::Error saying what failed on which path (with the
+// errno text where there is one); file_exists, executable_dir and utc_now_iso8601 never throw.
+// Thread safety: every function may be called from any thread; two writers of one path race (the
+// last rename wins).
 #pragma once
 
 #include <cstdint>
@@ -29,10 +34,10 @@ std::string sha256_file(const std::string& path);
 
 bool file_exists(const std::string& path);
 
-// Creates the folder and its parents (like mkdir -p); throws on failure.
+// Creates the folder and its parents (like mkdir -p); throws rlhf::Error naming it on failure.
 void make_dirs(const std::string& path);
 
-// Folder containing the running executable (from /proc/self/exe).
+// Folder containing the running executable (from /proc/self/exe); "." when it cannot be read.
 std::string executable_dir();
 
 // Current UTC time as ISO 8601 ("2026-11-28T08:09:10Z").

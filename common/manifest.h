@@ -1,5 +1,9 @@
 // Stage manifests (proto/manifest.proto): every stage writes <out_dir>/manifest.pb (binary, the
 // source of truth) and <out_dir>/manifest.json (a readable view), both atomically.
+//
+// Errors: rlhf::Error naming the file (unreadable, corrupt, unsupported schema_version, wrong or
+// unfinished stage, failed write), as each function says. Thread safety: the functions keep no
+// state and may be called from any thread; two writers of one stage folder race.
 #pragma once
 
 #include <functional>
@@ -15,19 +19,22 @@ namespace rlhf {
 // (pipelines/stage_record.h) is the one writer of stage manifests.
 using StageStarted = std::function<void(const proto::StageManifest&)>;
 
-// Describes a file: path as given, SHA-256 of its content, size. Throws if it cannot be read.
+// Describes a file: path as given, SHA-256 of its content, size. Throws rlhf::Error naming the path
+// if it cannot be read.
 proto::FileRef file_ref(const std::string& path);
 
 // Starts a manifest for `stage` (schema_version, started_at, code_version filled in).
 proto::StageManifest begin_manifest(const std::string& stage);
 
-// Sets finished_at and complete = true, then writes manifest.pb + manifest.json into dir.
+// Sets finished_at and complete = true, then writes manifest.pb + manifest.json into dir (throws
+// rlhf::Error when a write fails).
 void finish_manifest(proto::StageManifest& m, const std::string& dir, double wall_seconds);
 
 // Writes as is (e.g. complete = false while a stage runs).
 void write_manifest(const proto::StageManifest& m, const std::string& dir);
 
-// Reads <dir>/manifest.pb; nullopt when absent; throws naming the file when it is corrupt.
+// Reads <dir>/manifest.pb; nullopt when absent; throws rlhf::Error naming the file when it is
+// corrupt or has a newer schema_version.
 std::optional<proto::StageManifest> read_manifest(const std::string& dir);
 
 // Reads and checks that the stage is complete; throws a clear error otherwise

@@ -1,5 +1,9 @@
 // Per-step metrics: one JSON object per line in `metrics.jsonl`, and the same scalars as a
 // TensorBoard event file (`events.out.tfevents.<time>.rlhf`) in the same folder.
+//
+// Errors: the constructor throws rlhf::Error naming the folder or file it cannot create or open;
+// write() does not check for write errors (a full disk loses metrics, not the run).
+// Thread safety: a MetricsWriter is used from one thread at a time; crc32c is pure.
 #pragma once
 
 #include <cstdint>

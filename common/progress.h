@@ -1,5 +1,7 @@
 // Progress display for long work: step, rate, ETA on a terminal; quiet when stderr is not a TTY
 // (logs, CI), where it prints at most one line every `log_every_seconds`.
+// Thread safety: a Progress is updated from one thread at a time (it writes stderr unlocked).
+// Never throws beyond std::bad_alloc.
 #pragma once
 
 #include <chrono>

@@ -3,6 +3,10 @@
 // Every stage's config follows one shape: parse_text_config() records where each field was set
 // (a ParseInfoTree), the stage's validate function checks values through a ConfigErrors, and every
 // bad value reads "<file>:<line>: field '<name>': <what was expected>, got <value>".
+//
+// Errors: rlhf::Error in that shape, from parsing (syntax, unknown field, missing file) and from
+// ConfigErrors::fail. Thread safety: the free functions may be called from any thread on
+// different messages; a ConfigErrors is used from one thread at a time.
 #pragma once
 
 #include <google/protobuf/message.h>

@@ -244,73 +244,76 @@ json parse_json_output(const std::string& text, const std::string& what) {
   return j;
 }
 
-// annotate: the annotation server on a socket in the run folder, with simulated annotators as
-// clients over that socket (or people: print how to connect and wait until all tasks are ranked).
-json stage_annotate(Run& run) {
-  const auto& ac = run.config.annotate();
-  std::string dir = run.path("annotate");
-  make_dirs(dir);
-  std::string db = run.path("annotation.db");
-  std::string sock = dir + "/annotate.sock";
-  fs::remove(sock);  // a socket left by an interrupted attempt: wait for the new server's own
-  BackgroundChild server({run.exe, "annotate", "serve", "--db", db, "--socket", sock},
-                         dir + "/server.log");
+// Waits up to 10 s for the annotation server to create its socket.
+void wait_for_socket(BackgroundChild& server, const std::string& sock, const std::string& dir) {
   for (int i = 0; i < 200 && !file_exists(sock); ++i) {
     if (!server.running())
       throw Error("annotate: the server exited at start (see " + dir + "/server.log)");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (!file_exists(sock)) throw Error("annotate: the server did not create " + sock);
+}
 
-  if (ac.mode() == "people") {
-    std::string token =
-        last_line(run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name",
-                                     "annotator-" + std::to_string(::getpid())}));
-    // Through a file only this user can read: a --token argument is visible in `ps`.
-    const std::string token_file = dir + "/annotator-" + std::to_string(::getpid()) + ".token";
-    write_private_file(token_file, token + "\n");
-    std::printf(
-        "annotate: waiting for people. Annotators connect with\n"
-        "  rlhf annotate client --socket %s --token-file FILE\n"
-        "where FILE holds their token on its first line, readable only by them (new tokens: rlhf "
-        "annotate add-annotator --db %s --name NAME). A first token is in %s\n",
-        sock.c_str(), db.c_str(), token_file.c_str());
-    while (true) {
-      json stats =
-          parse_json_output(run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}),
-                            "annotate stats");
-      int64_t pending = stats.value("pending_tasks", int64_t{0});
-      std::fprintf(stderr, "\rannotate: %lld tasks done, %lld pending   ",
-                   static_cast<long long>(stats.value("done_tasks", int64_t{0})),
-                   static_cast<long long>(pending));
-      if (pending == 0) break;
-      std::this_thread::sleep_for(std::chrono::seconds(5));
-    }
-    std::fprintf(stderr, "\n");
-  } else {
-    std::vector<std::unique_ptr<BackgroundChild>> clients;
-    for (int i = 0; i < ac.annotators(); ++i) {
-      std::string name =
-          "sim-" + ac.teacher() + "-" + std::to_string(i) + "-" + std::to_string(::getpid());
-      std::string token = last_line(
-          run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name", name}));
-      // Through a file only this user can read: a --token argument is visible in `ps`.
-      const std::string token_file = dir + "/" + name + ".token";
-      write_private_file(token_file, token + "\n");
-      clients.push_back(std::make_unique<BackgroundChild>(
-          std::vector<std::string>{run.exe, "annotate", "simulate", "--socket", sock,
-                                   "--token-file", token_file, "--teacher", ac.teacher(), "--noise",
-                                   std::to_string(ac.noise()), "--seed",
-                                   std::to_string(run.config.seed() + i)},
-          dir + "/simulate-" + std::to_string(i) + ".log"));
-    }
-    for (auto& c : clients) {
-      while (c->running()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      if (c->stop() != 0)
-        throw Error("annotate: a simulated annotator failed (see " + dir + "/simulate-*.log)");
-    }
+// People annotate: prints how to connect (with a first token in a private file) and polls the
+// stats until no task is pending.
+void wait_for_people(const Run& run, const std::string& dir, const std::string& db,
+                     const std::string& sock) {
+  std::string token =
+      last_line(run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name",
+                                   "annotator-" + std::to_string(::getpid())}));
+  // Through a file only this user can read: a --token argument is visible in `ps`.
+  const std::string token_file = dir + "/annotator-" + std::to_string(::getpid()) + ".token";
+  write_private_file(token_file, token + "\n");
+  std::printf(
+      "annotate: waiting for people. Annotators connect with\n"
+      "  rlhf annotate client --socket %s --token-file FILE\n"
+      "where FILE holds their token on its first line, readable only by them (new tokens: rlhf "
+      "annotate add-annotator --db %s --name NAME). A first token is in %s\n",
+      sock.c_str(), db.c_str(), token_file.c_str());
+  while (true) {
+    json stats = parse_json_output(
+        run_child_capture({run.exe, "annotate", "stats", "--db", db, "--json"}), "annotate stats");
+    int64_t pending = stats.value("pending_tasks", int64_t{0});
+    std::fprintf(stderr, "\rannotate: %lld tasks done, %lld pending   ",
+                 static_cast<long long>(stats.value("done_tasks", int64_t{0})),
+                 static_cast<long long>(pending));
+    if (pending == 0) break;
+    std::this_thread::sleep_for(std::chrono::seconds(5));
   }
-  server.stop();
+  std::fprintf(stderr, "\n");
+}
+
+// Simulated annotators: one `rlhf annotate simulate` child per annotator, each with its own
+// token; waits for all of them and throws if one failed.
+void run_simulated_annotators(const Run& run, const std::string& dir, const std::string& db,
+                              const std::string& sock) {
+  const auto& ac = run.config.annotate();
+  std::vector<std::unique_ptr<BackgroundChild>> clients;
+  for (int i = 0; i < ac.annotators(); ++i) {
+    std::string name =
+        "sim-" + ac.teacher() + "-" + std::to_string(i) + "-" + std::to_string(::getpid());
+    std::string token = last_line(
+        run_child_capture({run.exe, "annotate", "add-annotator", "--db", db, "--name", name}));
+    // Through a file only this user can read: a --token argument is visible in `ps`.
+    const std::string token_file = dir + "/" + name + ".token";
+    write_private_file(token_file, token + "\n");
+    clients.push_back(std::make_unique<BackgroundChild>(
+        std::vector<std::string>{run.exe, "annotate", "simulate", "--socket", sock, "--token-file",
+                                 token_file, "--teacher", ac.teacher(), "--noise",
+                                 std::to_string(ac.noise()), "--seed",
+                                 std::to_string(run.config.seed() + i)},
+        dir + "/simulate-" + std::to_string(i) + ".log"));
+  }
+  for (auto& c : clients) {
+    while (c->running()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (c->stop() != 0)
+      throw Error("annotate: a simulated annotator failed (see " + dir + "/simulate-*.log)");
+  }
+}
+
+// Exports pairs and rankings, writes stats.json, and returns the stage's figures; throws if no
+// comparison came out.
+json export_annotations(const Run& run, const std::string& dir, const std::string& db) {
   run_or_throw({run.exe, "annotate", "export", "--db", db, "--format", "pairs", "--output",
                 dir + "/pairs.jsonl"},
                "annotate");
@@ -328,6 +331,25 @@ json stage_annotate(Run& run) {
   }
   if (pairs == 0) throw Error("annotate: no comparisons came out of the rankings (" + dir + ")");
   return {{"pairs", pairs}, {"annotation_done_tasks", stats.value("done_tasks", 0)}};
+}
+
+// annotate: the annotation server on a socket in the run folder, with simulated annotators as
+// clients over that socket (or people: print how to connect and wait until all tasks are ranked).
+json stage_annotate(Run& run) {
+  std::string dir = run.path("annotate");
+  make_dirs(dir);
+  std::string db = run.path("annotation.db");
+  std::string sock = dir + "/annotate.sock";
+  fs::remove(sock);  // a socket left by an interrupted attempt: wait for the new server's own
+  BackgroundChild server({run.exe, "annotate", "serve", "--db", db, "--socket", sock},
+                         dir + "/server.log");
+  wait_for_socket(server, sock, dir);
+  if (run.config.annotate().mode() == "people")
+    wait_for_people(run, dir, db, sock);
+  else
+    run_simulated_annotators(run, dir, db, sock);
+  server.stop();
+  return export_annotations(run, dir, db);
 }
 
 json stage_reward(Run& run) {

@@ -10,6 +10,12 @@
 // Training stages run as child processes of the same executable (`rlhf sft ...`), so their
 // memory is returned when they end; the annotate stage starts the annotation server on a Unix
 // socket in the run folder and runs the simulated teacher over it (or waits for people).
+//
+// Errors: run_pipeline throws UsageError for an unknown stage name, rlhf::Error from loading the
+// config (pipeline_config.h), and rlhf::Error prefixed "pipeline stage '<name>': " for anything a
+// stage throws or a child process that fails (its exit status and log). Thread safety: one
+// run_pipeline per run folder; it starts child processes, waits for them, and prints progress to
+// stdout and stderr.
 #pragma once
 
 #include <string>

@@ -1,4 +1,6 @@
 // Loading and checking the pipeline config (proto::PipelineConfig, protobuf text format).
+// Errors: rlhf::Error in the shapes below (common/text_config.h). Thread safety: the functions
+// keep no state and may be called from any thread.
 #pragma once
 
 #include <string>

@@ -1,5 +1,10 @@
 // Text-level helpers over policy generation used by the pipeline stages: answering prompts
 // greedily (gold evaluation) and sampling K answers per prompt (annotation tasks).
+//
+// Errors: what policy::generate and the tokenizer throw (rlhf::Error naming the problem, e.g. a
+// prompt longer than the model's max_seq_len; c10::Error from libtorch). Thread safety: these
+// run forward passes of `model`, which is not thread-safe (policy/model/model.h): one call per
+// model at a time.
 #pragma once
 
 #include <string>

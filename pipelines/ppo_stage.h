@@ -1,6 +1,12 @@
 // The `ppo` stage: loads the inputs a PpoConfig names (policy, reference, critic initialisation,
 // teacher = reward model, prompts), runs policy::PpoTrainer and writes <out>/model (the final
 // policy checkpoint), <out>/manifest.pb/.json, metrics.jsonl, rollouts/ and checkpoints/.
+//
+// Errors: rlhf::Error naming the config field, file or folder (a bad config value with its line, a
+// model that cannot be loaded "ppo: loading the <what> (<dir>): ...", a tokenizer that does not
+// match the policy or the reward model, bad prompts), plus what the trainer throws
+// (policy/ppo/ppo_trainer.h). Thread safety: one run per output folder, and one per process (the
+// trainer joins the process's data-parallel group, policy/runtime/distributed.h).
 #pragma once
 
 #include <map>

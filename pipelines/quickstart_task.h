@@ -8,7 +8,9 @@
 //
 // Torch-free on purpose: the annotation simulator's gold teacher and the pipeline stages both use
 // it. Thread safety: all functions are pure or take their state explicitly; ArithmeticTeacher is
-// stateless and may be shared between threads.
+// stateless and may be shared between threads. Errors: rlhf::Error where a function says so; the
+// write_* functions also throw rlhf::Error naming the path they cannot write (atomic writes,
+// common/files.h).
 //
 // Example problem and answer:
 //   "Tom has 7 apples and buys 5 more. How many apples does he have now?"  ->  "He has 12 apples."
@@ -136,6 +138,7 @@ bool is_correct(const Problem& p, const std::string& answer);
 std::optional<int> distance(const Problem& p, const std::string& answer);
 
 // Share of problems answered correctly (answers[i] belongs to problems[i]); 0 for empty input.
+// Throws rlhf::Error when the two lists differ in length.
 double gold_accuracy(const std::vector<Problem>& problems, const std::vector<std::string>& answers);
 
 // True when the answer is exactly the canonical sentence for its stated number (ignoring leading

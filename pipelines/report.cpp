@@ -464,62 +464,67 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
-std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
-  std::vector<const ChartSeries*> series;
-  for (const auto& s : chart.series)
-    if (!s.points.empty()) series.push_back(&s);
-  if (series.empty()) return note(chart.title + ": no data.");
+namespace {
 
-  const bool has_right =
-      std::any_of(series.begin(), series.end(), [](auto* s) { return s->right_axis; });
-  const double ml = 62, mr = has_right ? 62 : 16, mt = 44, mb = 40;
-  const double pw = width - ml - mr, ph = height - mt - mb;
-  Range xr, yl, yr;
+// The plot area of one chart and the ranges its axes show; maps data to SVG coordinates.
+struct ChartFrame {
+  int width = 0;
+  bool has_right = false;                 // some series is drawn against the right axis
+  double ml = 0, mr = 0, mt = 0, mb = 0;  // margins: left, right, top, bottom
+  double pw = 0, ph = 0;                  // plot width and height
+  Range xr, yl, yr;                       // x, left-axis and right-axis ranges
+  double X(double x) const { return ml + (x - xr.lo) / (xr.hi - xr.lo) * pw; }
+  double Y(double y, const Range& r) const { return mt + ph - (y - r.lo) / (r.hi - r.lo) * ph; }
+};
+
+// Margins and axis ranges for `series`; false when no point has a finite value.
+bool frame_chart(const ChartSpec& chart, const std::vector<const ChartSeries*>& series, int width,
+                 int height, ChartFrame* f) {
+  f->width = width;
+  f->has_right = std::any_of(series.begin(), series.end(), [](auto* s) { return s->right_axis; });
+  f->ml = 62, f->mr = f->has_right ? 62 : 16, f->mt = 44, f->mb = 40;
+  f->pw = width - f->ml - f->mr, f->ph = height - f->mt - f->mb;
   for (auto* s : series)
     for (const auto& [x, y] : s->points) {
-      xr.add(x);
-      (s->right_axis ? yr : yl).add(y);
+      f->xr.add(x);
+      (s->right_axis ? f->yr : f->yl).add(y);
     }
-  if (!xr.any) return note(chart.title + ": no finite data.");
-  if (xr.hi - xr.lo < 1e-12) xr.lo -= 0.5, xr.hi += 0.5;
-  yl.pad();
-  if (chart.right_lo < chart.right_hi && yr.lo >= chart.right_lo && yr.hi <= chart.right_hi) {
-    yr.lo = chart.right_lo;
-    yr.hi = chart.right_hi;
+  if (!f->xr.any) return false;
+  if (f->xr.hi - f->xr.lo < 1e-12) f->xr.lo -= 0.5, f->xr.hi += 0.5;
+  f->yl.pad();
+  if (chart.right_lo < chart.right_hi && f->yr.lo >= chart.right_lo && f->yr.hi <= chart.right_hi) {
+    f->yr.lo = chart.right_lo;
+    f->yr.hi = chart.right_hi;
   } else {
-    yr.pad();
+    f->yr.pad();
   }
-  auto X = [&](double x) { return ml + (x - xr.lo) / (xr.hi - xr.lo) * pw; };
-  auto Y = [&](double y, const Range& r) { return mt + ph - (y - r.lo) / (r.hi - r.lo) * ph; };
+  return true;
+}
+
+// Grid lines with tick labels on the x, left and right axes, and the plot's border.
+void draw_grid(std::ostringstream& o, const ChartFrame& f) {
   char buf[256];
-  std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-    << "\" viewBox=\"0 0 " << width << " " << height
-    << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
-  o << "<title>" << html_escape(chart.title) << "</title>\n";
-  o << "<text x=\"" << ml << "\" y=\"16\" font-size=\"13\" font-weight=\"bold\">"
-    << html_escape(chart.title) << "</text>\n";
-  // Grid and ticks.
-  for (double t : nice_ticks(xr.lo, xr.hi, 6)) {
+  const double ml = f.ml, mt = f.mt, pw = f.pw, ph = f.ph;
+  for (double t : nice_ticks(f.xr.lo, f.xr.hi, 6)) {
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>"
                   "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#555\">",
-                  X(t), mt, X(t), mt + ph, X(t), mt + ph + 14);
+                  f.X(t), mt, f.X(t), mt + ph, f.X(t), mt + ph + 14);
     o << buf << fmt(t) << "</text>\n";
   }
-  for (double t : nice_ticks(yl.lo, yl.hi, 5)) {
-    if (!yl.any && has_right) break;
+  for (double t : nice_ticks(f.yl.lo, f.yl.hi, 5)) {
+    if (!f.yl.any && f.has_right) break;
     std::snprintf(buf, sizeof buf,
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>"
                   "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" fill=\"#555\">",
-                  ml, Y(t, yl), ml + pw, Y(t, yl), ml - 4, Y(t, yl) + 4);
+                  ml, f.Y(t, f.yl), ml + pw, f.Y(t, f.yl), ml - 4, f.Y(t, f.yl) + 4);
     o << buf << fmt(t) << "</text>\n";
   }
-  if (has_right)
-    for (double t : nice_ticks(yr.lo, yr.hi, 5)) {
+  if (f.has_right)
+    for (double t : nice_ticks(f.yr.lo, f.yr.hi, 5)) {
       std::snprintf(buf, sizeof buf,
                     "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"start\" fill=\"#555\">", ml + pw + 4,
-                    Y(t, yr) + 4);
+                    f.Y(t, f.yr) + 4);
       o << buf << fmt(t) << "</text>\n";
     }
   std::snprintf(buf, sizeof buf,
@@ -527,49 +532,58 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
                 "stroke=\"#999\"/>\n",
                 ml, mt, pw, ph);
   o << buf;
-  // Axis captions.
+}
+
+// The x-axis caption and, when given, the left and right axis captions.
+void draw_captions(std::ostringstream& o, const ChartFrame& f, const ChartSpec& chart) {
+  char buf[256];
   std::snprintf(buf, sizeof buf,
-                "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#333\">", ml + pw / 2,
-                mt + ph + 32);
+                "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" fill=\"#333\">",
+                f.ml + f.pw / 2, f.mt + f.ph + 32);
   o << buf << html_escape(chart.x_label) << "</text>\n";
   if (!chart.left_label.empty()) {
     std::snprintf(
         buf, sizeof buf,
         "<text transform=\"translate(12,%.1f) rotate(-90)\" text-anchor=\"middle\" fill=\"#333\">",
-        mt + ph / 2);
+        f.mt + f.ph / 2);
     o << buf << html_escape(chart.left_label) << "</text>\n";
   }
-  if (has_right && !chart.right_label.empty()) {
+  if (f.has_right && !chart.right_label.empty()) {
     std::snprintf(
         buf, sizeof buf,
         "<text transform=\"translate(%.1f,%.1f) rotate(90)\" text-anchor=\"middle\" fill=\"#333\">",
-        width - 10.0, mt + ph / 2);
+        f.width - 10.0, f.mt + f.ph / 2);
     o << buf << html_escape(chart.right_label) << "</text>\n";
   }
-  // Series and legend.
-  double lx = ml;
+}
+
+// Each series as a polyline (a dot when it has one point) in its colour, with its legend entry.
+void draw_series(std::ostringstream& o, const ChartFrame& f,
+                 const std::vector<const ChartSeries*>& series) {
+  char buf[256];
+  double lx = f.ml;
   for (size_t i = 0; i < series.size(); ++i) {
     const ChartSeries& s = *series[i];
     const char* color = kColors[i % (sizeof kColors / sizeof kColors[0])];
-    const Range& r = s.right_axis ? yr : yl;
+    const Range& r = s.right_axis ? f.yr : f.yl;
     auto pts = s.points;
     std::stable_sort(pts.begin(), pts.end(),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
     std::string poly;
     for (const auto& [x, y] : pts) {
       if (!std::isfinite(y)) continue;
-      std::snprintf(buf, sizeof buf, "%.1f,%.1f ", X(x), Y(y, r));
+      std::snprintf(buf, sizeof buf, "%.1f,%.1f ", f.X(x), f.Y(y, r));
       poly += buf;
     }
     if (pts.size() == 1 && std::isfinite(pts[0].second)) {
       std::snprintf(buf, sizeof buf, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n",
-                    X(pts[0].first), Y(pts[0].second, r), color);
+                    f.X(pts[0].first), f.Y(pts[0].second, r), color);
       o << buf;
     } else if (!poly.empty()) {
       o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.8\" points=\""
         << poly << "\"/>\n";
     }
-    std::string label = s.name + (has_right ? (s.right_axis ? " (right)" : " (left)") : "");
+    std::string label = s.name + (f.has_right ? (s.right_axis ? " (right)" : " (left)") : "");
     std::snprintf(
         buf, sizeof buf,
         "<line x1=\"%.1f\" y1=\"30\" x2=\"%.1f\" y2=\"30\" stroke=\"%s\" stroke-width=\"3\"/>"
@@ -578,6 +592,29 @@ std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
     o << buf << html_escape(label) << "</text>\n";
     lx += 28 + 6.2 * label.size();
   }
+}
+
+}  // namespace
+
+std::string svg_line_chart(const ChartSpec& chart, int width, int height) {
+  std::vector<const ChartSeries*> series;
+  for (const auto& s : chart.series)
+    if (!s.points.empty()) series.push_back(&s);
+  if (series.empty()) return note(chart.title + ": no data.");
+
+  ChartFrame f;
+  if (!frame_chart(chart, series, width, height, &f))
+    return note(chart.title + ": no finite data.");
+  std::ostringstream o;
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+    << "\" viewBox=\"0 0 " << width << " " << height
+    << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
+  o << "<title>" << html_escape(chart.title) << "</title>\n";
+  o << "<text x=\"" << f.ml << "\" y=\"16\" font-size=\"13\" font-weight=\"bold\">"
+    << html_escape(chart.title) << "</text>\n";
+  draw_grid(o, f);
+  draw_captions(o, f, chart);
+  draw_series(o, f, series);
   o << "</svg>\n";
   return o.str();
 }

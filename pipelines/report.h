@@ -28,6 +28,9 @@
 //                             pipeline's evaluation files sample/heldout_sft.json (before) and
 //                             ppo/heldout_ppo.json (after), arrays of
 //                             {"prompt", "gold", "answer", "correct"}, are merged by prompt.
+//
+// Thread safety: every function reads its inputs and keeps no state; calls may run at once (two
+// write_report calls for one run folder race, the last rename wins).
 #pragma once
 
 #include <string>
@@ -49,7 +52,8 @@ struct ReportOptions {
 // run_dir is not a folder.
 std::string render_report(const std::string& run_dir, const ReportOptions& options = {});
 
-// Renders and writes the report atomically; returns the path written.
+// Renders and writes the report atomically; returns the path written. Throws rlhf::Error when
+// run_dir is not a folder or the file cannot be written (naming the path).
 std::string write_report(const std::string& run_dir, const ReportOptions& options = {});
 
 // ---- Building blocks (exposed for tests and other pages) ---------------------------------------

@@ -4,6 +4,11 @@
 // stages (tokenizer, sample, annotate). A stage is marked unfinished (complete = false) once it has
 // decided to run (for the trainers: after their resume check, so a refused run leaves a finished
 // record as it was), and finished when its outputs are on disk.
+//
+// Errors: rlhf::Error naming the folder when a manifest cannot be written (common/manifest.h),
+// plus what the trainers throw (policy/training/sft_trainer.h, reward/trainer.h). Thread safety:
+// one writer per stage folder; run_sft_stage and run_reward_stage train in the calling process and
+// join its data-parallel group (policy/runtime/distributed.h), so one at a time per process.
 #pragma once
 
 #include <string>

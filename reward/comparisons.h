@@ -8,6 +8,10 @@
 // Torch-free on purpose: this file is its own library (rlhf_comparisons) that both rlhf_reward and
 // rlhf_annotation link, so the HH splitter and rankings -> pairs exist once. The annotation
 // module may include this header; nothing in reward/ may include an annotation header.
+//
+// Errors: rlhf::Error naming the file and line (or the format), as each function says; files are
+// read through common/files.h (a missing or damaged file names the path). Thread safety: the
+// functions keep no state and may be called from any thread at once.
 #pragma once
 
 #include <cstdint>
@@ -72,7 +76,8 @@ std::vector<std::vector<size_t>> make_batches(const std::vector<Comparison>& com
                                               int batch_pairs, uint64_t seed);
 
 // Writes every distinct prompt and answer of `comparisons` as one line of `path` (newlines and
-// tabs become spaces), e.g. the training text of a tokenizer. Returns the lines written.
+// tabs become spaces), e.g. the training text of a tokenizer, atomically. Returns the lines
+// written; throws rlhf::Error naming the path when it cannot be written.
 int64_t write_text_corpus(const std::vector<Comparison>& comparisons, const std::string& path);
 
 }  // namespace rlhf::reward

@@ -1,5 +1,7 @@
 // Pairwise evaluation of a reward model: accuracy, Bradley-Terry loss, mean margin and the
 // expected calibration error of P(chosen > rejected) = sigmoid(r_chosen - r_rejected).
+// Pure functions: safe from any thread. pair_metrics throws rlhf::Error when the two score lists
+// differ in length.
 #pragma once
 
 #include <cstdint>

@@ -8,6 +8,13 @@
 // A reward model folder is a policy checkpoint (policy/model/checkpoint.h, kind "reward", with a
 // value head) plus tokenizer.model (a copy of the tokenizer) and reward.pb
 // (proto::RewardModelMeta).
+//
+// Errors: loading and resolving throw rlhf::Error naming the folder and file (and, for a
+// tokenizer that does not match the checkpoint, both hashes or vocabulary sizes); pad_batch and
+// score_batch check their inputs with TORCH_CHECK (c10::Error); saving names the path it could
+// not write. Thread safety: scoring runs forward passes of the model, which is not thread-safe
+// (policy/model/model.h): one call per model at a time. Ownership: a RewardModel owns its model
+// and tokenizer (libtorch and shared handles).
 #pragma once
 
 #include <torch/torch.h>

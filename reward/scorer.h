@@ -3,6 +3,9 @@
 // Owns its model copy on its own device (e.g. the teacher on "cuda:1" while the policy trains on
 // "cuda:0", or both on "cpu"). Not thread-safe: use one scorer per thread.
 // Scores are already shifted by the stored offset (mean 0 over the training answers).
+// Errors: rlhf::Error when loading fails (naming the folder), when prompts and answers differ in
+// count, or when a token id is outside the vocabulary; c10::Error from libtorch (e.g. out of
+// device memory). model() returns the scorer's own model: calls on it count as calls on the scorer.
 #pragma once
 
 #include <string>

@@ -11,6 +11,14 @@
 // Why: at the bench's shapes (d = 256, batch 1..32) a step is a few hundred small operations, and
 // libtorch's per-operation cost and OpenBLAS's packing of each weight dominated the multiplies
 // (docs/performance.md, "Decoding engine").
+//
+// Thread safety: a DecodeEngine is used from one thread at a time (it owns its activation buffers
+// and writes the KVCache it is bound to); its loops run on the LoopPool passed in, which may be
+// shared. set_row_groups / row_groups_on may be called from any thread (an atomic).
+// Ownership: the engine references the model's norm and embedding weights, `cache` and `pool`,
+// which must outlive it; feed() returns a view of the engine's own logits buffer.
+// Errors: feed() and step() check ids, mask and the cache's batch with TORCH_CHECK (c10::Error);
+// the constructor throws rlhf::Error when the model lacks its rotary buffer.
 #pragma once
 
 #include <torch/torch.h>

@@ -1,4 +1,9 @@
 // Batched sampling with a KV cache.
+//
+// Thread safety: generate() runs forward passes of `model`, which is not thread-safe
+// (policy/model/model.h): one generate() per model at a time. Calls on different models may run
+// at once. Errors: rlhf::Error for bad options or prompts (see generate()); c10::Error from
+// libtorch (e.g. out of memory on the device).
 #pragma once
 
 #include <torch/torch.h>
@@ -46,7 +51,10 @@ struct GenerationOutput {
 };
 
 // Generates continuations for a batch of prompts (ids, BOS included by the caller if wanted).
-// Runs under inference mode; the model's training flag is left unchanged.
+// Runs under inference mode; the model's training flag is left unchanged. Throws rlhf::Error
+// naming the problem for no prompts, an empty prompt, an id outside the vocabulary, a prompt plus
+// max_new_tokens longer than max_seq_len, a temperature < 0, a top_p outside (0, 1] or rows
+// outside total_rows.
 GenerationOutput generate(Transformer& model, const std::vector<std::vector<int64_t>>& prompts,
                           const SamplingOptions& options);
 

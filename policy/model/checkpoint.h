@@ -3,6 +3,12 @@
 //   model.safetensors  weights, LLaMA tensor names (F32 when we write)
 //   checkpoint.pb      native only: CheckpointMeta (config message, tokenizer hash, kind, step)
 // A folder without checkpoint.pb is a Hugging Face import (F32/F16/BF16 accepted).
+//
+// Errors: rlhf::Error naming the folder or file, the field or tensor, and what was expected (as
+// each function says); write failures name the path (common/files.h).
+// Thread safety: saving reads the model's weights, so no thread may train that model meanwhile;
+// loads of different folders may run at once. Two writers of one folder race (the last rename
+// wins). Ownership: LoadedModel.model is a new model owned by the caller (a libtorch handle).
 #pragma once
 
 #include <torch/torch.h>
@@ -27,7 +33,8 @@ struct LoadedModel {
   bool from_hf = false;  // true when the folder had no checkpoint.pb
 };
 
-// Writes the folder atomically (into <dir>.tmp-*, then rename over <dir>).
+// Writes the folder atomically (into <dir>.tmp-*, then rename over <dir>). Throws rlhf::Error
+// naming the path that could not be written.
 void save_checkpoint(Transformer& model, const std::string& dir, const CheckpointInfo& info);
 
 // Loads a native checkpoint or a Hugging Face folder. Errors name the folder/file, the tensor,
@@ -35,7 +42,8 @@ void save_checkpoint(Transformer& model, const std::string& dir, const Checkpoin
 // truncated safetensors, unknown dtype).
 LoadedModel load_checkpoint(const std::string& dir);
 
-// Hugging Face export: config.json + model.safetensors (F32) only.
+// Hugging Face export: config.json + model.safetensors (F32) only, written atomically like
+// save_checkpoint.
 void export_hf(Transformer& model, const std::string& dir);
 
 // Parses a Hugging Face config.json into a ModelConfig (throws naming the file and field).

@@ -17,6 +17,9 @@
 //
 // tokenizer.bin: int32 max_token_length, then per token: float32 score, int32 byte length, bytes.
 // The pieces are placeholders ("<unk>", "<s>", "</s>", then " t3", " t4", ...), scores 0.
+//
+// Thread safety: the functions read the model's weights (no thread may train it meanwhile) and
+// keep no state. Errors: rlhf::Error, as each function says.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +32,8 @@ namespace rlhf::policy {
 // The checkpoint bytes described above (weights copied to CPU float32).
 std::string llama2c_checkpoint_bytes(Transformer& model);
 
-// The placeholder tokenizer bytes for `vocab_size` tokens (vocab_size >= 3).
+// The placeholder tokenizer bytes for `vocab_size` tokens; throws rlhf::Error when
+// vocab_size < 3.
 std::string llama2c_tokenizer_bytes(int vocab_size);
 
 // Writes dir/model.bin and dir/tokenizer.bin atomically (temp file + rename each), creating dir.

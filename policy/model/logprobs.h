@@ -1,4 +1,9 @@
 // Per-token log-probabilities and entropy under teacher forcing.
+//
+// Thread safety: token_logprobs runs forward passes of `model`, which is not thread-safe
+// (policy/model/model.h): one call per model at a time. Errors: shapes are checked with
+// TORCH_CHECK (c10::Error naming the argument), e.g. ids shorter than 2 tokens or values
+// requested from a model without a value head.
 #pragma once
 
 #include <torch/torch.h>

@@ -13,6 +13,10 @@
 // dropout regularises only the adapter path and is the identity in eval mode.
 //
 // Not thread-safe. The model must stay on one device while adapters are attached.
+// Ownership: LoraAdapters shares the model (a libtorch handle) and rewrites its projections'
+// `weight` members until merge() or destruction, which restores plain weights.
+// Errors: rlhf::Error naming the field (validate, the constructor), or the file and tensor
+// (save, load, read_options).
 #pragma once
 
 #include <torch/torch.h>

@@ -7,6 +7,18 @@
 // Padding: sequences are left-padded for prompts. An attention_mask [B, T] (1 = real token,
 // 0 = pad) drives both the attention mask and the positions: position of a token = number of
 // real tokens before it, so a left-padded prompt gets the same positions as the unpadded one.
+//
+// Thread safety: none, not even for forward passes without gradients. Every forward pass
+// (Transformer::forward, hidden_states, DecoderLayer::forward) reads each layer's concatenated
+// q/k/v and gate/up weights through a cache (fused::ConcatWeights) that it rebuilds when the
+// weights changed or while autograd records, so two threads must not run one model at once: give
+// each thread its own model (or serialise the calls). A KVCache belongs to one decoding loop.
+// Ownership: modules and tensors are libtorch handles (shared, reference-counted); the model keeps
+// no pointer to a KVCache passed in.
+//
+// Errors: ModelConfig::validate / from_proto and the Transformer constructor throw rlhf::Error
+// naming the field; hidden_states and values_from_hidden check shapes and dtypes with TORCH_CHECK
+// (c10::Error naming the argument), e.g. a sequence longer than max_seq_len.
 #pragma once
 
 #include <torch/torch.h>

@@ -21,12 +21,14 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 // Upper bound for the JSON header (the format's own limit is 100 MB).
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 
-}  // namespace
+// The file's layout: its size and where the tensor data starts (after the length and the header).
+struct Layout {
+  uint64_t file_size = 0;
+  uint64_t data_start = 0;
+};
 
-std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error("cannot open " + path + " (safetensors weights): no such file or not readable");
+// Reads the 8-byte header length and the JSON header that follows from `in` (open on `path`).
+nlohmann::json read_header(std::ifstream& in, const std::string& path, Layout* layout) {
   in.seekg(0, std::ios::end);
   const uint64_t file_size = uint64_t(in.tellg());
   in.seekg(0);
@@ -50,59 +52,82 @@ std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
     throw Error(path + ": bad safetensors header (not JSON): " + e.what());
   }
   if (!j.is_object()) throw Error(path + ": bad safetensors header: expected a JSON object");
-  const uint64_t data_start = 8 + header_len, data_size = file_size - data_start;
+  layout->file_size = file_size;
+  layout->data_start = 8 + header_len;
+  return j;
+}
+
+// One tensor's header entry, checked against itself: a known dtype, no negative dimension, and
+// data_offsets spanning exactly the bytes the dtype and shape need.
+struct TensorEntry {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // byte offsets into the data section
+  torch::ScalarType type = torch::kFloat;
+};
+
+TensorEntry parse_entry(const nlohmann::json& e, const std::string& where) {
+  if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
+    throw Error(where + ": header entry needs dtype, shape and data_offsets");
+  TensorEntry t;
+  try {
+    t.dtype = e["dtype"].get<std::string>();
+    t.shape = e["shape"].get<std::vector<int64_t>>();
+    auto offs = e["data_offsets"].get<std::vector<uint64_t>>();
+    if (offs.size() != 2) throw std::runtime_error("data_offsets needs 2 numbers");
+    t.begin = offs[0];
+    t.end = offs[1];
+  } catch (const std::exception& ex) {
+    throw Error(where + ": bad header entry: " + ex.what());
+  }
+  int64_t elem = 0;
+  if (t.dtype == "F32") {
+    t.type = torch::kFloat, elem = 4;
+  } else if (t.dtype == "F16") {
+    t.type = torch::kHalf, elem = 2;
+  } else if (t.dtype == "BF16") {
+    t.type = torch::kBFloat16, elem = 2;
+  } else {
+    throw Error(where + ": unsupported dtype '" + t.dtype + "', expected F32, F16 or BF16");
+  }
+  int64_t numel = 1;
+  for (auto d : t.shape) {
+    if (d < 0) throw Error(where + ": negative dimension in shape " + shape_text(t.shape));
+    numel *= d;
+  }
+  if (t.end < t.begin || t.end - t.begin != uint64_t(numel * elem))
+    throw Error(where + ": data_offsets [" + std::to_string(t.begin) + ", " +
+                std::to_string(t.end) + "] hold " + std::to_string(t.end - t.begin) +
+                " bytes, expected " + std::to_string(numel * elem) + " for " + t.dtype + " " +
+                shape_text(t.shape));
+  return t;
+}
+
+}  // namespace
+
+std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw Error("cannot open " + path + " (safetensors weights): no such file or not readable");
+  Layout layout;
+  const nlohmann::json j = read_header(in, path, &layout);
+  const uint64_t data_start = layout.data_start, data_size = layout.file_size - data_start;
 
   std::map<std::string, torch::Tensor> out;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
     if (name == "__metadata__") continue;
-    const auto& e = it.value();
     auto where = path + ": tensor " + name;
-    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") ||
-        !e.contains("data_offsets"))
-      throw Error(where + ": header entry needs dtype, shape and data_offsets");
-    std::string dtype;
-    std::vector<int64_t> shape;
-    uint64_t begin = 0, end = 0;
-    try {
-      dtype = e["dtype"].get<std::string>();
-      shape = e["shape"].get<std::vector<int64_t>>();
-      auto offs = e["data_offsets"].get<std::vector<uint64_t>>();
-      if (offs.size() != 2) throw std::runtime_error("data_offsets needs 2 numbers");
-      begin = offs[0];
-      end = offs[1];
-    } catch (const std::exception& ex) {
-      throw Error(where + ": bad header entry: " + ex.what());
-    }
-    torch::ScalarType st;
-    int64_t elem = 0;
-    if (dtype == "F32") {
-      st = torch::kFloat, elem = 4;
-    } else if (dtype == "F16") {
-      st = torch::kHalf, elem = 2;
-    } else if (dtype == "BF16") {
-      st = torch::kBFloat16, elem = 2;
-    } else {
-      throw Error(where + ": unsupported dtype '" + dtype + "', expected F32, F16 or BF16");
-    }
-    int64_t numel = 1;
-    for (auto d : shape) {
-      if (d < 0) throw Error(where + ": negative dimension in shape " + shape_text(shape));
-      numel *= d;
-    }
-    if (end < begin || end - begin != uint64_t(numel * elem))
-      throw Error(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                  "] hold " + std::to_string(end - begin) + " bytes, expected " +
-                  std::to_string(numel * elem) + " for " + dtype + " " + shape_text(shape));
-    if (end > data_size)
+    const TensorEntry e = parse_entry(it.value(), where);
+    if (e.end > data_size)
       throw Error(where + ": truncated file: data ends at byte " +
-                  std::to_string(data_start + end) + " but the file has " +
-                  std::to_string(file_size) + " bytes");
-    auto t = torch::empty(shape, torch::TensorOptions().dtype(st));
-    in.seekg(std::streamoff(data_start + begin));
-    in.read(static_cast<char*>(t.data_ptr()), std::streamsize(end - begin));
+                  std::to_string(data_start + e.end) + " but the file has " +
+                  std::to_string(layout.file_size) + " bytes");
+    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(e.type));
+    in.seekg(std::streamoff(data_start + e.begin));
+    in.read(static_cast<char*>(t.data_ptr()), std::streamsize(e.end - e.begin));
     if (!in) throw Error(where + ": read failed");
-    out[name] = st == torch::kFloat ? t : t.to(torch::kFloat);
+    out[name] = e.type == torch::kFloat ? t : t.to(torch::kFloat);
   }
   return out;
 }

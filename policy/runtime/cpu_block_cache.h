@@ -12,7 +12,13 @@
 // Blocks are rounded up to 2 MiB, mapped with mmap() and advised as transparent huge pages (fewer
 // faults the first time); a freed block is kept while the cache holds at most max_cached_bytes of
 // free blocks, otherwise unmapped. Reuse is exact-size (after rounding), so the memory a process
-// keeps is bounded by its peak use of large blocks plus max_cached_bytes. Thread-safe.
+// keeps is bounded by its peak use of large blocks plus max_cached_bytes.
+//
+// Thread safety: allocations, frees and cpu_block_cache_stats() may come from any thread (one
+// mutex); install_cpu_block_cache() runs its installation once (std::call_once). Ownership: the
+// cache and the allocator are never destroyed (tensors may be freed during static destruction).
+// Errors: a large block that cannot be mapped throws c10::Error ("could not map N bytes"), as
+// libtorch's own allocator does when memory runs out.
 #pragma once
 
 #include <cstddef>

@@ -10,6 +10,10 @@
 //
 // bf16 works on CPU too (libtorch >= 1.10 has CPU autocast); it is correct but slow on CPUs
 // without native bfloat16 instructions (AVX-512 BF16 / AMX), so it is meant for GPUs and tests.
+//
+// Errors: rlhf::Error naming the option and the value (parse_precision, resolve_device).
+// Thread safety: the functions may be called from any thread; resolve_device changes process-wide
+// CUDA matmul settings (TF32). An AutocastScope acts on its own thread only.
 #pragma once
 
 #include <torch/torch.h>

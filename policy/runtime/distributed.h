@@ -16,6 +16,14 @@
 //
 // Writes that matter (checkpoints, metrics, manifests, rollouts of rank 0) are made by rank 0
 // alone; `is_root()` says which rank that is.
+//
+// Errors: rlhf::Error for a malformed environment, a group that cannot be joined within the
+// timeout, or a missing backend (NCCL / Gloo), naming the variable, address or device; a
+// collective that fails or times out throws what c10d throws (a std::exception, typically
+// c10::Error). Thread safety: a Comm is used from one thread at a time (collectives must be issued
+// in the same order on every rank); world() joins once (std::call_once) and may be called from any
+// thread. Ownership: join() returns a Comm owned by the caller; world()'s lives until the process
+// exits.
 #pragma once
 
 #include <torch/torch.h>

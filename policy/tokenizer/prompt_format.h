@@ -6,6 +6,9 @@
 //
 // The two parts are encoded separately (SentencePiece adds its word-boundary marker at the start
 // of each), so a generated response decodes back to the text the reward model reads.
+//
+// Pure functions over a Tokenizer: they throw what Tokenizer::encode / decode throw (rlhf::Error,
+// policy/tokenizer/tokenizer.h) and share its thread safety.
 #pragma once
 
 #include <cstdint>

@@ -8,6 +8,13 @@
 // A second trap of RTLD_DEEPBIND: an executable that copy-relocates std::cerr (gtest mains do)
 // leaves libstdc++'s own std::cerr unconstructed, and SentencePiece logs through it. So the shim
 // runs with SentencePiece's minloglevel at ERROR; its messages reach us through status strings.
+//
+// Errors: rlhf::Error naming the model file (or the shim and the places it was looked for) for
+// every failure: load, encode / decode, training, and any use of a Tokenizer that was not loaded.
+// Ownership: a Tokenizer is cheap to copy; copies share the loaded model, freed with the last one.
+// Thread safety: nothing here locks. The project uses a loaded model from one thread at a time;
+// train_tokenizer seeds SentencePiece's process-wide random generator, so two trainings must not
+// run at once in one process.
 #pragma once
 
 #include <memory>

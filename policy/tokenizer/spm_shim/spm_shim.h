@@ -10,6 +10,10 @@
 // thread-local message readable with rlhf_spm_last_error(). Functions that fill a caller buffer
 // return the number of elements needed; when that exceeds `cap` nothing useful was written and
 // the caller retries with a larger buffer.
+//
+// Ownership: rlhf_spm_load returns a handle the caller frees with rlhf_spm_free; rlhf_spm_train's
+// model buffer is freed with rlhf_spm_free_buffer. Thread safety: the error message is per thread;
+// rlhf_spm_train seeds SentencePiece's process-wide random generator (one training at a time).
 #pragma once
 
 #include <stddef.h>
