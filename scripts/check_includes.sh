@@ -3,8 +3,9 @@
 # (the fenced block that starts with "# include graph"): each line `ROOM: ROOM ROOM ...` names a
 # room (a folder, or a file stem such as reward/comparisons) and the rooms its files may include.
 # A file belongs to the longest room that prefixes its path; a file may always include its own
-# room. Files under tests/ and build folders are not checked. Prints each include the graph does
-# not allow and exits 1 if there are any; changes nothing.
+# room. Files under tests/ and build folders are not checked. Also fails on an x86 intrinsic
+# (<immintrin.h> and the like, _mm*_ calls) outside policy/kernels/, tests included. Prints each
+# include the graph does not allow and exits 1 if there are any; changes nothing.
 # Usage: scripts/check_includes.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,13 @@ while IFS= read -r -d '' file; do
     fi
   done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
 done < <(git ls-files -z -- '*.h' '*.cpp' '*.cc')
+
+# Every x86 intrinsic lives in policy/kernels/, behind its one instruction-set dispatch (isa.h).
+while IFS= read -r hit; do
+  echo "check_includes: $hit: x86 intrinsics belong in policy/kernels/ (see policy/kernels/isa.h)"
+  bad=$((bad + 1))
+done < <(git grep -nE '[<"][a-z0-9]*intrin\.h[>"]|\b_mm(256|512)?_[a-z0-9_]+ *\(' \
+           -- '*.h' '*.cpp' '*.cc' ':!policy/kernels/' || true)
 
 if [ "$bad" -gt 0 ]; then
   echo "check_includes: $bad include(s) break the graph in $DOC"

@@ -43,7 +43,7 @@ struct PerfOptions {
 
 // Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s; gen_b256_cache on
 // CUDA), train_tokens_per_s, train_gflops, train_peak_fraction, threads, decode_threads (the
-// decoding engine's, common/loop_pool.h), params. Throws rlhf::Error for an unknown `only`.
+// decoding engine's, policy/kernels/loop_pool.h), params. Throws rlhf::Error for an unknown `only`.
 std::map<std::string, double> run_perf_harness(const PerfOptions& options,
                                                bool print_progress = true);
 

@@ -26,8 +26,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/loop_pool.h"
 #include "policy/kernels/decode_kernels.h"
+#include "policy/kernels/loop_pool.h"
 #include "policy/model/model.h"
 
 namespace rlhf::policy {

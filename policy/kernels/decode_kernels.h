@@ -8,31 +8,29 @@
 // and reached 186 GFLOP/s on one thread at B = 32 with AVX-512 (docs/performance.md, "Decoding
 // engine" and "Batch-32 decode at 8x llama2.c").
 //
+// Instruction sets: each kernel has a portable version (decode_kernels.cpp, the reference twin),
+// an AVX2 + FMA one (decode_kernels_avx2.cpp) and, for matmul_nt and sampling's exponentials, an
+// AVX-512 one (decode_kernels_avx512.cpp); which runs is the active instruction set of isa.h, read
+// once at the start of each call. matmul_nt gives the same bits on every instruction set;
+// attention, SwiGLU and sampling use a vector exp on AVX2 and AVX-512 and std::exp otherwise, so
+// they can differ in the last bits between the portable version and the others. All can differ from
+// libtorch in the last bits.
+//
 // Results do not depend on the number of threads: every output element is computed by one
-// thread, in a fixed order. matmul_nt gives the same bits on every instruction set; attention,
-// SwiGLU and sampling use a vector exp on AVX2 and std::exp otherwise, so they can differ in the
-// last bits between CPUs with and without AVX2. All can differ from libtorch in the last bits.
+// thread, in a fixed order.
+//
+// Thread safety: the functions keep no state; calls with disjoint outputs may run concurrently.
+// Errors: matmul_nt and PackedWeight's parts constructor throw rlhf::Error on the mismatches their
+// comments name; every kernel can throw what isa.h's active_isa() throws (a bad RLHF_CPU_ISA),
+// which a program that calls active_isa() at start-up has already seen.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-#include "common/loop_pool.h"
+#include "policy/kernels/loop_pool.h"
 
 namespace rlhf::policy::kernels {
-
-// Which instruction set the kernels below use. Every CPU runs the portable loops; x86-64 CPUs
-// with AVX2 + FMA or AVX-512F get hand-written tiles, chosen once at start-up (best_isa()).
-enum class Isa { kPortable, kAvx2, kAvx512 };
-
-// The best instruction set this CPU supports, capped by RLHF_DECODE_ISA (portable, avx2 or
-// avx512; for A/B measurements) when that is set.
-Isa best_isa();
-// The instruction set in use; set_isa() switches to `isa` (capped at what the CPU supports) and
-// returns the previous one (tests run every kernel this way).
-Isa active_isa();
-Isa set_isa(Isa isa);
-const char* isa_name(Isa isa);
 
 // A weight w [n, K] (a torch Linear weight: out_features x in_features) copied into the layout
 // matmul_nt reads: panels of kPanel output columns, each k-major (panel p holds w[p * kPanel + c,

@@ -5,10 +5,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
-#include <limits>
-#include <type_traits>
 #include <vector>
+
+#include "policy/kernels/logprob_rows.h"
 
 namespace rlhf::policy::fused {
 
@@ -265,155 +264,26 @@ class SwigluFunction : public torch::autograd::Function<SwigluFunction> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Token log-probability kernels on rows [N, V] (contiguous). Each row is handled by one thread,
-// so results do not depend on the thread count. The row loops are `omp simd` loops (this file is
-// compiled with -fopenmp-simd -fno-trapping-math, see policy/CMakeLists.txt): the partial sums
-// live in vector lanes, so the summation order depends on V and the vector width only. On x86-64
-// CPUs with AVX2 and FMA, float rows run a copy of the loops compiled for them (3x the SSE2
-// baseline's speed on exp).
-
-#define RLHF_ROW_KERNEL inline __attribute__((always_inline))
-
-// exp(x) in float32 (Cephes expf: reduction by ln 2, a degree-5 polynomial, about 1 ulp), without
-// branches or calls so that loops over it vectorise; inputs are clamped to [-87, 88] (exp(-87) =
-// 1.6e-38 stands for 0 where it is added to sums >= 1).
-RLHF_ROW_KERNEL float exp_lane(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-RLHF_ROW_KERNEL double exp_lane(double x) { return std::exp(x); }
-
-template <typename T>
-RLHF_ROW_KERNEL T row_max(const T* r, int64_t V) {
-  T m = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < V; ++j) m = m < r[j] ? r[j] : m;
-  return m;
-}
-
-// lp[n] = z[n, t] - lse[n] (0 when t < 0); ent[n] = entropy (kEntropy only); rows [begin, end).
-template <typename T, bool kEntropy>
-RLHF_ROW_KERNEL void logprob_rows_body(const T* z, const int64_t* tgt, T* lp, T* lse, T* ent,
-                                       int64_t begin, int64_t end, int64_t V) {
-  for (int64_t n = begin; n < end; ++n) {
-    const T* r = z + n * V;
-    const T m = row_max(r, V);
-    T s = 0, w = 0;  // sum exp(z - m), sum exp(z - m) * (z - m)
-    if (kEntropy) {
-#pragma omp simd reduction(+ : s, w)
-      for (int64_t j = 0; j < V; ++j) {
-        const T d = r[j] - m, e = exp_lane(d);
-        s += e;
-        w += e * d;
-      }
-    } else {
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < V; ++j) s += exp_lane(r[j] - m);
-    }
-    const T log_s = std::log(s);
-    lse[n] = m + log_s;
-    lp[n] = tgt[n] < 0 ? T(0) : (r[tgt[n]] - m) - log_s;  // exact for large equal logits
-    if (kEntropy) ent[n] = log_s - w / s;  // -sum p log p with log p = (z - m) - log s
-  }
-}
-
-// out[n, j] = -p_j * (g_n + gh_n * (log p_j + H_n)) + (j == t ? g_n : 0), p_j = exp(z_j - lse_n):
-// the gradient of g * log p_t + gh * H, rows [begin, end). `out` may be `z` itself (each element
-// is read before it is written). glp or gent may be null (0).
-template <typename T, bool kEntropy>
-RLHF_ROW_KERNEL void logprob_grad_rows_body(const T* z, const int64_t* tgt, const T* lse,
-                                            const T* ent, const T* glp, const T* gent, T* out,
-                                            int64_t begin, int64_t end, int64_t V) {
-  for (int64_t n = begin; n < end; ++n) {
-    const T* r = z + n * V;
-    T* o = out + n * V;
-    const T L = lse[n], g = (glp && tgt[n] >= 0) ? glp[n] : T(0);
-    const T gh = kEntropy && gent ? gent[n] : T(0), H = kEntropy ? ent[n] : T(0);
-    const T target_logit = tgt[n] >= 0 ? r[tgt[n]] : T(0);
-    if (kEntropy) {
-#pragma omp simd
-      for (int64_t j = 0; j < V; ++j) {
-        const T d = r[j] - L;
-        o[j] = -exp_lane(d) * (g + gh * (d + H));
-      }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < V; ++j) o[j] = -exp_lane(r[j] - L) * g;
-    }
-    if (tgt[n] >= 0) {  // the target's own term, from its logit read before any write
-      const T d = target_logit - L;
-      o[tgt[n]] = -exp_lane(d) * (kEntropy ? g + gh * (d + H) : g) + g;
-    }
-  }
-}
-
-template <typename T, bool kEntropy>
-void logprob_rows_generic(const T* z, const int64_t* tgt, T* lp, T* lse, T* ent, int64_t begin,
-                          int64_t end, int64_t V) {
-  logprob_rows_body<T, kEntropy>(z, tgt, lp, lse, ent, begin, end, V);
-}
-template <typename T, bool kEntropy>
-void logprob_grad_rows_generic(const T* z, const int64_t* tgt, const T* lse, const T* ent,
-                               const T* glp, const T* gent, T* out, int64_t begin, int64_t end,
-                               int64_t V) {
-  logprob_grad_rows_body<T, kEntropy>(z, tgt, lse, ent, glp, gent, out, begin, end, V);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-template <typename T, bool kEntropy>
-__attribute__((target("avx2,fma"))) void logprob_rows_avx2(const T* z, const int64_t* tgt, T* lp,
-                                                           T* lse, T* ent, int64_t begin,
-                                                           int64_t end, int64_t V) {
-  logprob_rows_body<T, kEntropy>(z, tgt, lp, lse, ent, begin, end, V);
-}
-template <typename T, bool kEntropy>
-__attribute__((target("avx2,fma"))) void logprob_grad_rows_avx2(const T* z, const int64_t* tgt,
-                                                                const T* lse, const T* ent,
-                                                                const T* glp, const T* gent, T* out,
-                                                                int64_t begin, int64_t end,
-                                                                int64_t V) {
-  logprob_grad_rows_body<T, kEntropy>(z, tgt, lse, ent, glp, gent, out, begin, end, V);
-}
-bool cpu_has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-#define RLHF_PICK_ROW_KERNEL(name, T, E) \
-  (std::is_same<T, float>::value && cpu_has_avx2_fma() ? name##_avx2<T, E> : name##_generic<T, E>)
-#else
-#define RLHF_PICK_ROW_KERNEL(name, T, E) name##_generic<T, E>
-#endif
+// Token log-probability rows [N, V] (contiguous): the kernels of policy/kernels/logprob_rows.h
+// (one instruction-set dispatch with the decoding kernels), split over libtorch's threads.
 
 // Row grain of the parallel loops: about 64 K elements per task.
 int64_t logprob_row_grain(int64_t V) { return std::max<int64_t>(1, (int64_t(1) << 16) / V); }
 
-template <typename T, bool kEntropy>
+// ent null: no entropy (logprob_rows.h).
+template <typename T>
 void logprob_rows(const T* z, const int64_t* tgt, T* lp, T* lse, T* ent, int64_t N, int64_t V) {
-  auto* rows = RLHF_PICK_ROW_KERNEL(logprob_rows, T, kEntropy);
-  at::parallel_for(0, N, logprob_row_grain(V),
-                   [&](int64_t begin, int64_t end) { rows(z, tgt, lp, lse, ent, begin, end, V); });
+  at::parallel_for(0, N, logprob_row_grain(V), [&](int64_t begin, int64_t end) {
+    kernels::logprob_rows(z, tgt, lp, lse, ent, begin, end, V);
+  });
 }
 
-template <typename T, bool kEntropy>
+// ent and gent null: no entropy term (logprob_rows.h).
+template <typename T>
 void logprob_rows_backward(const T* z, const int64_t* tgt, const T* lse, const T* ent, const T* glp,
                            const T* gent, T* out, int64_t N, int64_t V) {
-  auto* rows = RLHF_PICK_ROW_KERNEL(logprob_grad_rows, T, kEntropy);
   at::parallel_for(0, N, logprob_row_grain(V), [&](int64_t begin, int64_t end) {
-    rows(z, tgt, lse, ent, glp, gent, out, begin, end, V);
+    kernels::logprob_grad_rows(z, tgt, lse, ent, glp, gent, out, begin, end, V);
   });
 }
 
@@ -446,10 +316,9 @@ TokenLogprobStats fused_stats(const torch::Tensor& z, const torch::Tensor& t, bo
   if (entropy) st.entropy = torch::empty({N}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fused_token_logprobs", [&] {
     auto* ent = entropy ? st.entropy.data_ptr<scalar_t>() : nullptr;
-    (entropy ? logprob_rows<scalar_t, true>
-             : logprob_rows<scalar_t, false>)(z.data_ptr<scalar_t>(), t.data_ptr<int64_t>(),
-                                              st.logprobs.data_ptr<scalar_t>(),
-                                              st.logsumexp.data_ptr<scalar_t>(), ent, N, V);
+    logprob_rows<scalar_t>(z.data_ptr<scalar_t>(), t.data_ptr<int64_t>(),
+                           st.logprobs.data_ptr<scalar_t>(), st.logsumexp.data_ptr<scalar_t>(), ent,
+                           N, V);
   });
   return st;
 }
@@ -465,14 +334,11 @@ torch::Tensor fused_backward(const torch::Tensor& z, const torch::Tensor& t,
   auto lse = st.logsumexp.reshape({-1}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fused_token_logprobs_backward", [&] {
     const scalar_t* gp = g.defined() ? g.data_ptr<scalar_t>() : nullptr;
-    if (with_entropy)
-      logprob_rows_backward<scalar_t, true>(
-          z.data_ptr<scalar_t>(), t.data_ptr<int64_t>(), lse.data_ptr<scalar_t>(),
-          ent.data_ptr<scalar_t>(), gp, gh.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, V);
-    else
-      logprob_rows_backward<scalar_t, false>(z.data_ptr<scalar_t>(), t.data_ptr<int64_t>(),
-                                             lse.data_ptr<scalar_t>(), nullptr, gp, nullptr,
-                                             out.data_ptr<scalar_t>(), N, V);
+    const scalar_t* e = with_entropy ? ent.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ge = with_entropy ? gh.data_ptr<scalar_t>() : nullptr;
+    logprob_rows_backward<scalar_t>(z.data_ptr<scalar_t>(), t.data_ptr<int64_t>(),
+                                    lse.data_ptr<scalar_t>(), e, gp, ge, out.data_ptr<scalar_t>(),
+                                    N, V);
   });
   return out;
 }

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "policy/decoding/generation.h"
 #include "policy/kernels/decode_kernels.h"
+#include "policy/kernels/isa.h"
 #include "policy/model/fused_ops.h"
 #include "policy/model/lora.h"
 #include "policy/model/model.h"
@@ -43,18 +44,8 @@ torch::Tensor from(const std::vector<float>& v, std::vector<int64_t> sizes) {
 }
 
 // The instruction sets this CPU can run (portable first), each made active in turn by IsaScope.
-std::vector<k::Isa> isas() {
-  std::vector<k::Isa> all = {k::Isa::kPortable};
-  if (k::best_isa() >= k::Isa::kAvx2) all.push_back(k::Isa::kAvx2);
-  if (k::best_isa() >= k::Isa::kAvx512) all.push_back(k::Isa::kAvx512);
-  return all;
-}
-
-struct IsaScope {
-  explicit IsaScope(k::Isa isa) : previous(k::set_isa(isa)) {}
-  ~IsaScope() { k::set_isa(previous); }
-  k::Isa previous;
-};
+std::vector<k::Isa> isas() { return k::cpu_isas(); }
+using k::IsaScope;
 
 TEST(DecodeKernelsTest, MatmulHandWorked) {
   // x = [[1, 2], [3, 4]], w = [[1, 0], [1, -1], [2, 1]] (3 outputs of 2 inputs):

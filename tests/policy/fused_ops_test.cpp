@@ -7,6 +7,8 @@
 #include <cmath>
 #include <functional>
 
+#include "policy/kernels/isa.h"
+
 namespace rlhf::policy::fused {
 namespace {
 
@@ -251,6 +253,33 @@ TEST(FusedTokenLogprobs, StatsAndBackwardWithEntropyMatchAutogradOfTheDefinition
   set_fused_kernels(true);
   EXPECT_LT(max_abs_diff(ref_st.entropy, st.entropy), 1e-12);
   EXPECT_LT(max_abs_diff(ref_g, zr.grad()), 1e-12);
+}
+
+// Float rows on every instruction set the CPU has (switched through policy/kernels/isa.h): each
+// within float rounding of the definition in float64 and of the portable rows.
+TEST(FusedTokenLogprobs, FloatStatsAndBackwardOnEveryIsaMatchTheDefinition) {
+  torch::manual_seed(15);
+  auto [z, t] = random_logits_and_targets(515, torch::kFloat);
+  auto g_lp = torch::randn({3, 5}), g_ent = torch::randn({3, 5});
+  auto zd = z.to(torch::kDouble);
+  auto want = token_logprob_stats(zd, t, /*entropy=*/true);
+  auto want_g =
+      token_logprobs_backward(zd, t, want, g_lp.to(torch::kDouble), g_ent.to(torch::kDouble));
+  std::vector<torch::Tensor> portable;
+  for (kernels::Isa isa : kernels::cpu_isas()) {
+    kernels::IsaScope scope(isa);
+    auto st = token_logprob_stats(z, t, /*entropy=*/true);
+    auto g = token_logprobs_backward(z, t, st, g_lp, g_ent);
+    const std::vector<torch::Tensor> got = {st.logprobs, st.logsumexp, st.entropy, g};
+    const std::vector<torch::Tensor> exact = {want.logprobs, want.logsumexp, want.entropy, want_g};
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_LT(max_abs_diff(got[i], exact[i]), 2e-5) << kernels::isa_name(isa) << " " << i;
+      if (!portable.empty()) {
+        EXPECT_LT(max_abs_diff(got[i], portable[i]), 1e-5) << kernels::isa_name(isa) << " " << i;
+      }
+    }
+    if (portable.empty()) portable = got;
+  }
 }
 
 TEST(FusedTokenLogprobs, ResultsDoNotDependOnTheThreadCount) {

@@ -1,6 +1,6 @@
-// LoopPool (common/loop_pool.h): every chunk runs exactly once, whatever the thread count, the
-// number of loops in a row or the chunk count; default_loop_threads reads its environment.
-#include "common/loop_pool.h"
+// LoopPool (policy/kernels/loop_pool.h): every chunk runs exactly once, whatever the thread count,
+// the number of loops in a row or the chunk count; default_loop_threads reads its environment.
+#include "policy/kernels/loop_pool.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

@@ -12,6 +12,9 @@
 //
 // Which thread runs which chunk varies from run to run; callers that want reproducible results
 // give every chunk its own outputs (no shared accumulation), as the decoding kernels do.
+//
+// It lives with the kernels it serves (its spin-wait is an x86 intrinsic, and every intrinsic is in
+// policy/kernels/); it kept its namespace, rlhf, when it moved here from common/.
 #pragma once
 
 #include <atomic>

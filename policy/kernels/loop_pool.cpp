@@ -1,4 +1,4 @@
-#include "common/loop_pool.h"
+#include "policy/kernels/loop_pool.h"
 
 #include <sched.h>
 
