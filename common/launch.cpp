@@ -4,9 +4,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,14 +15,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <functional>
+#include <optional>
 #include <tuple>
 #include <utility>
 
 #include "common/error.h"
-
-extern char** environ;
+#include "common/process.h"
+#include "common/unique_fd.h"
 
 namespace rlhf::launch {
 
@@ -169,37 +167,9 @@ std::vector<std::pair<std::string, std::string>> rank_environment(const LaunchOp
   };
 }
 
-std::vector<std::string> merge_environment(
-    const std::vector<std::string>& base,
-    const std::vector<std::pair<std::string, std::string>>& overrides) {
-  std::vector<std::string> env = base;
-  for (const auto& [name, value] : overrides) {
-    const std::string entry = name + "=" + value;
-    auto same_name = [&name](const std::string& e) { return e.rfind(name + "=", 0) == 0; };
-    auto it = std::find_if(env.begin(), env.end(), same_name);
-    if (it != env.end()) {
-      *it = entry;
-    } else {
-      env.push_back(entry);
-    }
-  }
-  return env;
-}
-
 std::string resolve_program(const std::string& program, const std::string& path_env) {
-  if (program == "rlhf") return std::filesystem::read_symlink("/proc/self/exe").string();
-  if (program.find('/') != std::string::npos) return program;
-  size_t start = 0;
-  while (start <= path_env.size()) {
-    size_t colon = path_env.find(':', start);
-    if (colon == std::string::npos) colon = path_env.size();
-    std::string dir = path_env.substr(start, colon - start);
-    std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
-    if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate))
-      return candidate;
-    start = colon + 1;
-  }
-  throw Error("program '" + program + "' not found in PATH");
+  if (program == "rlhf") return process::self_executable();
+  return process::find_in_path(program, path_env);
 }
 
 RankOutputFilter::RankOutputFilter(int rank, bool keep_progress)
@@ -245,52 +215,9 @@ std::string RankOutputFilter::end_segment(char terminator) {
   return out;
 }
 
-std::string describe_wait_status(int wait_status) {
-  if (WIFEXITED(wait_status))
-    return "exited with status " + std::to_string(WEXITSTATUS(wait_status));
-  if (WIFSIGNALED(wait_status)) {
-    const int sig = WTERMSIG(wait_status);
-    const char* abbrev = sigabbrev_np(sig);
-    return "was killed by signal " + std::to_string(sig) +
-           (abbrev ? std::string(" (SIG") + abbrev + ")" : "");
-  }
-  return "stopped with wait status " + std::to_string(wait_status);
-}
-
-int exit_code_of(int wait_status) {
-  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
-  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
-  return 1;
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// An owned file descriptor, closed on destruction.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    reset(std::exchange(other.fd_, -1));
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { reset(); }
-
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 // A pipe whose ends are closed on exec; the read end is non-blocking.
 std::pair<UniqueFd, UniqueFd> make_pipe(bool nonblocking_write = false) {
@@ -368,71 +295,35 @@ class SignalRelay {
   struct sigaction old_pipe_ = {};
 };
 
-// posix_spawn's attribute and file-action objects, destroyed together.
-class SpawnSetup {
- public:
-  SpawnSetup() {
-    ::posix_spawnattr_init(&attr);
-    ::posix_spawn_file_actions_init(&actions);
-  }
-  SpawnSetup(const SpawnSetup&) = delete;
-  SpawnSetup& operator=(const SpawnSetup&) = delete;
-  ~SpawnSetup() {
-    ::posix_spawn_file_actions_destroy(&actions);
-    ::posix_spawnattr_destroy(&attr);
-  }
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_t actions;
-};
-
-std::vector<char*> c_strings(std::vector<std::string>& strings) {
-  std::vector<char*> out;
-  for (auto& s : strings) out.push_back(s.data());
-  out.push_back(nullptr);
-  return out;
-}
-
-// One started rank: its process (group), output pipes and what it exited with.
+// One started rank: its process (group), output pipes and filters.
 struct RankProcess {
   int rank = 0;
-  pid_t pid = -1;  // also its process group id
-  UniqueFd out, err;
+  process::Child child;  // in its own process group; killed and reaped on destruction
   RankOutputFilter out_filter, err_filter;
   bool running = true;
-  int wait_status = 0;
 
   RankProcess(int rank_, bool keep_progress)
       : rank(rank_), out_filter(rank_, keep_progress), err_filter(rank_, keep_progress) {}
 };
 
 // Starts `argv` (argv[0] resolved to `path`) as rank `rank` in its own process group, with stdin
-// from /dev/null, stdout and stderr into pipes and default signal dispositions.
-RankProcess spawn_rank(const std::string& path, std::vector<std::string> argv,
-                       std::vector<std::string> env, int rank) {
+// from /dev/null, stdout and stderr into pipes, `env` set on top of this process's environment.
+RankProcess spawn_rank(const std::string& path, const std::vector<std::string>& argv,
+                       std::vector<std::pair<std::string, std::string>> env, int rank) {
   RankProcess p(rank, /*keep_progress=*/rank == 0);
-  auto [out_read, out_write] = make_pipe();
-  auto [err_read, err_write] = make_pipe();
-  SpawnSetup setup;
-  ::posix_spawn_file_actions_addopen(&setup.actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  ::posix_spawn_file_actions_adddup2(&setup.actions, out_write.get(), STDOUT_FILENO);
-  ::posix_spawn_file_actions_adddup2(&setup.actions, err_write.get(), STDERR_FILENO);
-  sigset_t no_signals, defaults;
-  sigemptyset(&no_signals);
-  sigemptyset(&defaults);
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) sigaddset(&defaults, sig);
-  ::posix_spawnattr_setflags(
-      &setup.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  ::posix_spawnattr_setpgroup(&setup.attr, 0);
-  ::posix_spawnattr_setsigmask(&setup.attr, &no_signals);
-  ::posix_spawnattr_setsigdefault(&setup.attr, &defaults);
-  std::vector<char*> c_argv = c_strings(argv), c_env = c_strings(env);
-  int rc =
-      ::posix_spawn(&p.pid, path.c_str(), &setup.actions, &setup.attr, c_argv.data(), c_env.data());
-  if (rc != 0)
-    throw Error("starting rank " + std::to_string(rank) + " ('" + path +
-                "'): " + std::strerror(rc));
-  p.out = std::move(out_read);
-  p.err = std::move(err_read);
+  process::Options o;
+  o.argv = argv;
+  o.program = path;
+  o.env = std::move(env);
+  o.stdin_redirect = process::Redirect::null();
+  o.stdout_redirect = process::Redirect::pipe();
+  o.stderr_redirect = process::Redirect::pipe();
+  o.own_process_group = true;
+  try {
+    p.child = process::Child::start(o);
+  } catch (const Error& e) {
+    throw Error("starting rank " + std::to_string(rank) + ": " + e.what());
+  }
   return p;
 }
 
@@ -461,8 +352,6 @@ class RankSupervisor {
   void start_ranks() {
     const char* path_env = std::getenv("PATH");
     const std::string path = resolve_program(options_.command[0], path_env ? path_env : "");
-    std::vector<std::string> base_env;
-    for (char** e = environ; *e; ++e) base_env.emplace_back(*e);
     // Like torchrun: ranks sharing a machine share its cores. Unless the user chose, each rank's
     // OpenMP / OpenBLAS / torch intra-op pools get cores / nproc_per_node threads (at least 1).
     const auto threads = threads_per_local_rank(options_.nproc_per_node);
@@ -471,16 +360,13 @@ class RankSupervisor {
       thread_env.emplace_back("OMP_NUM_THREADS", std::to_string(threads));
     try {
       for (int local = 0; local < options_.nproc_per_node; ++local) {
-        auto env = merge_environment(merge_environment(base_env, thread_env),
-                                     rank_environment(options_, local));
+        auto env = thread_env;  // set on top of this process's environment, in order
+        for (auto& kv : rank_environment(options_, local)) env.push_back(std::move(kv));
         int rank = options_.node_rank * options_.nproc_per_node + local;
         ranks_.push_back(spawn_rank(path, options_.command, std::move(env), rank));
       }
     } catch (...) {
-      for (auto& r : ranks_) {
-        ::kill(-r.pid, SIGKILL);
-        ::waitpid(r.pid, nullptr, 0);
-      }
+      ranks_.clear();  // kills and reaps the ranks already started
       throw;
     }
   }
@@ -506,9 +392,9 @@ class RankSupervisor {
     std::vector<std::pair<RankProcess*, bool>> owners = {{nullptr, false}};
     for (auto& r : ranks_) {
       for (bool is_stdout : {true, false}) {
-        const UniqueFd& fd = is_stdout ? r.out : r.err;
-        if (!fd) continue;
-        fds.push_back({fd.get(), POLLIN, 0});
+        const int fd = is_stdout ? r.child.stdout_fd() : r.child.stderr_fd();
+        if (fd < 0) continue;
+        fds.push_back({fd, POLLIN, 0});
         owners.push_back({&r, is_stdout});
       }
     }
@@ -520,17 +406,18 @@ class RankSupervisor {
   // Reads up to `limit` bytes of a rank's stdout (or stderr) and writes them, filtered, to ours;
   // at end of stream writes the partial last line and closes the pipe.
   void copy_output(RankProcess& r, bool is_stdout, size_t limit) {
-    UniqueFd& fd = is_stdout ? r.out : r.err;
     RankOutputFilter& filter = is_stdout ? r.out_filter : r.err_filter;
     const int target = is_stdout ? STDOUT_FILENO : STDERR_FILENO;
     char buf[16 * 1024];
-    for (size_t total = 0; fd && total < limit;) {
-      ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    for (size_t total = 0; total < limit;) {
+      const int fd = is_stdout ? r.child.stdout_fd() : r.child.stderr_fd();
+      if (fd < 0) return;
+      ssize_t n = ::read(fd, buf, sizeof buf);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) return;
       if (n <= 0) {
         write_all(target, filter.finish());
-        fd.reset();
+        close_output(r, is_stdout);
         return;
       }
       write_all(target, filter.feed(std::string_view(buf, static_cast<size_t>(n))));
@@ -538,23 +425,33 @@ class RankSupervisor {
     }
   }
 
+  static void close_output(RankProcess& r, bool is_stdout) {
+    if (is_stdout) {
+      r.child.close_stdout();
+    } else {
+      r.child.close_stderr();
+    }
+  }
+
   // Collects the ranks that exited. Their pipes are drained and closed then, since a process
   // they left behind may keep the pipes open.
   void reap() {
     for (auto& r : ranks_) {
-      if (!r.running || ::waitpid(r.pid, &r.wait_status, WNOHANG) != r.pid) continue;
+      if (!r.running) continue;
+      const std::optional<process::ExitStatus> status = r.child.poll();
+      if (!status) continue;
       r.running = false;
       for (bool is_stdout : {true, false}) {
         copy_output(r, is_stdout, 4 << 20);
         write_all(is_stdout ? STDOUT_FILENO : STDERR_FILENO,
                   (is_stdout ? r.out_filter : r.err_filter).finish());
-        (is_stdout ? r.out : r.err).reset();
+        close_output(r, is_stdout);
       }
-      if (r.wait_status != 0 && !stopping_) {
-        std::string what = "rank " + std::to_string(r.rank) + " (pid " + std::to_string(r.pid) +
-                           ") " + describe_wait_status(r.wait_status);
+      if (!status->success() && !stopping_) {
+        std::string what = "rank " + std::to_string(r.rank) + " (pid " +
+                           std::to_string(r.child.pid()) + ") " + status->describe();
         if (any_running()) what += "; stopping the other ranks";
-        begin_stop(exit_code_of(r.wait_status), what);
+        begin_stop(status->code(), what);
       }
     }
   }
@@ -588,7 +485,7 @@ class RankSupervisor {
 
   void signal_running(int sig) {
     for (auto& r : ranks_)
-      if (r.running) ::kill(-r.pid, sig);
+      if (r.running) r.child.signal(sig);
   }
 
   static std::string seconds_text(double s) {

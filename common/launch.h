@@ -3,10 +3,13 @@
 // Each rank is a child process that gets torchrun's environment contract (RANK, WORLD_SIZE,
 // LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT) plus RLHF_LAUNCHED=1, so a
 // program that reads those variables runs the same under `rlhf launch`, torchrun or Slurm
-// (docs/distributed.md). Torch-free: the launcher only forks, pipes and waits.
+// (docs/distributed.md). Torch-free: the ranks are started, signalled and reaped through
+// common/process.h; the environment merge and the wait-status description are that module's.
 //
 // The pure parts (flag parsing, the environment of a rank, the output prefixing) are separate
 // functions so they are unit-tested without processes; run_launch() does the process work.
+// Thread safety: the pure functions are; RankOutputFilter is not; run_launch() owns the process's
+// signal dispositions while it runs (see there).
 #pragma once
 
 #include <string>
@@ -49,15 +52,9 @@ int free_loopback_port();
 // least 1. The launcher sets OMP_NUM_THREADS to it (when the user has not) for more than one rank.
 int threads_per_local_rank(int nproc_per_node);
 
-// `base` ("NAME=value" entries, e.g. from environ) with `overrides` set: an entry of the same
-// name is replaced in place, new names are appended.
-std::vector<std::string> merge_environment(
-    const std::vector<std::string>& base,
-    const std::vector<std::pair<std::string, std::string>>& overrides);
-
 // The file to execute for `program`: this executable (/proc/self/exe) for "rlhf", `program` itself
-// when it contains a '/', else the first executable match in the ':'-separated `path_env`. Throws
-// rlhf::Error naming the program when nothing is found.
+// when it contains a '/', else the first executable match in the ':'-separated `path_env`
+// (process::find_in_path). Throws rlhf::Error naming the program when nothing is found.
 std::string resolve_program(const std::string& program, const std::string& path_env);
 
 // Turns one rank's output stream (stdout or stderr) into prefixed text: every line is written as
@@ -83,21 +80,18 @@ class RankOutputFilter {
   bool segment_started_ = false;  // part of the current segment (and its prefix) was written
 };
 
-// "exited with status 3" or "was killed by signal 9 (SIGKILL)" for a waitpid() status.
-std::string describe_wait_status(int wait_status);
-// The shell's exit code for a waitpid() status: the exit status, or 128 + the signal number.
-int exit_code_of(int wait_status);
-
 // Starts options.nproc_per_node ranks and waits for them. Each rank runs in its own process group
 // with stdin from /dev/null; its stdout and stderr go through a RankOutputFilter to this process's
 // stdout and stderr. SIGINT and SIGTERM are forwarded to every rank. When a rank exits non-zero
-// or by a signal, one line naming it goes to stderr, the other ranks get SIGTERM and, after
-// stop_grace_s, SIGKILL. Returns the launcher's exit code: 0 when every rank exited 0, else
-// set by what stopped the job first: the failed rank's exit_code_of(), 128 + a forwarded signal,
-// or 124 for the timeout. Throws rlhf::Error when the program cannot be found or a rank cannot be
-// started (the ranks already started are stopped first). Installs handlers for SIGINT, SIGTERM and
-// SIGCHLD and ignores SIGPIPE for the duration of the call, restoring them on return; not
-// reentrant.
+// or by a signal, one line naming it (process::describe_wait_status) goes to stderr, the other
+// ranks get SIGTERM and, after stop_grace_s, SIGKILL. Returns the launcher's exit code: 0 when
+// every rank exited 0, else set by what stopped the job first: the failed rank's
+// process::exit_code_of(), 128 + a forwarded signal, or 124 for the timeout. Throws rlhf::Error
+// when the program cannot be found or a rank cannot be started (the ranks already started are
+// killed and reaped first). Installs handlers for SIGINT, SIGTERM and SIGCHLD and ignores SIGPIPE
+// for the duration of the call, restoring them on return; not reentrant, call it from the main
+// thread. A rank's process group is killed when run_launch returns, so nothing a rank left
+// running outlives the launcher.
 int run_launch(const LaunchOptions& options);
 
 }  // namespace rlhf::launch

@@ -1,9 +1,11 @@
-// Helpers shared by test suites: locating ../shared/data, temp folders, running the rlhf binary.
+// Helpers shared by test suites: locating ../shared/data, temp folders, the rlhf binary, and
+// running child processes (tests/fixtures/child_process.h, included here). The other fixtures
+// are in tests/fixtures/: the tiny model (tiny_model.h), the annotation server
+// (annotation_server.h), SFT data (sft_data.h) and preference data (preference_data.h).
 #pragma once
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
+#include "tests/fixtures/child_process.h"
 
 namespace rlhf::testing {
 
@@ -69,51 +71,5 @@ class TempDir {
 
 // Path of the built rlhf executable.
 inline std::string rlhf_binary() { return std::string(RLHF_BINARY_DIR) + "/rlhf"; }
-
-// Runs a shell command, capturing stdout (and stderr when merge_stderr); returns the exit code.
-inline int run_command(const std::string& cmd, std::string* output, bool merge_stderr = true) {
-  std::string full = cmd + (merge_stderr ? " 2>&1" : "");
-  FILE* p = ::popen(full.c_str(), "r");
-  if (!p) return -1;
-  char buf[4096];
-  size_t n;
-  if (output) output->clear();
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0)
-    if (output) output->append(buf, n);
-  int status = ::pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-// `rlhf annotate serve --db DB --socket SOCKET` as a child process; waits (up to 10 s) for the
-// socket to appear. stop() sends SIGTERM and returns the exit code (128 + signal when killed); the
-// destructor stops a server that is still running.
-struct ServeProcess {
-  ServeProcess(const std::string& db, const std::string& socket) : socket(socket) {
-    std::vector<std::string> args = {rlhf_binary(), "annotate", "serve", "--db", db,
-                                     "--socket",    socket};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ), 0);
-    for (int i = 0; i < 1000 && !std::filesystem::exists(socket); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    EXPECT_TRUE(std::filesystem::exists(socket)) << "server did not start";
-  }
-  ServeProcess(const ServeProcess&) = delete;
-  ServeProcess& operator=(const ServeProcess&) = delete;
-  int stop() {
-    if (pid <= 0) return -1;
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  ~ServeProcess() {
-    if (pid > 0) stop();
-  }
-  pid_t pid = -1;
-  std::string socket;
-};
 
 }  // namespace rlhf::testing

@@ -1,11 +1,7 @@
 #include "bench/harness/perf_harness.h"
 
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -22,6 +18,8 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/launch.h"
+#include "common/process.h"
+#include "common/unique_fd.h"
 #include "policy/decoding/generation.h"
 #include "policy/kernels/loop_pool.h"
 #include "policy/model/fused_ops.h"
@@ -29,8 +27,6 @@
 #include "policy/model/model.h"
 #include "policy/runtime/distributed.h"
 #include "policy/training/training.h"
-
-extern char** environ;
 
 namespace rlhf::policy {
 namespace {
@@ -113,62 +109,55 @@ TrainShape train_shape(const PerfOptions& o) {
   return o.quick ? TrainShape{4, 64, 2} : TrainShape{o.train_batch, o.train_seq, o.train_steps};
 }
 
-}  // namespace
+// Progress lines on stderr ("bench: WHAT...") when enabled.
+struct Progress {
+  bool enabled;
+  void operator()(const char* what) const {
+    if (enabled) std::fprintf(stderr, "bench: %s...\n", what);
+  }
+};
 
-std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_progress) {
-  std::map<std::string, double> r;
-  auto say = [&](const char* what) {
-    if (print_progress) std::fprintf(stderr, "bench: %s...\n", what);
-  };
+// Throws rlhf::Error for an `only` that names no measurement.
+void check_only(const std::string& only) {
   static const std::vector<std::string> kOnly = {
       "",      "gemm",     "gen_b1_cache", "gen_b1_nocache", "gen_b32_cache", "gen_b256_cache",
       "train", "train_dp2"};
-  if (std::find(kOnly.begin(), kOnly.end(), o.only) == kOnly.end())
-    throw Error("bench: unknown measurement '" + o.only +
+  if (std::find(kOnly.begin(), kOnly.end(), only) == kOnly.end())
+    throw Error("bench: unknown measurement '" + only +
                 "' (expected gemm, gen_b1_cache, gen_b1_nocache, gen_b32_cache, gen_b256_cache "
                 "(CUDA), train or train_dp2)");
+}
+
+// The generation measurements that `o.only` asks for (gen_b256_cache on CUDA only), into r.
+void measure_generations(Transformer& model, const PerfOptions& o, const torch::Device& device,
+                         const Progress& say, std::map<std::string, double>& r) {
   auto want = [&](const char* key) { return o.only.empty() || o.only == key; };
-  torch::manual_seed(static_cast<int64_t>(o.seed));
-  r["threads"] = torch::get_num_threads();
-  r["decode_threads"] = shared_loop_pool().threads();  // the decoding engine's (fast_decode.h)
+  const int new_tokens = o.quick ? 16 : o.gen_new_tokens;
+  struct Case {
+    const char* key;
+    const char* what;
+    int batch;
+    bool cache;
+    bool cuda_only;
+  };
+  static const Case kCases[] = {
+      {"gen_b1_cache", "generation batch 1 with KV cache", 1, true, false},
+      {"gen_b1_nocache", "generation batch 1 without KV cache", 1, false, false},
+      {"gen_b32_cache", "generation batch 32 with KV cache", 32, true, false},
+      {"gen_b256_cache", "generation batch 256 with KV cache", 256, true, true},
+  };
+  for (const Case& c : kCases) {
+    if (c.cuda_only ? !(device.is_cuda() && want(c.key)) : !want(c.key)) continue;
+    say(c.what);
+    r[c.key] = measure_generation(model, c.batch, o.gen_prompt_len, new_tokens, c.cache, o.seed,
+                                  o.repeat, o.precision);
+  }
+}
 
-  const torch::Device device = resolve_device(o.device, "bench --device");
-  if (want("gemm")) {
-    say("gemm peak");
-    r["gemm_gflops"] = measure_gemm(o.quick ? 512 : o.gemm_size, device, o.precision);
-  }
-
-  const ModelConfig cfg = perf_model_config(o);
-  Transformer model(cfg);
-  init_weights(model);
-  model->to(device);
-  model->eval();
-  r["params"] = static_cast<double>(cfg.num_parameters());
-
-  int new_tokens = o.quick ? 16 : o.gen_new_tokens;
-  if (want("gen_b1_cache")) {
-    say("generation batch 1 with KV cache");
-    r["gen_b1_cache"] = measure_generation(model, 1, o.gen_prompt_len, new_tokens, true, o.seed,
-                                           o.repeat, o.precision);
-  }
-  if (want("gen_b1_nocache")) {
-    say("generation batch 1 without KV cache");
-    r["gen_b1_nocache"] = measure_generation(model, 1, o.gen_prompt_len, new_tokens, false, o.seed,
-                                             o.repeat, o.precision);
-  }
-  if (want("gen_b32_cache")) {
-    say("generation batch 32 with KV cache");
-    r["gen_b32_cache"] = measure_generation(model, 32, o.gen_prompt_len, new_tokens, true, o.seed,
-                                            o.repeat, o.precision);
-  }
-  if (device.is_cuda() && (o.only.empty() || o.only == "gen_b256_cache")) {
-    say("generation batch 256 with KV cache");
-    r["gen_b256_cache"] = measure_generation(model, 256, o.gen_prompt_len, new_tokens, true, o.seed,
-                                             o.repeat, o.precision);
-  }
-  if (!want("train")) return r;
-
-  say("training throughput");
+// The single-process training measurement: train_tokens_per_s, train_gflops and (with
+// gemm_gflops in r) train_peak_fraction, into r.
+void measure_training(Transformer& model, const ModelConfig& cfg, const PerfOptions& o,
+                      const torch::Device& device, std::map<std::string, double>& r) {
   model->train();
   const TrainShape shape = train_shape(o);
   const int B = shape.batch, T = shape.seq;
@@ -206,6 +195,35 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   double flops_per_token = 6.0 * n_params + 12.0 * cfg.n_layers * cfg.dim * T;
   r["train_gflops"] = flops_per_token * r["train_tokens_per_s"] / 1e9;
   if (r.count("gemm_gflops")) r["train_peak_fraction"] = r["train_gflops"] / r["gemm_gflops"];
+}
+
+}  // namespace
+
+std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_progress) {
+  const Progress say{print_progress};
+  check_only(o.only);
+  std::map<std::string, double> r;
+  torch::manual_seed(static_cast<int64_t>(o.seed));
+  r["threads"] = torch::get_num_threads();
+  r["decode_threads"] = shared_loop_pool().threads();  // the decoding engine's (fast_decode.h)
+
+  const torch::Device device = resolve_device(o.device, "bench --device");
+  if (o.only.empty() || o.only == "gemm") {
+    say("gemm peak");
+    r["gemm_gflops"] = measure_gemm(o.quick ? 512 : o.gemm_size, device, o.precision);
+  }
+
+  const ModelConfig cfg = perf_model_config(o);
+  Transformer model(cfg);
+  init_weights(model);
+  model->to(device);
+  model->eval();
+  r["params"] = static_cast<double>(cfg.num_parameters());
+
+  measure_generations(model, o, device, say, r);
+  if (!(o.only.empty() || o.only == "train")) return r;
+  say("training throughput");
+  measure_training(model, cfg, o, device, r);
   return r;
 }
 
@@ -276,53 +294,25 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
 
 namespace {
 
-std::string describe_status(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) {
-    const char* name = ::strsignal(WTERMSIG(status));
-    return "was killed by signal " + std::to_string(WTERMSIG(status)) + " (" + (name ? name : "?") +
-           ")";
-  }
-  return "ended with wait status " + std::to_string(status);
-}
-
-// The worker ranks: started together, and on every way out killed (if still running) and reaped.
+// The worker ranks: started together, and on every way out killed (if still running) and reaped
+// (process::Child).
 class RankProcesses {
  public:
-  RankProcesses() = default;
-  RankProcesses(const RankProcesses&) = delete;
-  RankProcesses& operator=(const RankProcesses&) = delete;
-  ~RankProcesses() {
-    for (auto& r : ranks_)
-      if (!r.done) {
-        ::kill(r.pid, SIGKILL);
-        int status = 0;
-        while (::waitpid(r.pid, &status, 0) < 0 && errno == EINTR) {
-        }
-      }
-  }
-
-  // Starts argv with envp; stdout goes to stdout_fd.
-  void start(int rank, const std::vector<std::string>& argv, const std::vector<std::string>& envp,
-             int stdout_fd) {
-    std::vector<char*> cargv, cenv;
-    for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-    cargv.push_back(nullptr);
-    for (const auto& e : envp) cenv.push_back(const_cast<char*>(e.c_str()));
-    cenv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, stdout_fd, STDOUT_FILENO);
-    std::fflush(stdout);
-    std::fflush(stderr);
-    pid_t pid = -1;
-    const int rc =
-        ::posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, cargv.data(), cenv.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0)
+  // Starts `argv` as rank `rank` with `env` set on top of this process's environment; its stdout
+  // goes to `stdout_redirect`, its stderr is inherited.
+  void start(int rank, const std::vector<std::string>& argv,
+             std::vector<std::pair<std::string, std::string>> env,
+             const process::Redirect& stdout_redirect) {
+    process::Options o;
+    o.argv = argv;
+    o.env = std::move(env);
+    o.stdout_redirect = stdout_redirect;
+    try {
+      ranks_.push_back({rank, process::Child::start(o)});
+    } catch (const Error& e) {
       throw Error("bench: cannot start data-parallel rank " + std::to_string(rank) + " (" +
-                  argv[0] + "): " + std::strerror(rc));
-    ranks_.push_back({rank, pid});
+                  argv[0] + "): " + e.what());
+    }
   }
 
   // Waits for every rank. After the first failure the others get `grace` to end on their own
@@ -334,24 +324,18 @@ class RankProcesses {
     for (;;) {
       bool running = false;
       for (auto& r : ranks_) {
-        if (r.done) continue;
-        int status = 0;
-        const pid_t got = ::waitpid(r.pid, &status, WNOHANG);
-        if (got == r.pid) {
-          r.done = true;
-          const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-          if (!ok && failure.empty()) {
-            failure = "rank " + std::to_string(r.rank) + " " + describe_status(status);
-            deadline = std::chrono::steady_clock::now() + grace;
-          }
-        } else {
+        if (r.child.status()) continue;
+        const std::optional<process::ExitStatus> status = r.child.poll();
+        if (!status) {
           running = true;
+        } else if (!status->success() && failure.empty()) {
+          failure = "rank " + std::to_string(r.rank) + " " + status->describe();
+          deadline = std::chrono::steady_clock::now() + grace;
         }
       }
       if (!running) break;
       if (!failure.empty() && std::chrono::steady_clock::now() > deadline)
-        for (auto& r : ranks_)
-          if (!r.done) ::kill(r.pid, SIGKILL);
+        for (auto& r : ranks_) r.child.signal(SIGKILL);
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (!failure.empty())
@@ -362,25 +346,9 @@ class RankProcesses {
  private:
   struct Rank {
     int rank;
-    pid_t pid;
-    bool done = false;
+    process::Child child;
   };
   std::vector<Rank> ranks_;
-};
-
-// An open file descriptor (or -1), closed when the owner goes away.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
 };
 
 // The last non-empty line of text, without its newline.
@@ -392,6 +360,46 @@ std::string last_line(const std::string& text) {
   return text.substr(begin, end + 1 - begin);
 }
 
+// A temporary file (created empty, private) removed when the object goes away.
+class TempFile {
+ public:
+  TempFile() {
+    path_ = (std::filesystem::temp_directory_path() / "rlhf_bench_dp_XXXXXX").string();
+    UniqueFd fd(::mkostemp(path_.data(), O_CLOEXEC));
+    if (!fd)
+      throw Error("bench: cannot create a temporary file in " +
+                  std::filesystem::temp_directory_path().string() + ": " + std::strerror(errno));
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  ~TempFile() {
+    std::error_code ec;
+    std::filesystem::remove(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The ranks' variables (torchrun's contract on 127.0.0.1, one thread each) on top of the caller's
+// environment (OPENBLAS_CORETYPE included).
+std::vector<std::pair<std::string, std::string>> rank_env(int rank, int ranks,
+                                                          const std::string& port) {
+  const std::string n = std::to_string(ranks);
+  std::vector<std::pair<std::string, std::string>> env;
+  if (!std::getenv("RLHF_DIST_TIMEOUT_S")) env.emplace_back("RLHF_DIST_TIMEOUT_S", "120");
+  env.insert(env.end(), {{"WORLD_SIZE", n},
+                         {"LOCAL_WORLD_SIZE", n},
+                         {"MASTER_ADDR", "127.0.0.1"},
+                         {"MASTER_PORT", port},
+                         {"OMP_NUM_THREADS", "1"},
+                         {"OPENBLAS_NUM_THREADS", "1"},
+                         {"RANK", std::to_string(rank)},
+                         {"LOCAL_RANK", std::to_string(rank)}});
+  return env;
+}
+
 }  // namespace
 
 std::map<std::string, double> measure_train_dp(const std::vector<std::string>& worker_argv,
@@ -401,47 +409,14 @@ std::map<std::string, double> measure_train_dp(const std::vector<std::string>& w
   const std::string port = std::to_string(launch::free_loopback_port());
 
   // Rank 0's stdout goes to a temporary file (read after it ends); the others' to /dev/null.
-  std::string out_path = (std::filesystem::temp_directory_path() / "rlhf_bench_dp_XXXXXX").string();
-  UniqueFd out_fd(::mkostemp(out_path.data(), O_CLOEXEC));
-  if (out_fd.get() < 0)
-    throw Error("bench: cannot create a temporary file in " +
-                std::filesystem::temp_directory_path().string() + ": " + std::strerror(errno));
-  struct Remove {
-    std::string path;
-    ~Remove() {
-      std::error_code ec;
-      std::filesystem::remove(path, ec);
-    }
-  } remove_out{out_path};
-  UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
-  if (null_fd.get() < 0)
-    throw Error(std::string("bench: cannot open /dev/null: ") + std::strerror(errno));
-
-  // The caller's environment (OPENBLAS_CORETYPE included) with the ranks' variables replaced.
-  const std::vector<std::string> replaced = {
-      "RANK",        "WORLD_SIZE",  "LOCAL_RANK",      "LOCAL_WORLD_SIZE",
-      "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"};
-  std::vector<std::string> base;
-  for (char** e = environ; *e; ++e) {
-    const std::string kv = *e;
-    const std::string name = kv.substr(0, kv.find('='));
-    if (std::find(replaced.begin(), replaced.end(), name) == replaced.end()) base.push_back(kv);
-  }
-  if (!std::getenv("RLHF_DIST_TIMEOUT_S")) base.push_back("RLHF_DIST_TIMEOUT_S=120");
-  const std::string n = std::to_string(ranks);
-  base.insert(base.end(), {"WORLD_SIZE=" + n, "LOCAL_WORLD_SIZE=" + n, "MASTER_ADDR=127.0.0.1",
-                           "MASTER_PORT=" + port, "OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"});
-
+  const TempFile out;
   RankProcesses procs;
-  for (int r = 0; r < ranks; ++r) {
-    std::vector<std::string> env = base;
-    env.push_back("RANK=" + std::to_string(r));
-    env.push_back("LOCAL_RANK=" + std::to_string(r));
-    procs.start(r, worker_argv, env, r == 0 ? out_fd.get() : null_fd.get());
-  }
+  for (int r = 0; r < ranks; ++r)
+    procs.start(r, worker_argv, rank_env(r, ranks, port),
+                r == 0 ? process::Redirect::file(out.path()) : process::Redirect::null());
   procs.wait_all(std::chrono::seconds(10));
 
-  const std::string line = last_line(read_file(out_path));
+  const std::string line = last_line(read_file(out.path()));
   std::map<std::string, double> result;
   try {
     const auto j = nlohmann::json::parse(line);

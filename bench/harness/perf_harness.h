@@ -67,17 +67,18 @@ bool wants_train_dp(const PerfOptions& options);
 // over Gloo on 127.0.0.1 (policy/runtime/distributed.h).
 //
 // Starts `ranks` copies of worker_argv (worker_argv[0] = the program; it must call
-// run_train_dp_worker with the caller's options and print the result as one JSON line) with
-// posix_spawn, the caller's environment plus torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
-// LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT = a free port), OMP_NUM_THREADS=1,
-// OPENBLAS_NUM_THREADS=1 and RLHF_DIST_TIMEOUT_S=120 (unless set). The workers' stderr is
-// inherited; rank 0's stdout must end with one JSON object line of numbers, which is returned. Keys
-// (N = ranks):
+// run_train_dp_worker with the caller's options and print the result as one JSON line) as child
+// processes (common/process.h), the caller's environment plus torchrun's variables (RANK,
+// WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT = a free port),
+// OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1 and RLHF_DIST_TIMEOUT_S=120 (unless set). The workers'
+// stderr is inherited; rank 0's stdout must end with one JSON object line of numbers, which is
+// returned. Keys (N = ranks):
 //   train_dpN_tokens_per_s   global tokens per second (all ranks' rows)
 //   train_dpN_step_s         seconds per timed step (rank 0)
 //   train_dpN_allreduce_s    seconds for one gradient all-reduce alone (both ranks past a barrier)
-// Throws rlhf::Error naming the rank and its exit status (or signal) when a worker fails; the
-// other rank is then killed after a grace period, so a failure never hangs the caller.
+// Throws rlhf::Error naming the rank and how it ended (process::describe_wait_status) when a
+// worker fails; the other rank is then killed after a grace period, so a failure never hangs the
+// caller. The workers are killed and reaped on every way out (an exception included).
 std::map<std::string, double> measure_train_dp(const std::vector<std::string>& worker_argv,
                                                int ranks = 2);
 

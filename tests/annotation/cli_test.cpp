@@ -1,9 +1,7 @@
 // End to end through the `rlhf` binary: the commands a person runs, with real processes.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sqlite3.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,14 +11,14 @@
 #include <thread>
 
 #include "common/files.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
 
-extern char** environ;
-
 using nlohmann::json;
+using rlhf::annotation::testing::annotate_serve_command;
+using rlhf::annotation::testing::ServerProcess;
 using rlhf::testing::rlhf_binary;
 using rlhf::testing::run_command;
-using rlhf::testing::ServeProcess;
 using rlhf::testing::TempDir;
 
 namespace {
@@ -66,7 +64,7 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
       rlhf::read_file(db) + (rlhf::file_exists(db + "-wal") ? rlhf::read_file(db + "-wal") : "");
   EXPECT_EQ(db_bytes.find(alice), std::string::npos) << "the token is stored in clear";
 
-  ServeProcess server(db, sock);
+  ServerProcess server(annotate_serve_command(db, sock), sock);
   // A second server on the live socket is refused.
   EXPECT_NE(run_command(rlhf + " annotate serve --db " + db + " --socket " + sock, &out), 0);
   EXPECT_NE(out.find("already listening"), std::string::npos) << out;

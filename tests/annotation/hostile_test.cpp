@@ -20,25 +20,22 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <future>
 #include <map>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "annotation/client.h"
 #include "annotation/frame.h"
 #include "annotation/sqlite_store.h"
 #include "tests/annotation/injected_failure.h"
-#include "tests/annotation/server_fixture.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
@@ -165,84 +162,6 @@ int flood_without_reading(int fd, const pb::Request& request, double seconds = 1
   return sent;
 }
 
-// The server as a child process: fork, optional RLIMIT_NOFILE, exec annotation_test_server.
-class ServerProcess {
- public:
-  ServerProcess(const std::vector<std::string>& args, const std::string& socket, rlim_t nofile) {
-    std::vector<std::string> all = {RLHF_TEST_SERVER};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::unlink(socket.c_str());
-    pid_ = ::fork();
-    if (pid_ == 0) {  // only async-signal-safe calls until exec
-      if (nofile) {
-        rlimit lim{nofile, nofile};
-        if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) ::_exit(126);
-      }
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    for (int i = 0; i < 1000 && ::access(socket.c_str(), F_OK) != 0 && alive(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    EXPECT_EQ(::access(socket.c_str(), F_OK), 0) << "the server did not start";
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      reap(true);
-    }
-  }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  pid_t pid() const { return pid_; }
-  bool alive() { return pid_ > 0 && !reap(false); }
-
-  // CPU seconds (user + system) used so far, also after it exited.
-  double cpu_seconds() {
-    if (pid_ <= 0) return exited_cpu_;
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::istringstream fields(text.substr(text.rfind(')') + 2));  // after "pid (comm) "
-    std::string f;
-    double ticks = 0;
-    for (int i = 3; fields >> f && i <= 15; ++i)
-      if (i == 14 || i == 15) ticks += std::stod(f);  // utime, stime
-    return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
-  }
-
-  // SIGTERM; returns the exit status, or -1 after timeout_s (then it is killed).
-  int terminate(double timeout_s) {
-    ::kill(pid_, SIGTERM);
-    auto start = Clock::now();
-    while (since(start) < timeout_s) {
-      if (reap(false)) return exit_status_;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    ::kill(pid_, SIGKILL);
-    reap(true);
-    return -1;
-  }
-
- private:
-  bool reap(bool block) {
-    int status = 0;
-    rusage ru{};
-    pid_t r = ::wait4(pid_, &status, block ? 0 : WNOHANG, &ru);
-    if (r != pid_) return false;
-    exited_cpu_ =
-        ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    pid_ = -1;
-    return true;
-  }
-  pid_t pid_ = -1;
-  int exit_status_ = -1;
-  double exited_cpu_ = 0;
-};
-
 struct Acked {
   std::string annotator;
   int64_t task_id;
@@ -296,7 +215,12 @@ class Hostile : public ::testing::Test {
   void restart_server() {
     if (server_) case_cpu_ += server_->cpu_seconds();
     server_.reset();
-    server_ = std::make_unique<ServerProcess>(args_, socket_, nofile_);
+    std::vector<std::string> command = {RLHF_TEST_SERVER};
+    command.insert(command.end(), args_.begin(), args_.end());
+    inj::ServerProcessOptions o;
+    o.max_open_files = nofile_;
+    o.kill_on_destroy = true;
+    server_ = std::make_unique<inj::ServerProcess>(command, socket_, o);
   }
 
   // A connection authenticated as annotator i.
@@ -386,7 +310,7 @@ class Hostile : public ::testing::Test {
   std::vector<Acked> acked_;
   std::vector<std::string> args_;
   rlim_t nofile_ = 0;
-  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<inj::ServerProcess> server_;
   Clock::time_point case_start_;
   double case_cpu_ = 0;
 };

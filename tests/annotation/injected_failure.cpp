@@ -12,6 +12,7 @@
 
 #include "annotation/client.h"
 #include "annotation/server.h"
+#include "tests/fixtures/annotation_server.h"
 
 namespace rlhf::annotation::testing {
 
@@ -44,28 +45,21 @@ void seed(const std::string& db, int tasks, int annotators, std::vector<std::str
   txn.commit();
 }
 
-// The Server, started with the failure injected into its connection (and no other).
-struct InjectedServer {
-  InjectedServer(const ServerOptions& o, InjectedFailure kind) {
-    g_kind = kind;
-    auto entry = reinterpret_cast<void (*)(void)>(&inject_failure);
-    sqlite3_auto_extension(entry);
-    try {
-      server = std::make_unique<Server>(o);  // opens exactly one connection
-    } catch (...) {
-      sqlite3_cancel_auto_extension(entry);
-      throw;
-    }
-    sqlite3_cancel_auto_extension(entry);
-    thread = std::thread([this] { server->run(); });
-  }
-  ~InjectedServer() {
-    server->stop();
-    thread.join();
-  }
+// A Server constructed with the failure injected into its connection (and no other).
+std::unique_ptr<Server> injected_server(const ServerOptions& o, InjectedFailure kind) {
+  g_kind = kind;
+  auto entry = reinterpret_cast<void (*)(void)>(&inject_failure);
+  sqlite3_auto_extension(entry);
   std::unique_ptr<Server> server;
-  std::thread thread;
-};
+  try {
+    server = std::make_unique<Server>(o);  // opens exactly one connection
+  } catch (...) {
+    sqlite3_cancel_auto_extension(entry);
+    throw;
+  }
+  sqlite3_cancel_auto_extension(entry);
+  return server;
+}
 
 using Key = std::tuple<int64_t, std::string, bool>;  // task, annotator, skipped
 
@@ -188,7 +182,7 @@ InjectedFailureReport run_injected_failure_case(const std::string& dir, Injected
   InjectedFailureReport report;
   std::set<Key> acked;
   {
-    InjectedServer server(o, kind);
+    RunningServer server(injected_server(o, kind));
     std::vector<Annotator> team(annotators);
     for (int i = 0; i < annotators; ++i) {
       team[i].conn = std::make_unique<Connection>(o.socket_path);

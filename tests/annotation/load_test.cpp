@@ -2,13 +2,12 @@
 // server process restarted under load.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -16,9 +15,9 @@
 #include "annotation/server.h"
 #include "annotation/simulator.h"
 #include "common/files.h"
+#include "common/process.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
-
-extern char** environ;
 
 namespace ann = rlhf::annotation;
 using rlhf::testing::TempDir;
@@ -114,17 +113,15 @@ void check_store(const std::string& db, const std::vector<Ack>& acks) {
   EXPECT_EQ(store.ranking_count(), kTasks * kOverlap);
 }
 
-pid_t spawn_server(const std::string& db, const std::string& socket) {
-  std::string bin = RLHF_TEST_SERVER;
-  std::vector<std::string> args = {bin, "--db", db, "--socket", socket};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  EXPECT_EQ(posix_spawn(&pid, bin.c_str(), nullptr, nullptr, argv.data(), environ), 0);
-  for (int i = 0; i < 500 && !rlhf::file_exists(socket); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  return pid;
+// annotation_test_server on `socket`; `replace_stale`: a socket file left there is the server's
+// to replace (the wait for the socket then ends at once, and the clients retry).
+std::unique_ptr<ann::testing::ServerProcess> spawn_server(const std::string& db,
+                                                          const std::string& socket,
+                                                          bool replace_stale = false) {
+  ann::testing::ServerProcessOptions o;
+  o.remove_stale_socket = !replace_stale;
+  return std::make_unique<ann::testing::ServerProcess>(
+      std::vector<std::string>{RLHF_TEST_SERVER, "--db", db, "--socket", socket}, socket, o);
 }
 
 }  // namespace
@@ -133,23 +130,17 @@ TEST(Load, SixteenAnnotatorsTwoThousandRankingsOverlapTwo) {
   TempDir dir("load");
   std::string db = dir / "a.db", socket = dir / "s.sock";
   auto tokens = seed(db);
-  ann::ServerOptions o;
-  o.db_path = db;
-  o.socket_path = socket;
-  o.handle_signals = false;
+  ann::ServerOptions o = ann::testing::test_server_options(dir);
   std::vector<Ack> acks;
   ann::GroupCommitStats stats;
   double seconds;
   {
-    ann::Server server(o);
-    std::thread th([&] { server.run(); });
+    ann::testing::RunningServer rs(o);
     std::atomic<int64_t> count{0};
     auto t0 = std::chrono::steady_clock::now();
     acks = run_simulators(socket, tokens, &count);
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    stats = server.stats();
-    server.stop();
-    th.join();
+    stats = rs.server.stats();
   }
   EXPECT_EQ(static_cast<int>(acks.size()), kTasks * kOverlap);
   check_store(db, acks);
@@ -164,8 +155,8 @@ TEST(Durability, SigkillDuringLoadLosesNoAcknowledgedRanking) {
   TempDir dir("dur");
   std::string db = dir / "a.db", socket = dir / "s.sock";
   auto tokens = seed(db);
-  pid_t pid = spawn_server(db, socket);
-  ASSERT_GT(pid, 0);
+  auto server = spawn_server(db, socket);
+  ASSERT_TRUE(server->alive());
   std::atomic<int64_t> count{0};
   std::vector<Ack> acks;
   std::thread clients([&] { acks = run_simulators(socket, tokens, &count); });
@@ -173,17 +164,14 @@ TEST(Durability, SigkillDuringLoadLosesNoAcknowledgedRanking) {
   for (int i = 0; i < 3000 && count < kTasks * kOverlap / 4; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   int64_t at_kill = count;
-  ASSERT_EQ(::kill(pid, SIGKILL), 0);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFSIGNALED(status));
+  const rlhf::process::ExitStatus killed = server->kill();
+  ASSERT_EQ(killed.signal(), SIGKILL) << killed.describe();
   EXPECT_TRUE(rlhf::file_exists(socket));  // the stale socket file stays behind
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  pid = spawn_server(db, socket);  // replaces the stale socket; clients reconnect and resume
+  // Replaces the stale socket; clients reconnect and resume.
+  server = spawn_server(db, socket, /*replace_stale=*/true);
   clients.join();
-  ASSERT_EQ(::kill(pid, SIGTERM), 0);
-  ::waitpid(pid, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(server->stop(), 0);
   EXPECT_FALSE(rlhf::file_exists(socket));
   EXPECT_GT(at_kill, 0);
   EXPECT_LT(at_kill, kTasks * kOverlap);

@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -19,7 +18,8 @@
 #include "annotation/client.h"
 #include "annotation/server.h"
 #include "common/files.h"
-#include "tests/annotation/server_fixture.h"
+#include "common/process.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
@@ -63,14 +63,10 @@ unsigned mode_of(const std::string& path) {
 // Runs `body` in a child process with uid and gid `uid`; returns its exit code.
 template <typename F>
 int as_other_user(uid_t uid, F body) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    if (::setgid(uid) != 0 || ::setuid(uid) != 0) ::_exit(90);
-    ::_exit(body());
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+  return rlhf::testing::run_in_child([&] {
+    if (::setgid(uid) != 0 || ::setuid(uid) != 0) return 90;
+    return body();
+  });
 }
 
 }  // namespace
@@ -228,26 +224,25 @@ TEST(LocalSocket, ProcessesOfAnotherUidAreRefusedByTheServerAndRefuseIt) {
   std::string theirs = dir / "theirs.sock";
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    if (::setgid(kNobody) != 0 || ::setuid(kNobody) != 0) ::_exit(90);
+  rlhf::process::Child listener = rlhf::process::Child::fork_call([&] {
+    if (::setgid(kNobody) != 0 || ::setuid(kNobody) != 0) return 90;
     int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, theirs.c_str(), sizeof(addr.sun_path) - 1);
     if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 4) != 0)
-      ::_exit(91);
+      return 91;
     ::chmod(theirs.c_str(), 0777);
     (void)!::write(ready[1], "r", 1);
     ::pause();
-    ::_exit(0);
-  }
+    return 0;
+  });
   char r;
   ASSERT_EQ(::read(ready[0], &r, 1), 1);
   EXPECT_THROW(ann::Connection c(theirs), ann::WrongServerUser);
   EXPECT_NO_THROW(ann::Connection c(theirs, kNobody));  // told to accept that uid
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
+  listener.signal(SIGKILL);
+  listener.wait();
   ::close(ready[0]);
   ::close(ready[1]);
 }

@@ -16,7 +16,7 @@
 #include "annotation/frame.h"
 #include "common/error.h"
 #include "common/files.h"
-#include "tests/annotation/server_fixture.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
@@ -203,15 +203,13 @@ TEST(Server, GracefulStopFinishesAndRemovesTheSocket) {
   TempDir dir("srv");
   auto o = test_server_options(dir);
   auto tokens = seed_store(o.db_path, 10, 1, 1);
-  ann::Server server(o);
-  std::thread th([&] { server.run(); });
+  RunningServer rs(o);
   ann::Connection c(o.socket_path);
   ASSERT_TRUE(c.call(hello_request(tokens[0])).has_hello());
   pb::Response t = c.call(get_task());
   ASSERT_TRUE(t.has_task());
   c.send(submit(t.task().task_id(), {{0}, {1}, {2}}));  // in flight while we stop
-  server.stop();
-  th.join();  // run() returned
+  rs.stop();                                            // run() returned
   EXPECT_FALSE(rlhf::file_exists(o.socket_path));
   // The in-flight submission was either answered (and then stored) or never acknowledged.
   bool acked = false;

@@ -12,6 +12,7 @@
 #include "annotation/client.h"
 #include "annotation/server.h"
 #include "tests/annotation/injected_failure.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;
@@ -43,10 +44,7 @@ TEST(BatchFailure, ARollbackInTheMiddleOfABatchAbortsItAndNothingAnsweredFailedI
 
 TEST(StoreThread, RequestsBeforeHelloNeverReachIt) {
   TempDir dir("prehello");
-  ann::ServerOptions o;
-  o.db_path = dir / "a.db";
-  o.socket_path = dir / "s.sock";
-  o.handle_signals = false;
+  ann::ServerOptions o = t::test_server_options(dir);
   std::string token;
   {
     ann::Store store(o.db_path);
@@ -55,8 +53,8 @@ TEST(StoreThread, RequestsBeforeHelloNeverReachIt) {
     token = store.add_annotator("a", "annotator");
     txn.commit();
   }
-  ann::Server server(o);
-  std::thread thread([&] { server.run(); });
+  t::RunningServer rs(o);
+  ann::Server& server = rs.server;
   {
     ann::Connection c(o.socket_path);
     for (int i = 0; i < 50; ++i) {
@@ -82,6 +80,4 @@ TEST(StoreThread, RequestsBeforeHelloNeverReachIt) {
     EXPECT_TRUE(c.call(get).has_task());
     EXPECT_EQ(server.stats().requests, 2);
   }
-  server.stop();
-  thread.join();
 }

@@ -12,7 +12,7 @@
 #include "annotation/sqlite_store.h"
 #include "annotation/web_server.h"
 #include "common/error.h"
-#include "tests/annotation/server_fixture.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
 
 namespace ann = rlhf::annotation;

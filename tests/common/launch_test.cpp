@@ -1,19 +1,22 @@
 // rlhf launch: flag parsing, rank environments and output prefixing as pure functions, then the
-// launcher itself with real child processes (needs the built rlhf executable).
+// launcher itself with real child processes (needs the built rlhf executable). The environment
+// merge and the wait-status description are common/process.h's (process_test.cpp).
 #include "common/launch.h"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
+#include <signal.h>
 
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/process.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -115,12 +118,6 @@ TEST(LaunchEnvironment, SecondNodeOfTwoGetsRanksTwoAndThree) {
   EXPECT_EQ(r1["RLHF_LAUNCHED"], "1");
 }
 
-TEST(LaunchEnvironment, MergeReplacesExistingNamesAndAppendsNewOnes) {
-  auto env = rlhf::launch::merge_environment({"PATH=/bin", "RANK=7", "RANKS=x"},
-                                             {{"RANK", "0"}, {"WORLD_SIZE", "2"}});
-  EXPECT_EQ(env, (std::vector<std::string>{"PATH=/bin", "RANK=0", "RANKS=x", "WORLD_SIZE=2"}));
-}
-
 TEST(LaunchProgram, ResolvesRlhfToThisExecutableAndOthersThroughPath) {
   EXPECT_EQ(rlhf::launch::resolve_program("rlhf", ""),
             std::filesystem::read_symlink("/proc/self/exe").string());
@@ -156,13 +153,6 @@ TEST(RankOutputFilter, RankZeroRedrawsArePrefixedAndWrittenAtOnce) {
   EXPECT_EQ(f.feed("next\n"), "[rank 0] next\n");
   EXPECT_EQ(f.feed("\rhalf"), "[rank 0] half");
   EXPECT_EQ(f.finish(), "\n");
-}
-
-TEST(WaitStatus, DescribesExitsAndSignals) {
-  EXPECT_EQ(rlhf::launch::describe_wait_status(3 << 8), "exited with status 3");
-  EXPECT_EQ(rlhf::launch::exit_code_of(3 << 8), 3);
-  EXPECT_EQ(rlhf::launch::describe_wait_status(SIGKILL), "was killed by signal 9 (SIGKILL)");
-  EXPECT_EQ(rlhf::launch::exit_code_of(SIGKILL), 137);
 }
 
 // `rlhf launch ARGS` through the shell, stdout and stderr merged; returns the exit code.
@@ -266,27 +256,20 @@ TEST_F(LaunchProcess, SigtermIsForwardedToEveryRank) {
   rlhf::testing::TempDir dir("launch");
   const std::string script = "trap 'echo $RANK > " + dir.path() + "/term_$RANK; exit 0' TERM; " +
                              "echo > " + dir.path() + "/ready_$RANK; sleep 60 & wait";
-  std::vector<std::string> args = {rlhf_binary(), "launch", "--nproc-per-node", "2", "--", "sh",
-                                   "-c",          script};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  ASSERT_EQ(posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ), 0);
+  rlhf::process::Options o;
+  o.argv = {rlhf_binary(), "launch", "--nproc-per-node", "2", "--", "sh", "-c", script};
+  rlhf::process::Child launcher = rlhf::process::Child::start(o);
   auto ready = [&] {
     return rlhf::file_exists(dir / "ready_0") && rlhf::file_exists(dir / "ready_1");
   };
   for (int i = 0; i < 2000 && !ready(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(ready()) << "the ranks did not start within 20 s";
-  ::kill(pid, SIGTERM);
-  int status = 0;
-  auto start = Clock::now();
-  while (::waitpid(pid, &status, WNOHANG) == 0 && seconds_since(start) < 10)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (seconds_since(start) >= 10) ::kill(pid, SIGKILL);
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  launcher.signal(SIGTERM);
+  std::optional<rlhf::process::ExitStatus> status = launcher.wait_for(10);
+  ASSERT_TRUE(status.has_value()) << "the launcher still ran 10 s after SIGTERM";
+  ASSERT_TRUE(status->exited()) << status->describe();
+  EXPECT_EQ(status->code(), 128 + SIGTERM);
   EXPECT_TRUE(rlhf::file_exists(dir / "term_0"));
   EXPECT_TRUE(rlhf::file_exists(dir / "term_1"));
 }

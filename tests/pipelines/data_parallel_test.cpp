@@ -4,8 +4,6 @@
 // launchers, one rank each) train as one 2-rank job.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +18,7 @@
 #include <vector>
 
 #include "common/files.h"
+#include "common/process.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -276,16 +275,13 @@ TEST(DataParallel, KilledRankStopsEveryRankAndIsNamed) {
   const std::string cmd = rlhf_binary() + " launch --nproc-per-node 2 --master-port " +
                           std::to_string(29900 + getpid() % 90) + " -- rlhf sft --config " + cfg +
                           " --out " + (d / "out") + " > " + log + " 2>&1";
-  std::vector<std::string> args = {"/bin/sh", "-c", "exec " + cmd};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t launcher = -1;
-  ASSERT_EQ(posix_spawn(&launcher, "/bin/sh", nullptr, nullptr, argv.data(), environ), 0);
+  rlhf::process::Options o;
+  o.argv = {"/bin/sh", "-c", "exec " + cmd};
+  rlhf::process::Child launcher = rlhf::process::Child::start(o);
   // Wait until both ranks train (rank 0 has written metrics).
   std::vector<pid_t> ranks;
   for (int i = 0; i < 600; ++i) {
-    ranks = children_of(launcher);
+    ranks = children_of(launcher.pid());
     if (ranks.size() == 2 && std::filesystem::exists(d / "out/metrics.jsonl")) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -296,12 +292,11 @@ TEST(DataParallel, KilledRankStopsEveryRankAndIsNamed) {
   ASSERT_GT(rank1, 0);
   const auto t0 = std::chrono::steady_clock::now();
   ::kill(rank1, SIGKILL);
-  int status = 0;
-  ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
+  const rlhf::process::ExitStatus status = launcher.wait();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(s, 30.0);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_NE(WEXITSTATUS(status), 0);
+  ASSERT_TRUE(status.exited()) << status.describe();
+  EXPECT_NE(status.code(), 0);
   for (pid_t p : ranks) EXPECT_NE(::kill(p, 0), 0) << "rank pid " << p << " still runs";
   const std::string text = rlhf::read_file(log);
   EXPECT_NE(text.find("rank 1"), std::string::npos) << text;

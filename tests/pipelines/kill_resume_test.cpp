@@ -4,11 +4,8 @@
 // are compared with those of a straight run of the same config. This exercises the one resume
 // rule (policy/training/training.h) of the sft, reward and ppo trainers through their commands, and
 // the pipeline's own rerun of an interrupted stage.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <chrono>
 #include <filesystem>
@@ -17,6 +14,7 @@
 #include <thread>
 
 #include "common/files.h"
+#include "common/process.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -42,33 +40,22 @@ ppo { iterations: 4 batch_size: 8 minibatch_size: 4 ppo_epochs: 1 max_new_tokens
 // the group. Returns true when the kill hit a running pipeline (false: it finished first).
 bool run_and_kill_when(const std::string& config, const std::string& run_dir,
                        const std::function<bool()>& ready) {
-  std::vector<std::string> args = {rlhf_binary(), "pipeline", "run", config, "--run-dir", run_dir};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawn_file_actions_t files;
-  posix_spawn_file_actions_init(&files);
-  posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid = -1;
-  EXPECT_EQ(posix_spawn(&pid, args[0].c_str(), &files, &attr, argv.data(), environ), 0);
-  posix_spawnattr_destroy(&attr);
-  posix_spawn_file_actions_destroy(&files);
-  int status = 0;
+  rlhf::process::Options o;
+  o.argv = {rlhf_binary(), "pipeline", "run", config, "--run-dir", run_dir};
+  o.stdout_redirect = rlhf::process::Redirect::null();
+  o.stderr_redirect = rlhf::process::Redirect::null();
+  o.own_process_group = true;
+  rlhf::process::Child pipeline = rlhf::process::Child::start(o);
   while (true) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) return false;  // finished before the trigger
+    if (!pipeline.running()) return false;  // finished before the trigger
     if (ready()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ::kill(-pid, SIGKILL);
-  ::waitpid(pid, &status, 0);
+  pipeline.signal(SIGKILL);  // the whole group
+  const rlhf::process::ExitStatus status = pipeline.wait();
   // Let the group's other members (stage child, server, annotators) go too.
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+  return status.signal() == SIGKILL;
 }
 
 bool exists(const std::string& p) { return std::filesystem::exists(p); }

@@ -5,13 +5,15 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <string>
 #include <thread>
+#include <utility>
+
+#include "common/process.h"
 
 namespace {
 
@@ -25,34 +27,32 @@ bool alive(pid_t pid) {
 
 // Forks a parent that starts `sleep 300` as a BackgroundChild, reports the sleeper's pid through
 // a pipe and waits; returns {parent, sleeper}.
-std::pair<pid_t, pid_t> parent_with_background_sleeper() {
+std::pair<rlhf::process::Child, pid_t> parent_with_background_sleeper() {
   int fds[2];
-  if (::pipe(fds) != 0) return {-1, -1};
-  pid_t parent = ::fork();
-  if (parent == 0) {
+  if (::pipe(fds) != 0) return {rlhf::process::Child(), -1};
+  rlhf::process::Child parent = rlhf::process::Child::fork_call([&] {
     ::close(fds[0]);
     rlhf::pipelines::BackgroundChild sleeper({"/bin/sleep", "300"});
     pid_t pid = sleeper.pid();
-    if (::write(fds[1], &pid, sizeof(pid)) != sizeof(pid)) ::_exit(1);
+    if (::write(fds[1], &pid, sizeof(pid)) != sizeof(pid)) return 1;
     for (;;) ::pause();
-  }
+  });
   ::close(fds[1]);
   pid_t sleeper = -1;
   if (::read(fds[0], &sleeper, sizeof(sleeper)) != sizeof(sleeper)) sleeper = -1;
   ::close(fds[0]);
-  return {parent, sleeper};
+  return {std::move(parent), sleeper};
 }
 
 }  // namespace
 
 TEST(BackgroundChild, DiesWhenItsParentIsKilled) {
   auto [parent, sleeper] = parent_with_background_sleeper();
-  ASSERT_GT(parent, 0);
+  ASSERT_GT(parent.pid(), 0);
   ASSERT_GT(sleeper, 0);
   EXPECT_TRUE(alive(sleeper));
-  ::kill(parent, SIGKILL);  // no destructor runs
-  int status = 0;
-  ::waitpid(parent, &status, 0);
+  parent.signal(SIGKILL);  // no destructor runs
+  parent.wait();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (alive(sleeper) && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

@@ -2,8 +2,6 @@
 // `rlhf annotate simulate` over a real socket, and `rlhf report RUN_DIR`.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,15 +12,15 @@
 
 #include "common/files.h"
 #include "pipelines/quickstart_task.h"
+#include "tests/fixtures/annotation_server.h"
 #include "tests/test_support.h"
-
-extern char** environ;
 
 namespace q = rlhf::quickstart;
 using nlohmann::json;
+using rlhf::annotation::testing::annotate_serve_command;
+using rlhf::annotation::testing::ServerProcess;
 using rlhf::testing::rlhf_binary;
 using rlhf::testing::run_command;
-using rlhf::testing::ServeProcess;
 using rlhf::testing::TempDir;
 
 namespace {
@@ -90,7 +88,7 @@ TEST(TaskCli, SimulatedAnnotatorRanksWithTheArithmeticTeacher) {
       << out;
   std::string token = lines_of(out).back();
   {
-    ServeProcess server(db, sock);
+    ServerProcess server(annotate_serve_command(db, sock), sock);
     ASSERT_EQ(run_command(rlhf + " annotate simulate --socket " + sock + " --token " + token +
                               " --teacher arithmetic --seed 1",
                           &out),

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/model/safetensors.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {
@@ -19,22 +20,14 @@ namespace {
 namespace fs = std::filesystem;
 using rlhf::testing::TempDir;
 
-ModelConfig tiny_config(bool tied = false) {
-  ModelConfig c;
-  c.vocab_size = 48;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.hidden_dim = 40;
-  c.max_seq_len = 64;
-  c.tie_embeddings = tied;
-  return c;
-}
-
+// The tiny model (tests/fixtures/tiny_model.h) with vocab 48 and a SwiGLU size off the rule (40).
 Transformer tiny_model(bool tied = false, uint64_t seed = 1) {
+  ModelConfig c = testing::tiny_config();
+  c.vocab_size = 48;
+  c.hidden_dim = 40;
+  c.tie_embeddings = tied;
   torch::manual_seed(seed);
-  Transformer m(tiny_config(tied));
+  Transformer m(c);
   init_weights(m);
   torch::NoGradGuard g;
   for (auto& p : m->parameters())

@@ -11,6 +11,7 @@
 #include "policy/decoding/generation.h"
 #include "policy/ppo/ppo_config.h"
 #include "policy/training/sft_config.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {
@@ -102,16 +103,10 @@ TEST(DeviceOptions, AutocastScopeIsScopedAndNests) {
   EXPECT_EQ(lin->weight.scalar_type(), torch::kFloat);  // master weights untouched
 }
 
+// The tiny model (tests/fixtures/tiny_model.h) twice as wide (d 64).
 ModelConfig small_config() {
-  ModelConfig c;
-  c.vocab_size = 64;
+  ModelConfig c = testing::tiny_config();
   c.dim = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 64;
-  c.eos_id = 2;
-  c.pad_id = 0;
   return c;
 }
 

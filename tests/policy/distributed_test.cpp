@@ -4,10 +4,6 @@
 #include "policy/runtime/distributed.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -19,6 +15,8 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/launch.h"
+#include "common/process.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy::dist {
@@ -93,45 +91,28 @@ TEST(Comm, AloneReturnsInputs) {
 
 // ---- two real ranks ---------------------------------------------------------------------------
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+int free_port() { return rlhf::launch::free_loopback_port(); }
+
+// Starts this binary as rank `rank` of 2 running DistributedWorker.<mode>, with only the
+// variables below as its environment.
+rlhf::process::Child spawn_worker(int rank, int port, const std::string& mode,
+                                  const std::string& out) {
+  rlhf::process::Options o;
+  o.argv = {"/proc/self/exe", "--gtest_filter=DistributedWorker." + mode};
+  o.clear_env = true;
+  o.env = {{"WORLD_SIZE", "2"},
+           {"RANK", std::to_string(rank)},
+           {"LOCAL_RANK", std::to_string(rank)},
+           {"LOCAL_WORLD_SIZE", "2"},
+           {"MASTER_ADDR", "127.0.0.1"},
+           {"MASTER_PORT", std::to_string(port)},
+           {"RLHF_DIST_TIMEOUT_S", "20"},
+           {"OMP_NUM_THREADS", "1"},
+           {"RLHF_DIST_WORKER_OUT", out}};
+  return rlhf::process::Child::start(o);
 }
 
-// Starts this binary as rank `rank` of 2 running DistributedWorker.<mode>.
-pid_t spawn_worker(int rank, int port, const std::string& mode, const std::string& out) {
-  std::vector<std::string> args = {"/proc/self/exe", "--gtest_filter=DistributedWorker." + mode};
-  std::vector<std::string> env = {"WORLD_SIZE=2",
-                                  "RANK=" + std::to_string(rank),
-                                  "LOCAL_RANK=" + std::to_string(rank),
-                                  "LOCAL_WORLD_SIZE=2",
-                                  "MASTER_ADDR=127.0.0.1",
-                                  "MASTER_PORT=" + std::to_string(port),
-                                  "RLHF_DIST_TIMEOUT_S=20",
-                                  "OMP_NUM_THREADS=1",
-                                  "RLHF_DIST_WORKER_OUT=" + out};
-  std::vector<char*> argv, envp;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  pid_t pid = -1;
-  EXPECT_EQ(posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), envp.data()), 0);
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+int wait_exit(rlhf::process::Child& child) { return child.wait().code(); }
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
@@ -143,8 +124,8 @@ std::string slurp(const std::string& path) {
 TEST(Comm, TwoRanksSumGatherAndBucketGradients) {
   rlhf::testing::TempDir dir("dist");
   const int port = free_port();
-  pid_t a = spawn_worker(0, port, "Collectives", dir / "r0.txt");
-  pid_t b = spawn_worker(1, port, "Collectives", dir / "r1.txt");
+  auto a = spawn_worker(0, port, "Collectives", dir / "r0.txt");
+  auto b = spawn_worker(1, port, "Collectives", dir / "r1.txt");
   EXPECT_EQ(wait_exit(a), 0);
   EXPECT_EQ(wait_exit(b), 0);
   for (const char* f : {"r0.txt", "r1.txt"}) {
@@ -161,8 +142,8 @@ TEST(Comm, DeadRankFailsItsPeerQuickly) {
   rlhf::testing::TempDir dir("dist");
   const int port = free_port();
   const auto t0 = std::chrono::steady_clock::now();
-  pid_t a = spawn_worker(0, port, "DieOnRankOne", dir / "r0.txt");
-  pid_t b = spawn_worker(1, port, "DieOnRankOne", dir / "r1.txt");
+  auto a = spawn_worker(0, port, "DieOnRankOne", dir / "r0.txt");
+  auto b = spawn_worker(1, port, "DieOnRankOne", dir / "r1.txt");
   const int rb = wait_exit(b);
   const int ra = wait_exit(a);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

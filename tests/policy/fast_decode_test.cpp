@@ -17,22 +17,22 @@
 #include "policy/model/fused_ops.h"
 #include "policy/model/lora.h"
 #include "policy/model/model.h"
-#include "tests/policy/model_fixtures.h"
+#include "tests/fixtures/tiny_model.h"
 
 namespace rlhf::policy {
 namespace {
 
 namespace k = kernels;
 
+// The tiny model (tests/fixtures/tiny_model.h) with vocab 96, SwiGLU size 40 and the given
+// width, heads and kv heads.
 ModelConfig config(int n_kv_heads, bool tied, int dim = 32, int heads = 4) {
-  ModelConfig c;
+  ModelConfig c = testing::tiny_config();
   c.vocab_size = 96;
   c.dim = dim;
-  c.n_layers = 2;
   c.n_heads = heads;
   c.n_kv_heads = n_kv_heads;
   c.hidden_dim = 40;
-  c.max_seq_len = 64;
   c.tie_embeddings = tied;
   return c;
 }

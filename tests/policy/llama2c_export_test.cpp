@@ -13,7 +13,7 @@
 #include "bench/harness/perf_harness.h"
 #include "common/error.h"
 #include "common/files.h"
-#include "tests/policy/model_fixtures.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 namespace {

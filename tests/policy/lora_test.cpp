@@ -9,7 +9,7 @@
 #include "common/files.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/model.h"
-#include "tests/policy/model_fixtures.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {

@@ -7,24 +7,19 @@
 #include "policy/decoding/generation.h"
 #include "policy/model/logprobs.h"
 #include "policy/runtime/device.h"
-#include "tests/policy/model_fixtures.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {
 namespace {
 
+// The tiny model (tests/fixtures/tiny_model.h) with 128 positions, SwiGLU size 48 and the given
+// kv heads and tying.
 ModelConfig small_config(int n_kv_heads = 2, bool tied = false) {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
+  ModelConfig c = testing::tiny_config(128);
   c.n_kv_heads = n_kv_heads;
   c.hidden_dim = 48;
-  c.max_seq_len = 128;
   c.tie_embeddings = tied;
-  c.eos_id = 2;
-  c.pad_id = 0;
   return c;
 }
 

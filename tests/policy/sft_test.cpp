@@ -14,7 +14,7 @@
 #include "policy/model/lora.h"
 #include "policy/training/lr_schedule.h"
 #include "policy/training/sft_trainer.h"
-#include "tests/policy/sft_fixtures.h"
+#include "tests/fixtures/sft_data.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {

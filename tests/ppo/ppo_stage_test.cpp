@@ -18,20 +18,20 @@
 #include "policy/ppo/rollout_file.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "reward/reward_model.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 using namespace rlhf;
 using rlhf::testing::TempDir;
 
 namespace {
+// The tiny model (tests/fixtures/tiny_model.h) with one layer, full attention heads, 96
+// positions and the tokenizer's vocabulary and special ids.
 policy::ModelConfig tiny(int vocab, const policy::Tokenizer& tok) {
-  policy::ModelConfig c;
+  policy::ModelConfig c = policy::testing::tiny_config(96);
   c.vocab_size = vocab;
-  c.dim = 32;
   c.n_layers = 1;
-  c.n_heads = 4;
   c.n_kv_heads = 4;
-  c.max_seq_len = 96;
   c.bos_id = tok.bos_id();
   c.eos_id = tok.eos_id();
   c.pad_id = tok.pad_id() >= 0 ? tok.pad_id() : 0;

@@ -18,6 +18,7 @@
 #include "policy/ppo/rollout_file.h"
 #include "policy/tokenizer/prompt_format.h"
 #include "policy/training/training.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 using namespace rlhf;
@@ -27,24 +28,17 @@ namespace {
 
 constexpr int64_t kTarget = 7;  // the token the teacher rewards
 
-policy::ModelConfig tiny_config() {
-  policy::ModelConfig c;
+// The tiny model (tests/fixtures/tiny_model.h) over the toy task's 16 tokens.
+policy::ModelConfig toy_model_config() {
+  policy::ModelConfig c = policy::testing::tiny_config();
   c.vocab_size = 16;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.max_seq_len = 64;
-  c.bos_id = 1;
-  c.eos_id = 2;
-  c.pad_id = 0;
   return c;
 }
 
 policy::PpoModels make_models(uint64_t seed) {
   torch::manual_seed(seed);
   policy::PpoModels m;
-  m.policy = policy::Transformer(tiny_config());
+  m.policy = policy::Transformer(toy_model_config());
   policy::init_weights(m.policy);
   m.reference = policy::clone_model(m.policy);
   m.critic = policy::clone_model(m.policy);
@@ -306,7 +300,7 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
 
   // The checkpoint's base weights (policy.pt, what a resume loads before the adapters) are
   // bit-identical to the start: nothing but the adapters trained.
-  policy::Transformer saved_base(tiny_config());
+  policy::Transformer saved_base(toy_model_config());
   policy::training::load_tensors(policy::training::module_tensors(*saved_base), ck + "/policy.pt");
   for (auto& [name, t] : snapshot(saved_base))
     EXPECT_TRUE(torch::equal(t, base.at(name))) << name << " changed in the frozen base";
@@ -323,7 +317,7 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
     else
       EXPECT_TRUE(torch::equal(t, base.at(name))) << name;
   }
-  EXPECT_EQ(moved, 2 * tiny_config().n_layers);
+  EXPECT_EQ(moved, 2 * toy_model_config().n_layers);
 
   // Saved as a plain checkpoint, it loads and computes the same logits; the checkpoint's
   // policy/ folder is the same merged model.

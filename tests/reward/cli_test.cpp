@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "policy/tokenizer/tokenizer.h"
-#include "tests/reward/synthetic.h"
+#include "tests/fixtures/preference_data.h"
 #include "tests/test_support.h"
 
 namespace rlhf::reward {

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "policy/model/model.h"
-#include "tests/policy/model_fixtures.h"
+#include "tests/fixtures/tiny_model.h"
 
 namespace rlhf::reward {
 namespace {

@@ -22,7 +22,8 @@
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
-#include "tests/reward/synthetic.h"
+#include "tests/fixtures/preference_data.h"
+#include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
 namespace rlhf::reward {
@@ -171,12 +172,8 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
 TEST_F(SyntheticTraining, LoraTrainsOnlyAdaptersAndHead) {
   // A base checkpoint to start from (random init, same architecture as config()).
   auto tok = policy::Tokenizer::load(*tokenizer_);
-  policy::ModelConfig mc;
+  policy::ModelConfig mc = policy::testing::tiny_config();  // tests/fixtures/tiny_model.h
   mc.dim = 48;
-  mc.n_layers = 2;
-  mc.n_heads = 4;
-  mc.n_kv_heads = 2;
-  mc.max_seq_len = 64;
   mc.vocab_size = tok.vocab_size();
   mc.bos_id = tok.bos_id();
   mc.eos_id = tok.eos_id();
