@@ -29,7 +29,7 @@ int run_train(const Args& a) {
   if (auto v = a.get_opt("device")) cfg.set_device(*v);
   if (auto v = a.get_opt("dtype")) cfg.set_dtype(*v);
   if (a.has("steps")) cfg.set_steps(a.get_int("steps"));
-  if (a.has("lr")) cfg.set_lr(static_cast<float>(a.get_double("lr")));
+  if (a.has("lr")) cfg.mutable_optimizer()->set_lr(a.get_double("lr"));
   if (a.has("batch-pairs")) cfg.set_batch_pairs(static_cast<int32_t>(a.get_int("batch-pairs")));
   if (a.has("eval-every")) cfg.set_eval_every(a.get_int("eval-every"));
   if (a.has("seed")) cfg.set_seed(static_cast<uint64_t>(a.get_int("seed")));
@@ -112,7 +112,7 @@ rlhf::cli::Register reg_train(
       {"device", "cpu | cuda | cuda:N (overrides device)"},
       {"dtype", "fp32 | bf16 (overrides dtype; bf16 = autocast, fp32 master weights)"},
       {"steps", "optimizer steps (overrides steps)"},
-      {"lr", "peak learning rate (overrides lr)"},
+      {"lr", "peak learning rate (overrides optimizer.lr)"},
       {"batch-pairs", "comparisons per batch (overrides batch_pairs)"},
       {"eval-every", "steps between held-out evaluations (overrides eval_every)"},
       {"seed", "seed (overrides seed)"},

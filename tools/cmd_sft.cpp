@@ -28,7 +28,7 @@ int run_sft(const Args& a) {
   if (auto v = a.get_opt("dtype")) cfg.set_dtype(*v);
   if (a.has("steps")) cfg.set_steps(a.get_int("steps"));
   if (a.has("epochs")) cfg.set_epochs(static_cast<float>(a.get_double("epochs")));
-  if (a.has("lr")) cfg.set_lr(static_cast<float>(a.get_double("lr")));
+  if (a.has("lr")) cfg.mutable_optimizer()->set_lr(a.get_double("lr"));
   if (a.has("batch-size")) cfg.set_batch_size(static_cast<int32_t>(a.get_int("batch-size")));
   if (a.has("grad-accum")) cfg.set_grad_accum(static_cast<int32_t>(a.get_int("grad-accum")));
   if (a.has("seq-len")) cfg.set_seq_len(static_cast<int32_t>(a.get_int("seq-len")));
@@ -97,7 +97,7 @@ rlhf::cli::Register reg_sft(
       {"dtype", "fp32 | bf16 (overrides dtype; bf16 = autocast, fp32 master weights)"},
       {"steps", "optimizer steps (overrides steps)"},
       {"epochs", "passes over the data when steps is 0 (overrides epochs)"},
-      {"lr", "peak learning rate (overrides lr)"},
+      {"lr", "peak learning rate (overrides optimizer.lr)"},
       {"batch-size", "rows per micro-batch (overrides batch_size)"},
       {"grad-accum", "micro-batches per step (overrides grad_accum)"},
       {"seq-len", "tokens per row (overrides seq_len)"},
