@@ -55,7 +55,7 @@ std::vector<ParamGroup> param_groups(const NamedTensors& params, double weight_d
   ParamGroup embedding{{}, weight_decay, embedding_lr_scale};
   const bool own_embedding_group = embedding_lr_scale != 1.0;
   for (const auto& [name, p] : params) {
-    if (own_embedding_group && name.find("tok_embeddings") != std::string::npos)
+    if (own_embedding_group && name.find("embed_tokens") != std::string::npos)
       embedding.params.push_back(p);
     else
       (p.dim() >= 2 ? decay : no_decay).params.push_back(p);

@@ -81,8 +81,9 @@ struct ParamGroup {
 
 // Groups as in GPT-2/nanoGPT/LLaMA: "decay" (>= 2 dims: matrices, embeddings) at weight_decay,
 // "no_decay" (< 2 dims: norms, biases) without, and, when embedding_lr_scale != 1, "embedding"
-// (names containing "tok_embeddings") with decay at lr * embedding_lr_scale. Empty groups are
-// left out; parameter order is kept within a group.
+// (names containing "embed_tokens": the token embeddings, also the output head when tied) with
+// decay at lr * embedding_lr_scale. Empty groups are left out; parameter order is kept within a
+// group.
 std::vector<ParamGroup> param_groups(const NamedTensors& params, double weight_decay,
                                      double embedding_lr_scale = 1.0);
 
