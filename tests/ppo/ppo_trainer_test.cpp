@@ -611,9 +611,7 @@ TEST(PpoTrainer, OptimizersComeFromTheOptimizerSectionWithPpoDefaults) {
   t.run();
   const std::string ck = t.checkpoint_dir();
   for (const char* who : {"policy", "critic"}) {
-    auto model = policy::load_checkpoint(ck + "/" + who).model;
-    const auto groups = policy::testing::saved_adamw_groups(
-        policy::training::trainable_parameters(*model), ck + "/" + who + "_optimizer.pt");
+    const auto groups = policy::testing::saved_adamw_groups(ck + "/" + who + "_optimizer.pt");
     ASSERT_EQ(groups.size(), 2u) << who;
     EXPECT_EQ(groups[0].weight_decay, 0.01) << who;
     EXPECT_EQ(groups[1].weight_decay, 0.0) << who;
