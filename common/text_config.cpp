@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "proto/config_options.pb.h"
 
 namespace rlhf {
 namespace {
@@ -19,12 +20,41 @@ using google::protobuf::Message;
 using google::protobuf::Reflection;
 using ParseInfoTree = google::protobuf::TextFormat::ParseInfoTree;
 
-// Syntax errors of the text-format parser: keeps the first, as "<source>:<line>:<col>: <msg>".
+// For the parser's unknown-field error ("Message type \"rlhf.proto.SftConfig\" has no field
+// named \"lr\"."): "field 'lr' of SftConfig moved to 'optimizer { lr }'" when the message lists
+// the field in its moved_field options (proto/config_options.proto), else "".
+std::string moved_field_error(const std::string& message) {
+  const std::string type_open = "Message type \"", field_open = "\" has no field named \"";
+  if (message.rfind(type_open, 0) != 0) return "";
+  const size_t type_end = message.find(field_open);
+  if (type_end == std::string::npos) return "";
+  const size_t name_begin = type_end + field_open.size();
+  const size_t name_end = message.find('"', name_begin);
+  if (name_end == std::string::npos) return "";
+  const std::string type = message.substr(type_open.size(), type_end - type_open.size());
+  const std::string name = message.substr(name_begin, name_end - name_begin);
+  const Descriptor* d =
+      google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(type);
+  if (!d) return "";
+  const auto& options = d->options();
+  for (int i = 0; i < options.ExtensionSize(proto::moved_field); ++i) {
+    const proto::MovedField& moved = options.GetExtension(proto::moved_field, i);
+    if (moved.name() == name)
+      return "field '" + name + "' of " + d->name() + " moved to '" + moved.replacement() + "'";
+  }
+  return "";
+}
+
+// Syntax errors of the text-format parser: keeps the first, as "<source>:<line>:<col>: <msg>";
+// a field that moved reads "<source>:<line>: field '<old>' of <Message> moved to '<new>'".
 class SyntaxErrors : public google::protobuf::io::ErrorCollector {
  public:
   explicit SyntaxErrors(std::string source) : source_(std::move(source)) {}
   void AddError(int line, int column, const std::string& message) override {
-    if (first_.empty())
+    if (!first_.empty()) return;
+    if (const std::string moved = moved_field_error(message); !moved.empty())
+      first_ = source_ + ":" + std::to_string(line + 1) + ": " + moved;
+    else
       first_ = source_ + ":" + std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " +
                message;
   }

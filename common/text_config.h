@@ -18,8 +18,11 @@
 namespace rlhf {
 
 // Parses `path` into `msg` (merging over what it holds). Syntax errors and unknown fields throw
-// rlhf::Error "<path>:<line>:<col>: <message>"; a missing file names the path. With `locations`,
-// the line and column of every field set are recorded there (see ConfigErrors).
+// rlhf::Error "<path>:<line>:<col>: <message>"; a field that a message lists as moved (its
+// moved_field options, proto/config_options.proto; nested messages too) throws
+// "<path>:<line>: field '<old>' of <Message> moved to '<replacement>'"; a missing file names the
+// path. With `locations`, the line and column of every field set are recorded there (see
+// ConfigErrors).
 void parse_text_config_file(const std::string& path, google::protobuf::Message* msg,
                             google::protobuf::TextFormat::ParseInfoTree* locations = nullptr);
 

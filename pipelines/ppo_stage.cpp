@@ -16,6 +16,7 @@
 #include "pipelines/quickstart_task.h"
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
+#include "policy/ppo/ppo_config.h"
 #include "policy/ppo/ppo_trainer.h"
 #include "policy/runtime/distributed.h"
 #include "policy/tokenizer/prompt_format.h"
@@ -115,7 +116,7 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
     throw Error("ppo --gold-task needs PpoConfig.tokenizer");
   if (!o.gold_prompts.empty() && o.gold_task.empty())
     throw Error("ppo --gold-prompts needs --gold-task");
-  return cfg;
+  return policy::resolved_ppo_config(cfg);  // the optimizer section as the trainer runs it
 }
 
 // Policy, reference (a copy of the policy unless given) and critic (a copy of the policy, or

@@ -2,10 +2,9 @@
 
 #include <google/protobuf/text_format.h>
 
-#include <cmath>
-
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/training/optimizer_config.h"
 #include "policy/training/sft_config.h"
 
 namespace rlhf::reward {
@@ -27,20 +26,7 @@ void validate_config(const proto::RewardTrainConfig& c, const ConfigErrors& e) {
   if (c.has_steps()) at_least("steps", c.steps(), 1, " (unset: derived from epochs)");
   if (!c.has_steps() && !(c.epochs() > 0)) e.fail("epochs", "expected > 0", num(c.epochs()));
   at_least("batch_pairs", c.batch_pairs(), 1);
-  if (!(c.lr() > 0)) e.fail("lr", "expected > 0", num(c.lr()));
-  if (!(c.min_lr_ratio() >= 0 && c.min_lr_ratio() <= 1))
-    e.fail("min_lr_ratio", "expected a value in [0, 1]", num(c.min_lr_ratio()));
-  if (c.has_warmup_steps()) at_least("warmup_steps", c.warmup_steps(), 0, " (0 = no warm-up)");
-  if (!(c.warmup_ratio() >= 0 && c.warmup_ratio() <= 1))
-    e.fail("warmup_ratio", "expected a value in [0, 1]", num(c.warmup_ratio()));
-  if (!(c.weight_decay() >= 0))
-    e.fail("weight_decay", "expected >= 0 (0 = none)", num(c.weight_decay()));
-  if (!(c.grad_clip() >= 0))
-    e.fail("grad_clip", "expected >= 0 (0 = no clipping)", num(c.grad_clip()));
-  if (!(c.beta1() >= 0 && c.beta1() < 1))
-    e.fail("beta1", "expected a value in [0, 1)", num(c.beta1()));
-  if (!(c.beta2() >= 0 && c.beta2() < 1))
-    e.fail("beta2", "expected a value in [0, 1)", num(c.beta2()));
+  policy::training::validate_optimizer_config(c.optimizer(), e.nested("optimizer"));
   if (!(c.embedding_lr_scale() >= 0))
     e.fail("embedding_lr_scale", "expected >= 0", num(c.embedding_lr_scale()));
   at_least("eval_every", c.eval_every(), 1);
@@ -77,12 +63,9 @@ proto::RewardTrainConfig resolved_train_config(const proto::RewardTrainConfig& c
   fill_defaults(&c);
   if (!c.has_save_every()) c.set_save_every(c.eval_every());
   if (c.has_lora()) policy::resolve_lora_config(c.mutable_lora());
+  policy::training::resolve_optimizer_config(c.mutable_optimizer(),
+                                             policy::training::OptimizerDefaults::kSupervised);
   return c;
-}
-
-int64_t resolved_warmup_steps(const proto::RewardTrainConfig& c, int64_t total_steps) {
-  if (c.has_warmup_steps()) return c.warmup_steps();
-  return static_cast<int64_t>(std::floor(static_cast<double>(c.warmup_ratio()) * total_steps));
 }
 
 std::string to_text(const proto::RewardTrainConfig& config) { return to_text_format(config); }

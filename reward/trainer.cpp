@@ -110,7 +110,7 @@ struct RewardRun {
   policy::Transformer model{nullptr};
   std::unique_ptr<policy::LoraAdapters> lora;
   std::unique_ptr<policy::training::Optimizer> opt;
-  policy::WarmupCosine schedule;
+  policy::LrSchedule schedule;
   EncodedComparisons enc_train, enc_held;
   int64_t total_steps = 0;
   std::unique_ptr<policy::training::StateFolder> states;
@@ -195,13 +195,11 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.out = c.out_dir();
   r.best_dir = r.out + "/best";
   torch::manual_seed(c.seed());
-  r.device = policy::resolve_device(c.device(), "reward config: device");
-  r.precision = policy::parse_precision(c.dtype(), "reward config: dtype");
-  r.comm = &policy::dist::world(r.device);
-  if (c.threads() > 0)
-    torch::set_num_threads(c.threads());
-  else if (!r.comm->alone() && !std::getenv("OMP_NUM_THREADS"))
-    torch::set_num_threads(policy::dist::threads_per_rank(r.comm->env().local_world_size));
+  const policy::training::Placement place =
+      policy::training::place_trainer(c.device(), c.dtype(), c.threads(), "reward config");
+  r.device = place.device;
+  r.precision = place.precision;
+  r.comm = place.comm;
   if (c.batch_pairs() < r.comm->size())
     errors.fail(
         "batch_pairs",
@@ -212,17 +210,10 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.enc_opts.max_answer_tokens = c.max_answer_tokens();
   init_reward_model(r);
 
-  policy::training::NamedTensors trainable;
-  for (const auto& p : r.model->named_parameters())
-    if (p.value().requires_grad()) trainable.emplace_back(p.key(), p.value());
-  if (r.lora)
-    for (auto& np : r.lora->named_parameters()) trainable.push_back(np);
-  policy::training::AdamWOptions ao;
-  ao.beta1 = c.beta1();
-  ao.beta2 = c.beta2();
-  ao.weight_decay = c.weight_decay();
-  ao.embedding_lr_scale = c.embedding_lr_scale();
-  r.opt = std::make_unique<policy::training::Optimizer>(trainable, ao);
+  // With LoRA: the scalar head, then the adapters (the backbone is frozen).
+  r.opt = std::make_unique<policy::training::Optimizer>(
+      policy::training::trainable_parameters(*r.model, r.lora.get()), c.optimizer(),
+      c.embedding_lr_scale());
 
   const int bos = r.model->config().bos_id, eos = r.model->config().eos_id;
   r.enc_train = encode_comparisons(r.train, r.init.tokenizer, bos, eos, r.enc_opts);
@@ -232,17 +223,11 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.total_steps =
       c.steps() > 0 ? c.steps()
                     : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(c.epochs() * n_batches)));
-  r.schedule.peak_lr = c.lr();
-  r.schedule.min_lr = c.lr() * c.min_lr_ratio();
-  r.schedule.total_steps = r.total_steps;
-  r.schedule.warmup_steps = resolved_warmup_steps(c, r.total_steps);
+  r.schedule = policy::training::make_schedule(c.optimizer(), r.total_steps);
 }
 
 policy::training::NamedTensors state_tensors(RewardRun& r) {
-  auto t = policy::training::module_tensors(*r.model);
-  if (r.lora)
-    for (auto& [k, v] : r.lora->named_parameters()) t.emplace_back("lora." + k, v);
-  return t;
+  return policy::training::state_tensors(*r.model, r.lora.get());
 }
 
 void save_state(RewardRun& r) {
@@ -337,7 +322,7 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& global_batch) {
   r.opt->zero_grad();
   loss.backward();
   policy::dist::all_reduce_gradients(*r.comm, r.opt->parameters());
-  const double gnorm = r.opt->step(lr, r.cfg.grad_clip());
+  const double gnorm = r.opt->step(lr);
   r.state.set_step(r.state.step() + 1);
   const auto sums =
       r.comm->sum({loss.item<double>(), (d > 0).sum().item<double>(), d.sum().item<double>()});

@@ -12,6 +12,16 @@
 //   state/        resumable state (policy/training/training.h: weights, AdamW, RNG, step; `latest`)
 //   metrics.jsonl + TensorBoard events;  manifest.pb / manifest.json (StageManifest "reward": the
 //                 trainer fills TrainResult::manifest, pipelines/stage_record.h writes it)
+//
+// Setup through the training toolkit (policy/training/training.h), as SFT and PPO do:
+// place_trainer (device, precision, process group, threads), trainable_parameters, Optimizer
+// from config.optimizer (proto/optimizer.proto; token embeddings in their own group at
+// lr * embedding_lr_scale when that is not 1), make_schedule, StateFolder.
+//
+// Ownership: train_reward_model owns what it builds for the call; the results are files and the
+// returned TrainResult. Thread safety: one run per process at a time (it sets torch's global
+// threads and seeds the global torch RNG). Errors: rlhf::Error naming the config field, the data
+// file or the state folder.
 #pragma once
 
 #include <string>

@@ -30,7 +30,7 @@ const rlhf::cli::ConfigFlags kRewardTrainOverrides{
         {"device", "device", "cpu | cuda | cuda:N"},
         {"dtype", "dtype", "fp32 | bf16; bf16 = autocast, fp32 master weights"},
         {"steps", "steps", "optimizer steps"},
-        {"lr", "lr", "peak learning rate"},
+        {"lr", "optimizer.lr", "peak learning rate"},
         {"batch-pairs", "batch_pairs", "comparisons per batch"},
         {"eval-every", "eval_every", "steps between held-out evaluations"},
         {"seed", "seed", "random seed"},

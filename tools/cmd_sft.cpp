@@ -29,7 +29,7 @@ const rlhf::cli::ConfigFlags kSftOverrides{
         {"dtype", "dtype", "fp32 | bf16; bf16 = autocast, fp32 master weights"},
         {"steps", "steps", "optimizer steps"},
         {"epochs", "epochs", "passes over the data when steps is 0"},
-        {"lr", "lr", "peak learning rate"},
+        {"lr", "optimizer.lr", "peak learning rate"},
         {"batch-size", "batch_size", "rows per micro-batch"},
         {"grad-accum", "grad_accum", "micro-batches per step"},
         {"seq-len", "seq_len", "tokens per row"},

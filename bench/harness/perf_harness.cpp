@@ -26,6 +26,7 @@
 #include "policy/model/llama2c_export.h"
 #include "policy/model/model.h"
 #include "policy/runtime/distributed.h"
+#include "policy/training/optimizer_config.h"
 #include "policy/training/training.h"
 
 namespace rlhf::policy {
@@ -164,7 +165,8 @@ void measure_training(Transformer& model, const ModelConfig& cfg, const PerfOpti
   // The trainers' optimizer (policy/training/training.h): decay / no-decay groups, clipping at 1.0.
   training::NamedTensors params;
   for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
-  training::Optimizer opt(params, training::AdamWOptions{});
+  training::Optimizer opt(params,
+                          training::optimizer_defaults(training::OptimizerDefaults::kSupervised));
   auto data = torch::randint(3, o.vocab, {B, T + 1}, torch::kLong).to(device);
   auto inputs = data.slice(1, 0, T), targets = data.slice(1, 1, T + 1);
   auto step = [&] {
@@ -176,7 +178,7 @@ void measure_training(Transformer& model, const ModelConfig& cfg, const PerfOpti
       loss = -fused::token_logprobs(logits, targets).mean();  // the token cross-entropy
     }
     loss.backward();
-    opt.step(3e-4, 1.0);
+    opt.step(3e-4);
   };
   step();  // warm-up
   sync(device);
@@ -245,7 +247,8 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   model->train();
   training::NamedTensors params;
   for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
-  training::Optimizer opt(params, training::AdamWOptions{});
+  training::Optimizer opt(params,
+                          training::optimizer_defaults(training::OptimizerDefaults::kSupervised));
 
   const TrainShape shape = train_shape(o);
   const int B = shape.batch, T = shape.seq;
@@ -269,7 +272,7 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
       loss.backward();
     }
     dist::all_reduce_gradients(comm, opt.parameters());
-    opt.step(3e-4, 1.0);
+    opt.step(3e-4);
   };
   step();  // warm-up
   comm.barrier();

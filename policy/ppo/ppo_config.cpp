@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/training/optimizer_config.h"
 #include "policy/training/sft_config.h"
 
 namespace rlhf::policy {
@@ -35,17 +36,11 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
            "expected a value in [1, batch_size = " + std::to_string(c.batch_size()) + "]",
            std::to_string(c.minibatch_size()));
   at_least("ppo_epochs", c.ppo_epochs(), 1);
-  if (!(c.policy_lr() >= 0)) e.fail("policy_lr", "expected >= 0", num(c.policy_lr()));
-  if (!(c.value_lr() >= 0)) e.fail("value_lr", "expected >= 0", num(c.value_lr()));
-  if (!(c.weight_decay() >= 0)) e.fail("weight_decay", "expected >= 0", num(c.weight_decay()));
-  if (!(c.max_grad_norm() >= 0)) e.fail("max_grad_norm", "expected >= 0", num(c.max_grad_norm()));
-  if (!(c.adam_eps() > 0)) e.fail("adam_eps", "expected > 0", num(c.adam_eps()));
+  training::validate_optimizer_config(c.optimizer(), e.nested("optimizer"),
+                                      /*lr_may_be_zero=*/true);
+  if (!(c.critic_lr() >= 0)) e.fail("critic_lr", "expected >= 0", num(c.critic_lr()));
   at_least("critic_warmup_iterations", c.critic_warmup_iterations(), 0);
-  if (c.lr_schedule() != "cosine" && c.lr_schedule() != "linear" && c.lr_schedule() != "constant")
-    e.fail("lr_schedule", "expected \"cosine\", \"linear\" or \"constant\"",
-           config_quoted(c.lr_schedule()));
-  at_least("lr_warmup_iterations", c.lr_warmup_iterations(), 0);
-  in_unit("min_lr_ratio", c.min_lr_ratio());
+  at_least("threads", c.threads(), 0);
   if (!(c.target_kl() >= 0)) e.fail("target_kl", "expected >= 0 (0 = off)", num(c.target_kl()));
   in_unit("gamma", c.gamma());
   in_unit("lam", c.lam());
@@ -92,6 +87,18 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
 
 void validate_ppo_config(const proto::PpoConfig& config, const std::string& source) {
   validate_ppo_config(config, ConfigErrors(config, source));
+}
+
+proto::PpoConfig resolved_ppo_config(const proto::PpoConfig& config) {
+  proto::PpoConfig c = config;
+  training::resolve_optimizer_config(c.mutable_optimizer(), training::OptimizerDefaults::kPpo);
+  return c;
+}
+
+proto::OptimizerConfig critic_optimizer_config(const proto::PpoConfig& config) {
+  proto::OptimizerConfig o = resolved_ppo_config(config).optimizer();
+  o.set_lr(config.critic_lr());
+  return o;
 }
 
 }  // namespace rlhf::policy

@@ -1,5 +1,6 @@
-// Loading and checking the PPO config (proto::PpoConfig, protobuf text format; the defaults are the
-// proto2 [default]s in proto/ppo.proto).
+// Loading, checking and resolving the PPO config (proto::PpoConfig, protobuf text format; the
+// defaults are the proto2 [default]s in proto/ppo.proto, and for the optimizer section the PPO
+// column of proto/optimizer.proto). Functions only, thread-safe; errors are rlhf::Error.
 #pragma once
 
 #include <string>
@@ -10,8 +11,10 @@
 namespace rlhf::policy {
 
 // Parses and checks a .pbtxt file: syntax errors and unknown fields throw
-// "<path>:<line>:<col>: <message>", bad values "<path>:<line>: field '<name>': <expected>, got
-// <value>" (validate_ppo_config). Reads nothing but the config file.
+// "<path>:<line>:<col>: <message>", a field that moved (e.g. `policy_lr`, now
+// `optimizer { lr }`) "<path>:<line>: field 'policy_lr' of PpoConfig moved to 'optimizer { lr }'",
+// bad values "<path>:<line>: field '<name>': <expected>, got <value>" (validate_ppo_config). Reads
+// nothing but the config file.
 proto::PpoConfig load_ppo_config(const std::string& path);
 proto::PpoConfig parse_ppo_config(const std::string& text, const std::string& source);
 
@@ -22,5 +25,12 @@ proto::PpoConfig parse_ppo_config(const std::string& text, const std::string& so
 // would not be 1). The one-argument form names `source` without lines.
 void validate_ppo_config(const proto::PpoConfig& config, const ConfigErrors& errors);
 void validate_ppo_config(const proto::PpoConfig& config, const std::string& source = "ppo config");
+
+// The config the trainer runs with: the optimizer section with PPO's defaults filled in
+// (training::resolve_optimizer_config); every other field reads its proto2 [default] as it is.
+proto::PpoConfig resolved_ppo_config(const proto::PpoConfig& config);
+
+// The critic's optimizer settings: the resolved optimizer section with lr = critic_lr.
+proto::OptimizerConfig critic_optimizer_config(const proto::PpoConfig& config);
 
 }  // namespace rlhf::policy

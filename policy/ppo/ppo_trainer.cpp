@@ -25,7 +25,6 @@
 #include "policy/runtime/device.h"
 #include "policy/runtime/distributed.h"
 #include "policy/tokenizer/prompt_format.h"
-#include "policy/training/lr_schedule.h"
 #include "policy/training/training.h"
 
 namespace rlhf::policy {
@@ -64,15 +63,10 @@ Transformer clone_model(Transformer& model) {
 // Learning rate
 
 double ppo_learning_rate(const proto::PpoConfig& c, double peak_lr, int64_t iteration) {
-  const int64_t step = std::max<int64_t>(0, iteration - 1);
-  const double min_lr = peak_lr * c.min_lr_ratio();
-  const int64_t warmup = c.lr_warmup_iterations(), total = std::max(1, c.iterations());
-  if (c.lr_schedule() == "cosine") return WarmupCosine{peak_lr, min_lr, warmup, total}.at(step);
-  if (c.lr_schedule() == "linear") return WarmupLinear{peak_lr, min_lr, warmup, total}.at(step);
-  if (c.lr_schedule() == "constant")  // the warm-up still applies
-    return WarmupLinear{peak_lr, peak_lr, warmup, total}.at(step);
-  throw Error("PpoConfig.lr_schedule: \"" + c.lr_schedule() +
-              "\" is not one of \"cosine\", \"linear\", \"constant\"");
+  proto::OptimizerConfig o = resolved_ppo_config(c).optimizer();
+  o.set_lr(peak_lr);
+  return training::make_schedule(o, std::max(1, c.iterations()))
+      .at(std::max<int64_t>(0, iteration - 1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,6 +256,8 @@ struct PpoTrainer::Impl {
                       const MinibatchFn& on_minibatch);
   std::map<std::string, double> log(const Rollout& r, const UpdateTotals& tot, double train_s,
                                     double iteration_s);
+  void report(const Rollout& r, const UpdateTotals& tot, const std::map<std::string, double>& stats,
+              double iteration_s);
 
  private:
   void policy_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it, bool first,
@@ -280,11 +276,13 @@ LogprobOptions logprob_options(const proto::PpoConfig& c) {
 // ---- construction and checkpoints ---------------------------------------------------------------
 
 void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
-  cfg = config;
+  cfg = resolved_ppo_config(config);
   m = std::move(models);
-  device = resolve_device(cfg.device(), "ppo config: device");
-  precision = parse_precision(cfg.dtype(), "ppo config: dtype");
-  comm = &dist::world(device);
+  const training::Placement place =
+      training::place_trainer(cfg.device(), cfg.dtype(), cfg.threads(), "ppo config");
+  device = place.device;
+  precision = place.precision;
+  comm = place.comm;
   if (!m.critic->config().value_head) m.critic->add_value_head();
   m.policy->to(device);
   m.critic->to(device);
@@ -293,24 +291,14 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
     m.reference->eval();
     for (auto& p : m.reference->parameters()) p.set_requires_grad(false);
   }
-  training::NamedTensors policy_params;
-  if (cfg.has_lora() && cfg.lora().rank() > 0) {
+  if (cfg.has_lora() && cfg.lora().rank() > 0)
     lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
-    policy_params = lora->named_parameters();
-  } else {
-    for (const auto& p : m.policy->named_parameters())
-      policy_params.emplace_back(p.key(), p.value());
-  }
-  training::NamedTensors critic_params;
-  for (const auto& p : m.critic->named_parameters()) critic_params.emplace_back(p.key(), p.value());
-  // N implementation details #3: Adam epsilon 1e-5; TRL/OpenRLHF: Adam betas (0.9, 0.999), no
-  // weight decay by default.
-  training::AdamWOptions ao;
-  ao.beta2 = 0.999;
-  ao.eps = cfg.adam_eps();
-  ao.weight_decay = cfg.weight_decay();
-  policy_opt = std::make_unique<training::Optimizer>(policy_params, ao);
-  critic_opt = std::make_unique<training::Optimizer>(critic_params, ao);
+  // With LoRA the policy's base is frozen: its optimizer holds the adapters alone. PPO's defaults
+  // (proto/optimizer.proto): betas (0.9, 0.999), eps 1e-5, no weight decay.
+  policy_opt = std::make_unique<training::Optimizer>(
+      training::trainable_parameters(*m.policy, lora.get()), cfg.optimizer());
+  critic_opt = std::make_unique<training::Optimizer>(training::trainable_parameters(*m.critic),
+                                                     critic_optimizer_config(cfg));
   if (cfg.adaptive_kl())
     kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(),
                                                          cfg.kl_horizon());
@@ -320,10 +308,7 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
 
 // The policy's trained state: with LoRA the frozen base and the adapters.
 training::NamedTensors PpoTrainer::Impl::policy_tensors() {
-  auto t = training::module_tensors(*m.policy);
-  if (lora)
-    for (auto& [k, v] : lora->named_parameters()) t.emplace_back("lora." + k, v);
-  return t;
+  return training::state_tensors(*m.policy, lora.get());
 }
 
 void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
@@ -665,7 +650,7 @@ void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tenso
   policy_opt->zero_grad();
   if (rows) (share == 1.0 ? loss : loss * share).backward();
   dist::all_reduce_gradients(*comm, policy_opt->parameters());
-  const double gn = policy_opt->step(lr, cfg.max_grad_norm());
+  const double gn = policy_opt->step(lr);
   if (!finite(gn)) throw Error(at(it) + ": policy gradient norm is non-finite" + last_good());
   mb["grad_norm/policy"] = gn;
   tot.sum_pl += mb["loss/policy"];
@@ -704,7 +689,7 @@ void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tenso
   critic_opt->zero_grad();
   if (rows) (share == 1.0 ? vl.loss : vl.loss * share).backward();
   dist::all_reduce_gradients(*comm, critic_opt->parameters());
-  const double gn = critic_opt->step(lr, cfg.max_grad_norm());
+  const double gn = critic_opt->step(lr);
   if (!finite(gn)) throw Error(at(it) + ": critic gradient norm is non-finite" + last_good());
   mb["loss/value"] = vlv;
   mb["value/clipfrac"] = g[1];
@@ -720,8 +705,8 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
                                       const MinibatchFn& on_minibatch) {
   UpdateTotals tot;
   // The lr of this iteration: a function of `it` only, so replay and resume use the same one.
-  tot.policy_lr = ppo_learning_rate(cfg, cfg.policy_lr(), it);
-  tot.value_lr = ppo_learning_rate(cfg, cfg.value_lr(), it);
+  tot.policy_lr = ppo_learning_rate(cfg, cfg.optimizer().lr(), it);
+  tot.value_lr = ppo_learning_rate(cfg, cfg.critic_lr(), it);
   const int64_t MB = cfg.minibatch_size();
   const int64_t B = u.global_rows();  // minibatches are drawn from the global batch
   for (int epoch = 0; epoch < cfg.ppo_epochs() && !tot.early_stopped; ++epoch) {
@@ -823,7 +808,13 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
   for (auto& kv : stats)
     if (!finite(kv.second) && kv.first.rfind("speed/", 0) != 0)
       throw Error(at(r.iteration) + ": " + kv.first + " is non-finite" + last_good());
-  if (!comm->is_root()) return stats;
+  if (comm->is_root()) report(r, tot, stats, iteration_s);
+  return stats;
+}
+
+// Rank 0's part of 7.: the warnings, the metrics line and the progress line.
+void PpoTrainer::Impl::report(const Rollout& r, const UpdateTotals& tot,
+                              const std::map<std::string, double>& stats, double iteration_s) {
   if (tot.ratio_first_dev > cfg.ratio_warn())
     std::fprintf(
         stderr,
@@ -837,10 +828,9 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
   std::fprintf(stderr,
                "ppo %lld/%d  score %.3f  kl %.3f  beta %.4f  loss p %.4f v %.4f  len %.1f  eos %.2f"
                "  %.0f gen tok/s  %.1fs\n",
-               (long long)r.iteration, cfg.iterations(), stats["score/mean"], r.kl_mean, r.beta,
-               stats["loss/policy"], stats["loss/value"], stats["response/length_mean"],
-               stats["response/eos_frac"], stats["speed/gen_tokens_per_s"], iteration_s);
-  return stats;
+               (long long)r.iteration, cfg.iterations(), stats.at("score/mean"), r.kl_mean, r.beta,
+               stats.at("loss/policy"), stats.at("loss/value"), stats.at("response/length_mean"),
+               stats.at("response/eos_frac"), stats.at("speed/gen_tokens_per_s"), iteration_s);
 }
 
 // ---- the trainer
@@ -863,9 +853,9 @@ void prune_log(const std::string& path, const char* key, int64_t completed) {
   write_file_atomic(path, kept);
 }
 
-// The run's identity for the resume rule (policy/training/training.h): the config without out_dir,
-// device, dtype and iterations (a finished run can be extended; the lr schedule then stretches from
-// there on), and the prompt ids (the models are named by paths in the config).
+// The run's identity for the resume rule (policy/training/training.h): the resolved config without
+// out_dir, device, dtype, threads and iterations (a finished run can be extended; the lr schedule
+// then stretches from there on), and the prompt ids (the models are named by paths in the config).
 std::string ppo_fingerprint(const proto::PpoConfig& c,
                             const std::vector<std::vector<int64_t>>& prompts) {
   std::string ids;
@@ -875,7 +865,8 @@ std::string ppo_fingerprint(const proto::PpoConfig& c,
   }
   proto::PpoConfig copy = c;
   copy.set_prompts(c.prompts() + " sha256:" + sha256_hex(ids));
-  return training::config_fingerprint(copy, {"out_dir", "device", "dtype", "iterations"}, {});
+  return training::config_fingerprint(copy, {"out_dir", "device", "dtype", "threads", "iterations"},
+                                      {});
 }
 
 }  // namespace
@@ -909,7 +900,7 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     throw Error("ppo config: field 'batch_size': expected at least one prompt per rank (" +
                 std::to_string(I.comm->size()) + " ranks), got " +
                 std::to_string(config.batch_size()));
-  I.fingerprint = ppo_fingerprint(config, I.prompts);
+  I.fingerprint = ppo_fingerprint(I.cfg, I.prompts);
   make_dirs(I.out_dir + "/rollouts");
   if (auto dir = I.checkpoints().resume_dir(I.fingerprint)) {
     try {

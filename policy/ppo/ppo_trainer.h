@@ -16,8 +16,9 @@
 //   6. ppo_epochs epochs over shuffled minibatches: clipped ratio loss (+ entropy bonus) on the
 //      policy, clipped value loss on the critic (a separate model, InstructGPT/OpenRLHF style),
 //      AdamW, gradient clipping; only the critic trains during the critic warm-up iterations;
-//      both optimizers' lr follow config.lr_schedule per iteration (ppo_learning_rate); with
-//      target_kl > 0 the epochs stop early once the epoch's mean approx_kl exceeds it;
+//      both optimizers (config.optimizer; the critic's at critic_lr) follow its schedule per
+//      iteration (ppo_learning_rate); with target_kl > 0 the epochs stop early once the epoch's
+//      mean approx_kl exceeds it;
 //   7. KL controller update from the mean per-sequence KL sum; stats to <out>/metrics.jsonl and
 //      TensorBoard; a progress line on stderr; checkpoint every checkpoint_every iterations.
 //
@@ -34,7 +35,12 @@
 // base weights cannot double as the reference). Checkpoints: policy.pt = the frozen base,
 // adapter/ = the adapters (PEFT layout), policy/ = the merged weights. run() ends by folding the
 // adapters into the policy (the caller's PpoModels::policy is then the merged plain model).
-// Not thread-safe.
+// Built on the training toolkit (policy/training/training.h) like SFT and reward: place_trainer,
+// trainable_parameters, Optimizer, make_schedule, StateFolder.
+//
+// Ownership: the trainer shares the models of PpoModels (torch module handles) and trains them in
+// place; it owns its optimizers, KL controller and metrics writer. Not thread-safe. Errors:
+// rlhf::Error naming the iteration, the file or the config field.
 #pragma once
 
 #include <cstdint>
@@ -78,17 +84,19 @@ void copy_weights(Transformer& src, Transformer& dst);
 // A deep copy of `model` (same config, same weights).
 Transformer clone_model(Transformer& model);
 
-// The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (policy_lr or
-// value_lr) under config.lr_schedule / lr_warmup_iterations / min_lr_ratio, over `iterations`
-// iterations (policy/training/lr_schedule.h with step = iteration - 1). A pure function of the
-// iteration: the live update, a resumed run and `replay --update` set the same lr for the same
-// iteration. Throws rlhf::Error on an unknown lr_schedule.
+// The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (optimizer.lr
+// or critic_lr) under the config's optimizer section (schedule, warm-up, min_lr_ratio; PPO's
+// defaults for unset fields) over `iterations` iterations: training::make_schedule with
+// step = iteration - 1. A pure function of the iteration: the live update, a resumed run and
+// `replay --update` set the same lr for the same iteration. Throws rlhf::Error on an unknown
+// schedule.
 double ppo_learning_rate(const proto::PpoConfig& config, double peak_lr, int64_t iteration);
 
 class PpoTrainer {
  public:
-  // config: the resolved PpoConfig (defaults from proto/ppo.proto). prompts: token ids (BOS
-  // included when wanted). out_dir: where rollouts/, checkpoints/, metrics.jsonl go.
+  // config: the PpoConfig (checked with validate_ppo_config, resolved with resolved_ppo_config).
+  // prompts: token ids (BOS included when wanted). out_dir: where rollouts/, checkpoints/,
+  // metrics.jsonl go.
   // Resumes from <out_dir>/checkpoints/latest when it exists (weights, optimizers, KL coef,
   // score moments); the given models' weights are then replaced by the checkpoint's.
   PpoTrainer(const proto::PpoConfig& config, PpoModels models, TeacherFn teacher,

@@ -23,4 +23,16 @@ double WarmupLinear::at(int64_t step) const {
   return min_lr + (peak_lr - min_lr) * (1.0 - progress);
 }
 
+double LrSchedule::at(int64_t step) const {
+  switch (shape) {
+    case LrShape::kLinear:
+      return WarmupLinear{peak_lr, min_lr, warmup_steps, total_steps}.at(step);
+    case LrShape::kConstant:  // the warm-up still applies
+      return WarmupLinear{peak_lr, peak_lr, warmup_steps, total_steps}.at(step);
+    case LrShape::kCosine:
+      break;
+  }
+  return WarmupCosine{peak_lr, min_lr, warmup_steps, total_steps}.at(step);
+}
+
 }  // namespace rlhf::policy

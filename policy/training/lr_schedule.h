@@ -1,6 +1,8 @@
 // Learning-rate schedules: linear warm-up, then cosine decay to a floor (the schedule of GPT-3,
-// LLaMA and nanoGPT's train.py), or linear decay to a floor (lm-human-preferences anneals the PPO
-// learning rate linearly).
+// LLaMA and nanoGPT's train.py), linear decay to a floor (lm-human-preferences anneals the PPO
+// learning rate linearly), or a constant rate. Every trainer builds its schedule from its config's
+// optimizer section with training::make_schedule (policy/training/training.h). Plain values:
+// copyable, thread-safe to read.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +28,22 @@ struct WarmupLinear {
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
 
+  double at(int64_t step) const;
+};
+
+// The shape after the warm-up (proto OptimizerConfig.schedule: "cosine" | "linear" | "constant").
+enum class LrShape { kCosine, kLinear, kConstant };
+
+// One schedule of any shape: kCosine is WarmupCosine, kLinear WarmupLinear, kConstant the same
+// warm-up and then peak_lr (WarmupLinear with min_lr = peak_lr), each computed exactly as those.
+struct LrSchedule {
+  LrShape shape = LrShape::kCosine;
+  double peak_lr = 3e-4;
+  double min_lr = 3e-5;  // floor reached at total_steps (ignored by kConstant)
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;
+
+  // Learning rate for step `step` (0-based).
   double at(int64_t step) const;
 };
 

@@ -3,11 +3,11 @@
 #include <google/protobuf/text_format.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/runtime/device.h"
+#include "policy/training/optimizer_config.h"
 
 namespace rlhf::policy {
 
@@ -60,21 +60,7 @@ void validate_sft_config(const proto::SftConfig& c, const ConfigErrors& e) {
   if (!c.has_steps() && !(c.epochs() > 0)) e.fail("epochs", "expected > 0", num(c.epochs()));
   if (c.batch_size() < 1) e.fail("batch_size", "expected >= 1", std::to_string(c.batch_size()));
   if (c.grad_accum() < 1) e.fail("grad_accum", "expected >= 1", std::to_string(c.grad_accum()));
-  if (!(c.lr() > 0)) e.fail("lr", "expected > 0", num(c.lr()));
-  if (!(c.min_lr_ratio() >= 0 && c.min_lr_ratio() <= 1))
-    e.fail("min_lr_ratio", "expected a value in [0, 1]", num(c.min_lr_ratio()));
-  if (c.has_warmup_steps() && c.warmup_steps() < 0)
-    e.fail("warmup_steps", "expected >= 0 (0 = no warm-up)", std::to_string(c.warmup_steps()));
-  if (!(c.warmup_ratio() >= 0 && c.warmup_ratio() <= 1))
-    e.fail("warmup_ratio", "expected a value in [0, 1]", num(c.warmup_ratio()));
-  if (!(c.weight_decay() >= 0))
-    e.fail("weight_decay", "expected >= 0 (0 = none)", num(c.weight_decay()));
-  if (!(c.grad_clip() >= 0))
-    e.fail("grad_clip", "expected >= 0 (0 = no clipping)", num(c.grad_clip()));
-  if (!(c.beta1() >= 0 && c.beta1() < 1))
-    e.fail("beta1", "expected a value in [0, 1)", num(c.beta1()));
-  if (!(c.beta2() >= 0 && c.beta2() < 1))
-    e.fail("beta2", "expected a value in [0, 1)", num(c.beta2()));
+  training::validate_optimizer_config(c.optimizer(), e.nested("optimizer"));
   if (c.eval_every() < 1) e.fail("eval_every", "expected >= 1", std::to_string(c.eval_every()));
   if (c.eval_batches() < 0)
     e.fail("eval_batches", "expected >= 0 (0 = all)", std::to_string(c.eval_batches()));
@@ -125,12 +111,9 @@ proto::SftConfig resolved_sft_config(const proto::SftConfig& config) {
   }
   if (!c.has_save_every()) c.set_save_every(c.eval_every());
   if (c.has_lora()) resolve_lora_config(c.mutable_lora());
+  training::resolve_optimizer_config(c.mutable_optimizer(),
+                                     training::OptimizerDefaults::kSupervised);
   return c;
-}
-
-int64_t resolved_warmup_steps(const proto::SftConfig& c, int64_t total_steps) {
-  if (c.has_warmup_steps()) return c.warmup_steps();
-  return static_cast<int64_t>(std::floor(static_cast<double>(c.warmup_ratio()) * total_steps));
 }
 
 }  // namespace rlhf::policy

@@ -1,5 +1,6 @@
 // Loading, checking and resolving the SFT config (proto::SftConfig, protobuf text format; the
-// defaults are the proto2 [default]s in proto/sft.proto).
+// defaults are the proto2 [default]s in proto/sft.proto, and for the optimizer section the SFT
+// column of proto/optimizer.proto). Functions only, thread-safe; errors are rlhf::Error.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,9 @@
 namespace rlhf::policy {
 
 // Parses a .pbtxt file: syntax errors and unknown fields throw "<path>:<line>:<col>: <message>",
-// bad values "<path>:<line>: field '<name>': <expected>, got <value>" (validate_sft_config).
+// a field that moved (e.g. `lr`, now `optimizer { lr }`) "<path>:<line>: field 'lr' of SftConfig
+// moved to 'optimizer { lr }'", bad values "<path>:<line>: field '<name>': <expected>, got
+// <value>" (validate_sft_config).
 proto::SftConfig load_sft_config(const std::string& path);
 proto::SftConfig parse_sft_config(const std::string& text, const std::string& source);
 
@@ -34,12 +37,11 @@ void resolve_lora_config(proto::LoraConfig* lora);
 // The config the trainer runs with: every field with a constant default filled in
 // (fill_defaults), plus the defaults that depend on other fields: format "auto" by the train
 // file's extension (.jsonl / .json: "jsonl", else "text"); save_every = eval_every when unset;
-// with LoRA (rank > 0) alpha = rank when unset and targets q, v when none are given. Left unset
+// with LoRA (rank > 0) alpha = rank when unset and targets q, v when none are given; the
+// optimizer section with the SFT defaults (training::resolve_optimizer_config). Left unset
 // (resolved where their inputs are known): steps (unset: from epochs once the data is known),
-// warmup_steps (resolved_warmup_steps), seq_len (unset: the model's max_seq_len).
+// optimizer.warmup_steps (training::resolved_warmup_steps), seq_len (unset: the model's
+// max_seq_len).
 proto::SftConfig resolved_sft_config(const proto::SftConfig& config);
-
-// Warm-up steps: `warmup_steps` when set, else floor(warmup_ratio * total_steps).
-int64_t resolved_warmup_steps(const proto::SftConfig& config, int64_t total_steps);
 
 }  // namespace rlhf::policy

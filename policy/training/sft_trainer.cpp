@@ -247,7 +247,7 @@ struct SftRun {
   std::unique_ptr<LoraAdapters> lora;
   std::vector<Row> train_rows, eval_rows;
   int64_t seq_len = 0, pad_id = 0, total_steps = 0;
-  WarmupCosine schedule;
+  LrSchedule schedule;
   std::unique_ptr<training::Optimizer> opt;
   std::unique_ptr<training::StateFolder> states;
   std::string fingerprint;
@@ -300,14 +300,12 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   const ConfigErrors errors(c, "sft config");
   if (c.out_dir().empty()) errors.fail("out_dir", "expected an output folder", "\"\"");
   if (c.train_file().empty()) errors.fail("train_file", "expected a training data file", "\"\"");
-  r.dev = resolve_device(c.device(), "sft config: device");
-  r.precision = parse_precision(c.dtype(), "sft config: dtype");
+  const training::Placement place =
+      training::place_trainer(c.device(), c.dtype(), c.threads(), "sft config");
+  r.dev = place.device;
+  r.precision = place.precision;
+  r.comm = place.comm;
   r.out = c.out_dir();
-  r.comm = &dist::world(r.dev);
-  if (c.threads() > 0)
-    torch::set_num_threads(c.threads());
-  else if (!r.comm->alone() && !std::getenv("OMP_NUM_THREADS"))
-    torch::set_num_threads(dist::threads_per_rank(r.comm->env().local_world_size));
   if (c.batch_size() < r.comm->size())
     errors.fail("batch_size",
                 "expected at least one row per rank (" + std::to_string(r.comm->size()) + " ranks)",
@@ -336,30 +334,15 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
       c.steps() > 0 ? c.steps()
                     : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(
                                                c.epochs() * r.train_rows.size() / rows_per_step)));
-  training::AdamWOptions ao;
-  ao.beta1 = c.beta1();
-  ao.beta2 = c.beta2();
-  ao.weight_decay = c.weight_decay();
-  training::NamedTensors trainable;
-  if (r.lora) {
-    trainable = r.lora->named_parameters();
-  } else {
-    for (const auto& p : r.model->named_parameters())
-      if (p.value().requires_grad()) trainable.emplace_back(p.key(), p.value());
-  }
-  r.opt = std::make_unique<training::Optimizer>(trainable, ao);
-  r.schedule.peak_lr = c.lr();
-  r.schedule.min_lr = c.lr() * c.min_lr_ratio();
-  r.schedule.total_steps = r.total_steps;
-  r.schedule.warmup_steps = resolved_warmup_steps(c, r.total_steps);
+  // With LoRA the base is frozen: the adapters alone train.
+  r.opt = std::make_unique<training::Optimizer>(
+      training::trainable_parameters(*r.model, r.lora.get()), c.optimizer());
+  r.schedule = training::make_schedule(c.optimizer(), r.total_steps);
 }
 
 // Tensors of the resumable state: the model's parameters and buffers, and the LoRA adapters.
 training::NamedTensors state_tensors(SftRun& r) {
-  training::NamedTensors t = training::module_tensors(*r.model);
-  if (r.lora)
-    for (auto& [k, v] : r.lora->named_parameters()) t.emplace_back("lora." + k, v);
-  return t;
+  return training::state_tensors(*r.model, r.lora.get());
 }
 
 void save_state(SftRun& r) {
@@ -478,7 +461,7 @@ double train_step(SftRun& r, const StepData& data) {
   }
   dist::all_reduce_gradients(*r.comm, r.opt->parameters());
   loss_sum = r.comm->sum(loss_sum);
-  const double grad_norm = r.opt->step(lr, r.cfg.grad_clip());
+  const double grad_norm = r.opt->step(lr);
   r.st.set_step(r.st.step() + 1);
   r.st.set_tokens_seen(r.st.tokens_seen() + n_tokens);
   r.tokens_this_session += n_tokens;

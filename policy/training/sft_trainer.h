@@ -13,17 +13,26 @@
 // Output folder:
 //   model/             final native checkpoint (config, weights, tokenizer hash) + tokenizer.model
 //   adapter/           LoRA only: the adapters alone (model/ then holds the merged weights)
-//   state/LATEST, state/step-N/  resumable state: model, AdamW state, torch RNG, data position
+//   state/             resumable state (latest, step-NNNNNNNN/): model, AdamW state, torch RNG,
+//                      data position
 //   metrics.jsonl, events.out.tfevents.*   per-step loss/lr/grad norm/tokens per second and
 //                      eval_loss/eval_ppl
-//   manifest.pb, manifest.json             StageManifest: the trainer fills SftResult::manifest;
-//   the
-//                      stage layer (pipelines/stage_record.h, `rlhf sft`) writes it
+//   manifest.pb, manifest.json   StageManifest: the trainer fills SftResult::manifest; the stage
+//                      layer (pipelines/stage_record.h, `rlhf sft`) writes it
 //
-// Resume: starting again with the same config and output folder continues from state/LATEST (the
-// config must match, except stop_after/out_dir/threads) and, on CPU, ends with the same weights
-// bit for bit as an uninterrupted run. A folder whose manifest is complete for the same config is
-// left as it is.
+// Resume: starting again with the same config and output folder continues from state/latest (the
+// config must match, except stop_after/out_dir/threads/device/dtype) and, on CPU, ends with the
+// same weights bit for bit as an uninterrupted run. A folder whose manifest is complete for the
+// same config is left as it is.
+//
+// Setup through the training toolkit (policy/training/training.h), as reward and PPO do:
+// place_trainer (device, precision, process group, threads), trainable_parameters, Optimizer
+// from config.optimizer (proto/optimizer.proto), make_schedule, StateFolder.
+//
+// Ownership: train_sft owns everything it builds (model, optimizer, data) for the call; the
+// results are files and the returned SftResult. Thread safety: one run per process at a time (it
+// sets torch's global threads and seeds the global torch RNG). Errors: rlhf::Error naming the
+// config field, the data file and line, or the state folder.
 #pragma once
 
 #include <cstdint>

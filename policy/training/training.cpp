@@ -12,48 +12,108 @@
 #include "common/files.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
+#include "policy/runtime/distributed.h"
+#include "policy/training/optimizer_config.h"
 
 namespace rlhf::policy::training {
 
 namespace fs = std::filesystem;
 
+// ---- where a trainer runs -----------------------------------------------------------------------
+
+void configure_threads(int threads, const dist::Comm& comm) {
+  if (threads > 0)
+    torch::set_num_threads(threads);
+  else if (!comm.alone() && !std::getenv("OMP_NUM_THREADS"))
+    torch::set_num_threads(dist::threads_per_rank(comm.env().local_world_size));
+}
+
+Placement place_trainer(const std::string& device, const std::string& dtype, int threads,
+                        const std::string& what) {
+  Placement p;
+  p.device = resolve_device(device, what + ": device");
+  p.precision = parse_precision(dtype, what + ": dtype");
+  p.comm = &dist::world(p.device);
+  configure_threads(threads, *p.comm);
+  return p;
+}
+
 // ---- optimizer ----------------------------------------------------------------------------------
 
-Optimizer::Optimizer(const NamedTensors& params, const AdamWOptions& o) {
-  std::vector<torch::Tensor> decay, no_decay, embedding;
-  const bool own_embedding_group = o.embedding_lr_scale != 1.0;
+NamedTensors trainable_parameters(torch::nn::Module& model, const LoraAdapters* lora) {
+  NamedTensors out;
+  for (const auto& p : model.named_parameters())
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  if (lora)
+    for (auto& np : lora->named_parameters()) out.push_back(np);
+  return out;
+}
+
+std::vector<ParamGroup> param_groups(const NamedTensors& params, double weight_decay,
+                                     double embedding_lr_scale) {
+  ParamGroup decay{{}, weight_decay, 1.0}, no_decay{{}, 0.0, 1.0};
+  ParamGroup embedding{{}, weight_decay, embedding_lr_scale};
+  const bool own_embedding_group = embedding_lr_scale != 1.0;
   for (const auto& [name, p] : params) {
-    if (own_embedding_group && name.find("tok_embeddings") != std::string::npos)
-      embedding.push_back(p);
+    if (own_embedding_group && name.find("embed_tokens") != std::string::npos)
+      embedding.params.push_back(p);
     else
-      (p.dim() >= 2 ? decay : no_decay).push_back(p);
+      (p.dim() >= 2 ? decay : no_decay).params.push_back(p);
   }
-  auto options = [&](double weight_decay) {
-    auto opts = std::make_unique<torch::optim::AdamWOptions>(0.0);
-    opts->betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(weight_decay);
-    return opts;
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  auto add = [&](std::vector<torch::Tensor>& ps, double weight_decay, double scale) {
-    if (ps.empty()) return;
-    params_.insert(params_.end(), ps.begin(), ps.end());
-    groups.emplace_back(ps, options(weight_decay));
-    lr_scale_.push_back(scale);
-  };
-  add(decay, o.weight_decay, 1.0);
-  add(no_decay, 0.0, 1.0);
-  add(embedding, o.weight_decay, o.embedding_lr_scale);
+  std::vector<ParamGroup> groups;
+  for (ParamGroup* g : {&decay, &no_decay, &embedding})
+    if (!g->params.empty()) groups.push_back(std::move(*g));
+  return groups;
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(const std::vector<ParamGroup>& groups,
+                                                const proto::OptimizerConfig& o) {
   if (groups.empty()) throw Error("optimizer: no trainable parameters");
-  adamw_ = std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(0.0));
+  std::vector<torch::optim::OptimizerParamGroup> torch_groups;
+  for (const ParamGroup& g : groups) {
+    auto opts = std::make_unique<torch::optim::AdamWOptions>(0.0);
+    opts->betas({o.beta1(), o.beta2()}).eps(o.eps()).weight_decay(g.weight_decay);
+    torch_groups.emplace_back(g.params, std::move(opts));
+  }
+  return std::make_unique<torch::optim::AdamW>(torch_groups, torch::optim::AdamWOptions(0.0));
+}
+
+LrSchedule make_schedule(const proto::OptimizerConfig& o, int64_t total_steps) {
+  LrSchedule s;
+  if (o.schedule() == "cosine")
+    s.shape = LrShape::kCosine;
+  else if (o.schedule() == "linear")
+    s.shape = LrShape::kLinear;
+  else if (o.schedule() == "constant")
+    s.shape = LrShape::kConstant;
+  else
+    throw Error("optimizer.schedule: \"" + o.schedule() +
+                "\" is not one of \"cosine\", \"linear\", \"constant\"");
+  s.peak_lr = o.lr();
+  s.min_lr = o.lr() * o.min_lr_ratio();
+  s.warmup_steps = resolved_warmup_steps(o, total_steps);
+  s.total_steps = total_steps;
+  return s;
+}
+
+Optimizer::Optimizer(const NamedTensors& params, const proto::OptimizerConfig& o,
+                     double embedding_lr_scale)
+    : grad_clip_(o.grad_clip()) {
+  const std::vector<ParamGroup> groups = param_groups(params, o.weight_decay(), embedding_lr_scale);
+  adamw_ = make_adamw(groups, o);
+  for (const ParamGroup& g : groups) {
+    params_.insert(params_.end(), g.params.begin(), g.params.end());
+    lr_scale_.push_back(g.lr_scale);
+  }
 }
 
 void Optimizer::zero_grad() { adamw_->zero_grad(); }
 
-double Optimizer::step(double lr, double max_grad_norm) {
+double Optimizer::step(double lr) {
   auto& groups = adamw_->param_groups();
   for (size_t g = 0; g < groups.size(); ++g)
     static_cast<torch::optim::AdamWOptions&>(groups[g].options()).lr(lr * lr_scale_[g]);
-  const double cap = max_grad_norm > 0 ? max_grad_norm : std::numeric_limits<double>::infinity();
+  const double cap = grad_clip_ > 0 ? grad_clip_ : std::numeric_limits<double>::infinity();
   const double norm = torch::nn::utils::clip_grad_norm_(params_, cap);
   if (std::isfinite(norm)) adamw_->step();  // a NaN/inf gradient must not reach the weights
   return norm;
@@ -84,6 +144,13 @@ NamedTensors module_tensors(torch::nn::Module& module) {
   for (const auto& p : module.named_parameters()) out.emplace_back(p.key(), p.value());
   for (const auto& b : module.named_buffers()) out.emplace_back(b.key(), b.value());
   return out;
+}
+
+NamedTensors state_tensors(torch::nn::Module& model, const LoraAdapters* lora) {
+  NamedTensors t = module_tensors(model);
+  if (lora)
+    for (auto& [k, v] : lora->named_parameters()) t.emplace_back("lora." + k, v);
+  return t;
 }
 
 void save_tensors(const NamedTensors& tensors, const std::string& path) {

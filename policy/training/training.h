@@ -1,7 +1,14 @@
-// The training toolkit under every trainer (SFT, reward, PPO): AdamW with decay / no-decay
-// parameter groups, the resumable-state folder with its one resume rule, tensor and RNG state
-// files, and model initialisation from a checkpoint or from scratch with the tokenizer checks.
-// The learning-rate schedule is policy/training/lr_schedule.h. Not thread-safe; CPU and CUDA alike.
+// The training toolkit under every trainer (SFT, reward, PPO): where a trainer runs (device,
+// precision, process group, threads), its trainable parameters, AdamW with decay / no-decay
+// parameter groups built from the config's optimizer section (the one place torch AdamW options
+// are built), the learning-rate schedule from the same section, the resumable-state folder with
+// its one resume rule, tensor and RNG state files, and model initialisation from a checkpoint or
+// from scratch with the tokenizer checks. The optimizer section's checks and defaults are
+// policy/training/optimizer_config.h, the schedule's formulas policy/training/lr_schedule.h.
+//
+// Ownership: an Optimizer owns its torch AdamW and holds (shares) the parameter tensors it was
+// given; the model owns them. Thread safety: none of it is thread-safe (one trainer per thread);
+// CPU and CUDA alike. Errors: rlhf::Error with the file, field or tensor named.
 //
 // The resume rule (every trainer and the pipeline): an output folder whose state/ holds a
 // checkpoint written under the same config fingerprint resumes from its newest checkpoint; one
@@ -20,41 +27,91 @@
 #include <vector>
 
 #include "policy/model/checkpoint.h"
+#include "policy/model/lora.h"
 #include "policy/model/model.h"
+#include "policy/runtime/device.h"
 #include "policy/tokenizer/tokenizer.h"
+#include "policy/training/lr_schedule.h"
 #include "proto/model.pb.h"
+#include "proto/optimizer.pb.h"
 
 namespace google::protobuf {
 class Message;
+}
+
+namespace rlhf::policy::dist {
+class Comm;
 }
 
 namespace rlhf::policy::training {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
-// ---- optimizer ----------------------------------------------------------------------------------
+// ---- where a trainer runs -----------------------------------------------------------------------
 
-struct AdamWOptions {
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
-  double weight_decay = 0.1;        // on the "decay" group only
-  double embedding_lr_scale = 1.0;  // != 1: token embeddings get their own group at lr * scale
+// Sets torch's intra-op threads: `threads` > 0 as given; 0 keeps torch's own choice, except in a
+// rank of a multi-process run started without OMP_NUM_THREADS, which gets
+// dist::threads_per_rank(local world size) (`rlhf launch` sets OMP_NUM_THREADS itself).
+void configure_threads(int threads, const dist::Comm& comm);
+
+struct Placement {
+  torch::Device device{torch::kCPU};
+  Precision precision = Precision::kFp32;  // bf16: autocast forwards (policy/runtime/device.h)
+  dist::Comm* comm = nullptr;  // dist::world(device): owned by the process, outlives the trainer
 };
 
-// AdamW over the given trainable parameters, grouped as in GPT-2/nanoGPT/LLaMA: "decay" (>= 2
-// dims: matrices, embeddings) with weight_decay, "no_decay" (< 2 dims: norms, biases) without,
-// and, when embedding_lr_scale != 1, "embedding" (names containing "tok_embeddings") with decay at
-// a scaled learning rate. Empty groups are left out. Parameter order is kept within a group.
+// Every trainer's start: `device` and `dtype` resolved (errors name "<what>: device" and
+// "<what>: dtype"), the process group joined (dist::world), the threads set (configure_threads).
+Placement place_trainer(const std::string& device, const std::string& dtype, int threads,
+                        const std::string& what);
+
+// ---- optimizer ----------------------------------------------------------------------------------
+
+// What an Optimizer trains: the parameters of `model` that require a gradient, in
+// named_parameters() order, then the LoRA adapters' (`lora` may be null). With LoRA the model's
+// own weights are frozen, so only what the trainer left trainable besides the adapters (e.g. the
+// reward model's scalar head) comes before them.
+NamedTensors trainable_parameters(torch::nn::Module& model, const LoraAdapters* lora = nullptr);
+
+struct ParamGroup {
+  std::vector<torch::Tensor> params;
+  double weight_decay = 0;  // AdamW decoupled weight decay of this group
+  double lr_scale = 1;      // the group's lr is the step's lr times this
+};
+
+// Groups as in GPT-2/nanoGPT/LLaMA: "decay" (>= 2 dims: matrices, embeddings) at weight_decay,
+// "no_decay" (< 2 dims: norms, biases) without, and, when embedding_lr_scale != 1, "embedding"
+// (names containing "embed_tokens": the token embeddings, also the output head when tied) with
+// decay at lr * embedding_lr_scale. Empty groups are left out; parameter order is kept within a
+// group.
+std::vector<ParamGroup> param_groups(const NamedTensors& params, double weight_decay,
+                                     double embedding_lr_scale = 1.0);
+
+// The one place torch AdamW options are built: one torch param group per ParamGroup, with the
+// config's betas and eps and the group's weight decay (the lr is set at each step). `optimizer`
+// must be resolved (resolve_optimizer_config). Throws rlhf::Error when `groups` is empty.
+std::unique_ptr<torch::optim::AdamW> make_adamw(const std::vector<ParamGroup>& groups,
+                                                const proto::OptimizerConfig& optimizer);
+
+// The learning-rate schedule of a run of `total_steps` steps (PPO: iterations): peak
+// optimizer.lr, floor lr * min_lr_ratio, resolved_warmup_steps, the config's shape. `optimizer`
+// must be resolved; throws rlhf::Error on an unknown schedule name.
+LrSchedule make_schedule(const proto::OptimizerConfig& optimizer, int64_t total_steps);
+
+// Every trainer's optimizer: AdamW (make_adamw) over param_groups(params, weight_decay,
+// embedding_lr_scale), clipping the global gradient norm at grad_clip.
 class Optimizer {
  public:
-  Optimizer(const NamedTensors& params, const AdamWOptions& options);
+  // `optimizer` must be resolved (resolve_optimizer_config). Throws rlhf::Error when `params` is
+  // empty ("optimizer: no trainable parameters").
+  Optimizer(const NamedTensors& params, const proto::OptimizerConfig& optimizer,
+            double embedding_lr_scale = 1.0);
 
   // One update: sets every group's lr (times its scale), clips the global L2 norm of the
-  // gradients to max_grad_norm (<= 0: no clipping), steps. Returns the norm before clipping; when
-  // it is not finite the weights and moments are left as they were (the caller decides: PPO stops
-  // with a named error, SFT and reward log the norm).
-  double step(double lr, double max_grad_norm);
+  // gradients to grad_clip (0: no clipping), steps. Returns the norm before clipping; when it is
+  // not finite the weights and moments are left as they were (the caller decides: PPO stops with
+  // a named error, SFT and reward log the norm).
+  double step(double lr);
   void zero_grad();
 
   const std::vector<torch::Tensor>& parameters() const { return params_; }
@@ -68,6 +125,7 @@ class Optimizer {
   std::unique_ptr<torch::optim::AdamW> adamw_;
   std::vector<double> lr_scale_;       // per group
   std::vector<torch::Tensor> params_;  // all trainable, group after group (for clipping)
+  double grad_clip_ = 0;
 };
 
 // ---- tensors and RNG
@@ -75,6 +133,11 @@ class Optimizer {
 
 // Parameters and buffers of a module by name (the same names its named_parameters() uses).
 NamedTensors module_tensors(torch::nn::Module& module);
+
+// A trainer's resumable model state: module_tensors(model), then the LoRA adapters' tensors as
+// "lora.<name>" (`lora` may be null). What every trainer saves and loads with save_tensors /
+// load_tensors.
+NamedTensors state_tensors(torch::nn::Module& model, const LoraAdapters* lora);
 
 // Writes named tensors to one file (torch archive). load_tensors copies the stored values into
 // the given tensors in place (shapes must match); throws naming the file and the tensor.

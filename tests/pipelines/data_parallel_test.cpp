@@ -78,7 +78,8 @@ std::string sft_config(const Fixture& f, int steps) {
          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 max_seq_len: 48 }\n"
          "steps: " +
          std::to_string(steps) +
-         " batch_size: 8 grad_accum: 2 lr: 3e-3 eval_every: 10 save_every: 5 seed: 3\n";
+         " batch_size: 8 grad_accum: 2 optimizer { lr: 3e-3 } eval_every: 10 save_every: 5 seed: "
+         "3\n";
 }
 
 // `rlhf launch --nproc-per-node n -- rlhf <args>` (n = 0: plain `rlhf <args>`); returns the exit
@@ -141,11 +142,12 @@ TEST(DataParallel, SftTwoRanksEqualOneRank) {
 TEST(DataParallel, RewardTwoRanksEqualOneRank) {
   auto& f = fixture();
   TempDir d("dp_reward");
-  const auto cfg = write_config(
-      d / "reward.pbtxt",
-      "format: \"pairs\"\ntrain_file: \"" + f.pairs + "\"\ntokenizer: \"" + f.tok +
-          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
-          "max_answer_tokens: 16\nsteps: 20 batch_pairs: 16 lr: 1e-3 eval_every: 10\n");
+  const auto cfg =
+      write_config(d / "reward.pbtxt",
+                   "format: \"pairs\"\ntrain_file: \"" + f.pairs + "\"\ntokenizer: \"" + f.tok +
+                       "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
+                       "max_answer_tokens: 16\nsteps: 20 batch_pairs: 16 optimizer { lr: 1e-3 } "
+                       "eval_every: 10\n");
   std::string out;
   ASSERT_EQ(launch(0, "reward train --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
   ASSERT_EQ(launch(2, "reward train --config " + cfg + " --out " + (d / "two"), &out), 0) << out;

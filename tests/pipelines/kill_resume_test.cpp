@@ -29,7 +29,7 @@ name: "kill"
 seed: 5
 quickstart { sft_examples: 400 tokenizer_problems: 300 heldout_problems: 24 sample_prompts: 24 ppo_prompts: 64 }
 tokenizer { vocab_size: 384 }
-sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 64 } seq_len: 64 steps: 40 batch_size: 16 lr: 3e-3 eval_every: 20 save_every: 5 threads: 1 }
+sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 64 } seq_len: 64 steps: 40 batch_size: 16 optimizer { lr: 3e-3 } eval_every: 20 save_every: 5 threads: 1 }
 sample { answers_per_prompt: 3 max_new_tokens: 10 batch_size: 32 }
 annotate { teacher: "arithmetic" annotators: 2 }
 reward { max_prompt_tokens: 46 max_answer_tokens: 16 steps: 12 batch_pairs: 16 eval_every: 4 save_every: 2 threads: 1 }

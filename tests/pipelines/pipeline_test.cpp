@@ -20,7 +20,7 @@ name: "tiny"
 seed: 3
 quickstart { sft_examples: 400 tokenizer_problems: 300 heldout_problems: 24 sample_prompts: 24 ppo_prompts: 64 }
 tokenizer { vocab_size: 384 }
-sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 64 } seq_len: 64 steps: 30 batch_size: 16 lr: 3e-3 eval_every: 30 }
+sft { model { dim: 32 n_layers: 1 n_heads: 2 n_kv_heads: 2 max_seq_len: 64 } seq_len: 64 steps: 30 batch_size: 16 optimizer { lr: 3e-3 } eval_every: 30 }
 sample { answers_per_prompt: 3 max_new_tokens: 10 batch_size: 32 }
 annotate { teacher: "arithmetic" annotators: 2 }
 reward { max_prompt_tokens: 46 max_answer_tokens: 16 steps: 10 batch_pairs: 16 eval_every: 10 }
@@ -152,8 +152,24 @@ TEST(Pipeline, BadValuesReadFileLineFieldExpectedAndGot) {
   EXPECT_NE(out.find("error: " + path + ":1: field 'sample.temperature': expected > 0, got 0\n"),
             std::string::npos)
       << out;
-  out = error_line("name: \"x\"\nsft {\n  steps: 10\n  lr: -2\n}\n");
-  EXPECT_NE(out.find("error: " + path + ":4: field 'sft.lr': expected > 0, got -2\n"),
+  out = error_line("name: \"x\"\nsft {\n  steps: 10\n  optimizer { lr: -2 }\n}\n");
+  EXPECT_NE(out.find("error: " + path + ":4: field 'sft.optimizer.lr': expected > 0, got -2\n"),
+            std::string::npos)
+      << out;
+  // Old optimizer field names inside a stage section: refused, naming the replacement.
+  out = error_line("name: \"x\"\nsft {\n  steps: 10\n  lr: 3e-3\n}\n");
+  EXPECT_NE(
+      out.find("error: " + path + ":4: field 'lr' of SftConfig moved to 'optimizer { lr }'\n"),
+      std::string::npos)
+      << out;
+  out = error_line("reward {\n  grad_clip: 1\n}\n");
+  EXPECT_NE(
+      out.find("error: " + path +
+               ":2: field 'grad_clip' of RewardTrainConfig moved to 'optimizer { grad_clip }'\n"),
+      std::string::npos)
+      << out;
+  out = error_line("ppo { iterations: 2\n  value_lr: 1e-4 }\n");
+  EXPECT_NE(out.find("error: " + path + ":2: field 'value_lr' of PpoConfig moved to 'critic_lr'\n"),
             std::string::npos)
       << out;
   out = error_line("reward {\n  lora { rank: 2\n    alpha: -1 }\n}\n");

@@ -13,7 +13,10 @@
 #include "policy/model/checkpoint.h"
 #include "policy/model/lora.h"
 #include "policy/training/lr_schedule.h"
+#include "policy/training/optimizer_config.h"
 #include "policy/training/sft_trainer.h"
+#include "policy/training/training.h"
+#include "tests/fixtures/optimizer_state.h"
 #include "tests/fixtures/sft_data.h"
 #include "tests/test_support.h"
 
@@ -43,7 +46,7 @@ class SftTest : public ::testing::Test {
         *tokenizer_ +
         "\"\n"
         "model { dim: 32 n_layers: 2 n_heads: 4 n_kv_heads: 2 max_seq_len: 48 }\n"
-        "batch_size: 8\nlr: 0.003\nheldout_fraction: 0.1\neval_batches: 4\nseed: 5\n"
+        "batch_size: 8\noptimizer { lr: 0.003 }\nheldout_fraction: 0.1\neval_batches: 4\nseed: 5\n"
         "device: \"" +
         rlhf::testing::test_device_name() +
         "\"\n"
@@ -130,8 +133,8 @@ TEST_F(SftTest, EarlyStopWhenEvalLossStopsImproving) {
   TempDir tmp("sft_early");
   // A learning rate far too high: the held-out loss gets worse than at the start.
   auto cfg = base_config(tmp / "out", "steps: 40\neval_every: 5\nearly_stop_patience: 2\n");
-  cfg.set_lr(3.0f);
-  cfg.set_warmup_steps(0);  // no warm-up
+  cfg.mutable_optimizer()->set_lr(3.0);
+  cfg.mutable_optimizer()->set_warmup_steps(0);  // no warm-up
   const SftResult r = rlhf::pipelines::run_sft_stage(cfg);
   EXPECT_TRUE(r.early_stopped);
   EXPECT_EQ(r.steps, 10);
@@ -168,7 +171,7 @@ TEST_F(SftTest, KilledRunResumesBitIdentical) {
   // Warm-up + cosine over 14 steps, grad accumulation, a save every 4 steps, killed after 10
   // (the last save was at 8, so steps 9-10 are redone).
   auto cfg = base_config("",
-                         "steps: 14\ngrad_accum: 2\nwarmup_steps: 3\n"
+                         "steps: 14\ngrad_accum: 2\noptimizer { warmup_steps: 3 }\n"
                          "eval_every: 5\nsave_every: 4\n");
   expect_bit_identical_resume(cfg, tmp, 10);
 }
@@ -189,20 +192,21 @@ TEST_F(SftTest, LoraSftLowersLossAndWritesAdapterAndMergedModel) {
   // its embeddings, head and norms frozen at init scale, its logits cannot leave about +-0.6.
   RLHF_REQUIRE_DATA(hf, "stories260K-hf");
   TempDir tmp("sft_lora");
-  const std::string text = "train_file: \"" + (*dir_ / "train.jsonl") +
-                           "\"\n"
-                           "tokenizer: \"" +
-                           *tokenizer_ +
-                           "\"\n"
-                           "init_from: \"" +
-                           hf +
-                           "\"\n"
-                           "steps: 40\neval_every: 20\nbatch_size: 8\nlr: 0.01\nseed: 3\n"
-                           "heldout_fraction: 0.1\neval_batches: 4\nseq_len: 48\n"
-                           "lora { rank: 8 targets: \"q\" targets: \"k\" targets: \"v\" "
-                           "targets: \"o\" targets: \"gate\" targets: \"up\" targets: \"down\" }\n"
-                           "out_dir: \"" +
-                           (tmp / "lora") + "\"\n";
+  const std::string text =
+      "train_file: \"" + (*dir_ / "train.jsonl") +
+      "\"\n"
+      "tokenizer: \"" +
+      *tokenizer_ +
+      "\"\n"
+      "init_from: \"" +
+      hf +
+      "\"\n"
+      "steps: 40\neval_every: 20\nbatch_size: 8\noptimizer { lr: 0.01 }\nseed: 3\n"
+      "heldout_fraction: 0.1\neval_batches: 4\nseq_len: 48\n"
+      "lora { rank: 8 targets: \"q\" targets: \"k\" targets: \"v\" "
+      "targets: \"o\" targets: \"gate\" targets: \"up\" targets: \"down\" }\n"
+      "out_dir: \"" +
+      (tmp / "lora") + "\"\n";
   const SftResult r = rlhf::pipelines::run_sft_stage(parse_sft_config(text, "lora.pbtxt"));
   std::printf("lora sft: eval loss %.3f -> %.3f\n", r.first_eval_loss, r.final_eval_loss);
   EXPECT_LT(r.final_eval_loss, r.first_eval_loss - 1.0)
@@ -270,11 +274,11 @@ TEST_F(SftTest, ConfigErrorsNameFileLineAndField) {
     EXPECT_NE(m.find("no_such_field"), std::string::npos) << m;
   }
   try {
-    parse_sft_config("steps: 3\n\nlr: -0.1\n", "cfg.pbtxt");
+    parse_sft_config("steps: 3\n\noptimizer { lr: -0.1 }\n", "cfg.pbtxt");
     FAIL();
   } catch (const Error& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("cfg.pbtxt:3: field 'lr'"), std::string::npos) << m;
+    EXPECT_NE(m.find("cfg.pbtxt:3: field 'optimizer.lr'"), std::string::npos) << m;
   }
   try {
     parse_sft_config("format: \"csv\"\n", "cfg.pbtxt");
@@ -306,11 +310,16 @@ TEST(SftConfigTest, BadValuesReadFileLineFieldExpectedAndGot) {
     }
     return std::string("no error");
   };
-  EXPECT_EQ(error_of("steps: 3\n\nlr: -0.1\n"), path + ":3: field 'lr': expected > 0, got -0.1");
+  EXPECT_EQ(error_of("steps: 3\n\noptimizer { lr: -0.1 }\n"),
+            path + ":3: field 'optimizer.lr': expected > 0, got -0.1");
   EXPECT_EQ(error_of("steps: 3\nlora {\n  rank: 4\n  dropout: 1.5\n}\n"),
             path + ":4: field 'lora.dropout': expected a value in [0, 1), got 1.5");
-  EXPECT_EQ(error_of("# comment\nweight_decay: -1\n"),
-            path + ":2: field 'weight_decay': expected >= 0 (0 = none), got -1");
+  EXPECT_EQ(error_of("# comment\noptimizer {\n  weight_decay: -1\n}\n"),
+            path + ":3: field 'optimizer.weight_decay': expected >= 0 (0 = none), got -1");
+  EXPECT_EQ(error_of("optimizer { schedule: \"step\" }\n"),
+            path +
+                ":1: field 'optimizer.schedule': expected \"cosine\", \"linear\" or \"constant\", "
+                "got \"step\"");
   EXPECT_EQ(error_of("format: \"csv\"\n"),
             path + ":1: field 'format': expected \"auto\", \"jsonl\" or \"text\", got \"csv\"");
   proto::SftConfig c;
@@ -335,12 +344,18 @@ TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_FLOAT_EQ(c.epochs(), 1.0f);
   EXPECT_EQ(c.batch_size(), 8);
   EXPECT_EQ(c.grad_accum(), 1);
-  EXPECT_FLOAT_EQ(c.lr(), 3e-4f);
-  EXPECT_FLOAT_EQ(c.min_lr_ratio(), 0.1f);
-  EXPECT_FLOAT_EQ(c.weight_decay(), 0.1f);
-  EXPECT_FLOAT_EQ(c.grad_clip(), 1.0f);
-  EXPECT_FLOAT_EQ(c.beta1(), 0.9f);
-  EXPECT_FLOAT_EQ(c.beta2(), 0.95f);
+  // The optimizer section: the SFT column of proto/optimizer.proto.
+  const proto::OptimizerConfig& o = c.optimizer();
+  EXPECT_EQ(o.lr(), 3e-4);
+  EXPECT_EQ(o.min_lr_ratio(), 0.1);
+  EXPECT_EQ(o.weight_decay(), 0.1);
+  EXPECT_EQ(o.grad_clip(), 1.0);
+  EXPECT_EQ(o.beta1(), 0.9);
+  EXPECT_EQ(o.beta2(), 0.95);
+  EXPECT_EQ(o.eps(), 1e-8);
+  EXPECT_EQ(o.schedule(), "cosine");
+  EXPECT_EQ(o.warmup_ratio(), 0.05);
+  EXPECT_FALSE(o.has_warmup_steps());  // from warmup_ratio
   EXPECT_EQ(c.eval_every(), 50);
   EXPECT_EQ(c.save_every(), 50);  // = eval_every
   EXPECT_EQ(c.eval_batches(), 0);
@@ -348,28 +363,71 @@ TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_EQ(c.device(), "cpu");
   EXPECT_FALSE(c.has_lora());
   EXPECT_FALSE(c.has_model());
-  EXPECT_EQ(resolved_warmup_steps(c, 100), 5);  // 5% of the steps, rounded down
-  EXPECT_EQ(resolved_warmup_steps(c, 39), 1);
+  EXPECT_EQ(training::resolved_warmup_steps(o, 100), 5);  // 5% of the steps, rounded down
+  EXPECT_EQ(training::resolved_warmup_steps(o, 39), 1);
   // Every resolved value is visible in the text written to manifests.
   const std::string text = to_text_format(c);
   for (const char* needle :
-       {"lr: 0.0003", "weight_decay: 0.1", "save_every: 50", "device: \"cpu\""})
+       {"lr: 0.0003", "weight_decay: 0.1", "eps: 1e-08", "save_every: 50", "device: \"cpu\""})
     EXPECT_NE(text.find(needle), std::string::npos) << needle << " in\n" << text;
 
   // Values that depend on other fields, and zeros that now mean zero.
   const proto::SftConfig d = resolved_sft_config(
-      parse_sft_config("train_file: \"x.jsonl\"\neval_every: 20\nweight_decay: 0\nwarmup_steps: 0\n"
-                       "min_lr_ratio: 0\nlora { rank: 4 }\n",
+      parse_sft_config("train_file: \"x.jsonl\"\neval_every: 20\n"
+                       "optimizer { weight_decay: 0 warmup_steps: 0 min_lr_ratio: 0 }\n"
+                       "lora { rank: 4 }\n",
                        "d.pbtxt"));
   EXPECT_EQ(d.format(), "jsonl");
   EXPECT_EQ(d.save_every(), 20);
-  EXPECT_FLOAT_EQ(d.weight_decay(), 0.0f);
-  EXPECT_FLOAT_EQ(d.min_lr_ratio(), 0.0f);
-  EXPECT_EQ(resolved_warmup_steps(d, 100), 0);
+  EXPECT_EQ(d.optimizer().weight_decay(), 0.0);
+  EXPECT_EQ(d.optimizer().min_lr_ratio(), 0.0);
+  EXPECT_EQ(d.optimizer().lr(), 3e-4);  // the rest of the section keeps the SFT defaults
+  EXPECT_EQ(training::resolved_warmup_steps(d.optimizer(), 100), 0);
   EXPECT_FLOAT_EQ(d.lora().alpha(), 4.0f);  // alpha = rank
   ASSERT_EQ(d.lora().targets_size(), 2);
   EXPECT_EQ(d.lora().targets(0), "q");
   EXPECT_EQ(d.lora().targets(1), "v");
+}
+
+// The optimizer fields moved into `optimizer { }`: a config with an old name is refused with a
+// message naming the file, the line, the old field and where it went.
+TEST(SftConfigTest, OldOptimizerFieldNamesAreRefusedWithTheReplacement) {
+  for (const char* name : {"lr", "min_lr_ratio", "warmup_steps", "warmup_ratio", "weight_decay",
+                           "grad_clip", "beta1", "beta2"}) {
+    try {
+      parse_sft_config("steps: 3\n" + std::string(name) + ": 0.5\n", "sft.pbtxt");
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("sft.pbtxt:2: field '") + name +
+                                           "' of SftConfig moved to 'optimizer { " + name + " }'");
+    }
+  }
+}
+
+// The AdamW state the trainer saved: built by the toolkit from the optimizer section, decay /
+// no-decay groups with the section's weight decay, betas and eps.
+TEST_F(SftTest, AdamWComesFromTheOptimizerSection) {
+  TempDir tmp("sft_adamw");
+  auto cfg = base_config(tmp / "out", "steps: 2\neval_every: 2\n");
+  proto::OptimizerConfig* o = cfg.mutable_optimizer();
+  o->set_beta1(0.8);
+  o->set_beta2(0.9);
+  o->set_eps(1e-6);
+  o->set_weight_decay(0.05);
+  rlhf::pipelines::run_sft_stage(cfg);
+  const auto state = training::StateFolder(tmp / "out/state").latest();
+  ASSERT_TRUE(state);
+  const auto groups = testing::saved_adamw_groups(*state + "/optimizer.pt");
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].weight_decay, 0.05);
+  EXPECT_EQ(groups[1].weight_decay, 0.0);
+  EXPECT_GT(groups[0].params, 0u);
+  EXPECT_GT(groups[1].params, 0u);
+  for (const auto& g : groups) {
+    EXPECT_EQ(g.beta1, 0.8);
+    EXPECT_EQ(g.beta2, 0.9);
+    EXPECT_EQ(g.eps, 1e-6);
+  }
 }
 
 TEST_F(SftTest, DataErrorsNameFileAndLine) {
@@ -424,6 +482,13 @@ TEST_F(SftTest, CommandLine) {
   write_file_atomic(tmp / "bad.pbtxt", "steps: 4\nwarmup: 3\n");
   EXPECT_NE(rlhf::testing::run_command(rlhf + " sft --config " + (tmp / "bad.pbtxt"), &out), 0);
   EXPECT_NE(out.find(tmp / "bad.pbtxt:2"), std::string::npos) << out;
+  // A field under its old name: the message names the replacement.
+  write_file_atomic(tmp / "old.pbtxt", "steps: 4\nbeta2: 0.99\n");
+  EXPECT_NE(rlhf::testing::run_command(rlhf + " sft --config " + (tmp / "old.pbtxt"), &out), 0);
+  EXPECT_NE(
+      out.find(tmp / "old.pbtxt:2: field 'beta2' of SftConfig moved to 'optimizer { beta2 }'"),
+      std::string::npos)
+      << out;
 }
 
 }  // namespace

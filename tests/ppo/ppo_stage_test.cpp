@@ -86,7 +86,7 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
       << "\"\n"
       << "tokenizer: \"" << tok_path << "\"\n"
       << "iterations: 2 batch_size: 8 minibatch_size: 4 ppo_epochs: 2\n"
-      << "max_new_tokens: 8 policy_lr: 1e-3 value_lr: 1e-3 checkpoint_every: 1\n"
+      << "max_new_tokens: 8 optimizer { lr: 1e-3 } critic_lr: 1e-3 checkpoint_every: 1\n"
       << "missing_eos_penalty: 0.5 score_clip: 5 adaptive_kl: true\n";
   }
   pipelines::PpoStageOptions o;
@@ -220,7 +220,10 @@ TEST(PpoConfig, EmptyConfigHasDocumentedDefaults) {
   EXPECT_EQ(c.iterations(), 100);
   EXPECT_EQ(c.batch_size(), 64);
   EXPECT_EQ(c.minibatch_size(), 16);
-  EXPECT_DOUBLE_EQ(c.policy_lr(), 1e-5);
+  EXPECT_DOUBLE_EQ(c.critic_lr(), 1e-5);
+  // The optimizer section: PPO's column of proto/optimizer.proto once resolved.
+  EXPECT_DOUBLE_EQ(policy::resolved_ppo_config(c).optimizer().lr(), 1e-5);
+  EXPECT_DOUBLE_EQ(policy::resolved_ppo_config(c).optimizer().eps(), 1e-5);
   EXPECT_DOUBLE_EQ(c.clip_range(), 0.2);
   EXPECT_FLOAT_EQ(c.temperature(), 1.0f);
   EXPECT_EQ(c.top_k(), 0);

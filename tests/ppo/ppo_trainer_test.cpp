@@ -18,6 +18,7 @@
 #include "policy/ppo/rollout_file.h"
 #include "policy/tokenizer/prompt_format.h"
 #include "policy/training/training.h"
+#include "tests/fixtures/optimizer_state.h"
 #include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
@@ -70,8 +71,8 @@ proto::PpoConfig toy_config(int iterations) {
   c.set_batch_size(32);
   c.set_minibatch_size(16);
   c.set_ppo_epochs(4);
-  c.set_policy_lr(3e-3);
-  c.set_value_lr(3e-3);
+  c.mutable_optimizer()->set_lr(3e-3);
+  c.set_critic_lr(3e-3);
   c.set_max_new_tokens(10);
   c.set_kl_coef(0.05);
   c.set_seed(42);
@@ -283,7 +284,7 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
   cfg.set_batch_size(16);
   cfg.set_minibatch_size(8);
   cfg.set_ppo_epochs(2);
-  cfg.set_policy_lr(2e-2);
+  cfg.mutable_optimizer()->set_lr(2e-2);
   cfg.mutable_lora()->set_rank(4);  // targets default q, v
   auto models = make_models(3);
   auto snapshot = [](policy::Transformer& m) {
@@ -361,30 +362,30 @@ TEST(PpoTrainer, LearningRateScheduleByIteration) {
   proto::PpoConfig c;
   c.set_iterations(5);
   // Default: cosine, no warm-up, floor 0.1 * peak; progress (iteration - 1) / 4.
-  EXPECT_EQ(c.lr_schedule(), "cosine");
+  EXPECT_EQ(c.optimizer().schedule(), "cosine");
   EXPECT_DOUBLE_EQ(policy::ppo_learning_rate(c, 1e-3, 1), 1e-3);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 3), 1e-4 + 9e-4 * 0.5, 1e-15);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 5), 1e-4, 1e-15);
   // Linear with 1 warm-up iteration: the decay runs over iterations 2..5 (progress 0, 1/3, ..).
-  c.set_lr_schedule("linear");
-  c.set_lr_warmup_iterations(1);
+  c.mutable_optimizer()->set_schedule("linear");
+  c.mutable_optimizer()->set_warmup_steps(1);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 1), 1e-3, 1e-15);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 2), 1e-3, 1e-15);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 3), 7e-4, 1e-15);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 5), 1e-4, 1e-15);
   // Constant with 2 warm-up iterations: 1/2 then the peak.
-  c.set_lr_schedule("constant");
-  c.set_lr_warmup_iterations(2);
+  c.mutable_optimizer()->set_schedule("constant");
+  c.mutable_optimizer()->set_warmup_steps(2);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 1), 5e-4, 1e-15);
   EXPECT_NEAR(policy::ppo_learning_rate(c, 1e-3, 4), 1e-3, 1e-15);
-  c.set_lr_schedule("step");
+  c.mutable_optimizer()->set_schedule("step");
   EXPECT_THROW(policy::ppo_learning_rate(c, 1e-3, 1), Error);
   EXPECT_THROW(policy::validate_ppo_config(c), Error);
 
   TempDir dir("ppo_lr");
   auto cfg = toy_config(2);
-  cfg.set_lr_schedule("linear");
-  cfg.set_min_lr_ratio(0.0);
+  cfg.mutable_optimizer()->set_schedule("linear");
+  cfg.mutable_optimizer()->set_min_lr_ratio(0.0);
   auto models = make_models(4);  // handles: the trainer trains these very modules
   auto snapshot = [&] {
     std::vector<torch::Tensor> out;
@@ -535,13 +536,83 @@ TEST(PpoTrainer, ValueCoefInConfigIsAnErrorNamingTheLine) {
     EXPECT_NE(m.find("value_coef"), std::string::npos) << m;
   }
   // The new fields parse.
-  write_file_atomic(
-      dir / "ok.pbtxt",
-      "lr_schedule: \"linear\" lr_warmup_iterations: 2 min_lr_ratio: 0 target_kl: 0.02\n");
+  write_file_atomic(dir / "ok.pbtxt",
+                    "optimizer { schedule: \"linear\" warmup_steps: 2 min_lr_ratio: 0 }\n"
+                    "critic_lr: 2e-5 target_kl: 0.02\n");
   auto c = policy::load_ppo_config(dir / "ok.pbtxt");
-  EXPECT_EQ(c.lr_schedule(), "linear");
-  EXPECT_EQ(c.lr_warmup_iterations(), 2);
+  EXPECT_EQ(c.optimizer().schedule(), "linear");
+  EXPECT_EQ(c.optimizer().warmup_steps(), 2);
+  EXPECT_EQ(c.critic_lr(), 2e-5);
   EXPECT_EQ(c.target_kl(), 0.02);
-  c.set_min_lr_ratio(1.5);
+  c.mutable_optimizer()->set_min_lr_ratio(1.5);
   EXPECT_THROW(policy::validate_ppo_config(c), Error);
+}
+
+// The optimizer knobs moved into the shared `optimizer { }` section (value_lr to critic_lr): a
+// config with an old name is refused with a message naming the file, the line, the old field and
+// where it went.
+TEST(PpoTrainer, OldOptimizerFieldNamesAreRefusedWithTheReplacement) {
+  const std::vector<std::pair<std::string, std::string>> moved = {
+      {"policy_lr", "optimizer { lr }"},
+      {"value_lr", "critic_lr"},
+      {"weight_decay", "optimizer { weight_decay }"},
+      {"max_grad_norm", "optimizer { grad_clip }"},
+      {"adam_eps", "optimizer { eps }"},
+      {"lr_schedule", "optimizer { schedule }"},
+      {"lr_warmup_iterations", "optimizer { warmup_steps }"},
+      {"min_lr_ratio", "optimizer { min_lr_ratio }"}};
+  for (const auto& [old_name, replacement] : moved) {
+    const std::string value = old_name == "lr_schedule" ? "\"linear\"" : "1";
+    try {
+      policy::parse_ppo_config("iterations: 2\n\n" + old_name + ": " + value + "\n", "ppo.pbtxt");
+      ADD_FAILURE() << old_name << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "ppo.pbtxt:3: field '" + old_name +
+                                           "' of PpoConfig moved to '" + replacement + "'");
+    }
+  }
+}
+
+// PPO's optimizers: the toolkit's, from the optimizer section with PPO's defaults (betas
+// (0.9, 0.999), eps 1e-5, no weight decay); the critic's the same at critic_lr.
+TEST(PpoTrainer, OptimizersComeFromTheOptimizerSectionWithPpoDefaults) {
+  proto::PpoConfig c;
+  c.mutable_optimizer()->set_lr(2e-5);
+  c.mutable_optimizer()->set_grad_clip(0.5);
+  c.set_critic_lr(3e-5);
+  const proto::PpoConfig r = policy::resolved_ppo_config(c);
+  EXPECT_EQ(r.optimizer().lr(), 2e-5);
+  EXPECT_EQ(r.optimizer().grad_clip(), 0.5);
+  EXPECT_EQ(r.optimizer().beta1(), 0.9);
+  EXPECT_EQ(r.optimizer().beta2(), 0.999);
+  EXPECT_EQ(r.optimizer().eps(), 1e-5);
+  EXPECT_EQ(r.optimizer().weight_decay(), 0.0);
+  EXPECT_EQ(r.optimizer().warmup_ratio(), 0.0);
+  const proto::OptimizerConfig critic = policy::critic_optimizer_config(c);
+  EXPECT_EQ(critic.lr(), 3e-5);
+  EXPECT_EQ(critic.grad_clip(), 0.5);
+  EXPECT_EQ(critic.eps(), 1e-5);
+
+  // The saved optimizer states of a run: decay / no-decay groups with those options.
+  TempDir dir("ppo_adamw");
+  auto cfg = toy_config(1);
+  cfg.set_batch_size(8);
+  cfg.set_minibatch_size(8);
+  cfg.set_ppo_epochs(1);
+  cfg.mutable_optimizer()->set_weight_decay(0.01);
+  cfg.set_checkpoint_every(1);
+  policy::PpoTrainer t(cfg, make_models(5), count_teacher, make_prompts(), dir.path());
+  t.run();
+  const std::string ck = t.checkpoint_dir();
+  for (const char* who : {"policy", "critic"}) {
+    const auto groups = policy::testing::saved_adamw_groups(ck + "/" + who + "_optimizer.pt");
+    ASSERT_EQ(groups.size(), 2u) << who;
+    EXPECT_EQ(groups[0].weight_decay, 0.01) << who;
+    EXPECT_EQ(groups[1].weight_decay, 0.0) << who;
+    for (const auto& g : groups) {
+      EXPECT_EQ(g.beta1, 0.9) << who;
+      EXPECT_EQ(g.beta2, 0.999) << who;
+      EXPECT_EQ(g.eps, 1e-5) << who;
+    }
+  }
 }

@@ -47,7 +47,7 @@ TEST(RewardCli, TrainEvalScore) {
         << "tokenizer: \"" << tok << "\"\n"
         << "model { dim: 32 n_layers: 1 n_heads: 4 }\n"
         << "max_prompt_tokens: 16 max_answer_tokens: 24\n"
-        << "steps: 200 batch_pairs: 16 lr: 3e-3 eval_every: 100 threads: 1\n";
+        << "steps: 200 batch_pairs: 16 optimizer { lr: 3e-3 } eval_every: 100 threads: 1\n";
   }
   std::string out;
   // --steps overrides the config's 200.

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/training/optimizer_config.h"
 #include "reward/evaluation.h"
 #include "reward/train_config.h"
 #include "reward/trainer.h"
@@ -26,8 +27,8 @@ TEST(RewardConfig, ErrorsNameFileLineAndField) {
   auto e = error_of("train_file: \"x.jsonl\"\nsteps: 10\nlearning_rate: 3\n");
   EXPECT_NE(e.find("cfg.pbtxt:3:"), std::string::npos) << e;
   EXPECT_NE(e.find("learning_rate"), std::string::npos) << e;
-  e = error_of("train_file: \"x.jsonl\"\n\nlr: -1\n");
-  EXPECT_NE(e.find("cfg.pbtxt:3: field 'lr'"), std::string::npos) << e;
+  e = error_of("train_file: \"x.jsonl\"\n\noptimizer { lr: -1 }\n");
+  EXPECT_NE(e.find("cfg.pbtxt:3: field 'optimizer.lr'"), std::string::npos) << e;
   e = error_of("format: \"csv\"\n");
   EXPECT_NE(e.find("cfg.pbtxt:1: field 'format'"), std::string::npos) << e;
   e = error_of("steps: ten\n");
@@ -35,7 +36,7 @@ TEST(RewardConfig, ErrorsNameFileLineAndField) {
   auto ok = parse_train_config("train_file: \"x\"\nmodel { dim: 64 n_layers: 2 }\n", "ok");
   EXPECT_EQ(ok.model().dim(), 64);
   ok = resolved_train_config(ok);
-  EXPECT_FLOAT_EQ(ok.lr(), 3e-4f);
+  EXPECT_EQ(ok.optimizer().lr(), 3e-4);
   EXPECT_EQ(ok.batch_pairs(), 16);
 }
 
@@ -62,12 +63,12 @@ TEST(RewardConfig, BadValuesReadFileLineFieldExpectedAndGot) {
                 ":4: field 'lora.targets': expected projections of q, k, v, o, gate, up, down, "
                 "got \"zz\"");
   proto::RewardTrainConfig c;
-  c.set_lr(-1);  // e.g. a command-line flag: not in the file, so no line
+  c.mutable_optimizer()->set_lr(-1);  // e.g. a command-line flag: not in the file, so no line
   try {
     validate_config(c, path);
     FAIL();
   } catch (const rlhf::Error& e) {
-    EXPECT_EQ(std::string(e.what()), path + ": field 'lr': expected > 0, got -1");
+    EXPECT_EQ(std::string(e.what()), path + ": field 'optimizer.lr': expected > 0, got -1");
   }
 }
 
@@ -83,24 +84,39 @@ TEST(RewardConfig, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_FALSE(c.has_steps());
   EXPECT_FLOAT_EQ(c.epochs(), 1.0f);
   EXPECT_EQ(c.batch_pairs(), 16);
-  EXPECT_FLOAT_EQ(c.lr(), 3e-4f);
-  EXPECT_FLOAT_EQ(c.min_lr_ratio(), 0.1f);
-  EXPECT_FLOAT_EQ(c.weight_decay(), 0.1f);
-  EXPECT_FLOAT_EQ(c.grad_clip(), 1.0f);
+  // The optimizer section: the reward column of proto/optimizer.proto.
+  const proto::OptimizerConfig& o = c.optimizer();
+  EXPECT_EQ(o.lr(), 3e-4);
+  EXPECT_EQ(o.min_lr_ratio(), 0.1);
+  EXPECT_EQ(o.weight_decay(), 0.1);
+  EXPECT_EQ(o.grad_clip(), 1.0);
+  EXPECT_EQ(o.beta1(), 0.9);
+  EXPECT_EQ(o.beta2(), 0.95);
+  EXPECT_EQ(o.eps(), 1e-8);
+  EXPECT_EQ(o.schedule(), "cosine");
   EXPECT_FLOAT_EQ(c.margin(), 0.0f);
-  EXPECT_FLOAT_EQ(c.beta1(), 0.9f);
-  EXPECT_FLOAT_EQ(c.beta2(), 0.95f);
   EXPECT_FLOAT_EQ(c.embedding_lr_scale(), 1.0f);
   EXPECT_EQ(c.eval_every(), 50);
   EXPECT_EQ(c.save_every(), 50);
   EXPECT_EQ(c.device(), "cpu");
-  EXPECT_EQ(resolved_warmup_steps(c, 900), 45);
+  EXPECT_EQ(policy::training::resolved_warmup_steps(o, 900), 45);
   EXPECT_NE(to_text(c).find("max_prompt_tokens: 192"), std::string::npos) << to_text(c);
   // weight_decay: 0 now means no decay (it used to mean "the default").
-  const auto d =
-      resolved_train_config(parse_train_config("weight_decay: 0\nwarmup_steps: 0\n", "d"));
-  EXPECT_FLOAT_EQ(d.weight_decay(), 0.0f);
-  EXPECT_EQ(resolved_warmup_steps(d, 900), 0);
+  const auto d = resolved_train_config(
+      parse_train_config("optimizer { weight_decay: 0 warmup_steps: 0 }\n", "d"));
+  EXPECT_EQ(d.optimizer().weight_decay(), 0.0);
+  EXPECT_EQ(policy::training::resolved_warmup_steps(d.optimizer(), 900), 0);
+}
+
+// The optimizer fields moved into `optimizer { }`: a config with an old name is refused with a
+// message naming the file, the line, the old field and where it went.
+TEST(RewardConfig, OldOptimizerFieldNamesAreRefusedWithTheReplacement) {
+  for (const char* name : {"lr", "min_lr_ratio", "warmup_steps", "warmup_ratio", "weight_decay",
+                           "grad_clip", "beta1", "beta2"}) {
+    const std::string e = error_of("steps: 10\n" + std::string(name) + ": 0.5\n");
+    EXPECT_EQ(e, std::string("cfg.pbtxt:2: field '") + name +
+                     "' of RewardTrainConfig moved to 'optimizer { " + name + " }'");
+  }
 }
 
 TEST(PairMetrics, HandComputed) {

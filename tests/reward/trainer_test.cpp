@@ -19,9 +19,11 @@
 #include "policy/model/model.h"
 #include "policy/model/safetensors.h"
 #include "policy/tokenizer/tokenizer.h"
+#include "policy/training/training.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
+#include "tests/fixtures/optimizer_state.h"
 #include "tests/fixtures/preference_data.h"
 #include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
@@ -67,7 +69,7 @@ class SyntheticTraining : public ::testing::Test {
             "\"\n"
             "model { dim: 48 n_layers: 2 n_heads: 4 n_kv_heads: 2 }\n"
             "max_prompt_tokens: 24  max_answer_tokens: 32\n"
-            "steps: 40  batch_pairs: 16  lr: 3e-3  warmup_steps: 5  eval_every: 20\n"
+            "steps: 40  batch_pairs: 16  optimizer { lr: 3e-3  warmup_steps: 5 }  eval_every: 20\n"
             "heldout_fraction: 0.15  seed: 5  threads: 1\n",
         "synthetic.pbtxt");
     cfg.set_out_dir(out);
@@ -133,6 +135,21 @@ TEST_F(SyntheticTraining, LearnsTheMarkerPreference) {
   EXPECT_GT(manifest.metrics().at("heldout_accuracy"), 0.95);
   EXPECT_FALSE(manifest.resolved_config().empty());
   EXPECT_TRUE(file_exists(out + "/metrics.jsonl"));
+
+  // The AdamW state the trainer saved: built by the toolkit from the optimizer section (the
+  // reward defaults): decay / no-decay groups, weight decay 0.1 on matrices, betas (0.9, 0.95),
+  // eps 1e-8.
+  const auto state = policy::training::StateFolder(out + "/state").latest();
+  ASSERT_TRUE(state);
+  const auto groups = policy::testing::saved_adamw_groups(*state + "/optimizer.pt");
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].weight_decay, 0.1);
+  EXPECT_EQ(groups[1].weight_decay, 0.0);
+  for (const auto& g : groups) {
+    EXPECT_EQ(g.beta1, 0.9);
+    EXPECT_EQ(g.beta2, 0.95);
+    EXPECT_EQ(g.eps, 1e-8);
+  }
 }
 
 TEST_F(SyntheticTraining, ResumesFromSavedState) {
@@ -161,7 +178,7 @@ TEST_F(SyntheticTraining, ResumesFromSavedState) {
   // A changed config is refused, and the refusal leaves the finished run's manifest as it was.
   const std::string manifest_before = rlhf::read_file(out + "/manifest.pb");
   require_complete_manifest(out, "reward");
-  cfg.set_lr(1e-3f);
+  cfg.mutable_optimizer()->set_lr(1e-3);
   EXPECT_THROW(pipelines::run_reward_stage(cfg), rlhf::Error);
   EXPECT_EQ(rlhf::read_file(out + "/manifest.pb"), manifest_before);
   require_complete_manifest(out, "reward");
@@ -190,7 +207,7 @@ TEST_F(SyntheticTraining, LoraTrainsOnlyAdaptersAndHead) {
   auto cfg = config(out);
   cfg.clear_model();
   cfg.set_init_from(base_dir);
-  cfg.set_lr(1e-2f);
+  cfg.mutable_optimizer()->set_lr(1e-2);
   cfg.mutable_lora()->set_rank(8);
   cfg.mutable_lora()->add_targets("q");
   cfg.mutable_lora()->add_targets("k");
@@ -272,7 +289,7 @@ TEST_F(SyntheticTraining, LoraResumesFromSavedState) {
     auto cfg = config(out);
     cfg.set_steps(12);
     cfg.set_eval_every(6);
-    cfg.set_lr(1e-2f);
+    cfg.mutable_optimizer()->set_lr(1e-2);
     cfg.mutable_lora()->set_rank(4);
     return cfg;
   };
