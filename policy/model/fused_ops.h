@@ -13,6 +13,11 @@
 // gradients. Results differ from the reference only by float summation order.
 //
 // Shapes: N = rows (batch x time), D = model dim, H = heads, hd = head size, F = MLP hidden size.
+//
+// Errors: inputs of the wrong shape or dtype (targets not int64, a target outside the vocabulary,
+// heads that do not divide the width, cos/sin that do not match x) throw c10::Error naming the
+// function and the shapes. Thread safety: the functions keep no state; the CPU loops split their
+// rows over libtorch's intra-op pool and the kernels' instruction set (policy/kernels/isa.h).
 #pragma once
 
 #include <torch/torch.h>

@@ -6,6 +6,11 @@
 // References: Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences",
 // openai/lm-human-preferences), Ouyang et al. 2022 (InstructGPT), Huang et al. 2024 ("The N
 // Implementation Details of RLHF with PPO"), Hugging Face TRL (PPOTrainer), OpenRLHF.
+//
+// Errors: a shape that does not match (mask vs values, scores vs batch) throws c10::Error naming
+// the function and both shapes; the KL controllers throw rlhf::Error for a target or horizon <= 0.
+// Thread safety: the functions are pure (safe from any thread on distinct tensors); a controller
+// object is not synchronised: one owner updates it.
 #pragma once
 
 #include <torch/torch.h>

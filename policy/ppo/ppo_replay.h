@@ -1,5 +1,10 @@
 // `rlhf replay`: inspect rollout files, recompute rewards/GAE from their per-token inputs, and
 // (with a checkpoint) recompute log-probs to find train/inference mismatches.
+//
+// Errors: rlhf::Error naming the file / record / option (a record without gamma/lam when none is
+// given, an unknown --sample index or --sort key, a policy folder that does not load, with
+// "replay --policy DIR: " in front). Results are returned by value and printed to the given
+// stream; nothing here keeps state, so calls on different files may run on different threads.
 #pragma once
 
 #include <cstdint>

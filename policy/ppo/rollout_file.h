@@ -5,6 +5,10 @@
 // the record's field names (prompt_ids, response_ids, logprobs, ref_logprobs, values, score, and
 // optionally kl, rewards, advantages, returns, kl_coef, gamma, lam, texts...), for hand-made cases.
 // Torch-free.
+// Errors: rlhf::Error naming the file, the record (index, line or byte offset) and the field that
+// is missing, of the wrong type or length, or of an unknown schema_version. Functions hold no
+// state: reading and writing different files from different threads is safe; two writers of one
+// file are not.
 #pragma once
 
 #include <nlohmann/json.hpp>

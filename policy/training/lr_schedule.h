@@ -3,6 +3,8 @@
 // learning rate linearly), or a constant rate. Every trainer builds its schedule from its config's
 // optimizer section with training::make_schedule (policy/training/training.h). Plain values:
 // copyable, thread-safe to read.
+// Nothing here throws: at() is defined for every step (steps past total_steps stay at the floor);
+// the configs are validated where they are read (policy/training/optimizer_config.h).
 #pragma once
 
 #include <cstdint>
