@@ -128,8 +128,7 @@ class Optimizer {
   double grad_clip_ = 0;
 };
 
-// ---- tensors and RNG
-// -----------------------------------------------------------------------------
+// ---- tensors and RNG ----------------------------------------------------------------------------
 
 // Parameters and buffers of a module by name (the same names its named_parameters() uses).
 NamedTensors module_tensors(torch::nn::Module& module);
@@ -148,8 +147,7 @@ void load_tensors(const NamedTensors& tensors, const std::string& path);
 void save_cpu_rng(const std::string& path);
 void load_cpu_rng(const std::string& path);
 
-// ---- the resumable-state folder
-// ------------------------------------------------------------------
+// ---- the resumable-state folder -----------------------------------------------------------------
 
 // A config's identity for resuming: SHA-256 of its text format with the fields that may change
 // between a run and its resumption cleared (e.g. out_dir, threads, device), and of the content of
@@ -187,8 +185,7 @@ class StateFolder {
 // "step-00000042": checkpoint names that sort by step.
 std::string step_name(int64_t step);
 
-// ---- model initialisation
-// ------------------------------------------------------------------------
+// ---- model initialisation -----------------------------------------------------------------------
 
 struct ModelSource {
   std::string init_from;       // native checkpoint or Hugging Face folder; "" = from scratch
