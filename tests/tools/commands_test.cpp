@@ -52,7 +52,7 @@ TEST(CliCommands, SftFlagsOverrideTheirFields) {
         {"--config", "sft.pbtxt", "--lr", "0.5", "--steps", "7", "--lora-rank", "8", "--packed",
          "--epochs", "2.5", "--seed", "9", "--out", "o", "--dtype", "bf16", "--stop-after", "3"},
         &cfg);
-  EXPECT_EQ(cfg.lr(), 0.5f);
+  EXPECT_EQ(cfg.optimizer().lr(), 0.5);
   EXPECT_EQ(cfg.steps(), 7);
   EXPECT_EQ(cfg.lora().rank(), 8);
   EXPECT_TRUE(cfg.packed());
@@ -74,7 +74,7 @@ TEST(CliCommands, RewardAndPpoFlagsOverrideTheirFields) {
   EXPECT_EQ(reward.time_limit_seconds(), 2.5f);
   EXPECT_EQ(reward.batch_pairs(), 4);
   EXPECT_EQ(reward.annotation_db(), "a.db");
-  EXPECT_EQ(reward.lr(), static_cast<float>(1e-3));
+  EXPECT_EQ(reward.optimizer().lr(), 1e-3);
   rlhf::proto::PpoConfig ppo;
   apply("ppo", {"--config", "p.pbtxt", "--iterations", "3", "--out", "d", "--device", "cpu"}, &ppo);
   EXPECT_EQ(ppo.iterations(), 3);
@@ -87,7 +87,7 @@ TEST(CliCommands, HelpListsTheTableFlagsWithTheirFields) {
   std::string out;
   ASSERT_EQ(run_command(rlhf_binary() + " sft --help", &out), 0) << out;
   for (const char* text : {"--config V", "config overrides", "rlhf.proto.SftConfig",
-                           "peak learning rate (overrides lr)",
+                           "peak learning rate (overrides optimizer.lr)",
                            "train LoRA adapters of this rank (overrides lora.rank)",
                            "pack examples into full rows (overrides packed)"})
     EXPECT_NE(out.find(text), std::string::npos) << text << " missing from:\n" << out;

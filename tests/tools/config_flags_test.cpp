@@ -24,12 +24,13 @@ const ConfigFlags kTable{&rlhf::proto::SftConfig::descriptor,
                          {
                              {"out", "out_dir", "output folder"},
                              {"steps", "steps", "optimizer steps"},
-                             {"lr", "lr", "peak learning rate"},
+                             {"lr", "optimizer.lr", "peak learning rate"},
                              {"batch-size", "batch_size", "rows per micro-batch"},
                              {"packed", "packed", "pack examples"},
                              {"seed", "seed", "random seed"},
                              {"lora-rank", "lora.rank", "LoRA rank"},
                              {"lora-alpha", "lora.alpha", "LoRA alpha"},
+                             {"epochs", "epochs", "passes over the data"},
                              {"schema", "schema_version", "schema version"},
                          }};
 
@@ -67,7 +68,7 @@ std::string path_error(const char* path) {
 TEST(ConfigFlags, FlagsSetTheirFieldsAndOnlyThose) {
   const auto cfg = apply({"--lr", "0.5", "--steps", "7", "--batch-size=3", "--out", "dir",
                           "--lora-rank", "8", "--seed", "18446744073709551615", "--schema", "2"});
-  EXPECT_EQ(cfg.lr(), 0.5f);
+  EXPECT_EQ(cfg.optimizer().lr(), 0.5);
   EXPECT_EQ(cfg.steps(), 7);
   EXPECT_EQ(cfg.batch_size(), 3);
   EXPECT_EQ(cfg.out_dir(), "dir");
@@ -81,18 +82,19 @@ TEST(ConfigFlags, FlagsSetTheirFieldsAndOnlyThose) {
 
 TEST(ConfigFlags, FlagsNotGivenKeepTheConfigsValues) {
   rlhf::proto::SftConfig loaded;
-  loaded.set_lr(0.25f);
+  loaded.mutable_optimizer()->set_lr(0.25);
   loaded.set_steps(11);
   loaded.mutable_lora()->set_rank(2);
   const auto cfg = apply({"--steps", "12"}, loaded);
-  EXPECT_EQ(cfg.lr(), 0.25f);
+  EXPECT_EQ(cfg.optimizer().lr(), 0.25);
   EXPECT_EQ(cfg.steps(), 12);
   EXPECT_EQ(cfg.lora().rank(), 2);
 }
 
 TEST(ConfigFlags, AFloatFieldGetsTheDoubleRoundedToFloat) {
   // As the hand-written overrides did: static_cast<float>(std::stod(text)).
-  EXPECT_EQ(apply({"--lr", "3e-4"}).lr(), static_cast<float>(3e-4));
+  EXPECT_EQ(apply({"--epochs", "3e-4"}).epochs(), static_cast<float>(3e-4));
+  EXPECT_EQ(apply({"--lr", "3e-4"}).optimizer().lr(), 3e-4);  // a double field keeps the double
   EXPECT_EQ(apply({"--lora-alpha", "0.1"}).lora().alpha(), static_cast<float>(0.1));
   EXPECT_EQ(apply({"--steps", "-3"}).steps(), -3);  // range checks are the validator's
 }
@@ -112,8 +114,8 @@ TEST(ConfigFlags, ABadValueNamesTheFlagTheValueAndTheType) {
            {{"--steps", "99999999999999999999"}, "int64"},
            {{"--batch-size", "3000000000"}, "int32"},
            {{"--batch-size", "2.5"}, "int32"},
-           {{"--lr", "fast"}, "float"},
-           {{"--lr", "0.1.2"}, "float"},
+           {{"--lr", "fast"}, "double"},
+           {{"--epochs", "0.1.2"}, "float"},
            {{"--seed", "-1"}, "uint64"},
            {{"--schema", "4294967296"}, "uint32"},
            {{"--packed=maybe"}, "bool"}}) {
@@ -149,8 +151,8 @@ TEST(ConfigFlags, APathThatNamesNoFieldFailsLoudly) {
       << path_error("lora.rnak");
   EXPECT_NE(path_error("learning_rate").find("rlhf.proto.SftConfig has no field 'learning_rate'"),
             std::string::npos);
-  EXPECT_NE(path_error("lr.x").find("'lr' is not a message"), std::string::npos)
-      << path_error("lr.x");
+  EXPECT_NE(path_error("steps.x").find("'steps' is not a message"), std::string::npos)
+      << path_error("steps.x");
   EXPECT_NE(path_error("lora").find("'lora' is a message"), std::string::npos);
   EXPECT_NE(path_error("lora.targets").find("repeated"), std::string::npos);
   EXPECT_NE(path_error("").find("no field ''"), std::string::npos);
@@ -158,7 +160,7 @@ TEST(ConfigFlags, APathThatNamesNoFieldFailsLoudly) {
   EXPECT_EQ(path_error("lora.rank"), "");
   // The table's flag and path are in the message, and specs resolve every entry up front.
   const ConfigFlags typo{&rlhf::proto::SftConfig::descriptor,
-                         {{"lr", "lr", ""}, {"lora-rank", "lora.rnak", ""}}};
+                         {{"lr", "optimizer.lr", ""}, {"lora-rank", "lora.rnak", ""}}};
   try {
     rlhf::cli::config_flag_specs(typo);
     FAIL() << "a table with a typo resolved";
@@ -178,7 +180,7 @@ TEST(ConfigFlags, SpecsCarryTheFieldInTheirHelp) {
   const auto specs = rlhf::cli::config_flag_specs(kTable);
   ASSERT_EQ(specs.size(), kTable.flags.size());
   EXPECT_EQ(specs[2].name, "lr");
-  EXPECT_EQ(specs[2].help, "peak learning rate (overrides lr)");
+  EXPECT_EQ(specs[2].help, "peak learning rate (overrides optimizer.lr)");
   EXPECT_FALSE(specs[2].is_bool);
   EXPECT_EQ(specs[4].name, "packed");
   EXPECT_TRUE(specs[4].is_bool);
