@@ -212,7 +212,9 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
 
   // With LoRA: the scalar head, then the adapters (the backbone is frozen).
   r.opt = std::make_unique<policy::training::Optimizer>(
-      policy::training::trainable_parameters(*r.model, r.lora.get()), c.optimizer(),
+      policy::training::trainable_parameters(*r.model, r.lora.get()),
+      policy::training::applied_settings(c.optimizer(),
+                                         policy::training::OptimizerDefaults::kSupervised),
       c.embedding_lr_scale());
 
   const int bos = r.model->config().bos_id, eos = r.model->config().eos_id;
@@ -223,7 +225,8 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
   r.total_steps =
       c.steps() > 0 ? c.steps()
                     : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(c.epochs() * n_batches)));
-  r.schedule = policy::training::make_schedule(c.optimizer(), r.total_steps);
+  r.schedule = policy::training::make_schedule(c.optimizer(), r.total_steps,
+                                               policy::training::OptimizerDefaults::kSupervised);
 }
 
 policy::training::NamedTensors state_tensors(RewardRun& r) {

@@ -65,7 +65,7 @@ Transformer clone_model(Transformer& model) {
 double ppo_learning_rate(const proto::PpoConfig& c, double peak_lr, int64_t iteration) {
   proto::OptimizerConfig o = resolved_ppo_config(c).optimizer();
   o.set_lr(peak_lr);
-  return training::make_schedule(o, std::max(1, c.iterations()))
+  return training::make_schedule(o, std::max(1, c.iterations()), training::OptimizerDefaults::kPpo)
       .at(std::max<int64_t>(0, iteration - 1));
 }
 

@@ -30,6 +30,21 @@ void resolve_optimizer_config(proto::OptimizerConfig* o, OptimizerDefaults train
   *o = resolved;
 }
 
+proto::OptimizerConfig applied_settings(const proto::OptimizerConfig& o,
+                                        OptimizerDefaults trainer) {
+  proto::OptimizerConfig a = o;
+  if (trainer != OptimizerDefaults::kSupervised) return a;
+  auto f32 = [](double v) { return static_cast<double>(static_cast<float>(v)); };
+  a.set_lr(f32(o.lr()));
+  a.set_weight_decay(f32(o.weight_decay()));
+  a.set_beta1(f32(o.beta1()));
+  a.set_beta2(f32(o.beta2()));
+  a.set_grad_clip(f32(o.grad_clip()));
+  a.set_warmup_ratio(f32(o.warmup_ratio()));
+  a.set_min_lr_ratio(f32(o.min_lr_ratio()));
+  return a;
+}
+
 void validate_optimizer_config(const proto::OptimizerConfig& o, const ConfigErrors& e,
                                bool lr_may_be_zero) {
   auto num = [](double v) { return config_number(v); };

@@ -16,6 +16,11 @@ enum class OptimizerDefaults {
   kSupervised,  // SFT and reward: lr 3e-4, weight_decay 0.1, beta2 0.95, eps 1e-8, warm-up 5%
   kPpo,         // PPO: lr 1e-5, weight_decay 0, beta2 0.999, eps 1e-5, no warm-up
 };
+// Precision: SFT and reward apply lr, weight_decay, beta1, beta2, grad_clip, warmup_ratio,
+// min_lr_ratio and the floor lr * min_lr_ratio at float32 precision, as they did when these were
+// float fields of their own configs (before the shared section); PPO's were double and stay
+// double. So a config trains the same run, bit for bit, as before the change (the quickstart's
+// figures are identical). eps was always a double (1e-8) and stays one.
 
 // The trainer's values of the fields without a [default] (lr, weight_decay, beta2, eps,
 // warmup_ratio; warmup_steps stays unset), the table of proto/optimizer.proto.
@@ -24,6 +29,13 @@ proto::OptimizerConfig optimizer_defaults(OptimizerDefaults trainer);
 // Fills every unset field of `optimizer` from the trainer's defaults, then from the [default]s.
 // Afterwards every field but warmup_steps is set (warmup_steps unset: warmup_ratio applies).
 void resolve_optimizer_config(proto::OptimizerConfig* optimizer, OptimizerDefaults trainer);
+
+// The settings `trainer` trains with (Precision above): `optimizer` (resolved) as it is for kPpo;
+// for kSupervised a copy with lr, weight_decay, beta1, beta2, grad_clip, warmup_ratio and
+// min_lr_ratio rounded to float32. The resolved config itself (manifests, fingerprints) keeps the
+// values as written; the trainers build their Optimizer and schedule from this copy.
+proto::OptimizerConfig applied_settings(const proto::OptimizerConfig& optimizer,
+                                        OptimizerDefaults trainer);
 
 // Checks every value that is set (and the [default]s): lr > 0 (>= 0 when lr_may_be_zero: PPO may
 // freeze the policy), weight_decay >= 0, beta1 and beta2 in [0, 1), eps > 0, grad_clip >= 0,

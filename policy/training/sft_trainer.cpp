@@ -336,8 +336,10 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
                                                c.epochs() * r.train_rows.size() / rows_per_step)));
   // With LoRA the base is frozen: the adapters alone train.
   r.opt = std::make_unique<training::Optimizer>(
-      training::trainable_parameters(*r.model, r.lora.get()), c.optimizer());
-  r.schedule = training::make_schedule(c.optimizer(), r.total_steps);
+      training::trainable_parameters(*r.model, r.lora.get()),
+      training::applied_settings(c.optimizer(), training::OptimizerDefaults::kSupervised));
+  r.schedule = training::make_schedule(c.optimizer(), r.total_steps,
+                                       training::OptimizerDefaults::kSupervised);
 }
 
 // Tensors of the resumable state: the model's parameters and buffers, and the LoRA adapters.

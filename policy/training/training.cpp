@@ -78,7 +78,9 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(const std::vector<ParamGroup>& g
   return std::make_unique<torch::optim::AdamW>(torch_groups, torch::optim::AdamWOptions(0.0));
 }
 
-LrSchedule make_schedule(const proto::OptimizerConfig& o, int64_t total_steps) {
+LrSchedule make_schedule(const proto::OptimizerConfig& optimizer, int64_t total_steps,
+                         OptimizerDefaults trainer) {
+  const proto::OptimizerConfig o = applied_settings(optimizer, trainer);
   LrSchedule s;
   if (o.schedule() == "cosine")
     s.shape = LrShape::kCosine;
@@ -90,7 +92,8 @@ LrSchedule make_schedule(const proto::OptimizerConfig& o, int64_t total_steps) {
     throw Error("optimizer.schedule: \"" + o.schedule() +
                 "\" is not one of \"cosine\", \"linear\", \"constant\"");
   s.peak_lr = o.lr();
-  s.min_lr = o.lr() * o.min_lr_ratio();
+  s.min_lr = o.lr() * o.min_lr_ratio();  // exact for float32 settings (a product of two floats)
+  if (trainer == OptimizerDefaults::kSupervised) s.min_lr = static_cast<float>(s.min_lr);
   s.warmup_steps = resolved_warmup_steps(o, total_steps);
   s.total_steps = total_steps;
   return s;

@@ -32,6 +32,7 @@
 #include "policy/runtime/device.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
+#include "policy/training/optimizer_config.h"
 #include "proto/model.pb.h"
 #include "proto/optimizer.pb.h"
 
@@ -94,9 +95,12 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(const std::vector<ParamGroup>& g
                                                 const proto::OptimizerConfig& optimizer);
 
 // The learning-rate schedule of a run of `total_steps` steps (PPO: iterations): peak
-// optimizer.lr, floor lr * min_lr_ratio, resolved_warmup_steps, the config's shape. `optimizer`
-// must be resolved; throws rlhf::Error on an unknown schedule name.
-LrSchedule make_schedule(const proto::OptimizerConfig& optimizer, int64_t total_steps);
+// optimizer.lr, floor lr * min_lr_ratio, resolved_warmup_steps, the config's shape, from
+// applied_settings(optimizer, trainer) (kSupervised: float32 settings and floor, see
+// policy/training/optimizer_config.h). `optimizer` must be resolved; throws rlhf::Error on an
+// unknown schedule name.
+LrSchedule make_schedule(const proto::OptimizerConfig& optimizer, int64_t total_steps,
+                         OptimizerDefaults trainer);
 
 // Every trainer's optimizer: AdamW (make_adamw) over param_groups(params, weight_decay,
 // embedding_lr_scale), clipping the global gradient norm at grad_clip.

@@ -419,13 +419,14 @@ TEST_F(SftTest, AdamWComesFromTheOptimizerSection) {
   ASSERT_TRUE(state);
   const auto groups = testing::saved_adamw_groups(*state + "/optimizer.pt");
   ASSERT_EQ(groups.size(), 2u);
-  EXPECT_EQ(groups[0].weight_decay, 0.05);
+  // (float32 settings: training::applied_settings; eps stays a double)
+  EXPECT_EQ(groups[0].weight_decay, static_cast<double>(0.05f));
   EXPECT_EQ(groups[1].weight_decay, 0.0);
   EXPECT_GT(groups[0].params, 0u);
   EXPECT_GT(groups[1].params, 0u);
   for (const auto& g : groups) {
-    EXPECT_EQ(g.beta1, 0.8);
-    EXPECT_EQ(g.beta2, 0.9);
+    EXPECT_EQ(g.beta1, static_cast<double>(0.8f));
+    EXPECT_EQ(g.beta2, static_cast<double>(0.9f));
     EXPECT_EQ(g.eps, 1e-6);
   }
 }

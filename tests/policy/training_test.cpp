@@ -125,22 +125,53 @@ TEST(TrainingToolkitTest, ScheduleFromTheOptimizerSection) {
   proto::OptimizerConfig o;
   resolve_optimizer_config(&o, OptimizerDefaults::kSupervised);  // cosine, warm-up 5%
   o.set_lr(1.0);
-  LrSchedule s = make_schedule(o, 100);
+  o.set_min_lr_ratio(0.1);  // double: the kPpo schedule below keeps the floor's double
+  LrSchedule s = make_schedule(o, 100, OptimizerDefaults::kPpo);
   EXPECT_EQ(s.warmup_steps, 5);
   EXPECT_EQ(s.min_lr, 0.1);
   for (int64_t t : {0, 3, 4, 5, 50, 99, 120})
     EXPECT_EQ(s.at(t), (WarmupCosine{1.0, 0.1, 5, 100}.at(t))) << t;
   o.set_schedule("linear");
   o.set_warmup_steps(2);
-  s = make_schedule(o, 10);
+  s = make_schedule(o, 10, OptimizerDefaults::kPpo);
   EXPECT_EQ(s.warmup_steps, 2);
   for (int64_t t : {0, 1, 2, 5, 9}) EXPECT_EQ(s.at(t), (WarmupLinear{1.0, 0.1, 2, 10}.at(t))) << t;
   o.set_schedule("constant");
-  s = make_schedule(o, 10);
+  s = make_schedule(o, 10, OptimizerDefaults::kPpo);
   EXPECT_EQ(s.at(0), 0.5);
   EXPECT_EQ(s.at(9), 1.0);
   o.set_schedule("step");
-  EXPECT_THROW(make_schedule(o, 10), Error);
+  EXPECT_THROW(make_schedule(o, 10, OptimizerDefaults::kPpo), Error);
+}
+
+// SFT and reward apply their settings at float32 precision, as their float fields did before the
+// shared optimizer section (so a config trains the same run as before); PPO's stay double.
+TEST(TrainingToolkitTest, SupervisedSettingsAreFloat32AsTheirOldFieldsWere) {
+  proto::OptimizerConfig o;
+  o.set_lr(2e-3);
+  resolve_optimizer_config(&o, OptimizerDefaults::kSupervised);
+  EXPECT_EQ(o.lr(), 2e-3);  // the resolved config keeps the values as written
+  const proto::OptimizerConfig a = applied_settings(o, OptimizerDefaults::kSupervised);
+  EXPECT_EQ(a.lr(), static_cast<double>(2e-3f));
+  EXPECT_NE(a.lr(), 2e-3);
+  EXPECT_EQ(a.beta1(), static_cast<double>(0.9f));
+  EXPECT_EQ(a.beta2(), static_cast<double>(0.95f));
+  EXPECT_EQ(a.weight_decay(), static_cast<double>(0.1f));
+  EXPECT_EQ(a.grad_clip(), 1.0);
+  EXPECT_EQ(a.min_lr_ratio(), static_cast<double>(0.1f));
+  EXPECT_EQ(a.warmup_ratio(), static_cast<double>(0.05f));
+  EXPECT_EQ(a.eps(), 1e-8);  // always a double
+  const LrSchedule s = make_schedule(o, 100, OptimizerDefaults::kSupervised);
+  EXPECT_EQ(s.peak_lr, static_cast<double>(2e-3f));
+  EXPECT_EQ(s.min_lr, static_cast<double>(2e-3f * 0.1f));  // the float product, as before
+
+  proto::OptimizerConfig p;
+  p.set_lr(5e-5);
+  resolve_optimizer_config(&p, OptimizerDefaults::kPpo);
+  EXPECT_EQ(applied_settings(p, OptimizerDefaults::kPpo).lr(), 5e-5);
+  const LrSchedule ps = make_schedule(p, 10, OptimizerDefaults::kPpo);
+  EXPECT_EQ(ps.peak_lr, 5e-5);
+  EXPECT_EQ(ps.min_lr, 5e-5 * 0.1);
 }
 
 // The table of proto/optimizer.proto: fields set in the config win, the trainer's defaults fill

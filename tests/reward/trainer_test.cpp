@@ -143,11 +143,12 @@ TEST_F(SyntheticTraining, LearnsTheMarkerPreference) {
   ASSERT_TRUE(state);
   const auto groups = policy::testing::saved_adamw_groups(*state + "/optimizer.pt");
   ASSERT_EQ(groups.size(), 2u);
-  EXPECT_EQ(groups[0].weight_decay, 0.1);
+  // (float32 settings: training::applied_settings)
+  EXPECT_EQ(groups[0].weight_decay, static_cast<double>(0.1f));
   EXPECT_EQ(groups[1].weight_decay, 0.0);
   for (const auto& g : groups) {
-    EXPECT_EQ(g.beta1, 0.9);
-    EXPECT_EQ(g.beta2, 0.95);
+    EXPECT_EQ(g.beta1, static_cast<double>(0.9f));
+    EXPECT_EQ(g.beta2, static_cast<double>(0.95f));
     EXPECT_EQ(g.eps, 1e-8);
   }
 }
