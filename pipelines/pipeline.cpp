@@ -606,6 +606,7 @@ Run open_run(const RunOptions& options) {
   Run run;
   run.config = load_pipeline_config(options.config_path);
   apply_device_and_dtype(run.config, options);
+  if (options.seed) run.config.set_seed(*options.seed);
   run.config_path = options.config_path;
   run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
   run.exe = self_executable();

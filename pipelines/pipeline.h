@@ -18,6 +18,8 @@
 // stdout and stderr.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,9 +39,19 @@ struct RunOptions {
   bool force = false;       // rerun stages even when their fingerprint is unchanged
   std::string device;       // "" = the config's; else PipelineConfig.device (every stage's device)
   std::string dtype;        // "" = the config's; else PipelineConfig.dtype (every stage's dtype)
+  std::optional<uint64_t>
+      seed;  // unset = the config's; else PipelineConfig.seed (`pipeline sweep`)
 };
 
 // Runs the pipeline; returns the run folder. Throws rlhf::Error naming the stage on failure.
 std::string run_pipeline(const RunOptions& options);
+
+// `rlhf pipeline sweep`: the pipeline once per seed, seed N into <sweep_dir>/seed-N/ (RunOptions
+// with that seed and run folder; run_pipeline's resume rule makes the sweep resumable: a finished
+// seed's stages are all skipped, an interrupted one resumes), then sweep.json and sweep.html
+// (pipelines/sweep_report.h) after each seed, so they show the sweep so far. `base` gives the
+// config and the device / dtype overrides; its run_dir is the sweep folder ("" =
+// runs/<name>-sweep). Returns the sweep folder. Throws like run_pipeline, naming the seed.
+std::string run_sweep(const RunOptions& base, const std::vector<uint64_t>& seeds);
 
 }  // namespace rlhf::pipelines

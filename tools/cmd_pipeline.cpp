@@ -1,8 +1,10 @@
-// `rlhf pipeline run FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force]`.
+// `rlhf pipeline run FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force]` and
+// `rlhf pipeline sweep FILE.pbtxt --seeds 0-4 [--run-dir DIR]`.
 #include <cstdio>
 
 #include "common/error.h"
 #include "pipelines/pipeline.h"
+#include "pipelines/sweep_report.h"
 #include "tools/cli.h"
 
 namespace {
@@ -23,6 +25,20 @@ int run_pipeline_cmd(const rlhf::cli::Args& args) {
   return 0;
 }
 
+int run_sweep_cmd(const rlhf::cli::Args& args) {
+  if (args.positional().size() != 1)
+    throw rlhf::UsageError("expected one pipeline config file (FILE.pbtxt)");
+  rlhf::pipelines::RunOptions o;
+  o.config_path = args.positional()[0];
+  o.run_dir = args.get("run-dir");
+  o.device = args.get("device");
+  o.dtype = args.get("dtype");
+  const auto seeds = rlhf::pipelines::parse_seeds(args.get("seeds"));
+  const std::string dir = rlhf::pipelines::run_sweep(o, seeds);
+  std::printf("sweep finished: %s/sweep.json    %s/sweep.html\n", dir.c_str(), dir.c_str());
+  return 0;
+}
+
 rlhf::cli::Register reg(
     {"pipeline run",
      "run the staged pipeline (tokenizer, sft, sample, annotate, reward, ppo, report)",
@@ -34,5 +50,16 @@ rlhf::cli::Register reg(
       {"device", "every stage's device: cpu | cuda | cuda:N (overrides the config's)"},
       {"dtype", "every stage's dtype: fp32 | bf16 (overrides the config's)"}},
      run_pipeline_cmd});
+
+rlhf::cli::Register sweep_reg(
+    {"pipeline sweep",
+     "run the pipeline once per seed into DIR/seed-N/ (resumable), then DIR/sweep.json and "
+     "DIR/sweep.html (mean, min and max of every summary figure; all seeds' curves on one chart)",
+     "FILE.pbtxt --seeds 0-4 [--run-dir DIR] [--device D] [--dtype T]",
+     {{"seeds", "seeds: a range 0-4, a list 0,2,7, or both (0-2,9)", "0-4"},
+      {"run-dir", "sweep folder (default runs/<name>-sweep)"},
+      {"device", "every stage's device: cpu | cuda | cuda:N (overrides the config's)"},
+      {"dtype", "every stage's dtype: fp32 | bf16 (overrides the config's)"}},
+     run_sweep_cmd});
 
 }  // namespace
