@@ -81,7 +81,7 @@ done < <(git grep -nE '[<"][a-z0-9]*intrin\.h[>"]|\b_mm(256|512)?_[a-z0-9_]+ *\(
            -- '*.h' '*.cpp' '*.cc' ':!policy/kernels/' || true)
 
 if [ "$bad" -gt 0 ]; then
-  echo "check_includes: $bad include(s) break the graph in $DOC"
+  echo "check_includes: $bad finding(s): the include graph of $DOC, or intrinsics outside policy/kernels/"
   exit 1
 fi
 echo "check_includes: all $checked project includes follow $DOC"

@@ -10,13 +10,17 @@
 namespace {
 
 // The flags that override PpoConfig fields, one per line: flag, field path, help.
-const rlhf::cli::ConfigFlags kPpoOverrides{&rlhf::proto::PpoConfig::descriptor,
-                                           {
-                                               {"out", "out_dir", "output folder; default ppo"},
-                                               {"iterations", "iterations", "PPO iterations"},
-                                               {"device", "device", "cpu | cuda | cuda:N"},
-                                               {"dtype", "dtype", "fp32 | bf16"},
-                                           }};
+const rlhf::cli::ConfigFlags kPpoOverrides{
+    &rlhf::proto::PpoConfig::descriptor,
+    {
+        {"out", "out_dir", "output folder; default ppo"},
+        {"iterations", "iterations", "PPO iterations"},
+        {"device", "device", "cpu | cuda | cuda:N"},
+        {"dtype", "dtype", "fp32 | bf16"},
+        {"threads", "threads",
+         "torch intra-op threads (0: torch's choice, or a share of "
+         "the cores per rank under a launcher)"},
+    }};
 
 int run_ppo(const rlhf::cli::Args& a) {
   rlhf::pipelines::PpoStageOptions o;

@@ -76,7 +76,11 @@ TEST(CliCommands, RewardAndPpoFlagsOverrideTheirFields) {
   EXPECT_EQ(reward.annotation_db(), "a.db");
   EXPECT_EQ(reward.optimizer().lr(), 1e-3);
   rlhf::proto::PpoConfig ppo;
-  apply("ppo", {"--config", "p.pbtxt", "--iterations", "3", "--out", "d", "--device", "cpu"}, &ppo);
+  apply("ppo",
+        {"--config", "p.pbtxt", "--iterations", "3", "--out", "d", "--device", "cpu", "--threads",
+         "2"},
+        &ppo);
+  EXPECT_EQ(ppo.threads(), 2);
   EXPECT_EQ(ppo.iterations(), 3);
   EXPECT_EQ(ppo.out_dir(), "d");
   EXPECT_EQ(ppo.device(), "cpu");
