@@ -88,7 +88,7 @@ void run_or_throw(const std::vector<std::string>& argv, const std::string& stage
   int code = run_child(argv);
   if (code != 0)
     throw Error("stage '" + stage + "' failed (exit " + std::to_string(code) +
-                "): " + join_command(argv));
+                "): " + process::join_command(argv));
 }
 
 std::vector<quickstart::Problem> heldout_problems(const Run& run) {
@@ -609,7 +609,7 @@ Run open_run(const RunOptions& options) {
   if (options.seed) run.config.set_seed(*options.seed);
   run.config_path = options.config_path;
   run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
-  run.exe = self_executable();
+  run.exe = process::self_executable();
   make_dirs(run.dir);
   run.dir = fs::canonical(run.dir).string();
   write_file_atomic(run.path("pipeline.pbtxt"), to_text_format(run.config));

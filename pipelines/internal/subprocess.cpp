@@ -45,7 +45,7 @@ std::string run_child_capture(const std::vector<std::string>& argv) {
   process::Captured c = process::run_capture(o);
   if (!c.status.success())
     throw Error("command failed (exit " + std::to_string(c.status.code()) +
-                "): " + join_command(argv));
+                "): " + process::join_command(argv));
   return c.out;
 }
 

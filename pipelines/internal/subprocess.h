@@ -17,14 +17,6 @@
 
 namespace rlhf::pipelines {
 
-// Path of the running rlhf executable (/proc/self/exe). Throws rlhf::Error when it cannot be read.
-inline std::string self_executable() { return process::self_executable(); }
-
-// "a b 'c d'" for messages.
-inline std::string join_command(const std::vector<std::string>& argv) {
-  return process::join_command(argv);
-}
-
 // Runs argv (argv[0] = program path) to completion with inherited stdio; returns the exit code
 // (128 + signal when killed). `stdout_path`: when non-empty, the child's stdout goes there
 // (created or truncated). Throws rlhf::Error when the program cannot be started or the file

@@ -346,16 +346,7 @@ TEST(SftConfigTest, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_EQ(c.grad_accum(), 1);
   // The optimizer section: the SFT column of proto/optimizer.proto.
   const proto::OptimizerConfig& o = c.optimizer();
-  EXPECT_EQ(o.lr(), 3e-4);
-  EXPECT_EQ(o.min_lr_ratio(), 0.1);
-  EXPECT_EQ(o.weight_decay(), 0.1);
-  EXPECT_EQ(o.grad_clip(), 1.0);
-  EXPECT_EQ(o.beta1(), 0.9);
-  EXPECT_EQ(o.beta2(), 0.95);
-  EXPECT_EQ(o.eps(), 1e-8);
-  EXPECT_EQ(o.schedule(), "cosine");
-  EXPECT_EQ(o.warmup_ratio(), 0.05);
-  EXPECT_FALSE(o.has_warmup_steps());  // from warmup_ratio
+  testing::expect_supervised_optimizer_defaults(o);
   EXPECT_EQ(c.eval_every(), 50);
   EXPECT_EQ(c.save_every(), 50);  // = eval_every
   EXPECT_EQ(c.eval_batches(), 0);

@@ -9,6 +9,7 @@
 #include "reward/evaluation.h"
 #include "reward/train_config.h"
 #include "reward/trainer.h"
+#include "tests/fixtures/optimizer_state.h"
 #include "tests/test_support.h"
 
 namespace rlhf::reward {
@@ -86,14 +87,7 @@ TEST(RewardConfig, EmptyConfigResolvesToDocumentedDefaults) {
   EXPECT_EQ(c.batch_pairs(), 16);
   // The optimizer section: the reward column of proto/optimizer.proto.
   const proto::OptimizerConfig& o = c.optimizer();
-  EXPECT_EQ(o.lr(), 3e-4);
-  EXPECT_EQ(o.min_lr_ratio(), 0.1);
-  EXPECT_EQ(o.weight_decay(), 0.1);
-  EXPECT_EQ(o.grad_clip(), 1.0);
-  EXPECT_EQ(o.beta1(), 0.9);
-  EXPECT_EQ(o.beta2(), 0.95);
-  EXPECT_EQ(o.eps(), 1e-8);
-  EXPECT_EQ(o.schedule(), "cosine");
+  policy::testing::expect_supervised_optimizer_defaults(o);
   EXPECT_FLOAT_EQ(c.margin(), 0.0f);
   EXPECT_FLOAT_EQ(c.embedding_lr_scale(), 1.0f);
   EXPECT_EQ(c.eval_every(), 50);
