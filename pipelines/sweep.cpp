@@ -13,8 +13,9 @@ std::string run_sweep(const RunOptions& base, const std::vector<uint64_t>& seeds
   if (seeds.empty()) throw UsageError("pipeline sweep: no seeds given");
   if (!base.from_stage.empty() || !base.only_stage.empty())
     throw UsageError("pipeline sweep: --from and --only apply to one run (use pipeline run)");
-  std::string dir = base.run_dir;
-  if (dir.empty()) dir = "runs/" + load_pipeline_config(base.config_path).name() + "-sweep";
+  // The config is read (and refused, naming file and field) before any folder is made.
+  const std::string name = load_pipeline_config(base.config_path).name();
+  const std::string dir = base.run_dir.empty() ? "runs/" + name + "-sweep" : base.run_dir;
   make_dirs(dir);
   for (size_t i = 0; i < seeds.size(); ++i) {
     RunOptions o = base;

@@ -110,6 +110,7 @@ TEST(SweepCommand, RefusesBadSeedsAndAMissingConfig) {
                                  &out),
             0);
   EXPECT_NE(out.find("missing.pbtxt"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir / "s")) << "a refused sweep made its folder";
   ASSERT_EQ(testing::run_command(testing::rlhf_binary() + " pipeline sweep --help", &out), 0);
   EXPECT_NE(out.find("--seeds"), std::string::npos) << out;
 }
