@@ -50,6 +50,11 @@ int run_bench(const rlhf::cli::Args& args) {
     if (o.quick) worker.push_back("--quick");
     worker.insert(worker.end(), {"--dtype", args.get("dtype")});
     for (const auto& [k, v] : rlhf::policy::measure_train_dp(worker, 2)) r[k] = v;
+    // The same worker as one rank alone: the scaling baseline (the same code, threads and
+    // per-rank batch rule; only the second rank is missing).
+    std::fprintf(stderr, "bench: training throughput, 1 rank x 1 thread (the scaling baseline)...\n");
+    for (const auto& [k, v] : rlhf::policy::measure_train_dp(worker, 1)) r[k] = v;
+    r["train_dp2_scaling"] = r["train_dp2_tokens_per_s"] / r["train_dp1_tokens_per_s"];
     if (r.count("train_tokens_per_s"))
       r["train_dp2_speedup"] = r["train_dp2_tokens_per_s"] / r["train_tokens_per_s"];
   }
@@ -75,9 +80,9 @@ int run_bench(const rlhf::cli::Args& args) {
     if (o.only.empty() && o.device == "cpu")
       std::printf(
           "\nratios: cache/nocache (b1) %.2fx, b32/b1 %.2fx, train/gemm %.0f%%, "
-          "train 2 ranks/1 process %.2fx\n",
+          "train 2 ranks/1 rank %.2fx, 2 ranks/1 process %.2fx\n",
           r["gen_b1_cache"] / r["gen_b1_nocache"], r["gen_b32_cache"] / r["gen_b1_cache"],
-          100.0 * r["train_peak_fraction"], r["train_dp2_speedup"]);
+          100.0 * r["train_peak_fraction"], r["train_dp2_scaling"], r["train_dp2_speedup"]);
   }
   return 0;
 }

@@ -237,7 +237,7 @@ bool wants_train_dp(const PerfOptions& o) {
 
 std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   dist::Comm& comm = dist::world();
-  torch::set_num_threads(dist::threads_per_rank(comm.env().local_world_size));
+  torch::set_num_threads(1);  // one intra-op thread per rank, 1 rank or N: the same per-rank setup
   // Every rank builds the same weights and draws the same global batch from the same seed; the
   // summed gradients then keep the replicas identical step after step.
   torch::manual_seed(static_cast<int64_t>(o.seed));
@@ -260,7 +260,11 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   // The sum over this rank's targets divided by the global count: summed over ranks, the
   // gradient of the single-process mean loss.
   const double global_targets = static_cast<double>(B) * T;
+  // Where a step's time goes (rank 0): forward + backward, the in-step all-reduce (with any wait
+  // for the slower rank) and the optimizer.
+  double compute_s = 0, reduce_s = 0, optimizer_s = 0;
   auto step = [&] {
+    const double t0 = now_s();
     opt.zero_grad();
     if (hi > lo) {
       torch::Tensor loss;
@@ -271,10 +275,17 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
       }
       loss.backward();
     }
+    const double t1 = now_s();
     dist::all_reduce_gradients(comm, opt.parameters());
+    const double t2 = now_s();
     opt.step(3e-4);
+    const double t3 = now_s();
+    compute_s += t1 - t0;
+    reduce_s += t2 - t1;
+    optimizer_s += t3 - t2;
   };
   step();  // warm-up
+  compute_s = reduce_s = optimizer_s = 0;
   comm.barrier();
   const double start = now_s();
   for (int s = 0; s < shape.steps; ++s) step();
@@ -292,7 +303,10 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   const std::string key = "train_dp" + std::to_string(comm.size());
   return {{key + "_tokens_per_s", global_targets * shape.steps / secs},
           {key + "_step_s", secs / shape.steps},
-          {key + "_allreduce_s", reduce_secs}};
+          {key + "_allreduce_s", reduce_secs},
+          {key + "_compute_s", compute_s / shape.steps},
+          {key + "_reduce_wait_s", reduce_s / shape.steps},
+          {key + "_optimizer_s", optimizer_s / shape.steps}};
 }
 
 namespace {

@@ -63,8 +63,8 @@ bool wants_train_dp(const PerfOptions& options);
 
 // Data-parallel training throughput: the model, global batch (train_batch x train_seq), optimizer
 // and steps of run_perf_harness's training measurement, the batch rows split over `ranks` local
-// processes (dist::shard_range) with one intra-op and one OpenBLAS thread each, gradients summed
-// over Gloo on 127.0.0.1 (policy/runtime/distributed.h).
+// processes (dist::shard_range) with one intra-op and one OpenBLAS thread each (ranks = 1 too: the
+// scaling baseline), gradients summed over Gloo on 127.0.0.1 (policy/runtime/distributed.h).
 //
 // Starts `ranks` copies of worker_argv (worker_argv[0] = the program; it must call
 // run_train_dp_worker with the caller's options and print the result as one JSON line) as child
@@ -76,6 +76,9 @@ bool wants_train_dp(const PerfOptions& options);
 //   train_dpN_tokens_per_s   global tokens per second (all ranks' rows)
 //   train_dpN_step_s         seconds per timed step (rank 0)
 //   train_dpN_allreduce_s    seconds for one gradient all-reduce alone (both ranks past a barrier)
+//   train_dpN_compute_s      of a timed step on rank 0: forward + backward (seconds)
+//   train_dpN_reduce_wait_s  the in-step gradient all-reduce, incl. waiting for the slower rank
+//   train_dpN_optimizer_s    the optimizer step
 // Throws rlhf::Error naming the rank and how it ended (process::describe_wait_status) when a
 // worker fails; the other rank is then killed after a grace period, so a failure never hangs the
 // caller. The workers are killed and reaped on every way out (an exception included).
@@ -83,7 +86,7 @@ std::map<std::string, double> measure_train_dp(const std::vector<std::string>& w
                                                int ranks = 2);
 
 // The worker side of measure_train_dp: joins dist::world() from the environment, sets one
-// intra-op thread per local rank's share of the cores, builds the model with options.seed,
+// intra-op thread, builds the model with options.seed,
 // runs 1 warm-up and train_steps timed steps (barriers around the timing) on its rows of the
 // global batch, and returns the keys above (every rank computes them; rank 0's are reported).
 std::map<std::string, double> run_train_dp_worker(const PerfOptions& options);

@@ -35,6 +35,18 @@ TEST(BenchCli, QuickTrainReportsTwoRankThroughput) {
   EXPECT_GT(j.at("train_dp2_tokens_per_s").get<double>(), 0.0) << j.dump();
   EXPECT_GT(j.at("train_dp2_speedup").get<double>(), 0.0) << j.dump();
   EXPECT_GT(j.at("train_dp2_allreduce_s").get<double>(), 0.0) << j.dump();
+  // The scaling baseline: the same worker alone, and the ratio computed from the two figures.
+  const double dp1 = j.at("train_dp1_tokens_per_s").get<double>();
+  ASSERT_GT(dp1, 0.0) << j.dump();
+  EXPECT_NEAR(j.at("train_dp2_scaling").get<double>(),
+              j.at("train_dp2_tokens_per_s").get<double>() / dp1, 1e-9)
+      << j.dump();
+  // A step's parts (forward + backward, all-reduce with waiting, optimizer) fit in the step.
+  const double parts = j.at("train_dp2_compute_s").get<double>() +
+                       j.at("train_dp2_reduce_wait_s").get<double>() +
+                       j.at("train_dp2_optimizer_s").get<double>();
+  EXPECT_GT(j.at("train_dp2_compute_s").get<double>(), 0.0) << j.dump();
+  EXPECT_LE(parts, j.at("train_dp2_step_s").get<double>() * 1.0001) << j.dump();
 }
 
 TEST(BenchCli, QuickTrainDp2Alone) {
