@@ -52,7 +52,8 @@ int run_bench(const rlhf::cli::Args& args) {
     for (const auto& [k, v] : rlhf::policy::measure_train_dp(worker, 2)) r[k] = v;
     // The same worker as one rank alone: the scaling baseline (the same code, threads and
     // per-rank batch rule; only the second rank is missing).
-    std::fprintf(stderr, "bench: training throughput, 1 rank x 1 thread (the scaling baseline)...\n");
+    std::fprintf(stderr,
+                 "bench: training throughput, 1 rank x 1 thread (the scaling baseline)...\n");
     for (const auto& [k, v] : rlhf::policy::measure_train_dp(worker, 1)) r[k] = v;
     r["train_dp2_scaling"] = r["train_dp2_tokens_per_s"] / r["train_dp1_tokens_per_s"];
     if (r.count("train_tokens_per_s"))
