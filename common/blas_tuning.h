@@ -24,6 +24,11 @@ namespace rlhf {
 // loaded in this process.
 std::string openblas_core_name();
 
+// The CPU's model name as /proc/cpuinfo gives it ("Intel(R) Xeon(R) Processor", "AMD EPYC 9R14
+// 96-Core Processor"), or "" where there is none (not Linux, or no "model name" line). For run
+// records: a measured figure names the machine it came from.
+std::string cpu_model_name();
+
 // The OPENBLAS_CORETYPE this CPU supports best among the ones we use: "SkylakeX" (AVX-512 F, BW,
 // VL, DQ), "Haswell" (AVX2 + FMA), or "" (neither, or not x86).
 std::string best_openblas_core_for_cpu();

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/blas_tuning.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/launch.h"
@@ -522,6 +523,12 @@ void write_summary(Run& run, double wall_seconds) {
   }
   summary["run_dir"] = run.dir;
   summary["seed"] = run.config.seed();
+  // Where the figures came from: learning results differ by float rounding between machines.
+  const std::string blas = openblas_core_name();
+  summary["machine"] = {{"cpu", cpu_model_name()},
+                        {"cores", static_cast<int64_t>(std::thread::hardware_concurrency())},
+                        {"openblas_core", blas.empty() ? "none" : blas}};
+  summary["finished_at"] = utc_now_iso8601();
   summary["schema_version"] = 1;
   write_file_atomic(run.path("summary.json"), summary.dump(2));
 }

@@ -124,6 +124,20 @@ std::string curves_html(const std::string& sweep_dir, const json& sweep) {
   return report::svg_line_chart(chart, 760, 340);
 }
 
+// The machines the seeds ran on and when they finished (from the summaries' "machine" and
+// "finished_at"): a sweep's figures hold for the machine they were measured on.
+std::string machines_html(const json& sweep) {
+  std::string h;
+  for (const json& m : sweep["machines"])
+    h += "<p>Machine: " + report::html_escape(m.value("cpu", std::string("unknown CPU"))) + ", " +
+         std::to_string(m.value("cores", 0)) + " cores, OpenBLAS " +
+         report::html_escape(m.value("openblas_core", std::string("?"))) + ".</p>\n";
+  if (!sweep["finished"].empty())
+    h += "<p>Finished " + report::html_escape(sweep["finished"][0].get<std::string>()) + " to " +
+         report::html_escape(sweep["finished"][1].get<std::string>()) + " (UTC).</p>\n";
+  return h;
+}
+
 std::string sweep_html(const std::string& sweep_dir, const json& sweep) {
   std::string h =
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Seed sweep " +
@@ -134,7 +148,8 @@ std::string sweep_html(const std::string& sweep_dir, const json& sweep) {
       "<h1>Seed sweep</h1>\n<p>" +
       std::to_string(sweep["seeds"].size()) + " seeds; one pipeline run each in seed-N/.";
   if (!sweep["missing"].empty()) h += " Not finished yet: " + sweep["missing"].dump() + ".";
-  h += "</p>\n" + table_html(sweep) + curves_html(sweep_dir, sweep) + "</body></html>\n";
+  h += "</p>\n" + machines_html(sweep) + table_html(sweep) + curves_html(sweep_dir, sweep) +
+       "</body></html>\n";
   return h;
 }
 
@@ -206,6 +221,18 @@ json write_sweep_report(const std::string& sweep_dir, const std::vector<uint64_t
     summaries.push_back(s);
   }
   sweep["stats"] = sweep_stats(summaries);
+  sweep["machines"] = json::array();  // distinct "machine" objects of the summaries
+  std::vector<std::string> finished;
+  for (const json& s : summaries) {
+    if (s.contains("machine") && s["machine"].is_object() &&
+        std::find(sweep["machines"].begin(), sweep["machines"].end(), s["machine"]) ==
+            sweep["machines"].end())
+      sweep["machines"].push_back(s["machine"]);
+    if (s.contains("finished_at") && s["finished_at"].is_string())
+      finished.push_back(s["finished_at"].get<std::string>());
+  }
+  std::sort(finished.begin(), finished.end());  // ISO 8601 UTC: text order is time order
+  sweep["finished"] = finished.empty() ? json::array() : json{finished.front(), finished.back()};
   write_file_atomic((fs::path(sweep_dir) / "sweep.json").string(), sweep.dump(1) + "\n");
   write_file_atomic((fs::path(sweep_dir) / "sweep.html").string(), sweep_html(sweep_dir, sweep));
   return sweep;

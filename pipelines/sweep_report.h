@@ -1,13 +1,15 @@
 // The seed sweep's report: a learning claim is a distribution over seeds, never one run. Reads the
 // per-seed run folders of `rlhf pipeline sweep` (D/seed-N/, each a pipeline run folder) and writes
 //   D/sweep.json   {"schema_version": 1, "seeds": [...], "runs": {"N": summary.json of seed N},
-//                   "stats": {"<figure>": {"mean", "min", "max", "n"}}, "missing": [seeds]}
+//                   "stats": {"<figure>": {"mean", "min", "max", "n"}}, "missing": [seeds],
+//                   "machines": [distinct "machine" objects of the summaries: cpu, cores,
+//                   openblas_core], "finished": [first, last "finished_at"] or []}
 //                  where the figures are the numeric fields of the summaries (nested objects such
 //                  as stage_seconds flattened with dots);
-//   D/sweep.html   one self-contained page: a row per seed with the headline figures, the mean /
-//                  min / max row, and the PPO gold-accuracy and teacher-score curves of every seed
-//                  on one chart (from each seed's ppo/metrics.jsonl, "gold/accuracy" and
-//                  "score/mean" per iteration).
+//   D/sweep.html   one self-contained page: the machines and dates, a row per seed with the
+//                  headline figures, the mean / min / max row, and the PPO gold-accuracy and
+//                  teacher-score curves of every seed on one chart (from each seed's
+//                  ppo/metrics.jsonl, "gold/accuracy" and "score/mean" per iteration).
 // Torch-free (library rlhf_task).
 //
 // Errors: write_sweep_report throws rlhf::Error naming the file when a summary.json is not a JSON

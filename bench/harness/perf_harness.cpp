@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -235,6 +236,26 @@ bool wants_train_dp(const PerfOptions& o) {
 
 // ---- data-parallel training -------------------------------------------------------------------
 
+namespace {
+
+// This process's CPU time (user + system, every thread) and minor page faults so far.
+struct ProcessUsage {
+  double cpu_s = 0;
+  double minor_faults = 0;
+  ProcessUsage operator-(const ProcessUsage& b) const {
+    return {cpu_s - b.cpu_s, minor_faults - b.minor_faults};
+  }
+};
+
+ProcessUsage process_usage() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+  return {secs(u.ru_utime) + secs(u.ru_stime), static_cast<double>(u.ru_minflt)};
+}
+
+}  // namespace
+
 std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   dist::Comm& comm = dist::world();
   torch::set_num_threads(1);  // one intra-op thread per rank, 1 rank or N: the same per-rank setup
@@ -287,10 +308,12 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   step();  // warm-up
   compute_s = reduce_s = optimizer_s = 0;
   comm.barrier();
+  const ProcessUsage usage_before = process_usage();
   const double start = now_s();
   for (int s = 0; s < shape.steps; ++s) step();
   comm.barrier();
   const double secs = now_s() - start;
+  const ProcessUsage usage = process_usage() - usage_before;
 
   // The all-reduce alone, both ranks starting together: its cost without the wait for the
   // slower rank that the in-step figure would include.
@@ -306,7 +329,9 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
           {key + "_allreduce_s", reduce_secs},
           {key + "_compute_s", compute_s / shape.steps},
           {key + "_reduce_wait_s", reduce_s / shape.steps},
-          {key + "_optimizer_s", optimizer_s / shape.steps}};
+          {key + "_optimizer_s", optimizer_s / shape.steps},
+          {key + "_cpu_s", usage.cpu_s / shape.steps},
+          {key + "_minor_faults", usage.minor_faults / shape.steps}};
 }
 
 namespace {

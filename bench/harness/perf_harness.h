@@ -79,6 +79,9 @@ bool wants_train_dp(const PerfOptions& options);
 //   train_dpN_compute_s      of a timed step on rank 0: forward + backward (seconds)
 //   train_dpN_reduce_wait_s  the in-step gradient all-reduce, incl. waiting for the slower rank
 //   train_dpN_optimizer_s    the optimizer step
+//   train_dpN_cpu_s          rank 0's CPU time (user + system, all its threads) per timed step:
+//                            above step_s, other threads of the rank also ran; below, it waited
+//   train_dpN_minor_faults   rank 0's minor page faults per timed step
 // Throws rlhf::Error naming the rank and how it ended (process::describe_wait_status) when a
 // worker fails; the other rank is then killed after a grace period, so a failure never hangs the
 // caller. The workers are killed and reaped on every way out (an exception included).

@@ -56,6 +56,11 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
   EXPECT_GE(summary["sft_gold_accuracy"].get<double>(), 0.0);
   EXPECT_LE(summary["sft_gold_accuracy"].get<double>(), 1.0);
   EXPECT_TRUE(summary["stage_seconds"].contains("sft_seconds"));
+  // The machine the figures came from, and when.
+  EXPECT_FALSE(summary["machine"]["cpu"].get<std::string>().empty()) << summary.dump();
+  EXPECT_GE(summary["machine"]["cores"].get<int>(), 1) << summary.dump();
+  EXPECT_FALSE(summary["machine"]["openblas_core"].get<std::string>().empty()) << summary.dump();
+  EXPECT_EQ(summary["finished_at"].get<std::string>().size(), 20u) << summary.dump();
   std::string html = rlhf::read_file(run + "/report.html");
   EXPECT_NE(html.find("<svg"), std::string::npos);
   EXPECT_EQ(html.find("<script"), std::string::npos);

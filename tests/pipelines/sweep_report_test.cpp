@@ -47,7 +47,12 @@ void fake_seed(const std::string& sweep, uint64_t seed, double ppo_gold, double 
                         {"ppo_gold_accuracy", ppo_gold},
                         {"sft_gold_accuracy", sft_gold},
                         {"run_dir", dir},
-                        {"stage_seconds", {{"ppo_seconds", 10.0 * (seed + 1)}}}};
+                        {"stage_seconds", {{"ppo_seconds", 10.0 * (seed + 1)}}},
+                        {"machine",
+                         {{"cpu", seed == 2 ? "Other <CPU>" : "Test CPU"},
+                          {"cores", 2},
+                          {"openblas_core", "SkylakeX"}}},
+                        {"finished_at", "2026-12-07T10:0" + std::to_string(seed) + ":00Z"}};
   write_file_atomic(dir + "/summary.json", summary.dump());
   std::string metrics;
   for (int i = 1; i <= iters; ++i)
@@ -73,12 +78,19 @@ TEST(SweepReport, StatsOverSeedsAndAMissingSeed) {
   EXPECT_NEAR(sweep["stats"]["stage_seconds.ppo_seconds"]["mean"].get<double>(), 20.0, 1e-12);
   EXPECT_FALSE(sweep["stats"].contains("seed"));     // an identity, not a figure
   EXPECT_FALSE(sweep["stats"].contains("run_dir"));  // not a number
+  // Where and when: the distinct machines (seeds 0 and 1 share one) and the first and last finish.
+  ASSERT_EQ(sweep["machines"].size(), 2u) << sweep["machines"].dump();
+  EXPECT_EQ(sweep["machines"][0]["cpu"], "Test CPU");
+  EXPECT_EQ(sweep["machines"][1]["cpu"], "Other <CPU>");
+  EXPECT_EQ(sweep["finished"], json::array({"2026-12-07T10:00:00Z", "2026-12-07T10:02:00Z"}));
   // The files: sweep.json is what was returned; the page has a row per seed, the stat rows and
   // two curves (score, gold) per seed with metrics.
   EXPECT_EQ(json::parse(read_file(dir / "sweep.json")), sweep);
   const std::string html = read_file(dir / "sweep.html");
-  for (const char* text : {"<td>0</td>", "<td>2</td>", "<td>3</td>", ">mean<", ">min<", ">max<",
-                           "80.0%", "seed 2 gold", "Not finished yet: [3]"})
+  for (const char* text :
+       {"<td>0</td>", "<td>2</td>", "<td>3</td>", ">mean<", ">min<", ">max<", "80.0%",
+        "seed 2 gold", "Not finished yet: [3]", "Machine: Test CPU, 2 cores, OpenBLAS SkylakeX",
+        "Other &lt;CPU&gt;", "Finished 2026-12-07T10:00:00Z to 2026-12-07T10:02:00Z"})
     EXPECT_NE(html.find(text), std::string::npos) << text;
   size_t lines = 0;
   for (size_t p = html.find("<polyline"); p != std::string::npos; p = html.find("<polyline", p + 1))

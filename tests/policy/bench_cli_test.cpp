@@ -47,6 +47,8 @@ TEST(BenchCli, QuickTrainReportsTwoRankThroughput) {
                        j.at("train_dp2_optimizer_s").get<double>();
   EXPECT_GT(j.at("train_dp2_compute_s").get<double>(), 0.0) << j.dump();
   EXPECT_LE(parts, j.at("train_dp2_step_s").get<double>() * 1.0001) << j.dump();
+  EXPECT_GT(j.at("train_dp2_cpu_s").get<double>(), 0.0) << j.dump();
+  EXPECT_GE(j.at("train_dp2_minor_faults").get<double>(), 0.0) << j.dump();
 }
 
 TEST(BenchCli, QuickTrainDp2Alone) {
