@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -104,7 +106,9 @@ size_t expect_same_as_reference(const std::string& tokenizer_json,
                                 const std::vector<std::string>& texts) {
   const HfTokenizer& tok = loaded(tokenizer_json);
   const std::vector<Reference> refs = reference_encodings(tokenizer_json, texts);
-  size_t matched = 0, reported = 0;
+  size_t matched = 0, reported = 0, reference_ids = 0;
+  for (const Reference& r : refs) reference_ids += r.without_special.size();
+  EXPECT_GT(reference_ids, texts.size() / 2) << "the reference gave (almost) no ids";
   for (size_t i = 0; i < texts.size(); ++i) {
     const std::vector<int> with = tok.encode(texts[i], true), without = tok.encode(texts[i], false);
     const std::string decoded = tok.decode(with);
@@ -207,6 +211,304 @@ TEST(HfTokenizerReference, Llama3MatchesHuggingFaceOnHardCases) {
   RLHF_REQUIRE_REFERENCE("llama3");
   const auto texts = hard_cases();
   EXPECT_EQ(expect_same_as_reference(model_json("llama3"), texts), texts.size());
+}
+
+
+// The same model with its tokenizer.json changed by `edit`, written to `dir`.
+std::string variant(const std::string& family, const TempDir& dir,
+                    const std::function<void(json&)>& edit) {
+  static std::map<std::string, json> parsed;
+  if (!parsed.count(family)) parsed[family] = json::parse(read_file(model_json(family)));
+  json j = parsed[family];
+  edit(j);
+  static int count = 0;  // a new name each time: loaded() caches by path
+  const std::string path = dir / (family + "_variant" + std::to_string(count++) + ".json");
+  std::ofstream(path) << j.dump();
+  return path;
+}
+
+TEST(HfTokenizerReference, TemplateProcessingAddsBosOnlyWithSpecialTokens) {
+  RLHF_REQUIRE_REFERENCE("llama3");
+  TempDir dir("hftpl");
+  const std::string path = variant("llama3", dir, [](json& j) {
+    j["post_processor"] = json::parse(R"({"type": "Sequence", "processors": [
+      {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+      {"type": "TemplateProcessing",
+       "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                  {"Sequence": {"id": "A", "type_id": 0}},
+                  {"SpecialToken": {"id": "<|eot_id|>", "type_id": 0}}],
+       "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+       "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                               "tokens": ["<|begin_of_text|>"]},
+                          "<|eot_id|>": {"id": "<|eot_id|>", "ids": [128009],
+                                         "tokens": ["<|eot_id|>"]}}}]})");
+  });
+  const auto texts = hard_cases();
+  EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+  const HfTokenizer& tok = loaded(path);
+  const std::vector<int> with = tok.encode("Hi", true), without = tok.encode("Hi", false);
+  ASSERT_EQ(with.size(), without.size() + 2);
+  EXPECT_EQ(with.front(), 128000);
+  EXPECT_EQ(with.back(), 128009);
+  EXPECT_TRUE(tok.is_special(128000));
+}
+
+TEST(HfTokenizerReference, AddedTokenOptionsMatchHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("qwen3");
+  TempDir dir("hfadded");
+  const std::string path = variant("qwen3", dir, [](json& j) {
+    for (json& t : j["added_tokens"]) {
+      if (t["content"] == "<|im_start|>") t["lstrip"] = true;
+      if (t["content"] == "<|im_end|>") t["rstrip"] = true;
+      if (t["content"] == "<think>") t["single_word"] = true;
+      if (t["content"] == "</think>") t["normalized"] = true;
+      if (t["content"] == "<tool_call>") t["lstrip"] = t["rstrip"] = true;
+    }
+  });
+  std::vector<std::string> texts = hard_cases();
+  for (const char* t : {"a   <|im_start|>  b", "x<|im_end|>   \n y", "<|im_end|><|im_end|>  z",
+                        "word<think>word", "word <think> word", "<think>start", "end <think>",
+                        "é<think>", "a </think> b</think>c", " \t<tool_call>\n\n<tool_call> q",
+                        "  <|im_start|><|im_start|>  <|im_end|>  <|im_end|>"}) {
+    texts.push_back(t);
+  }
+  EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+}
+
+TEST(HfTokenizerReference, GptStyleByteLevelAndNfkcMatchHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("qwen3");
+  TempDir dir("hfgpt");
+  const std::string path = variant("qwen3", dir, [](json& j) {
+    j["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [{"type": "NFKC"}]})");
+    j["pre_tokenizer"] = json::parse(
+        R"({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true})");
+    j["decoder"] = json::parse(R"({"type": "Sequence", "decoders": [{"type": "ByteLevel",
+        "add_prefix_space": true, "trim_offsets": true, "use_regex": true}]})");
+  });
+  const auto texts = hard_cases();
+  EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+}
+
+TEST(HfTokenizerReference, SplitBehaviorsMatchHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("qwen3");
+  TempDir dir("hfsplit");
+  std::vector<std::string> texts = hard_cases();
+  texts.push_back("a  b   c    d  ");
+  texts.push_back("  x y  ");
+  for (const char* behavior :
+       {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"}) {
+    for (const bool invert : {false, true}) {
+      for (const char* pattern : {R"({"String": " "})", R"({"Regex": "\\s+|\\p{N}"})"}) {
+        SCOPED_TRACE(std::string(behavior) + (invert ? " inverted " : " ") + pattern);
+        const std::string path = variant("qwen3", dir, [&](json& j) {
+          j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = behavior;
+          j["pre_tokenizer"]["pretokenizers"][0]["invert"] = invert;
+          j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = json::parse(pattern);
+        });
+        EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+      }
+    }
+  }
+}
+
+TEST(HfTokenizerReference, DecodeOfAnyIdsMatchesHuggingFace) {
+  for (const char* family : {"qwen3", "llama3"}) {
+    RLHF_REQUIRE_REFERENCE(family);
+    const HfTokenizer& tok = loaded(model_json(family));
+    // Byte tokens cut in the middle of characters, special tokens, ids past the vocab.
+    std::vector<json> lines;
+    uint32_t state = 7;
+    for (int n = 0; n < 200; ++n) {
+      std::vector<int> ids;
+      for (int k = 0; k < 1 + n % 13; ++k) {
+        state = state * 1664525u + 1013904223u;
+        ids.push_back(k % 3 == 0 ? static_cast<int>(state % 256)
+                                 : static_cast<int>(state % (tok.vocab_size() + 50)));
+      }
+      lines.push_back(json{{"ids", ids}});
+    }
+    const std::string hi = "你好 🙂";
+    const std::vector<int> hi_ids = tok.encode(hi, false);
+    lines.push_back(json{{"ids", hi_ids}});
+    for (size_t cut = 1; cut < hi_ids.size(); ++cut) {
+      lines.push_back(json{{"ids", std::vector<int>(hi_ids.begin(), hi_ids.begin() + cut)}});
+    }
+    const std::vector<json> refs = run_reference(model_json(family), lines);
+    size_t matched = 0;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const std::string ours = tok.decode(lines[i].at("ids").get<std::vector<int>>());
+      matched += ours == refs[i].at("decoded").get<std::string>();
+      EXPECT_EQ(ours, refs[i].at("decoded").get<std::string>()) << family << " " << lines[i];
+    }
+    EXPECT_EQ(matched, lines.size()) << family;
+  }
+}
+
+TEST(HfTokenizer, EncodesFromManyThreadsAtOnce) {
+  RLHF_REQUIRE_REFERENCE("qwen3");
+  const HfTokenizer& tok = loaded(model_json("qwen3"));
+  const std::vector<std::string> texts = hard_cases();
+  std::vector<std::vector<int>> expected;
+  for (const std::string& t : texts) expected.push_back(tok.encode(t, true));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      for (int round = 0; round < 5; ++round) {
+        for (size_t i = 0; i < texts.size(); ++i) {
+          mismatches[w] += tok.encode(texts[i], true) != expected[i];
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int w = 0; w < 4; ++w) EXPECT_EQ(mismatches[w], 0) << "thread " << w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny hand-written tokenizer: results computed by hand, no reference needed.
+
+const char* kTinyJson = R"({
+  "version": "1.0", "truncation": null, "padding": null,
+  "added_tokens": [
+    {"id": 6, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
+     "normalized": false, "special": true},
+    {"id": 7, "content": "[X]", "single_word": false, "lstrip": true, "rstrip": true,
+     "normalized": false, "special": false}],
+  "normalizer": null,
+  "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed",
+                    "invert": false},
+  "post_processor": {"type": "TemplateProcessing",
+    "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+    "special_tokens": {"<s>": {"id": "<s>", "ids": [6], "tokens": ["<s>"]}}},
+  "decoder": null,
+  "model": {"type": "BPE", "dropout": null, "unk_token": "?", "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false,
+            "ignore_merges": false,
+            "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "?": 5},
+            "merges": ["a b", ["ab", "c"]]}
+})";
+
+TEST(HfTokenizer, TinyBpeMergesByRankAndHandlesAddedTokens) {
+  const HfTokenizer tok = HfTokenizer::from_json_text(kTinyJson, "tiny.json");
+  EXPECT_EQ(tok.encode("abcab", false), (std::vector<int>{4, 3}));
+  EXPECT_EQ(tok.encode("abcab", true), (std::vector<int>{6, 4, 3}));
+  EXPECT_EQ(tok.encode("cba ab", false), (std::vector<int>{2, 1, 0, 3}));
+  EXPECT_EQ(tok.encode("axyb", false), (std::vector<int>{0, 5, 1}));  // fuse_unk: one "?"
+  EXPECT_EQ(tok.encode("ab  [X]  c<s>", false), (std::vector<int>{3, 7, 2, 6}));
+  EXPECT_EQ(tok.encode("", true), (std::vector<int>{6}));
+  EXPECT_EQ(tok.decode({6, 4, 3, 99}), "<s> abc ab");  // no decoder: joined by spaces
+  EXPECT_EQ(tok.token_to_id("abc"), 4);
+  EXPECT_EQ(tok.token_to_id("[X]"), 7);
+  EXPECT_EQ(tok.token_to_id("zz"), -1);
+  EXPECT_EQ(tok.id_to_token(7).value_or(""), "[X]");
+  EXPECT_FALSE(tok.id_to_token(42).has_value());
+  EXPECT_TRUE(tok.is_special(6));
+  EXPECT_FALSE(tok.is_special(7));
+  EXPECT_EQ(tok.vocab_size(), 8);
+  EXPECT_THROW(tok.encode(std::string("bad \xC3\x28 utf8"), false), Error);
+  EXPECT_THROW(HfTokenizer().encode("x", false), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load errors: each names the file and the JSON path.
+
+void expect_load_error(const std::string& edit_name, const std::function<void(json&)>& edit,
+                       const std::vector<std::string>& needles) {
+  SCOPED_TRACE(edit_name);
+  TempDir dir("hferr");
+  json j = json::parse(kTinyJson);
+  edit(j);
+  const std::string path = dir / "tokenizer.json";
+  std::ofstream(path) << j.dump();
+  try {
+    HfTokenizer::load(path);
+    ADD_FAILURE() << "loaded without an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(path), std::string::npos) << msg;
+    for (const std::string& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
+  }
+}
+
+TEST(HfTokenizerLoad, RefusesUnsupportedComponentsNamingTheJsonPath) {
+  expect_load_error("model", [](json& j) { j["model"]["type"] = "WordPiece"; },
+                    {"model.type", "WordPiece", "unsupported"});
+  expect_load_error("pre_tokenizer in a sequence",
+                    [](json& j) {
+                      j["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
+                          {"type": "ByteLevel"}, {"type": "Metaspace", "replacement": "_"}]})");
+                    },
+                    {"pre_tokenizer.pretokenizers[1].type", "Metaspace"});
+  expect_load_error("normalizer", [](json& j) { j["normalizer"] = {{"type", "Lowercase"}}; },
+                    {"normalizer.type", "Lowercase"});
+  expect_load_error("decoder", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; },
+                    {"decoder.type", "WordPiece"});
+  expect_load_error("post_processor",
+                    [](json& j) { j["post_processor"] = {{"type", "BertProcessing"}}; },
+                    {"post_processor.type", "BertProcessing"});
+  expect_load_error("split behavior",
+                    [](json& j) { j["pre_tokenizer"]["behavior"] = "Sideways"; },
+                    {"pre_tokenizer.behavior", "Sideways"});
+  expect_load_error("truncation", [](json& j) { j["truncation"] = {{"max_length", 8}}; },
+                    {"truncation", "not supported"});
+  expect_load_error("dropout", [](json& j) { j["model"]["dropout"] = 0.1; },
+                    {"model.dropout"});
+  expect_load_error("bad regex",
+                    [](json& j) { j["pre_tokenizer"]["pattern"] = {{"Regex", "(unclosed"}}; },
+                    {"pre_tokenizer.pattern.Regex", "does not compile"});
+}
+
+TEST(HfTokenizerLoad, RefusesMalformedFilesNamingTheJsonPath) {
+  expect_load_error("merge of an unknown token",
+                    [](json& j) { j["model"]["merges"][1] = "ab zz"; },
+                    {"model", "merges[1]", "'zz'", "not in the vocab"});
+  expect_load_error("merge without a space", [](json& j) { j["model"]["merges"][0] = "ab"; },
+                    {"model.merges[0]"});
+  expect_load_error("merged token not in vocab",
+                    [](json& j) { j["model"]["vocab"].erase("abc"); },
+                    {"merges[1]", "'abc'"});
+  expect_load_error("vocab id of the wrong type", [](json& j) { j["model"]["vocab"]["a"] = "0"; },
+                    {"model.vocab", "token 'a'"});
+  expect_load_error("merges not an array", [](json& j) { j["model"]["merges"] = 3; },
+                    {"model.merges", "expected an array"});
+  expect_load_error("added token content", [](json& j) { j["added_tokens"][1]["content"] = 5; },
+                    {"added_tokens[1].content", "expected a string"});
+  expect_load_error("added token id out of order",
+                    [](json& j) { j["added_tokens"][1]["id"] = 9; },
+                    {"added_tokens[1].id", "would give it id 7"});
+  expect_load_error("template names a missing special token",
+                    [](json& j) { j["post_processor"]["special_tokens"].erase("<s>"); },
+                    {"post_processor.single[0].SpecialToken.id", "'<s>'"});
+  expect_load_error("unk token not in vocab", [](json& j) { j["model"]["unk_token"] = "<unk>"; },
+                    {"model", "unk_token '<unk>'"});
+}
+
+TEST(HfTokenizerLoad, RefusesTruncatedAndMissingFiles) {
+  TempDir dir("hftrunc");
+  const std::string path = dir / "tokenizer.json";
+  const std::string text = kTinyJson;
+  std::ofstream(path) << text.substr(0, text.size() / 2);
+  try {
+    HfTokenizer::load(path);
+    ADD_FAILURE() << "a truncated file loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("JSON parse error"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(HfTokenizer::load(dir / "missing.json"), Error);
+  EXPECT_THROW(HfTokenizer::from_json_text("[1, 2]", "array.json"), Error);
+}
+
+TEST(HfTokenizerLoad, RefusesATruncatedRealFile) {
+  RLHF_REQUIRE_REFERENCE("qwen3");
+  TempDir dir("hftrunc2");
+  const std::string text = read_file(model_json("qwen3"));
+  for (const size_t cut : {text.size() - 3, text.size() / 2, size_t{100}}) {
+    const std::string path = dir / ("cut" + std::to_string(cut) + ".json");
+    std::ofstream(path) << text.substr(0, cut);
+    EXPECT_THROW(HfTokenizer::load(path), Error) << "cut at " << cut;
+  }
 }
 
 }  // namespace
