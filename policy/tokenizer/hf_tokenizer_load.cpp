@@ -102,7 +102,8 @@ std::vector<std::pair<std::string, std::string>> load_merges(const JsonNode& mer
     if (m.value().is_string()) {
       const std::string s = m.str();
       const size_t space = s.find(' ');
-      if (space == std::string::npos) m.fail("expected \"a b\" (two tokens and a space), got '" + s + "'");
+      if (space == std::string::npos)
+        m.fail("expected \"a b\" (two tokens and a space), got '" + s + "'");
       out.emplace_back(s.substr(0, space), s.substr(space + 1));
     } else {
       if (!m.value().is_array() || m.value().size() != 2) {
@@ -178,9 +179,9 @@ void load_added_tokens(const JsonNode& list, HfTokenizer::Impl& im) {
     }
     int expected = im.model->token_to_id(t.content);
     if (expected < 0) {
-      expected = max_added < 0 ? model_size
+      expected = max_added < 0                                  ? model_size
                  : (max_added >= model_size || model_size == 0) ? max_added + 1
-                                                                 : model_size;
+                                                                : model_size;
     }
     if (t.id != expected) {
       n["id"].fail("token '" + t.content + "' has id " + std::to_string(t.id) +

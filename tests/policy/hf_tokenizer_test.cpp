@@ -42,13 +42,13 @@ std::string reference_missing(const std::string& family) {
   return "";
 }
 
-#define RLHF_REQUIRE_REFERENCE(family)                                                     \
-  if (const std::string why = reference_missing(family); !why.empty()) {                   \
-    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                             \
-    if (req && std::string(req) == "1") {                                                  \
-      FAIL() << "HF tokenizer reference missing: " << why                                  \
-             << " (RLHF_REQUIRE_SHARED_DATA=1; run scripts/bootstrap.sh)";                 \
-    }                                                                                      \
+#define RLHF_REQUIRE_REFERENCE(family)                                                          \
+  if (const std::string why = reference_missing(family); !why.empty()) {                        \
+    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                                  \
+    if (req && std::string(req) == "1") {                                                       \
+      FAIL() << "HF tokenizer reference missing: " << why                                       \
+             << " (RLHF_REQUIRE_SHARED_DATA=1; run scripts/bootstrap.sh)";                      \
+    }                                                                                           \
     GTEST_SKIP() << "HF tokenizer reference missing: " << why << " (run scripts/bootstrap.sh)"; \
   }
 
@@ -119,8 +119,8 @@ size_t expect_same_as_reference(const std::string& tokenizer_json,
       ADD_FAILURE() << "text " << i << " " << shown(texts[i]) << "\n  ours: " << json(without)
                     << "\n  HF:   " << json(refs[i].without_special)
                     << "\n  with special same: " << (with == refs[i].with_special)
-                    << ", decode same: " << (decoded == refs[i].decoded) << " ("
-                    << shown(decoded) << " vs " << shown(refs[i].decoded) << ")";
+                    << ", decode same: " << (decoded == refs[i].decoded) << " (" << shown(decoded)
+                    << " vs " << shown(refs[i].decoded) << ")";
     }
   }
   EXPECT_EQ(matched, texts.size());
@@ -157,7 +157,8 @@ std::vector<std::string> hard_cases() {
       "e\u0301 a\u0308 o\u0303\u0301 \u1100\u1161\u11A8 Zalgo: Z\u0351\u0357a\u0363l\u0364g\u0310o",
       "café vs cafe\u0301 (NFC changes one of them)",
       "\u212B \uFB01 \u2126 \u1E9B\u0323",
-      "👨‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👍🏽 thumbs, 🧑🏿‍💻 coder",
+      "👨‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👍🏽 thumbs, 🧑🏿‍💻 "
+      "coder",
       "1234567890123456789012345678901234567890 3.14159 1,000,000",
       digits,
       "spaces:     five   three  two \t\ttabs\n\n\nnewlines\r\n\r\nCRLF \n \n\t \n",
@@ -213,7 +214,6 @@ TEST(HfTokenizerReference, Llama3MatchesHuggingFaceOnHardCases) {
   EXPECT_EQ(expect_same_as_reference(model_json("llama3"), texts), texts.size());
 }
 
-
 // The same model with its tokenizer.json changed by `edit`, written to `dir`.
 std::string variant(const std::string& family, const TempDir& dir,
                     const std::function<void(json&)>& edit) {
@@ -266,10 +266,10 @@ TEST(HfTokenizerReference, AddedTokenOptionsMatchHuggingFace) {
     }
   });
   std::vector<std::string> texts = hard_cases();
-  for (const char* t : {"a   <|im_start|>  b", "x<|im_end|>   \n y", "<|im_end|><|im_end|>  z",
-                        "word<think>word", "word <think> word", "<think>start", "end <think>",
-                        "é<think>", "a </think> b</think>c", " \t<tool_call>\n\n<tool_call> q",
-                        "  <|im_start|><|im_start|>  <|im_end|>  <|im_end|>"}) {
+  for (const char* t :
+       {"a   <|im_start|>  b", "x<|im_end|>   \n y", "<|im_end|><|im_end|>  z", "word<think>word",
+        "word <think> word", "<think>start", "end <think>", "é<think>", "a </think> b</think>c",
+        " \t<tool_call>\n\n<tool_call> q", "  <|im_start|><|im_start|>  <|im_end|>  <|im_end|>"}) {
     texts.push_back(t);
   }
   EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
@@ -440,33 +440,42 @@ TEST(HfTokenizerLoad, RefusesUnsupportedComponentsNamingTheJsonPath) {
                           {"type": "ByteLevel"}, {"type": "Metaspace", "replacement": "_"}]})");
                     },
                     {"pre_tokenizer.pretokenizers[1].type", "Metaspace"});
-  expect_load_error("normalizer", [](json& j) { j["normalizer"] = {{"type", "Lowercase"}}; },
+  expect_load_error("normalizer",
+                    [](json& j) {
+                      j["normalizer"] = {{"type", "Lowercase"}};
+                    },
                     {"normalizer.type", "Lowercase"});
-  expect_load_error("decoder", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; },
+  expect_load_error("decoder",
+                    [](json& j) {
+                      j["decoder"] = {{"type", "WordPiece"}};
+                    },
                     {"decoder.type", "WordPiece"});
   expect_load_error("post_processor",
-                    [](json& j) { j["post_processor"] = {{"type", "BertProcessing"}}; },
+                    [](json& j) {
+                      j["post_processor"] = {{"type", "BertProcessing"}};
+                    },
                     {"post_processor.type", "BertProcessing"});
-  expect_load_error("split behavior",
-                    [](json& j) { j["pre_tokenizer"]["behavior"] = "Sideways"; },
+  expect_load_error("split behavior", [](json& j) { j["pre_tokenizer"]["behavior"] = "Sideways"; },
                     {"pre_tokenizer.behavior", "Sideways"});
-  expect_load_error("truncation", [](json& j) { j["truncation"] = {{"max_length", 8}}; },
+  expect_load_error("truncation",
+                    [](json& j) {
+                      j["truncation"] = {{"max_length", 8}};
+                    },
                     {"truncation", "not supported"});
-  expect_load_error("dropout", [](json& j) { j["model"]["dropout"] = 0.1; },
-                    {"model.dropout"});
+  expect_load_error("dropout", [](json& j) { j["model"]["dropout"] = 0.1; }, {"model.dropout"});
   expect_load_error("bad regex",
-                    [](json& j) { j["pre_tokenizer"]["pattern"] = {{"Regex", "(unclosed"}}; },
+                    [](json& j) {
+                      j["pre_tokenizer"]["pattern"] = {{"Regex", "(unclosed"}};
+                    },
                     {"pre_tokenizer.pattern.Regex", "does not compile"});
 }
 
 TEST(HfTokenizerLoad, RefusesMalformedFilesNamingTheJsonPath) {
-  expect_load_error("merge of an unknown token",
-                    [](json& j) { j["model"]["merges"][1] = "ab zz"; },
+  expect_load_error("merge of an unknown token", [](json& j) { j["model"]["merges"][1] = "ab zz"; },
                     {"model", "merges[1]", "'zz'", "not in the vocab"});
   expect_load_error("merge without a space", [](json& j) { j["model"]["merges"][0] = "ab"; },
                     {"model.merges[0]"});
-  expect_load_error("merged token not in vocab",
-                    [](json& j) { j["model"]["vocab"].erase("abc"); },
+  expect_load_error("merged token not in vocab", [](json& j) { j["model"]["vocab"].erase("abc"); },
                     {"merges[1]", "'abc'"});
   expect_load_error("vocab id of the wrong type", [](json& j) { j["model"]["vocab"]["a"] = "0"; },
                     {"model.vocab", "token 'a'"});
@@ -474,8 +483,7 @@ TEST(HfTokenizerLoad, RefusesMalformedFilesNamingTheJsonPath) {
                     {"model.merges", "expected an array"});
   expect_load_error("added token content", [](json& j) { j["added_tokens"][1]["content"] = 5; },
                     {"added_tokens[1].content", "expected a string"});
-  expect_load_error("added token id out of order",
-                    [](json& j) { j["added_tokens"][1]["id"] = 9; },
+  expect_load_error("added token id out of order", [](json& j) { j["added_tokens"][1]["id"] = 9; },
                     {"added_tokens[1].id", "would give it id 7"});
   expect_load_error("template names a missing special token",
                     [](json& j) { j["post_processor"]["special_tokens"].erase("<s>"); },

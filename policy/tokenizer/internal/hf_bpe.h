@@ -39,7 +39,7 @@ class BpeModel {
   void tokenize(std::string_view word, std::vector<int>& out) const;
 
   int token_to_id(std::string_view token) const;  // -1 when not in the vocab
-  const std::string* id_to_token(int id) const;    // null when no token has this id
+  const std::string* id_to_token(int id) const;   // null when no token has this id
   size_t vocab_size() const { return vocab_.size(); }
   int max_id() const { return static_cast<int>(id_to_token_.size()) - 1; }
 
@@ -55,7 +55,7 @@ class BpeModel {
   std::vector<std::pair<int, size_t>> initial_symbols(std::string_view word) const;
   std::vector<int> merge_word(std::string_view word) const;
 
-  std::vector<std::string> id_to_token_;  // filled before vocab_, never changed after
+  std::vector<std::string> id_to_token_;             // filled before vocab_, never changed after
   std::unordered_map<std::string_view, int> vocab_;  // views of id_to_token_
   std::vector<bool> has_id_;
   std::unordered_map<uint64_t, Merge> merges_;

@@ -28,7 +28,9 @@ JsonNode JsonNode::operator[](const char* key) const {
 JsonNode JsonNode::operator[](size_t i) const {
   const nlohmann::json& a = array();
   const std::string p = path_ + "[" + std::to_string(i) + "]";
-  if (i >= a.size()) JsonNode(nullptr, p, file_).fail("missing (the array has " + std::to_string(a.size()) + " elements)");
+  if (i >= a.size())
+    JsonNode(nullptr, p, file_)
+        .fail("missing (the array has " + std::to_string(a.size()) + " elements)");
   return JsonNode(&a[i], p, file_);
 }
 

@@ -66,7 +66,8 @@ std::string onig_to_pcre2(const std::string& p) {
       } else if (e == 'H' && !in_class) {
         out += "[^0-9a-fA-F]";
       } else if (e == 'S' || e == 'H') {
-        throw Error(std::string("regex escape \\") + e + " inside a character class is not supported");
+        throw Error(std::string("regex escape \\") + e +
+                    " inside a character class is not supported");
       } else {
         out += c;
         out += e;
@@ -182,9 +183,9 @@ std::string normalize(std::string_view s, NormalForm form) {
   if (form == NormalForm::kNFD || form == NormalForm::kNFKD) options |= UTF8PROC_DECOMPOSE;
   if (form == NormalForm::kNFKC || form == NormalForm::kNFKD) options |= UTF8PROC_COMPAT;
   utf8proc_uint8_t* dst = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                   static_cast<utf8proc_ssize_t>(s.size()), &dst, static_cast<utf8proc_option_t>(options));
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                                          static_cast<utf8proc_ssize_t>(s.size()), &dst,
+                                          static_cast<utf8proc_option_t>(options));
   if (n < 0) throw Error(std::string("utf8proc normalization failed: ") + utf8proc_errmsg(n));
   std::string out(reinterpret_cast<const char*>(dst), static_cast<size_t>(n));
   std::free(dst);
@@ -262,11 +263,10 @@ std::vector<std::pair<size_t, size_t>> SplitRegex::find_all(std::string_view s) 
   size_t offset = 0;
   uint32_t flags = 0;
   while (offset <= s.size()) {
-    const int rc = compiled_->jit
-                       ? pcre2_jit_match(compiled_->code, subject, s.size(), offset, flags,
-                                         md.get(), nullptr)
-                       : pcre2_match(compiled_->code, subject, s.size(), offset,
-                                     flags | PCRE2_NO_UTF_CHECK, md.get(), nullptr);
+    const int rc = compiled_->jit ? pcre2_jit_match(compiled_->code, subject, s.size(), offset,
+                                                    flags, md.get(), nullptr)
+                                  : pcre2_match(compiled_->code, subject, s.size(), offset,
+                                                flags | PCRE2_NO_UTF_CHECK, md.get(), nullptr);
     if (rc < 0) {
       if (flags == 0 || offset >= s.size()) break;
       // The empty match at `offset` was taken: retry one character further on.
