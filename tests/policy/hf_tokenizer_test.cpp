@@ -227,6 +227,62 @@ std::string variant(const std::string& family, const TempDir& dir,
   return path;
 }
 
+// Deterministic random strings from pieces that stress the regex, the added tokens and BPE.
+std::vector<std::string> random_texts(size_t n) {
+  const std::vector<std::string> pool = {" ",          "  ",
+                                         "\t",         "\n",
+                                         "\r\n",       "\u00a0",
+                                         "\u3000",     "\u180e",
+                                         "\u2028",     "a",
+                                         "Z",          "word",
+                                         "'s",         "'LL",
+                                         "'t",         "don",
+                                         "9",          "42",
+                                         "12345",      ".",
+                                         "!?",         "...",
+                                         "->",         "<|",
+                                         "|>",         "<|im_start|>",
+                                         "<|im_end|>", "<|begin_of_text|>",
+                                         "<|eot_id|>", "<think>",
+                                         "é",          "e\u0301",
+                                         "ß",          "İ",
+                                         "中",         "文字",
+                                         "の",         "한",
+                                         "ا",          "ש",
+                                         "\u0651",     "🙂",
+                                         "👍🏽",   "👨‍👩‍👧",
+                                         "\u200d",     "\x01",
+                                         "\x7f",       "\u0085",
+                                         "ǅ",          "Ⅻ",
+                                         "½",          "٣",
+                                         "𝟙",          "\uFFFD",
+                                         "$",          "€",
+                                         "\\",         "\"",
+                                         "`"};
+  std::vector<std::string> texts;
+  uint32_t state = 12345;
+  for (size_t i = 0; i < n; ++i) {
+    std::string t;
+    state = state * 1664525u + 1013904223u;
+    const size_t len = 1 + (state >> 8) % 24;
+    for (size_t k = 0; k < len; ++k) {
+      state = state * 1664525u + 1013904223u;
+      t += pool[(state >> 8) % pool.size()];
+    }
+    texts.push_back(t);
+  }
+  return texts;
+}
+
+TEST(HfTokenizerReference, RandomMixedTextsMatchHuggingFace) {
+  for (const char* family : {"qwen3", "llama3"}) {
+    RLHF_REQUIRE_REFERENCE(family);
+    SCOPED_TRACE(family);
+    const auto texts = random_texts(500);
+    EXPECT_EQ(expect_same_as_reference(model_json(family), texts), texts.size());
+  }
+}
+
 TEST(HfTokenizerReference, TemplateProcessingAddsBosOnlyWithSpecialTokens) {
   RLHF_REQUIRE_REFERENCE("llama3");
   TempDir dir("hftpl");
