@@ -210,12 +210,16 @@ std::vector<int> HfTokenizer::encode(const std::string& text, bool add_special_t
                 std::to_string(bad));
   }
   std::vector<int> ids;
-  for (const Segment& seg : im.split_added(text, im.raw_trie)) {
-    if (seg.id >= 0) {
-      ids.push_back(seg.id);
-    } else {
-      im.encode_segment(slice(text, seg.start, seg.end), ids);
+  try {
+    for (const Segment& seg : im.split_added(text, im.raw_trie)) {
+      if (seg.id >= 0) {
+        ids.push_back(seg.id);
+      } else {
+        im.encode_segment(slice(text, seg.start, seg.end), ids);
+      }
     }
+  } catch (const Error&) {
+    rethrow_with_context("HfTokenizer::encode (" + im.path + ")");
   }
   if (!add_special_tokens) return ids;
   for (const PostProcessorStep& step : im.post_processors) {

@@ -548,6 +548,36 @@ TEST(HfTokenizerLoad, RefusesMalformedFilesNamingTheJsonPath) {
                     {"model", "unk_token '<unk>'"});
 }
 
+// Every value of the tiny file (at every depth) swapped for each JSON type: the load either
+// succeeds or throws rlhf::Error naming the file; it never crashes or throws anything else.
+TEST(HfTokenizerLoad, AnyValueOfTheWrongTypeIsAnErrorNotACrash) {
+  const json base = json::parse(kTinyJson);
+  const json flat = base.flatten();
+  const std::vector<json> swaps = {
+      nullptr, 1, -7, 2.5, "x", "", true, json::array(), json::object(), json::array({1, "a"})};
+  size_t tried = 0, refused = 0;
+  for (const auto& [pointer, value] : flat.items()) {
+    for (std::string p = pointer; !p.empty(); p = p.substr(0, p.rfind('/'))) {
+      for (const json& swap : swaps) {
+        json j = base;
+        j[json::json_pointer(p)] = swap;
+        ++tried;
+        try {
+          const HfTokenizer tok = HfTokenizer::from_json_text(j.dump(), "fuzz.json");
+          tok.decode(tok.encode("abc [X] <s> cab", true));
+        } catch (const Error& e) {
+          ++refused;
+          EXPECT_EQ(std::string(e.what()).rfind("fuzz.json: ", 0), 0u) << e.what();
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << p << " = " << swap << ": not an rlhf::Error: " << e.what();
+        }
+      }
+    }
+  }
+  EXPECT_GT(tried, 500u);
+  EXPECT_GT(refused, tried / 3);
+}
+
 TEST(HfTokenizerLoad, RefusesTruncatedAndMissingFiles) {
   TempDir dir("hftrunc");
   const std::string path = dir / "tokenizer.json";

@@ -267,6 +267,12 @@ std::vector<std::pair<size_t, size_t>> SplitRegex::find_all(std::string_view s) 
                                                     flags, md.get(), nullptr)
                                   : pcre2_match(compiled_->code, subject, s.size(), offset,
                                                 flags | PCRE2_NO_UTF_CHECK, md.get(), nullptr);
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
+      PCRE2_UCHAR msg[256];
+      pcre2_get_error_message(rc, msg, sizeof msg);
+      throw Error(std::string("regex match failed (") + reinterpret_cast<const char*>(msg) +
+                  ") at byte " + std::to_string(offset));
+    }
     if (rc < 0) {
       if (flags == 0 || offset >= s.size()) break;
       // The empty match at `offset` was taken: retry one character further on.

@@ -2,8 +2,9 @@
 // normalization (utf8proc), the regexes of Split pre-tokenizers (PCRE2, UTF + UCP, JIT), the GPT-2
 // byte-to-character map of ByteLevel, and Rust's lossy UTF-8 decoding.
 //
-// Errors: SplitRegex's constructor and normalize() throw rlhf::Error with a message saying what
-// failed (the caller adds the file and JSON path); the other functions never throw (except
+// Errors: SplitRegex's constructor, find_all() (a PCRE2 match error such as its backtracking
+// limit) and normalize() throw rlhf::Error with a message saying what failed (the caller adds the
+// file and JSON path); the other functions never throw (except
 // std::bad_alloc). Thread safety: everything is immutable after construction; a SplitRegex may be
 // used from any number of threads at once (each call has its own PCRE2 match data).
 #pragma once
