@@ -15,11 +15,11 @@
 // naming an unknown token, an unsupported component or option (truncation and padding included),
 // and an unreadable file. encode() throws rlhf::Error when the text is not valid UTF-8 (naming the
 // byte offset) or when a Split regex hits PCRE2's match limit (never with the Qwen3 / Llama 3
-// patterns, which do not backtrack without bound). decode() never throws: like tokenizers, it skips ids that name no token and turns
-// invalid UTF-8 into U+FFFD. Any use of a default-constructed HfTokenizer throws rlhf::Error.
-// Ownership: an HfTokenizer is cheap to copy; copies share the loaded, immutable tokenizer.
-// Thread safety: every const member may be called from any number of threads at once (the BPE
-// word cache is guarded by a shared_mutex).
+// patterns, which do not backtrack without bound). decode() never throws: like tokenizers, it skips
+// ids that name no token and turns invalid UTF-8 into U+FFFD. Any use of a default-constructed
+// HfTokenizer throws rlhf::Error. Ownership: an HfTokenizer is cheap to copy; copies share the
+// loaded, immutable tokenizer. Thread safety: every const member may be called from any number of
+// threads at once (the BPE word cache is guarded by a shared_mutex).
 #pragma once
 
 #include <memory>
