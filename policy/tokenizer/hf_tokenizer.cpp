@@ -1,0 +1,307 @@
+#include "policy/tokenizer/hf_tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <nlohmann/json.hpp>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "policy/tokenizer/internal/hf_bpe.h"
+#include "policy/tokenizer/internal/hf_pipeline.h"
+#include "policy/tokenizer/internal/hf_text.h"
+
+namespace rlhf::policy {
+
+using hf::AddedTokenTrie;
+using hf::PostProcessorStep;
+using hf::PreTokenizerStep;
+using hf::Segment;
+using hf::SplitBehavior;
+using hf::TemplatePiece;
+
+namespace {
+
+std::string_view slice(std::string_view s, size_t start, size_t end) {
+  return s.substr(start, end - start);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+namespace {
+
+size_t lstrip_start(std::string_view s, size_t start) {
+  size_t i = start;
+  while (i > 0) {
+    size_t b = i - 1;
+    while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+    size_t at = b;
+    if (!hf::is_whitespace(hf::next_code_point(s, at))) break;
+    i = b;
+  }
+  return i;
+}
+
+size_t rstrip_end(std::string_view s, size_t stop) {
+  size_t i = stop;
+  while (i < s.size()) {
+    size_t at = i;
+    if (!hf::is_whitespace(hf::next_code_point(s, at))) break;
+    i = at;
+  }
+  return i;
+}
+
+bool single_word_ok(std::string_view s, size_t start, size_t stop) {
+  if (start > 0) {
+    size_t b = start - 1;
+    while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+    if (hf::is_word_char(hf::next_code_point(s, b))) return false;
+  }
+  if (stop < s.size()) {
+    size_t at = stop;
+    if (hf::is_word_char(hf::next_code_point(s, at))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// tokenizers' AddedVocabulary::find_matches, including its quirks: a skipped single_word match
+// or an rstrip does not move where the next match is searched from.
+std::vector<Segment> HfTokenizer::Impl::split_added(std::string_view s,
+                                                    const AddedTokenTrie& trie) const {
+  std::vector<Segment> out;
+  if (trie.empty()) {
+    if (!s.empty()) out.push_back(Segment{0, s.size(), -1});
+    return out;
+  }
+  size_t start_offset = 0;
+  for (size_t i = 0; i < s.size();) {
+    size_t len = 0;
+    const int t = trie.match(s, i, &len);
+    if (t < 0) {
+      ++i;
+      continue;
+    }
+    size_t start = i, stop = i + len;
+    i = stop;
+    const HfAddedToken& token = added[t];
+    if (token.single_word && !single_word_ok(s, start, stop)) continue;
+    if (token.lstrip) start = std::max(lstrip_start(s, start), start_offset);
+    if (token.rstrip) stop = rstrip_end(s, stop);
+    if (start > start_offset) out.push_back(Segment{start_offset, start, -1});
+    out.push_back(Segment{start, stop, token.id});
+    start_offset = stop;
+  }
+  if (start_offset < s.size()) out.push_back(Segment{start_offset, s.size(), -1});
+  return out;
+}
+
+std::string HfTokenizer::Impl::normalize(std::string_view s) const {
+  std::string out(s);
+  for (const hf::NormalForm form : normalizers) out = hf::normalize(out, form);
+  return out;
+}
+
+namespace {
+
+// tokenizers' NormalizedString::split: the pieces of `s` around the matches, grouped by behavior.
+void split_pieces(const std::string& s, const PreTokenizerStep& step,
+                  std::vector<std::string>& out) {
+  std::vector<std::pair<std::pair<size_t, size_t>, bool>> splits;  // (range, is_match)
+  size_t prev = 0;
+  for (const auto& [a, b] : step.regex->find_all(s)) {
+    if (prev != a) splits.push_back({{prev, a}, step.invert});
+    splits.push_back({{a, b}, !step.invert});
+    prev = b;
+  }
+  if (prev != s.size()) splits.push_back({{prev, s.size()}, step.invert});
+  std::vector<std::pair<size_t, size_t>> pieces;
+  bool previous_match = false;
+  const SplitBehavior behavior = step.behavior;
+  if (behavior == SplitBehavior::kMergedWithNext) std::reverse(splits.begin(), splits.end());
+  for (const auto& [range, is_match] : splits) {
+    if (behavior == SplitBehavior::kRemoved) {
+      if (!is_match) pieces.push_back(range);
+      continue;
+    }
+    bool merge = false;
+    if (behavior == SplitBehavior::kContiguous) merge = is_match == previous_match;
+    if (behavior == SplitBehavior::kMergedWithPrevious ||
+        behavior == SplitBehavior::kMergedWithNext) {
+      merge = is_match && !previous_match;
+    }
+    if (merge && !pieces.empty()) {
+      if (behavior == SplitBehavior::kMergedWithNext) {
+        pieces.back().first = range.first;
+      } else {
+        pieces.back().second = range.second;
+      }
+    } else {
+      pieces.push_back(range);
+    }
+    previous_match = is_match;
+  }
+  if (behavior == SplitBehavior::kMergedWithNext) std::reverse(pieces.begin(), pieces.end());
+  for (const auto& [a, b] : pieces) {
+    if (a != b) out.emplace_back(s.substr(a, b - a));
+  }
+}
+
+void byte_level_pieces(std::string s, const PreTokenizerStep& step, std::vector<std::string>& out) {
+  if (step.add_prefix_space && (s.empty() || s[0] != ' ')) s.insert(s.begin(), ' ');
+  std::vector<std::string> parts;
+  if (step.regex) {
+    split_pieces(s, step, parts);
+  } else if (!s.empty()) {
+    parts.push_back(std::move(s));
+  }
+  const auto& map = hf::byte_to_char_utf8();
+  for (const std::string& p : parts) {
+    std::string mapped;
+    mapped.reserve(p.size() * 2);
+    for (const char c : p) mapped += map[static_cast<unsigned char>(c)];
+    out.push_back(std::move(mapped));
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> HfTokenizer::Impl::pre_tokenize(std::string_view s) const {
+  std::vector<std::string> pieces{std::string(s)};
+  for (const PreTokenizerStep& step : pre_tokenizers) {
+    std::vector<std::string> next;
+    next.reserve(pieces.size());
+    for (std::string& p : pieces) {
+      if (step.byte_level) {
+        byte_level_pieces(std::move(p), step, next);
+      } else {
+        split_pieces(p, step, next);
+      }
+    }
+    pieces = std::move(next);
+  }
+  return pieces;
+}
+
+void HfTokenizer::Impl::encode_segment(std::string_view s, std::vector<int>& ids) const {
+  const std::string normalized = normalize(s);
+  for (const Segment& seg : split_added(normalized, normalized_trie)) {
+    if (seg.id >= 0) {
+      ids.push_back(seg.id);
+      continue;
+    }
+    for (const std::string& piece : pre_tokenize(slice(normalized, seg.start, seg.end))) {
+      model->tokenize(piece, ids);
+    }
+  }
+}
+
+std::vector<int> HfTokenizer::encode(const std::string& text, bool add_special_tokens) const {
+  const Impl& im = impl();
+  if (const size_t bad = hf::invalid_utf8_offset(text); bad != std::string_view::npos) {
+    throw Error("HfTokenizer::encode (" + im.path + "): the text is not valid UTF-8 at byte " +
+                std::to_string(bad));
+  }
+  std::vector<int> ids;
+  try {
+    for (const Segment& seg : im.split_added(text, im.raw_trie)) {
+      if (seg.id >= 0) {
+        ids.push_back(seg.id);
+      } else {
+        im.encode_segment(slice(text, seg.start, seg.end), ids);
+      }
+    }
+  } catch (const Error&) {
+    rethrow_with_context("HfTokenizer::encode (" + im.path + ")");
+  }
+  if (!add_special_tokens) return ids;
+  for (const PostProcessorStep& step : im.post_processors) {
+    if (step.byte_level) continue;
+    std::vector<int> out;
+    for (const TemplatePiece& piece : step.single) {
+      const std::vector<int>& part = piece.sequence ? ids : piece.ids;
+      out.insert(out.end(), part.begin(), part.end());
+    }
+    ids = std::move(out);
+  }
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding and lookups
+
+std::string HfTokenizer::decode(const std::vector<int>& ids) const {
+  const Impl& im = impl();
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (const int id : ids) {
+    if (const auto it = im.added_by_id.find(id); it != im.added_by_id.end()) {
+      tokens.push_back(im.added[it->second].content);
+    } else if (const std::string* t = im.model->id_to_token(id)) {
+      tokens.push_back(*t);
+    }  // ids that name no token are skipped, as tokenizers does
+  }
+  if (!im.has_decoder) {
+    std::string out;
+    for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
+    return out;
+  }
+  for (int d = 0; d < im.byte_level_decoders; ++d) {
+    std::string bytes;
+    for (const std::string& t : tokens) {
+      std::string mapped;
+      bool all = true;
+      for (size_t i = 0; i < t.size() && all;) {
+        const int b = hf::char_to_byte(hf::next_code_point(t, i));
+        all = b >= 0;
+        mapped += static_cast<char>(b);
+      }
+      bytes += all ? mapped : t;
+    }
+    tokens.assign(1, hf::utf8_lossy(bytes));
+  }
+  std::string out;
+  for (const std::string& t : tokens) out += t;
+  return out;
+}
+
+const HfTokenizer::Impl& HfTokenizer::impl() const {
+  if (!impl_) throw Error("HfTokenizer used before load()");
+  return *impl_;
+}
+
+int HfTokenizer::token_to_id(const std::string& token) const {
+  const Impl& im = impl();
+  if (const auto it = im.added_by_content.find(token); it != im.added_by_content.end()) {
+    return im.added[it->second].id;
+  }
+  return im.model->token_to_id(token);
+}
+
+std::optional<std::string> HfTokenizer::id_to_token(int id) const {
+  const Impl& im = impl();
+  if (const auto it = im.added_by_id.find(id); it != im.added_by_id.end()) {
+    return im.added[it->second].content;
+  }
+  if (const std::string* t = im.model->id_to_token(id)) return *t;
+  return std::nullopt;
+}
+
+bool HfTokenizer::is_special(int id) const {
+  const Impl& im = impl();
+  const auto it = im.added_by_id.find(id);
+  return it != im.added_by_id.end() && im.added[it->second].special;
+}
+
+int HfTokenizer::vocab_size() const { return impl().vocab_size; }
+const std::vector<HfAddedToken>& HfTokenizer::added_tokens() const { return impl().added; }
+const std::string& HfTokenizer::path() const { return impl().path; }
+
+}  // namespace rlhf::policy
