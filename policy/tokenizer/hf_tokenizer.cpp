@@ -103,9 +103,52 @@ std::vector<Segment> HfTokenizer::Impl::split_added(std::string_view s,
   return out;
 }
 
+namespace {
+
+// Every match of `pattern` in `s` replaced by `content` (tokenizers' NormalizedString::replace and
+// the Replace decoder).
+std::string replace_all(const std::string& s, const hf::SplitRegex& pattern,
+                        const std::string& content) {
+  std::string out;
+  size_t prev = 0;
+  for (const auto& [a, b] : pattern.find_all(s)) {
+    out.append(s, prev, a - prev);
+    out += content;
+    prev = b;
+  }
+  out.append(s, prev, std::string::npos);
+  return out;
+}
+
+// `s` without White_Space at the left and/or right (tokenizers' Strip normalizer).
+std::string strip_whitespace(const std::string& s, bool left, bool right) {
+  size_t start = 0, end = s.size();
+  if (left) start = rstrip_end(s, 0);
+  if (right) end = std::max(start, lstrip_start(s, s.size()));
+  return s.substr(start, end - start);
+}
+
+}  // namespace
+
 std::string HfTokenizer::Impl::normalize(std::string_view s) const {
+  using Kind = hf::NormalizerStep::Kind;
   std::string out(s);
-  for (const hf::NormalForm form : normalizers) out = hf::normalize(out, form);
+  for (const hf::NormalizerStep& step : normalizers) {
+    switch (step.kind) {
+      case Kind::kNormalForm:
+        out = hf::normalize(out, step.form);
+        break;
+      case Kind::kPrepend:
+        if (!out.empty()) out.insert(0, step.content);
+        break;
+      case Kind::kReplace:
+        out = replace_all(out, *step.pattern, step.content);
+        break;
+      case Kind::kStrip:
+        out = strip_whitespace(out, step.strip_left, step.strip_right);
+        break;
+    }
+  }
   return out;
 }
 
@@ -237,6 +280,112 @@ std::vector<int> HfTokenizer::encode(const std::string& text, bool add_special_t
 // ---------------------------------------------------------------------------------------------
 // Decoding and lookups
 
+namespace {
+
+using DecoderKind = hf::DecoderStep::Kind;
+
+// ByteLevel: every token's characters mapped back to bytes (a token with a character that stands
+// for no byte is kept as it is), all joined into one token, invalid UTF-8 as U+FFFD.
+std::vector<std::string> byte_level_decode(const std::vector<std::string>& tokens) {
+  std::string bytes;
+  for (const std::string& t : tokens) {
+    std::string mapped;
+    bool all = true;
+    for (size_t i = 0; i < t.size() && all;) {
+      const int b = hf::char_to_byte(hf::next_code_point(t, i));
+      all = b >= 0;
+      mapped += static_cast<char>(b);
+    }
+    bytes += all ? mapped : t;
+  }
+  return {hf::utf8_lossy(bytes)};
+}
+
+// The byte of a "<0xXX>" token (Rust's u8::from_str_radix on "XX", so "+A" and lower case count).
+int byte_token_value(const std::string& t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
+  int value = 0;
+  for (size_t i = 3; i < 5; ++i) {
+    const char c = t[i];
+    int digit = -1;
+    if (c >= '0' && c <= '9') digit = c - '0';
+    if (c >= 'a' && c <= 'f') digit = c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') digit = c - 'A' + 10;
+    if (digit < 0 && !(i == 3 && c == '+')) return -1;
+    value = digit < 0 ? value : value * 16 + digit;
+  }
+  return value;
+}
+
+// ByteFallback: runs of byte tokens become their UTF-8 text, or one U+FFFD per byte when invalid.
+std::vector<std::string> byte_fallback_decode(const std::vector<std::string>& tokens) {
+  std::vector<std::string> out;
+  std::string bytes;
+  auto flush = [&] {
+    if (bytes.empty()) return;
+    if (hf::invalid_utf8_offset(bytes) == std::string_view::npos) {
+      out.push_back(bytes);
+    } else {
+      out.insert(out.end(), bytes.size(), "\xEF\xBF\xBD");
+    }
+    bytes.clear();
+  };
+  for (const std::string& t : tokens) {
+    if (const int b = byte_token_value(t); b >= 0) {
+      bytes += static_cast<char>(b);
+      continue;
+    }
+    flush();
+    out.push_back(t);
+  }
+  flush();
+  return out;
+}
+
+// Strip: up to `start` leading and `stop` trailing copies of one character off every token.
+std::string strip_token(const std::string& t, const hf::DecoderStep& step) {
+  std::vector<std::pair<size_t, char32_t>> chars;  // (byte offset, code point)
+  for (size_t i = 0; i < t.size();) {
+    const size_t at = i;
+    chars.emplace_back(at, hf::next_code_point(t, i));
+  }
+  size_t first = 0, last = chars.size();
+  while (first < step.start && first < chars.size() && chars[first].second == step.strip_char) {
+    ++first;
+  }
+  for (size_t k = 0; k < step.stop && last > first && chars[last - 1].second == step.strip_char;
+       ++k) {
+    --last;
+  }
+  const size_t a = first < chars.size() ? chars[first].first : t.size();
+  const size_t b = last < chars.size() ? chars[last].first : t.size();
+  return t.substr(a, b - a);
+}
+
+std::vector<std::string> apply_decoder(const hf::DecoderStep& step,
+                                       std::vector<std::string> tokens) {
+  switch (step.kind) {
+    case DecoderKind::kByteLevel:
+      return byte_level_decode(tokens);
+    case DecoderKind::kByteFallback:
+      return byte_fallback_decode(tokens);
+    case DecoderKind::kFuse: {
+      std::string all;
+      for (const std::string& t : tokens) all += t;
+      return {all};
+    }
+    case DecoderKind::kReplace:
+      for (std::string& t : tokens) t = replace_all(t, *step.pattern, step.content);
+      return tokens;
+    case DecoderKind::kStrip:
+      for (std::string& t : tokens) t = strip_token(t, step);
+      return tokens;
+  }
+  return tokens;
+}
+
+}  // namespace
+
 std::string HfTokenizer::decode(const std::vector<int>& ids) const {
   const Impl& im = impl();
   std::vector<std::string> tokens;
@@ -248,26 +397,12 @@ std::string HfTokenizer::decode(const std::vector<int>& ids) const {
       tokens.push_back(*t);
     }  // ids that name no token are skipped, as tokenizers does
   }
+  std::string out;
   if (!im.has_decoder) {
-    std::string out;
     for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
     return out;
   }
-  for (int d = 0; d < im.byte_level_decoders; ++d) {
-    std::string bytes;
-    for (const std::string& t : tokens) {
-      std::string mapped;
-      bool all = true;
-      for (size_t i = 0; i < t.size() && all;) {
-        const int b = hf::char_to_byte(hf::next_code_point(t, i));
-        all = b >= 0;
-        mapped += static_cast<char>(b);
-      }
-      bytes += all ? mapped : t;
-    }
-    tokens.assign(1, hf::utf8_lossy(bytes));
-  }
-  std::string out;
+  for (const hf::DecoderStep& step : im.decoders) tokens = apply_decoder(step, std::move(tokens));
   for (const std::string& t : tokens) out += t;
   return out;
 }

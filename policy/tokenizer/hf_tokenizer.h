@@ -2,13 +2,16 @@
 // tokenizers library does (the ids of Tokenizer.encode(text, add_special_tokens) and the text of
 // decode(ids, skip_special_tokens=false)), without Python, Rust or SentencePiece.
 //
-// Supported (what Qwen2/Qwen3 and Llama 3 use): model BPE (byte-level or not; ranked merges as
-// "a b" strings or ["a", "b"] pairs, ignore_merges, byte_fallback, unk_token / fuse_unk,
-// continuing_subword_prefix, end_of_word_suffix); normalizers NFC, NFD, NFKC, NFKD and Sequence;
-// pre-tokenizers Split (regex or string pattern, every behavior, invert), ByteLevel and Sequence;
-// added tokens (special or not; lstrip, rstrip, single_word, normalized) matched before
-// pre-tokenization; post-processors TemplateProcessing (single sequences), ByteLevel and
-// Sequence; decoders ByteLevel and Sequence. Anything else is refused when the file loads.
+// Supported (what the Qwen2/2.5/3, Llama 2/3, Gemma 1-3, Mistral Nemo, DeepSeek V3, GPT-2/4/4o,
+// InternLM2, Baichuan2, ChatGLM3 and Yi tokenizer.json files use): model BPE (byte-level or
+// SentencePiece-style; ranked merges as "a b" strings or ["a", "b"] pairs, ignore_merges,
+// byte_fallback, unk_token / fuse_unk, continuing_subword_prefix, end_of_word_suffix); normalizers
+// NFC, NFD, NFKC, NFKD, Prepend, Replace (string or regex), Strip and Sequence; pre-tokenizers
+// Split (regex or string pattern, every behavior, invert), ByteLevel and Sequence; added tokens
+// (special or not; lstrip, rstrip, single_word, normalized) matched before pre-tokenization;
+// post-processors TemplateProcessing (single sequences), ByteLevel and Sequence; decoders
+// ByteLevel, ByteFallback, Fuse, Replace, Strip and Sequence. Anything else (e.g. models Unigram
+// and WordPiece, Metaspace, Lowercase) is refused when the file loads.
 //
 // Errors: load() throws rlhf::Error naming the file and the JSON path (for example
 // "pre_tokenizer.pretokenizers[1].type") for malformed JSON, a value of the wrong type, a merge

@@ -23,26 +23,6 @@ using hf::TemplatePiece;
   type.fail("unsupported " + what + " type '" + type.str() + "' (supported: " + supported + ")");
 }
 
-void load_normalizer(const JsonNode& n, std::vector<hf::NormalForm>& out) {
-  if (n.is_null()) return;
-  const JsonNode type = n["type"];
-  const std::string t = type.str();
-  if (t == "Sequence") {
-    const JsonNode list = n["normalizers"];
-    for (size_t i = 0; i < list.array().size(); ++i) load_normalizer(list[i], out);
-  } else if (t == "NFC") {
-    out.push_back(hf::NormalForm::kNFC);
-  } else if (t == "NFD") {
-    out.push_back(hf::NormalForm::kNFD);
-  } else if (t == "NFKC") {
-    out.push_back(hf::NormalForm::kNFKC);
-  } else if (t == "NFKD") {
-    out.push_back(hf::NormalForm::kNFKD);
-  } else {
-    unsupported(type, "normalizer", "NFC, NFD, NFKC, NFKD, Sequence");
-  }
-}
-
 hf::SplitRegex load_pattern(const JsonNode& pattern) {
   pattern.object();
   const JsonNode regex = pattern["Regex"], literal = pattern["String"];
@@ -56,6 +36,38 @@ hf::SplitRegex load_pattern(const JsonNode& pattern) {
   } catch (const Error& e) {
     which.fail(e.what());
   }
+}
+
+void load_normalizer(const JsonNode& n, std::vector<hf::NormalizerStep>& out) {
+  if (n.is_null()) return;
+  const JsonNode type = n["type"];
+  const std::string t = type.str();
+  using Kind = hf::NormalizerStep::Kind;
+  hf::NormalizerStep step;
+  if (t == "Sequence") {
+    const JsonNode list = n["normalizers"];
+    for (size_t i = 0; i < list.array().size(); ++i) load_normalizer(list[i], out);
+    return;
+  } else if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
+    step.form = t == "NFC"    ? hf::NormalForm::kNFC
+                : t == "NFD"  ? hf::NormalForm::kNFD
+                : t == "NFKC" ? hf::NormalForm::kNFKC
+                              : hf::NormalForm::kNFKD;
+  } else if (t == "Prepend") {
+    step.kind = Kind::kPrepend;
+    step.content = n["prepend"].str();
+  } else if (t == "Replace") {
+    step.kind = Kind::kReplace;
+    step.pattern = load_pattern(n["pattern"]);
+    step.content = n["content"].str();
+  } else if (t == "Strip") {
+    step.kind = Kind::kStrip;
+    step.strip_left = n["strip_left"].boolean();
+    step.strip_right = n["strip_right"].boolean();
+  } else {
+    unsupported(type, "normalizer", "NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip, Sequence");
+  }
+  out.push_back(std::move(step));
 }
 
 SplitBehavior load_behavior(const JsonNode& n) {
@@ -248,19 +260,51 @@ void load_post_processor(const JsonNode& n, std::vector<PostProcessorStep>& out)
   }
 }
 
+// A JSON string of exactly one character (Strip's content).
+char32_t load_char(const JsonNode& n) {
+  const std::string s = n.str();
+  size_t i = 0;
+  const char32_t c = s.empty() ? 0 : hf::next_code_point(s, i);
+  if (s.empty() || i != s.size()) n.fail("expected one character, got '" + s + "'");
+  return c;
+}
+
+size_t load_count(const JsonNode& n) {
+  const long long v = n.integer();
+  if (v < 0 || v > INT32_MAX) n.fail("expected a non-negative count");
+  return static_cast<size_t>(v);
+}
+
 void load_decoder(const JsonNode& n, HfTokenizer::Impl& im) {
   if (n.is_null()) return;
   const JsonNode type = n["type"];
   const std::string t = type.str();
+  using Kind = hf::DecoderStep::Kind;
   im.has_decoder = true;
+  hf::DecoderStep step;
   if (t == "Sequence") {
     const JsonNode list = n["decoders"];
     for (size_t i = 0; i < list.array().size(); ++i) load_decoder(list[i], im);
+    return;
   } else if (t == "ByteLevel") {
-    ++im.byte_level_decoders;
+    step.kind = Kind::kByteLevel;
+  } else if (t == "ByteFallback") {
+    step.kind = Kind::kByteFallback;
+  } else if (t == "Fuse") {
+    step.kind = Kind::kFuse;
+  } else if (t == "Replace") {
+    step.kind = Kind::kReplace;
+    step.pattern = load_pattern(n["pattern"]);
+    step.content = n["content"].str();
+  } else if (t == "Strip") {
+    step.kind = Kind::kStrip;
+    step.strip_char = load_char(n["content"]);
+    step.start = load_count(n["start"]);
+    step.stop = load_count(n["stop"]);
   } else {
-    unsupported(type, "decoder", "ByteLevel, Sequence");
+    unsupported(type, "decoder", "ByteLevel, ByteFallback, Fuse, Replace, Strip, Sequence");
   }
+  im.decoders.push_back(std::move(step));
 }
 
 }  // namespace

