@@ -56,7 +56,7 @@ std::string reference_missing(const std::string& family) {
 
 struct Reference {
   std::vector<int> with_special, without_special;
-  std::string decoded;
+  std::string decoded, decoded_without_special;  // decode(with_special), decode(without_special)
 };
 
 // Runs tests/tokenizer_ref/hf_reference.js on `lines` (JSON objects, one per line).
@@ -85,7 +85,8 @@ std::vector<Reference> reference_encodings(const std::string& tokenizer_json,
   for (const json& r : run_reference(tokenizer_json, lines)) {
     refs.push_back(Reference{r.at("with_special").get<std::vector<int>>(),
                              r.at("without_special").get<std::vector<int>>(),
-                             r.at("decoded").get<std::string>()});
+                             r.at("decoded").get<std::string>(),
+                             r.at("decoded_without_special").get<std::string>()});
   }
   return refs;
 }
@@ -102,8 +103,8 @@ std::string shown(const std::string& text) {
   return s.size() > 160 ? s.substr(0, 160) + "...\"" : s;
 }
 
-// Compares every text's ids (with and without special tokens) and decode(ids) with the reference;
-// returns how many texts matched exactly. Reports the first mismatches in full.
+// Compares every text's ids (with and without special tokens) and the decoded text of both with
+// the reference; returns how many texts matched exactly. Reports the first mismatches in full.
 size_t expect_same_as_reference(const std::string& tokenizer_json,
                                 const std::vector<std::string>& texts) {
   const HfTokenizer& tok = loaded(tokenizer_json);
@@ -113,16 +114,20 @@ size_t expect_same_as_reference(const std::string& tokenizer_json,
   EXPECT_GT(reference_ids, texts.size() / 2) << "the reference gave (almost) no ids";
   for (size_t i = 0; i < texts.size(); ++i) {
     const std::vector<int> with = tok.encode(texts[i], true), without = tok.encode(texts[i], false);
-    const std::string decoded = tok.decode(with);
+    const std::string decoded = tok.decode(with), decoded_without = tok.decode(without);
     const bool ok = with == refs[i].with_special && without == refs[i].without_special &&
-                    decoded == refs[i].decoded;
+                    decoded == refs[i].decoded &&
+                    decoded_without == refs[i].decoded_without_special;
     matched += ok;
     if (!ok && reported++ < 5) {
       ADD_FAILURE() << "text " << i << " " << shown(texts[i]) << "\n  ours: " << json(without)
                     << "\n  HF:   " << json(refs[i].without_special)
                     << "\n  with special same: " << (with == refs[i].with_special)
                     << ", decode same: " << (decoded == refs[i].decoded) << " (" << shown(decoded)
-                    << " vs " << shown(refs[i].decoded) << ")";
+                    << " vs " << shown(refs[i].decoded) << "), decode without special same: "
+                    << (decoded_without == refs[i].decoded_without_special) << " ("
+                    << shown(decoded_without) << " vs " << shown(refs[i].decoded_without_special)
+                    << ")";
     }
   }
   EXPECT_EQ(matched, texts.size());

@@ -4,8 +4,9 @@
 //
 // Usage: node hf_reference.js TOKENIZER_JSON INPUT_JSONL OUTPUT_JSONL
 //   Each input line is {"text": "..."} or {"ids": [..]}. Each output line (same order) is
-//   {"with_special": [..], "without_special": [..], "decoded": "..."} for a text, where decoded is
-//   decode(with_special, skip_special_tokens=false), or {"decoded": "..."} for ids.
+//   {"with_special": [..], "without_special": [..], "decoded": "...", "decoded_without_special":
+//   "..."} for a text, where decoded is decode(with_special, skip_special_tokens=false) and
+//   decoded_without_special the same of without_special, or {"decoded": "..."} for ids.
 //   Exits 2 with a message on stderr when the tokenizers package is missing or a line is bad.
 // Usage: node hf_reference.js --bench TOKENIZER_JSON INPUT_JSONL REPEATS
 //   Prints one JSON object: load_ms, the texts, their bytes, ids and the encode seconds (the best
@@ -43,7 +44,11 @@ async function reference(tokPath, inPath, outPath) {
     const withSpecial = (await tok.encode(item.text, null, { addSpecialTokens: true })).getIds();
     const withoutSpecial = (await tok.encode(item.text, null, { addSpecialTokens: false })).getIds();
     const decoded = await tok.decode(withSpecial, false);
-    out.push(JSON.stringify({ with_special: withSpecial, without_special: withoutSpecial, decoded }));
+    const decodedWithoutSpecial = await tok.decode(withoutSpecial, false);
+    out.push(JSON.stringify({
+      with_special: withSpecial, without_special: withoutSpecial, decoded,
+      decoded_without_special: decodedWithoutSpecial,
+    }));
   }
   fs.writeFileSync(outPath, out.join('\n') + '\n');
 }
