@@ -106,17 +106,23 @@ std::vector<Segment> HfTokenizer::Impl::split_added(std::string_view s,
 namespace {
 
 // Every match of `pattern` in `s` replaced by `content` (tokenizers' NormalizedString::replace and
-// the Replace decoder).
+// the Replace decoder). *offset (when given), a byte offset into `s`, becomes the matching offset
+// into the result (a match it falls inside ends at the end of its replacement).
 std::string replace_all(const std::string& s, const hf::SplitRegex& pattern,
-                        const std::string& content) {
+                        const std::string& content, size_t* offset = nullptr) {
   std::string out;
-  size_t prev = 0;
+  size_t prev = 0, mapped = offset ? *offset : 0;
+  bool done = false;
   for (const auto& [a, b] : pattern.find_all(s)) {
+    if (offset && !done && *offset <= a) mapped = out.size() + (*offset - prev), done = true;
     out.append(s, prev, a - prev);
     out += content;
+    if (offset && !done && *offset <= b) mapped = out.size(), done = true;
     prev = b;
   }
+  if (offset && !done) mapped = out.size() + (*offset - prev);
   out.append(s, prev, std::string::npos);
+  if (offset) *offset = mapped;
   return out;
 }
 
@@ -128,35 +134,57 @@ std::string strip_whitespace(const std::string& s, bool left, bool right) {
   return s.substr(start, end - start);
 }
 
+size_t first_char_bytes(std::string_view s) {
+  size_t i = 0;
+  if (!s.empty()) hf::next_code_point(s, i);
+  return i;
+}
+
 }  // namespace
 
-std::string HfTokenizer::Impl::normalize(std::string_view s) const {
+std::string HfTokenizer::Impl::normalize(std::string_view s, size_t* start_span) const {
   using Kind = hf::NormalizerStep::Kind;
   std::string out(s);
+  size_t span = start_span ? std::min(*start_span, s.size()) : 0;
   for (const hf::NormalizerStep& step : normalizers) {
+    const std::string prefix = out.substr(0, span);
     switch (step.kind) {
       case Kind::kNormalForm:
         out = hf::normalize(out, step.form);
+        if (span) span = std::max(hf::normalize(prefix, step.form).size(), first_char_bytes(out));
         break;
       case Kind::kPrepend:
         if (!out.empty()) out.insert(0, step.content);
+        if (span) span += step.content.size();
         break;
       case Kind::kReplace:
-        out = replace_all(out, *step.pattern, step.content);
+        out = replace_all(out, *step.pattern, step.content, &span);
         break;
-      case Kind::kStrip:
-        out = strip_whitespace(out, step.strip_left, step.strip_right);
+      case Kind::kStrip: {
+        const size_t before = out.size();
+        out = strip_whitespace(out, step.strip_left, false);
+        span -= std::min(span, before - out.size());
+        out = strip_whitespace(out, false, step.strip_right);
+        break;
+      }
+      case Kind::kLowercase:
+        out = hf::lowercase(out);
+        span = hf::lowercase(prefix).size();
         break;
     }
+    span = std::min(span, out.size());
   }
+  if (start_span) *start_span = span;
   return out;
 }
 
 namespace {
 
-// tokenizers' NormalizedString::split: the pieces of `s` around the matches, grouped by behavior.
-void split_pieces(const std::string& s, const PreTokenizerStep& step,
-                  std::vector<std::string>& out) {
+using hf::PreToken;
+
+// tokenizers' NormalizedString::split: the pieces of `p` around the matches, grouped by behavior.
+void split_pieces(const PreToken& p, const PreTokenizerStep& step, std::vector<PreToken>& out) {
+  const std::string& s = p.text;
   std::vector<std::pair<std::pair<size_t, size_t>, bool>> splits;  // (range, is_match)
   size_t prev = 0;
   for (const auto& [a, b] : step.regex->find_all(s)) {
@@ -193,54 +221,101 @@ void split_pieces(const std::string& s, const PreTokenizerStep& step,
   }
   if (behavior == SplitBehavior::kMergedWithNext) std::reverse(pieces.begin(), pieces.end());
   for (const auto& [a, b] : pieces) {
-    if (a != b) out.emplace_back(s.substr(a, b - a));
+    if (a != b)
+      out.push_back(PreToken{s.substr(a, b - a), a < p.start_span ? p.start_span - a : 0});
   }
 }
 
-void byte_level_pieces(std::string s, const PreTokenizerStep& step, std::vector<std::string>& out) {
-  if (step.add_prefix_space && (s.empty() || s[0] != ' ')) s.insert(s.begin(), ' ');
-  std::vector<std::string> parts;
+void byte_level_pieces(PreToken p, const PreTokenizerStep& step, std::vector<PreToken>& out) {
+  std::string& s = p.text;
+  if (step.add_prefix_space && (s.empty() || s[0] != ' ')) {
+    s.insert(s.begin(), ' ');
+    if (p.start_span) ++p.start_span;
+  }
+  std::vector<PreToken> parts;
   if (step.regex) {
-    split_pieces(s, step, parts);
+    split_pieces(p, step, parts);
   } else if (!s.empty()) {
-    parts.push_back(std::move(s));
+    parts.push_back(std::move(p));
   }
   const auto& map = hf::byte_to_char_utf8();
-  for (const std::string& p : parts) {
+  for (PreToken& part : parts) {
     std::string mapped;
-    mapped.reserve(p.size() * 2);
-    for (const char c : p) mapped += map[static_cast<unsigned char>(c)];
-    out.push_back(std::move(mapped));
+    mapped.reserve(part.text.size() * 2);
+    size_t span = 0;
+    for (size_t i = 0; i < part.text.size(); ++i) {
+      mapped += map[static_cast<unsigned char>(part.text[i])];
+      if (i + 1 == std::min(part.start_span, part.text.size())) span = mapped.size();
+    }
+    out.push_back(PreToken{std::move(mapped), span});
+  }
+}
+
+// tokenizers' Metaspace: spaces become the replacement, which is put before a piece that lacks it
+// (by prepend_scheme), then the piece is split before each replacement when `split`.
+void metaspace_pieces(PreToken p, const PreTokenizerStep& step, std::vector<PreToken>& out) {
+  const hf::MetaspaceOptions& m = *step.metaspace;
+  std::string s;
+  size_t span = 0;
+  for (size_t i = 0; i < p.text.size(); ++i) {
+    if (p.text[i] == ' ') {
+      s += m.replacement;
+    } else {
+      s += p.text[i];
+    }
+    if (i + 1 == std::min(p.start_span, p.text.size())) span = s.size();
+  }
+  const bool prepend = m.prepend_scheme == hf::PrependScheme::kAlways ||
+                       (m.prepend_scheme == hf::PrependScheme::kFirst && span > 0);
+  if (prepend && !s.empty() && s.compare(0, m.replacement.size(), m.replacement) != 0) {
+    s.insert(0, m.replacement);
+    if (span) span += m.replacement.size();
+  }
+  p.text = std::move(s);
+  p.start_span = span;
+  if (m.split) {
+    split_pieces(p, step, out);
+  } else if (!p.text.empty()) {
+    out.push_back(std::move(p));
   }
 }
 
 }  // namespace
 
-std::vector<std::string> HfTokenizer::Impl::pre_tokenize(std::string_view s) const {
-  std::vector<std::string> pieces{std::string(s)};
+std::vector<std::string> HfTokenizer::Impl::pre_tokenize(std::string_view s,
+                                                         size_t start_span) const {
+  std::vector<PreToken> pieces{PreToken{std::string(s), start_span}};
   for (const PreTokenizerStep& step : pre_tokenizers) {
-    std::vector<std::string> next;
+    std::vector<PreToken> next;
     next.reserve(pieces.size());
-    for (std::string& p : pieces) {
+    for (PreToken& p : pieces) {
       if (step.byte_level) {
         byte_level_pieces(std::move(p), step, next);
+      } else if (step.metaspace) {
+        metaspace_pieces(std::move(p), step, next);
       } else {
         split_pieces(p, step, next);
       }
     }
     pieces = std::move(next);
   }
-  return pieces;
+  std::vector<std::string> out;
+  out.reserve(pieces.size());
+  for (PreToken& p : pieces) out.push_back(std::move(p.text));
+  return out;
 }
 
-void HfTokenizer::Impl::encode_segment(std::string_view s, std::vector<int>& ids) const {
-  const std::string normalized = normalize(s);
+void HfTokenizer::Impl::encode_segment(std::string_view s, bool at_start,
+                                       std::vector<int>& ids) const {
+  size_t span = at_start ? first_char_bytes(s) : 0;
+  const std::string normalized = normalize(s, &span);
   for (const Segment& seg : split_added(normalized, normalized_trie)) {
     if (seg.id >= 0) {
       ids.push_back(seg.id);
       continue;
     }
-    for (const std::string& piece : pre_tokenize(slice(normalized, seg.start, seg.end))) {
+    const size_t seg_span = seg.start < span ? span - seg.start : 0;
+    for (const std::string& piece : pre_tokenize(slice(normalized, seg.start, seg.end), seg_span)) {
       model->tokenize(piece, ids);
     }
   }
@@ -258,7 +333,7 @@ std::vector<int> HfTokenizer::encode(const std::string& text, bool add_special_t
       if (seg.id >= 0) {
         ids.push_back(seg.id);
       } else {
-        im.encode_segment(slice(text, seg.start, seg.end), ids);
+        im.encode_segment(slice(text, seg.start, seg.end), seg.start == 0, ids);
       }
     }
   } catch (const Error&) {
@@ -362,6 +437,28 @@ std::string strip_token(const std::string& t, const hf::DecoderStep& step) {
   return t.substr(a, b - a);
 }
 
+// Metaspace: the replacement becomes a space, except in the first token (where it is dropped)
+// unless prepend_scheme is "never".
+std::vector<std::string> metaspace_decode(std::vector<std::string> tokens,
+                                          const hf::DecoderStep& step) {
+  const std::string& r = step.replacement;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const std::string space = i == 0 && step.prepend_scheme != hf::PrependScheme::kNever ? "" : " ";
+    std::string out;
+    const std::string& t = tokens[i];
+    for (size_t at = 0; at < t.size();) {
+      if (t.compare(at, r.size(), r) == 0) {
+        out += space;
+        at += r.size();
+      } else {
+        out += t[at++];
+      }
+    }
+    tokens[i] = std::move(out);
+  }
+  return tokens;
+}
+
 std::vector<std::string> apply_decoder(const hf::DecoderStep& step,
                                        std::vector<std::string> tokens) {
   switch (step.kind) {
@@ -380,6 +477,8 @@ std::vector<std::string> apply_decoder(const hf::DecoderStep& step,
     case DecoderKind::kStrip:
       for (std::string& t : tokens) t = strip_token(t, step);
       return tokens;
+    case DecoderKind::kMetaspace:
+      return metaspace_decode(std::move(tokens), step);
   }
   return tokens;
 }

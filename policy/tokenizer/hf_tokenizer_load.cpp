@@ -64,8 +64,11 @@ void load_normalizer(const JsonNode& n, std::vector<hf::NormalizerStep>& out) {
     step.kind = Kind::kStrip;
     step.strip_left = n["strip_left"].boolean();
     step.strip_right = n["strip_right"].boolean();
+  } else if (t == "Lowercase") {
+    step.kind = Kind::kLowercase;
   } else {
-    unsupported(type, "normalizer", "NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip, Sequence");
+    unsupported(type, "normalizer",
+                "NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip, Lowercase, Sequence");
   }
   out.push_back(std::move(step));
 }
@@ -79,6 +82,44 @@ SplitBehavior load_behavior(const JsonNode& n) {
   if (b == "Contiguous") return SplitBehavior::kContiguous;
   n.fail("unsupported split behavior '" + b +
          "' (supported: Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous)");
+}
+
+// A JSON string of exactly one character (Strip's content, Metaspace's replacement).
+char32_t load_char(const JsonNode& n) {
+  const std::string s = n.str();
+  size_t i = 0;
+  const char32_t c = s.empty() ? 0 : hf::next_code_point(s, i);
+  if (s.empty() || i != s.size()) n.fail("expected one character, got '" + s + "'");
+  return c;
+}
+
+hf::PrependScheme load_prepend_scheme(const JsonNode& n) {
+  const JsonNode scheme = n["prepend_scheme"], add = n["add_prefix_space"];
+  if (scheme.is_null()) {
+    return add.boolean_or(true) ? hf::PrependScheme::kAlways : hf::PrependScheme::kNever;
+  }
+  const std::string s = scheme.str();
+  hf::PrependScheme out = hf::PrependScheme::kAlways;
+  if (s == "first") {
+    out = hf::PrependScheme::kFirst;
+  } else if (s == "never") {
+    out = hf::PrependScheme::kNever;
+  } else if (s != "always") {
+    scheme.fail("unsupported prepend_scheme '" + s + "' (supported: first, always, never)");
+  }
+  if (!add.boolean_or(true) && out != hf::PrependScheme::kNever) {
+    add.fail("add_prefix_space false contradicts prepend_scheme '" + s + "'");
+  }
+  return out;
+}
+
+hf::MetaspaceOptions load_metaspace(const JsonNode& n) {
+  hf::MetaspaceOptions m;
+  load_char(n["replacement"]);
+  m.replacement = n["replacement"].str();
+  m.prepend_scheme = load_prepend_scheme(n);
+  m.split = n["split"].boolean_or(true);
+  return m;
 }
 
 void load_pre_tokenizer(const JsonNode& n, std::vector<PreTokenizerStep>& out) {
@@ -100,8 +141,21 @@ void load_pre_tokenizer(const JsonNode& n, std::vector<PreTokenizerStep>& out) {
     step.add_prefix_space = n["add_prefix_space"].boolean_or(true);
     n["trim_offsets"].boolean_or(true);  // offsets only: checked for its type
     if (n["use_regex"].boolean_or(true)) step.regex = hf::SplitRegex(hf::kByteLevelRegex);
+  } else if (t == "Metaspace") {
+    step.metaspace = load_metaspace(n);
+    step.regex = hf::SplitRegex::literal(step.metaspace->replacement);
+    step.behavior = SplitBehavior::kMergedWithNext;
+  } else if (t == "Digits") {
+    // char::is_numeric (Nd, Nl, No), each digit alone or runs of them.
+    step.regex = hf::SplitRegex("\\p{N}");
+    step.behavior = n["individual_digits"].boolean_or(false) ? SplitBehavior::kIsolated
+                                                             : SplitBehavior::kContiguous;
+  } else if (t == "WhitespaceSplit") {
+    step.regex = hf::SplitRegex("\\s");  // White_Space, as char::is_whitespace
+    step.behavior = SplitBehavior::kRemoved;
   } else {
-    unsupported(type, "pre_tokenizer", "Split, ByteLevel, Sequence");
+    unsupported(type, "pre_tokenizer",
+                "Split, ByteLevel, Metaspace, Digits, WhitespaceSplit, Sequence");
   }
   out.push_back(std::move(step));
 }
@@ -260,15 +314,6 @@ void load_post_processor(const JsonNode& n, std::vector<PostProcessorStep>& out)
   }
 }
 
-// A JSON string of exactly one character (Strip's content).
-char32_t load_char(const JsonNode& n) {
-  const std::string s = n.str();
-  size_t i = 0;
-  const char32_t c = s.empty() ? 0 : hf::next_code_point(s, i);
-  if (s.empty() || i != s.size()) n.fail("expected one character, got '" + s + "'");
-  return c;
-}
-
 size_t load_count(const JsonNode& n) {
   const long long v = n.integer();
   if (v < 0 || v > INT32_MAX) n.fail("expected a non-negative count");
@@ -301,8 +346,14 @@ void load_decoder(const JsonNode& n, HfTokenizer::Impl& im) {
     step.strip_char = load_char(n["content"]);
     step.start = load_count(n["start"]);
     step.stop = load_count(n["stop"]);
+  } else if (t == "Metaspace") {
+    step.kind = Kind::kMetaspace;
+    const hf::MetaspaceOptions m = load_metaspace(n);
+    step.replacement = m.replacement;
+    step.prepend_scheme = m.prepend_scheme;
   } else {
-    unsupported(type, "decoder", "ByteLevel, ByteFallback, Fuse, Replace, Strip, Sequence");
+    unsupported(type, "decoder",
+                "ByteLevel, ByteFallback, Fuse, Replace, Strip, Metaspace, Sequence");
   }
   im.decoders.push_back(std::move(step));
 }

@@ -309,7 +309,7 @@ std::vector<std::string> random_texts(size_t n) {
 }
 
 TEST(HfTokenizerReference, RandomMixedTextsMatchHuggingFace) {
-  for (const char* family : {"qwen3", "llama3"}) {
+  for (const char* family : {"qwen3", "llama3", "llama2", "gemma3"}) {
     RLHF_REQUIRE_REFERENCE(family);
     SCOPED_TRACE(family);
     const auto texts = random_texts(500);
@@ -401,8 +401,77 @@ TEST(HfTokenizerReference, SplitBehaviorsMatchHuggingFace) {
   }
 }
 
+// Texts for SentencePiece-style variants: the hard cases, Llama 2's special tokens where
+// Metaspace's prepend_scheme "first" must see that a piece is not at the start, and case mappings.
+std::vector<std::string> sentencepiece_texts() {
+  std::vector<std::string> texts = hard_cases();
+  for (const char* t : {"<s>Hello", "Hello <s> world", " <s> lead", "</s>", "a</s>b c", "<s> <s>",
+                        "  two spaces first", "\u2581already a metaspace", "x\u2581\u2581 y",
+                        "\u0130STANBUL \u03a3\u038a\u03a3\u03a5\u03a6\u039f\u03a3 \u01c5 "
+                        "\u1e9e \u2126 \u212a \u2160\u216b \u24b6 \U00010400"}) {
+    texts.push_back(t);
+  }
+  return texts;
+}
+
+TEST(HfTokenizerReference, MetaspaceSchemesMatchHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("llama2");
+  TempDir dir("hfmeta");
+  const std::vector<std::string> texts = sentencepiece_texts();
+  for (const char* scheme : {"first", "always", "never"}) {
+    for (const bool split : {false, true}) {
+      SCOPED_TRACE(std::string(scheme) + (split ? " split" : " no split"));
+      const std::string path = variant("llama2", dir, [&](json& j) {
+        const json metaspace = {{"type", "Metaspace"},
+                                {"replacement", "\u2581"},
+                                {"prepend_scheme", scheme},
+                                {"split", split}};
+        j["normalizer"] = nullptr;
+        j["pre_tokenizer"] = metaspace;
+        j["decoder"] = {{"type", "Sequence"},
+                        {"decoders", {metaspace, {{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
+      });
+      EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+    }
+  }
+}
+
+TEST(HfTokenizerReference, StripLowercaseDigitsWhitespaceSplitMatchHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("llama2");
+  TempDir dir("hfnorm");
+  // tokenizers' Strip decoder with stop > 0 panics on an empty token (decoding no ids): only texts
+  // with something left after the Strip normalizer.
+  std::vector<std::string> texts;
+  for (const std::string& t : sentencepiece_texts()) {
+    if (t.find_first_not_of(" \t\n\r") != std::string::npos) texts.push_back(t);
+  }
+  const std::string stripped = variant("llama2", dir, [](json& j) {
+    j["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+        {"type": "Strip", "strip_left": true, "strip_right": true}, {"type": "Lowercase"},
+        {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}]})");
+    j["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": true},
+        {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": true}]})");
+    j["decoder"] = json::parse(R"({"type": "Sequence", "decoders": [
+        {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": true},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 0, "stop": 1}]})");
+  });
+  EXPECT_EQ(expect_same_as_reference(stripped, texts), texts.size());
+  const std::string split = variant("llama2", dir, [](json& j) {
+    j["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"Regex": "^\\s*h"}, "content": ""},
+        {"type": "Prepend", "prepend": "\u2581"}]})");
+    j["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
+        {"type": "WhitespaceSplit"}, {"type": "Digits", "individual_digits": false},
+        {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false}]})");
+    j["decoder"] = nullptr;
+  });
+  EXPECT_EQ(expect_same_as_reference(split, texts), texts.size());
+}
+
 TEST(HfTokenizerReference, DecodeOfAnyIdsMatchesHuggingFace) {
-  for (const char* family : {"qwen3", "llama3"}) {
+  for (const char* family : {"qwen3", "llama3", "llama2", "gemma3"}) {
     RLHF_REQUIRE_REFERENCE(family);
     const HfTokenizer& tok = loaded(model_json(family));
     // Byte tokens cut in the middle of characters, special tokens, ids past the vocab.
@@ -524,17 +593,43 @@ void expect_load_error(const std::string& edit_name, const std::function<void(js
 TEST(HfTokenizerLoad, RefusesUnsupportedComponentsNamingTheJsonPath) {
   expect_load_error("model", [](json& j) { j["model"]["type"] = "WordPiece"; },
                     {"model.type", "WordPiece", "unsupported"});
+  expect_load_error("model", [](json& j) { j["model"]["type"] = "Unigram"; },
+                    {"model.type", "Unigram", "unsupported"});
   expect_load_error("pre_tokenizer in a sequence",
                     [](json& j) {
                       j["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
-                          {"type": "ByteLevel"}, {"type": "Metaspace", "replacement": "_"}]})");
+                          {"type": "ByteLevel"}, {"type": "BertPreTokenizer"}]})");
                     },
-                    {"pre_tokenizer.pretokenizers[1].type", "Metaspace"});
-  expect_load_error("normalizer",
+                    {"pre_tokenizer.pretokenizers[1].type", "BertPreTokenizer"});
+  expect_load_error("pre_tokenizer Whitespace",
                     [](json& j) {
-                      j["normalizer"] = {{"type", "Lowercase"}};
+                      j["pre_tokenizer"] = {{"type", "Whitespace"}};
                     },
-                    {"normalizer.type", "Lowercase"});
+                    {"pre_tokenizer.type", "Whitespace"});
+  expect_load_error("normalizer in a sequence",
+                    [](json& j) {
+                      j["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+                          {"type": "Lowercase"}, {"type": "BertNormalizer"}]})");
+                    },
+                    {"normalizer.normalizers[1].type", "BertNormalizer"});
+  expect_load_error("metaspace replacement",
+                    [](json& j) {
+                      j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "ab"}};
+                    },
+                    {"pre_tokenizer.replacement", "one character"});
+  expect_load_error("metaspace prepend_scheme",
+                    [](json& j) {
+                      j["decoder"] = {{"type", "Metaspace"},
+                                      {"replacement", "_"},
+                                      {"prepend_scheme", "sometimes"}};
+                    },
+                    {"decoder.prepend_scheme", "sometimes"});
+  expect_load_error(
+      "strip decoder content",
+      [](json& j) {
+        j["decoder"] = {{"type", "Strip"}, {"content", ""}, {"start", 1}, {"stop", 0}};
+      },
+      {"decoder.content", "one character"});
   expect_load_error("decoder",
                     [](json& j) {
                       j["decoder"] = {{"type", "WordPiece"}};

@@ -28,28 +28,48 @@ inline constexpr const char* kByteLevelRegex =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // One normalizer: a Unicode normal form, Prepend (when the text is not empty), Replace (every
-// match of a pattern by `content`) or Strip (White_Space at the left and/or right).
+// match of a pattern by `content`), Strip (White_Space at the left and/or right) or Lowercase
+// (Rust's char::to_lowercase).
 struct NormalizerStep {
-  enum class Kind { kNormalForm, kPrepend, kReplace, kStrip } kind = Kind::kNormalForm;
+  enum class Kind { kNormalForm, kPrepend, kReplace, kStrip, kLowercase } kind = Kind::kNormalForm;
   NormalForm form = NormalForm::kNFC;
   std::optional<SplitRegex> pattern;  // Replace
   std::string content;                // Prepend's text; Replace's replacement
   bool strip_left = false, strip_right = false;
 };
 
+// Metaspace's prepend_scheme: where the replacement is put before a piece that lacks it.
+enum class PrependScheme { kFirst, kAlways, kNever };
+
 // One decoder of tokenizers' decode_chain, which maps the token strings to new token strings.
 struct DecoderStep {
-  enum class Kind { kByteLevel, kReplace, kByteFallback, kFuse, kStrip } kind = Kind::kByteLevel;
+  enum class Kind {
+    kByteLevel,
+    kReplace,
+    kByteFallback,
+    kFuse,
+    kStrip,
+    kMetaspace
+  } kind = Kind::kByteLevel;
   std::optional<SplitRegex> pattern;  // Replace
   std::string content;                // Replace's replacement
   char32_t strip_char = ' ';          // Strip: up to `start` of it at the start, `stop` at the end
   size_t start = 0, stop = 0;
+  std::string replacement;  // Metaspace: this character (UTF-8) stands for a space
+  PrependScheme prepend_scheme = PrependScheme::kAlways;
 };
 
 enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 
+struct MetaspaceOptions {
+  std::string replacement;  // one character (UTF-8) that stands for a space
+  PrependScheme prepend_scheme = PrependScheme::kAlways;
+  bool split = true;  // split before each replacement (the regex below, MergedWithNext)
+};
+
 struct PreTokenizerStep {
   bool byte_level = false;
+  std::optional<MetaspaceOptions> metaspace;
   std::optional<hf::SplitRegex> regex;  // Split's pattern; ByteLevel's GPT-2 regex when use_regex
   SplitBehavior behavior = SplitBehavior::kIsolated;
   bool invert = false;
@@ -118,6 +138,14 @@ struct Segment {
   int id;
 };
 
+// A piece of pre-tokenized text. start_span: how many of its leading bytes stand for the original
+// text's first character (tokenizers' offsets_original().0 == 0, what Metaspace's prepend_scheme
+// "first" asks); 0 when the piece does not begin there.
+struct PreToken {
+  std::string text;
+  size_t start_span;
+};
+
 }  // namespace hf
 
 struct HfTokenizer::Impl {
@@ -135,9 +163,13 @@ struct HfTokenizer::Impl {
   int vocab_size = 0;
 
   std::vector<hf::Segment> split_added(std::string_view s, const hf::AddedTokenTrie& trie) const;
-  std::string normalize(std::string_view s) const;
-  std::vector<std::string> pre_tokenize(std::string_view s) const;
-  void encode_segment(std::string_view s, std::vector<int>& ids) const;
+  // *start_span (when given): the bytes of `s` that stand for the original text's first character
+  // (0: none), updated to those of the result.
+  std::string normalize(std::string_view s, size_t* start_span = nullptr) const;
+  // start_span: as PreToken's, for `s`.
+  std::vector<std::string> pre_tokenize(std::string_view s, size_t start_span) const;
+  // at_start: `s` begins at the original text's first character.
+  void encode_segment(std::string_view s, bool at_start, std::vector<int>& ids) const;
 };
 
 }  // namespace rlhf::policy

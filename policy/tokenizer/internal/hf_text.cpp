@@ -174,6 +174,22 @@ std::string utf8_lossy(std::string_view bytes) {
   return out;
 }
 
+std::string lowercase(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const char32_t cp = next_code_point(s, i);
+    if (cp < 0x80) {
+      out += static_cast<char>(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+    } else if (cp == 0x130) {  // the one unconditional multi-character lowercase mapping
+      out += "i\xCC\x87";
+    } else {
+      append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))));
+    }
+  }
+  return out;
+}
+
 std::string normalize(std::string_view s, NormalForm form) {
   bool ascii = true;
   for (const char c : s) ascii = ascii && static_cast<unsigned char>(c) < 0x80;

@@ -35,6 +35,11 @@ bool is_word_char(char32_t cp);
 // Rust's String::from_utf8_lossy: each maximal invalid subsequence becomes U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
 
+// Rust's str::chars().flat_map(char::to_lowercase): each character's full lowercase mapping
+// (U+0130 becomes "i\u0307"; no final-sigma rule), as tokenizers' Lowercase normalizer does.
+// `s` must be valid UTF-8.
+std::string lowercase(std::string_view s);
+
 enum class NormalForm { kNFC, kNFD, kNFKC, kNFKD };
 // `s` must be valid UTF-8. Throws rlhf::Error when utf8proc fails.
 std::string normalize(std::string_view s, NormalForm form);
