@@ -476,6 +476,41 @@ TEST(HfTokenizerReference, StripLowercaseDigitsWhitespaceSplitMatchHuggingFace) 
   EXPECT_EQ(expect_same_as_reference(split, texts), texts.size());
 }
 
+// Every code point from U+0041 to U+1FFFF (surrogates left out) through Lowercase: Rust's
+// char::to_lowercase against utf8proc's mapping, 256 characters a text.
+TEST(HfTokenizerReference, LowercaseOfEveryCodePointMatchesHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("llama2");
+  TempDir dir("hflower");
+  const std::string path = variant("llama2", dir, [](json& j) {
+    j["normalizer"] = {{"type", "Lowercase"}};
+    j["pre_tokenizer"] = nullptr;
+    j["decoder"] = {{"type", "Sequence"},
+                    {"decoders", {{{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
+  });
+  std::vector<std::string> texts(1);
+  for (char32_t cp = 0x41; cp <= 0x1FFFF; ++cp) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    if (texts.back().size() >= 256 * 3) texts.emplace_back();
+    std::string& t = texts.back();
+    if (cp < 0x80) {
+      t += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      t += static_cast<char>(0xC0 | (cp >> 6));
+      t += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      t += static_cast<char>(0xE0 | (cp >> 12));
+      t += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      t += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      t += static_cast<char>(0xF0 | (cp >> 18));
+      t += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      t += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      t += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+  EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+}
+
 TEST(HfTokenizerReference, DecodeOfAnyIdsMatchesHuggingFace) {
   for (const char* family : {"qwen3", "llama3", "llama2", "gemma3"}) {
     RLHF_REQUIRE_REFERENCE(family);

@@ -174,6 +174,33 @@ std::string utf8_lossy(std::string_view bytes) {
   return out;
 }
 
+namespace {
+
+// Lowercase mappings of Unicode 16 and 17 (which the Rust of tokenizers 0.23 has) for characters
+// an older utf8proc leaves as they are; checked over every code point by the reference test.
+char32_t newer_lowercase(char32_t cp) {
+  if (cp >= 0x10D50 && cp <= 0x10D65) return cp + 0x20;  // Garay
+  if (cp >= 0x16EA0 && cp <= 0x16EB8) return cp + 0x1B;  // Beria Erfe
+  switch (cp) {
+    case 0x1C89:
+      return 0x1C8A;
+    case 0xA7CB:
+      return 0x0264;
+    case 0xA7DC:
+      return 0x019B;
+    case 0xA7CC:
+    case 0xA7CE:
+    case 0xA7D2:
+    case 0xA7D4:
+    case 0xA7DA:
+      return cp + 1;
+    default:
+      return cp;
+  }
+}
+
+}  // namespace
+
 std::string lowercase(std::string_view s) {
   std::string out;
   out.reserve(s.size());
@@ -184,7 +211,8 @@ std::string lowercase(std::string_view s) {
     } else if (cp == 0x130) {  // the one unconditional multi-character lowercase mapping
       out += "i\xCC\x87";
     } else {
-      append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))));
+      const auto lower = static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp)));
+      append_utf8(out, lower == cp ? newer_lowercase(cp) : lower);
     }
   }
   return out;

@@ -36,8 +36,8 @@ bool is_word_char(char32_t cp);
 std::string utf8_lossy(std::string_view bytes);
 
 // Rust's str::chars().flat_map(char::to_lowercase): each character's full lowercase mapping
-// (U+0130 becomes "i\u0307"; no final-sigma rule), as tokenizers' Lowercase normalizer does.
-// `s` must be valid UTF-8.
+// (U+0130 becomes "i\u0307"; no final-sigma rule), as tokenizers' Lowercase normalizer does:
+// utf8proc's mapping plus the Unicode 16 / 17 pairs it may lack. `s` must be valid UTF-8.
 std::string lowercase(std::string_view s);
 
 enum class NormalForm { kNFC, kNFD, kNFKC, kNFKD };
