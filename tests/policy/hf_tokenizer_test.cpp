@@ -720,12 +720,12 @@ TEST(HfTokenizerLoad, RefusesMalformedFilesNamingTheJsonPath) {
 
 // Every value of the tiny file (at every depth) swapped for each JSON type: the load either
 // succeeds or throws rlhf::Error naming the file; it never crashes or throws anything else.
-TEST(HfTokenizerLoad, AnyValueOfTheWrongTypeIsAnErrorNotACrash) {
-  const json base = json::parse(kTinyJson);
-  const json flat = base.flatten();
+// Loads `base` with each value (at every depth) swapped for each JSON type, then encodes and
+// decodes; counts the tries and the refusals.
+void swap_every_value(const json& base, size_t& tried, size_t& refused) {
   const std::vector<json> swaps = {
       nullptr, 1, -7, 2.5, "x", "", true, json::array(), json::object(), json::array({1, "a"})};
-  size_t tried = 0, refused = 0;
+  const json flat = base.flatten();
   for (const auto& [pointer, value] : flat.items()) {
     for (std::string p = pointer; !p.empty(); p = p.substr(0, p.rfind('/'))) {
       for (const json& swap : swaps) {
@@ -735,6 +735,7 @@ TEST(HfTokenizerLoad, AnyValueOfTheWrongTypeIsAnErrorNotACrash) {
         try {
           const HfTokenizer tok = HfTokenizer::from_json_text(j.dump(), "fuzz.json");
           tok.decode(tok.encode("abc [X] <s> cab", true));
+          tok.decode(tok.encode(" a  b1 c22 ", false));
         } catch (const Error& e) {
           ++refused;
           EXPECT_EQ(std::string(e.what()).rfind("fuzz.json: ", 0), 0u) << e.what();
@@ -744,8 +745,43 @@ TEST(HfTokenizerLoad, AnyValueOfTheWrongTypeIsAnErrorNotACrash) {
       }
     }
   }
+}
+
+// The tiny file, and the same with the SentencePiece-style components: the load either succeeds or
+// throws rlhf::Error naming the file; it never crashes or throws anything else.
+TEST(HfTokenizerLoad, AnyValueOfTheWrongTypeIsAnErrorNotACrash) {
+  const json base = json::parse(kTinyJson);
+  size_t tried = 0, refused = 0;
+  swap_every_value(base, tried, refused);
   EXPECT_GT(tried, 500u);
   EXPECT_GT(refused, tried / 3);
+  json sp = base;
+  sp["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+      {"type": "Strip", "strip_left": true, "strip_right": false}, {"type": "Lowercase"},
+      {"type": "Prepend", "prepend": "_"},
+      {"type": "Replace", "pattern": {"Regex": "b+"}, "content": "b"}]})");
+  sp["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
+      {"type": "WhitespaceSplit"}, {"type": "Digits", "individual_digits": true},
+      {"type": "Metaspace", "replacement": "_", "prepend_scheme": "first", "split": true}]})");
+  sp["decoder"] = json::parse(R"({"type": "Sequence", "decoders": [
+      {"type": "Metaspace", "replacement": "_", "prepend_scheme": "always", "split": true},
+      {"type": "Replace", "pattern": {"String": "a"}, "content": "A"}, {"type": "ByteFallback"},
+      {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 1}]})");
+  sp["model"]["vocab"]["_"] = 6;
+  sp["model"]["vocab"]["<0x31>"] = 7;
+  sp["model"]["byte_fallback"] = true;
+  sp["added_tokens"][0]["id"] = 8;  // added tokens follow the vocab
+  sp["added_tokens"][1]["id"] = 9;
+  sp["post_processor"]["special_tokens"]["<s>"]["ids"] = {8};
+  const size_t tried_tiny = tried, refused_tiny = refused;
+  swap_every_value(sp, tried, refused);
+  EXPECT_GT(tried - tried_tiny, 500u);
+  EXPECT_GT(refused - refused_tiny, (tried - tried_tiny) / 3);
+  const HfTokenizer tok = HfTokenizer::from_json_text(sp.dump(), "sp.json");
+  // Stripped, lowercased, "_" prepended; "1" is no token: its byte. Decoding drops the first "_".
+  EXPECT_EQ(tok.encode("  A1b", false), (std::vector<int>{6, 0, 7, 1}));  // _ a <0x31> b
+  EXPECT_EQ(tok.encode("  A1b", true), (std::vector<int>{8, 6, 0, 7, 1}));
+  EXPECT_EQ(tok.decode({6, 0, 7, 1}), "A1b");
 }
 
 TEST(HfTokenizerLoad, RefusesTruncatedAndMissingFiles) {
