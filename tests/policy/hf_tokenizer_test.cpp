@@ -476,17 +476,8 @@ TEST(HfTokenizerReference, StripLowercaseDigitsWhitespaceSplitMatchHuggingFace) 
   EXPECT_EQ(expect_same_as_reference(split, texts), texts.size());
 }
 
-// Every code point from U+0041 to U+1FFFF (surrogates left out) through Lowercase: Rust's
-// char::to_lowercase against utf8proc's mapping, 256 characters a text.
-TEST(HfTokenizerReference, LowercaseOfEveryCodePointMatchesHuggingFace) {
-  RLHF_REQUIRE_REFERENCE("llama2");
-  TempDir dir("hflower");
-  const std::string path = variant("llama2", dir, [](json& j) {
-    j["normalizer"] = {{"type", "Lowercase"}};
-    j["pre_tokenizer"] = nullptr;
-    j["decoder"] = {{"type", "Sequence"},
-                    {"decoders", {{{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
-  });
+// Every code point from U+0041 to U+1FFFF (surrogates left out), 256 characters a text.
+std::vector<std::string> every_code_point_texts() {
   std::vector<std::string> texts(1);
   for (char32_t cp = 0x41; cp <= 0x1FFFF; ++cp) {
     if (cp >= 0xD800 && cp <= 0xDFFF) continue;
@@ -508,7 +499,45 @@ TEST(HfTokenizerReference, LowercaseOfEveryCodePointMatchesHuggingFace) {
       t += static_cast<char>(0x80 | (cp & 0x3F));
     }
   }
+  return texts;
+}
+
+// Every code point through Lowercase: Rust's char::to_lowercase against utf8proc's mapping (byte
+// fallback shows every character that comes out).
+TEST(HfTokenizerReference, LowercaseOfEveryCodePointMatchesHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("llama2");
+  TempDir dir("hflower");
+  const std::string path = variant("llama2", dir, [](json& j) {
+    j["normalizer"] = {{"type", "Lowercase"}};
+    j["pre_tokenizer"] = nullptr;
+    j["decoder"] = {{"type", "Sequence"},
+                    {"decoders", {{{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
+  });
+  const std::vector<std::string> texts = every_code_point_texts();
   EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+}
+
+// The characters whose decomposition tokenizers' tables predate (found by running every code
+// point, one a text, through each form), alone and among others, through each normal form.
+TEST(HfTokenizerReference, NormalFormsOfNewerCharactersMatchHuggingFace) {
+  RLHF_REQUIRE_REFERENCE("llama2");
+  TempDir dir("hfnf");
+  std::vector<std::string> texts = {
+      "\u32FF \uA7F2\uA7F3\uA7F4 \uAB69 \U00010781\U00010785\U00010787\U000107B0\U000107B2",
+      "\U000107BA \U0001E030\U0001E06D \U0001F16C \U0001FBF0\U0001FBF9 \U00011938",
+      "\U00011935\U00011930 x\U00011938y \U00011935\u0301\U00011930 \U00011930\U00011935",
+      "e\u0301\u32FF\u0301 \uFB01\U0001FBF5\u00BD caf\u00e9 \u212B\uAB69\u1E9B\u0323"};
+  for (const std::string& t : hard_cases()) texts.push_back(t);
+  for (const char* form : {"NFC", "NFD", "NFKC", "NFKD"}) {
+    SCOPED_TRACE(form);
+    const std::string path = variant("llama2", dir, [&](json& j) {
+      j["normalizer"] = {{"type", form}};
+      j["pre_tokenizer"] = nullptr;
+      j["decoder"] = {{"type", "Sequence"},
+                      {"decoders", {{{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
+    });
+    EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
+  }
 }
 
 TEST(HfTokenizerReference, DecodeOfAnyIdsMatchesHuggingFace) {

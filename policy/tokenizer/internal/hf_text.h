@@ -41,7 +41,9 @@ std::string utf8_lossy(std::string_view bytes);
 std::string lowercase(std::string_view s);
 
 enum class NormalForm { kNFC, kNFD, kNFKC, kNFKD };
-// `s` must be valid UTF-8. Throws rlhf::Error when utf8proc fails.
+// `s` must be valid UTF-8. Throws rlhf::Error when utf8proc fails. As tokenizers does, leaves the
+// few characters whose decomposition is newer than its Unicode tables as they are; combining marks
+// newer than those tables are still reordered (tokenizers treats them as starters).
 std::string normalize(std::string_view s, NormalForm form);
 
 // GPT-2's byte <-> character map (ByteLevel): the UTF-8 text of the character standing for each
