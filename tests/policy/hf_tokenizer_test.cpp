@@ -517,8 +517,9 @@ TEST(HfTokenizerReference, LowercaseOfEveryCodePointMatchesHuggingFace) {
   EXPECT_EQ(expect_same_as_reference(path, texts), texts.size());
 }
 
-// The characters whose decomposition tokenizers' tables predate (found by running every code
-// point, one a text, through each form), alone and among others, through each normal form.
+// The characters whose decomposition tokenizers' tables predate and the combining marks it takes
+// for starters (found by running every code point, one a text, through each form), alone and
+// among others, and every code point 256 a text, through each normal form.
 TEST(HfTokenizerReference, NormalFormsOfNewerCharactersMatchHuggingFace) {
   RLHF_REQUIRE_REFERENCE("llama2");
   TempDir dir("hfnf");
@@ -528,6 +529,7 @@ TEST(HfTokenizerReference, NormalFormsOfNewerCharactersMatchHuggingFace) {
       "\U00011935\U00011930 x\U00011938y \U00011935\u0301\U00011930 \U00011930\U00011935",
       "e\u0301\u32FF\u0301 \uFB01\U0001FBF5\u00BD caf\u00e9 \u212B\uAB69\u1E9B\u0323"};
   for (const std::string& t : hard_cases()) texts.push_back(t);
+  for (const std::string& t : every_code_point_texts()) texts.push_back(t);
   for (const char* form : {"NFC", "NFD", "NFKC", "NFKD"}) {
     SCOPED_TRACE(form);
     const std::string path = variant("llama2", dir, [&](json& j) {

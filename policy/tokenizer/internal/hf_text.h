@@ -42,8 +42,8 @@ std::string lowercase(std::string_view s);
 
 enum class NormalForm { kNFC, kNFD, kNFKC, kNFKD };
 // `s` must be valid UTF-8. Throws rlhf::Error when utf8proc fails. As tokenizers does, leaves the
-// few characters whose decomposition is newer than its Unicode tables as they are; combining marks
-// newer than those tables are still reordered (tokenizers treats them as starters).
+// few characters whose decomposition is newer than its Unicode tables as they are, and takes the
+// combining marks newer than those tables for starters (checked over every code point to U+1FFFF).
 std::string normalize(std::string_view s, NormalForm form);
 
 // GPT-2's byte <-> character map (ByteLevel): the UTF-8 text of the character standing for each
