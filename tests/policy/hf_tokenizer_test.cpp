@@ -542,6 +542,17 @@ TEST(HfTokenizerReference, NormalFormsOfNewerCharactersMatchHuggingFace) {
   }
 }
 
+// Every code point, 256 a text, through the Split regexes' Unicode classes (\p{L}, \p{N}, \s for
+// Qwen3; \p{Lu}, \p{Ll}, \p{Lm}, \p{Lo}, \p{M} for GPT-4o): PCRE2's tables against Oniguruma's.
+TEST(HfTokenizerReference, EveryCodePointThroughByteLevelRegexesMatchesHuggingFace) {
+  const std::vector<std::string> texts = every_code_point_texts();
+  for (const char* family : {"qwen3", "gpt4o"}) {
+    RLHF_REQUIRE_REFERENCE(family);
+    SCOPED_TRACE(family);
+    EXPECT_EQ(expect_same_as_reference(model_json(family), texts), texts.size());
+  }
+}
+
 TEST(HfTokenizerReference, DecodeOfAnyIdsMatchesHuggingFace) {
   for (const char* family : {"qwen3", "llama3", "llama2", "gemma3"}) {
     RLHF_REQUIRE_REFERENCE(family);
