@@ -204,7 +204,7 @@ std::shared_ptr<const HfState> load_hf_state(const std::string& json_path) {
 }  // namespace
 
 std::string Tokenizer::file_in_folder(const std::string& dir) {
-  for (const char* name : {kJsonName, kModelName}) {
+  for (const char* name : {kModelName, kJsonName}) {
     const std::filesystem::path p = std::filesystem::path(dir) / name;
     if (std::filesystem::is_regular_file(p)) return p.string();
   }
@@ -215,8 +215,8 @@ std::string Tokenizer::resolve_path(const std::string& path) {
   if (!std::filesystem::is_directory(path)) return path;
   const std::string file = file_in_folder(path);
   if (file.empty())
-    throw Error("tokenizer folder " + path + ": holds neither " + kJsonName + " nor " +
-                kModelName + " (expected one of them, or the path of a .model / tokenizer.json)");
+    throw Error("tokenizer folder " + path + ": holds neither " + kModelName + " nor " + kJsonName +
+                " (expected one of them, or the path of a .model / tokenizer.json)");
   return file;
 }
 
@@ -227,14 +227,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
   Tokenizer t;
   t.path_ = model_path;
   if (is_json_file(model_path)) {
-    try {
-      t.hf_ = load_hf_state(model_path);
-    } catch (const Error&) {
-      const auto spm = std::filesystem::path(path) / kModelName;
-      if (!std::filesystem::is_directory(path) || !std::filesystem::is_regular_file(spm)) throw;
-      rethrow_with_context("tokenizer folder " + path + " (it also holds " + spm.string() +
-                           ": pass that file's path to use it)");
-    }
+    t.hf_ = load_hf_state(model_path);
     t.sha256_ = sha256_file(model_path);
     return t;
   }

@@ -3,11 +3,12 @@
 // Formats and the load rule. Tokenizer::load(path) accepts
 //   - a SentencePiece .model file (any file that is not named *.json),
 //   - a Hugging Face tokenizer.json (any file named *.json; read by HfTokenizer, hf_tokenizer.h),
-//   - a model folder holding tokenizer.json or tokenizer.model. When it holds both,
-//     tokenizer.json wins (what transformers' AutoTokenizer loads by default; it also carries the
-//     added tokens a .model may lack); if that tokenizer.json cannot be read, the error says so and
-//     names the tokenizer.model to pass instead. A folder holding neither is an error naming the
-//     folder and the two file names expected.
+//   - a model folder holding tokenizer.model or tokenizer.json. When it holds both, tokenizer.model
+//     wins: every folder that loaded before tokenizer.json was read keeps loading the same
+//     tokenizer (the sha256 its checkpoints record), and the tokenizer.json shipped beside a .model
+//     (Llama 2, Mistral: Prepend / Replace normalizers, ByteFallback decoders) is the kind
+//     HfTokenizer refuses. Pass the tokenizer.json's own path to use it instead. A folder holding
+//     neither is an error naming the folder and the two file names expected.
 // The SentencePiece path behaves exactly as before this interface covered tokenizer.json.
 //
 // Special ids of a tokenizer.json (bos_id, eos_id, pad_id, unk_id), in this order:
@@ -59,7 +60,7 @@ class Tokenizer {
   // The tokenizer file `path` stands for: `path` itself when it is not a folder, else the file
   // the folder rule picks. Throws rlhf::Error for a folder holding neither file.
   static std::string resolve_path(const std::string& path);
-  // The tokenizer file inside folder `dir` (tokenizer.json, else tokenizer.model); "" when none.
+  // The tokenizer file inside folder `dir` (tokenizer.model, else tokenizer.json); "" when none.
   static std::string file_in_folder(const std::string& dir);
 
   // Encodes text to ids (no BOS/EOS added; for tokenizer.json add_special_tokens=false).
@@ -71,7 +72,7 @@ class Tokenizer {
   // as HfTokenizer::decode does (special tokens included). Throws rlhf::Error for an id outside
   // [0, vocab_size()).
   std::string decode(const std::vector<int>& ids) const;
-  std::string id_to_piece(int id) const;  // throws rlhf::Error for an id naming no piece
+  std::string id_to_piece(int id) const;            // throws rlhf::Error for an id naming no piece
   int piece_to_id(const std::string& piece) const;  // -1 when no piece is exactly `piece`
   float score(int id) const;  // the piece's SentencePiece score (0 when out of range; 0 for json)
 
