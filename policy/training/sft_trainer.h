@@ -12,7 +12,8 @@
 //
 // Output folder:
 //   model/             final native checkpoint (config, weights, tokenizer hash) + the tokenizer:
-//                      tokenizer.model, or tokenizer.json (+ tokenizer_config.json) (Tokenizer::save)
+//                      tokenizer.model, or tokenizer.json (+ tokenizer_config.json)
+//                      (Tokenizer::save)
 //   adapter/           LoRA only: the adapters alone (model/ then holds the merged weights)
 //   state/             resumable state (latest, step-NNNNNNNN/): model, AdamW state, torch RNG,
 //                      data position
