@@ -70,11 +70,11 @@ std::string error_of(const std::function<void()>& fn) {
 std::string tiny_spm(const TempDir& dir) {
   std::ostringstream corpus;
   for (int i = 0; i < 400; ++i)
-    corpus << "the little cat sat on the mat " << i % 37 << " and the dog ran home\n";
+    corpus << "the little cat sat on the mat " << i << " and the dog ran home\n";
   write_file_atomic(dir / "corpus.txt", corpus.str());
   TokenizerTrainOptions o;
   o.input = dir / "corpus.txt";
-  o.vocab_size = 200;
+  o.vocab_size = 300;
   o.out_dir = dir / "spm";
   return train_tokenizer(o);
 }
@@ -102,7 +102,10 @@ TEST(TokenizerFormats, TokenizerJsonGivesTheIdsOfHfTokenizer) {
         EXPECT_EQ(ids, hf.encode(text, false));
         EXPECT_EQ(tok.encode(text, false), ids);
         EXPECT_EQ(tok.encode(text, true), hf.encode(text, true));
-        EXPECT_EQ(tok.decode(ids), hf.decode(ids));
+        std::vector<int> kept;  // decode skips BOS / EOS / pad (Qwen3's EOS is <|im_end|>)
+        for (const int id : ids)
+          if (id != tok.bos_id() && id != tok.eos_id() && id != tok.pad_id()) kept.push_back(id);
+        EXPECT_EQ(tok.decode(ids), hf.decode(kept));
         for (const int id : ids) {
           EXPECT_EQ(tok.id_to_piece(id), hf.id_to_token(id).value());
           EXPECT_EQ(tok.piece_to_id(tok.id_to_piece(id)), id);

@@ -127,11 +127,11 @@ TEST(TokenizerCli, SentencePieceModelKeepsItsTextFlagsAndGainsInput) {
   RLHF_REQUIRE_BINARY();
   TempDir dir("tokcli");
   std::ostringstream corpus;
-  for (int i = 0; i < 400; ++i) corpus << "the little cat sat on the mat " << i % 37 << "\n";
+  for (int i = 0; i < 400; ++i) corpus << "the little cat sat on the mat " << i << "\n";
   rlhf::write_file_atomic(dir / "corpus.txt", corpus.str());
   rlhf::policy::TokenizerTrainOptions o;
   o.input = dir / "corpus.txt";
-  o.vocab_size = 150;
+  o.vocab_size = 300;
   o.out_dir = dir / "spm";
   const std::string model = rlhf::policy::train_tokenizer(o);
   const auto tok = rlhf::policy::Tokenizer::load(model);
@@ -173,11 +173,11 @@ TEST(TokenizerCli, BadInputNamesFileLineAndWhatWasExpected) {
   RLHF_REQUIRE_BINARY();
   TempDir dir("tokcli");
   std::ostringstream corpus;
-  for (int i = 0; i < 300; ++i) corpus << "the little cat sat on the mat " << i % 37 << "\n";
+  for (int i = 0; i < 300; ++i) corpus << "the little cat sat on the mat " << i << "\n";
   rlhf::write_file_atomic(dir / "corpus.txt", corpus.str());
   rlhf::policy::TokenizerTrainOptions o;
   o.input = dir / "corpus.txt";
-  o.vocab_size = 150;
+  o.vocab_size = 300;
   o.out_dir = dir / "spm";
   const std::string model = rlhf::policy::train_tokenizer(o);
   const std::string enc = "tokenizer encode --model " + model + " --input ";
