@@ -119,7 +119,9 @@ TEST(TokenizerCli, DecodeInputGivesTokenizerText) {
       << out;
   const std::vector<json> decoded = json_lines(out);
   ASSERT_EQ(decoded.size(), all.size()) << out;
-  for (size_t i = 0; i < kTexts.size(); ++i) EXPECT_EQ(decoded[i].at("text"), kTexts[i]);
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(decoded[i].at("text"), tok.decode(all[i]));
+  EXPECT_EQ(decoded[1].at("text"), kTexts[1]);                 // a round trip
+  EXPECT_EQ(decoded[3].at("text"), "<|im_start|>user\nhi\n");  // EOS (<|im_end|>) skipped
   EXPECT_EQ(decoded.back().at("text"), "<|im_start|>");
 }
 
