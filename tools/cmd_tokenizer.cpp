@@ -1,6 +1,7 @@
 // `rlhf tokenizer train|encode|decode`: train a SentencePiece BPE model, or apply a tokenizer
 // (SentencePiece .model, tokenizer.json or a folder holding one: policy/tokenizer/tokenizer.h) to
 // one text / id list or to a JSON-lines file.
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -39,6 +40,30 @@ bool one_of(const Args& args, const char* inline_flag, const char* file_flag) {
   return args.has(file_flag);
 }
 
+// The byte offset of the first invalid UTF-8 sequence in `s` (overlong forms, surrogates and code
+// points past U+10FFFF included), or npos.
+size_t invalid_utf8_offset(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    const size_t n = b < 0x80           ? 1
+                     : (b >> 5) == 0x6  ? 2
+                     : (b >> 4) == 0xE  ? 3
+                     : (b >> 3) == 0x1E ? 4
+                                        : 0;
+    if (n == 0 || i + n > s.size()) return i;
+    uint32_t cp = n == 1 ? b : b & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (c & 0x3F);
+    }
+    const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += n;
+  }
+  return std::string::npos;
+}
+
 // Calls fn(json) for every line of a JSON-lines file ("-" = stdin); a line that is
 // not a JSON object is an rlhf::Error naming FILE:LINE; errors fn throws get that context.
 template <typename Fn>
@@ -52,11 +77,14 @@ void for_each_json_line(const std::string& path, const std::string& expected, Fn
   std::string line;
   for (size_t n = 1; std::getline(in, line); ++n) {
     const std::string where = path + ":" + std::to_string(n);
+    if (const size_t bad = invalid_utf8_offset(line); bad != std::string::npos)
+      throw rlhf::Error(where + ": invalid UTF-8 at byte " + std::to_string(bad) + " (expected " +
+                        expected + " in UTF-8)");
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception& e) {
-      throw rlhf::Error(where + ": expected " + expected + " (valid JSON in UTF-8): " + e.what());
+      throw rlhf::Error(where + ": expected " + expected + " (not valid JSON: " + e.what() + ")");
     }
     if (!j.is_object()) throw rlhf::Error(where + ": expected " + expected);
     try {
