@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -24,6 +25,62 @@ namespace rlhf::policy {
 namespace {
 
 using rlhf::testing::TempDir;
+
+// A byte-level Hugging Face tokenizer.json with no merges (ids 0..255 are GPT-2's byte tokens) and
+// <s>, </s>, <pad> as added special tokens named by a tokenizer_config.json: dir/tokenizer.json.
+std::string write_byte_level_tokenizer(const std::string& dir) {
+  auto utf8 = [](int cp) {
+    std::string s;
+    if (cp < 0x80) return s += static_cast<char>(cp), s;
+    return s += static_cast<char>(0xC0 | (cp >> 6)), s += static_cast<char>(0x80 | (cp & 0x3F)), s;
+  };
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0, extra = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    vocab[utf8(printable ? b : 256 + extra++)] = b;
+  }
+  nlohmann::json added = nlohmann::json::array();
+  for (const char* t : {"<s>", "</s>", "<pad>"}) {
+    added.push_back({{"id", 256 + static_cast<int>(added.size())},
+                     {"content", t},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
+  }
+  const nlohmann::json byte_level = {{"type", "ByteLevel"},
+                                     {"add_prefix_space", false},
+                                     {"trim_offsets", true},
+                                     {"use_regex", true}};
+  const nlohmann::json tok = {{"version", "1.0"},
+                              {"truncation", nullptr},
+                              {"padding", nullptr},
+                              {"added_tokens", added},
+                              {"normalizer", nullptr},
+                              {"pre_tokenizer", byte_level},
+                              {"post_processor", byte_level},
+                              {"decoder", byte_level},
+                              {"model",
+                               {{"type", "BPE"},
+                                {"dropout", nullptr},
+                                {"unk_token", nullptr},
+                                {"continuing_subword_prefix", nullptr},
+                                {"end_of_word_suffix", nullptr},
+                                {"fuse_unk", false},
+                                {"byte_fallback", false},
+                                {"ignore_merges", false},
+                                {"vocab", vocab},
+                                {"merges", nlohmann::json::array()}}}};
+  make_dirs(dir);
+  write_file_atomic(dir + "/tokenizer.json", tok.dump());
+  write_file_atomic(
+      dir + "/tokenizer_config.json",
+      nlohmann::json{
+          {"bos_token", "<s>"}, {"eos_token", {{"content", "</s>"}}}, {"pad_token", "<pad>"}}
+          .dump());
+  return dir + "/tokenizer.json";
+}
 
 class SftTest : public ::testing::Test {
  protected:
@@ -97,6 +154,33 @@ TEST_F(SftTest, LowersHeldOutLossAndWritesOutputs) {
 // bf16 mixed precision (autocast forward/backward, float32 master weights and optimizer state)
 // learns like float32: the same 60 steps lower the held-out loss by more than 1 nat too, and the
 // checkpoint holds float32 weights. On CPU this runs libtorch's CPU autocast.
+// SFT with a tokenizer.json given by its folder: the model's special ids come from
+// tokenizer_config.json, model/ carries tokenizer.json + tokenizer_config.json (not a .model), and
+// a run that starts from model/ without a tokenizer field finds that tokenizer there.
+TEST_F(SftTest, TokenizerJsonFolderTravelsWithTheModel) {
+  TempDir out("sft_hf");
+  const std::string json = write_byte_level_tokenizer(out / "hf");
+  auto cfg = base_config(out / "run", "steps: 3\n");
+  cfg.set_tokenizer(out / "hf");
+  rlhf::pipelines::run_sft_stage(cfg);
+  const auto loaded = load_checkpoint(out / "run/model");
+  EXPECT_EQ(loaded.info.tokenizer_sha256, sha256_file(json));
+  EXPECT_EQ(loaded.model->config().vocab_size, 259);
+  EXPECT_EQ(loaded.model->config().bos_id, 256);
+  EXPECT_EQ(loaded.model->config().eos_id, 257);
+  EXPECT_EQ(loaded.model->config().pad_id, 258);
+  EXPECT_EQ(read_file(out / "run/model/tokenizer.json"), read_file(json));
+  EXPECT_TRUE(file_exists(out / "run/model/tokenizer_config.json"));
+  EXPECT_FALSE(file_exists(out / "run/model/tokenizer.model"));
+
+  auto again = base_config(out / "run2", "steps: 2\n");
+  again.clear_tokenizer();
+  again.clear_model();
+  again.set_init_from(out / "run/model");
+  rlhf::pipelines::run_sft_stage(again);
+  EXPECT_EQ(load_checkpoint(out / "run2/model").info.tokenizer_sha256, sha256_file(json));
+}
+
 TEST_F(SftTest, Bf16LowersHeldOutLossWithFloat32Weights) {
   TempDir out("sft_bf16");
   auto cfg = base_config(out.path(), "steps: 60\neval_every: 30\ndtype: \"bf16\"\n");
