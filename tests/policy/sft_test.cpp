@@ -5,7 +5,6 @@
 #include <torch/torch.h>
 
 #include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -25,62 +24,6 @@ namespace rlhf::policy {
 namespace {
 
 using rlhf::testing::TempDir;
-
-// A byte-level Hugging Face tokenizer.json with no merges (ids 0..255 are GPT-2's byte tokens) and
-// <s>, </s>, <pad> as added special tokens named by a tokenizer_config.json: dir/tokenizer.json.
-std::string write_byte_level_tokenizer(const std::string& dir) {
-  auto utf8 = [](int cp) {
-    std::string s;
-    if (cp < 0x80) return s += static_cast<char>(cp), s;
-    return s += static_cast<char>(0xC0 | (cp >> 6)), s += static_cast<char>(0x80 | (cp & 0x3F)), s;
-  };
-  nlohmann::json vocab = nlohmann::json::object();
-  for (int b = 0, extra = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-    vocab[utf8(printable ? b : 256 + extra++)] = b;
-  }
-  nlohmann::json added = nlohmann::json::array();
-  for (const char* t : {"<s>", "</s>", "<pad>"}) {
-    added.push_back({{"id", 256 + static_cast<int>(added.size())},
-                     {"content", t},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", true}});
-  }
-  const nlohmann::json byte_level = {{"type", "ByteLevel"},
-                                     {"add_prefix_space", false},
-                                     {"trim_offsets", true},
-                                     {"use_regex", true}};
-  const nlohmann::json tok = {{"version", "1.0"},
-                              {"truncation", nullptr},
-                              {"padding", nullptr},
-                              {"added_tokens", added},
-                              {"normalizer", nullptr},
-                              {"pre_tokenizer", byte_level},
-                              {"post_processor", byte_level},
-                              {"decoder", byte_level},
-                              {"model",
-                               {{"type", "BPE"},
-                                {"dropout", nullptr},
-                                {"unk_token", nullptr},
-                                {"continuing_subword_prefix", nullptr},
-                                {"end_of_word_suffix", nullptr},
-                                {"fuse_unk", false},
-                                {"byte_fallback", false},
-                                {"ignore_merges", false},
-                                {"vocab", vocab},
-                                {"merges", nlohmann::json::array()}}}};
-  make_dirs(dir);
-  write_file_atomic(dir + "/tokenizer.json", tok.dump());
-  write_file_atomic(
-      dir + "/tokenizer_config.json",
-      nlohmann::json{
-          {"bos_token", "<s>"}, {"eos_token", {{"content", "</s>"}}}, {"pad_token", "<pad>"}}
-          .dump());
-  return dir + "/tokenizer.json";
-}
 
 class SftTest : public ::testing::Test {
  protected:
@@ -159,7 +102,7 @@ TEST_F(SftTest, LowersHeldOutLossAndWritesOutputs) {
 // a run that starts from model/ without a tokenizer field finds that tokenizer there.
 TEST_F(SftTest, TokenizerJsonFolderTravelsWithTheModel) {
   TempDir out("sft_hf");
-  const std::string json = write_byte_level_tokenizer(out / "hf");
+  const std::string json = rlhf::testing::write_byte_level_tokenizer(out / "hf");
   auto cfg = base_config(out / "run", "steps: 3\n");
   cfg.set_tokenizer(out / "hf");
   rlhf::pipelines::run_sft_stage(cfg);
