@@ -61,7 +61,13 @@ struct Parser {
   Body until(std::initializer_list<const char*> names) {
     Body body;
     while (!is_statement(names)) {
-      if (cur >= tokens.size()) fail("missing {% " + std::string(*names.begin()) + " %}", src.size());
+      if (cur >= tokens.size()) {
+        std::string closing = *names.begin();
+        for (const char* n : names) {
+          if (std::string(n).rfind("end", 0) == 0) closing = n;
+        }
+        fail("missing {% " + closing + " %}", src.size());
+      }
       if (NodePtr n = any()) body.push_back(n);
     }
     return body;

