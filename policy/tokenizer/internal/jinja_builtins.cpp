@@ -108,8 +108,8 @@ Value affix_test(const std::string& s, const CallArgs& args, bool prefix) {
   const char* what = prefix ? "startswith()" : "endswith()";
   if (args.positional.empty()) throw Error(std::string(what) + " requires at least one argument");
   auto match = [&](const std::string& p) {
-    return p.size() <= s.size() &&
-           (prefix ? s.compare(0, p.size(), p) == 0 : s.compare(s.size() - p.size(), p.size(), p) == 0);
+    return p.size() <= s.size() && (prefix ? s.compare(0, p.size(), p) == 0
+                                           : s.compare(s.size() - p.size(), p.size(), p) == 0);
   };
   const Value& p = args.positional[0];
   if (p.is(VK::String)) return Value::boolean(match(p.s));
@@ -129,7 +129,8 @@ Value string_replace(const std::string& s, const CallArgs& args) {
   }
   const Value& from = args.positional[0];
   const Value& to = args.positional[1];
-  if (!from.is(VK::String) || !to.is(VK::String)) throw Error("replace() arguments must be strings");
+  if (!from.is(VK::String) || !to.is(VK::String))
+    throw Error("replace() arguments must be strings");
   const Value* count = args.get(2, "count");
   if (count && !count->is(VK::Int) && !count->is(VK::Null)) {
     throw Error("replace() count argument must be a number or null");
@@ -167,7 +168,8 @@ Value object_method(const Value& self, const std::string& m, const CallArgs& arg
     return Value::array(std::move(out));
   }
   const Value key = args.positional.empty() ? Value::undefined() : args.positional[0];
-  if (!key.is(VK::String)) throw Error(std::string("Object key must be a string: got ") + key.type_name());
+  if (!key.is(VK::String))
+    throw Error(std::string("Object key must be a string: got ") + key.type_name());
   if (const Value* v = find_key(o, key.s)) return *v;
   return args.positional.size() > 1 ? args.positional[1] : Value::null();
 }
@@ -175,9 +177,9 @@ Value object_method(const Value& self, const std::string& m, const CallArgs& arg
 namespace {
 
 bool is_string_method(const std::string& m) {
-  static const std::set<std::string> names = {"upper", "lower", "strip", "title", "capitalize",
-                                              "rstrip", "lstrip", "startswith", "endswith",
-                                              "split", "replace"};
+  static const std::set<std::string> names = {"upper",      "lower",  "strip",  "title",
+                                              "capitalize", "rstrip", "lstrip", "startswith",
+                                              "endswith",   "split",  "replace"};
   return names.count(m) > 0;
 }
 
@@ -186,12 +188,14 @@ bool is_string_method(const std::string& m) {
 Value get_member(const Value& object, const Value& property) {
   if (object.is_mapping()) {
     if (!property.is(VK::String)) {
-      throw Error(std::string("Cannot access property with non-string: got ") + property.type_name());
+      throw Error(std::string("Cannot access property with non-string: got ") +
+                  property.type_name());
     }
     if (const Value* v = find_key(*object.obj, property.s)) return *v;
     const std::string m = property.s;
     if (object.is(VK::Object) && (m == "get" || m == "items" || m == "keys" || m == "values")) {
-      return Value::function([object, m](const CallArgs& a) { return object_method(object, m, a); });
+      return Value::function(
+          [object, m](const CallArgs& a) { return object_method(object, m, a); });
     }
     return Value::undefined();
   }
@@ -212,8 +216,8 @@ Value get_member(const Value& object, const Value& property) {
                   property.type_name());
     }
     if (property.s == "length") {
-      return Value::integer(static_cast<int64_t>(object.is(VK::Array) ? object.arr->size()
-                                                                      : utf16_length(object.s)));
+      return Value::integer(
+          static_cast<int64_t>(object.is(VK::Array) ? object.arr->size() : utf16_length(object.s)));
     }
     if (object.is(VK::String) && is_string_method(property.s)) {
       const std::string s = object.s, m = property.s;
@@ -236,9 +240,9 @@ bool supported_method(const std::string& name) {
 std::string strftime_now(const std::string& format) {
   static const char* const kShort[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  static const char* const kLong[] = {"January", "February", "March",     "April",
-                                      "May",     "June",     "July",      "August",
-                                      "September", "October", "November", "December"};
+  static const char* const kLong[] = {"January",   "February", "March",    "April",
+                                      "May",       "June",     "July",     "August",
+                                      "September", "October",  "November", "December"};
   const std::time_t now = std::time(nullptr);
   std::tm tm{};
   localtime_r(&now, &tm);
@@ -251,15 +255,32 @@ std::string strftime_now(const std::string& format) {
     }
     const char c = format[++k];
     switch (c) {
-      case 'Y': out += std::to_string(tm.tm_year + 1900); break;
-      case 'm': out += pad2(tm.tm_mon + 1); break;
-      case 'd': out += pad2(tm.tm_mday); break;
-      case 'b': out += kShort[tm.tm_mon]; break;
-      case 'B': out += kLong[tm.tm_mon]; break;
-      case 'H': out += pad2(tm.tm_hour); break;
-      case 'M': out += pad2(tm.tm_min); break;
-      case '%': out += '%'; break;
-      default: out += '%', out += c;
+      case 'Y':
+        out += std::to_string(tm.tm_year + 1900);
+        break;
+      case 'm':
+        out += pad2(tm.tm_mon + 1);
+        break;
+      case 'd':
+        out += pad2(tm.tm_mday);
+        break;
+      case 'b':
+        out += kShort[tm.tm_mon];
+        break;
+      case 'B':
+        out += kLong[tm.tm_mon];
+        break;
+      case 'H':
+        out += pad2(tm.tm_hour);
+        break;
+      case 'M':
+        out += pad2(tm.tm_min);
+        break;
+      case '%':
+        out += '%';
+        break;
+      default:
+        out += '%', out += c;
     }
   }
   return out;

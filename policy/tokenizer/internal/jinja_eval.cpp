@@ -79,15 +79,26 @@ std::string Interpreter::block(const Body& body, const ScopePtr& scope) {
 
 Value Interpreter::statement(const Node& n, const ScopePtr& scope) {
   switch (n.kind) {
-    case K::Text: return Value::string(n.text);
-    case K::Output: return eval(n.a, scope);
-    case K::If: return Value::string(block(truthy(eval(n.a, scope)) ? n.body : n.alt, scope));
-    case K::For: return Value::string(for_loop(n, scope));
-    case K::Set: assign(n, scope); return Value::null();
-    case K::Macro: define_macro(n, scope); return Value::null();
-    case K::Break: throw BreakSignal{};
-    case K::Continue: throw ContinueSignal{};
-    default: throw Error("unexpected expression node");
+    case K::Text:
+      return Value::string(n.text);
+    case K::Output:
+      return eval(n.a, scope);
+    case K::If:
+      return Value::string(block(truthy(eval(n.a, scope)) ? n.body : n.alt, scope));
+    case K::For:
+      return Value::string(for_loop(n, scope));
+    case K::Set:
+      assign(n, scope);
+      return Value::null();
+    case K::Macro:
+      define_macro(n, scope);
+      return Value::null();
+    case K::Break:
+      throw BreakSignal{};
+    case K::Continue:
+      throw ContinueSignal{};
+    default:
+      throw Error("unexpected expression node");
   }
 }
 
@@ -111,7 +122,8 @@ void Interpreter::assign(const Node& n, const ScopePtr& scope) {
   } else {
     const Value object = eval(target.a, scope);
     if (!object.is(VK::Namespace)) throw Error("cannot assign attribute on non-namespace object");
-    if (target.b->kind != K::Ident) throw Error("Cannot assign to member with non-identifier property");
+    if (target.b->kind != K::Ident)
+      throw Error("Cannot assign to member with non-identifier property");
     set_key(*object.obj, target.b->text, rhs);
   }
 }
@@ -212,8 +224,8 @@ void Interpreter::define_macro(const Node& n, const ScopePtr& scope) {
     }
     if (!extra_kw.empty()) ms->vars["kwargs"] = Value::object(extra_kw);
     if (args.positional.size() > macro->items.size()) {
-      ms->vars["varargs"] = Value::array(
-          Array(args.positional.begin() + static_cast<long>(macro->items.size()), args.positional.end()));
+      ms->vars["varargs"] = Value::array(Array(
+          args.positional.begin() + static_cast<long>(macro->items.size()), args.positional.end()));
     }
     return Value::string(self->block(macro->body, ms));
   });
@@ -253,8 +265,11 @@ Value Interpreter::slice(const Value& object, const Node& n, const ScopePtr& sco
       throw Error("Slice start, stop and step must be numeric or undefined");
     }
   }
-  auto opt = [](const Value& v) { return v.is(VK::Int) ? std::optional<int64_t>(v.i) : std::nullopt; };
-  if (object.is(VK::Array)) return Value::array(slice_items(*object.arr, opt(start), opt(stop), opt(step)));
+  auto opt = [](const Value& v) {
+    return v.is(VK::Int) ? std::optional<int64_t>(v.i) : std::nullopt;
+  };
+  if (object.is(VK::Array))
+    return Value::array(slice_items(*object.arr, opt(start), opt(stop), opt(step)));
   std::vector<std::string> cps = code_points(object.s);
   std::string out;
   for (const std::string& c : slice_items(cps, opt(start), opt(stop), opt(step))) out += c;
@@ -314,7 +329,8 @@ Value power(const Value& l, const Value& r) {
 // The operators after `and`, `or`, `==` and `!=`, in runtime.ts's order of cases.
 Value binary_values(const std::string& op, const Value& l, const Value& r) {
   if (l.is(VK::Undefined) || r.is(VK::Undefined)) {
-    if (r.is(VK::Undefined) && (op == "in" || op == "not in")) return Value::boolean(op == "not in");
+    if (r.is(VK::Undefined) && (op == "in" || op == "not in"))
+      return Value::boolean(op == "not in");
     throw Error("Cannot perform operation " + op + " on undefined values");
   }
   if (l.is(VK::Null) || r.is(VK::Null)) throw Error("Cannot perform operation on null values");
@@ -360,9 +376,12 @@ Value Interpreter::binary(const Node& n, const ScopePtr& scope) {
 
 Value Interpreter::literal(const Node& n, const ScopePtr& scope) {
   switch (n.kind) {
-    case K::Int: return Value::integer(n.ival);
-    case K::Float: return Value::floating(n.fval);
-    case K::Str: return Value::string(n.text);
+    case K::Int:
+      return Value::integer(n.ival);
+    case K::Float:
+      return Value::floating(n.fval);
+    case K::Str:
+      return Value::string(n.text);
     case K::ArrayLit:
     case K::TupleLit: {
       Array a;
@@ -394,12 +413,18 @@ Value Interpreter::eval(const NodePtr& p, const ScopePtr& scope) {
     case K::Str:
     case K::ArrayLit:
     case K::TupleLit:
-    case K::ObjectLit: return literal(n, scope);
-    case K::Ident: return scope->lookup(n.text);
-    case K::Member: return member(n, scope);
-    case K::Call: return call(n, scope);
-    case K::Binary: return binary(n, scope);
-    case K::Unary: return unary(n, scope);
+    case K::ObjectLit:
+      return literal(n, scope);
+    case K::Ident:
+      return scope->lookup(n.text);
+    case K::Member:
+      return member(n, scope);
+    case K::Call:
+      return call(n, scope);
+    case K::Binary:
+      return binary(n, scope);
+    case K::Unary:
+      return unary(n, scope);
     case K::Filter: {
       const Value operand = eval(n.a, scope);
       if (!n.flag) return apply_filter(n.text, operand);
@@ -409,9 +434,12 @@ Value Interpreter::eval(const NodePtr& p, const ScopePtr& scope) {
       const bool r = apply_test(n.text, eval(n.a, scope), Value::undefined());
       return Value::boolean(n.flag ? !r : r);
     }
-    case K::Select: return truthy(eval(n.b, scope)) ? eval(n.a, scope) : Value::undefined();
-    case K::Ternary: return truthy(eval(n.a, scope)) ? eval(n.b, scope) : eval(n.c, scope);
-    default: return statement(n, scope);
+    case K::Select:
+      return truthy(eval(n.b, scope)) ? eval(n.a, scope) : Value::undefined();
+    case K::Ternary:
+      return truthy(eval(n.a, scope)) ? eval(n.b, scope) : eval(n.c, scope);
+    default:
+      return statement(n, scope);
   }
 }
 

@@ -67,7 +67,8 @@ Value attribute_path(const Value& item, const std::string& path) {
     } else if (v.is(VK::Array)) {
       char* end = nullptr;
       const long k = std::strtol(part.c_str(), &end, 10);
-      if (end == part.c_str() || k < 0 || static_cast<size_t>(k) >= v.arr->size()) return Value::undefined();
+      if (end == part.c_str() || k < 0 || static_cast<size_t>(k) >= v.arr->size())
+        return Value::undefined();
       v = (*v.arr)[static_cast<size_t>(k)];
     } else {
       return Value::undefined();
@@ -86,8 +87,9 @@ Value array_filter(const std::string& f, const Value& v) {
   if (f == "reverse") return Value::array(Array(a.rbegin(), a.rend()));
   if (f == "sort") {
     Array s = a;
-    std::stable_sort(s.begin(), s.end(),
-                     [](const Value& x, const Value& y) { return compare_values(x, y, false) < 0; });
+    std::stable_sort(s.begin(), s.end(), [](const Value& x, const Value& y) {
+      return compare_values(x, y, false) < 0;
+    });
     return Value::array(std::move(s));
   }
   if (f == "join") {
@@ -99,7 +101,8 @@ Value array_filter(const std::string& f, const Value& v) {
   if (f == "unique") {
     Array out;
     for (const Value& e : a) {
-      const bool seen = std::any_of(out.begin(), out.end(), [&](const Value& o) { return strict_equal(o, e); });
+      const bool seen =
+          std::any_of(out.begin(), out.end(), [&](const Value& o) { return strict_equal(o, e); });
       if (!seen) out.push_back(e);
     }
     return Value::array(std::move(out));
@@ -122,8 +125,10 @@ Value string_filter(const std::string& f, const Value& v) {
 
 Value scalar_filter(const std::string& f, const Value& v) {
   if (v.is_numeric()) {
-    if (f == "abs") return v.is(VK::Int) ? Value::integer(std::llabs(v.i)) : Value::floating(std::fabs(v.f));
-    if (f == "int") return Value::integer(v.is(VK::Int) ? v.i : static_cast<int64_t>(std::floor(v.f)));
+    if (f == "abs")
+      return v.is(VK::Int) ? Value::integer(std::llabs(v.i)) : Value::floating(std::fabs(v.f));
+    if (f == "int")
+      return Value::integer(v.is(VK::Int) ? v.i : static_cast<int64_t>(std::floor(v.f)));
     if (f == "float") return Value::floating(v.is(VK::Int) ? static_cast<double>(v.i) : v.f);
     if (f == "string") return Value::string(to_output(v));
     unknown("NumericValue", f);
@@ -153,7 +158,6 @@ Value apply_filter(const std::string& f, const Value& v) {
   throw Error("Cannot apply filter \"" + f + "\" to type: " + v.type_name());
 }
 
-
 namespace {
 
 const Value* kwarg(const CallArgs& a, const std::string& key) { return find_key(a.keyword, key); }
@@ -161,7 +165,8 @@ const Value* kwarg(const CallArgs& a, const std::string& key) { return find_key(
 Value tojson_call(const Value& v, const CallArgs& a) {
   JsonOptions o;
   if (const Value* indent = kwarg(a, "indent")) {
-    if (!indent->is(VK::Int) && !indent->is(VK::Null)) throw Error("If set, indent must be a number");
+    if (!indent->is(VK::Int) && !indent->is(VK::Null))
+      throw Error("If set, indent must be a number");
     o.indent = indent->is(VK::Int) ? static_cast<int>(indent->i) : 0;
   }
   for (const char* flag : {"ensure_ascii", "sort_keys"}) {
@@ -247,7 +252,8 @@ Value select_call(const std::string& f, const Value& v, const CallArgs& a, const
   const bool by_attr = f == "selectattr" || f == "rejectattr";
   const bool keep = f == "selectattr" || f == "select";
   for (const NodePtr& arg : node.items) {
-    if (by_attr && arg->kind != Node::Kind::Str) throw Error("arguments of `" + f + "` must be strings");
+    if (by_attr && arg->kind != Node::Kind::Str)
+      throw Error("arguments of `" + f + "` must be strings");
   }
   size_t k = 0;
   std::string attr;
@@ -259,7 +265,8 @@ Value select_call(const std::string& f, const Value& v, const CallArgs& a, const
   const Value arg = k + 1 < a.positional.size() ? a.positional[k + 1] : Value::undefined();
   Array out;
   for (const Value& item : *v.arr) {
-    if (by_attr && !item.is_mapping()) throw Error("`" + f + "` can only be applied to array of objects");
+    if (by_attr && !item.is_mapping())
+      throw Error("`" + f + "` can only be applied to array of objects");
     const Value* field = by_attr ? find_key(*item.obj, attr) : &item;
     bool r = false;
     if (field) r = test ? apply_test(test->s, *field, arg) : truthy(*field);
@@ -294,7 +301,8 @@ Value indent_call(const Value& v, const CallArgs& a) {
     const size_t nl = v.s.find('\n', start);
     line = v.s.substr(start, nl == std::string::npos ? nl : nl - start);
     if (k) out += "\n";
-    const bool skip = (!(first && truthy(*first)) && k == 0) || (!(blank && truthy(*blank)) && line.empty());
+    const bool skip =
+        (!(first && truthy(*first)) && k == 0) || (!(blank && truthy(*blank)) && line.empty());
     out += skip ? line : pad + line;
     if (nl == std::string::npos) break;
     start = nl + 1;
@@ -360,10 +368,10 @@ std::vector<std::pair<std::string, Value>> global_values() {
   std::vector<std::pair<std::string, Value>> g = {
       {"false", Value::boolean(false)}, {"true", Value::boolean(true)}, {"none", Value::null()},
       {"False", Value::boolean(false)}, {"True", Value::boolean(true)}, {"None", Value::null()}};
-  g.emplace_back("raise_exception", fn([](const CallArgs& a) -> Value {
-                   throw RaisedException{a.positional.empty() ? "undefined"
-                                                              : to_js_string(a.positional[0])};
-                 }));
+  g.emplace_back(
+      "raise_exception", fn([](const CallArgs& a) -> Value {
+        throw RaisedException{a.positional.empty() ? "undefined" : to_js_string(a.positional[0])};
+      }));
   g.emplace_back("strftime_now", fn([](const CallArgs& a) {
                    if (a.positional.empty() || !a.positional[0].is(VK::String)) {
                      throw Error("strftime_now() needs a format string");
@@ -386,36 +394,37 @@ std::vector<std::pair<std::string, Value>> global_values() {
                    }
                    return Value::array(std::move(out));
                  }));
-  g.emplace_back("namespace", fn([](const CallArgs& a) {
-                   if (a.positional.size() > 1) throw Error("namespace expected at most 1 argument");
-                   Object entries;
-                   if (!a.positional.empty()) {
-                     const Value& src = a.positional[0];
-                     if (!src.is(VK::Object)) {
-                       throw Error(std::string("namespace: '") + src.type_name() + "' is not a mapping");
-                     }
-                     entries = *src.obj;
-                   }
-                   for (const auto& [k, v] : a.keyword) set_key(entries, k, v);
-                   return Value::ns(std::move(entries));
-                 }));
+  g.emplace_back(
+      "namespace", fn([](const CallArgs& a) {
+        if (a.positional.size() > 1) throw Error("namespace expected at most 1 argument");
+        Object entries;
+        if (!a.positional.empty()) {
+          const Value& src = a.positional[0];
+          if (!src.is(VK::Object)) {
+            throw Error(std::string("namespace: '") + src.type_name() + "' is not a mapping");
+          }
+          entries = *src.obj;
+        }
+        for (const auto& [k, v] : a.keyword) set_key(entries, k, v);
+        return Value::ns(std::move(entries));
+      }));
   return g;
 }
 
 bool supported_filter(const std::string& name) {
   static const std::set<std::string> names = {
-      "safe", "tojson", "list", "first", "last", "length", "reverse", "sort", "join",
-      "string", "unique", "upper", "lower", "title", "capitalize", "trim", "indent", "int",
-      "float", "abs", "bool", "items", "keys", "values", "default", "selectattr",
-      "rejectattr", "select", "reject", "map", "replace"};
+      "safe",    "tojson",     "list",       "first",  "last",   "length", "reverse",    "sort",
+      "join",    "string",     "unique",     "upper",  "lower",  "title",  "capitalize", "trim",
+      "indent",  "int",        "float",      "abs",    "bool",   "items",  "keys",       "values",
+      "default", "selectattr", "rejectattr", "select", "reject", "map",    "replace"};
   return names.count(name) > 0;
 }
 
 bool supported_test(const std::string& name) {
   static const std::set<std::string> names = {
-      "boolean", "callable", "odd", "even", "false", "true", "none", "string", "number",
-      "integer", "iterable", "mapping", "sequence", "lower", "upper", "defined", "undefined",
-      "equalto", "eq"};
+      "boolean", "callable", "odd",       "even",     "false",   "true",     "none",
+      "string",  "number",   "integer",   "iterable", "mapping", "sequence", "lower",
+      "upper",   "defined",  "undefined", "equalto",  "eq"};
   return names.count(name) > 0;
 }
 

@@ -131,8 +131,8 @@ std::string where(const std::string& name, const std::string& src, size_t pos) {
   for (char& c : near) {
     if (c == '\n') c = ' ';
   }
-  return name + " line " + std::to_string(line) + " col " + std::to_string(col) + " near '" +
-         near + "'";
+  return name + " line " + std::to_string(line) + " col " + std::to_string(col) + " near '" + near +
+         "'";
 }
 
 namespace {
@@ -154,7 +154,9 @@ struct Lexer {
   }
   Tok last() const { return tokens.empty() ? Tok::Comment : tokens.back().type; }
   void push(Tok t, std::string v, size_t pos) { tokens.push_back(Token{t, std::move(v), pos}); }
-  bool at(const char* s) const { return src.compare(cur, std::char_traits<char>::length(s), s) == 0; }
+  bool at(const char* s) const {
+    return src.compare(cur, std::char_traits<char>::length(s), s) == 0;
+  }
 
   void strip_trailing_whitespace() {
     if (!tokens.empty() && tokens.back().type == Tok::Text) {
@@ -203,16 +205,26 @@ std::string Lexer::unescape() {
     return out;
   }
   switch (e) {
-    case 'n': return "\n";
-    case 't': return "\t";
-    case 'r': return "\r";
-    case 'b': return "\b";
-    case 'f': return "\f";
-    case 'v': return "\v";
-    case '\'': return "'";
-    case '"': return "\"";
-    case '\\': return "\\";
-    default: fail(std::string("unexpected escaped character '") + e + "'", cur - 1);
+    case 'n':
+      return "\n";
+    case 't':
+      return "\t";
+    case 'r':
+      return "\r";
+    case 'b':
+      return "\b";
+    case 'f':
+      return "\f";
+    case 'v':
+      return "\v";
+    case '\'':
+      return "'";
+    case '"':
+      return "\"";
+    case '\\':
+      return "\\";
+    default:
+      fail(std::string("unexpected escaped character '") + e + "'", cur - 1);
   }
 }
 
@@ -223,8 +235,9 @@ bool Lexer::text() {
     return false;
   }
   const size_t start = cur;
-  while (cur < src.size() && !(src[cur] == '{' && cur + 1 < src.size() &&
-                               (src[cur + 1] == '%' || src[cur + 1] == '{' || src[cur + 1] == '#'))) {
+  while (cur < src.size() &&
+         !(src[cur] == '{' && cur + 1 < src.size() &&
+           (src[cur + 1] == '%' || src[cur + 1] == '{' || src[cur + 1] == '#'))) {
     ++cur;
   }
   if (cur == start) return false;
@@ -296,14 +309,19 @@ bool Lexer::sign_or_number() {
 
 bool Lexer::mapped() {
   static const std::array<std::pair<const char*, Tok>, 27> table = {{
-      {"{%", Tok::OpenStatement}, {"%}", Tok::CloseStatement}, {"{{", Tok::OpenExpression},
-      {"}}", Tok::CloseExpression}, {"(", Tok::OpenParen}, {")", Tok::CloseParen},
-      {"{", Tok::OpenCurly}, {"}", Tok::CloseCurly}, {"[", Tok::OpenSquare},
-      {"]", Tok::CloseSquare}, {",", Tok::Comma}, {".", Tok::Dot}, {":", Tok::Colon},
-      {"|", Tok::Pipe}, {"<=", Tok::Comparison}, {">=", Tok::Comparison},
-      {"==", Tok::Comparison}, {"!=", Tok::Comparison}, {"<", Tok::Comparison},
-      {">", Tok::Comparison}, {"+", Tok::Additive}, {"-", Tok::Additive}, {"~", Tok::Additive},
-      {"**", Tok::Power}, {"*", Tok::Multiplicative}, {"//", Tok::Multiplicative},
+      {"{%", Tok::OpenStatement},  {"%}", Tok::CloseStatement},
+      {"{{", Tok::OpenExpression}, {"}}", Tok::CloseExpression},
+      {"(", Tok::OpenParen},       {")", Tok::CloseParen},
+      {"{", Tok::OpenCurly},       {"}", Tok::CloseCurly},
+      {"[", Tok::OpenSquare},      {"]", Tok::CloseSquare},
+      {",", Tok::Comma},           {".", Tok::Dot},
+      {":", Tok::Colon},           {"|", Tok::Pipe},
+      {"<=", Tok::Comparison},     {">=", Tok::Comparison},
+      {"==", Tok::Comparison},     {"!=", Tok::Comparison},
+      {"<", Tok::Comparison},      {">", Tok::Comparison},
+      {"+", Tok::Additive},        {"-", Tok::Additive},
+      {"~", Tok::Additive},        {"**", Tok::Power},
+      {"*", Tok::Multiplicative},  {"//", Tok::Multiplicative},
       {"/", Tok::Multiplicative},
   }};
   for (const auto& [seq, type] : table) {

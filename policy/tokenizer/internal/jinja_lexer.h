@@ -9,9 +9,31 @@
 namespace rlhf::policy::jinja {
 
 enum class Tok {
-  Text, Number, String, Ident, Equals, OpenParen, CloseParen, OpenStatement, CloseStatement,
-  OpenExpression, CloseExpression, OpenSquare, CloseSquare, OpenCurly, CloseCurly, Comma, Dot,
-  Colon, Pipe, Additive, Multiplicative, Power, Comparison, Unary, Comment,
+  Text,
+  Number,
+  String,
+  Ident,
+  Equals,
+  OpenParen,
+  CloseParen,
+  OpenStatement,
+  CloseStatement,
+  OpenExpression,
+  CloseExpression,
+  OpenSquare,
+  CloseSquare,
+  OpenCurly,
+  CloseCurly,
+  Comma,
+  Dot,
+  Colon,
+  Pipe,
+  Additive,
+  Multiplicative,
+  Power,
+  Comparison,
+  Unary,
+  Comment,
 };
 
 struct Token {

@@ -104,9 +104,14 @@ struct Parser {
 NodePtr Parser::any() {
   const Token& t = tokens[cur];
   switch (t.type) {
-    case Tok::Comment: ++cur; return nullptr;
-    case Tok::Text: ++cur; return make(K::Text, t.pos, t.value);
-    case Tok::OpenStatement: return statement();
+    case Tok::Comment:
+      ++cur;
+      return nullptr;
+    case Tok::Text:
+      ++cur;
+      return make(K::Text, t.pos, t.value);
+    case Tok::OpenStatement:
+      return statement();
     case Tok::OpenExpression: {
       ++cur;
       NodePtr out = make(K::Output, t.pos);
@@ -114,7 +119,8 @@ NodePtr Parser::any() {
       expect(Tok::CloseExpression, "'}}'");
       return out;
     }
-    default: fail("unexpected token '" + t.value + "'", t.pos);
+    default:
+      fail("unexpected token '" + t.value + "'", t.pos);
   }
 }
 
@@ -490,15 +496,18 @@ NodePtr Parser::primary() {
       while (is(Tok::String)) v += tokens[cur++].value;
       return make(K::Str, t.pos, v);
     }
-    case Tok::Ident: return make(K::Ident, t.pos, t.value);
+    case Tok::Ident:
+      return make(K::Ident, t.pos, t.value);
     case Tok::OpenParen: {
       NodePtr e = sequence(false);
       expect(Tok::CloseParen, "')'");
       return e;
     }
     case Tok::OpenSquare:
-    case Tok::OpenCurly: return container(t.type);
-    default: fail("unexpected token '" + t.value + "'", t.pos);
+    case Tok::OpenCurly:
+      return container(t.type);
+    default:
+      fail("unexpected token '" + t.value + "'", t.pos);
   }
 }
 

@@ -65,16 +65,26 @@ Value Value::function(Function f) {
 
 const char* Value::type_name() const {
   switch (kind) {
-    case Kind::Undefined: return "UndefinedValue";
-    case Kind::Null: return "NullValue";
-    case Kind::Bool: return "BooleanValue";
-    case Kind::Int: return "IntegerValue";
-    case Kind::Float: return "FloatValue";
-    case Kind::String: return "StringValue";
-    case Kind::Array: return is_tuple ? "TupleValue" : "ArrayValue";
-    case Kind::Object: return "ObjectValue";
-    case Kind::Namespace: return "NamespaceValue";
-    case Kind::Function: return "FunctionValue";
+    case Kind::Undefined:
+      return "UndefinedValue";
+    case Kind::Null:
+      return "NullValue";
+    case Kind::Bool:
+      return "BooleanValue";
+    case Kind::Int:
+      return "IntegerValue";
+    case Kind::Float:
+      return "FloatValue";
+    case Kind::String:
+      return "StringValue";
+    case Kind::Array:
+      return is_tuple ? "TupleValue" : "ArrayValue";
+    case Kind::Object:
+      return "ObjectValue";
+    case Kind::Namespace:
+      return "NamespaceValue";
+    case Kind::Function:
+      return "FunctionValue";
   }
   return "?";
 }
@@ -104,10 +114,14 @@ void set_key(Object& o, const std::string& key, Value v) {
 Value from_json(const nlohmann::ordered_json& j) {
   using T = nlohmann::ordered_json::value_t;
   switch (j.type()) {
-    case T::null: return Value::null();
-    case T::boolean: return Value::boolean(j.get<bool>());
-    case T::number_integer: return Value::integer(j.get<int64_t>());
-    case T::number_unsigned: return Value::integer(static_cast<int64_t>(j.get<uint64_t>()));
+    case T::null:
+      return Value::null();
+    case T::boolean:
+      return Value::boolean(j.get<bool>());
+    case T::number_integer:
+      return Value::integer(j.get<int64_t>());
+    case T::number_unsigned:
+      return Value::integer(static_cast<int64_t>(j.get<uint64_t>()));
     case T::number_float: {
       const double d = j.get<double>();
       if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.007199254740992e15) {
@@ -115,7 +129,8 @@ Value from_json(const nlohmann::ordered_json& j) {
       }
       return Value::floating(d);
     }
-    case T::string: return Value::string(j.get<std::string>());
+    case T::string:
+      return Value::string(j.get<std::string>());
     case T::array: {
       Array a;
       for (const auto& e : j) a.push_back(from_json(e));
@@ -126,22 +141,31 @@ Value from_json(const nlohmann::ordered_json& j) {
       for (const auto& [k, e] : j.items()) set_key(o, k, from_json(e));
       return Value::object(std::move(o));
     }
-    default: return Value::undefined();
+    default:
+      return Value::undefined();
   }
 }
 
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Value::Kind::Undefined:
-    case Value::Kind::Null: return false;
-    case Value::Kind::Bool: return v.b;
-    case Value::Kind::Int: return v.i != 0;
-    case Value::Kind::Float: return v.f != 0 && !std::isnan(v.f);
-    case Value::Kind::String: return !v.s.empty();
-    case Value::Kind::Array: return !v.arr->empty();
-    case Value::Kind::Object: return !v.obj->empty();
+    case Value::Kind::Null:
+      return false;
+    case Value::Kind::Bool:
+      return v.b;
+    case Value::Kind::Int:
+      return v.i != 0;
+    case Value::Kind::Float:
+      return v.f != 0 && !std::isnan(v.f);
+    case Value::Kind::String:
+      return !v.s.empty();
+    case Value::Kind::Array:
+      return !v.arr->empty();
+    case Value::Kind::Object:
+      return !v.obj->empty();
     case Value::Kind::Namespace:
-    case Value::Kind::Function: return true;
+    case Value::Kind::Function:
+      return true;
   }
   return false;
 }
@@ -182,12 +206,18 @@ std::string js_number(double d) {
 
 std::string to_js_string(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::Undefined: return "undefined";
-    case Value::Kind::Null: return "null";
-    case Value::Kind::Bool: return v.b ? "true" : "false";
-    case Value::Kind::Int: return std::to_string(v.i);
-    case Value::Kind::Float: return js_number(v.f);
-    case Value::Kind::String: return v.s;
+    case Value::Kind::Undefined:
+      return "undefined";
+    case Value::Kind::Null:
+      return "null";
+    case Value::Kind::Bool:
+      return v.b ? "true" : "false";
+    case Value::Kind::Int:
+      return std::to_string(v.i);
+    case Value::Kind::Float:
+      return js_number(v.f);
+    case Value::Kind::String:
+      return v.s;
     case Value::Kind::Array: {
       std::string out;
       for (size_t k = 0; k < v.arr->size(); ++k) {
@@ -198,8 +228,10 @@ std::string to_js_string(const Value& v) {
       return out;
     }
     case Value::Kind::Object:
-    case Value::Kind::Namespace: return "[object Map]";
-    case Value::Kind::Function: return "[function]";
+    case Value::Kind::Namespace:
+      return "[object Map]";
+    case Value::Kind::Function:
+      return "[function]";
   }
   return "";
 }
@@ -216,8 +248,10 @@ std::string to_output(const Value& v) {
       return js_number(v.f);
     case Value::Kind::Array:
     case Value::Kind::Object:
-    case Value::Kind::Namespace: return to_json(v, JsonOptions{}, 0, false);
-    default: return to_js_string(v);
+    case Value::Kind::Namespace:
+      return to_json(v, JsonOptions{}, 0, false);
+    default:
+      return to_js_string(v);
   }
 }
 
@@ -226,10 +260,14 @@ namespace {
 double js_to_number(const Value& v, bool* ok) {
   *ok = true;
   switch (v.kind) {
-    case Value::Kind::Bool: return v.b ? 1 : 0;
-    case Value::Kind::Int: return static_cast<double>(v.i);
-    case Value::Kind::Float: return v.f;
-    case Value::Kind::Null: return 0;
+    case Value::Kind::Bool:
+      return v.b ? 1 : 0;
+    case Value::Kind::Int:
+      return static_cast<double>(v.i);
+    case Value::Kind::Float:
+      return v.f;
+    case Value::Kind::Null:
+      return 0;
     case Value::Kind::String: {
       const std::string t = js_trim(v.s);
       if (t.empty()) return 0;
@@ -238,7 +276,9 @@ double js_to_number(const Value& v, bool* ok) {
       if (end != t.c_str() + t.size()) return std::nan("");
       return d;
     }
-    default: *ok = false; return 0;
+    default:
+      *ok = false;
+      return 0;
   }
 }
 
@@ -253,14 +293,21 @@ bool strict_equal(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case K::Undefined:
-    case K::Null: return true;
-    case K::Bool: return a.b == b.b;
-    case K::String: return a.s == b.s;
-    case K::Array: return a.arr == b.arr;
+    case K::Null:
+      return true;
+    case K::Bool:
+      return a.b == b.b;
+    case K::String:
+      return a.s == b.s;
+    case K::Array:
+      return a.arr == b.arr;
     case K::Object:
-    case K::Namespace: return a.obj == b.obj;
-    case K::Function: return a.fn == b.fn;
-    default: return false;
+    case K::Namespace:
+      return a.obj == b.obj;
+    case K::Function:
+      return a.fn == b.fn;
+    default:
+      return false;
   }
 }
 
@@ -293,13 +340,27 @@ void json_escape(std::string& out, const std::string& s, bool ensure_ascii) {
     const uint32_t cp = decode_utf8(s, pos, &len);
     char buf[16];
     switch (cp) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (cp < 0x20) {
           std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
@@ -307,7 +368,8 @@ void json_escape(std::string& out, const std::string& s, bool ensure_ascii) {
         } else if (ensure_ascii && cp >= 0x7f) {
           if (cp >= 0x10000) {
             const uint32_t c = cp - 0x10000;
-            std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x", static_cast<unsigned>(0xd800 + (c >> 10)),
+            std::snprintf(buf, sizeof buf, "\\u%04x\\u%04x",
+                          static_cast<unsigned>(0xd800 + (c >> 10)),
                           static_cast<unsigned>(0xdc00 + (c & 0x3ff)));
           } else {
             std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
@@ -334,18 +396,24 @@ std::string to_json(const Value& v, const JsonOptions& o, int depth, bool undefi
   std::string item_sep = o.indent ? "," : ", ", key_sep = ": ";
   if (o.has_separators) item_sep = o.item_separator, key_sep = o.key_separator;
   switch (v.kind) {
-    case Value::Kind::Null: return "null";
-    case Value::Kind::Undefined: return undefined_null ? "null" : "undefined";
-    case Value::Kind::Bool: return v.b ? "true" : "false";
+    case Value::Kind::Null:
+      return "null";
+    case Value::Kind::Undefined:
+      return undefined_null ? "null" : "undefined";
+    case Value::Kind::Bool:
+      return v.b ? "true" : "false";
     case Value::Kind::Int:
-    case Value::Kind::Float: return json_number(v);
+    case Value::Kind::Float:
+      return json_number(v);
     case Value::Kind::String: {
       std::string out;
       json_escape(out, v.s, o.ensure_ascii);
       return out;
     }
-    case Value::Kind::Function: throw Error("Cannot convert to JSON: FunctionValue");
-    default: break;
+    case Value::Kind::Function:
+      throw Error("Cannot convert to JSON: FunctionValue");
+    default:
+      break;
   }
   const std::string unit(static_cast<size_t>(o.indent), ' ');
   std::string base = "\n", child;
@@ -432,9 +500,23 @@ void append_utf8(std::string& out, uint32_t cp) {
 
 bool is_js_space(uint32_t cp) {
   switch (cp) {
-    case 0x09: case 0x0a: case 0x0b: case 0x0c: case 0x0d: case 0x20: case 0xa0: case 0x1680:
-    case 0x2028: case 0x2029: case 0x202f: case 0x205f: case 0x3000: case 0xfeff: return true;
-    default: return cp >= 0x2000 && cp <= 0x200a;
+    case 0x09:
+    case 0x0a:
+    case 0x0b:
+    case 0x0c:
+    case 0x0d:
+    case 0x20:
+    case 0xa0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202f:
+    case 0x205f:
+    case 0x3000:
+    case 0xfeff:
+      return true;
+    default:
+      return cp >= 0x2000 && cp <= 0x200a;
   }
 }
 

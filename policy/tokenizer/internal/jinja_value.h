@@ -84,7 +84,8 @@ struct JsonOptions {
   std::string item_separator, key_separator;
 };
 // toJSON of @huggingface/jinja (JSON.stringify escaping, Python json.dumps separators).
-std::string to_json(const Value& v, const JsonOptions& o, int depth = 0, bool undefined_null = true);
+std::string to_json(const Value& v, const JsonOptions& o, int depth = 0,
+                    bool undefined_null = true);
 // JavaScript number to string (Number.prototype.toString).
 std::string js_number(double d);
 
