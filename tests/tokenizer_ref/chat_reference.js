@@ -10,6 +10,7 @@
 //   config (a string, {"content": ..} or null; left undefined when absent). The variables are set
 //   in the order messages, add_generation_prompt, bos_token, eos_token, then extra's keys (which
 //   override). Each output line (same order) is {"text": ".."} or {"error": ".."}.
+//   A line {"source": TEMPLATE, "vars": {..}} renders TEMPLATE with exactly those variables.
 //   Exits 2 with a message on stderr when @huggingface/jinja is missing or a line is bad.
 'use strict';
 const fs = require('fs');
@@ -49,7 +50,16 @@ function load(path) {
   return cache.get(path);
 }
 
+function renderSource(item) {
+  try {
+    return { text: new Template(item.source).render(item.vars || {}) };
+  } catch (e) {
+    return { error: e.message };
+  }
+}
+
 function render(item) {
+  if ('source' in item) return renderSource(item);
   const { config, template, error } = load(item.config);
   if (error !== null) return { error };
   const vars = { messages: item.messages, add_generation_prompt: !!item.add_generation_prompt };

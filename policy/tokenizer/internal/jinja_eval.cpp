@@ -222,11 +222,10 @@ void Interpreter::define_macro(const Node& n, const ScopePtr& scope) {
       ms->vars[pname] = v;
       if (!have && p.kind == K::KwArg) ms->vars[pname] = self->eval(p.a, ms);
     }
-    if (!extra_kw.empty()) ms->vars["kwargs"] = Value::object(extra_kw);
-    if (args.positional.size() > macro->items.size()) {
-      ms->vars["varargs"] = Value::array(Array(
-          args.positional.begin() + static_cast<long>(macro->items.size()), args.positional.end()));
-    }
+    ms->vars["kwargs"] = Value::object(extra_kw);
+    const size_t declared = std::min(macro->items.size(), args.positional.size());
+    ms->vars["varargs"] = Value::array(
+        Array(args.positional.begin() + static_cast<long>(declared), args.positional.end()));
     return Value::string(self->block(macro->body, ms));
   });
 }

@@ -204,6 +204,13 @@ std::string js_number(double d) {
   return out;
 }
 
+std::string int_string(int64_t i) {
+  // Integers are JavaScript numbers there: past 2^53 they print as the nearest double does.
+  constexpr int64_t kExact = int64_t{1} << 53;
+  if (i > kExact || i < -kExact) return js_number(static_cast<double>(i));
+  return std::to_string(i);
+}
+
 std::string to_js_string(const Value& v) {
   switch (v.kind) {
     case Value::Kind::Undefined:
@@ -213,7 +220,7 @@ std::string to_js_string(const Value& v) {
     case Value::Kind::Bool:
       return v.b ? "true" : "false";
     case Value::Kind::Int:
-      return std::to_string(v.i);
+      return int_string(v.i);
     case Value::Kind::Float:
       return js_number(v.f);
     case Value::Kind::String:
@@ -385,7 +392,7 @@ void json_escape(std::string& out, const std::string& s, bool ensure_ascii) {
 }
 
 std::string json_number(const Value& v) {
-  if (v.is(Value::Kind::Int)) return std::to_string(v.i);
+  if (v.is(Value::Kind::Int)) return int_string(v.i);
   if (!std::isfinite(v.f)) return "null";
   return js_number(v.f);
 }

@@ -86,8 +86,9 @@ struct JsonOptions {
 // toJSON of @huggingface/jinja (JSON.stringify escaping, Python json.dumps separators).
 std::string to_json(const Value& v, const JsonOptions& o, int depth = 0,
                     bool undefined_null = true);
-// JavaScript number to string (Number.prototype.toString).
+// JavaScript number to string (Number.prototype.toString); an Int as that number prints.
 std::string js_number(double d);
+std::string int_string(int64_t i);
 
 // UTF-8 helpers with JavaScript's notion of whitespace (String.prototype.trim, /\s/).
 bool is_js_space(uint32_t cp);
