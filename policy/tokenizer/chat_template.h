@@ -21,8 +21,10 @@
 //     true / false / none (and True / False / None)
 // Anything else (another statement, filter, test, method or function, argument unpacking) is
 // refused when the template loads, with an rlhf::Error that names the construct and where it is.
-// Known differences from the reference: upper / lower / title change ASCII letters only; string
-// indexing counts code points where JavaScript counts UTF-16 units (astral characters only).
+// Known differences from the reference: upper / lower use simple case mappings plus the special
+// cases chat text meets (sharp s, ligatures, final sigma, dotted I), not all of Unicode's; string
+// indexing and slicing count code points where JavaScript indexes UTF-16 units (which
+// differs for characters outside the BMP only).
 //
 // Errors: load() / from_source() throw rlhf::Error naming the file or template, the construct or
 // syntax error and its line / column; render() throws rlhf::Error on a render-time error, with

@@ -219,25 +219,39 @@ TEST(ChatTemplateReference, RendersExactlyAsHuggingFaceJinja) {
 TEST(ChatTemplateReference, SmallTemplatesAsHuggingFaceJinja) {
   RLHF_REQUIRE_REFERENCE();
   const std::vector<std::pair<std::string, std::string>> snippets = {
-      {R"~({{ 1.0 }} {{ 2.50 }} {{ 1/3 }} {{ 1e3 if false else 10/4 }} {{ -0.0 }} {{ 3 * 1.0 }} {{ 0.1 + 0.2 }})~", R"~({})~"},
-      {R"~({{ '1' == 1 }} {{ none == x }} {{ true == 1 }} {{ [1] == [1] }} {{ 'a' != 'b' }})~", R"~({})~"},
-      {R"~({{ x | tojson }} {{ x | string }} {{ x }})~", R"~({"x": {"a": [1, 2.5, "é\n\"", null, true, {}], "b": []}})~"},
-      {R"~({{ 'a b  c '.split() }} {{ 'a,b,,c'.split(',', 1) }} {{ 'abc'.replace('', '-') }} {{ 'aaa'.replace('a','b',2) }})~", R"~({})~"},
-      {R"~({{ xs[1:] }} {{ xs[:-1] }} {{ xs[::2] }} {{ xs[-2:] }} {{ 'héllo'[1:3] }} {{ 'héllo'[-1] }})~", R"~({"xs": [1, 2, 3, 4]})~"},
-      {R"~({{ 'Hello World'.title() }} {{ 'hello'.capitalize() }} {{ 'x' ~ true ~ none }})~", R"~({})~"},
-      {R"~({{ 'x' + 1 + 2.0 }} {{ 1 + 2.0 }} {{ true }} {{ [1, 'a'] | join('-') }} {{ 'abc' | join('.') }})~", R"~({})~"},
-      {R"~({% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %} {{ range(3) | list }} {{ range(5, 0, -2) | join(',') }})~", R"~({})~"},
-      {R"~({{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.items() }} {{ d | length }} {{ d.keys() | join }})~", R"~({"d": {"a": 1, "b": "two"}})~"},
-      {R"~({{ x | tojson(indent=2) }}|{{ [] | tojson(indent=2) }}|{{ x | tojson(separators=(',', ':')) }}|{{ x | tojson(sort_keys=true) }})~", R"~({"x": {"b": [1, {"c": null}], "a": "é"}})~"},
+      {R"~({{ 1.0 }} {{ 2.50 }} {{ 1/3 }} {{ 1e3 if false else 10/4 }} {{ -0.0 }} {{ 3 * 1.0 }} {{ 0.1 + 0.2 }})~",
+       R"~({})~"},
+      {R"~({{ '1' == 1 }} {{ none == x }} {{ true == 1 }} {{ [1] == [1] }} {{ 'a' != 'b' }})~",
+       R"~({})~"},
+      {R"~({{ x | tojson }} {{ x | string }} {{ x }})~",
+       R"~({"x": {"a": [1, 2.5, "é\n\"", null, true, {}], "b": []}})~"},
+      {R"~({{ 'a b  c '.split() }} {{ 'a,b,,c'.split(',', 1) }} {{ 'abc'.replace('', '-') }} {{ 'aaa'.replace('a','b',2) }})~",
+       R"~({})~"},
+      {R"~({{ xs[1:] }} {{ xs[:-1] }} {{ xs[::2] }} {{ xs[-2:] }} {{ 'héllo'[1:3] }} {{ 'héllo'[-1] }})~",
+       R"~({"xs": [1, 2, 3, 4]})~"},
+      {R"~({{ 'Hello World'.title() }} {{ 'hello'.capitalize() }} {{ 'x' ~ true ~ none }})~",
+       R"~({})~"},
+      {R"~({{ 'x' + 1 + 2.0 }} {{ 1 + 2.0 }} {{ true }} {{ [1, 'a'] | join('-') }} {{ 'abc' | join('.') }})~",
+       R"~({})~"},
+      {R"~({% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %} {{ range(3) | list }} {{ range(5, 0, -2) | join(',') }})~",
+       R"~({})~"},
+      {R"~({{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.items() }} {{ d | length }} {{ d.keys() | join }})~",
+       R"~({"d": {"a": 1, "b": "two"}})~"},
+      {R"~({{ x | tojson(indent=2) }}|{{ [] | tojson(indent=2) }}|{{ x | tojson(separators=(',', ':')) }}|{{ x | tojson(sort_keys=true) }})~",
+       R"~({"x": {"b": [1, {"c": null}], "a": "é"}})~"},
       {R"~({{ x | tojson(ensure_ascii=true) }})~", R"~({"x": "é😀\u0001"})~"},
       {R"~({{ 'abc' | length }} {{ '😀é' | length }} {{ 'ab
 cd
 
 ef' | indent }}|{{ 'ab
-cd' | indent(2, true) }})~", R"~({})~"},
-      {R"~({{ -1 | abs }} {{ 3.7 | int }} {{ '42x' | int }} {{ 'x' | int(7) }} {{ '2.5' | float }} {{ 5 | float }} {{ 5 | string }} {{ 2.0 | string }})~", R"~({})~"},
-      {R"~({{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [1, 2, 2, 1] | unique }} {{ [1,2] | first }}{{ [1,2] | last }} {{ [1,2] | reverse }})~", R"~({})~"},
-      {R"~({{ 5 is odd }} {{ 4 is even }} {{ 'ab' is lower }} {{ 'AB' is upper }} {{ [] is iterable }} {{ (1, 2) is iterable }} {{ 1 is number }} {{ 1.5 is integer }} {{ x is undefined }} {{ none is not none }})~", R"~({})~"},
+cd' | indent(2, true) }})~",
+       R"~({})~"},
+      {R"~({{ -1 | abs }} {{ 3.7 | int }} {{ '42x' | int }} {{ 'x' | int(7) }} {{ '2.5' | float }} {{ 5 | float }} {{ 5 | string }} {{ 2.0 | string }})~",
+       R"~({})~"},
+      {R"~({{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [1, 2, 2, 1] | unique }} {{ [1,2] | first }}{{ [1,2] | last }} {{ [1,2] | reverse }})~",
+       R"~({})~"},
+      {R"~({{ 5 is odd }} {{ 4 is even }} {{ 'ab' is lower }} {{ 'AB' is upper }} {{ [] is iterable }} {{ (1, 2) is iterable }} {{ 1 is number }} {{ 1.5 is integer }} {{ x is undefined }} {{ none is not none }})~",
+       R"~({})~"},
       {R"~({%- set x = 'a' -%}
   {{- x }}  
 {%- if true %}
@@ -246,53 +260,72 @@ cd' | indent(2, true) }})~", R"~({})~"},
   {% for i in [1] %}
     {{ i }}
   {% endfor %}
-)~", R"~({})~"},
-      {R"~({% set a, b = [1, 2] %}{{ a }}{{ b }}{% set t %}block {{ a }}{% endset %}[{{ t }}])~", R"~({})~"},
-      {R"~({% for x in [1, 2, 3] %}{% if x == 2 %}{% continue %}{% endif %}{{ x }}{{ loop.revindex }}{{ loop.previtem }}{{ loop.nextitem }}{% endfor %})~", R"~({})~"},
-      {R"~({{ 'a' if x }}|{{ x or 'dflt' }}|{{ [] or 0 }}|{{ 'v' and 0 }}|{{ not [] }})~", R"~({})~"},
-      {R"~({{ 10 - 3 - 2 }} {{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 7 % -3 }} {{ -7 // 2 }} {{ 1 < 2 }} {{ 2 >= 3 }})~", R"~({})~"},
+)~",
+       R"~({})~"},
+      {R"~({% set a, b = [1, 2] %}{{ a }}{{ b }}{% set t %}block {{ a }}{% endset %}[{{ t }}])~",
+       R"~({})~"},
+      {R"~({% for x in [1, 2, 3] %}{% if x == 2 %}{% continue %}{% endif %}{{ x }}{{ loop.revindex }}{{ loop.previtem }}{{ loop.nextitem }}{% endfor %})~",
+       R"~({})~"},
+      {R"~({{ 'a' if x }}|{{ x or 'dflt' }}|{{ [] or 0 }}|{{ 'v' and 0 }}|{{ not [] }})~",
+       R"~({})~"},
+      {R"~({{ 10 - 3 - 2 }} {{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 7 % -3 }} {{ -7 // 2 }} {{ 1 < 2 }} {{ 2 >= 3 }})~",
+       R"~({})~"},
       {R"~({{ ns }} {{ ns.a }} {% set ns.b = [1] %}{{ ns.b }})~", R"~({"ns": null})~"},
-      {R"~({% set n = namespace(a=1) %}{{ n }} {{ n.a }}{% set n.b = [1] %}{{ n.b }} {{ n | tojson }})~", R"~({})~"},
-      {R"~({{ users | selectattr('age', 'equalto', 3) | map(attribute='name') | list }} {{ users | map(attribute='x', default='d') | join }})~", R"~({"users": [{"name": "a", "age": 3}, {"name": "b", "age": 4}]})~"},
-      {R"~({{ {'a': 1}['a'] }}{{ [1, 2][-1] }}{{ 'abc'.upper() }}{{ '  x '.rstrip() }}|{{ 'x'.strip('x') }})~", R"~({})~"},
+      {R"~({% set n = namespace(a=1) %}{{ n }} {{ n.a }}{% set n.b = [1] %}{{ n.b }} {{ n | tojson }})~",
+       R"~({})~"},
+      {R"~({{ users | selectattr('age', 'equalto', 3) | map(attribute='name') | list }} {{ users | map(attribute='x', default='d') | join }})~",
+       R"~({"users": [{"name": "a", "age": 3}, {"name": "b", "age": 4}]})~"},
+      {R"~({{ {'a': 1}['a'] }}{{ [1, 2][-1] }}{{ 'abc'.upper() }}{{ '  x '.rstrip() }}|{{ 'x'.strip('x') }})~",
+       R"~({})~"},
       {R"~({{ 'a\tb\u00e9\x41' }} {{ "q'" }} {{ 'con' 'cat' }})~", R"~({})~"},
       {R"~({{ 1e3 }})~", R"~({})~"},
       {R"~({{ messages[0]['role'] }})~", R"~({"messages": null})~"},
       {R"~({{ 3 in [1, 2, 3] }} {{ 'a' in none }})~", R"~({})~"},
       {R"~({{ x }})~", R"~({"x": 1.0})~"},
       {R"~({{ x + 1 }} {{ x * 2 }})~", R"~({"x": 2.5})~"},
-      {R"~({{ 0.000001 }} {{ 123456789012345678901234.0 }} {{ 1.5e-7 if false else 100000000000000000000.5 }})~", R"~({})~"},
+      {R"~({{ 0.000001 }} {{ 123456789012345678901234.0 }} {{ 1.5e-7 if false else 100000000000000000000.5 }})~",
+       R"~({})~"},
       {R"~(a {%- generation %}  b  {% endgeneration -%}  c)~", R"~({})~"},
       {R"~(x　 {{- 'y' -}}  z)~", R"~({})~"},
       {R"~(line
     {{ 'kept indent' }}
   {% if true %}
   in
-  {%- endif %})~", R"~({})~"},
+  {%- endif %})~",
+       R"~({})~"},
       {R"~(a
 {% if true %}
 b{% endif %}
-)~", R"~({})~"},
+)~",
+       R"~({})~"},
       {R"~({{ '%}' }}{{ '}}' }}{{ {'a': {'b': 1}} }})~", R"~({})~"},
       {R"~({% if x is not defined and not 'a' in 'b' %}ok{% endif %})~", R"~({})~"},
       {R"~({{ xs.0 }}{{ xs.1 }})~", R"~({"xs": ["p", "q"]})~"},
       {R"~({#- comment -#}
   text
-{#- c #})~", R"~({})~"},
+{#- c #})~",
+       R"~({})~"},
       {R"~({{ 'a' ~ 1 ~ 1.5 ~ [1] ~ {'k': 'v'} }})~", R"~({})~"},
-      {R"~({{ m.content | trim }}|{{ m.missing }}|{{ m['content'][0] }})~", R"~({"m": {"content": "  hi  "}})~"},
-      {R"~({% for k in d %}{{ k }}{% endfor %}{% for c in 'ab' %}{{ c }}{% endfor %})~", R"~({"d": {"z": 1, "a": 2}})~"},
+      {R"~({{ m.content | trim }}|{{ m.missing }}|{{ m['content'][0] }})~",
+       R"~({"m": {"content": "  hi  "}})~"},
+      {R"~({% for k in d %}{{ k }}{% endfor %}{% for c in 'ab' %}{{ c }}{% endfor %})~",
+       R"~({"d": {"z": 1, "a": 2}})~"},
       {R"~({% macro f(x) %}{{ x }}{{ kwargs }}{% endmacro %}{{ f(1) }})~", R"~({})~"},
       {R"~({{ x if x is string else x | tojson }})~", R"~({"x": [1, 2]})~"},
       {R"~({%- for m in messages -%}
   [{{ m.role }}]
 {%- endfor -%}
-)~", R"~({"messages": [{"role": "u"}, {"role": "a"}]})~"},
+)~",
+       R"~({"messages": [{"role": "u"}, {"role": "a"}]})~"},
       {R"~(  {%- set a = 1 %}
-  {%+ if true %}x{% endif %})~", R"~({})~"},
-      {R"~({{ 1 if true }}{{ 2 if false }}|{{ none }}|{{ undefined_var }}|{{ [none] }})~", R"~({})~"},
+  {%+ if true %}x{% endif %})~",
+       R"~({})~"},
+      {R"~({{ 1 if true }}{{ 2 if false }}|{{ none }}|{{ undefined_var }}|{{ [none] }})~",
+       R"~({})~"},
       {R"~({{ 'abc'[5] }}|{{ [1][3] }}|{{ 'ab' * 2 }})~", R"~({})~"},
       {R"~({{ 9007199254740993 }} {{ 2 ** 62 }} {{ -5 % 3 }})~", R"~({})~"},
+      {R"~({{ s.upper() }} {{ s | lower }} {{ s.capitalize() }} {{ s.title() }} {{ s is lower }})~",
+       R"~({"s": "élan ÉCOLE straße ΣΑΣ дом"})~"},
   };
   std::vector<ojson> lines;
   for (const auto& [source, vars] : snippets) {

@@ -3,6 +3,8 @@
 // argument, `x | default` without parentheses is an error, booleans print as true / false).
 #include "policy/tokenizer/internal/jinja_builtins.h"
 
+#include <utf8proc.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -18,14 +20,60 @@ namespace {
 
 using VK = Value::Kind;
 
-std::string ascii_upper(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return s;
+bool is_letter(uint32_t cp) {
+  const utf8proc_category_t c = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return c == UTF8PROC_CATEGORY_LU || c == UTF8PROC_CATEGORY_LL || c == UTF8PROC_CATEGORY_LT ||
+         c == UTF8PROC_CATEGORY_LM || c == UTF8PROC_CATEGORY_LO;
 }
-std::string ascii_lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
+
+// JavaScript's one-to-many upper-case mappings that chat text meets: sharp s and Latin ligatures.
+const char* special_upper(uint32_t cp) {
+  switch (cp) {
+    case 0xdf:
+      return "SS";
+    case 0xfb00:
+      return "FF";
+    case 0xfb01:
+      return "FI";
+    case 0xfb02:
+      return "FL";
+    case 0xfb03:
+      return "FFI";
+    case 0xfb04:
+      return "FFL";
+    case 0xfb05:
+    case 0xfb06:
+      return "ST";
+    default:
+      return nullptr;
+  }
 }
+
+// String.prototype.toUpperCase / toLowerCase: utf8proc's simple case mappings plus the special
+// cases above, final sigma and dotted capital I.
+std::string change_case(const std::string& s, bool upper) {
+  std::vector<uint32_t> cps;
+  for (size_t pos = 0, len = 1; pos < s.size(); pos += len)
+    cps.push_back(decode_utf8(s, pos, &len));
+  std::string out;
+  for (size_t k = 0; k < cps.size(); ++k) {
+    const uint32_t cp = cps[k];
+    if (upper && special_upper(cp)) {
+      out += special_upper(cp);
+    } else if (!upper && cp == 0x3a3 && k > 0 && is_letter(cps[k - 1]) &&
+               !(k + 1 < cps.size() && is_letter(cps[k + 1]))) {
+      append_utf8(out, 0x3c2);  // final sigma
+    } else if (!upper && cp == 0x130) {
+      out += "i\xcc\x87";
+    } else {
+      const auto c = static_cast<utf8proc_int32_t>(cp);
+      append_utf8(out, static_cast<uint32_t>(upper ? utf8proc_toupper(c) : utf8proc_tolower(c)));
+    }
+  }
+  return out;
+}
+std::string to_upper(const std::string& s) { return change_case(s, true); }
+std::string to_lower(const std::string& s) { return change_case(s, false); }
 bool word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
 std::string title_case(std::string s) {
@@ -39,7 +87,9 @@ std::string title_case(std::string s) {
 
 std::string capitalize(const std::string& s) {
   if (s.empty()) return s;
-  return ascii_upper(s.substr(0, 1)) + s.substr(1);
+  size_t len = 1;
+  decode_utf8(s, 0, &len);
+  return to_upper(s.substr(0, len)) + s.substr(len);
 }
 
 // utils.ts replace(): Python's str.replace, an empty `from` inserting between code points.
@@ -139,8 +189,8 @@ Value string_replace(const std::string& s, const CallArgs& args) {
 }
 
 Value string_method(const std::string& s, const std::string& m, const CallArgs& args) {
-  if (m == "upper") return Value::string(ascii_upper(s));
-  if (m == "lower") return Value::string(ascii_lower(s));
+  if (m == "upper") return Value::string(to_upper(s));
+  if (m == "lower") return Value::string(to_lower(s));
   if (m == "strip") return Value::string(js_trim(s));
   if (m == "lstrip") return Value::string(js_trim_start(s));
   if (m == "rstrip") return Value::string(js_trim_end(s));
