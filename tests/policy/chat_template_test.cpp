@@ -466,6 +466,49 @@ TEST(ChatTemplateEngine, RefusesUnsupportedConstructsAtLoad) {
   expect_refused("{{ 99999999999999999999 }}", "out of range");
 }
 
+// Damaged templates (characters of Jinja's syntax inserted, removed or swapped at random) either
+// render or fail with an rlhf::Error: no other exception, no crash.
+TEST(ChatTemplateEngine, DamagedTemplatesFailCleanly) {
+  std::vector<std::string> sources;
+  for (const char* f : {"llama3_1_instruct", "mistral_nemo", "gemma3", "deepseek_v3"}) {
+    if (!file_exists(fixture(f))) continue;
+    sources.push_back(ojson::parse(read_file(fixture(f))).at("chat_template").get<std::string>());
+  }
+  sources.push_back(
+      "{% for m in messages %}{{ m.content | trim }}{% if loop.last %}!{% endif %}"
+      "{% endfor %}{{ [1, 2][::-1] ~ {'a': (1, 2)} | tojson }}");
+  const std::string alphabet = "{}%#-+'\"()[]|.,:~=!<>*/ \n\\aeinot0123456789";
+  const ojson messages =
+      ojson::array({msg("system", "s"), msg("user", "u"), msg("assistant", "a"), msg("user", "v")});
+  uint64_t state = 12345;
+  auto next = [&state](uint64_t n) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (state >> 33) % n;
+  };
+  size_t rendered = 0, refused = 0;
+  for (int round = 0; round < 400; ++round) {
+    std::string s = sources[round % sources.size()];
+    for (int edit = 0; edit < 3; ++edit) {
+      const size_t pos = next(s.size() + 1);
+      const char c = alphabet[next(alphabet.size())];
+      const uint64_t op = next(3);
+      if (op == 0) s.insert(pos, 1, c);
+      if (op == 1 && pos < s.size()) s.erase(pos, 1);
+      if (op == 2 && pos < s.size()) s[pos] = c;
+    }
+    try {
+      ChatTemplate::from_source(s, "damaged").render(messages, round % 2 == 0);
+      ++rendered;
+    } catch (const Error&) {
+      ++refused;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not an rlhf::Error: " << e.what() << "\n" << s;
+    }
+  }
+  EXPECT_GT(rendered, 0u);
+  EXPECT_GT(refused, 0u);
+}
+
 TEST(ChatTemplateEngine, LoadsConfigsAndRendersConcurrently) {
   TempDir dir("chatcfg");
   const std::string path = dir / "tokenizer_config.json";
