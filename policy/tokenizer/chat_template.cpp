@@ -12,9 +12,12 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// bos_token / eos_token of a tokenizer_config.json: a string, {"content": ...}, null or absent.
+const char* const kSpecialTokens[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                      "pad_token", "cls_token", "mask_token"};
+
+// A special token of a tokenizer_config.json: a string, {"content": ...}, null or absent (null).
 ojson special_token(const ojson& config, const std::string& key, const std::string& path) {
-  if (!config.contains(key)) return ojson(ojson::value_t::discarded);
+  if (!config.contains(key)) return nullptr;
   const ojson& v = config.at(key);
   if (v.is_null() || v.is_string()) return v;
   if (v.is_object() && v.contains("content") && v.at("content").is_string()) return v.at("content");
@@ -47,8 +50,14 @@ ChatTemplate ChatTemplate::load(const std::string& path) {
     throw Error(path + ": not valid JSON: " + e.what());
   }
   if (!config.is_object()) throw Error(path + ": expected a JSON object");
-  return from_source(template_source(config, path), path, special_token(config, "bos_token", path),
-                     special_token(config, "eos_token", path));
+  ChatTemplate t = from_source(template_source(config, path), path);
+  for (const char* key : kSpecialTokens) {
+    const ojson v = special_token(config, key, path);
+    if (v.is_string() && !v.get<std::string>().empty()) {
+      t.special_tokens_.emplace_back(key, v.get<std::string>());
+    }
+  }
+  return t;
 }
 
 ChatTemplate ChatTemplate::from_source(const std::string& source, const std::string& name,
@@ -56,8 +65,13 @@ ChatTemplate ChatTemplate::from_source(const std::string& source, const std::str
   ChatTemplate t;
   t.source_ = source;
   t.name_ = name;
-  t.bos_ = bos_token;
-  t.eos_ = eos_token;
+  const std::pair<const char*, const ojson*> tokens[] = {{"bos_token", &bos_token},
+                                                         {"eos_token", &eos_token}};
+  for (const auto& [key, v] : tokens) {
+    if (v->is_null()) continue;
+    if (!v->is_string()) throw Error("chat template " + name + ": " + key + " must be a string");
+    t.special_tokens_.emplace_back(key, v->get<std::string>());
+  }
   t.program_ = std::make_shared<const jinja::Body>(jinja::parse(source, name));
   return t;
 }
@@ -77,8 +91,7 @@ std::string ChatTemplate::render(const ojson& messages, bool add_generation_prom
   };
   put("messages", jinja::from_json(messages));
   put("add_generation_prompt", jinja::Value::boolean(add_generation_prompt));
-  if (!bos_.is_discarded()) put("bos_token", jinja::from_json(bos_));
-  if (!eos_.is_discarded()) put("eos_token", jinja::from_json(eos_));
+  for (const auto& [k, v] : special_tokens_) put(k, jinja::Value::string(v));
   for (const auto& [k, v] : extra.items()) put(k, jinja::from_json(v));
   return jinja::render(*program_, vars, name_);
 }

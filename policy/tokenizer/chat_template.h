@@ -37,6 +37,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rlhf::policy {
@@ -48,18 +49,20 @@ struct Node;
 class ChatTemplate {
  public:
   // Reads `chat_template` (a string, or a list of {"name", "template"} of which "default" is
-  // taken), `bos_token` and `eos_token` (strings, {"content": ...} objects or null) from a
-  // tokenizer_config.json.
+  // taken) and the special tokens bos_token, eos_token, unk_token, sep_token, pad_token, cls_token
+  // and mask_token (strings, {"content": ...} objects or null) from a tokenizer_config.json.
   static ChatTemplate load(const std::string& tokenizer_config_path);
-  // A template from its source; `name` appears in error messages. bos / eos: JSON strings or null.
+  // A template from its source; `name` appears in error messages. bos / eos: strings, or null
+  // for none.
   static ChatTemplate from_source(const std::string& source, const std::string& name,
                                   const nlohmann::ordered_json& bos_token = nullptr,
                                   const nlohmann::ordered_json& eos_token = nullptr);
 
   // The prompt for `messages` (a JSON array of {"role", "content", ...} objects). Template
-  // variables: messages, add_generation_prompt, bos_token, eos_token (absent from the config:
-  // undefined), then every key of `extra` (a JSON object, e.g. {"enable_thinking": false}), which
-  // overrides the former. Object keys keep their order (tojson, items).
+  // variables, as transformers sets them: messages, add_generation_prompt, the special tokens the
+  // config sets (a null or absent one stays undefined), then every key of `extra` (a JSON object,
+  // e.g. {"enable_thinking": false}), which overrides the former. Object keys keep their order
+  // (tojson, items).
   std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                      const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
 
@@ -68,7 +71,7 @@ class ChatTemplate {
 
  private:
   std::string source_, name_;
-  nlohmann::ordered_json bos_, eos_;  // discarded() when absent
+  std::vector<std::pair<std::string, std::string>> special_tokens_;  // name, token
   std::shared_ptr<const std::vector<std::shared_ptr<jinja::Node>>> program_;
 };
 

@@ -525,6 +525,11 @@ TEST(ChatTemplateEngine, LoadsConfigsAndRendersConcurrently) {
   }
   for (auto& th : threads) th.join();
   for (const std::string& o : outs) EXPECT_EQ(o, "<s>a</s>b</s>");
+  // As transformers: a null special token is left undefined; unk / pad / ... are variables too.
+  std::ofstream(dir / "null_bos.json")
+      << R"({"chat_template": "{{ bos_token is defined }} {{ unk_token }} {{ pad_token }}",
+             "bos_token": null, "unk_token": {"content": "<unk>"}, "pad_token": "<pad>"})";
+  EXPECT_EQ(ChatTemplate::load(dir / "null_bos.json").render(messages, false), "false <unk> <pad>");
   std::ofstream(dir / "bad.json") << R"({"bos_token": "<s>"})";
   EXPECT_THROW(ChatTemplate::load(dir / "bad.json"), Error);
 }

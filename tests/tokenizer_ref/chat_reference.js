@@ -6,10 +6,11 @@
 // Usage: node chat_reference.js INPUT_JSONL OUTPUT_JSONL
 //   Each input line is {"config": PATH_OF_A_TOKENIZER_CONFIG_JSON, "messages": [..],
 //   "add_generation_prompt": BOOL, "extra": {..}}. The template is the config's chat_template (a
-//   string, or the "default" of a list of {name, template}); bos_token / eos_token come from the
-//   config (a string, {"content": ..} or null; left undefined when absent). The variables are set
-//   in the order messages, add_generation_prompt, bos_token, eos_token, then extra's keys (which
-//   override). Each output line (same order) is {"text": ".."} or {"error": ".."}.
+//   string, or the "default" of a list of {name, template}); the special tokens (bos_token,
+//   eos_token, unk_token, sep_token, pad_token, cls_token, mask_token) come from the config (a
+//   string or {"content": ..}; left undefined when null, empty or absent), as transformers(.js)
+//   passes them. The variables are set in the order messages, add_generation_prompt, the special
+//   tokens, then extra's keys (which override). Each output line (same order) is {"text": ".."} or {"error": ".."}.
 //   A line {"source": TEMPLATE, "vars": {..}} renders TEMPLATE with exactly those variables.
 //   Exits 2 with a message on stderr when @huggingface/jinja is missing or a line is bad.
 'use strict';
@@ -22,6 +23,8 @@ try {
   process.stderr.write(`chat_reference: cannot load '@huggingface/jinja' (run scripts/bootstrap.sh): ${e.message}\n`);
   process.exit(2);
 }
+
+const SPECIAL_TOKENS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'];
 
 function specialToken(v) {
   if (v !== null && typeof v === 'object') return v.content;
@@ -63,8 +66,10 @@ function render(item) {
   const { config, template, error } = load(item.config);
   if (error !== null) return { error };
   const vars = { messages: item.messages, add_generation_prompt: !!item.add_generation_prompt };
-  if ('bos_token' in config) vars.bos_token = specialToken(config.bos_token);
-  if ('eos_token' in config) vars.eos_token = specialToken(config.eos_token);
+  for (const key of SPECIAL_TOKENS) {
+    const token = specialToken(config[key]);
+    if (token) vars[key] = token;
+  }
   Object.assign(vars, item.extra || {});
   try {
     return { text: template.render(vars) };
