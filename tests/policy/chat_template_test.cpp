@@ -439,6 +439,7 @@ TEST(ChatTemplateEngine, MacrosAndRaiseException) {
   // Render errors name the template: undefined arithmetic, calling a non-function.
   EXPECT_THROW(render("{{ x + 1 }}"), Error);
   EXPECT_THROW(render("{{ 'a' | length | upper }}"), Error);
+  EXPECT_THROW(render("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns | tojson }}"), Error);
 }
 
 void expect_refused(const std::string& source, const std::string& construct) {

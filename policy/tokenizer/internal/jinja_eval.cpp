@@ -204,8 +204,12 @@ void Interpreter::define_macro(const Node& n, const ScopePtr& scope) {
   const Node* macro = &n;
   Interpreter* self = this;
   // The macro body runs in a child of the scope the macro was defined in.
-  scope->vars[n.text] = Value::function([macro, self, scope](const CallArgs& args) {
-    const ScopePtr ms = child(scope);
+  // A weak reference: the scope holds the macro, so a strong one would be a cycle (a leak).
+  const std::weak_ptr<Scope> weak = scope;
+  scope->vars[n.text] = Value::function([macro, self, weak](const CallArgs& args) {
+    const ScopePtr defining = weak.lock();
+    if (!defining) throw Error("macro " + macro->text + " called after its scope ended");
+    const ScopePtr ms = child(defining);
     Object extra_kw = args.keyword;
     for (size_t k = 0; k < macro->items.size(); ++k) {
       const Node& p = *macro->items[k];

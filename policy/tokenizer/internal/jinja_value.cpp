@@ -422,6 +422,8 @@ std::string to_json(const Value& v, const JsonOptions& o, int depth, bool undefi
     default:
       break;
   }
+  // A namespace can hold itself ({% set ns.me = ns %}): refuse instead of recursing forever.
+  if (depth > 512) throw Error("Cannot convert to JSON: nesting deeper than 512 (a cycle?)");
   const std::string unit(static_cast<size_t>(o.indent), ' ');
   std::string base = "\n", child;
   for (int d = 0; d < depth; ++d) base += unit;
