@@ -157,13 +157,13 @@ void save_reward_model(policy::Transformer& model, const std::string& tokenizer_
   info.kind = "reward";
   info.created_by = "rlhf reward train";
   info.step = step;
-  std::string tok_data = read_file(tokenizer_path);
-  info.tokenizer_sha256 = sha256_hex(tok_data);
+  const policy::Tokenizer tok = policy::Tokenizer::load(tokenizer_path);
+  info.tokenizer_sha256 = tok.sha256();
   policy::save_checkpoint(model, tmp, info);
-  write_file_atomic(tmp + "/tokenizer.model", tok_data);
+  const std::string tokenizer_file = tok.save(tmp);
   proto::RewardModelMeta meta = meta_in;
   meta.set_schema_version(1);
-  meta.set_tokenizer_file("tokenizer.model");
+  meta.set_tokenizer_file(tokenizer_file);
   meta.set_step(step);
   std::string bin;
   meta.SerializeToString(&bin);

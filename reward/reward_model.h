@@ -6,8 +6,9 @@
 // answer's tokens do not depend on the prompt. The score is read at the final [eos].
 //
 // A reward model folder is a policy checkpoint (policy/model/checkpoint.h, kind "reward", with a
-// value head) plus tokenizer.model (a copy of the tokenizer) and reward.pb
-// (proto::RewardModelMeta).
+// value head) plus a copy of the tokenizer (tokenizer.model, or tokenizer.json and its
+// tokenizer_config.json: policy::Tokenizer::save; reward.pb's tokenizer_file names the main file)
+// and reward.pb (proto::RewardModelMeta).
 //
 // Errors: loading and resolving throw rlhf::Error naming the folder and file (and, for a
 // tokenizer that does not match the checkpoint, both hashes or vocabulary sizes); pad_batch and
@@ -79,7 +80,8 @@ std::string resolve_model_dir(const std::string& dir);
 // Loads a reward model folder (see resolve_model_dir); errors name the folder and file.
 RewardModel load_reward_model(const std::string& dir);
 
-// Writes a reward model folder: the checkpoint, a copy of the tokenizer file, reward.pb.
+// Writes a reward model folder: the checkpoint, a copy of the tokenizer's files, reward.pb.
+// tokenizer_path: anything policy::Tokenizer::load accepts (.model, tokenizer.json, folder).
 // Replaces `dir` as a whole (written under a temporary name, then renamed).
 void save_reward_model(policy::Transformer& model, const std::string& tokenizer_path,
                        const proto::RewardModelMeta& meta, const std::string& dir, int64_t step);

@@ -409,8 +409,8 @@ TrainResult write_outputs(RewardRun& r) {
   best->to(torch::kCPU);
   save_reward_model(best, r.init.tokenizer_path, meta, result.model_dir, r.state.best_step());
 
-  for (const char* f :
-       {"model.safetensors", "checkpoint.pb", "config.json", "reward.pb", "tokenizer.model"}) {
+  for (const char* f : {"model.safetensors", "checkpoint.pb", "config.json", "reward.pb",
+                        "tokenizer.model", "tokenizer.json", "tokenizer_config.json"}) {
     std::string p = result.model_dir + "/" + f;
     if (!file_exists(p)) continue;
     auto ref = file_ref(p);

@@ -69,7 +69,7 @@ int run(const Args& args) {
     prompt = parse_ids(args.get("prompt-ids"));
   } else {
     if (!tokenizer)
-      throw rlhf::UsageError("--prompt TEXT needs --tokenizer FILE (or use --prompt-ids)");
+      throw rlhf::UsageError("--prompt TEXT needs --tokenizer PATH (or use --prompt-ids)");
     int bos = tokenizer->bos_id() >= 0 ? tokenizer->bos_id() : model->config().bos_id;
     if (bos >= 0) prompt.push_back(bos);
     for (int id : tokenizer->encode(args.get("prompt"))) prompt.push_back(id);
@@ -107,12 +107,13 @@ int run(const Args& args) {
 rlhf::cli::Register reg({
     "generate",
     "sample a continuation from a model checkpoint (native or Hugging Face folder)",
-    "--model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids \"1 2 3\") --max-new-tokens N "
+    "--model DIR [--tokenizer PATH] (--prompt TEXT | --prompt-ids \"1 2 3\") --max-new-tokens N "
     "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--ids] [--device D] [--dtype T]",
     {
         {"model", "checkpoint folder (config.json + model.safetensors [+ checkpoint.pb])", "",
          false, true},
-        {"tokenizer", "SentencePiece .model file (needed for --prompt and text output)", ""},
+        {"tokenizer", ".model, tokenizer.json or a folder holding one (for --prompt, text output)",
+         ""},
         {"prompt", "prompt text (encoded with --tokenizer, BOS prepended)", ""},
         {"prompt-ids", "prompt as space-separated token ids (used as given)", ""},
         {"max-new-tokens", "number of tokens to generate at most", "64"},

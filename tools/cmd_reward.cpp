@@ -26,7 +26,7 @@ const rlhf::cli::ConfigFlags kRewardTrainOverrides{
         {"annotation-db", "annotation_db", "annotation SQLite DB to export pairs from"},
         {"format", "format", "pairs | hh"},
         {"init-from", "init_from", "SFT checkpoint folder, native or Hugging Face"},
-        {"tokenizer", "tokenizer", "tokenizer .model"},
+        {"tokenizer", "tokenizer", ".model, tokenizer.json or a folder holding one"},
         {"device", "device", "cpu | cuda | cuda:N"},
         {"dtype", "dtype", "fp32 | bf16; bf16 = autocast, fp32 master weights"},
         {"steps", "steps", "optimizer steps"},

@@ -24,7 +24,7 @@ const rlhf::cli::ConfigFlags kSftOverrides{
         {"eval-file", "eval_file", "held-out file"},
         {"format", "format", "auto | jsonl | text"},
         {"init-from", "init_from", "native checkpoint or Hugging Face folder"},
-        {"tokenizer", "tokenizer", "SentencePiece .model"},
+        {"tokenizer", "tokenizer", ".model, tokenizer.json or a folder holding one"},
         {"device", "device", "cpu | cuda | cuda:N"},
         {"dtype", "dtype", "fp32 | bf16; bf16 = autocast, fp32 master weights"},
         {"steps", "steps", "optimizer steps"},

@@ -1,16 +1,21 @@
-// Tokenizer: SentencePiece reached through librlhf_spm.so (see tokenizer.h for why).
+// Tokenizer: SentencePiece reached through librlhf_spm.so (see tokenizer.h for why), or a
+// tokenizer.json through HfTokenizer; each member dispatches on which one was loaded.
 #include "policy/tokenizer/tokenizer.h"
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
 #include <utility>
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/tokenizer/hf_tokenizer.h"
 #include "policy/tokenizer/spm_shim/spm_shim.h"
 
 #ifndef RLHF_SPM_SHIM_BUILD_DIR
@@ -117,34 +122,134 @@ const ShimApi& shim() {
 
 struct SpmHandle {
   rlhf_spm* sp = nullptr;
+  std::once_flag index_once;  // piece_to_id's index, built on first use
+  std::unordered_map<std::string, int> id_of_piece;
   ~SpmHandle() {
     if (sp) shim().free(sp);
   }
 };
 
+struct HfState {
+  HfTokenizer tok;
+  int bos = -1, eos = -1, pad = -1, unk = -1;
+  std::string config_path;  // the tokenizer_config.json read, "" when none
+};
+
 namespace {
+
+constexpr const char* kJsonName = "tokenizer.json";
+constexpr const char* kModelName = "tokenizer.model";
+constexpr const char* kConfigName = "tokenizer_config.json";
+
 const rlhf_spm* get(const std::shared_ptr<SpmHandle>& h) {
   if (!h || !h->sp) throw Error("tokenizer used before Tokenizer::load()");
   return h->sp;
 }
+
+bool is_json_file(const std::string& path) {
+  return std::filesystem::path(path).extension() == ".json";
+}
+
+// The id of tokenizer_config.json's `field` (a string, {"content": string} or null), or
+// `fallback` when the field is absent.
+int config_token_id(const nlohmann::json& cfg, const char* field, const HfTokenizer& tok,
+                    const std::string& cfg_path, int fallback) {
+  const auto it = cfg.find(field);
+  if (it == cfg.end()) return fallback;
+  if (it->is_null()) return -1;
+  const nlohmann::json* v = &*it;
+  if (v->is_object() && v->contains("content")) v = &(*v)["content"];
+  if (!v->is_string())
+    throw Error(cfg_path + ": field '" + field +
+                "': expected a token string, an object with a string \"content\", or null");
+  const std::string token = v->get<std::string>();
+  const int id = tok.token_to_id(token);
+  if (id < 0)
+    throw Error(cfg_path + ": field '" + field + "': '" + token + "' is not a token of " +
+                tok.path());
+  return id;
+}
+
+// The first id the post-processor puts before / after the text (-1 when none).
+std::pair<int, int> template_bos_eos(const HfTokenizer& tok) {
+  const std::vector<int> bare = tok.encode("a", false), full = tok.encode("a", true);
+  const auto at = std::search(full.begin(), full.end(), bare.begin(), bare.end());
+  if (bare.empty() || at == full.end()) return {-1, -1};
+  const auto after = at + static_cast<std::ptrdiff_t>(bare.size());
+  return {at != full.begin() ? full.front() : -1, after != full.end() ? *after : -1};
+}
+
+std::shared_ptr<const HfState> load_hf_state(const std::string& json_path) {
+  auto st = std::make_shared<HfState>();
+  st->tok = HfTokenizer::load(json_path);
+  std::tie(st->bos, st->eos) = template_bos_eos(st->tok);
+  const std::string cfg_path =
+      (std::filesystem::path(json_path).parent_path() / kConfigName).string();
+  if (!std::filesystem::is_regular_file(cfg_path)) return st;
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(read_file(cfg_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cfg_path + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!cfg.is_object()) throw Error(cfg_path + ": expected a JSON object");
+  st->bos = config_token_id(cfg, "bos_token", st->tok, cfg_path, st->bos);
+  st->eos = config_token_id(cfg, "eos_token", st->tok, cfg_path, st->eos);
+  st->pad = config_token_id(cfg, "pad_token", st->tok, cfg_path, -1);
+  st->unk = config_token_id(cfg, "unk_token", st->tok, cfg_path, -1);
+  st->config_path = cfg_path;
+  return st;
+}
+
 }  // namespace
 
-Tokenizer Tokenizer::load(const std::string& model_path) {
+std::string Tokenizer::file_in_folder(const std::string& dir) {
+  for (const char* name : {kModelName, kJsonName}) {
+    const std::filesystem::path p = std::filesystem::path(dir) / name;
+    if (std::filesystem::is_regular_file(p)) return p.string();
+  }
+  return "";
+}
+
+std::string Tokenizer::resolve_path(const std::string& path) {
+  if (!std::filesystem::is_directory(path)) return path;
+  const std::string file = file_in_folder(path);
+  if (file.empty())
+    throw Error("tokenizer folder " + path + ": holds neither " + kModelName + " nor " + kJsonName +
+                " (expected one of them, or the path of a .model / tokenizer.json)");
+  return file;
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  const std::string model_path = resolve_path(path);
   if (!std::filesystem::exists(model_path))
     throw Error("tokenizer model " + model_path + ": no such file");
-  const ShimApi& api = shim();
   Tokenizer t;
+  t.path_ = model_path;
+  if (is_json_file(model_path)) {
+    t.hf_ = load_hf_state(model_path);
+    t.sha256_ = sha256_file(model_path);
+    return t;
+  }
+  const ShimApi& api = shim();
   t.handle_ = std::make_shared<SpmHandle>();
   t.handle_->sp = api.load(model_path.c_str());
   if (!t.handle_->sp)
     throw Error("tokenizer model " + model_path + ": not a SentencePiece model (" +
                 api.last_error() + ")");
-  t.path_ = model_path;
   t.sha256_ = sha256_file(model_path);
   return t;
 }
 
+std::vector<int> Tokenizer::encode(const std::string& text, bool add_special_tokens) const {
+  if (hf_) return hf_->tok.encode(text, add_special_tokens);
+  std::vector<int> ids = encode(text);
+  if (add_special_tokens && bos_id() >= 0) ids.insert(ids.begin(), bos_id());
+  return ids;
+}
+
 std::vector<int> Tokenizer::encode(const std::string& text) const {
+  if (hf_) return hf_->tok.encode(text, false);
   const rlhf_spm* sp = get(handle_);
   std::vector<int> ids(text.size() + 8);
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -159,7 +264,27 @@ std::vector<int> Tokenizer::encode(const std::string& text) const {
   throw Error("tokenizer " + path_ + ": encode output size changed between calls");
 }
 
+namespace {
+
+std::string hf_decode(const HfState& st, const std::vector<int>& ids, const std::string& path) {
+  std::vector<int> kept;
+  kept.reserve(ids.size());
+  const int size = st.tok.vocab_size();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int id = ids[i];
+    if (id < 0 || id >= size)
+      throw Error("tokenizer " + path + ": decode failed: id " + std::to_string(id) +
+                  " at position " + std::to_string(i) + " is out of range [0, " +
+                  std::to_string(size) + ")");
+    if (id != st.bos && id != st.eos && id != st.pad) kept.push_back(id);
+  }
+  return st.tok.decode(kept);
+}
+
+}  // namespace
+
 std::string Tokenizer::decode(const std::vector<int>& ids) const {
+  if (hf_) return hf_decode(*hf_, ids, path_);
   const rlhf_spm* sp = get(handle_);
   std::string text(ids.size() * 8 + 16, '\0');
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -175,6 +300,11 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
 }
 
 std::string Tokenizer::id_to_piece(int id) const {
+  if (hf_) {
+    if (auto token = hf_->tok.id_to_token(id)) return *token;
+    throw Error("tokenizer " + path_ + ": id " + std::to_string(id) + " names no token (ids 0.." +
+                std::to_string(hf_->tok.vocab_size() - 1) + ")");
+  }
   const rlhf_spm* sp = get(handle_);
   std::string piece(64, '\0');
   long n = shim().id_to_piece(sp, id, piece.data(), piece.size());
@@ -187,12 +317,60 @@ std::string Tokenizer::id_to_piece(int id) const {
   return piece;
 }
 
-int Tokenizer::vocab_size() const { return shim().vocab_size(get(handle_)); }
-int Tokenizer::bos_id() const { return shim().bos_id(get(handle_)); }
-int Tokenizer::eos_id() const { return shim().eos_id(get(handle_)); }
-int Tokenizer::pad_id() const { return shim().pad_id(get(handle_)); }
-int Tokenizer::unk_id() const { return shim().unk_id(get(handle_)); }
-float Tokenizer::score(int id) const { return shim().score(get(handle_), id); }
+int Tokenizer::piece_to_id(const std::string& piece) const {
+  if (hf_) return hf_->tok.token_to_id(piece);
+  get(handle_);
+  SpmHandle& h = *handle_;
+  std::call_once(h.index_once, [&] {
+    const int n = vocab_size();
+    for (int id = 0; id < n; ++id) h.id_of_piece.emplace(id_to_piece(id), id);
+  });
+  const auto it = h.id_of_piece.find(piece);
+  return it == h.id_of_piece.end() ? -1 : it->second;
+}
+
+int Tokenizer::vocab_size() const {
+  return hf_ ? hf_->tok.vocab_size() : shim().vocab_size(get(handle_));
+}
+int Tokenizer::bos_id() const { return hf_ ? hf_->bos : shim().bos_id(get(handle_)); }
+int Tokenizer::eos_id() const { return hf_ ? hf_->eos : shim().eos_id(get(handle_)); }
+int Tokenizer::pad_id() const { return hf_ ? hf_->pad : shim().pad_id(get(handle_)); }
+int Tokenizer::unk_id() const { return hf_ ? hf_->unk : shim().unk_id(get(handle_)); }
+float Tokenizer::score(int id) const { return hf_ ? 0.0f : shim().score(get(handle_), id); }
+
+Tokenizer::Format Tokenizer::format() const {
+  if (hf_) return Format::kHuggingFace;
+  get(handle_);
+  return Format::kSentencePiece;
+}
+
+std::vector<std::string> Tokenizer::files() const {
+  format();  // throws when not loaded
+  std::vector<std::string> out{path_};
+  if (hf_ && !hf_->config_path.empty()) out.push_back(hf_->config_path);
+  return out;
+}
+
+std::string Tokenizer::save(const std::string& dir) const {
+  const bool json = format() == Format::kHuggingFace;
+  const std::filesystem::path d(dir);
+  make_dirs(dir);
+  // Files of the other format (or a stale config) would change what loading `dir` gives.
+  for (const char* stale : {kJsonName, kConfigName, kModelName}) {
+    const bool ours = json ? std::string(stale) != kModelName : std::string(stale) == kModelName;
+    if (!ours) std::filesystem::remove(d / stale);
+  }
+  const std::string name = json ? kJsonName : kModelName;
+  write_file_atomic((d / name).string(), read_file(path_));
+  if (json) {
+    if (hf_->config_path.empty()) {
+      std::filesystem::remove(d / kConfigName);
+    } else {
+      write_file_atomic((d / kConfigName).string(), read_file(hf_->config_path));
+    }
+  }
+  return name;
+}
 
 std::string train_tokenizer(const TokenizerTrainOptions& o) {
   if (!std::filesystem::is_regular_file(o.input))

@@ -495,7 +495,7 @@ bool evaluate_step(SftRun& r, SftResult& res) {
          r.st.evals_without_improvement() >= r.cfg.early_stop_patience();
 }
 
-// model/ (merged with LoRA), adapter/, tokenizer.model, and the stage record's content.
+// model/ (merged with LoRA) with the tokenizer's files, adapter/, and the stage record's content.
 void write_outputs(SftRun& r, SftResult& res) {
   CheckpointInfo info;
   info.tokenizer_sha256 = r.init.tokenizer.sha256();
@@ -509,7 +509,7 @@ void write_outputs(SftRun& r, SftResult& res) {
     r.lora.reset();
   }
   save_checkpoint(r.model, res.model_dir, info);
-  write_file_atomic(res.model_dir + "/tokenizer.model", read_file(r.init.tokenizer_path));
+  r.init.tokenizer.save(res.model_dir);  // tokenizer.model, or tokenizer.json (+ its config)
 
   res.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - r.t_start).count();

@@ -11,7 +11,9 @@
 // accumulation (the step's loss is the mean over all its target tokens), fixed seed.
 //
 // Output folder:
-//   model/             final native checkpoint (config, weights, tokenizer hash) + tokenizer.model
+//   model/             final native checkpoint (config, weights, tokenizer hash) + the tokenizer:
+//                      tokenizer.model, or tokenizer.json (+ tokenizer_config.json)
+//                      (Tokenizer::save)
 //   adapter/           LoRA only: the adapters alone (model/ then holds the merged weights)
 //   state/             resumable state (latest, step-NNNNNNNN/): model, AdamW state, torch RNG,
 //                      data position

@@ -347,16 +347,17 @@ Transformer load_initial(const ModelSource& s, const Tokenizer& tok,
 
 InitialModel init_model(const ModelSource& s) {
   InitialModel out;
-  out.tokenizer_path = s.tokenizer;
-  if (out.tokenizer_path.empty() && !s.init_from.empty() &&
-      file_exists(s.init_from + "/tokenizer.model"))
-    out.tokenizer_path = s.init_from + "/tokenizer.model";
-  if (out.tokenizer_path.empty())
-    throw Error(s.what + ": field 'tokenizer': no tokenizer .model given" +
-                (s.init_from.empty() ? std::string()
-                                     : " (and " + s.init_from + " holds no tokenizer.model)"));
-  out.tokenizer = Tokenizer::load(out.tokenizer_path);
-  out.files.push_back(out.tokenizer_path);
+  std::string tokenizer = s.tokenizer;
+  if (tokenizer.empty() && !s.init_from.empty()) tokenizer = Tokenizer::file_in_folder(s.init_from);
+  if (tokenizer.empty())
+    throw Error(
+        s.what + ": field 'tokenizer': no tokenizer (.model, tokenizer.json or folder) given" +
+        (s.init_from.empty()
+             ? std::string()
+             : " (and " + s.init_from + " holds neither tokenizer.model nor tokenizer.json)"));
+  out.tokenizer = Tokenizer::load(tokenizer);
+  out.tokenizer_path = out.tokenizer.path();
+  for (const std::string& f : out.tokenizer.files()) out.files.push_back(f);
   try {
     if (s.init_from.empty()) {
       out.model = Transformer(scratch_config(s, out.tokenizer));

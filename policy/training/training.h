@@ -193,7 +193,8 @@ std::string step_name(int64_t step);
 
 struct ModelSource {
   std::string init_from;       // native checkpoint or Hugging Face folder; "" = from scratch
-  std::string tokenizer;       // SentencePiece .model; "" = <init_from>/tokenizer.model
+  std::string tokenizer;       // .model, tokenizer.json or a folder (tokenizer.h); "" = the
+                               // tokenizer file in <init_from> (tokenizer.model or .json)
   proto::ModelConfig scratch;  // from scratch: the architecture (vocab/bos/eos/pad from the
                                // tokenizer; unset fields keep policy::ModelConfig's defaults)
   int64_t seq_len = 0;         // tokens per training row: from scratch max_seq_len grows to it;

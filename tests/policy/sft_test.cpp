@@ -97,6 +97,33 @@ TEST_F(SftTest, LowersHeldOutLossAndWritesOutputs) {
 // bf16 mixed precision (autocast forward/backward, float32 master weights and optimizer state)
 // learns like float32: the same 60 steps lower the held-out loss by more than 1 nat too, and the
 // checkpoint holds float32 weights. On CPU this runs libtorch's CPU autocast.
+// SFT with a tokenizer.json given by its folder: the model's special ids come from
+// tokenizer_config.json, model/ carries tokenizer.json + tokenizer_config.json (not a .model), and
+// a run that starts from model/ without a tokenizer field finds that tokenizer there.
+TEST_F(SftTest, TokenizerJsonFolderTravelsWithTheModel) {
+  TempDir out("sft_hf");
+  const std::string json = rlhf::testing::write_byte_level_tokenizer(out / "hf");
+  auto cfg = base_config(out / "run", "steps: 3\n");
+  cfg.set_tokenizer(out / "hf");
+  rlhf::pipelines::run_sft_stage(cfg);
+  const auto loaded = load_checkpoint(out / "run/model");
+  EXPECT_EQ(loaded.info.tokenizer_sha256, sha256_file(json));
+  EXPECT_EQ(loaded.model->config().vocab_size, 259);
+  EXPECT_EQ(loaded.model->config().bos_id, 256);
+  EXPECT_EQ(loaded.model->config().eos_id, 257);
+  EXPECT_EQ(loaded.model->config().pad_id, 258);
+  EXPECT_EQ(read_file(out / "run/model/tokenizer.json"), read_file(json));
+  EXPECT_TRUE(file_exists(out / "run/model/tokenizer_config.json"));
+  EXPECT_FALSE(file_exists(out / "run/model/tokenizer.model"));
+
+  auto again = base_config(out / "run2", "steps: 2\n");
+  again.clear_tokenizer();
+  again.clear_model();
+  again.set_init_from(out / "run/model");
+  rlhf::pipelines::run_sft_stage(again);
+  EXPECT_EQ(load_checkpoint(out / "run2/model").info.tokenizer_sha256, sha256_file(json));
+}
+
 TEST_F(SftTest, Bf16LowersHeldOutLossWithFloat32Weights) {
   TempDir out("sft_bf16");
   auto cfg = base_config(out.path(), "steps: 60\neval_every: 30\ndtype: \"bf16\"\n");

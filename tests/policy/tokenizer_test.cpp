@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -60,6 +61,21 @@ TEST(TokenizerTest, Llama2HelloWorld) {
   EXPECT_EQ(tok.id_to_piece(15043), "▁Hello");
   EXPECT_EQ(tok.sha256(), sha256_file(model));
   EXPECT_EQ(tok.sha256().size(), 64u);
+}
+
+TEST(TokenizerTest, Llama2ByFolderAndTheNewMembers) {
+  RLHF_REQUIRE_DATA(model, "llama2-tokenizer/tokenizer.model");
+  const std::string folder = std::filesystem::path(model).parent_path().string();
+  const Tokenizer tok = Tokenizer::load(folder);
+  EXPECT_EQ(tok.format(), Tokenizer::Format::kSentencePiece);
+  EXPECT_EQ(tok.path(), model);
+  EXPECT_EQ(tok.sha256(), sha256_file(model));
+  EXPECT_EQ(tok.encode("Hello world"), (std::vector<int>{15043, 3186}));
+  EXPECT_EQ(tok.encode("Hello world", true), (std::vector<int>{1, 15043, 3186}));
+  EXPECT_EQ(tok.piece_to_id("▁Hello"), 15043);
+  EXPECT_EQ(tok.piece_to_id("<s>"), 1);
+  EXPECT_EQ(tok.piece_to_id("no such piece"), -1);
+  EXPECT_EQ(tok.files(), std::vector<std::string>{model});
 }
 
 TEST(TokenizerTest, Llama2RoundTripUtf8) {

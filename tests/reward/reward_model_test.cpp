@@ -6,7 +6,9 @@
 
 #include <random>
 
+#include "common/files.h"
 #include "policy/model/model.h"
+#include "tests/fixtures/sft_data.h"
 #include "tests/fixtures/tiny_model.h"
 
 namespace rlhf::reward {
@@ -32,6 +34,28 @@ std::vector<std::vector<int64_t>> random_sequences(int n, uint32_t seed) {
     out.push_back(s);
   }
   return out;
+}
+
+// A reward model folder keeps a tokenizer.json tokenizer as tokenizer.json + its config, and
+// loads it back with the same hash and special ids.
+TEST(RewardModel, SavesAndLoadsATokenizerJsonTokenizer) {
+  rlhf::testing::TempDir dir("rm_hf");
+  const std::string json = rlhf::testing::write_byte_level_tokenizer(dir / "hf");
+  torch::manual_seed(3);
+  policy::ModelConfig c = policy::testing::tiny_config(64);
+  c.vocab_size = 259;
+  c.value_head = true;
+  policy::Transformer m(c);
+  policy::init_weights(m);
+  save_reward_model(m, dir / "hf", proto::RewardModelMeta(), dir / "rm", 1);
+  EXPECT_EQ(read_file(dir / "rm/tokenizer.json"), read_file(json));
+  EXPECT_TRUE(file_exists(dir / "rm/tokenizer_config.json"));
+  EXPECT_FALSE(file_exists(dir / "rm/tokenizer.model"));
+  const RewardModel rm = load_reward_model(dir / "rm");
+  EXPECT_EQ(rm.meta.tokenizer_file(), "tokenizer.json");
+  EXPECT_EQ(rm.tokenizer.sha256(), sha256_file(json));
+  EXPECT_EQ(rm.tokenizer.eos_id(), 257);
+  EXPECT_EQ(rm.tokenizer.encode("hi"), (std::vector<int>{'h', 'i'}));
 }
 
 TEST(RewardModel, BuildSequenceKeepsPromptEndAndAnswerStart) {
