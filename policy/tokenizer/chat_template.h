@@ -1,7 +1,7 @@
 // Chat templates: the Jinja `chat_template` of a Hugging Face tokenizer_config.json rendered for a
 // conversation, byte for byte as @huggingface/jinja (the engine of transformers.js) renders it
 // with trim_blocks and lstrip_blocks on, as transformers does. A small interpreter of the Jinja
-// subset that chat templates use (Qwen3, Llama 3, Llama 3.1 / 3.3 and alike):
+// subset that chat templates use (Qwen3, Llama 3, Llama 3.1 and alike):
 //   - text, {{ expressions }}, {% statements %}, {# comments #}; whitespace control {%- -%} {{- -}}
 //   - statements: if / elif / else, for (loop.index / index0 / revindex / first / last / length /
 //     previtem / nextitem, `for x in xs if cond`, for-else, tuple unpacking), set (names, tuples,
