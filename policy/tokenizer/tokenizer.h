@@ -5,9 +5,8 @@
 //   - a Hugging Face tokenizer.json (any file named *.json; read by HfTokenizer, hf_tokenizer.h),
 //   - a model folder holding tokenizer.model or tokenizer.json. When it holds both, tokenizer.model
 //     wins: every folder that loaded before tokenizer.json was read keeps loading the same
-//     tokenizer (the sha256 its checkpoints record; the tokenizer.json shipped beside a .model, as
-//     Llama 2's, gives the same ids but another file hash). Pass the tokenizer.json's own path to
-//     use it instead. A folder holding neither is an error naming the folder and the two file names
+//     tokenizer (the sha256 its checkpoints record; a tokenizer.json shipped beside a .model is
+//     another file, with another hash). Pass the tokenizer.json's own path to use it instead. A folder holding neither is an error naming the folder and the two file names
 //     expected.
 // The SentencePiece path behaves exactly as before this interface covered tokenizer.json.
 //
