@@ -6,8 +6,8 @@
 //   - a model folder holding tokenizer.model or tokenizer.json. When it holds both, tokenizer.model
 //     wins: every folder that loaded before tokenizer.json was read keeps loading the same
 //     tokenizer (the sha256 its checkpoints record; a tokenizer.json shipped beside a .model is
-//     another file, with another hash). Pass the tokenizer.json's own path to use it instead. A folder holding neither is an error naming the folder and the two file names
-//     expected.
+//     another file, with another hash). Pass the tokenizer.json's own path to use it instead. A
+//     folder holding neither is an error naming the folder and the two file names expected.
 // The SentencePiece path behaves exactly as before this interface covered tokenizer.json.
 //
 // Special ids of a tokenizer.json (bos_id, eos_id, pad_id, unk_id), in this order:
