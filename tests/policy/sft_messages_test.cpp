@@ -208,6 +208,23 @@ TEST(SftMessagesTest, BadLinesAreRefusedNamingFileLineAndWhatWasExpected) {
             std::string::npos)
       << got;
 
+  // A tokenizer that merges across the span's start ("A" of the generation prompt + "b" of the
+  // reply -> "Ab"): the tokens of the text before the span do not begin the whole token list.
+  const std::string merging = write_chat_tokenizer(
+      dir / "merging",
+      "{% for m in messages %}{% if m.role == 'user' %}Q{{ m.content }}{% else %}A{{ m.content "
+      "}}.{% endif %}{% endfor %}{% if add_generation_prompt %}A{% endif %}");
+  auto json = ojson::parse(read_file(merging + "/tokenizer.json"));
+  json["model"]["vocab"]["Ab"] = 256;  // the added tokens move up by one
+  for (auto& added : json["added_tokens"]) added["id"] = added["id"].get<int>() + 1;
+  json["model"]["merges"] = ojson::array({"A b"});
+  write_file_atomic(merging + "/tokenizer.json", json.dump());
+  got = sft_error(dir, merging, ok);
+  EXPECT_NE(got.find(bad + ":1: assistant message 1: the tokens of the rendering up to its span "
+                           "are not a prefix of the whole rendering's tokens"),
+            std::string::npos)
+      << got;
+
   // The {"prompt", "response"} format keeps its message.
   got = sft_error(dir, tok, R"({"prompt": "a"})");
   EXPECT_NE(got.find(bad + ":1: expected an object with string fields \"prompt\" and \"response\""),
