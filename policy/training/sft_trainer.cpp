@@ -26,9 +26,11 @@
 #include "policy/model/model.h"
 #include "policy/runtime/device.h"
 #include "policy/runtime/distributed.h"
+#include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/prompt_format.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
+#include "policy/training/sft_messages.h"
 #include "policy/training/training.h"
 
 namespace rlhf::policy {
@@ -45,6 +47,73 @@ struct Example {
   std::vector<uint8_t> target;
 };
 
+// One {"prompt", "response"} line: prompt ids (no target) then response ids (targets, EOS
+// included).
+Example prompt_response_example(const nlohmann::ordered_json& j, const std::string& where,
+                                const Tokenizer& tok) {
+  if (!j.is_object() || !j.contains("prompt") || !j.contains("response") ||
+      !j["prompt"].is_string() || !j["response"].is_string())
+    throw Error(where + ": expected an object with string fields \"prompt\" and \"response\"");
+  Example ex;
+  auto p = encode_prompt(tok, j["prompt"].get<std::string>());
+  auto r = encode_response(tok, j["response"].get<std::string>());
+  ex.ids = p;
+  ex.ids.insert(ex.ids.end(), r.begin(), r.end());
+  ex.target.assign(p.size(), 0);
+  ex.target.resize(ex.ids.size(), 1);
+  return ex;
+}
+
+// One {"messages"} line (policy/training/sft_messages.h); the chat template loads on first use.
+Example messages_example(const nlohmann::ordered_json& j, const std::string& where,
+                         const Tokenizer& tok, std::optional<ChatTemplate>& chat_template) {
+  try {
+    check_messages(j["messages"]);
+    if (!chat_template) chat_template = chat_template_of(tok);
+    ConversationTokens c = tokenize_conversation(j["messages"], *chat_template, tok);
+    return Example{std::move(c.ids), std::move(c.target)};
+  } catch (const Error& e) {
+    throw Error(where + ": " + e.what());
+  }
+}
+
+// The JSON lines of one file hold one kind: {"prompt", "response"} or {"messages"} (the first
+// example decides; a line of the other kind is refused).
+struct JsonlKind {
+  int64_t first_line = 0;  // 0: no example yet
+  bool messages = false;
+};
+
+Example jsonl_example(const std::string& line, const std::string& path, int64_t line_no,
+                      const Tokenizer& tok, JsonlKind& kind,
+                      std::optional<ChatTemplate>& chat_template) {
+  const std::string where = path + ":" + std::to_string(line_no);
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(line);
+  } catch (const nlohmann::ordered_json::exception& e) {
+    throw Error(where + ": invalid JSON (" + e.what() + ")");
+  }
+  const bool messages = j.is_object() && j.contains("messages");
+  const bool prompt_response = j.is_object() && j.contains("prompt") && j.contains("response");
+  if (kind.first_line == 0) {
+    kind.first_line = line_no;
+    kind.messages = messages;
+  } else if (messages != kind.messages && (messages || prompt_response)) {
+    const char* mine = messages ? "{\"messages\"}" : "{\"prompt\", \"response\"}";
+    const char* theirs = messages ? "{\"prompt\", \"response\"}" : "{\"messages\"}";
+    throw Error(where + ": a " + mine + " line in a file whose first example (line " +
+                std::to_string(kind.first_line) + ") is a " + theirs +
+                " line; one data file holds one kind of line");
+  } else if (kind.messages && !messages) {
+    throw Error(where +
+                ": expected an object with a \"messages\" list of {\"role\", "
+                "\"content\"} objects");
+  }
+  return messages ? messages_example(j, where, tok, chat_template)
+                  : prompt_response_example(j, where, tok);
+}
+
 std::vector<Example> read_examples(const std::string& path, const std::string& format,
                                    const Tokenizer& tok) {
   std::ifstream in(path);
@@ -52,28 +121,15 @@ std::vector<Example> read_examples(const std::string& path, const std::string& f
   std::vector<Example> out;
   std::string line;
   int64_t line_no = 0;
+  JsonlKind kind;
+  std::optional<ChatTemplate> chat_template;
   while (std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     Example ex;
     if (format == "jsonl") {
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw Error(path + ":" + std::to_string(line_no) + ": invalid JSON (" + e.what() + ")");
-      }
-      if (!j.is_object() || !j.contains("prompt") || !j.contains("response") ||
-          !j["prompt"].is_string() || !j["response"].is_string())
-        throw Error(path + ":" + std::to_string(line_no) +
-                    ": expected an object with string fields \"prompt\" and \"response\"");
-      auto p = encode_prompt(tok, j["prompt"].get<std::string>());
-      auto r = encode_response(tok, j["response"].get<std::string>());
-      ex.ids = p;
-      ex.ids.insert(ex.ids.end(), r.begin(), r.end());
-      ex.target.assign(p.size(), 0);
-      ex.target.resize(ex.ids.size(), 1);
+      ex = jsonl_example(line, path, line_no, tok, kind, chat_template);
     } else {
       if (tok.bos_id() >= 0) ex.ids.push_back(tok.bos_id());
       for (int id : tok.encode(line)) ex.ids.push_back(id);
@@ -85,8 +141,9 @@ std::vector<Example> read_examples(const std::string& path, const std::string& f
   }
   if (out.empty())
     throw Error(path + ": no examples (the file is empty or has no usable lines; expected " +
-                (format == "jsonl" ? std::string("JSON lines {\"prompt\", \"response\"}")
-                                   : std::string("one text per line")) +
+                (format == "jsonl"
+                     ? std::string("JSON lines {\"prompt\", \"response\"} or {\"messages\"}")
+                     : std::string("one text per line")) +
                 ")");
   return out;
 }

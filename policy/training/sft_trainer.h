@@ -1,10 +1,12 @@
 // Supervised fine-tuning of the policy (`rlhf sft`).
 //
 // Data: JSON lines {"prompt": ..., "response": ...} (ids as in policy/tokenizer/prompt_format.h;
-// loss on the response tokens, EOS included) or raw text (one document per line, [bos] text [eos],
-// loss on every token). Rows of at most seq_len + 1 tokens: packed (examples concatenated and cut
-// into full rows; attention crosses example boundaries, as in nanoGPT/llm.c) or padded (one example
-// per row, truncated, right-padded to the longest row of the micro-batch).
+// loss on the response tokens, EOS included), JSON lines {"messages": [{"role", "content"}, ...]}
+// (rendered with the tokenizer folder's chat template, loss on the assistant turns only; one kind
+// of line per file; policy/training/sft_messages.h) or raw text (one document per line,
+// [bos] text [eos], loss on every token). Rows of at most seq_len + 1 tokens: packed (examples
+// concatenated and cut into full rows; attention crosses example boundaries, as in nanoGPT/llm.c)
+// or padded (one example per row, truncated, right-padded to the longest row of the micro-batch).
 //
 // Optimisation: AdamW (weight decay on parameters with >= 2 dims only: matrices and embeddings,
 // not norms or biases), linear warm-up then cosine decay, global-norm gradient clipping, gradient
