@@ -19,6 +19,7 @@
 #include "policy/model/lora.h"
 #include "policy/runtime/device.h"
 #include "policy/runtime/distributed.h"
+#include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
 #include "policy/training/training.h"
@@ -130,13 +131,31 @@ struct RewardRun {
 const std::vector<std::string> kRewardRunOnlyFields = {"out_dir", "threads", "device", "dtype",
                                                        "time_limit_seconds"};
 
+// For format "messages": the chat template of the tokenizer_config.json beside the tokenizer.
+ChatRenderer chat_renderer(const RewardRun& r) {
+  if (r.cfg.format() != "messages") return nullptr;
+  const std::string config_path =
+      (fs::path(r.init.tokenizer.path()).parent_path() / "tokenizer_config.json").string();
+  if (!fs::exists(config_path))
+    throw Error(
+        "reward config: format \"messages\" renders conversations with the chat "
+        "template of " +
+        config_path + ", which does not exist");
+  auto chat = std::make_shared<const policy::ChatTemplate>(
+      policy::ChatTemplate::load(config_path));  // throws naming the file (no chat_template)
+  return [chat](const nlohmann::ordered_json& messages, bool add_generation_prompt) {
+    return chat->render(messages, add_generation_prompt);
+  };
+}
+
 void load_comparisons(RewardRun& r) {
   const auto& c = r.cfg;
-  auto all = read_comparisons(c.train_file(), c.format());
+  const ChatRenderer render = chat_renderer(r);
+  auto all = read_comparisons(c.train_file(), c.format(), render);
   if (all.empty()) throw Error(c.train_file() + ": no comparisons (empty, or only ties)");
   if (!c.eval_file().empty()) {
     r.train = std::move(all);
-    r.heldout = read_comparisons(c.eval_file(), c.format());
+    r.heldout = read_comparisons(c.eval_file(), c.format(), render);
   } else {
     split_heldout(all, c.heldout_fraction(), c.split_seed(), &r.train, &r.heldout);
   }
@@ -205,10 +224,14 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
         "batch_pairs",
         "expected at least one pair per rank (" + std::to_string(r.comm->size()) + " ranks)",
         std::to_string(c.batch_pairs()));
-  load_comparisons(r);
   r.enc_opts.max_prompt_tokens = c.max_prompt_tokens();
   r.enc_opts.max_answer_tokens = c.max_answer_tokens();
+  // Format "messages" needs the tokenizer's folder (its chat template), so its data are read
+  // after the model; the other formats are read first, to fail before a model loads.
+  const bool needs_template = c.format() == "messages";
+  if (!needs_template) load_comparisons(r);
   init_reward_model(r);
+  if (needs_template) load_comparisons(r);
 
   // With LoRA: the scalar head, then the adapters (the backbone is frozen).
   r.opt = std::make_unique<policy::training::Optimizer>(
