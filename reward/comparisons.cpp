@@ -67,23 +67,7 @@ Messages message_list(const nlohmann::ordered_json& j, const char* name, const s
   auto it = j.find(name);
   const std::string field = std::string("field \"") + name + "\"";
   if (it == j.end()) throw Error(where + ": missing " + field);
-  if (!it->is_array())
-    throw Error(where + ": " + field + " must be a list of messages, got " + it->type_name());
-  if (it->empty()) throw Error(where + ": " + field + " is an empty list (expected messages)");
-  for (size_t i = 0; i < it->size(); ++i) {
-    const auto& m = (*it)[i];
-    const std::string at = where + ": " + field + "[" + std::to_string(i) + "]";
-    if (!m.is_object())
-      throw Error(at + ": expected a message {\"role\", \"content\"}, got " + m.type_name());
-    auto role = m.find("role");
-    auto content = m.find("content");
-    if (role == m.end() || !role->is_string()) throw Error(at + ": expected a string \"role\"");
-    const std::string r = role->get<std::string>();
-    if (r != "system" && r != "user" && r != "assistant" && r != "tool")
-      throw Error(at + ": unknown role \"" + r + "\" (expected system, user, assistant or tool)");
-    if (content == m.end() || !content->is_string())
-      throw Error(at + ": expected a string \"content\"");
-  }
+  check_messages(*it, where + ": " + field);
   return *it;
 }
 
@@ -234,6 +218,26 @@ std::vector<Comparison> read_hh_jsonl(const std::string& path, int64_t* skipped)
   });
   if (skipped) *skipped = left_out;
   return out;
+}
+
+void check_messages(const nlohmann::ordered_json& messages, const std::string& what) {
+  if (!messages.is_array())
+    throw Error(what + " must be a list of messages, got " + messages.type_name());
+  if (messages.empty()) throw Error(what + " is an empty list (expected messages)");
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const auto& m = messages[i];
+    const std::string at = what + "[" + std::to_string(i) + "]";
+    if (!m.is_object())
+      throw Error(at + ": expected a message {\"role\", \"content\"}, got " + m.type_name());
+    auto role = m.find("role");
+    auto content = m.find("content");
+    if (role == m.end() || !role->is_string()) throw Error(at + ": expected a string \"role\"");
+    const std::string r = role->get<std::string>();
+    if (r != "system" && r != "user" && r != "assistant" && r != "tool")
+      throw Error(at + ": unknown role \"" + r + "\" (expected system, user, assistant or tool)");
+    if (content == m.end() || !content->is_string())
+      throw Error(at + ": expected a string \"content\"");
+  }
 }
 
 std::vector<Comparison> read_messages_jsonl(const std::string& path, const ChatRenderer& render) {
