@@ -133,7 +133,7 @@ bool messages_comparison(const nlohmann::ordered_json& j, const ChatRenderer& re
     c->rejected = render_answer(render, prompt, rejected, c->prompt, "rejected", where);
   } catch (const Error& e) {
     const std::string msg = e.what();
-    if (msg.rfind(where, 0) == 0) throw;
+    if (msg.rfind(where + ": ", 0) == 0) throw;
     throw Error(where + ": rendering the chat template: " + msg);
   }
   c->group = "prompt:" + c->prompt;
@@ -241,7 +241,8 @@ void check_messages(const nlohmann::ordered_json& messages, const std::string& w
 }
 
 std::vector<Comparison> read_messages_jsonl(const std::string& path, const ChatRenderer& render) {
-  if (!render) throw Error(path + ": format \"messages\" needs a chat template");
+  if (!render)
+    throw Error(path + ": format \"messages\" needs a chat template (give a tokenizer or model)");
   std::vector<Comparison> out;
   for_each_line(path, [&](int64_t line_no, const std::string& line) {
     if (is_blank(line)) return;

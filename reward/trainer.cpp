@@ -19,10 +19,10 @@
 #include "policy/model/lora.h"
 #include "policy/runtime/device.h"
 #include "policy/runtime/distributed.h"
-#include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
 #include "policy/training/training.h"
+#include "reward/chat_renderer.h"
 #include "reward/comparisons.h"
 #include "reward/reward_model.h"
 #include "reward/train_config.h"
@@ -131,26 +131,10 @@ struct RewardRun {
 const std::vector<std::string> kRewardRunOnlyFields = {"out_dir", "threads", "device", "dtype",
                                                        "time_limit_seconds"};
 
-// For format "messages": the chat template of the tokenizer_config.json beside the tokenizer.
-ChatRenderer chat_renderer(const RewardRun& r) {
-  if (r.cfg.format() != "messages") return nullptr;
-  const std::string config_path =
-      (fs::path(r.init.tokenizer.path()).parent_path() / "tokenizer_config.json").string();
-  if (!fs::exists(config_path))
-    throw Error(
-        "reward config: format \"messages\" renders conversations with the chat "
-        "template of " +
-        config_path + ", which does not exist");
-  auto chat = std::make_shared<const policy::ChatTemplate>(
-      policy::ChatTemplate::load(config_path));  // throws naming the file (no chat_template)
-  return [chat](const nlohmann::ordered_json& messages, bool add_generation_prompt) {
-    return chat->render(messages, add_generation_prompt);
-  };
-}
-
 void load_comparisons(RewardRun& r) {
   const auto& c = r.cfg;
-  const ChatRenderer render = chat_renderer(r);
+  const ChatRenderer render =
+      c.format() == "messages" ? chat_renderer_beside(r.init.tokenizer, "reward config") : nullptr;
   auto all = read_comparisons(c.train_file(), c.format(), render);
   if (all.empty()) throw Error(c.train_file() + ": no comparisons (empty, or only ties)");
   if (!c.eval_file().empty()) {
