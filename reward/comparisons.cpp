@@ -123,8 +123,9 @@ bool messages_comparison(const nlohmann::ordered_json& j, const ChatRenderer& re
         throw Error(where + ": field \"" + side +
                     "\" must start with an assistant message (the answer to \"prompt\")");
   } else {
-    if (!split_conversations(message_list(j, "chosen", where), message_list(j, "rejected", where),
-                             where, &prompt, &chosen, &rejected))
+    const Messages whole_chosen = message_list(j, "chosen", where);  // checked in field order
+    const Messages whole_rejected = message_list(j, "rejected", where);
+    if (!split_conversations(whole_chosen, whole_rejected, where, &prompt, &chosen, &rejected))
       return false;
   }
   try {
