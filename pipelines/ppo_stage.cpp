@@ -142,9 +142,15 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
                 scorer->tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
   const int64_t bos = models.policy->config().bos_id;
   PromptSet prompts = read_prompt_set(cfg.prompts(), tok);
+  // Rollout texts. A chat prompt holds the end-of-turn token, often the tokenizer's EOS, where
+  // decode_response would stop: those sets decode every id (EOS / BOS / pad skipped).
   policy::DecodeFn decode;
-  if (tok)
+  if (tok && prompts.stop_ids.empty())
     decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
+  else if (tok)
+    decode = [&](const std::vector<int64_t>& ids) {
+      return tok->decode(std::vector<int>(ids.begin(), ids.end()));
+    };
   const auto held = gold_problems(o, tok);
 
   // Constructing the trainer applies the resume rule; only then is the folder marked unfinished.
