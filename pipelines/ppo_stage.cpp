@@ -2,17 +2,15 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
 
-#include "annotation/sqlite_store.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
 #include "pipelines/policy_sampling.h"
+#include "pipelines/ppo_prompts.h"
 #include "pipelines/quickstart_task.h"
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
@@ -27,65 +25,6 @@
 namespace rlhf::pipelines {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// The prompt texts of an annotation database (table prompts, in id order).
-std::vector<std::string> annotation_db_prompts(const std::string& path) {
-  annotation::StoreOptions so;
-  so.create = false;
-  annotation::Store store(path, so);
-  return store.prompts();
-}
-
-// {"prompt": "text"} (needs the tokenizer) or {"prompt_ids": [...]} per line; or an annotation
-// database (*.db, *.sqlite): its prompt texts.
-std::vector<std::vector<int64_t>> read_prompts(const std::string& path,
-                                               const std::optional<policy::Tokenizer>& tok,
-                                               std::vector<std::string>* texts) {
-  if (ends_with(path, ".db") || ends_with(path, ".sqlite")) {
-    if (!tok) throw Error(path + ": prompts from an annotation database need PpoConfig.tokenizer");
-    std::vector<std::vector<int64_t>> out;
-    for (const auto& t : annotation_db_prompts(path)) {
-      out.push_back(policy::encode_prompt(*tok, t));
-      texts->push_back(t);
-    }
-    if (out.empty()) throw Error(path + ": the annotation database has no prompts");
-    return out;
-  }
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open the prompts file");
-  std::vector<std::vector<int64_t>> out;
-  std::string line;
-  int64_t n = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(n);
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) throw Error(where + ": expected a JSON object");
-    if (j.contains("prompt_ids")) {
-      std::vector<int64_t> ids;
-      for (auto& v : j["prompt_ids"]) {
-        if (!v.is_number_integer()) throw Error(where + ": prompt_ids must be integers");
-        ids.push_back(v.get<int64_t>());
-      }
-      out.push_back(ids);
-      texts->push_back("");
-    } else if (j.contains("prompt") && j["prompt"].is_string()) {
-      if (!tok) throw Error(where + ": text prompts need PpoConfig.tokenizer (or give prompt_ids)");
-      out.push_back(policy::encode_prompt(*tok, j["prompt"].get<std::string>()));
-      texts->push_back(j["prompt"].get<std::string>());
-    } else {
-      throw Error(where + ": expected a field \"prompt\" (text) or \"prompt_ids\" (list of ids)");
-    }
-  }
-  if (out.empty()) throw Error(path + ": no prompts");
-  return out;
-}
 
 policy::LoadedModel load_model(const std::string& dir, const std::string& what) {
   try {
@@ -179,9 +118,7 @@ std::vector<quickstart::Problem> gold_problems(const PpoStageOptions& o,
                                                const std::optional<policy::Tokenizer>& tok) {
   std::vector<quickstart::Problem> held;
   if (o.gold_prompts.empty()) return held;
-  std::vector<std::string> texts;
-  read_prompts(o.gold_prompts, tok, &texts);
-  for (const auto& t : texts)
+  for (const auto& t : read_prompt_set(o.gold_prompts, tok).texts)
     if (auto p = quickstart::parse_prompt(t)) held.push_back(*p);
   return held;
 }
@@ -204,15 +141,21 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
     throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
                 scorer->tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
   const int64_t bos = models.policy->config().bos_id;
-  std::vector<std::string> prompt_texts;
-  auto prompts = read_prompts(cfg.prompts(), tok, &prompt_texts);
+  PromptSet prompts = read_prompt_set(cfg.prompts(), tok);
+  // Rollout texts. A chat prompt holds the end-of-turn token, often the tokenizer's EOS, where
+  // decode_response would stop: those sets decode every id (EOS / BOS / pad skipped).
   policy::DecodeFn decode;
-  if (tok)
+  if (tok && prompts.stop_ids.empty())
     decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
+  else if (tok)
+    decode = [&](const std::vector<int64_t>& ids) {
+      return tok->decode(std::vector<int>(ids.begin(), ids.end()));
+    };
   const auto held = gold_problems(o, tok);
 
   // Constructing the trainer applies the resume rule; only then is the folder marked unfinished.
-  policy::PpoTrainer trainer(cfg, models, make_teacher(scorer, bos), prompts, out, decode);
+  policy::PpoTrainer trainer(cfg, models, make_teacher(scorer, bos), prompts.ids, out, decode);
+  trainer.set_stop_ids(prompts.stop_ids);
   if (!o.gold_task.empty()) trainer.set_extra_stats(gold_monitor(*tok, bos));
   // Data parallelism: every rank trains; rank 0 alone evaluates, saves and records the stage.
   const bool root = policy::dist::world().is_root();  // joined by the trainer

@@ -55,8 +55,90 @@ std::string string_field(const nlohmann::json& j, const char* name, const std::s
     throw Error(path + ":" + std::to_string(line_no) + ": missing field \"" + name + "\"");
   if (!it->is_string())
     throw Error(path + ":" + std::to_string(line_no) + ": field \"" + name +
-                "\" must be a string, got " + it->type_name());
+                "\" must be a string, got " + it->type_name() +
+                (it->is_array() ? " (for conversations set format: \"messages\")" : ""));
   return it->get<std::string>();
+}
+
+using Messages = nlohmann::ordered_json;
+
+// Field `name` of `j` as a checked, non-empty message list; `where` is "<path>:<line>".
+Messages message_list(const nlohmann::ordered_json& j, const char* name, const std::string& where) {
+  auto it = j.find(name);
+  const std::string field = std::string("field \"") + name + "\"";
+  if (it == j.end()) throw Error(where + ": missing " + field);
+  check_messages(*it, where + ": " + field);
+  return *it;
+}
+
+// Splits the two-conversation shape into the shared prompt and the two continuations; false
+// (outputs untouched) when the conversations are equal (a tie).
+bool split_conversations(const Messages& chosen, const Messages& rejected, const std::string& where,
+                         Messages* prompt, Messages* chosen_tail, Messages* rejected_tail) {
+  size_t k = 0;
+  while (k < chosen.size() && k < rejected.size() && chosen[k] == rejected[k]) ++k;
+  if (k == 0)
+    throw Error(where +
+                ": \"chosen\" and \"rejected\" share no leading message (expected the "
+                "same conversation up to the answers)");
+  if (k == chosen.size() && k == rejected.size()) return false;
+  auto assistant_at = [&](const Messages& m) {
+    return k < m.size() && m[k]["role"] == "assistant";
+  };
+  if (!assistant_at(chosen) || !assistant_at(rejected))
+    throw Error(where + ": the messages shared by \"chosen\" and \"rejected\" (" +
+                std::to_string(k) +
+                ") must be followed by an assistant turn on both sides (the answers)");
+  *prompt = Messages(chosen.begin(), chosen.begin() + static_cast<std::ptrdiff_t>(k));
+  *chosen_tail = Messages(chosen.begin() + static_cast<std::ptrdiff_t>(k), chosen.end());
+  *rejected_tail = Messages(rejected.begin() + static_cast<std::ptrdiff_t>(k), rejected.end());
+  return true;
+}
+
+// render(prompt + tail) with the prompt rendering `prompt_text` removed from its front.
+std::string render_answer(const ChatRenderer& render, const Messages& prompt, const Messages& tail,
+                          const std::string& prompt_text, const char* side,
+                          const std::string& where) {
+  Messages full = prompt;
+  for (const auto& m : tail) full.push_back(m);
+  std::string text = render(full, false);
+  if (text.compare(0, prompt_text.size(), prompt_text) != 0)
+    throw Error(where +
+                ": the chat template is not prefix-consistent: the prompt's rendering "
+                "(add_generation_prompt=true) is not the start of the \"" +
+                side + "\" conversation's rendering");
+  return text.substr(prompt_text.size());
+}
+
+// One line of read_messages_jsonl; false for a tie.
+bool messages_comparison(const nlohmann::ordered_json& j, const ChatRenderer& render,
+                         const std::string& where, Comparison* c) {
+  Messages prompt, chosen, rejected;
+  if (j.contains("prompt")) {
+    prompt = message_list(j, "prompt", where);
+    chosen = message_list(j, "chosen", where);
+    rejected = message_list(j, "rejected", where);
+    for (const char* side : {"chosen", "rejected"})
+      if (j[side][0]["role"] != "assistant")
+        throw Error(where + ": field \"" + side +
+                    "\" must start with an assistant message (the answer to \"prompt\")");
+  } else {
+    const Messages whole_chosen = message_list(j, "chosen", where);  // checked in field order
+    const Messages whole_rejected = message_list(j, "rejected", where);
+    if (!split_conversations(whole_chosen, whole_rejected, where, &prompt, &chosen, &rejected))
+      return false;
+  }
+  try {
+    c->prompt = render(prompt, true);
+    c->chosen = render_answer(render, prompt, chosen, c->prompt, "chosen", where);
+    c->rejected = render_answer(render, prompt, rejected, c->prompt, "rejected", where);
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    if (msg.rfind(where + ": ", 0) == 0) throw;
+    throw Error(where + ": rendering the chat template: " + msg);
+  }
+  c->group = "prompt:" + c->prompt;
+  return c->chosen != c->rejected;
 }
 
 }  // namespace
@@ -139,11 +221,54 @@ std::vector<Comparison> read_hh_jsonl(const std::string& path, int64_t* skipped)
   return out;
 }
 
-std::vector<Comparison> read_comparisons(const std::string& path, const std::string& format) {
+void check_messages(const nlohmann::ordered_json& messages, const std::string& what) {
+  if (!messages.is_array())
+    throw Error(what + " must be a list of messages, got " + messages.type_name());
+  if (messages.empty()) throw Error(what + " is an empty list (expected messages)");
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const auto& m = messages[i];
+    const std::string at = what + "[" + std::to_string(i) + "]";
+    if (!m.is_object())
+      throw Error(at + ": expected a message {\"role\", \"content\"}, got " + m.type_name());
+    auto role = m.find("role");
+    auto content = m.find("content");
+    if (role == m.end() || !role->is_string()) throw Error(at + ": expected a string \"role\"");
+    const std::string r = role->get<std::string>();
+    if (r != "system" && r != "user" && r != "assistant" && r != "tool")
+      throw Error(at + ": unknown role \"" + r + "\" (expected system, user, assistant or tool)");
+    if (content == m.end() || !content->is_string())
+      throw Error(at + ": expected a string \"content\"");
+  }
+}
+
+std::vector<Comparison> read_messages_jsonl(const std::string& path, const ChatRenderer& render) {
+  if (!render)
+    throw Error(path + ": format \"messages\" needs a chat template (give a tokenizer or model)");
+  std::vector<Comparison> out;
+  for_each_line(path, [&](int64_t line_no, const std::string& line) {
+    if (is_blank(line)) return;
+    const std::string where = path + ":" + std::to_string(line_no);
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const std::exception& e) {
+      throw Error(where + ": not valid JSON (" + e.what() + ")");
+    }
+    if (!j.is_object()) throw Error(where + ": expected a JSON object");
+    Comparison c;
+    c.line = line_no;
+    if (messages_comparison(j, render, where, &c)) out.push_back(std::move(c));
+  });
+  return out;
+}
+
+std::vector<Comparison> read_comparisons(const std::string& path, const std::string& format,
+                                         const ChatRenderer& render) {
   if (format.empty() || format == "pairs") return read_pairs_jsonl(path);
   if (format == "hh") return read_hh_jsonl(path);
+  if (format == "messages") return read_messages_jsonl(path, render);
   throw Error("unknown comparison format '" + format + "' for " + path +
-              " (expected \"pairs\" or \"hh\")");
+              " (expected \"pairs\", \"hh\" or \"messages\")");
 }
 
 namespace {

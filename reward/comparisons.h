@@ -1,9 +1,11 @@
 // Pairwise comparisons: the training data of the reward model.
 //
 // Sources: the annotation export's pairs JSONL ({"schema_version","prompt","chosen","rejected",
-// "task_id","annotator"}), Anthropic HH-RLHF JSONL ({"chosen","rejected"} whole dialogues), and
-// rankings (ordered groups of answers with ties) expanded into every ordered pair across groups.
-// Files may be gzip-compressed (detected from the content).
+// "task_id","annotator"}), Anthropic HH-RLHF JSONL ({"chosen","rejected"} whole dialogues),
+// conversations as TRL / OpenRLHF write them (format "messages", rendered by a chat template the
+// caller supplies: see read_messages_jsonl), and rankings (ordered groups of answers with ties)
+// expanded into every ordered pair across groups. Files may be gzip-compressed (detected from the
+// content).
 //
 // Torch-free on purpose: this file is its own library (rlhf_comparisons) that both rlhf_reward and
 // rlhf_annotation link, so the HH splitter and rankings -> pairs exist once. The annotation
@@ -15,6 +17,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -61,8 +65,38 @@ std::vector<Comparison> read_hh_jsonl(const std::string& path, int64_t* skipped 
 bool split_hh_dialogues(const std::string& chosen_dialogue, const std::string& rejected_dialogue,
                         std::string* prompt, std::string* chosen, std::string* rejected);
 
-// Dispatches on format: "pairs" or "hh"; throws naming the format otherwise.
-std::vector<Comparison> read_comparisons(const std::string& path, const std::string& format);
+// Renders a conversation (a JSON array of {"role", "content"} objects) as the model sees it, e.g.
+// policy::ChatTemplate::render; add_generation_prompt opens the assistant turn that follows.
+// May throw rlhf::Error (read_messages_jsonl adds the file and line).
+using ChatRenderer =
+    std::function<std::string(const nlohmann::ordered_json& messages, bool add_generation_prompt)>;
+
+// Checks a conversation: a non-empty JSON array of objects with "role" one of "system" / "user" /
+// "assistant" / "tool" and string "content" (other keys are allowed). Throws rlhf::Error
+// "<what> ..." (what: e.g. "f.jsonl:3: field \"messages\"") naming the message index and what
+// was expected.
+void check_messages(const nlohmann::ordered_json& messages, const std::string& what);
+
+// Reads conversation pairs JSONL, one of two shapes per line:
+//   {"prompt": [messages], "chosen": [messages], "rejected": [messages]}: chosen / rejected are the
+//     assistant continuation(s) of the prompt (each starts with an assistant turn);
+//   {"chosen": [messages], "rejected": [messages]}: two whole conversations; the prompt is their
+//     longest common prefix of equal messages, which must be followed by an assistant turn on
+//     both sides.
+// A message is an object with "role" one of "system" / "user" / "assistant" / "tool" and string
+// "content" (other keys pass through to the template). Comparison.prompt is
+// render(prompt, true); each answer is render(prompt + answer messages, false) with that prompt
+// rendering removed from its front (it must be a prefix: a template that is not prefix-consistent
+// is refused). Lines whose two answers render equal (ties) are dropped; blank lines are skipped.
+// Throws rlhf::Error "<path>:<line>: ..." naming the field and what was expected for anything
+// else (not an object, wrong types, unknown role, empty list, no shared prefix, a prefix not
+// followed by an assistant turn, a render error).
+std::vector<Comparison> read_messages_jsonl(const std::string& path, const ChatRenderer& render);
+
+// Dispatches on format: "pairs", "hh" or "messages" (which needs `render`; throws when it is
+// empty); throws naming the format otherwise.
+std::vector<Comparison> read_comparisons(const std::string& path, const std::string& format,
+                                         const ChatRenderer& render = nullptr);
 
 // Deterministic split by group (all pairs of one ranking stay on one side): about `fraction`
 // of the groups go to heldout. Order within each side follows the input.

@@ -16,8 +16,8 @@ void validate_config(const proto::RewardTrainConfig& c, const ConfigErrors& e) {
   };
   if (c.schema_version() != 1)
     e.fail("schema_version", "expected 1", std::to_string(c.schema_version()));
-  if (c.format() != "pairs" && c.format() != "hh")
-    e.fail("format", "expected \"pairs\" or \"hh\"", config_quoted(c.format()));
+  if (c.format() != "pairs" && c.format() != "hh" && c.format() != "messages")
+    e.fail("format", "expected \"pairs\", \"hh\" or \"messages\"", config_quoted(c.format()));
   if (!(c.heldout_fraction() >= 0 && c.heldout_fraction() < 1))
     e.fail("heldout_fraction", "expected a value in [0, 1)", num(c.heldout_fraction()));
   at_least("max_pairs", c.max_pairs(), 0, " (0 = all)");

@@ -22,6 +22,7 @@
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
 #include "policy/training/training.h"
+#include "reward/chat_renderer.h"
 #include "reward/comparisons.h"
 #include "reward/reward_model.h"
 #include "reward/train_config.h"
@@ -132,11 +133,13 @@ const std::vector<std::string> kRewardRunOnlyFields = {"out_dir", "threads", "de
 
 void load_comparisons(RewardRun& r) {
   const auto& c = r.cfg;
-  auto all = read_comparisons(c.train_file(), c.format());
+  const ChatRenderer render =
+      c.format() == "messages" ? chat_renderer_beside(r.init.tokenizer, "reward config") : nullptr;
+  auto all = read_comparisons(c.train_file(), c.format(), render);
   if (all.empty()) throw Error(c.train_file() + ": no comparisons (empty, or only ties)");
   if (!c.eval_file().empty()) {
     r.train = std::move(all);
-    r.heldout = read_comparisons(c.eval_file(), c.format());
+    r.heldout = read_comparisons(c.eval_file(), c.format(), render);
   } else {
     split_heldout(all, c.heldout_fraction(), c.split_seed(), &r.train, &r.heldout);
   }
@@ -205,10 +208,14 @@ void prepare(RewardRun& r, const proto::RewardTrainConfig& config) {
         "batch_pairs",
         "expected at least one pair per rank (" + std::to_string(r.comm->size()) + " ranks)",
         std::to_string(c.batch_pairs()));
-  load_comparisons(r);
   r.enc_opts.max_prompt_tokens = c.max_prompt_tokens();
   r.enc_opts.max_answer_tokens = c.max_answer_tokens();
+  // Format "messages" needs the tokenizer's folder (its chat template), so its data are read
+  // after the model; the other formats are read first, to fail before a model loads.
+  const bool needs_template = c.format() == "messages";
+  if (!needs_template) load_comparisons(r);
   init_reward_model(r);
+  if (needs_template) load_comparisons(r);
 
   // With LoRA: the scalar head, then the adapters (the backbone is frozen).
   r.opt = std::make_unique<policy::training::Optimizer>(

@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "pipelines/stage_record.h"
 #include "policy/runtime/distributed.h"
+#include "reward/chat_renderer.h"
 #include "reward/comparisons.h"
 #include "reward/scorer.h"
 #include "reward/train_config.h"
@@ -24,7 +25,7 @@ const rlhf::cli::ConfigFlags kRewardTrainOverrides{
         {"train-file", "train_file", "comparisons file"},
         {"eval-file", "eval_file", "held-out comparisons file"},
         {"annotation-db", "annotation_db", "annotation SQLite DB to export pairs from"},
-        {"format", "format", "pairs | hh"},
+        {"format", "format", "pairs | hh | messages"},
         {"init-from", "init_from", "SFT checkpoint folder, native or Hugging Face"},
         {"tokenizer", "tokenizer", ".model, tokenizer.json or a folder holding one"},
         {"device", "device", "cpu | cuda | cuda:N"},
@@ -62,7 +63,8 @@ int run_eval(const Args& a) {
   opts.batch_size = static_cast<int>(a.get_int("batch-size"));
   if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads")));
   rlhf::reward::RewardScorer scorer(a.get("model"), opts);
-  auto cs = rlhf::reward::read_comparisons(a.get("pairs"), a.get("format"));
+  auto cs = rlhf::reward::read_comparisons_for(a.get("pairs"), a.get("format"), scorer.tokenizer(),
+                                               "reward eval: " + a.get("model"));
   if (cs.empty()) throw rlhf::Error(a.get("pairs") + ": no comparisons");
   auto m = scorer.evaluate(cs);
   if (a.get_bool("json")) {
@@ -114,10 +116,10 @@ rlhf::cli::Register reg_train(
 rlhf::cli::Register reg_eval(
     {"reward eval",
      "pairwise accuracy, loss, mean margin and calibration (ECE) of a reward model",
-     "--model DIR --pairs FILE [--format pairs|hh] [--json]",
+     "--model DIR --pairs FILE [--format pairs|hh|messages] [--json]",
      {{"model", "reward model folder (or a `reward train --out` folder)", "", false, true},
       {"pairs", "comparisons file (.jsonl or .jsonl.gz)", "", false, true},
-      {"format", "pairs | hh", "pairs"},
+      {"format", "pairs | hh | messages (the model's chat template renders them)", "pairs"},
       {"json", "print one JSON line {accuracy, n, loss, mean_margin, ece}", "", true},
       {"device", "cpu | cuda[:N]", "cpu"},
       {"batch-size", "sequences per forward pass", "32"},

@@ -170,8 +170,10 @@ std::pair<torch::Tensor, torch::Tensor> sample_plain(const torch::Tensor& logits
 // batch-32 step and ~10% of a batch-1 one); elsewhere tensor ops on the device, stacked at the end.
 class Responses {
  public:
-  Responses(int64_t B, int64_t N, int64_t pad, int64_t eos, const torch::Device& device)
-      : B_(B), N_(N), pad_(pad), eos_(eos), cpu_(device.is_cpu()) {
+  // stops: the ids that end a row (EOS and the stop ids; empty = never stop).
+  Responses(int64_t B, int64_t N, int64_t pad, std::vector<int64_t> stops,
+            const torch::Device& device)
+      : B_(B), N_(N), pad_(pad), stops_(std::move(stops)), cpu_(device.is_cpu()) {
     if (cpu_) {
       ids_ = torch::empty({B, N}, torch::kLong);
       logprobs_ = torch::empty({B, N}, torch::kFloat);
@@ -193,8 +195,8 @@ class Responses {
       tokens_.push_back(next);
       logprob_steps_.push_back(lp.masked_fill(finished_t_, 0.0));
       masks_.push_back(alive.to(torch::kLong));
-      if (eos_ >= 0) {
-        finished_t_ = finished_t_.logical_or(next == eos_);
+      if (!stops_.empty()) {
+        for (int64_t s : stops_) finished_t_ = finished_t_.logical_or(next == s);
         *all_done = finished_t_.all().item<bool>();
       }
       ++steps_;
@@ -215,10 +217,10 @@ class Responses {
       ids[at] = n[b];
       lps[at] = alive ? l[b] : 0.0f;
       mask[at] = alive;
-      if (alive && eos_ >= 0 && n[b] == eos_) finished_[b] = 1;
+      if (alive && is_stop(n[b])) finished_[b] = 1;
       all = all && finished_[b];
     }
-    *all_done = eos_ >= 0 && all;
+    *all_done = !stops_.empty() && all;
     ++steps_;
     return next;
   }
@@ -250,7 +252,14 @@ class Responses {
   }
 
  private:
-  int64_t B_, N_, pad_, eos_;
+  bool is_stop(int64_t id) const {
+    for (int64_t s : stops_)
+      if (id == s) return true;
+    return false;
+  }
+
+  int64_t B_, N_, pad_;
+  std::vector<int64_t> stops_;
   bool cpu_;
   int64_t steps_ = 0;
   torch::Tensor ids_, logprobs_, mask_;                        // CPU: [B, N]
@@ -336,7 +345,11 @@ GenerationOutput generate(Transformer& model, const std::vector<std::vector<int6
   auto [prompt_ids, prompt_mask] = left_padded(prompts, P, pad);
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-  Responses responses(B, N, pad, eos, device);
+  std::vector<int64_t> stops;
+  if (eos >= 0) stops.push_back(eos);
+  for (int64_t s : options.stop_ids)
+    if (s >= 0) stops.push_back(s);
+  Responses responses(B, N, pad, std::move(stops), device);
   {
     torch::InferenceMode inference;
     AutocastScope autocast(device, options.precision);

@@ -23,7 +23,10 @@ struct SamplingOptions {
   float top_p = 1.0f;        // 1 = off (nucleus sampling)
   uint64_t seed = 0;         // the same seed and prompts give the same samples on CPU
   int eos_id = -2;           // -2 = model config's eos_id; -1 = never stop at EOS
-  bool use_cache = true;     // false recomputes the whole prefix every step (for tests/bench)
+  // More ids that end a sequence as EOS does (kept in the response, like EOS), e.g. a chat
+  // template's end-of-turn token (policy/tokenizer/chat_stop.h). Empty = none.
+  std::vector<int64_t> stop_ids;
+  bool use_cache = true;  // false recomputes the whole prefix every step (for tests/bench)
   // Data parallelism: these prompts are rows [row_offset, row_offset + B) of a global batch of
   // total_rows (0 = B). Each step draws the whole batch's random numbers and uses its own rows, so
   // a row's sample does not depend on how the batch is split across ranks.
@@ -37,7 +40,8 @@ struct SamplingOptions {
 struct GenerationOutput {
   // Prompts left-padded to P = longest prompt: [B, P] ids and mask (1 = real).
   torch::Tensor prompt_ids, prompt_mask;
-  // Generated tokens [B, N] (N <= max_new_tokens). After a sequence's EOS the rest is pad_id.
+  // Generated tokens [B, N] (N <= max_new_tokens). After a sequence's EOS (or stop id) the rest
+  // is pad_id.
   torch::Tensor response_ids;
   // [B, N] log p of each generated token under the sampling distribution (logits / temperature;
   // temperature 0 uses 1), before top-k/top-p filtering; 0 at masked positions.

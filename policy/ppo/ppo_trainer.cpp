@@ -210,6 +210,7 @@ struct PpoTrainer::Impl {
   TeacherFn teacher;
   DecodeFn decode;
   ExtraStatsFn extra_stats;
+  std::vector<int64_t> stop_ids;              // set_stop_ids
   std::vector<std::vector<int64_t>> prompts;  // in the fixed shuffled order
   std::string out_dir;
   std::string fingerprint;
@@ -378,6 +379,7 @@ Rollout PpoTrainer::Impl::sample(int64_t it) {
   so.temperature = cfg.temperature();
   so.top_k = cfg.top_k();
   so.top_p = cfg.top_p();
+  so.stop_ids = stop_ids;
   so.seed = r.seed = mix_seed(cfg.seed(), (uint64_t)it, 0x9e4);
   so.row_offset = r.row0;
   so.total_rows = r.B_global;
@@ -395,7 +397,9 @@ Rollout PpoTrainer::Impl::sample(int64_t it) {
   const int64_t eos_id = m.policy->config().eos_id;
   for (const auto& resp : r.gen.responses) {
     r.lengths.push_back((int64_t)resp.size());
-    r.has_eos.push_back(!resp.empty() && resp.back() == eos_id);
+    r.has_eos.push_back(!resp.empty() &&
+                        (resp.back() == eos_id || std::find(stop_ids.begin(), stop_ids.end(),
+                                                            resp.back()) != stop_ids.end()));
   }
   if (comm->max(r.N == 0 ? 1.0 : 0.0) > 0)
     throw Error(at(it) + ": generation produced no tokens on a rank");
@@ -925,6 +929,8 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
 PpoTrainer::~PpoTrainer() = default;
 
 void PpoTrainer::set_extra_stats(ExtraStatsFn fn) { impl_->extra_stats = std::move(fn); }
+
+void PpoTrainer::set_stop_ids(std::vector<int64_t> ids) { impl_->stop_ids = std::move(ids); }
 
 double PpoTrainer::kl_coef() const { return impl_->kl_ctl->value(); }
 std::string PpoTrainer::checkpoint_dir() const { return impl_->last_checkpoint; }

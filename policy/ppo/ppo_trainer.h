@@ -118,6 +118,10 @@ class PpoTrainer {
   const std::vector<std::map<std::string, double>>& history() const { return history_; }
 
   void set_extra_stats(ExtraStatsFn fn);
+  // Ids that end a response besides the policy's eos_id (SamplingOptions::stop_ids), e.g. the
+  // chat template's end-of-turn token for conversation prompts; a response ending in one counts
+  // as ended with EOS (no missing_eos_penalty). Call before run() / step().
+  void set_stop_ids(std::vector<int64_t> ids);
 
   // `rlhf replay --update`: re-runs the PPO update of the iteration whose rollouts are in
   // `rollout_file`, starting from <run_dir>/checkpoints/iter-(k-1) (weights, optimizer states and

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <set>
 
 #include "annotation/sqlite_store.h"
 #include "common/error.h"
@@ -16,8 +17,10 @@
 #include "policy/ppo/ppo_config.h"
 #include "policy/ppo/ppo_replay.h"
 #include "policy/ppo/rollout_file.h"
+#include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "reward/reward_model.h"
+#include "tests/fixtures/chat_data.h"
 #include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
@@ -156,6 +159,77 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
     std::string msg = e.what();
     EXPECT_NE(msg.find("bad.pbtxt"), std::string::npos) << msg;
     EXPECT_NE(msg.find("batch_sise"), std::string::npos) << msg;
+  }
+}
+
+// Conversation prompts through the stage: the rollouts' prompts are the chat template's
+// renderings, and generation_config.json's eos_token_id list stops generation. Here it lists
+// every byte token, so each response is one token long and counts as ended with EOS (the policy's
+// own eos is <|im_end|>): no missing-EOS penalty enters the score.
+TEST(PpoStage, MessagesPromptsRenderWithTheTemplateAndStopAtItsIds) {
+  TempDir dir("ppo_stage_msg");
+  const std::string tok_path = rlhf::testing::write_chatml_tokenizer(dir / "tok");
+  nlohmann::json stops = nlohmann::json::array();
+  for (int id = 0; id < 256; ++id) stops.push_back(id);
+  write_file_atomic(dir / "tok/generation_config.json",
+                    nlohmann::json{{"eos_token_id", stops}}.dump());
+  auto tok = policy::Tokenizer::load(tok_path);
+  ASSERT_EQ(tok.eos_id(), rlhf::testing::kImEndId);
+  torch::manual_seed(5);
+  policy::Transformer pol(tiny(tok.vocab_size(), tok));
+  policy::init_weights(pol);
+  policy::CheckpointInfo info;
+  info.tokenizer_sha256 = tok.sha256();
+  policy::save_checkpoint(pol, dir / "sft", info);
+  policy::Transformer rm(tiny(tok.vocab_size(), tok));
+  policy::init_weights(rm);
+  rm->add_value_head();
+  proto::RewardModelMeta meta;
+  meta.set_schema_version(1);
+  meta.set_max_prompt_tokens(64);
+  meta.set_max_answer_tokens(16);
+  reward::save_reward_model(rm, tok_path, meta, dir / "reward", 1);
+  {
+    std::ofstream p(dir / "prompts.jsonl");
+    for (int i = 0; i < 4; ++i)
+      p << R"({"messages": [{"role": "user", "content": "hi )" << i << R"("}]})"
+        << "\n";
+    std::ofstream c(dir / "ppo.pbtxt");
+    c << "policy: \"" << dir / "sft"
+      << "\"\nreward_model: \"" << dir / "reward"
+      << "\"\nprompts: \"" << dir / "prompts.jsonl"
+      << "\"\ntokenizer: \"" << dir / "tok"
+      << "\"\niterations: 1 batch_size: 4 minibatch_size: 2 ppo_epochs: 1\n"
+      << "max_new_tokens: 8 optimizer { lr: 1e-3 } critic_lr: 1e-3\n"
+      << "missing_eos_penalty: 0.5\n";
+  }
+  pipelines::PpoStageOptions o;
+  o.config_path = dir / "ppo.pbtxt";
+  o.out_dir = dir / "ppo";
+  pipelines::run_ppo_stage(o);
+  // The prompts' ids: the renderings' ids, no BOS added.
+  const auto chat = policy::ChatTemplate::load(dir / "tok/tokenizer_config.json");
+  std::set<std::vector<int64_t>> rendered;
+  for (int i = 0; i < 4; ++i) {
+    const nlohmann::ordered_json conv = {
+        {{"role", "user"}, {"content", "hi " + std::to_string(i)}}};
+    std::vector<int64_t> ids;
+    for (int id : tok.encode(chat.render(conv, true))) ids.push_back(id);
+    rendered.insert(ids);
+  }
+  auto recs = policy::read_rollouts(dir / "ppo/rollouts/iter-0001.pb");
+  ASSERT_EQ(recs.size(), 4u);
+  for (const auto& r : recs) {
+    const std::vector<int64_t> prompt(r.prompt_ids().begin(), r.prompt_ids().end());
+    EXPECT_TRUE(rendered.count(prompt)) << r.prompt_text();
+    // The rollout's text: every id decoded (<|im_end|>, the tokenizer's EOS, is skipped).
+    EXPECT_EQ(r.prompt_text().rfind("<|im_start|>user\nhi ", 0), 0u) << r.prompt_text();
+    EXPECT_NE(r.prompt_text().find("\n<|im_start|>assistant\n"), std::string::npos)
+        << r.prompt_text();
+    ASSERT_EQ(r.response_ids_size(), 1);
+    EXPECT_LT(r.response_ids(0), 256);
+    EXPECT_TRUE(r.ended_with_eos());
+    EXPECT_FLOAT_EQ(r.score(), r.raw_score());
   }
 }
 

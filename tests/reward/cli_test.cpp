@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "policy/tokenizer/tokenizer.h"
+#include "tests/fixtures/chat_data.h"
 #include "tests/fixtures/preference_data.h"
 #include "tests/test_support.h"
 
@@ -101,6 +102,58 @@ TEST(RewardCli, TrainEvalScore) {
       &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("broken.jsonl:2:"), std::string::npos) << out;
+}
+
+// Conversations (format "messages") through the executable: train, eval with the model folder's
+// copy of the chat template, and a bad line that stops the run naming FILE:LINE.
+TEST(RewardCli, MessagesTrainEvalAndBadLine) {
+  rlhf::testing::TempDir dir("rwclimsg");
+  rlhf::testing::write_chatml_tokenizer(dir / "tok");
+  rlhf::testing::write_messages_pairs(dir / "train.jsonl", 160, 1);
+  rlhf::testing::write_messages_pairs(dir / "test.jsonl", 40, 2);
+  {
+    std::ofstream cfg(dir / "reward.pbtxt");
+    cfg << "train_file: \"" << dir / "train.jsonl"
+        << "\"\nformat: \"messages\"\n"
+        << "tokenizer: \"" << dir / "tok"
+        << "\"\n"
+        << "model { dim: 32 n_layers: 1 n_heads: 4 }\n"
+        << "max_prompt_tokens: 16 max_answer_tokens: 48\n"
+        << "steps: 40 batch_pairs: 16 optimizer { lr: 3e-3 } eval_every: 20 threads: 1\n";
+  }
+  std::string out;
+  int rc = run_command(
+      rlhf_binary() + " reward train --config " + dir / "reward.pbtxt" + " --out " + dir / "rm",
+      &out);
+  ASSERT_EQ(rc, 0) << out;
+  rc = run_command(rlhf_binary() + " reward eval --model " + dir / "rm" + " --pairs " +
+                       dir / "test.jsonl" + " --format messages --json",
+                   &out, /*merge_stderr=*/false);
+  ASSERT_EQ(rc, 0) << out;
+  auto j = nlohmann::json::parse(last_line(out));
+  EXPECT_EQ(j["n"].get<int>(), 40);
+  EXPECT_GT(j["accuracy"].get<double>(), 0.8) << out;
+
+  {
+    std::ofstream p(dir / "bad.jsonl");
+    p << R"({"chosen":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],)"
+      << R"("rejected":[{"role":"user","content":"q"},{"role":"assistant","content":"b"}]})"
+      << "\n"
+      << R"({"chosen":[{"role":"narrator","content":"q"}],"rejected":[]})"
+      << "\n";
+  }
+  rc = run_command(rlhf_binary() + " reward eval --model " + dir / "rm" + " --pairs " +
+                       dir / "bad.jsonl" + " --format messages",
+                   &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("bad.jsonl:2: field \"chosen\"[0]: unknown role \"narrator\""),
+            std::string::npos)
+      << out;
+  rc = run_command(rlhf_binary() + " reward train --config " + dir / "reward.pbtxt" + " --out " +
+                       dir / "rm2" + " --train-file " + dir / "bad.jsonl",
+                   &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("bad.jsonl:2:"), std::string::npos) << out;
 }
 
 }  // namespace
