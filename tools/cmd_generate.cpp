@@ -48,19 +48,23 @@ int run(const Args& args) {
   auto& model = loaded.model;
   model->to(device);
 
+  // The tokenizer: --tokenizer, or for a --prompt TEXT without it, the one in the model folder.
+  std::string tokenizer_path = args.has("tokenizer") ? args.get("tokenizer") : "";
+  if (tokenizer_path.empty() && !args.has("prompt-ids"))
+    tokenizer_path = rlhf::policy::Tokenizer::file_in_folder(args.get("model"));
   std::optional<rlhf::policy::Tokenizer> tokenizer;
-  if (args.has("tokenizer")) {
-    tokenizer = rlhf::policy::Tokenizer::load(args.get("tokenizer"));
+  if (!tokenizer_path.empty()) {
+    tokenizer = rlhf::policy::Tokenizer::load(tokenizer_path);
     if (tokenizer->vocab_size() > model->config().vocab_size)
       throw rlhf::Error(
-          "tokenizer " + args.get("tokenizer") + " has " + std::to_string(tokenizer->vocab_size()) +
+          "tokenizer " + tokenizer_path + " has " + std::to_string(tokenizer->vocab_size()) +
           " pieces but the model's vocab_size is " + std::to_string(model->config().vocab_size));
     if (!loaded.info.tokenizer_sha256.empty() &&
         loaded.info.tokenizer_sha256 != tokenizer->sha256())
       std::fprintf(
           stderr,
           "warning: tokenizer %s (sha256 %s) is not the one the checkpoint was trained with (%s)\n",
-          args.get("tokenizer").c_str(), tokenizer->sha256().c_str(),
+          tokenizer_path.c_str(), tokenizer->sha256().c_str(),
           loaded.info.tokenizer_sha256.c_str());
   }
 
@@ -69,7 +73,9 @@ int run(const Args& args) {
     prompt = parse_ids(args.get("prompt-ids"));
   } else {
     if (!tokenizer)
-      throw rlhf::UsageError("--prompt TEXT needs --tokenizer PATH (or use --prompt-ids)");
+      throw rlhf::UsageError("--prompt TEXT needs a tokenizer: " + args.get("model") +
+                             " holds no tokenizer.model or tokenizer.json; pass --tokenizer PATH "
+                             "(or use --prompt-ids)");
     int bos = tokenizer->bos_id() >= 0 ? tokenizer->bos_id() : model->config().bos_id;
     if (bos >= 0) prompt.push_back(bos);
     for (int id : tokenizer->encode(args.get("prompt"))) prompt.push_back(id);
@@ -112,7 +118,9 @@ rlhf::cli::Register reg({
     {
         {"model", "checkpoint folder (config.json + model.safetensors [+ checkpoint.pb])", "",
          false, true},
-        {"tokenizer", ".model, tokenizer.json or a folder holding one (for --prompt, text output)",
+        {"tokenizer",
+         ".model, tokenizer.json or a folder holding one (for --prompt, text output; default with "
+         "--prompt: the one in the --model folder)",
          ""},
         {"prompt", "prompt text (encoded with --tokenizer, BOS prepended)", ""},
         {"prompt-ids", "prompt as space-separated token ids (used as given)", ""},

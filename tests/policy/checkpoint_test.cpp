@@ -258,6 +258,11 @@ TEST_F(BadCheckpointTest, CliExitCodes) {
       &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("checkpoint folder not found"), std::string::npos) << out;
+  // --prompt TEXT needs a tokenizer: this folder has none and no --tokenizer is given.
+  rc = rlhf::testing::run_command(
+      bin + " generate --model " + ck_ + " --prompt hi --max-new-tokens 3", &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("holds no tokenizer.model or tokenizer.json"), std::string::npos) << out;
 
   rc = rlhf::testing::run_command(bin + " generate --model " + ck_ +
                                       " --prompt-ids \"1 2\" --max-new-tokens 3 --ids --ignore-eos",

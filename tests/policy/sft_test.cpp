@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -12,6 +13,7 @@
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/lora.h"
+#include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
 #include "policy/training/optimizer_config.h"
 #include "policy/training/sft_trainer.h"
@@ -497,6 +499,19 @@ TEST_F(SftTest, CommandLine) {
       << out;
   const auto m = require_complete_manifest(tmp / "run", "sft");
   EXPECT_EQ(m.metrics().at("steps"), 4);
+  // generate --prompt TEXT without --tokenizer: the tokenizer the model folder carries; with --ids
+  // the prompt's ids (BOS + the text's) come back first, then the 3 new ones.
+  ASSERT_EQ(rlhf::testing::run_command(rlhf + " generate --model " + (tmp / "run/model") +
+                                           " --prompt hello --max-new-tokens 3 --ignore-eos --ids",
+                                       &out, /*merge_stderr=*/false),
+            0)
+      << out;
+  const auto tok = Tokenizer::load(tmp / "run/model");
+  std::istringstream ids(out);
+  int64_t id = 0, n = 0;
+  while (ids >> id) ++n;
+  EXPECT_GE(n, 3) << out;
+  EXPECT_LE(n, 3 + 1 + static_cast<int64_t>(tok.encode("hello").size())) << out;
   // A bad field: non-zero exit, the message names the file and line.
   write_file_atomic(tmp / "bad.pbtxt", "steps: 4\nwarmup: 3\n");
   EXPECT_NE(rlhf::testing::run_command(rlhf + " sft --config " + (tmp / "bad.pbtxt"), &out), 0);
