@@ -7,6 +7,7 @@
 
 #include "annotation/sqlite_store.h"
 #include "common/error.h"
+#include "common/messages.h"
 #include "policy/tokenizer/chat_stop.h"
 #include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/prompt_format.h"
@@ -90,7 +91,7 @@ void read_prompt_line(const std::string& line, const std::string& where,
     out->texts.push_back(j["prompt"].get<std::string>());
   } else if (j.contains("messages")) {
     const auto& m = j["messages"];
-    reward::check_messages(m, where + ": field \"messages\"");
+    check_messages(m, where + ": field \"messages\"");
     if (m.back()["role"] != "user")
       throw Error(where + ": field \"messages\" must end with a user turn (the prompt), got " +
                   m.back()["role"].get<std::string>());

@@ -10,7 +10,7 @@
 //                             transformers' apply_chat_template(tokenize=True) does). A set with
 //                             messages lines also stops generation at the folder's end-of-turn
 //                             ids (policy/tokenizer/chat_stop.h).
-// Messages are checked as reward/comparisons.h check_messages says.
+// Messages are checked as common/messages.h check_messages says.
 //
 // Errors: rlhf::Error "<path>:<line>: ..." naming the field and what was expected (not an object,
 // no known field, ids that are not integers, a bad message list, a conversation that does not end

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "common/messages.h"  // check_messages: the conversation format
+
 namespace rlhf::reward {
 
 // One comparison: `chosen` was preferred over `rejected` as answers to `prompt`.
@@ -70,12 +72,6 @@ bool split_hh_dialogues(const std::string& chosen_dialogue, const std::string& r
 // May throw rlhf::Error (read_messages_jsonl adds the file and line).
 using ChatRenderer =
     std::function<std::string(const nlohmann::ordered_json& messages, bool add_generation_prompt)>;
-
-// Checks a conversation: a non-empty JSON array of objects with "role" one of "system" / "user" /
-// "assistant" / "tool" and string "content" (other keys are allowed). Throws rlhf::Error
-// "<what> ..." (what: e.g. "f.jsonl:3: field \"messages\"") naming the message index and what
-// was expected.
-void check_messages(const nlohmann::ordered_json& messages, const std::string& what);
 
 // Reads conversation pairs JSONL, one of two shapes per line:
 //   {"prompt": [messages], "chosen": [messages], "rejected": [messages]}: chosen / rejected are the

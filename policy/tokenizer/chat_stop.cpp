@@ -32,6 +32,23 @@ void add_id(const nlohmann::json& v, const Tokenizer& tok, const std::string& wh
 
 }  // namespace
 
+int template_end_of_turn(const ChatTemplate& chat_template, const Tokenizer& tok) {
+  static const std::string kProbe = "rlhf end-of-turn probe reply";
+  const nlohmann::ordered_json probe = {{{"role", "user"}, {"content", "Hello."}},
+                                        {{"role", "assistant"}, {"content", kProbe}}};
+  std::string text;
+  try {
+    text = chat_template.render(probe, /*add_generation_prompt=*/false);
+  } catch (const Error&) {
+    return -1;  // e.g. a template that raises on a conversation without a system turn
+  }
+  const size_t at = text.rfind(kProbe);
+  if (at == std::string::npos) return -1;
+  for (int id : tok.encode(text.substr(at + kProbe.size()), /*add_special_tokens=*/false))
+    if (tok.is_special(id)) return id;
+  return -1;
+}
+
 std::vector<int> chat_stop_ids(const std::string& dir, const Tokenizer& tok) {
   std::vector<int> ids;
   const std::string config_path = dir + "/tokenizer_config.json";
@@ -55,6 +72,10 @@ std::vector<int> chat_stop_ids(const std::string& dir, const Tokenizer& tok) {
       for (const auto& e : v) add_id(e, tok, where, &ids);
     else
       add_id(v, tok, where, &ids);
+  }
+  if (config.is_object() && config.contains("chat_template")) {
+    const int id = template_end_of_turn(ChatTemplate::load(config_path), tok);
+    if (id >= 0) ids.push_back(id);
   }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());

@@ -336,6 +336,11 @@ int Tokenizer::bos_id() const { return hf_ ? hf_->bos : shim().bos_id(get(handle
 int Tokenizer::eos_id() const { return hf_ ? hf_->eos : shim().eos_id(get(handle_)); }
 int Tokenizer::pad_id() const { return hf_ ? hf_->pad : shim().pad_id(get(handle_)); }
 int Tokenizer::unk_id() const { return hf_ ? hf_->unk : shim().unk_id(get(handle_)); }
+bool Tokenizer::is_special(int id) const {
+  if (id < 0 || id >= vocab_size()) return false;
+  if (hf_) return hf_->tok.is_special(id);
+  return id == bos_id() || id == eos_id() || id == pad_id();
+}
 float Tokenizer::score(int id) const { return hf_ ? 0.0f : shim().score(get(handle_), id); }
 
 Tokenizer::Format Tokenizer::format() const {

@@ -80,6 +80,9 @@ class Tokenizer {
   int eos_id() const;
   int pad_id() const;  // -1 when the model has none (e.g. Llama 2)
   int unk_id() const;
+  // Whether `id` is a special token: for a tokenizer.json an added token marked special, for a
+  // SentencePiece model its BOS, EOS or pad id. False for an id outside [0, vocab_size()).
+  bool is_special(int id) const;
 
   Format format() const;
   const std::string& path() const { return path_; }      // the tokenizer file (folder resolved)

