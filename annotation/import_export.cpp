@@ -13,6 +13,7 @@
 #include "annotation/frame.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "common/messages.h"
 #include "reward/comparisons.h"
 
 namespace rlhf::annotation {
@@ -22,7 +23,7 @@ using nlohmann::json;
 namespace {
 
 // Calls fn(line_number, parsed_object) for each non-blank line of `data` (read from `path`).
-template <typename Fn>
+template <typename Json = json, typename Fn>
 void for_each_json_line(const std::string& path, const std::string& data, Fn fn) {
   std::istringstream in(data);
   std::string line;
@@ -30,9 +31,9 @@ void for_each_json_line(const std::string& path, const std::string& data, Fn fn)
   while (std::getline(in, line)) {
     ++lineno;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json j;
+    Json j;
     try {
-      j = json::parse(line);
+      j = Json::parse(line);
     } catch (const std::exception& e) {
       throw Error(path + ":" + std::to_string(lineno) + ": not valid JSON: " + e.what());
     }
@@ -46,11 +47,41 @@ void for_each_json_line(const std::string& path, const std::string& data, Fn fn)
   }
 }
 
-std::string string_field(const json& j, const char* name) {
+template <typename Json>
+std::string string_field(const Json& j, const char* name) {
   auto it = j.find(name);
   if (it == j.end()) throw Error(std::string("missing field \"") + name + "\"");
   if (!it->is_string()) throw Error(std::string("field \"") + name + "\" must be a string");
-  return it->get<std::string>();
+  return it->template get<std::string>();
+}
+
+// A conversation prompt: the messages so far, ending with a user turn (the answers are the
+// assistant's replies to it); annotators see its text without template markup.
+void conversation_prompt(const nlohmann::ordered_json& m, TaskInput* t, std::string* json_text) {
+  check_messages(m, "field \"messages\"");
+  if (m.back()["role"] != "user")
+    throw Error("field \"messages\" must end with a user turn (the answers reply to it), got " +
+                m.back()["role"].get<std::string>());
+  t->prompt = conversation_text(m);
+  *json_text = m.dump();
+}
+
+// One exported comparison as conversations (format "messages"): the prompt's messages (a plain
+// text prompt becomes one user turn) and each answer as one assistant turn; keys in the order
+// they were written.
+std::string messages_pair_line(const TaskView& t, const reward::Comparison& c,
+                               const RankingRecord& r) {
+  using ojson = nlohmann::ordered_json;
+  const ojson prompt = t.messages_json.empty()
+                           ? ojson::array({{{"role", "user"}, {"content", t.prompt}}})
+                           : ojson::parse(t.messages_json);
+  auto turn = [](const std::string& text) {
+    return ojson::array({{{"role", "assistant"}, {"content", text}}});
+  };
+  const ojson j = {
+      {"schema_version", kExportSchemaVersion}, {"prompt", prompt},     {"chosen", turn(c.chosen)},
+      {"rejected", turn(c.rejected)},           {"task_id", r.task_id}, {"annotator", r.annotator}};
+  return j.dump(-1, ' ', false, ojson::error_handler_t::replace);
 }
 
 }  // namespace
@@ -106,10 +137,22 @@ int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap,
                         const ChunkOptions& chunk) {
   if (overlap < 1) throw Error("--overlap must be >= 1, got " + std::to_string(overlap));
   const std::string data = read_file_maybe_gzip(path);
-  std::vector<std::pair<TaskInput, int>> tasks;  // every line checked before anything is written
-  for_each_json_line(path, data, [&](int64_t, const json& j) {
+  struct Item {
+    TaskInput task;
+    int overlap;
+    std::string messages_json;
+  };
+  std::vector<Item> tasks;               // every line checked before anything is written
+  using ojson = nlohmann::ordered_json;  // a conversation keeps its keys' order
+  for_each_json_line<ojson>(path, data, [&](int64_t, const ojson& j) {
     TaskInput t;
-    t.prompt = string_field(j, "prompt");
+    std::string messages_json;
+    if (j.contains("messages")) {
+      if (j.contains("prompt")) throw Error("give \"prompt\" (text) or \"messages\", not both");
+      conversation_prompt(j["messages"], &t, &messages_json);
+    } else {
+      t.prompt = string_field(j, "prompt");
+    }
     auto a = j.find("answers");
     if (a == j.end() || !a->is_array()) throw Error("field \"answers\" must be a list of strings");
     for (const auto& x : *a) {
@@ -128,12 +171,12 @@ int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap,
       o = j["overlap"].get<int>();
       if (o < 1) throw Error("field \"overlap\" must be >= 1, got " + std::to_string(o));
     }
-    tasks.emplace_back(std::move(t), o);
+    tasks.push_back({std::move(t), o, std::move(messages_json)});
   });
   const int64_t n = static_cast<int64_t>(tasks.size());
-  const int64_t resumed_from =
-      write_in_chunks(store, import_key("add-tasks overlap=" + std::to_string(overlap), data), n,
-                      chunk, [&](int64_t i) { store.add_task(tasks[i].first, tasks[i].second); });
+  const int64_t resumed_from = write_in_chunks(
+      store, import_key("add-tasks overlap=" + std::to_string(overlap), data), n, chunk,
+      [&](int64_t i) { store.add_task(tasks[i].task, tasks[i].overlap, tasks[i].messages_json); });
   return n - resumed_from;
 }
 
@@ -191,8 +234,8 @@ ImportResult import_preferences(Store& store, const std::string& path, const std
 }
 
 int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out) {
-  if (format != "pairs" && format != "rankings")
-    throw Error("--format: expected pairs or rankings, got '" + format + "'");
+  if (format != "pairs" && format != "rankings" && format != "messages")
+    throw Error("--format: expected pairs, rankings or messages, got '" + format + "'");
   std::map<int64_t, TaskView> tasks;
   auto task = [&](int64_t id) -> const TaskView& {
     auto it = tasks.find(id);
@@ -205,17 +248,19 @@ int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out)
   for (const auto& r : store.all_rankings()) {
     const TaskView& t = task(r.task_id);
     if (format == "rankings") {
-      json j = {{"schema_version", kExportSchemaVersion},
-                {"task_id", r.task_id},
-                {"annotator", r.annotator},
-                {"prompt", t.prompt},
-                {"answers", t.answers},
-                {"groups", r.groups},
-                {"none_acceptable", r.none_acceptable},
-                {"skipped", r.skipped},
-                {"flag", r.flag},
-                {"seconds", r.seconds},
-                {"created_at", r.created_at}};
+      json j = {
+          {"schema_version", kExportSchemaVersion},
+          {"task_id", r.task_id},
+          {"annotator", r.annotator},
+          {"prompt", t.prompt},
+          {"answers", t.answers},
+          {"messages", t.messages_json.empty() ? json(nullptr) : json::parse(t.messages_json)},
+          {"groups", r.groups},
+          {"none_acceptable", r.none_acceptable},
+          {"skipped", r.skipped},
+          {"flag", r.flag},
+          {"seconds", r.seconds},
+          {"created_at", r.created_at}};
       out << j.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
       ++lines;
     } else {
@@ -226,6 +271,11 @@ int64_t export_jsonl(Store& store, const std::string& format, std::ostream& out)
         for (int index : group) ranking.tiers.back().push_back(t.answers.at(index));
       }
       for (const auto& c : reward::ranking_to_comparisons(ranking)) {
+        if (format == "messages") {
+          out << messages_pair_line(t, c, r) << '\n';
+          ++lines;
+          continue;
+        }
         json j = {{"schema_version", kExportSchemaVersion},
                   {"prompt", c.prompt},
                   {"chosen", c.chosen},

@@ -5,9 +5,15 @@
 //   pairs:    {"schema_version","prompt","chosen","rejected","task_id","annotator"}: every ordered
 //             pair across tie groups of every ranking (reward::ranking_to_comparisons; skips,
 //             flags and none-acceptable give none, nor do two answers with the same text).
-//   rankings: {"schema_version","task_id","annotator","prompt","answers","groups",
+//   rankings: {"schema_version","task_id","annotator","prompt","answers","messages","groups",
 //             "none_acceptable","skipped","flag","seconds","created_at"}: one line per judgement;
-//             groups are answer indices, best first, ties in one inner list.
+//             groups are answer indices, best first, ties in one inner list; "messages" is a
+//             conversation prompt's message list, null for a text prompt.
+//   messages: the pairs of `pairs` as conversations, the format of TRL / OpenRLHF preference
+//             data that the reward trainer reads with format "messages":
+//             {"schema_version","prompt": [messages],"chosen": [{"role": "assistant",
+//             "content"}],"rejected": [...],"task_id","annotator"}; a text prompt becomes one
+//             user turn.
 // Both are ordered by ranking id. The reward trainer reads `pairs`; keep the fields stable.
 //
 // Errors: every function throws rlhf::Error: bad input names the file and line (or the field),
@@ -52,9 +58,12 @@ struct ChunkOptions {
 };
 
 // Adds one task per line `{"prompt": "...", "answers": ["...", ...]}` (optional: "model",
-// "sampling" (object), "overlap" (overrides `overlap`)). Blank lines are skipped. Errors name the
-// file and line; a bad line adds nothing. Written in chunks (see ChunkOptions). Returns the tasks
-// added by this run (a resumed run: those after the resume point).
+// "sampling" (object), "overlap" (overrides `overlap`)), or a conversation prompt
+// `{"messages": [...], "answers": [...]}` (what `rlhf sample` writes for chat prompts): messages
+// checked by common/messages.h and ending with a user turn; annotators see
+// conversation_text(messages), the messages are stored beside it and come back in exports. Blank
+// lines are skipped. Errors name the file and line; a bad line adds nothing. Written in chunks (see
+// ChunkOptions). Returns the tasks added by this run (a resumed run: those after the resume point).
 int64_t add_tasks_jsonl(Store& store, const std::string& path, int overlap,
                         const ChunkOptions& chunk = {});
 

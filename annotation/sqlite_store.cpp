@@ -112,6 +112,10 @@ CREATE TABLE import_progress (
   updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
 )sql",
+    // v4: conversation prompts keep their messages (JSON list) beside the text annotators see.
+    R"sql(
+ALTER TABLE prompts ADD COLUMN messages TEXT NOT NULL DEFAULT '';
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 static_assert(kNumMigrations == Store::kSchemaVersion, "one migration per schema version");
@@ -331,11 +335,14 @@ std::vector<Annotator> Store::annotators() {
 
 // ---------------- tasks ----------------
 
-int64_t Store::add_task(const TaskInput& t, int overlap) {
+int64_t Store::add_task(const TaskInput& t, int overlap, const std::string& messages_json) {
   if (overlap < 1) throw Error("overlap must be >= 1, got " + std::to_string(overlap));
   if (t.answers.size() < 2 || t.answers.size() > 26)
     throw Error("a task needs 2..26 answers, got " + std::to_string(t.answers.size()));
-  stmt("INSERT OR IGNORE INTO prompts(text) VALUES(?)").bind(1, t.prompt).run();
+  stmt("INSERT OR IGNORE INTO prompts(text, messages) VALUES(?,?)")
+      .bind(1, t.prompt)
+      .bind(2, messages_json)
+      .run();
   auto& q = stmt("SELECT id FROM prompts WHERE text=?");
   q.bind(1, t.prompt);
   q.step();
@@ -367,8 +374,8 @@ int64_t Store::add_task(const TaskInput& t, int overlap) {
 
 std::optional<TaskView> Store::task(int64_t task_id) {
   auto& s = stmt(
-      "SELECT t.id, p.text, t.overlap, t.done_count FROM tasks t JOIN prompts p ON p.id = "
-      "t.prompt_id WHERE t.id=?");
+      "SELECT t.id, p.text, t.overlap, t.done_count, p.messages FROM tasks t JOIN prompts p ON "
+      "p.id = t.prompt_id WHERE t.id=?");
   s.bind(1, task_id);
   if (!s.step()) {
     s.reset();
@@ -379,6 +386,7 @@ std::optional<TaskView> Store::task(int64_t task_id) {
   v.prompt = s.text(1);
   v.overlap = static_cast<int>(s.int64(2));
   v.done_count = static_cast<int>(s.int64(3));
+  v.messages_json = s.text(4);
   s.reset();
   auto& a = stmt(
       "SELECT a.text FROM task_answers ta JOIN answers a ON a.id = ta.answer_id WHERE "
@@ -401,6 +409,14 @@ std::vector<std::string> Store::prompts() {
   auto& s = stmt("SELECT text FROM prompts ORDER BY id");
   std::vector<std::string> out;
   while (s.step()) out.push_back(s.text(0));
+  s.reset();
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> Store::prompts_with_messages() {
+  auto& s = stmt("SELECT text, messages FROM prompts ORDER BY id");
+  std::vector<std::pair<std::string, std::string>> out;
+  while (s.step()) out.emplace_back(s.text(0), s.text(1));
   s.reset();
   return out;
 }

@@ -47,7 +47,8 @@ struct Annotator {
 // One task as an annotator sees it.
 struct TaskView {
   int64_t id = 0;
-  std::string prompt;
+  std::string prompt;         // what annotators see (a conversation as common/messages.h writes it)
+  std::string messages_json;  // the conversation as a JSON list when the prompt is one, else
   std::vector<std::string> answers;
   int overlap = 0;     // rankings the task needs
   int done_count = 0;  // rankings counted toward overlap (skips and flags do not count)
@@ -55,7 +56,7 @@ struct TaskView {
 
 // A task to add: a prompt with its K answers and where they came from.
 struct TaskInput {
-  std::string prompt;
+  std::string prompt;  // the text annotators see
   std::vector<std::string> answers;
   std::string model;          // producing model ("" when unknown)
   std::string sampling_json;  // sampling settings as a JSON object text ("" when unknown)
@@ -87,7 +88,7 @@ struct RankingRecord {
 
 class Store {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens `path`, creating and/or migrating it. Throws rlhf::Error naming the file when it is
   // missing (and options.create is false), is not a database, or has a newer schema.
@@ -154,11 +155,15 @@ class Store {
   std::vector<Annotator> annotators();
 
   // --- tasks ---
-  int64_t add_task(const TaskInput& task, int overlap);
+  // messages_json: a conversation prompt's messages (a JSON list; "" for a text prompt), stored
+  // with the prompt when its text is new (TaskView::messages_json).
+  int64_t add_task(const TaskInput& task, int overlap, const std::string& messages_json = "");
   std::optional<TaskView> task(int64_t task_id);
   int64_t task_count();
   // Every distinct prompt text (table prompts), in id order (the order they were first added).
   std::vector<std::string> prompts();
+  // The same prompts with their conversation (TaskView::messages_json; "" for plain text).
+  std::vector<std::pair<std::string, std::string>> prompts_with_messages();
 
   // --- queue and leases (times are Unix seconds) ---
   // The task this annotator holds an unexpired lease on, if any (the lowest id).

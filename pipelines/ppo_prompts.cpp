@@ -22,20 +22,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-PromptSet database_prompts(const std::string& path, const std::optional<policy::Tokenizer>& tok) {
-  if (!tok) throw Error(path + ": prompts from an annotation database need PpoConfig.tokenizer");
-  annotation::StoreOptions so;
-  so.create = false;
-  annotation::Store store(path, so);
-  PromptSet out;
-  for (const auto& t : store.prompts()) {
-    out.ids.push_back(policy::encode_prompt(*tok, t));
-    out.texts.push_back(t);
-  }
-  if (out.ids.empty()) throw Error(path + ": the annotation database has no prompts");
-  return out;
-}
-
 // The chat template beside the tokenizer, loaded on the first messages line.
 class ChatSide {
  public:
@@ -70,6 +56,47 @@ class ChatSide {
   std::vector<int64_t> stop_ids_;
 };
 
+// A conversation prompt into `out`.
+void add_messages_prompt(const nlohmann::ordered_json& m, const std::string& where,
+                         const std::optional<policy::Tokenizer>& tok,
+                         std::unique_ptr<ChatSide>* chat, PromptSet* out) {
+  check_messages(m, where + ": field \"messages\"");
+  if (m.back()["role"] != "user")
+    throw Error(where + ": field \"messages\" must end with a user turn (the prompt), got " +
+                m.back()["role"].get<std::string>());
+  if (!tok) throw Error(where + ": messages prompts need PpoConfig.tokenizer");
+  if (!*chat) *chat = std::make_unique<ChatSide>(*tok);
+  std::string text;
+  out->ids.push_back((*chat)->encode(m, where, &text));
+  out->texts.push_back(text);
+  out->messages.push_back(m);
+}
+
+// The prompts of an annotation database: its texts, its conversation prompts as conversations.
+PromptSet database_prompts(const std::string& path, const std::optional<policy::Tokenizer>& tok) {
+  if (!tok) throw Error(path + ": prompts from an annotation database need PpoConfig.tokenizer");
+  annotation::StoreOptions so;
+  so.create = false;
+  annotation::Store store(path, so);
+  PromptSet out;
+  std::unique_ptr<ChatSide> chat;
+  int64_t n = 0;
+  for (const auto& [text, messages] : store.prompts_with_messages()) {
+    ++n;
+    if (!messages.empty()) {
+      const std::string where = path + ": prompt " + std::to_string(n);
+      add_messages_prompt(nlohmann::ordered_json::parse(messages), where, tok, &chat, &out);
+      continue;
+    }
+    out.ids.push_back(policy::encode_prompt(*tok, text));
+    out.texts.push_back(text);
+    out.messages.emplace_back();
+  }
+  if (out.ids.empty()) throw Error(path + ": the annotation database has no prompts");
+  if (chat) out.stop_ids = chat->stop_ids();
+  return out;
+}
+
 // One non-blank line of a JSON-lines prompt set into `out`.
 void read_prompt_line(const std::string& line, const std::string& where,
                       const std::optional<policy::Tokenizer>& tok, std::unique_ptr<ChatSide>* chat,
@@ -85,21 +112,14 @@ void read_prompt_line(const std::string& line, const std::string& where,
     }
     out->ids.push_back(ids);
     out->texts.push_back("");
+    out->messages.emplace_back();
   } else if (j.contains("prompt") && j["prompt"].is_string()) {
     if (!tok) throw Error(where + ": text prompts need PpoConfig.tokenizer (or give prompt_ids)");
     out->ids.push_back(policy::encode_prompt(*tok, j["prompt"].get<std::string>()));
     out->texts.push_back(j["prompt"].get<std::string>());
+    out->messages.emplace_back();
   } else if (j.contains("messages")) {
-    const auto& m = j["messages"];
-    check_messages(m, where + ": field \"messages\"");
-    if (m.back()["role"] != "user")
-      throw Error(where + ": field \"messages\" must end with a user turn (the prompt), got " +
-                  m.back()["role"].get<std::string>());
-    if (!tok) throw Error(where + ": messages prompts need PpoConfig.tokenizer");
-    if (!*chat) *chat = std::make_unique<ChatSide>(*tok);
-    std::string text;
-    out->ids.push_back((*chat)->encode(m, where, &text));
-    out->texts.push_back(text);
+    add_messages_prompt(j["messages"], where, tok, chat, out);
   } else {
     throw Error(where +
                 ": expected a field \"prompt\" (text), \"prompt_ids\" (list of ids) or "

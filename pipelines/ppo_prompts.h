@@ -1,5 +1,7 @@
-// The prompt set of the ppo stage (PpoConfig.prompts): a JSON-lines file, or an annotation
-// database (*.db, *.sqlite: its prompt texts, in id order). One prompt per non-blank line:
+// The prompt set of the ppo stage (PpoConfig.prompts) and of `rlhf sample`: a JSON-lines file,
+// or an annotation database (*.db, *.sqlite: its prompts in id order; a conversation prompt
+// (annotation add-tasks with "messages") as the messages line below). One prompt per non-blank
+// line:
 //   {"prompt": "text"}        encoded as policy::encode_prompt does (BOS first when the tokenizer
 //                             has one, then the text's ids);
 //   {"prompt_ids": [ids]}     used as given;
@@ -20,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,6 +34,7 @@ namespace rlhf::pipelines {
 struct PromptSet {
   std::vector<std::vector<int64_t>> ids;  // one per prompt, in file order
   std::vector<std::string> texts;         // the prompt text; for messages its rendering; "" for ids
+  std::vector<nlohmann::ordered_json> messages;  // a conversation prompt's messages, else null
   // Ids that end a response besides the model's eos_id: the chat stop ids when any line is a
   // conversation, else empty.
   std::vector<int64_t> stop_ids;

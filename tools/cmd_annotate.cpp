@@ -93,9 +93,9 @@ Register import_cmd({"annotate import",
 
 Register export_cmd({"annotate export",
                      "export judgements as JSON lines: pairs (for reward training) or rankings",
-                     "--db FILE --format pairs|rankings [--output FILE]",
+                     "--db FILE --format pairs|rankings|messages [--output FILE]",
                      {db_flag(),
-                      {"format", "pairs or rankings", "pairs"},
+                      {"format", "pairs, rankings or messages (pairs as conversations)", "pairs"},
                       {"output", "output file (written atomically); stdout when absent", ""}},
                      [](const Args& a) {
                        ann::Store store(a.get("db"), existing());

@@ -22,9 +22,10 @@ std::string pragma(const std::string& db, const std::string& sql) {
   return out;
 }
 
-// Removes what migration v3 added (a file as version 2 left it).
+// Removes what migrations v3 and v4 added (a file as version 2 left it).
 const char* const kDowngradeToVersion2 =
-    "DROP TRIGGER tasks_done_within_overlap_insert; DROP TRIGGER tasks_done_within_overlap_update;"
+    "ALTER TABLE prompts DROP COLUMN messages;"
+    " DROP TRIGGER tasks_done_within_overlap_insert; DROP TRIGGER tasks_done_within_overlap_update;"
     " DROP TABLE quarantined_tasks; DROP TABLE import_progress; PRAGMA user_version=2;";
 }  // namespace
 
@@ -253,7 +254,7 @@ TEST(Store, MigrationToVersion3RepairsTasksOverTheirOverlapAndAddsTheConstraint)
       log.find("1 task(s) (the first: task 1) had more counted judgements than their overlap"),
       std::string::npos)
       << log;
-  EXPECT_EQ(store.schema_version(), 3);
+  EXPECT_EQ(store.schema_version(), ann::Store::kSchemaVersion);
   EXPECT_EQ(store.task(1)->overlap, 3);  // raised to what was done: the task is complete
   EXPECT_EQ(store.task(2)->overlap, 3);  // untouched
   EXPECT_NE(sqlite3_exec(store.db(), "UPDATE tasks SET done_count = 4 WHERE id = 2", nullptr,

@@ -10,9 +10,14 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "annotation/import_export.h"
+#include "annotation/sqlite_store.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "pipelines/ppo_prompts.h"
+#include "pipelines/sample_tasks.h"
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
 #include "policy/tokenizer/chat_stop.h"
@@ -20,6 +25,7 @@
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/sft_config.h"
 #include "policy/training/sft_trainer.h"
+#include "reward/chat_renderer.h"
 #include "tests/fixtures/sft_data.h"
 #include "tests/test_support.h"
 
@@ -217,6 +223,105 @@ TEST(SftMessagesTest, TrainsOnConversationsAndTheModelCarriesTheTemplate) {
             read_file(tok + "/tokenizer_config.json"));
   EXPECT_EQ(ChatTemplate::load(dir / "run/model/tokenizer_config.json").source(), kChatMl);
   EXPECT_EQ(load_checkpoint(dir / "run/model").model->config().eos_id, kImEnd);
+}
+
+// A chat policy through sampling and annotation: `rlhf sample` generates after the rendered
+// conversation with its generation prompt and stops at <|im_end|>; the tasks carry the messages,
+// the answers only the reply text (no markup); annotators see the conversation as text; the
+// export gives conversation pairs the reward trainer reads, and PPO reads the database's prompts
+// back as conversations.
+TEST(SftMessagesTest, SampledConversationsReachAnnotatorsAsTextAndComeBackAsMessages) {
+  TempDir dir("sft_msg_sample");
+  const std::string tok_dir = write_chat_tokenizer(dir / "tok", kChatMl);
+  write_messages_jsonl(dir / "train.jsonl", 400);
+  rlhf::pipelines::run_sft_stage(
+      messages_config(dir / "train.jsonl", tok_dir, dir / "run", "steps: 80\neval_every: 80\n"));
+  const ojson conv = ojson::parse(R"([{"role": "system", "content": "add"},
+                                      {"role": "user", "content": "two+one"}])");
+  write_file_atomic(dir / "prompts.jsonl",
+                    ojson{{"messages", conv}}.dump() + "\n" + R"({"prompt": "plain text"})" + "\n");
+  rlhf::pipelines::SampleTasksOptions o;
+  o.model = dir / "run/model";
+  o.prompts = dir / "prompts.jsonl";
+  o.out = dir / "tasks.jsonl";
+  o.answers_per_prompt = 3;
+  o.sampling.max_new_tokens = 12;
+  o.sampling.seed = 3;
+  o.device = rlhf::testing::test_device_name();
+  const auto r = rlhf::pipelines::sample_tasks(o);
+  EXPECT_EQ(r.prompts, 2);
+  EXPECT_EQ(r.answers, 6);
+  const std::string first = read_file(o.out);
+  rlhf::pipelines::sample_tasks(o);
+  EXPECT_EQ(read_file(o.out), first);  // same seed, same file
+
+  std::istringstream lines(first);
+  std::string line;
+  std::getline(lines, line);
+  const ojson task = ojson::parse(line);
+  EXPECT_EQ(task["messages"], conv);
+  ASSERT_EQ(task["answers"].size(), 3u);
+  int replies_that_stopped = 0;
+  for (const auto& a : task["answers"]) {
+    const std::string text = a.get<std::string>();
+    EXPECT_EQ(text.find("<|im_"), std::string::npos) << text;  // no markup
+    replies_that_stopped += text.size() < 12;  // ended at <|im_end|> before the token limit
+  }
+  EXPECT_GE(replies_that_stopped, 2) << first;
+  std::getline(lines, line);
+  EXPECT_EQ(ojson::parse(line)["prompt"], "plain text");
+
+  // Annotation: the task shows the conversation's text and keeps its messages.
+  rlhf::annotation::Store store(dir / "a.db");
+  EXPECT_EQ(rlhf::annotation::add_tasks_jsonl(store, o.out, 1), 2);
+  const auto view = store.task(1);
+  ASSERT_TRUE(view.has_value());
+  EXPECT_EQ(view->prompt, "System: add\n\nUser: two+one");
+  EXPECT_EQ(ojson::parse(view->messages_json), conv);
+  EXPECT_EQ(view->answers, task["answers"].get<std::vector<std::string>>());
+  EXPECT_EQ(store.task(2)->messages_json, "");
+
+  // A ranking of the conversation task exports as conversation pairs the reward trainer reads.
+  const int64_t annotator = store.import_annotator("tester");
+  rlhf::annotation::RankingRecord ranking;
+  ranking.task_id = 1;
+  ranking.annotator_id = annotator;
+  ranking.groups = {{2}, {0}, {1}};
+  store.insert_ranking(ranking);
+  std::ostringstream exported;
+  rlhf::annotation::export_jsonl(store, "messages", exported);
+  write_file_atomic(dir / "pairs.jsonl", exported.str());
+  const Tokenizer tok = Tokenizer::load(tok_dir);
+  const auto comparisons =
+      rlhf::reward::read_comparisons_for(dir / "pairs.jsonl", "messages", tok, "test");
+  size_t distinct = 0;
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t j = i + 1; j < 3; ++j) distinct += task["answers"][i] != task["answers"][j];
+  ASSERT_EQ(comparisons.size(), distinct);
+  if (!comparisons.empty()) {
+    EXPECT_EQ(comparisons[0].prompt, chat_format_of(tok).chat_template.render(conv, true));
+  }
+
+  // PPO prompts from the database: the conversation renders again, with its stop ids.
+  const auto set = rlhf::pipelines::read_prompt_set(dir / "a.db", tok);
+  ASSERT_EQ(set.ids.size(), 2u);
+  EXPECT_EQ(set.messages[0], conv);
+  EXPECT_TRUE(set.messages[1].is_null());
+  EXPECT_EQ(set.stop_ids, std::vector<int64_t>{kImEnd});
+
+  // Refused: ids-only prompts (nothing to show annotators), answers per prompt outside 2..26.
+  write_file_atomic(dir / "ids.jsonl", "{\"prompt_ids\": [1, 2]}\n");
+  o.prompts = dir / "ids.jsonl";
+  try {
+    rlhf::pipelines::sample_tasks(o);
+    ADD_FAILURE() << "ids-only prompts were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(o.prompts + ": prompt 1 is given as ids only"),
+              std::string::npos)
+        << e.what();
+  }
+  o.answers_per_prompt = 1;
+  EXPECT_THROW(rlhf::pipelines::sample_tasks(o), Error);
 }
 
 // Runs SFT on `lines` and returns the error message ("" when none).
