@@ -1,6 +1,7 @@
 #include "annotation/web_server.h"
 
 #include <poll.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -61,6 +63,21 @@ std::vector<std::string> loopback_hosts(const tcp::endpoint& bound) {
                                             : bound.address().to_string();
   if (std::find(hosts.begin(), hosts.end(), own + p) == hosts.end()) hosts.push_back(own + p);
   return hosts;
+}
+
+// Half the descriptors this process has left (RLIMIT_NOFILE less those open now): the cap on HTTP
+// connections, so that the other half stays for the sessions' upstream connections.
+size_t half_the_free_descriptors() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return 512;
+  size_t limit = lim.rlim_cur == RLIM_INFINITY ? (size_t{1} << 20) : lim.rlim_cur;
+  size_t open = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end;
+       it.increment(ec))
+    ++open;
+  if (ec || open == 0) open = 16;
+  return limit > open ? (limit - open) / 2 : 0;
 }
 
 std::chrono::milliseconds millis(double seconds) {
@@ -118,6 +135,7 @@ class WebServer::Impl {
   // Declaration order is destruction order reversed: the pool joins first, then the I/O objects
   // go (and with them the connections, which count themselves down), then the relay.
   WebServerOptions opts;
+  size_t max_connections = 0;  // opts.max_connections, at most half the free descriptors
   std::atomic<size_t> connections{0};
   std::atomic<bool> stopped{false};
   std::atomic<bool> destroying{false};
@@ -165,10 +183,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   // Waiting for a request (not being answered): the connection EMFILE shedding may close.
-  bool waiting() const { return waiting_; }
+  bool waiting() const { return waiting_ && !closed_; }
   std::chrono::steady_clock::time_point waiting_since() const { return waiting_since_; }
 
   void close() {
+    closed_ = true;
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.close();
@@ -258,6 +277,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool keep_alive_ = false;
   unsigned version_ = 11;
   bool waiting_ = true;  // I/O thread only
+  bool closed_ = false;  // I/O thread only
   std::chrono::steady_clock::time_point waiting_since_ = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point request_start_;
 };
@@ -317,14 +337,20 @@ void WebServer::Impl::admit(tcp::socket socket) {
   auto peer = socket.remote_endpoint(ec);
   if (ec) return void(socket.close(ec));
   std::string address = peer.address().to_string();
-  if (connections >= opts.max_connections) return void(socket.close(ec));
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = per_address.find(address);
+    if (it != per_address.end() && it->second >= opts.max_connections_per_address)
+      return void(socket.close(ec));
+  }
+  // At the cap, the connection that has waited longest for a request makes room (browsers
+  // reconnect); when every connection is being answered, the new one is closed.
+  if (connections >= max_connections && !shed_longest_waiting()) return void(socket.close(ec));
   auto c = std::make_shared<HttpConnection>(*this, std::move(socket), address);
   {
     std::lock_guard<std::mutex> lock(mutex);
-    size_t& mine = per_address[address];
-    ++mine;  // counted down by the connection's destructor
+    ++per_address[address];  // counted down by the connection's destructor
     live.insert(c.get());
-    if (mine > opts.max_connections_per_address) return c->close();
   }
   c->start(true);
 }
@@ -350,7 +376,10 @@ void WebServer::Impl::accept() {
                      "waited longest for a request, then backing off\n",
                      ec.message().c_str(), connections.load());
       }
-      if (shed_longest_waiting()) return accept();
+      if (shed_longest_waiting()) {
+        shed_longest_waiting();  // one more: a sign-in needs a descriptor for the upstream too
+        return accept();
+      }
     } else if (ec == asio::error::connection_aborted) {
       return accept();
     }
@@ -383,10 +412,10 @@ bool WebServer::Impl::shed_longest_waiting() {
 // Retries accept after a back-off instead of spinning on a listening socket that stays readable.
 void WebServer::Impl::accept_later() {
   using std::chrono::milliseconds;
-  accept_backoff = accept_backoff == std::chrono::steady_clock::duration{}
-                       ? std::chrono::steady_clock::duration(milliseconds(10))
-                       : std::min<std::chrono::steady_clock::duration>(accept_backoff * 2,
-                                                                       std::chrono::seconds(1));
+  accept_backoff =
+      accept_backoff == std::chrono::steady_clock::duration{}
+          ? std::chrono::steady_clock::duration(milliseconds(10))
+          : std::min<std::chrono::steady_clock::duration>(accept_backoff * 2, milliseconds(250));
   accept_paused = true;
   accept_timer.expires_after(accept_backoff);
   accept_timer.async_wait([this](beast::error_code) {
@@ -398,6 +427,8 @@ void WebServer::Impl::accept_later() {
 WebServer::WebServer(WebServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   auto& o = impl_->opts;
   check_web_server_options(o);
+  impl_->max_connections =
+      std::max<size_t>(1, std::min(o.max_connections, half_the_free_descriptors()));
   auto [host, port] = split_listen_address(o.listen);
   auto ip = listen_ip(host, o.listen);
   if (!ip.is_loopback() && !o.allow_remote)

@@ -13,10 +13,13 @@
 // and both close the connection. A connection must deliver a request's headers within
 // header_timeout_seconds (from its start, or from the first byte of a later request), the whole
 // request within read_timeout_seconds, take an answer within write_timeout_seconds, and start its
-// next request within idle_timeout_seconds; otherwise it is closed. Over max_connections in all,
-// or max_connections_per_address from one client address, new connections are closed at once.
-// When accept() fails for want of descriptors (EMFILE), it backs off (10 ms doubling to 1 s, until
-// a connection closes) instead of spinning, and when a connection is waiting it closes the
+// next request within idle_timeout_seconds; otherwise it is closed. Over
+// max_connections_per_address from one client address, new connections are closed at once. At
+// max_connections in all (lowered to half the descriptors free at start, so the other half stays
+// for upstream connections), a new connection closes the one that has waited longest for its next
+// request, as the annotation server sheds its idle connections; when none waits, it is closed.
+// When accept() fails for want of descriptors (EMFILE), it backs off (10 ms doubling to 250 ms,
+// until a connection closes) instead of spinning, and when a connection is waiting it closes the
 // connection that has waited longest for its next request to make room, as the annotation server
 // does (annotation/server.h).
 //
