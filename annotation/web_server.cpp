@@ -204,6 +204,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void on_header(beast::error_code ec) {
     if (ec == http::error::header_limit) return refuse(431, "request headers too large");
+    if (ec == http::error::body_limit) return refuse(413, "request body too large");  // by length
     if (ec) return close();
     if (parser_->is_done()) return on_request();
     auto left = millis(server_.opts.read_timeout_seconds) -

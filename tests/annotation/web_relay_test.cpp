@@ -490,4 +490,30 @@ TEST(WebServer, AnyLoopbackAddressServesThePageAtThePrintedAddress) {
   EXPECT_EQ(other.status, 403);
 }
 
+TEST(WebServer, OversizeHeadersAndBodiesAreRefused) {
+  ann::WebServerOptions o;
+  o.handle_signals = false;
+  o.listen = "127.0.0.1:0";
+  ann::WebServer server(o);
+  std::thread t([&] { server.run(); });
+  // A body refused by its Content-Length, before it is sent (so no unread bytes reset the answer).
+  int fd = ann::testing::tcp_connect("127.0.0.1", "127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string head =
+      "POST /api/signin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+      "application/json\r\nContent-Length: 102400\r\n\r\n";
+  ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) answer.append(buf, n);
+  ::close(fd);
+  ann::testing::HttpCall cookie;
+  cookie.cookie = std::string(10 * 1024, 'c');
+  ann::testing::HttpAnswer headers = ann::testing::http_call(server.port(), cookie);
+  server.stop();
+  t.join();
+  EXPECT_EQ(answer.rfind("HTTP/1.1 413", 0), 0u) << answer;
+  EXPECT_EQ(headers.status, 431) << headers.error;
+}
+
 }  // namespace
