@@ -429,16 +429,21 @@ std::optional<WebResponse> WebRelay::route_local(const WebRequest& req, std::str
 WebResponse WebRelay::route_upstream(const WebRequest& req) {
   std::string lane;
   if (auto local = route_local(req, &lane)) return *local;
-  const Call call{opts_.socket_path, table_->health,
-                  Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double>(opts_.upstream_timeout_seconds)),
-                  opts_.upstream_timeout_seconds};
+  // The deadline starts now, or, for a session, once its earlier call is done: waiting for that
+  // is not the server's slowness.
+  auto start_call = [this] {
+    return Call{opts_.socket_path, table_->health,
+                Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                   std::chrono::duration<double>(opts_.upstream_timeout_seconds)),
+                opts_.upstream_timeout_seconds};
+  };
   const std::string path = req.target.substr(0, req.target.find('?'));
-  if (path == "/api/signin") return sign_in(req, call);
+  if (path == "/api/signin") return sign_in(req, start_call());
   const std::string id = cookie_value(req.cookie, kCookieName);
   auto session = find_session(id);
   if (!session) return error_response(401, "SIGNED_OUT", "your session ended");
   std::lock_guard<std::mutex> lock(session->upstream);
+  const Call call = start_call();
   WebResponse r;
   if (path == "/api/task")
     r = get_task(*session, call);
