@@ -19,9 +19,10 @@
 // for upstream connections), a new connection closes the one that has waited longest for its next
 // request, as the annotation server sheds its idle connections; when none waits, it is closed.
 // When accept() fails for want of descriptors (EMFILE), it backs off (10 ms doubling to 250 ms,
-// until a connection closes) instead of spinning, and when a connection is waiting it closes the
-// connection that has waited longest for its next request to make room, as the annotation server
-// does (annotation/server.h).
+// until a connection closes) instead of spinning, and when a connection is queued it closes the two
+// connections that have waited longest for their next request to make room (one for the new
+// connection, one for the upstream connection its sign-in needs), as the annotation server does
+// (annotation/server.h).
 //
 // Listening: only on a loopback address (127.0.0.0/8, ::1, "localhost") unless allow_remote;
 // with loopback only, the relay also accepts only this server's own Host headers.
@@ -45,7 +46,7 @@ struct WebServerOptions {
   double read_timeout_seconds = 60;         // a whole request (headers and body) within this
   double write_timeout_seconds = 30;        // an answer must be taken within this
   double idle_timeout_seconds = 30;         // between requests, a kept-alive connection waits this
-  size_t max_connections = 256;             // further connections are closed at once
+  size_t max_connections = 256;             // then a new one sheds a waiting one (see above)
   size_t max_connections_per_address = 32;  // from one client IP address; further closed at once
   size_t max_queued_per_lane = 8;           // requests of one session waiting; more get 429
   int worker_threads = 4;                   // relay calls in flight at once
