@@ -516,4 +516,53 @@ TEST(WebServer, OversizeHeadersAndBodiesAreRefused) {
   EXPECT_EQ(headers.status, 431) << headers.error;
 }
 
+// The HTTP server's lanes: one session's parallel requests during an outage wait in the session's
+// queue, not in the 4 workers, so the page and another address's sign-in are answered at once.
+TEST(WebServer, OneSessionsParallelRequestsDoNotHoldTheWorkers) {
+  Fixture f;
+  ann::WebServerOptions o;
+  o.handle_signals = false;
+  o.listen = "127.0.0.1:0";
+  o.relay.socket_path = f.server_options.socket_path;
+  o.relay.upstream_retry_seconds = 0.4;  // each request of the session retries 0.4 s
+  o.relay.log_sign_ins = false;
+  ann::WebServer server(o);
+  std::thread t([&] { server.run(); });
+  const uint16_t port = server.port();
+  ann::testing::HttpCall signin;
+  signin.method = "POST";
+  signin.path = "/api/signin";
+  signin.body = json{{"token", f.tokens[0]}}.dump();
+  ann::testing::HttpAnswer in = ann::testing::http_call(port, signin);
+  ASSERT_EQ(in.status, 200) << in.error << in.body;
+  std::string cookie = ann::testing::header_value(in, "Set-Cookie");
+  ann::testing::HttpCall task;
+  task.method = "POST";
+  task.path = "/api/task";
+  task.body = "{}";
+  task.cookie = cookie.substr(0, cookie.find(';'));
+  task.csrf = json::parse(in.body)["csrf"];
+  task.timeout_seconds = 20;
+  f.server.reset();                                        // the outage
+  std::vector<std::future<ann::testing::HttpAnswer>> six;  // more than the 4 workers
+  for (int i = 0; i < 6; ++i)
+    six.push_back(
+        std::async(std::launch::async, [&] { return ann::testing::http_call(port, task); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ann::testing::HttpCall page;
+  page.source = "127.0.0.2";
+  ann::testing::HttpAnswer got = ann::testing::http_call(port, page);
+  signin.source = "127.0.0.2";
+  ann::testing::HttpAnswer other = ann::testing::http_call(port, signin);
+  int down = 0;
+  for (auto& one : six) down += one.get().status == 503;
+  server.stop();
+  t.join();
+  EXPECT_EQ(got.status, 200) << got.error;
+  EXPECT_LE(got.seconds, 0.5) << "the page waited behind one session's requests";
+  EXPECT_EQ(other.status, 503) << other.error << other.body;  // the server is down: at once
+  EXPECT_LE(other.seconds, 0.5) << "a sign-in waited behind one session's requests";
+  EXPECT_EQ(down, 6);
+}
+
 }  // namespace
