@@ -1,10 +1,12 @@
 #include "annotation/client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -17,19 +19,53 @@
 
 namespace rlhf::annotation {
 
-Connection::Connection(const std::string& socket_path, std::optional<uid_t> server_uid) {
+namespace {
+
+// Milliseconds left until `deadline` for poll(): -1 (wait for ever) without one, 0 once past it.
+int poll_timeout_ms(const std::optional<Connection::Clock::time_point>& deadline) {
+  if (!deadline) return -1;
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - Connection::Clock::now());
+  return static_cast<int>(std::clamp<int64_t>(left.count(), 0, 1 << 30));
+}
+
+// connect() on a non-blocking socket, again while the listener's queue is full (EAGAIN: a Unix
+// socket's connect would block there), until `deadline`. Returns 0 or an errno value.
+int connect_before(int fd, const sockaddr_un& addr, Connection::Clock::time_point deadline) {
+  for (;;) {
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) break;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return errno;
+    if (Connection::Clock::now() >= deadline) return ETIMEDOUT;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  return flags >= 0 && ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
+Connection::Connection(const std::string& socket_path, std::optional<uid_t> server_uid,
+                       std::optional<Clock::time_point> deadline)
+    : deadline_(deadline) {
   std::signal(SIGPIPE, SIG_IGN);
   sockaddr_un addr{};
   if (socket_path.size() >= sizeof(addr.sun_path))
     throw Error("socket path " + socket_path + " is too long");
-  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (deadline ? SOCK_NONBLOCK : 0), 0);
   if (fd_ < 0) throw ConnectionLost(std::string("socket(): ") + std::strerror(errno));
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
-  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int err = errno;
+  int err = 0;
+  if (deadline)
+    err = connect_before(fd_, addr, *deadline);
+  else if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    err = errno;
+  if (err != 0) {
     ::close(fd_);
     fd_ = -1;
+    if (err == ETIMEDOUT)
+      throw DeadlineExceeded("cannot connect to " + socket_path +
+                             ": its queue stayed full until the deadline (is the server hung?)");
     throw ConnectionLost("cannot connect to " + socket_path + ": " + std::strerror(err));
   }
   try {
@@ -66,12 +102,27 @@ Connection& Connection::operator=(Connection&& o) noexcept {
   return *this;
 }
 
+void Connection::wait_ready(short events, const char* what) {
+  if (!deadline_) return;  // the blocking call waits itself
+  for (;;) {
+    pollfd p{fd_, events, 0};
+    int r = ::poll(&p, 1, poll_timeout_ms(deadline_));
+    if (r > 0) return;
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw ConnectionLost(std::string("poll: ") + std::strerror(errno));
+    throw DeadlineExceeded(std::string("the annotation server did not ") + what +
+                           " before the deadline (is it hung?)");
+  }
+}
+
 void Connection::send_bytes(const std::string& bytes) {
   size_t off = 0;
+  const int flags = MSG_NOSIGNAL | (deadline_ ? MSG_DONTWAIT : 0);
   while (off < bytes.size()) {
-    ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+    wait_ready(POLLOUT, "take the request");
+    ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, flags);
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) continue;
       throw ConnectionLost(std::string("send: ") + std::strerror(errno));
     }
     off += static_cast<size_t>(n);
@@ -84,11 +135,13 @@ void Connection::send(const google::protobuf::MessageLite& message) {
 
 void Connection::read_exact(char* p, size_t n) {
   size_t off = 0;
+  const int flags = deadline_ ? MSG_DONTWAIT : 0;
   while (off < n) {
-    ssize_t r = ::recv(fd_, p + off, n - off, 0);
+    wait_ready(POLLIN, "answer");
+    ssize_t r = ::recv(fd_, p + off, n - off, flags);
     if (r == 0) throw ConnectionLost("the server closed the connection");
     if (r < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) continue;
       throw ConnectionLost(std::string("recv: ") + std::strerror(errno));
     }
     off += static_cast<size_t>(r);
@@ -145,8 +198,8 @@ proto::Response AnnotationClient::call_retrying_internal(proto::Request& request
   }
 }
 
-void AnnotationClient::connect_and_hello() {
-  conn_ = std::make_unique<Connection>(opts_.socket_path, opts_.server_uid);
+void AnnotationClient::connect_and_hello(std::optional<Connection::Clock::time_point> deadline) {
+  conn_ = std::make_unique<Connection>(opts_.socket_path, opts_.server_uid, deadline);
   proto::Request req;
   req.set_schema_version(1);
   req.mutable_hello()->set_token(opts_.token);
@@ -161,19 +214,27 @@ void AnnotationClient::connect_and_hello() {
   lease_seconds_ = r.hello().lease_seconds();
 }
 
-proto::Response AnnotationClient::call(proto::Request request) {
-  using clock = std::chrono::steady_clock;
+proto::Response AnnotationClient::call(proto::Request request,
+                                       std::optional<Connection::Clock::time_point> deadline) {
+  using clock = Connection::Clock;
+  if (!deadline && opts_.call_timeout_seconds > 0)
+    deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                  std::chrono::duration<double>(opts_.call_timeout_seconds));
   request.set_schema_version(1);
   clock::time_point first_failure{};
   bool failing = false;
   double backoff = 0.05;
   for (;;) {
     try {
-      if (!conn_) connect_and_hello();
+      if (!conn_) connect_and_hello(deadline);
+      conn_->set_deadline(deadline);
       proto::Response r = call_retrying_internal(request);
       if (r.has_error() && r.error().code() == proto::Error::SHUTTING_DOWN)
         throw ConnectionLost("server stopping");
       return r;
+    } catch (const DeadlineExceeded&) {
+      conn_.reset();  // out of step: a late answer must not be read as the next one's
+      throw;
     } catch (const ConnectionLost& e) {
       conn_.reset();
       auto now = clock::now();
@@ -185,6 +246,9 @@ proto::Response AnnotationClient::call(proto::Request request) {
       if (waited >= opts_.retry_seconds)
         throw Error("lost the annotation server at " + opts_.socket_path + " for " +
                     std::to_string(static_cast<int>(waited)) + " s: " + e.what());
+      if (deadline && now + std::chrono::duration<double>(backoff) >= *deadline)
+        throw DeadlineExceeded("the annotation server at " + opts_.socket_path +
+                               " did not answer before the deadline: " + e.what());
       std::this_thread::sleep_for(std::chrono::duration<double>(backoff));
       backoff = std::min(backoff * 2, 2.0);
       ++reconnects_;

@@ -10,6 +10,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -27,6 +28,15 @@ class ConnectionLost : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown when an answer (or the room to send, or to connect) did not come before the deadline
+// set with Connection::set_deadline or AnnotationClient::call: the server is hung (e.g. stopped
+// with SIGSTOP) or overloaded. The connection is then out of step (a late answer may still come)
+// and must be dropped; AnnotationClient does that and does not retry past the deadline.
+class DeadlineExceeded : public ConnectionLost {
+ public:
+  using ConnectionLost::ConnectionLost;
+};
+
 // Thrown when the process listening on the socket runs as another user than the one expected:
 // nothing was sent to it. Not retried (AnnotationClient passes it on).
 class WrongServerUser : public Error {
@@ -37,17 +47,27 @@ class WrongServerUser : public Error {
 // One blocking Unix-socket connection. Not thread-safe; move-only.
 class Connection {
  public:
+  using Clock = std::chrono::steady_clock;
+
   // Connects, then checks with SO_PEERCRED that the listening process runs as `server_uid`
   // (default: the caller's effective uid) before anything is sent. Throws ConnectionLost naming
   // the path when nobody listens there (or socket() fails), WrongServerUser when someone of
-  // another uid does, rlhf::Error when the path is too long for a Unix socket address.
+  // another uid does, rlhf::Error when the path is too long for a Unix socket address. With a
+  // `deadline`, a listener whose queue stays full until then (a hung server) throws
+  // DeadlineExceeded instead of blocking, and the deadline then applies to every send and
+  // receive (set_deadline changes it).
   explicit Connection(const std::string& socket_path,
-                      std::optional<uid_t> server_uid = std::nullopt);
+                      std::optional<uid_t> server_uid = std::nullopt,
+                      std::optional<Clock::time_point> deadline = std::nullopt);
   ~Connection();
   Connection(Connection&& other) noexcept;
   Connection& operator=(Connection&& other) noexcept;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
+
+  // Sends and receives after `deadline` throw DeadlineExceeded; nullopt: no deadline (blocks as
+  // long as the server takes).
+  void set_deadline(std::optional<Clock::time_point> deadline) { deadline_ = deadline; }
 
   // Sends raw bytes (tests use this for malformed frames). Throws ConnectionLost when send fails.
   void send_bytes(const std::string& bytes);
@@ -65,8 +85,12 @@ class Connection {
 
  private:
   void read_exact(char* p, size_t n);
+  // Waits until fd_ is ready for `events` (POLLIN / POLLOUT); throws DeadlineExceeded past the
+  // deadline naming `what`.
+  void wait_ready(short events, const char* what);
   void check_server_user(const std::string& socket_path, uid_t expected);
   int fd_ = -1;
+  std::optional<Clock::time_point> deadline_;
 };
 
 struct ClientOptions {
@@ -82,6 +106,9 @@ struct ClientOptions {
   // doubling each time; then the INTERNAL answer is returned (for Hello: rlhf::Error is thrown).
   int internal_retries = 3;
   double internal_backoff_seconds = 0.1;
+  // Each call() is answered within this many seconds or throws DeadlineExceeded (reconnects and
+  // retries included); 0: no deadline (a hung server blocks the caller until it resumes).
+  double call_timeout_seconds = 0;
 };
 
 // An authenticated session that survives server restarts: call() (re)connects and sends Hello
@@ -92,10 +119,14 @@ struct ClientOptions {
 // a server of the wrong uid throws WrongServerUser (not retried either). The server may close an
 // idle connection (its idle timeout); the next call reconnects without the caller noticing.
 // An INTERNAL answer (to Hello or any other request) is retried as ClientOptions says.
+// Deadline: with one (call_timeout_seconds, or the `deadline` argument, which wins), a call that is
+// not answered in time drops the connection (a late answer must not be taken for the next
+// request's) and throws DeadlineExceeded; the next call reconnects.
 class AnnotationClient {
  public:
   explicit AnnotationClient(ClientOptions options);
-  proto::Response call(proto::Request request);
+  proto::Response call(proto::Request request,
+                       std::optional<Connection::Clock::time_point> deadline = std::nullopt);
   const std::string& annotator() const { return annotator_; }
   double lease_seconds() const { return lease_seconds_; }
   int reconnects() const { return reconnects_; }
@@ -103,7 +134,7 @@ class AnnotationClient {
   int internal_retries() const { return internal_retries_; }
 
  private:
-  void connect_and_hello();
+  void connect_and_hello(std::optional<Connection::Clock::time_point> deadline);
   // Sends `request` on conn_ (a fresh request_id each time), again while it is answered INTERNAL.
   proto::Response call_retrying_internal(proto::Request& request);
   ClientOptions opts_;

@@ -40,7 +40,11 @@ async function api(method, path, body) {
   }
 }
 
-function isDown(r) { return r.status === 0 || r.status === 503 && r.data.error !== 'TOO_MANY_SESSIONS'; }
+// Down, or busy (429 BUSY: too many requests of this session waiting in the relay): retry.
+function isDown(r) {
+  return r.status === 0 || r.status === 503 && r.data.error !== 'TOO_MANY_SESSIONS' ||
+    r.status === 429 && r.data.error === 'BUSY';
+}
 
 // Sends a request that is safe to repeat (task, submit) until the annotation server answers;
 // shows the banner meanwhile. Nothing the annotator picked is touched.
