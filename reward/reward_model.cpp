@@ -16,8 +16,10 @@ std::vector<int64_t> build_sequence(const std::vector<int>& prompt_ids,
                                     const std::vector<int>& answer_ids, int bos_id, int eos_id,
                                     const EncodeOptions& options) {
   std::vector<int64_t> seq;
-  size_t np =
-      std::min(prompt_ids.size(), static_cast<size_t>(std::max(0, options.max_prompt_tokens)));
+  // A prompt that starts with BOS (written by a chat template) keeps that one BOS only.
+  const size_t own_bos = bos_id >= 0 && !prompt_ids.empty() && prompt_ids.front() == bos_id;
+  size_t np = std::min(prompt_ids.size() - own_bos,
+                       static_cast<size_t>(std::max(0, options.max_prompt_tokens)));
   size_t na =
       std::min(answer_ids.size(), static_cast<size_t>(std::max(0, options.max_answer_tokens)));
   seq.reserve(np + na + 2);

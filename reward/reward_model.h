@@ -3,7 +3,9 @@
 //
 // Input layout of one (prompt, answer): [bos] + last max_prompt_tokens of the prompt + first
 // max_answer_tokens of the answer + [eos]; prompt and answer are tokenized separately, so the
-// answer's tokens do not depend on the prompt. The score is read at the final [eos].
+// answer's tokens do not depend on the prompt. The score is read at the final [eos]. A prompt
+// whose ids already begin with [bos] (a chat template that writes it, as Llama 3's
+// <|begin_of_text|>) gets no second one.
 //
 // A reward model folder is a policy checkpoint (policy/model/checkpoint.h, kind "reward", with a
 // value head) plus a copy of the tokenizer (tokenizer.model, or tokenizer.json and its

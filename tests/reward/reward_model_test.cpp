@@ -66,6 +66,13 @@ TEST(RewardModel, BuildSequenceKeepsPromptEndAndAnswerStart) {
   EXPECT_EQ(s, (std::vector<int64_t>{1, 12, 13, 20, 21, 22, 2}));
   s = build_sequence({}, {20}, -1, 2, o);
   EXPECT_EQ(s, (std::vector<int64_t>{20, 2}));
+  // A prompt that begins with BOS (a chat template wrote it) keeps one BOS, not two.
+  s = build_sequence({1, 12, 13}, {20}, 1, 2, o);
+  EXPECT_EQ(s, (std::vector<int64_t>{1, 12, 13, 20, 2}));
+  s = build_sequence({1, 11, 12, 13}, {20}, 1, 2, o);  // cut: the template's BOS goes first still
+  EXPECT_EQ(s, (std::vector<int64_t>{1, 12, 13, 20, 2}));
+  s = build_sequence({1}, {20}, 1, 2, o);
+  EXPECT_EQ(s, (std::vector<int64_t>{1, 20, 2}));
 }
 
 TEST(RewardModel, ScoresDoNotDependOnPaddingSideOrBatch) {
