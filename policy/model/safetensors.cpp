@@ -240,8 +240,13 @@ std::map<std::string, std::string> read_weight_map(const std::string& index_path
 }  // namespace
 
 SafetensorsWeights::SafetensorsWeights(const std::string& dir, const std::string& single_file) {
+  // As transformers: the single file when present, else the index.
   const std::string index_path = dir + "/" + kIndexFile;
-  if (!fs::exists(index_path)) {
+  const bool single = fs::exists(dir + "/" + single_file);
+  if (!single && !fs::exists(index_path))
+    throw Error("cannot open " + dir + "/" + single_file + " (safetensors weights): no such " +
+                "file, and no " + kIndexFile + " for sharded weights");
+  if (single) {
     files_.push_back(std::make_unique<SafetensorsFile>(dir + "/" + single_file));
     for (const auto& [name, e] : files_.front()->entries()) where_[name] = files_.front().get();
     return;

@@ -61,8 +61,9 @@ class SafetensorsFile {
   std::map<std::string, SafetensorsEntry> entries_;
 };
 
-// The weights of a model folder: <dir>/model.safetensors.index.json when present (its weight_map
-// names, for each tensor, the shard file that holds it), else the single file <dir>/<single_file>.
+// The weights of a model folder, found as transformers finds them: the single file
+// <dir>/<single_file> when present, else <dir>/model.safetensors.index.json (its weight_map names,
+// for each tensor, the shard file that holds it).
 // Every shard is opened and every tensor the index names is checked to be in its shard on
 // construction, so a missing shard or tensor is refused before any weight is read.
 class SafetensorsWeights {
