@@ -82,6 +82,14 @@ std::map<std::string, torch::Tensor> weights_map(Transformer& model, bool with_v
   return m;
 }
 
+// The projection matrices LoadOptions::matrix_dtype applies to, by Hugging Face name.
+bool is_projection_matrix(const std::string& name) {
+  const std::string suffix = "_proj.weight";
+  return name == "lm_head.weight" ||
+         (name.size() > suffix.size() &&
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
+}
+
 // Integer field of config.json: required (throws when absent) or with a default.
 int json_int(const nlohmann::json& j, const std::string& path, const std::string& key,
              std::optional<int> fallback) {
@@ -325,7 +333,9 @@ void export_hf(Transformer& model, const std::string& dir, const HfExportOptions
   });
 }
 
-LoadedModel load_checkpoint(const std::string& dir) {
+LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& options) {
+  if (options.matrix_dtype != torch::kFloat && options.matrix_dtype != torch::kBFloat16)
+    throw Error("load_checkpoint " + dir + ": matrix_dtype must be float32 or bfloat16");
   if (!fs::is_directory(dir))
     throw Error("checkpoint folder not found: " + dir +
                 " (expected a folder with config.json + model.safetensors)");
@@ -360,7 +370,11 @@ LoadedModel load_checkpoint(const std::string& dir) {
 
   out.model = Transformer(config);
   torch::NoGradGuard no_grad;
-  for (auto& [name, param] : out.model->hf_named_parameters()) weights.read_into(name, param);
+  for (auto& [name, param] : out.model->hf_named_parameters()) {
+    if (options.matrix_dtype != torch::kFloat && is_projection_matrix(name))
+      param.set_data(torch::empty(param.sizes(), param.options().dtype(options.matrix_dtype)));
+    weights.read_into(name, param);
+  }
   return out;
 }
 

@@ -42,11 +42,25 @@ struct LoadedModel {
 // naming the path that could not be written.
 void save_checkpoint(Transformer& model, const std::string& dir, const CheckpointInfo& info);
 
+// How load_checkpoint stores the weights it reads.
+struct LoadOptions {
+  // dtype of the projection matrices (q, k, v, o, gate, up, down and an untied lm_head): kFloat
+  // (the default, as before) or kBFloat16 for frozen weights used under bf16 autocast
+  // (policy/runtime/device.h): each is read from the mapped file straight into bfloat16 (round to
+  // nearest even from F32 / F16), so no float32 copy of them is kept. The token embeddings (they
+  // start the float32 residual stream), the norms and the value head stay float32. Under autocast
+  // a model loaded so gives the logits of the float32 model bit for bit (autocast rounds the
+  // float32 matrices the same way); without autocast its forward is refused by libtorch (mixed
+  // dtypes). Train such a model only through LoRA (policy/model/lora.h), which keeps its adapters
+  // float32.
+  torch::ScalarType matrix_dtype = torch::kFloat;
+};
+
 // Loads a native checkpoint or a Hugging Face folder. Errors name the folder/file, the tensor,
 // and expected vs found (missing folder, unsupported model_type, missing tensor, wrong shape,
 // truncated safetensors, unknown dtype, a missing shard, a tensor the index names that its shard
 // lacks).
-LoadedModel load_checkpoint(const std::string& dir);
+LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& options = {});
 
 // Hugging Face export options.
 struct HfExportOptions {

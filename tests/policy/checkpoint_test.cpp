@@ -15,6 +15,7 @@
 #include "common/files.h"
 #include "policy/model/lora.h"
 #include "policy/model/safetensors.h"
+#include "policy/runtime/device.h"
 #include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
@@ -610,6 +611,81 @@ TEST(HfShardsTest, LoraMergeCliWritesShards) {
   EXPECT_EQ(rc, 2) << out;
   EXPECT_NE(out.find("--max-shard-size = \"5TB\": expected a positive size"), std::string::npos)
       << out;
+}
+
+// ---- bfloat16 frozen matrices (LoadOptions::matrix_dtype) -------------------------------------
+
+bool is_matrix(const std::string& name) {
+  return name == "lm_head.weight" || name.find("_proj.weight") != std::string::npos;
+}
+
+TEST(Bf16WeightsTest, MatricesLoadAsBf16AndGiveTheFloat32LogitsUnderAutocast) {
+  TempDir dir("bf16w");
+  auto m = tiny_model(false, 10);
+  export_hf(m, dir / "hf", {kSmallShard, ""});
+  auto f32 = load_checkpoint(dir / "hf");
+  LoadOptions o;
+  o.matrix_dtype = torch::kBFloat16;
+  auto bf = load_checkpoint(dir / "hf", o);
+  int64_t bytes_f32 = 0, bytes_bf = 0;
+  auto a = f32.model->hf_named_parameters(), b = bf.model->hf_named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const auto& name = b[i].first;
+    bytes_f32 += a[i].second.numel() * a[i].second.element_size();
+    bytes_bf += b[i].second.numel() * b[i].second.element_size();
+    EXPECT_EQ(b[i].second.scalar_type(), is_matrix(name) ? torch::kBFloat16 : torch::kFloat)
+        << name;
+    EXPECT_TRUE(torch::equal(b[i].second.to(torch::kFloat),
+                             a[i].second.to(b[i].second.scalar_type()).to(torch::kFloat)))
+        << name;
+  }
+  EXPECT_LT(bytes_bf, bytes_f32 * 3 / 5);  // the matrices are most of the model
+  torch::NoGradGuard g;
+  auto ids = torch::randint(0, 48, {2, 9}, torch::kLong);
+  AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+  auto want = f32.model->forward(ids), got = bf.model->forward(ids);
+  EXPECT_EQ(got.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(want, got)) << (want - got).abs().max().item<float>();
+}
+
+TEST(Bf16WeightsTest, LoraOnABf16BaseTrainsFloat32Adapters) {
+  TempDir dir("bf16lora");
+  auto m = tiny_model(false, 11);
+  export_hf(m, dir / "hf");
+  LoadOptions o;
+  o.matrix_dtype = torch::kBFloat16;
+  auto bf = load_checkpoint(dir / "hf", o);
+  auto f32 = load_checkpoint(dir / "hf");
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.targets = {"q", "v", "down"};
+  torch::manual_seed(3);
+  LoraAdapters lora_bf(bf.model, lo);
+  torch::manual_seed(3);
+  LoraAdapters lora_f32(f32.model, lo);
+  for (auto* l : {&lora_bf, &lora_f32}) {
+    {
+      torch::NoGradGuard g;
+      auto gen = torch::make_generator<at::CPUGeneratorImpl>(5);
+      for (auto& p : l->parameters()) p.normal_(0, 0.05, gen);
+    }
+    l->refresh(false);  // records the graph from A, B to the effective weights
+  }
+  for (auto& p : lora_bf.parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+  auto& layer = *bf.model->layers[0]->as<DecoderLayerImpl>();
+  EXPECT_EQ(layer.q_proj->weight.scalar_type(), torch::kBFloat16);
+
+  auto ids = torch::randint(0, 48, {2, 9}, torch::kLong);
+  AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+  auto got = bf.model->forward(ids), want = f32.model->forward(ids);
+  EXPECT_TRUE(torch::allclose(got, want, 0.05, 0.05)) << (got - want).abs().max().item<float>();
+  got.sum().backward();
+  for (auto& p : lora_bf.parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat);
+  }
+  EXPECT_GT(lora_bf.parameters()[0].grad().abs().sum().item<float>(), 0.0f);
 }
 
 }  // namespace
