@@ -239,7 +239,7 @@ std::vector<std::vector<size_t>> plan_shards(const NamedTensorList& tensors, uin
   std::vector<size_t> current;
   uint64_t current_bytes = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const uint64_t bytes = safetensors_bytes(tensors[i].second);
+    const uint64_t bytes = uint64_t(tensors[i].second.numel()) * 4;  // written as F32
     if (bytes > max_bytes) {
       shards.push_back({i});
       continue;
@@ -273,9 +273,10 @@ void write_hf_weights(const std::string& tmp, const NamedTensorList& tensors, ui
     const std::string file = shards.size() == 1 ? kWeightsFile : shard_name(s, shards.size());
     std::map<std::string, torch::Tensor> part;
     for (size_t i : shards[s]) {
-      part[tensors[i].first] = tensors[i].second;
+      // F32 (config.json says float32), converted shard by shard from bfloat16 matrices.
+      part[tensors[i].first] = tensors[i].second.to(torch::kFloat);
       weight_map[tensors[i].first] = file;
-      total += safetensors_bytes(tensors[i].second);
+      total += uint64_t(tensors[i].second.numel()) * 4;
     }
     write_safetensors(tmp + "/" + file, part, {{"producer", "rlhf"}});
   }

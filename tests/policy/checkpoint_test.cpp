@@ -641,6 +641,10 @@ TEST(Bf16WeightsTest, MatricesLoadAsBf16AndGiveTheFloat32LogitsUnderAutocast) {
         << name;
   }
   EXPECT_LT(bytes_bf, bytes_f32 * 3 / 5);  // the matrices are most of the model
+  // An export of it writes F32, as its config.json says.
+  export_hf(bf.model, dir / "again");
+  const SafetensorsFile again(dir / "again/model.safetensors");
+  for (const auto& [name, e] : again.entries()) EXPECT_EQ(e.dtype_name, "F32") << name;
   torch::NoGradGuard g;
   auto ids = torch::randint(0, 48, {2, 9}, torch::kLong);
   AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
