@@ -202,7 +202,11 @@ void LoraAdapters::merge() {
   {
     torch::NoGradGuard no_grad;
     const float scale = options_.scale();
-    for (auto& s : slots_) s.base.add_(torch::matmul(s.b, s.a) * scale);
+    for (auto& s : slots_) {
+      // A bfloat16 base is widened first: an update below its resolution would round away.
+      if (s.base.scalar_type() != s.a.scalar_type()) s.base.set_data(s.base.to(s.a.scalar_type()));
+      s.base.add_(torch::matmul(s.b, s.a) * scale);
+    }
   }
   detach_all();
 }

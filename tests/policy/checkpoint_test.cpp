@@ -690,6 +690,21 @@ TEST(Bf16WeightsTest, LoraOnABf16BaseTrainsFloat32Adapters) {
     EXPECT_EQ(p.grad().scalar_type(), torch::kFloat);
   }
   EXPECT_GT(lora_bf.parameters()[0].grad().abs().sum().item<float>(), 0.0f);
+
+  // merge() folds the update into a float32 copy of each target: a tiny update survives it.
+  const auto base_q = bf.model->named_parameters()["layers.0.q_proj.weight"].detach().clone();
+  ASSERT_EQ(base_q.scalar_type(), torch::kBFloat16);
+  {
+    torch::NoGradGuard g;
+    auto params = lora_bf.parameters();
+    params[0].fill_(1e-3), params[1].fill_(1e-3);  // q's A and B: update 2 * 1e-6 per element
+  }
+  lora_bf.merge();
+  EXPECT_EQ(layer.q_proj->weight.scalar_type(), torch::kFloat);
+  EXPECT_EQ(layer.k_proj->weight.scalar_type(), torch::kBFloat16);  // not a target
+  const auto diff = layer.q_proj->weight - base_q.to(torch::kFloat);
+  EXPECT_NEAR(diff.min().item<float>(), 2e-6f, 1e-7f);
+  EXPECT_NEAR(diff.max().item<float>(), 2e-6f, 1e-7f);
 }
 
 }  // namespace
