@@ -334,6 +334,14 @@ void export_hf(Transformer& model, const std::string& dir, const HfExportOptions
   });
 }
 
+void store_matrices_as(Transformer& model, torch::ScalarType dtype) {
+  if (dtype != torch::kFloat && dtype != torch::kBFloat16)
+    throw Error("store_matrices_as: dtype must be float32 or bfloat16");
+  torch::NoGradGuard no_grad;
+  for (auto& [name, param] : model->hf_named_parameters())
+    if (is_projection_matrix(name) && param.scalar_type() != dtype) param.set_data(param.to(dtype));
+}
+
 LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& options) {
   if (options.matrix_dtype != torch::kFloat && options.matrix_dtype != torch::kBFloat16)
     throw Error("load_checkpoint " + dir + ": matrix_dtype must be float32 or bfloat16");

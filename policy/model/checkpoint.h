@@ -56,6 +56,13 @@ struct LoadOptions {
   torch::ScalarType matrix_dtype = torch::kFloat;
 };
 
+// Stores `model`'s projection matrices (those LoadOptions::matrix_dtype names) as `dtype` (kFloat
+// or kBFloat16; rounding to nearest even when narrowing), in place: the parameters keep their
+// identity, their data is replaced. A no-op for matrices already in `dtype`. For a model loaded in
+// float32 whose matrices then stay frozen (LoRA); the float32 data is freed when nothing else holds
+// it. Throws rlhf::Error on another dtype.
+void store_matrices_as(Transformer& model, torch::ScalarType dtype);
+
 // Loads a native checkpoint or a Hugging Face folder. Errors name the folder/file, the tensor,
 // and expected vs found (missing folder, unsupported model_type, missing tensor, wrong shape,
 // truncated safetensors, unknown dtype, a missing shard, a tensor the index names that its shard
