@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -459,6 +460,39 @@ TEST(HfShardsTest, LoadsF16AndBF16ShardsWithTheirRounding) {
     rounded = rounded || !torch::equal(got[i].second, original[i].second);
   }
   EXPECT_TRUE(rounded);
+}
+
+// Resident memory of this process in bytes (/proc/self/statm).
+int64_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * int64_t(::sysconf(_SC_PAGESIZE));
+}
+
+// Reads are memory-mapped: one small tensor of a file whose other tensor takes 2 GiB (a sparse
+// file, so the test itself writes little) comes out without the file being read whole.
+TEST(HfShardsTest, ReadsOneTensorOfAHugeFileWithoutReadingItWhole) {
+  TempDir dir("mmap");
+  const uint64_t big = 1ull << 31;
+  nlohmann::json h;
+  h["big"] = {{"dtype", "F32"}, {"shape", {int64_t(big / 4)}}, {"data_offsets", {0ull, big}}};
+  h["small"] = {{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {big, big + 8}}};
+  const std::string path = dir / "huge.safetensors";
+  write_raw_safetensors(path, h, "");
+  const float tail[2] = {1.5f, -3.0f};
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0, std::ios::end);
+    const auto data_start = int64_t(f.tellp());
+    f.seekp(data_start + int64_t(big));
+    f.write(reinterpret_cast<const char*>(tail), sizeof tail);
+  }
+  const int64_t before = resident_bytes();
+  SafetensorsFile file(path);
+  auto small = file.read("small");
+  EXPECT_TRUE(torch::equal(small, torch::tensor({1.5f, -3.0f})));
+  EXPECT_LT(resident_bytes() - before, int64_t(64) << 20);
 }
 
 TEST(HfShardsTest, ReadsIntoTheModelDtypeRoundingToNearestEven) {
