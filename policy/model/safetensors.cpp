@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "common/error.h"
@@ -273,6 +274,18 @@ SafetensorsWeights::SafetensorsWeights(const std::string& dir, const std::string
                   " is not in this shard");
     where_[name] = it->second;
   }
+}
+
+std::vector<std::string> SafetensorsWeights::files_in(const std::string& dir,
+                                                      const std::string& single_file) {
+  const std::string single = dir + "/" + single_file, index = dir + "/" + kIndexFile;
+  if (fs::exists(single)) return {single};
+  if (!fs::exists(index)) return {};
+  std::vector<std::string> out{index};
+  std::set<std::string> shards;
+  for (const auto& [name, file] : read_weight_map(index)) shards.insert(file);
+  for (const auto& file : shards) out.push_back(dir + "/" + file);
+  return out;
 }
 
 const SafetensorsFile& SafetensorsWeights::file_of(const std::string& name) const {

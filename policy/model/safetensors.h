@@ -72,6 +72,11 @@ class SafetensorsWeights {
 
   SafetensorsWeights(const std::string& dir, const std::string& single_file);
 
+  // The weight files of `dir` as the constructor finds them, without opening the shards: the single
+  // file when present, else the index followed by the shards it names (sorted), else none. For
+  // fingerprints and manifests. Throws rlhf::Error naming the index when it is not valid.
+  static std::vector<std::string> files_in(const std::string& dir, const std::string& single_file);
+
   bool sharded() const { return !index_path_.empty(); }
   // The file that names the tensors: the index when sharded, else the single file.
   const std::string& source() const { return sharded() ? index_path_ : files_.front()->path(); }

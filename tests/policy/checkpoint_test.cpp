@@ -366,6 +366,22 @@ TEST(HfShardsTest, ShardedExportRoundTripGivesIdenticalLogits) {
   EXPECT_FALSE(fs::exists(dir / "hf3/model.safetensors.index.json"));
 }
 
+TEST(HfShardsTest, WeightFilesForFingerprints) {
+  TempDir dir("files");
+  auto m = tiny_model(false, 12);
+  export_hf(m, dir / "sharded", {kSmallShard, ""});
+  auto files = SafetensorsWeights::files_in(dir / "sharded", "model.safetensors");
+  const auto shards = safetensors_files(dir / "sharded");
+  ASSERT_EQ(files.size(), shards.size() + 1);
+  EXPECT_EQ(files[0], dir / "sharded/model.safetensors.index.json");
+  for (size_t k = 0; k < shards.size(); ++k)
+    EXPECT_EQ(files[k + 1], dir / ("sharded/" + shards[k]));
+  export_hf(m, dir / "single");
+  EXPECT_EQ(SafetensorsWeights::files_in(dir / "single", "model.safetensors"),
+            std::vector<std::string>{dir / "single/model.safetensors"});
+  EXPECT_TRUE(SafetensorsWeights::files_in(dir.path(), "model.safetensors").empty());
+}
+
 // A source folder as a Hugging Face hub download has it: config keys we do not model, tokenizer and
 // generation files.
 void add_hub_files(const std::string& src) {
