@@ -217,9 +217,12 @@ uint64_t parse_shard_size(const std::string& value, const std::string& what) {
     const size_t n = std::strlen(u.suffix);
     if (upper.size() <= n || upper.compare(upper.size() - n, n, u.suffix) != 0) continue;
     const std::string digits = value.substr(0, value.size() - n);
-    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 12)
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos ||
+        digits.size() > 15)
       throw Error(bad);
-    uint64_t size = std::stoull(digits) * u.factor;
+    const uint64_t number = std::stoull(digits);
+    if (number > (uint64_t(1) << 62) / u.factor) throw Error(bad);  // absurd, would overflow
+    uint64_t size = number * u.factor;
     if (n == 2 && value.back() == 'b') size /= 8;  // "5Gb": bits, as transformers reads it
     if (size == 0) throw Error(bad);
     return size;

@@ -310,7 +310,8 @@ TEST(HfShardsTest, ParseShardSizeAsTransformers) {
   EXPECT_EQ(parse_shard_size("3mib"), 3ull << 20);
   EXPECT_EQ(parse_shard_size("5Gb"), 625000000ull);  // bits, as transformers reads a lower-case b
   EXPECT_EQ(parse_shard_size("1000"), 1000ull);
-  for (const std::string bad : {"", "GB", "5TB", "-1MB", "0", "1.5GB", "5 GB"}) {
+  for (const std::string bad :
+       {"", "GB", "5TB", "-1MB", "0", "1.5GB", "5 GB", "999999999999999GiB", "0x10MB"}) {
     auto msg = error_of([&] { parse_shard_size(bad, "--max-shard-size"); });
     EXPECT_NE(msg.find("--max-shard-size = \"" + bad + "\": expected a positive size"),
               std::string::npos)
