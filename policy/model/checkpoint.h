@@ -1,6 +1,7 @@
 // Checkpoints. One folder layout for both native and Hugging Face use:
 //   config.json        Hugging Face LlamaConfig fields (model_type "llama")
-//   model.safetensors  weights, LLaMA tensor names (F32 when we write)
+//   model.safetensors  weights, LLaMA tensor names (F32 when we write; save_checkpoint keeps BF16
+//                      for matrices a model holds in bfloat16, export_hf always writes F32)
 //   checkpoint.pb      native only: CheckpointMeta (config message, tokenizer hash, kind, step)
 // A folder without checkpoint.pb is a Hugging Face import: F32/F16/BF16 tensors, memory-mapped,
 // in one model.safetensors or in shards listed by model.safetensors.index.json (its weight_map:
