@@ -71,6 +71,17 @@ int run_sft(const Args& a) {
 }
 
 int run_merge(const Args& a) {
+  // Flags first, so a bad size is refused before the model loads.
+  if (a.has("max-shard-size") && !a.get_bool("hf"))
+    throw rlhf::UsageError("--max-shard-size applies to --hf exports only");
+  rlhf::policy::HfExportOptions options;
+  try {
+    options.max_shard_size =
+        rlhf::policy::parse_shard_size(a.get("max-shard-size"), "--max-shard-size");
+  } catch (const rlhf::Error& e) {
+    throw rlhf::UsageError(e.what());
+  }
+  options.source_dir = a.get("base");
   auto loaded = rlhf::policy::load_checkpoint(a.get("base"));
   const std::string adapter = a.get("adapter");
   rlhf::policy::LoraAdapters lora(loaded.model, rlhf::policy::LoraAdapters::read_options(adapter));
@@ -78,7 +89,7 @@ int run_merge(const Args& a) {
   lora.merge();
   const std::string out = a.get("out");
   if (a.get_bool("hf")) {
-    rlhf::policy::export_hf(loaded.model, out);
+    rlhf::policy::export_hf(loaded.model, out, options);
   } else {
     loaded.info.created_by = "lora merge";
     rlhf::policy::save_checkpoint(loaded.model, out, loaded.info);
@@ -99,12 +110,17 @@ rlhf::cli::Register reg_sft(
 rlhf::cli::Register reg_merge(
     {"lora merge",
      "fold LoRA adapters into their base model and write a plain checkpoint",
-     "--base DIR --adapter DIR --out DIR [--hf]",
+     "--base DIR --adapter DIR --out DIR [--hf [--max-shard-size SIZE]]",
      {{"base", "base checkpoint folder (native or Hugging Face)", "", false, true},
       {"adapter", "adapter folder (adapter_config.json + adapter_model.safetensors)", "", false,
        true},
       {"out", "output checkpoint folder", "", false, true},
-      {"hf", "write the Hugging Face layout (config.json + model.safetensors) only", "", true}},
+      {"hf",
+       "write the Hugging Face layout: config.json (the base's keys kept), safetensors shards + "
+       "index, the base's tokenizer and generation files",
+       "", true},
+      {"max-shard-size", "with --hf: largest shard, as transformers (\"500MB\", \"5GB\", \"2GiB\")",
+       "5GB"}},
      run_merge});
 
 }  // namespace

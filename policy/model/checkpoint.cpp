@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cctype>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -21,12 +24,6 @@ namespace {
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kMetaFile = "checkpoint.pb";
-
-std::string shape_text(torch::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 nlohmann::json hf_config_json(const ModelConfig& c) {
   nlohmann::json j;
@@ -83,6 +80,14 @@ std::map<std::string, torch::Tensor> weights_map(Transformer& model, bool with_v
   for (auto& [name, t] : model->hf_named_parameters())
     if (with_value_head || name.rfind("value_head.", 0) != 0) m[name] = t;
   return m;
+}
+
+// The projection matrices LoadOptions::matrix_dtype applies to, by Hugging Face name.
+bool is_projection_matrix(const std::string& name) {
+  const std::string suffix = "_proj.weight";
+  return name == "lm_head.weight" ||
+         (name.size() > suffix.size() &&
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
 }
 
 // Integer field of config.json: required (throws when absent) or with a default.
@@ -185,16 +190,164 @@ void save_checkpoint(Transformer& model, const std::string& dir, const Checkpoin
   });
 }
 
-void export_hf(Transformer& model, const std::string& dir) {
-  auto weights = weights_map(model, /*with_value_head=*/false);
-  auto config = hf_config_json(model->config()).dump(2);
+const std::vector<std::string> kHfCopiedFiles = {"tokenizer.json",     "tokenizer_config.json",
+                                                 "tokenizer.model",    "special_tokens_map.json",
+                                                 "added_tokens.json",  "vocab.json",
+                                                 "merges.txt",         "chat_template.jinja",
+                                                 "chat_template.json", "generation_config.json"};
+
+uint64_t parse_shard_size(const std::string& value, const std::string& what) {
+  const std::string bad = what + " = \"" + value +
+                          "\": expected a positive size such as \"5GB\", \"500MB\", \"2GiB\" " +
+                          "or a byte count";
+  struct Unit {
+    const char* suffix;
+    uint64_t factor;
+  };
+  static const Unit kUnits[] = {{"GIB", 1ull << 30},
+                                {"MIB", 1ull << 20},
+                                {"KIB", 1ull << 10},
+                                {"GB", 1000000000ull},
+                                {"MB", 1000000ull},
+                                {"KB", 1000ull},
+                                {"", 1}};
+  std::string upper = value;
+  for (auto& ch : upper) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  for (const Unit& u : kUnits) {
+    const size_t n = std::strlen(u.suffix);
+    if (upper.size() <= n || upper.compare(upper.size() - n, n, u.suffix) != 0) continue;
+    const std::string digits = value.substr(0, value.size() - n);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos ||
+        digits.size() > 15)
+      throw Error(bad);
+    const uint64_t number = std::stoull(digits);
+    if (number > (uint64_t(1) << 62) / u.factor) throw Error(bad);  // absurd, would overflow
+    uint64_t size = number * u.factor;
+    if (n == 2 && value.back() == 'b') size /= 8;  // "5Gb": bits, as transformers reads it
+    if (size == 0) throw Error(bad);
+    return size;
+  }
+  throw Error(bad);
+}
+
+namespace {
+
+using NamedTensorList = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// Shards as transformers packs them (huggingface_hub split_state_dict_into_shards): in order, a
+// tensor larger than `max_bytes` on its own gets a shard of its own; otherwise a new shard starts
+// when the tensor would push the current one over `max_bytes`. Returns index lists.
+std::vector<std::vector<size_t>> plan_shards(const NamedTensorList& tensors, uint64_t max_bytes) {
+  std::vector<std::vector<size_t>> shards;
+  std::vector<size_t> current;
+  uint64_t current_bytes = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const uint64_t bytes = uint64_t(tensors[i].second.numel()) * 4;  // written as F32
+    if (bytes > max_bytes) {
+      shards.push_back({i});
+      continue;
+    }
+    if (current_bytes + bytes > max_bytes && !current.empty()) {
+      shards.push_back(std::move(current));
+      current.clear();
+      current_bytes = 0;
+    }
+    current.push_back(i);
+    current_bytes += bytes;
+  }
+  if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
+  return shards;
+}
+
+// "model-00002-of-00003.safetensors" (1-based), transformers' shard names.
+std::string shard_name(size_t index, size_t count) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", index + 1, count);
+  return buf;
+}
+
+// Writes the weights into `tmp`: model.safetensors when one shard, else the shards and the index
+// {"metadata": {"total_size": bytes}, "weight_map": {name: shard}} (keys sorted, indent 2).
+void write_hf_weights(const std::string& tmp, const NamedTensorList& tensors, uint64_t max_bytes) {
+  const auto shards = plan_shards(tensors, max_bytes);
+  nlohmann::json weight_map = nlohmann::json::object();
+  uint64_t total = 0;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string file = shards.size() == 1 ? kWeightsFile : shard_name(s, shards.size());
+    std::map<std::string, torch::Tensor> part;
+    for (size_t i : shards[s]) {
+      // F32 (config.json says float32), converted shard by shard from bfloat16 matrices.
+      part[tensors[i].first] = tensors[i].second.to(torch::kFloat);
+      weight_map[tensors[i].first] = file;
+      total += uint64_t(tensors[i].second.numel()) * 4;
+    }
+    write_safetensors(tmp + "/" + file, part, {{"producer", "rlhf"}});
+  }
+  if (shards.size() == 1) return;
+  nlohmann::json index;
+  index["metadata"] = {{"total_size", total}};
+  index["weight_map"] = weight_map;
+  write_file_atomic(tmp + "/" + SafetensorsWeights::kIndexFile, index.dump(2) + "\n");
+}
+
+// config.json of an export: the source's config.json keys (when it has one), then every key the
+// model's config defines (hf_config_json) written over them; torch_dtype (and dtype, the name
+// newer transformers use, when the source has it) say float32, the dtype of the written weights.
+nlohmann::json export_config(const ModelConfig& c, const std::string& source_dir) {
+  nlohmann::json j = nlohmann::json::object();
+  const std::string source = source_dir.empty() ? "" : source_dir + "/" + kConfigFile;
+  if (!source.empty() && fs::exists(source)) {
+    try {
+      j = nlohmann::json::parse(read_file(source));
+    } catch (const std::exception& e) {
+      throw Error(source + ": not valid JSON: " + e.what());
+    }
+    if (!j.is_object()) throw Error(source + ": expected a JSON object");
+  }
+  const nlohmann::json own = hf_config_json(c);
+  for (auto it = own.begin(); it != own.end(); ++it) j[it.key()] = it.value();
+  if (j.contains("dtype")) j["dtype"] = j["torch_dtype"];
+  return j;
+}
+
+// Copies the kHfCopiedFiles that `source_dir` holds into `tmp`.
+void copy_side_files(const std::string& source_dir, const std::string& tmp) {
+  if (source_dir.empty()) return;
+  for (const auto& name : kHfCopiedFiles) {
+    const fs::path from = fs::path(source_dir) / name;
+    if (!fs::is_regular_file(from)) continue;
+    std::error_code ec;
+    fs::copy_file(from, fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) throw Error("cannot copy " + from.string() + " to " + tmp + ": " + ec.message());
+  }
+}
+
+}  // namespace
+
+void export_hf(Transformer& model, const std::string& dir, const HfExportOptions& options) {
+  if (options.max_shard_size == 0) throw Error("export " + dir + ": max_shard_size must be > 0");
+  NamedTensorList tensors;
+  for (auto& [name, t] : model->hf_named_parameters())
+    if (name.rfind("value_head.", 0) != 0) tensors.emplace_back(name, t);
+  const auto config = export_config(model->config(), options.source_dir).dump(2);
   write_folder_atomically(dir, [&](const std::string& tmp) {
     write_file_atomic(tmp + "/" + kConfigFile, config + "\n");
-    write_safetensors(tmp + "/" + kWeightsFile, weights, {{"producer", "rlhf"}});
+    write_hf_weights(tmp, tensors, options.max_shard_size);
+    copy_side_files(options.source_dir, tmp);
   });
 }
 
-LoadedModel load_checkpoint(const std::string& dir) {
+void store_matrices_as(Transformer& model, torch::ScalarType dtype) {
+  if (dtype != torch::kFloat && dtype != torch::kBFloat16)
+    throw Error("store_matrices_as: dtype must be float32 or bfloat16");
+  torch::NoGradGuard no_grad;
+  for (auto& [name, param] : model->hf_named_parameters())
+    if (is_projection_matrix(name) && param.scalar_type() != dtype) param.set_data(param.to(dtype));
+}
+
+LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& options) {
+  if (options.matrix_dtype != torch::kFloat && options.matrix_dtype != torch::kBFloat16)
+    throw Error("load_checkpoint " + dir + ": matrix_dtype must be float32 or bfloat16");
   if (!fs::is_directory(dir))
     throw Error("checkpoint folder not found: " + dir +
                 " (expected a folder with config.json + model.safetensors)");
@@ -224,21 +377,15 @@ LoadedModel load_checkpoint(const std::string& dir) {
     out.from_hf = true;
     out.info.created_by = "huggingface import";
   }
-  std::string weights_path = dir + "/" + weights_file;
-  auto tensors = read_safetensors(weights_path);
-  if (out.from_hf && tensors.count("value_head.weight")) config.value_head = true;
+  const SafetensorsWeights weights(dir, weights_file);
+  if (out.from_hf && weights.contains("value_head.weight")) config.value_head = true;
 
   out.model = Transformer(config);
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : out.model->hf_named_parameters()) {
-    auto it = tensors.find(name);
-    if (it == tensors.end())
-      throw Error(weights_path + ": missing tensor " + name + " (expected shape " +
-                  shape_text(param.sizes()) + ")");
-    if (it->second.sizes() != param.sizes())
-      throw Error(weights_path + ": tensor " + name + ": expected shape " +
-                  shape_text(param.sizes()) + ", found " + shape_text(it->second.sizes()));
-    param.copy_(it->second);
+    if (options.matrix_dtype != torch::kFloat && is_projection_matrix(name))
+      param.set_data(torch::empty(param.sizes(), param.options().dtype(options.matrix_dtype)));
+    weights.read_into(name, param);
   }
   return out;
 }

@@ -69,7 +69,7 @@ LoraAdapters::LoraAdapters(Transformer model, const LoraOptions& options)
       s.linear = projection(layer, t);
       s.base = s.linear->weight;
       const int64_t out = s.base.size(0), in = s.base.size(1);
-      auto opts = s.base.options();
+      auto opts = s.base.options().dtype(torch::kFloat);  // float32 adapters on any base
       s.a = torch::empty({options_.rank, in}, opts);
       // PEFT: kaiming_uniform_(A, a=sqrt(5)) -> bound = 1 / sqrt(in).
       const double bound = 1.0 / std::sqrt(static_cast<double>(in));
@@ -99,7 +99,11 @@ void LoraAdapters::refresh(bool training) {
       auto keep = torch::bernoulli(torch::full({options_.rank, 1}, 1.0 - p, a.options()));
       a = a * keep / (1.0 - p);
     }
-    s.linear->weight = s.base + torch::matmul(s.b, a) * scale;
+    auto delta = torch::matmul(s.b, a) * scale;
+    // A bfloat16 base (LoadOptions::matrix_dtype) stays bfloat16: the update is rounded to it.
+    s.linear->weight = delta.scalar_type() == s.base.scalar_type()
+                           ? s.base + delta
+                           : s.base + delta.to(s.base.scalar_type());
   }
 }
 
@@ -198,7 +202,11 @@ void LoraAdapters::merge() {
   {
     torch::NoGradGuard no_grad;
     const float scale = options_.scale();
-    for (auto& s : slots_) s.base.add_(torch::matmul(s.b, s.a) * scale);
+    for (auto& s : slots_) {
+      // A bfloat16 base is widened first: an update below its resolution would round away.
+      if (s.base.scalar_type() != s.a.scalar_type()) s.base.set_data(s.base.to(s.a.scalar_type()));
+      s.base.add_(torch::matmul(s.b, s.a) * scale);
+    }
   }
   detach_all();
 }

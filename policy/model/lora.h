@@ -12,6 +12,11 @@
 // the `rank` rows of A is kept with probability 1 - p and scaled by 1 / (1 - p)), which like input
 // dropout regularises only the adapter path and is the identity in eval mode.
 //
+// A base whose projections are bfloat16 (LoadOptions::matrix_dtype, policy/model/checkpoint.h)
+// keeps them so: A and B are float32 whatever the base, refresh() rounds scale * B A to the base's
+// dtype before adding it (the effective weight is bfloat16), and merge() widens each target base to
+// float32 before folding the update in (a small update would round away in bfloat16).
+//
 // Not thread-safe. The model must stay on one device while adapters are attached.
 // Ownership: LoraAdapters shares the model (a libtorch handle) and rewrites its projections'
 // `weight` members until merge() or destruction, which restores plain weights.

@@ -291,6 +291,9 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
     m.reference->to(device);
     m.reference->eval();
     for (auto& p : m.reference->parameters()) p.set_requires_grad(false);
+    // bf16: the reference only runs under autocast, which rounds its matrices to bfloat16 anyway;
+    // keeping them so halves its memory and leaves its log-probs bit for bit as they were.
+    if (precision == Precision::kBf16) store_matrices_as(m.reference, torch::kBFloat16);
   }
   if (cfg.has_lora() && cfg.lora().rank() > 0)
     lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));

@@ -72,9 +72,11 @@ using ExtraStatsFn = std::function<std::map<std::string, double>(
     const std::vector<std::vector<int64_t>>& responses)>;
 
 struct PpoModels {
-  Transformer policy{nullptr};     // trained
-  Transformer reference{nullptr};  // frozen (never updated); may not be the same object
-  Transformer critic{nullptr};     // needs a value head (config.value_head)
+  Transformer policy{nullptr};  // trained
+  // frozen (never updated); may not be the same object as the policy. With dtype "bf16" the
+  // trainer stores its projection matrices in bfloat16 (store_matrices_as) in place.
+  Transformer reference{nullptr};
+  Transformer critic{nullptr};  // needs a value head (config.value_head)
 };
 
 // Copies parameters and buffers by name from `src` into `dst` (same architecture); for making

@@ -382,8 +382,12 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   r.pad_id = mc.pad_id >= 0 ? mc.pad_id : 0;
   r.model->to(r.dev);
   r.model->train();
-  if (c.has_lora() && c.lora().rank() > 0)
+  if (c.has_lora() && c.lora().rank() > 0) {
+    // bf16 with LoRA: the frozen projection matrices stay bfloat16 (no float32 copy); the
+    // adapters, norms and embeddings are float32.
+    if (r.precision == Precision::kBf16) store_matrices_as(r.model, torch::kBFloat16);
     r.lora = std::make_unique<LoraAdapters>(r.model, LoraOptions::from_proto(c.lora()));
+  }
 
   load_data(r);
   const int64_t rows_per_step = static_cast<int64_t>(c.batch_size()) * c.grad_accum();
@@ -565,6 +569,7 @@ void write_outputs(SftRun& r, SftResult& res) {
     r.lora->merge();
     r.lora.reset();
   }
+  store_matrices_as(r.model, torch::kFloat);  // checkpoints are float32 (bf16 LoRA bases)
   save_checkpoint(r.model, res.model_dir, info);
   r.init.tokenizer.save(res.model_dir);  // tokenizer.model, or tokenizer.json (+ its config)
 

@@ -12,6 +12,7 @@
 #include "common/files.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
+#include "policy/model/safetensors.h"
 #include "policy/runtime/distributed.h"
 #include "policy/training/optimizer_config.h"
 
@@ -338,7 +339,10 @@ Transformer load_initial(const ModelSource& s, const Tokenizer& tok,
   if (s.fail_on_long_rows && s.seq_len > mc.max_seq_len)
     throw Error(s.what + ": rows of " + std::to_string(s.seq_len) + " tokens exceed " +
                 s.init_from + "'s max_seq_len " + std::to_string(mc.max_seq_len));
-  for (const char* f : {"/model.safetensors", "/checkpoint.pb", "/config.json"})
+  // The weights (model.safetensors, or a Hugging Face index and its shards), then the metadata.
+  for (const auto& f : SafetensorsWeights::files_in(s.init_from, "model.safetensors"))
+    files->push_back(f);
+  for (const char* f : {"/checkpoint.pb", "/config.json"})
     if (file_exists(s.init_from + f)) files->push_back(s.init_from + f);
   return loaded.model;
 }

@@ -3,14 +3,20 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/model/lora.h"
 #include "policy/model/safetensors.h"
+#include "policy/runtime/device.h"
 #include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
 
@@ -280,6 +286,476 @@ TEST_F(BadCheckpointTest, CliExitCodes) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("expected shape [16, 32], found [32, 32]"), std::string::npos) << out;
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+}
+
+// ---- sharded Hugging Face folders, F16 / BF16, export layout -----------------------------------
+
+// The *.safetensors files of a folder, sorted.
+std::vector<std::string> safetensors_files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// 8000 bytes: the tiny model's 24 tensors (128 B to 6144 B) land in 12 shards.
+constexpr uint64_t kSmallShard = 8000;
+
+TEST(HfShardsTest, ParseShardSizeAsTransformers) {
+  EXPECT_EQ(parse_shard_size("5GB"), 5000000000ull);
+  EXPECT_EQ(parse_shard_size("500MB"), 500000000ull);
+  EXPECT_EQ(parse_shard_size("10KB"), 10000ull);
+  EXPECT_EQ(parse_shard_size("2GiB"), 2ull << 30);
+  EXPECT_EQ(parse_shard_size("3mib"), 3ull << 20);
+  EXPECT_EQ(parse_shard_size("5Gb"), 625000000ull);  // bits, as transformers reads a lower-case b
+  EXPECT_EQ(parse_shard_size("1000"), 1000ull);
+  for (const std::string bad :
+       {"", "GB", "5TB", "-1MB", "0", "1.5GB", "5 GB", "999999999999999GiB", "0x10MB"}) {
+    auto msg = error_of([&] { parse_shard_size(bad, "--max-shard-size"); });
+    EXPECT_NE(msg.find("--max-shard-size = \"" + bad + "\": expected a positive size"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+TEST(HfShardsTest, ShardedExportRoundTripGivesIdenticalLogits) {
+  TempDir dir("shards");
+  auto m = tiny_model(false, 4);
+  export_hf(m, dir / "hf", {kSmallShard, ""});
+  const auto files = safetensors_files(dir / "hf");
+  ASSERT_GT(files.size(), 2u);
+  EXPECT_FALSE(fs::exists(dir / "hf/model.safetensors"));
+  for (size_t k = 0; k < files.size(); ++k) {
+    char want[64];
+    std::snprintf(want, sizeof want, "model-%05zu-of-%05zu.safetensors", k + 1, files.size());
+    EXPECT_EQ(files[k], want);
+    // No shard is over the limit unless it holds one tensor larger than the limit on its own.
+    SafetensorsFile shard(dir / ("hf/" + files[k]));
+    if (shard.entries().size() > 1) {
+      EXPECT_LE(fs::file_size(shard.path()), kSmallShard + 4096);
+    }
+  }
+  auto index = nlohmann::json::parse(read_file(dir / "hf/model.safetensors.index.json"));
+  uint64_t total = 0;
+  size_t count = 0;
+  for (auto& [name, t] : m->hf_named_parameters()) {
+    total += uint64_t(t.numel()) * 4;
+    ++count;
+    ASSERT_TRUE(index["weight_map"].contains(name)) << name;
+  }
+  EXPECT_EQ(index["weight_map"].size(), count);
+  EXPECT_EQ(index["metadata"]["total_size"], total);
+  // Model order: the embeddings open the first shard, lm_head closes the last.
+  EXPECT_EQ(index["weight_map"]["model.embed_tokens.weight"], files.front());
+  EXPECT_EQ(index["weight_map"]["lm_head.weight"], files.back());
+
+  auto loaded = load_checkpoint(dir / "hf");
+  EXPECT_TRUE(loaded.from_hf);
+  torch::NoGradGuard g;
+  auto ids = torch::randint(0, 48, {2, 9}, torch::kLong);
+  EXPECT_TRUE(torch::equal(m->forward(ids), loaded.model->forward(ids)));
+
+  // A limit below the largest tensor: that tensor gets a shard of its own.
+  export_hf(m, dir / "hf2", {5000, ""});
+  auto index2 = nlohmann::json::parse(read_file(dir / "hf2/model.safetensors.index.json"));
+  const std::string own = index2["weight_map"]["model.embed_tokens.weight"];
+  EXPECT_EQ(SafetensorsFile(dir / ("hf2/" + own)).entries().size(), 1u);
+  // The default limit (5 GB) writes one model.safetensors and no index.
+  export_hf(m, dir / "hf3");
+  EXPECT_EQ(safetensors_files(dir / "hf3"), std::vector<std::string>{"model.safetensors"});
+  EXPECT_FALSE(fs::exists(dir / "hf3/model.safetensors.index.json"));
+}
+
+TEST(HfShardsTest, WeightFilesForFingerprints) {
+  TempDir dir("files");
+  auto m = tiny_model(false, 12);
+  export_hf(m, dir / "sharded", {kSmallShard, ""});
+  auto files = SafetensorsWeights::files_in(dir / "sharded", "model.safetensors");
+  const auto shards = safetensors_files(dir / "sharded");
+  ASSERT_EQ(files.size(), shards.size() + 1);
+  EXPECT_EQ(files[0], dir / "sharded/model.safetensors.index.json");
+  for (size_t k = 0; k < shards.size(); ++k)
+    EXPECT_EQ(files[k + 1], dir / ("sharded/" + shards[k]));
+  export_hf(m, dir / "single");
+  EXPECT_EQ(SafetensorsWeights::files_in(dir / "single", "model.safetensors"),
+            std::vector<std::string>{dir / "single/model.safetensors"});
+  EXPECT_TRUE(SafetensorsWeights::files_in(dir.path(), "model.safetensors").empty());
+}
+
+// A source folder as a Hugging Face hub download has it: config keys we do not model, tokenizer and
+// generation files.
+void add_hub_files(const std::string& src) {
+  auto cfg = nlohmann::json::parse(read_file(src + "/config.json"));
+  cfg["transformers_version"] = "4.46.0";
+  cfg["initializer_range"] = 0.02;
+  cfg["attention_dropout"] = 0.0;
+  cfg["torch_dtype"] = "bfloat16";
+  write_file_atomic(src + "/config.json", cfg.dump(2));
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                           "generation_config.json", "chat_template.jinja"})
+    write_file_atomic(src + "/" + name, std::string("{\"file\": \"") + name + "\"}\n");
+}
+
+TEST(HfShardsTest, ExportKeepsSourceConfigKeysAndCopiesTokenizerFiles) {
+  TempDir dir("hub");
+  auto m = tiny_model(true, 5);
+  export_hf(m, dir / "src");
+  add_hub_files(dir / "src");
+  auto src_cfg = nlohmann::json::parse(read_file(dir / "src/config.json"));
+  src_cfg["num_hidden_layers"] = 99;  // a key the model defines: rewritten from the model's config
+  write_file_atomic(dir / "src/config.json", src_cfg.dump(2));
+  export_hf(m, dir / "out", {kSmallShard, dir / "src"});
+  auto cfg = nlohmann::json::parse(read_file(dir / "out/config.json"));
+  EXPECT_EQ(cfg["model_type"], "llama");
+  EXPECT_EQ(cfg["architectures"], nlohmann::json({"LlamaForCausalLM"}));
+  EXPECT_EQ(cfg["transformers_version"], "4.46.0");
+  EXPECT_EQ(cfg["initializer_range"], 0.02);
+  EXPECT_EQ(cfg["attention_dropout"], 0.0);
+  EXPECT_EQ(cfg["num_hidden_layers"], 2);
+  EXPECT_EQ(cfg["torch_dtype"], "float32");  // the dtype of the written weights
+  EXPECT_EQ(cfg["tie_word_embeddings"], true);
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                           "generation_config.json", "chat_template.jinja"})
+    EXPECT_EQ(read_file(dir / ("out/" + std::string(name))),
+              read_file(dir / ("src/" + std::string(name))))
+        << name;
+  EXPECT_FALSE(fs::exists(dir / "out/tokenizer.model"));  // absent in the source: not written
+  for (auto& e : fs::directory_iterator(dir.path()))
+    EXPECT_TRUE(e.path().filename() == "src" || e.path().filename() == "out") << e.path();
+}
+
+// tests/policy/hf_layout_check.py reads the export as transformers would (its own safetensors
+// reader, the index rules, "format": "pt") and reports each tensor's float32 SHA-256.
+TEST(HfShardsTest, IndependentReaderMatchesExportedTensors) {
+  if (std::system("python3 --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  TempDir dir("pyread");
+  auto m = tiny_model(false, 6);
+  for (uint64_t limit : {kSmallShard, uint64_t(5000000000ull)}) {
+    const std::string out = dir / ("hf" + std::to_string(limit));
+    export_hf(m, out, {limit, ""});
+    std::string report;
+    int rc = rlhf::testing::run_command(
+        "python3 " + std::string(RLHF_SOURCE_DIR) + "/tests/policy/hf_layout_check.py " + out,
+        &report, /*merge_stderr=*/false);
+    ASSERT_EQ(rc, 0) << report;
+    auto j = nlohmann::json::parse(report);
+    const auto params = m->hf_named_parameters();
+    EXPECT_EQ(j.size(), params.size());
+    for (auto& [name, t] : params) {
+      ASSERT_TRUE(j.contains(name)) << name;
+      EXPECT_EQ(j[name]["dtype"], "F32") << name;
+      EXPECT_EQ(j[name]["shape"], nlohmann::json(t.sizes().vec())) << name;
+      EXPECT_EQ(j[name]["sha256_f32"], sha256_hex(bytes_of(t))) << name;
+    }
+  }
+}
+
+TEST(HfShardsTest, LoadsF16AndBF16ShardsWithTheirRounding) {
+  TempDir dir("half");
+  auto m = tiny_model(false, 7);
+  export_hf(m, dir / "hf", {kSmallShard, ""});
+  // Rewrite the shards alternately as F16 and BF16 (torch's round-to-nearest-even).
+  std::map<std::string, torch::ScalarType> stored;
+  const auto files = safetensors_files(dir / "hf");
+  for (size_t k = 0; k < files.size(); ++k) {
+    const std::string path = dir / ("hf/" + files[k]);
+    auto tensors = read_safetensors(path);
+    const auto type = k % 2 ? torch::kBFloat16 : torch::kHalf;
+    for (auto& [name, t] : tensors) t = t.to(type), stored[name] = type;
+    write_safetensors(path, tensors);
+  }
+  auto loaded = load_checkpoint(dir / "hf");
+  auto original = m->hf_named_parameters(), got = loaded.model->hf_named_parameters();
+  ASSERT_EQ(original.size(), got.size());
+  bool rounded = false;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const auto& name = got[i].first;
+    EXPECT_EQ(got[i].second.scalar_type(), torch::kFloat) << name;
+    auto expected = original[i].second.to(stored.at(name)).to(torch::kFloat);
+    EXPECT_TRUE(torch::equal(got[i].second, expected)) << name;
+    rounded = rounded || !torch::equal(got[i].second, original[i].second);
+  }
+  EXPECT_TRUE(rounded);
+}
+
+// Resident memory of this process in bytes (/proc/self/statm).
+int64_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * int64_t(::sysconf(_SC_PAGESIZE));
+}
+
+// Reads are memory-mapped: one small tensor of a file whose other tensor takes 2 GiB (a sparse
+// file, so the test itself writes little) comes out without the file being read whole.
+TEST(HfShardsTest, ReadsOneTensorOfAHugeFileWithoutReadingItWhole) {
+  TempDir dir("mmap");
+  const uint64_t big = 1ull << 31;
+  nlohmann::json h;
+  h["big"] = {{"dtype", "F32"}, {"shape", {int64_t(big / 4)}}, {"data_offsets", {0ull, big}}};
+  h["small"] = {{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {big, big + 8}}};
+  const std::string path = dir / "huge.safetensors";
+  write_raw_safetensors(path, h, "");
+  const float tail[2] = {1.5f, -3.0f};
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0, std::ios::end);
+    const auto data_start = int64_t(f.tellp());
+    f.seekp(data_start + int64_t(big));
+    f.write(reinterpret_cast<const char*>(tail), sizeof tail);
+  }
+  const int64_t before = resident_bytes();
+  SafetensorsFile file(path);
+  auto small = file.read("small");
+  EXPECT_TRUE(torch::equal(small, torch::tensor({1.5f, -3.0f})));
+  EXPECT_LT(resident_bytes() - before, int64_t(64) << 20);
+}
+
+TEST(HfShardsTest, ReadsIntoTheModelDtypeRoundingToNearestEven) {
+  TempDir dir("rne");
+  // 1 + 2^-8 and 1 + 3 * 2^-8 sit halfway between bfloat16 neighbours: ties go to the even one.
+  auto values = torch::tensor({1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f});
+  write_safetensors(dir / "x.safetensors", {{"w", values}});
+  SafetensorsFile file(dir / "x.safetensors");
+  auto bf = file.read("w", torch::kBFloat16);
+  EXPECT_EQ(bf.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(bf.to(torch::kFloat), torch::tensor({1.0f, 1.015625f, -2.5f})));
+  auto into = torch::empty({3}, torch::kHalf);
+  file.read_into("w", into);
+  EXPECT_TRUE(torch::equal(into, values.to(torch::kHalf)));
+  auto msg = error_of([&] { file.read_into("w", torch::empty({2, 2})); });
+  EXPECT_NE(msg.find(dir / "x.safetensors: tensor w: expected shape [2, 2], found [3]"),
+            std::string::npos)
+      << msg;
+}
+
+class BadShardsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    export_hf(model_, ck_, {kSmallShard, ""});
+    index_ = nlohmann::json::parse(read_file(index_path_));
+  }
+  void write_index() { write_file_atomic(index_path_, index_.dump(2)); }
+  std::string shard_of(const std::string& name) {
+    return ck_ + "/" + index_["weight_map"][name].get<std::string>();
+  }
+  TempDir dir_{"badshards"};
+  Transformer model_ = tiny_model(false, 8);
+  std::string ck_ = dir_ / "hf";
+  std::string index_path_ = ck_ + "/model.safetensors.index.json";
+  nlohmann::json index_;
+};
+
+TEST_F(BadShardsTest, MissingShard) {
+  const std::string shard = shard_of("model.layers.1.mlp.up_proj.weight");
+  fs::remove(shard);
+  auto msg = error_of([&] { load_checkpoint(ck_); });
+  const std::string file = fs::path(shard).filename().string();
+  EXPECT_NE(msg.find(index_path_ + ": shard " + file + " (holding tensor "), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(") not found: " + shard), std::string::npos) << msg;
+}
+
+TEST_F(BadShardsTest, IndexNamesATensorItsShardLacks) {
+  const std::string shard = shard_of("model.norm.weight");
+  index_["weight_map"]["model.layers.0.self_attn.q_proj.bias"] =
+      fs::path(shard).filename().string();
+  write_index();
+  auto msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find(shard + ": tensor model.layers.0.self_attn.q_proj.bias named by " +
+                     index_path_ + " is not in this shard"),
+            std::string::npos)
+      << msg;
+}
+
+TEST_F(BadShardsTest, IndexLacksAModelTensor) {
+  index_["weight_map"].erase("model.layers.1.self_attn.o_proj.weight");
+  write_index();
+  auto msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find(index_path_ +
+                     ": missing tensor model.layers.1.self_attn.o_proj.weight (expected shape "
+                     "[32, 32])"),
+            std::string::npos)
+      << msg;
+}
+
+TEST_F(BadShardsTest, WrongShapeInAShard) {
+  const std::string name = "model.layers.0.self_attn.k_proj.weight";
+  const std::string shard = shard_of(name);
+  auto tensors = read_safetensors(shard);
+  tensors[name] = torch::zeros({16, 31});
+  write_safetensors(shard, tensors);
+  auto msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find(shard + ": tensor " + name + ": expected shape [16, 32], found [16, 31]"),
+            std::string::npos)
+      << msg;
+}
+
+TEST_F(BadShardsTest, WrongDtypeInAShard) {
+  const std::string shard = shard_of("model.layers.1.mlp.down_proj.weight");
+  std::string data = read_file(shard);
+  auto pos = data.find("\"F32\"");
+  ASSERT_NE(pos, std::string::npos);
+  data.replace(pos, 5, "\"F64\"");
+  write_file_atomic(shard, data);
+  auto msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find(index_path_ + ": shard " + fs::path(shard).filename().string() + ": " + shard +
+                     ": tensor model.layers.1."),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("unsupported dtype 'F64', expected F32, F16 or BF16"), std::string::npos)
+      << msg;
+}
+
+TEST_F(BadShardsTest, BadIndex) {
+  index_["weight_map"]["model.norm.weight"] = 3;
+  write_index();
+  auto msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find(index_path_ + ": weight_map['model.norm.weight'] = 3, expected a shard file"),
+            std::string::npos)
+      << msg;
+  index_["weight_map"]["model.norm.weight"] = "../elsewhere.safetensors";
+  write_index();
+  msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find("expected a file name in the same folder"), std::string::npos) << msg;
+  write_file_atomic(index_path_, "{\"metadata\": {}}");
+  msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find(index_path_ + ": missing field 'weight_map'"), std::string::npos) << msg;
+  fs::remove(index_path_);
+  msg = error_of([&] { load_checkpoint(ck_); });
+  EXPECT_NE(msg.find("cannot open " + ck_ + "/model.safetensors (safetensors weights): no such " +
+                     "file, and no model.safetensors.index.json"),
+            std::string::npos)
+      << msg;
+}
+
+// `rlhf lora merge --hf --max-shard-size`: a sharded export carrying the base's files; a bad size
+// refused as a usage error naming the flag.
+TEST(HfShardsTest, LoraMergeCliWritesShards) {
+  TempDir dir("mergecli");
+  auto m = tiny_model(false, 9);
+  export_hf(m, dir / "base");
+  add_hub_files(dir / "base");
+  {
+    LoraOptions o;
+    o.rank = 2;
+    LoraAdapters lora(m, o);
+    lora.save(dir / "adapter");
+  }
+  const std::string bin = rlhf::testing::rlhf_binary();
+  const std::string cmd = bin + " lora merge --base " + (dir / "base") + " --adapter " +
+                          (dir / "adapter") + " --out " + (dir / "out") + " --hf";
+  std::string out;
+  int rc = rlhf::testing::run_command(cmd + " --max-shard-size 8KB", &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_GT(safetensors_files(dir / "out").size(), 2u);
+  EXPECT_TRUE(fs::exists(dir / "out/model.safetensors.index.json"));
+  EXPECT_EQ(read_file(dir / "out/tokenizer.json"), read_file(dir / "base/tokenizer.json"));
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir / "out/config.json"))["initializer_range"], 0.02);
+  auto loaded = load_checkpoint(dir / "out");
+  torch::NoGradGuard g;
+  auto ids = torch::randint(0, 48, {1, 7}, torch::kLong);
+  EXPECT_TRUE(torch::allclose(m->forward(ids), loaded.model->forward(ids), 1e-5, 1e-5));
+
+  rc = rlhf::testing::run_command(cmd + " --max-shard-size 5TB", &out);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("--max-shard-size = \"5TB\": expected a positive size"), std::string::npos)
+      << out;
+}
+
+// ---- bfloat16 frozen matrices (LoadOptions::matrix_dtype) -------------------------------------
+
+bool is_matrix(const std::string& name) {
+  return name == "lm_head.weight" || name.find("_proj.weight") != std::string::npos;
+}
+
+TEST(Bf16WeightsTest, MatricesLoadAsBf16AndGiveTheFloat32LogitsUnderAutocast) {
+  TempDir dir("bf16w");
+  auto m = tiny_model(false, 10);
+  export_hf(m, dir / "hf", {kSmallShard, ""});
+  auto f32 = load_checkpoint(dir / "hf");
+  LoadOptions o;
+  o.matrix_dtype = torch::kBFloat16;
+  auto bf = load_checkpoint(dir / "hf", o);
+  int64_t bytes_f32 = 0, bytes_bf = 0;
+  auto a = f32.model->hf_named_parameters(), b = bf.model->hf_named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const auto& name = b[i].first;
+    bytes_f32 += a[i].second.numel() * a[i].second.element_size();
+    bytes_bf += b[i].second.numel() * b[i].second.element_size();
+    EXPECT_EQ(b[i].second.scalar_type(), is_matrix(name) ? torch::kBFloat16 : torch::kFloat)
+        << name;
+    EXPECT_TRUE(torch::equal(b[i].second.to(torch::kFloat),
+                             a[i].second.to(b[i].second.scalar_type()).to(torch::kFloat)))
+        << name;
+  }
+  EXPECT_LT(bytes_bf, bytes_f32 * 3 / 5);  // the matrices are most of the model
+  // An export of it writes F32, as its config.json says.
+  export_hf(bf.model, dir / "again");
+  const SafetensorsFile again(dir / "again/model.safetensors");
+  for (const auto& [name, e] : again.entries()) EXPECT_EQ(e.dtype_name, "F32") << name;
+  torch::NoGradGuard g;
+  auto ids = torch::randint(0, 48, {2, 9}, torch::kLong);
+  AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+  auto want = f32.model->forward(ids), got = bf.model->forward(ids);
+  EXPECT_EQ(got.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(want, got)) << (want - got).abs().max().item<float>();
+}
+
+TEST(Bf16WeightsTest, LoraOnABf16BaseTrainsFloat32Adapters) {
+  TempDir dir("bf16lora");
+  auto m = tiny_model(false, 11);
+  export_hf(m, dir / "hf");
+  LoadOptions o;
+  o.matrix_dtype = torch::kBFloat16;
+  auto bf = load_checkpoint(dir / "hf", o);
+  auto f32 = load_checkpoint(dir / "hf");
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.targets = {"q", "v", "down"};
+  torch::manual_seed(3);
+  LoraAdapters lora_bf(bf.model, lo);
+  torch::manual_seed(3);
+  LoraAdapters lora_f32(f32.model, lo);
+  for (auto* l : {&lora_bf, &lora_f32}) {
+    {
+      torch::NoGradGuard g;
+      auto gen = torch::make_generator<at::CPUGeneratorImpl>(5);
+      for (auto& p : l->parameters()) p.normal_(0, 0.05, gen);
+    }
+    l->refresh(false);  // records the graph from A, B to the effective weights
+  }
+  for (auto& p : lora_bf.parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+  auto& layer = *bf.model->layers[0]->as<DecoderLayerImpl>();
+  EXPECT_EQ(layer.q_proj->weight.scalar_type(), torch::kBFloat16);
+
+  auto ids = torch::randint(0, 48, {2, 9}, torch::kLong);
+  AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+  auto got = bf.model->forward(ids), want = f32.model->forward(ids);
+  EXPECT_TRUE(torch::allclose(got, want, 0.05, 0.05)) << (got - want).abs().max().item<float>();
+  got.sum().backward();
+  for (auto& p : lora_bf.parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat);
+  }
+  EXPECT_GT(lora_bf.parameters()[0].grad().abs().sum().item<float>(), 0.0f);
+
+  // merge() folds the update into a float32 copy of each target: a tiny update survives it.
+  const auto base_q = bf.model->named_parameters()["layers.0.q_proj.weight"].detach().clone();
+  ASSERT_EQ(base_q.scalar_type(), torch::kBFloat16);
+  {
+    torch::NoGradGuard g;
+    auto params = lora_bf.parameters();
+    params[0].fill_(1e-3), params[1].fill_(1e-3);  // q's A and B: update 2 * 1e-6 per element
+  }
+  lora_bf.merge();
+  EXPECT_EQ(layer.q_proj->weight.scalar_type(), torch::kFloat);
+  EXPECT_EQ(layer.k_proj->weight.scalar_type(), torch::kBFloat16);  // not a target
+  const auto diff = layer.q_proj->weight - base_q.to(torch::kFloat);
+  EXPECT_NEAR(diff.min().item<float>(), 2e-6f, 1e-7f);
+  EXPECT_NEAR(diff.max().item<float>(), 2e-6f, 1e-7f);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -13,6 +14,7 @@
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/lora.h"
+#include "policy/model/safetensors.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/lr_schedule.h"
 #include "policy/training/optimizer_config.h"
@@ -213,6 +215,36 @@ TEST_F(SftTest, LoraWithDropoutResumesBitIdentical) {
                          "lora { rank: 4 alpha: 8 dropout: 0.2 targets: \"q\" targets: \"v\" "
                          "targets: \"down\" }\n");
   expect_bit_identical_resume(cfg, tmp, 5);
+}
+
+TEST_F(SftTest, LoraBf16KeepsFrozenMatricesBf16AndResumesBitIdentical) {
+  TempDir tmp("sft_lora_bf16");
+  auto cfg = base_config("",
+                         "steps: 6\neval_every: 3\nsave_every: 3\ndtype: \"bf16\"\n"
+                         "lora { rank: 4 targets: \"q\" targets: \"v\" }\n");
+  expect_bit_identical_resume(cfg, tmp, 4);
+  // The resumable state holds the model as it trained: frozen matrices bfloat16, the rest float32.
+  std::string state;
+  for (auto& e : std::filesystem::recursive_directory_iterator(tmp / "straight/state"))
+    if (e.path().filename() == "model.pt") state = e.path().string();
+  ASSERT_FALSE(state.empty());
+  torch::serialize::InputArchive ar;
+  ar.load_from(state);
+  const std::vector<std::pair<std::string, torch::ScalarType>> expected = {
+      {"layers.0.q_proj.weight", torch::kBFloat16},
+      {"layers.1.down_proj.weight", torch::kBFloat16},  // frozen, not a LoRA target
+      {"embed_tokens.weight", torch::kFloat},
+      {"lora.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", torch::kFloat}};
+  for (const auto& [name, dtype] : expected) {
+    torch::Tensor t;
+    ar.read(name, t);
+    EXPECT_EQ(t.scalar_type(), dtype) << name;
+  }
+  // The merged model is written in float32.
+  auto loaded = load_checkpoint(tmp / "straight/model");
+  for (const auto& p : loaded.model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+  const SafetensorsFile written(tmp / "straight/model/model.safetensors");
+  for (const auto& [name, e] : written.entries()) EXPECT_EQ(e.dtype_name, "F32") << name;
 }
 
 TEST_F(SftTest, LoraSftLowersLossAndWritesAdapterAndMergedModel) {

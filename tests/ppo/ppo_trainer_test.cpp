@@ -154,6 +154,30 @@ TEST(PpoTrainer, ToyTaskRaisesTeacherScoreWithBoundedKl) {
   EXPECT_TRUE(file_exists(trainer.checkpoint_dir() + "/policy/model.safetensors"));
 }
 
+// dtype bf16: the frozen reference keeps its projection matrices in bfloat16. Under autocast they
+// round exactly as the policy's float32 matrices do, so at the first rollout (policy = reference)
+// the KL is exactly 0, as in float32.
+TEST(PpoTrainer, Bf16ReferenceMatricesStayBf16WithUnchangedLogprobs) {
+  TempDir dir("ppo_bf16_ref");
+  auto cfg = toy_config(1);
+  cfg.set_batch_size(8);
+  cfg.set_minibatch_size(8);
+  cfg.set_ppo_epochs(1);
+  cfg.set_max_new_tokens(4);
+  cfg.set_dtype("bf16");
+  auto models = make_models(3);
+  auto reference = models.reference;
+  policy::PpoTrainer t(cfg, models, count_teacher, make_prompts(), dir.path());
+  for (auto& [name, p] : reference->hf_named_parameters()) {
+    const bool matrix = name.find("_proj.weight") != std::string::npos || name == "lm_head.weight";
+    EXPECT_EQ(p.scalar_type(), matrix ? torch::kBFloat16 : torch::kFloat) << name;
+  }
+  for (auto& p : models.policy->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+  t.step();
+  ASSERT_EQ(t.history().size(), 1u);
+  EXPECT_EQ(t.history()[0].at("kl/mean"), 0.0);
+}
+
 TEST(PpoTrainer, SameSeedSameStatsAndResume) {
   TempDir a("ppo_a"), b("ppo_b");
   auto cfg = toy_config(6);
