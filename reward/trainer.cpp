@@ -318,19 +318,24 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& global_batch) {
     ri.push_back(local[b]);
   }
   const double lr = r.schedule.at(r.state.step());
-  auto pb = pad_batch(seqs, r.model->config().pad_id);
-  if (r.lora) r.lora->refresh(true);  // fresh graph through the adapters
-  torch::Tensor scores;
-  {
-    policy::AutocastScope autocast(r.device, r.precision);
-    scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
-  }
-  auto d = scores.index_select(0, torch::tensor(ci).to(r.device)) -
-           scores.index_select(0, torch::tensor(ri).to(r.device));
   const double n_global = static_cast<double>(global_batch.size());
-  auto loss = -torch::log_sigmoid(d - r.cfg.margin()).sum() / n_global;
+  // A rank whose share is empty (the last batch of an epoch can hold fewer pairs than there are
+  // ranks) adds nothing: no forward, zero gradients and zero sums, but the same collectives.
+  torch::Tensor d = torch::zeros({0}), loss = torch::zeros({});
+  if (r.lora) r.lora->refresh(true);  // fresh graph through the adapters
+  if (!seqs.empty()) {
+    auto pb = pad_batch(seqs, r.model->config().pad_id);
+    torch::Tensor scores;
+    {
+      policy::AutocastScope autocast(r.device, r.precision);
+      scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
+    }
+    d = scores.index_select(0, torch::tensor(ci).to(r.device)) -
+        scores.index_select(0, torch::tensor(ri).to(r.device));
+    loss = -torch::log_sigmoid(d - r.cfg.margin()).sum() / n_global;
+  }
   r.opt->zero_grad();
-  loss.backward();
+  if (!seqs.empty()) loss.backward();
   policy::dist::all_reduce_gradients(*r.comm, r.opt->parameters());
   const double gnorm = r.opt->step(lr);
   r.state.set_step(r.state.step() + 1);

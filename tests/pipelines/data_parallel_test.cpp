@@ -156,6 +156,59 @@ TEST(DataParallel, RewardTwoRanksEqualOneRank) {
       {"train/loss", "train/accuracy", "train/grad_norm", "eval/accuracy", "eval/loss"});
 }
 
+// `n` lines of distinct prompts (every pair its own ranking group), written as SFT examples or as
+// preference pairs.
+std::string distinct_examples(const std::string& path, int n, bool pairs) {
+  std::ofstream out(path);
+  for (int i = 0; i < n; ++i) {
+    const int a = i % 5, b = (i / 5) % 4;
+    const std::string prompt = std::string(kNames[i % 9]) + " asks: what is " + kNames[a] +
+                               " plus " + kNames[b] + " " + std::to_string(i) + "?";
+    const std::string good =
+        std::string(kNames[a]) + " plus " + kNames[b] + " is " + kNames[a + b] + ".";
+    const std::string bad =
+        std::string(kNames[a]) + " plus " + kNames[b] + " is " + kNames[(a + b + 1) % 9] + ".";
+    out << (pairs ? json{{"prompt", prompt}, {"chosen", good}, {"rejected", bad}}
+                  : json{{"prompt", prompt}, {"response", good}})
+               .dump()
+        << "\n";
+  }
+  return path;
+}
+
+// The last batch of an epoch holds one row and the held-out set one example, so rank 1's share
+// of them is empty: it still joins every collective, adding nothing, and the run equals one rank.
+TEST(DataParallel, SharesOfZeroRowsWorkInEveryTrainer) {
+  auto& f = fixture();
+  TempDir d("dp_zero");
+  // Reward: 41 pairs in batches of 4 (the last of each epoch has 1); 12 steps cross an epoch.
+  const auto reward_cfg = write_config(
+      d / "reward.pbtxt",
+      "format: \"pairs\"\ntrain_file: \"" + distinct_examples(d / "pairs.jsonl", 41, true) +
+          "\"\neval_file: \"" + distinct_examples(d / "pairs_eval.jsonl", 1, true) +
+          "\"\ntokenizer: \"" + f.tok +
+          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
+          "max_answer_tokens: 16\nsteps: 12 batch_pairs: 4 optimizer { lr: 1e-3 } eval_every: "
+          "5\n");
+  std::string out;
+  ASSERT_EQ(launch(0, "reward train --config " + reward_cfg + " --out " + (d / "rw1"), &out), 0)
+      << out;
+  ASSERT_EQ(launch(2, "reward train --config " + reward_cfg + " --out " + (d / "rw2"), &out), 0)
+      << out;
+  expect_same_curves(d / "rw1", d / "rw2",
+                     {"train/loss", "train/accuracy", "train/grad_norm", "eval/loss"});
+  // SFT: 17 rows in batches of 4 (the last of each pass has 1); 6 steps cross a pass.
+  const auto sft_cfg = write_config(
+      d / "sft.pbtxt",
+      "train_file: \"" + distinct_examples(d / "sft.jsonl", 17, false) + "\"\neval_file: \"" +
+          distinct_examples(d / "sft_eval.jsonl", 1, false) + "\"\ntokenizer: \"" + f.tok +
+          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 max_seq_len: 48 }\n"
+          "steps: 12 batch_size: 4 optimizer { lr: 3e-3 } eval_every: 3 seed: 3\n");
+  ASSERT_EQ(launch(0, "sft --config " + sft_cfg + " --out " + (d / "sft1"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "sft --config " + sft_cfg + " --out " + (d / "sft2"), &out), 0) << out;
+  expect_same_curves(d / "sft1", d / "sft2", {"loss", "grad_norm", "eval_loss"});
+}
+
 TEST(DataParallel, PpoFirstIterationTwoRanksEqualOneRank) {
   auto& f = fixture();
   TempDir d("dp_ppo");
