@@ -10,6 +10,7 @@
 #define RLHF_HAVE_GLOO 1
 #endif
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef RLHF_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -72,6 +73,13 @@ WorldEnv parse_world_env(const std::function<const char*(const char*)>& get) {
   if (const char* v = get("MASTER_PORT")) env.master_port = env_int("MASTER_PORT", v, 1, 65535);
   if (const char* v = get("RLHF_DIST_TIMEOUT_S"))
     env.timeout = std::chrono::seconds(env_int("RLHF_DIST_TIMEOUT_S", v, 1, 1 << 30));
+  if (const char* v = get("TORCHELASTIC_USE_AGENT_STORE"); v && std::string(v) == "True") {
+    env.agent_store = true;
+    const char* attempt = get("TORCHELASTIC_RESTART_COUNT");
+    env.store_prefix =
+        "/worker/attempt_" +
+        std::to_string(attempt ? env_int("TORCHELASTIC_RESTART_COUNT", attempt, 0, 1 << 30) : 0);
+  }
   return env;
 }
 
@@ -151,13 +159,14 @@ std::unique_ptr<Comm> Comm::join(const WorldEnv& env, const torch::Device& devic
 
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
-  so.isServer = env.rank == 0;
+  so.isServer = env.rank == 0 && !env.agent_store;
   so.numWorkers = env.world_size;
   so.waitWorkers = true;
   so.timeout = env.timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
     store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    if (env.agent_store) store = c10::make_intrusive<c10d::PrefixStore>(env.store_prefix, store);
   } catch (const std::exception& e) {
     throw Error("rank " + std::to_string(env.rank) + ": cannot join the process group at " +
                 env.master_addr + ":" + std::to_string(env.master_port) + " (MASTER_ADDR, " +

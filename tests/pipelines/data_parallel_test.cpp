@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -305,6 +306,46 @@ TEST(DataParallel, ResumeOnAnotherWorldSizeIsResharded) {
   const auto b = json::parse(rlhf::read_file(d / "moved/manifest.json"))["metrics"];
   for (const char* k : {"final_train_loss", "final_eval_loss", "tokens_seen"})
     expect_close(a[k].get<double>(), b[k].get<double>(), k);
+}
+
+// `rlhf` under real torchrun (Debian's python3-torch, through scripts/torchrun.py): the agent
+// hosts the store (TORCHELASTIC_USE_AGENT_STORE=True), rank 0 joins it as a client, and 2 ranks
+// train SFT and reward to the curves of `rlhf launch --nproc-per-node 2`. Skipped without
+// python3-torch unless RLHF_REQUIRE_SHARED_DATA=1 (CI; scripts/bootstrap.sh installs it).
+TEST(DataParallel, TorchrunTwoRanksEqualRlhfLaunch) {
+  std::string out;
+  if (run_command("/usr/bin/python3 -c 'import torch.distributed.run'", &out) != 0) {
+    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");
+    if (req && std::string(req) == "1") FAIL() << "python3-torch is missing: " << out;
+    GTEST_SKIP() << "python3-torch is missing (run scripts/bootstrap.sh)";
+  }
+  auto& f = fixture();
+  TempDir d("dp_torchrun");
+  auto torchrun = [&](const std::string& args) {
+    return "RLHF_DIST_TIMEOUT_S=60 /usr/bin/python3 " + std::string(RLHF_SOURCE_DIR) +
+           "/scripts/torchrun.py --nproc_per_node 2 --master_port " +
+           std::to_string(29500 + getpid() % 90) + " --no_python " + rlhf_binary() + " " + args;
+  };
+  const auto sft = write_config(d / "sft.pbtxt", sft_config(f, 10));
+  ASSERT_EQ(launch(2, "sft --config " + sft + " --out " + (d / "sft_launch"), &out), 0) << out;
+  ASSERT_EQ(run_command(torchrun("sft --config " + sft + " --out " + (d / "sft_torchrun")), &out),
+            0)
+      << out;
+  expect_same_curves(d / "sft_launch", d / "sft_torchrun", {"loss", "grad_norm", "eval_loss"});
+  const auto reward =
+      write_config(d / "reward.pbtxt",
+                   "format: \"pairs\"\ntrain_file: \"" + f.pairs + "\"\ntokenizer: \"" + f.tok +
+                       "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
+                       "max_answer_tokens: 16\nsteps: 12 batch_pairs: 16 eval_every: 6\n");
+  ASSERT_EQ(launch(2, "reward train --config " + reward + " --out " + (d / "rw_launch"), &out), 0)
+      << out;
+  ASSERT_EQ(
+      run_command(torchrun("reward train --config " + reward + " --out " + (d / "rw_torchrun")),
+                  &out),
+      0)
+      << out;
+  expect_same_curves(d / "rw_launch", d / "rw_torchrun",
+                     {"train/loss", "train/accuracy", "train/grad_norm", "eval/accuracy"});
 }
 
 // The launcher's children (the ranks), from /proc.
