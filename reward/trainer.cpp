@@ -254,6 +254,17 @@ void save_state(RewardRun& r) {
                  });
 }
 
+// Every rank starts where rank 0 does (policy::training::check_same_start; nothing when alone).
+void check_same_start(RewardRun& r, bool finished) {
+  policy::training::check_same_start(
+      *r.comm, "reward train", r.out,
+      {r.fingerprint, r.state.step(),
+       finished ? "finished"
+                : "epoch " + std::to_string(r.state.epoch()) + ", batch " +
+                      std::to_string(r.state.batch_in_epoch())},
+      finished ? policy::training::NamedTensors{} : state_tensors(r));
+}
+
 // The resume rule (policy/training/training.h). Returns true when the folder already holds the
 // finished run of this config.
 bool resume_or_start(RewardRun& r) {
@@ -268,12 +279,16 @@ bool resume_or_start(RewardRun& r) {
     if (!r.state.ParseFromString(read_file(*dir + "/train_state.pb")))
       throw Error(*dir + "/train_state.pb: not a RewardTrainState message");
     auto m = read_manifest(r.out);
-    if (m && m->complete() && r.state.step() >= r.total_steps) return true;
+    if (m && m->complete() && r.state.step() >= r.total_steps) {
+      check_same_start(r, /*finished=*/true);
+      return true;
+    }
     policy::training::load_tensors(state_tensors(r), *dir + "/model.pt");
     r.opt->load(*dir + "/optimizer.pt", r.device);
     policy::training::load_cpu_rng(*dir + "/rng.pt");
     r.resumed = true;
   }
+  check_same_start(r, /*finished=*/false);
   // Written only now: a refused resume or bad data/config leaves the manifest of a finished run
   // as it was; from here on the folder holds an unfinished run.
   r.manifest = begin_manifest("reward");

@@ -348,6 +348,34 @@ TEST(DataParallel, TorchrunTwoRanksEqualRlhfLaunch) {
                      {"train/loss", "train/accuracy", "train/grad_norm", "eval/accuracy"});
 }
 
+// A rank that does not see rank 0's output folder (here rank R writes to out<R>) would start afresh
+// while rank 0 resumes: the start check stops the job at once, naming the rank and what differs.
+TEST(DataParallel, RanksStartingFromDifferentStatesAreRefused) {
+  auto& f = fixture();
+  TempDir d("dp_start");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 20));
+  std::string out;
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "out0") + " --stop-after 10", &out),
+            0)
+      << out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = run_command(
+      "RLHF_DIST_TIMEOUT_S=60 " + rlhf_binary() + " launch --nproc-per-node 2 --master-port " +
+          std::to_string(29700 + getpid() % 200) + " -- sh -c 'exec " + rlhf_binary() +
+          " sft --config " + cfg + " --out " + (d / "out") + "$RANK'",
+      &out);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_LT(s, 30.0) << out;
+  for (const char* want : {"sft: rank 1 does not start where rank 0 does", "step 0 vs ",
+                           "data position epoch 0, row 0 vs ", "weights hash ",
+                           "every rank must see the same output folder"})
+    EXPECT_NE(out.find(want), std::string::npos) << "missing '" << want << "' in:\n" << out;
+  // Nothing was trained: rank 0's folder still resumes on its own.
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "out0"), &out), 0) << out;
+  EXPECT_NE(out.find("resuming from"), std::string::npos) << out;
+}
+
 // The launcher's children (the ranks), from /proc.
 std::vector<pid_t> children_of(pid_t parent) {
   std::vector<pid_t> kids;
