@@ -54,6 +54,9 @@ struct WorldEnv {
   // workers do), so a restarted attempt never reads the keys of an earlier one.
   bool agent_store = false;
   std::string store_prefix;
+  // RLHF_DIST_LOCAL_ADDR: the address of this machine the Gloo connections bind to and announce to
+  // the other ranks ("" = chosen as Comm::join says).
+  std::string local_addr;
 };
 
 // Reads the contract through `get` (returns nullptr for an unset variable). WORLD_SIZE unset means
@@ -69,7 +72,11 @@ class Comm {
 
   // Joins the group described by env (blocks until all world_size ranks have joined, at most
   // env.timeout). `device` picks the backend: CPU -> Gloo, CUDA -> NCCL (throws when this libtorch
-  // has no NCCL).
+  // has no NCCL). Gloo's connections use, in this order: the interface GLOO_SOCKET_IFNAME names;
+  // the address env.local_addr (RLHF_DIST_LOCAL_ADDR) names; MASTER_ADDR itself when it is a
+  // loopback address (one machine); else the local address this machine reaches MASTER_ADDR from
+  // (its route), never the address the hostname resolves to (Debian maps it to 127.0.1.1, which
+  // other machines cannot reach).
   static std::unique_ptr<Comm> join(const WorldEnv& env, const torch::Device& device);
 
   int rank() const { return rank_; }

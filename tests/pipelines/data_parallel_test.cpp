@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -446,6 +447,87 @@ TEST(DataParallel, TwoNodesOnLoopbackTrainAsOneJob) {
       run_command("(" + node(1) + ") & " + node(0) + "; a=$?; wait $!; b=$?; exit $((a+b))", &both),
       0)
       << both << rlhf::read_file(d / "node0.log") << rlhf::read_file(d / "node1.log");
+  expect_same_curves(d / "one", d / "two", {"loss", "eval_loss"});
+}
+
+// The local IPv4 addresses of the TCP sockets process `pid` holds (/proc/<pid>/fd, /proc/net/tcp).
+std::set<std::string> tcp_local_addresses(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
+  std::set<std::string> inodes, addresses;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(proc + "/fd", ec)) {
+    const std::string link = std::filesystem::read_symlink(e.path(), ec).string();
+    if (link.rfind("socket:[", 0) == 0) inodes.insert(link.substr(8, link.size() - 9));
+  }
+  std::ifstream tcp(proc + "/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // the header
+  while (std::getline(tcp, line)) {
+    std::istringstream in(line);
+    std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+    in >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >>
+        inode;
+    if (!inodes.count(inode) || local.size() < 8) continue;
+    const unsigned long ip = std::stoul(local.substr(0, 8), nullptr, 16);  // little-endian
+    addresses.insert(std::to_string(ip & 0xff) + "." + std::to_string((ip >> 8) & 0xff) + "." +
+                     std::to_string((ip >> 16) & 0xff) + "." + std::to_string(ip >> 24));
+  }
+  return addresses;
+}
+
+// Two machines emulated on one host with loopback addresses: the store at 127.0.0.1 (MASTER_ADDR),
+// node 0's rank at 127.0.0.2 and node 1's at 127.0.0.3 (RLHF_DIST_LOCAL_ADDR, docs/distributed.md).
+// Gloo's connection between them is accepted by rank 0 on its own address for the whole run (rank
+// 1 connects out), so rank 0's sockets show it; without the setting both would use 127.0.0.1.
+TEST(DataParallel, TwoNodesOnLoopbackAddressesTrainAsOneJob) {
+  auto& f = fixture();
+  TempDir d("dp_two_addr");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 10));
+  std::string out;
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
+  const std::string port = std::to_string(29400 + getpid() % 90);
+  auto node = [&](int rank) {
+    rlhf::process::Options o;
+    o.argv = {rlhf_binary(),
+              "launch",
+              "--nnodes",
+              "2",
+              "--nproc-per-node",
+              "1",
+              "--node-rank",
+              std::to_string(rank),
+              "--master-addr",
+              "127.0.0.1",
+              "--master-port",
+              port,
+              "--",
+              "rlhf",
+              "sft",
+              "--config",
+              cfg,
+              "--out",
+              d / "two"};
+    o.env = {{"RLHF_DIST_TIMEOUT_S", "60"},
+             {"RLHF_DIST_LOCAL_ADDR", rank == 0 ? "127.0.0.2" : "127.0.0.3"}};
+    o.stdout_redirect = rlhf::process::Redirect::file(d / ("node" + std::to_string(rank) + ".log"));
+    o.stderr_redirect = rlhf::process::Redirect::to_stdout();
+    return rlhf::process::Child::start(o);
+  };
+  rlhf::process::Child node1 = node(1), node0 = node(0);
+  std::set<std::string> rank0_addresses;
+  while (node0.running()) {
+    for (pid_t rank : children_of(node0.pid()))
+      for (const auto& a : tcp_local_addresses(rank)) rank0_addresses.insert(a);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto s0 = node0.wait(), s1 = node1.wait();
+  ASSERT_TRUE(s0.success() && s1.success())
+      << rlhf::read_file(d / "node0.log") << rlhf::read_file(d / "node1.log");
+  EXPECT_TRUE(rank0_addresses.count("127.0.0.2")) << "rank 0's sockets were on: " << [&] {
+    std::string all;
+    for (const auto& a : rank0_addresses) all += a + " ";
+    return all;
+  }();
   expect_same_curves(d / "one", d / "two", {"loss", "eval_loss"});
 }
 

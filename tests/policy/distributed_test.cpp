@@ -67,6 +67,13 @@ TEST(WorldEnv, TorchrunAgentStoreIsJoinedAsAClient) {
   EXPECT_EQ(e.store_prefix, "/worker/attempt_3");
 }
 
+TEST(WorldEnv, ReadsTheLocalAddress) {
+  EXPECT_EQ(env_of({{"WORLD_SIZE", "2"}, {"RANK", "1"}}).local_addr, "");
+  EXPECT_EQ(
+      env_of({{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"RLHF_DIST_LOCAL_ADDR", "10.0.0.2"}}).local_addr,
+      "10.0.0.2");
+}
+
 TEST(WorldEnv, BadValuesNameTheVariable) {
   auto message = [](const std::map<std::string, std::string>& vars) {
     try {
