@@ -178,8 +178,9 @@ std::string distinct_examples(const std::string& path, int n, bool pairs) {
   return path;
 }
 
-// The last batch of an epoch holds one row and the held-out set one example, so rank 1's share
-// of them is empty: it still joins every collective, adding nothing, and the run equals one rank.
+// The last batch of an epoch (PPO: of an iteration's minibatches) holds one row and the held-out
+// set one example, so rank 1's share of them is empty: it still joins every collective, adding
+// nothing, and the run equals one rank, for reward, SFT and PPO.
 TEST(DataParallel, SharesOfZeroRowsWorkInEveryTrainer) {
   auto& f = fixture();
   TempDir d("dp_zero");
@@ -209,6 +210,22 @@ TEST(DataParallel, SharesOfZeroRowsWorkInEveryTrainer) {
   ASSERT_EQ(launch(0, "sft --config " + sft_cfg + " --out " + (d / "sft1"), &out), 0) << out;
   ASSERT_EQ(launch(2, "sft --config " + sft_cfg + " --out " + (d / "sft2"), &out), 0) << out;
   expect_same_curves(d / "sft1", d / "sft2", {"loss", "grad_norm", "eval_loss"});
+  // PPO: minibatches of 2 from batches of 3 (the last holds 1 row), 2 PPO epochs.
+  const auto ppo_cfg = write_config(
+      d / "ppo.pbtxt", "policy: \"" + (d / "sft1/model") + "\"\nreward_model: \"" + (d / "rw1") +
+                           "\"\nvalue_model: \"" + (d / "rw1/model") + "\"\nprompts: \"" +
+                           f.prompts + "\"\ntokenizer: \"" + f.tok +
+                           "\"\niterations: 2 batch_size: 3 minibatch_size: 2 ppo_epochs: 2\n"
+                           "max_new_tokens: 6\n");
+  ASSERT_EQ(launch(0, "ppo --config " + ppo_cfg + " --out " + (d / "ppo1"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "ppo --config " + ppo_cfg + " --out " + (d / "ppo2"), &out), 0) << out;
+  auto a = metrics(d / "ppo1"), b = metrics(d / "ppo2");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (const char* k : {"score/mean", "loss/policy", "loss/value", "advantages/mean"})
+    for (size_t i = 0; i < 2; ++i)
+      expect_close(a[i][k].get<double>(), b[i][k].get<double>(),
+                   std::string("ppo ") + k + " iteration " + std::to_string(i + 1));
 }
 
 TEST(DataParallel, PpoFirstIterationTwoRanksEqualOneRank) {
