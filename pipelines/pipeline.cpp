@@ -581,6 +581,14 @@ void run_stage(Run& run, const Stage& stage, bool forced) {
   try {
     metrics = stage.run(run);
   } catch (...) {
+    // After a stop signal, whatever failed (a child it ended, e.g. an annotator) failed by it.
+    if (stop_signal() != 0) {
+      try {
+        throw_if_stopped();
+      } catch (...) {
+        rethrow_with_context("pipeline stage '" + stage.name + "'");
+      }
+    }
     rethrow_with_context("pipeline stage '" + stage.name + "'");
   }
   const double secs = now_s() - t;
