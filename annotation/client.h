@@ -114,7 +114,8 @@ struct ClientOptions {
 // An authenticated session that survives server restarts: call() (re)connects and sends Hello
 // as needed, and when the connection drops it retries with exponential backoff (50 ms doubling
 // to 2 s) for up to retry_seconds, then throws rlhf::Error. A request whose response was lost is
-// sent again: submissions are idempotent in effect (a stored one answers ALREADY_SUBMITTED).
+// sent again: submissions are idempotent in effect (a stored one answers ALREADY_SUBMITTED), and
+// so is an Undo that names its submission (Undo.ranking_id; one without it can undo a second).
 // An UNAUTHENTICATED answer to Hello throws rlhf::Error (a wrong or revoked token is not retried);
 // a server of the wrong uid throws WrongServerUser (not retried either). The server may close an
 // idle connection (its idle timeout); the next call reconnects without the caller noticing.

@@ -81,7 +81,7 @@ proto::Response RequestHandler::handle(const proto::Request& request, SessionSta
           response = submit(request.submit(), a->id);
           break;
         case proto::Request::kUndo:
-          response = undo(a->id);
+          response = undo(a->id, request.undo().ranking_id());
           break;
         case proto::Request::kGetProgress:
           response = progress(a->id);
@@ -219,9 +219,28 @@ proto::Response RequestHandler::submit(const proto::SubmitRanking& s, int64_t an
   return r;
 }
 
-proto::Response RequestHandler::undo(int64_t annotator_id) {
+proto::Response RequestHandler::undo(int64_t annotator_id, int64_t ranking_id) {
   auto last = store_.latest_ranking_of(annotator_id);
   double now = clock_();
+  if (ranking_id != 0) {
+    // SQLite may give a later submission the id of a removed one, so "still there" means the
+    // same id and the same creation time: the removal was rolled back (INTERNAL), or never made.
+    const auto undone = last_undone_.find(annotator_id);
+    const bool undone_before = undone != last_undone_.end() && undone->second.id == ranking_id;
+    const bool still_there = last && last->id == ranking_id &&
+                             (!undone_before || last->created_unix == undone->second.created_unix);
+    if (!still_there && undone_before) {  // a retry of a committed undo: nothing more to do
+      proto::Response r;
+      r.mutable_undone()->set_task_id(undone->second.task_id);
+      r.mutable_undone()->set_ranking_id(ranking_id);
+      return r;
+    }
+    if (!still_there)
+      return error_response(proto::Error::NOTHING_TO_UNDO,
+                            "submission " + std::to_string(ranking_id) +
+                                " is not your latest (it was undone already, or you submitted "
+                                "another since)");
+  }
   if (!last)
     return error_response(proto::Error::NOTHING_TO_UNDO, "you have not submitted anything yet");
   if (now - last->created_unix > options_.lease_seconds)
@@ -231,8 +250,10 @@ proto::Response RequestHandler::undo(int64_t annotator_id) {
                               std::to_string(static_cast<int>(options_.lease_seconds)) + " s");
   store_.delete_ranking(*last);
   store_.put_lease(last->task_id, annotator_id, now + options_.lease_seconds);
+  last_undone_[annotator_id] = *last;
   proto::Response r;
   r.mutable_undone()->set_task_id(last->task_id);
+  r.mutable_undone()->set_ranking_id(last->id);
   return r;
 }
 

@@ -23,7 +23,9 @@
 //    and hands out the next task instead;
 //  - Undo removes the annotator's latest submission while it is "still open": younger than the
 //    lease time (the window in which the task would still be reserved for them). The task is
-//    leased to them again so they can re-rank it.
+//    leased to them again so they can re-rank it. An Undo naming the submission (ranking_id) is
+//    idempotent: once that submission is gone, a retry removes nothing (UndoOk again when this
+//    handler removed it, else NOTHING_TO_UNDO), so a lost reply never undoes a second one.
 //
 // Thread safety: a RequestHandler (like its Store) is used from one thread at a time, the
 // server's store thread; answer_without_store and error_response are pure and may be called
@@ -35,6 +37,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "annotation/sqlite_store.h"
 #include "proto/annotation.pb.h"
@@ -86,7 +89,8 @@ class RequestHandler {
   std::optional<proto::Response> lease_if_sendable(int64_t task_id, int64_t annotator_id,
                                                    double expires_at);
   proto::Response submit(const proto::SubmitRanking& s, int64_t annotator_id);
-  proto::Response undo(int64_t annotator_id);
+  // ranking_id 0: the latest submission; else that one, once (see proto Undo).
+  proto::Response undo(int64_t annotator_id, int64_t ranking_id);
   proto::Response progress(int64_t annotator_id);
   proto::Response task_response(int64_t task_id, double expires_at);
 
@@ -94,6 +98,9 @@ class RequestHandler {
   HandlerOptions options_;
   std::function<double()> clock_;
   double last_cleanup_ = 0;
+  // Per annotator, the submission undone last: a retried Undo of it (whose removal was committed)
+  // is answered UndoOk again without removing anything.
+  std::unordered_map<int64_t, RankingRecord> last_undone_;
 };
 
 // Helper: a Response holding an Error.

@@ -100,15 +100,22 @@ enum class Step {
   kQuit,      // the annotator quit, or input ended
 };
 
-// `u`: undoes the last submission; its task comes back from the queue.
+// `u`: undoes this session's last submission, named by its ranking id (client.call() sends a
+// request again when its reply is lost: the server then undoes nothing more); its task comes
+// back from the queue.
 Step undo_last(AnnotationClient& client, std::ostream& out, TerminalClientResult& result) {
+  if (result.last_ranking_id == 0) {
+    out << "Nothing to undo: no submission of this session is left to undo.\n";
+    return Step::kAskAgain;
+  }
   proto::Request u;
-  u.mutable_undo();
+  u.mutable_undo()->set_ranking_id(result.last_ranking_id);
   proto::Response ur = client.call(u);
   if (!ur.has_undone()) {
     out << "Cannot undo: " << ur.error().message() << "\n";
     return Step::kAskAgain;
   }
+  result.last_ranking_id = 0;
   ++result.undone;
   --result.submitted;
   out << "Undid your submission of task " << ur.undone().task_id() << "; it will be shown again.\n";
@@ -171,6 +178,7 @@ bool send_submission(AnnotationClient& client, const proto::Request& sub, std::o
   proto::Response ack = client.call(sub);
   if (ack.has_submitted()) {
     ++result.submitted;
+    result.last_ranking_id = ack.submitted().ranking_id();
     out << "Saved.\n";
     return true;
   }

@@ -2,8 +2,9 @@
 // Works the same on a terminal and with piped stdin, so it can be scripted and tested.
 //
 // Commands at the prompt: a ranking like `B>A=C>D` (ties with '='), `n` none acceptable, `s` skip,
-// `f [reason]` flag (asks for the reason when missing), `u` undo the last submission while it is
-// still open, `?` help, `q` quit. Invalid input is explained and asked again. End of input quits.
+// `f [reason]` flag (asks for the reason when missing), `u` undo the last submission of this
+// session while it is still open (once: the Undo names it, so a retry undoes nothing more), `?`
+// help, `q` quit. Invalid input is explained and asked again. End of input quits.
 //
 // Errors: run_terminal_client throws rlhf::Error when the server answers get_task with an error,
 // and passes on the client's exceptions (rlhf::Error when the server stays away longer than its
@@ -28,6 +29,10 @@ struct TerminalClientOptions {
 struct TerminalClientResult {
   int64_t submitted = 0;  // acknowledged submissions (rankings, none, skips, flags)
   int64_t undone = 0;
+  // What `u` undoes: the ranking id of this session's latest acknowledged submission, 0 when there
+  // is none (nothing submitted yet, or it was undone). Undo names it, so a retried Undo (a lost
+  // reply) never undoes an earlier submission too.
+  int64_t last_ranking_id = 0;
   bool finished = false;  // the queue ran out (as opposed to q / end of input)
 };
 

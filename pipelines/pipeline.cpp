@@ -279,7 +279,10 @@ void wait_for_people(const Run& run, const std::string& dir, const std::string& 
                  static_cast<long long>(stats.value("done_tasks", int64_t{0})),
                  static_cast<long long>(pending));
     if (pending == 0) break;
-    std::this_thread::sleep_for(std::chrono::seconds(5));
+    for (int i = 0; i < 50; ++i) {
+      throw_if_stopped();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
   std::fprintf(stderr, "\n");
 }
@@ -306,7 +309,10 @@ void run_simulated_annotators(const Run& run, const std::string& dir, const std:
         dir + "/simulate-" + std::to_string(i) + ".log"));
   }
   for (auto& c : clients) {
-    while (c->running()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    while (c->running()) {
+      throw_if_stopped();  // the destructors stop the annotators
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     if (c->stop() != 0)
       throw Error("annotate: a simulated annotator failed (see " + dir + "/simulate-*.log)");
   }
@@ -575,6 +581,14 @@ void run_stage(Run& run, const Stage& stage, bool forced) {
   try {
     metrics = stage.run(run);
   } catch (...) {
+    // After a stop signal, whatever failed (a child it ended, e.g. an annotator) failed by it.
+    if (stop_signal() != 0) {
+      try {
+        throw_if_stopped();
+      } catch (...) {
+        rethrow_with_context("pipeline stage '" + stage.name + "'");
+      }
+    }
     rethrow_with_context("pipeline stage '" + stage.name + "'");
   }
   const double secs = now_s() - t;
@@ -647,9 +661,14 @@ std::string run_pipeline(const RunOptions& options) {
     for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
     throw UsageError("unknown stage '" + *s + "' (stages: " + list + ")");
   }
+  // SIGTERM / SIGINT are passed on to the stage and server children, which get the stop timeout to
+  // end; then the pipeline exits 128 + signal, and a rerun resumes
+  // (pipelines/internal/subprocess.h).
+  const StopOnSignals stop_on_signals(options.stop_timeout_s);
   Run run = open_run(options);
   bool started = options.from_stage.empty();
   for (const auto& stage : stage_table()) {
+    throw_if_stopped();
     if (!started && stage.name == options.from_stage) started = true;
     if (!options.only_stage.empty() && stage.name != options.only_stage) continue;
     if (options.only_stage.empty() && !started) continue;

@@ -8,7 +8,8 @@
 // policy and a reward model must share the tokenizer (content hash) and vocabulary size.
 //
 // Training stages run as child processes of the same executable (`rlhf sft ...`), so their
-// memory is returned when they end; the annotate stage starts the annotation server on a Unix
+// memory is returned when they end (and a SIGTERM or SIGINT to the pipeline is passed on to them,
+// see RunOptions::stop_timeout_s); the annotate stage starts the annotation server on a Unix
 // socket in the run folder and runs the simulated teacher over it (or waits for people).
 //
 // Errors: run_pipeline throws UsageError for an unknown stage name, rlhf::Error from loading the
@@ -41,6 +42,10 @@ struct RunOptions {
   std::string dtype;        // "" = the config's; else PipelineConfig.dtype (every stage's dtype)
   std::optional<uint64_t>
       seed;  // unset = the config's; else PipelineConfig.seed (`pipeline sweep`)
+  // After SIGTERM or SIGINT (passed on to the stage and server children): how long each child may
+  // take to end before it is killed (SIGKILL). Then run_pipeline throws rlhf::Error "stopped by
+  // SIGTERM" (exit code 128 + signal); a rerun resumes the interrupted stage.
+  double stop_timeout_s = 10;
 };
 
 // Runs the pipeline; returns the run folder. Throws rlhf::Error naming the stage on failure.

@@ -254,6 +254,17 @@ void save_state(RewardRun& r) {
                  });
 }
 
+// Every rank starts where rank 0 does (policy::training::check_same_start; nothing when alone).
+void check_same_start(RewardRun& r, bool finished) {
+  policy::training::check_same_start(
+      *r.comm, "reward train", r.out,
+      {r.fingerprint, r.state.step(),
+       finished ? "finished"
+                : "epoch " + std::to_string(r.state.epoch()) + ", batch " +
+                      std::to_string(r.state.batch_in_epoch())},
+      finished ? policy::training::NamedTensors{} : state_tensors(r));
+}
+
 // The resume rule (policy/training/training.h). Returns true when the folder already holds the
 // finished run of this config.
 bool resume_or_start(RewardRun& r) {
@@ -268,12 +279,16 @@ bool resume_or_start(RewardRun& r) {
     if (!r.state.ParseFromString(read_file(*dir + "/train_state.pb")))
       throw Error(*dir + "/train_state.pb: not a RewardTrainState message");
     auto m = read_manifest(r.out);
-    if (m && m->complete() && r.state.step() >= r.total_steps) return true;
+    if (m && m->complete() && r.state.step() >= r.total_steps) {
+      check_same_start(r, /*finished=*/true);
+      return true;
+    }
     policy::training::load_tensors(state_tensors(r), *dir + "/model.pt");
     r.opt->load(*dir + "/optimizer.pt", r.device);
     policy::training::load_cpu_rng(*dir + "/rng.pt");
     r.resumed = true;
   }
+  check_same_start(r, /*finished=*/false);
   // Written only now: a refused resume or bad data/config leaves the manifest of a finished run
   // as it was; from here on the folder holds an unfinished run.
   r.manifest = begin_manifest("reward");
@@ -318,19 +333,24 @@ std::string train_step(RewardRun& r, const std::vector<size_t>& global_batch) {
     ri.push_back(local[b]);
   }
   const double lr = r.schedule.at(r.state.step());
-  auto pb = pad_batch(seqs, r.model->config().pad_id);
-  if (r.lora) r.lora->refresh(true);  // fresh graph through the adapters
-  torch::Tensor scores;
-  {
-    policy::AutocastScope autocast(r.device, r.precision);
-    scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
-  }
-  auto d = scores.index_select(0, torch::tensor(ci).to(r.device)) -
-           scores.index_select(0, torch::tensor(ri).to(r.device));
   const double n_global = static_cast<double>(global_batch.size());
-  auto loss = -torch::log_sigmoid(d - r.cfg.margin()).sum() / n_global;
+  // A rank whose share is empty (the last batch of an epoch can hold fewer pairs than there are
+  // ranks) adds nothing: no forward, zero gradients and zero sums, but the same collectives.
+  torch::Tensor d = torch::zeros({0}), loss = torch::zeros({});
+  if (r.lora) r.lora->refresh(true);  // fresh graph through the adapters
+  if (!seqs.empty()) {
+    auto pb = pad_batch(seqs, r.model->config().pad_id);
+    torch::Tensor scores;
+    {
+      policy::AutocastScope autocast(r.device, r.precision);
+      scores = score_batch(r.model, pb.ids.to(r.device), pb.mask.to(r.device));
+    }
+    d = scores.index_select(0, torch::tensor(ci).to(r.device)) -
+        scores.index_select(0, torch::tensor(ri).to(r.device));
+    loss = -torch::log_sigmoid(d - r.cfg.margin()).sum() / n_global;
+  }
   r.opt->zero_grad();
-  loss.backward();
+  if (!seqs.empty()) loss.backward();
   policy::dist::all_reduce_gradients(*r.comm, r.opt->parameters());
   const double gnorm = r.opt->step(lr);
   r.state.set_step(r.state.step() + 1);

@@ -20,6 +20,10 @@ int run_pipeline_cmd(const rlhf::cli::Args& args) {
   o.force = args.get_bool("force");
   o.device = args.get("device");
   o.dtype = args.get("dtype");
+  o.stop_timeout_s = args.get_double("stop-timeout");
+  if (!(o.stop_timeout_s > 0) || o.stop_timeout_s > 86400)
+    throw rlhf::UsageError("--stop-timeout: expected seconds in (0, 86400], got " +
+                           args.get("stop-timeout"));
   std::string dir = rlhf::pipelines::run_pipeline(o);
   std::printf("pipeline finished: %s/summary.json\n", dir.c_str());
   return 0;
@@ -42,13 +46,18 @@ int run_sweep_cmd(const rlhf::cli::Args& args) {
 rlhf::cli::Register reg(
     {"pipeline run",
      "run the staged pipeline (tokenizer, sft, sample, annotate, reward, ppo, report)",
-     "FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force] [--device D] [--dtype T]",
+     "FILE.pbtxt [--run-dir DIR] [--from STAGE] [--only STAGE] [--force] [--device D] [--dtype T] "
+     "[--stop-timeout S]",
      {{"run-dir", "run folder (default runs/<name>)"},
       {"from", "rerun this stage and every stage after it"},
       {"only", "run only this stage (its inputs must be complete)"},
       {"force", "rerun stages even when their inputs did not change", "", true},
       {"device", "every stage's device: cpu | cuda | cuda:N (overrides the config's)"},
-      {"dtype", "every stage's dtype: fp32 | bf16 (overrides the config's)"}},
+      {"dtype", "every stage's dtype: fp32 | bf16 (overrides the config's)"},
+      {"stop-timeout",
+       "seconds a stage or server child may take to end after SIGTERM / SIGINT (passed on to it) "
+       "before it is killed",
+       "10"}},
      run_pipeline_cmd});
 
 rlhf::cli::Register sweep_reg(

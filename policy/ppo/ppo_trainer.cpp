@@ -925,6 +925,13 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
       prune_log(I.out_dir + "/minibatches.jsonl", "iteration", completed_);
     }
   }
+  // Every rank starts where rank 0 does (the prompts of an iteration follow from its number).
+  training::NamedTensors weights = I.policy_tensors();
+  for (auto& t : training::module_tensors(*I.m.critic)) weights.push_back(t);
+  training::check_same_start(
+      *I.comm, "ppo", I.out_dir,
+      {I.fingerprint, completed_, "iteration " + std::to_string(completed_ + 1) + " next"},
+      weights);
   if (I.comm->is_root())
     I.metrics = std::make_unique<MetricsWriter>(I.out_dir, /*append=*/completed_ > 0);
 }

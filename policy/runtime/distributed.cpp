@@ -10,6 +10,7 @@
 #define RLHF_HAVE_GLOO 1
 #endif
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef RLHF_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -21,6 +22,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #define RLHF_HAVE_NCCL 1
 #endif
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -72,6 +78,14 @@ WorldEnv parse_world_env(const std::function<const char*(const char*)>& get) {
   if (const char* v = get("MASTER_PORT")) env.master_port = env_int("MASTER_PORT", v, 1, 65535);
   if (const char* v = get("RLHF_DIST_TIMEOUT_S"))
     env.timeout = std::chrono::seconds(env_int("RLHF_DIST_TIMEOUT_S", v, 1, 1 << 30));
+  if (const char* v = get("RLHF_DIST_LOCAL_ADDR"); v && *v) env.local_addr = v;
+  if (const char* v = get("TORCHELASTIC_USE_AGENT_STORE"); v && std::string(v) == "True") {
+    env.agent_store = true;
+    const char* attempt = get("TORCHELASTIC_RESTART_COUNT");
+    env.store_prefix =
+        "/worker/attempt_" +
+        std::to_string(attempt ? env_int("TORCHELASTIC_RESTART_COUNT", attempt, 0, 1 << 30) : 0);
+  }
   return env;
 }
 
@@ -137,6 +151,31 @@ bool is_loopback(const std::string& addr) {
   return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
 }
 
+// The local address this machine sends to host:port from (a connected UDP socket's own address;
+// connect() on UDP only picks the route, nothing is sent); "" when it cannot tell.
+std::string local_address_toward(const std::string& host, int port) {
+  addrinfo hints = {};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return "";
+  std::string local;
+  for (addrinfo* a = found; a && local.empty(); a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    sockaddr_storage mine = {};
+    socklen_t len = sizeof mine;
+    char text[INET6_ADDRSTRLEN] = {};
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&mine), &len) == 0 &&
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&mine), len, text, sizeof text, nullptr, 0,
+                      NI_NUMERICHOST) == 0)
+      local = text;
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return local;
+}
+
 }  // namespace
 
 // ---- Comm
@@ -151,13 +190,14 @@ std::unique_ptr<Comm> Comm::join(const WorldEnv& env, const torch::Device& devic
 
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
-  so.isServer = env.rank == 0;
+  so.isServer = env.rank == 0 && !env.agent_store;
   so.numWorkers = env.world_size;
   so.waitWorkers = true;
   so.timeout = env.timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
     store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    if (env.agent_store) store = c10::make_intrusive<c10d::PrefixStore>(env.store_prefix, store);
   } catch (const std::exception& e) {
     throw Error("rank " + std::to_string(env.rank) + ": cannot join the process group at " +
                 env.master_addr + ":" + std::to_string(env.master_port) + " (MASTER_ADDR, " +
@@ -179,10 +219,16 @@ std::unique_ptr<Comm> Comm::join(const WorldEnv& env, const torch::Device& devic
 #ifdef RLHF_HAVE_GLOO
   auto opts = c10d::ProcessGroupGloo::Options::create();
   opts->timeout = timeout;
+  const std::string toward =
+      is_loopback(env.master_addr) ? "" : local_address_toward(env.master_addr, env.master_port);
   if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
     opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  else if (!env.local_addr.empty())
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(env.local_addr));
   else if (is_loopback(env.master_addr))
     opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(env.master_addr));
+  else if (!toward.empty())
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(toward));
   else
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
   auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);

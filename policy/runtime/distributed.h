@@ -3,10 +3,11 @@
 //
 // Ranks are started by `rlhf launch`, by `torchrun --no-python`, or by a scheduler, and read only
 // torchrun's environment contract (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
-// MASTER_PORT). Rank 0 hosts a c10d TCPStore at MASTER_ADDR:MASTER_PORT; the collectives run on
-// Gloo (CPU tensors) or, in CUDA builds of libtorch that have it, NCCL (CUDA tensors). Without
-// WORLD_SIZE (or with 1) the process is alone and no collective communicates: the single-process
-// path is the same code with nothing to sum.
+// MASTER_PORT). Rank 0 hosts a c10d TCPStore at MASTER_ADDR:MASTER_PORT (under torchrun, whose
+// agent hosts it already, rank 0 connects to the agent's store; see WorldEnv::agent_store); the
+// collectives run on Gloo (CPU tensors) or, in CUDA builds of libtorch that have it, NCCL (CUDA
+// tensors). Without WORLD_SIZE (or with 1) the process is alone and no collective communicates: the
+// single-process path is the same code with nothing to sum.
 //
 // Every collective is a blocking call that every rank must make in the same order with tensors of
 // the same shapes (the trainers guarantee it: all ranks hold the whole data set and walk the same
@@ -47,6 +48,15 @@ struct WorldEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::chrono::seconds timeout{600};  // RLHF_DIST_TIMEOUT_S
+  // TORCHELASTIC_USE_AGENT_STORE=True: torchrun's agent already hosts the TCPStore at
+  // MASTER_ADDR:MASTER_PORT, so rank 0 connects to it as a client like the others, and every key
+  // lives under store_prefix ("/worker/attempt_<TORCHELASTIC_RESTART_COUNT>", as PyTorch's own
+  // workers do), so a restarted attempt never reads the keys of an earlier one.
+  bool agent_store = false;
+  std::string store_prefix;
+  // RLHF_DIST_LOCAL_ADDR: the address of this machine the Gloo connections bind to and announce to
+  // the other ranks ("" = chosen as Comm::join says).
+  std::string local_addr;
 };
 
 // Reads the contract through `get` (returns nullptr for an unset variable). WORLD_SIZE unset means
@@ -62,7 +72,11 @@ class Comm {
 
   // Joins the group described by env (blocks until all world_size ranks have joined, at most
   // env.timeout). `device` picks the backend: CPU -> Gloo, CUDA -> NCCL (throws when this libtorch
-  // has no NCCL).
+  // has no NCCL). Gloo's connections use, in this order: the interface GLOO_SOCKET_IFNAME names;
+  // the address env.local_addr (RLHF_DIST_LOCAL_ADDR) names; MASTER_ADDR itself when it is a
+  // loopback address (one machine); else the local address this machine reaches MASTER_ADDR from
+  // (its route), never the address the hostname resolves to (Debian maps it to 127.0.1.1, which
+  // other machines cannot reach).
   static std::unique_ptr<Comm> join(const WorldEnv& env, const torch::Device& device);
 
   int rank() const { return rank_; }

@@ -424,6 +424,16 @@ void save_state(SftRun& r) {
 
 // The resume rule (policy/training/training.h). Returns true when the folder already holds the
 // finished run of this config (nothing to do).
+// Every rank starts where rank 0 does (training::check_same_start; nothing when alone).
+void check_same_start(SftRun& r, bool finished) {
+  training::check_same_start(*r.comm, "sft", r.out,
+                             {r.fingerprint, r.st.step(),
+                              finished ? "finished"
+                                       : "epoch " + std::to_string(r.st.epoch()) + ", row " +
+                                             std::to_string(r.st.row_in_epoch())},
+                             finished ? training::NamedTensors{} : state_tensors(r));
+}
+
 bool resume_or_start(SftRun& r, SftResult& res) {
   std::vector<std::string> inputs = r.init.files;
   inputs.push_back(r.cfg.train_file());
@@ -446,6 +456,7 @@ bool resume_or_start(SftRun& r, SftResult& res) {
         res.final_eval_loss = m->metrics().at("final_eval_loss");
       if (m->metrics().count("first_eval_loss"))
         res.first_eval_loss = m->metrics().at("first_eval_loss");
+      check_same_start(r, /*finished=*/true);
       return true;
     }
     training::load_tensors(state_tensors(r), *dir + "/model.pt");
@@ -456,6 +467,7 @@ bool resume_or_start(SftRun& r, SftResult& res) {
       std::fprintf(stderr, "sft: resuming from %s (step %lld)\n", dir->c_str(),
                    static_cast<long long>(r.st.step()));
   }
+  check_same_start(r, /*finished=*/false);
   r.manifest = begin_manifest("sft");
   r.manifest.set_complete(false);
   r.manifest.set_resolved_config(to_text_format(r.cfg));

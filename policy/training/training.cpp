@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 
@@ -37,6 +38,66 @@ Placement place_trainer(const std::string& device, const std::string& dtype, int
   p.comm = &dist::world(p.device);
   configure_threads(threads, *p.comm);
   return p;
+}
+
+// ---- the same start on every rank ---------------------------------------------------------------
+
+std::string weights_hash(const NamedTensors& tensors) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a offset basis; words are mixed in 8 bytes at a time
+  auto mix = [&h](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      h = (h ^ w) * 0x100000001b3ull;
+    }
+    for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  };
+  for (const auto& [name, t] : tensors) {
+    mix(name.data(), name.size());
+    const std::string shape =
+        c10::toString(t.scalar_type()) + std::string(" ") + c10::str(t.sizes());
+    mix(shape.data(), shape.size());
+    const torch::Tensor host = t.detach().to(torch::kCPU).contiguous();
+    mix(host.data_ptr(), static_cast<size_t>(host.numel()) * host.element_size());
+  }
+  char out[17];
+  std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
+  return out;
+}
+
+void check_same_start(dist::Comm& comm, const std::string& what, const std::string& out_dir,
+                      const StartFingerprint& mine, const NamedTensors& weights) {
+  if (comm.alone()) return;
+  const std::string weights_text = weights.empty() ? "not loaded" : weights_hash(weights);
+  const auto all = comm.all_gather_bytes(mine.config + "\n" + std::to_string(mine.step) + "\n" +
+                                         mine.data_position + "\n" + weights_text);
+  auto fields = [](const std::string& text) {
+    std::vector<std::string> f;
+    size_t start = 0;
+    for (size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1)
+      f.push_back(text.substr(start, nl - start));
+    f.push_back(text.substr(start));
+    f.resize(4);
+    return f;
+  };
+  static const char* const kNames[] = {"config fingerprint", "step", "data position",
+                                       "weights hash"};
+  const auto root = fields(all[0]);
+  std::string problems;
+  for (size_t r = 1; r < all.size(); ++r) {
+    const auto f = fields(all[r]);
+    std::string diff;
+    for (size_t i = 0; i < 4; ++i)
+      if (f[i] != root[i])
+        diff += std::string(diff.empty() ? "" : ", ") + kNames[i] + " " + f[i] + " vs " + root[i];
+    if (!diff.empty())
+      problems += "; rank " + std::to_string(r) + " does not start where rank 0 does: " + diff;
+  }
+  if (!problems.empty())
+    throw Error(what + ":" + problems.substr(1) + " (every rank must see the same output folder, " +
+                out_dir + ")");
 }
 
 // ---- optimizer ----------------------------------------------------------------------------------

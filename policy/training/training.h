@@ -151,6 +151,29 @@ void load_tensors(const NamedTensors& tensors, const std::string& path);
 void save_cpu_rng(const std::string& path);
 void load_cpu_rng(const std::string& path);
 
+// ---- the same start on every rank ---------------------------------------------------------------
+
+// Where a rank starts a run from. Every rank must start from the same: a node that cannot see the
+// output folder would otherwise train from other weights and another data position, silently,
+// until a collective timed out.
+struct StartFingerprint {
+  std::string config;         // the run's config_fingerprint
+  int64_t step = 0;           // optimizer steps done (PPO: iterations)
+  std::string data_position;  // e.g. "epoch 1, row 32" ("finished" for a finished run)
+};
+
+// 16 hex digits: a 64-bit hash of the tensors' names, shapes, dtypes and bytes (CUDA tensors are
+// copied to the host).
+std::string weights_hash(const NamedTensors& tensors);
+
+// With more than one rank: gathers every rank's fingerprint and weights_hash(weights) and compares
+// them with rank 0's; on a mismatch every rank throws rlhf::Error "<what>: rank R does not start
+// where rank 0 does: step 0 vs 10, data position ..., weights ... (every rank must see the same
+// output folder, <out_dir>)", naming each differing rank and field. Alone: returns at once (no
+// hashing). Every rank must call it at the same point (it is a collective).
+void check_same_start(dist::Comm& comm, const std::string& what, const std::string& out_dir,
+                      const StartFingerprint& mine, const NamedTensors& weights);
+
 // ---- the resumable-state folder -----------------------------------------------------------------
 
 // A config's identity for resuming: SHA-256 of its text format with the fields that may change

@@ -70,15 +70,17 @@ TEST(AnnotateCli, TasksAnnotatorsClientSimulateExportStats) {
   EXPECT_NE(out.find("already listening"), std::string::npos) << out;
 
   // The terminal client with piped stdin: help, a bad ranking, a ranking, a skip, undo (the
-  // skipped task comes back), a ranking, a flag with its reason asked for, then the queue is done.
-  std::ofstream(dir / "input.txt") << "?\nZ>A\nB>A=C\ns\nu\nA>B>C\nf\nbad prompt\n";
+  // skipped task comes back), undo again (refused: `u` undoes this session's last submission
+  // once, never the one before), a ranking, a flag with its reason asked for, then the queue is
+  // done.
+  std::ofstream(dir / "input.txt") << "?\nZ>A\nB>A=C\ns\nu\nu\nA>B>C\nf\nbad prompt\n";
   int rc = run_command("RLHF_TOKEN=" + alice + " " + rlhf + " annotate client --socket " + sock +
                            " < " + (dir / "input.txt"),
                        &out);
   EXPECT_EQ(rc, 0) << out;
-  for (const char* want :
-       {"What is 2+2?", "A)", "C)", "B>A=C>D", "Not a ranking", "Saved.",
-        "Undid your submission of task 2", "reason for flagging", "No tasks left", "remaining"})
+  for (const char* want : {"What is 2+2?", "A)", "C)", "B>A=C>D", "Not a ranking", "Saved.",
+                           "Undid your submission of task 2", "Nothing to undo",
+                           "reason for flagging", "No tasks left", "remaining"})
     EXPECT_NE(out.find(want), std::string::npos) << "missing '" << want << "' in:\n" << out;
 
   ASSERT_EQ(run_command(rlhf + " annotate export --db " + db + " --format rankings", &out, false),

@@ -199,6 +199,63 @@ TEST(Server, BadInputGetsErrorsWhileAnotherClientKeepsWorking) {
   EXPECT_EQ(store.integrity_check(), "ok");
 }
 
+pb::Request undo(int64_t ranking_id) {
+  pb::Request r;
+  r.mutable_undo()->set_ranking_id(ranking_id);
+  return r;
+}
+
+// Each AnnotationClient retry (a reply lost with its connection, or an INTERNAL answer) sends the
+// same Undo again: naming the submission, it removes that one only, however often it comes.
+TEST(Server, ARetriedUndoNeverUndoesASecondSubmission) {
+  TempDir dir("srv");
+  auto o = test_server_options(dir);
+  auto tokens = seed_store(o.db_path, 3, 1, 1);
+  RunningServer rs(o);
+  auto c = std::make_unique<ann::Connection>(o.socket_path);
+  ASSERT_TRUE(c->call(hello_request(tokens[0])).has_hello());
+  std::vector<int64_t> tasks, ids;
+  for (int i = 0; i < 2; ++i) {
+    pb::Response t = c->call(get_task());
+    ASSERT_TRUE(t.has_task()) << t.DebugString();
+    pb::Response ok = c->call(submit(t.task().task_id(), {{0}, {1}, {2}}));
+    ASSERT_TRUE(ok.has_submitted()) << ok.DebugString();
+    tasks.push_back(t.task().task_id());
+    ids.push_back(ok.submitted().ranking_id());
+  }
+  pb::Response first = c->call(undo(ids[1]));
+  ASSERT_TRUE(first.has_undone()) << first.DebugString();
+  EXPECT_EQ(first.undone().task_id(), tasks[1]);
+  EXPECT_EQ(first.undone().ranking_id(), ids[1]);
+  // The reply is lost with the connection; the client reconnects and sends the Undo again, twice.
+  c = std::make_unique<ann::Connection>(o.socket_path);
+  ASSERT_TRUE(c->call(hello_request(tokens[0])).has_hello());
+  for (int retry = 0; retry < 2; ++retry) {
+    pb::Response again = c->call(undo(ids[1]));
+    ASSERT_TRUE(again.has_undone()) << again.DebugString();
+    EXPECT_EQ(again.undone().task_id(), tasks[1]);
+  }
+  // The task comes back and is ranked again (SQLite gives the new ranking the freed id); a late
+  // retry still removes nothing.
+  pb::Response back = c->call(get_task());
+  ASSERT_TRUE(back.has_task()) << back.DebugString();
+  EXPECT_EQ(back.task().task_id(), tasks[1]);
+  ASSERT_TRUE(c->call(submit(tasks[1], {{2}, {1}, {0}})).has_submitted());
+  EXPECT_TRUE(c->call(undo(ids[1])).has_undone());
+  // An id that is not the latest submission is refused.
+  pb::Response stale = c->call(undo(ids[0]));
+  ASSERT_TRUE(stale.has_error()) << stale.DebugString();
+  EXPECT_EQ(stale.error().code(), pb::Error::NOTHING_TO_UNDO);
+  EXPECT_NE(stale.error().message().find(std::to_string(ids[0])), std::string::npos);
+  rs.stop();
+  ann::Store store(o.db_path);
+  auto all = store.all_rankings();
+  ASSERT_EQ(all.size(), 2u);  // the first submission and the re-ranking: nothing undone twice
+  EXPECT_EQ(all[0].task_id, tasks[0]);
+  EXPECT_EQ(all[1].task_id, tasks[1]);
+  EXPECT_EQ(all[1].groups, (ann::Groups{{2}, {1}, {0}}));
+}
+
 TEST(Server, GracefulStopFinishesAndRemovesTheSocket) {
   TempDir dir("srv");
   auto o = test_server_options(dir);

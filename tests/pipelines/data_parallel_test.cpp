@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -156,6 +158,76 @@ TEST(DataParallel, RewardTwoRanksEqualOneRank) {
       {"train/loss", "train/accuracy", "train/grad_norm", "eval/accuracy", "eval/loss"});
 }
 
+// `n` lines of distinct prompts (every pair its own ranking group), written as SFT examples or as
+// preference pairs.
+std::string distinct_examples(const std::string& path, int n, bool pairs) {
+  std::ofstream out(path);
+  for (int i = 0; i < n; ++i) {
+    const int a = i % 5, b = (i / 5) % 4;
+    const std::string prompt = std::string(kNames[i % 9]) + " asks: what is " + kNames[a] +
+                               " plus " + kNames[b] + " " + std::to_string(i) + "?";
+    const std::string good =
+        std::string(kNames[a]) + " plus " + kNames[b] + " is " + kNames[a + b] + ".";
+    const std::string bad =
+        std::string(kNames[a]) + " plus " + kNames[b] + " is " + kNames[(a + b + 1) % 9] + ".";
+    out << (pairs ? json{{"prompt", prompt}, {"chosen", good}, {"rejected", bad}}
+                  : json{{"prompt", prompt}, {"response", good}})
+               .dump()
+        << "\n";
+  }
+  return path;
+}
+
+// The last batch of an epoch (PPO: of an iteration's minibatches) holds one row and the held-out
+// set one example, so rank 1's share of them is empty: it still joins every collective, adding
+// nothing, and the run equals one rank, for reward, SFT and PPO.
+TEST(DataParallel, SharesOfZeroRowsWorkInEveryTrainer) {
+  auto& f = fixture();
+  TempDir d("dp_zero");
+  // Reward: 41 pairs in batches of 4 (the last of each epoch has 1); 12 steps cross an epoch.
+  const auto reward_cfg = write_config(
+      d / "reward.pbtxt",
+      "format: \"pairs\"\ntrain_file: \"" + distinct_examples(d / "pairs.jsonl", 41, true) +
+          "\"\neval_file: \"" + distinct_examples(d / "pairs_eval.jsonl", 1, true) +
+          "\"\ntokenizer: \"" + f.tok +
+          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
+          "max_answer_tokens: 16\nsteps: 12 batch_pairs: 4 optimizer { lr: 1e-3 } eval_every: "
+          "5\n");
+  std::string out;
+  ASSERT_EQ(launch(0, "reward train --config " + reward_cfg + " --out " + (d / "rw1"), &out), 0)
+      << out;
+  ASSERT_EQ(launch(2, "reward train --config " + reward_cfg + " --out " + (d / "rw2"), &out), 0)
+      << out;
+  expect_same_curves(d / "rw1", d / "rw2",
+                     {"train/loss", "train/accuracy", "train/grad_norm", "eval/loss"});
+  // SFT: 17 rows in batches of 4 (the last of each pass has 1); 6 steps cross a pass.
+  const auto sft_cfg = write_config(
+      d / "sft.pbtxt",
+      "train_file: \"" + distinct_examples(d / "sft.jsonl", 17, false) + "\"\neval_file: \"" +
+          distinct_examples(d / "sft_eval.jsonl", 1, false) + "\"\ntokenizer: \"" + f.tok +
+          "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 max_seq_len: 48 }\n"
+          "steps: 12 batch_size: 4 optimizer { lr: 3e-3 } eval_every: 3 seed: 3\n");
+  ASSERT_EQ(launch(0, "sft --config " + sft_cfg + " --out " + (d / "sft1"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "sft --config " + sft_cfg + " --out " + (d / "sft2"), &out), 0) << out;
+  expect_same_curves(d / "sft1", d / "sft2", {"loss", "grad_norm", "eval_loss"});
+  // PPO: minibatches of 2 from batches of 3 (the last holds 1 row), 2 PPO epochs.
+  const auto ppo_cfg = write_config(
+      d / "ppo.pbtxt", "policy: \"" + (d / "sft1/model") + "\"\nreward_model: \"" + (d / "rw1") +
+                           "\"\nvalue_model: \"" + (d / "rw1/model") + "\"\nprompts: \"" +
+                           f.prompts + "\"\ntokenizer: \"" + f.tok +
+                           "\"\niterations: 2 batch_size: 3 minibatch_size: 2 ppo_epochs: 2\n"
+                           "max_new_tokens: 6\n");
+  ASSERT_EQ(launch(0, "ppo --config " + ppo_cfg + " --out " + (d / "ppo1"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "ppo --config " + ppo_cfg + " --out " + (d / "ppo2"), &out), 0) << out;
+  auto a = metrics(d / "ppo1"), b = metrics(d / "ppo2");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (const char* k : {"score/mean", "loss/policy", "loss/value", "advantages/mean"})
+    for (size_t i = 0; i < 2; ++i)
+      expect_close(a[i][k].get<double>(), b[i][k].get<double>(),
+                   std::string("ppo ") + k + " iteration " + std::to_string(i + 1));
+}
+
 TEST(DataParallel, PpoFirstIterationTwoRanksEqualOneRank) {
   auto& f = fixture();
   TempDir d("dp_ppo");
@@ -254,6 +326,74 @@ TEST(DataParallel, ResumeOnAnotherWorldSizeIsResharded) {
     expect_close(a[k].get<double>(), b[k].get<double>(), k);
 }
 
+// `rlhf` under real torchrun (Debian's python3-torch, through scripts/torchrun.py): the agent
+// hosts the store (TORCHELASTIC_USE_AGENT_STORE=True), rank 0 joins it as a client, and 2 ranks
+// train SFT and reward to the curves of `rlhf launch --nproc-per-node 2`. Skipped without
+// python3-torch unless RLHF_REQUIRE_SHARED_DATA=1 (CI; scripts/bootstrap.sh installs it).
+TEST(DataParallel, TorchrunTwoRanksEqualRlhfLaunch) {
+  std::string out;
+  if (run_command("/usr/bin/python3 -c 'import torch.distributed.run'", &out) != 0) {
+    const char* req = std::getenv("RLHF_REQUIRE_SHARED_DATA");
+    if (req && std::string(req) == "1") FAIL() << "python3-torch is missing: " << out;
+    GTEST_SKIP() << "python3-torch is missing (run scripts/bootstrap.sh)";
+  }
+  auto& f = fixture();
+  TempDir d("dp_torchrun");
+  auto torchrun = [&](const std::string& args) {
+    return "RLHF_DIST_TIMEOUT_S=60 /usr/bin/python3 " + std::string(RLHF_SOURCE_DIR) +
+           "/scripts/torchrun.py --nproc_per_node 2 --master_port " +
+           std::to_string(29500 + getpid() % 90) + " --no_python " + rlhf_binary() + " " + args;
+  };
+  const auto sft = write_config(d / "sft.pbtxt", sft_config(f, 10));
+  ASSERT_EQ(launch(2, "sft --config " + sft + " --out " + (d / "sft_launch"), &out), 0) << out;
+  ASSERT_EQ(run_command(torchrun("sft --config " + sft + " --out " + (d / "sft_torchrun")), &out),
+            0)
+      << out;
+  expect_same_curves(d / "sft_launch", d / "sft_torchrun", {"loss", "grad_norm", "eval_loss"});
+  const auto reward =
+      write_config(d / "reward.pbtxt",
+                   "format: \"pairs\"\ntrain_file: \"" + f.pairs + "\"\ntokenizer: \"" + f.tok +
+                       "\"\nmodel { dim: 32 n_layers: 2 n_heads: 2 }\nmax_prompt_tokens: 16 "
+                       "max_answer_tokens: 16\nsteps: 12 batch_pairs: 16 eval_every: 6\n");
+  ASSERT_EQ(launch(2, "reward train --config " + reward + " --out " + (d / "rw_launch"), &out), 0)
+      << out;
+  ASSERT_EQ(
+      run_command(torchrun("reward train --config " + reward + " --out " + (d / "rw_torchrun")),
+                  &out),
+      0)
+      << out;
+  expect_same_curves(d / "rw_launch", d / "rw_torchrun",
+                     {"train/loss", "train/accuracy", "train/grad_norm", "eval/accuracy"});
+}
+
+// A rank that does not see rank 0's output folder (here rank R writes to out<R>) would start afresh
+// while rank 0 resumes: the start check stops the job at once, naming the rank and what differs.
+TEST(DataParallel, RanksStartingFromDifferentStatesAreRefused) {
+  auto& f = fixture();
+  TempDir d("dp_start");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 20));
+  std::string out;
+  ASSERT_EQ(launch(2, "sft --config " + cfg + " --out " + (d / "out0") + " --stop-after 10", &out),
+            0)
+      << out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = run_command(
+      "RLHF_DIST_TIMEOUT_S=60 " + rlhf_binary() + " launch --nproc-per-node 2 --master-port " +
+          std::to_string(29700 + getpid() % 200) + " -- sh -c 'exec " + rlhf_binary() +
+          " sft --config " + cfg + " --out " + (d / "out") + "$RANK'",
+      &out);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_LT(s, 30.0) << out;
+  for (const char* want : {"sft: rank 1 does not start where rank 0 does", "step 0 vs ",
+                           "data position epoch 0, row 0 vs ", "weights hash ",
+                           "every rank must see the same output folder"})
+    EXPECT_NE(out.find(want), std::string::npos) << "missing '" << want << "' in:\n" << out;
+  // Nothing was trained: rank 0's folder still resumes on its own.
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "out0"), &out), 0) << out;
+  EXPECT_NE(out.find("resuming from"), std::string::npos) << out;
+}
+
 // The launcher's children (the ranks), from /proc.
 std::vector<pid_t> children_of(pid_t parent) {
   std::vector<pid_t> kids;
@@ -324,6 +464,87 @@ TEST(DataParallel, TwoNodesOnLoopbackTrainAsOneJob) {
       run_command("(" + node(1) + ") & " + node(0) + "; a=$?; wait $!; b=$?; exit $((a+b))", &both),
       0)
       << both << rlhf::read_file(d / "node0.log") << rlhf::read_file(d / "node1.log");
+  expect_same_curves(d / "one", d / "two", {"loss", "eval_loss"});
+}
+
+// The local IPv4 addresses of the TCP sockets process `pid` holds (/proc/<pid>/fd, /proc/net/tcp).
+std::set<std::string> tcp_local_addresses(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
+  std::set<std::string> inodes, addresses;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(proc + "/fd", ec)) {
+    const std::string link = std::filesystem::read_symlink(e.path(), ec).string();
+    if (link.rfind("socket:[", 0) == 0) inodes.insert(link.substr(8, link.size() - 9));
+  }
+  std::ifstream tcp(proc + "/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // the header
+  while (std::getline(tcp, line)) {
+    std::istringstream in(line);
+    std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+    in >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >>
+        inode;
+    if (!inodes.count(inode) || local.size() < 8) continue;
+    const unsigned long ip = std::stoul(local.substr(0, 8), nullptr, 16);  // little-endian
+    addresses.insert(std::to_string(ip & 0xff) + "." + std::to_string((ip >> 8) & 0xff) + "." +
+                     std::to_string((ip >> 16) & 0xff) + "." + std::to_string(ip >> 24));
+  }
+  return addresses;
+}
+
+// Two machines emulated on one host with loopback addresses: the store at 127.0.0.1 (MASTER_ADDR),
+// node 0's rank at 127.0.0.2 and node 1's at 127.0.0.3 (RLHF_DIST_LOCAL_ADDR, docs/distributed.md).
+// Gloo's connection between them is accepted by rank 0 on its own address for the whole run (rank
+// 1 connects out), so rank 0's sockets show it; without the setting both would use 127.0.0.1.
+TEST(DataParallel, TwoNodesOnLoopbackAddressesTrainAsOneJob) {
+  auto& f = fixture();
+  TempDir d("dp_two_addr");
+  const auto cfg = write_config(d / "sft.pbtxt", sft_config(f, 10));
+  std::string out;
+  ASSERT_EQ(launch(0, "sft --config " + cfg + " --out " + (d / "one"), &out), 0) << out;
+  const std::string port = std::to_string(29400 + getpid() % 90);
+  auto node = [&](int rank) {
+    rlhf::process::Options o;
+    o.argv = {rlhf_binary(),
+              "launch",
+              "--nnodes",
+              "2",
+              "--nproc-per-node",
+              "1",
+              "--node-rank",
+              std::to_string(rank),
+              "--master-addr",
+              "127.0.0.1",
+              "--master-port",
+              port,
+              "--",
+              "rlhf",
+              "sft",
+              "--config",
+              cfg,
+              "--out",
+              d / "two"};
+    o.env = {{"RLHF_DIST_TIMEOUT_S", "60"},
+             {"RLHF_DIST_LOCAL_ADDR", rank == 0 ? "127.0.0.2" : "127.0.0.3"}};
+    o.stdout_redirect = rlhf::process::Redirect::file(d / ("node" + std::to_string(rank) + ".log"));
+    o.stderr_redirect = rlhf::process::Redirect::to_stdout();
+    return rlhf::process::Child::start(o);
+  };
+  rlhf::process::Child node1 = node(1), node0 = node(0);
+  std::set<std::string> rank0_addresses;
+  while (node0.running()) {
+    for (pid_t rank : children_of(node0.pid()))
+      for (const auto& a : tcp_local_addresses(rank)) rank0_addresses.insert(a);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto s0 = node0.wait(), s1 = node1.wait();
+  ASSERT_TRUE(s0.success() && s1.success())
+      << rlhf::read_file(d / "node0.log") << rlhf::read_file(d / "node1.log");
+  EXPECT_TRUE(rank0_addresses.count("127.0.0.2")) << "rank 0's sockets were on: " << [&] {
+    std::string all;
+    for (const auto& a : rank0_addresses) all += a + " ";
+    return all;
+  }();
   expect_same_curves(d / "one", d / "two", {"loss", "eval_loss"});
 }
 

@@ -6,12 +6,15 @@
 // the pipeline's own rerun of an interrupted stage.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/types.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
 
 #include "common/files.h"
 #include "common/process.h"
@@ -106,6 +109,68 @@ TEST(KillResume, EveryStageKilledOnceEqualsTheStraightRun) {
   for (const char* key :
        {"sft_gold_accuracy", "reward_gold_agreement", "ppo_gold_accuracy", "ppo_final_kl"})
     EXPECT_EQ(a[key], b[key]) << key;
+}
+
+// Every descendant of `pid` now (children, their children, ...), from /proc.
+std::vector<pid_t> descendants(pid_t pid) {
+  std::vector<pid_t> all;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  for (pid_t c; in >> c;) {
+    all.push_back(c);
+    for (pid_t d : descendants(c)) all.push_back(d);
+  }
+  return all;
+}
+
+// The pids of `pids` still alive after waiting up to `seconds` for them to go.
+std::vector<pid_t> survivors(const std::vector<pid_t>& pids, double seconds) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int>(seconds * 1e3));
+  std::vector<pid_t> alive;
+  do {
+    alive.clear();
+    for (pid_t p : pids)
+      if (::kill(p, 0) == 0) alive.push_back(p);
+    if (alive.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return alive;
+}
+
+// A scheduler stops a job with SIGTERM to the pipeline alone (not its process group): during SFT
+// on 2 ranks it is passed on to `rlhf launch` and so to the ranks; the pipeline exits 143 once
+// they ended (none is left training, orphaned), and a rerun resumes SFT and completes.
+TEST(KillResume, SigtermReachesEveryChildAndARerunResumes) {
+  rlhf::testing::TempDir dir("sigterm");
+  const std::string config = dir / "p.pbtxt", run = dir / "run", log = dir / "stopped.log";
+  rlhf::write_file_atomic(config, std::string(kConfig) + "processes { sft: 2 }\n");
+  rlhf::process::Options o;
+  o.argv = {rlhf_binary(), "pipeline", "run", config, "--run-dir", run, "--stop-timeout", "20"};
+  o.stdout_redirect = rlhf::process::Redirect::file(log);
+  o.stderr_redirect = rlhf::process::Redirect::to_stdout();
+  o.own_process_group = true;  // the destructor's SIGKILL cleans up after a failure
+  rlhf::process::Child pipeline = rlhf::process::Child::start(o);
+  while (pipeline.running() && !latest_past_first(run + "/sft/state/latest", "step-00000005"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(pipeline.running()) << rlhf::read_file(log);
+  const std::vector<pid_t> children = descendants(pipeline.pid());
+  ASSERT_GE(children.size(), 3u) << "expected rlhf launch and two ranks";
+  ASSERT_EQ(::kill(pipeline.pid(), SIGTERM), 0);
+  const auto status = pipeline.wait_for(60);
+  ASSERT_TRUE(status.has_value()) << "the pipeline still runs 60 s after SIGTERM";
+  // The pipeline waited for them: gone by now (before the fix they trained on, orphaned).
+  const std::vector<pid_t> left = survivors(children, 0.5);
+  for (pid_t p : left) ::kill(p, SIGKILL);
+  EXPECT_EQ(left, std::vector<pid_t>{}) << rlhf::read_file(log);
+  EXPECT_EQ(status->code(), 128 + SIGTERM) << status->describe() << "\n" << rlhf::read_file(log);
+  EXPECT_NE(rlhf::read_file(log).find("stopped by SIGTERM"), std::string::npos)
+      << rlhf::read_file(log);
+  EXPECT_FALSE(exists(run + "/sft/model/model.safetensors"));
+  std::string out;
+  ASSERT_EQ(run_command(rlhf_binary() + " pipeline run " + config + " --run-dir " + run, &out), 0)
+      << out;
+  EXPECT_NE(out.find("resuming from"), std::string::npos) << out;
+  EXPECT_TRUE(exists(run + "/ppo/model/model.safetensors"));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // BackgroundChild (pipelines/internal/subprocess.h) with real processes: a background child does
 // not outlive a parent killed with SIGKILL (so a resumed pipeline is not blocked by an orphan
-// annotation server holding the socket's lock).
+// annotation server holding the socket's lock); StopOnSignals passes SIGTERM / SIGINT on to the
+// children and stops them within the stop timeout.
 #include "pipelines/internal/subprocess.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/error.h"
 #include "common/process.h"
 
 namespace {
@@ -67,4 +69,47 @@ TEST(BackgroundChild, StopTerminatesAndReapsIt) {
   EXPECT_EQ(sleeper.stop(), 128 + SIGTERM);
   EXPECT_FALSE(sleeper.running());
   EXPECT_FALSE(alive(sleeper.pid()));
+}
+
+// SIGINT to this process while run_child waits: passed on to the child (`sleep` dies of it), and
+// run_child throws "stopped by SIGINT" with exit code 130; later children are refused.
+TEST(StopOnSignals, ASignalIsPassedOnAndRunChildThrows) {
+  rlhf::pipelines::StopOnSignals stop(5);
+  std::thread raiser([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(::getpid(), SIGINT);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    rlhf::pipelines::run_child({"/bin/sleep", "30"});
+    ADD_FAILURE() << "run_child returned after SIGINT";
+  } catch (const rlhf::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "stopped by SIGINT");
+    EXPECT_EQ(e.exit_code(), 128 + SIGINT);
+  }
+  raiser.join();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  EXPECT_EQ(rlhf::pipelines::stop_signal(), SIGINT);
+  EXPECT_THROW(rlhf::pipelines::run_child({"/bin/true"}), rlhf::Error);
+}
+
+// A child that ignores SIGTERM gets the stop timeout, then SIGKILL; a background child is
+// signalled too.
+TEST(StopOnSignals, AChildIgnoringTheSignalIsKilledAfterTheStopTimeout) {
+  rlhf::pipelines::StopOnSignals stop(0.5);
+  rlhf::pipelines::BackgroundChild server({"/bin/sleep", "30"});
+  const pid_t server_pid = server.pid();
+  std::thread raiser([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(::getpid(), SIGTERM);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(rlhf::pipelines::run_child({"/bin/sh", "-c", "trap '' TERM; exec sleep 30"}),
+               rlhf::Error);
+  raiser.join();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GT(s, 0.7);  // 0.3 s before the signal, then the 0.5 s stop timeout
+  EXPECT_LT(s, 5.0);
+  EXPECT_FALSE(server.running());  // SIGTERM passed on; reaped
+  EXPECT_FALSE(alive(server_pid));
 }

@@ -52,6 +52,28 @@ TEST(WorldEnv, ReadsTorchrunContract) {
   EXPECT_EQ(e.timeout.count(), 30);
 }
 
+// torchrun's agent hosts the store: every rank (rank 0 too) joins it as a client, under the
+// attempt's prefix, as PyTorch's own workers do.
+TEST(WorldEnv, TorchrunAgentStoreIsJoinedAsAClient) {
+  EXPECT_FALSE(env_of({{"WORLD_SIZE", "2"}, {"RANK", "0"}}).agent_store);
+  EXPECT_FALSE(
+      env_of({{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"TORCHELASTIC_USE_AGENT_STORE", "False"}})
+          .agent_store);
+  WorldEnv e = env_of({{"WORLD_SIZE", "2"},
+                       {"RANK", "0"},
+                       {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                       {"TORCHELASTIC_RESTART_COUNT", "3"}});
+  EXPECT_TRUE(e.agent_store);
+  EXPECT_EQ(e.store_prefix, "/worker/attempt_3");
+}
+
+TEST(WorldEnv, ReadsTheLocalAddress) {
+  EXPECT_EQ(env_of({{"WORLD_SIZE", "2"}, {"RANK", "1"}}).local_addr, "");
+  EXPECT_EQ(
+      env_of({{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"RLHF_DIST_LOCAL_ADDR", "10.0.0.2"}}).local_addr,
+      "10.0.0.2");
+}
+
 TEST(WorldEnv, BadValuesNameTheVariable) {
   auto message = [](const std::map<std::string, std::string>& vars) {
     try {

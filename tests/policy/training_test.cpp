@@ -219,4 +219,19 @@ TEST(TrainingToolkitTest, ValidationNamesTheOptimizerField) {
 }
 
 }  // namespace
+// The start check's weights hash: equal tensors hash equal; one changed value, a renamed tensor or
+// another dtype of the same bytes hash differently.
+TEST(SameStart, WeightsHashSeesValuesNamesAndDtypes) {
+  const torch::Tensor a = torch::arange(12, torch::kFloat32).reshape({3, 4});
+  const std::string h = weights_hash({{"w", a}});
+  EXPECT_EQ(h.size(), 16u);
+  EXPECT_EQ(weights_hash({{"w", a.clone()}}), h);
+  torch::Tensor b = a.clone();
+  b[2][3] = std::nextafter(11.0f, 12.0f);
+  EXPECT_NE(weights_hash({{"w", b}}), h);
+  EXPECT_NE(weights_hash({{"v", a}}), h);
+  EXPECT_NE(weights_hash({{"w", a.view(torch::kInt32)}}), h);
+  EXPECT_NE(weights_hash({{"w", a.reshape({4, 3})}}), h);
+}
+
 }  // namespace rlhf::policy::training

@@ -9,13 +9,18 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/launch.h"
+#include "common/process.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/model.h"
 #include "policy/ppo/ppo_replay.h"
 #include "policy/ppo/rollout_file.h"
+#include "policy/runtime/distributed.h"
 #include "policy/tokenizer/prompt_format.h"
 #include "policy/training/training.h"
 #include "tests/fixtures/optimizer_state.h"
@@ -639,4 +644,51 @@ TEST(PpoTrainer, OptimizersComeFromTheOptimizerSectionWithPpoDefaults) {
       EXPECT_EQ(g.eps, 1e-5) << who;
     }
   }
+}
+
+// ---- ranks sharing a machine (two real processes) -----------------------------------------------
+
+// Two PPO ranks on one machine started without OMP_NUM_THREADS (as Slurm or a script starts them)
+// take their share of the cores, as SFT and reward ranks do (training::place_trainer): each worker
+// sets another count first, so a trainer that left threads alone fails.
+TEST(PpoTrainer, RanksSizeTheirThreadsLikeTheOtherTrainers) {
+  TempDir dir("ppo_threads");
+  const int port = rlhf::launch::free_loopback_port();
+  std::vector<rlhf::process::Child> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    rlhf::process::Options o;
+    o.argv = {"/proc/self/exe", "--gtest_filter=PpoTrainerWorker.Threads"};
+    o.clear_env = true;
+    o.env = {{"WORLD_SIZE", "2"},
+             {"RANK", std::to_string(rank)},
+             {"LOCAL_RANK", std::to_string(rank)},
+             {"LOCAL_WORLD_SIZE", "2"},
+             {"MASTER_ADDR", "127.0.0.1"},
+             {"MASTER_PORT", std::to_string(port)},
+             {"RLHF_DIST_TIMEOUT_S", "30"},
+             {"RLHF_PPO_WORKER_DIR", dir.path()}};
+    ranks.push_back(rlhf::process::Child::start(o));
+  }
+  for (auto& r : ranks) EXPECT_TRUE(r.wait().success());
+  for (int rank = 0; rank < 2; ++rank) {
+    const std::string got = read_file(dir / ("rank" + std::to_string(rank) + ".txt"));
+    const std::string expected = std::to_string(policy::dist::threads_per_rank(2));
+    EXPECT_EQ(got, "threads " + expected + "\n") << "rank " << rank;
+  }
+}
+
+// The worker side of the test above (only with RLHF_PPO_WORKER_DIR).
+TEST(PpoTrainerWorker, Threads) {
+  const char* dir = std::getenv("RLHF_PPO_WORKER_DIR");
+  if (!dir) GTEST_SKIP() << "runs as a spawned rank only";
+  torch::set_num_threads(policy::dist::threads_per_rank(2) + 3);
+  auto cfg = toy_config(1);
+  cfg.set_device("cpu");
+  cfg.set_batch_size(4);
+  cfg.set_minibatch_size(2);
+  policy::PpoTrainer trainer(cfg, make_models(1), count_teacher, make_prompts(),
+                             std::string(dir) + "/run");
+  const char* rank = std::getenv("RANK");
+  std::ofstream(std::string(dir) + "/rank" + rank + ".txt")
+      << "threads " << torch::get_num_threads() << "\n";
 }
