@@ -20,6 +20,7 @@ PACKAGES=(
   chromium nodejs               # annotation_web_browser_test (headless browser, puppeteer-core)
   libpcre2-dev                  # HF tokenizer.json Split regexes (\p{L}, lookahead; UTF + UCP)
   libutf8proc-dev               # HF tokenizer.json normalizers (NFC, NFKC, ...)
+  python3-torch                 # tests/policy/hf_reference.py (policy_hf_families_test)
 )
 
 SUDO=""
