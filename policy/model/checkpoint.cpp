@@ -207,10 +207,11 @@ void refuse_unknown_keys(const nlohmann::json& j, const std::string& path,
   const auto& known = read_keys(model_type);
   for (const auto& item : j.items())
     if (!known.count(item.key()) && !harmless_keys().count(item.key()))
-      throw Error(path + ": unsupported config key '" + item.key() + "' = " + item.value().dump() +
-                  " for model_type '" + model_type +
-                  "' (not known to leave the forward pass unchanged; docs/checkpoints.md lists the "
-                  "keys read)");
+      throw Error(
+          path + ": unsupported config key '" + item.key() + "' = " + item.value().dump() +
+          " for model_type '" + model_type +
+          "' (not known to leave the forward pass unchanged; docs/model_families.md lists the "
+          "keys read)");
 }
 
 // rope_scaling (or transformers 5's rope_parameters): null, type "default", or type "llama3".

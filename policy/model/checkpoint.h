@@ -1,5 +1,6 @@
 // Checkpoints. One folder layout for both native and Hugging Face use:
-//   config.json        Hugging Face LlamaConfig fields (model_type "llama")
+//   config.json        Hugging Face config (model_type llama, mistral, qwen2 or qwen3; the keys
+//                      read and refused: docs/model_families.md)
 //   model.safetensors  weights, LLaMA tensor names (F32 when we write)
 //   checkpoint.pb      native only: CheckpointMeta (config message, tokenizer hash, kind, step)
 // A folder without checkpoint.pb is a Hugging Face import (F32/F16/BF16 accepted).
@@ -46,7 +47,11 @@ LoadedModel load_checkpoint(const std::string& dir);
 // save_checkpoint.
 void export_hf(Transformer& model, const std::string& dir);
 
-// Parses a Hugging Face config.json into a ModelConfig (throws naming the file and field).
+// Parses a Hugging Face config.json into a ModelConfig. Throws rlhf::Error naming the file and the
+// key for: a model_type other than llama, mistral, qwen2, qwen3; a rope_scaling type other than
+// default / llama3; a key that is neither read for the family nor known to be harmless; a key of
+// the wrong type; an inconsistent configuration (ModelConfig::validate). A sliding window caps
+// max_seq_len (ModelConfig::sliding_window).
 ModelConfig model_config_from_hf_json(const std::string& config_json_path);
 
 }  // namespace rlhf::policy

@@ -1,4 +1,4 @@
-// The Hugging Face model families (docs/checkpoints.md, "Model families") against an independent
+// The Hugging Face model families (docs/model_families.md) against an independent
 // reference: tests/policy/hf_reference.py, a PyTorch forward pass written from transformers'
 // modelling code, makes a small random-weight checkpoint of each family (config.json +
 // model.safetensors) with its float32 logits and greedy ids. Each is loaded here and checked
