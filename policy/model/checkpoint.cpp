@@ -192,12 +192,14 @@ const std::set<std::string>& read_keys(const std::string& model_type) {
       {"mistral", {"sliding_window"}},
       {"qwen2", {"sliding_window", "use_sliding_window", "layer_types"}},
       {"qwen3", {"attention_bias", "sliding_window", "use_sliding_window", "layer_types"}}};
-  static std::map<std::string, std::set<std::string>> all;
-  if (all.empty())
+  static const auto all = [] {  // built once, thread-safe (loads may run at once)
+    std::map<std::string, std::set<std::string>> m;
     for (const auto& [type, extra] : family) {
-      all[type] = common;
-      all[type].insert(extra.begin(), extra.end());
+      m[type] = common;
+      m[type].insert(extra.begin(), extra.end());
     }
+    return m;
+  }();
   return all.at(model_type);
 }
 
