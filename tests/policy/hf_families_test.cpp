@@ -24,6 +24,7 @@
 #include "policy/decoding/generation.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/fused_ops.h"
+#include "policy/model/lora.h"
 #include "policy/model/model.h"
 #include "tests/fixtures/child_process.h"
 #include "tests/test_support.h"
@@ -134,6 +135,25 @@ TEST_P(HfFamilies, TrainingForwardMatchesAndBackwardRuns) {
   torch::NoGradGuard no_grad;
   expect_close(model_->forward(ids)[0], ref_, 0, "training forward (reference kernels)");
   fused::set_fused_kernels(was);
+}
+
+// LoRA on every projection of a model with biases and q/k norms: at start (B = 0) the logits are
+// the base model's, and a step of the adapters' gradient changes them.
+TEST_P(HfFamilies, LoraOnEveryProjection) {
+  const int64_t T = int64_t(ref_.ids.size());
+  auto ids = ids_tensor(ref_.ids, 0, T);
+  LoraOptions o;
+  o.rank = 4;
+  o.targets = {"q", "k", "v", "o", "gate", "up", "down"};
+  LoraAdapters lora(model_, o);
+  lora.refresh(true);
+  auto logits = model_->forward(ids);
+  expect_close(logits[0].detach(), ref_, 0, "LoRA at start");
+  logits.logsumexp(-1).sum().backward();
+  for (const auto& p : lora.parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
+  }
 }
 
 TEST_P(HfFamilies, KvCacheDecoderMatches) {
