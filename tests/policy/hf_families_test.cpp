@@ -24,6 +24,7 @@
 #include "policy/decoding/generation.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/fused_ops.h"
+#include "policy/model/llama2c_export.h"
 #include "policy/model/lora.h"
 #include "policy/model/model.h"
 #include "tests/fixtures/child_process.h"
@@ -372,6 +373,24 @@ TEST(HfConfig, MistralSlidingWindowCapsTheContext) {
   cache.capacity = 32;
   model->hidden_states(torch::ones({1, 12}, torch::kLong), {}, &cache);
   EXPECT_THROW(model->hidden_states(torch::ones({1, 1}, torch::kLong), {}, &cache), c10::Error);
+}
+
+TEST(HfConfig, Llama2cExportRefusesTheFamiliesExtras) {
+  ModelConfig c;
+  c.vocab_size = 64;
+  c.dim = 32;
+  c.n_layers = 1;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.model_type = "qwen3";
+  c.qk_norm = true;
+  Transformer model(c);
+  EXPECT_THROW(llama2c_checkpoint_bytes(model), Error);
+  c.model_type = "llama";
+  c.qk_norm = false;
+  Transformer plain(c);
+  EXPECT_EQ(int64_t(llama2c_checkpoint_bytes(plain).size()),
+            7 * 4 + llama2c_float_count(c) * int64_t(sizeof(float)));
 }
 
 }  // namespace
