@@ -20,7 +20,7 @@ PACKAGES=(
   chromium nodejs               # annotation_web_browser_test (headless browser, puppeteer-core)
   libpcre2-dev                  # HF tokenizer.json Split regexes (\p{L}, lookahead; UTF + UCP)
   libutf8proc-dev               # HF tokenizer.json normalizers (NFC, NFKC, ...)
-  python3-torch                 # real torchrun (scripts/torchrun.py) in data_parallel_test
+  python3-torch                 # torchrun (scripts/torchrun.py, data_parallel_test); tests/policy/hf_reference.py
 )
 
 SUDO=""

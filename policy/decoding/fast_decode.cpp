@@ -88,6 +88,8 @@ DecodeEngine::DecodeEngine(Transformer& model, KVCache& cache, LoopPool& pool)
   F_ = c.resolved_hidden_dim();
   V_ = c.vocab_size;
   eps_ = c.norm_eps;
+  sliding_window_ = c.sliding_window;
+  mlp_bias_ = c.mlp_bias;
   pack_weights();
   // Every position a cache of this capacity can hold (later ones go through libtorch).
   std::tie(cos_, sin_) = rope_tables(model, std::max<int64_t>(c.max_seq_len, cache.capacity));
@@ -112,7 +114,8 @@ void DecodeEngine::pack_weights() {
     todo.push_back(
         {{layer->q_proj->weight, layer->k_proj->weight, layer->v_proj->weight}, Layout::kRows});
     todo.push_back({{layer->o_proj->weight}, Layout::kRows});
-    todo.push_back({{layer->gate_proj->weight, layer->up_proj->weight}, Layout::kPairs});
+    todo.push_back({{layer->gate_proj->weight, layer->up_proj->weight},
+                    mlp_bias_ ? Layout::kRows : Layout::kPairs});
     todo.push_back({{layer->down_proj->weight}, Layout::kRows});
   }
   todo.push_back({{model_->lm_head ? model_->lm_head->weight : model_->tok_embeddings->weight},
@@ -147,11 +150,28 @@ void DecodeEngine::pack_weights() {
     w.o = std::move(packed[4 * l + 1]);
     w.gate_up = std::move(packed[4 * l + 2]);
     w.down = std::move(packed[4 * l + 3]);
+    hold_extras(*layer, &w);
     layers_.push_back(std::move(w));
   }
   lm_head_ = std::move(packed.back());
   embedding_ = hold(model_->tok_embeddings->weight);
   final_norm_ = hold(model_->norm_weight);
+}
+
+// The biases and q/k norm weights of the other families (left null for a plain LLaMA layer).
+void DecodeEngine::hold_extras(DecoderLayerImpl& layer, LayerWeights* w) {
+  if (layer.q_proj->bias.defined())
+    w->qkv_bias = hold(torch::cat({layer.q_proj->bias, layer.k_proj->bias, layer.v_proj->bias}));
+  if (layer.o_proj->bias.defined()) w->o_bias = hold(layer.o_proj->bias);
+  if (layer.gate_proj->bias.defined()) {
+    w->gate_bias = hold(layer.gate_proj->bias);
+    w->up_bias = hold(layer.up_proj->bias);
+    w->down_bias = hold(layer.down_proj->bias);
+  }
+  if (layer.q_norm.defined()) {
+    w->q_norm = hold(layer.q_norm);
+    w->k_norm = hold(layer.k_norm);
+  }
 }
 
 void DecodeEngine::reserve_rows(int64_t rows) {
@@ -162,6 +182,7 @@ void DecodeEngine::reserve_rows(int64_t rows) {
   qkv_.resize(rows * (H_ + 2 * KV_) * hd_);
   ctx_.resize(rows * H_ * hd_);
   act_.resize(rows * F_);
+  if (mlp_bias_) gate_up_.resize(rows * 2 * F_);
 }
 
 torch::Tensor DecodeEngine::feed_through_libtorch(const torch::Tensor& ids,
@@ -239,6 +260,9 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
   const int64_t capacity = cache_.mask_buffer.size(1), start = cache_.length;
   const int64_t* id = ids.data_ptr<int64_t>();
   const int64_t* m = mask.defined() ? mask.data_ptr<int64_t>() : nullptr;
+  TORCH_CHECK(sliding_window_ == 0 || cache_.length + T <= sliding_window_,
+              "DecodeEngine::feed: ", cache_.length + T, " tokens exceed the sliding window of ",
+              sliding_window_, " (longer contexts are not supported)");
   auto next_after = plan_positions(id, m, B, T);
   if (start + T > capacity || !next_after.defined()) return feed_through_libtorch(ids, mask);
   load_tokens(id, m, B, T);
@@ -338,6 +362,7 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch, int64_t b0, in
       const float *c = data_of(cos_) + batch.positions[r] * half,
                   *s = data_of(sin_) + batch.positions[r] * half;
       float* key = row + (H_ + j) * hd_;
+      if (w.qkv_bias || w.q_norm) prepare_head(w, row, j);
       kernels::rope_heads(key, c, s, 1, hd_, 1.0f);
       std::memcpy(keys + at + (start + t) * hd_, key, hd_ * sizeof(float));
       std::memcpy(values + at + (start + t) * hd_, row + (H_ + KV_ + j) * hd_, hd_ * sizeof(float));
@@ -356,6 +381,38 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch, int64_t b0, in
   });
   kernels::matmul_nt(&ctx_[r0 * H_ * hd_], rows, H_ * hd_, H_ * hd_,
                      {{&w.o, &x_[r0 * D_], D_, true}}, pool_);
+  if (w.o_bias) add_bias_rows(w.o_bias, x_.data(), D_, D_, r0, r0 + rows);
+}
+
+// The q, k and v heads of kv group j in one token's qkv row, before RoPE: their biases added (as
+// the projection's bias), then q and k RMS-normalised per head (qwen3), as the libtorch path does.
+void DecodeEngine::prepare_head(const LayerWeights& w, float* row, int64_t j) const {
+  const int64_t G = H_ / KV_;
+  auto add = [&](int64_t head) {
+    float* v = row + head * hd_;
+    const float* b = w.qkv_bias + head * hd_;
+    for (int64_t i = 0; i < hd_; ++i) v[i] += b[i];
+  };
+  if (w.qkv_bias) {
+    for (int64_t h = j * G; h < (j + 1) * G; ++h) add(h);
+    add(H_ + j);
+    add(H_ + KV_ + j);
+  }
+  if (w.q_norm) {
+    for (int64_t h = j * G; h < (j + 1) * G; ++h)
+      kernels::rms_norm_rows(row + h * hd_, w.q_norm, row + h * hd_, 1, hd_, eps_);
+    float* key = row + (H_ + j) * hd_;
+    kernels::rms_norm_rows(key, w.k_norm, key, 1, hd_, eps_);
+  }
+}
+
+// out[r, :n] += bias for rows r0 .. r1 - 1 (row stride ld).
+void DecodeEngine::add_bias_rows(const float* bias, float* out, int64_t ld, int64_t n, int64_t r0,
+                                 int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* o = out + r * ld;
+    for (int64_t i = 0; i < n; ++i) o[i] += bias[i];
+  }
 }
 
 // x += down(silu(gate(rmsnorm(x))) * up(rmsnorm(x))) for token rows r0 .. r1 - 1; SwiGLU is the
@@ -365,9 +422,24 @@ void DecodeEngine::mlp_block(int64_t l, int64_t r0, int64_t r1) {
   const int64_t rows = r1 - r0;
   norm_rows(w.post_norm, r0, r1);
   using Epilogue = kernels::MatmulJob::Epilogue;
-  kernels::matmul_nt(&xn_[r0 * D_], rows, D_, D_,
-                     {{&w.gate_up, &act_[r0 * F_], F_, false, Epilogue::kSwiGlu}}, pool_);
+  if (w.gate_bias) {  // gate | up rows, their biases, then SwiGLU
+    float* gu = gate_up_.data();
+    kernels::matmul_nt(&xn_[r0 * D_], rows, D_, D_, {{&w.gate_up, gu + r0 * 2 * F_, 2 * F_, false}},
+                       pool_);
+    for (int64_t r = r0; r < r1; ++r) {
+      float *gate = gu + r * 2 * F_, *up = gate + F_;
+      for (int64_t i = 0; i < F_; ++i) {
+        gate[i] += w.gate_bias[i];
+        up[i] += w.up_bias[i];
+      }
+      kernels::swiglu(gate, up, &act_[r * F_], F_);
+    }
+  } else {
+    kernels::matmul_nt(&xn_[r0 * D_], rows, D_, D_,
+                       {{&w.gate_up, &act_[r0 * F_], F_, false, Epilogue::kSwiGlu}}, pool_);
+  }
   kernels::matmul_nt(&act_[r0 * F_], rows, F_, F_, {{&w.down, &x_[r0 * D_], D_, true}}, pool_);
+  if (w.down_bias) add_bias_rows(w.down_bias, x_.data(), D_, D_, r0, r1);
 }
 
 }  // namespace rlhf::policy

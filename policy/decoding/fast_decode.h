@@ -71,10 +71,15 @@ class DecodeEngine {
 
  private:
   // A layer's norms (pointers into held_) and its projections packed for kernels::matmul_nt:
-  // q, k and v as one weight (rows in that order), gate and up as one (pairs layout).
+  // q, k and v as one weight (rows in that order), gate and up as one (pairs layout; rows, gate
+  // then up, when the MLP has biases: they go in before SwiGLU). The optional parts of the other
+  // families (null when absent): biases (q|k|v as one [(H + 2 KV) hd], o, gate, up, down) and the
+  // per-head q/k RMSNorm weights [hd].
   struct LayerWeights {
     const float *input_norm, *post_norm;
     kernels::PackedWeight qkv, o, gate_up, down;
+    const float *qkv_bias = nullptr, *o_bias = nullptr, *gate_bias = nullptr, *up_bias = nullptr,
+                *down_bias = nullptr, *q_norm = nullptr, *k_norm = nullptr;
   };
   // The rows of one feed() call: B x T tokens, row r = b * T + t.
   struct Batch {
@@ -85,6 +90,8 @@ class DecodeEngine {
   static constexpr int64_t kMinRowsPerGroup = 8;  // see row_groups()
   const float* hold(const torch::Tensor& t);      // keeps t (contiguous) alive; its data
   void pack_weights();
+  void hold_extras(DecoderLayerImpl& layer, LayerWeights* w);
+  void prepare_head(const LayerWeights& w, float* row, int64_t j) const;
   void reserve_rows(int64_t rows);
   torch::Tensor plan_positions(const int64_t* id, const int64_t* mask, int64_t B, int64_t T);
   void load_tokens(const int64_t* id, const int64_t* mask, int64_t B, int64_t T);
@@ -92,6 +99,7 @@ class DecodeEngine {
   void norm_rows(const float* weight, int64_t r0, int64_t r1);
   void attention_block(int64_t layer, const Batch& batch, int64_t b0, int64_t b1);
   void mlp_block(int64_t layer, int64_t r0, int64_t r1);
+  void add_bias_rows(const float* bias, float* out, int64_t ld, int64_t n, int64_t r0, int64_t r1);
   void output_rows(int64_t r0, int64_t r1);
   torch::Tensor feed_through_libtorch(const torch::Tensor& ids, const torch::Tensor& mask);
 
@@ -100,6 +108,8 @@ class DecodeEngine {
   LoopPool& pool_;
   int64_t D_, H_, KV_, hd_, F_, V_;
   double eps_;
+  int64_t sliding_window_;  // 0 = none; longer contexts are refused (ModelConfig)
+  bool mlp_bias_;           // gate/up packed as rows, SwiGLU after the biases (gate_up_ buffer)
   std::vector<torch::Tensor> held_;  // the weights the pointers below point into
   torch::Tensor packed_;             // the storage of every PackedWeight below
   std::vector<LayerWeights> layers_;
@@ -112,6 +122,7 @@ class DecodeEngine {
   int64_t rows_ = 0;
   std::vector<int64_t> positions_, first_real_;  // of the current feed(): [B, T] and [B]
   std::vector<float> x_, xn_, qkv_, ctx_, act_, scores_;
+  std::vector<float> gate_up_;  // [rows, 2F], only with mlp_bias_
   torch::Tensor logits_;
 };
 

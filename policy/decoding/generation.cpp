@@ -80,7 +80,10 @@ int64_t check_request(const ModelConfig& cfg, const std::vector<std::vector<int6
   if (P + options.max_new_tokens > cfg.max_seq_len)
     throw Error("generate: prompt length " + std::to_string(P) + " + max_new_tokens " +
                 std::to_string(options.max_new_tokens) + " exceeds max_seq_len " +
-                std::to_string(cfg.max_seq_len));
+                std::to_string(cfg.max_seq_len) +
+                (cfg.sliding_window > 0 ? " (capped at the sliding window; a longer context is "
+                                          "not supported)"
+                                        : ""));
   return P;
 }
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <set>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -25,10 +26,35 @@ constexpr const char* kConfigFile = "config.json";
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kMetaFile = "checkpoint.pb";
 
+// The config.json keys of the families' extras, written only where they differ from a plain LLaMA
+// (so a LLaMA model's config.json is unchanged): what model_config_from_hf_json reads back.
+void add_family_keys(const ModelConfig& c, nlohmann::json* out) {
+  nlohmann::json& j = *out;
+  if (c.explicit_head_dim > 0) j["head_dim"] = c.explicit_head_dim;
+  if ((c.model_type == "llama" || c.model_type == "qwen3") && (c.qkv_bias || c.o_bias))
+    j["attention_bias"] = true;
+  if (c.mlp_bias) j["mlp_bias"] = true;
+  if (c.rope_factor > 0)
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", c.rope_factor},
+                         {"low_freq_factor", c.rope_low_freq_factor},
+                         {"high_freq_factor", c.rope_high_freq_factor},
+                         {"original_max_position_embeddings", c.rope_original_max_position}};
+  if (c.sliding_window > 0) {
+    j["sliding_window"] = c.sliding_window;
+    if (c.model_type != "mistral") j["use_sliding_window"] = true;
+  }
+}
+
 nlohmann::json hf_config_json(const ModelConfig& c) {
   nlohmann::json j;
-  j["architectures"] = {"LlamaForCausalLM"};
-  j["model_type"] = "llama";
+  static const std::map<std::string, std::string> kArchitectures = {
+      {"llama", "LlamaForCausalLM"},
+      {"mistral", "MistralForCausalLM"},
+      {"qwen2", "Qwen2ForCausalLM"},
+      {"qwen3", "Qwen3ForCausalLM"}};
+  j["architectures"] = {kArchitectures.at(c.model_type)};
+  j["model_type"] = c.model_type;
   j["hidden_size"] = c.dim;
   j["intermediate_size"] = c.resolved_hidden_dim();
   j["num_hidden_layers"] = c.n_layers;
@@ -44,6 +70,7 @@ nlohmann::json hf_config_json(const ModelConfig& c) {
   j["eos_token_id"] = c.eos_id >= 0 ? nlohmann::json(c.eos_id) : nlohmann::json(nullptr);
   j["pad_token_id"] = c.pad_id >= 0 ? nlohmann::json(c.pad_id) : nlohmann::json(nullptr);
   j["torch_dtype"] = "float32";
+  add_family_keys(c, &j);
   return j;
 }
 
@@ -112,9 +139,178 @@ double json_number(const nlohmann::json& j, const std::string& path, const std::
   return j[key].get<double>();
 }
 
-}  // namespace
+bool json_bool(const nlohmann::json& j, const std::string& path, const std::string& key,
+               bool fallback) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_boolean())
+    throw Error(path + ": field '" + key + "' = " + j[key].dump() + ", expected true or false");
+  return j[key].get<bool>();
+}
 
-ModelConfig model_config_from_hf_json(const std::string& path) {
+// config.json keys that do not change the forward pass: metadata, generation and training
+// settings of transformers that this code does not use.
+const std::set<std::string>& harmless_keys() {
+  static const std::set<std::string> keys = {"architectures",
+                                             "torch_dtype",
+                                             "dtype",
+                                             "transformers_version",
+                                             "use_cache",
+                                             "_name_or_path",
+                                             "initializer_range",
+                                             "output_attentions",
+                                             "output_hidden_states",
+                                             "return_dict",
+                                             "tokenizer_class",
+                                             "id2label",
+                                             "label2id",
+                                             "is_llama_config",
+                                             "pretraining_tp",
+                                             "max_window_layers",
+                                             "bos_token_id",
+                                             "eos_token_id",
+                                             "pad_token_id"};
+  return keys;
+}
+
+// The keys read (and checked) for each family, beyond harmless_keys().
+const std::set<std::string>& read_keys(const std::string& model_type) {
+  static const std::set<std::string> common = {"model_type",
+                                               "hidden_size",
+                                               "intermediate_size",
+                                               "num_hidden_layers",
+                                               "num_attention_heads",
+                                               "num_key_value_heads",
+                                               "vocab_size",
+                                               "max_position_embeddings",
+                                               "rms_norm_eps",
+                                               "rope_theta",
+                                               "rope_scaling",
+                                               "rope_parameters",
+                                               "tie_word_embeddings",
+                                               "head_dim",
+                                               "hidden_act",
+                                               "attention_dropout",
+                                               "partial_rotary_factor",
+                                               "rope_interleaved"};
+  static const std::map<std::string, std::set<std::string>> family = {
+      {"llama", {"attention_bias", "mlp_bias"}},
+      {"mistral", {"sliding_window"}},
+      {"qwen2", {"sliding_window", "use_sliding_window", "layer_types"}},
+      {"qwen3", {"attention_bias", "sliding_window", "use_sliding_window", "layer_types"}}};
+  static const auto all = [] {  // built once, thread-safe (loads may run at once)
+    std::map<std::string, std::set<std::string>> m;
+    for (const auto& [type, extra] : family) {
+      m[type] = common;
+      m[type].insert(extra.begin(), extra.end());
+    }
+    return m;
+  }();
+  return all.at(model_type);
+}
+
+// Refuses any key that is neither read nor known to be harmless: it may change the forward pass.
+void refuse_unknown_keys(const nlohmann::json& j, const std::string& path,
+                         const std::string& model_type) {
+  const auto& known = read_keys(model_type);
+  for (const auto& item : j.items())
+    if (!known.count(item.key()) && !harmless_keys().count(item.key()))
+      throw Error(
+          path + ": unsupported config key '" + item.key() + "' = " + item.value().dump() +
+          " for model_type '" + model_type +
+          "' (not known to leave the forward pass unchanged; docs/model_families.md lists the "
+          "keys read)");
+}
+
+// rope_scaling (or transformers 5's rope_parameters): null, type "default", or type "llama3".
+void read_rope_scaling(const nlohmann::json& j, const std::string& path, ModelConfig* c) {
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const auto& r = j[key];
+    const std::string where = std::string(key);
+    if (!r.is_object())
+      throw Error(path + ": field '" + where + "' = " + r.dump() + ", expected an object or null");
+    std::string type = "default";
+    for (const char* type_key : {"rope_type", "type"})
+      if (r.contains(type_key)) {
+        if (!r[type_key].is_string())
+          throw Error(path + ": field '" + where + "." + type_key + "' = " + r[type_key].dump() +
+                      ", expected a string");
+        type = r[type_key].get<std::string>();
+      }
+    if (r.contains("rope_theta")) c->rope_theta = float(json_number(r, path, "rope_theta", 0));
+    if (r.contains("partial_rotary_factor") &&
+        json_number(r, path, "partial_rotary_factor", 1) != 1)
+      throw Error(path + ": unsupported " + where +
+                  ".partial_rotary_factor = " + r["partial_rotary_factor"].dump() + ", expected 1");
+    if (type == "default") continue;
+    if (type != "llama3")
+      throw Error(path + ": unsupported " + where + " type '" + type +
+                  "', expected \"llama3\" or \"default\" (or null)");
+    for (const auto& item : r.items())
+      if (item.key() != "rope_type" && item.key() != "type" && item.key() != "factor" &&
+          item.key() != "low_freq_factor" && item.key() != "high_freq_factor" &&
+          item.key() != "original_max_position_embeddings" && item.key() != "rope_theta" &&
+          item.key() != "partial_rotary_factor")
+        throw Error(path + ": unsupported key '" + where + "." + item.key() +
+                    "' = " + item.value().dump() + " for llama3 rope scaling");
+    const std::string p = path + " (" + where + ")";
+    c->rope_factor = float(json_number(r, p, "factor", -1));
+    c->rope_low_freq_factor = float(json_number(r, p, "low_freq_factor", -1));
+    c->rope_high_freq_factor = float(json_number(r, p, "high_freq_factor", -1));
+    c->rope_original_max_position =
+        json_int(r, p, "original_max_position_embeddings", std::nullopt);
+    if (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > 0))
+      throw Error(p +
+                  ": llama3 rope scaling needs factor, low_freq_factor and high_freq_factor > 0");
+  }
+}
+
+// Biases, q/k norms and the sliding window of each family (HF LlamaConfig, MistralConfig,
+// Qwen2Config, Qwen3Config). A sliding window caps max_seq_len (see ModelConfig::sliding_window).
+void read_family(const nlohmann::json& j, const std::string& path, ModelConfig* c) {
+  const std::string& type = c->model_type;
+  if (type == "llama" || type == "qwen3")
+    c->qkv_bias = c->o_bias = json_bool(j, path, "attention_bias", false);
+  if (type == "llama") c->mlp_bias = json_bool(j, path, "mlp_bias", false);
+  if (type == "qwen2") c->qkv_bias = true;
+  if (type == "qwen3") c->qk_norm = true;
+  bool sliding = type == "mistral";
+  if (type == "qwen2" || type == "qwen3") {
+    sliding = json_bool(j, path, "use_sliding_window", false);
+    if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+      if (!j["layer_types"].is_array())
+        throw Error(path + ": field 'layer_types' = " + j["layer_types"].dump() +
+                    ", expected a list of \"full_attention\" / \"sliding_attention\"");
+      for (const auto& t : j["layer_types"]) {
+        if (t == "sliding_attention")
+          sliding = true;
+        else if (t != "full_attention")
+          throw Error(path + ": field 'layer_types' holds " + t.dump() +
+                      ", expected \"full_attention\" or \"sliding_attention\"");
+      }
+    }
+  }
+  if (sliding) c->sliding_window = json_int(j, path, "sliding_window", 0);
+  if (c->sliding_window > 0) c->max_seq_len = std::min(c->max_seq_len, c->sliding_window);
+}
+
+// The keys whose only accepted value is the one this code runs: hidden_act silu, no attention
+// dropout, no partial or interleaved rotary embedding.
+void check_fixed_keys(const nlohmann::json& j, const std::string& path) {
+  if (j.contains("hidden_act") && j["hidden_act"] != "silu")
+    throw Error(path + ": unsupported hidden_act " + j["hidden_act"].dump() +
+                ", expected \"silu\"");
+  if (json_number(j, path, "attention_dropout", 0.0) != 0.0)
+    throw Error(path + ": unsupported attention_dropout = " + j["attention_dropout"].dump() +
+                ", expected 0");
+  if (json_number(j, path, "partial_rotary_factor", 1.0) != 1.0)
+    throw Error(path + ": unsupported partial_rotary_factor = " +
+                j["partial_rotary_factor"].dump() + ", expected 1");
+  if (json_bool(j, path, "rope_interleaved", false))
+    throw Error(path + ": unsupported rope_interleaved = true, expected false (rotate-half)");
+}
+
+nlohmann::json parse_config_file(const std::string& path) {
   if (!fs::exists(path))
     throw Error(path + ": not found (a checkpoint folder needs config.json + model.safetensors)");
   nlohmann::json j;
@@ -126,22 +322,25 @@ ModelConfig model_config_from_hf_json(const std::string& path) {
     throw Error(path + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw Error(path + ": expected a JSON object");
-  if (!j.contains("model_type") || !j["model_type"].is_string())
-    throw Error(path + ": missing field 'model_type' (expected \"llama\")");
-  std::string model_type = j["model_type"].get<std::string>();
-  if (model_type != "llama")
-    throw Error(path + ": unsupported model_type '" + model_type + "', expected 'llama'");
-  if (j.contains("hidden_act") && j["hidden_act"] != "silu")
-    throw Error(path + ": unsupported hidden_act " + j["hidden_act"].dump() +
-                ", expected \"silu\"");
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-    throw Error(path + ": unsupported rope_scaling " + j["rope_scaling"].dump() +
-                ", expected null");
-  for (const char* key : {"attention_bias", "mlp_bias"})
-    if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
-      throw Error(path + ": unsupported " + std::string(key) + " = true, expected false");
+  return j;
+}
 
+}  // namespace
+
+ModelConfig model_config_from_hf_json(const std::string& path) {
+  const nlohmann::json j = parse_config_file(path);
+  if (!j.contains("model_type") || !j["model_type"].is_string())
+    throw Error(path +
+                ": missing field 'model_type' (expected a string: llama, mistral, qwen2 or "
+                "qwen3)");
   ModelConfig c;
+  c.model_type = j["model_type"].get<std::string>();
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
+      c.model_type != "qwen3")
+    throw Error(path + ": unsupported model_type '" + c.model_type +
+                "', expected one of llama, mistral, qwen2, qwen3");
+  refuse_unknown_keys(j, path, c.model_type);
+  check_fixed_keys(j, path);
   c.dim = json_int(j, path, "hidden_size", std::nullopt);
   c.n_layers = json_int(j, path, "num_hidden_layers", std::nullopt);
   c.n_heads = json_int(j, path, "num_attention_heads", std::nullopt);
@@ -154,14 +353,13 @@ ModelConfig model_config_from_hf_json(const std::string& path) {
   c.bos_id = json_int(j, path, "bos_token_id", -1);
   c.eos_id = json_int(j, path, "eos_token_id", -1);
   c.pad_id = json_int(j, path, "pad_token_id", -1);
-  c.tie_embeddings = j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean() &&
-                     j["tie_word_embeddings"].get<bool>();
-  if (j.contains("head_dim") && !j["head_dim"].is_null() && c.n_heads > 0) {
-    int hd = json_int(j, path, "head_dim", std::nullopt);
-    if (hd != c.dim / c.n_heads)
-      throw Error(path + ": head_dim = " + std::to_string(hd) + ", expected hidden_size / " +
-                  "num_attention_heads = " + std::to_string(c.dim / c.n_heads));
+  c.tie_embeddings = json_bool(j, path, "tie_word_embeddings", false);
+  if (c.n_heads > 0) {
+    int hd = json_int(j, path, "head_dim", 0);
+    if (hd != 0 && (c.dim % c.n_heads != 0 || hd != c.dim / c.n_heads)) c.explicit_head_dim = hd;
   }
+  read_rope_scaling(j, path, &c);
+  read_family(j, path, &c);
   try {
     c.validate();
   } catch (...) {

@@ -1,5 +1,6 @@
 // Checkpoints. One folder layout for both native and Hugging Face use:
-//   config.json        Hugging Face LlamaConfig fields (model_type "llama")
+//   config.json        Hugging Face config (model_type llama, mistral, qwen2 or qwen3; the keys
+//                      read and refused: docs/model_families.md)
 //   model.safetensors  weights, LLaMA tensor names (F32 when we write; save_checkpoint keeps BF16
 //                      for matrices a model holds in bfloat16, export_hf always writes F32)
 //   checkpoint.pb      native only: CheckpointMeta (config message, tokenizer hash, kind, step)
@@ -99,7 +100,11 @@ void export_hf(Transformer& model, const std::string& dir, const HfExportOptions
 // units "KiB", "MiB", "GiB". Throws rlhf::Error "<what> = \"x\": expected ..." otherwise or when 0.
 uint64_t parse_shard_size(const std::string& value, const std::string& what = "max_shard_size");
 
-// Parses a Hugging Face config.json into a ModelConfig (throws naming the file and field).
+// Parses a Hugging Face config.json into a ModelConfig. Throws rlhf::Error naming the file and the
+// key for: a model_type other than llama, mistral, qwen2, qwen3; a rope_scaling type other than
+// default / llama3; a key that is neither read for the family nor known to be harmless; a key of
+// the wrong type; an inconsistent configuration (ModelConfig::validate). A sliding window caps
+// max_seq_len (ModelConfig::sliding_window).
 ModelConfig model_config_from_hf_json(const std::string& config_json_path);
 
 }  // namespace rlhf::policy

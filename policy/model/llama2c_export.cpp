@@ -43,6 +43,11 @@ int64_t llama2c_float_count(const ModelConfig& c) {
 std::string llama2c_checkpoint_bytes(Transformer& model) {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = model->config();
+  if (c.qkv_bias || c.o_bias || c.mlp_bias || c.qk_norm || c.explicit_head_dim > 0 ||
+      c.rope_factor > 0 || c.sliding_window > 0)
+    throw Error("llama2.c export: model_type '" + c.model_type +
+                "' with biases, q/k norms, an explicit head_dim, rope scaling or a sliding window "
+                "cannot be written (llama2.c runs plain LLaMA only)");
   std::string out;
   out.reserve(7 * sizeof(int32_t) + static_cast<size_t>(llama2c_float_count(c)) * sizeof(float));
   for (int32_t v : {c.dim, c.resolved_hidden_dim(), c.n_layers, c.n_heads, c.n_kv_heads,

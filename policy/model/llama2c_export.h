@@ -29,7 +29,9 @@
 
 namespace rlhf::policy {
 
-// The checkpoint bytes described above (weights copied to CPU float32).
+// The checkpoint bytes described above (weights copied to CPU float32). Throws rlhf::Error naming
+// the feature for a model llama2.c cannot run (biases, q/k norms, an explicit head_dim, rope
+// scaling, a sliding window).
 std::string llama2c_checkpoint_bytes(Transformer& model);
 
 // The placeholder tokenizer bytes for `vocab_size` tokens; throws rlhf::Error when

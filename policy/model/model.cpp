@@ -16,8 +16,8 @@ namespace {
 // (a left pad at position 0) gives a uniform softmax instead of NaN.
 constexpr float kMaskedScore = -1e30f;
 
-torch::nn::Linear make_linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias = false) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
 void grow_cache(KVCache* cache, int64_t needed) {
@@ -55,8 +55,23 @@ void ModelConfig::validate() const {
   if (dim <= 0) bad("dim", dim, "> 0");
   if (n_layers <= 0) bad("n_layers", n_layers, "> 0");
   if (n_heads <= 0) bad("n_heads", n_heads, "> 0");
-  if (dim % n_heads != 0) bad("n_heads", n_heads, "a divisor of dim = " + std::to_string(dim));
-  if (head_dim() % 2 != 0) bad("dim / n_heads", head_dim(), "an even head size (RoPE)");
+  if (explicit_head_dim < 0) bad("head_dim", explicit_head_dim, ">= 0 (0 = dim / n_heads)");
+  if (explicit_head_dim == 0 && dim % n_heads != 0)
+    bad("n_heads", n_heads, "a divisor of dim = " + std::to_string(dim));
+  if (head_dim() % 2 != 0) bad("head_dim", head_dim(), "an even head size (RoPE)");
+  if (model_type != "llama" && model_type != "mistral" && model_type != "qwen2" &&
+      model_type != "qwen3")
+    throw Error("model config: model_type '" + model_type +
+                "', expected one of llama, mistral, qwen2, qwen3");
+  if (rope_factor < 0 || (rope_factor > 0 && (!(rope_low_freq_factor > 0) ||
+                                              !(rope_high_freq_factor > rope_low_freq_factor) ||
+                                              rope_original_max_position <= 0)))
+    throw Error("model config: rope scaling factor " + std::to_string(rope_factor) +
+                ", low_freq_factor " + std::to_string(rope_low_freq_factor) +
+                ", high_freq_factor " + std::to_string(rope_high_freq_factor) +
+                ", original_max_position_embeddings " + std::to_string(rope_original_max_position) +
+                ": expected factor >= 0 and, when > 0, 0 < low < high and original > 0");
+  if (sliding_window < 0) bad("sliding_window", sliding_window, ">= 0 (0 = none)");
   if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
     bad("n_kv_heads", n_kv_heads, "a divisor of n_heads = " + std::to_string(n_heads));
   if (hidden_dim < 0) bad("hidden_dim", hidden_dim, ">= 0 (0 = LLaMA rule)");
@@ -70,8 +85,12 @@ void ModelConfig::validate() const {
 }
 
 int64_t ModelConfig::num_parameters() const {
-  int64_t d = dim, hd = head_dim(), kv = n_kv_heads, h = resolved_hidden_dim();
-  int64_t per_layer = d * d + 2 * d * kv * hd + d * d + 3 * d * h + 2 * d;
+  int64_t d = dim, hd = head_dim(), kv = n_kv_heads, h = resolved_hidden_dim(), qd = n_heads * hd;
+  int64_t per_layer = d * qd + 2 * d * kv * hd + qd * d + 3 * d * h + 2 * d;
+  if (qkv_bias) per_layer += qd + 2 * kv * hd;
+  if (o_bias) per_layer += d;
+  if (mlp_bias) per_layer += 2 * h + d;
+  if (qk_norm) per_layer += 2 * hd;
   int64_t n = int64_t(vocab_size) * d + n_layers * per_layer + d;
   if (!tie_embeddings) n += int64_t(vocab_size) * d;
   return n;
@@ -93,6 +112,19 @@ void ModelConfig::to_proto(proto::ModelConfig* out) const {
   out->set_bos_id(bos_id);
   out->set_eos_id(eos_id);
   out->set_pad_id(pad_id);
+  if (model_type != "llama") out->set_model_type(model_type);
+  out->set_head_dim(explicit_head_dim);
+  out->set_qkv_bias(qkv_bias);
+  out->set_o_bias(o_bias);
+  out->set_mlp_bias(mlp_bias);
+  out->set_qk_norm(qk_norm);
+  if (rope_factor > 0) {
+    out->set_rope_factor(rope_factor);
+    out->set_rope_low_freq_factor(rope_low_freq_factor);
+    out->set_rope_high_freq_factor(rope_high_freq_factor);
+    out->set_rope_original_max_position(rope_original_max_position);
+  }
+  out->set_sliding_window(sliding_window);
 }
 
 ModelConfig ModelConfig::from_proto(const proto::ModelConfig& p) {
@@ -114,6 +146,19 @@ ModelConfig ModelConfig::from_proto(const proto::ModelConfig& p) {
   c.bos_id = p.bos_id();
   c.eos_id = p.eos_id();
   c.pad_id = p.pad_id();
+  if (!p.model_type().empty()) c.model_type = p.model_type();
+  c.explicit_head_dim = p.head_dim();
+  c.qkv_bias = p.qkv_bias();
+  c.o_bias = p.o_bias();
+  c.mlp_bias = p.mlp_bias();
+  c.qk_norm = p.qk_norm();
+  if (p.rope_factor() != 0) {
+    c.rope_factor = p.rope_factor();
+    c.rope_low_freq_factor = p.rope_low_freq_factor();
+    c.rope_high_freq_factor = p.rope_high_freq_factor();
+    c.rope_original_max_position = p.rope_original_max_position();
+  }
+  c.sliding_window = p.sliding_window();
   c.validate();
   return c;
 }
@@ -126,13 +171,17 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c)
   int64_t d = c.dim, hd = c.head_dim(), h = c.resolved_hidden_dim();
   input_layernorm = register_parameter("input_layernorm", torch::ones({d}));
   post_attention_layernorm = register_parameter("post_attention_layernorm", torch::ones({d}));
-  q_proj = register_module("q_proj", make_linear(d, c.n_heads * hd));
-  k_proj = register_module("k_proj", make_linear(d, c.n_kv_heads * hd));
-  v_proj = register_module("v_proj", make_linear(d, c.n_kv_heads * hd));
-  o_proj = register_module("o_proj", make_linear(c.n_heads * hd, d));
-  gate_proj = register_module("gate_proj", make_linear(d, h));
-  up_proj = register_module("up_proj", make_linear(d, h));
-  down_proj = register_module("down_proj", make_linear(h, d));
+  q_proj = register_module("q_proj", make_linear(d, c.n_heads * hd, c.qkv_bias));
+  k_proj = register_module("k_proj", make_linear(d, c.n_kv_heads * hd, c.qkv_bias));
+  v_proj = register_module("v_proj", make_linear(d, c.n_kv_heads * hd, c.qkv_bias));
+  o_proj = register_module("o_proj", make_linear(c.n_heads * hd, d, c.o_bias));
+  gate_proj = register_module("gate_proj", make_linear(d, h, c.mlp_bias));
+  up_proj = register_module("up_proj", make_linear(d, h, c.mlp_bias));
+  down_proj = register_module("down_proj", make_linear(h, d, c.mlp_bias));
+  if (c.qk_norm) {
+    q_norm = register_parameter("q_norm", torch::ones({hd}));
+    k_norm = register_parameter("k_norm", torch::ones({hd}));
+  }
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -149,9 +198,16 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
   // One GEMM for q, k and v; RoPE writes q and k straight into the [B, heads, T, hd] layout,
   // q already scaled by 1/sqrt(hd) (the SDPA kernel scales by itself).
   auto h = fused::rms_norm(x, input_layernorm, eps_);
-  auto qkv = torch::nn::functional::linear(
-                 h, qkv_weight_.get({q_proj->weight, k_proj->weight, v_proj->weight}))
+  const auto qkv_w = qkv_weight_.get({q_proj->weight, k_proj->weight, v_proj->weight});
+  auto qkv = (q_proj->bias.defined()
+                  ? torch::nn::functional::linear(
+                        h, qkv_w, qkv_bias_.get({q_proj->bias, k_proj->bias, v_proj->bias}))
+                  : torch::nn::functional::linear(h, qkv_w))
                  .split_with_sizes({H * hd, KV * hd, KV * hd}, -1);
+  if (q_norm.defined()) {  // qwen3: RMSNorm over each head before RoPE
+    qkv[0] = fused::rms_norm(qkv[0].reshape({B, T, H, hd}), q_norm, eps_).view({B, T, H * hd});
+    qkv[1] = fused::rms_norm(qkv[1].reshape({B, T, KV, hd}), k_norm, eps_).view({B, T, KV * hd});
+  }
   auto q = fused::rope(qkv[0], cos, sin, H, sdpa ? 1.0 : 1.0 / std::sqrt(double(hd)));
   auto k = fused::rope(qkv[1], cos, sin, KV);  // [B, KV, T, hd]
   auto v = qkv[2].reshape({B, T, KV, hd}).transpose(1, 2);
@@ -201,8 +257,11 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
 
 torch::Tensor DecoderLayerImpl::mlp_block(const torch::Tensor& x) {
   auto h = fused::rms_norm(x, post_attention_layernorm, eps_);
-  auto gate_up =
-      torch::nn::functional::linear(h, gate_up_weight_.get({gate_proj->weight, up_proj->weight}));
+  const auto gate_up_w = gate_up_weight_.get({gate_proj->weight, up_proj->weight});
+  auto gate_up = gate_proj->bias.defined()
+                     ? torch::nn::functional::linear(
+                           h, gate_up_w, gate_up_bias_.get({gate_proj->bias, up_proj->bias}))
+                     : torch::nn::functional::linear(h, gate_up_w);
   return x + down_proj(fused::swiglu(gate_up));
 }
 
@@ -222,10 +281,27 @@ TransformerImpl::TransformerImpl(const ModelConfig& config) : config_(config) {
     config_.value_head = false;
     add_value_head();
   }
+  rope_inv_freq_ = register_buffer("rope_inv_freq", rope_inv_freq(c));
+}
+
+torch::Tensor rope_inv_freq(const ModelConfig& c) {
   // inv_freq_i = theta^(-2i / hd), as Hugging Face computes it (float32).
   int64_t hd = c.head_dim();
   auto exponents = torch::arange(0, hd, 2, torch::kLong).to(torch::kFloat) / float(hd);
-  rope_inv_freq_ = register_buffer("rope_inv_freq", 1.0 / torch::pow(c.rope_theta, exponents));
+  torch::Tensor inv_freq = 1.0 / torch::pow(c.rope_theta, exponents);
+  if (c.rope_factor <= 0) return inv_freq;
+  // transformers modeling_rope_utils._compute_llama3_parameters, step by step (float32).
+  const double factor = c.rope_factor, low = c.rope_low_freq_factor, high = c.rope_high_freq_factor,
+               old_len = c.rope_original_max_position;
+  const double low_freq_wavelen = old_len / low, high_freq_wavelen = old_len / high;
+  constexpr double kPi = 3.14159265358979323846;  // Python's math.pi
+  auto wavelen = 2 * kPi / inv_freq;
+  auto llama = torch::where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq);
+  auto smooth = (old_len / wavelen - low) / (high - low);
+  auto smoothed = (1 - smooth) * llama / factor + smooth * llama;
+  auto medium =
+      (wavelen < high_freq_wavelen).logical_not() * (wavelen > low_freq_wavelen).logical_not();
+  return torch::where(medium, smoothed, llama);
 }
 
 void TransformerImpl::add_value_head() {
@@ -296,6 +372,9 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
     new_mask =
         attention_mask.defined() ? attention_mask.to(torch::kLong) : torch::ones({B, T}, long_opts);
     const int64_t start = cache->length;
+    TORCH_CHECK(config_.sliding_window == 0 || start + T <= config_.sliding_window,
+                "hidden_states: ", start + T, " tokens exceed the sliding window of ",
+                config_.sliding_window, " (longer contexts are not supported)");
     if (start == 0 || !cache->mask_buffer.defined()) start_cache(cache, config_, B, T, x.options());
     TORCH_CHECK(cache->mask_buffer.size(0) == B, "hidden_states: cache batch ",
                 cache->mask_buffer.size(0), " != ids batch ", B);
@@ -361,6 +440,19 @@ std::vector<std::pair<std::string, torch::Tensor>> TransformerImpl::hf_named_par
     out.emplace_back(p + "mlp.gate_proj.weight", layer->gate_proj->weight);
     out.emplace_back(p + "mlp.up_proj.weight", layer->up_proj->weight);
     out.emplace_back(p + "mlp.down_proj.weight", layer->down_proj->weight);
+    for (const auto& [name, lin] :
+         {std::pair<const char*, torch::nn::Linear*>{"self_attn.q_proj", &layer->q_proj},
+          {"self_attn.k_proj", &layer->k_proj},
+          {"self_attn.v_proj", &layer->v_proj},
+          {"self_attn.o_proj", &layer->o_proj},
+          {"mlp.gate_proj", &layer->gate_proj},
+          {"mlp.up_proj", &layer->up_proj},
+          {"mlp.down_proj", &layer->down_proj}})
+      if ((*lin)->bias.defined()) out.emplace_back(p + name + ".bias", (*lin)->bias);
+    if (layer->q_norm.defined()) {
+      out.emplace_back(p + "self_attn.q_norm.weight", layer->q_norm);
+      out.emplace_back(p + "self_attn.k_norm.weight", layer->k_norm);
+    }
   }
   out.emplace_back("model.norm.weight", norm_weight);
   if (lm_head) out.emplace_back("lm_head.weight", lm_head->weight);
@@ -392,6 +484,13 @@ void init_weights(Transformer& model) {
       (*lin)->weight.normal_(0.0, std);
     layer->o_proj->weight.normal_(0.0, residual_std);
     layer->down_proj->weight.normal_(0.0, residual_std);
+    for (auto* lin : {&layer->q_proj, &layer->k_proj, &layer->v_proj, &layer->o_proj,
+                      &layer->gate_proj, &layer->up_proj, &layer->down_proj})
+      if ((*lin)->bias.defined()) (*lin)->bias.zero_();
+    if (layer->q_norm.defined()) {
+      layer->q_norm.fill_(1.0);
+      layer->k_norm.fill_(1.0);
+    }
   }
   model->norm_weight.fill_(1.0);
   if (model->lm_head) model->lm_head->weight.normal_(0.0, std);

@@ -50,8 +50,27 @@ struct ModelConfig {
   int bos_id = 1;
   int eos_id = 2;
   int pad_id = 0;
+  // Hugging Face family (config.json model_type): "llama", "mistral", "qwen2" or "qwen3". The
+  // fields below say what the forward pass does; the family is kept for export.
+  std::string model_type = "llama";
+  int explicit_head_dim = 0;  // per-head size; 0 = dim / n_heads (config.json head_dim)
+  bool qkv_bias = false;      // biases on q, k and v (qwen2; llama/qwen3 attention_bias)
+  bool o_bias = false;        // bias on o (llama/qwen3 attention_bias)
+  bool mlp_bias = false;      // biases on gate, up and down (llama mlp_bias)
+  bool qk_norm = false;       // per-head RMSNorm on q and k before RoPE (qwen3), weights [head_dim]
+  // rope_scaling of type "llama3" when rope_factor > 0: the inverse frequencies are rescaled as
+  // Hugging Face's _compute_llama3_parameters does (wavelengths above original / low_freq_factor
+  // divided by factor, below original / high_freq_factor kept, smooth in between).
+  float rope_factor = 0.0f;
+  float rope_low_freq_factor = 1.0f;
+  float rope_high_freq_factor = 4.0f;
+  int rope_original_max_position = 8192;
+  // Sliding-window attention size (mistral; qwen with use_sliding_window), 0 = none. Not run:
+  // max_seq_len is capped at the window when the config is read, so a longer context is refused
+  // and within it full causal attention is exactly the windowed one.
+  int sliding_window = 0;
 
-  int head_dim() const { return dim / n_heads; }
+  int head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : dim / n_heads; }
   int resolved_hidden_dim() const;
   // Throws rlhf::Error naming the field when the configuration is inconsistent.
   void validate() const;
@@ -78,7 +97,9 @@ struct KVCache {
 };
 
 // One pre-norm decoder block: x + attn(rmsnorm(x)), then h + mlp(rmsnorm(h)).
-// Projections are bias-free Linear layers named after the Hugging Face tensors; the forward pass
+// Projections are Linear layers named after the Hugging Face tensors, with biases where the config
+// asks (qkv_bias, o_bias, mlp_bias); with qk_norm, q and k are RMS-normalised per head (weights
+// q_norm, k_norm [head_dim]) before RoPE. The forward pass
 // runs q, k, v as one GEMM and gate, up as one (fused::ConcatWeights), and RMSNorm, RoPE and
 // SwiGLU as fused kernels (policy/model/fused_ops.h).
 class DecoderLayerImpl : public torch::nn::Module {
@@ -93,6 +114,7 @@ class DecoderLayerImpl : public torch::nn::Module {
   torch::Tensor input_layernorm, post_attention_layernorm;  // RMSNorm weights [D]
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  torch::Tensor q_norm, k_norm;  // [head_dim] with config.qk_norm, else undefined
 
  private:
   // h + down(swiglu(gate_up(rmsnorm(h)))).
@@ -100,7 +122,7 @@ class DecoderLayerImpl : public torch::nn::Module {
 
   int64_t n_heads_, n_kv_heads_, head_dim_;
   double eps_;
-  fused::ConcatWeights qkv_weight_, gate_up_weight_;
+  fused::ConcatWeights qkv_weight_, gate_up_weight_, qkv_bias_, gate_up_bias_;
 };
 TORCH_MODULE(DecoderLayer);
 
@@ -129,6 +151,7 @@ class TransformerImpl : public torch::nn::Module {
   void add_value_head();
 
   // Parameters by Hugging Face LLaMA name ("model.layers.0.self_attn.q_proj.weight", ...,
+  // "...q_proj.bias" and "...self_attn.q_norm.weight" where the config has them,
   // "lm_head.weight" unless tied, "value_head.weight"/"value_head.bias" when present).
   std::vector<std::pair<std::string, torch::Tensor>> hf_named_parameters();
 
@@ -141,7 +164,7 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   ModelConfig config_;
-  torch::Tensor rope_inv_freq_;  // [head_dim/2]
+  torch::Tensor rope_inv_freq_;  // [head_dim/2] (rope_inv_freq(config))
 };
 TORCH_MODULE(Transformer);
 
@@ -153,6 +176,10 @@ TORCH_MODULE(Transformer);
 // [batch] (int64 on the same device); length 0.
 void start_cache(KVCache* cache, const ModelConfig& config, int64_t batch, int64_t min_tokens,
                  const torch::TensorOptions& kv_options);
+
+// The rotary inverse frequencies [head_dim / 2] (float32) as Hugging Face computes them:
+// theta^(-2i / hd), rescaled for rope_factor > 0 (llama3 rope_scaling).
+torch::Tensor rope_inv_freq(const ModelConfig& config);
 
 // Position ids [B, T] from an attention mask [B, T]: cumulative count of real tokens - 1, clamped
 // at 0 for pads. `offset` [B] (optional) is added (positions already consumed, with a cache).

@@ -208,7 +208,9 @@ TEST_F(BadCheckpointTest, UnsupportedModelType) {
   write_file_atomic(ck_ + "/config.json", cfg.dump());
   auto msg = error_of([&] { load_checkpoint(ck_); });
   EXPECT_NE(msg.find(ck_ + "/config.json"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("unsupported model_type 'gpt2', expected 'llama'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unsupported model_type 'gpt2', expected one of llama, mistral, qwen2, qwen3"),
+            std::string::npos)
+      << msg;
 }
 
 TEST_F(BadCheckpointTest, MissingTensor) {
