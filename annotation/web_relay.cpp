@@ -214,6 +214,10 @@ struct WebRelay::Session {
   double last_seen = 0;                      // guarded by Table::mutex
   std::mutex upstream;                       // one upstream call at a time
   std::unique_ptr<AnnotationClient> client;  // guarded by upstream
+  // The submission an undo removes: this session's latest (SubmitOk.ranking_id), 0 before any.
+  // Undo names it, so a retried Undo (a lost answer, INTERNAL retried) never removes a second
+  // one. Guarded by upstream (the session's calls run one at a time).
+  int64_t undo_ranking_id = 0;
 };
 
 namespace {
@@ -719,6 +723,7 @@ WebResponse WebRelay::submit(Session& s, const std::string& body, const Call& ca
   const proto::Response& r = *up.response;
   if (r.has_error()) return protocol_error(r.error());
   const proto::SubmitOk& ok = r.submitted();
+  s.undo_ranking_id = ok.ranking_id();
   json out = {{"saved", {{"task_id", ok.task_id()}, {"ranking_id", ok.ranking_id()}}}};
   put_task(out, ok.has_next_task() ? &ok.next_task() : nullptr,
            ok.has_no_task() ? &ok.no_task() : nullptr);
@@ -727,8 +732,11 @@ WebResponse WebRelay::submit(Session& s, const std::string& body, const Call& ca
 }
 
 WebResponse WebRelay::undo(Session& s, const Call& call) {
+  if (s.undo_ranking_id == 0)
+    return error_response(409, "NOTHING_TO_UNDO",
+                          "nothing to undo: this session has submitted nothing yet");
   proto::Request req;
-  req.mutable_undo();
+  req.mutable_undo()->set_ranking_id(s.undo_ranking_id);
   Upstream up = call_upstream(s, call, req);
   if (!up.response) return up.failure;
   if (up.response->has_error()) return protocol_error(up.response->error());

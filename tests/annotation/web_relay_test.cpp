@@ -141,6 +141,15 @@ TEST(WebRelay, SubmitStoresTheGroupsAndUndoReturnsTheTask) {
   ann::WebResponse undone = f.post("/api/undo", json::object(), a.cookie, a.csrf);
   ASSERT_EQ(undone.status, 200) << undone.body;
   EXPECT_EQ(json::parse(undone.body)["undone"]["task_id"], 2);
+  // Sent again (the page retrying a lost answer): the undo names that submission, so the one
+  // before it (task 1) stays.
+  ann::WebResponse again = f.post("/api/undo", json::object(), a.cookie, a.csrf);
+  EXPECT_TRUE(again.status == 200 || again.status == 409) << again.body;
+  // A session that submitted nothing has nothing to undo.
+  auto b = f.sign_in(f.tokens[0]);
+  ann::WebResponse fresh = f.post("/api/undo", json::object(), b.cookie, b.csrf);
+  EXPECT_EQ(fresh.status, 409) << fresh.body;
+  EXPECT_EQ(json::parse(fresh.body)["error"], "NOTHING_TO_UNDO");
   f.server.reset();
   ann::Store store(f.server_options.db_path);
   auto rows = store.all_rankings();
