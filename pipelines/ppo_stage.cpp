@@ -13,6 +13,7 @@
 #include "pipelines/ppo_prompts.h"
 #include "pipelines/quickstart_task.h"
 #include "pipelines/stage_record.h"
+#include "pipelines/teachers.h"
 #include "policy/model/checkpoint.h"
 #include "policy/ppo/ppo_config.h"
 #include "policy/ppo/ppo_trainer.h"
@@ -44,10 +45,14 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
   if (!o.device.empty()) cfg.set_device(o.device);
   if (!o.dtype.empty()) cfg.set_dtype(o.dtype);
   const ConfigErrors errors(cfg, o.config_path);
-  for (auto [field, value] : {std::pair{"policy", cfg.policy()},
-                              {"reward_model", cfg.reward_model()},
-                              {"prompts", cfg.prompts()}})
+  for (auto [field, value] : {std::pair{"policy", cfg.policy()}, {"prompts", cfg.prompts()}})
     if (value.empty()) errors.fail(field, "expected a path (required)", "\"\"");
+  const int teachers =
+      !cfg.reward_model().empty() + !cfg.teacher().rule().empty() + !cfg.teacher().socket().empty();
+  if (teachers != 1)
+    errors.fail("reward_model",
+                "expected exactly one teacher: reward_model, teacher.rule or teacher.socket",
+                std::to_string(teachers) + " given");
   policy::validate_ppo_config(cfg, errors);
   if (!o.gold_task.empty() && o.gold_task != "quickstart")
     throw Error("ppo --gold-task: only \"quickstart\" is known, got \"" + o.gold_task + "\"");
@@ -96,6 +101,31 @@ policy::TeacherFn make_teacher(std::shared_ptr<reward::RewardScorer> scorer, int
   };
 }
 
+// The teacher PpoConfig names: the reward model (checked against the policy's tokenizer), a rule
+// or an external scorer (pipelines/teachers.h).
+policy::TeacherFn make_stage_teacher(const proto::PpoConfig& cfg,
+                                     const std::optional<policy::Tokenizer>& tok,
+                                     const policy::PpoModels& models,
+                                     const std::vector<int64_t>& stop_ids) {
+  const int64_t bos = models.policy->config().bos_id;
+  if (cfg.reward_model().empty()) {
+    TeacherText text;
+    text.tok = tok ? &*tok : nullptr;
+    text.bos = bos;
+    text.eos = models.policy->config().eos_id;
+    text.stop_ids = stop_ids;
+    if (!cfg.teacher().rule().empty()) return make_rule_teacher(cfg.teacher().rule(), text);
+    return make_socket_teacher(cfg.teacher(), text);
+  }
+  reward::ScorerOptions so;
+  so.device = cfg.device();
+  auto scorer = std::make_shared<reward::RewardScorer>(cfg.reward_model(), so);
+  if (tok && scorer->tokenizer_sha256() != tok->sha256())
+    throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
+                scorer->tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
+  return make_teacher(scorer, bos);
+}
+
 // The quickstart gold teacher as a monitor (not a reward): gold/accuracy of each iteration's
 // rollouts.
 policy::ExtraStatsFn gold_monitor(const policy::Tokenizer& tok, int64_t bos) {
@@ -134,14 +164,9 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   if (!cfg.tokenizer().empty()) tok = policy::Tokenizer::load(cfg.tokenizer());
   std::string tok_sha;
   policy::PpoModels models = load_models(cfg, tok, &tok_sha);
-  reward::ScorerOptions so;
-  so.device = cfg.device();
-  auto scorer = std::make_shared<reward::RewardScorer>(cfg.reward_model(), so);
-  if (tok && scorer->tokenizer_sha256() != tok->sha256())
-    throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
-                scorer->tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
   const int64_t bos = models.policy->config().bos_id;
   PromptSet prompts = read_prompt_set(cfg.prompts(), tok);
+  const policy::TeacherFn teacher = make_stage_teacher(cfg, tok, models, prompts.stop_ids);
   // Rollout texts. A chat prompt holds the end-of-turn token, often the tokenizer's EOS, where
   // decode_response would stop: those sets decode every id (EOS / BOS / pad skipped).
   policy::DecodeFn decode;
@@ -154,7 +179,7 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   const auto held = gold_problems(o, tok);
 
   // Constructing the trainer applies the resume rule; only then is the folder marked unfinished.
-  policy::PpoTrainer trainer(cfg, models, make_teacher(scorer, bos), prompts.ids, out, decode);
+  policy::PpoTrainer trainer(cfg, models, teacher, prompts.ids, out, decode);
   trainer.set_stop_ids(prompts.stop_ids);
   if (!o.gold_task.empty()) trainer.set_extra_stats(gold_monitor(*tok, bos));
   // Data parallelism: every rank trains; rank 0 alone evaluates, saves and records the stage.
