@@ -44,10 +44,6 @@ void validate_estimator(const proto::PpoConfig& c, const ConfigErrors& e) {
            "expected >= 2 with advantage_estimator \"" + name +
                "\" (its baseline is the other answers to the same prompt)",
            std::to_string(k));
-  if (name != "gae" && c.critic_warmup_iterations() > 0)
-    e.fail("critic_warmup_iterations",
-           "expected 0 with advantage_estimator \"" + name + "\" (it has no critic)",
-           std::to_string(c.critic_warmup_iterations()));
 }
 
 }  // namespace

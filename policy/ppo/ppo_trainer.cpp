@@ -238,6 +238,8 @@ struct PpoTrainer::Impl {
   // critic_opt stay null; nothing of a critic is evaluated, trained or checkpointed.
   ppo::Estimator estimator = ppo::Estimator::kGae;
   bool has_critic() const { return estimator == ppo::Estimator::kGae; }
+  // Iterations that train only the critic: none without one.
+  int critic_warmup() const { return has_critic() ? cfg.critic_warmup_iterations() : 0; }
 
   std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
   std::string last_good() const {
@@ -677,7 +679,7 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
 void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it,
                                         bool first, const LogprobOptions& lo, double lr,
                                         std::map<std::string, double>& mb, UpdateTotals& tot) {
-  const bool train_policy = it > cfg.critic_warmup_iterations();
+  const bool train_policy = it > critic_warmup();
   m.policy->train();
   if (lora) lora->refresh(train_policy);  // a fresh graph through the adapters
   std::unique_ptr<torch::NoGradGuard> ng;
@@ -811,7 +813,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
           {"iteration", (double)it}, {"epoch", (double)epoch}, {"minibatch", (double)(s / MB)}};
       tot.train_tokens += (int64_t)mine.size() * (u.P + u.N);
       const bool first = epoch == 0 && s == 0;
-      if (it > cfg.critic_warmup_iterations() || first)
+      if (it > critic_warmup() || first)
         policy_minibatch(u, idx, it, first, lo, tot.policy_lr, mb, tot);
       if (has_critic()) critic_minibatch(u, idx, it, tot.value_lr, mb, tot);
       ++tot.minibatches;
