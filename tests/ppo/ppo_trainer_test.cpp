@@ -843,3 +843,32 @@ TEST(PpoTrainer, EstimatorSettingsAreChecked) {
       "advantage_estimator: \"dr_grpo\" samples_per_prompt: 8 batch_size: 64 kl_in_loss: true",
       "ok.pbtxt"));
 }
+
+// A critic-free run resumes from its checkpoint (policy and optimizer, no critic) to the numbers
+// of an uninterrupted one.
+TEST(PpoTrainer, CriticFreeRunResumesToTheSameNumbers) {
+  TempDir a("ppo_rloo_a"), b("ppo_rloo_b");
+  auto cfg = estimator_config("rloo", false);
+  cfg.set_iterations(3);
+  auto critic_free = [](uint64_t seed) {
+    auto m = make_models(seed);
+    m.critic = policy::Transformer{nullptr};
+    return m;
+  };
+  policy::PpoTrainer ta(cfg, critic_free(5), count_teacher, make_prompts(), a.path());
+  ta.run();
+  ASSERT_EQ(ta.history().size(), 3u);
+  {
+    policy::PpoTrainer tb(cfg, critic_free(5), count_teacher, make_prompts(), b.path());
+    tb.step();
+    tb.save_checkpoint_now();
+  }
+  auto models = critic_free(5);
+  models.policy = critic_free(99).policy;  // replaced by the checkpoint's
+  policy::PpoTrainer tc(cfg, models, count_teacher, make_prompts(), b.path());
+  EXPECT_EQ(tc.completed_iterations(), 1);
+  tc.run();
+  ASSERT_EQ(tc.history().size(), 2u);
+  for (int i = 0; i < 2; ++i)
+    EXPECT_TRUE(same_stats(ta.history()[1 + i], tc.history()[i])) << "iter " << i + 2;
+}
