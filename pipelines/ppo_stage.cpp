@@ -64,7 +64,8 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
 }
 
 // Policy, reference (a copy of the policy unless given) and critic (a copy of the policy, or
-// e.g. the reward model as in InstructGPT), checked against the tokenizer.
+// e.g. the reward model as in InstructGPT; none for a critic-free advantage_estimator), checked
+// against the tokenizer.
 policy::PpoModels load_models(const proto::PpoConfig& cfg,
                               const std::optional<policy::Tokenizer>& tok,
                               std::string* tokenizer_sha) {
@@ -79,7 +80,8 @@ policy::PpoModels load_models(const proto::PpoConfig& cfg,
   models.policy = loaded.model;
   models.reference = cfg.reference().empty() ? policy::clone_model(loaded.model)
                                              : load_model(cfg.reference(), "reference").model;
-  torch::manual_seed(cfg.seed());  // the fresh value head's initialisation
+  torch::manual_seed(cfg.seed());                // the fresh value head's initialisation
+  if (!policy::uses_critic(cfg)) return models;  // critic-free estimator: no critic at all
   models.critic =
       cfg.value_model().empty()
           ? policy::clone_model(loaded.model)

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "common/error.h"
 #include "policy/ppo/ppo_replay.h"
@@ -99,6 +100,7 @@ int replay_policy(const Args& a, const std::vector<const rlhf::proto::RolloutRec
 
 // --recompute: kl, rewards, advantages and returns from the stored inputs; exit 3 on mismatches.
 int replay_recompute(const Args& a, const std::string& path,
+                     const std::vector<rlhf::proto::RolloutRecord>& records,
                      const std::vector<const rlhf::proto::RolloutRecord*>& selected, bool json) {
   rlhf::policy::RecomputeParams p;
   p.gamma = opt_double(a, "gamma");
@@ -106,18 +108,23 @@ int replay_recompute(const Args& a, const std::string& path,
   p.kl_coef = opt_double(a, "kl-coef");
   int64_t compared = 0, differing = 0;
   double worst = 0;
+  // Critic-free estimators: each group's advantage from all of the file's records.
+  const auto seq_adv = rlhf::policy::group_sequence_advantages(records);
   for (auto* r : selected) {
-    auto s = rlhf::policy::recompute_sample(*r, p);
+    auto it = seq_adv.find(r->index());
+    auto s = rlhf::policy::recompute_sample(
+        *r, p, it == seq_adv.end() ? std::nullopt : std::optional<float>(it->second));
     if (s.compared) ++compared;
     if (s.mismatches > 0) ++differing;
     worst = std::max(worst, s.max_abs_diff);
     if (json) {
-      std::cout << nlohmann::json{{"index", s.index},
-                                  {"kl", s.kl},
-                                  {"rewards", s.rewards},
-                                  {"advantages", s.advantages},
-                                  {"returns", s.returns}}
-                << "\n";
+      nlohmann::json j{{"index", s.index},
+                       {"kl", s.kl},
+                       {"rewards", s.rewards},
+                       {"advantages", s.advantages},
+                       {"returns", s.returns}};
+      if (s.sequence_advantage) j["sequence_advantage"] = *s.sequence_advantage;
+      std::cout << j << "\n";
     } else if (s.compared) {
       std::printf("sample %lld: %s (max |diff| %.3g, %lld entries differ)\n", (long long)s.index,
                   s.mismatches ? "MISMATCH" : "matches", s.max_abs_diff, (long long)s.mismatches);
@@ -150,7 +157,7 @@ int run_replay(const Args& a) {
   const bool json = a.get_bool("json");
   if (a.get_bool("update")) return replay_update(a, path, json);
   if (a.has("policy")) return replay_policy(a, selected, json);
-  if (a.get_bool("recompute")) return replay_recompute(a, path, selected, json);
+  if (a.get_bool("recompute")) return replay_recompute(a, path, records, selected, json);
   for (auto* r : selected) {
     if (json)
       std::cout << rlhf::policy::rollout_to_json(*r) << "\n";

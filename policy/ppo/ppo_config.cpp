@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/ppo/ppo_math.h"
 #include "policy/training/optimizer_config.h"
 #include "policy/training/sft_config.h"
 
@@ -16,6 +17,42 @@ proto::PpoConfig parse_ppo_config(const std::string& text, const std::string& so
 
 proto::PpoConfig load_ppo_config(const std::string& path) {
   return parse_ppo_config(read_config_file(path), path);
+}
+
+namespace {
+
+// advantage_estimator and samples_per_prompt (K): a known estimator, batch_size a multiple of K,
+// K >= 2 where the estimator compares the answers of a group.
+void validate_estimator(const proto::PpoConfig& c, const ConfigErrors& e) {
+  const std::string& name = c.advantage_estimator();
+  if (name.empty() || !ppo::parse_estimator(name))
+    e.fail("advantage_estimator",
+           "expected one of \"gae\", \"grpo\", \"dr_grpo\", \"rloo\", \"reinforce_baseline\"",
+           "\"" + name + "\"");
+  const int64_t k = c.samples_per_prompt();
+  if (k < 1) {
+    e.fail("samples_per_prompt", "expected >= 1", std::to_string(k));
+    return;
+  }
+  if (c.batch_size() % k != 0)
+    e.fail("samples_per_prompt",
+           "expected a divisor of batch_size = " + std::to_string(c.batch_size()) +
+               " (an iteration takes batch_size / samples_per_prompt prompts)",
+           std::to_string(k));
+  if (k < 2 && (name == "grpo" || name == "dr_grpo" || name == "rloo"))
+    e.fail("samples_per_prompt",
+           "expected >= 2 with advantage_estimator \"" + name +
+               "\" (its baseline is the other answers to the same prompt)",
+           std::to_string(k));
+}
+
+}  // namespace
+
+bool uses_critic(const proto::PpoConfig& c) { return c.advantage_estimator() == "gae"; }
+
+bool whitens_advantages(const proto::PpoConfig& c) {
+  if (c.advantage_estimator() == "gae") return c.whiten_advantages();
+  return c.advantage_estimator() == "reinforce_baseline";
 }
 
 void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
@@ -70,6 +107,7 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
            "expected 1 (PPO samples from the full softmax; nucleus sampling would bias the "
            "ratio and KL)",
            num(c.top_p()));
+  validate_estimator(c, e);
   if (!(c.score_clip() >= 0)) e.fail("score_clip", "expected >= 0 (0 = off)", num(c.score_clip()));
   at_least("checkpoint_every", c.checkpoint_every(), 0);
   at_least("keep_rollouts", c.keep_rollouts(), 0);

@@ -30,6 +30,14 @@ void validate_ppo_config(const proto::PpoConfig& config, const std::string& sour
 // (training::resolve_optimizer_config); every other field reads its proto2 [default] as it is.
 proto::PpoConfig resolved_ppo_config(const proto::PpoConfig& config);
 
+// Whether the run has a critic: advantage_estimator "gae" (PPO). The critic-free estimators
+// (grpo, dr_grpo, rloo, reinforce_baseline) load, train and checkpoint no critic.
+bool uses_critic(const proto::PpoConfig& config);
+
+// Whether the update whitens the advantages over the global batch: whiten_advantages for "gae",
+// always for "reinforce_baseline" (its definition), never for grpo, dr_grpo and rloo.
+bool whitens_advantages(const proto::PpoConfig& config);
+
 // The critic's optimizer settings: the resolved optimizer section with lr = critic_lr.
 proto::OptimizerConfig critic_optimizer_config(const proto::PpoConfig& config);
 

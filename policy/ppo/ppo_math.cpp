@@ -1,6 +1,7 @@
 #include "policy/ppo/ppo_math.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/error.h"
 
@@ -106,9 +107,86 @@ GaeResult compute_gae(const torch::Tensor& rewards, const torch::Tensor& values,
   return out;
 }
 
+std::optional<Estimator> parse_estimator(const std::string& name) {
+  if (name.empty() || name == "gae") return Estimator::kGae;
+  if (name == "grpo") return Estimator::kGrpo;
+  if (name == "dr_grpo") return Estimator::kDrGrpo;
+  if (name == "rloo") return Estimator::kRloo;
+  if (name == "reinforce_baseline") return Estimator::kReinforceBaseline;
+  return std::nullopt;
+}
+
+std::vector<float> group_advantages(const std::vector<float>& scores, int64_t k, Estimator e) {
+  const int64_t n = (int64_t)scores.size();
+  if (e == Estimator::kGae) throw Error("group_advantages: gae has no group advantages");
+  if (k < 1 || n % k != 0)
+    throw Error("group_advantages: " + std::to_string(n) + " scores are not groups of " +
+                std::to_string(k));
+  if (k < 2 && e != Estimator::kReinforceBaseline)
+    throw Error("group_advantages: this estimator needs groups of at least 2, got " +
+                std::to_string(k));
+  std::vector<float> out(n);
+  for (int64_t g = 0; g < n; g += k) {
+    double sum = 0;
+    for (int64_t i = g; i < g + k; ++i) sum += scores[i];
+    const double mean = sum / (double)k;
+    double ss = 0;
+    for (int64_t i = g; i < g + k; ++i) ss += (scores[i] - mean) * (scores[i] - mean);
+    const double sd = k > 1 ? std::sqrt(ss / (double)(k - 1)) : 0.0;
+    for (int64_t i = g; i < g + k; ++i) {
+      const double r = scores[i];
+      double a = r - mean;
+      if (e == Estimator::kGrpo) a = (r - mean) / (sd + 1e-4);
+      if (e == Estimator::kRloo) a = r - (sum - r) / (double)(k - 1);
+      out[i] = (float)a;
+    }
+  }
+  return out;
+}
+
+CriticFreeResult critic_free_advantages(const torch::Tensor& kl, const torch::Tensor& seq_adv,
+                                        const torch::Tensor& mask, double kl_coef, double gamma) {
+  CriticFreeResult out;
+  out.rewards = compute_rewards(kl, seq_adv, mask, kl_coef);
+  out.advantages =
+      compute_gae(out.rewards, torch::zeros_like(out.rewards), mask, gamma, 1.0).advantages;
+  return out;
+}
+
+torch::Tensor k3_kl(const torch::Tensor& logp, const torch::Tensor& ref_logp,
+                    const torch::Tensor& mask) {
+  check_same_shape(logp, mask, "k3_kl logp");
+  check_same_shape(ref_logp, mask, "k3_kl ref_logp");
+  auto m = mask.to(logp.scalar_type());
+  auto d = (ref_logp - logp) * m;  // 0 at pads: exp(0) - 0 - 1 = 0
+  return (torch::exp(d) - d - 1) * m;
+}
+
+LossAggregation loss_aggregation(Estimator e) {
+  if (e == Estimator::kGrpo) return LossAggregation::kSequenceMean;
+  if (e == Estimator::kDrGrpo) return LossAggregation::kConstantNorm;
+  return LossAggregation::kTokenMean;
+}
+
+torch::Tensor aggregate_loss(const torch::Tensor& per_token, const torch::Tensor& mask,
+                             LossAggregation how, int64_t max_tokens) {
+  check_same_shape(per_token, mask, "aggregate_loss");
+  auto m = mask.to(per_token.scalar_type());
+  switch (how) {
+    case LossAggregation::kTokenMean:
+      return masked_mean(per_token, m);
+    case LossAggregation::kSequenceMean:
+      return masked_mean(per_token, m, 1).mean();
+    case LossAggregation::kConstantNorm:
+      TORCH_CHECK(max_tokens > 0, "aggregate_loss: max_tokens must be > 0, got ", max_tokens);
+      return (per_token * m).sum() / (double)(per_token.size(0) * max_tokens);
+  }
+  return masked_mean(per_token, m);
+}
+
 PolicyLossResult clipped_policy_loss(const torch::Tensor& logp, const torch::Tensor& old_logp,
                                      const torch::Tensor& advantages, const torch::Tensor& mask,
-                                     double clip_range) {
+                                     double clip_range, LossAggregation how, int64_t max_tokens) {
   check_same_shape(logp, mask, "clipped_policy_loss logp");
   check_same_shape(old_logp, mask, "clipped_policy_loss old_logp");
   check_same_shape(advantages, mask, "clipped_policy_loss advantages");
@@ -118,7 +196,9 @@ PolicyLossResult clipped_policy_loss(const torch::Tensor& logp, const torch::Ten
   auto loss1 = -advantages * ratio;
   auto loss2 = -advantages * torch::clamp(ratio, 1.0 - clip_range, 1.0 + clip_range);
   PolicyLossResult out;
-  out.loss = masked_mean(torch::max(loss1, loss2), m);
+  out.loss = how == LossAggregation::kTokenMean
+                 ? masked_mean(torch::max(loss1, loss2), m)
+                 : aggregate_loss(torch::max(loss1, loss2), m, how, max_tokens);
   torch::NoGradGuard no_grad;
   out.clipfrac = masked_mean((loss2 > loss1).to(m.scalar_type()), m).item<double>();
   out.approx_kl = (0.5 * masked_mean(log_ratio * log_ratio, m)).item<double>();

@@ -16,7 +16,9 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace rlhf::policy::ppo {
 
@@ -68,6 +70,49 @@ struct GaeResult {
 GaeResult compute_gae(const torch::Tensor& rewards, const torch::Tensor& values,
                       const torch::Tensor& mask, double gamma, double lam);
 
+// ---- Critic-free advantage estimators (docs/ppo.md, "Advantage estimators") ----
+enum class Estimator { kGae, kGrpo, kDrGrpo, kRloo, kReinforceBaseline };
+// "gae", "grpo", "dr_grpo", "rloo", "reinforce_baseline" ("" reads as "gae"); nullopt otherwise.
+std::optional<Estimator> parse_estimator(const std::string& name);
+
+// Sequence advantages of critic-free estimators from scores [n] in groups of k consecutive
+// entries (one prompt's answers; n a multiple of k), computed per group in double, returned as
+// float (the same per group whatever else the batch holds, so `replay --recompute` of a group
+// gives the trainer's numbers). With mean and std (unbiased, n - 1) over the group:
+//   kGrpo:              (r_i - mean) / (std + 1e-4)       (Shao et al. 2024; TRL GRPOTrainer)
+//   kDrGrpo:            r_i - mean                        (Liu et al. 2025, Dr. GRPO)
+//   kRloo:              r_i - (sum - r_i) / (k - 1)       (Ahmadian et al. 2024; TRL RLOOTrainer)
+//   kReinforceBaseline: r_i - mean (whitened later over the batch: OpenRLHF, Hu 2025)
+// Throws rlhf::Error for kGae, k < 1, n not a multiple of k, or k < 2 with kGrpo/kDrGrpo/kRloo.
+std::vector<float> group_advantages(const std::vector<float>& scores, int64_t k, Estimator e);
+
+// Per-token advantages of a critic-free estimator: reward_t = -kl_coef * kl_t with the sequence
+// advantage added at the last real token (compute_rewards), then the discounted sum to the end
+// (compute_gae with V = 0 and lam = 1; OpenRLHF get_cumulative_returns). With gamma = 1 and
+// kl_coef = 0 every real token carries the sequence advantage. Returns {advantages, rewards};
+// the returns equal the advantages (there is no critic).
+struct CriticFreeResult {
+  torch::Tensor advantages, rewards;  // [B, T], 0 at pads
+};
+CriticFreeResult critic_free_advantages(const torch::Tensor& kl, const torch::Tensor& seq_adv,
+                                        const torch::Tensor& mask, double kl_coef, double gamma);
+
+// The k3 estimator of KL(pi || pi_ref) per token (Schulman 2020, "Approximating KL divergence";
+// GRPO's KL loss term): exp(ref_logp - logp) - (ref_logp - logp) - 1 >= 0, 0 at pads.
+torch::Tensor k3_kl(const torch::Tensor& logp, const torch::Tensor& ref_logp,
+                    const torch::Tensor& mask);
+
+// How a per-token loss [B, T] becomes a scalar:
+//   kTokenMean:    sum over real tokens / their count (PPO, TRL/OpenRLHF; rloo,
+//                  reinforce_baseline)
+//   kSequenceMean: mean over rows of each row's token mean (GRPO, TRL loss_type "grpo")
+//   kConstantNorm: sum over real tokens / (B * max_tokens) (Dr. GRPO, TRL loss_type "dr_grpo":
+//                  no length normalisation)
+enum class LossAggregation { kTokenMean, kSequenceMean, kConstantNorm };
+LossAggregation loss_aggregation(Estimator e);
+torch::Tensor aggregate_loss(const torch::Tensor& per_token, const torch::Tensor& mask,
+                             LossAggregation how, int64_t max_tokens);
+
 struct PolicyLossResult {
   torch::Tensor loss;    // scalar, differentiable: masked mean of max(-A*r, -A*clip(r))
   double clipfrac = 0;   // fraction of real tokens where the clipped term was the larger one
@@ -78,9 +123,13 @@ struct PolicyLossResult {
 
 // PPO-clip surrogate (Schulman et al. 2017), token-level masked mean as in TRL/OpenRLHF.
 // logp [B, T] (with grad), old_logp/advantages/mask [B, T].
+// With `how` other than kTokenMean the loss is aggregated by aggregate_loss(how, max_tokens)
+// (the stats stay token means).
 PolicyLossResult clipped_policy_loss(const torch::Tensor& logp, const torch::Tensor& old_logp,
                                      const torch::Tensor& advantages, const torch::Tensor& mask,
-                                     double clip_range);
+                                     double clip_range,
+                                     LossAggregation how = LossAggregation::kTokenMean,
+                                     int64_t max_tokens = 0);
 
 struct ValueLossResult {
   torch::Tensor loss;   // scalar: 0.5 * masked mean of max((v - R)^2, (v_clipped - R)^2)

@@ -34,26 +34,75 @@ void compare(const google::protobuf::RepeatedField<float>& stored, const std::ve
 }
 }  // namespace
 
-RecomputedSample recompute_sample(const proto::RolloutRecord& r, const RecomputeParams& p) {
+std::map<int64_t, float> group_sequence_advantages(
+    const std::vector<proto::RolloutRecord>& records) {
+  std::map<int64_t, std::vector<const proto::RolloutRecord*>> groups;
+  for (const auto& r : records) {
+    const auto e = ppo::parse_estimator(r.advantage_estimator());
+    if (!e)
+      throw Error("sample " + std::to_string(r.index()) + ": unknown advantage_estimator '" +
+                  r.advantage_estimator() + "'");
+    if (*e != ppo::Estimator::kGae) groups[r.group()].push_back(&r);
+  }
+  std::map<int64_t, float> out;
+  for (auto& [g, rs] : groups) {
+    std::sort(rs.begin(), rs.end(), [](auto* a, auto* b) { return a->index() < b->index(); });
+    const int64_t k = std::max(1, rs[0]->samples_per_prompt());
+    if ((int64_t)rs.size() != k)
+      throw Error("group " + std::to_string(g) + ": " + std::to_string(rs.size()) +
+                  " records, expected samples_per_prompt = " + std::to_string(k) +
+                  " (the group advantage needs every answer to the prompt)");
+    std::vector<float> scores;
+    for (auto* r : rs) scores.push_back(r->score());
+    const auto adv =
+        ppo::group_advantages(scores, k, *ppo::parse_estimator(rs[0]->advantage_estimator()));
+    for (size_t i = 0; i < rs.size(); ++i) out[rs[i]->index()] = adv[i];
+  }
+  return out;
+}
+
+RecomputedSample recompute_sample(const proto::RolloutRecord& r, const RecomputeParams& p,
+                                  std::optional<float> sequence_advantage) {
   const std::string where = "sample " + std::to_string(r.index());
   double gamma = p.gamma ? *p.gamma : r.gamma();
   double lam = p.lam ? *p.lam : r.lam();
   double kl_coef = p.kl_coef ? *p.kl_coef : r.kl_coef();
   if (!p.gamma && !p.lam && r.gamma() == 0 && r.lam() == 0)
     throw Error(where + ": the record stores no gamma/lam; pass --gamma G --lam L");
+  const auto estimator = ppo::parse_estimator(r.advantage_estimator());
+  if (!estimator)
+    throw Error(where + ": unknown advantage_estimator '" + r.advantage_estimator() + "'");
+  const bool critic_free = *estimator != ppo::Estimator::kGae;
+  if (critic_free && !sequence_advantage)
+    throw Error(where + ": advantage_estimator '" + r.advantage_estimator() +
+                "' needs the sequence advantage of its group (group_sequence_advantages)");
+  if (r.kl_in_loss()) kl_coef = 0;  // the KL was a loss term, not in the rewards
   torch::NoGradGuard no_grad;
   const int64_t n = r.response_ids_size();
   auto mask = torch::ones({1, n}, torch::kFloat32);
   auto kl = ppo::per_token_kl(row(r.logprobs()), row(r.ref_logprobs()), mask);
-  auto score = torch::tensor(std::vector<float>{r.score()}, torch::kFloat32);
-  auto rewards = n > 0 ? ppo::compute_rewards(kl, score, mask, kl_coef) : kl;
-  auto gae = ppo::compute_gae(rewards, row(r.values()), mask, gamma, lam);
   RecomputedSample s;
   s.index = r.index();
   s.kl = to_vec(kl);
-  s.rewards = to_vec(rewards);
-  s.advantages = to_vec(gae.advantages);
-  s.returns = to_vec(gae.returns);
+  if (critic_free) {
+    auto seq = torch::tensor(std::vector<float>{*sequence_advantage}, torch::kFloat32);
+    auto cf = ppo::critic_free_advantages(kl, seq, mask, kl_coef, gamma);
+    s.rewards = to_vec(cf.rewards);
+    s.advantages = to_vec(cf.advantages);
+    s.returns = s.advantages;
+    s.sequence_advantage = sequence_advantage;
+    if (!(r.sequence_advantage() == *sequence_advantage)) {
+      ++s.mismatches;
+      s.max_abs_diff = std::fabs((double)r.sequence_advantage() - *sequence_advantage);
+    }
+  } else {
+    auto score = torch::tensor(std::vector<float>{r.score()}, torch::kFloat32);
+    auto rewards = n > 0 ? ppo::compute_rewards(kl, score, mask, kl_coef) : kl;
+    auto gae = ppo::compute_gae(rewards, row(r.values()), mask, gamma, lam);
+    s.rewards = to_vec(rewards);
+    s.advantages = to_vec(gae.advantages);
+    s.returns = to_vec(gae.returns);
+  }
   s.compared = r.advantages_size() > 0;
   compare(r.kl(), s.kl, &s);
   compare(r.rewards(), s.rewards, &s);
@@ -93,6 +142,13 @@ void print_sample(std::ostream& os, const proto::RolloutRecord& r) {
                 (long long)r.index(), (long long)r.iteration(), r.score(), r.raw_score(),
                 r.ended_with_eos() ? "yes" : "no", r.response_ids_size(), r.kl_coef());
   os << buf;
+  if (!r.advantage_estimator().empty() && r.advantage_estimator() != "gae") {
+    std::snprintf(buf, sizeof buf,
+                  "estimator %s  group %lld of %d answers  sequence advantage %.4f%s\n",
+                  r.advantage_estimator().c_str(), (long long)r.group(), r.samples_per_prompt(),
+                  r.sequence_advantage(), r.kl_in_loss() ? "  (KL in the loss)" : "");
+    os << buf;
+  }
   auto ids = [](const auto& f) {
     std::string s;
     for (auto v : f) s += (s.empty() ? "" : " ") + std::to_string(v);

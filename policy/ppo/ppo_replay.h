@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <iosfwd>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,11 +29,24 @@ struct RecomputedSample {
   bool compared = false;    // the record stored advantages to compare with
   double max_abs_diff = 0;  // over kl, rewards, advantages, returns (stored vs recomputed)
   int64_t mismatches = 0;   // entries that differ at all (replay of our own files is exact)
+  std::optional<float> sequence_advantage;  // critic-free estimators: the group's advantage
 };
 
+// The sequence advantages of a file's critic-free records (advantage_estimator grpo, dr_grpo,
+// rloo, reinforce_baseline), index -> advantage: ppo::group_advantages over each group's shaped
+// scores (the records sharing `group`, in index order), as the trainer computed them. Empty for a
+// PPO (gae) file. Throws rlhf::Error naming the group when it does not hold samples_per_prompt
+// records (all records of the iteration are needed) or the estimator is unknown.
+std::map<int64_t, float> group_sequence_advantages(
+    const std::vector<proto::RolloutRecord>& records);
+
 // Recomputes with the formulas (policy/ppo/ppo_math.h: per_token_kl, compute_rewards,
-// compute_gae) in float32 on one row, which gives bit-identical numbers to the batched trainer.
-RecomputedSample recompute_sample(const proto::RolloutRecord& r, const RecomputeParams& p);
+// compute_gae; critic_free_advantages for the critic-free estimators, whose records need their
+// `sequence_advantage` from group_sequence_advantages, else rlhf::Error) in float32 on one row,
+// which gives bit-identical numbers to the batched trainer. A kl_in_loss record's rewards hold no
+// KL term. The recomputed sequence advantage is compared with the stored one too.
+RecomputedSample recompute_sample(const proto::RolloutRecord& r, const RecomputeParams& p,
+                                  std::optional<float> sequence_advantage = std::nullopt);
 
 struct ReplayViewOptions {
   std::optional<int64_t> sample;  // only this index (as stored in the record)

@@ -110,10 +110,13 @@ struct UpdateBatch {
   int64_t P = 0, N = 0, B = 0;
   int64_t row0 = 0, B_global = 0;  // B_global 0: B (one process)
   int64_t global_rows() const { return B_global > 0 ? B_global : B; }
+  torch::Tensor ref_logp;  // [B, N]: for kl_in_loss (the k3 loss term), else undefined
+  double beta = 0;         // the iteration's KL coefficient (kl_in_loss)
 };
 
 struct UpdateTotals {
   double sum_pl = 0, sum_clip = 0, sum_akl = 0, sum_ratio = 0, sum_vl = 0, sum_vclip = 0;
+  double sum_kl_loss = 0;  // kl_in_loss: the k3 term (before kl_coef) per policy minibatch
   int64_t n_pol = 0, n_val = 0, train_tokens = 0;
   double ratio_first_dev = 0;
   int64_t minibatches = 0;     // minibatches run (fewer than epochs x batches after an early stop)
@@ -152,6 +155,10 @@ UpdateBatch update_batch_from_records(const std::vector<proto::RolloutRecord>& r
   u.old_logp = torch::zeros({B, N});
   u.values = torch::zeros({B, N});
   u.returns = torch::zeros({B, N});
+  if (c.kl_in_loss()) {
+    u.ref_logp = torch::zeros({B, N});
+    u.beta = recs[0].kl_coef();
+  }
   for (int64_t b = 0; b < B; ++b) {
     const auto& r = recs[b];
     const int64_t p = r.prompt_ids_size(), n = r.response_ids_size();
@@ -165,13 +172,14 @@ UpdateBatch update_batch_from_records(const std::vector<proto::RolloutRecord>& r
       u.ids[b][P + t] = r.response_ids(t);
       u.full_mask[b][P + t] = 1;
       u.old_logp[b][t] = r.logprobs(t);
-      u.values[b][t] = r.values(t);
+      u.values[b][t] = r.values(t);  // critic-free: zeros (unused)
+      if (c.kl_in_loss()) u.ref_logp[b][t] = r.ref_logprobs(t);
       adv[b][t] = r.advantages(t);
       u.returns[b][t] = r.returns(t);
     }
   }
   u.rmask = u.full_mask.narrow(1, P, N).contiguous();
-  u.adv_train = c.whiten_advantages() ? ppo::whiten(adv, u.rmask) : adv;
+  u.adv_train = whitens_advantages(c) ? ppo::whiten(adv, u.rmask) : adv;
   return u;
 }
 
@@ -198,6 +206,7 @@ struct Rollout {
   double gen_logprob_dev = 0;
   double beta = 0;                       // KL coefficient used
   torch::Tensor kl, rewards, adv_train;  // [B, N]
+  std::vector<float> seq_adv;            // critic-free: this rank's sequence advantages
   ppo::GaeResult gae;
   double kl_mean = 0;
 };
@@ -225,6 +234,12 @@ struct PpoTrainer::Impl {
   // LoRA (cfg.lora.rank > 0): adapters on the policy, whose base weights stay frozen; the policy
   // optimizer holds the adapters then, else all policy parameters.
   std::unique_ptr<LoraAdapters> lora;
+  // The advantage estimator (cfg.advantage_estimator). Critic-free (not kGae): m.critic and
+  // critic_opt stay null; nothing of a critic is evaluated, trained or checkpointed.
+  ppo::Estimator estimator = ppo::Estimator::kGae;
+  bool has_critic() const { return estimator == ppo::Estimator::kGae; }
+  // Iterations that train only the critic: none without one.
+  int critic_warmup() const { return has_critic() ? cfg.critic_warmup_iterations() : 0; }
 
   std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
   std::string last_good() const {
@@ -247,6 +262,7 @@ struct PpoTrainer::Impl {
   void shape_scores(Rollout& r);
   void evaluate(Rollout& r);
   void advantages(Rollout& r);
+  void critic_free_advantages(Rollout& r, double reward_beta);
   void write_rollouts(const Rollout& r);
   torch::Tensor whiten(const torch::Tensor& x, const torch::Tensor& mask, bool shift_mean = true);
   // Sum over ranks of (masked sum, mask count) pairs -> global masked means.
@@ -284,9 +300,14 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   device = place.device;
   precision = place.precision;
   comm = place.comm;
-  if (!m.critic->config().value_head) m.critic->add_value_head();
+  estimator = *ppo::parse_estimator(cfg.advantage_estimator());
+  if (has_critic()) {
+    if (!m.critic->config().value_head) m.critic->add_value_head();
+    m.critic->to(device);
+  } else {
+    m.critic = Transformer{nullptr};  // no critic: none is kept, trained or saved
+  }
   m.policy->to(device);
-  m.critic->to(device);
   if (m.reference) {
     m.reference->to(device);
     m.reference->eval();
@@ -301,8 +322,9 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   // (proto/optimizer.proto): betas (0.9, 0.999), eps 1e-5, no weight decay.
   policy_opt = std::make_unique<training::Optimizer>(
       training::trainable_parameters(*m.policy, lora.get()), cfg.optimizer());
-  critic_opt = std::make_unique<training::Optimizer>(training::trainable_parameters(*m.critic),
-                                                     critic_optimizer_config(cfg));
+  if (has_critic())
+    critic_opt = std::make_unique<training::Optimizer>(training::trainable_parameters(*m.critic),
+                                                       critic_optimizer_config(cfg));
   if (cfg.adaptive_kl())
     kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(),
                                                          cfg.kl_horizon());
@@ -320,9 +342,11 @@ void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
   if (!st.ParseFromString(read_file(dir + "/state.pb")))
     throw Error(dir + "/state.pb: cannot parse PpoState");
   training::load_tensors(policy_tensors(), dir + "/policy.pt");
-  training::load_tensors(training::module_tensors(*m.critic), dir + "/critic.pt");
   policy_opt->load(dir + "/policy_optimizer.pt", device);
-  critic_opt->load(dir + "/critic_optimizer.pt", device);
+  if (has_critic()) {
+    training::load_tensors(training::module_tensors(*m.critic), dir + "/critic.pt");
+    critic_opt->load(dir + "/critic_optimizer.pt", device);
+  }
   training::load_cpu_rng(dir + "/rng.pt");
   kl_ctl->set_value(st.kl_coef());
   score_count = st.score_count();
@@ -348,9 +372,11 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
   last_checkpoint =
       checkpoints().save(iter_name(completed), fingerprint, [&](const std::string& tmp) {
         training::save_tensors(policy_tensors(), tmp + "/policy.pt");  // with LoRA: base + adapters
-        training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
         policy_opt->save(tmp + "/policy_optimizer.pt");
-        critic_opt->save(tmp + "/critic_optimizer.pt");
+        if (has_critic()) {
+          training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
+          critic_opt->save(tmp + "/critic_optimizer.pt");
+        }
         training::save_cpu_rng(tmp + "/rng.pt");
         if (lora) lora->save(tmp + "/adapter");
         CheckpointInfo info;  // readable checkpoint folders (merged weights with LoRA)
@@ -359,7 +385,7 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
         info.step = completed;
         policy::save_checkpoint(m.policy, tmp + "/policy", info);
         info.kind = "critic";
-        policy::save_checkpoint(m.critic, tmp + "/critic", info);
+        if (has_critic()) policy::save_checkpoint(m.critic, tmp + "/critic", info);
         write_file_atomic(tmp + "/state.pb", st.SerializeAsString());
       });
 }
@@ -372,11 +398,15 @@ Rollout PpoTrainer::Impl::sample(int64_t it) {
   Rollout r;
   r.iteration = it;
   r.B_global = cfg.batch_size();
-  const auto [row0, row1] = dist::shard_range(r.B_global, comm->rank(), comm->size());
+  // samples_per_prompt K: global row j answers prompt j / K of the iteration's B / K prompts, and
+  // the ranks split the batch at group boundaries (a group is never split across ranks).
+  const int64_t K = cfg.samples_per_prompt(), G = r.B_global / K;
+  const auto [g0, g1] = dist::shard_range(G, comm->rank(), comm->size());
+  const int64_t row0 = g0 * K, row1 = g1 * K;
   r.row0 = row0;
   r.B = row1 - row0;
   for (int64_t j = row0; j < row1; ++j)
-    r.prompts.push_back(prompts[((it - 1) * r.B_global + j) % (int64_t)prompts.size()]);
+    r.prompts.push_back(prompts[((it - 1) * G + j / K) % (int64_t)prompts.size()]);
   SamplingOptions so;
   so.max_new_tokens = cfg.max_new_tokens();
   so.temperature = cfg.temperature();
@@ -477,9 +507,13 @@ void PpoTrainer::Impl::evaluate(Rollout& r) {
   r.ref_logp =
       token_logprobs(m.reference, r.ids, r.full_mask, lo).logprobs.narrow(1, r.P - 1, r.N) *
       r.rmask;
-  m.critic->eval();
-  auto h = m.critic->hidden_states(r.ids, r.full_mask);
-  r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
+  if (has_critic()) {
+    m.critic->eval();
+    auto h = m.critic->hidden_states(r.ids, r.full_mask);
+    r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
+  } else {
+    r.values = torch::zeros_like(r.old_logp);  // no critic: V = 0, returns = advantages
+  }
   r.gen_logprob_dev = comm->max(
       ((r.gen.response_logprobs.to(device).to(torch::kFloat) - r.old_logp).abs() * r.rmask)
           .max()
@@ -490,14 +524,32 @@ void PpoTrainer::Impl::evaluate(Rollout& r) {
 void PpoTrainer::Impl::advantages(Rollout& r) {
   r.beta = kl_ctl->value();
   r.kl = ppo::per_token_kl(r.old_logp, r.ref_logp, r.rmask);
-  r.rewards = ppo::compute_rewards(r.kl, r.scores, r.rmask, r.beta);
-  if (cfg.whiten_rewards()) r.rewards = whiten(r.rewards, r.rmask, /*shift_mean=*/false);
-  r.gae = ppo::compute_gae(r.rewards, r.values, r.rmask, cfg.gamma(), cfg.lam());
-  r.adv_train = cfg.whiten_advantages() ? whiten(r.gae.advantages, r.rmask) : r.gae.advantages;
+  const double reward_beta = cfg.kl_in_loss() ? 0.0 : r.beta;  // kl_in_loss: a loss term instead
+  if (has_critic()) {
+    r.rewards = ppo::compute_rewards(r.kl, r.scores, r.rmask, reward_beta);
+    if (cfg.whiten_rewards()) r.rewards = whiten(r.rewards, r.rmask, /*shift_mean=*/false);
+    r.gae = ppo::compute_gae(r.rewards, r.values, r.rmask, cfg.gamma(), cfg.lam());
+  } else {
+    critic_free_advantages(r, reward_beta);
+  }
+  r.adv_train = whitens_advantages(cfg) ? whiten(r.gae.advantages, r.rmask) : r.gae.advantages;
   // The mean over the global batch of the per-sequence KL sum (Ziegler et al.).
   r.kl_mean = comm->alone() ? r.kl.sum(1).mean().item<double>()
                             : comm->sum(r.kl.sum().item<double>()) / (double)r.B_global;
   if (!finite(r.kl_mean)) throw Error(at(r.iteration) + ": kl/mean is non-finite" + last_good());
+}
+
+// The critic-free estimators: sequence advantages from the global batch's shaped scores in groups
+// of K (every rank computes all, groups never straddle ranks), then per token with the KL to go
+// (none with kl_in_loss); returns = advantages.
+void PpoTrainer::Impl::critic_free_advantages(Rollout& r, double reward_beta) {
+  const auto all = ppo::group_advantages(r.shaped_all, cfg.samples_per_prompt(), estimator);
+  r.seq_adv.assign(all.begin() + r.row0, all.begin() + r.row0 + r.B);
+  auto seq = torch::tensor(r.seq_adv, torch::kFloat).to(device);
+  auto cf = ppo::critic_free_advantages(r.kl, seq, r.rmask, reward_beta, cfg.gamma());
+  r.rewards = cf.rewards;
+  r.gae.advantages = cf.advantages;
+  r.gae.returns = cf.advantages;
 }
 
 // ppo::whiten over the global batch: the masked mean and variance (Bessel) of all ranks' rows.
@@ -529,6 +581,20 @@ std::vector<double> PpoTrainer::Impl::masked_means(
   return means;
 }
 
+namespace {
+// What `replay --recompute` needs to rebuild the advantages of a critic-free estimator, K > 1 or
+// kl_in_loss (absent for plain PPO: its files stay as they were).
+void set_estimator_fields(const proto::PpoConfig& cfg, int64_t global_row, float seq_adv,
+                          proto::RolloutRecord* rec) {
+  if (uses_critic(cfg) && cfg.samples_per_prompt() == 1 && !cfg.kl_in_loss()) return;
+  rec->set_advantage_estimator(cfg.advantage_estimator());
+  rec->set_samples_per_prompt(cfg.samples_per_prompt());
+  rec->set_group(global_row / cfg.samples_per_prompt());
+  rec->set_kl_in_loss(cfg.kl_in_loss());
+  rec->set_sequence_advantage(seq_adv);
+}
+}  // namespace
+
 // <out>/rollouts/iter-NNNN.pb, with retention (keep_rollouts newest). Data-parallel ranks send
 // their records to every rank; rank 0 writes one file in global order.
 void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
@@ -553,7 +619,7 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
     };
     put(lp_c, rec.mutable_logprobs());
     put(ref_c, rec.mutable_ref_logprobs());
-    put(v_c, rec.mutable_values());
+    put(v_c, rec.mutable_values());  // critic-free: zeros
     put(kl_c, rec.mutable_kl());
     put(r_c, rec.mutable_rewards());
     put(a_c, rec.mutable_advantages());
@@ -571,6 +637,7 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
     g->set_max_new_tokens(cfg.max_new_tokens());
     g->set_eos_id(m.policy->config().eos_id);
     g->set_seed(r.seed);
+    set_estimator_fields(cfg, r.row0 + b, has_critic() ? 0.f : r.seq_adv[b], &rec);
     recs.push_back(std::move(rec));
   }
   if (!comm->alone()) {
@@ -612,15 +679,17 @@ void PpoTrainer::Impl::write_rollouts(const Rollout& r) {
 void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tensor& idx, int64_t it,
                                         bool first, const LogprobOptions& lo, double lr,
                                         std::map<std::string, double>& mb, UpdateTotals& tot) {
-  const bool train_policy = it > cfg.critic_warmup_iterations();
+  const bool train_policy = it > critic_warmup();
   m.policy->train();
   if (lora) lora->refresh(train_policy);  // a fresh graph through the adapters
   std::unique_ptr<torch::NoGradGuard> ng;
   if (!train_policy) ng = std::make_unique<torch::NoGradGuard>();
   const bool rows = idx.numel() > 0;
+  const auto how = ppo::loss_aggregation(estimator);
+  const bool token_mean = how == ppo::LossAggregation::kTokenMean;
   ppo::PolicyLossResult pl;
-  torch::Tensor loss;
-  double share = 0;
+  torch::Tensor loss, kl_term;
+  double share = 0, row_share = (double)idx.numel();  // tokens; rows (other aggregations)
   if (rows) {
     AutocastScope autocast(device, precision);  // forward and loss; backward() runs outside
     LogprobOptions tlo = lo;
@@ -630,22 +699,36 @@ void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tenso
         token_logprobs(m.policy, u.ids.index_select(0, idx), u.full_mask.index_select(0, idx), tlo);
     auto new_lp = tl.logprobs.narrow(1, u.P - 1, u.N);
     pl = ppo::clipped_policy_loss(new_lp, u.old_logp.index_select(0, idx),
-                                  u.adv_train.index_select(0, idx), rmask, cfg.clip_range());
+                                  u.adv_train.index_select(0, idx), rmask, cfg.clip_range(), how,
+                                  cfg.max_new_tokens());
     loss = pl.loss;
+    if (cfg.kl_in_loss()) {  // + beta * k3 (GRPO), aggregated like the policy loss
+      kl_term = ppo::aggregate_loss(ppo::k3_kl(new_lp, u.ref_logp.index_select(0, idx), rmask),
+                                    rmask, how, cfg.max_new_tokens());
+      loss = loss + u.beta * kl_term;
+    }
     if (cfg.entropy_coef() > 0)
       loss =
           loss - cfg.entropy_coef() * ppo::masked_mean(tl.entropy.narrow(1, u.P - 1, u.N), rmask);
     share = rmask.sum().item<double>();
   }
-  if (!comm->alone())
+  if (!comm->alone()) {
     share /= comm->sum(share);
-  else
-    share = 1.0;
+    if (!token_mean) row_share /= comm->sum(row_share);
+  } else {
+    share = row_share = 1.0;
+  }
+  // The loss's weight: its share of the minibatch's tokens (token mean) or of its rows.
+  const double lshare = token_mean ? share : row_share;
   if (first) tot.ratio_first_dev = comm->max(pl.ratio_max_dev);  // unmoved policy: ratio 1
   if (!train_policy) return;
-  const auto g = comm->sum({rows ? pl.loss.item<double>() * share : 0.0, pl.clipfrac * share,
+  const auto g = comm->sum({rows ? pl.loss.item<double>() * lshare : 0.0, pl.clipfrac * share,
                             pl.approx_kl * share, pl.ratio_mean * share,
-                            rows ? loss.item<double>() * share : 0.0});
+                            rows ? loss.item<double>() * lshare : 0.0});
+  if (cfg.kl_in_loss()) {
+    mb["loss/kl"] = comm->sum(rows ? kl_term.item<double>() * lshare : 0.0);
+    tot.sum_kl_loss += mb["loss/kl"];
+  }
   mb["loss/policy"] = g[0];
   mb["policy/clipfrac"] = g[1];
   mb["policy/approx_kl"] = g[2];
@@ -655,7 +738,7 @@ void PpoTrainer::Impl::policy_minibatch(const UpdateBatch& u, const torch::Tenso
     throw Error(at(it) + ": loss/policy is non-finite (" + std::to_string(g[4]) + ")" +
                 last_good());
   policy_opt->zero_grad();
-  if (rows) (share == 1.0 ? loss : loss * share).backward();
+  if (rows) (lshare == 1.0 ? loss : loss * lshare).backward();
   dist::all_reduce_gradients(*comm, policy_opt->parameters());
   const double gn = policy_opt->step(lr);
   if (!finite(gn)) throw Error(at(it) + ": policy gradient norm is non-finite" + last_good());
@@ -713,7 +796,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   UpdateTotals tot;
   // The lr of this iteration: a function of `it` only, so replay and resume use the same one.
   tot.policy_lr = ppo_learning_rate(cfg, cfg.optimizer().lr(), it);
-  tot.value_lr = ppo_learning_rate(cfg, cfg.critic_lr(), it);
+  if (has_critic()) tot.value_lr = ppo_learning_rate(cfg, cfg.critic_lr(), it);
   const int64_t MB = cfg.minibatch_size();
   const int64_t B = u.global_rows();  // minibatches are drawn from the global batch
   for (int epoch = 0; epoch < cfg.ppo_epochs() && !tot.early_stopped; ++epoch) {
@@ -730,9 +813,9 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
           {"iteration", (double)it}, {"epoch", (double)epoch}, {"minibatch", (double)(s / MB)}};
       tot.train_tokens += (int64_t)mine.size() * (u.P + u.N);
       const bool first = epoch == 0 && s == 0;
-      if (it > cfg.critic_warmup_iterations() || first)
+      if (it > critic_warmup() || first)
         policy_minibatch(u, idx, it, first, lo, tot.policy_lr, mb, tot);
-      critic_minibatch(u, idx, it, tot.value_lr, mb, tot);
+      if (has_critic()) critic_minibatch(u, idx, it, tot.value_lr, mb, tot);
       ++tot.minibatches;
       const bool last = epoch + 1 == cfg.ppo_epochs() && e == B;  // nothing left to skip
       const int64_t epoch_pol = tot.n_pol - pol_before;
@@ -745,7 +828,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
     }
   }
   m.policy->eval();
-  m.critic->eval();
+  if (has_critic()) m.critic->eval();
   if (lora) lora->refresh(false);  // the weights after the last optimizer step
   return tot;
 }
@@ -774,17 +857,20 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
       masked_means({{r.entropy, r.rmask}, {r.gae.advantages, r.rmask}, {r.gae.returns, r.rmask}});
   stats["entropy/mean"] = means[0];
   stats["loss/policy"] = mean_of(tot.sum_pl, tot.n_pol, 0.0);
-  stats["loss/value"] = mean_of(tot.sum_vl, tot.n_val, 0.0);
+  if (has_critic()) {
+    stats["loss/value"] = mean_of(tot.sum_vl, tot.n_val, 0.0);
+    stats["value/clipfrac"] = mean_of(tot.sum_vclip, tot.n_val, 0.0);
+    stats["lr/value"] = tot.value_lr;
+  }
+  if (cfg.kl_in_loss()) stats["loss/kl"] = mean_of(tot.sum_kl_loss, tot.n_pol, 0.0);
   stats["policy/clipfrac"] = mean_of(tot.sum_clip, tot.n_pol, 0.0);
   stats["policy/approx_kl"] = mean_of(tot.sum_akl, tot.n_pol, 0.0);
   stats["policy/ratio_mean"] = mean_of(tot.sum_ratio, tot.n_pol, 1.0);
   stats["policy/ratio_first_dev"] = tot.ratio_first_dev;
   stats["policy/gen_logprob_dev"] = r.gen_logprob_dev;
-  stats["value/clipfrac"] = mean_of(tot.sum_vclip, tot.n_val, 0.0);
   stats["policy/early_stopped"] = tot.early_stopped ? 1.0 : 0.0;
   stats["policy/minibatches"] = (double)tot.minibatches;
   stats["lr/policy"] = tot.policy_lr;
-  stats["lr/value"] = tot.value_lr;
   // TRL's objective/*: per-sample means, each rank's weighted by its share of the batch.
   const double weight = (double)r.B / (double)B;
   const auto objective = ppo::objective_stats(r.kl, r.scores, r.beta);
@@ -836,8 +922,9 @@ void PpoTrainer::Impl::report(const Rollout& r, const UpdateTotals& tot,
                "ppo %lld/%d  score %.3f  kl %.3f  beta %.4f  loss p %.4f v %.4f  len %.1f  eos %.2f"
                "  %.0f gen tok/s  %.1fs\n",
                (long long)r.iteration, cfg.iterations(), stats.at("score/mean"), r.kl_mean, r.beta,
-               stats.at("loss/policy"), stats.at("loss/value"), stats.at("response/length_mean"),
-               stats.at("response/eos_frac"), stats.at("speed/gen_tokens_per_s"), iteration_s);
+               stats.at("loss/policy"), has_critic() ? stats.at("loss/value") : 0.0,
+               stats.at("response/length_mean"), stats.at("response/eos_frac"),
+               stats.at("speed/gen_tokens_per_s"), iteration_s);
 }
 
 // ---- the trainer
@@ -884,8 +971,10 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     : impl_(std::make_unique<Impl>()) {
   validate_ppo_config(config);
   auto& I = *impl_;
-  if (!models.policy || !models.reference || !models.critic)
-    throw Error("ppo: policy, reference and critic models are all required");
+  const bool critic = uses_critic(config);
+  if (!models.policy || !models.reference || (critic && !models.critic))
+    throw Error(critic ? "ppo: policy, reference and critic models are all required"
+                       : "ppo: policy and reference models are required");
   if (models.policy->config().vocab_size != models.reference->config().vocab_size)
     throw Error("ppo: policy vocab_size " + std::to_string(models.policy->config().vocab_size) +
                 " differs from the reference's " +
@@ -903,10 +992,12 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   I.decode = std::move(decode);
   I.out_dir = std::move(out_dir);
   I.setup(config, std::move(models));
-  if (config.batch_size() < I.comm->size())
-    throw Error("ppo config: field 'batch_size': expected at least one prompt per rank (" +
-                std::to_string(I.comm->size()) + " ranks), got " +
-                std::to_string(config.batch_size()));
+  if (config.batch_size() / config.samples_per_prompt() < I.comm->size())
+    throw Error(
+        "ppo config: field 'batch_size': expected at least one prompt (group of "
+        "samples_per_prompt = " +
+        std::to_string(config.samples_per_prompt()) + " answers) per rank (" +
+        std::to_string(I.comm->size()) + " ranks), got " + std::to_string(config.batch_size()));
   I.fingerprint = ppo_fingerprint(I.cfg, I.prompts);
   make_dirs(I.out_dir + "/rollouts");
   if (auto dir = I.checkpoints().resume_dir(I.fingerprint)) {
@@ -927,7 +1018,8 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   }
   // Every rank starts where rank 0 does (the prompts of an iteration follow from its number).
   training::NamedTensors weights = I.policy_tensors();
-  for (auto& t : training::module_tensors(*I.m.critic)) weights.push_back(t);
+  if (I.has_critic())
+    for (auto& t : training::module_tensors(*I.m.critic)) weights.push_back(t);
   training::check_same_start(
       *I.comm, "ppo", I.out_dir,
       {I.fingerprint, completed_, "iteration " + std::to_string(completed_ + 1) + " next"},
@@ -977,8 +1069,22 @@ std::map<std::string, double> PpoTrainer::step() {
   I.write_rollouts(r);
 
   const auto t_train = std::chrono::steady_clock::now();
-  UpdateBatch ub{r.ids,         r.full_mask, r.rmask, r.old_logp, r.values, r.adv_train,
-                 r.gae.returns, r.P,         r.N,     r.B,        r.row0,   r.B_global};
+  // kl_in_loss: the reference log-probs and beta for the k3 loss term.
+  const bool kl_loss = I.cfg.kl_in_loss();
+  UpdateBatch ub{r.ids,
+                 r.full_mask,
+                 r.rmask,
+                 r.old_logp,
+                 r.values,
+                 r.adv_train,
+                 r.gae.returns,
+                 r.P,
+                 r.N,
+                 r.B,
+                 r.row0,
+                 r.B_global,
+                 kl_loss ? r.ref_logp : torch::Tensor(),
+                 kl_loss ? r.beta : 0.0};
   std::ofstream mb_log;
   if (I.comm->is_root()) mb_log.open(I.out_dir + "/minibatches.jsonl", std::ios::app);
   UpdateTotals tot = I.update(ub, r.iteration, logprob_options(I.cfg),
@@ -1022,7 +1128,7 @@ std::vector<std::map<std::string, double>> PpoTrainer::replay_update(
   try {
     PpoModels models;
     models.policy = policy::load_checkpoint(ck + "/policy").model;
-    models.critic = policy::load_checkpoint(ck + "/critic").model;
+    if (uses_critic(cfg)) models.critic = policy::load_checkpoint(ck + "/critic").model;
     I.setup(cfg, std::move(models));
     I.load_checkpoint(ck);
   } catch (...) {
@@ -1030,9 +1136,9 @@ std::vector<std::map<std::string, double>> PpoTrainer::replay_update(
   }
   UpdateBatch ub = update_batch_from_records(recs, I.m.policy->config().pad_id, cfg, rollout_file);
   auto dev = [&](const torch::Tensor& t) { return t.to(I.device); };
-  for (auto* t :
-       {&ub.ids, &ub.full_mask, &ub.rmask, &ub.old_logp, &ub.values, &ub.adv_train, &ub.returns})
-    *t = dev(*t);
+  for (auto* t : {&ub.ids, &ub.full_mask, &ub.rmask, &ub.old_logp, &ub.values, &ub.adv_train,
+                  &ub.returns, &ub.ref_logp})
+    if (t->defined()) *t = dev(*t);
   std::vector<std::map<std::string, double>> out;
   I.update(ub, it, logprob_options(cfg),
            [&](const std::map<std::string, double>& mb) { out.push_back(mb); });

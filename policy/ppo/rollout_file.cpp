@@ -152,6 +152,13 @@ nlohmann::json rollout_to_json(const proto::RolloutRecord& r) {
   j["generation"] = {
       {"temperature", g.temperature()},       {"top_k", g.top_k()},   {"top_p", g.top_p()},
       {"max_new_tokens", g.max_new_tokens()}, {"eos_id", g.eos_id()}, {"seed", g.seed()}};
+  if (!r.advantage_estimator().empty() || r.samples_per_prompt() > 1) {
+    j["advantage_estimator"] = r.advantage_estimator();
+    j["samples_per_prompt"] = r.samples_per_prompt();
+    j["group"] = r.group();
+    j["kl_in_loss"] = r.kl_in_loss();
+    j["sequence_advantage"] = r.sequence_advantage();
+  }
   return j;
 }
 
@@ -180,6 +187,13 @@ proto::RolloutRecord rollout_from_json(const nlohmann::json& j, const std::strin
   r.set_kl_coef(scalar<double>(j, "kl_coef", 0.0, where));
   r.set_gamma(scalar<double>(j, "gamma", 0.0, where));
   r.set_lam(scalar<double>(j, "lam", 0.0, where));
+  if (j.contains("advantage_estimator") && j["advantage_estimator"].is_string())
+    r.set_advantage_estimator(j["advantage_estimator"].get<std::string>());
+  r.set_samples_per_prompt(scalar<int32_t>(j, "samples_per_prompt", 0, where));
+  r.set_group(scalar<int64_t>(j, "group", 0, where));
+  r.set_sequence_advantage(scalar<float>(j, "sequence_advantage", 0.f, where));
+  if (j.contains("kl_in_loss") && j["kl_in_loss"].is_boolean())
+    r.set_kl_in_loss(j["kl_in_loss"].get<bool>());
   if (j.contains("ended_with_eos") && j["ended_with_eos"].is_boolean())
     r.set_ended_with_eos(j["ended_with_eos"].get<bool>());
   if (j.contains("prompt_text") && j["prompt_text"].is_string())

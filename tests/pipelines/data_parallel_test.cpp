@@ -291,6 +291,73 @@ TEST(DataParallel, PpoFirstIterationTwoRanksEqualOneRank) {
                    std::string("replayed ") + k, 1e-3);
 }
 
+// Critic-free estimators: the ranks split the batch at group boundaries (3 groups of K = 4 over 2
+// ranks: 8 and 4 rows), group statistics and reinforce_baseline's whitening come from the global
+// batch, and GRPO's per-sequence loss is weighted by rows: 2 ranks equal 1 rank, no critic is
+// saved, and the 2-rank iteration replays (--recompute, --update) in one process.
+TEST(DataParallel, CriticFreeEstimatorsTwoRanksEqualOneRank) {
+  auto& f = fixture();
+  TempDir d("dp_est");
+  std::string out;
+  ASSERT_EQ(launch(0,
+                   "sft --config " + write_config(d / "sft.pbtxt", sft_config(f, 10)) + " --out " +
+                       (d / "sft"),
+                   &out),
+            0)
+      << out;
+  ASSERT_EQ(launch(0,
+                   "reward train --config " +
+                       write_config(d / "rw.pbtxt",
+                                    "format: \"pairs\"\ntrain_file: \"" + f.pairs +
+                                        "\"\ninit_from: \"" + (d / "sft/model") +
+                                        "\"\nmax_prompt_tokens: 16 max_answer_tokens: 16\n"
+                                        "steps: 5 batch_pairs: 16\n") +
+                       " --out " + (d / "rw"),
+                   &out),
+            0)
+      << out;
+  for (const std::string est : {"grpo", "reinforce_baseline"}) {
+    SCOPED_TRACE(est);
+    const auto cfg = write_config(
+        d / (est + ".pbtxt"),
+        "policy: \"" + (d / "sft/model") + "\"\nreward_model: \"" + (d / "rw") + "\"\nprompts: \"" +
+            f.prompts + "\"\ntokenizer: \"" + f.tok +
+            "\"\niterations: 2 batch_size: 12 minibatch_size: 5 ppo_epochs: 2\n"
+            "max_new_tokens: 8 checkpoint_every: 1 keep_checkpoints: 5\n"
+            "advantage_estimator: \"" +
+            est + "\" samples_per_prompt: 4 kl_in_loss: " + (est == "grpo" ? "true" : "false") +
+            "\n");
+    ASSERT_EQ(launch(0, "ppo --config " + cfg + " --out " + (d / (est + "1")), &out), 0) << out;
+    ASSERT_EQ(launch(2, "ppo --config " + cfg + " --out " + (d / (est + "2")), &out), 0) << out;
+    auto a = metrics(d / (est + "1")), b = metrics(d / (est + "2"));
+    ASSERT_EQ(a.size(), 2u);
+    ASSERT_EQ(b.size(), 2u);
+    EXPECT_FALSE(a[1].contains("loss/value"));
+    EXPECT_FALSE(std::filesystem::exists(d / (est + "2/checkpoints/iter-0002/critic.pt")));
+    for (const char* k : {"score/mean", "loss/policy", "advantages/mean", "response/length_mean"})
+      for (size_t i = 0; i < 2; ++i)
+        expect_close(a[i][k].get<double>(), b[i][k].get<double>(),
+                     std::string(k) + " iteration " + std::to_string(i + 1), 1e-4, 1e-3);
+    const std::string file = d / (est + "2/rollouts/iter-0002.pb");
+    ASSERT_EQ(launch(0, "replay " + file + " --recompute", &out), 0) << out;
+    ASSERT_EQ(
+        launch(0, "replay " + file + " --update --run " + (d / (est + "2")) + " --json", &out), 0)
+        << out;
+    std::vector<json> replayed, live;
+    std::istringstream rs(out);
+    for (std::string line; std::getline(rs, line);)
+      if (!line.empty() && line[0] == '{') replayed.push_back(json::parse(line));
+    std::ifstream ml(d / (est + "2/minibatches.jsonl"));
+    for (std::string line; std::getline(ml, line);)
+      if (json j = json::parse(line); j["iteration"] == 2) live.push_back(j);
+    ASSERT_EQ(replayed.size(), live.size());
+    for (size_t i = 0; i < live.size(); ++i)
+      for (const char* k : {"loss/policy", "policy/approx_kl"})
+        expect_close(live[i][k].get<double>(), replayed[i][k].get<double>(),
+                     std::string("replayed ") + k, 1e-3);
+  }
+}
+
 TEST(DataParallel, InterruptedTwoRankRunResumesToTheSameModel) {
   auto& f = fixture();
   TempDir d("dp_resume");

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "common/error.h"
 #include "policy/training/lr_schedule.h"
 
 using namespace rlhf::policy::ppo;
@@ -179,4 +180,88 @@ TEST(PpoMath, LearningRateSchedulesByHand) {
   for (int s = 0; s < 8; ++s) EXPECT_NEAR(cos.at(s), want_cos[s], 1e-12) << "step " << s;
   // No warm-up, a single step: the peak.
   EXPECT_EQ((rlhf::policy::WarmupLinear{2.0, 0.2, 0, 1}.at(0)), 2.0);
+}
+
+// ---- critic-free estimators (docs/ppo.md, "Advantage estimators") ----
+
+TEST(PpoMath, GroupAdvantagesOfEachEstimator) {
+  // Two groups of K = 3: [1, 2, 6] (mean 3, deviations [-2, -1, 3], unbiased variance
+  // (4 + 1 + 9) / 2 = 7, std sqrt(7) = 2.6457513) and [5, 5, 5] (all equal: advantage 0).
+  const std::vector<float> s{1, 2, 6, 5, 5, 5};
+  auto near = [](const std::vector<float>& got, const std::vector<double>& want) {
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6) << "at " << i;
+  };
+  // grpo: deviation / (std + 1e-4): -2 / 2.6458513 = -0.7559004, -1 / ... = -0.3779502, 3 / ...
+  near(group_advantages(s, 3, Estimator::kGrpo), {-0.75590038, -0.37795019, 1.13385057, 0, 0, 0});
+  // dr_grpo and reinforce_baseline: the deviation alone.
+  near(group_advantages(s, 3, Estimator::kDrGrpo), {-2, -1, 3, 0, 0, 0});
+  near(group_advantages(s, 3, Estimator::kReinforceBaseline), {-2, -1, 3, 0, 0, 0});
+  // rloo: 1 - (2 + 6) / 2 = -3, 2 - (1 + 6) / 2 = -1.5, 6 - (1 + 2) / 2 = 4.5.
+  near(group_advantages(s, 3, Estimator::kRloo), {-3, -1.5, 4.5, 0, 0, 0});
+  // A group's advantages do not depend on the other groups of the batch (replay of one group).
+  auto whole = group_advantages(s, 3, Estimator::kGrpo);
+  auto one = group_advantages({1, 2, 6}, 3, Estimator::kGrpo);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(whole[i], one[i]);
+}
+
+TEST(PpoMath, GroupAdvantagesRefuseBadGroups) {
+  EXPECT_THROW(group_advantages({1, 2, 3}, 2, Estimator::kGrpo), rlhf::Error);  // 3 % 2 != 0
+  EXPECT_THROW(group_advantages({1, 2}, 1, Estimator::kRloo), rlhf::Error);     // no "others"
+  EXPECT_THROW(group_advantages({1, 2}, 2, Estimator::kGae), rlhf::Error);
+  EXPECT_NO_THROW(group_advantages({1, 2}, 1, Estimator::kReinforceBaseline));
+}
+
+TEST(PpoMath, ParseEstimatorNames) {
+  EXPECT_EQ(parse_estimator(""), Estimator::kGae);
+  EXPECT_EQ(parse_estimator("gae"), Estimator::kGae);
+  EXPECT_EQ(parse_estimator("grpo"), Estimator::kGrpo);
+  EXPECT_EQ(parse_estimator("dr_grpo"), Estimator::kDrGrpo);
+  EXPECT_EQ(parse_estimator("rloo"), Estimator::kRloo);
+  EXPECT_EQ(parse_estimator("reinforce_baseline"), Estimator::kReinforceBaseline);
+  EXPECT_FALSE(parse_estimator("GRPO").has_value());
+}
+
+TEST(PpoMath, CriticFreeAdvantagesCarryTheSequenceAdvantageAndTheKlToGo) {
+  // Row 0: kl [0.1, 0.2, 0.3], beta 0.5 -> rewards [-0.05, -0.1, -0.15 + 1 = 0.85]; advantages
+  // are the sums to the end (gamma 1): [0.70, 0.75, 0.85]. Row 1 (length 2, sequence advantage
+  // -2): rewards [-0.05, -0.05 - 2 = -2.05], advantages [-2.1, -2.05], pad 0.
+  auto kl = t2({{0.1, 0.2, 0.3}, {0.1, 0.1, 9.0}});
+  auto mask = t2({{1, 1, 1}, {1, 1, 0}});
+  auto r = critic_free_advantages(kl, torch::tensor({1.0, -2.0}, torch::kFloat64), mask, 0.5, 1.0);
+  expect_near(r.rewards, {{-0.05, -0.1, 0.85}, {-0.05, -2.05, 0}});
+  expect_near(r.advantages, {{0.70, 0.75, 0.85}, {-2.1, -2.05, 0}});
+  // kl_in_loss (beta 0 in the rewards): every real token carries the sequence advantage.
+  auto plain =
+      critic_free_advantages(kl, torch::tensor({1.0, -2.0}, torch::kFloat64), mask, 0.0, 1.0);
+  expect_near(plain.advantages, {{1, 1, 1}, {-2, -2, 0}});
+}
+
+TEST(PpoMath, K3KlEstimator) {
+  // logp -1, ref -2: d = ref - logp = -1 -> e^-1 + 1 - 1 = 0.3678794;
+  // logp -2, ref -1: d = 1 -> e - 1 - 1 = 0.7182818; equal log-probs -> 0; pad -> 0.
+  auto k3 = k3_kl(t2({{-1, -2, -3, -4}}), t2({{-2, -1, -3, 7}}), t2({{1, 1, 1, 0}}));
+  expect_near(k3, {{0.36787944, 0.71828183, 0, 0}}, 1e-7);
+}
+
+TEST(PpoMath, LossAggregations) {
+  // per-token [[1, 2, 3], [4, 5, pad]]: token mean 15 / 5 = 3; sequence mean (2 + 4.5) / 2 = 3.25;
+  // constant norm (Dr. GRPO, max 4 tokens) 15 / (2 * 4) = 1.875.
+  auto x = t2({{1, 2, 3}, {4, 5, 100}});
+  auto mask = t2({{1, 1, 1}, {1, 1, 0}});
+  EXPECT_NEAR(aggregate_loss(x, mask, LossAggregation::kTokenMean, 0).item<double>(), 3.0, 1e-12);
+  EXPECT_NEAR(aggregate_loss(x, mask, LossAggregation::kSequenceMean, 0).item<double>(), 3.25,
+              1e-12);
+  EXPECT_NEAR(aggregate_loss(x, mask, LossAggregation::kConstantNorm, 4).item<double>(), 1.875,
+              1e-12);
+  EXPECT_EQ(loss_aggregation(Estimator::kGrpo), LossAggregation::kSequenceMean);
+  EXPECT_EQ(loss_aggregation(Estimator::kDrGrpo), LossAggregation::kConstantNorm);
+  EXPECT_EQ(loss_aggregation(Estimator::kRloo), LossAggregation::kTokenMean);
+  // The clipped policy loss at ratio 1 is -A aggregated the same way.
+  auto lp = t2({{-1, -1, -1}, {-1, -1, -1}});
+  auto adv = t2({{-1, -2, -3}, {-4, -5, 0}});
+  auto pl = clipped_policy_loss(lp, lp, adv, mask, 0.2, LossAggregation::kSequenceMean);
+  EXPECT_NEAR(pl.loss.item<double>(), 3.25, 1e-12);
+  pl = clipped_policy_loss(lp, lp, adv, mask, 0.2, LossAggregation::kConstantNorm, 4);
+  EXPECT_NEAR(pl.loss.item<double>(), 1.875, 1e-12);
 }

@@ -692,3 +692,183 @@ TEST(PpoTrainerWorker, Threads) {
   std::ofstream(std::string(dir) + "/rank" + rank + ".txt")
       << "threads " << torch::get_num_threads() << "\n";
 }
+
+// ---- critic-free advantage estimators (advantage_estimator, samples_per_prompt, kl_in_loss) ----
+
+namespace {
+
+std::vector<nlohmann::json> minibatch_lines(const std::string& run, int iteration) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run + "/minibatches.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j["iteration"].get<int>() == iteration) out.push_back(j);
+  }
+  return out;
+}
+
+// A 2-iteration critic-free run: batch 16 = 4 prompts x K 4, minibatches of 8, 2 epochs.
+proto::PpoConfig estimator_config(const std::string& estimator, bool kl_in_loss) {
+  auto cfg = toy_config(2);
+  cfg.set_advantage_estimator(estimator);
+  cfg.set_samples_per_prompt(4);
+  cfg.set_kl_in_loss(kl_in_loss);
+  cfg.set_batch_size(16);
+  cfg.set_minibatch_size(8);
+  cfg.set_ppo_epochs(2);
+  cfg.set_max_new_tokens(6);
+  cfg.set_checkpoint_every(1);
+  cfg.set_keep_checkpoints(10);
+  return cfg;
+}
+
+}  // namespace
+
+// Each critic-free estimator: no critic is built, trained or saved; an iteration's K answers share
+// their prompt and group; the rollouts replay exactly (`--recompute`: the group advantages and the
+// per-token ones) and the update replays exactly (`--update`: every minibatch's numbers).
+TEST(PpoTrainer, CriticFreeEstimatorsTrainNoCriticAndReplayExactly) {
+  for (const auto& [estimator, kl_in_loss] :
+       std::vector<std::pair<std::string, bool>>{{"grpo", true},
+                                                 {"dr_grpo", false},
+                                                 {"rloo", false},
+                                                 {"reinforce_baseline", false},
+                                                 {"grpo", false}}) {
+    SCOPED_TRACE(estimator + (kl_in_loss ? " kl_in_loss" : ""));
+    TempDir dir("ppo_est_" + estimator);
+    auto models = make_models(11);
+    models.critic = policy::Transformer{nullptr};  // none needed
+    policy::PpoTrainer t(estimator_config(estimator, kl_in_loss), models, count_teacher,
+                         make_prompts(), dir.path());
+    t.run();
+    ASSERT_EQ(t.history().size(), 2u);
+    const auto& s = t.history().back();
+    EXPECT_EQ(s.count("loss/value"), 0u);
+    EXPECT_EQ(s.count("loss/kl"), kl_in_loss ? 1u : 0u);
+    EXPECT_LT(s.at("policy/ratio_first_dev"), 1e-3);
+    const std::string ck = t.checkpoint_dir();
+    EXPECT_TRUE(file_exists(ck + "/policy.pt"));
+    EXPECT_FALSE(file_exists(ck + "/critic.pt"));
+    EXPECT_FALSE(file_exists(ck + "/critic_optimizer.pt"));
+    EXPECT_FALSE(std::filesystem::exists(ck + "/critic"));
+
+    for (int it = 1; it <= 2; ++it) {
+      const std::string file = dir / ("rollouts/iter-000" + std::to_string(it) + ".pb");
+      auto recs = policy::read_rollouts(file);
+      ASSERT_EQ(recs.size(), 16u);
+      const auto seq = policy::group_sequence_advantages(recs);
+      ASSERT_EQ(seq.size(), 16u);
+      bool varied = false;
+      for (const auto& r : recs) {
+        EXPECT_EQ(r.advantage_estimator(), estimator);
+        EXPECT_EQ(r.samples_per_prompt(), 4);
+        EXPECT_EQ(r.group(), r.index() / 4);
+        EXPECT_EQ(r.kl_in_loss(), kl_in_loss);
+        const auto& first = recs[r.group() * 4];  // records are in index order
+        EXPECT_EQ(std::vector<int64_t>(r.prompt_ids().begin(), r.prompt_ids().end()),
+                  std::vector<int64_t>(first.prompt_ids().begin(), first.prompt_ids().end()));
+        auto rs = policy::recompute_sample(r, {}, seq.at(r.index()));
+        EXPECT_EQ(rs.mismatches, 0) << "sample " << r.index();
+        EXPECT_EQ(r.sequence_advantage(), seq.at(r.index()));
+        varied = varied || r.sequence_advantage() != 0;
+        if (kl_in_loss) {  // rewards hold the sequence advantage alone, every token carries it
+          for (int k = 0; k < r.advantages_size(); ++k) {
+            EXPECT_EQ(r.advantages(k), r.sequence_advantage());
+          }
+        }
+      }
+      EXPECT_TRUE(varied) << "iteration " << it << ": every group scored alike";
+      // The group mean of the sequence advantages is 0 (grpo up to its std scaling).
+      for (int g = 0; g < 4; ++g) {
+        double sum = 0;
+        for (int i = 0; i < 4; ++i) sum += recs[g * 4 + i].sequence_advantage();
+        EXPECT_NEAR(sum, 0.0, 1e-5) << "group " << g;
+      }
+      // A missing group member is an error naming the group.
+      auto partial = recs;
+      partial.pop_back();
+      EXPECT_THROW(policy::group_sequence_advantages(partial), rlhf::Error);
+
+      const auto live = minibatch_lines(dir.path(), it);
+      ASSERT_EQ(live.size(), 4u);  // 2 epochs x 2 minibatches
+      auto replayed = policy::PpoTrainer::replay_update(dir.path(), file);
+      ASSERT_EQ(replayed.size(), live.size());
+      for (size_t i = 0; i < live.size(); ++i) {
+        EXPECT_EQ(replayed[i].count("loss/value"), 0u);
+        for (auto& kv : replayed[i]) {
+          ASSERT_TRUE(live[i].contains(kv.first)) << kv.first;
+          EXPECT_EQ(live[i][kv.first].get<double>(), kv.second) << kv.first << " minibatch " << i;
+        }
+      }
+    }
+  }
+}
+
+// GRPO on the toy task: the teacher's score rises without a critic.
+TEST(PpoTrainer, GrpoRaisesTeacherScore) {
+  TempDir dir("ppo_grpo_toy");
+  auto cfg = toy_config(16);
+  cfg.set_advantage_estimator("grpo");
+  cfg.set_samples_per_prompt(4);
+  cfg.set_kl_in_loss(true);
+  cfg.set_kl_coef(0.05);
+  auto models = make_models(1);
+  models.critic = policy::Transformer{nullptr};
+  policy::PpoTrainer t(cfg, models, count_teacher, make_prompts(), dir.path());
+  t.run();
+  const auto& h = t.history();
+  const double first = (h[0].at("score/mean") + h[1].at("score/mean")) / 2;
+  const double last = (h[14].at("score/mean") + h[15].at("score/mean")) / 2;
+  std::printf("grpo score/mean first 2: %.3f  last 2: %.3f\n", first, last);
+  EXPECT_GT(last, first + 1.0);
+}
+
+// The estimator settings are checked with the field named.
+TEST(PpoTrainer, EstimatorSettingsAreChecked) {
+  auto bad = [](const std::string& text, const std::string& want) {
+    try {
+      policy::parse_ppo_config(text, "e.pbtxt");
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const rlhf::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  bad("advantage_estimator: \"ppo\"", "advantage_estimator");
+  bad("advantage_estimator: \"grpo\" samples_per_prompt: 1", "samples_per_prompt");
+  bad("batch_size: 10 minibatch_size: 5 samples_per_prompt: 4", "divisor of batch_size");
+  EXPECT_NO_THROW(policy::parse_ppo_config(
+      "advantage_estimator: \"reinforce_baseline\" samples_per_prompt: 1", "ok.pbtxt"));
+  EXPECT_NO_THROW(policy::parse_ppo_config(
+      "advantage_estimator: \"dr_grpo\" samples_per_prompt: 8 batch_size: 64 kl_in_loss: true",
+      "ok.pbtxt"));
+}
+
+// A critic-free run resumes from its checkpoint (policy and optimizer, no critic) to the numbers
+// of an uninterrupted one.
+TEST(PpoTrainer, CriticFreeRunResumesToTheSameNumbers) {
+  TempDir a("ppo_rloo_a"), b("ppo_rloo_b");
+  auto cfg = estimator_config("rloo", false);
+  cfg.set_iterations(3);
+  auto critic_free = [](uint64_t seed) {
+    auto m = make_models(seed);
+    m.critic = policy::Transformer{nullptr};
+    return m;
+  };
+  policy::PpoTrainer ta(cfg, critic_free(5), count_teacher, make_prompts(), a.path());
+  ta.run();
+  ASSERT_EQ(ta.history().size(), 3u);
+  {
+    policy::PpoTrainer tb(cfg, critic_free(5), count_teacher, make_prompts(), b.path());
+    tb.step();
+    tb.save_checkpoint_now();
+  }
+  auto models = critic_free(5);
+  models.policy = critic_free(99).policy;  // replaced by the checkpoint's
+  policy::PpoTrainer tc(cfg, models, count_teacher, make_prompts(), b.path());
+  EXPECT_EQ(tc.completed_iterations(), 1);
+  tc.run();
+  ASSERT_EQ(tc.history().size(), 2u);
+  for (int i = 0; i < 2; ++i)
+    EXPECT_TRUE(same_stats(ta.history()[1 + i], tc.history()[i])) << "iter " << i + 2;
+}

@@ -232,3 +232,64 @@ TEST(Rollouts, ReplayCommand) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("record 4"), std::string::npos) << out;
 }
+
+// A critic-free group (rloo, K = 2) by hand: scores 1 and 3 give leave-one-out advantages
+// 1 - 3 = -2 and 3 - 1 = 2. Record 0: kl = [-1 - (-1.5), -1 - (-0.5)] = [0.5, -0.5], beta 0.1:
+// rewards [-0.05, 0.05 - 2 = -1.95], advantages (sums to the end) [-2.0, -1.95] = returns.
+// With kl_in_loss the rewards hold no KL: advantages [-2, -2].
+TEST(Rollouts, CriticFreeGroupReplaysByHand) {
+  TempDir dir("rollouts_rloo");
+  auto write = [&](const std::string& name, float stored_adv0, bool kl_in_loss) {
+    const std::string common =
+        std::string(R"("advantage_estimator": "rloo", "samples_per_prompt": 2, "group": 0,)") +
+        R"( "kl_coef": 0.1, "gamma": 1.0, "lam": 1.0, "kl_in_loss": )" +
+        (kl_in_loss ? "true" : "false") + ", ";
+    std::ofstream(dir / name) << "{" << common << R"("index": 0, "prompt_ids": [1, 5],)"
+                              << R"( "response_ids": [7, 2], "logprobs": [-1.0, -1.0],)"
+                              << R"( "ref_logprobs": [-1.5, -0.5], "values": [0, 0],)"
+                              << R"( "score": 1.0, "sequence_advantage": )" << stored_adv0 << "}\n{"
+                              << common << R"("index": 1, "prompt_ids": [1, 5],)"
+                              << R"( "response_ids": [4], "logprobs": [-2.0],)"
+                              << R"( "ref_logprobs": [-2.0], "values": [0], "score": 3.0,)"
+                              << R"( "sequence_advantage": 2.0})"
+                              << "\n";
+    return policy::read_rollouts(dir / name);
+  };
+  auto recs = write("rloo.jsonl", -2.0f, false);
+  const auto seq = policy::group_sequence_advantages(recs);
+  ASSERT_EQ(seq.size(), 2u);
+  EXPECT_EQ(seq.at(0), -2.0f);
+  EXPECT_EQ(seq.at(1), 2.0f);
+  auto s = policy::recompute_sample(recs[0], {}, seq.at(0));
+  EXPECT_EQ(s.mismatches, 0);
+  ASSERT_EQ(s.advantages.size(), 2u);
+  EXPECT_NEAR(s.rewards[0], -0.05, 1e-6);
+  EXPECT_NEAR(s.rewards[1], -1.95, 1e-6);
+  EXPECT_NEAR(s.advantages[0], -2.0, 1e-6);
+  EXPECT_NEAR(s.advantages[1], -1.95, 1e-6);
+  EXPECT_EQ(s.returns, s.advantages);
+  // Without its group's advantage a critic-free record cannot be recomputed.
+  EXPECT_THROW(policy::recompute_sample(recs[0], {}), Error);
+  // A stored sequence advantage that is not the group's counts as a mismatch.
+  auto wrong = write("wrong.jsonl", -1.5f, false);
+  EXPECT_GT(policy::recompute_sample(wrong[0], {}, seq.at(0)).mismatches, 0);
+  // kl_in_loss: every token carries the sequence advantage.
+  auto in_loss = write("in_loss.jsonl", -2.0f, true);
+  auto s2 = policy::recompute_sample(in_loss[0], {}, seq.at(0));
+  EXPECT_NEAR(s2.advantages[0], -2.0, 1e-6);
+  EXPECT_NEAR(s2.advantages[1], -2.0, 1e-6);
+  // The command: exit 0 on the right file, 3 when the stored group advantage is off.
+  if (!have_binary()) GTEST_SKIP() << "rlhf binary not built";
+  std::string out;
+  EXPECT_EQ(rlhf::testing::run_command(rlhf::testing::rlhf_binary() + " replay " +
+                                           (dir / "rloo.jsonl") + " --recompute --json",
+                                       &out, false),
+            0)
+      << out;
+  EXPECT_NE(out.find("\"sequence_advantage\":-2.0"), std::string::npos) << out;
+  EXPECT_EQ(
+      rlhf::testing::run_command(
+          rlhf::testing::rlhf_binary() + " replay " + (dir / "wrong.jsonl") + " --recompute", &out),
+      3)
+      << out;
+}
