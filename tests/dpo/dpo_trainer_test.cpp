@@ -26,6 +26,7 @@
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/sft_config.h"
 #include "policy/training/training.h"
+#include "tests/fixtures/chat_data.h"
 #include "tests/fixtures/preference_data.h"
 #include "tests/test_support.h"
 
@@ -320,6 +321,45 @@ TEST_F(DpoTraining, BadInputIsNamed) {
   cfg.set_train_file(*dir_ / "missing.jsonl");
   e = error_of([&] { train_dpo(cfg); });
   EXPECT_NE(e.find("missing.jsonl"), std::string::npos) << e;
+  // Conversations need a chat template beside the tokenizer; this SentencePiece one has none.
+  cfg = config(*dir_ / "bad_run");
+  cfg.set_format("messages");
+  e = error_of([&] { train_dpo(cfg); });
+  EXPECT_NE(e.find("tokenizer_config.json"), std::string::npos) << e;
+}
+
+// Conversation pairs (format "messages", as `rlhf annotate export --format messages` writes),
+// rendered with the chat template beside the policy's tokenizer.
+TEST(DpoMessages, LearnsFromRenderedConversations) {
+  rlhf::testing::TempDir d("dpomsg");
+  const std::string tok = rlhf::testing::write_chatml_tokenizer(d / "tok");
+  rlhf::testing::write_messages_pairs(d / "train.jsonl", 160, 1);
+  rlhf::testing::write_messages_pairs(d / "eval.jsonl", 24, 2);
+  {
+    std::ofstream sft(d / "sft.jsonl");
+    for (int i = 0; i < 16; ++i)
+      sft << json{{"prompt", "river stone ?"}, {"response", "apple music"}}.dump() << "\n";
+  }
+  auto s = parse_sft_config("train_file: \"" + (d / "sft.jsonl") + "\"\ntokenizer: \"" + tok +
+                                "\"\nmodel { dim: 48 n_layers: 2 n_heads: 4 n_kv_heads: 2 "
+                                "max_seq_len: 80 }\nsteps: 3 batch_size: 8 heldout_fraction: 0 "
+                                "threads: 1\n",
+                            "sft.pbtxt");
+  s.set_out_dir(d / "sft");
+  pipelines::run_sft_stage(s);
+  auto cfg = parse_dpo_config("train_file: \"" + (d / "train.jsonl") + "\"\neval_file: \"" +
+                                  (d / "eval.jsonl") + "\"\nformat: \"messages\"\ninit_from: \"" +
+                                  (d / "sft/model") +
+                                  "\"\nmax_prompt_tokens: 24 max_answer_tokens: 48 steps: 30 "
+                                  "batch_pairs: 16 optimizer { lr: 3e-3 warmup_steps: 2 } "
+                                  "eval_every: 30 threads: 1\n",
+                              "dpo.pbtxt");
+  cfg.set_out_dir(d / "dpo");
+  cfg.set_device(rlhf::testing::test_device_name());
+  const auto r = pipelines::run_dpo_stage(cfg);
+  EXPECT_EQ(r.heldout.n, 24);
+  EXPECT_GT(r.heldout.margin, 0.1);
+  EXPECT_GT(r.heldout.accuracy, 0.7);
 }
 
 }  // namespace
