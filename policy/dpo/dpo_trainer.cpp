@@ -189,7 +189,15 @@ void init_policy(DpoRun& r) {
   src.seq_len = c.max_prompt_tokens() + c.max_answer_tokens() + 2;
   src.fail_on_long_rows = true;
   src.what = "dpo config";
-  r.init = training::init_model(src);
+  try {
+    r.init = training::init_model(src);
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    if (m.find("exceed") == std::string::npos) throw;
+    throw Error(m +
+                " (a row is at most max_prompt_tokens + max_answer_tokens + 2 tokens: lower "
+                "them)");
+  }
   r.model = r.init.model;
   r.model->to(r.device);
   r.model->train();

@@ -321,6 +321,10 @@ TEST_F(DpoTraining, BadInputIsNamed) {
   cfg.set_train_file(*dir_ / "missing.jsonl");
   e = error_of([&] { train_dpo(cfg); });
   EXPECT_NE(e.find("missing.jsonl"), std::string::npos) << e;
+  // Rows longer than the policy's context name the fields that size them.
+  cfg = config(*dir_ / "bad_run", "max_answer_tokens: 100\n");
+  e = error_of([&] { train_dpo(cfg); });
+  EXPECT_NE(e.find("max_prompt_tokens + max_answer_tokens"), std::string::npos) << e;
   // Conversations need a chat template beside the tokenizer; this SentencePiece one has none.
   cfg = config(*dir_ / "bad_run");
   cfg.set_format("messages");
