@@ -163,10 +163,14 @@ TEST_F(DpoTraining, AccuracyRisesAndMarginGrows) {
   EXPECT_TRUE(pipelines::run_dpo_stage(cfg).already_complete);
 }
 
+// DPO with label smoothing (cDPO), IPO, and LoRA with adapter dropout.
 TEST_F(DpoTraining, StoppedAndResumedEqualsUninterrupted) {
-  for (const std::string loss : {"loss: \"sigmoid\" label_smoothing: 0.1", "loss: \"ipo\""}) {
-    const std::string tag = loss.find("ipo") != std::string::npos ? "ipo" : "cdpo";
-    const std::string extra = loss + "\nsteps: 9 save_every: 4\n";
+  const std::vector<std::pair<std::string, std::string>> runs = {
+      {"cdpo", "loss: \"sigmoid\" label_smoothing: 0.1"},
+      {"ipo", "loss: \"ipo\""},
+      {"lora", "lora { rank: 4 dropout: 0.1 }"}};  // dropout: the RNG state is resumed too
+  for (const auto& [tag, loss] : runs) {
+    const std::string extra = loss + "\nsteps: 9 save_every: 4 max_pairs: 96 batch_pairs: 8\n";
     const std::string one = *dir_ / ("whole_" + tag), two = *dir_ / ("resumed_" + tag);
     pipelines::run_dpo_stage(config(one, extra));
     auto stopped = config(two, extra);
