@@ -531,6 +531,9 @@ DpoResult train_dpo(const proto::DpoConfig& config, const StageStarted& on_start
     }
   }
   if (progress) progress->finish();
+  // Resumed from the last step's state (stopped before the stage record was written): the final
+  // policy's held-out numbers are taken now.
+  if (r.resumed && res.heldout.n == 0) res.heldout = evaluate(r);
   res.steps = r.state.step();
   if (r.comm->is_root()) write_outputs(r, res);
   return res;

@@ -161,6 +161,18 @@ TEST_F(DpoTraining, AccuracyRisesAndMarginGrows) {
   EXPECT_TRUE(events);
   // Run again: the finished run is kept.
   EXPECT_TRUE(pipelines::run_dpo_stage(cfg).already_complete);
+  // Killed after the last state save but before the stage record: the rerun trains nothing and
+  // records the same held-out numbers.
+  std::filesystem::remove(out + "/manifest.pb");
+  std::filesystem::remove(out + "/manifest.json");
+  const auto again = pipelines::run_dpo_stage(cfg);
+  EXPECT_FALSE(again.already_complete);
+  EXPECT_EQ(again.steps, 60);
+  EXPECT_EQ(again.heldout.n, r.heldout.n);
+  EXPECT_EQ(again.heldout.loss, r.heldout.loss);
+  EXPECT_EQ(again.heldout.margin, r.heldout.margin);
+  ASSERT_TRUE(read_manifest(out));
+  EXPECT_TRUE(read_manifest(out)->complete());
 }
 
 // DPO with label smoothing (cDPO), IPO, and LoRA with adapter dropout.
