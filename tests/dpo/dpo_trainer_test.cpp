@@ -302,6 +302,14 @@ std::string error_of(const std::function<void()>& f) {
   return "(no error)";
 }
 
+TEST(DpoConfig, TheExampleParses) {
+  const auto c = resolved_dpo_config(
+      load_dpo_config(std::string(RLHF_SOURCE_DIR) + "/examples/dpo/dpo.pbtxt"));
+  EXPECT_EQ(c.loss(), "sigmoid");
+  EXPECT_EQ(c.save_every(), c.eval_every());
+  EXPECT_FLOAT_EQ(c.optimizer().lr(), 5e-5f);
+}
+
 TEST(DpoConfigErrors, NameTheFileLineAndField) {
   auto has = [](const std::string& s, const std::string& part) {
     return s.find(part) != std::string::npos;
