@@ -34,6 +34,8 @@ const rlhf::cli::ConfigFlags kDpoOverrides{
         {"steps", "steps", "optimizer steps"},
         {"lr", "optimizer.lr", "peak learning rate"},
         {"batch-pairs", "batch_pairs", "comparisons per step"},
+        {"micro-batch-pairs", "micro_batch_pairs",
+         "pairs per forward / backward pass (0 = a rank's whole share)"},
         {"eval-every", "eval_every", "steps between held-out evaluations"},
         {"seed", "seed", "random seed"},
         {"threads", "threads", "torch threads"},

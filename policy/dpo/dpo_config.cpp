@@ -32,6 +32,7 @@ void validate_dpo_config(const proto::DpoConfig& c, const ConfigErrors& e) {
   if (c.has_steps()) at_least("steps", c.steps(), 1, " (unset: derived from epochs)");
   if (!c.has_steps() && !(c.epochs() > 0)) e.fail("epochs", "expected > 0", num(c.epochs()));
   at_least("batch_pairs", c.batch_pairs(), 1);
+  at_least("micro_batch_pairs", c.micro_batch_pairs(), 0, " (0 = the whole share of a batch)");
   training::validate_optimizer_config(c.optimizer(), e.nested("optimizer"));
   if (!(c.embedding_lr_scale() >= 0))
     e.fail("embedding_lr_scale", "expected >= 0", num(c.embedding_lr_scale()));

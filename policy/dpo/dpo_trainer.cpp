@@ -401,14 +401,26 @@ PairStats train_step(DpoRun& r, const std::vector<size_t>& global_batch) {
   const std::vector<size_t> batch(global_batch.begin() + begin, global_batch.begin() + end);
   const double lr = r.schedule.at(r.state.step());
   const auto n_global = static_cast<double>(global_batch.size());
-  if (r.lora) r.lora->refresh(true);
-  LocalSums s = pair_sums(r, r.enc_train, batch);
+  const size_t micro = r.cfg.micro_batch_pairs() > 0
+                           ? static_cast<size_t>(r.cfg.micro_batch_pairs())
+                           : std::max<size_t>(1, batch.size());
   r.opt->zero_grad();
-  if (!batch.empty()) (s.loss / n_global).backward();
+  LocalSums s;
+  for (size_t i = 0; i < batch.size(); i += micro) {
+    const std::vector<size_t> part(
+        batch.begin() + static_cast<std::ptrdiff_t>(i),
+        batch.begin() + static_cast<std::ptrdiff_t>(std::min(batch.size(), i + micro)));
+    if (r.lora) r.lora->refresh(true);  // a fresh graph through the adapters for each pass
+    const LocalSums p = pair_sums(r, r.enc_train, part);
+    (p.loss / n_global).backward();
+    s.loss = s.loss + p.loss.detach().to(torch::kCPU);
+    s.correct += p.correct;
+    s.chosen += p.chosen;
+    s.rejected += p.rejected;
+  }
   dist::all_reduce_gradients(*r.comm, r.opt->parameters());
   const double gnorm = r.opt->step(lr);
   r.state.set_step(r.state.step() + 1);
-  s.loss = s.loss.detach();
   const PairStats p = global_stats(r, s, n_global);
   if (r.metrics) {
     auto m = named("train/", p);

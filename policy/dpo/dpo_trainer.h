@@ -16,7 +16,8 @@
 // comparisons keep ranking groups whole (reward::make_batches, shuffled by seed + epoch).
 // Data-parallel: each rank takes its contiguous share of a batch's pairs, divides its summed loss
 // by the global pair count, and the gradients are summed over ranks (a rank with no pairs adds
-// zeros), so N ranks step as one process does up to float rounding.
+// zeros), so N ranks step as one process does up to float rounding. micro_batch_pairs splits a
+// rank's share into forward / backward passes whose gradients accumulate.
 //
 // Output folder (--out):
 //   model/    the final policy (LoRA: merged into a plain checkpoint) with the tokenizer's files

@@ -278,6 +278,15 @@ TEST_F(DpoTraining, TwoRanksEqualOneRank) {
   ASSERT_EQ(wa.size(), wb.size());
   for (size_t i = 0; i < wa.size(); ++i)
     EXPECT_TRUE(torch::allclose(wa[i].second, wb[i].second, 1e-4, 1e-5)) << wa[i].first;
+  // Gradient accumulation over passes of 2 pairs steps as the whole batch does.
+  auto micro = cfg;
+  micro.set_out_dir(*dir_ / "micro");
+  micro.set_micro_batch_pairs(2);
+  pipelines::run_dpo_stage(micro);
+  const auto lm = metric_lines(*dir_ / "micro", "train/loss");
+  ASSERT_EQ(lm.size(), 11u);
+  for (size_t i = 0; i < la.size(); ++i)
+    EXPECT_NEAR(la[i]["train/loss"].get<double>(), lm[i]["train/loss"].get<double>(), 1e-5) << i;
   auto m = read_manifest(*dir_ / "two_ranks");
   ASSERT_TRUE(m);
   EXPECT_TRUE(m->complete());
