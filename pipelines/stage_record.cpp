@@ -41,4 +41,14 @@ reward::TrainResult run_reward_stage(proto::RewardTrainConfig config) {
   return result;
 }
 
+policy::dpo::DpoResult run_dpo_stage(const proto::DpoConfig& config) {
+  const std::string dir = config.out_dir();
+  auto result = policy::dpo::train_dpo(
+      config, [&](const proto::StageManifest& m) { mark_stage_running(m, dir); });
+  const bool writer = policy::dist::world().is_root();  // data-parallel: rank 0 records
+  if (writer && !result.already_complete && !result.interrupted)
+    finish_stage(result.manifest, dir, result.wall_seconds);
+  return result;
+}
+
 }  // namespace rlhf::pipelines

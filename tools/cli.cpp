@@ -150,7 +150,7 @@ void print_command_help(const Command& c) {
 
 void print_overview() {
   std::printf(
-      "rlhf: a C++ RLHF pipeline (tokenizer, sft, sample, annotate, reward, ppo, replay, "
+      "rlhf: a C++ RLHF pipeline (tokenizer, sft, sample, annotate, reward, ppo, dpo, replay, "
       "pipeline)\n\nusage: rlhf <command> [flags]   (rlhf <command> --help for details)\n\n"
       "commands:\n");
   for (const auto& [path, c] : registry())

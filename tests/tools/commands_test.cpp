@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/dpo.pb.h"
 #include "proto/ppo.pb.h"
 #include "proto/reward.pb.h"
 #include "proto/sft.pb.h"
@@ -42,7 +43,7 @@ TEST(CliCommands, EveryConfigFlagTableResolvesAgainstItsMessage) {
       EXPECT_NE(std::string(entry.help), "");
     }
   }
-  EXPECT_EQ(with_tables, (std::set<std::string>{"ppo", "reward train", "sft"}));
+  EXPECT_EQ(with_tables, (std::set<std::string>{"dpo", "ppo", "reward train", "sft"}));
 }
 
 TEST(CliCommands, SftFlagsOverrideTheirFields) {
@@ -85,6 +86,23 @@ TEST(CliCommands, RewardAndPpoFlagsOverrideTheirFields) {
   EXPECT_EQ(ppo.out_dir(), "d");
   EXPECT_EQ(ppo.device(), "cpu");
   EXPECT_FALSE(ppo.has_dtype());
+}
+
+TEST(CliCommands, DpoFlagsOverrideTheirFields) {
+  rlhf::proto::DpoConfig cfg;
+  cfg.set_batch_pairs(6);
+  apply("dpo",
+        {"--config", "d.pbtxt", "--loss", "ipo", "--beta", "0.25", "--label-smoothing", "0.1",
+         "--lora-rank", "4", "--stop-after", "2", "--lr", "1e-5", "--out", "o"},
+        &cfg);
+  EXPECT_EQ(cfg.loss(), "ipo");
+  EXPECT_EQ(cfg.beta(), 0.25f);
+  EXPECT_EQ(cfg.label_smoothing(), 0.1f);
+  EXPECT_EQ(cfg.lora().rank(), 4);
+  EXPECT_EQ(cfg.stop_after(), 2);
+  EXPECT_EQ(cfg.optimizer().lr(), 1e-5);
+  EXPECT_EQ(cfg.out_dir(), "o");
+  EXPECT_EQ(cfg.batch_pairs(), 6);  // not given: the config's value
 }
 
 TEST(CliCommands, HelpListsTheTableFlagsWithTheirFields) {
