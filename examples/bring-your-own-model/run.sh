@@ -4,6 +4,8 @@
 #   usage: examples/bring-your-own-model/run.sh RUN_DIR
 #   env:   MODEL        a Hugging Face model folder; unset: make_model.py writes a small
 #                       random-weight Qwen2.5-style model into RUN_DIR/base (CPU, a few minutes)
+#          TOKENIZER    with no MODEL: the folder holding Qwen2.5's tokenizer.json and
+#                       tokenizer_config.json (default: make_model.py's, tests/tokenizer_ref)
 #          HH_DATA      HH-RLHF .jsonl(.gz) (default ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz
 #                       next to the repository)
 #          RLHF         the rlhf executable (default build/rlhf)
@@ -38,7 +40,7 @@ if [[ -n "${MODEL:-}" ]]; then
   base="$(cd "$MODEL" && pwd)"
 else
   stage "make_model.py -> $run_dir/base"
-  python3 "$here/make_model.py" --out "$run_dir/base"
+  python3 "$here/make_model.py" --out "$run_dir/base" ${TOKENIZER:+--tokenizer "$TOKENIZER"}
   base="$run_dir/base"
 fi
 
