@@ -27,7 +27,8 @@
 #              ($LOGS/quickstart/summary.json, report.html)
 # Everything is written under .device-out/ (RLHF_DEVICE_LOGS): a log per step, summary.txt; when
 # OUT is set (the device tool), summary.txt, bench_*.json, quickstart_summary.json,
-# quickstart_report.html and logs.tar.gz (every log) are copied there.
+# quickstart_report.html, byom_ppo_metrics.jsonl, byom_rollouts.jsonl and logs.tar.gz (every log)
+# are copied there (8 files: the tool's limit).
 # Environment: OUT, RLHF_DEVICE_LOGS, RLHF_DEVICE_DEPS (.device-deps), RLHF_DEVICE_PREFIX (.device-prefix),
 # RLHF_DEVICE_BUILD (build-device), RLHF_CHECK_BUDGET_S (480: later steps are skipped past it),
 # RLHF_CHECK_SCALE (multiplies every step's limit),
