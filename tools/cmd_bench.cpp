@@ -3,6 +3,7 @@
 // this command started with the internal --dp-worker flag, one per rank.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -16,15 +17,18 @@
 
 namespace {
 
-// The metrics as a table: one line each (seconds with 4 decimals, other figures with 2).
+// The metrics as a table (keys padded to the longest): one line each (seconds with 4 decimals,
+// other figures with 2).
 void print_table(const std::map<std::string, double>& r) {
-  std::printf("%-24s %12s\n", "metric", "value");
+  int w = 24;
+  for (const auto& kv : r) w = std::max(w, static_cast<int>(kv.first.size()));
+  std::printf("%-*s %12s\n", w, "metric", "value");
   for (const auto& [k, v] : r) {
     auto ends_with = [&](const std::string& tail) {
       return k.size() >= tail.size() && k.compare(k.size() - tail.size(), tail.size(), tail) == 0;
     };
     const bool seconds = ends_with("_s") && !ends_with("_per_s");  // small: 4 decimals
-    std::printf("%-24s %12.*f\n", k.c_str(), seconds ? 4 : 2, v);
+    std::printf("%-*s %12.*f\n", w, k.c_str(), seconds ? 4 : 2, v);
   }
 }
 
