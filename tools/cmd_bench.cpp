@@ -32,8 +32,8 @@ void print_table(const std::map<std::string, double>& r) {
   }
 }
 
-// `rlhf bench --compare-families`: a Qwen3-shaped and a Llama-shaped model of equal FLOPs per
-// token, decoded (and trained) alternately in this process (perf_harness.h).
+// `rlhf bench --compare-families`: Qwen3-shaped and Llama-shaped models of equal FLOPs per token,
+// two layouts, decoded (and trained) alternately in this process (perf_harness.h).
 int run_compare(const rlhf::cli::Args& args, const rlhf::policy::PerfOptions& o) {
   if (args.has("model") || !o.only.empty() || o.device != "cpu" ||
       o.precision != rlhf::policy::Precision::kFp32)
@@ -50,12 +50,21 @@ int run_compare(const rlhf::cli::Args& args, const rlhf::policy::PerfOptions& o)
     return 0;
   }
   print_table(r);
-  std::printf(
-      "\nqwen3 / llama decode tokens/s at equal FLOPs per token (median of %d rounds, range): "
-      "batch 1 %.3f (%.3f-%.3f), batch 32 %.3f (%.3f-%.3f); training %.3f (%.3f-%.3f)\n",
-      rounds, r.at("cmp_ratio_b1"), r.at("cmp_ratio_b1_min"), r.at("cmp_ratio_b1_max"),
-      r.at("cmp_ratio_b32"), r.at("cmp_ratio_b32_min"), r.at("cmp_ratio_b32_max"),
-      r.at("cmp_ratio_train"), r.at("cmp_ratio_train_min"), r.at("cmp_ratio_train_max"));
+  std::printf("\nqwen3 / llama tokens/s at equal FLOPs per token, median of %d rounds (range):\n",
+              rounds);
+  for (const char* prefix : {"cmp_", "cmp_wide_"}) {
+    auto ratio = [&](const std::string& what) {
+      const std::string k = std::string(prefix) + "ratio_" + what;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.3f (%.3f-%.3f)", r.at(k), r.at(k + "_min"),
+                    r.at(k + "_max"));
+      return std::string(buf);
+    };
+    std::printf("  %s: decode batch 1 %s, batch 32 %s, training %s\n",
+                std::string(prefix) == "cmp_" ? "heads x head_dim = d (Qwen3-8B layout)"
+                                              : "head_dim 2 d / heads (Qwen3-0.6B layout)",
+                ratio("b1").c_str(), ratio("b32").c_str(), ratio("train").c_str());
+  }
   return 0;
 }
 
@@ -157,9 +166,9 @@ rlhf::cli::Register reg(
        "measure this model folder (native checkpoint or Hugging Face config.json + safetensors) "
        "instead of the built-in d=256 shape; its config sets the shape, vocabulary and context"},
       {"compare-families",
-       "decode (batch 1 and 32) and train a Qwen3-shaped and a Llama-shaped random-weight model "
-       "of equal FLOPs per token alternately, and report qwen3/llama ratios (median and range "
-       "over --repeat rounds, default 5; docs/performance.md)",
+       "decode (batch 1 and 32) and train Qwen3-shaped and Llama-shaped random-weight models of "
+       "equal FLOPs per token (two layouts) alternately, and report qwen3/llama ratios (median "
+       "and range over --repeat rounds, default 5; docs/performance.md)",
        "", true},
       {"export-llama2c",
        "write the measured model (weights of --seed) as DIR/model.bin and DIR/tokenizer.bin in "

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -256,27 +257,31 @@ double decode_flops_per_token(const ModelConfig& c, double context) {
   return 2.0 * (c.n_layers * per_layer + d * c.vocab_size) + 4.0 * c.n_layers * q * context;
 }
 
-std::pair<ModelConfig, ModelConfig> family_compare_configs(const PerfOptions& o) {
+std::vector<FamilyPair> family_compare_pairs(const PerfOptions& o) {
   PerfOptions base = o;
   if (o.quick) base.gen_new_tokens = 16;
-  ModelConfig qwen3 = perf_model_config(base);
-  qwen3.n_kv_heads = std::max(1, qwen3.n_heads / 2);
+  ModelConfig llama = perf_model_config(base);
+  llama.n_kv_heads = std::max(1, llama.n_heads / 2);
+  llama.hidden_dim = 3 * llama.dim;
+  ModelConfig qwen3 = llama;
   qwen3.model_type = "qwen3";
   qwen3.qk_norm = true;
-  qwen3.explicit_head_dim = 2 * qwen3.dim / qwen3.n_heads;
-  qwen3.hidden_dim = 3 * qwen3.dim;
+  qwen3.explicit_head_dim = llama.dim / llama.n_heads;
+  llama.validate();
   qwen3.validate();
 
-  ModelConfig llama = perf_model_config(base);
-  llama.n_kv_heads = qwen3.n_kv_heads;
+  ModelConfig wide = qwen3;
+  wide.explicit_head_dim = 2 * qwen3.dim / qwen3.n_heads;
+  wide.validate();
+  ModelConfig wide_llama = llama;
   const double context = base.gen_prompt_len + base.gen_new_tokens / 2.0;
-  llama.hidden_dim = 16;  // the FLOPs without the MLP's hidden part, then solve for the hidden size
-  const double missing = decode_flops_per_token(qwen3, context) -
-                         decode_flops_per_token(llama, context);  // = 2 L 3 d (F - 16)
+  wide_llama.hidden_dim = 16;  // the FLOPs without the MLP's hidden part; then solve for it
+  const double missing = decode_flops_per_token(wide, context) -
+                         decode_flops_per_token(wide_llama, context);  // = 2 L 3 d (F - 16)
   const double per_hidden = 2.0 * llama.n_layers * 3.0 * llama.dim;
-  llama.hidden_dim = 16 * std::max(1, int(std::lround((16 + missing / per_hidden) / 16.0)));
-  llama.validate();
-  return {llama, qwen3};
+  wide_llama.hidden_dim = 16 * std::max(1, int(std::lround((16 + missing / per_hidden) / 16.0)));
+  wide_llama.validate();
+  return {{"cmp_", llama, qwen3}, {"cmp_wide_", wide_llama, wide}};
 }
 
 namespace {
@@ -294,65 +299,76 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-}  // namespace
-
-std::map<std::string, double> run_family_comparison(const PerfOptions& o, int rounds, bool train,
-                                                    bool print_progress) {
-  const Progress say{print_progress};
-  if (rounds < 1)
-    throw Error("bench: --repeat: expected >= 1 rounds, got " + std::to_string(rounds));
-  const auto [llama_cfg, qwen3_cfg] = family_compare_configs(o);
-  torch::manual_seed(static_cast<int64_t>(o.seed));
-  Transformer models[2] = {Transformer(llama_cfg), Transformer(qwen3_cfg)};
-  const char* names[2] = {"llama", "qwen3"};
-  for (auto& m : models) {
-    init_weights(m);
-    m->eval();
-  }
-  std::map<std::string, double> r;
-  const double context = o.gen_prompt_len + (o.quick ? 16 : o.gen_new_tokens) / 2.0;
-  r["cmp_llama_flops_per_token"] = decode_flops_per_token(llama_cfg, context);
-  r["cmp_qwen3_flops_per_token"] = decode_flops_per_token(qwen3_cfg, context);
-  r["cmp_rounds"] = rounds;
-  const int new_tokens = o.quick ? 16 : o.gen_new_tokens;
-  for (int batch : {1, 32}) {
-    say(("decode batch " + std::to_string(batch) + ", llama and qwen3 alternately").c_str());
-    std::vector<double> rate[2], ratio;
-    for (int round = 0; round < rounds; ++round) {
-      double got[2];
-      for (int k = 0; k < 2; ++k) {
-        const int m = (round + k) % 2;  // the order swaps every round
-        got[m] = measure_generation(models[m], batch, o.gen_prompt_len, new_tokens, true, o.seed, 1,
-                                    Precision::kFp32);
-      }
-      for (int m = 0; m < 2; ++m) rate[m].push_back(got[m]);
-      ratio.push_back(got[1] / got[0]);
-    }
-    const std::string b = "_b" + std::to_string(batch);
-    for (int m = 0; m < 2; ++m) r[std::string("cmp_") + names[m] + b] = median(rate[m]);
-    put_spread(r, "cmp_ratio" + b, ratio);
-  }
-  if (!train) return r;
-  say("training step, llama and qwen3 alternately");
-  PerfOptions t = o;
-  t.quick = false;
-  t.train_batch = 4;
-  t.train_seq = o.quick ? 32 : 128;
-  t.train_steps = 2;
+// `rounds` rounds of measure(0) (llama) and measure(1) (qwen3), the order swapped every round:
+// PREFIX{llama,qwen3}_WHAT = the medians, PREFIXratio_WHAT (+ _min, _max) = qwen3 / llama per
+// round.
+void alternate(const std::string& prefix, const std::string& what, int rounds,
+               const std::function<double(int)>& measure, std::map<std::string, double>& r) {
   std::vector<double> rate[2], ratio;
   for (int round = 0; round < rounds; ++round) {
     double got[2];
     for (int k = 0; k < 2; ++k) {
       const int m = (round + k) % 2;
-      std::map<std::string, double> one;
-      measure_training(models[m], models[m]->config(), t, torch::kCPU, one);
-      got[m] = one.at("train_tokens_per_s");
+      got[m] = measure(m);
     }
     for (int m = 0; m < 2; ++m) rate[m].push_back(got[m]);
     ratio.push_back(got[1] / got[0]);
   }
-  for (int m = 0; m < 2; ++m) r[std::string("cmp_") + names[m] + "_train"] = median(rate[m]);
-  put_spread(r, "cmp_ratio_train", ratio);
+  r[prefix + "llama_" + what] = median(rate[0]);
+  r[prefix + "qwen3_" + what] = median(rate[1]);
+  put_spread(r, prefix + "ratio_" + what, ratio);
+}
+
+// One pair's decoding (batch 1 and 32) and training measurements into r.
+void compare_pair(const FamilyPair& pair, const PerfOptions& o, int rounds, bool train,
+                  const Progress& say, std::map<std::string, double>& r) {
+  torch::manual_seed(static_cast<int64_t>(o.seed));
+  Transformer models[2] = {Transformer(pair.llama), Transformer(pair.qwen3)};
+  for (auto& m : models) {
+    init_weights(m);
+    m->eval();
+  }
+  const int new_tokens = o.quick ? 16 : o.gen_new_tokens;
+  const double context = o.gen_prompt_len + new_tokens / 2.0;
+  r[pair.prefix + "llama_flops_per_token"] = decode_flops_per_token(pair.llama, context);
+  r[pair.prefix + "qwen3_flops_per_token"] = decode_flops_per_token(pair.qwen3, context);
+  for (int batch : {1, 32}) {
+    say((pair.prefix + "decode batch " + std::to_string(batch) + ", alternately").c_str());
+    alternate(
+        pair.prefix, "b" + std::to_string(batch), rounds,
+        [&](int m) {
+          return measure_generation(models[m], batch, o.gen_prompt_len, new_tokens, true, o.seed, 1,
+                                    Precision::kFp32);
+        },
+        r);
+  }
+  if (!train) return;
+  say((pair.prefix + "training step, alternately").c_str());
+  PerfOptions t = o;
+  t.quick = false;
+  t.train_batch = 4;
+  t.train_seq = o.quick ? 32 : 128;
+  t.train_steps = 2;
+  alternate(
+      pair.prefix, "train", rounds,
+      [&](int m) {
+        std::map<std::string, double> one;
+        measure_training(models[m], models[m]->config(), t, torch::kCPU, one);
+        return one.at("train_tokens_per_s");
+      },
+      r);
+}
+
+}  // namespace
+
+std::map<std::string, double> run_family_comparison(const PerfOptions& o, int rounds, bool train,
+                                                    bool print_progress) {
+  if (rounds < 1)
+    throw Error("bench: --repeat: expected >= 1 rounds, got " + std::to_string(rounds));
+  std::map<std::string, double> r;
+  r["cmp_rounds"] = rounds;
+  for (const FamilyPair& pair : family_compare_pairs(o))
+    compare_pair(pair, o, rounds, train, Progress{print_progress}, r);
   return r;
 }
 

@@ -75,26 +75,33 @@ void export_llama2c(const PerfOptions& options, const std::string& dir);
 // norms, RoPE and softmax are left out (O(dim) per token).
 double decode_flops_per_token(const ModelConfig& config, double context);
 
-// The two shapes compared, from options.dim / n_layers / n_heads / vocab (the bench default: d =
-// 256, 4 layers, 8 heads, vocab 4096), both with n_heads / 2 kv heads and untied embeddings:
-//   qwen3: model_type qwen3, per-head q/k RMSNorm, explicit head_dim = 2 * dim / n_heads (q and
-//          the attention are twice the width, as Qwen3-0.6B: 16 x 128 heads on d = 1024), SwiGLU
-//          hidden 3 * dim (Qwen3-0.6B: 3072);
-//   llama: head_dim = dim / n_heads, SwiGLU hidden chosen (a multiple of 16) so that
-//          decode_flops_per_token equals qwen3's at the generation's mean context (prompt +
-//          new_tokens / 2), to within one multiple of 16 of the hidden size.
-// docs/performance.md works the numbers out. Returns {llama, qwen3}.
-std::pair<ModelConfig, ModelConfig> family_compare_configs(const PerfOptions& options);
+// Two pairs of shapes, each a llama and a qwen3 (model_type qwen3: per-head q/k RMSNorm, explicit
+// head_dim) of equal decode_flops_per_token, from options.dim / n_layers / n_heads / vocab (the
+// bench default: d = 256, 4 layers, 8 heads, vocab 4096), all with n_heads / 2 kv heads and
+// untied embeddings:
+//   prefix "cmp_": the Qwen3-8B / 1.7B layout (heads x head_dim = dim; 8B: 32 x 128 on d = 4096)
+//     against the same Llama layout: head_dim = dim / n_heads and SwiGLU hidden 3 * dim for both,
+//     so they differ only by the q/k norms and their FLOPs are equal at every context;
+//   prefix "cmp_wide_": the Qwen3-0.6B / 4B layout (head_dim = 2 * dim / n_heads: q and attention
+//     twice as wide; 0.6B: 16 x 128 on d = 1024), SwiGLU hidden 3 * dim, against a Llama of
+//     head_dim dim / n_heads whose SwiGLU hidden (a multiple of 16) makes the FLOPs equal at the
+//     generation's mean context (prompt + new_tokens / 2).
+// docs/performance.md works the numbers out.
+struct FamilyPair {
+  std::string prefix;
+  ModelConfig llama, qwen3;
+};
+std::vector<FamilyPair> family_compare_pairs(const PerfOptions& options);
 
-// Decoding throughput of the two models of family_compare_configs (random weights from
-// options.seed), measured alternately in this process: `rounds` rounds, each timing one
-// generation (options.gen_new_tokens new tokens; 16 with quick) of each model at batch 1 and at
-// batch 32 (KV cache, so the fast decode engine on CPU float32), the order of the two models
-// swapped every round. Keys (B = 1, 32): cmp_llama_bB, cmp_qwen3_bB (median tokens/s),
-// cmp_ratio_bB (median over rounds of qwen3 / llama measured back to back), cmp_ratio_bB_min and
-// _max (spread), cmp_llama_flops_per_token, cmp_qwen3_flops_per_token (at the mean context),
-// cmp_rounds; with `train`, the same for a training step (cmp_llama_train, cmp_qwen3_train
-// tokens/s, cmp_ratio_train, _min, _max; batch 4 x 128 tokens, 2 timed steps per round).
+// Throughput of each pair of family_compare_pairs (random weights from options.seed), the two
+// models measured alternately in this process: `rounds` rounds, each timing one generation
+// (options.gen_new_tokens new tokens; 16 with quick) of each model at batch 1 and at batch 32 (KV
+// cache, so the fast decode engine on CPU float32), the order of the two swapped every round.
+// Keys (P = the pair's prefix, B = 1, 32): P + "llama_bB", P + "qwen3_bB" (median
+// tokens/s), P + "ratio_bB" (median over rounds of qwen3 / llama measured back to back), with
+// "_min" and "_max" (spread), P + "llama_flops_per_token", P + "qwen3_flops_per_token" (at the
+// mean context), cmp_rounds; with `train`, the same for a training step (P + "llama_train", ...,
+// P + "ratio_train"; batch 4 x 128 tokens, 2 timed steps a round).
 std::map<std::string, double> run_family_comparison(const PerfOptions& options, int rounds,
                                                     bool train, bool print_progress = true);
 
