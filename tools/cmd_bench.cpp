@@ -105,6 +105,8 @@ int run_bench(const rlhf::cli::Args& args) {
     // The measured model for the llama2.c peer (bench/peer/compare_llama2c.sh); nothing is timed.
     const std::string dir = args.get("export-llama2c");
     if (dir.empty()) throw rlhf::UsageError("--export-llama2c: expected a folder, got \"\"");
+    if (!o.model_dir.empty())
+      throw rlhf::UsageError("--export-llama2c writes the built-in model; it takes no --model");
     rlhf::policy::export_llama2c(o, dir);
     std::fprintf(stderr, "bench: wrote %s/model.bin and %s/tokenizer.bin (llama2.c format)\n",
                  dir.c_str(), dir.c_str());
