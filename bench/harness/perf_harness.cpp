@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -23,6 +24,7 @@
 #include "common/unique_fd.h"
 #include "policy/decoding/generation.h"
 #include "policy/kernels/loop_pool.h"
+#include "policy/model/checkpoint.h"
 #include "policy/model/fused_ops.h"
 #include "policy/model/llama2c_export.h"
 #include "policy/model/model.h"
@@ -65,8 +67,10 @@ double measure_gemm(int n, const torch::Device& device, Precision precision) {
 double measure_generation(Transformer& model, int batch, int prompt_len, int new_tokens, bool cache,
                           uint64_t seed, int repeat, Precision precision) {
   std::vector<std::vector<int64_t>> prompts(batch);
+  // Ids 3 .. 1002 (fewer for a vocabulary under 1003 tokens).
+  const int span = std::max(1, std::min(1000, model->config().vocab_size - 3));
   for (int b = 0; b < batch; ++b)
-    for (int t = 0; t < prompt_len; ++t) prompts[b].push_back(3 + (b * 31 + t * 7) % 1000);
+    for (int t = 0; t < prompt_len; ++t) prompts[b].push_back(3 + (b * 31 + t * 7) % span);
   SamplingOptions opt;
   opt.max_new_tokens = new_tokens;
   opt.temperature = 1.0f;
@@ -100,15 +104,29 @@ ModelConfig perf_model_config(const PerfOptions& o) {
   return cfg;
 }
 
+Transformer build_perf_model(const PerfOptions& o) {
+  if (!o.model_dir.empty()) {
+    LoadedModel loaded = load_checkpoint(o.model_dir);
+    return loaded.model;
+  }
+  Transformer model(perf_model_config(o));
+  init_weights(model);
+  return model;
+}
+
 namespace {
 
-// The training measurement's global batch and timed steps (smaller with --quick).
+// The training measurement's global batch and timed steps (smaller with --quick); the sequence
+// fits the model's context (a loaded model's may be shorter than train_seq).
 struct TrainShape {
   int batch, seq, steps;
 };
 
-TrainShape train_shape(const PerfOptions& o) {
-  return o.quick ? TrainShape{4, 64, 2} : TrainShape{o.train_batch, o.train_seq, o.train_steps};
+TrainShape train_shape(const PerfOptions& o, const ModelConfig& cfg) {
+  TrainShape s =
+      o.quick ? TrainShape{4, 64, 2} : TrainShape{o.train_batch, o.train_seq, o.train_steps};
+  s.seq = std::max(1, std::min(s.seq, cfg.max_seq_len - 1));
+  return s;
 }
 
 // Progress lines on stderr ("bench: WHAT...") when enabled.
@@ -134,7 +152,9 @@ void check_only(const std::string& only) {
 void measure_generations(Transformer& model, const PerfOptions& o, const torch::Device& device,
                          const Progress& say, std::map<std::string, double>& r) {
   auto want = [&](const char* key) { return o.only.empty() || o.only == key; };
-  const int new_tokens = o.quick ? 16 : o.gen_new_tokens;
+  // Prompt and new tokens within the model's context (a loaded model's may be short).
+  const int new_tokens = std::max(
+      1, std::min(o.quick ? 16 : o.gen_new_tokens, model->config().max_seq_len - o.gen_prompt_len));
   struct Case {
     const char* key;
     const char* what;
@@ -161,14 +181,14 @@ void measure_generations(Transformer& model, const PerfOptions& o, const torch::
 void measure_training(Transformer& model, const ModelConfig& cfg, const PerfOptions& o,
                       const torch::Device& device, std::map<std::string, double>& r) {
   model->train();
-  const TrainShape shape = train_shape(o);
+  const TrainShape shape = train_shape(o, cfg);
   const int B = shape.batch, T = shape.seq;
   // The trainers' optimizer (policy/training/training.h): decay / no-decay groups, clipping at 1.0.
   training::NamedTensors params;
   for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
   training::Optimizer opt(params,
                           training::optimizer_defaults(training::OptimizerDefaults::kSupervised));
-  auto data = torch::randint(3, o.vocab, {B, T + 1}, torch::kLong).to(device);
+  auto data = torch::randint(3, cfg.vocab_size, {B, T + 1}, torch::kLong).to(device);
   auto inputs = data.slice(1, 0, T), targets = data.slice(1, 1, T + 1);
   auto step = [&] {
     opt.zero_grad();
@@ -216,9 +236,8 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
     r["gemm_gflops"] = measure_gemm(o.quick ? 512 : o.gemm_size, device, o.precision);
   }
 
-  const ModelConfig cfg = perf_model_config(o);
-  Transformer model(cfg);
-  init_weights(model);
+  Transformer model = build_perf_model(o);
+  const ModelConfig cfg = model->config();
   model->to(device);
   model->eval();
   r["params"] = static_cast<double>(cfg.num_parameters());
@@ -227,6 +246,129 @@ std::map<std::string, double> run_perf_harness(const PerfOptions& o, bool print_
   if (!(o.only.empty() || o.only == "train")) return r;
   say("training throughput");
   measure_training(model, cfg, o, device, r);
+  return r;
+}
+
+// ---- Qwen3-shaped vs Llama-shaped decoding -----------------------------------------------------
+
+double decode_flops_per_token(const ModelConfig& c, double context) {
+  const double d = c.dim, hd = c.head_dim(), q = double(c.n_heads) * hd, kv = c.n_kv_heads * hd;
+  const double per_layer = d * q + 2 * d * kv + q * d + 3 * d * c.resolved_hidden_dim();
+  return 2.0 * (c.n_layers * per_layer + d * c.vocab_size) + 4.0 * c.n_layers * q * context;
+}
+
+std::vector<FamilyPair> family_compare_pairs(const PerfOptions& o) {
+  PerfOptions base = o;
+  if (o.quick) base.gen_new_tokens = 16;
+  ModelConfig llama = perf_model_config(base);
+  llama.n_kv_heads = std::max(1, llama.n_heads / 2);
+  llama.hidden_dim = 3 * llama.dim;
+  ModelConfig qwen3 = llama;
+  qwen3.model_type = "qwen3";
+  qwen3.qk_norm = true;
+  qwen3.explicit_head_dim = llama.dim / llama.n_heads;
+  llama.validate();
+  qwen3.validate();
+
+  ModelConfig wide = qwen3;
+  wide.explicit_head_dim = 2 * qwen3.dim / qwen3.n_heads;
+  wide.validate();
+  ModelConfig wide_llama = llama;
+  const double context = base.gen_prompt_len + base.gen_new_tokens / 2.0;
+  wide_llama.hidden_dim = 16;  // the FLOPs without the MLP's hidden part; then solve for it
+  const double missing = decode_flops_per_token(wide, context) -
+                         decode_flops_per_token(wide_llama, context);  // = 2 L 3 d (F - 16)
+  const double per_hidden = 2.0 * llama.n_layers * 3.0 * llama.dim;
+  wide_llama.hidden_dim = 16 * std::max(1, int(std::lround((16 + missing / per_hidden) / 16.0)));
+  wide_llama.validate();
+  return {{"cmp_", llama, qwen3}, {"cmp_wide_", wide_llama, wide}};
+}
+
+namespace {
+
+// Median, minimum and maximum of `v` (not empty) as KEY, KEY_min, KEY_max.
+void put_spread(std::map<std::string, double>& r, const std::string& key, std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  r[key] = v[v.size() / 2];
+  r[key + "_min"] = v.front();
+  r[key + "_max"] = v.back();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// `rounds` rounds of measure(0) (llama) and measure(1) (qwen3), the order swapped every round:
+// PREFIX{llama,qwen3}_WHAT = the medians, PREFIXratio_WHAT (+ _min, _max) = qwen3 / llama per
+// round.
+void alternate(const std::string& prefix, const std::string& what, int rounds,
+               const std::function<double(int)>& measure, std::map<std::string, double>& r) {
+  std::vector<double> rate[2], ratio;
+  for (int round = 0; round < rounds; ++round) {
+    double got[2];
+    for (int k = 0; k < 2; ++k) {
+      const int m = (round + k) % 2;
+      got[m] = measure(m);
+    }
+    for (int m = 0; m < 2; ++m) rate[m].push_back(got[m]);
+    ratio.push_back(got[1] / got[0]);
+  }
+  r[prefix + "llama_" + what] = median(rate[0]);
+  r[prefix + "qwen3_" + what] = median(rate[1]);
+  put_spread(r, prefix + "ratio_" + what, ratio);
+}
+
+// One pair's decoding (batch 1 and 32) and training measurements into r.
+void compare_pair(const FamilyPair& pair, const PerfOptions& o, int rounds, bool train,
+                  const Progress& say, std::map<std::string, double>& r) {
+  torch::manual_seed(static_cast<int64_t>(o.seed));
+  Transformer models[2] = {Transformer(pair.llama), Transformer(pair.qwen3)};
+  for (auto& m : models) {
+    init_weights(m);
+    m->eval();
+  }
+  const int new_tokens = o.quick ? 16 : o.gen_new_tokens;
+  const double context = o.gen_prompt_len + new_tokens / 2.0;
+  r[pair.prefix + "llama_flops_per_token"] = decode_flops_per_token(pair.llama, context);
+  r[pair.prefix + "qwen3_flops_per_token"] = decode_flops_per_token(pair.qwen3, context);
+  for (int batch : {1, 32}) {
+    say((pair.prefix + "decode batch " + std::to_string(batch) + ", alternately").c_str());
+    alternate(
+        pair.prefix, "b" + std::to_string(batch), rounds,
+        [&](int m) {
+          return measure_generation(models[m], batch, o.gen_prompt_len, new_tokens, true, o.seed, 1,
+                                    Precision::kFp32);
+        },
+        r);
+  }
+  if (!train) return;
+  say((pair.prefix + "training step, alternately").c_str());
+  PerfOptions t = o;
+  t.quick = false;
+  t.train_batch = 4;
+  t.train_seq = o.quick ? 32 : 128;
+  t.train_steps = 2;
+  alternate(
+      pair.prefix, "train", rounds,
+      [&](int m) {
+        std::map<std::string, double> one;
+        measure_training(models[m], models[m]->config(), t, torch::kCPU, one);
+        return one.at("train_tokens_per_s");
+      },
+      r);
+}
+
+}  // namespace
+
+std::map<std::string, double> run_family_comparison(const PerfOptions& o, int rounds, bool train,
+                                                    bool print_progress) {
+  if (rounds < 1)
+    throw Error("bench: --repeat: expected >= 1 rounds, got " + std::to_string(rounds));
+  std::map<std::string, double> r;
+  r["cmp_rounds"] = rounds;
+  for (const FamilyPair& pair : family_compare_pairs(o))
+    compare_pair(pair, o, rounds, train, Progress{print_progress}, r);
   return r;
 }
 
@@ -262,18 +404,17 @@ std::map<std::string, double> run_train_dp_worker(const PerfOptions& o) {
   // Every rank builds the same weights and draws the same global batch from the same seed; the
   // summed gradients then keep the replicas identical step after step.
   torch::manual_seed(static_cast<int64_t>(o.seed));
-  const ModelConfig cfg = perf_model_config(o);
-  Transformer model(cfg);
-  init_weights(model);
+  Transformer model = build_perf_model(o);
+  const ModelConfig cfg = model->config();
   model->train();
   training::NamedTensors params;
   for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
   training::Optimizer opt(params,
                           training::optimizer_defaults(training::OptimizerDefaults::kSupervised));
 
-  const TrainShape shape = train_shape(o);
+  const TrainShape shape = train_shape(o, cfg);
   const int B = shape.batch, T = shape.seq;
-  auto data = torch::randint(3, o.vocab, {B, T + 1}, torch::kLong);
+  auto data = torch::randint(3, cfg.vocab_size, {B, T + 1}, torch::kLong);
   const std::pair<int64_t, int64_t> range = dist::shard_range(B, comm.rank(), comm.size());
   const int64_t lo = range.first, hi = range.second;
   auto rows = data.slice(0, lo, hi);

@@ -7,13 +7,13 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "policy/model/model.h"
 #include "policy/runtime/device.h"
 
 namespace rlhf::policy {
-
-struct ModelConfig;
 
 struct PerfOptions {
   int dim = 256;
@@ -39,6 +39,11 @@ struct PerfOptions {
   // generation figures add batch 256 (gen_b256_cache); train_dp2 stays a CPU (Gloo) measurement.
   std::string device = "cpu";
   Precision precision = Precision::kFp32;
+  // A model folder (native checkpoint or Hugging Face: policy/model/checkpoint.h) to measure
+  // instead of the built-in shape; "" = the built-in one. Its config sets the shape and vocabulary
+  // (dim, n_layers, n_heads and vocab above are then unused); the training sequence is capped at
+  // its max_seq_len - 1.
+  std::string model_dir;
 };
 
 // Keys: gemm_gflops, gen_b1_cache, gen_b1_nocache, gen_b32_cache (tokens/s; gen_b256_cache on
@@ -46,6 +51,11 @@ struct PerfOptions {
 // decoding engine's, policy/kernels/loop_pool.h), params. Throws rlhf::Error for an unknown `only`.
 std::map<std::string, double> run_perf_harness(const PerfOptions& options,
                                                bool print_progress = true);
+
+// The model run_perf_harness measures: options.model_dir loaded (weights as stored, float32), or
+// perf_model_config(options) with init_weights from the current torch seed. Throws rlhf::Error
+// naming the folder when it cannot be loaded.
+Transformer build_perf_model(const PerfOptions& options);
 
 // The measured model's shape: dim, n_layers, n_heads (as many kv heads), vocab from the options,
 // SwiGLU hidden size by the LLaMA rule, max_seq_len = max(train_seq, prompt + new tokens) + 8.
@@ -56,6 +66,44 @@ ModelConfig perf_model_config(const PerfOptions& options);
 // generation measurements run when measured alone (`--only gen_b1_cache`; a full run draws the
 // GEMM operands first). For bench/peer/compare_llama2c.sh. Throws rlhf::Error naming the path.
 void export_llama2c(const PerfOptions& options, const std::string& dir);
+
+// ---- Qwen3-shaped vs Llama-shaped decoding at equal FLOPs (issue #27) ----------------------
+
+// Matrix-multiply FLOPs per generated token (2 per multiply-add) of one decoding step at a context
+// of `context` tokens: the projections of every layer (q, k, v, o, gate, up, down), the output
+// projection, and attention (q.k and p.v: 4 * n_heads * head_dim * context per layer). Biases,
+// norms, RoPE and softmax are left out (O(dim) per token).
+double decode_flops_per_token(const ModelConfig& config, double context);
+
+// Two pairs of shapes, each a llama and a qwen3 (model_type qwen3: per-head q/k RMSNorm, explicit
+// head_dim) of equal decode_flops_per_token, from options.dim / n_layers / n_heads / vocab (the
+// bench default: d = 256, 4 layers, 8 heads, vocab 4096), all with n_heads / 2 kv heads and
+// untied embeddings:
+//   prefix "cmp_": the Qwen3-8B / 1.7B layout (heads x head_dim = dim; 8B: 32 x 128 on d = 4096)
+//     against the same Llama layout: head_dim = dim / n_heads and SwiGLU hidden 3 * dim for both,
+//     so they differ only by the q/k norms and their FLOPs are equal at every context;
+//   prefix "cmp_wide_": the Qwen3-0.6B / 4B layout (head_dim = 2 * dim / n_heads: q and attention
+//     twice as wide; 0.6B: 16 x 128 on d = 1024), SwiGLU hidden 3 * dim, against a Llama of
+//     head_dim dim / n_heads whose SwiGLU hidden (a multiple of 16) makes the FLOPs equal at the
+//     generation's mean context (prompt + new_tokens / 2).
+// docs/performance.md works the numbers out.
+struct FamilyPair {
+  std::string prefix;
+  ModelConfig llama, qwen3;
+};
+std::vector<FamilyPair> family_compare_pairs(const PerfOptions& options);
+
+// Throughput of each pair of family_compare_pairs (random weights from options.seed), the two
+// models measured alternately in this process: `rounds` rounds, each timing one generation
+// (options.gen_new_tokens new tokens; 16 with quick) of each model at batch 1 and at batch 32 (KV
+// cache, so the fast decode engine on CPU float32), the order of the two swapped every round.
+// Keys (P = the pair's prefix, B = 1, 32): P + "llama_bB", P + "qwen3_bB" (median
+// tokens/s), P + "ratio_bB" (median over rounds of qwen3 / llama measured back to back), with
+// "_min" and "_max" (spread), P + "llama_flops_per_token", P + "qwen3_flops_per_token" (at the
+// mean context), cmp_rounds; with `train`, the same for a training step (P + "llama_train", ...,
+// P + "ratio_train"; batch 4 x 128 tokens, 2 timed steps a round).
+std::map<std::string, double> run_family_comparison(const PerfOptions& options, int rounds,
+                                                    bool train, bool print_progress = true);
 
 // Whether `options.only` asks for the data-parallel training measurement ("", "train",
 // "train_dp2").

@@ -199,6 +199,125 @@ class RopeFunction : public torch::autograd::Function<RopeFunction> {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Per-head RMSNorm then RoPE (qwen3's q_norm / k_norm), one pass. The head rows m = n * H + h are
+// those of rms_norm on x.reshape({B, T, H, hd}), and each value is computed by the same operations
+// in the same order as rms_norm_rows followed by rope_to_heads (and backward as rope_from_heads
+// followed by rms_norm_rows_backward), so the result equals that composition.
+
+template <typename T>
+void norm_rope_to_heads(const T* x, int64_t sx, const T* w, double eps, const T* cos, const T* sin,
+                        T* y, T* inv, int64_t B, int64_t Tn, int64_t H, int64_t hd, T scale) {
+  const int64_t half = hd / 2;
+  at::parallel_for(0, B * Tn, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t b = n / Tn, t = n % Tn;
+      const T *c = cos + n * half, *s = sin + n * half;
+      for (int64_t h = 0; h < H; ++h) {
+        const T* src = x + n * sx + h * hd;
+        T* dst = y + ((b * H + h) * Tn + t) * hd;
+        double ss = 0;
+        for (int64_t j = 0; j < hd; ++j) ss += double(src[j]) * double(src[j]);
+        const T r = T(1.0 / std::sqrt(ss / double(hd) + eps));
+        inv[n * H + h] = r;
+        for (int64_t i = 0; i < half; ++i) {
+          const T x1 = (src[i] * r) * w[i], x2 = (src[i + half] * r) * w[i + half];
+          dst[i] = (x1 * c[i] - x2 * s[i]) * scale;
+          dst[i + half] = (x2 * c[i] + x1 * s[i]) * scale;
+        }
+      }
+    }
+  });
+}
+
+// gy [B, H, T, hd] -> gx rows [B * T, H * hd] (contiguous): the rotation's transpose, then
+// RMSNorm's backward per head; partial_gw[c] += g * x * r over the head rows of chunk c (rows
+// [c * N / chunks, (c + 1) * N / chunks) of the N = B * T * H head rows), as rms_norm.
+template <typename T>
+void norm_rope_from_heads(const T* gy, const T* x, int64_t sx, const T* w, const T* inv,
+                          const T* cos, const T* sin, T* gx, double* partial_gw, int64_t chunks,
+                          int64_t B, int64_t Tn, int64_t H, int64_t hd, T scale) {
+  const int64_t half = hd / 2, N = B * Tn * H;
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      double* gw = partial_gw ? partial_gw + ch * hd : nullptr;
+      for (int64_t m = ch * N / chunks; m < (ch + 1) * N / chunks; ++m) {
+        const int64_t n = m / H, h = m % H, b = n / Tn, t = n % Tn;
+        const T *c = cos + n * half, *s = sin + n * half;
+        const T* src = gy + ((b * H + h) * Tn + t) * hd;
+        const T* xr = x + n * sx + h * hd;
+        T* g = gx + n * H * hd + h * hd;  // first the rotated gradient, then overwritten
+        for (int64_t i = 0; i < half; ++i) {
+          const T g1 = src[i], g2 = src[i + half];
+          g[i] = (g1 * c[i] + g2 * s[i]) * scale;
+          g[i + half] = (g2 * c[i] - g1 * s[i]) * scale;
+        }
+        const double r = inv[m];
+        double dot = 0;
+        for (int64_t j = 0; j < hd; ++j) dot += double(g[j]) * double(w[j]) * double(xr[j]);
+        if (gw)
+          for (int64_t j = 0; j < hd; ++j) gw[j] += double(g[j]) * double(xr[j]) * r;
+        const T a = T(r), bb = T(r * r * r * dot / double(hd));
+        for (int64_t j = 0; j < hd; ++j) g[j] = a * (g[j] * w[j]) - xr[j] * bb;
+      }
+    }
+  });
+}
+
+class NormRopeFunction : public torch::autograd::Function<NormRopeFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, double eps, const torch::Tensor& cos,
+                               const torch::Tensor& sin, int64_t heads, double scale) {
+    const int64_t B = x.size(0), Tn = x.size(1), hd = x.size(2) / heads;
+    auto xs = rows_with_unit_stride(x);
+    auto wc = weight.contiguous();
+    auto c = cos.to(x.scalar_type()).contiguous();
+    auto s = sin.to(x.scalar_type()).contiguous();
+    auto y = torch::empty({B, heads, Tn, hd}, x.options());
+    auto inv = torch::empty({B * Tn * heads}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_norm_rope", [&] {
+      norm_rope_to_heads<scalar_t>(xs.data_ptr<scalar_t>(), xs.stride(1), wc.data_ptr<scalar_t>(),
+                                   eps, c.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+                                   y.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), B, Tn, heads,
+                                   hd, scalar_t(scale));
+    });
+    ctx->save_for_backward({xs, wc, inv, c, s});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["scale"] = scale;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1], &inv = saved[2], &c = saved[3], &s = saved[4];
+    const int64_t heads = ctx->saved_data["heads"].toInt();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    auto gy = grads[0].contiguous();
+    const int64_t B = gy.size(0), Tn = gy.size(2), hd = gy.size(3);
+    auto gx = torch::empty({B, Tn, heads * hd}, gy.options());
+    const bool want_w = ctx->needs_input_grad(1);
+    const int64_t chunks = (B * Tn * heads + kWeightGradRows - 1) / kWeightGradRows;
+    std::vector<double> partial(want_w ? size_t(chunks * hd) : 0, 0.0);
+    AT_DISPATCH_FLOATING_TYPES(gy.scalar_type(), "fused_norm_rope_backward", [&] {
+      norm_rope_from_heads<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(1),
+                                     w.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
+                                     c.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+                                     gx.data_ptr<scalar_t>(), want_w ? partial.data() : nullptr,
+                                     chunks, B, Tn, heads, hd, scalar_t(scale));
+    });
+    torch::Tensor gw;
+    if (want_w) {
+      auto sum = torch::zeros({hd}, torch::kDouble);
+      auto* acc = sum.data_ptr<double>();
+      for (int64_t ch = 0; ch < chunks; ++ch)
+        for (int64_t j = 0; j < hd; ++j) acc[j] += partial[size_t(ch * hd + j)];
+      gw = sum.to(w.scalar_type());
+    }
+    return {gx, gw, {}, {}, {}, {}, {}};
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // SwiGLU kernels on rows [N, 2F] (gate | up) with row stride sg; sig = sigmoid(gate) [N, F].
 
 template <typename T>
@@ -437,6 +556,46 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
               sin.sizes());
   if (!has_fused_kernel(x)) return reference_rope(x, cos, sin, heads, scale);
   return RopeFunction::apply(x, cos, sin, heads, scale);
+}
+
+namespace {
+
+// norm_rope's arguments: as rope's, and a weight of head_dim elements.
+void check_norm_rope(const torch::Tensor& x, const torch::Tensor& weight, int64_t heads) {
+  TORCH_CHECK(x.dim() == 3 && heads > 0 && x.size(2) % (2 * heads) == 0,
+              "norm_rope: x must be [B, T, heads * head_dim] with an even head_dim, got ",
+              x.sizes(), " for ", heads, " heads");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(2) / heads,
+              "norm_rope: the norm weight must be [head_dim] = [", x.size(2) / heads, "], got ",
+              weight.sizes());
+}
+
+}  // namespace
+
+torch::Tensor reference_norm_rope(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                                  const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads,
+                                  double scale) {
+  check_norm_rope(x, weight, heads);
+  const int64_t B = x.size(0), Tn = x.size(1), hd = x.size(2) / heads;
+  auto normed = reference_rms_norm(x.reshape({B, Tn, heads, hd}), weight, eps);
+  return reference_rope(normed.reshape({B, Tn, heads * hd}), cos, sin, heads, scale);
+}
+
+torch::Tensor norm_rope(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                        const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads,
+                        double scale) {
+  check_norm_rope(x, weight, heads);
+  const int64_t B = x.size(0), Tn = x.size(1), hd = x.size(2) / heads;
+  if (!has_fused_kernel(x) || weight.scalar_type() != x.scalar_type()) {
+    // The two steps, each fused or not by its own rule (bf16, CUDA: the references).
+    auto normed = rms_norm(x.reshape({B, Tn, heads, hd}), weight, eps);
+    return rope(normed.view({B, Tn, heads * hd}), cos, sin, heads, scale);
+  }
+  TORCH_CHECK(cos.dim() == 3 && cos.size(0) == B && cos.size(1) == Tn && cos.size(2) == hd / 2 &&
+                  sin.sizes() == cos.sizes(),
+              "norm_rope: cos/sin must be [B, T, head_dim / 2], got ", cos.sizes(), " and ",
+              sin.sizes());
+  return NormRopeFunction::apply(x, weight, eps, cos, sin, heads, scale);
 }
 
 torch::Tensor reference_swiglu(const torch::Tensor& gate_up) {

@@ -44,6 +44,20 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
 torch::Tensor reference_rope(const torch::Tensor& x, const torch::Tensor& cos,
                              const torch::Tensor& sin, int64_t heads, double scale = 1.0);
 
+// Per-head RMSNorm then RoPE in one pass (Qwen3's q_norm / k_norm before the rotary embedding):
+// rope(rms_norm(x.reshape({B, T, heads, hd}), weight, eps).view({B, T, heads * hd}), cos, sin,
+// heads, scale), with weight [hd]; x, cos, sin and the result as rope's. Forward and backward
+// (gradients for x and weight) compute each value with the operations and the order of that
+// composition of the fused kernels, so they give the same numbers without the copy of the strided
+// q/k slice and the extra passes over it. Where the fused kernels do not run (see
+// has_fused_kernel, or a weight of another dtype) it is that composition.
+torch::Tensor norm_rope(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                        const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads,
+                        double scale = 1.0);
+torch::Tensor reference_norm_rope(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                                  const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads,
+                                  double scale = 1.0);
+
 // SwiGLU on a fused gate/up projection: gate_up [..., 2F] holds gate in [..., :F] and up in
 // [..., F:]; returns silu(gate) * up [..., F]. The gradient is written straight into one
 // [..., 2F] tensor (no split and concatenation).

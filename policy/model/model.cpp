@@ -204,12 +204,15 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
                         h, qkv_w, qkv_bias_.get({q_proj->bias, k_proj->bias, v_proj->bias}))
                   : torch::nn::functional::linear(h, qkv_w))
                  .split_with_sizes({H * hd, KV * hd, KV * hd}, -1);
-  if (q_norm.defined()) {  // qwen3: RMSNorm over each head before RoPE
-    qkv[0] = fused::rms_norm(qkv[0].reshape({B, T, H, hd}), q_norm, eps_).view({B, T, H * hd});
-    qkv[1] = fused::rms_norm(qkv[1].reshape({B, T, KV, hd}), k_norm, eps_).view({B, T, KV * hd});
+  const double q_scale = sdpa ? 1.0 : 1.0 / std::sqrt(double(hd));
+  torch::Tensor q, k;      // [B, H, T, hd], [B, KV, T, hd]
+  if (q_norm.defined()) {  // qwen3: RMSNorm over each head before RoPE, in the same pass
+    q = fused::norm_rope(qkv[0], q_norm, eps_, cos, sin, H, q_scale);
+    k = fused::norm_rope(qkv[1], k_norm, eps_, cos, sin, KV);
+  } else {
+    q = fused::rope(qkv[0], cos, sin, H, q_scale);
+    k = fused::rope(qkv[1], cos, sin, KV);
   }
-  auto q = fused::rope(qkv[0], cos, sin, H, sdpa ? 1.0 : 1.0 / std::sqrt(double(hd)));
-  auto k = fused::rope(qkv[1], cos, sin, KV);  // [B, KV, T, hd]
   auto v = qkv[2].reshape({B, T, KV, hd}).transpose(1, 2);
 
   torch::Tensor keys = k, values = v;

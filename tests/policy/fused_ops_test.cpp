@@ -137,6 +137,63 @@ TEST(FusedRope, RefusesAShapeItCannotSplitIntoHeads) {
   EXPECT_THROW(rope(torch::zeros({1, 2, 9}), angles, angles, 2), c10::Error);
 }
 
+// Qwen3's q/k norm: per-head RMSNorm then RoPE in one pass, on a slice of a wider row (as the
+// fused q/k/v projection gives it).
+TEST(FusedNormRope, EqualsTheTwoFusedStepsAndMatchesTheReference) {
+  torch::manual_seed(5);
+  const int64_t B = 2, T = 37, H = 4, hd = 16;  // 296 head rows: several weight-gradient chunks
+  auto wide = torch::randn({B, T, 3 * H * hd}) * 3;
+  auto x = wide.narrow(2, H * hd, H * hd);
+  ASSERT_FALSE(x.is_contiguous());
+  auto w = torch::rand({hd}) + 0.5;
+  auto angles = torch::randn({B, T, hd / 2});
+  auto c = angles.cos(), s = angles.sin();
+  const double eps = 1e-6, scale = 0.25;
+  auto probe = torch::randn({B, H, T, hd});
+  auto fused_f = [&](std::vector<torch::Tensor>& in) {
+    return norm_rope(in[0], in[1], eps, c, s, H, scale);
+  };
+  // What the decoder ran before: the fused RMSNorm on the reshaped slice, then the fused RoPE.
+  auto steps_f = [&](std::vector<torch::Tensor>& in) {
+    auto normed = rms_norm(in[0].reshape({B, T, H, hd}), in[1], eps).view({B, T, H * hd});
+    return rope(normed, c, s, H, scale);
+  };
+  auto ref_f = [&](std::vector<torch::Tensor>& in) {
+    return reference_norm_rope(in[0], in[1], eps, c, s, H, scale);
+  };
+  std::vector<torch::Tensor> in = {x, w};
+  auto y = fused_f(in);
+  ASSERT_EQ(y.sizes(), (std::vector<int64_t>{B, H, T, hd}));
+  EXPECT_TRUE(torch::equal(y, steps_f(in)));  // same operations, same order: the same bits
+  EXPECT_LT(max_abs_diff(y, ref_f(in)), 1e-5);
+  auto g = grads_of(fused_f, {x, w}, probe);
+  auto g_steps = grads_of(steps_f, {x, w}, probe);
+  auto g_ref = grads_of(ref_f, {x, w}, probe);
+  EXPECT_TRUE(torch::equal(g[0], g_steps[0]));
+  EXPECT_TRUE(torch::equal(g[1], g_steps[1]));
+  EXPECT_LT(max_abs_diff(g[0], g_ref[0]), 1e-4);
+  EXPECT_LT(max_abs_diff(g[1], g_ref[1]), 1e-3 * g_ref[1].abs().max().item<double>());
+}
+
+TEST(FusedNormRope, GradientsMatchCentralDifferences) {
+  torch::manual_seed(6);
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  auto angles = torch::randn({2, 3, 4}, opts);
+  auto c = angles.cos(), s = angles.sin();
+  auto f = [&](std::vector<torch::Tensor>& v) { return norm_rope(v[0], v[1], 1e-6, c, s, 2, 0.7); };
+  const std::vector<torch::Tensor> in = {torch::randn({2, 3, 16}, opts),
+                                         torch::rand({8}, opts) + 0.5};
+  const auto probe = torch::randn({2, 2, 3, 8}, opts);
+  expect_matches_numerical_gradient(f, in, 0, probe);
+  expect_matches_numerical_gradient(f, in, 1, probe);
+}
+
+TEST(FusedNormRope, RefusesAWeightThatIsNotOneHead) {
+  auto angles = torch::zeros({1, 2, 2});
+  EXPECT_THROW(norm_rope(torch::zeros({1, 2, 8}), torch::ones({8}), 1e-6, angles, angles, 2),
+               c10::Error);
+}
+
 TEST(FusedSwiglu, HandWorkedValue) {
   // silu(1) * 3 = 3 / (1 + e^-1) = 2.193176.
   auto y = swiglu(torch::tensor({1.0f, 3.0f}));

@@ -11,8 +11,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -126,16 +128,29 @@ TEST_P(HfFamilies, TrainingForwardMatchesAndBackwardRuns) {
   auto loss =
       -torch::log_softmax(logits.narrow(1, 0, T - 1), -1).gather(-1, targets.unsqueeze(-1)).mean();
   loss.backward();
+  std::map<std::string, torch::Tensor> fused_grads;
   for (const auto& p : model_->named_parameters()) {
     ASSERT_TRUE(p.value().grad().defined()) << p.key();
     EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>()) << p.key();
     EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key() << " gets no gradient";
+    fused_grads[p.key()] = p.value().grad().clone();
+    p.value().grad().zero_();
   }
-  // The reference composition (what CUDA and bf16 run) agrees too.
+  // The reference composition (what CUDA and bf16 run) agrees too, forward and backward: the
+  // biases and q/k norms run inside the fused kernels (norm_rope, the biased GEMMs) with the
+  // reference's gradients.
   const bool was = fused::set_fused_kernels(false);
-  torch::NoGradGuard no_grad;
-  expect_close(model_->forward(ids)[0], ref_, 0, "training forward (reference kernels)");
+  auto ref_logits = model_->forward(ids);
+  expect_close(ref_logits[0].detach(), ref_, 0, "training forward (reference kernels)");
+  (-torch::log_softmax(ref_logits.narrow(1, 0, T - 1), -1).gather(-1, targets.unsqueeze(-1)).mean())
+      .backward();
   fused::set_fused_kernels(was);
+  for (const auto& p : model_->named_parameters()) {
+    const auto& g = fused_grads.at(p.key());
+    const double scale = std::max(1e-6, p.value().grad().abs().max().item<double>());
+    EXPECT_LT((g - p.value().grad()).abs().max().item<double>(), 1e-4 * scale)
+        << p.key() << ": fused and reference gradients differ";
+  }
 }
 
 // LoRA on every projection of a model with biases and q/k norms: at start (B = 0) the logits are
