@@ -60,6 +60,28 @@ Transformer clone_model(Transformer& model) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The critic on the policy's frozen base (critic: "policy_base")
+
+static bool critic_on_policy_base(const proto::PpoConfig& c) { return c.critic() == "policy_base"; }
+
+// The critic's adapters: critic_lora when set, else the policy's lora settings.
+static LoraOptions critic_lora_options(const proto::PpoConfig& c) {
+  return LoraOptions::from_proto(c.has_critic_lora() ? c.critic_lora() : c.lora());
+}
+
+Transformer share_base(Transformer& base) {
+  ModelConfig c = base->config();
+  c.value_head = false;
+  Transformer t(c);  // its fresh float32 weights are freed as each tensor is rebound below
+  torch::NoGradGuard no_grad;
+  auto params = base->named_parameters();
+  for (auto& p : t->named_parameters()) p.value().set_data(params[p.key()]);
+  auto buffers = base->named_buffers();
+  for (auto& b : t->named_buffers()) b.value().set_data(buffers[b.key()]);
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Learning rate
 
 double ppo_learning_rate(const proto::PpoConfig& c, double peak_lr, int64_t iteration) {
@@ -225,6 +247,8 @@ struct PpoTrainer::Impl {
   // LoRA (cfg.lora.rank > 0): adapters on the policy, whose base weights stay frozen; the policy
   // optimizer holds the adapters then, else all policy parameters.
   std::unique_ptr<LoraAdapters> lora;
+  // critic "policy_base": the critic's own adapters on the policy's shared frozen base.
+  std::unique_ptr<LoraAdapters> critic_lora;
 
   std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
   std::string last_good() const {
@@ -238,6 +262,7 @@ struct PpoTrainer::Impl {
   // The construction path shared by the live trainer and `replay --update`.
   void setup(const proto::PpoConfig& config, PpoModels models);
   training::NamedTensors policy_tensors();
+  training::NamedTensors critic_tensors();
   void load_checkpoint(const std::string& dir);
   void save_checkpoint(int64_t completed);
 
@@ -246,6 +271,8 @@ struct PpoTrainer::Impl {
   void score(Rollout& r);
   void shape_scores(Rollout& r);
   void evaluate(Rollout& r);
+  torch::Tensor reference_logprobs(const torch::Tensor& ids, const torch::Tensor& mask,
+                                   const LogprobOptions& lo);
   void advantages(Rollout& r);
   void write_rollouts(const Rollout& r);
   torch::Tensor whiten(const torch::Tensor& x, const torch::Tensor& mask, bool shift_mean = true);
@@ -284,8 +311,13 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   device = place.device;
   precision = place.precision;
   comm = place.comm;
-  if (!m.critic->config().value_head) m.critic->add_value_head();
   m.policy->to(device);
+  const bool with_lora = cfg.has_lora() && cfg.lora().rank() > 0;
+  if (critic_on_policy_base(cfg)) {
+    m.critic = share_base(m.policy);  // no copy of the weights (after the move: one device copy)
+    torch::manual_seed(cfg.seed());   // the fresh value head, as the stage seeds a copied critic
+  }
+  if (!m.critic->config().value_head) m.critic->add_value_head();
   m.critic->to(device);
   if (m.reference) {
     m.reference->to(device);
@@ -295,14 +327,18 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
     // keeping them so halves its memory and leaves its log-probs bit for bit as they were.
     if (precision == Precision::kBf16) store_matrices_as(m.reference, torch::kBFloat16);
   }
-  if (cfg.has_lora() && cfg.lora().rank() > 0)
+  if (with_lora)
     lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
   // With LoRA the policy's base is frozen: its optimizer holds the adapters alone. PPO's defaults
   // (proto/optimizer.proto): betas (0.9, 0.999), eps 1e-5, no weight decay.
   policy_opt = std::make_unique<training::Optimizer>(
       training::trainable_parameters(*m.policy, lora.get()), cfg.optimizer());
-  critic_opt = std::make_unique<training::Optimizer>(training::trainable_parameters(*m.critic),
-                                                     critic_optimizer_config(cfg));
+  if (critic_on_policy_base(cfg)) {
+    critic_lora = std::make_unique<LoraAdapters>(m.critic, critic_lora_options(cfg));
+    for (auto& p : m.critic->value_head->parameters()) p.set_requires_grad(true);  // and the head
+  }
+  critic_opt = std::make_unique<training::Optimizer>(
+      training::trainable_parameters(*m.critic, critic_lora.get()), critic_optimizer_config(cfg));
   if (cfg.adaptive_kl())
     kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(),
                                                          cfg.kl_horizon());
@@ -315,12 +351,17 @@ training::NamedTensors PpoTrainer::Impl::policy_tensors() {
   return training::state_tensors(*m.policy, lora.get());
 }
 
+// The critic's: its weights and value head, with critic "policy_base" also its adapters.
+training::NamedTensors PpoTrainer::Impl::critic_tensors() {
+  return training::state_tensors(*m.critic, critic_lora.get());
+}
+
 void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
   proto::PpoState st;
   if (!st.ParseFromString(read_file(dir + "/state.pb")))
     throw Error(dir + "/state.pb: cannot parse PpoState");
   training::load_tensors(policy_tensors(), dir + "/policy.pt");
-  training::load_tensors(training::module_tensors(*m.critic), dir + "/critic.pt");
+  training::load_tensors(critic_tensors(), dir + "/critic.pt");
   policy_opt->load(dir + "/policy_optimizer.pt", device);
   critic_opt->load(dir + "/critic_optimizer.pt", device);
   training::load_cpu_rng(dir + "/rng.pt");
@@ -348,7 +389,7 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
   last_checkpoint =
       checkpoints().save(iter_name(completed), fingerprint, [&](const std::string& tmp) {
         training::save_tensors(policy_tensors(), tmp + "/policy.pt");  // with LoRA: base + adapters
-        training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
+        training::save_tensors(critic_tensors(), tmp + "/critic.pt");
         policy_opt->save(tmp + "/policy_optimizer.pt");
         critic_opt->save(tmp + "/critic_optimizer.pt");
         training::save_cpu_rng(tmp + "/rng.pt");
@@ -464,6 +505,18 @@ void PpoTrainer::Impl::shape_scores(Rollout& r) {
   r.scores = torch::tensor(r.shaped, torch::kFloat).to(device);
 }
 
+// The reference's log-probs [B, T]: the separate reference model, or (LoRA without one) the
+// policy with its adapters switched off, whose frozen base is the model PPO started from.
+torch::Tensor PpoTrainer::Impl::reference_logprobs(const torch::Tensor& ids,
+                                                   const torch::Tensor& mask,
+                                                   const LogprobOptions& lo) {
+  if (m.reference) return token_logprobs(m.reference, ids, mask, lo).logprobs;
+  lora->disable();
+  auto lp = token_logprobs(m.policy, ids, mask, lo).logprobs;
+  lora->refresh(false);  // the same adapters, the same effective weights as before
+  return lp;
+}
+
 // 4. Log-probs under policy and reference, entropy, critic values (teacher forcing, no grad).
 void PpoTrainer::Impl::evaluate(Rollout& r) {
   torch::NoGradGuard no_grad;
@@ -474,10 +527,9 @@ void PpoTrainer::Impl::evaluate(Rollout& r) {
   r.old_logp = pol.logprobs.narrow(1, r.P - 1, r.N) * r.rmask;
   r.entropy = pol.entropy.narrow(1, r.P - 1, r.N);
   lo.entropy = false;
-  r.ref_logp =
-      token_logprobs(m.reference, r.ids, r.full_mask, lo).logprobs.narrow(1, r.P - 1, r.N) *
-      r.rmask;
+  r.ref_logp = reference_logprobs(r.ids, r.full_mask, lo).narrow(1, r.P - 1, r.N) * r.rmask;
   m.critic->eval();
+  if (critic_lora) critic_lora->refresh(false);  // e.g. adapters just loaded by a resume
   auto h = m.critic->hidden_states(r.ids, r.full_mask);
   r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
   r.gen_logprob_dev = comm->max(
@@ -673,6 +725,7 @@ void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tenso
                                         double lr, std::map<std::string, double>& mb,
                                         UpdateTotals& tot) {
   m.critic->train();
+  if (critic_lora) critic_lora->refresh(true);  // a fresh graph through the critic's adapters
   const bool rows = idx.numel() > 0;
   ppo::ValueLossResult vl;
   double share = 0;
@@ -747,6 +800,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   m.policy->eval();
   m.critic->eval();
   if (lora) lora->refresh(false);  // the weights after the last optimizer step
+  if (critic_lora) critic_lora->refresh(false);
   return tot;
 }
 
@@ -884,9 +938,14 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
     : impl_(std::make_unique<Impl>()) {
   validate_ppo_config(config);
   auto& I = *impl_;
-  if (!models.policy || !models.reference || !models.critic)
-    throw Error("ppo: policy, reference and critic models are all required");
-  if (models.policy->config().vocab_size != models.reference->config().vocab_size)
+  const bool with_lora = config.has_lora() && config.lora().rank() > 0;
+  if (!models.policy) throw Error("ppo: the policy model is required");
+  if (!models.critic && config.critic() != "policy_base")
+    throw Error("ppo: a critic model is required (or critic: \"policy_base\")");
+  if (!models.reference && !with_lora)
+    throw Error("ppo: a reference model is required (without LoRA the policy's weights train)");
+  if (models.reference &&
+      models.policy->config().vocab_size != models.reference->config().vocab_size)
     throw Error("ppo: policy vocab_size " + std::to_string(models.policy->config().vocab_size) +
                 " differs from the reference's " +
                 std::to_string(models.reference->config().vocab_size));
