@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -181,7 +182,7 @@ void check_stage_memory(const Config& config, policy::MemoryPlan (*plan_of)(cons
   policy::MemoryPlan plan;
   try {
     plan = plan_of(config);
-  } catch (const Error&) {
+  } catch (const std::exception&) {
     return;  // a folder the plan cannot read: the stage's own loading names what is wrong
   }
   policy::check_plan_fits(plan, policy::available_memory(plan.device));
