@@ -9,6 +9,7 @@
 #include "common/files.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
+#include "pipelines/memory_plans.h"
 #include "pipelines/policy_sampling.h"
 #include "pipelines/ppo_prompts.h"
 #include "pipelines/quickstart_task.h"
@@ -63,9 +64,10 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
   return policy::resolved_ppo_config(cfg);  // the optimizer section as the trainer runs it
 }
 
-// Policy, reference (a copy of the policy unless given) and critic (a copy of the policy, or
-// e.g. the reward model as in InstructGPT; none for a critic-free advantage_estimator), checked
-// against the tokenizer.
+// Policy, reference (a copy of the policy unless given; none with LoRA: the policy's base) and
+// critic (a copy of the policy, or e.g. the reward model as in InstructGPT; built by the trainer
+// on the policy's base with critic "policy_base"; none for a critic-free advantage_estimator),
+// checked against the tokenizer.
 policy::PpoModels load_models(const proto::PpoConfig& cfg,
                               const std::optional<policy::Tokenizer>& tok,
                               std::string* tokenizer_sha) {
@@ -78,8 +80,14 @@ policy::PpoModels load_models(const proto::PpoConfig& cfg,
   if (tok) *tokenizer_sha = tok->sha256();
   policy::PpoModels models;
   models.policy = loaded.model;
-  models.reference = cfg.reference().empty() ? policy::clone_model(loaded.model)
-                                             : load_model(cfg.reference(), "reference").model;
+  // With LoRA and no reference folder the policy's frozen base is the reference (no copy).
+  const bool lora = cfg.has_lora() && cfg.lora().rank() > 0;
+  if (!cfg.reference().empty())
+    models.reference = load_model(cfg.reference(), "reference").model;
+  else if (!lora)
+    models.reference = policy::clone_model(loaded.model);
+  if (cfg.critic() == "policy_base" && policy::uses_critic(cfg))
+    return models;                               // the trainer puts it on the policy's base
   torch::manual_seed(cfg.seed());                // the fresh value head's initialisation
   if (!policy::uses_critic(cfg)) return models;  // critic-free estimator: no critic at all
   models.critic =
@@ -160,6 +168,7 @@ std::vector<quickstart::Problem> gold_problems(const PpoStageOptions& o,
 std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const proto::PpoConfig cfg = resolved_config(o);
+  check_stage_memory(cfg, &ppo_memory_plan);  // before any weight is read
   const std::string out = cfg.out_dir();
   make_dirs(out);
   std::optional<policy::Tokenizer> tok;

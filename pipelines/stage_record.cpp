@@ -2,6 +2,7 @@
 
 #include "common/manifest.h"
 #include "pipelines/annotation_pairs.h"
+#include "pipelines/memory_plans.h"
 #include "policy/runtime/device.h"
 #include "policy/runtime/distributed.h"
 
@@ -18,6 +19,7 @@ void finish_stage(proto::StageManifest manifest, const std::string& dir, double 
 }
 
 policy::SftResult run_sft_stage(const proto::SftConfig& config) {
+  check_stage_memory(config, &sft_memory_plan);  // before any weight is read
   const std::string dir = config.out_dir();
   auto result =
       policy::train_sft(config, [&](const proto::StageManifest& m) { mark_stage_running(m, dir); });
@@ -28,6 +30,7 @@ policy::SftResult run_sft_stage(const proto::SftConfig& config) {
 }
 
 reward::TrainResult run_reward_stage(proto::RewardTrainConfig config) {
+  check_stage_memory(config, &reward_memory_plan);  // before any weight is read
   auto& comm =
       policy::dist::world(policy::resolve_device(config.device(), "reward config: device"));
   if (comm.is_root()) export_annotation_pairs(&config);

@@ -1,6 +1,7 @@
 // `rlhf ppo --config FILE.pbtxt [--out DIR]`: the PPO stage (pipelines/ppo_stage.h).
 #include <cstdio>
 
+#include "pipelines/memory_plans.h"
 #include "pipelines/ppo_stage.h"
 #include "policy/ppo/ppo_config.h"
 #include "policy/runtime/distributed.h"
@@ -27,6 +28,12 @@ int run_ppo(const rlhf::cli::Args& a) {
   o.config_path = a.get("config");
   o.config = rlhf::policy::load_ppo_config(o.config_path);
   rlhf::cli::apply_config_flags(kPpoOverrides, a, &*o.config);
+  if (a.get_bool("plan")) {
+    rlhf::policy::validate_ppo_config(*o.config);
+    const auto cfg = rlhf::policy::resolved_ppo_config(*o.config);
+    std::fputs(rlhf::pipelines::ppo_memory_plan(cfg).table().c_str(), stdout);
+    return 0;
+  }
   o.gold_task = a.get("gold-task");
   o.gold_prompts = a.get("gold-prompts");
   auto stats = rlhf::pipelines::run_ppo_stage(o);
@@ -44,6 +51,10 @@ rlhf::cli::Register reg(
         "--config FILE.pbtxt [--out DIR]",
         {
             {"config", "PpoConfig in protobuf text format (see proto/ppo.proto)", "", false, true},
+            {"plan",
+             "print the memory plan (bytes per component on the configured device and dtype) and "
+             "exit; reads no weights",
+             "", true},
             {"gold-task", "monitor a gold teacher on the rollouts: quickstart", ""},
             {"gold-prompts", "JSON lines {\"prompt\": ...}: held-out gold accuracy before/after",
              ""},

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "pipelines/memory_plans.h"
 #include "pipelines/stage_record.h"
 #include "policy/runtime/distributed.h"
 #include "reward/chat_renderer.h"
@@ -44,6 +45,10 @@ int run_train(const Args& a) {
   rlhf::proto::RewardTrainConfig cfg = rlhf::reward::load_train_config(path);
   rlhf::cli::apply_config_flags(kRewardTrainOverrides, a, &cfg);
   rlhf::reward::validate_config(cfg, path);
+  if (a.get_bool("plan")) {
+    std::fputs(rlhf::pipelines::reward_memory_plan(cfg).table().c_str(), stdout);
+    return 0;
+  }
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   auto r = rlhf::pipelines::run_reward_stage(cfg);
@@ -109,7 +114,11 @@ rlhf::cli::Register reg_train(
      "train the reward model (teacher) on pairwise comparisons (resumes from DIR/state when "
      "restarted)",
      "--config FILE.pbtxt [--out DIR] [overrides]",
-     {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true}},
+     {{"config", "training config (proto RewardTrainConfig, text format)", "", false, true},
+      {"plan",
+       "print the memory plan (bytes per component on the configured device and dtype) and exit; "
+       "reads no weights",
+       "", true}},
      run_train},
     kRewardTrainOverrides);
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "pipelines/memory_plans.h"
 #include "pipelines/stage_record.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/lora.h"
@@ -49,6 +50,10 @@ int run_sft(const Args& a) {
   rlhf::proto::SftConfig cfg = rlhf::policy::load_sft_config(path);
   rlhf::cli::apply_config_flags(kSftOverrides, a, &cfg);
   rlhf::policy::validate_sft_config(cfg, path);
+  if (a.get_bool("plan")) {
+    std::fputs(rlhf::pipelines::sft_memory_plan(cfg).table().c_str(), stdout);
+    return 0;
+  }
   if (cfg.out_dir().empty())
     throw rlhf::UsageError("no output folder: give --out DIR or out_dir in " + path);
   const auto r = rlhf::pipelines::run_sft_stage(cfg);
@@ -103,7 +108,11 @@ rlhf::cli::Register reg_sft(
     {"sft",
      "supervised fine-tuning of the policy (resumes from DIR/state when restarted)",
      "--config FILE.pbtxt [--out DIR] [overrides]",
-     {{"config", "training config (proto SftConfig, text format)", "", false, true}},
+     {{"config", "training config (proto SftConfig, text format)", "", false, true},
+      {"plan",
+       "print the memory plan (bytes per component on the configured device and dtype) and exit; "
+       "reads no weights",
+       "", true}},
      run_sft},
     kSftOverrides);
 

@@ -90,6 +90,10 @@ void LoraAdapters::detach_all() {
   slots_.clear();
 }
 
+void LoraAdapters::disable() {
+  for (auto& s : slots_) s.linear->weight = s.base;
+}
+
 void LoraAdapters::refresh(bool training) {
   const float scale = options_.scale();
   const float p = options_.dropout;

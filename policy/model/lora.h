@@ -63,6 +63,12 @@ class LoraAdapters {
   // training = true draws a new rank-dropout mask.
   void refresh(bool training);
 
+  // Switches the adapters off: each target projection computes with its plain base weight (the
+  // registered, frozen parameter) until the next refresh(). With a frozen base this is the model
+  // the adapters started from, so PPO's reference is the policy with its adapters off (no second
+  // copy of the base weights).
+  void disable();
+
   // The adapter parameters (A and B of every target), in a fixed order: what the optimiser gets.
   std::vector<torch::Tensor> parameters() const;
   // PEFT names: "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight", ...

@@ -55,6 +55,8 @@ bool whitens_advantages(const proto::PpoConfig& c) {
   return c.advantage_estimator() == "reinforce_baseline";
 }
 
+static void validate_critic(const proto::PpoConfig& c, const ConfigErrors& e);
+
 void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
   auto num = [](double v) { return config_number(v); };
   auto at_least = [&](const char* field, int64_t v, int64_t min) {
@@ -120,6 +122,33 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
               "expected 0 for PPO (rollout log-probs are computed without dropout, so the first "
               "minibatch's ratio would not be 1)",
               num(c.lora().dropout()));
+  }
+  validate_critic(c, e);
+}
+
+// critic / critic_lora: "policy_base" puts the critic on the policy's frozen (LoRA) base.
+static void validate_critic(const proto::PpoConfig& c, const ConfigErrors& e) {
+  if (c.critic() != "separate" && c.critic() != "policy_base")
+    e.fail("critic", "expected \"separate\" or \"policy_base\"", "\"" + c.critic() + "\"");
+  if (c.critic() == "policy_base" && !(c.has_lora() && c.lora().rank() > 0))
+    e.fail("critic",
+           "\"policy_base\" needs lora.rank > 0 (the policy's base must be frozen to be shared)",
+           "\"policy_base\"");
+  if (c.critic() == "policy_base" && !uses_critic(c))
+    e.fail("critic",
+           "expected \"separate\" (the default) with advantage_estimator \"" +
+               c.advantage_estimator() + "\", which trains no critic",
+           "\"policy_base\"");
+  if (c.critic() == "policy_base" && !c.value_model().empty())
+    e.fail("value_model",
+           "expected none with critic \"policy_base\" (the critic is the policy's base)",
+           "\"" + c.value_model() + "\"");
+  if (c.has_critic_lora()) {
+    if (c.critic() != "policy_base")
+      e.fail("critic_lora", "applies to critic \"policy_base\" only", "set");
+    validate_lora_config(c.critic_lora(), e.nested("critic_lora"));
+    if (c.critic_lora().rank() <= 0)
+      e.nested("critic_lora").fail("rank", "expected > 0", std::to_string(c.critic_lora().rank()));
   }
 }
 

@@ -60,6 +60,28 @@ Transformer clone_model(Transformer& model) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The critic on the policy's frozen base (critic: "policy_base")
+
+static bool critic_on_policy_base(const proto::PpoConfig& c) { return c.critic() == "policy_base"; }
+
+// The critic's adapters: critic_lora when set, else the policy's lora settings.
+static LoraOptions critic_lora_options(const proto::PpoConfig& c) {
+  return LoraOptions::from_proto(c.has_critic_lora() ? c.critic_lora() : c.lora());
+}
+
+Transformer share_base(Transformer& base) {
+  ModelConfig c = base->config();
+  c.value_head = false;
+  Transformer t(c);  // its fresh float32 weights are freed as each tensor is rebound below
+  torch::NoGradGuard no_grad;
+  auto params = base->named_parameters();
+  for (auto& p : t->named_parameters()) p.value().set_data(params[p.key()]);
+  auto buffers = base->named_buffers();
+  for (auto& b : t->named_buffers()) b.value().set_data(buffers[b.key()]);
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Learning rate
 
 double ppo_learning_rate(const proto::PpoConfig& c, double peak_lr, int64_t iteration) {
@@ -240,6 +262,8 @@ struct PpoTrainer::Impl {
   bool has_critic() const { return estimator == ppo::Estimator::kGae; }
   // Iterations that train only the critic: none without one.
   int critic_warmup() const { return has_critic() ? cfg.critic_warmup_iterations() : 0; }
+  // critic "policy_base": the critic's own adapters on the policy's shared frozen base.
+  std::unique_ptr<LoraAdapters> critic_lora;
 
   std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
   std::string last_good() const {
@@ -253,6 +277,7 @@ struct PpoTrainer::Impl {
   // The construction path shared by the live trainer and `replay --update`.
   void setup(const proto::PpoConfig& config, PpoModels models);
   training::NamedTensors policy_tensors();
+  training::NamedTensors critic_tensors();
   void load_checkpoint(const std::string& dir);
   void save_checkpoint(int64_t completed);
 
@@ -261,6 +286,8 @@ struct PpoTrainer::Impl {
   void score(Rollout& r);
   void shape_scores(Rollout& r);
   void evaluate(Rollout& r);
+  torch::Tensor reference_logprobs(const torch::Tensor& ids, const torch::Tensor& mask,
+                                   const LogprobOptions& lo);
   void advantages(Rollout& r);
   void critic_free_advantages(Rollout& r, double reward_beta);
   void write_rollouts(const Rollout& r);
@@ -301,13 +328,18 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   precision = place.precision;
   comm = place.comm;
   estimator = *ppo::parse_estimator(cfg.advantage_estimator());
+  m.policy->to(device);
+  const bool with_lora = cfg.has_lora() && cfg.lora().rank() > 0;
   if (has_critic()) {
+    if (critic_on_policy_base(cfg)) {
+      m.critic = share_base(m.policy);  // no copy of the weights (after the move: one device copy)
+      torch::manual_seed(cfg.seed());   // the fresh value head, as the stage seeds a copied critic
+    }
     if (!m.critic->config().value_head) m.critic->add_value_head();
     m.critic->to(device);
   } else {
     m.critic = Transformer{nullptr};  // no critic: none is kept, trained or saved
   }
-  m.policy->to(device);
   if (m.reference) {
     m.reference->to(device);
     m.reference->eval();
@@ -316,15 +348,19 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
     // keeping them so halves its memory and leaves its log-probs bit for bit as they were.
     if (precision == Precision::kBf16) store_matrices_as(m.reference, torch::kBFloat16);
   }
-  if (cfg.has_lora() && cfg.lora().rank() > 0)
+  if (with_lora)
     lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
   // With LoRA the policy's base is frozen: its optimizer holds the adapters alone. PPO's defaults
   // (proto/optimizer.proto): betas (0.9, 0.999), eps 1e-5, no weight decay.
   policy_opt = std::make_unique<training::Optimizer>(
       training::trainable_parameters(*m.policy, lora.get()), cfg.optimizer());
+  if (has_critic() && critic_on_policy_base(cfg)) {
+    critic_lora = std::make_unique<LoraAdapters>(m.critic, critic_lora_options(cfg));
+    for (auto& p : m.critic->value_head->parameters()) p.set_requires_grad(true);  // and the head
+  }
   if (has_critic())
-    critic_opt = std::make_unique<training::Optimizer>(training::trainable_parameters(*m.critic),
-                                                       critic_optimizer_config(cfg));
+    critic_opt = std::make_unique<training::Optimizer>(
+        training::trainable_parameters(*m.critic, critic_lora.get()), critic_optimizer_config(cfg));
   if (cfg.adaptive_kl())
     kl_ctl = std::make_unique<ppo::AdaptiveKLController>(cfg.kl_coef(), cfg.kl_target(),
                                                          cfg.kl_horizon());
@@ -337,6 +373,11 @@ training::NamedTensors PpoTrainer::Impl::policy_tensors() {
   return training::state_tensors(*m.policy, lora.get());
 }
 
+// The critic's: its weights and value head, with critic "policy_base" also its adapters.
+training::NamedTensors PpoTrainer::Impl::critic_tensors() {
+  return training::state_tensors(*m.critic, critic_lora.get());
+}
+
 void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
   proto::PpoState st;
   if (!st.ParseFromString(read_file(dir + "/state.pb")))
@@ -344,7 +385,7 @@ void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
   training::load_tensors(policy_tensors(), dir + "/policy.pt");
   policy_opt->load(dir + "/policy_optimizer.pt", device);
   if (has_critic()) {
-    training::load_tensors(training::module_tensors(*m.critic), dir + "/critic.pt");
+    training::load_tensors(critic_tensors(), dir + "/critic.pt");
     critic_opt->load(dir + "/critic_optimizer.pt", device);
   }
   training::load_cpu_rng(dir + "/rng.pt");
@@ -374,7 +415,7 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
         training::save_tensors(policy_tensors(), tmp + "/policy.pt");  // with LoRA: base + adapters
         policy_opt->save(tmp + "/policy_optimizer.pt");
         if (has_critic()) {
-          training::save_tensors(training::module_tensors(*m.critic), tmp + "/critic.pt");
+          training::save_tensors(critic_tensors(), tmp + "/critic.pt");
           critic_opt->save(tmp + "/critic_optimizer.pt");
         }
         training::save_cpu_rng(tmp + "/rng.pt");
@@ -494,6 +535,18 @@ void PpoTrainer::Impl::shape_scores(Rollout& r) {
   r.scores = torch::tensor(r.shaped, torch::kFloat).to(device);
 }
 
+// The reference's log-probs [B, T]: the separate reference model, or (LoRA without one) the
+// policy with its adapters switched off, whose frozen base is the model PPO started from.
+torch::Tensor PpoTrainer::Impl::reference_logprobs(const torch::Tensor& ids,
+                                                   const torch::Tensor& mask,
+                                                   const LogprobOptions& lo) {
+  if (m.reference) return token_logprobs(m.reference, ids, mask, lo).logprobs;
+  lora->disable();
+  auto lp = token_logprobs(m.policy, ids, mask, lo).logprobs;
+  lora->refresh(false);  // the same adapters, the same effective weights as before
+  return lp;
+}
+
 // 4. Log-probs under policy and reference, entropy, critic values (teacher forcing, no grad).
 void PpoTrainer::Impl::evaluate(Rollout& r) {
   torch::NoGradGuard no_grad;
@@ -504,11 +557,10 @@ void PpoTrainer::Impl::evaluate(Rollout& r) {
   r.old_logp = pol.logprobs.narrow(1, r.P - 1, r.N) * r.rmask;
   r.entropy = pol.entropy.narrow(1, r.P - 1, r.N);
   lo.entropy = false;
-  r.ref_logp =
-      token_logprobs(m.reference, r.ids, r.full_mask, lo).logprobs.narrow(1, r.P - 1, r.N) *
-      r.rmask;
+  r.ref_logp = reference_logprobs(r.ids, r.full_mask, lo).narrow(1, r.P - 1, r.N) * r.rmask;
   if (has_critic()) {
     m.critic->eval();
+    if (critic_lora) critic_lora->refresh(false);  // e.g. adapters just loaded by a resume
     auto h = m.critic->hidden_states(r.ids, r.full_mask);
     r.values = m.critic->values_from_hidden(h.narrow(1, r.P - 1, r.N)).to(torch::kFloat) * r.rmask;
   } else {
@@ -756,6 +808,7 @@ void PpoTrainer::Impl::critic_minibatch(const UpdateBatch& u, const torch::Tenso
                                         double lr, std::map<std::string, double>& mb,
                                         UpdateTotals& tot) {
   m.critic->train();
+  if (critic_lora) critic_lora->refresh(true);  // a fresh graph through the critic's adapters
   const bool rows = idx.numel() > 0;
   ppo::ValueLossResult vl;
   double share = 0;
@@ -830,6 +883,7 @@ UpdateTotals PpoTrainer::Impl::update(const UpdateBatch& u, int64_t it, const Lo
   m.policy->eval();
   if (has_critic()) m.critic->eval();
   if (lora) lora->refresh(false);  // the weights after the last optimizer step
+  if (critic_lora) critic_lora->refresh(false);
   return tot;
 }
 
@@ -972,10 +1026,14 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   validate_ppo_config(config);
   auto& I = *impl_;
   const bool critic = uses_critic(config);
-  if (!models.policy || !models.reference || (critic && !models.critic))
-    throw Error(critic ? "ppo: policy, reference and critic models are all required"
-                       : "ppo: policy and reference models are required");
-  if (models.policy->config().vocab_size != models.reference->config().vocab_size)
+  const bool with_lora = config.has_lora() && config.lora().rank() > 0;
+  if (!models.policy) throw Error("ppo: the policy model is required");
+  if (critic && !models.critic && config.critic() != "policy_base")
+    throw Error("ppo: a critic model is required (or critic: \"policy_base\")");
+  if (!models.reference && !with_lora)
+    throw Error("ppo: a reference model is required (without LoRA the policy's weights train)");
+  if (models.reference &&
+      models.policy->config().vocab_size != models.reference->config().vocab_size)
     throw Error("ppo: policy vocab_size " + std::to_string(models.policy->config().vocab_size) +
                 " differs from the reference's " +
                 std::to_string(models.reference->config().vocab_size));

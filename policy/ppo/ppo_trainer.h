@@ -30,13 +30,21 @@
 // reproduces the numbers of an uninterrupted run.
 //
 // LoRA (config.lora.rank > 0, policy/model/lora.h): the policy's base weights are frozen and only
-// its adapters train (the critic trains in full). The reference stays the separate model given in
-// PpoModels (lora.h re-parametrises the policy's projections, it cannot switch them off, so the
-// base weights cannot double as the reference). Checkpoints: policy.pt = the frozen base,
-// adapter/ = the adapters (PEFT layout), policy/ = the merged weights. run() ends by folding the
-// adapters into the policy (the caller's PpoModels::policy is then the merged plain model).
-// Built on the training toolkit (policy/training/training.h) like SFT and reward: place_trainer,
-// trainable_parameters, Optimizer, make_schedule, StateFolder.
+// its adapters train (the critic trains in full); the trainer keeps the base's dtype as given (a
+// caller may store its projection matrices in bfloat16 first, store_matrices_as). The reference is
+// the separate model given in PpoModels, or, when PpoModels::reference is null, the policy's own
+// frozen base with its adapters switched off (LoraAdapters::disable): no second copy of the base
+// weights, and log-probs equal, bit for bit, to those of a separate reference holding the same
+// weights. Checkpoints: policy.pt = the frozen base, adapter/ = the adapters (PEFT layout), policy/
+// = the merged weights. run() ends by folding the adapters into the policy (the caller's
+// PpoModels::policy is then the merged plain model). Critic "policy_base" (with LoRA;
+// PpoModels::critic null): the value head sits on the policy's frozen base, shared through
+// share_base, with its own LoRA adapters (critic_lora, or the policy's lora settings); the critic's
+// optimizer holds those adapters and the head. critic.pt then holds the critic's weights (the
+// shared base), head and adapters ("lora." names); run()'s final merge folds the policy's adapters
+// into that shared base, so the critic is not used after run(). Built on the training toolkit
+// (policy/training/training.h) like SFT and reward: place_trainer, trainable_parameters, Optimizer,
+// make_schedule, StateFolder.
 //
 // Ownership: the trainer shares the models of PpoModels (torch module handles) and trains them in
 // place; it owns its optimizers, KL controller and metrics writer. Not thread-safe. Errors:
@@ -74,9 +82,12 @@ using ExtraStatsFn = std::function<std::map<std::string, double>(
 struct PpoModels {
   Transformer policy{nullptr};  // trained
   // frozen (never updated); may not be the same object as the policy. With dtype "bf16" the
-  // trainer stores its projection matrices in bfloat16 (store_matrices_as) in place.
+  // trainer stores its projection matrices in bfloat16 (store_matrices_as) in place. Null with
+  // LoRA (config.lora.rank > 0): the reference is the policy's base with its adapters off.
   Transformer reference{nullptr};
-  Transformer critic{nullptr};  // needs a value head (config.value_head)
+  // Gets a value head when it has none. Null with critic "policy_base": the trainer builds it on
+  // the policy's frozen base (share_base) with its own value head and adapters.
+  Transformer critic{nullptr};
 };
 
 // Copies parameters and buffers by name from `src` into `dst` (same architecture); for making
@@ -85,6 +96,12 @@ void copy_weights(Transformer& src, Transformer& dst);
 
 // A deep copy of `model` (same config, same weights).
 Transformer clone_model(Transformer& model);
+
+// A model of `base`'s architecture (without a value head) whose parameters and buffers share
+// `base`'s tensors (the same storage, no copy): the critic of critic "policy_base", which then
+// gets its own value head and LoRA adapters. Building it allocates, then frees, one float32 set of
+// fresh weights (the Transformer constructor's).
+Transformer share_base(Transformer& base);
 
 // The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (optimizer.lr
 // or critic_lr) under the config's optimizer section (schedule, warm-up, min_lr_ratio; PPO's

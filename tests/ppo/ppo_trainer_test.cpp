@@ -385,6 +385,127 @@ TEST(PpoTrainer, LoraTrainsAdaptersOnlyAndMerges) {
   EXPECT_TRUE(same_stats(trainer.history()[2], tc.history()[0]));
 }
 
+// LoRA without a separate reference: the reference is the policy's base with its adapters off.
+// Its log-probs (saved in the rollout files) and every stat equal, bit for bit, those of a run
+// with a separate reference copy, in fp32 and bf16; iteration 2 runs after the adapters moved,
+// so switching them off is what makes the two agree.
+TEST(PpoTrainer, LoraReferenceIsTheBaseWithAdaptersOff) {
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    auto cfg = toy_config(2);
+    cfg.set_batch_size(8);
+    cfg.set_minibatch_size(8);
+    cfg.set_ppo_epochs(1);
+    cfg.set_dtype(dtype);
+    cfg.mutable_optimizer()->set_lr(2e-2);
+    cfg.mutable_lora()->set_rank(4);
+    TempDir a("ppo_lora_ref_a"), b("ppo_lora_ref_b");
+    policy::PpoTrainer separate(cfg, make_models(5), count_teacher, make_prompts(), a.path());
+    separate.run();
+    auto shared_models = make_models(5);
+    shared_models.reference = nullptr;
+    policy::PpoTrainer shared(cfg, shared_models, count_teacher, make_prompts(), b.path());
+    shared.run();
+    ASSERT_EQ(shared.history().size(), 2u);
+    for (size_t i = 0; i < 2; ++i)
+      EXPECT_TRUE(same_stats(separate.history()[i], shared.history()[i])) << dtype << " " << i;
+    auto ra = policy::read_rollouts(a / "rollouts/iter-0002.pb");
+    auto rb = policy::read_rollouts(b / "rollouts/iter-0002.pb");
+    ASSERT_EQ(ra.size(), rb.size());
+    for (size_t i = 0; i < ra.size(); ++i) {
+      ASSERT_EQ(ra[i].ref_logprobs_size(), rb[i].ref_logprobs_size());
+      for (int t = 0; t < ra[i].ref_logprobs_size(); ++t)
+        EXPECT_EQ(ra[i].ref_logprobs(t), rb[i].ref_logprobs(t)) << dtype << " " << i << " " << t;
+      ASSERT_EQ(ra[i].logprobs_size(), ra[i].ref_logprobs_size());
+    }
+    // The adapters moved by iteration 2: policy and reference log-probs differ somewhere.
+    bool differ = false;
+    for (const auto& r : rb)
+      for (int t = 0; t < r.logprobs_size(); ++t) differ |= r.logprobs(t) != r.ref_logprobs(t);
+    EXPECT_TRUE(differ) << dtype;
+  }
+  // Without LoRA the policy trains in full and cannot be its own reference.
+  auto models = make_models(5);
+  models.reference = nullptr;
+  TempDir c("ppo_no_ref");
+  EXPECT_THROW(policy::PpoTrainer(toy_config(1), models, count_teacher, make_prompts(), c.path()),
+               Error);
+}
+
+// share_base: the critic of critic "policy_base" holds the policy's tensors (the same storage),
+// computes the same hidden states, and adding a value head or adapters to it leaves the policy as
+// it was.
+TEST(PpoTrainer, ShareBaseAliasesThePolicyWeights) {
+  auto models = make_models(4);
+  auto critic = policy::share_base(models.policy);
+  auto pp = models.policy->named_parameters();
+  for (auto& p : critic->named_parameters())
+    EXPECT_EQ(p.value().data_ptr(), pp[p.key()].data_ptr()) << p.key();
+  critic->add_value_head();
+  EXPECT_FALSE(models.policy->config().value_head);
+  torch::NoGradGuard ng;
+  auto ids = torch::tensor(std::vector<int64_t>{1, 5, 9, 7}).unsqueeze(0);
+  EXPECT_TRUE(torch::equal(critic->hidden_states(ids), models.policy->hidden_states(ids)));
+}
+
+// critic "policy_base": the value head and the critic's own adapters train on the policy's shared
+// frozen base (no critic model is given); the base stays bit-identical, the value loss falls
+// over the iterations, critic.pt holds the critic's adapters, and a resume reproduces the run.
+TEST(PpoTrainer, CriticOnThePolicyBaseTrainsItsAdaptersAndResumes) {
+  auto cfg = toy_config(3);
+  cfg.set_batch_size(16);
+  cfg.set_minibatch_size(8);
+  cfg.set_ppo_epochs(2);
+  cfg.set_checkpoint_every(1);
+  cfg.mutable_lora()->set_rank(4);
+  cfg.set_critic("policy_base");
+  cfg.mutable_critic_lora()->set_rank(2);
+  auto models = make_models(6);
+  models.reference = nullptr;
+  models.critic = nullptr;
+  std::map<std::string, torch::Tensor> base;
+  for (auto& np : models.policy->named_parameters()) base[np.key()] = np.value().detach().clone();
+  TempDir a("ppo_critic_base");
+  policy::PpoTrainer trainer(cfg, models, count_teacher, make_prompts(), a.path());
+  for (int i = 0; i < 3; ++i) trainer.step();
+  trainer.save_checkpoint_now();
+  const auto& h = trainer.history();
+  EXPECT_LT(h[2].at("loss/value"), h[0].at("loss/value"));
+  for (auto& np : models.policy->named_parameters())
+    EXPECT_TRUE(torch::equal(np.value(), base.at(np.key()))) << np.key() << " moved";
+  torch::serialize::InputArchive ar;
+  ar.load_from(trainer.checkpoint_dir() + "/critic.pt");
+  torch::Tensor t;
+  EXPECT_TRUE(
+      ar.try_read("lora.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", t));
+  EXPECT_EQ(t.size(0), 2);  // critic_lora's rank, not the policy's
+  EXPECT_TRUE(ar.try_read("value_head.weight", t));
+
+  TempDir b("ppo_critic_base_b");
+  {
+    auto m = make_models(6);
+    m.reference = m.critic = nullptr;
+    policy::PpoTrainer first(cfg, m, count_teacher, make_prompts(), b.path());
+    first.step();
+    first.step();
+    first.save_checkpoint_now();
+  }
+  auto m = make_models(6);
+  m.reference = m.critic = nullptr;
+  policy::PpoTrainer resumed(cfg, m, count_teacher, make_prompts(), b.path());
+  ASSERT_EQ(resumed.completed_iterations(), 2);
+  resumed.step();
+  EXPECT_TRUE(same_stats(h[2], resumed.history()[0]));
+
+  // It needs LoRA (a frozen base to share) and no value_model.
+  auto bad = toy_config(1);
+  bad.set_critic("policy_base");
+  EXPECT_THROW(policy::validate_ppo_config(bad), Error);
+  bad.mutable_lora()->set_rank(4);
+  EXPECT_NO_THROW(policy::validate_ppo_config(bad));
+  bad.set_value_model("rm");
+  EXPECT_THROW(policy::validate_ppo_config(bad), Error);
+}
+
 // The lr of an iteration (ppo_learning_rate) by hand, and the trainer applies it: with a linear
 // decay to 0 over 2 iterations, iteration 2 runs at lr 0 and leaves the weights bit-identical.
 TEST(PpoTrainer, LearningRateScheduleByIteration) {

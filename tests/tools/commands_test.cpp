@@ -3,6 +3,7 @@
 // binary lists a table flag with its help and field.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -133,6 +134,66 @@ TEST(CliCommands, ABadValueIsAUsageErrorThroughTheBinary) {
   EXPECT_NE(out.find("rlhf sft: --steps: expected an integer (int64), got 'seven'"),
             std::string::npos)
       << out;
+}
+
+// A Qwen2.5-0.5B-shaped config.json (dims as published) in `dir`, with no weights: `--plan` reads
+// nothing else. `layers` and `dim` scale it up for the refusal.
+void write_qwen_folder(const std::string& dir, int layers = 24, int dim = 896) {
+  ASSERT_EQ(run_command("mkdir -p " + dir + " && touch " + dir + "/checkpoint.pb", nullptr), 0);
+  std::ofstream(dir + "/config.json")
+      << "{\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], "
+         "\"vocab_size\": 151936, \"hidden_size\": "
+      << dim << ", \"intermediate_size\": 4864, \"num_hidden_layers\": " << layers
+      << ", \"num_attention_heads\": 14, \"num_key_value_heads\": 2, "
+         "\"tie_word_embeddings\": true, \"max_position_embeddings\": 32768, "
+         "\"rms_norm_eps\": 1e-6, \"rope_theta\": 1000000.0, \"use_sliding_window\": false, "
+         "\"sliding_window\": 32768, \"max_window_layers\": 21, \"bos_token_id\": 151643, "
+         "\"eos_token_id\": 151645, \"hidden_act\": \"silu\"}\n";
+}
+
+// `rlhf ppo --plan` prints the table from config.json alone (the folder has no weights) and exits
+// 0; LoRA shares the reference; `critic: "policy_base"` shares the critic's base. A model that
+// cannot fit is refused at the start of the run with the table, before anything is loaded.
+TEST(CliCommands, PpoPlanPrintsTheTableAndARunThatCannotFitIsRefused) {
+  rlhf::testing::TempDir dir("cli_plan");
+  write_qwen_folder(dir / "qwen");
+  std::ofstream(dir / "ppo.pbtxt") << "policy: \"" << dir / "qwen"
+                                   << "\"\nreward_model: \"" << dir / "qwen"
+                                   << "\"\nprompts: \"p.jsonl\"\nbatch_size: 8\n"
+                                      "minibatch_size: 8\nmax_prompt_tokens: 16\n"
+                                      "lora { rank: 16 }\ncritic: \"policy_base\"\n";
+  std::string out;
+  ASSERT_EQ(run_command(rlhf_binary() + " ppo --plan --config " + dir / "ppo.pbtxt", &out), 0)
+      << out;
+  // Policy weights: 494,032,768 float32 parameters = 1884.6 MiB; the LoRA rank-16 q/v adapters
+  // (1,081,344 parameters) have 4.1 MiB of gradients and 8.2 MiB of AdamW moments.
+  for (const char* text : {"memory plan: ppo on cpu, dtype fp32", "1884.6", "4.1", "8.2",
+                           "shares the policy's frozen base", "KV cache", "reward model"})
+    EXPECT_NE(out.find(text), std::string::npos) << text << " missing from:\n" << out;
+  EXPECT_NE(out.find("shares the policy's frozen base"),
+            out.rfind("shares the policy's frozen base"))
+      << "reference and critic both share it:\n"
+      << out;
+  ASSERT_EQ(run_command(rlhf_binary() +
+                            " sft --plan --config /dev/null --train-file t.jsonl --init-from " +
+                            dir / "qwen" + " --seq-len 64",
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("memory plan: sft on cpu"), std::string::npos) << out;
+  EXPECT_NE(out.find("optimizer"), std::string::npos) << out;
+
+  // 2,000 layers of dim 8,960: about 4 TB, more than this machine has.
+  write_qwen_folder(dir / "huge", 2000, 8960);
+  std::ofstream(dir / "huge.pbtxt") << "policy: \"" << dir / "huge"
+                                    << "\"\nreward_model: \"" << dir / "huge"
+                                    << "\"\nprompts: \"p.jsonl\"\n";
+  EXPECT_NE(
+      run_command(rlhf_binary() + " ppo --config " + dir / "huge.pbtxt" + " --out " + dir / "run",
+                  &out),
+      0);
+  EXPECT_NE(out.find("ppo: the memory plan needs"), std::string::npos) << out;
+  EXPECT_NE(out.find("component"), std::string::npos) << out;  // the table comes with it
 }
 
 }  // namespace
