@@ -185,7 +185,10 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
     decode = [&](const std::vector<int64_t>& ids) { return policy::decode_response(*tok, ids); };
   else if (tok)
     decode = [&](const std::vector<int64_t>& ids) {
-      return tok->decode(std::vector<int>(ids.begin(), ids.end()));
+      std::vector<int> known;
+      for (int64_t id : ids)
+        if (policy::has_token(*tok, id)) known.push_back(static_cast<int>(id));
+      return tok->decode(known);
     };
   const auto held = gold_problems(o, tok);
 

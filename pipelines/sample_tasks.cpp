@@ -11,6 +11,7 @@
 #include "pipelines/ppo_prompts.h"
 #include "policy/model/checkpoint.h"
 #include "policy/runtime/device.h"
+#include "policy/tokenizer/prompt_format.h"
 #include "policy/tokenizer/tokenizer.h"
 
 namespace rlhf::pipelines {
@@ -19,13 +20,13 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// The reply's text: ids up to the first EOS or stop id, decoded.
+// The reply's text: ids up to the first EOS or stop id, decoded (ids without a token skipped).
 std::string reply_text(const policy::Tokenizer& tok, const std::vector<int64_t>& ids,
                        int64_t eos_id, const std::vector<int64_t>& stop_ids) {
   std::vector<int> kept;
   for (int64_t id : ids) {
     if (id == eos_id || std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) break;
-    kept.push_back(static_cast<int>(id));
+    if (policy::has_token(tok, id)) kept.push_back(static_cast<int>(id));
   }
   return tok.decode(kept);
 }

@@ -15,6 +15,7 @@
 #include "annotation/local_socket.h"
 #include "common/error.h"
 #include "pipelines/quickstart_task.h"
+#include "policy/tokenizer/prompt_format.h"
 
 namespace rlhf::pipelines {
 
@@ -104,7 +105,8 @@ int connect_unix(const std::string& path, std::string* error) {
 std::string prompt_text(const TeacherText& t, const std::vector<int64_t>& ids) {
   std::vector<int> body;
   for (size_t i = 0; i < ids.size(); ++i)
-    if (!(i == 0 && ids[i] == t.bos)) body.push_back(static_cast<int>(ids[i]));
+    if (!(i == 0 && ids[i] == t.bos) && policy::has_token(*t.tok, ids[i]))
+      body.push_back(static_cast<int>(ids[i]));
   return t.tok->decode(body);
 }
 
@@ -113,7 +115,7 @@ std::string response_text(const TeacherText& t, const std::vector<int64_t>& ids)
   for (int64_t id : ids) {
     if (id == t.eos || std::find(t.stop_ids.begin(), t.stop_ids.end(), id) != t.stop_ids.end())
       break;
-    body.push_back(static_cast<int>(id));
+    if (policy::has_token(*t.tok, id)) body.push_back(static_cast<int>(id));
   }
   return t.tok->decode(body);
 }

@@ -46,12 +46,17 @@ inline std::vector<int64_t> truncate_prompt(std::vector<int64_t> ids, int64_t ma
   return ids;
 }
 
-// Decodes generated response ids (EOS and anything after it dropped, pads skipped).
+// Whether a generated id has a token: a model's embedding may have rows past the tokenizer's
+// vocabulary (Qwen2.5: 151,936 rows for 151,665 ids), and Hugging Face's decode skips such ids.
+inline bool has_token(const Tokenizer& tok, int64_t id) { return id >= 0 && id < tok.vocab_size(); }
+
+// Decodes generated response ids (EOS and anything after it dropped, pads and ids without a
+// token skipped).
 inline std::string decode_response(const Tokenizer& tok, const std::vector<int64_t>& ids) {
   std::vector<int> out;
   for (int64_t id : ids) {
     if (id == tok.eos_id()) break;
-    if (id == tok.pad_id() || id == tok.bos_id()) continue;
+    if (id == tok.pad_id() || id == tok.bos_id() || !has_token(tok, id)) continue;
     out.push_back(static_cast<int>(id));
   }
   return tok.decode(out);

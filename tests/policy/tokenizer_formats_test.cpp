@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/tokenizer/hf_tokenizer.h"
+#include "policy/tokenizer/prompt_format.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "tests/fixtures/tokenizer_ref.h"
 #include "tests/test_support.h"
@@ -126,6 +127,15 @@ TEST(TokenizerFormats, SpecialIdsComeFromTokenizerConfig) {
   ids.push_back(llama.eos_id());
   EXPECT_EQ(llama.decode(ids), "Hi there");
   EXPECT_EQ(qwen.decode({151644, qwen.eos_id(), qwen.pad_id()}), "<|im_start|>");
+  // A generated id past the tokenizer (Qwen2.5 / Qwen3 embeddings have 151,936 rows for fewer
+  // ids) has no text: decoding a response skips it, as Hugging Face's decode does.
+  std::vector<int64_t> generated;
+  for (int id : qwen.encode("Hi")) generated.push_back(id);
+  generated.push_back(qwen.vocab_size() + 7);
+  for (int id : qwen.encode(" there")) generated.push_back(id);
+  EXPECT_EQ(decode_response(qwen, generated), "Hi there");
+  EXPECT_FALSE(has_token(qwen, qwen.vocab_size()));
+  EXPECT_TRUE(has_token(qwen, qwen.vocab_size() - 1));
 }
 
 TEST(TokenizerFormats, ConfigObjectsNullsAndBadTokens) {
