@@ -227,11 +227,12 @@ proto::ScoreResponse score_by_rule(const std::string& name, const proto::ScoreRe
 }
 
 void serve_rule_teacher(const std::string& name, const std::string& socket_path,
-                        const std::atomic<bool>* stop) {
+                        const std::atomic<bool>* stop, const std::function<void()>& listening) {
   if (name != "arithmetic")
     throw Error("teacher rule \"" + name + "\" is not known (expected \"arithmetic\")");
   annotation::ServerLock lock(socket_path);
   Fd listener{annotation::listen_on_path(socket_path, 0600, 16)};
+  if (listening) listening();
   while (!stop->load()) {
     if (!wait_ready(listener.fd, POLLIN, Clock::now() + std::chrono::milliseconds(200))) continue;
     Fd conn{::accept4(listener.fd, nullptr, nullptr, SOCK_CLOEXEC)};

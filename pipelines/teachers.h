@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,8 +49,10 @@ policy::TeacherFn make_socket_teacher(const proto::TeacherConfig& config, const 
 proto::ScoreResponse score_by_rule(const std::string& name, const proto::ScoreRequest& request);
 
 // Serves rule `name` on a Unix socket at `socket_path` (mode 0600) until *stop is set; each
-// connection: one request, one answer. Throws rlhf::Error when it cannot listen.
+// connection: one request, one answer. `listening` (optional) runs once the socket accepts.
+// Throws rlhf::Error for an unknown rule or when it cannot listen.
 void serve_rule_teacher(const std::string& name, const std::string& socket_path,
-                        const std::atomic<bool>* stop);
+                        const std::atomic<bool>* stop,
+                        const std::function<void()>& listening = nullptr);
 
 }  // namespace rlhf::pipelines

@@ -2,6 +2,7 @@
 // the teacher socket protocol (proto/teacher.proto), until SIGINT / SIGTERM.
 #include <csignal>
 #include <cstdio>
+#include <functional>
 
 #include "pipelines/teachers.h"
 #include "tools/cli.h"
@@ -18,9 +19,10 @@ int serve(const rlhf::cli::Args& args) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
-  std::fprintf(stderr, "teacher: serving rule \"%s\" on %s\n", args.get("rule").c_str(),
-               args.get("socket").c_str());
-  rlhf::pipelines::serve_rule_teacher(args.get("rule"), args.get("socket"), &g_stop);
+  rlhf::pipelines::serve_rule_teacher(args.get("rule"), args.get("socket"), &g_stop, [&] {
+    std::fprintf(stderr, "teacher: serving rule \"%s\" on %s\n", args.get("rule").c_str(),
+                 args.get("socket").c_str());
+  });
   return 0;
 }
 
