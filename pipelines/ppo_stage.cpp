@@ -227,6 +227,7 @@ std::map<std::string, double> run_ppo_stage(const PpoStageOptions& o) {
   info.created_by = "ppo";
   info.step = trainer.completed_iterations();
   policy::save_checkpoint(models.policy, out + "/model", info);
+  if (tok) tok->save(out + "/model");  // as sft's model/: the folder loads with its tokenizer
   *manifest.add_outputs() = file_ref(out + "/model/model.safetensors");
   for (auto& kv : result) (*manifest.mutable_metrics())[kv.first] = kv.second;
   (*manifest.mutable_metrics())["iterations"] = trainer.completed_iterations();

@@ -1,6 +1,7 @@
 // The `ppo` stage: loads the inputs a PpoConfig names (policy, reference, critic initialisation,
-// teacher = reward model, prompts), runs policy::PpoTrainer and writes <out>/model (the final
-// policy checkpoint), <out>/manifest.pb/.json, metrics.jsonl, rollouts/ and checkpoints/.
+// teacher: reward model, rule or scorer socket; prompts), runs policy::PpoTrainer and writes
+// <out>/model (the final policy checkpoint with a copy of the tokenizer's files when the config
+// names a tokenizer), <out>/manifest.pb/.json, metrics.jsonl, rollouts/ and checkpoints/.
 //
 // Errors: rlhf::Error naming the config field, file or folder (a bad config value with its line, a
 // model that cannot be loaded "ppo: loading the <what> (<dir>): ...", a tokenizer that does not

@@ -102,6 +102,8 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
   EXPECT_EQ(m.tokenizer_sha256(), tok.sha256());
   auto final_model = policy::load_checkpoint(dir / "ppo/model");
   EXPECT_EQ(final_model.info.tokenizer_sha256, tok.sha256());
+  // The final model carries its tokenizer, as sft's model/ does.
+  EXPECT_EQ(policy::Tokenizer::load(dir / "ppo/model").sha256(), tok.sha256());
 
   auto recs = policy::read_rollouts(dir / "ppo/rollouts/iter-0002.pb");
   ASSERT_EQ(recs.size(), 8u);
