@@ -20,17 +20,6 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// The reply's text: ids up to the first EOS or stop id, decoded (ids without a token skipped).
-std::string reply_text(const policy::Tokenizer& tok, const std::vector<int64_t>& ids,
-                       int64_t eos_id, const std::vector<int64_t>& stop_ids) {
-  std::vector<int> kept;
-  for (int64_t id : ids) {
-    if (id == eos_id || std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) break;
-    if (policy::has_token(tok, id)) kept.push_back(static_cast<int>(id));
-  }
-  return tok.decode(kept);
-}
-
 policy::Tokenizer sample_tokenizer(const SampleTasksOptions& o, int model_vocab) {
   std::string path = o.tokenizer;
   if (path.empty()) path = policy::Tokenizer::file_in_folder(o.model);
@@ -87,7 +76,7 @@ SampleTasksResult sample_tasks(const SampleTasksOptions& o) {
     batch_options.seed = so.seed + first;
     const auto gen = policy::generate(model, prompts, batch_options);
     for (size_t row = first; row < end; ++row)
-      answers[row] = reply_text(tok, gen.responses[row - first], so.eos_id, so.stop_ids);
+      answers[row] = policy::decode_reply(tok, gen.responses[row - first], so.eos_id, so.stop_ids);
     r.generated_tokens += gen.generated_tokens;
     progress.update(static_cast<int64_t>(end));
   }

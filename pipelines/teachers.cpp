@@ -111,13 +111,7 @@ std::string prompt_text(const TeacherText& t, const std::vector<int64_t>& ids) {
 }
 
 std::string response_text(const TeacherText& t, const std::vector<int64_t>& ids) {
-  std::vector<int> body;
-  for (int64_t id : ids) {
-    if (id == t.eos || std::find(t.stop_ids.begin(), t.stop_ids.end(), id) != t.stop_ids.end())
-      break;
-    if (policy::has_token(*t.tok, id)) body.push_back(static_cast<int>(id));
-  }
-  return t.tok->decode(body);
+  return policy::decode_reply(*t.tok, ids, t.eos, t.stop_ids);
 }
 
 float arithmetic_score(const std::string& prompt, const std::string& response) {

@@ -11,6 +11,7 @@
 // policy/tokenizer/tokenizer.h) and share its thread safety.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -60,6 +61,18 @@ inline std::string decode_response(const Tokenizer& tok, const std::vector<int64
     out.push_back(static_cast<int>(id));
   }
   return tok.decode(out);
+}
+
+// A generated reply's text: ids up to (not including) the first `eos_id` or stop id (a chat
+// template's end of turn), ids without a token skipped; BOS / EOS / pad skipped as decode does.
+inline std::string decode_reply(const Tokenizer& tok, const std::vector<int64_t>& ids,
+                                int64_t eos_id, const std::vector<int64_t>& stop_ids) {
+  std::vector<int> kept;
+  for (int64_t id : ids) {
+    if (id == eos_id || std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) break;
+    if (has_token(tok, id)) kept.push_back(static_cast<int>(id));
+  }
+  return tok.decode(kept);
 }
 
 }  // namespace rlhf::policy
