@@ -17,6 +17,7 @@
 #include "common/launch.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
+#include "pipelines/internal/run.h"
 #include "pipelines/internal/subprocess.h"
 #include "pipelines/pipeline_config.h"
 #include "pipelines/policy_sampling.h"
@@ -34,68 +35,9 @@ using nlohmann::json;
 
 namespace {
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 template <typename T>
 void set_default(T* field_value, T def) {
   if (*field_value == T{}) *field_value = def;
-}
-
-// Everything a stage needs to know about the run.
-struct Run {
-  proto::PipelineConfig config;
-  std::string config_path;  // for error messages
-  std::string dir;
-  std::string exe;
-  json state;  // pipeline_state.json: {"stages": {name: {"fingerprint": ..., "seconds": ...}}}
-
-  std::string path(const std::string& rel) const { return dir + "/" + rel; }
-  std::string tokenizer_model() const { return path("tokenizer/tokenizer.model"); }
-  void save_state() const { write_file_atomic(path("pipeline_state.json"), state.dump(2)); }
-};
-
-std::string hash_inputs(const std::string& config_text, const std::vector<std::string>& files) {
-  std::string all = config_text;
-  for (const auto& f : files) {
-    all += "\n" + f + " ";
-    all += file_exists(f) && fs::is_regular_file(f) ? sha256_file(f) : "-";
-  }
-  return sha256_hex(all);
-}
-
-// A trainer command line, under `rlhf launch` when the stage runs on more than one process
-// (the rendezvous port is a free loopback port, so concurrent pipelines do not collide).
-std::vector<std::string> trainer_argv(const std::string& exe, int processes,
-                                      std::vector<std::string> command) {
-  if (processes <= 1) {
-    command.insert(command.begin(), exe);
-    return command;
-  }
-  std::vector<std::string> argv = {exe,
-                                   "launch",
-                                   "--nproc-per-node",
-                                   std::to_string(processes),
-                                   "--master-port",
-                                   std::to_string(launch::free_loopback_port()),
-                                   "--",
-                                   "rlhf"};
-  argv.insert(argv.end(), command.begin(), command.end());
-  return argv;
-}
-
-void run_or_throw(const std::vector<std::string>& argv, const std::string& stage) {
-  int code = run_child(argv);
-  if (code != 0)
-    throw Error("stage '" + stage + "' failed (exit " + std::to_string(code) +
-                "): " + process::join_command(argv));
-}
-
-std::vector<quickstart::Problem> heldout_problems(const Run& run) {
-  return quickstart::generate_problems(
-      quickstart::Split::kHeldOut, run.config.quickstart().heldout_problems(),
-      run.config.seed() + 1000, run.config.quickstart().max_operand());
 }
 
 std::vector<quickstart::Problem> train_problems(const Run& run, int n, uint64_t salt) {
@@ -601,46 +543,6 @@ void run_stage(Run& run, const Stage& stage, bool forced) {
   std::printf("== %s done in %.1f s\n", stage.name.c_str(), secs);
 }
 
-// The command's --device / --dtype over the config's, then the pipeline-wide values (when set)
-// into every stage section that computes.
-void apply_device_and_dtype(proto::PipelineConfig& c, const RunOptions& o) {
-  if (!o.device.empty()) c.set_device(o.device);
-  if (!o.dtype.empty()) c.set_dtype(o.dtype);
-  policy::validate_device_and_dtype(c.has_device() ? c.device() : "cpu",
-                                    c.has_dtype() ? c.dtype() : "fp32",
-                                    ConfigErrors(c, "pipeline run --device/--dtype"));
-  if (c.has_device()) {
-    c.mutable_sft()->set_device(c.device());
-    c.mutable_sample()->set_device(c.device());
-    c.mutable_reward()->set_device(c.device());
-    c.mutable_ppo()->set_device(c.device());
-  }
-  if (c.has_dtype()) {
-    c.mutable_sft()->set_dtype(c.dtype());
-    c.mutable_sample()->set_dtype(c.dtype());
-    c.mutable_reward()->set_dtype(c.dtype());
-    c.mutable_ppo()->set_dtype(c.dtype());
-  }
-}
-
-Run open_run(const RunOptions& options) {
-  Run run;
-  run.config = load_pipeline_config(options.config_path);
-  apply_device_and_dtype(run.config, options);
-  if (options.seed) run.config.set_seed(*options.seed);
-  run.config_path = options.config_path;
-  run.dir = options.run_dir.empty() ? "runs/" + run.config.name() : options.run_dir;
-  run.exe = process::self_executable();
-  make_dirs(run.dir);
-  run.dir = fs::canonical(run.dir).string();
-  write_file_atomic(run.path("pipeline.pbtxt"), to_text_format(run.config));
-  if (file_exists(run.path("pipeline_state.json")))
-    run.state = json::parse(read_file(run.path("pipeline_state.json")), nullptr, false);
-  if (!run.state.is_object()) run.state = json::object();
-  if (!run.state.contains("stages")) run.state["stages"] = json::object();
-  return run;
-}
-
 }  // namespace
 
 const std::vector<std::string>& stage_names() {
@@ -655,7 +557,7 @@ const std::vector<std::string>& stage_names() {
 std::string run_pipeline(const RunOptions& options) {
   const double t0 = now_s();
   const auto& names = stage_names();
-  for (const auto* s : {&options.from_stage, &options.only_stage}) {
+  for (const auto* s : {&options.from_stage, &options.only_stage, &options.last_stage}) {
     if (s->empty() || std::find(names.begin(), names.end(), *s) != names.end()) continue;
     std::string list;
     for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
@@ -667,11 +569,13 @@ std::string run_pipeline(const RunOptions& options) {
   const StopOnSignals stop_on_signals(options.stop_timeout_s);
   Run run = open_run(options);
   bool started = options.from_stage.empty();
+  bool stopped_at_last = false;  // the stage named last_stage ran (or was skipped as finished)
   for (const auto& stage : stage_table()) {
     throw_if_stopped();
     if (!started && stage.name == options.from_stage) started = true;
     if (!options.only_stage.empty() && stage.name != options.only_stage) continue;
     if (options.only_stage.empty() && !started) continue;
+    if (stopped_at_last) break;
     if (!stage.run) {  // report
       write_summary(run, now_s() - t0);
       report::write_report(run.dir);
@@ -681,7 +585,9 @@ std::string run_pipeline(const RunOptions& options) {
     run_stage(
         run, stage,
         options.force || stage.name == options.from_stage || stage.name == options.only_stage);
+    stopped_at_last = stage.name == options.last_stage;
   }
+  if (stopped_at_last) return run.dir;
   if (options.only_stage.empty() || options.only_stage == "report")
     write_summary(run, now_s() - t0);
   return run.dir;

@@ -37,6 +37,7 @@ struct RunOptions {
   std::string run_dir;      // "" = runs/<name>
   std::string from_stage;   // "" = first stage; rerun this stage and all after it
   std::string only_stage;   // "" = all; run just this stage (its inputs must be complete)
+  std::string last_stage;   // "" = through the report; else stop after this stage (no summary)
   bool force = false;       // rerun stages even when their fingerprint is unchanged
   std::string device;       // "" = the config's; else PipelineConfig.device (every stage's device)
   std::string dtype;        // "" = the config's; else PipelineConfig.dtype (every stage's dtype)

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "pipelines/compare.h"
 #include "policy/ppo/ppo_config.h"
 #include "policy/runtime/device.h"
 #include "policy/training/sft_config.h"
@@ -118,6 +119,7 @@ void validate_pipeline_config(const proto::PipelineConfig& c, const ConfigErrors
   if (c.has_sft()) policy::validate_sft_config(c.sft(), errors.nested("sft"));
   if (c.has_reward()) reward::validate_config(c.reward(), errors.nested("reward"));
   if (c.has_ppo()) policy::validate_ppo_config(c.ppo(), errors.nested("ppo"));
+  if (c.has_compare()) validate_compare_config(c.compare(), errors.nested("compare"));
 }
 
 proto::PipelineConfig load_pipeline_config(const std::string& path) {
