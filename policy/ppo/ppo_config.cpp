@@ -137,7 +137,8 @@ static void validate_critic(const proto::PpoConfig& c, const ConfigErrors& e) {
     e.fail("critic",
            "\"policy_base\" needs lora.rank > 0 (the policy's base must be frozen to be shared)",
            "\"policy_base\"");
-  if (where == "reward_base" && c.reward_model().empty())
+  // (An empty reward_model is left to the stage: a pipeline fills it in.)
+  if (where == "reward_base" && (!c.teacher().rule().empty() || !c.teacher().socket().empty()))
     e.fail("critic",
            "\"reward_base\" needs a reward_model teacher (the critic shares its frozen base; "
            "teacher.rule and teacher.socket have none)",

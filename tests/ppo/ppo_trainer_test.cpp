@@ -542,7 +542,6 @@ proto::PpoConfig reward_base_config() {
   cfg.set_checkpoint_every(1);
   cfg.set_keep_checkpoints(10);
   cfg.set_critic("reward_base");
-  cfg.set_reward_model("rm");  // validation needs a reward model teacher; the test passes its own
   return cfg;
 }
 
@@ -681,8 +680,7 @@ TEST(PpoConfig, RewardBaseCriticNeedsARewardModelAndNoValueModel) {
   };
   auto ok = reward_base_config();
   EXPECT_NO_THROW(policy::validate_ppo_config(ok));
-  auto no_rm = ok;
-  no_rm.clear_reward_model();
+  auto no_rm = ok;  // a rule teacher has no base to share
   no_rm.mutable_teacher()->set_rule("arithmetic");
   expect_error(no_rm, "critic", "needs a reward_model teacher");
   auto vm = ok;
