@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/model/checkpoint.h"
+#include "policy/ppo/ppo_config.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "reward/reward_model.h"
 
@@ -79,23 +80,26 @@ void add_activations(policy::MemoryPlan& plan, const policy::ModelShape& s, int6
            "estimate: " + std::to_string(rows) + " rows x " + std::to_string(seq) + " tokens");
 }
 
-// The critic: a separate model trained in full, or (critic "policy_base") adapters and a value
-// head on the policy's shared base, with its own fused cache (its effective weights differ).
-void add_critic(policy::MemoryPlan& plan, const proto::PpoConfig& c,
-                const policy::ModelConfig& pc) {
+// The critic: a separate model trained in full, or (critic "policy_base" / "reward_base") adapters
+// and a value head on the policy's / the reward model's shared base, with its own fused cache (its
+// effective weights differ).
+void add_critic(policy::MemoryPlan& plan, const proto::PpoConfig& c, const policy::ModelConfig& pc,
+                const policy::ModelConfig& rc) {
   policy::ModelConfig vc =
-      c.value_model().empty()
+      c.critic() == "reward_base" ? rc
+      : c.value_model().empty()
           ? pc
           : folder_config(reward::resolve_model_dir(c.value_model()), "ppo config: value_model");
   vc.value_head = true;
   const auto cs = model_shape(vc);
-  if (c.critic() != "policy_base") {
+  if (!policy::critic_on_shared_base(c)) {
     policy::add_model(plan, {"critic", cs, 4, false, cs.matrix_params() + cs.other_params()});
     return;
   }
-  const auto& l = c.has_critic_lora() ? c.critic_lora() : c.lora();
-  policy::add_model(
-      plan, {"critic", cs, 4, true, cs.lora_params(l.rank(), lora_targets(l)) + cs.dim + 1});
+  const proto::LoraConfig l = policy::critic_lora_config(c);
+  policy::add_model(plan,
+                    {"critic", cs, 4, true, cs.lora_params(l.rank(), lora_targets(l)) + cs.dim + 1,
+                     c.critic() == "reward_base" ? "reward model" : "policy"});
   // Its effective weights have the base's dtype (float32 as the stage loads it).
   plan.add("critic", "fused cache", cs.fused_params() * 4, "its own concatenated weights");
 }
@@ -162,11 +166,12 @@ policy::MemoryPlan ppo_memory_plan(const proto::PpoConfig& c) {
                         : model_shape(folder_config(c.reference(), "ppo config: reference"));
     policy::add_model(plan, {"reference", rs, bf16 ? 2 : 4, false, 0});  // bf16: stored so
   }
-  add_critic(plan, c, pc);
   policy::ModelConfig rc =
       folder_config(reward::resolve_model_dir(c.reward_model()), "ppo config: reward_model");
   rc.value_head = true;
-  policy::add_model(plan, {"reward model", model_shape(rc), 4, false, 0});
+  add_critic(plan, c, pc, rc);
+  policy::add_model(plan, {"reward model", model_shape(rc), 4, false, 0});  // once, also with
+                                                                            // critic "reward_base"
   const int64_t seq = int64_t{c.max_prompt_tokens()} + c.max_new_tokens();
   plan.add("generation", "KV cache", policy::kv_cache_bytes(s, c.batch_size(), seq, bf16),
            std::to_string(c.batch_size()) + " x " + std::to_string(seq) + " positions" +

@@ -66,7 +66,8 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
 
 // Policy, reference (a copy of the policy unless given; none with LoRA: the policy's base) and
 // critic (a copy of the policy, or e.g. the reward model as in InstructGPT; built by the trainer
-// on the policy's base with critic "policy_base"; none for a critic-free advantage_estimator),
+// on the policy's base with critic "policy_base"; made with the teacher on the reward model's base
+// with critic "reward_base", make_stage_teacher; none for a critic-free advantage_estimator),
 // checked against the tokenizer.
 policy::PpoModels load_models(const proto::PpoConfig& cfg,
                               const std::optional<policy::Tokenizer>& tok,
@@ -87,9 +88,10 @@ policy::PpoModels load_models(const proto::PpoConfig& cfg,
   else if (!lora)
     models.reference = policy::clone_model(loaded.model);
   if (cfg.critic() == "policy_base" && policy::uses_critic(cfg))
-    return models;                               // the trainer puts it on the policy's base
-  torch::manual_seed(cfg.seed());                // the fresh value head's initialisation
-  if (!policy::uses_critic(cfg)) return models;  // critic-free estimator: no critic at all
+    return models;                                   // the trainer puts it on the policy's base
+  torch::manual_seed(cfg.seed());                    // the fresh value head's initialisation
+  if (!policy::uses_critic(cfg)) return models;      // critic-free estimator: no critic at all
+  if (cfg.critic() == "reward_base") return models;  // on the teacher's base: make_stage_teacher
   models.critic =
       cfg.value_model().empty()
           ? policy::clone_model(loaded.model)
@@ -112,10 +114,12 @@ policy::TeacherFn make_teacher(std::shared_ptr<reward::RewardScorer> scorer, int
 }
 
 // The teacher PpoConfig names: the reward model (checked against the policy's tokenizer), a rule
-// or an external scorer (pipelines/teachers.h).
+// or an external scorer (pipelines/teachers.h). With critic "reward_base" it also sets
+// models.critic: a value head and (in the trainer) adapters on the teacher's own weights, shared,
+// while the teacher scores with its plain modules.
 policy::TeacherFn make_stage_teacher(const proto::PpoConfig& cfg,
                                      const std::optional<policy::Tokenizer>& tok,
-                                     const policy::PpoModels& models,
+                                     policy::PpoModels& models,
                                      const std::vector<int64_t>& stop_ids) {
   const int64_t bos = models.policy->config().bos_id;
   if (cfg.reward_model().empty()) {
@@ -133,6 +137,8 @@ policy::TeacherFn make_stage_teacher(const proto::PpoConfig& cfg,
   if (tok && scorer->tokenizer_sha256() != tok->sha256())
     throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +
                 scorer->tokenizer_sha256() + ", the policy's tokenizer is " + tok->sha256());
+  if (cfg.critic() == "reward_base" && policy::uses_critic(cfg))
+    models.critic = policy::reward_base_critic(scorer->model());
   return make_teacher(scorer, bos);
 }
 

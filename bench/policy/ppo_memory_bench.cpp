@@ -6,9 +6,15 @@
 //           adapters off, the critic on the policy's base (critic "policy_base"), a reward model;
 //   four:   today's four copies: policy (float32 base), a cloned reference (bf16 matrices, as the
 //           trainer stores them), a cloned critic trained in full, a reward model.
+// Two more compare the critic's placement when it starts from the reward model (InstructGPT),
+// both with the policy, reference and reward model of "shared":
+//   reward_base: the critic on the reward model's base (critic "reward_base", its own rank-8
+//                adapters and a head copied from the score head; one base for teacher and critic);
+//   reward_copy: the critic a full copy of the reward model trained in full (value_model: reward).
 // The models are built, the peak is reset (/proc/self/clear_refs 5), one iteration runs, and the
 // peak (VmHWM) is printed beside the plan's total. Usage:
-//   ppo_memory_bench [shared|four] [layers=24] [new_tokens=64] [batch=8] [dtype=bf16] [plan]
+//   ppo_memory_bench [shared|four|reward_base|reward_copy] [layers=24] [new_tokens=64] [batch=8]
+//   [dtype=bf16] [plan]
 #include <sys/resource.h>
 
 #include <chrono>
@@ -65,8 +71,9 @@ double secs(std::chrono::steady_clock::time_point t0) {
 
 // The plan for the run (ppo_memory_plan reads model folders; here from the same shape). "four" is
 // today's layout before this change: a float32 policy base, a separate bf16 reference and critic.
-policy::MemoryPlan bench_plan(const policy::ModelConfig& mc, bool shared, const std::string& dtype,
-                              int batch, int new_tokens) {
+policy::MemoryPlan bench_plan(const policy::ModelConfig& mc, const std::string& layout,
+                              const std::string& dtype, int batch, int new_tokens) {
+  const bool shared = layout != "four";
   policy::MemoryPlan plan;
   plan.stage = "ppo";
   plan.device = "cpu";
@@ -78,7 +85,11 @@ policy::MemoryPlan bench_plan(const policy::ModelConfig& mc, bool shared, const 
   policy::add_model(plan, {"reference", s, bf16 ? 2 : 4, shared, 0});
   auto cs = s;
   cs.value_head = true;
-  if (shared) {
+  if (layout == "reward_base") {
+    policy::add_model(
+        plan, {"critic", cs, 4, true, cs.lora_params(8, {"q", "v"}) + cs.dim + 1, "reward model"});
+    plan.add("critic", "fused cache", cs.fused_params() * 4, "its own concatenated weights");
+  } else if (layout == "shared") {
     policy::add_model(plan, {"critic", cs, 4, true, cs.lora_params(16, {"q", "v"}) + cs.dim + 1});
     plan.add("critic", "fused cache", cs.fused_params() * (bf16 ? 2 : 4),
              "its own concatenated weights");
@@ -100,9 +111,14 @@ int main(int argc, char** argv) {
   const int new_tokens = argc > 3 ? std::atoi(argv[3]) : 64;
   const int batch = argc > 4 ? std::atoi(argv[4]) : 8;
   const std::string dtype = argc > 5 ? argv[5] : "bf16";
-  const bool shared = layout == "shared";
+  const bool shared = layout != "four";
+  const bool on_reward = layout == "reward_base" || layout == "reward_copy";
+  if (layout != "shared" && layout != "four" && !on_reward) {
+    std::fprintf(stderr, "ppo_memory_bench: unknown layout \"%s\"\n", layout.c_str());
+    return 2;
+  }
   if (argc > 6 && std::string(argv[6]) == "plan") {  // the plan alone, no model built
-    std::fputs(bench_plan(qwen_shape(layers), shared, dtype, batch, new_tokens).table().c_str(),
+    std::fputs(bench_plan(qwen_shape(layers), layout, dtype, batch, new_tokens).table().c_str(),
                stdout);
     return 0;
   }
@@ -120,7 +136,8 @@ int main(int argc, char** argv) {
   cfg.set_dtype(dtype);
   cfg.set_checkpoint_every(0);
   cfg.mutable_lora()->set_rank(16);
-  if (shared) cfg.set_critic("policy_base");
+  if (layout == "shared") cfg.set_critic("policy_base");
+  if (layout == "reward_base") cfg.set_critic("reward_base");
 
   policy::PpoModels m;
   m.policy = policy::Transformer(mc);
@@ -136,6 +153,8 @@ int main(int argc, char** argv) {
   policy::Transformer reward(rm_cfg);
   policy::init_weights(reward);
   reward->eval();
+  if (layout == "reward_base") m.critic = policy::reward_base_critic(reward);
+  if (layout == "reward_copy") m.critic = policy::clone_model(reward);
   std::vector<std::vector<int64_t>> prompts;
   for (int i = 0; i < batch; ++i) {
     std::vector<int64_t> p{1};
@@ -168,7 +187,7 @@ int main(int argc, char** argv) {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
 
-  const auto plan = bench_plan(mc, shared, dtype, batch, new_tokens);
+  const auto plan = bench_plan(mc, layout, dtype, batch, new_tokens);
   std::fputs(plan.table().c_str(), stdout);
   const double mib = 1024.0;
   std::printf(

@@ -126,30 +126,52 @@ void validate_ppo_config(const proto::PpoConfig& c, const ConfigErrors& e) {
   validate_critic(c, e);
 }
 
-// critic / critic_lora: "policy_base" puts the critic on the policy's frozen (LoRA) base.
+// critic / critic_lora: "policy_base" puts the critic on the policy's frozen (LoRA) base,
+// "reward_base" on the reward model's (the teacher's) frozen base.
 static void validate_critic(const proto::PpoConfig& c, const ConfigErrors& e) {
-  if (c.critic() != "separate" && c.critic() != "policy_base")
-    e.fail("critic", "expected \"separate\" or \"policy_base\"", "\"" + c.critic() + "\"");
-  if (c.critic() == "policy_base" && !(c.has_lora() && c.lora().rank() > 0))
+  const std::string& where = c.critic();
+  const std::string quoted = "\"" + where + "\"";
+  if (where != "separate" && where != "policy_base" && where != "reward_base")
+    e.fail("critic", "expected \"separate\", \"policy_base\" or \"reward_base\"", quoted);
+  if (where == "policy_base" && !(c.has_lora() && c.lora().rank() > 0))
     e.fail("critic",
            "\"policy_base\" needs lora.rank > 0 (the policy's base must be frozen to be shared)",
            "\"policy_base\"");
-  if (c.critic() == "policy_base" && !uses_critic(c))
+  // (An empty reward_model is left to the stage: a pipeline fills it in.)
+  if (where == "reward_base" && (!c.teacher().rule().empty() || !c.teacher().socket().empty()))
+    e.fail("critic",
+           "\"reward_base\" needs a reward_model teacher (the critic shares its frozen base; "
+           "teacher.rule and teacher.socket have none)",
+           "\"reward_base\"");
+  if (critic_on_shared_base(c) && !uses_critic(c))
     e.fail("critic",
            "expected \"separate\" (the default) with advantage_estimator \"" +
                c.advantage_estimator() + "\", which trains no critic",
-           "\"policy_base\"");
-  if (c.critic() == "policy_base" && !c.value_model().empty())
+           quoted);
+  if (critic_on_shared_base(c) && !c.value_model().empty())
     e.fail("value_model",
-           "expected none with critic \"policy_base\" (the critic is the policy's base)",
+           "expected none with critic " + quoted + " (the critic is the " +
+               (where == "policy_base" ? "policy's" : "reward model's") + " base)",
            "\"" + c.value_model() + "\"");
   if (c.has_critic_lora()) {
-    if (c.critic() != "policy_base")
-      e.fail("critic_lora", "applies to critic \"policy_base\" only", "set");
+    if (!critic_on_shared_base(c))
+      e.fail("critic_lora", "applies to critic \"policy_base\" or \"reward_base\" only", "set");
     validate_lora_config(c.critic_lora(), e.nested("critic_lora"));
     if (c.critic_lora().rank() <= 0)
       e.nested("critic_lora").fail("rank", "expected > 0", std::to_string(c.critic_lora().rank()));
   }
+}
+
+bool critic_on_shared_base(const proto::PpoConfig& c) {
+  return c.critic() == "policy_base" || c.critic() == "reward_base";
+}
+
+proto::LoraConfig critic_lora_config(const proto::PpoConfig& c) {
+  if (c.has_critic_lora()) return c.critic_lora();
+  if (c.has_lora() && c.lora().rank() > 0) return c.lora();
+  proto::LoraConfig l;  // no LoRA on the policy (critic "reward_base"): rank 8 on q and v
+  l.set_rank(8);
+  return l;
 }
 
 void validate_ppo_config(const proto::PpoConfig& config, const std::string& source) {

@@ -38,6 +38,14 @@ bool uses_critic(const proto::PpoConfig& config);
 // always for "reinforce_baseline" (its definition), never for grpo, dr_grpo and rloo.
 bool whitens_advantages(const proto::PpoConfig& config);
 
+// Whether the critic is a value head with its own LoRA adapters on a shared frozen base: critic
+// "policy_base" (the policy's base) or "reward_base" (the reward model's, shared with the teacher).
+bool critic_on_shared_base(const proto::PpoConfig& config);
+
+// The critic's adapters on a shared base: critic_lora when set, else the policy's lora when its
+// rank is > 0, else rank 8 on q and v (alpha = rank, no dropout).
+proto::LoraConfig critic_lora_config(const proto::PpoConfig& config);
+
 // The critic's optimizer settings: the resolved optimizer section with lr = critic_lr.
 proto::OptimizerConfig critic_optimizer_config(const proto::PpoConfig& config);
 

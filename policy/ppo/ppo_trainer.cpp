@@ -60,13 +60,15 @@ Transformer clone_model(Transformer& model) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The critic on the policy's frozen base (critic: "policy_base")
+// The critic on a shared frozen base: the policy's (critic: "policy_base") or the reward model's
+// (critic: "reward_base")
 
 static bool critic_on_policy_base(const proto::PpoConfig& c) { return c.critic() == "policy_base"; }
+static bool critic_on_reward_base(const proto::PpoConfig& c) { return c.critic() == "reward_base"; }
 
-// The critic's adapters: critic_lora when set, else the policy's lora settings.
+// The critic's adapters (critic_lora_config: critic_lora, the policy's lora, or rank 8).
 static LoraOptions critic_lora_options(const proto::PpoConfig& c) {
-  return LoraOptions::from_proto(c.has_critic_lora() ? c.critic_lora() : c.lora());
+  return LoraOptions::from_proto(critic_lora_config(c));
 }
 
 Transformer share_base(Transformer& base) {
@@ -79,6 +81,17 @@ Transformer share_base(Transformer& base) {
   auto buffers = base->named_buffers();
   for (auto& b : t->named_buffers()) b.value().set_data(buffers[b.key()]);
   return t;
+}
+
+Transformer reward_base_critic(Transformer& reward_model) {
+  if (!reward_model->config().value_head)
+    throw Error("ppo: critic \"reward_base\": the reward model has no score (value) head");
+  Transformer critic = share_base(reward_model);
+  critic->add_value_head();
+  torch::NoGradGuard no_grad;
+  auto head = reward_model->value_head->named_parameters();
+  for (auto& p : critic->value_head->named_parameters()) p.value().copy_(head[p.key()]);
+  return critic;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,7 +275,7 @@ struct PpoTrainer::Impl {
   bool has_critic() const { return estimator == ppo::Estimator::kGae; }
   // Iterations that train only the critic: none without one.
   int critic_warmup() const { return has_critic() ? cfg.critic_warmup_iterations() : 0; }
-  // critic "policy_base": the critic's own adapters on the policy's shared frozen base.
+  // critic "policy_base" / "reward_base": the critic's own adapters on the shared frozen base.
   std::unique_ptr<LoraAdapters> critic_lora;
 
   std::string at(int64_t it) const { return "ppo iteration " + std::to_string(it); }
@@ -354,7 +367,7 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   // (proto/optimizer.proto): betas (0.9, 0.999), eps 1e-5, no weight decay.
   policy_opt = std::make_unique<training::Optimizer>(
       training::trainable_parameters(*m.policy, lora.get()), cfg.optimizer());
-  if (has_critic() && critic_on_policy_base(cfg)) {
+  if (has_critic() && critic_on_shared_base(cfg)) {
     critic_lora = std::make_unique<LoraAdapters>(m.critic, critic_lora_options(cfg));
     for (auto& p : m.critic->value_head->parameters()) p.set_requires_grad(true);  // and the head
   }
@@ -373,9 +386,16 @@ training::NamedTensors PpoTrainer::Impl::policy_tensors() {
   return training::state_tensors(*m.policy, lora.get());
 }
 
-// The critic's: its weights and value head, with critic "policy_base" also its adapters.
+// The critic's: its weights and value head, with critic "policy_base" also its adapters. With
+// critic "reward_base" its value head and adapters only: the base is the teacher's, read from the
+// reward model folder (the checkpoint neither repeats nor overwrites it).
 training::NamedTensors PpoTrainer::Impl::critic_tensors() {
-  return training::state_tensors(*m.critic, critic_lora.get());
+  if (!critic_on_reward_base(cfg)) return training::state_tensors(*m.critic, critic_lora.get());
+  training::NamedTensors t;
+  for (auto& p : m.critic->value_head->named_parameters())
+    t.emplace_back("value_head." + p.key(), p.value());
+  for (auto& [name, a] : critic_lora->named_parameters()) t.emplace_back("lora." + name, a);
+  return t;
 }
 
 void PpoTrainer::Impl::load_checkpoint(const std::string& dir) {
@@ -426,7 +446,12 @@ void PpoTrainer::Impl::save_checkpoint(int64_t completed) {
         info.step = completed;
         policy::save_checkpoint(m.policy, tmp + "/policy", info);
         info.kind = "critic";
+        // critic "reward_base": written with its adapters off (the reward model's plain base and
+        // the trained head), the model `replay --update` puts critic.pt's adapters back on.
+        const bool plain_critic = has_critic() && critic_on_reward_base(cfg);
+        if (plain_critic) critic_lora->disable();
         if (has_critic()) policy::save_checkpoint(m.critic, tmp + "/critic", info);
+        if (plain_critic) critic_lora->refresh(false);
         write_file_atomic(tmp + "/state.pb", st.SerializeAsString());
       });
 }
@@ -1029,7 +1054,10 @@ PpoTrainer::PpoTrainer(const proto::PpoConfig& config, PpoModels models, Teacher
   const bool with_lora = config.has_lora() && config.lora().rank() > 0;
   if (!models.policy) throw Error("ppo: the policy model is required");
   if (critic && !models.critic && config.critic() != "policy_base")
-    throw Error("ppo: a critic model is required (or critic: \"policy_base\")");
+    throw Error(critic_on_reward_base(config)
+                    ? "ppo: critic \"reward_base\" needs PpoModels::critic built on the reward "
+                      "model's base (reward_base_critic)"
+                    : "ppo: a critic model is required (or critic: \"policy_base\")");
   if (!models.reference && !with_lora)
     throw Error("ppo: a reference model is required (without LoRA the policy's weights train)");
   if (models.reference &&

@@ -42,7 +42,12 @@
 // share_base, with its own LoRA adapters (critic_lora, or the policy's lora settings); the critic's
 // optimizer holds those adapters and the head. critic.pt then holds the critic's weights (the
 // shared base), head and adapters ("lora." names); run()'s final merge folds the policy's adapters
-// into that shared base, so the critic is not used after run(). Built on the training toolkit
+// into that shared base, so the critic is not used after run(). Critic "reward_base" (PpoModels::
+// critic = reward_base_critic(the teacher's reward model)): the same on the reward model's frozen
+// base, shared with the teacher, which scores with its own modules (the critic's adapters live on
+// the critic's projections only, so the teacher's scores are the plain reward model's); critic.pt
+// then holds the value head and the adapters alone, and critic/ the reward model's base with the
+// trained head (what `replay --update` loads). Built on the training toolkit
 // (policy/training/training.h) like SFT and reward: place_trainer, trainable_parameters, Optimizer,
 // make_schedule, StateFolder.
 //
@@ -86,7 +91,9 @@ struct PpoModels {
   // LoRA (config.lora.rank > 0): the reference is the policy's base with its adapters off.
   Transformer reference{nullptr};
   // Gets a value head when it has none. Null with critic "policy_base": the trainer builds it on
-  // the policy's frozen base (share_base) with its own value head and adapters.
+  // the policy's frozen base (share_base) with its own value head and adapters. With critic
+  // "reward_base" required: reward_base_critic(the teacher's reward model); the trainer adds the
+  // adapters.
   Transformer critic{nullptr};
 };
 
@@ -102,6 +109,12 @@ Transformer clone_model(Transformer& model);
 // gets its own value head and LoRA adapters. Building it allocates, then frees, one float32 set of
 // fresh weights (the Transformer constructor's).
 Transformer share_base(Transformer& base);
+
+// The critic of critic "reward_base": share_base(reward_model) with a value head initialised as a
+// copy of the reward model's score head (as value_model = the reward model initialises it;
+// InstructGPT). The reward model is left as it was and keeps scoring with its own head and plain
+// weights. Throws rlhf::Error when the reward model has no value head.
+Transformer reward_base_critic(Transformer& reward_model);
 
 // The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (optimizer.lr
 // or critic_lr) under the config's optimizer section (schedule, warm-up, min_lr_ratio; PPO's

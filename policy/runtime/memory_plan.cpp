@@ -134,7 +134,7 @@ std::string MemoryPlan::table() const {
 void add_model(MemoryPlan& plan, const ModelPart& p) {
   const ModelShape& s = p.shape;
   if (p.shared_base) {
-    plan.add(p.name, "weights", 0, "shares the policy's frozen base");
+    plan.add(p.name, "weights", 0, "shares the " + p.shared_with + "'s frozen base");
   } else {
     const int64_t w = s.matrix_params() * p.matrix_bytes + s.other_params() * 4;
     plan.add(p.name, "weights", w,

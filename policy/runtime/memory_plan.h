@@ -75,6 +75,7 @@ struct ModelPart {
   int matrix_bytes = 4;      // 2 for frozen bfloat16 matrices
   bool shared_base = false;  // weights held by another row (LoRA reference, shared-base critic)
   int64_t trainable = 0;     // trainable parameters (all, or LoRA's)
+  std::string shared_with = "policy";  // the row holding the shared base (note text only)
 };
 void add_model(MemoryPlan& plan, const ModelPart& part);
 

@@ -289,6 +289,43 @@ TEST(DataParallel, PpoFirstIterationTwoRanksEqualOneRank) {
     for (const char* k : {"loss/policy", "loss/value", "policy/approx_kl"})
       expect_close(live[i][k].get<double>(), replayed[i][k].get<double>(),
                    std::string("replayed ") + k, 1e-3);
+
+  // critic "reward_base" (the critic's adapters and head on the teacher's base; only they are
+  // all-reduced): 2 ranks equal 1 rank, and the 2-rank iteration 2 replays in one process.
+  const auto rb = write_config(
+      d / "ppo_rb.pbtxt", "policy: \"" + (d / "sft/model") + "\"\nreward_model: \"" + (d / "rw") +
+                              "\"\ncritic: \"reward_base\"\nprompts: \"" + f.prompts +
+                              "\"\ntokenizer: \"" + f.tok +
+                              "\"\niterations: 2 batch_size: 12 minibatch_size: 5 ppo_epochs: 2\n"
+                              "max_new_tokens: 8 checkpoint_every: 1 keep_checkpoints: 5\n");
+  ASSERT_EQ(launch(0, "ppo --config " + rb + " --out " + (d / "rb1"), &out), 0) << out;
+  ASSERT_EQ(launch(2, "ppo --config " + rb + " --out " + (d / "rb2"), &out), 0) << out;
+  auto r1 = metrics(d / "rb1"), r2 = metrics(d / "rb2");
+  ASSERT_EQ(r1.size(), 2u);
+  ASSERT_EQ(r2.size(), 2u);
+  for (const char* k : {"score/mean", "loss/policy", "loss/value", "advantages/mean"})
+    for (size_t i = 0; i < 2; ++i)
+      expect_close(r1[i][k].get<double>(), r2[i][k].get<double>(),
+                   std::string("reward_base ") + k + " iteration " + std::to_string(i + 1), 1e-4,
+                   1e-3);
+  ASSERT_EQ(launch(0,
+                   "replay " + (d / "rb2/rollouts/iter-0002.pb") + " --update --run " +
+                       (d / "rb2") + " --json",
+                   &out),
+            0)
+      << out;
+  std::vector<json> rb_replayed, rb_live;
+  std::istringstream rbs(out);
+  for (std::string line; std::getline(rbs, line);)
+    if (!line.empty() && line[0] == '{') rb_replayed.push_back(json::parse(line));
+  std::ifstream rml(d / "rb2/minibatches.jsonl");
+  for (std::string line; std::getline(rml, line);)
+    if (json j = json::parse(line); j["iteration"] == 2) rb_live.push_back(j);
+  ASSERT_EQ(rb_replayed.size(), rb_live.size());
+  for (size_t i = 0; i < rb_live.size(); ++i)
+    for (const char* k : {"loss/policy", "loss/value"})
+      expect_close(rb_live[i][k].get<double>(), rb_replayed[i][k].get<double>(),
+                   std::string("reward_base replayed ") + k, 1e-3);
 }
 
 // Critic-free estimators: the ranks split the batch at group boundaries (3 groups of K = 4 over 2

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "annotation/sqlite_store.h"
@@ -20,6 +21,7 @@
 #include "policy/tokenizer/chat_template.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "reward/reward_model.h"
+#include "reward/scorer.h"
 #include "tests/fixtures/chat_data.h"
 #include "tests/fixtures/tiny_model.h"
 #include "tests/test_support.h"
@@ -162,6 +164,102 @@ TEST(PpoStage, RunsFromConfigFilesAndResumes) {
     EXPECT_NE(msg.find("bad.pbtxt"), std::string::npos) << msg;
     EXPECT_NE(msg.find("batch_sise"), std::string::npos) << msg;
   }
+}
+
+// critic "reward_base" through the stage: the critic is built on the teacher's reward model (no
+// policy LoRA: the critic's adapters take rank 8). Every rollout's raw score equals, bit for bit,
+// what a separately loaded reward model gives the same ids (the teacher scores with the plain
+// reward model while the critic's adapters train on its base); critic.pt holds the head and the
+// adapters alone; an interrupted run resumed to iteration 3 logs what an uninterrupted one does
+// (a constant lr: extending a finished run stretches a decaying schedule).
+TEST(PpoStage, RewardBaseCriticSharesTheTeachersBase) {
+  TempDir dir("ppo_stage_rb");
+  {
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 100; ++i) corpus << "tom has " << i % 20 << " apples and buys 3 more\n";
+  }
+  policy::TokenizerTrainOptions t;
+  t.input = dir / "corpus.txt";
+  t.vocab_size = 60;
+  t.byte_fallback = false;
+  t.out_dir = dir / "tok";
+  const std::string tok_path = policy::train_tokenizer(t);
+  auto tok = policy::Tokenizer::load(tok_path);
+  torch::manual_seed(5);
+  policy::Transformer pol(tiny(tok.vocab_size(), tok));
+  policy::init_weights(pol);
+  policy::CheckpointInfo info;
+  info.tokenizer_sha256 = tok.sha256();
+  policy::save_checkpoint(pol, dir / "sft", info);
+  policy::Transformer rm(tiny(tok.vocab_size(), tok));
+  policy::init_weights(rm);
+  rm->add_value_head();
+  proto::RewardModelMeta meta;
+  meta.set_schema_version(1);
+  meta.set_max_prompt_tokens(32);
+  meta.set_max_answer_tokens(32);
+  reward::save_reward_model(rm, tok_path, meta, dir / "reward", 1);
+  {
+    std::ofstream p(dir / "prompts.jsonl");
+    for (int i = 0; i < 6; ++i) p << "{\"prompt\": \"tom has " << i << " apples\"}\n";
+    std::ofstream c(dir / "ppo.pbtxt");
+    c << "policy: \"" << dir / "sft"
+      << "\"\nreward_model: \"" << dir / "reward"
+      << "\"\nprompts: \"" << dir / "prompts.jsonl"
+      << "\"\ntokenizer: \"" << tok_path << "\"\ncritic: \"reward_base\"\n"
+      << "iterations: 3 batch_size: 8 minibatch_size: 4 ppo_epochs: 2 max_new_tokens: 6\n"
+      << "optimizer { lr: 1e-3 schedule: \"constant\" } critic_lr: 1e-2 checkpoint_every: 1\n";
+  }
+  pipelines::PpoStageOptions o;
+  o.config_path = dir / "ppo.pbtxt";
+  o.out_dir = dir / "full";
+  pipelines::run_ppo_stage(o);
+
+  reward::RewardScorer plain(dir / "reward");
+  for (int it = 1; it <= 3; ++it) {
+    auto recs =
+        policy::read_rollouts(dir / ("full/rollouts/iter-000" + std::to_string(it) + ".pb"));
+    ASSERT_EQ(recs.size(), 8u);
+    std::vector<std::vector<int>> ps, rs;
+    for (const auto& r : recs) {
+      const int skip = r.prompt_ids_size() > 0 && r.prompt_ids(0) == tok.bos_id() ? 1 : 0;
+      ps.emplace_back(r.prompt_ids().begin() + skip, r.prompt_ids().end());
+      rs.emplace_back(r.response_ids().begin(), r.response_ids().end());
+    }
+    auto scores = plain.score_ids(ps, rs);
+    for (size_t i = 0; i < recs.size(); ++i)
+      EXPECT_EQ(recs[i].raw_score(), scores[i]) << "iteration " << it << " sample " << i;
+  }
+  {
+    torch::serialize::InputArchive ar;
+    ar.load_from(dir / "full/checkpoints/iter-0003/critic.pt");
+    for (const auto& k : ar.keys())
+      EXPECT_TRUE(k.rfind("lora.", 0) == 0 || k.rfind("value_head.", 0) == 0) << k;
+    torch::Tensor a;
+    ASSERT_TRUE(
+        ar.try_read("lora.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", a));
+    EXPECT_EQ(a.size(0), 8);
+  }
+
+  o.out_dir = dir / "resumed";
+  o.iterations = 2;
+  pipelines::run_ppo_stage(o);
+  o.iterations = 3;
+  pipelines::run_ppo_stage(o);
+  auto last = [](const std::string& path) {
+    std::ifstream in(path);
+    std::string line, prev;
+    while (std::getline(in, line))
+      if (!line.empty()) prev = line;
+    return prev;
+  };
+  auto a = nlohmann::json::parse(last(dir / "full/metrics.jsonl"));
+  auto b = nlohmann::json::parse(last(dir / "resumed/metrics.jsonl"));
+  for (const char* k : {"score/mean", "loss/value", "loss/policy", "kl/mean", "values/mean"})
+    if (a.contains(k)) {
+      EXPECT_EQ(a[k].get<double>(), b[k].get<double>()) << k;
+    }
+  EXPECT_EQ(a["step"].get<int>(), 3);
 }
 
 // Conversation prompts through the stage: the rollouts' prompts are the chat template's

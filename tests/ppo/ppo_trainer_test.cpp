@@ -506,6 +506,204 @@ TEST(PpoTrainer, CriticOnThePolicyBaseTrainsItsAdaptersAndResumes) {
   EXPECT_THROW(policy::validate_ppo_config(bad), Error);
 }
 
+namespace {
+
+// A toy reward model (the toy task's tiny model with a score head) and a teacher scoring with it:
+// the value head read at each sequence's last token, as a reward model scores.
+policy::Transformer toy_reward_model(uint64_t seed) {
+  torch::manual_seed(seed);
+  auto c = toy_model_config();
+  c.value_head = true;
+  policy::Transformer rm(c);
+  policy::init_weights(rm);
+  rm->eval();
+  return rm;
+}
+
+std::vector<float> reward_scores(policy::Transformer& rm,
+                                 const std::vector<std::vector<int64_t>>& prompts,
+                                 const std::vector<std::vector<int64_t>>& responses) {
+  torch::NoGradGuard no_grad;
+  std::vector<float> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int64_t> ids = prompts[i];
+    ids.insert(ids.end(), responses[i].begin(), responses[i].end());
+    auto h = rm->hidden_states(torch::tensor(ids).unsqueeze(0));
+    out.push_back(rm->values_from_hidden(h).index({0, -1}).item<float>());
+  }
+  return out;
+}
+
+proto::PpoConfig reward_base_config() {
+  auto cfg = toy_config(3);
+  cfg.set_batch_size(16);
+  cfg.set_minibatch_size(8);
+  cfg.set_ppo_epochs(2);
+  cfg.set_checkpoint_every(1);
+  cfg.set_keep_checkpoints(10);
+  cfg.set_critic("reward_base");
+  return cfg;
+}
+
+}  // namespace
+
+// critic "reward_base": the critic is the reward model's base (the same storage) with a value head
+// copied from the score head and its own adapters (rank 8 by default: the policy has no LoRA).
+// While its adapters and head train, the teacher scores with the plain reward model: bit-equal to
+// a separate copy of the reward model on every batch; the reward model stays bit-identical;
+// critic.pt holds the head and the adapters only; a resume restores them bit for bit and
+// reproduces the run; `replay --update` reproduces the live minibatches.
+TEST(PpoTrainer, CriticOnTheRewardBaseSharesTheTeachersWeights) {
+  const auto cfg = reward_base_config();
+  auto rm = toy_reward_model(21);
+  auto separate = policy::clone_model(rm);  // a separate teacher holding the same weights
+  std::map<std::string, torch::Tensor> rm_start;
+  for (auto& np : rm->named_parameters()) rm_start[np.key()] = np.value().detach().clone();
+  int batches = 0, unequal = 0;
+  auto teacher = [&](const std::vector<std::vector<int64_t>>& p,
+                     const std::vector<std::vector<int64_t>>& r) {
+    auto shared = reward_scores(rm, p, r);
+    auto plain = reward_scores(separate, p, r);
+    ++batches;
+    for (size_t i = 0; i < shared.size(); ++i) unequal += shared[i] != plain[i];
+    return shared;
+  };
+  auto models = make_models(9);
+  models.critic = policy::reward_base_critic(rm);
+  auto rp = rm->named_parameters();
+  for (auto& p : models.critic->named_parameters()) {
+    if (p.key().rfind("value_head.", 0) == 0) {  // a copy of the score head, not the same tensor
+      EXPECT_TRUE(torch::equal(p.value(), rp[p.key()])) << p.key();
+      EXPECT_NE(p.value().data_ptr(), rp[p.key()].data_ptr()) << p.key();
+    } else {
+      EXPECT_EQ(p.value().data_ptr(), rp[p.key()].data_ptr()) << p.key();
+    }
+  }
+  TempDir a("ppo_reward_base");
+  policy::PpoTrainer trainer(cfg, models, teacher, make_prompts(), a.path());
+  trainer.run();  // checkpoints iter-0000 .. iter-0003
+  const auto h = trainer.history();
+  EXPECT_EQ(batches, 3);
+  EXPECT_EQ(unequal, 0) << "the shared teacher's scores differ from the plain reward model's";
+  // The critic fits each iteration's returns: its value loss on the same batch falls from the
+  // first epoch to the second.
+  std::vector<nlohmann::json> mbs;
+  {
+    std::ifstream in(a / "minibatches.jsonl");
+    for (std::string line; std::getline(in, line);) mbs.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_EQ(mbs.size(), 12u);  // 3 iterations x 2 epochs x 2 minibatches
+  for (int it = 0; it < 3; ++it) {
+    const auto& e1 = mbs[4 * it];
+    double first = 0, second = 0;
+    for (int k = 0; k < 2; ++k) {
+      first += mbs[4 * it + k]["loss/value"].get<double>();
+      second += mbs[4 * it + 2 + k]["loss/value"].get<double>();
+    }
+    EXPECT_EQ(e1["epoch"].get<int>(), 0);
+    EXPECT_LT(second, first) << "iteration " << it + 1;
+  }
+  for (auto& np : rm->named_parameters())
+    EXPECT_TRUE(torch::equal(np.value(), rm_start.at(np.key()))) << np.key() << " moved";
+  EXPECT_FALSE(torch::equal(models.critic->value_head->weight, rm->value_head->weight));
+  {
+    torch::serialize::InputArchive ar;
+    ar.load_from(trainer.checkpoint_dir() + "/critic.pt");
+    torch::Tensor t;
+    ASSERT_TRUE(
+        ar.try_read("lora.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", t));
+    EXPECT_EQ(t.size(0), 8);  // the default rank without critic_lora or lora
+    EXPECT_GT(ar.keys().size(), 1u);
+    for (const auto& k : ar.keys())
+      EXPECT_TRUE(k.rfind("lora.", 0) == 0 || k.rfind("value_head.", 0) == 0) << k;
+  }
+
+  // Resume after 2 iterations: the critic's head and adapters come back bit for bit, and the third
+  // iteration equals the uninterrupted run's.
+  TempDir b("ppo_reward_base_b");
+  std::string ck2;
+  {
+    auto rm1 = toy_reward_model(21);
+    auto m = make_models(9);
+    m.critic = policy::reward_base_critic(rm1);
+    auto t1 = [&](const auto& p, const auto& r) { return reward_scores(rm1, p, r); };
+    policy::PpoTrainer first(cfg, m, t1, make_prompts(), b.path());
+    first.step();
+    first.step();
+    first.save_checkpoint_now();
+    ck2 = first.checkpoint_dir();
+  }
+  auto rm2 = toy_reward_model(21);
+  auto m = make_models(9);
+  m.critic = policy::reward_base_critic(rm2);
+  auto t2 = [&](const auto& p, const auto& r) { return reward_scores(rm2, p, r); };
+  policy::PpoTrainer resumed(cfg, m, t2, make_prompts(), b.path());
+  ASSERT_EQ(resumed.completed_iterations(), 2);
+  {
+    torch::serialize::InputArchive ar;
+    ar.load_from(ck2 + "/critic.pt");
+    torch::Tensor t;
+    ASSERT_TRUE(ar.try_read("value_head.weight", t));
+    EXPECT_TRUE(torch::equal(t, m.critic->value_head->weight));
+  }
+  resumed.step();
+  EXPECT_TRUE(same_stats(h[2], resumed.history()[0]));
+
+  // replay --update of iteration 3 from checkpoint iter-0002 (critic/ + critic.pt).
+  std::vector<nlohmann::json> live(mbs.begin() + 8, mbs.end());
+  auto replayed = policy::PpoTrainer::replay_update(a.path(), a / "rollouts/iter-0003.pb");
+  ASSERT_EQ(replayed.size(), live.size());
+  for (size_t i = 0; i < live.size(); ++i)
+    for (auto& kv : replayed[i])
+      EXPECT_EQ(live[i][kv.first].get<double>(), kv.second) << kv.first << " minibatch " << i;
+
+  // Without the critic built on the reward model's base the trainer refuses to start.
+  auto no_critic = make_models(9);
+  no_critic.critic = nullptr;
+  TempDir c("ppo_reward_base_c");
+  EXPECT_THROW(policy::PpoTrainer(cfg, no_critic, teacher, make_prompts(), c.path()), Error);
+}
+
+// critic "reward_base" is refused, naming the field, without a reward model teacher, with a
+// value_model, or with a critic-free estimator; critic_lora is refused with critic "separate".
+TEST(PpoConfig, RewardBaseCriticNeedsARewardModelAndNoValueModel) {
+  auto expect_error = [](const proto::PpoConfig& c, const std::string& field,
+                         const std::string& words) {
+    try {
+      policy::validate_ppo_config(c);
+      ADD_FAILURE() << "accepted; expected an error on " << field;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("'" + field + "'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(words), std::string::npos) << msg;
+    }
+  };
+  auto ok = reward_base_config();
+  EXPECT_NO_THROW(policy::validate_ppo_config(ok));
+  auto no_rm = ok;  // a rule teacher has no base to share
+  no_rm.mutable_teacher()->set_rule("arithmetic");
+  expect_error(no_rm, "critic", "needs a reward_model teacher");
+  auto vm = ok;
+  vm.set_value_model("rm");
+  expect_error(vm, "value_model", "the reward model's base");
+  auto grpo = ok;
+  grpo.set_advantage_estimator("grpo");
+  grpo.set_samples_per_prompt(4);
+  expect_error(grpo, "critic", "trains no critic");
+  auto sep = toy_config(1);
+  sep.mutable_critic_lora()->set_rank(4);
+  expect_error(sep, "critic_lora", "\"reward_base\" only");
+  auto typo = ok;
+  typo.set_critic("reward");
+  expect_error(typo, "critic", "\"reward_base\"");
+  // The critic's adapters: critic_lora, else the policy's lora, else rank 8.
+  EXPECT_EQ(policy::critic_lora_config(ok).rank(), 8);
+  ok.mutable_lora()->set_rank(4);
+  EXPECT_EQ(policy::critic_lora_config(ok).rank(), 4);
+  ok.mutable_critic_lora()->set_rank(2);
+  EXPECT_EQ(policy::critic_lora_config(ok).rank(), 2);
+}
+
 // The lr of an iteration (ppo_learning_rate) by hand, and the trainer applies it: with a linear
 // decay to 0 over 2 iterations, iteration 2 runs at lr 0 and leaves the weights bit-identical.
 TEST(PpoTrainer, LearningRateScheduleByIteration) {

@@ -174,6 +174,30 @@ TEST(CliCommands, PpoPlanPrintsTheTableAndARunThatCannotFitIsRefused) {
             out.rfind("shares the policy's frozen base"))
       << "reference and critic both share it:\n"
       << out;
+  // critic "reward_base": the critic shares the reward model's base, counted once (the reward model
+  // row): three full weight rows (policy, reference, reward model) against four when the critic is
+  // a copy of the reward model (value_model).
+  auto weight_rows = [](const std::string& table) {
+    int n = 0;
+    for (size_t at = table.find("matrix params fp32"); at != std::string::npos;
+         at = table.find("matrix params fp32", at + 1))
+      ++n;
+    return n;
+  };
+  const std::string base_cfg = "policy: \"" + dir / "qwen" + "\"\nreward_model: \"" + dir / "qwen" +
+                               "\"\nprompts: \"p.jsonl\"\nbatch_size: 8\nminibatch_size: 8\n";
+  std::ofstream(dir / "rb.pbtxt") << base_cfg << "critic: \"reward_base\"\n";
+  std::ofstream(dir / "vm.pbtxt") << base_cfg << "value_model: \"" << dir / "qwen"
+                                  << "\"\n";
+  ASSERT_EQ(run_command(rlhf_binary() + " ppo --plan --config " + dir / "rb.pbtxt", &out), 0)
+      << out;
+  EXPECT_NE(out.find("shares the reward model's frozen base"), std::string::npos) << out;
+  EXPECT_EQ(weight_rows(out), 3) << out;
+  ASSERT_EQ(run_command(rlhf_binary() + " ppo --plan --config " + dir / "vm.pbtxt", &out), 0)
+      << out;
+  EXPECT_EQ(out.find("shares the reward model's frozen base"), std::string::npos) << out;
+  EXPECT_EQ(weight_rows(out), 4) << out;
+
   ASSERT_EQ(run_command(rlhf_binary() +
                             " sft --plan --config /dev/null --train-file t.jsonl --init-from " +
                             dir / "qwen" + " --seq-len 64",
