@@ -121,6 +121,14 @@ void attend(const float* q, const float* keys, const float* values, const int64_
             int64_t hd, float* scratch, float* out, const float* last_key = nullptr,
             const float* last_value = nullptr);
 
+// attend() for the G query heads q [G, hd] (head g at q + g hd) that share one kv head
+// (grouped-query attention): out [G, hd], scratch G * L floats. Each head's output is bit for bit
+// what attend() gives it alone; the vector kernels read each block of keys and each value row once
+// for all the heads instead of once per head (G = 1: attend() itself).
+void attend_group(const float* q, int64_t G, const float* keys, const float* values,
+                  const int64_t* mask, int64_t L, int64_t hd, float* scratch, float* out,
+                  const float* last_key = nullptr, const float* last_value = nullptr);
+
 // silu(gate) * up for n elements (SwiGLU): out[i] = gate[i] * sigmoid(gate[i]) * up[i].
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
