@@ -9,12 +9,12 @@
 // engine" and "Batch-32 decode at 8x llama2.c").
 //
 // Instruction sets: each kernel has a portable version (decode_kernels.cpp, the reference twin),
-// an AVX2 + FMA one (decode_kernels_avx2.cpp) and, for matmul_nt and sampling's exponentials, an
-// AVX-512 one (decode_kernels_avx512.cpp); which runs is the active instruction set of isa.h, read
-// once at the start of each call. matmul_nt gives the same bits on every instruction set;
-// attention, SwiGLU and sampling use a vector exp on AVX2 and AVX-512 and std::exp otherwise, so
-// they can differ in the last bits between the portable version and the others. All can differ from
-// libtorch in the last bits.
+// an AVX2 + FMA one (decode_kernels_avx2.cpp) and, for matmul_nt, sampling's exponentials and
+// attend_group, an AVX-512 one (decode_kernels_avx512.cpp); which runs is the active instruction
+// set of isa.h, read once at the start of each call. matmul_nt gives the same bits on every
+// instruction set; attention, SwiGLU and sampling use a vector exp on AVX2 and AVX-512 and std::exp
+// otherwise, so they can differ in the last bits between the portable version and the others. All
+// can differ from libtorch in the last bits.
 //
 // Results do not depend on the number of threads: every output element is computed by one
 // thread, in a fixed order.
