@@ -266,7 +266,7 @@ torch::Tensor DecodeEngine::feed(const torch::Tensor& ids_in, const torch::Tenso
   auto next_after = plan_positions(id, m, B, T);
   if (start + T > capacity || !next_after.defined()) return feed_through_libtorch(ids, mask);
   load_tokens(id, m, B, T);
-  scores_.resize(B * KV_ * capacity);
+  scores_.resize(B * H_ * capacity);
   const Batch batch{B, T, positions_.data(), first_real_.data()};
   if (!logits_.defined() || logits_.size(0) != B) logits_ = torch::empty({B, V_}, torch::kFloat);
   const int64_t groups = row_groups(B, T);
@@ -351,11 +351,12 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch, int64_t b0, in
   const float q_scale = float(1.0 / std::sqrt(double(hd_)));
   // One chunk per row and kv head j: for each fed token in order, RoPE on its key (written into
   // the cache with its value) and on the queries of heads j G .. j G + G - 1, which then attend
-  // (keys up to their own position are in the cache by then).
+  // together (attend_group: one sweep over the kv head's cache for the G heads, each head's result
+  // the same bits as attend() alone; keys up to their own position are in the cache by then).
   pool_.parallel_for((b1 - b0) * KV_, [&](int64_t chunk) {
     const int64_t bj = b0 * KV_ + chunk, b = bj / KV_, j = bj % KV_;
     const int64_t at = (b * KV_ + j) * capacity * hd_;
-    float* scores = &scores_[bj * capacity];
+    float* scores = &scores_[bj * G * capacity];
     for (int64_t t = 0; t < T; ++t) {
       const int64_t r = b * T + t;
       float* row = qkv + r * width;
@@ -366,17 +367,15 @@ void DecodeEngine::attention_block(int64_t l, const Batch& batch, int64_t b0, in
       kernels::rope_heads(key, c, s, 1, hd_, 1.0f);
       std::memcpy(keys + at + (start + t) * hd_, key, hd_ * sizeof(float));
       std::memcpy(values + at + (start + t) * hd_, row + (H_ + KV_ + j) * hd_, hd_ * sizeof(float));
-      for (int64_t h = j * G; h < (j + 1) * G; ++h) {
-        float* query = row + h * hd_;
-        float* out = &ctx_[(r * H_ + h) * hd_];
-        if (batch.first_real[b] > start + t) {  // nothing real to attend to yet (see feed())
-          std::fill(out, out + hd_, 0.0f);
-          continue;
-        }
-        kernels::rope_heads(query, c, s, 1, hd_, q_scale);
-        kernels::attend(query, keys + at, values + at, mask + b * capacity, start + t + 1, hd_,
-                        scores, out, key, row + (H_ + KV_ + j) * hd_);
+      float* query = row + j * G * hd_;
+      float* out = &ctx_[(r * H_ + j * G) * hd_];
+      if (batch.first_real[b] > start + t) {  // nothing real to attend to yet (see feed())
+        std::fill(out, out + G * hd_, 0.0f);
+        continue;
       }
+      kernels::rope_heads(query, c, s, G, hd_, q_scale);
+      kernels::attend_group(query, G, keys + at, values + at, mask + b * capacity, start + t + 1,
+                            hd_, scores, out, key, row + (H_ + KV_ + j) * hd_);
     }
   });
   kernels::matmul_nt(&ctx_[r0 * H_ * hd_], rows, H_ * hd_, H_ * hd_,

@@ -117,7 +117,7 @@ class DecodeEngine {
   kernels::PackedWeight lm_head_;
   torch::Tensor cos_, sin_;  // [positions, hd / 2] rotary tables, as hidden_states computes them
   // Activations for up to rows_ token rows: x [rows, D] (the residual stream), xn [rows, D],
-  // qkv [rows, (H + 2 KV) hd], ctx [rows, H hd], act [rows, F]; scores [B * KV, capacity];
+  // qkv [rows, (H + 2 KV) hd], ctx [rows, H hd], act [rows, F]; scores [B * H, capacity];
   // logits [B, V].
   int64_t rows_ = 0;
   std::vector<int64_t> positions_, first_real_;  // of the current feed(): [B, T] and [B]

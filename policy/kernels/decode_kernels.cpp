@@ -82,6 +82,7 @@ constexpr DecodeKernelTable kPortable = {panel_portable,
                                          dot_portable,
                                          sum_of_squares_portable,
                                          nullptr,  // attend: the loop in attend() below
+                                         nullptr,  // attend_group: attend() per head
                                          swiglu_portable,
                                          scale_and_max_portable,
                                          max_portable,
@@ -246,6 +247,23 @@ void attend(const float* q, const float* keys, const float* values, const int64_
     const float p = scratch[l] / total;
     const float* v = value(l);
     for (int64_t i = 0; i < hd; ++i) out[i] += p * v[i];
+  }
+}
+
+void attend_group(const float* q, int64_t G, const float* keys, const float* values,
+                  const int64_t* mask, int64_t L, int64_t hd, float* scratch, float* out,
+                  const float* last_key, const float* last_value) {
+  const DecodeKernelTable& kernels = active_kernels();
+  if (G == 1 || !kernels.attend_group_hd8 || hd % 8 != 0) {
+    for (int64_t g = 0; g < G; ++g)
+      attend(q + g * hd, keys, values, mask, L, hd, scratch + g * L, out + g * hd, last_key,
+             last_value);
+    return;
+  }
+  for (int64_t g0 = 0; g0 < G; g0 += internal::kMaxGroup) {
+    const int64_t n = std::min(internal::kMaxGroup, G - g0);
+    kernels.attend_group_hd8(q + g0 * hd, n, keys, values, mask, L, hd, scratch + g0 * L,
+                             out + g0 * hd, last_key, last_value);
   }
 }
 

@@ -9,12 +9,12 @@
 // engine" and "Batch-32 decode at 8x llama2.c").
 //
 // Instruction sets: each kernel has a portable version (decode_kernels.cpp, the reference twin),
-// an AVX2 + FMA one (decode_kernels_avx2.cpp) and, for matmul_nt and sampling's exponentials, an
-// AVX-512 one (decode_kernels_avx512.cpp); which runs is the active instruction set of isa.h, read
-// once at the start of each call. matmul_nt gives the same bits on every instruction set;
-// attention, SwiGLU and sampling use a vector exp on AVX2 and AVX-512 and std::exp otherwise, so
-// they can differ in the last bits between the portable version and the others. All can differ from
-// libtorch in the last bits.
+// an AVX2 + FMA one (decode_kernels_avx2.cpp) and, for matmul_nt, sampling's exponentials and
+// attend_group, an AVX-512 one (decode_kernels_avx512.cpp); which runs is the active instruction
+// set of isa.h, read once at the start of each call. matmul_nt gives the same bits on every
+// instruction set; attention, SwiGLU and sampling use a vector exp on AVX2 and AVX-512 and std::exp
+// otherwise, so they can differ in the last bits between the portable version and the others. All
+// can differ from libtorch in the last bits.
 //
 // Results do not depend on the number of threads: every output element is computed by one
 // thread, in a fixed order.
@@ -120,6 +120,14 @@ void rope_heads(float* x, const float* cos, const float* sin, int64_t heads, int
 void attend(const float* q, const float* keys, const float* values, const int64_t* mask, int64_t L,
             int64_t hd, float* scratch, float* out, const float* last_key = nullptr,
             const float* last_value = nullptr);
+
+// attend() for the G query heads q [G, hd] (head g at q + g hd) that share one kv head
+// (grouped-query attention): out [G, hd], scratch G * L floats. Each head's output is bit for bit
+// what attend() gives it alone; the vector kernels read each block of keys and each value row once
+// for all the heads instead of once per head (G = 1: attend() itself).
+void attend_group(const float* q, int64_t G, const float* keys, const float* values,
+                  const int64_t* mask, int64_t L, int64_t hd, float* scratch, float* out,
+                  const float* last_key = nullptr, const float* last_value = nullptr);
 
 // silu(gate) * up for n elements (SwiGLU): out[i] = gate[i] * sigmoid(gate[i]) * up[i].
 void swiglu(const float* gate, const float* up, float* out, int64_t n);

@@ -157,6 +157,39 @@ RLHF_TARGET_AVX2 void attend_avx2(const float* q, const float* keys, const float
   }
 }
 
+// attend_avx2 for G <= kMaxGroup query heads q [G, hd] of one kv head (attend_group): every head
+// gets attend_avx2's bits. group_scores_avx2 (below) computes the softmax weights; then each value
+// row is read once for two heads at a time, each head's own chain of multiply-adds in l order.
+RLHF_TARGET_AVX2 void attend_group_avx2(const float* q, int64_t G, const float* keys,
+                                        const float* values, const int64_t* mask, int64_t L,
+                                        int64_t hd, float* scores, float* out,
+                                        const float* last_key, const float* last_value) {
+  float inv_total[kMaxGroup];
+  group_scores_avx2(q, G, keys, values, mask, L, hd, scores, last_key, inv_total);
+  const int64_t Lc = last_key ? L - 1 : L;
+  for (int64_t g0 = 0; g0 < G; g0 += 2) {
+    const int heads = int(std::min<int64_t>(2, G - g0));
+    for (int64_t i0 = 0; i0 < hd; i0 += 32) {
+      const int n = int(std::min<int64_t>(32, hd - i0)) / 8;
+      __m256 acc[2][4];
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j) acc[h][j] = _mm256_setzero_ps();
+      for (int64_t l = 0; l < L; ++l) {
+        const float* v = (l < Lc ? values + l * hd : last_value) + i0;
+        for (int h = 0; h < heads; ++h) {
+          const float s = scores[(g0 + h) * L + l];
+          if (s == 0.0f) continue;
+          const __m256 p = _mm256_set1_ps(s * inv_total[g0 + h]);
+          for (int j = 0; j < n; ++j)
+            acc[h][j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * j), acc[h][j]);
+        }
+      }
+      for (int h = 0; h < heads; ++h)
+        for (int j = 0; j < n; ++j) _mm256_storeu_ps(out + (g0 + h) * hd + i0 + 8 * j, acc[h][j]);
+    }
+  }
+}
+
 // sum_i x_i^2 in double (each square exact), 4 lanes and then their sum: the same float norm as
 // the sequential sum but where the two sums round differently in double, about once in 1e8 rows.
 RLHF_TARGET_AVX2 double sum_of_squares_avx2(const float* x, int64_t n) {
@@ -291,10 +324,58 @@ RLHF_TARGET_AVX2 void add_block_avx2(const float* const e[kSampleLanes], int64_t
 
 }  // namespace
 
+// The softmax weights of attend_group's G <= kMaxGroup heads, as attend_avx2 computes them for
+// each head: scores[g L + l] = exp(q_g . k_l - max) (0 where masked), inv_total[g] = 1 / their
+// sum. The scores of each block of 8 keys are computed for every head while the block is in L1.
+RLHF_TARGET_AVX2 void group_scores_avx2(const float* q, int64_t G, const float* keys,
+                                        const float* values, const int64_t* mask, int64_t L,
+                                        int64_t hd, float* scores, const float* last_key,
+                                        float* inv_total) {
+  const int64_t Lc = last_key ? L - 1 : L;  // positions read from the cache
+  int64_t l = 0;
+  for (; l + 8 <= Lc; l += 8) {
+    const char* ahead = reinterpret_cast<const char*>(keys + (l + 16) * hd);
+    const char* vals = reinterpret_cast<const char*>(values + l * hd);
+    for (int64_t byte = 0; byte < 8 * hd * 4; byte += 64) {
+      if (l + 16 < Lc) _mm_prefetch(ahead + byte, _MM_HINT_T0);
+      _mm_prefetch(vals + byte, _MM_HINT_T0);
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = q + g * hd;
+      __m256 acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < hd; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(qg + i);
+        _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j) acc[j] =
+            _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + (l + j) * hd + i), acc[j]);
+      }
+      _mm256_storeu_ps(scores + g * L + l, hsum8(acc));
+    }
+  }
+  group_scores_from_avx2(q, G, keys, mask, L, hd, scores, last_key, l, inv_total);
+}
+
+RLHF_TARGET_AVX2 void group_scores_from_avx2(const float* q, int64_t G, const float* keys,
+                                             const int64_t* mask, int64_t L, int64_t hd,
+                                             float* scores, const float* last_key, int64_t l,
+                                             float* inv_total) {
+  const int64_t Lc = last_key ? L - 1 : L;
+  for (int64_t g = 0; g < G; ++g) {
+    const float* qg = q + g * hd;
+    float* s = scores + g * L;
+    for (int64_t m = l; m < Lc; ++m) s[m] = dot_avx2(qg, keys + m * hd, hd);
+    if (last_key) s[L - 1] = dot_avx2(qg, last_key, hd);
+    for (int64_t m = 0; m < L; ++m)
+      if (!mask[m]) s[m] = -INFINITY;  // weight 0 below
+    inv_total[g] = 1.0f / exp_and_sum_avx2(s, L, max_avx2(s, L));
+  }
+}
+
 const DecodeKernelTable& avx2_decode_kernels() {
   static constexpr DecodeKernelTable kTable = {
-      panel_avx2,         dot_avx2, sum_of_squares_avx2, attend_avx2,      swiglu_avx2,
-      scale_and_max_avx2, max_avx2, first_equal_avx2,    exp_and_sum_avx2, add_block_avx2};
+      panel_avx2,        dot_avx2,         sum_of_squares_avx2, attend_avx2,
+      attend_group_avx2, swiglu_avx2,      scale_and_max_avx2,  max_avx2,
+      first_equal_avx2,  exp_and_sum_avx2, add_block_avx2};
   return kTable;
 }
 

@@ -1,6 +1,7 @@
-// The decoding kernels for AVX-512F (decode_kernels.h): matmul_nt's panels and the sampling
-// exponentials; every other kernel is AVX2's (decode_kernels_avx2.cpp). Each function carries its
-// instruction set as an attribute (internal/isa_target.h).
+// The decoding kernels for AVX-512F (decode_kernels.h): matmul_nt's panels, the sampling
+// exponentials and attend_group's weighted sum of values; every other kernel is AVX2's
+// (decode_kernels_avx2.cpp). Each function carries its instruction set as an attribute
+// (internal/isa_target.h).
 #include "policy/kernels/internal/decode_kernel_table.h"
 
 #ifdef RLHF_KERNELS_X86
@@ -116,6 +117,107 @@ RLHF_TARGET_AVX512 float exp_and_sum_avx512(const float* x, float* y, int64_t n,
 }
 #pragma GCC diagnostic pop
 
+// (GCC 12's false positive about the pass-through operand again, as above.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// _mm256_hadd_ps in each 128-bit lane: [x0 + x1, x2 + x3, y0 + y1, y2 + y3].
+RLHF_TARGET_AVX512 inline __m512 hadd_lanes(__m512 x, __m512 y) {
+  return _mm512_add_ps(_mm512_shuffle_ps(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// hsum8 of decode_kernels_avx2.cpp on both 256-bit halves of 8 vectors at once: lane i of half h
+// of the result = the sum of half h of a[i], with the same additions in the same order.
+RLHF_TARGET_AVX512 inline __m512 hsum8_halves(const __m512* a) {
+  const __m512 s0 = hadd_lanes(hadd_lanes(a[0], a[1]), hadd_lanes(a[2], a[3]));
+  const __m512 s1 = hadd_lanes(hadd_lanes(a[4], a[5]), hadd_lanes(a[6], a[7]));
+  // [lo0 + hi0 of s0 | of s0's second half | of s1 | of s1's second half], then in order.
+  const __m512 sum = _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_shuffle_f32x4(sum, sum, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+// group_scores_avx2 for an even G: two heads side by side in one vector (head g0 in the low 8
+// lanes, g0 + 1 in the high 8) against a key block broadcast to both halves, so each half runs the
+// AVX2 kernel's accumulator chains and gives its bits at half the multiply-adds.
+RLHF_TARGET_AVX512 void group_scores_avx512(const float* q, int64_t G, const float* keys,
+                                            const float* values, const int64_t* mask, int64_t L,
+                                            int64_t hd, float* scores, const float* last_key,
+                                            float* inv_total) {
+  const int64_t Lc = last_key ? L - 1 : L;  // positions read from the cache
+  int64_t l = 0;
+  for (; l + 8 <= Lc; l += 8) {
+    const char* ahead = reinterpret_cast<const char*>(keys + (l + 16) * hd);
+    const char* vals = reinterpret_cast<const char*>(values + l * hd);
+    for (int64_t byte = 0; byte < 8 * hd * 4; byte += 64) {
+      if (l + 16 < Lc) _mm_prefetch(ahead + byte, _MM_HINT_T0);
+      _mm_prefetch(vals + byte, _MM_HINT_T0);
+    }
+    for (int64_t g = 0; g < G; g += 2) {
+      const float *q0 = q + g * hd, *q1 = q0 + hd;
+      __m512 acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = _mm512_setzero_ps();
+      for (int64_t i = 0; i < hd; i += 8) {
+        const __m512 qv = _mm512_castpd_ps(
+            _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(q0 + i))),
+                               _mm256_castps_pd(_mm256_loadu_ps(q1 + i)), 1));
+        _Pragma("GCC unroll 8") for (int j = 0; j < 8; ++j) {
+          const __m512 kv = _mm512_castpd_ps(
+              _mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(keys + (l + j) * hd + i))));
+          acc[j] = _mm512_fmadd_ps(qv, kv, acc[j]);
+        }
+      }
+      const __m512 s = hsum8_halves(acc);
+      _mm256_storeu_ps(scores + g * L + l, _mm512_castps512_ps256(s));
+      _mm256_storeu_ps(scores + (g + 1) * L + l,
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+    }
+  }
+  group_scores_from_avx2(q, G, keys, mask, L, hd, scores, last_key, l, inv_total);
+}
+
+#pragma GCC diagnostic pop
+
+// attend_group with the weighted sum of values 16 lanes at a time: group_scores_avx2's weights (the
+// scores stay AVX2's, whose lane sums set the bits), then each value row read once for two heads
+// and up to 64 outputs (one pass for hd <= 64). Each output lane is the same chain of multiply-adds
+// in l order as attend_avx2's, so every head gets its bits. hd not a multiple of 16: AVX2's.
+RLHF_TARGET_AVX512 void attend_group_avx512(const float* q, int64_t G, const float* keys,
+                                            const float* values, const int64_t* mask, int64_t L,
+                                            int64_t hd, float* scores, float* out,
+                                            const float* last_key, const float* last_value) {
+  if (hd % 16 != 0)
+    return avx2_decode_kernels().attend_group_hd8(q, G, keys, values, mask, L, hd, scores, out,
+                                                  last_key, last_value);
+  float inv_total[kMaxGroup];
+  if (G % 2 == 0)
+    group_scores_avx512(q, G, keys, values, mask, L, hd, scores, last_key, inv_total);
+  else
+    group_scores_avx2(q, G, keys, values, mask, L, hd, scores, last_key, inv_total);
+  const int64_t Lc = last_key ? L - 1 : L;
+  for (int64_t g0 = 0; g0 < G; g0 += 2) {
+    const int heads = int(std::min<int64_t>(2, G - g0));
+    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+      const int n = int(std::min<int64_t>(64, hd - i0)) / 16;
+      __m512 acc[2][4];
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
+      for (int64_t l = 0; l < L; ++l) {
+        const float* v = (l < Lc ? values + l * hd : last_value) + i0;
+        for (int h = 0; h < heads; ++h) {
+          const float s = scores[(g0 + h) * L + l];
+          if (s == 0.0f) continue;
+          const __m512 p = _mm512_set1_ps(s * inv_total[g0 + h]);
+          for (int j = 0; j < n; ++j)
+            acc[h][j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * j), acc[h][j]);
+        }
+      }
+      for (int h = 0; h < heads; ++h)
+        for (int j = 0; j < n; ++j) _mm512_storeu_ps(out + (g0 + h) * hd + i0 + 16 * j, acc[h][j]);
+    }
+  }
+}
+
 }  // namespace
 
 const DecodeKernelTable& avx512_decode_kernels() {
@@ -123,6 +225,7 @@ const DecodeKernelTable& avx512_decode_kernels() {
     DecodeKernelTable t = avx2_decode_kernels();
     t.panel = panel_avx512;
     t.exp_and_sum = exp_and_sum_avx512;
+    t.attend_group_hd8 = attend_group_avx512;
     return t;
   }();
   return table;

@@ -15,6 +15,9 @@ namespace rlhf::policy::kernels::internal {
 
 constexpr int64_t kPanel = PackedWeight::kPanel;
 
+// The most query heads one call of attend_group_hd8 takes (attend_group splits larger groups).
+constexpr int64_t kMaxGroup = 8;
+
 // Row counts from which the first pass over a panel fetches the next one. Measured on the 2-core
 // VM (AVX-512): batch 32 decodes 8-10% faster with it; batch 1, which streams each panel once
 // (the hardware prefetcher already follows it), 8% slower.
@@ -34,6 +37,11 @@ struct DecodeKernelTable {
   void (*attend_hd8)(const float* q, const float* keys, const float* values, const int64_t* mask,
                      int64_t L, int64_t hd, float* scratch, float* out, const float* last_key,
                      const float* last_value);
+  // attend_group() for 1 <= G <= kMaxGroup heads and hd a multiple of 8 (scratch: G * L floats);
+  // nullptr: attend_hd8 for each head.
+  void (*attend_group_hd8)(const float* q, int64_t G, const float* keys, const float* values,
+                           const int64_t* mask, int64_t L, int64_t hd, float* scratch, float* out,
+                           const float* last_key, const float* last_value);
   void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
   // y_j = x_j / temperature for j < n; returns the largest y.
   float (*scale_and_max)(const float* x, int64_t n, float temperature, float* y);

@@ -24,4 +24,19 @@ constexpr float kExpPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-
 RLHF_TARGET_AVX2 float exp_and_sum_from(const float* x, float* y, int64_t n, float max, __m256 acc,
                                         int64_t i);
 
+// The softmax weights of attend_group for G <= kMaxGroup heads (decode_kernels_avx2.cpp): scores
+// [G, L] = each head's exp(score - max), 0 where masked; inv_total[g] = 1 / the sum of row g. The
+// same bits as attend_avx2's weights of each head alone.
+RLHF_TARGET_AVX2 void group_scores_avx2(const float* q, int64_t G, const float* keys,
+                                        const float* values, const int64_t* mask, int64_t L,
+                                        int64_t hd, float* scores, const float* last_key,
+                                        float* inv_total);
+
+// group_scores_avx2 once the scores of positions [0, l) (a whole number of blocks of 8) are in:
+// the scores from l on, the mask and the softmax of each head.
+RLHF_TARGET_AVX2 void group_scores_from_avx2(const float* q, int64_t G, const float* keys,
+                                             const int64_t* mask, int64_t L, int64_t hd,
+                                             float* scores, const float* last_key, int64_t l,
+                                             float* inv_total);
+
 }  // namespace rlhf::policy::kernels::internal
