@@ -984,6 +984,16 @@ std::map<std::string, double> PpoTrainer::Impl::log(const Rollout& r, const Upda
   return stats;
 }
 
+// The progress line's value loss: " v 0.1234" with a critic, nothing without one (critic-free
+// estimators have no value loss to show).
+static std::string value_loss_text(const std::map<std::string, double>& stats) {
+  const auto it = stats.find("loss/value");
+  if (it == stats.end()) return "";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, " v %.4f", it->second);
+  return buf;
+}
+
 // Rank 0's part of 7.: the warnings, the metrics line and the progress line.
 void PpoTrainer::Impl::report(const Rollout& r, const UpdateTotals& tot,
                               const std::map<std::string, double>& stats, double iteration_s) {
@@ -998,10 +1008,10 @@ void PpoTrainer::Impl::report(const Rollout& r, const UpdateTotals& tot,
                  (long long)r.iteration, r.kl_mean, cfg.kl_warn_bound());
   metrics->write(r.iteration, stats);
   std::fprintf(stderr,
-               "ppo %lld/%d  score %.3f  kl %.3f  beta %.4f  loss p %.4f v %.4f  len %.1f  eos %.2f"
+               "ppo %lld/%d  score %.3f  kl %.3f  beta %.4f  loss p %.4f%s  len %.1f  eos %.2f"
                "  %.0f gen tok/s  %.1fs\n",
                (long long)r.iteration, cfg.iterations(), stats.at("score/mean"), r.kl_mean, r.beta,
-               stats.at("loss/policy"), has_critic() ? stats.at("loss/value") : 0.0,
+               stats.at("loss/policy"), value_loss_text(stats).c_str(),
                stats.at("response/length_mean"), stats.at("response/eos_frac"),
                stats.at("speed/gen_tokens_per_s"), iteration_s);
 }
