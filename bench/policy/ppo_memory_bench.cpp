@@ -2,10 +2,13 @@
 // "Memory that fits"). A Qwen2.5-0.5B-shaped random-weight policy (hidden 896, 24 layers, 14
 // heads, 2 kv heads, intermediate 4864, vocab 151936, tied embeddings, q/k/v biases), LoRA rank 16,
 // dtype bf16, batch 8 x 64 new tokens, in one of two layouts:
-//   shared: the policy's frozen matrices stored bfloat16, the reference = the policy with its
+//   shared: the policy's frozen base (matrices and embedding table) built in bfloat16 as the PPO
+//           stage loads it (Transformer's WeightDtypes), the reference = the policy with its
 //           adapters off, the critic on the policy's base (critic "policy_base"), a reward model;
-//   four:   today's four copies: policy (float32 base), a cloned reference (bf16 matrices, as the
-//           trainer stores them), a cloned critic trained in full, a reward model.
+//   four:   four copies: policy, a cloned reference (bf16 matrices, as the trainer stores them), a
+//           cloned critic trained in full, a reward model. The trainer now stores the policy's
+//           LoRA base bf16 under bf16 as well; the float32-base four-copy figure in
+//           docs/performance.md was measured with the binary from before that change.
 // The models are built, the peak is reset (/proc/self/clear_refs 5), one iteration runs, and the
 // peak (VmHWM) is printed beside the plan's total. Usage:
 //   ppo_memory_bench [shared|four] [layers=24] [new_tokens=64] [batch=8] [dtype=bf16] [plan]
@@ -74,8 +77,9 @@ policy::MemoryPlan bench_plan(const policy::ModelConfig& mc, bool shared, const 
   auto s = pipelines::model_shape(mc);
   const int64_t lora = s.lora_params(16, {"q", "v"});
   const bool bf16 = dtype == "bf16";
-  policy::add_model(plan, {"policy", s, shared && bf16 ? 2 : 4, false, lora});
-  policy::add_model(plan, {"reference", s, bf16 ? 2 : 4, shared, 0});
+  const int base_bytes = bf16 ? 2 : 4;  // the trainer stores a LoRA base bf16 under bf16
+  policy::add_model(plan, {"policy", s, base_bytes, false, lora, base_bytes});
+  policy::add_model(plan, {"reference", s, base_bytes, shared, 0, base_bytes});
   auto cs = s;
   cs.value_head = true;
   if (shared) {
@@ -123,9 +127,9 @@ int main(int argc, char** argv) {
   if (shared) cfg.set_critic("policy_base");
 
   policy::PpoModels m;
-  m.policy = policy::Transformer(mc);
+  const auto base = shared && dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
+  m.policy = policy::Transformer(mc, policy::WeightDtypes{base, base});  // as the stage loads it
   policy::init_weights(m.policy);
-  if (shared && dtype == "bf16") policy::store_matrices_as(m.policy, torch::kBFloat16);
   if (!shared) {
     m.reference = policy::clone_model(m.policy);
     m.critic = policy::clone_model(m.policy);

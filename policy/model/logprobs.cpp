@@ -43,7 +43,8 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
     if (temperature != 1.0) g.div_(temperature);
     auto g_w = g.to(weight.scalar_type());
     torch::Tensor grad_hidden, grad_weight;
-    if (ctx->needs_input_grad(0)) grad_hidden = torch::matmul(g_w, weight);  // [B, n, D]
+    if (ctx->needs_input_grad(0))
+      grad_hidden = torch::matmul(g_w, weight).to(hidden.scalar_type());  // [B, n, D]
     if (ctx->needs_input_grad(1))
       grad_weight = torch::matmul(g_w.reshape({-1, g_w.size(-1)}).t(),
                                   hidden.reshape({-1, hidden.size(-1)}));  // [V, D]
@@ -53,7 +54,11 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
  private:
   static torch::Tensor logits(const torch::Tensor& hidden, const torch::Tensor& weight,
                               double temperature) {
-    auto z = torch::matmul(hidden, weight.t());
+    // A bfloat16 output matrix (a frozen base, LoadOptions) meets the hidden states in its dtype,
+    // as autocast does in forward: backward runs outside autocast and would refuse mixed dtypes.
+    const auto& h =
+        hidden.scalar_type() == weight.scalar_type() ? hidden : hidden.to(weight.scalar_type());
+    auto z = torch::matmul(h, weight.t());
     if (z.scalar_type() != torch::kFloat) z = z.to(torch::kFloat);
     return temperature == 1.0 ? z : z / temperature;
   }
