@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "policy/decoding/generation.h"
+#include "policy/model/logprobs.h"
 #include "policy/model/lora.h"
 #include "policy/model/safetensors.h"
 #include "policy/runtime/device.h"
@@ -897,6 +898,53 @@ TEST(Bf16WeightsTest, Bf16FrozenBaseGeneratesAsTheFloat32Model) {
   auto want = generate(f32.model, prompts, o), got = generate(bf.model, prompts, o);
   EXPECT_TRUE(torch::equal(want.response_ids, got.response_ids));
   EXPECT_LE((want.response_logprobs - got.response_logprobs).abs().max().item<float>(), 0.05f);
+}
+
+// Training through a bfloat16 output matrix (a frozen base's tied embeddings here, three vocabulary
+// slices of the log-prob kernel's backward): the adapters' gradients from token_logprobs equal,
+// within bfloat16 rounding (2% of the largest), those of a plain log-softmax under autocast.
+TEST(Bf16WeightsTest, LogprobGradientsThroughABf16OutputMatrix) {
+  TempDir dir("bf16grad");
+  ModelConfig c = testing::tiny_config();
+  c.vocab_size = 40000;  // > 2 slices of 16384 rows
+  c.n_layers = 1;
+  c.tie_embeddings = true;
+  auto m = testing::random_model(c, 14);
+  export_hf(m, dir / "hf");
+  auto bf = load_checkpoint(dir / "hf", frozen_base_load_options(true, true));
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.targets = {"q", "v"};
+  torch::manual_seed(4);
+  LoraAdapters lora(bf.model, lo);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : lora.parameters()) p.normal_(0, 0.1);
+  }
+  auto ids = torch::randint(3, 40000, {2, 7}, torch::kLong);
+  auto grads = [&](bool kernel) {
+    for (auto& p : lora.parameters()) p.mutable_grad() = torch::Tensor();
+    lora.refresh(true);
+    AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+    torch::Tensor lp;
+    if (kernel) {
+      lp = token_logprobs(bf.model, ids, {}, {}).logprobs;
+    } else {
+      auto logits = bf.model->forward(ids).narrow(1, 0, 6);
+      lp = torch::log_softmax(logits, -1).gather(-1, ids.narrow(1, 1, 6).unsqueeze(-1));
+    }
+    lp.sum().backward();
+    std::vector<torch::Tensor> out;
+    for (auto& p : lora.parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  auto got = grads(true), want = grads(false);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float scale = want[i].abs().max().item<float>();
+    EXPECT_GT(scale, 0.0f) << i;
+    EXPECT_LE((got[i] - want[i]).abs().max().item<float>(), 0.02f * scale) << i;
+  }
 }
 
 }  // namespace
