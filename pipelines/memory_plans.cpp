@@ -68,7 +68,7 @@ policy::ModelPart trained(const std::string& name, const policy::ModelShape& s,
   policy::ModelPart p{name, s, 4, false, s.matrix_params() + s.other_params()};
   if (lora_on(lora)) {
     p.trainable = s.lora_params(lora.rank(), lora_targets(lora)) + (s.value_head ? s.dim + 1 : 0);
-    if (bf16_frozen_base) p.matrix_bytes = 2;
+    if (bf16_frozen_base) p.matrix_bytes = p.embedding_bytes = 2;  // matrices and embeddings
   }
   return p;
 }
@@ -97,11 +97,13 @@ void add_critic(policy::MemoryPlan& plan, const proto::PpoConfig& c, const polic
     return;
   }
   const proto::LoraConfig l = policy::critic_lora_config(c);
-  policy::add_model(plan,
-                    {"critic", cs, 4, true, cs.lora_params(l.rank(), lora_targets(l)) + cs.dim + 1,
-                     c.critic() == "reward_base" ? "reward model" : "policy"});
-  // Its effective weights have the base's dtype (float32 as the stage loads it).
-  plan.add("critic", "fused cache", cs.fused_params() * 4, "its own concatenated weights");
+  policy::add_model(
+      plan, {"critic", cs, 4, true, cs.lora_params(l.rank(), lora_targets(l)) + cs.dim + 1, 4,
+             c.critic() == "reward_base" ? "reward model" : "policy"});
+  // Its effective weights have the base's dtype: the reward model's float32, or the policy's
+  // (bfloat16 under bf16: the stage loads it so).
+  const int base_bytes = c.critic() == "reward_base" || c.dtype() != "bf16" ? 4 : 2;
+  plan.add("critic", "fused cache", cs.fused_params() * base_bytes, "its own concatenated weights");
 }
 
 }  // namespace
@@ -157,14 +159,16 @@ policy::MemoryPlan ppo_memory_plan(const proto::PpoConfig& c) {
   const bool bf16 = c.dtype() == "bf16", lora = lora_on(c.lora());
   const auto pc = folder_config(c.policy(), "ppo config: policy");
   const auto s = model_shape(pc);
-  policy::add_model(plan, trained("policy", s, c.lora(), false));  // the stage loads float32
+  // bf16 with LoRA: the stage loads the frozen base (matrices, embeddings) in bfloat16.
+  policy::add_model(plan, trained("policy", s, c.lora(), bf16));
   if (lora && c.reference().empty()) {
     policy::add_model(plan, {"reference", s, 2, true, 0});  // the base with adapters off
   } else {
     const auto rs = c.reference().empty()
                         ? s
                         : model_shape(folder_config(c.reference(), "ppo config: reference"));
-    policy::add_model(plan, {"reference", rs, bf16 ? 2 : 4, false, 0});  // bf16: stored so
+    // bf16: its matrices stored so, with LoRA its embedding table too (as the policy's base).
+    policy::add_model(plan, {"reference", rs, bf16 ? 2 : 4, false, 0, bf16 && lora ? 2 : 4});
   }
   policy::ModelConfig rc =
       folder_config(reward::resolve_model_dir(c.reward_model()), "ppo config: reward_model");

@@ -28,9 +28,10 @@ namespace rlhf::pipelines {
 
 namespace {
 
-policy::LoadedModel load_model(const std::string& dir, const std::string& what) {
+policy::LoadedModel load_model(const std::string& dir, const std::string& what,
+                               const policy::LoadOptions& options = {}) {
   try {
-    return policy::load_checkpoint(dir);
+    return policy::load_checkpoint(dir, options);
   } catch (...) {
     rethrow_with_context("ppo: loading the " + what + " (" + dir + ")");
   }
@@ -72,7 +73,9 @@ proto::PpoConfig resolved_config(const PpoStageOptions& o) {
 policy::PpoModels load_models(const proto::PpoConfig& cfg,
                               const std::optional<policy::Tokenizer>& tok,
                               std::string* tokenizer_sha) {
-  auto loaded = load_model(cfg.policy(), "policy");
+  // dtype bf16 with LoRA: the frozen base is read straight into bfloat16 (no float32 copy).
+  const bool lora = cfg.has_lora() && cfg.lora().rank() > 0, bf16 = cfg.dtype() == "bf16";
+  auto loaded = load_model(cfg.policy(), "policy", policy::frozen_base_load_options(bf16, lora));
   *tokenizer_sha = loaded.info.tokenizer_sha256;
   if (tok && !tokenizer_sha->empty() && *tokenizer_sha != tok->sha256())
     throw Error("ppo: tokenizer " + cfg.tokenizer() + " (sha256 " + tok->sha256() +
@@ -82,9 +85,14 @@ policy::PpoModels load_models(const proto::PpoConfig& cfg,
   policy::PpoModels models;
   models.policy = loaded.model;
   // With LoRA and no reference folder the policy's frozen base is the reference (no copy).
-  const bool lora = cfg.has_lora() && cfg.lora().rank() > 0;
-  if (!cfg.reference().empty())
-    models.reference = load_model(cfg.reference(), "reference").model;
+  if (!cfg.reference().empty()) {
+    policy::LoadOptions ref =
+        policy::frozen_base_load_options(bf16, lora);  // as the trainer keeps it
+    if (bf16) ref.matrix_dtype = torch::kBFloat16;
+    models.reference = load_model(cfg.reference(), "reference", ref).model;
+  } else if (!lora && bf16)  // its matrices bfloat16 as the trainer keeps them: read so, no copy
+    models.reference =
+        load_model(cfg.policy(), "reference (a copy of the policy)", {torch::kBFloat16}).model;
   else if (!lora)
     models.reference = policy::clone_model(loaded.model);
   if (cfg.critic() == "policy_base" && policy::uses_critic(cfg))
@@ -92,10 +100,14 @@ policy::PpoModels load_models(const proto::PpoConfig& cfg,
   torch::manual_seed(cfg.seed());                    // the fresh value head's initialisation
   if (!policy::uses_critic(cfg)) return models;      // critic-free estimator: no critic at all
   if (cfg.critic() == "reward_base") return models;  // on the teacher's base: make_stage_teacher
+  // A copy of the policy's float32 weights: read again when the policy's base is bfloat16 (the
+  // same RNG draws as clone_model's).
+  const bool narrowed = loaded.model->tok_embeddings->weight.scalar_type() != torch::kFloat;
   models.critic =
-      cfg.value_model().empty()
-          ? policy::clone_model(loaded.model)
-          : load_model(reward::resolve_model_dir(cfg.value_model()), "value model").model;
+      !cfg.value_model().empty()
+          ? load_model(reward::resolve_model_dir(cfg.value_model()), "value model").model
+      : narrowed ? load_model(cfg.policy(), "critic (a copy of the policy)").model
+                 : policy::clone_model(loaded.model);
   if (!models.critic->config().value_head) models.critic->add_value_head();
   return models;
 }

@@ -189,6 +189,9 @@ void init_policy(DpoRun& r) {
   src.seq_len = c.max_prompt_tokens() + c.max_answer_tokens() + 2;
   src.fail_on_long_rows = true;
   src.what = "dpo config";
+  // bf16 with LoRA: the frozen base (the reference too) is read straight into bfloat16.
+  src.load = frozen_base_load_options(r.precision == Precision::kBf16,
+                                      c.has_lora() && c.lora().rank() > 0);
   try {
     r.init = training::init_model(src);
   } catch (const Error& e) {

@@ -535,17 +535,28 @@ void export_hf(Transformer& model, const std::string& dir, const HfExportOptions
   });
 }
 
-void store_matrices_as(Transformer& model, torch::ScalarType dtype) {
+void store_matrices_as(Transformer& model, torch::ScalarType dtype, StoredWeights which) {
   if (dtype != torch::kFloat && dtype != torch::kBFloat16)
     throw Error("store_matrices_as: dtype must be float32 or bfloat16");
+  const bool embeddings = which == StoredWeights::kMatricesAndEmbeddings || dtype == torch::kFloat;
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : model->hf_named_parameters())
-    if (is_projection_matrix(name) && param.scalar_type() != dtype) param.set_data(param.to(dtype));
+    if ((is_projection_matrix(name) || (embeddings && name == "model.embed_tokens.weight")) &&
+        param.scalar_type() != dtype)
+      param.set_data(param.to(dtype));
+}
+
+LoadOptions frozen_base_load_options(bool bf16, bool frozen_base) {
+  LoadOptions o;
+  if (bf16 && frozen_base) o.matrix_dtype = o.embedding_dtype = torch::kBFloat16;
+  return o;
 }
 
 LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& options) {
-  if (options.matrix_dtype != torch::kFloat && options.matrix_dtype != torch::kBFloat16)
-    throw Error("load_checkpoint " + dir + ": matrix_dtype must be float32 or bfloat16");
+  for (auto t : {options.matrix_dtype, options.embedding_dtype})
+    if (t != torch::kFloat && t != torch::kBFloat16)
+      throw Error("load_checkpoint " + dir + ": matrix_dtype and embedding_dtype must be float32 " +
+                  "or bfloat16");
   if (!fs::is_directory(dir))
     throw Error("checkpoint folder not found: " + dir +
                 " (expected a folder with config.json + model.safetensors)");
@@ -578,13 +589,10 @@ LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& options) 
   const SafetensorsWeights weights(dir, weights_file);
   if (out.from_hf && weights.contains("value_head.weight")) config.value_head = true;
 
-  out.model = Transformer(config);
+  // Built in the stored dtypes (no float32 copy of narrowed weights), then read into in place.
+  out.model = Transformer(config, WeightDtypes{options.matrix_dtype, options.embedding_dtype});
   torch::NoGradGuard no_grad;
-  for (auto& [name, param] : out.model->hf_named_parameters()) {
-    if (options.matrix_dtype != torch::kFloat && is_projection_matrix(name))
-      param.set_data(torch::empty(param.sizes(), param.options().dtype(options.matrix_dtype)));
-    weights.read_into(name, param);
-  }
+  for (auto& [name, param] : out.model->hf_named_parameters()) weights.read_into(name, param);
   return out;
 }
 

@@ -49,21 +49,39 @@ struct LoadOptions {
   // dtype of the projection matrices (q, k, v, o, gate, up, down and an untied lm_head): kFloat
   // (the default, as before) or kBFloat16 for frozen weights used under bf16 autocast
   // (policy/runtime/device.h): each is read from the mapped file straight into bfloat16 (round to
-  // nearest even from F32 / F16), so no float32 copy of them is kept. The token embeddings (they
-  // start the float32 residual stream), the norms and the value head stay float32. Under autocast
-  // a model loaded so gives the logits of the float32 model bit for bit (autocast rounds the
-  // float32 matrices the same way); without autocast its forward is refused by libtorch (mixed
+  // nearest even from F32 / F16), so no float32 copy of them is kept, not even while the model is
+  // built (Transformer's WeightDtypes). The norms, biases and the value head stay float32. Under
+  // autocast a model loaded so gives the logits of the float32 model bit for bit (autocast rounds
+  // the float32 matrices the same way); without autocast its forward is refused by libtorch (mixed
   // dtypes). Train such a model only through LoRA (policy/model/lora.h), which keeps its adapters
   // float32.
   torch::ScalarType matrix_dtype = torch::kFloat;
+  // dtype of the token embedding table (and so of a tied lm_head): kFloat (the default) or
+  // kBFloat16 for a table that stays frozen (LoRA). Its rows are widened to float32 as they enter
+  // the residual stream, so unlike the matrices this rounds the model's input: logits differ from
+  // the float32 table's by bfloat16 rounding (tests state the tolerance).
+  torch::ScalarType embedding_dtype = torch::kFloat;
 };
 
-// Stores `model`'s projection matrices (those LoadOptions::matrix_dtype names) as `dtype` (kFloat
-// or kBFloat16; rounding to nearest even when narrowing), in place: the parameters keep their
-// identity, their data is replaced. A no-op for matrices already in `dtype`. For a model loaded in
-// float32 whose matrices then stay frozen (LoRA); the float32 data is freed when nothing else holds
-// it. Throws rlhf::Error on another dtype.
-void store_matrices_as(Transformer& model, torch::ScalarType dtype);
+// Which weights store_matrices_as stores in the dtype it is given.
+enum class StoredWeights {
+  kMatrices,               // the projection matrices (LoadOptions::matrix_dtype names)
+  kMatricesAndEmbeddings,  // and the token embedding table (a frozen one: LoRA)
+};
+
+// Stores `model`'s projection matrices (those LoadOptions::matrix_dtype names), and with
+// kMatricesAndEmbeddings its token embedding table, as `dtype` (kFloat or kBFloat16; rounding to
+// nearest even when narrowing), in place: the parameters keep their identity, their data is
+// replaced, one tensor at a time. kFloat widens both whatever `which` says (checkpoints are
+// float32). A no-op for tensors already in `dtype`. For a model loaded in float32 whose matrices
+// then stay frozen (LoRA); the float32 data is freed when nothing else holds it. Throws rlhf::Error
+// on another dtype.
+void store_matrices_as(Transformer& model, torch::ScalarType dtype,
+                       StoredWeights which = StoredWeights::kMatrices);
+
+// The load options of a frozen base under `bf16` (dtype "bf16"): matrices and the embedding table
+// in bfloat16 when `frozen_base` (LoRA), else float32 (a model trained in full).
+LoadOptions frozen_base_load_options(bool bf16, bool frozen_base);
 
 // Loads a native checkpoint or a Hugging Face folder. Errors name the folder/file, the tensor,
 // and expected vs found (missing folder, unsupported model_type, missing tensor, wrong shape,

@@ -41,9 +41,13 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
     auto g = fused::token_logprobs_backward(logits(hidden, weight, temperature), targets, st,
                                             grads[0], grads[1], /*in_place=*/true);
     if (temperature != 1.0) g.div_(temperature);
+    if (weight.scalar_type() != hidden.scalar_type() && !ctx->needs_input_grad(1))
+      return {ctx->needs_input_grad(0) ? sliced_grad_hidden(g, weight) : torch::Tensor(),
+              torch::Tensor(), torch::Tensor(), torch::Tensor()};
     auto g_w = g.to(weight.scalar_type());
     torch::Tensor grad_hidden, grad_weight;
-    if (ctx->needs_input_grad(0)) grad_hidden = torch::matmul(g_w, weight);  // [B, n, D]
+    if (ctx->needs_input_grad(0))
+      grad_hidden = torch::matmul(g_w, weight).to(hidden.scalar_type());  // [B, n, D]
     if (ctx->needs_input_grad(1))
       grad_weight = torch::matmul(g_w.reshape({-1, g_w.size(-1)}).t(),
                                   hidden.reshape({-1, hidden.size(-1)}));  // [V, D]
@@ -51,11 +55,50 @@ class ChunkLogprobs : public torch::autograd::Function<ChunkLogprobs> {
   }
 
  private:
+  // Vocabulary rows per product when the output matrix is bfloat16 (see mixed_logits).
+  static constexpr int64_t kVocabSlice = 16384;
+
   static torch::Tensor logits(const torch::Tensor& hidden, const torch::Tensor& weight,
                               double temperature) {
-    auto z = torch::matmul(hidden, weight.t());
-    if (z.scalar_type() != torch::kFloat) z = z.to(torch::kFloat);
+    torch::Tensor z;
+    if (hidden.scalar_type() == weight.scalar_type()) {
+      z = torch::matmul(hidden, weight.t());
+      if (z.scalar_type() != torch::kFloat) z = z.to(torch::kFloat);
+    } else {
+      z = mixed_logits(hidden, weight);
+    }
     return temperature == 1.0 ? z : z / temperature;
+  }
+
+  // A bfloat16 output matrix (a frozen base, LoadOptions) meets the hidden states in its dtype, as
+  // autocast does in forward (backward runs outside autocast, which would refuse mixed dtypes),
+  // kVocabSlice rows at a time into the float32 logits: no [B, n, V] bfloat16 buffer beside them.
+  static torch::Tensor mixed_logits(const torch::Tensor& hidden, const torch::Tensor& weight) {
+    const auto h = hidden.to(weight.scalar_type());
+    auto sizes = hidden.sizes().vec();
+    const int64_t V = weight.size(0);
+    sizes.back() = V;
+    auto z = torch::empty(sizes, hidden.options().dtype(torch::kFloat));
+    for (int64_t v0 = 0; v0 < V; v0 += kVocabSlice) {
+      const int64_t n = std::min(kVocabSlice, V - v0);
+      z.narrow(-1, v0, n).copy_(torch::matmul(h, weight.narrow(0, v0, n).t()));
+    }
+    return z;
+  }
+
+  // d hidden = g @ weight for a bfloat16 weight, slice by slice (each slice of g rounded to
+  // bfloat16 as autocast would, the float32 sum over slices): no [B, n, V] bfloat16 copy of g.
+  static torch::Tensor sliced_grad_hidden(const torch::Tensor& g, const torch::Tensor& weight) {
+    const int64_t V = weight.size(0);
+    auto sizes = g.sizes().vec();
+    sizes.back() = weight.size(1);
+    auto out = torch::zeros(sizes, g.options().dtype(torch::kFloat));
+    for (int64_t v0 = 0; v0 < V; v0 += kVocabSlice) {
+      const int64_t n = std::min(kVocabSlice, V - v0);
+      out.add_(
+          torch::matmul(g.narrow(-1, v0, n).to(weight.scalar_type()), weight.narrow(0, v0, n)));
+    }
+    return out;
   }
 };
 

@@ -16,8 +16,22 @@ namespace {
 // (a left pad at position 0) gives a uniform softmax instead of NaN.
 constexpr float kMaskedScore = -1e30f;
 
-torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias = false) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+// A Linear initialised as libtorch does (float32, same RNG draws), its weight then stored as
+// `dtype` (the float32 initial values are dropped at once: they are overwritten by a load).
+torch::nn::Linear make_linear(int64_t in, int64_t out, bool bias = false,
+                              torch::ScalarType dtype = torch::kFloat) {
+  torch::nn::Linear lin(torch::nn::LinearOptions(in, out).bias(bias));
+  if (dtype != torch::kFloat) {
+    torch::NoGradGuard no_grad;
+    lin->weight.set_data(lin->weight.to(dtype));
+  }
+  return lin;
+}
+
+void check_weight_dtype(torch::ScalarType t, const char* what) {
+  if (t != torch::kFloat && t != torch::kBFloat16)
+    throw Error(std::string("Transformer: WeightDtypes::") + what +
+                " must be float32 or bfloat16, got " + c10::toString(t));
 }
 
 void grow_cache(KVCache* cache, int64_t needed) {
@@ -166,18 +180,18 @@ ModelConfig ModelConfig::from_proto(const proto::ModelConfig& p) {
 // ---------------------------------------------------------------------------------------------
 // DecoderLayer
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c)
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, torch::ScalarType m)
     : n_heads_(c.n_heads), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim()), eps_(c.norm_eps) {
   int64_t d = c.dim, hd = c.head_dim(), h = c.resolved_hidden_dim();
   input_layernorm = register_parameter("input_layernorm", torch::ones({d}));
   post_attention_layernorm = register_parameter("post_attention_layernorm", torch::ones({d}));
-  q_proj = register_module("q_proj", make_linear(d, c.n_heads * hd, c.qkv_bias));
-  k_proj = register_module("k_proj", make_linear(d, c.n_kv_heads * hd, c.qkv_bias));
-  v_proj = register_module("v_proj", make_linear(d, c.n_kv_heads * hd, c.qkv_bias));
-  o_proj = register_module("o_proj", make_linear(c.n_heads * hd, d, c.o_bias));
-  gate_proj = register_module("gate_proj", make_linear(d, h, c.mlp_bias));
-  up_proj = register_module("up_proj", make_linear(d, h, c.mlp_bias));
-  down_proj = register_module("down_proj", make_linear(h, d, c.mlp_bias));
+  q_proj = register_module("q_proj", make_linear(d, c.n_heads * hd, c.qkv_bias, m));
+  k_proj = register_module("k_proj", make_linear(d, c.n_kv_heads * hd, c.qkv_bias, m));
+  v_proj = register_module("v_proj", make_linear(d, c.n_kv_heads * hd, c.qkv_bias, m));
+  o_proj = register_module("o_proj", make_linear(c.n_heads * hd, d, c.o_bias, m));
+  gate_proj = register_module("gate_proj", make_linear(d, h, c.mlp_bias, m));
+  up_proj = register_module("up_proj", make_linear(d, h, c.mlp_bias, m));
+  down_proj = register_module("down_proj", make_linear(h, d, c.mlp_bias, m));
   if (c.qk_norm) {
     q_norm = register_parameter("q_norm", torch::ones({hd}));
     k_norm = register_parameter("k_norm", torch::ones({hd}));
@@ -271,15 +285,23 @@ torch::Tensor DecoderLayerImpl::mlp_block(const torch::Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 // Transformer
 
-TransformerImpl::TransformerImpl(const ModelConfig& config) : config_(config) {
+TransformerImpl::TransformerImpl(const ModelConfig& config, const WeightDtypes& dtypes)
+    : config_(config) {
   config_.validate();
+  check_weight_dtype(dtypes.matrices, "matrices");
+  check_weight_dtype(dtypes.embeddings, "embeddings");
   if (config_.hidden_dim == 0) config_.hidden_dim = config_.resolved_hidden_dim();
   const auto& c = config_;
   tok_embeddings = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.dim));
+  if (dtypes.embeddings != torch::kFloat) {
+    torch::NoGradGuard no_grad;
+    tok_embeddings->weight.set_data(tok_embeddings->weight.to(dtypes.embeddings));
+  }
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int i = 0; i < c.n_layers; ++i) layers->push_back(DecoderLayer(c));
+  for (int i = 0; i < c.n_layers; ++i) layers->push_back(DecoderLayer(c, dtypes.matrices));
   norm_weight = register_parameter("norm", torch::ones({c.dim}));
-  if (!c.tie_embeddings) lm_head = register_module("lm_head", make_linear(c.dim, c.vocab_size));
+  if (!c.tie_embeddings)
+    lm_head = register_module("lm_head", make_linear(c.dim, c.vocab_size, false, dtypes.matrices));
   if (c.value_head) {
     config_.value_head = false;
     add_value_head();
@@ -313,7 +335,7 @@ void TransformerImpl::add_value_head() {
   torch::NoGradGuard no_grad;
   value_head->weight.normal_(0.0, 1.0 / std::sqrt(double(config_.dim) + 1.0));
   value_head->bias.zero_();
-  value_head->to(tok_embeddings->weight.device(), tok_embeddings->weight.scalar_type());
+  value_head->to(norm_weight.device(), norm_weight.scalar_type());  // float32 on a bf16 base
   config_.value_head = true;
 }
 
@@ -353,6 +375,7 @@ torch::Tensor TransformerImpl::hidden_states(const torch::Tensor& ids,
   const auto dev = ids.device();
   auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(dev);
   auto x = tok_embeddings(ids);
+  if (x.scalar_type() != torch::kFloat) x = x.to(torch::kFloat);  // a bfloat16 table's rows
 
   torch::Tensor positions, bias, new_mask;
   if (!cache) {

@@ -96,6 +96,16 @@ struct KVCache {
   c10::optional<torch::ScalarType> dtype;
 };
 
+// The dtypes a Transformer holds its frozen-able weights in (the rest: norms, biases, value head,
+// are float32). kFloat (the default) or kBFloat16, for a base that stays frozen under bf16
+// autocast (LoRA; a reference): the constructor narrows each tensor right after initialising it,
+// so no float32 copy of the model exists at any time (at most one float32 tensor, the largest
+// being the embedding table), and the RNG draws are the same as with float32.
+struct WeightDtypes {
+  torch::ScalarType matrices = torch::kFloat;    // q, k, v, o, gate, up, down, an untied lm_head
+  torch::ScalarType embeddings = torch::kFloat;  // the token embedding table (the tied lm_head)
+};
+
 // One pre-norm decoder block: x + attn(rmsnorm(x)), then h + mlp(rmsnorm(h)).
 // Projections are Linear layers named after the Hugging Face tensors, with biases where the config
 // asks (qkv_bias, o_bias, mlp_bias); with qk_norm, q and k are RMS-normalised per head (weights
@@ -104,7 +114,8 @@ struct KVCache {
 // SwiGLU as fused kernels (policy/model/fused_ops.h).
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit DecoderLayerImpl(const ModelConfig& config);
+  // The projection matrices in `matrices` (WeightDtypes), their biases and the norms float32.
+  explicit DecoderLayerImpl(const ModelConfig& config, torch::ScalarType matrices = torch::kFloat);
 
   // x [B, T, D]; cos/sin [B, T, head_dim / 2] (rotary angles); bias [B, 1, T, L] additive attention
   // bias (0 or a large negative), or undefined for "attend to everything" (L = cached + T keys).
@@ -128,9 +139,12 @@ TORCH_MODULE(DecoderLayer);
 
 class TransformerImpl : public torch::nn::Module {
  public:
-  explicit TransformerImpl(const ModelConfig& config);
+  // Throws rlhf::Error (ModelConfig::validate) on an inconsistent config, or on a dtype in
+  // `dtypes` other than kFloat / kBFloat16.
+  explicit TransformerImpl(const ModelConfig& config, const WeightDtypes& dtypes = {});
 
-  // Final-norm hidden states [B, T, D] for ids [B, T] (int64).
+  // Final-norm hidden states [B, T, D] for ids [B, T] (int64); the residual stream is float32
+  // (rows of a bfloat16 embedding table are widened).
   // attention_mask: [B, T] (1 real / 0 pad) or undefined for "all real".
   // With a cache: ids are the new tokens, attention_mask covers only the new tokens, and the cache
   // is extended in place (allocated on first use with capacity max_seq_len).

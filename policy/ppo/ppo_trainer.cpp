@@ -74,7 +74,9 @@ static LoraOptions critic_lora_options(const proto::PpoConfig& c) {
 Transformer share_base(Transformer& base) {
   ModelConfig c = base->config();
   c.value_head = false;
-  Transformer t(c);  // its fresh float32 weights are freed as each tensor is rebound below
+  // Built in the base's dtypes (a bf16 base: no float32 transient); freed as rebound below.
+  Transformer t(c, WeightDtypes{base->layers[0]->as<DecoderLayer>()->q_proj->weight.scalar_type(),
+                                base->tok_embeddings->weight.scalar_type()});
   torch::NoGradGuard no_grad;
   auto params = base->named_parameters();
   for (auto& p : t->named_parameters()) p.value().set_data(params[p.key()]);
@@ -343,6 +345,11 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
   estimator = *ppo::parse_estimator(cfg.advantage_estimator());
   m.policy->to(device);
   const bool with_lora = cfg.has_lora() && cfg.lora().rank() > 0;
+  // bf16 with LoRA: the policy's frozen base (matrices and embedding table) is stored bfloat16, in
+  // place (a no-op for a base the stage loaded so), before the critic may share it.
+  const auto frozen = with_lora ? StoredWeights::kMatricesAndEmbeddings : StoredWeights::kMatrices;
+  if (precision == Precision::kBf16 && with_lora)
+    store_matrices_as(m.policy, torch::kBFloat16, frozen);
   if (has_critic()) {
     if (critic_on_policy_base(cfg)) {
       m.critic = share_base(m.policy);  // no copy of the weights (after the move: one device copy)
@@ -359,7 +366,8 @@ void PpoTrainer::Impl::setup(const proto::PpoConfig& config, PpoModels models) {
     for (auto& p : m.reference->parameters()) p.set_requires_grad(false);
     // bf16: the reference only runs under autocast, which rounds its matrices to bfloat16 anyway;
     // keeping them so halves its memory and leaves its log-probs bit for bit as they were.
-    if (precision == Precision::kBf16) store_matrices_as(m.reference, torch::kBFloat16);
+    // With LoRA it is stored as the policy's base is (the embedding table too).
+    if (precision == Precision::kBf16) store_matrices_as(m.reference, torch::kBFloat16, frozen);
   }
   if (with_lora)
     lora = std::make_unique<LoraAdapters>(m.policy, LoraOptions::from_proto(cfg.lora()));
@@ -1149,6 +1157,7 @@ void PpoTrainer::run() {
     // The caller's policy becomes the merged plain model (what the stage saves as <out>/model).
     impl_->lora->merge();
     impl_->lora.reset();
+    store_matrices_as(impl_->m.policy, torch::kFloat);  // a bf16 base: checkpoints are float32
   }
 }
 

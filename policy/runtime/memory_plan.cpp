@@ -136,12 +136,14 @@ void add_model(MemoryPlan& plan, const ModelPart& p) {
   if (p.shared_base) {
     plan.add(p.name, "weights", 0, "shares the " + p.shared_with + "'s frozen base");
   } else {
-    const int64_t w = s.matrix_params() * p.matrix_bytes + s.other_params() * 4;
+    const int64_t matrices = s.matrix_params() + s.lm_head_params(), emb = s.embedding_params();
+    const int64_t rest = s.other_params() - s.lm_head_params() - emb;
+    const int64_t w = matrices * p.matrix_bytes + emb * p.embedding_bytes + rest * 4;
     plan.add(p.name, "weights", w,
-             millions(s.matrix_params(), p.matrix_bytes == 2 ? "matrix params bf16"
-                                                             : "matrix "
-                                                               "params fp32") +
-                 " + " + millions(s.other_params(), "other fp32"));
+             millions(matrices, p.matrix_bytes == 2 ? "matrix params bf16" : "matrix params fp32") +
+                 " + " +
+                 millions(emb, p.embedding_bytes == 2 ? "embedding bf16" : "embedding fp32") +
+                 " + " + millions(rest, "other fp32"));
     plan.add(p.name, "fused cache", s.fused_params() * p.matrix_bytes,
              millions(s.fused_params(), "q/k/v + gate/up params"));
   }

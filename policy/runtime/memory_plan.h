@@ -3,8 +3,10 @@
 // and the check that refuses a run that cannot fit.
 //
 // The counts (docs/performance.md, "Memory plans", says how they compare with a measured peak):
-//   weights     parameters x bytes per element: float32, or bfloat16 for frozen projection
-//               matrices stored so (LoRA under dtype bf16); embeddings, norms and biases float32;
+//   weights     parameters x bytes per element: float32, or bfloat16 for frozen weights stored
+//               so under dtype bf16: the projection matrices (and an untied lm_head) of a LoRA
+//               base or a reference, the token embedding table of a LoRA base; norms, biases and
+//               the value head float32;
 //   fused cache the training ops' concatenated q/k/v and gate/up weights (fused::ConcatWeights), a
 //               second copy of those matrices in the same dtype;
 //   gradients   float32, one per trainable parameter;
@@ -43,6 +45,9 @@ struct ModelShape {
   int64_t matrix_params() const;
   // Everything else: embeddings, lm_head unless tied, norms, biases, q/k norms, value head.
   int64_t other_params() const;
+  // Of those: the token embedding table (vocab x dim) and an untied lm_head (0 when tied).
+  int64_t embedding_params() const { return vocab * dim; }
+  int64_t lm_head_params() const { return tied ? 0 : vocab * dim; }
   // LoRA A and B (rank x (in + out) per target) over all layers; targets of q k v o gate up down.
   int64_t lora_params(int64_t rank, const std::vector<std::string>& targets) const;
   // q/k/v and gate/up matrices: what the fused training ops cache concatenated.
@@ -67,14 +72,16 @@ struct MemoryPlan {
            const std::string& note = "");
 };
 
-// One model's resident parts: weights (matrices at matrix_bytes per element, the rest float32)
-// and the fused cache; trainable parameters' gradients and AdamW state when trainable > 0.
+// One model's resident parts: weights (matrices and an untied lm_head at matrix_bytes per element,
+// the embedding table at embedding_bytes, the rest float32) and the fused cache (matrix_bytes);
+// trainable parameters' gradients and AdamW state when trainable > 0.
 struct ModelPart {
   std::string name;
   ModelShape shape;
   int matrix_bytes = 4;      // 2 for frozen bfloat16 matrices
   bool shared_base = false;  // weights held by another row (LoRA reference, shared-base critic)
   int64_t trainable = 0;     // trainable parameters (all, or LoRA's)
+  int embedding_bytes = 4;   // 2 for a frozen bfloat16 embedding table (a LoRA base under bf16)
   std::string shared_with = "policy";  // the row holding the shared base (note text only)
 };
 void add_model(MemoryPlan& plan, const ModelPart& part);

@@ -375,6 +375,9 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   src.scratch = c.model();
   src.seq_len = c.seq_len();
   src.what = "sft config";
+  // bf16 with LoRA: a checkpoint's frozen base is read straight into bfloat16 (no float32 copy).
+  src.load = frozen_base_load_options(r.precision == Precision::kBf16,
+                                      c.has_lora() && c.lora().rank() > 0);
   r.init = training::init_model(src);
   r.model = r.init.model;
   const ModelConfig mc = r.model->config();
@@ -383,9 +386,10 @@ void prepare(SftRun& r, const proto::SftConfig& config_in) {
   r.model->to(r.dev);
   r.model->train();
   if (c.has_lora() && c.lora().rank() > 0) {
-    // bf16 with LoRA: the frozen projection matrices stay bfloat16 (no float32 copy); the
-    // adapters, norms and embeddings are float32.
-    if (r.precision == Precision::kBf16) store_matrices_as(r.model, torch::kBFloat16);
+    // bf16 with LoRA: the frozen projection matrices and embedding table stay bfloat16 (no
+    // float32 copy; a no-op for a checkpoint loaded so); the adapters and norms are float32.
+    if (r.precision == Precision::kBf16)
+      store_matrices_as(r.model, torch::kBFloat16, StoredWeights::kMatricesAndEmbeddings);
     r.lora = std::make_unique<LoraAdapters>(r.model, LoraOptions::from_proto(c.lora()));
   }
 

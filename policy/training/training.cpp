@@ -387,7 +387,7 @@ Transformer load_initial(const ModelSource& s, const Tokenizer& tok,
                          std::vector<std::string>* files) {
   if (auto m = read_manifest(s.init_from); m && !m->complete())
     throw Error(s.init_from + ": stage '" + m->stage() + "' is not finished");
-  LoadedModel loaded = load_checkpoint(s.init_from);
+  LoadedModel loaded = load_checkpoint(s.init_from, s.load);
   const auto& sha = loaded.info.tokenizer_sha256;
   if (!sha.empty() && sha != tok.sha256())
     throw Error(s.init_from + ": trained with tokenizer " + sha.substr(0, 12) + " but " +

@@ -225,6 +225,9 @@ struct ModelSource {
   bool fail_on_long_rows = false;
   bool value_head = false;      // add a scalar head when the model has none
   std::string what = "config";  // names the config in messages ("sft config")
+  // How a checkpoint is read (init_from only): e.g. a frozen LoRA base in bfloat16
+  // (frozen_base_load_options, policy/model/checkpoint.h); a model from scratch is float32.
+  LoadOptions load;
 };
 
 struct InitialModel {

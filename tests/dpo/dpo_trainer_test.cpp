@@ -23,6 +23,7 @@
 #include "pipelines/stage_record.h"
 #include "policy/dpo/dpo_config.h"
 #include "policy/model/checkpoint.h"
+#include "policy/model/safetensors.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "policy/training/sft_config.h"
 #include "policy/training/training.h"
@@ -228,6 +229,31 @@ TEST_F(DpoTraining, LoraTrainsTheAdaptersOnly) {
   }
   EXPECT_GT(same, 0);
   EXPECT_GT(changed, 0);
+}
+
+// dtype bf16 with LoRA: init_from is read with its frozen base in bfloat16 (matrices and the
+// embedding table: no float32 copy), the adapters train, and model/ is written in float32; its
+// untargeted weights are the initial policy's rounded to bfloat16 (what the run held).
+TEST_F(DpoTraining, LoraBf16HoldsTheBaseInBf16AndWritesFloat32) {
+  const std::string out = *dir_ / "lora_bf16";
+  const auto r = pipelines::run_dpo_stage(
+      config(out, "steps: 10 eval_every: 10 dtype: \"bf16\" lora { rank: 4 targets: \"q\" }\n"));
+  EXPECT_EQ(r.steps, 10);
+  EXPECT_TRUE(std::isfinite(r.heldout.loss));
+  const SafetensorsFile written(out + "/model/model.safetensors");
+  for (const auto& [name, e] : written.entries()) EXPECT_EQ(e.dtype_name, "F32") << name;
+  const auto base = weights(*dir_ / "sft/model"), merged = weights(out + "/model");
+  ASSERT_EQ(base.size(), merged.size());
+  int rounded = 0;
+  for (size_t i = 0; i < base.size(); ++i) {
+    const std::string& n = base[i].first;
+    if (n.find("embed") == std::string::npos && n.find("k_proj") == std::string::npos) continue;
+    EXPECT_TRUE(
+        torch::equal(merged[i].second, base[i].second.to(torch::kBFloat16).to(torch::kFloat)))
+        << n;
+    rounded += torch::equal(merged[i].second, base[i].second) ? 0 : 1;
+  }
+  EXPECT_GT(rounded, 0);  // the float32 values did not survive: the run held bfloat16
 }
 
 // ---- two ranks --------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 // Safetensors reader/writer, native checkpoints, Hugging Face import/export, and bad input.
 #include "policy/model/checkpoint.h"
 
+#include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +16,8 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "policy/decoding/generation.h"
+#include "policy/model/logprobs.h"
 #include "policy/model/lora.h"
 #include "policy/model/safetensors.h"
 #include "policy/runtime/device.h"
@@ -758,6 +762,189 @@ TEST(Bf16WeightsTest, LoraOnABf16BaseTrainsFloat32Adapters) {
   const auto diff = layer.q_proj->weight - base_q.to(torch::kFloat);
   EXPECT_NEAR(diff.min().item<float>(), 2e-6f, 1e-7f);
   EXPECT_NEAR(diff.max().item<float>(), 2e-6f, 1e-7f);
+}
+
+// ---- a frozen base read straight into bfloat16 (frozen_base_load_options) ----------------------
+
+// libtorch's CPU allocator wrapped to count the bytes of tensor storage live and their peak.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  explicit CountingAllocator(c10::Allocator* inner) : inner_(inner) {}
+  c10::DataPtr allocate(size_t n) const override {
+    auto* block = new Block{inner_->allocate(n), static_cast<int64_t>(n), this};
+    const int64_t now = live_ += block->bytes;
+    int64_t p = peak_.load();
+    while (now > p && !peak_.compare_exchange_weak(p, now)) {
+    }
+    return {block->inner.get(), block, &release, c10::Device(c10::kCPU)};
+  }
+  int64_t peak() const { return peak_; }
+
+ private:
+  struct Block {
+    c10::DataPtr inner;
+    int64_t bytes;
+    const CountingAllocator* owner;
+  };
+  static void release(void* ctx) {
+    auto* b = static_cast<Block*>(ctx);
+    b->owner->live_ -= b->bytes;
+    delete b;
+  }
+  c10::Allocator* inner_;
+  mutable std::atomic<int64_t> live_{0}, peak_{0};
+};
+
+// Installs a CountingAllocator while alive (its blocks may outlive it: the allocator is leaked).
+struct CountingScope {
+  CountingScope() : previous(c10::GetCPUAllocator()), counting(new CountingAllocator(previous)) {
+    c10::SetCPUAllocator(counting, /*priority=*/200);
+  }
+  ~CountingScope() { c10::SetCPUAllocator(previous, 200); }
+  int64_t peak() const { return counting->peak(); }
+  c10::Allocator* previous;
+  CountingAllocator* counting;
+};
+
+int64_t parameter_bytes(Transformer& m) {
+  int64_t n = 0;
+  for (const auto& p : m->parameters()) n += p.numel() * p.element_size();
+  return n;
+}
+
+// The model of these tests: 6 layers, so no one tensor is a large share of it.
+ModelConfig frozen_base_config() {
+  ModelConfig c = testing::tiny_config();
+  c.vocab_size = 48;
+  c.n_layers = 6;
+  return c;
+}
+
+// dtype bf16 with LoRA (frozen_base_load_options): matrices and the embedding table are read
+// straight into bfloat16, the rest float32; the parameters hold exactly those bytes, and while
+// loading at most one float32 tensor lives beside them (never a float32 copy of the model); the
+// values are the float32 ones rounded, and the RNG draws are those of a float32 load.
+TEST(Bf16WeightsTest, FrozenBaseLoadsBf16WithoutAFloat32Copy) {
+  TempDir dir("bf16base");
+  auto m = testing::random_model(frozen_base_config(), 12);
+  export_hf(m, dir / "hf");
+  torch::manual_seed(7);
+  int64_t peak_f32 = 0, peak_bf = 0;
+  LoadedModel f32, bf;
+  {
+    CountingScope count;
+    f32 = load_checkpoint(dir / "hf");
+    peak_f32 = count.peak();
+  }
+  const auto draw_f32 = torch::rand({4});
+  torch::manual_seed(7);
+  {
+    CountingScope count;
+    bf = load_checkpoint(dir / "hf", frozen_base_load_options(true, true));
+    peak_bf = count.peak();
+  }
+  EXPECT_TRUE(torch::equal(draw_f32, torch::rand({4})));  // the same draws as a float32 load
+  EXPECT_EQ(frozen_base_load_options(true, false).matrix_dtype, torch::kFloat);  // trained in full
+  EXPECT_EQ(frozen_base_load_options(false, true).embedding_dtype, torch::kFloat);
+
+  int64_t want = 0, largest_f32 = 0;
+  auto a = f32.model->hf_named_parameters(), b = bf.model->hf_named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const auto& name = b[i].first;
+    const bool narrowed = is_matrix(name) || name == "model.embed_tokens.weight";
+    EXPECT_EQ(b[i].second.scalar_type(), narrowed ? torch::kBFloat16 : torch::kFloat) << name;
+    EXPECT_TRUE(torch::equal(b[i].second, a[i].second.to(b[i].second.scalar_type()))) << name;
+    want += b[i].second.numel() * (narrowed ? 2 : 4);
+    largest_f32 = std::max<int64_t>(largest_f32, a[i].second.numel() * 4);
+  }
+  EXPECT_EQ(parameter_bytes(bf.model), want);
+  EXPECT_LT(want, parameter_bytes(f32.model) * 11 / 20);
+  // Load peak: the bfloat16 parameters, one float32 tensor being initialised (the RNG draws) and
+  // small buffers (the rotary table): under the float32 model's bytes, which the float32 load and
+  // a build-then-narrow load both reach.
+  EXPECT_GE(peak_f32, parameter_bytes(f32.model));
+  EXPECT_LE(peak_bf, want + largest_f32 + 4096) << "float32 load peak " << peak_f32;
+  EXPECT_LT(peak_bf, parameter_bytes(f32.model) * 3 / 4);
+  // A float32 load is unchanged: float32 throughout.
+  for (const auto& p : f32.model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+}
+
+// The same base with bfloat16 matrices and embedding table generates as the float32 model does
+// under bf16 autocast, within bfloat16 rounding of the embedding rows (the matrices round as
+// autocast rounds them): logits within 2% of their range, greedy ids identical, token
+// log-probabilities within 0.05 (nats; the largest difference here is 0.024).
+TEST(Bf16WeightsTest, Bf16FrozenBaseGeneratesAsTheFloat32Model) {
+  TempDir dir("bf16gen");
+  auto m = testing::random_model(frozen_base_config(), 13);
+  export_hf(m, dir / "hf");
+  auto f32 = load_checkpoint(dir / "hf");
+  auto bf = load_checkpoint(dir / "hf", frozen_base_load_options(true, true));
+  {
+    torch::NoGradGuard g;
+    AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+    auto ids = torch::randint(3, 48, {2, 9}, torch::kLong);
+    auto want = f32.model->forward(ids), got = bf.model->forward(ids);
+    const float range = want.abs().max().item<float>();
+    EXPECT_LE((want - got).abs().max().item<float>(), 0.02f * range) << "range " << range;
+    EXPECT_FALSE(torch::equal(want, got));  // the embedding rows did round
+  }
+  SamplingOptions o;
+  o.max_new_tokens = 12;
+  o.temperature = 0;
+  o.eos_id = -1;
+  o.precision = Precision::kBf16;
+  const std::vector<std::vector<int64_t>> prompts = {{1, 5, 9}, {1, 30, 7, 22, 4}, {1, 11}};
+  auto want = generate(f32.model, prompts, o), got = generate(bf.model, prompts, o);
+  EXPECT_TRUE(torch::equal(want.response_ids, got.response_ids));
+  EXPECT_LE((want.response_logprobs - got.response_logprobs).abs().max().item<float>(), 0.05f);
+}
+
+// Training through a bfloat16 output matrix (a frozen base's tied embeddings here, three vocabulary
+// slices of the log-prob kernel's backward): the adapters' gradients from token_logprobs equal,
+// within bfloat16 rounding (2% of the largest), those of a plain log-softmax under autocast.
+TEST(Bf16WeightsTest, LogprobGradientsThroughABf16OutputMatrix) {
+  TempDir dir("bf16grad");
+  ModelConfig c = testing::tiny_config();
+  c.vocab_size = 40000;  // > 2 slices of 16384 rows
+  c.n_layers = 1;
+  c.tie_embeddings = true;
+  auto m = testing::random_model(c, 14);
+  export_hf(m, dir / "hf");
+  auto bf = load_checkpoint(dir / "hf", frozen_base_load_options(true, true));
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.targets = {"q", "v"};
+  torch::manual_seed(4);
+  LoraAdapters lora(bf.model, lo);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : lora.parameters()) p.normal_(0, 0.1);
+  }
+  auto ids = torch::randint(3, 40000, {2, 7}, torch::kLong);
+  auto grads = [&](bool kernel) {
+    for (auto& p : lora.parameters()) p.mutable_grad() = torch::Tensor();
+    lora.refresh(true);
+    AutocastScope autocast(torch::Device(torch::kCPU), Precision::kBf16);
+    torch::Tensor lp;
+    if (kernel) {
+      lp = token_logprobs(bf.model, ids, {}, {}).logprobs;
+    } else {
+      auto logits = bf.model->forward(ids).narrow(1, 0, 6);
+      lp = torch::log_softmax(logits, -1).gather(-1, ids.narrow(1, 1, 6).unsqueeze(-1));
+    }
+    lp.sum().backward();
+    std::vector<torch::Tensor> out;
+    for (auto& p : lora.parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  auto got = grads(true), want = grads(false);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float scale = want[i].abs().max().item<float>();
+    EXPECT_GT(scale, 0.0f) << i;
+    EXPECT_LE((got[i] - want[i]).abs().max().item<float>(), 0.02f * scale) << i;
+  }
 }
 
 }  // namespace

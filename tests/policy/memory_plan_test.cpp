@@ -91,3 +91,22 @@ TEST(MemoryPlan, RowsTotalsTableAndRefusal) {
   }
   EXPECT_GT(policy::available_memory("cpu"), 0);  // /proc/meminfo MemAvailable
 }
+
+// A LoRA base under bf16 keeps its embedding table in bfloat16 too, and an untied lm_head is
+// stored with the matrices (store_matrices_as narrows it): both counted at their stored width.
+TEST(MemoryPlan, Bf16EmbeddingsAndUntiedLmHeadCountAtTheirStoredWidth) {
+  policy::MemoryPlan plan;
+  const auto s = qwen05b();
+  const int64_t emb = 151936LL * 896, rest = 136206208LL - emb;
+  EXPECT_EQ(s.embedding_params(), emb);
+  EXPECT_EQ(s.lm_head_params(), 0);
+  policy::add_model(plan, {"policy", s, 2, false, 0, 2});
+  EXPECT_EQ(plan.rows[0].bytes, 357826560LL * 2 + emb * 2 + rest * 4);
+  EXPECT_NE(plan.rows[0].note.find("embedding bf16"), std::string::npos) << plan.rows[0].note;
+  auto untied = s;
+  untied.tied = false;
+  untied.value_head = true;
+  EXPECT_EQ(untied.lm_head_params(), emb);
+  policy::add_model(plan, {"reference", untied, 2, false, 0});  // matrices bf16, embeddings fp32
+  EXPECT_EQ(plan.rows[2].bytes, (357826560LL + emb) * 2 + emb * 4 + (rest + 897) * 4);
+}

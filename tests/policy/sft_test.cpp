@@ -233,7 +233,8 @@ TEST_F(SftTest, LoraBf16KeepsFrozenMatricesBf16AndResumesBitIdentical) {
   const std::vector<std::pair<std::string, torch::ScalarType>> expected = {
       {"layers.0.q_proj.weight", torch::kBFloat16},
       {"layers.1.down_proj.weight", torch::kBFloat16},  // frozen, not a LoRA target
-      {"embed_tokens.weight", torch::kFloat},
+      {"embed_tokens.weight", torch::kBFloat16},        // frozen too: no float32 copy
+      {"layers.0.input_layernorm", torch::kFloat},
       {"lora.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", torch::kFloat}};
   for (const auto& [name, dtype] : expected) {
     torch::Tensor t;

@@ -15,6 +15,7 @@
 #include "common/manifest.h"
 #include "common/text_config.h"
 #include "policy/model/checkpoint.h"
+#include "policy/model/safetensors.h"
 #include "policy/ppo/ppo_config.h"
 #include "policy/ppo/ppo_replay.h"
 #include "policy/ppo/rollout_file.h"
@@ -43,6 +44,62 @@ policy::ModelConfig tiny(int vocab, const policy::Tokenizer& tok) {
   return c;
 }
 }  // namespace
+
+// dtype bf16 with LoRA from folders: the stage reads the policy's frozen base (and a reference
+// folder) in bfloat16 and a separate critic as a float32 copy read again; a separate reference
+// read so equals the policy's base (the KL of the first rollout is exactly 0, with it and
+// without it); the final model/ is float32.
+TEST(PpoStage, Bf16LoraReadsFrozenBasesInBf16) {
+  TempDir dir("ppo_stage_bf16");
+  {
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 200; ++i) corpus << "tom has " << i % 20 << " apples and more\n";
+  }
+  policy::TokenizerTrainOptions t;
+  t.input = dir / "corpus.txt";
+  t.vocab_size = 60;
+  t.byte_fallback = false;
+  t.out_dir = dir / "tok";
+  const std::string tok_path = policy::train_tokenizer(t);
+  auto tok = policy::Tokenizer::load(tok_path);
+  torch::manual_seed(3);
+  policy::Transformer pol(tiny(tok.vocab_size(), tok));
+  policy::init_weights(pol);
+  policy::CheckpointInfo info;
+  info.tokenizer_sha256 = tok.sha256();
+  policy::save_checkpoint(pol, dir / "sft", info);
+  policy::Transformer rm(tiny(tok.vocab_size(), tok));
+  policy::init_weights(rm);
+  rm->add_value_head();
+  proto::RewardModelMeta meta;
+  meta.set_schema_version(1);
+  meta.set_max_prompt_tokens(32);
+  meta.set_max_answer_tokens(32);
+  reward::save_reward_model(rm, tok_path, meta, dir / "reward", 1);
+  {
+    std::ofstream p(dir / "prompts.jsonl");
+    for (int i = 0; i < 4; ++i) p << "{\"prompt\": \"tom has " << i << " apples\"}\n";
+  }
+  for (const std::string& reference : {std::string(), "reference: \"" + dir / "sft" + "\"\n"}) {
+    const std::string out = dir / (reference.empty() ? "ppo" : "ppo_ref");
+    std::ofstream(dir / "ppo.pbtxt")
+        << "policy: \"" << dir / "sft"
+        << "\"\nreward_model: \"" << dir / "reward"
+        << "\"\nprompts: \"" << dir / "prompts.jsonl"
+        << "\"\ntokenizer: \"" << tok_path << "\"\n"
+        << reference
+        << "iterations: 1 batch_size: 4 minibatch_size: 4 ppo_epochs: 1 max_new_tokens: 4\n"
+        << "dtype: \"bf16\" lora { rank: 4 } checkpoint_every: 0\n";
+    pipelines::PpoStageOptions o;
+    o.config_path = dir / "ppo.pbtxt";
+    o.out_dir = out;
+    auto stats = pipelines::run_ppo_stage(o);
+    EXPECT_EQ(stats.at("kl/mean"), 0.0) << out;
+    auto final_model = policy::load_checkpoint(out + "/model");
+    const policy::SafetensorsFile written(out + "/model/model.safetensors");
+    for (const auto& [name, e] : written.entries()) EXPECT_EQ(e.dtype_name, "F32") << name;
+  }
+}
 
 TEST(PpoStage, RunsFromConfigFilesAndResumes) {
   TempDir dir("ppo_stage");

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -181,6 +182,48 @@ TEST(PpoTrainer, Bf16ReferenceMatricesStayBf16WithUnchangedLogprobs) {
   t.step();
   ASSERT_EQ(t.history().size(), 1u);
   EXPECT_EQ(t.history()[0].at("kl/mean"), 0.0);
+}
+
+// dtype bf16 with LoRA: the trainer stores the policy's frozen base, matrices and embedding table,
+// in bfloat16 in place (no float32 copy remains: the parameters hold exactly those bytes), the
+// adapters float32; the critic on that base shares it; the run ends with a float32 merged
+// policy (checkpoints are float32). fp32 leaves the base float32.
+TEST(PpoTrainer, Bf16LoraBaseIsStoredBf16AndMergesToFloat32) {
+  for (const std::string dtype : {"bf16", "fp32"}) {
+    auto cfg = toy_config(2);
+    cfg.set_batch_size(8);
+    cfg.set_minibatch_size(8);
+    cfg.set_ppo_epochs(1);
+    cfg.set_dtype(dtype);
+    cfg.mutable_lora()->set_rank(4);
+    cfg.set_critic("policy_base");
+    auto models = make_models(8);
+    models.reference = nullptr;
+    models.critic = nullptr;
+    auto policy = models.policy;
+    int64_t f32_bytes = 0, narrowed_bytes = 0;
+    for (auto& [name, p] : policy->hf_named_parameters()) {
+      f32_bytes += p.numel() * 4;
+      const bool narrowed = name.find("_proj.weight") != std::string::npos ||
+                            name == "lm_head.weight" || name == "model.embed_tokens.weight";
+      narrowed_bytes += p.numel() * (narrowed ? 2 : 4);
+    }
+    TempDir dir("ppo_bf16_base_" + dtype);
+    policy::PpoTrainer t(cfg, models, count_teacher, make_prompts(), dir.path());
+    int64_t bytes = 0;
+    for (auto& [name, p] : policy->hf_named_parameters()) {
+      const bool narrowed = name.find("_proj.weight") != std::string::npos ||
+                            name == "lm_head.weight" || name == "model.embed_tokens.weight";
+      EXPECT_EQ(p.scalar_type(), narrowed && dtype == "bf16" ? torch::kBFloat16 : torch::kFloat)
+          << dtype << " " << name;
+      bytes += p.numel() * p.element_size();
+    }
+    EXPECT_EQ(bytes, dtype == "bf16" ? narrowed_bytes : f32_bytes) << dtype;
+    t.run();
+    ASSERT_EQ(t.history().size(), 2u);
+    for (const auto& [k, v] : t.history()[1]) EXPECT_TRUE(std::isfinite(v)) << dtype << " " << k;
+    for (auto& p : policy->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat) << dtype;
+  }
 }
 
 TEST(PpoTrainer, SameSeedSameStatsAndResume) {
