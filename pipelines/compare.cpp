@@ -345,6 +345,7 @@ void validate_compare_config(const proto::CompareConfig& c, const ConfigErrors& 
                 std::to_string(c.samples_per_prompt()));
   if (c.eval_samples() < 1)
     errors.fail("eval_samples", "expected >= 1", std::to_string(c.eval_samples()));
+  if (c.has_dpo()) policy::dpo::validate_dpo_config(c.dpo(), errors.nested("dpo"));
   std::set<std::string> seen;
   for (int i = 0; i < c.methods_size(); ++i)
     if (!known_method(c.methods(i)) || !seen.insert(c.methods(i)).second)
@@ -372,6 +373,13 @@ std::string run_compare(const CompareOptions& o) {
   const std::vector<uint64_t> seeds = o.seeds.empty() ? std::vector<uint64_t>{0} : o.seeds;
   if (!o.run.from_stage.empty() || !o.run.only_stage.empty())
     throw UsageError("pipeline compare: --from and --only apply to pipeline run");
+  // Every method's resolved config is checked before anything runs (a bad value in a method's
+  // override would otherwise surface only when its turn comes, after the others trained).
+  Run probe;
+  probe.config = config;
+  probe.config_path = o.run.config_path;
+  probe.dir = o.run.run_dir.empty() ? "runs/" + config.name() : o.run.run_dir;
+  for (const auto& method : methods) plan_method(probe, method, seeds.front());
   // The shared stages: tokenizer, SFT, sampling, annotation and the reward model.
   RunOptions through_reward = o.run;
   through_reward.last_stage = "reward";

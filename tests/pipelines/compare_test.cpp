@@ -137,6 +137,14 @@ TEST(PipelineCompare, BadMethodsAndConfigAreRefusedByName) {
       std::string(kTinyConfig) + "compare { method { name: \"dpo\" ppo { iterations: 3 } } }\n");
   EXPECT_NE(run_command(compare_cmd(config, dir / "run3", ""), &out), 0);
   EXPECT_NE(out.find("compare.method[0].ppo"), std::string::npos) << out;
+  // A bad value in a method's override is refused before any stage runs, naming the method.
+  rlhf::write_file_atomic(config, std::string(kTinyConfig) +
+                                      "compare { method { name: \"dpo\" dpo { epochs: -2 } } }\n");
+  EXPECT_NE(run_command(compare_cmd(config, dir / "run4", ""), &out), 0);
+  EXPECT_NE(out.find("(compare method dpo): field 'epochs': expected > 0, got -2"),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(rlhf::file_exists(dir / "run4")) << "refused before anything ran";
 }
 
 }  // namespace
