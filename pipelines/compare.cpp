@@ -256,7 +256,12 @@ MethodRun plan_method(const Run& run, const std::string& method, uint64_t seed) 
 
 // Trains (or resumes, or skips) one method for one seed and evaluates it; returns result.json.
 json run_method(const Run& run, const MethodRun& m, Evaluator& eval) {
-  const std::string fp = hash_inputs(m.config_text, m.inputs);
+  // The config's paths into the run folder count relative to it (as the stages' inputs), so a
+  // copied run folder keeps its finished methods.
+  std::string relative_text = m.config_text;
+  for (size_t at = 0; (at = relative_text.find(run.dir + "/", at)) != std::string::npos;)
+    relative_text.replace(at, run.dir.size() + 1, "<run>/");
+  const std::string fp = hash_inputs(relative_text, m.inputs, run.dir);
   const std::string result_path = m.dir + "/result.json";
   if (file_exists(result_path)) {
     json done = json::parse(read_file(result_path), nullptr, /*allow_exceptions=*/false);
@@ -318,7 +323,8 @@ void evaluate_student(const Run& run, Evaluator& eval) {
   const std::string path = run.path("compare/sft.json");
   const std::string fp = hash_inputs(
       "compare sft " + std::to_string(run.config.compare().eval_samples()),
-      {run.path("sft/model/model.safetensors"), run.path("reward/model/model.safetensors")});
+      {run.path("sft/model/model.safetensors"), run.path("reward/model/model.safetensors")},
+      run.dir);
   if (file_exists(path)) {
     json done = json::parse(read_file(path), nullptr, /*allow_exceptions=*/false);
     if (done.is_object() && done.value("fingerprint", "") == fp) return;

@@ -494,12 +494,18 @@ void record_stage(const Run& run, const Stage& stage, const json& metrics, doubl
 
 // Runs one stage unless it is finished with the same fingerprint (and not forced).
 void run_stage(Run& run, const Stage& stage, bool forced) {
-  const std::string fp = hash_inputs(stage.config(run.config), stage.inputs(run));
+  const std::string fp = hash_inputs(stage.config(run.config), stage.inputs(run), run.dir);
+  // Folders recorded before fingerprints were relative to the run folder are still recognised.
+  const std::string legacy_fp = hash_inputs(stage.config(run.config), stage.inputs(run));
   auto& entry = run.state["stages"][stage.name];
   if (!entry.is_object()) entry = json::object();
+  auto same = [&](const char* key) {
+    const std::string recorded = entry.value(key, "");
+    return recorded == fp || recorded == legacy_fp;
+  };
   const std::string dir = run.path(stage.folder);
   auto manifest = read_manifest(dir);
-  const bool done = manifest && manifest->complete() && entry.value("fingerprint", "") == fp;
+  const bool done = manifest && manifest->complete() && same("fingerprint");
   if (done && !forced) {
     std::printf("== %s: unchanged, skipped\n", stage.name.c_str());
     return;
@@ -509,7 +515,7 @@ void run_stage(Run& run, const Stage& stage, bool forced) {
   // An interrupted attempt with the same inputs resumes from what it left (the trainers continue
   // from their last checkpoint by the rule of policy/training/training.h); new inputs or --force
   // start the stage afresh, so a stale checkpoint can never be resumed against other data.
-  const bool resume = !forced && entry.value("attempt_fingerprint", "") == fp && !done;
+  const bool resume = !forced && same("attempt_fingerprint") && !done;
   if (!resume && stage.name != "tokenizer") {
     std::error_code ec;
     fs::remove_all(dir, ec);

@@ -67,10 +67,13 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string hash_inputs(const std::string& config_text, const std::vector<std::string>& files) {
+std::string hash_inputs(const std::string& config_text, const std::vector<std::string>& files,
+                        const std::string& base) {
   std::string all = config_text;
+  const std::string prefix = base.empty() ? "" : base + "/";
   for (const auto& f : files) {
-    all += "\n" + f + " ";
+    const bool inside = !prefix.empty() && f.compare(0, prefix.size(), prefix) == 0;
+    all += "\n" + (inside ? "<run>/" + f.substr(prefix.size()) : f) + " ";
     all += file_exists(f) && fs::is_regular_file(f) ? sha256_file(f) : "-";
   }
   return sha256_hex(all);

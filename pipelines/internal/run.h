@@ -39,7 +39,10 @@ Run open_run(const RunOptions& options);
 double now_s();
 
 // A stage's fingerprint: the config text plus each file's path and content hash ("-" if absent).
-std::string hash_inputs(const std::string& config_text, const std::vector<std::string>& files);
+// Paths inside `base` (the run folder) count relative to it, so a run folder that is moved or
+// copied keeps its fingerprints; "" = absolute paths (fingerprints written before 2026-12-07).
+std::string hash_inputs(const std::string& config_text, const std::vector<std::string>& files,
+                        const std::string& base = "");
 
 // A trainer command line, under `rlhf launch` when the stage runs on more than one process
 // (the rendezvous port is a free loopback port, so concurrent pipelines do not collide).

@@ -4,6 +4,7 @@
 // only that method, and bad input is refused naming what is wrong.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -103,6 +104,13 @@ TEST(PipelineCompare, MethodsFromOneStudentThenSkippedThenOnlyChangedRerun) {
       << out;
   EXPECT_EQ(out.find("[rank 0]"), std::string::npos) << "something trained again:\n" << out;
   EXPECT_EQ(rlhf::read_file(run + "/compare/grpo/seed-1/result.json"), grpo_result);
+
+  // A copy of the run folder keeps every finished method.
+  const std::string copy = dir / "copy";
+  std::filesystem::copy(run, copy, std::filesystem::copy_options::recursive);
+  ASSERT_EQ(run_command(compare_cmd(config, copy, "--methods ppo,grpo,dpo --seeds 0-1"), &out), 0)
+      << out;
+  EXPECT_EQ(out.find("[rank 0]"), std::string::npos) << "the copy trained again:\n" << out;
 
   // A changed dpo section reruns dpo alone.
   std::string changed = kCompareSection;

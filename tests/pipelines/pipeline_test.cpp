@@ -88,6 +88,17 @@ TEST(Pipeline, TinyRunEndToEndThenSkipsFinishedStages) {
         << stage << "\n"
         << out;
 
+  // A copy of the run folder elsewhere is the same run: every stage is skipped there too.
+  const std::string copy = dir / "copy";
+  std::filesystem::copy(run, copy, std::filesystem::copy_options::recursive);
+  code =
+      run_command(rlhf_binary() + " pipeline run " + dir / "p.pbtxt" + " --run-dir " + copy, &out);
+  ASSERT_EQ(code, 0) << out;
+  for (const char* stage : {"tokenizer", "sft", "sample", "annotate", "reward", "ppo"})
+    EXPECT_NE(out.find(std::string("== ") + stage + ": unchanged, skipped"), std::string::npos)
+        << "copied folder: " << stage << "\n"
+        << out;
+
   // A tokenizer that no longer matches the trained policy stops the sample stage by name.
   code = run_command(rlhf_binary() + " tokenizer train --input " + run +
                          "/data/tokenizer_corpus.txt --vocab-size 400 --out " + run + "/tokenizer",
