@@ -146,8 +146,9 @@ policy::TeacherFn make_stage_teacher(const proto::PpoConfig& cfg,
   }
   reward::ScorerOptions so;
   so.device = cfg.device();
-  // dtype bf16: the frozen teacher is read in bfloat16 (no float32 copy) and scores under
-  // autocast; with critic "reward_base" the critic's adapters and head then sit on that base.
+  // dtype bf16: the frozen teacher is read in bfloat16 (no float32 copy) and scores with its
+  // backbone under autocast, its head in float32; with critic "reward_base" the critic's adapters
+  // and head then sit on that bfloat16 base.
   if (cfg.dtype() == "bf16") so.precision = policy::Precision::kBf16;
   auto scorer = std::make_shared<reward::RewardScorer>(cfg.reward_model(), so);
   if (tok && scorer->tokenizer_sha256() != tok->sha256())

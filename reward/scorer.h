@@ -1,17 +1,19 @@
 // RewardScorer: batched, no-grad scoring with a trained reward model (the teacher in PPO).
 //
 // Owns its model copy on its own device (e.g. the teacher on "cuda:1" while the policy trains on
-// "cuda:0", or both on "cpu"). With precision kBf16 the model's matrices and token embedding table
-// are read straight into bfloat16 (policy::frozen_base_load_options: no float32 copy; the norms,
-// biases and the scalar head stay float32) and the backbone runs under bf16 autocast
-// (policy/runtime/device.h), the scalar head in float32 (score_batch): the scores then differ from
-// the float32 model's by the backbone's bfloat16 rounding, but are not rounded to bfloat16
-// themselves (tests/reward/reward_model_test.cpp states the tolerance). kFp32 (the default) is
-// float32 throughout. Not thread-safe: use one scorer per thread. Scores are already shifted by the
-// stored offset (mean 0 over the training answers). Errors: rlhf::Error when loading fails (naming
-// the folder), when prompts and answers differ in count, or when a token id is outside the
-// vocabulary; c10::Error from libtorch (e.g. out of device memory). model() returns the scorer's
-// own model: calls on it count as calls on the scorer.
+// "cuda:0", or both on "cpu"). Not thread-safe: use one scorer per thread.
+// Scores are already shifted by the stored offset (mean 0 over the training answers).
+// Errors: rlhf::Error when loading fails (naming the folder), when prompts and answers differ in
+// count, or when a token id is outside the vocabulary; c10::Error from libtorch (e.g. out of
+// device memory). model() returns the scorer's own model: calls on it count as calls on the scorer.
+//
+// Precision (ScorerOptions::precision): kFp32 (the default) is float32 throughout. kBf16 reads the
+// model's matrices and token embedding table straight into bfloat16
+// (policy::frozen_base_load_options: no float32 copy; norms, biases and the scalar head stay
+// float32), runs the backbone under bf16 autocast (policy/runtime/device.h) and the scalar head in
+// float32 (score_batch): the scores differ from the float32 model's by the backbone's bfloat16
+// rounding but are not rounded to bfloat16 themselves (tests/reward/reward_model_test.cpp states
+// the tolerance).
 #pragma once
 
 #include <string>
