@@ -100,9 +100,9 @@ void add_critic(policy::MemoryPlan& plan, const proto::PpoConfig& c, const polic
   policy::add_model(
       plan, {"critic", cs, 4, true, cs.lora_params(l.rank(), lora_targets(l)) + cs.dim + 1, 4,
              c.critic() == "reward_base" ? "reward model" : "policy"});
-  // Its effective weights have the base's dtype: the reward model's float32, or the policy's
-  // (bfloat16 under bf16: the stage loads it so).
-  const int base_bytes = c.critic() == "reward_base" || c.dtype() != "bf16" ? 4 : 2;
+  // Its effective weights have the base's dtype: the reward model's or the policy's, bfloat16
+  // under bf16 (the stage loads both so), else float32.
+  const int base_bytes = c.dtype() == "bf16" ? 2 : 4;
   plan.add("critic", "fused cache", cs.fused_params() * base_bytes, "its own concatenated weights");
 }
 
@@ -174,8 +174,10 @@ policy::MemoryPlan ppo_memory_plan(const proto::PpoConfig& c) {
       folder_config(reward::resolve_model_dir(c.reward_model()), "ppo config: reward_model");
   rc.value_head = true;
   add_critic(plan, c, pc, rc);
-  policy::add_model(plan, {"reward model", model_shape(rc), 4, false, 0});  // once, also with
-                                                                            // critic "reward_base"
+  // Once, also with critic "reward_base"; frozen: bf16 reads its matrices and embedding table in
+  // bfloat16 (reward::ScorerOptions::precision).
+  const int rm_bytes = bf16 ? 2 : 4;
+  policy::add_model(plan, {"reward model", model_shape(rc), rm_bytes, false, 0, rm_bytes});
   const int64_t seq = int64_t{c.max_prompt_tokens()} + c.max_new_tokens();
   plan.add("generation", "KV cache", policy::kv_cache_bytes(s, c.batch_size(), seq, bf16),
            std::to_string(c.batch_size()) + " x " + std::to_string(seq) + " positions" +

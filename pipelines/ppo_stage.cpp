@@ -128,7 +128,8 @@ policy::TeacherFn make_teacher(std::shared_ptr<reward::RewardScorer> scorer, int
 // The teacher PpoConfig names: the reward model (checked against the policy's tokenizer), a rule
 // or an external scorer (pipelines/teachers.h). With critic "reward_base" it also sets
 // models.critic: a value head and (in the trainer) adapters on the teacher's own weights, shared,
-// while the teacher scores with its plain modules.
+// while the teacher scores with its plain modules. Under dtype bf16 those weights (matrices and
+// embedding table) are bfloat16 (reward::ScorerOptions::precision).
 policy::TeacherFn make_stage_teacher(const proto::PpoConfig& cfg,
                                      const std::optional<policy::Tokenizer>& tok,
                                      policy::PpoModels& models,
@@ -145,6 +146,10 @@ policy::TeacherFn make_stage_teacher(const proto::PpoConfig& cfg,
   }
   reward::ScorerOptions so;
   so.device = cfg.device();
+  // dtype bf16: the frozen teacher is read in bfloat16 (no float32 copy) and scores with its
+  // backbone under autocast, its head in float32; with critic "reward_base" the critic's adapters
+  // and head then sit on that bfloat16 base.
+  if (cfg.dtype() == "bf16") so.precision = policy::Precision::kBf16;
   auto scorer = std::make_shared<reward::RewardScorer>(cfg.reward_model(), so);
   if (tok && scorer->tokenizer_sha256() != tok->sha256())
     throw Error("ppo: the reward model " + cfg.reward_model() + " uses tokenizer sha256 " +

@@ -52,11 +52,17 @@ PaddedBatch pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_
 }
 
 torch::Tensor score_batch(policy::Transformer& model, const torch::Tensor& ids,
-                          const torch::Tensor& mask) {
+                          const torch::Tensor& mask, policy::Precision precision) {
   TORCH_CHECK(ids.dim() == 2 && mask.sizes() == ids.sizes(),
               "score_batch: ids and mask must both be [N, T]");
   TORCH_CHECK(model->config().value_head, "score_batch: the model has no scalar (value) head");
-  auto hidden = model->hidden_states(ids, mask);  // [N, T, D]
+  torch::Tensor hidden;  // [N, T, D]
+  {
+    policy::AutocastScope autocast(ids.device(), precision);  // kFp32: a no-op
+    hidden = model->hidden_states(ids, mask);
+  }
+  // bf16: the head reads float32 hidden states outside the autocast, so it runs in float32.
+  if (precision == policy::Precision::kBf16) hidden = hidden.to(torch::kFloat);
   int64_t n = ids.size(0), t = ids.size(1);
   // Index of the last real token: max over (position + 1) where mask is 1, minus 1.
   auto pos = torch::arange(1, t + 1, mask.options());
@@ -69,8 +75,8 @@ torch::Tensor score_batch(policy::Transformer& model, const torch::Tensor& ids,
 
 std::vector<float> score_sequences(policy::Transformer& model,
                                    const std::vector<std::vector<int64_t>>& sequences,
-                                   int batch_size, const torch::Device& device,
-                                   float score_offset) {
+                                   int batch_size, const torch::Device& device, float score_offset,
+                                   policy::Precision precision) {
   std::vector<float> out(sequences.size());
   if (sequences.empty()) return out;
   torch::NoGradGuard no_grad;
@@ -87,7 +93,9 @@ std::vector<float> score_sequences(policy::Transformer& model,
     std::vector<std::vector<int64_t>> chunk;
     for (size_t k = start; k < end; ++k) chunk.push_back(sequences[order[k]]);
     auto b = pad_batch(chunk, pad);
-    auto s = score_batch(model, b.ids.to(device), b.mask.to(device)).to(torch::kCPU).contiguous();
+    auto s = score_batch(model, b.ids.to(device), b.mask.to(device), precision)
+                 .to(torch::kCPU)
+                 .contiguous();
     if (score_offset != 0) s = s - score_offset;
     auto acc = s.accessor<float, 1>();
     for (size_t k = start; k < end; ++k) out[order[k]] = acc[static_cast<int64_t>(k - start)];
@@ -115,7 +123,7 @@ std::string resolve_model_dir(const std::string& dir) {
   throw Error(dir + ": not a reward model folder (no checkpoint.pb in it or in " + dir + "/model)");
 }
 
-RewardModel load_reward_model(const std::string& dir_in) {
+RewardModel load_reward_model(const std::string& dir_in, const policy::LoadOptions& options) {
   try {
     RewardModel rm;
     rm.dir = resolve_model_dir(dir_in);
@@ -127,7 +135,7 @@ RewardModel load_reward_model(const std::string& dir_in) {
     if (rm.meta.schema_version() != 1)
       throw Error(meta_path + ": unsupported schema_version " +
                   std::to_string(rm.meta.schema_version()) + " (expected 1)");
-    auto loaded = policy::load_checkpoint(rm.dir);
+    auto loaded = policy::load_checkpoint(rm.dir, options);
     rm.model = loaded.model;
     if (!rm.model->config().value_head)
       throw Error(rm.dir + ": checkpoint has no scalar head (value_head)");

@@ -25,7 +25,9 @@
 #include <string>
 #include <vector>
 
+#include "policy/model/checkpoint.h"
 #include "policy/model/model.h"
+#include "policy/runtime/device.h"
 #include "policy/tokenizer/tokenizer.h"
 #include "proto/reward.pb.h"
 
@@ -51,16 +53,22 @@ PaddedBatch pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_
 
 // Scalar scores [N] (float32) read at each row's last real token. ids/mask: [N, T] on the model's
 // device; rows may be left- or right-padded. Requires model->config().value_head.
-// Grad mode follows the caller.
+// Grad mode follows the caller. precision kBf16: the backbone runs under bf16 autocast
+// (policy::AutocastScope, as a model with bfloat16 matrices needs) and the scalar head in float32
+// outside it, so the scores are not rounded to bfloat16; kFp32 (the default) adds nothing, and
+// an autocast the caller opened applies to the whole forward as before.
 torch::Tensor score_batch(policy::Transformer& model, const torch::Tensor& ids,
-                          const torch::Tensor& mask);
+                          const torch::Tensor& mask,
+                          policy::Precision precision = policy::Precision::kFp32);
 
 // Scores sequences in chunks of batch_size under NoGradGuard (eval mode), sorted by length so
-// that padding stays small; results are in input order, minus score_offset.
+// that padding stays small; results are in input order, minus score_offset. precision: as
+// score_batch's.
 std::vector<float> score_sequences(policy::Transformer& model,
                                    const std::vector<std::vector<int64_t>>& sequences,
                                    int batch_size, const torch::Device& device,
-                                   float score_offset = 0.0f);
+                                   float score_offset = 0.0f,
+                                   policy::Precision precision = policy::Precision::kFp32);
 
 // A loaded reward model.
 struct RewardModel {
@@ -79,8 +87,10 @@ struct RewardModel {
 // `rlhf reward train --out DIR`). Throws naming DIR when neither is a checkpoint.
 std::string resolve_model_dir(const std::string& dir);
 
-// Loads a reward model folder (see resolve_model_dir); errors name the folder and file.
-RewardModel load_reward_model(const std::string& dir);
+// Loads a reward model folder (see resolve_model_dir); errors name the folder and file. `options`
+// as policy::load_checkpoint's (e.g. frozen_base_load_options(true, true): matrices and embedding
+// table in bfloat16, for scoring under bf16 autocast only); the default reads float32.
+RewardModel load_reward_model(const std::string& dir, const policy::LoadOptions& options = {});
 
 // Writes a reward model folder: the checkpoint, a copy of the tokenizer's files, reward.pb.
 // tokenizer_path: anything policy::Tokenizer::load accepts (.model, tokenizer.json, folder).

@@ -3,6 +3,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "policy/model/checkpoint.h"
 #include "policy/runtime/device.h"
 
 namespace rlhf::reward {
@@ -11,10 +12,17 @@ namespace {
 torch::Device parse_device(const std::string& name) {
   return policy::resolve_device(name.empty() ? "cpu" : name, "reward scorer: device");
 }
+
+// bf16: the model is frozen, so its matrices and embedding table are read as bfloat16.
+policy::LoadOptions load_options(const ScorerOptions& o) {
+  return policy::frozen_base_load_options(o.precision == policy::Precision::kBf16, true);
+}
 }  // namespace
 
 RewardScorer::RewardScorer(const std::string& model_dir, const ScorerOptions& options)
-    : rm_(load_reward_model(model_dir)), options_(options), device_(parse_device(options.device)) {
+    : rm_(load_reward_model(model_dir, load_options(options))),
+      options_(options),
+      device_(parse_device(options.device)) {
   rm_.model->to(device_);
   rm_.model->eval();
 }
@@ -27,7 +35,8 @@ std::vector<float> RewardScorer::score(const std::vector<std::string>& prompts,
   std::vector<std::vector<int64_t>> seqs;
   seqs.reserve(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) seqs.push_back(rm_.encode(prompts[i], answers[i]));
-  return score_sequences(rm_.model, seqs, options_.batch_size, device_, rm_.pending_offset());
+  return score_sequences(rm_.model, seqs, options_.batch_size, device_, rm_.pending_offset(),
+                         options_.precision);
 }
 
 std::vector<float> RewardScorer::score_ids(const std::vector<std::vector<int>>& prompt_ids,
@@ -53,7 +62,8 @@ std::vector<float> RewardScorer::score_ids(const std::vector<std::vector<int>>& 
                     std::to_string(cfg.vocab_size) + ")");
     seqs.push_back(build_sequence(p, a, cfg.bos_id, cfg.eos_id, rm_.encode_options()));
   }
-  return score_sequences(rm_.model, seqs, options_.batch_size, device_, rm_.pending_offset());
+  return score_sequences(rm_.model, seqs, options_.batch_size, device_, rm_.pending_offset(),
+                         options_.precision);
 }
 
 PairMetrics RewardScorer::evaluate(const std::vector<Comparison>& comparisons) {

@@ -6,11 +6,20 @@
 // Errors: rlhf::Error when loading fails (naming the folder), when prompts and answers differ in
 // count, or when a token id is outside the vocabulary; c10::Error from libtorch (e.g. out of
 // device memory). model() returns the scorer's own model: calls on it count as calls on the scorer.
+//
+// Precision (ScorerOptions::precision): kFp32 (the default) is float32 throughout. kBf16 reads the
+// model's matrices and token embedding table straight into bfloat16
+// (policy::frozen_base_load_options: no float32 copy; norms, biases and the scalar head stay
+// float32), runs the backbone under bf16 autocast (policy/runtime/device.h) and the scalar head in
+// float32 (score_batch): the scores differ from the float32 model's by the backbone's bfloat16
+// rounding but are not rounded to bfloat16 themselves (tests/reward/reward_model_test.cpp states
+// the tolerance).
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "policy/runtime/device.h"
 #include "reward/comparisons.h"
 #include "reward/evaluation.h"
 #include "reward/reward_model.h"
@@ -20,6 +29,8 @@ namespace rlhf::reward {
 struct ScorerOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   int batch_size = 32;         // sequences per forward pass
+  // kBf16: frozen bfloat16 matrices and embeddings, the backbone under bf16 autocast (see above).
+  policy::Precision precision = policy::Precision::kFp32;
 };
 
 class RewardScorer {

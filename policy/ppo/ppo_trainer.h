@@ -113,7 +113,9 @@ Transformer share_base(Transformer& base);
 // The critic of critic "reward_base": share_base(reward_model) with a value head initialised as a
 // copy of the reward model's score head (as value_model = the reward model initialises it;
 // InstructGPT). The reward model is left as it was and keeps scoring with its own head and plain
-// weights. Throws rlhf::Error when the reward model has no value head.
+// weights. A reward model held in bfloat16 (the PPO teacher under dtype bf16) gives a critic on
+// that bfloat16 base with a float32 head, whose forward passes then run under bf16 autocast (as
+// the trainer's do under bf16). Throws rlhf::Error when the reward model has no value head.
 Transformer reward_base_critic(Transformer& reward_model);
 
 // The learning rate of PPO iteration `iteration` (1-based) for the peak `peak_lr` (optimizer.lr

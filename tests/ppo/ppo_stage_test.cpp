@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -14,6 +15,7 @@
 #include "common/files.h"
 #include "common/manifest.h"
 #include "common/text_config.h"
+#include "pipelines/memory_plans.h"
 #include "policy/model/checkpoint.h"
 #include "policy/model/safetensors.h"
 #include "policy/ppo/ppo_config.h"
@@ -317,6 +319,107 @@ TEST(PpoStage, RewardBaseCriticSharesTheTeachersBase) {
       EXPECT_EQ(a[k].get<double>(), b[k].get<double>()) << k;
     }
   EXPECT_EQ(a["step"].get<int>(), 3);
+}
+
+// dtype bf16 with critic "reward_base": the teacher's reward model is read with its matrices and
+// embedding table in bfloat16 and scores under bf16 autocast (every rollout's raw score equals,
+// bit for bit, what a bf16 RewardScorer gives the same ids, and they are not the float32 scores);
+// the critic trains its adapters and head on that bfloat16 base under autocast. The memory plan
+// counts what is loaded: its "reward model" weights row is the bytes of the reward model's
+// parameters as the scorer holds them (bf16 and fp32), and the critic's fused cache (its q/k/v
+// and gate/up matrices concatenated) takes 2 bytes per element under bf16, 4 under fp32.
+TEST(PpoStage, Bf16TeacherAndRewardBaseCriticHoldTheRewardModelInBf16) {
+  TempDir dir("ppo_stage_bf16_rb");
+  {
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 100; ++i) corpus << "tom has " << i % 20 << " apples and buys 3 more\n";
+  }
+  policy::TokenizerTrainOptions t;
+  t.input = dir / "corpus.txt";
+  t.vocab_size = 60;
+  t.byte_fallback = false;
+  t.out_dir = dir / "tok";
+  const std::string tok_path = policy::train_tokenizer(t);
+  auto tok = policy::Tokenizer::load(tok_path);
+  torch::manual_seed(9);
+  policy::Transformer pol(tiny(tok.vocab_size(), tok));
+  policy::init_weights(pol);
+  policy::CheckpointInfo info;
+  info.tokenizer_sha256 = tok.sha256();
+  policy::save_checkpoint(pol, dir / "sft", info);
+  policy::Transformer rm(tiny(tok.vocab_size(), tok));
+  policy::init_weights(rm);
+  rm->add_value_head();
+  proto::RewardModelMeta meta;
+  meta.set_schema_version(1);
+  meta.set_max_prompt_tokens(32);
+  meta.set_max_answer_tokens(32);
+  reward::save_reward_model(rm, tok_path, meta, dir / "reward", 1);
+  const std::string base = "policy: \"" + dir / "sft" + "\"\nreward_model: \"" + dir / "reward" +
+                           "\"\nprompts: \"" + dir / "prompts.jsonl" + "\"\ntokenizer: \"" +
+                           tok_path + "\"\ncritic: \"reward_base\"\n" +
+                           "iterations: 1 batch_size: 8 minibatch_size: 4 ppo_epochs: 1 " +
+                           "max_new_tokens: 6 lora { rank: 4 } checkpoint_every: 1\n";
+  {
+    std::ofstream p(dir / "prompts.jsonl");
+    for (int i = 0; i < 6; ++i) p << "{\"prompt\": \"tom has " << i << " apples\"}\n";
+    std::ofstream(dir / "bf16.pbtxt") << base << "dtype: \"bf16\"\n";
+    std::ofstream(dir / "fp32.pbtxt") << base;
+  }
+  pipelines::PpoStageOptions o;
+  o.config_path = dir / "bf16.pbtxt";
+  o.out_dir = dir / "run";
+  const auto stats = pipelines::run_ppo_stage(o);
+  EXPECT_TRUE(std::isfinite(stats.at("loss/value"))) << "the critic trained on the bf16 base";
+  EXPECT_TRUE(file_exists(dir / "run/checkpoints/iter-0001/critic.pt"));
+
+  reward::ScorerOptions bf16_options;
+  bf16_options.precision = policy::Precision::kBf16;
+  reward::RewardScorer bf16(dir / "reward", bf16_options), fp32(dir / "reward");
+  auto recs = policy::read_rollouts(dir / "run/rollouts/iter-0001.pb");
+  ASSERT_EQ(recs.size(), 8u);
+  std::vector<std::vector<int>> ps, rs;
+  for (const auto& r : recs) {
+    const int skip = r.prompt_ids_size() > 0 && r.prompt_ids(0) == tok.bos_id() ? 1 : 0;
+    ps.emplace_back(r.prompt_ids().begin() + skip, r.prompt_ids().end());
+    rs.emplace_back(r.response_ids().begin(), r.response_ids().end());
+  }
+  const auto want = bf16.score_ids(ps, rs), fp = fp32.score_ids(ps, rs);
+  int differ = 0;
+  for (size_t i = 0; i < recs.size(); ++i) {
+    EXPECT_EQ(recs[i].raw_score(), want[i]) << "sample " << i;
+    differ += recs[i].raw_score() != fp[i];
+  }
+  EXPECT_GT(differ, 0) << "the teacher scored in float32";
+
+  // The plan's rows against the models as loaded.
+  auto bytes = [](policy::Transformer& m, bool fused_only) {
+    int64_t n = 0;
+    for (const auto& p : m->named_parameters()) {
+      const std::string& k = p.key();
+      const bool fused =
+          k.find("weight") != std::string::npos &&
+          (k.find("q_proj") != std::string::npos || k.find("k_proj") != std::string::npos ||
+           k.find("v_proj") != std::string::npos || k.find("gate_proj") != std::string::npos ||
+           k.find("up_proj") != std::string::npos);
+      if (!fused_only || fused) n += p.value().numel() * p.value().element_size();
+    }
+    return n;
+  };
+  auto row = [](const policy::MemoryPlan& plan, const std::string& component,
+                const std::string& part) {
+    for (const auto& r : plan.rows)
+      if (r.component == component && r.part == part) return r.bytes;
+    ADD_FAILURE() << "no row " << component << " / " << part << " in\n" << plan.table();
+    return int64_t{-1};
+  };
+  for (auto* scorer : {&bf16, &fp32}) {
+    const bool half = scorer == &bf16;
+    const auto plan = pipelines::ppo_memory_plan(policy::resolved_ppo_config(
+        policy::load_ppo_config(dir / (half ? "bf16.pbtxt" : "fp32.pbtxt"))));
+    EXPECT_EQ(row(plan, "reward model", "weights"), bytes(scorer->model(), false)) << plan.table();
+    EXPECT_EQ(row(plan, "critic", "fused cache"), bytes(scorer->model(), true)) << plan.table();
+  }
 }
 
 // Conversation prompts through the stage: the rollouts' prompts are the chat template's

@@ -193,6 +193,18 @@ TEST(CliCommands, PpoPlanPrintsTheTableAndARunThatCannotFitIsRefused) {
       << out;
   EXPECT_NE(out.find("shares the reward model's frozen base"), std::string::npos) << out;
   EXPECT_EQ(weight_rows(out), 3) << out;
+  // Under bf16 the frozen reward model (the teacher, and so the critic's base) is counted in
+  // bfloat16, matrices and embedding table: only the policy, trained in full, keeps float32 ones.
+  std::ofstream(dir / "rb16.pbtxt") << base_cfg << "critic: \"reward_base\"\ndtype: \"bf16\"\n";
+  ASSERT_EQ(run_command(rlhf_binary() + " ppo --plan --config " + dir / "rb16.pbtxt", &out), 0)
+      << out;
+  EXPECT_EQ(weight_rows(out), 1) << out;
+  // 357.8M matrix and 136.1M embedding parameters at 2 bytes + 0.1M float32: 942.4 MiB.
+  const size_t rm_row = out.find("reward model   weights");
+  ASSERT_NE(rm_row, std::string::npos) << out;
+  const std::string rm_line = out.substr(rm_row, out.find('\n', rm_row) - rm_row);
+  for (const char* text : {"942.4", "matrix params bf16", "embedding bf16"})
+    EXPECT_NE(rm_line.find(text), std::string::npos) << text << " missing from: " << rm_line;
   ASSERT_EQ(run_command(rlhf_binary() + " ppo --plan --config " + dir / "vm.pbtxt", &out), 0)
       << out;
   EXPECT_EQ(out.find("shares the reward model's frozen base"), std::string::npos) << out;
