@@ -159,6 +159,9 @@ void init_reward_model(RewardRun& r) {
   src.fail_on_long_rows = true;
   src.value_head = true;
   src.what = "reward config";
+  const bool frozen_base = c.has_lora() && c.lora().rank() > 0;
+  // bf16 with LoRA: a checkpoint's frozen base is read straight into bfloat16 (no float32 copy).
+  src.load = policy::frozen_base_load_options(r.precision == policy::Precision::kBf16, frozen_base);
   r.init = policy::training::init_model(src);
   r.model = r.init.model;
   {
@@ -170,13 +173,18 @@ void init_reward_model(RewardRun& r) {
   }
   r.model->to(r.device);
   r.model->train();
-  if (c.has_lora() && c.lora().rank() > 0) {
+  if (frozen_base) {
     policy::LoraOptions lo = policy::LoraOptions::from_proto(c.lora());
     try {
       lo.validate();
     } catch (const Error& e) {
       throw Error(std::string("reward config: field 'lora': ") + e.what());
     }
+    // bf16: the frozen projection matrices and embedding table stay bfloat16 (no float32 copy; a
+    // no-op for a checkpoint loaded so); the adapters, norms, biases and scalar head are float32.
+    if (r.precision == policy::Precision::kBf16)
+      policy::store_matrices_as(r.model, torch::kBFloat16,
+                                policy::StoredWeights::kMatricesAndEmbeddings);
     // Frozen backbone; the adapters and the scalar head train.
     r.lora = std::make_unique<policy::LoraAdapters>(r.model, lo);
     for (auto& p : r.model->value_head->parameters()) p.set_requires_grad(true);
@@ -399,13 +407,49 @@ void evaluate_and_keep_best(RewardRun& r) {
   if (r.lora) r.lora->save(r.best_dir + "/adapter");
 }
 
+// True when the frozen base is held in bfloat16 (dtype bf16 with LoRA): best/ then holds the
+// bfloat16 effective weights (base + update rounded to bfloat16).
+bool bf16_frozen_base(const RewardRun& r) {
+  return r.lora && r.precision == policy::Precision::kBf16;
+}
+
+// The float32 reward model of best/ for a bfloat16 frozen base, as SFT writes it: best/'s adapters
+// and scalar head on the live base, merged (the update folded into float32 matrices), every
+// weight widened to float32, copied into a new model (the live one's fused-weight caches hold
+// the bfloat16 matrices). Ends the adapters and releases the live model.
+policy::Transformer merged_best(RewardRun& r) {
+  const policy::Transformer saved =
+      policy::load_checkpoint(r.best_dir, policy::frozen_base_load_options(true, true)).model;
+  {
+    torch::NoGradGuard ng;
+    r.model->value_head->weight.copy_(saved->value_head->weight);
+    if (r.model->value_head->bias.defined())
+      r.model->value_head->bias.copy_(saved->value_head->bias);
+  }
+  r.lora->load(r.best_dir + "/adapter");
+  r.lora->merge();
+  r.lora.reset();
+  policy::store_matrices_as(r.model, torch::kFloat);  // checkpoints are float32
+  policy::Transformer best(r.model->config());
+  best->to(r.device);
+  {
+    torch::NoGradGuard ng;
+    const auto live = r.model->named_parameters();
+    for (auto& p : best->named_parameters()) p.value().copy_(live[p.key()]);
+  }
+  r.model = r.init.model = policy::Transformer{nullptr};
+  return best;
+}
+
 // Keeps best/, shifts its scores to mean 0 over the training answers (offset folded into the
 // head bias), saves model/ and completes the stage record's content.
 TrainResult write_outputs(RewardRun& r) {
-  // With LoRA, checkpoints hold the effective (merged) weights already, so `best` is a plain model.
-  r.lora.reset();
+  // With LoRA, checkpoints hold the effective (merged) weights already, so `best` is a plain model
+  // (with a bfloat16 base, merged again in float32 from best/'s adapters: merged_best).
+  const bool bf16_base = bf16_frozen_base(r);
+  if (!bf16_base) r.lora.reset();
   r.comm->barrier();  // rank 0 has written best/
-  policy::Transformer best = policy::load_checkpoint(r.best_dir).model;
+  policy::Transformer best = bf16_base ? merged_best(r) : policy::load_checkpoint(r.best_dir).model;
   best->to(r.device);
   auto train_scores = sharded_scores(best, r.enc_train.sequences, r.device, *r.comm);
   double offset = 0;

@@ -8,7 +8,9 @@
 // Output folder (--out):
 //   model/        the kept reward model (best held-out accuracy), scores shifted so that the mean
 //                 over the training answers is 0 (offset folded into the head bias, in reward.pb)
-//   best/         best checkpoint before the shift (with no held-out comparisons: the final one)
+//   best/         best checkpoint before the shift (with no held-out comparisons: the final one;
+//                 with LoRA under dtype bf16 its matrices are the bfloat16 effective weights, and
+//                 model/ merges best/adapter into float32 instead, as SFT writes its model)
 //   state/        resumable state (policy/training/training.h: weights, AdamW, RNG, step; `latest`)
 //   metrics.jsonl + TensorBoard events;  manifest.pb / manifest.json (StageManifest "reward": the
 //                 trainer fills TrainResult::manifest, pipelines/stage_record.h writes it)

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -282,6 +283,90 @@ TEST_F(SyntheticTraining, LoraTrainsOnlyAdaptersAndHead) {
 
 namespace rlhf::reward {
 namespace {
+
+// bf16 with LoRA: the frozen base trains in bfloat16 (matrices and embedding table; the norms,
+// scalar head and adapters float32), and <out>/model is the merged float32 reward model, scoring
+// the held-out pairs as the in-memory model did during training (bf16 autocast).
+TEST_F(SyntheticTraining, LoraBf16KeepsFrozenBaseBf16AndSavesFloat32) {
+  auto tok = policy::Tokenizer::load(*tokenizer_);
+  policy::ModelConfig mc = policy::testing::tiny_config();  // tests/fixtures/tiny_model.h
+  mc.dim = 48;
+  mc.vocab_size = tok.vocab_size();
+  mc.bos_id = tok.bos_id();
+  mc.eos_id = tok.eos_id();
+  mc.pad_id = tok.pad_id() >= 0 ? tok.pad_id() : 0;
+  torch::manual_seed(12);
+  policy::Transformer base(mc);
+  policy::init_weights(base);
+  policy::CheckpointInfo info;
+  info.tokenizer_sha256 = tok.sha256();
+  const std::string base_dir = *dir_ / "lora_bf16_base";
+  policy::save_checkpoint(base, base_dir, info);
+
+  const std::string out = *dir_ / "lora_bf16";
+  auto cfg = config(out);
+  cfg.clear_model();
+  cfg.set_init_from(base_dir);
+  cfg.set_eval_file(*dir_ / "test.jsonl");
+  cfg.set_dtype("bf16");
+  cfg.set_steps(12);
+  cfg.set_eval_every(6);
+  cfg.mutable_optimizer()->set_lr(1e-2);
+  cfg.mutable_lora()->set_rank(4);
+  cfg.mutable_lora()->add_targets("q");
+  cfg.mutable_lora()->add_targets("v");
+  auto result = pipelines::run_reward_stage(cfg);
+  EXPECT_EQ(result.steps, 12);
+
+  // The resumable state holds the model as it trained.
+  std::string state;
+  for (auto& e : std::filesystem::recursive_directory_iterator(out + "/state"))
+    if (e.path().filename() == "model.pt") state = e.path().string();
+  ASSERT_FALSE(state.empty());
+  torch::serialize::InputArchive ar;
+  ar.load_from(state);
+  const std::vector<std::pair<std::string, torch::ScalarType>> expected = {
+      {"layers.0.q_proj.weight", torch::kBFloat16},
+      {"layers.1.down_proj.weight", torch::kBFloat16},  // frozen, not a LoRA target
+      {"embed_tokens.weight", torch::kBFloat16},        // frozen too: no float32 copy
+      {"layers.0.input_layernorm", torch::kFloat},
+      {"value_head.weight", torch::kFloat},
+      {"lora.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", torch::kFloat}};
+  for (const auto& [name, dtype] : expected) {
+    torch::Tensor t;
+    ar.read(name, t);
+    EXPECT_EQ(t.scalar_type(), dtype) << name;
+  }
+
+  // model/ is float32 and loads as a plain reward model.
+  const policy::SafetensorsFile written(out + "/model/model.safetensors");
+  for (const auto& [name, e] : written.entries()) EXPECT_EQ(e.dtype_name, "F32") << name;
+  for (const auto& p : policy::load_checkpoint(out + "/model").model->parameters())
+    EXPECT_EQ(p.scalar_type(), torch::kFloat);
+
+  // It scores the held-out pairs as the trained model did: its metrics, and the in-memory bf16
+  // model's eval/loss at the best step (bfloat16 rounding apart; the shift leaves pair losses).
+  double live_loss = -1;
+  {
+    std::ifstream in(out + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("eval/loss") && j["step"].get<int64_t>() == result.best_step)
+        live_loss = j["eval/loss"].get<double>();
+    }
+  }
+  ASSERT_GE(live_loss, 0) << "no eval/loss at step " << result.best_step;
+  RewardScorer scorer(out);
+  const auto comparisons = read_pairs_jsonl(*dir_ / "test.jsonl");
+  auto m = scorer.evaluate(comparisons);
+  EXPECT_TRUE(std::isfinite(m.loss) && std::isfinite(m.mean_margin)) << to_json(m);
+  EXPECT_EQ(m.n, static_cast<int64_t>(comparisons.size()));
+  EXPECT_NEAR(m.loss, result.heldout.loss, 1e-4) << to_json(m);
+  EXPECT_NEAR(m.loss, live_loss, 0.02 + 0.02 * live_loss) << to_json(m);
+  std::printf("LoRA bf16 reward: held-out loss %.5f saved, %.5f in-memory bf16\n", m.loss,
+              live_loss);
+}
 
 // LoRA from scratch with a resume: the frozen base is rebuilt from the seed, the head and the
 // adapters come from the state; the result matches an uninterrupted run.
