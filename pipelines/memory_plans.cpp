@@ -147,7 +147,8 @@ policy::MemoryPlan reward_memory_plan(const proto::RewardTrainConfig& c) {
                                : folder_config(c.init_from(), "reward config: init_from");
   mc.value_head = true;
   const auto s = model_shape(mc);
-  policy::add_model(plan, trained("reward model", s, c.lora(), false));
+  // reward/trainer.cpp: bf16 LoRA base, as SFT's
+  policy::add_model(plan, trained("reward model", s, c.lora(), c.dtype() == "bf16"));
   // Each comparison is two sequences (chosen, rejected) of prompt + answer tokens.
   add_activations(plan, s, 2 * int64_t{c.batch_pairs()},
                   int64_t{c.max_prompt_tokens()} + c.max_answer_tokens(), false, c.dtype());
