@@ -496,15 +496,18 @@ torch::Tensor ConcatWeights::get(const std::vector<torch::Tensor>& weights) {
   bool same = cached_.defined() && impls_.size() == weights.size() &&
               !(cached_.is_inference() && !c10::InferenceMode::is_enabled());
   for (size_t i = 0; same && i < weights.size(); ++i)
-    same = impls_[i] == weights[i].unsafeGetTensorImpl() && versions_[i] == weights[i]._version();
+    same = impls_[i] == weights[i].unsafeGetTensorImpl() && versions_[i] == weights[i]._version() &&
+           data_[i] == weights[i].data_ptr() && cached_.scalar_type() == weights[i].scalar_type();
   if (!same) {
     torch::NoGradGuard no_grad;
     cached_ = torch::cat(weights, 0);
     impls_.clear();
     versions_.clear();
+    data_.clear();
     for (const auto& w : weights) {
       impls_.push_back(w.unsafeGetTensorImpl());
       versions_.push_back(w._version());
+      data_.push_back(w.data_ptr());
     }
   }
   return cached_;

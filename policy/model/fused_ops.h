@@ -101,8 +101,9 @@ torch::Tensor token_logprobs_backward(const torch::Tensor& logits, const torch::
 // up), so one GEMM replaces several; the parameters themselves stay separate (checkpoints, LoRA
 // and optimizers see the Hugging Face tensors). While autograd records and a weight requires a
 // gradient, get() concatenates afresh (gradients flow back to each weight). Otherwise (decoding,
-// evaluation) it returns a cached copy, rebuilt when any weight is another tensor or was changed in
-// place (its version counter moved). Not thread-safe.
+// evaluation) it returns a cached copy, rebuilt when any weight is another tensor, was changed in
+// place (its version counter moved) or got other data (set_data: another storage or dtype, e.g.
+// a frozen base widened from bfloat16). Not thread-safe.
 class ConcatWeights {
  public:
   torch::Tensor get(const std::vector<torch::Tensor>& weights);
@@ -111,6 +112,7 @@ class ConcatWeights {
   torch::Tensor cached_;
   std::vector<const void*> impls_;
   std::vector<int64_t> versions_;
+  std::vector<const void*> data_;
 };
 
 // Whether the fused kernels (rather than the reference) run for a tensor: CPU, float32/float64,

@@ -394,6 +394,15 @@ TEST(ConcatWeights, CachesWithoutAutogradAndRebuildsAfterAnInPlaceChange) {
     b.mul_(2);
     auto rebuilt = cat.get({a, b});
     EXPECT_TRUE(torch::equal(rebuilt.narrow(0, 2, 4), b));
+    // set_data keeps the tensor and its version counter: a widened (or narrowed) weight is seen.
+    b.set_data(b.to(torch::kBFloat16));
+    a.set_data(a.to(torch::kBFloat16));
+    EXPECT_EQ(cat.get({a, b}).scalar_type(), torch::kBFloat16);
+    a.set_data(a.to(torch::kFloat));
+    b.set_data(b.to(torch::kFloat));
+    auto widened = cat.get({a, b});
+    EXPECT_EQ(widened.scalar_type(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(widened, torch::cat({a, b}, 0)));
   }
   // A copy cached under InferenceMode is rebuilt for a recorded forward over frozen weights
   // (autograd saves the weight to differentiate the input).
