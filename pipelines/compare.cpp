@@ -82,14 +82,7 @@ proto::PpoConfig rl_config(const Run& run, const std::string& method, uint64_t s
     cfg.set_kl_in_loss(method == "grpo" || method == "dr_grpo");
   }
   if (const auto* m = method_override(run.config, method)) cfg.MergeFrom(m->ppo());
-  cfg.set_policy(run.path("sft/model"));
-  cfg.set_reward_model(run.path("reward"));
-  if (cfg.value_model() == "reward") cfg.set_value_model(run.path("reward/model"));
-  cfg.set_prompts(run.path("data/ppo_prompts.jsonl"));
-  cfg.set_tokenizer(run.tokenizer_model());
-  cfg.set_seed(method_seed(run, seed));
-  cfg.set_out_dir(dir);
-  return cfg;
+  return wire_ppo_config(run, cfg, seed, dir);
 }
 
 // The dpo method's DpoConfig: built-in settings for the run's model sizes, CompareConfig.dpo and

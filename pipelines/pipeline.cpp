@@ -332,18 +332,9 @@ json stage_reward(Run& run) {
 }
 
 json stage_ppo(Run& run) {
-  proto::PpoConfig cfg = run.config.ppo();
-  cfg.set_policy(run.path("sft/model"));
-  cfg.set_reward_model(run.path("reward"));
-  // `value_model: "reward"` in a pipeline config: the critic starts from this run's reward model
-  // (InstructGPT); any other non-empty value is a checkpoint folder used as given.
-  if (cfg.value_model() == "reward") cfg.set_value_model(run.path("reward/model"));
-  cfg.set_prompts(run.path("data/ppo_prompts.jsonl"));
-  cfg.set_tokenizer(run.tokenizer_model());
-  cfg.set_seed(run.config.seed() + 1);
   std::string dir = run.path("ppo");
   make_dirs(dir);
-  cfg.set_out_dir(dir);
+  const proto::PpoConfig cfg = wire_ppo_config(run, run.config.ppo(), 0, dir);
   write_file_atomic(dir + "/ppo.pbtxt", to_text_format(cfg));
   std::vector<std::string> command = {"ppo", "--config", dir + "/ppo.pbtxt", "--out", dir};
   if (run.config.task() == "quickstart")

@@ -106,6 +106,18 @@ void run_or_throw(const std::vector<std::string>& argv, const std::string& stage
                 "): " + process::join_command(argv));
 }
 
+proto::PpoConfig wire_ppo_config(const Run& run, proto::PpoConfig cfg, uint64_t seed_offset,
+                                 const std::string& out_dir) {
+  cfg.set_policy(run.path("sft/model"));
+  cfg.set_reward_model(run.path("reward"));
+  if (cfg.value_model() == "reward") cfg.set_value_model(run.path("reward/model"));
+  cfg.set_prompts(run.path("data/ppo_prompts.jsonl"));
+  cfg.set_tokenizer(run.tokenizer_model());
+  cfg.set_seed(run.config.seed() + 1 + seed_offset);
+  cfg.set_out_dir(out_dir);
+  return cfg;
+}
+
 std::vector<quickstart::Problem> heldout_problems(const Run& run) {
   return quickstart::generate_problems(
       quickstart::Split::kHeldOut, run.config.quickstart().heldout_problems(),

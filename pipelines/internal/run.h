@@ -52,6 +52,13 @@ std::vector<std::string> trainer_argv(const std::string& exe, int processes,
 // Runs the child and waits; throws naming `stage` when it fails.
 void run_or_throw(const std::vector<std::string>& argv, const std::string& stage);
 
+// `cfg` (the ppo section, or a compared method's variant of it) wired to the run: the SFT policy,
+// the reward model (also the critic's start with `value_model: "reward"`: InstructGPT; any other
+// non-empty value is a checkpoint folder used as given), the PPO prompts, the tokenizer, the
+// seed (the pipeline's seed + 1 + seed_offset) and the output folder.
+proto::PpoConfig wire_ppo_config(const Run& run, proto::PpoConfig cfg, uint64_t seed_offset,
+                                 const std::string& out_dir);
+
 // The quickstart's held-out problems (gold accuracy is measured on these).
 std::vector<quickstart::Problem> heldout_problems(const Run& run);
 
